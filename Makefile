@@ -1,0 +1,39 @@
+# Moorage: `make run` serves a one-replica registry, `make test` runs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv
+MOORAGE_DATA_DIR ?= ./.moorage
+MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
+
+.PHONY: install system-packages run test lint bench clean
+
+install: system-packages $(VENV)/.installed
+
+# Installs only what is missing; apt-get needs root (or sudo).
+system-packages:
+	@./scripts/ensure-packages.sh $(SYSTEM_PACKAGES)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: install
+	$(BIN)/moorage run --data-dir "$(MOORAGE_DATA_DIR)" --http-addr "$(MOORAGE_HTTP_ADDR)"
+
+lint: install
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	@./scripts/ensure-packages.sh docker-registry
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,69 @@
+"""The ASGI application of one replica (the only place Starlette is assembled)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from moorage.api.health import check_once, health, health_loop, ping
+from moorage.api.state import AppState
+from moorage.api.v2 import guarded
+from moorage.auth.basic import BasicAuthenticator
+from moorage.cluster.bootstrap import bootstrap
+from moorage.config import DataDir, ReplicaConfig
+from moorage.meta.base import MetaStore
+from moorage.meta.etcd import EtcdMetaStore
+from moorage.registry import Registry
+from moorage.storage.filesystem import FilesystemStorage
+
+log = logging.getLogger("moorage.api")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def build_app(
+    config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None
+) -> Starlette:
+    storage = FilesystemStorage(config.storage)
+    registry = Registry(storage, meta)
+    st = AppState(config=config, registry=registry, auth=BasicAuthenticator(meta))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await bootstrap(meta, config.cluster_id, admin_password)
+        await check_once(st)
+        task = asyncio.create_task(health_loop(st))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await meta.close()
+
+    app = Starlette(
+        routes=[
+            Route("/_ping", ping, methods=["GET", "HEAD"]),
+            Route("/api/v0/health", health, methods=["GET"]),
+            Route("/v2", guarded, methods=ALL_METHODS),
+            Route("/v2/{path:path}", guarded, methods=ALL_METHODS),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.moorage = st
+    return app
+
+
+def create_app() -> Starlette:
+    """Factory the ASGI server calls in each worker; the replica comes from the environment."""
+    data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
+    config = data_dir.load()
+    pid_file = data_dir.pid_file(f"api-{os.getpid()}")
+    pid_file.write_text(f"{os.getpid()}\n")
+    meta = EtcdMetaStore([config.etcd_client_url])
+    return build_app(config, meta)

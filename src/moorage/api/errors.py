@@ -1,0 +1,74 @@
+"""Domain errors to OCI error codes: the one place where that mapping lives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from moorage import errors as e
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+# error class -> (HTTP status, OCI code)
+_TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
+    e.NameInvalid: (400, "NAME_INVALID"),
+    e.NameUnknown: (404, "NAME_UNKNOWN"),
+    e.DigestInvalid: (400, "DIGEST_INVALID"),
+    e.Unsupported: (405, "UNSUPPORTED"),
+    e.BlobUnknown: (404, "BLOB_UNKNOWN"),
+    e.BlobUploadUnknown: (404, "BLOB_UPLOAD_UNKNOWN"),
+    e.BlobUploadInvalid: (400, "BLOB_UPLOAD_INVALID"),
+    e.RangeInvalid: (416, "BLOB_UPLOAD_INVALID"),
+    e.SizeInvalid: (400, "SIZE_INVALID"),
+    e.ManifestInvalid: (400, "MANIFEST_INVALID"),
+    e.ManifestTooLarge: (413, "SIZE_INVALID"),
+    e.ManifestUnknown: (404, "MANIFEST_UNKNOWN"),
+    e.ManifestBlobUnknown: (400, "MANIFEST_BLOB_UNKNOWN"),
+    e.PaginationInvalid: (400, "PAGINATION_NUMBER_INVALID"),
+    e.Unauthorized: (401, "UNAUTHORIZED"),
+    e.Denied: (403, "DENIED"),
+    e.StoreReadOnly: (503, "UNAVAILABLE"),
+    e.StoreUnavailable: (503, "UNAVAILABLE"),
+    e.StorageUnavailable: (503, "UNAVAILABLE"),
+}
+
+
+def envelope(code: str, message: str, detail: Any = None) -> bytes:
+    return json.dumps(
+        {"errors": [{"code": code, "message": message, "detail": detail}]},
+        separators=(",", ":"),
+    ).encode()
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    all_headers = dict(API_VERSION_HEADER)
+    if headers:
+        all_headers.update(headers)
+    return Response(
+        envelope(code, message, detail),
+        status_code=status,
+        media_type="application/json",
+        headers=all_headers,
+    )
+
+
+def from_domain(exc: e.MoorageError, headers: dict[str, str] | None = None) -> Response:
+    for cls in type(exc).__mro__:
+        mapped = _TABLE.get(cls)
+        if mapped is not None:
+            status, code = mapped
+            break
+    else:
+        status, code = 500, "UNKNOWN"
+    extra = dict(headers or {})
+    if isinstance(exc, e.StoreUnavailable | e.StorageUnavailable):
+        extra.setdefault("Retry-After", "5")
+    return error_response(status, code, exc.message, exc.detail, extra)

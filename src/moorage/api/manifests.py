@@ -1,0 +1,64 @@
+"""GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moorage.api.http import reply
+from moorage.api.state import AppState
+from moorage.errors import ManifestTooLarge
+from moorage.oci.manifest import MAX_MANIFEST_BYTES
+
+
+async def get_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
+    manifests = st.registry.manifests
+    headers = {}
+    if request.method == "HEAD":
+        record = await manifests.resolve(name, reference)
+        headers = {
+            "Docker-Content-Digest": record.digest,
+            "Content-Length": str(record.size),
+            "Content-Type": record.media_type,
+            "ETag": f'"{record.digest}"',
+        }
+        return reply(200, headers)
+    stored = await manifests.get(name, reference)
+    headers = {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'}
+    return reply(200, headers, stored.body, media_type=stored.media_type)
+
+
+async def _read_limited(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+        raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    return bytes(body)
+
+
+async def put_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
+    body = await _read_limited(request)
+    pushed = await st.registry.manifests.put(
+        name,
+        reference,
+        body,
+        request.headers.get("content-type"),
+        extra_tags=request.query_params.getlist("tag"),
+    )
+    headers = {
+        "Location": f"/v2/{name}/manifests/{pushed.digest}",
+        "Docker-Content-Digest": str(pushed.digest),
+        "Content-Length": "0",
+    }
+    if pushed.subject:
+        headers["OCI-Subject"] = pushed.subject
+    return reply(201, headers)
+
+
+async def delete_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
+    await st.registry.manifests.delete(name, reference)
+    return reply(202, {"Content-Length": "0"})

@@ -1,0 +1,91 @@
+"""Blob uploads: POST, PATCH, PUT, GET (status) and DELETE (cancel)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moorage.api.http import body_stream, chunk_range, content_length, has_body, range_header, reply
+from moorage.api.state import AppState
+from moorage.errors import DigestInvalid, RangeInvalid
+
+
+def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Range": range_header(size),
+        "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    }
+
+
+def _created(name: str, digest: str) -> Response:
+    return reply(
+        201,
+        {
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+            "Content-Length": "0",
+        },
+    )
+
+
+async def start_upload(request: Request, st: AppState, name: str) -> Response:
+    uploads = st.registry.uploads
+    mount = request.query_params.get("mount")
+    if mount:
+        mounted = await st.registry.blobs.mount(name, mount, request.query_params.get("from"))
+        if mounted is not None:
+            return _created(name, str(mounted))
+    digest = request.query_params.get("digest")
+    if digest is not None:
+        parsed, _size = await uploads.monolithic(
+            name, digest, body_stream(request), content_length(request)
+        )
+        return _created(name, str(parsed))
+    upload_id = await uploads.start(name)
+    return reply(202, _upload_headers(name, upload_id, 0))
+
+
+async def upload_status(request: Request, st: AppState, name: str, upload_id: str) -> Response:
+    size = await st.registry.uploads.size(name, upload_id)
+    return reply(204, _upload_headers(name, upload_id, size))
+
+
+async def patch_upload(request: Request, st: AppState, name: str, upload_id: str) -> Response:
+    uploads = st.registry.uploads
+    try:
+        size = await uploads.append(
+            name, upload_id, body_stream(request), chunk_range(request), content_length(request)
+        )
+    except RangeInvalid:
+        current = await uploads.size(name, upload_id)
+        raise RangeInvalid(
+            f"chunk out of order: the upload has {current} bytes, send the chunk starting there",
+            current,
+        ) from None
+    return reply(202, _upload_headers(name, upload_id, size))
+
+
+async def finish_upload(request: Request, st: AppState, name: str, upload_id: str) -> Response:
+    digest = request.query_params.get("digest")
+    if not digest:
+        raise DigestInvalid("the digest query parameter is required to finish an upload")
+    uploads = st.registry.uploads
+    body = body_stream(request) if has_body(request) else None
+    try:
+        parsed, _size = await uploads.finish(
+            name, upload_id, digest, body, chunk_range(request), content_length(request)
+        )
+    except RangeInvalid:
+        current = await uploads.size(name, upload_id)
+        raise RangeInvalid(
+            f"chunk out of order: the upload has {current} bytes, send the chunk starting there",
+            current,
+        ) from None
+    return _created(name, str(parsed))
+
+
+async def cancel_upload(request: Request, st: AppState, name: str, upload_id: str) -> Response:
+    await st.registry.uploads.cancel(name, upload_id)
+    return reply(204, {"Content-Length": "0"})

@@ -1,0 +1,123 @@
+"""The /v2/ dispatcher: authentication, name validation, routing, error envelopes.
+
+Repository names contain slashes, so routes are matched by regular expressions tried in
+order (uploads before blobs); the name is validated once here for every route.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from moorage.api import blobs, discovery, manifests, uploads
+from moorage.api.errors import error_response, from_domain
+from moorage.api.http import range_header, reply
+from moorage.api.state import AppState
+from moorage.errors import MoorageError, RangeInvalid
+from moorage.oci.names import validate_name
+
+log = logging.getLogger("moorage.api")
+
+Handler = Callable[..., Awaitable[Response]]
+
+_ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+    (
+        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"),
+        {"POST": uploads.start_upload},
+    ),
+    (
+        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"),
+        {
+            "GET": uploads.upload_status,
+            "PATCH": uploads.patch_upload,
+            "PUT": uploads.finish_upload,
+            "DELETE": uploads.cancel_upload,
+        },
+    ),
+    (
+        re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$"),
+        {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+    ),
+    (
+        re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
+        {
+            "GET": manifests.get_manifest,
+            "HEAD": manifests.get_manifest,
+            "PUT": manifests.put_manifest,
+            "DELETE": manifests.delete_manifest,
+        },
+    ),
+    (re.compile(r"^/v2/(?P<name>.+)/tags/list$"), {"GET": discovery.list_tags}),
+    (
+        re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$"),
+        {"GET": discovery.referrers},
+    ),
+]
+
+
+def _unauthorized(st: AppState) -> Response:
+    return error_response(
+        401,
+        "UNAUTHORIZED",
+        "authentication required: log in with the registry's username and password",
+        headers={"WWW-Authenticate": st.auth.challenge},
+    )
+
+
+def _state(request: Request) -> AppState:
+    st: AppState = request.app.state.moorage
+    return st
+
+
+async def dispatch(request: Request) -> Response:
+    st = _state(request)
+    identity = await st.auth.authenticate(request.headers.get("authorization"))
+    if identity is None:
+        return _unauthorized(st)
+    path = request.url.path
+    method = request.method
+    params: dict[str, Any] = {}
+    try:
+        if path in ("/v2/", "/v2"):
+            return reply(200, {"Content-Length": "2"}, b"{}", "application/json")
+        if path == "/v2/_catalog":
+            if method != "GET":
+                return _not_allowed(method, path)
+            return await discovery.catalog(request, st)
+        for pattern, handlers in _ROUTES:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            handler = handlers.get(method)
+            if handler is None:
+                return _not_allowed(method, path)
+            params = match.groupdict()
+            validate_name(params["name"])
+            return await handler(request, st, **params)
+        return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]}")
+    except RangeInvalid as exc:
+        headers = {"Range": range_header(exc.current_size)}
+        if "upload_id" in params:
+            headers["Location"] = f"/v2/{params['name']}/blobs/uploads/{params['upload_id']}"
+            headers["Docker-Upload-UUID"] = params["upload_id"]
+        return from_domain(exc, headers)
+    except MoorageError as exc:
+        return from_domain(exc)
+
+
+def _not_allowed(method: str, path: str) -> Response:
+    return error_response(405, "UNSUPPORTED", f"{method} is not supported on {path[:200]}")
+
+
+async def guarded(request: Request) -> Response:
+    """`dispatch`, with anything unexpected logged and answered in the OCI envelope."""
+    try:
+        return await dispatch(request)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(500, "UNKNOWN", "internal error; the replica's log has details")

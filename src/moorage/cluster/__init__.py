@@ -1,0 +1,1 @@
+"""Replica supervision: the etcd child process, membership, health, scenario diagnosis."""

@@ -1,0 +1,124 @@
+"""The replica's own etcd member, run as a child process in its own session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from moorage.cluster.processes import owned_pid, terminate
+from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("moorage.etcd")
+ETCD_PID = "etcd"
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd") or next(
+        (p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if shutil.which(p)), None
+    )
+    if path is None:
+        raise ConfigError(
+            "etcd is not installed: run 'make install' (or apt-get install etcd-server)"
+        )
+    return path
+
+
+class EtcdProcess:
+    def __init__(
+        self,
+        data_dir: DataDir,
+        config: ReplicaConfig,
+        initial_cluster: str | None = None,
+        cluster_state: str = "new",
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.initial_cluster = initial_cluster or f"{config.etcd_name}={config.etcd_peer_url}"
+        self.cluster_state = cluster_state
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        c = self.config
+        client_urls = [f"http://127.0.0.1:{c.etcd_client_port}"]
+        if c.etcd_host not in ("127.0.0.1", "localhost"):
+            client_urls.append(f"http://{c.etcd_host}:{c.etcd_client_port}")
+        return [
+            etcd_binary(),
+            "--name", c.etcd_name,
+            "--data-dir", str(self.data_dir.etcd_dir),
+            "--listen-client-urls", ",".join(client_urls),
+            "--advertise-client-urls", client_urls[-1],
+            "--listen-peer-urls", c.etcd_peer_url,
+            "--initial-advertise-peer-urls", c.etcd_peer_url,
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", self.cluster_state,
+            "--initial-cluster-token", c.cluster_id,
+            "--max-txn-ops", "1024",
+            "--max-request-bytes", str(8 * 1024 * 1024),
+            "--quota-backend-bytes", str(8 * 1024 * 1024 * 1024),
+            "--auto-compaction-mode", "revision",
+            "--auto-compaction-retention", "100000",
+            "--logger", "zap",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        self.data_dir.log_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.run_dir.mkdir(parents=True, exist_ok=True)
+        orphan = owned_pid(self.data_dir.pid_file(ETCD_PID), str(self.data_dir.etcd_dir))
+        if orphan is not None:
+            log.warning("stopping etcd left running by an earlier process (pid %d)", orphan)
+            terminate(orphan)
+        log_file = open(self.data_dir.log_dir / "etcd.log", "ab")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a signal to our process group must not reach etcd
+            )
+        finally:
+            log_file.close()
+        self.data_dir.pid_file(ETCD_PID).write_text(f"{self.proc.pid}\n")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise StoreUnavailable(
+                    f"etcd exited with code {self.proc.returncode}; see "
+                    f"{self.data_dir.log_dir / 'etcd.log'}"
+                )
+            healthy, last = etcd_health(self.config.etcd_client_port)
+            if healthy:
+                return
+            time.sleep(0.1)
+        raise StoreUnavailable(f"etcd did not become healthy within {timeout:.0f} s: {last}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc.pid)
+            self.proc.wait()
+        self.data_dir.pid_file(ETCD_PID).unlink(missing_ok=True)
+
+
+def etcd_health(client_port: int, timeout: float = 1.0) -> tuple[bool, str]:
+    url = f"http://127.0.0.1:{client_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        return False, str(exc)
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    return doc.get("health") == "true", str(doc.get("reason", ""))

@@ -1,0 +1,156 @@
+"""The replica process: holds the data directory, supervises etcd, serves the API.
+
+`run_replica` is what `moorage run` executes in the foreground. It
+
+1. takes an exclusive lock on `D/run/replica.lock` (a second process on the same data
+   directory is refused),
+2. starts the replica's etcd member as a child in its own session and waits until it
+   answers,
+3. creates the cluster record and the admin account on first start,
+4. serves the API with granian (worker processes fork from this one, so every process
+   carries the absolute data directory in its command line),
+5. restarts etcd if it dies, and on SIGTERM/SIGINT stops the API, then etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO
+
+from moorage.cluster.bootstrap import bootstrap
+from moorage.cluster.etcd_process import EtcdProcess
+from moorage.cluster.processes import read_pid
+from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import ConfigError, MoorageError
+from moorage.meta.etcd import EtcdMetaStore
+
+log = logging.getLogger("moorage.supervisor")
+SUPERVISOR_PID = "moorage"
+ETCD_RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+
+
+class ReplicaBusy(MoorageError):
+    """Another process already runs this data directory."""
+
+
+@contextlib.contextmanager
+def replica_lock(data_dir: DataDir) -> Iterator[IO[str]]:
+    data_dir.run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(data_dir.lock_file, "a+")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = read_pid(data_dir.pid_file(SUPERVISOR_PID))
+            who = f" (pid {pid})" if pid else ""
+            raise ReplicaBusy(
+                f"another Moorage process{who} is already running on {data_dir.path}; "
+                f"stop it first (moorage stop --data-dir {data_dir.path})"
+            ) from None
+        yield fh
+    finally:
+        fh.close()
+
+
+async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
+    meta = EtcdMetaStore([config.etcd_client_url])
+    try:
+        await bootstrap(meta, config.cluster_id, admin_password)
+    finally:
+        await meta.close()
+
+
+class EtcdWatchdog(threading.Thread):
+    """Restarts the etcd child whenever it exits, until stopped."""
+
+    def __init__(self, etcd: EtcdProcess) -> None:
+        super().__init__(name="etcd-watchdog", daemon=True)
+        self.etcd = etcd
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopping.wait(0.5):
+            with self.lock:
+                if self.stopping.is_set() or self.etcd.alive():
+                    failures = 0
+                    continue
+                code = self.etcd.proc.returncode if self.etcd.proc else None
+                log.error("etcd exited (code %s); restarting it", code)
+                time.sleep(ETCD_RESTART_BACKOFF[min(failures, len(ETCD_RESTART_BACKOFF) - 1)])
+                failures += 1
+                try:
+                    self.etcd.start()
+                    self.etcd.wait_ready(timeout=30)
+                    log.info("etcd is back")
+                except MoorageError as exc:
+                    log.error("etcd restart failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            self.etcd.stop()
+
+
+def run_replica(
+    data_dir: DataDir,
+    admin_password: str | None,
+    workers: int = 1,
+) -> None:
+    """Run the replica in the foreground until SIGTERM/SIGINT."""
+    from granian import Granian  # the server is only needed in this process
+
+    config = data_dir.load()
+    with replica_lock(data_dir):
+        pid_file = data_dir.pid_file(SUPERVISOR_PID)
+        pid_file.write_text(f"{os.getpid()}\n")
+        etcd = EtcdProcess(data_dir, config)
+        watchdog = EtcdWatchdog(etcd)
+        try:
+            etcd.start()
+            etcd.wait_ready()
+            asyncio.run(_bootstrap(config, admin_password))
+            watchdog.start()
+            os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
+            os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
+            server = Granian(
+                "moorage.api.app:create_app",
+                factory=True,
+                interface="asgi",  # type: ignore[arg-type]
+                address=config.http_host,
+                port=config.http_port,
+                workers=workers,
+                respawn_failed_workers=True,
+                log_access=False,
+            )
+            log.info("replica %s serving on %s", config.replica_id, config.url)
+            with contextlib.suppress(SystemExit):
+                server.serve()
+        finally:
+            watchdog.stop()
+            for stale in data_dir.run_dir.glob("api-*.pid"):
+                stale.unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
+
+
+def check_http_addr(config: ReplicaConfig) -> None:
+    from moorage.cluster.processes import port_free
+
+    for host, port, what in (
+        (config.http_host, config.http_port, "HTTP"),
+        ("127.0.0.1", config.etcd_client_port, "etcd client"),
+        (config.etcd_host, config.etcd_peer_port, "etcd peer"),
+    ):
+        if not port_free(host, port):
+            raise ConfigError(
+                f"{what} port {host}:{port} is already in use; choose another "
+                f"(--http-addr / --etcd-client-port / --etcd-peer-port)"
+            )

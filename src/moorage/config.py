@@ -1,0 +1,135 @@
+"""A replica's settings: `D/moorage.json`, written once when the replica is created."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from moorage.errors import ConfigError
+
+CONFIG_NAME = "moorage.json"
+DEFAULT_HTTP_ADDR = "127.0.0.1:5000"
+DEFAULT_ETCD_CLIENT_PORT = 12379
+DEFAULT_ETCD_PEER_PORT = 12380
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    data_dir: str
+    cluster_id: str
+    replica_id: str
+    http_addr: str
+    storage: str
+    etcd_client_port: int
+    etcd_peer_port: int
+    etcd_host: str = "127.0.0.1"
+    version: int = 1
+
+    @property
+    def http_host(self) -> str:
+        return split_addr(self.http_addr)[0]
+
+    @property
+    def http_port(self) -> int:
+        return split_addr(self.http_addr)[1]
+
+    @property
+    def url(self) -> str:
+        host = self.http_host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def etcd_client_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_client_port}"
+
+    @property
+    def etcd_peer_url(self) -> str:
+        return f"http://{self.etcd_host}:{self.etcd_peer_port}"
+
+    @property
+    def etcd_name(self) -> str:
+        return self.replica_id
+
+    def with_http_addr(self, http_addr: str) -> ReplicaConfig:
+        return replace(self, http_addr=http_addr)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class DataDir:
+    """The layout of a replica's data directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.path / "etcd"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path / "logs"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "replica.lock"
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def load(self) -> ReplicaConfig:
+        try:
+            raw = json.loads(self.config_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{self.path} is not a Moorage data directory (no {CONFIG_NAME})"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"{self.config_file} is corrupt: {exc}") from None
+        raw["data_dir"] = str(self.path)
+        try:
+            return ReplicaConfig(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"{self.config_file} has unexpected fields: {exc}") from None
+
+    def save(self, config: ReplicaConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(self.config_file)
+
+    def make_dirs(self) -> None:
+        for d in (self.path, self.run_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def new_cluster_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_replica_id() -> str:
+    return secrets.token_hex(6)

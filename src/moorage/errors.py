@@ -1,0 +1,96 @@
+"""Domain errors. They carry no HTTP: `moorage.api.errors` maps them to wire codes."""
+
+from __future__ import annotations
+
+
+class MoorageError(Exception):
+    """Base of every error a user can cause or an operator must act on."""
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NameInvalid(MoorageError):
+    pass
+
+
+class NameUnknown(MoorageError):
+    pass
+
+
+class DigestInvalid(MoorageError):
+    pass
+
+
+class Unsupported(MoorageError):
+    pass
+
+
+class BlobUnknown(MoorageError):
+    pass
+
+
+class BlobUploadUnknown(MoorageError):
+    pass
+
+
+class BlobUploadInvalid(MoorageError):
+    pass
+
+
+class RangeInvalid(MoorageError):
+    """A chunk did not start where the upload ends; `current_size` says where it does."""
+
+    def __init__(self, message: str, current_size: int) -> None:
+        super().__init__(message)
+        self.current_size = current_size
+
+
+class SizeInvalid(MoorageError):
+    pass
+
+
+class ManifestInvalid(MoorageError):
+    pass
+
+
+class ManifestTooLarge(MoorageError):
+    pass
+
+
+class ManifestUnknown(MoorageError):
+    pass
+
+
+class ManifestBlobUnknown(MoorageError):
+    pass
+
+
+class PaginationInvalid(MoorageError):
+    pass
+
+
+class Unauthorized(MoorageError):
+    pass
+
+
+class Denied(MoorageError):
+    pass
+
+
+class StoreUnavailable(MoorageError):
+    """The metadata store cannot answer (etcd down or without quorum)."""
+
+
+class StoreReadOnly(StoreUnavailable):
+    """Reads work from the local copy, writes cannot be committed."""
+
+
+class StorageUnavailable(MoorageError):
+    """Blob storage failed (disk full, I/O error, permission)."""
+
+
+class ConfigError(MoorageError):
+    pass

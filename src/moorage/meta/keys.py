@@ -1,0 +1,68 @@
+"""The whole etcd key layout, in one place.
+
+    /moorage/cluster                              {"cluster_id", "epoch"}
+    /moorage/users/<name>                         {"name", "password_hash", "role"}
+    /moorage/repos/<repo>                         {}            (the catalog)
+    /moorage/blobs/<repo>@<digest>                {"size"}      (repo may serve the blob)
+    /moorage/manifests/<repo>@<digest>            manifest record
+    /moorage/tags/<repo>@<tag>                    {"digest", "media_type", "size"}
+    /moorage/referrers/<repo>@<subject>@<digest>  the referrer's descriptor
+    /moorage/uploads/<upload id>                  {"repo", "started_at"}
+
+`@` cannot occur in a repository name, so `<repo>@` is a prefix of exactly that
+repository's keys and never of another's (`a@` is not a prefix of `a/b@`).
+Values are small JSON documents; manifest bytes live in blob storage.
+"""
+
+from __future__ import annotations
+
+ROOT = b"/moorage/"
+CLUSTER = ROOT + b"cluster"
+USERS = ROOT + b"users/"
+REPOS = ROOT + b"repos/"
+BLOBS = ROOT + b"blobs/"
+MANIFESTS = ROOT + b"manifests/"
+TAGS = ROOT + b"tags/"
+REFERRERS = ROOT + b"referrers/"
+UPLOADS = ROOT + b"uploads/"
+
+
+def user(name: str) -> bytes:
+    return USERS + name.encode()
+
+
+def repo(name: str) -> bytes:
+    return REPOS + name.encode()
+
+
+def blob(repo_name: str, digest: str) -> bytes:
+    return BLOBS + f"{repo_name}@{digest}".encode()
+
+
+def manifest(repo_name: str, digest: str) -> bytes:
+    return MANIFESTS + f"{repo_name}@{digest}".encode()
+
+
+def tag(repo_name: str, tag_name: str) -> bytes:
+    return TAGS + f"{repo_name}@{tag_name}".encode()
+
+
+def tags_prefix(repo_name: str) -> bytes:
+    return TAGS + f"{repo_name}@".encode()
+
+
+def referrer(repo_name: str, subject: str, digest: str) -> bytes:
+    return REFERRERS + f"{repo_name}@{subject}@{digest}".encode()
+
+
+def referrers_prefix(repo_name: str, subject: str) -> bytes:
+    return REFERRERS + f"{repo_name}@{subject}@".encode()
+
+
+def upload(upload_id: str) -> bytes:
+    return UPLOADS + upload_id.encode()
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with `prefix`."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])

@@ -1,0 +1,173 @@
+"""Manifest parsing and validation (OCI image manifest and index, Docker schema 2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from moorage.errors import DigestInvalid, ManifestInvalid
+from moorage.oci import mediatypes as mt
+from moorage.oci.digest import parse_digest
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "application/octet-stream"})
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    media_type: str
+    config: Descriptor | None = None
+    layers: tuple[Descriptor, ...] = ()
+    children: tuple[Descriptor, ...] = ()
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in mt.INDEXES
+
+    def referrer_artifact_type(self) -> str | None:
+        """The artifactType a referrers listing shows: the manifest's own, else its config's."""
+        if self.artifact_type:
+            return self.artifact_type
+        if self.config is not None and not self.is_index:
+            return self.config.media_type
+        return None
+
+
+def _descriptor(raw: object, where: str) -> Descriptor:
+    if not isinstance(raw, dict):
+        raise ManifestInvalid(f"{where}: a descriptor must be a JSON object")
+    media_type = raw.get("mediaType")
+    digest = raw.get("digest")
+    size = raw.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise ManifestInvalid(f"{where}: mediaType is missing")
+    if not isinstance(digest, str):
+        raise ManifestInvalid(f"{where}: digest is missing")
+    try:
+        parse_digest(digest)
+    except DigestInvalid as exc:
+        raise ManifestInvalid(f"{where}: {exc.message}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestInvalid(f"{where}: size must be a non-negative integer")
+    artifact_type = raw.get("artifactType")
+    annotations = raw.get("annotations")
+    return Descriptor(
+        media_type=media_type,
+        digest=digest,
+        size=size,
+        artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+        annotations=_annotations(annotations, where),
+    )
+
+
+def _annotations(raw: object, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ManifestInvalid(f"{where}: annotations must map strings to strings")
+    return dict(raw)
+
+
+def _descriptors(raw: object, where: str) -> tuple[Descriptor, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ManifestInvalid(f"{where} must be a list of descriptors")
+    return tuple(_descriptor(item, f"{where}[{i}]") for i, item in enumerate(raw))
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
+    """Parse a manifest; the media type comes from Content-Type or, failing that, the body."""
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared in mt.DOCKER_SCHEMA1:
+        raise ManifestInvalid(_SCHEMA1)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestInvalid("manifest is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ManifestInvalid("manifest must be a JSON object")
+    version = doc.get("schemaVersion")
+    if version == 1:
+        raise ManifestInvalid(_SCHEMA1)
+    if version != 2 or isinstance(version, bool):
+        raise ManifestInvalid("schemaVersion must be 2")
+    body_type = doc.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        raise ManifestInvalid("mediaType must be a string")
+    media_type = _media_type(declared, body_type, doc)
+    if media_type not in mt.MANIFESTS:
+        raise ManifestInvalid(
+            f"unsupported manifest media type {media_type!r}: push an OCI image manifest or "
+            "index, or a Docker schema 2 manifest or manifest list"
+        )
+    artifact_type = doc.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid("artifactType must be a string")
+    subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
+    annotations = _annotations(doc.get("annotations"), "annotations") or {}
+    if media_type in mt.INDEXES:
+        if not isinstance(doc.get("manifests"), list):
+            raise ManifestInvalid("an index must have a manifests list")
+        return Manifest(
+            media_type=media_type,
+            children=_descriptors(doc["manifests"], "manifests"),
+            subject=subject,
+            artifact_type=artifact_type,
+            annotations=annotations,
+        )
+    if "config" not in doc:
+        raise ManifestInvalid("an image manifest must have a config descriptor")
+    return Manifest(
+        media_type=media_type,
+        config=_descriptor(doc["config"], "config"),
+        layers=_descriptors(doc.get("layers", []), "layers"),
+        subject=subject,
+        artifact_type=artifact_type,
+        annotations=annotations,
+    )
+
+
+def _media_type(declared: str, body_type: str | None, doc: dict[str, Any]) -> str:
+    if declared not in _GENERIC_CONTENT_TYPES:
+        if body_type and body_type != declared:
+            raise ManifestInvalid(
+                f"Content-Type {declared!r} does not match the manifest's mediaType {body_type!r}"
+            )
+        return declared
+    if body_type:
+        return body_type
+    return mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
+
+
+_SCHEMA1 = (
+    "Docker schema 1 manifests are not supported: push with a current client "
+    "(it sends schema 2 or OCI manifests)"
+)

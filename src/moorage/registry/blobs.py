@@ -1,0 +1,48 @@
+"""Blobs as a repository sees them: present only when linked to it."""
+
+from __future__ import annotations
+
+from moorage.errors import BlobUnknown
+from moorage.meta.base import MetaStore
+from moorage.oci.digest import Digest, parse_digest
+from moorage.oci.names import validate_name
+from moorage.storage.base import BlobStorage
+
+
+class Blobs:
+    def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
+        self.storage = storage
+        self.meta = meta
+
+    async def stat(self, repo: str, digest: str) -> tuple[Digest, int]:
+        """The blob's digest and size; BlobUnknown unless linked to `repo` and in storage."""
+        parsed = parse_digest(digest)
+        size = await self.meta.blob_size(repo, str(parsed))
+        # Check the bytes too, not just the link: storage is the truth for what we can send.
+        if size is None or await self.storage.stat(str(parsed)) is None:
+            raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
+        return parsed, size
+
+    async def delete(self, repo: str, digest: str) -> None:
+        """Unlink the blob from `repo`. Its bytes stay for other repositories (GC reclaims)."""
+        parsed = parse_digest(digest)
+        if not await self.meta.unlink_blob(repo, str(parsed)):
+            raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
+
+    async def mount(self, repo: str, digest: str, source: str | None) -> Digest | None:
+        """Link a blob from `source` (or, without one, any blob in storage) into `repo`.
+
+        Returns None when it cannot, and the caller starts an ordinary upload instead.
+        """
+        parsed = parse_digest(digest)
+        key = str(parsed)
+        if source is not None:
+            validate_name(source)
+            size = await self.meta.blob_size(source, key)
+            if size is None:
+                return None
+        size = await self.storage.stat(key)
+        if size is None:
+            return None
+        await self.meta.link_blob(repo, key, size)
+        return parsed

@@ -1,0 +1,169 @@
+"""Manifests: validated, stored as blobs, recorded (with tags and referrers) in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestTooLarge,
+    ManifestUnknown,
+    StorageUnavailable,
+)
+from moorage.meta.base import MetaStore
+from moorage.meta.records import ManifestRecord, TagRecord
+from moorage.oci import mediatypes as mt
+from moorage.oci.digest import Digest, digest_of, is_digest, parse_digest
+from moorage.oci.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from moorage.oci.names import is_valid_tag
+from moorage.storage.base import BlobStorage
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    size: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: Digest
+    subject: str | None
+
+
+def _tag(reference: str) -> str:
+    if not is_valid_tag(reference):
+        raise ManifestInvalid(
+            f"invalid tag {reference[:140]!r}: up to 128 of [A-Za-z0-9_.-], not starting "
+            "with . or -"
+        )
+    return reference
+
+
+class Manifests:
+    def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
+        self.storage = storage
+        self.meta = meta
+
+    async def resolve(self, repo: str, reference: str) -> TagRecord:
+        """The manifest a tag or digest names in `repo` (ManifestUnknown if none)."""
+        if is_digest(reference):
+            digest = str(parse_digest(reference))
+            record = await self.meta.get_manifest(repo, digest)
+            if record is None:
+                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
+            return record.tag_record()
+        if not is_valid_tag(reference):
+            raise ManifestUnknown(f"manifest {reference[:140]!r} is not in repository {repo}")
+        tag = await self.meta.get_tag(repo, reference)
+        if tag is None:
+            raise ManifestUnknown(f"manifest {reference}:{repo} is unknown")
+        return tag
+
+    async def get(self, repo: str, reference: str) -> StoredManifest:
+        record = await self.resolve(repo, reference)
+        body = await self.storage.read_bytes(record.digest)
+        if body is None:
+            raise StorageUnavailable(
+                f"manifest {record.digest} is recorded but its bytes are missing from blob "
+                "storage; restore blob storage or push the image again"
+            )
+        return StoredManifest(record.digest, record.media_type, record.size, body)
+
+    async def put(
+        self,
+        repo: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: Sequence[str] = (),
+    ) -> PushedManifest:
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        tags = [_tag(t) for t in extra_tags]
+        if is_digest(reference):
+            expected = parse_digest(reference)
+            digest = digest_of(body, expected.algorithm)
+            if digest != expected:
+                raise DigestInvalid(f"manifest digest is {digest}, not {expected} as the URL says")
+        else:
+            tags.insert(0, _tag(reference))
+            digest = digest_of(body)
+        manifest = parse_manifest(body, content_type)
+        await self._check_references(repo, manifest)
+        await self.storage.put_bytes(str(digest), body)
+        record = ManifestRecord(
+            digest=str(digest),
+            media_type=manifest.media_type,
+            size=len(body),
+            subject=manifest.subject.digest if manifest.subject else None,
+            artifact_type=manifest.referrer_artifact_type(),
+        )
+        referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
+        await self.meta.put_manifest(
+            repo, record, tags=list(dict.fromkeys(tags)), referrer=referrer
+        )
+        return PushedManifest(digest, record.subject)
+
+    async def delete(self, repo: str, reference: str) -> None:
+        if is_digest(reference):
+            digest = str(parse_digest(reference))
+            if not await self.meta.delete_manifest(repo, digest):
+                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
+            return
+        if not is_valid_tag(reference) or not await self.meta.delete_tag(repo, reference):
+            raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
+
+    async def _check_references(self, repo: str, manifest: Manifest) -> None:
+        """The config, distributable layers and child manifests must be in the repository.
+
+        The subject is never checked: a referrer may be pushed before what it refers to.
+        """
+        if manifest.is_index:
+            missing = await self.meta.missing_manifests(repo, [c.digest for c in manifest.children])
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"the index refers to manifests not in {repo}: {', '.join(missing[:10])}; "
+                    "push them first",
+                    detail={"missing": missing},
+                )
+            return
+        blobs = [
+            layer.digest
+            for layer in manifest.layers
+            if not mt.is_non_distributable(layer.media_type)
+        ]
+        if manifest.config is not None:
+            blobs.insert(0, manifest.config.digest)
+        missing = await self.meta.missing_blobs(repo, blobs)
+        # The empty JSON config of artifacts: create it rather than fail the push.
+        config = manifest.config
+        if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
+            await self.storage.put_bytes(mt.EMPTY_JSON_DIGEST, mt.EMPTY_JSON)
+            await self.meta.link_blob(repo, mt.EMPTY_JSON_DIGEST, len(mt.EMPTY_JSON))
+            missing.remove(mt.EMPTY_JSON_DIGEST)
+        if missing:
+            raise ManifestBlobUnknown(
+                f"the manifest refers to blobs not in {repo}: {', '.join(missing[:10])}; "
+                "push them first",
+                detail={"missing": missing},
+            )
+
+
+def _referrer_descriptor(record: ManifestRecord, manifest: Manifest) -> dict[str, Any]:
+    descriptor: dict[str, Any] = {
+        "mediaType": record.media_type,
+        "digest": record.digest,
+        "size": record.size,
+    }
+    if record.artifact_type:
+        descriptor["artifactType"] = record.artifact_type
+    if manifest.annotations:
+        descriptor["annotations"] = manifest.annotations
+    return descriptor

@@ -1,0 +1,193 @@
+"""Blob uploads: monolithic, POST-with-digest, chunked; resumable on any replica.
+
+The bytes go to blob storage as they arrive and are hashed on the way. A replica keeps the
+running hash in memory for the uploads it serves; when a chunk lands on another replica
+(or after a restart) the digest is computed by reading the upload back, so any replica can
+finish any upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, SizeInvalid
+from moorage.meta.base import MetaStore
+from moorage.meta.records import UploadRecord
+from moorage.oci.digest import Digest, Hasher, parse_digest
+from moorage.storage.base import BlobStorage
+
+_UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+_MAX_CACHED_HASHERS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """A Content-Range `start-end` (inclusive), as a chunk's position in the upload."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class Uploads:
+    def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
+        self.storage = storage
+        self.meta = meta
+        # upload id -> (bytes hashed, sha256 of those bytes)
+        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+
+    async def start(self, repo: str) -> str:
+        upload_id = uuid.uuid4().hex
+        await self.storage.create_upload(upload_id)
+        await self.meta.create_upload(UploadRecord(upload_id, repo, time.time()))
+        self._remember(upload_id, 0, hashlib.sha256())
+        return upload_id
+
+    async def size(self, repo: str, upload_id: str) -> int:
+        await self._session(repo, upload_id)
+        size = await self.storage.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown("upload unknown: its data is gone")
+        return size
+
+    async def append(
+        self,
+        repo: str,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        chunk: ChunkRange | None,
+        content_length: int | None,
+    ) -> int:
+        """Append one PATCH body; returns the upload's new size."""
+        await self._session(repo, upload_id)
+        return await self._append(upload_id, body, chunk, content_length)
+
+    async def finish(
+        self,
+        repo: str,
+        upload_id: str,
+        digest: str,
+        body: AsyncIterator[bytes] | None,
+        chunk: ChunkRange | None,
+        content_length: int | None,
+    ) -> tuple[Digest, int]:
+        """Close the upload with an optional last chunk, verify its digest, make it a blob."""
+        parsed = parse_digest(digest)
+        await self._session(repo, upload_id)
+        if body is not None:
+            size = await self._append(upload_id, body, chunk, content_length)
+        else:
+            current = await self.storage.upload_size(upload_id)
+            if current is None:
+                raise BlobUploadUnknown("upload unknown: its data is gone")
+            size = current
+        await self._verify_and_commit(upload_id, parsed, size)
+        await self.meta.link_blob(repo, str(parsed), size, upload_id=upload_id)
+        return parsed, size
+
+    async def monolithic(
+        self, repo: str, digest: str, body: AsyncIterator[bytes], content_length: int | None
+    ) -> tuple[Digest, int]:
+        """POST with `?digest=`: the whole blob in one request, no session record needed."""
+        parsed = parse_digest(digest)
+        upload_id = uuid.uuid4().hex
+        await self.storage.create_upload(upload_id)
+        self._remember(upload_id, 0, parsed.hasher())
+        try:
+            size = await self._append(upload_id, body, None, content_length)
+            await self._verify_and_commit(upload_id, parsed, size)
+        except BaseException:
+            self._hashers.pop(upload_id, None)
+            await self.storage.delete_upload(upload_id)
+            raise
+        await self.meta.link_blob(repo, str(parsed), size)
+        return parsed, size
+
+    async def cancel(self, repo: str, upload_id: str) -> None:
+        await self._session(repo, upload_id)
+        self._hashers.pop(upload_id, None)
+        await self.meta.delete_upload(upload_id)
+        await self.storage.delete_upload(upload_id)
+
+    # -- internals --------------------------------------------------------------------
+    async def _session(self, repo: str, upload_id: str) -> UploadRecord:
+        if not _UPLOAD_ID.match(upload_id):
+            raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
+        record = await self.meta.get_upload(upload_id)
+        if record is None or record.repo != repo:
+            raise BlobUploadUnknown(
+                f"upload {upload_id} is unknown in {repo}: it was finished, cancelled or never "
+                "started; start a new one with POST /v2/<name>/blobs/uploads/"
+            )
+        return record
+
+    def _remember(self, upload_id: str, size: int, hasher: Hasher) -> None:
+        self._hashers[upload_id] = (size, hasher)
+        self._hashers.move_to_end(upload_id)
+        while len(self._hashers) > _MAX_CACHED_HASHERS:
+            self._hashers.popitem(last=False)
+
+    async def _append(
+        self,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        chunk: ChunkRange | None,
+        content_length: int | None,
+    ) -> int:
+        if chunk is not None and content_length is not None and chunk.length != content_length:
+            raise SizeInvalid(
+                f"Content-Range covers {chunk.length} bytes but Content-Length is {content_length}"
+            )
+        if chunk is not None:
+            offset = chunk.start
+        else:
+            current = await self.storage.upload_size(upload_id)
+            if current is None:
+                raise BlobUploadUnknown("upload unknown: its data is gone")
+            offset = current
+        cached = self._hashers.pop(upload_id, None)
+        hasher = cached[1] if cached is not None and cached[0] == offset else None
+        writer = await self.storage.append(upload_id, offset, hasher)
+        expected = chunk.length if chunk is not None else content_length
+        try:
+            async for data in body:
+                await writer.write(data)
+            received = writer.size - offset
+            if expected is not None and received != expected:
+                raise BlobUploadInvalid(
+                    f"expected {expected} bytes in this request, got {received}"
+                )
+            size = await writer.close()
+        except BaseException:
+            # Roll the upload back to where this request found it: the client's view.
+            await writer.abort()
+            raise
+        if hasher is not None:
+            self._remember(upload_id, size, hasher)
+        return size
+
+    async def _verify_and_commit(self, upload_id: str, digest: Digest, size: int) -> None:
+        cached = self._hashers.pop(upload_id, None)
+        hasher = cached[1] if cached is not None and cached[0] == size else None
+        if hasher is not None and getattr(hasher, "name", digest.algorithm) == digest.algorithm:
+            actual = hasher.hexdigest()
+        else:
+            actual = await self.storage.hash_upload(upload_id, digest.algorithm)
+        if actual != digest.encoded:
+            # A mismatch leaves no trace: the bytes are dropped, the session ends.
+            await self.storage.delete_upload(upload_id)
+            await self.meta.delete_upload(upload_id)
+            raise DigestInvalid(
+                f"the uploaded bytes have digest {digest.algorithm}:{actual}, not {digest}; "
+                "the upload was discarded"
+            )
+        await self.storage.commit_upload(upload_id, str(digest))

@@ -1,0 +1,35 @@
+"""The whole on-disk layout of blob storage, in one place.
+
+    <root>/
+      blobs/<algorithm>/<first two hex>/<hex>   verified blob bytes, shared by all repositories;
+                                                manifests are stored here too
+      uploads/<upload id>                       bytes of an upload in progress
+      tmp/                                      staging for atomic writes (same filesystem)
+      probe/                                    health probes (write, read, delete)
+
+Every file under blobs/ is complete and its name is its digest: bytes are fsynced and
+renamed into place only after the digest was verified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StorageLayout:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.uploads = root / "uploads"
+        self.tmp = root / "tmp"
+        self.probe = root / "probe"
+
+    def blob(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        return self.blobs / algorithm / encoded[:2] / encoded
+
+    def upload(self, upload_id: str) -> Path:
+        return self.uploads / upload_id
+
+    def dirs(self) -> tuple[Path, ...]:
+        return (self.blobs, self.uploads, self.tmp, self.probe)
