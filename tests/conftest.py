@@ -108,8 +108,10 @@ class Replica:
         self.proc = None
         time.sleep(0.2)
 
-    def client(self, auth: tuple[str, str] | None = AUTH, **kw: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, auth=auth, timeout=60, **kw)  # type: ignore[arg-type]
+    def client(
+        self, auth: tuple[str, str] | None = AUTH, timeout: float = 60, **kw: object
+    ) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=auth, timeout=timeout, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

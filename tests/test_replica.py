@@ -1,0 +1,132 @@
+"""The replica process: pid files, command lines, single ownership, etcd supervision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ADMIN_PASSWORD, Replica, free_port, moorage_cmd
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_new_data_dir_becomes_a_cluster(fresh_replica: Replica) -> None:
+    fresh_replica.start()
+    config = json.loads((fresh_replica.data_dir / "moorage.json").read_text())
+    assert len(config["replica_id"]) == 12
+    int(config["replica_id"], 16)
+    assert len(config["cluster_id"]) == 32
+    assert config["storage"] == str(fresh_replica.data_dir / "blobs")
+    assert (fresh_replica.data_dir / "etcd" / "member").is_dir()
+    pids = fresh_replica.pids()
+    assert {"moorage", "etcd"} <= set(pids)
+    assert any(name.startswith("api-") for name in pids)
+    for pid in pids.values():
+        assert str(fresh_replica.data_dir) in _cmdline(pid)
+    health = httpx.get(f"{fresh_replica.url}/api/v0/health").json()
+    assert health["replica_id"] == config["replica_id"]
+    assert health["cluster_id"] == config["cluster_id"]
+
+
+def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    proc = subprocess.Popen(
+        moorage_cmd(
+            "run", "--data-dir", "rel", "--http-addr", f"127.0.0.1:{port}",
+            "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port()),
+        ),
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    r = Replica(tmp_path / "rel")
+    r.proc, r.port = proc, port
+    try:
+        r.wait_healthy()
+        for pid in r.pids().values():
+            assert str(tmp_path / "rel") in _cmdline(pid)
+    finally:
+        r.stop()
+    assert not r.pids()
+
+
+def test_second_process_on_same_data_dir_is_refused(fresh_replica: Replica) -> None:
+    fresh_replica.start()
+    out = subprocess.run(
+        moorage_cmd("run", "--data-dir", str(fresh_replica.data_dir)),
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "already running" in out.stderr
+    assert str(fresh_replica.pids()["moorage"]) in out.stderr
+    assert "Traceback" not in out.stderr
+    # The first one is unharmed.
+    assert httpx.get(f"{fresh_replica.url}/_ping").status_code == 200
+
+
+def test_conflicting_port_is_a_clear_error(tmp_path: Path, registry: Replica) -> None:
+    out = subprocess.run(
+        moorage_cmd("run", "--data-dir", str(tmp_path / "d"), "--http-addr", registry.host),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_usage_exits_2(tmp_path: Path) -> None:
+    out = subprocess.run(
+        moorage_cmd("run", "--data-dir", str(tmp_path / "d"), "--http-addr", "nonsense"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "HOST:PORT" in out.stderr
+
+
+def test_etcd_is_restarted_when_it_dies(fresh_replica: Replica) -> None:
+    fresh_replica.start()
+    blob = b"survives an etcd crash"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with fresh_replica.client() as c:
+        assert (
+            c.post(f"/v2/etcd/crash/blobs/uploads/?digest={digest}", content=blob).status_code
+            == 201
+        )
+    old = fresh_replica.pids()["etcd"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = fresh_replica.pids().get("etcd")
+        if new and new != old:
+            break
+        time.sleep(0.1)
+    assert new
+    assert new != old
+    with fresh_replica.client() as c:
+        deadline = time.monotonic() + 60
+        while c.get("/_ping").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"/v2/etcd/crash/blobs/{digest}").content == blob
+
+
+def test_sigint_stops_everything(fresh_replica: Replica) -> None:
+    fresh_replica.start()
+    pids = fresh_replica.pids()
+    assert fresh_replica.proc is not None
+    fresh_replica.proc.send_signal(signal.SIGINT)
+    assert fresh_replica.proc.wait(60) == 0
+    for pid in pids.values():
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
+    assert not fresh_replica.pids()
