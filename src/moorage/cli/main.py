@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -90,6 +91,49 @@ def new_replica_config(
     )
 
 
+def _check_same_settings(
+    config: ReplicaConfig,
+    http_addr: str | None,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+) -> None:
+    changed = {
+        "--http-addr": http_addr and http_addr != config.http_addr,
+        "--storage": storage and str(Path(storage).resolve()) != config.storage,
+        "--etcd-client-port": etcd_client_port and etcd_client_port != config.etcd_client_port,
+        "--etcd-peer-port": etcd_peer_port and etcd_peer_port != config.etcd_peer_port,
+    }
+    bad = [flag for flag, differs in changed.items() if differs]
+    if bad:
+        raise Failed(
+            f"{config.data_dir} already holds a replica with other settings for "
+            f"{', '.join(bad)} (see its moorage.json); run without them or use another --data-dir"
+        )
+
+
+def _create(
+    d: DataDir,
+    http_addr: str | None,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+) -> ReplicaConfig:
+    """Write the configuration of a new one-replica cluster into an empty data directory."""
+    from moorage.cluster.supervisor import check_http_addr
+
+    if d.path.exists() and (d.etcd_dir.exists() or d.config_file.exists()):
+        raise Failed(
+            f"{d.path} already holds replica state; use 'moorage start --data-dir {d.path}', "
+            f"or 'moorage destroy --data-dir {d.path}' to start over"
+        )
+    config = new_replica_config(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+    check_http_addr(config)
+    d.make_dirs()
+    d.save(config)
+    return config
+
+
 def _reexec_with_absolute(data_dir: DataDir) -> None:
     """Every process of a replica carries the absolute data directory in its command line."""
     if str(data_dir.path) in sys.argv[1:]:
@@ -124,7 +168,7 @@ def run(
     workers: int,
 ) -> None:
     """Run a replica in the foreground; an empty DATA_DIR becomes a new one-replica cluster."""
-    from moorage.cluster.supervisor import check_http_addr, run_replica
+    from moorage.cluster.supervisor import run_replica
 
     _setup_logging()
     d = DataDir(data_dir)
@@ -133,33 +177,9 @@ def run(
     password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or None
     try:
         if d.exists():
-            config = d.load()
-            changed = {
-                "--http-addr": http_addr and http_addr != config.http_addr,
-                "--storage": storage and str(Path(storage).resolve()) != config.storage,
-                "--etcd-client-port": etcd_client_port
-                and etcd_client_port != config.etcd_client_port,
-                "--etcd-peer-port": etcd_peer_port and etcd_peer_port != config.etcd_peer_port,
-            }
-            bad = [flag for flag, differs in changed.items() if differs]
-            if bad:
-                raise Failed(
-                    f"{d.path} already holds a replica with other settings for "
-                    f"{', '.join(bad)} (see {d.config_file}); run without them or use "
-                    "another --data-dir"
-                )
+            _check_same_settings(d.load(), http_addr, storage, etcd_client_port, etcd_peer_port)
         else:
-            if d.path.exists() and any(p.name != "run" for p in d.path.iterdir()):
-                leftovers = sorted(p.name for p in d.path.iterdir())
-                if "etcd" in leftovers:
-                    raise Failed(
-                        f"{d.path} has etcd data but no {d.config_file.name}; it is not a "
-                        "usable replica. Move it away or run 'moorage destroy' on it."
-                    )
-            config = new_replica_config(d, http_addr, storage, etcd_client_port, etcd_peer_port)
-            check_http_addr(config)
-            d.make_dirs()
-            d.save(config)
+            _create(d, http_addr, storage, etcd_client_port, etcd_peer_port)
             if password is None:
                 password = secrets.token_urlsafe(18)
                 click.echo(
@@ -172,3 +192,124 @@ def run(
         run_replica(d, password, workers=workers)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
+
+
+def _emit(as_json: bool, doc: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
+@click.option("--storage", default=None, help="Blob storage directory (default DATA_DIR/blobs).")
+@click.option(
+    "--admin-password",
+    default=None,
+    envvar="MOORAGE_ADMIN_PASSWORD",
+    help="Admin password (default: generated and printed once).",
+)
+@_ports
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def install(
+    data_dir: str,
+    http_addr: str,
+    storage: str | None,
+    admin_password: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    as_json: bool,
+) -> None:
+    """Create a new cluster with its first replica and start it in the background."""
+    from moorage.cluster.lifecycle import start_background
+
+    d = DataDir(data_dir)
+    _http_addr(http_addr)
+    generated = admin_password is None
+    password = admin_password or secrets.token_urlsafe(18)
+    try:
+        config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        pid = start_background(d, password)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    doc: dict[str, Any] = {
+        "cluster_id": config.cluster_id,
+        "replica_id": config.replica_id,
+        "url": config.url,
+        "data_dir": str(d.path),
+        "storage": config.storage,
+        "pid": pid,
+        "admin_user": "admin",
+    }
+    if generated:
+        doc["admin_password"] = password
+    text = (
+        f"Installed replica {config.replica_id} of new cluster {config.cluster_id}\n"
+        f"  URL:        {config.url}\n  data dir:   {d.path}\n  storage:    {config.storage}\n"
+        f"  admin user: admin"
+    )
+    if generated:
+        text += f"\n  admin password (shown once, stored only as a hash): {password}"
+    _emit(as_json, doc, text)
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def start(data_dir: str, as_json: bool) -> None:
+    """Start an installed replica in the background (a no-op if it is running)."""
+    from moorage.cluster.lifecycle import running_pid, start_background
+
+    d = DataDir(data_dir)
+    try:
+        config = d.load()
+        already = running_pid(d)
+        pid = already or start_background(d)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    state = "already running" if already else "started"
+    _emit(
+        as_json,
+        {"replica_id": config.replica_id, "url": config.url, "pid": pid, "state": state},
+        f"replica {config.replica_id} {state} (pid {pid}) at {config.url}",
+    )
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stop(data_dir: str, as_json: bool) -> None:
+    """Stop a replica and its etcd member; returns once they are gone and their ports free."""
+    from moorage.cluster.lifecycle import stop as stop_replica
+
+    d = DataDir(data_dir)
+    if not d.exists():
+        raise Failed(f"{d.path} is not a Moorage data directory (no moorage.json)")
+    try:
+        stopped = stop_replica(d)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    state = "stopped" if stopped else "not running"
+    _emit(as_json, {"data_dir": str(d.path), "state": state}, f"{d.path}: {state}")
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def destroy(data_dir: str, as_json: bool) -> None:
+    """Stop a replica and delete its local state (never blob storage), without telling the
+    cluster: remove it from the cluster first with 'moorage remove'."""
+    from moorage.cluster.lifecycle import destroy as destroy_replica
+
+    d = DataDir(data_dir)
+    try:
+        removed = destroy_replica(d)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    _emit(
+        as_json,
+        {"data_dir": str(d.path), "removed": removed},
+        "\n".join(f"removed {p}" for p in removed) or f"{d.path}: nothing to remove",
+    )

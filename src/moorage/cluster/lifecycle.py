@@ -1,0 +1,154 @@
+"""Start, stop and destroy a replica in the background, by its data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from moorage.cluster.processes import alive, cmdline, read_pid, terminate, wait_ports_free
+from moorage.cluster.supervisor import SUPERVISOR_PID
+from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import MoorageError
+
+
+class LifecycleError(MoorageError):
+    """A replica could not be started, stopped or destroyed."""
+
+
+def running_pid(data_dir: DataDir) -> int | None:
+    """The supervisor's pid if this data directory's replica is running."""
+    pid = read_pid(data_dir.pid_file(SUPERVISOR_PID))
+    if pid is None or not alive(pid) or str(data_dir.path) not in cmdline(pid):
+        return None
+    return pid
+
+
+def ping(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"{url}/_ping", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError) as exc:
+        return 0, {"error": str(exc)}
+
+
+def start_background(
+    data_dir: DataDir, admin_password: str | None = None, timeout: float = 120.0
+) -> int:
+    """Start `moorage run` detached; return its pid once `/_ping` answers 200."""
+    config = data_dir.load()
+    pid = running_pid(data_dir)
+    if pid is not None:
+        return pid
+    data_dir.make_dirs()
+    env = dict(os.environ)
+    env.pop("MOORAGE_ADMIN_PASSWORD", None)
+    if admin_password is not None:
+        env["MOORAGE_ADMIN_PASSWORD"] = admin_password
+    log_path = data_dir.log_dir / "moorage.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moorage", "run", "--data-dir", str(data_dir.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    wait_healthy(config, proc, log_path, timeout)
+    return proc.pid
+
+
+def wait_healthy(
+    config: ReplicaConfig,
+    proc: subprocess.Popen[bytes] | None,
+    log_path: Path,
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LifecycleError(
+                f"the replica exited with code {proc.returncode}:\n{_tail(log_path)}\n"
+                f"(full log: {log_path})"
+            )
+        status, doc = ping(config.url)
+        if status == 200 and doc.get("healthy") is True:
+            return
+        last = doc.get("error") or f"HTTP {status}"
+        time.sleep(0.2)
+    raise LifecycleError(
+        f"the replica did not become healthy within {timeout:.0f} s ({last}); see {log_path}"
+    )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop(data_dir: DataDir, timeout: float = 60.0) -> bool:
+    """Stop every process of the replica by pid; True if something was running."""
+    config = data_dir.load() if data_dir.exists() else None
+    stopped = False
+    pid = running_pid(data_dir)
+    if pid is not None:
+        terminate(pid, timeout)
+        stopped = True
+    # Anything left behind (a killed supervisor's etcd or API workers).
+    for pid_file in sorted(data_dir.run_dir.glob("*.pid")):
+        pid = read_pid(pid_file)
+        if pid is not None and alive(pid) and str(data_dir.path) in cmdline(pid):
+            terminate(pid, timeout)
+            stopped = True
+        pid_file.unlink(missing_ok=True)
+    if config is not None:
+        ports = [
+            (config.http_host, config.http_port),
+            ("127.0.0.1", config.etcd_client_port),
+            (config.etcd_host, config.etcd_peer_port),
+        ]
+        if not wait_ports_free(ports, timeout):
+            raise LifecycleError(
+                f"the replica's processes are gone but its ports are still in use: {ports}"
+            )
+    return stopped
+
+
+def destroy(data_dir: DataDir) -> list[str]:
+    """Stop the replica and delete its local state; blob storage is never touched."""
+    if not data_dir.path.exists():
+        return []
+    storage = None
+    if data_dir.exists():
+        with contextlib.suppress(MoorageError):
+            storage = Path(data_dir.load().storage).resolve()
+    stop(data_dir)
+    removed = []
+    for path in (data_dir.etcd_dir, data_dir.run_dir, data_dir.log_dir, data_dir.config_file):
+        if storage is not None and (path == storage or path in storage.parents):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(str(path))
+        elif path.exists():
+            path.unlink()
+            removed.append(str(path))
+    with contextlib.suppress(OSError):
+        data_dir.path.rmdir()  # only if nothing (such as blobs) is left in it
+    return removed
