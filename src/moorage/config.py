@@ -28,6 +28,12 @@ class ReplicaConfig:
     etcd_peer_port: int
     etcd_host: str = "127.0.0.1"
     version: int = 1
+    # How this replica's etcd member first starts: "new" (a new cluster) or "existing"
+    # (joined: `etcd_initial_cluster` lists the members it joins). Ignored once etcd has data.
+    etcd_cluster_state: str = "new"
+    etcd_initial_cluster: str | None = None
+    # Client URLs of the other members, tried when the local member does not answer.
+    etcd_endpoints: tuple[str, ...] = ()
 
     @property
     def http_host(self) -> str:
@@ -51,6 +57,12 @@ class ReplicaConfig:
     @property
     def etcd_peer_url(self) -> str:
         return f"http://{self.etcd_host}:{self.etcd_peer_port}"
+
+    @property
+    def store_endpoints(self) -> list[str]:
+        """The local member first, then the others."""
+        others = [e for e in self.etcd_endpoints if e != self.etcd_client_url]
+        return [self.etcd_client_url, *others]
 
     @property
     def etcd_name(self) -> str:
@@ -109,6 +121,7 @@ class DataDir:
         except ValueError as exc:
             raise ConfigError(f"{self.config_file} is corrupt: {exc}") from None
         raw["data_dir"] = str(self.path)
+        raw["etcd_endpoints"] = tuple(raw.get("etcd_endpoints", ()))
         try:
             return ReplicaConfig(**raw)
         except TypeError as exc:

@@ -11,14 +11,17 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from moorage.api.cluster import cluster_routes
 from moorage.api.health import check_once, health, health_loop, ping
 from moorage.api.state import AppState
 from moorage.api.v2 import guarded
 from moorage.auth.basic import BasicAuthenticator
 from moorage.cluster.bootstrap import bootstrap
+from moorage.cluster.heartbeat import Heartbeat
 from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import MoorageError
 from moorage.meta.base import MetaStore
-from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd import EtcdCluster
 from moorage.registry import Registry
 from moorage.storage.filesystem import FilesystemStorage
 
@@ -32,10 +35,16 @@ def build_app(
     storage = FilesystemStorage(config.storage)
     registry = Registry(storage, meta)
     st = AppState(config=config, registry=registry, auth=BasicAuthenticator(meta))
+    if isinstance(meta, EtcdCluster):
+        st.cluster = meta
+        st.heartbeat = Heartbeat(meta, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await bootstrap(meta, config.cluster_id, admin_password)
+        try:
+            await bootstrap(meta, config.cluster_id, admin_password)
+        except MoorageError as exc:  # a learner, or no quorum: /_ping reports it
+            log.warning("store not ready at start: %s", exc)
         await check_once(st)
         task = asyncio.create_task(health_loop(st))
         try:
@@ -50,6 +59,7 @@ def build_app(
         routes=[
             Route("/_ping", ping, methods=["GET", "HEAD"]),
             Route("/api/v0/health", health, methods=["GET"]),
+            *cluster_routes(),
             Route("/v2", guarded, methods=ALL_METHODS),
             Route("/v2/{path:path}", guarded, methods=ALL_METHODS),
         ],
@@ -65,5 +75,5 @@ def create_app() -> Starlette:
     config = data_dir.load()
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
-    meta = EtcdMetaStore([config.etcd_client_url])
+    meta = EtcdCluster(config.store_endpoints)
     return build_app(config, meta)

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from moorage import __version__
 from moorage.api.state import AppState, ComponentHealth
+from moorage.errors import MoorageError
 
 log = logging.getLogger("moorage.health")
 CHECK_INTERVAL = 2.0
@@ -40,6 +41,12 @@ async def check_once(st: AppState) -> None:
 async def health_loop(st: AppState) -> None:
     while True:
         await check_once(st)
+        if st.heartbeat is not None:
+            problem = _problem(st)
+            try:
+                await asyncio.wait_for(st.heartbeat.beat(problem is None, problem), CHECK_TIMEOUT)
+            except (MoorageError, TimeoutError) as exc:
+                log.debug("heartbeat not written: %s", exc)
         await asyncio.sleep(CHECK_INTERVAL)
 
 

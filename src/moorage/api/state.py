@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moorage.auth.base import Authenticator
+from moorage.cluster.heartbeat import Heartbeat
 from moorage.config import ReplicaConfig
+from moorage.meta.etcd import EtcdCluster
 from moorage.registry import Registry
 
 
@@ -23,3 +25,6 @@ class AppState:
     auth: Authenticator
     etcd: ComponentHealth = field(default_factory=ComponentHealth)
     storage: ComponentHealth = field(default_factory=ComponentHealth)
+    # The etcd cluster API and this replica's heartbeat (absent with an in-memory store).
+    cluster: EtcdCluster | None = None
+    heartbeat: Heartbeat | None = None

@@ -231,7 +231,7 @@ def install(
     password = admin_password or secrets.token_urlsafe(18)
     try:
         config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port)
-        pid = start_background(d, password)
+        pid = start_background(d, password).pid
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     doc: dict[str, Any] = {
@@ -266,7 +266,7 @@ def start(data_dir: str, as_json: bool) -> None:
     try:
         config = d.load()
         already = running_pid(d)
-        pid = already or start_background(d)
+        pid = already or start_background(d).pid
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     state = "already running" if already else "started"
@@ -313,3 +313,155 @@ def destroy(data_dir: str, as_json: bool) -> None:
         {"data_dir": str(d.path), "removed": removed},
         "\n".join(f"removed {p}" for p in removed) or f"{d.path}: nothing to remove",
     )
+
+
+def _admin_options(fn: Any) -> Any:
+    fn = click.option(
+        "--password",
+        envvar="MOORAGE_PASSWORD",
+        default=None,
+        help="Admin password (or MOORAGE_PASSWORD).",
+    )(fn)
+    fn = click.option(
+        "--username",
+        envvar="MOORAGE_USERNAME",
+        default="admin",
+        show_default=True,
+        help="Admin user (or MOORAGE_USERNAME).",
+    )(fn)
+    fn = click.option(
+        "--existing",
+        required=True,
+        help="URL of a replica of the cluster; a comma-separated list is tried in turn.",
+    )(fn)
+    return fn
+
+
+def _client(existing: str, username: str, password: str | None) -> Any:
+    from moorage.recovery.client import AdminClient, split_urls
+
+    if password is None:
+        raise click.UsageError("give the admin password with --password or MOORAGE_PASSWORD")
+    try:
+        return AdminClient(split_urls(existing), username, password)
+    except MoorageError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@_admin_options
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="New replica.")
+@click.option("--http-addr", required=True, help="Listen address of the new replica, HOST:PORT.")
+@click.option(
+    "--storage",
+    default=None,
+    help="Local path of the cluster's blob storage, if it differs from the cluster's own.",
+)
+@_ports
+@click.option(
+    "--unsafe-join",
+    is_flag=True,
+    help="Skip Moorage's checks (quorum, unhealthy replicas); etcd's own still apply.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def join(
+    existing: str,
+    username: str,
+    password: str | None,
+    data_dir: str,
+    http_addr: str,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    unsafe_join: bool,
+    as_json: bool,
+) -> None:
+    """Add a replica to a running cluster; returns once it is a healthy voting member."""
+    from moorage.recovery.join import join as join_cluster
+
+    client = _client(existing, username, password)
+    _http_addr(http_addr)
+    try:
+        doc = join_cluster(
+            client,
+            DataDir(data_dir),
+            http_addr,
+            storage,
+            etcd_client_port,
+            etcd_peer_port,
+            unsafe_join,
+        )
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    _emit(
+        as_json,
+        doc,
+        f"Replica {doc['replica_id']} joined cluster {doc['cluster_id']}\n"
+        f"  URL:      {doc['url']}\n  data dir: {doc['data_dir']}\n  storage:  {doc['storage']}",
+    )
+
+
+@main.command()
+@_admin_options
+@click.option("--replica-id", required=True, help="Replica id(s) to remove, comma-separated.")
+@click.option("--force", is_flag=True, help="Remove even if too few healthy voters would remain.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def remove(
+    existing: str,
+    username: str,
+    password: str | None,
+    replica_id: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Take replicas out of the cluster, dead or alive."""
+    client = _client(existing, username, password)
+    ids = [i.strip() for i in replica_id.split(",") if i.strip()]
+    try:
+        doc = client.call("POST", "/api/v0/cluster/remove", {"replica_ids": ids, "force": force})
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    _emit(
+        as_json,
+        doc,
+        f"removed {', '.join(doc['removed'])}; the cluster has {doc['members']} voting "
+        f"members (quorum {doc['needed']}). Clear a removed replica's host with "
+        "'moorage destroy --data-dir DIR' before reusing it.",
+    )
+
+
+@main.command()
+@_admin_options
+@click.option(
+    "--data-dir",
+    "data_dirs",
+    default=None,
+    help="Local data directories to inspect too (comma-separated).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(
+    existing: str, username: str, password: str | None, data_dirs: str | None, as_json: bool
+) -> None:
+    """Cluster health, quorum, the scenario, and the next command to run."""
+    from moorage.recovery.diagnose import status as cluster_status
+
+    client = _client(existing, username, password)
+    dirs = [DataDir(p) for p in (data_dirs or "").split(",") if p.strip()]
+    try:
+        doc = cluster_status(client, dirs)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    q = doc["quorum"]
+    lines = [
+        f"cluster {doc['cluster_id']}  epoch {doc['epoch']}",
+        f"scenario: {doc['scenario']}"
+        + (
+            f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
+        ),
+    ]
+    for r in doc["replicas"]:
+        role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
+        state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
+        lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
+    lines.append(f"next: {doc['action']}")
+    _emit(as_json, doc, "\n".join(lines))

@@ -39,8 +39,14 @@ class EtcdProcess:
     ) -> None:
         self.data_dir = data_dir
         self.config = config
-        self.initial_cluster = initial_cluster or f"{config.etcd_name}={config.etcd_peer_url}"
-        self.cluster_state = cluster_state
+        self.initial_cluster = (
+            initial_cluster
+            or config.etcd_initial_cluster
+            or f"{config.etcd_name}={config.etcd_peer_url}"
+        )
+        self.cluster_state = (
+            cluster_state if initial_cluster is not None else config.etcd_cluster_state
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -90,10 +96,14 @@ class EtcdProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, serving_only: bool = False) -> None:
+        """Until etcd is healthy (has a leader); with `serving_only`, until it answers at all
+        (a learner that is catching up, or a member without quorum)."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
+            if serving_only and etcd_answers(self.config.etcd_client_port):
+                return
             if self.proc is not None and self.proc.poll() is not None:
                 raise StoreUnavailable(
                     f"etcd exited with code {self.proc.returncode}; see "
@@ -104,6 +114,17 @@ class EtcdProcess:
                 return
             time.sleep(0.1)
         raise StoreUnavailable(f"etcd did not become healthy within {timeout:.0f} s: {last}")
+
+    def removed_from_cluster(self) -> bool:
+        """True when etcd exited because this member was removed (it will never come back)."""
+        try:
+            with open(self.data_dir.log_dir / "etcd.log", "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 16384))
+                tail = fh.read()
+        except OSError:
+            return False
+        return b"permanently removed from the cluster" in tail
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -122,3 +143,11 @@ def etcd_health(client_port: int, timeout: float = 1.0) -> tuple[bool, str]:
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
     return doc.get("health") == "true", str(doc.get("reason", ""))
+
+
+def etcd_answers(client_port: int, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{client_port}/version", timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False

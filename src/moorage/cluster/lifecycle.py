@@ -45,13 +45,13 @@ def ping(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
 
 
 def start_background(
-    data_dir: DataDir, admin_password: str | None = None, timeout: float = 120.0
-) -> int:
-    """Start `moorage run` detached; return its pid once `/_ping` answers 200."""
+    data_dir: DataDir,
+    admin_password: str | None = None,
+    timeout: float = 120.0,
+    wait: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start `moorage run` detached; by default return once `/_ping` answers 200."""
     config = data_dir.load()
-    pid = running_pid(data_dir)
-    if pid is not None:
-        return pid
     data_dir.make_dirs()
     env = dict(os.environ)
     env.pop("MOORAGE_ADMIN_PASSWORD", None)
@@ -67,8 +67,9 @@ def start_background(
             env=env,
             start_new_session=True,
         )
-    wait_healthy(config, proc, log_path, timeout)
-    return proc.pid
+    if wait:
+        wait_healthy(config, proc, log_path, timeout)
+    return proc
 
 
 def wait_healthy(

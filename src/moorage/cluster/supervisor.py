@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from moorage.cluster.bootstrap import bootstrap
@@ -34,6 +34,7 @@ from moorage.meta.etcd import EtcdMetaStore
 log = logging.getLogger("moorage.supervisor")
 SUPERVISOR_PID = "moorage"
 ETCD_RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+MAX_ETCD_RESTARTS = 8
 
 
 class ReplicaBusy(MoorageError):
@@ -60,7 +61,7 @@ def replica_lock(data_dir: DataDir) -> Iterator[IO[str]]:
 
 
 async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
-    meta = EtcdMetaStore([config.etcd_client_url])
+    meta = EtcdMetaStore(config.store_endpoints)
     try:
         await bootstrap(meta, config.cluster_id, admin_password)
     finally:
@@ -70,9 +71,10 @@ async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
 class EtcdWatchdog(threading.Thread):
     """Restarts the etcd child whenever it exits, until stopped."""
 
-    def __init__(self, etcd: EtcdProcess) -> None:
+    def __init__(self, etcd: EtcdProcess, give_up: Callable[[], None] | None = None) -> None:
         super().__init__(name="etcd-watchdog", daemon=True)
         self.etcd = etcd
+        self.give_up = give_up
         self.stopping = threading.Event()
         self.lock = threading.Lock()
 
@@ -85,11 +87,20 @@ class EtcdWatchdog(threading.Thread):
                     continue
                 code = self.etcd.proc.returncode if self.etcd.proc else None
                 log.error("etcd exited (code %s); restarting it", code)
+                if failures >= MAX_ETCD_RESTARTS or self.etcd.removed_from_cluster():
+                    log.error(
+                        "etcd keeps exiting (removed from the cluster?); stopping this "
+                        "replica: see %s",
+                        self.etcd.data_dir.log_dir / "etcd.log",
+                    )
+                    if self.give_up is not None:
+                        self.give_up()
+                    return
                 time.sleep(ETCD_RESTART_BACKOFF[min(failures, len(ETCD_RESTART_BACKOFF) - 1)])
                 failures += 1
                 try:
                     self.etcd.start()
-                    self.etcd.wait_ready(timeout=30)
+                    self.etcd.wait_ready(timeout=30, serving_only=True)
                     log.info("etcd is back")
                 except MoorageError as exc:
                     log.error("etcd restart failed: %s", exc)
@@ -116,9 +127,13 @@ def run_replica(
         watchdog = EtcdWatchdog(etcd)
         try:
             etcd.start()
-            etcd.wait_ready()
-            asyncio.run(_bootstrap(config, admin_password))
-            watchdog.start()
+            if admin_password is not None:
+                etcd.wait_ready()
+                asyncio.run(_bootstrap(config, admin_password))
+            else:
+                # A joining member is a learner until promoted, a member without quorum has
+                # no leader: serve anyway, /_ping tells the truth until the store is healthy.
+                etcd.wait_ready(serving_only=True)
             os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
             os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
             server = Granian(
@@ -131,6 +146,8 @@ def run_replica(
                 respawn_failed_workers=True,
                 log_access=False,
             )
+            watchdog.give_up = server.signal_handler_interrupt
+            watchdog.start()
             log.info("replica %s serving on %s", config.replica_id, config.url)
             with contextlib.suppress(SystemExit):
                 server.serve()

@@ -7,7 +7,11 @@ quorum answers StoreUnavailable instead of hanging a request forever.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aetcd
@@ -19,6 +23,14 @@ from moorage.meta.base import KV, Delete, Guard, MetaStore, Op, Put
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
+LINEARIZABLE_READ_TIMEOUT = 2.0
+LOCAL_READ_WINDOW = 3.0  # after a failed linearizable read, read locally for this long
+_ELECTION = ("leader changed", "no leader", "connection refused", "failed to connect")
+
+
+def _election(exc: StoreUnavailable) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _ELECTION)
 
 
 def _target(endpoints: Sequence[str]) -> tuple[str, int]:
@@ -35,6 +47,7 @@ class EtcdMetaStore(MetaStore):
         host, port = _target(endpoints)
         self._client: Any = aetcd.Client(host=host, port=port)
         self._timeout = timeout
+        self._local_reads_until = 0.0
         self.endpoints = list(endpoints)
 
     async def connect(self) -> None:
@@ -43,21 +56,35 @@ class EtcdMetaStore(MetaStore):
     async def close(self) -> None:
         await self._client.close()
 
-    async def _call(self, method: str, request: Any) -> Any:
+    async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         """`method` is "stub.Method", e.g. "kvstub.Range" (stubs exist once connected)."""
         if not self._client._connected.is_set():
             await self._client.connect()
         stub, _, name = method.partition(".")
         try:
             return await getattr(getattr(self._client, stub), name)(
-                request, timeout=self._timeout, metadata=self._client.metadata
+                request, timeout=limit or self._timeout, metadata=self._client.metadata
             )
         except grpc.aio.AioRpcError as exc:
             detail = exc.details() or exc.code().name
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
 
+    async def _read(self, request: Any) -> Any:
+        """A linearizable read; during an election or without quorum, this member's copy.
+
+        Pulls must not stop while etcd elects a leader or has lost quorum: the local copy
+        holds everything this member learned was committed.
+        """
+        if time.monotonic() >= self._local_reads_until:
+            try:
+                return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
+            except StoreUnavailable:
+                self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
+        request.serializable = True
+        return await self._call("kvstub.Range", request)
+
     async def _get(self, key: bytes) -> KV | None:
-        resp = await self._call("kvstub.Range", rpc.RangeRequest(key=key))
+        resp = await self._read(rpc.RangeRequest(key=key))
         if not resp.kvs:
             return None
         kv = resp.kvs[0]
@@ -67,7 +94,7 @@ class EtcdMetaStore(MetaStore):
         self, start: bytes, end: bytes, limit: int = 0, keys_only: bool = False
     ) -> tuple[list[KV], bool]:
         request = rpc.RangeRequest(key=start, range_end=end, limit=limit, keys_only=keys_only)
-        resp = await self._call("kvstub.Range", request)
+        resp = await self._read(request)
         return [KV(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs], bool(resp.more)
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
@@ -91,11 +118,167 @@ class EtcdMetaStore(MetaStore):
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
                 )
         request = rpc.TxnRequest(compare=compare, success=success, failure=[])
-        resp = await self._call("kvstub.Txn", request)
-        return bool(resp.succeeded)
+        # Every registry write is idempotent or guarded, so a write refused during a leader
+        # election is retried until the election is over (about 1-2.5 s).
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                resp = await self._call("kvstub.Txn", request)
+                return bool(resp.succeeded)
+            except StoreUnavailable as exc:
+                if not _election(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def revision(self) -> int:
         resp = await self._call(
             "kvstub.Range", rpc.RangeRequest(key=b"\x00", limit=1, count_only=True)
         )
         return int(resp.header.revision)
+
+
+# -- membership, leases and per-member status: what the cluster layer needs ---------------
+
+# etcd refuses membership changes for a while after the previous one, and 3.4 allows one
+# learner at a time; these answers mean "try again shortly", never "failed".
+_TRANSIENT = (
+    "unhealthy cluster",
+    "too many learner",
+    "can only promote a learner member which is in sync",
+    "leader changed",
+    "no leader",
+    "timed out",
+    "deadline exceeded",
+    "unavailable",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+    @property
+    def hex_id(self) -> str:
+        return f"{self.id:x}"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    member_id: int
+    leader: int
+    raft_index: int
+    raft_term: int
+    is_learner: bool
+    revision: int
+    errors: tuple[str, ...]
+
+
+def _member(m: Any) -> Member:
+    return Member(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(m.isLearner))
+
+
+class EtcdCluster(EtcdMetaStore):
+    """The store plus etcd's own cluster API: members, leases, member status."""
+
+    async def members(self, linearizable: bool = True) -> list[Member]:
+        resp = await self._call(
+            "clusterstub.MemberList", rpc.MemberListRequest(linearizable=linearizable)
+        )
+        return [_member(m) for m in resp.members]
+
+    async def _retrying(self, method: str, request: Any, patience: float) -> Any:
+        deadline = time.monotonic() + patience
+        delay = 0.25
+        while True:
+            try:
+                return await self._call(method, request)
+            except StoreUnavailable as exc:
+                transient = any(t in str(exc).lower() for t in _TRANSIENT)
+                if not transient or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    async def add_member(self, peer_url: str, learner: bool, patience: float = 60) -> Member:
+        request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=learner)
+        resp = await self._retrying("clusterstub.MemberAdd", request, patience)
+        return _member(resp.member)
+
+    async def promote_member(self, member_id: int, patience: float = 120) -> None:
+        request = rpc.MemberPromoteRequest(ID=member_id)
+        await self._retrying("clusterstub.MemberPromote", request, patience)
+
+    async def remove_member(self, member_id: int, patience: float = 60) -> None:
+        request = rpc.MemberRemoveRequest(ID=member_id)
+        await self._retrying("clusterstub.MemberRemove", request, patience)
+
+    async def grant_lease(self, ttl: int) -> int:
+        resp = await self._call("leasestub.LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+        return int(resp.ID)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._call("leasestub.LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease))
+
+    async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
+        await self._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
+
+    async def create_with_lease(self, key: bytes, value: bytes, lease: int) -> bool:
+        """Put `key` only if it does not exist (a lock); True if this call created it."""
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=0
+                )
+            ],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
+            failure=[],
+        )
+        resp = await self._call("kvstub.Txn", request)
+        return bool(resp.succeeded)
+
+    async def get_raw(self, key: bytes, serializable: bool = False) -> bytes | None:
+        resp = await self._call(
+            "kvstub.Range", rpc.RangeRequest(key=key, serializable=serializable)
+        )
+        return bytes(resp.kvs[0].value) if resp.kvs else None
+
+    async def range_raw(
+        self, prefix: bytes, serializable: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        from moorage.meta.keys import prefix_end
+
+        request = rpc.RangeRequest(
+            key=prefix, range_end=prefix_end(prefix), serializable=serializable
+        )
+        resp = await self._call("kvstub.Range", request)
+        return [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
+
+    async def delete_raw(self, key: bytes) -> None:
+        await self._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=key))
+
+
+async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:
+    """Ask one member about itself (works on a member without quorum, and on learners)."""
+    store = EtcdMetaStore([client_url], timeout=patience)
+    try:
+        resp = await asyncio.wait_for(
+            store._call("maintenancestub.Status", rpc.StatusRequest()), patience
+        )
+    except TimeoutError:
+        raise StoreUnavailable(f"etcd member at {client_url} did not answer") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    return MemberStatus(
+        member_id=int(resp.header.member_id),
+        leader=int(resp.leader),
+        raft_index=int(resp.raftIndex),
+        raft_term=int(resp.raftTerm),
+        is_learner=bool(resp.isLearner),
+        revision=int(resp.header.revision),
+        errors=tuple(resp.errors),
+    )

@@ -66,3 +66,23 @@ def upload(upload_id: str) -> bytes:
 def prefix_end(prefix: bytes) -> bytes:
     """The first key after every key that starts with `prefix`."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+REPLICAS = ROOT + b"replicas/"
+HEARTBEATS = ROOT + b"heartbeats/"
+LOCKS = ROOT + b"locks/"
+
+
+def replica(replica_id: str) -> bytes:
+    """`/moorage/replicas/<id>`: {"replica_id", "url", "etcd_peer_url", ...} (one per replica)."""
+    return REPLICAS + replica_id.encode()
+
+
+def heartbeat(replica_id: str) -> bytes:
+    """`/moorage/heartbeats/<id>`: lease-backed, disappears when the replica stops renewing."""
+    return HEARTBEATS + replica_id.encode()
+
+
+def lock(name: str) -> bytes:
+    """`/moorage/locks/<name>`: lease-backed mutual exclusion (e.g. one join at a time)."""
+    return LOCKS + name.encode()

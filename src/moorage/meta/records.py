@@ -83,3 +83,37 @@ class ClusterRecord:
     @classmethod
     def decode(cls, raw: bytes) -> ClusterRecord:
         return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    replica_id: str
+    url: str
+    etcd_peer_url: str
+    etcd_client_url: str
+    data_dir: str
+    storage: str
+    joined_at: float
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplicaRecord:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRecord:
+    replica_id: str
+    url: str
+    at: float
+    healthy: bool
+    error: str | None = None
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HeartbeatRecord:
+        return cls(**json.loads(raw))

@@ -1,0 +1,117 @@
+"""Admin API for the cluster: status, the steps of a join, remove, the storage probe."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from moorage.api.state import AppState
+from moorage.cluster import membership
+from moorage.errors import MoorageError
+from moorage.meta.etcd import EtcdCluster
+from moorage.storage.paths import StorageLayout
+
+Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Admin credentials, a JSON body, and errors as `{"error", "code"}` documents."""
+
+    async def endpoint(request: Request) -> Response:
+        st: AppState = request.app.state.moorage
+        identity = await st.auth.authenticate(request.headers.get("authorization"))
+        if identity is None:
+            resp = _error(401, "UNAUTHORIZED", "admin credentials required")
+            resp.headers["WWW-Authenticate"] = st.auth.challenge
+            return resp
+        if identity.role != "admin":
+            return _error(403, "DENIED", "admin role required")
+        if st.cluster is None:
+            return _error(501, "UNSUPPORTED", "this replica has no etcd cluster")
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                return _error(400, "INVALID", "the request body is not JSON")
+            if not isinstance(body, dict):
+                return _error(400, "INVALID", "the request body must be a JSON object")
+        try:
+            result = await handler(request, st, st.cluster, body)
+        except membership.Refused as exc:
+            return _error(409, "REFUSED", str(exc))
+        except membership.Busy as exc:
+            return _error(423, "BUSY", str(exc))
+        except (KeyError, TypeError, ValueError) as exc:
+            return _error(400, "INVALID", f"bad request: {exc}")
+        except MoorageError as exc:
+            return _error(503, "UNAVAILABLE", str(exc))
+        return JSONResponse(result)
+
+    return endpoint
+
+
+async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    return await membership.cluster_status(store, st.config)
+
+
+async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    return await membership.begin_join(
+        store,
+        st.config,
+        replica_id=str(body["replica_id"]),
+        peer_url=str(body["peer_url"]),
+        unsafe=bool(body.get("unsafe", False)),
+    )
+
+
+async def promote(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    await membership.promote(store, int(str(body["member_id"]), 16))
+    return {"promoted": body["member_id"]}
+
+
+async def join_end(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    await membership.end_join(store, str(body["replica_id"]))
+    return {"released": True}
+
+
+async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    ids = body["replica_ids"]
+    if not isinstance(ids, list) or not ids:
+        raise ValueError("replica_ids must be a non-empty list")
+    return await membership.remove(store, st.config, [str(i) for i in ids], bool(body.get("force")))
+
+
+async def storage_probe(
+    request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
+) -> Any:
+    """Write a file into blob storage; a joining replica must find it in its own path."""
+    layout = StorageLayout(Path(st.config.storage))
+    name = f"join-{secrets.token_hex(8)}"
+    content = secrets.token_hex(16)
+    layout.probe.mkdir(parents=True, exist_ok=True)
+    (layout.probe / name).write_text(content)
+    return {"path": f"probe/{name}", "content": content, "storage": st.config.storage}
+
+
+def cluster_routes() -> list[Route]:
+    return [
+        Route("/api/v0/cluster/status", admin(status), methods=["GET"]),
+        Route("/api/v0/cluster/join", admin(join), methods=["POST"]),
+        Route("/api/v0/cluster/join/promote", admin(promote), methods=["POST"]),
+        Route("/api/v0/cluster/join/end", admin(join_end), methods=["POST"]),
+        Route("/api/v0/cluster/remove", admin(remove), methods=["POST"]),
+        Route("/api/v0/cluster/storage-probe", admin(storage_probe), methods=["POST"]),
+    ]

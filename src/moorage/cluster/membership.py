@@ -1,0 +1,157 @@
+"""Join and remove, on the side of the existing cluster (called through its admin API).
+
+A join is three calls from the joining replica: `begin_join` (checks, the join lock, the
+new etcd member added as a learner), `promote` once the new member has started and caught
+up, and `end_join` (releases the lock). etcd's transient refusals are retried inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from moorage.cluster.status import diagnose, gather
+from moorage.config import ReplicaConfig
+from moorage.errors import MoorageError
+from moorage.meta import keys
+from moorage.meta.etcd import EtcdCluster, Member
+from moorage.meta.records import dumps
+
+JOIN_LOCK = "join"
+JOIN_LOCK_TTL = 600
+
+
+class Refused(MoorageError):
+    """The cluster refuses an unsafe membership change; the message says what to do."""
+
+
+class Busy(MoorageError):
+    """Another membership change holds the lock; retry shortly."""
+
+
+async def _epoch(store: EtcdCluster) -> int:
+    cluster = await store.get_cluster()
+    return cluster.epoch if cluster else 1
+
+
+async def cluster_status(store: EtcdCluster, config: ReplicaConfig) -> dict[str, Any]:
+    facts = await gather(store, config.cluster_id, await _epoch(store))
+    return diagnose(facts)
+
+
+async def begin_join(
+    store: EtcdCluster,
+    config: ReplicaConfig,
+    replica_id: str,
+    peer_url: str,
+    unsafe: bool,
+) -> dict[str, Any]:
+    members = await store.members()
+    existing = next((m for m in members if peer_url in m.peer_urls), None)
+    if existing is not None and existing.name and existing.name != replica_id:
+        raise Refused(
+            f"etcd peer URL {peer_url} already belongs to replica {existing.name}; "
+            "choose another --etcd-peer-port (or remove that replica first)"
+        )
+    if not unsafe and existing is None:
+        doc = await cluster_status(store, config)
+        if doc["scenario"] == "quorum-lost":
+            raise Refused(
+                "the cluster has lost quorum: a new member cannot join. Run: " + doc["action"]
+            )
+        bad = [r for r in doc["replicas"] if not r["healthy"]]
+        if bad:
+            ids = ",".join(r["id"] for r in bad)
+            raise Refused(
+                f"replicas {ids} are unhealthy; remove them before joining a new one "
+                f"(moorage remove --existing {config.url} --replica-id {ids}), "
+                "or pass --unsafe-join. Details: "
+                + "; ".join(f"{r['id']}: {r['error']}" for r in bad)
+            )
+    await _acquire_join_lock(store, replica_id)
+    try:
+        member = existing or await store.add_member(peer_url, learner=True)
+        members = await store.members()
+    except BaseException:
+        await end_join(store, replica_id)
+        raise
+    initial = [
+        f"{replica_id if m.id == member.id else m.name}={m.peer_urls[0]}"
+        for m in members
+        if m.peer_urls and (m.name or m.id == member.id)
+    ]
+    return {
+        "cluster_id": config.cluster_id,
+        "member_id": member.hex_id,
+        "initial_cluster": ",".join(initial),
+        "etcd_endpoints": [u for m in members if not m.is_learner for u in m.client_urls],
+        "storage": config.storage,
+    }
+
+
+async def _acquire_join_lock(store: EtcdCluster, owner: str) -> None:
+    key = keys.lock(JOIN_LOCK)
+    lease = await store.grant_lease(JOIN_LOCK_TTL)
+    value = dumps({"owner": owner, "at": time.time()})
+    if await store.create_with_lease(key, value, lease):
+        return
+    await store.revoke_lease(lease)
+    raw = await store.get_raw(key)
+    if raw is not None and owner in raw.decode():
+        return  # our own lock, from a retried call
+    holder = raw.decode() if raw else "unknown"
+    raise Busy(f"another join is in progress ({holder}); retrying")
+
+
+async def promote(store: EtcdCluster, member_id: int) -> None:
+    await store.promote_member(member_id)
+
+
+async def end_join(store: EtcdCluster, replica_id: str) -> None:
+    raw = await store.get_raw(keys.lock(JOIN_LOCK))
+    if raw is not None and replica_id in raw.decode():
+        await store.delete_raw(keys.lock(JOIN_LOCK))
+
+
+async def remove(
+    store: EtcdCluster, config: ReplicaConfig, replica_ids: list[str], force: bool
+) -> dict[str, Any]:
+    doc = await cluster_status(store, config)
+    members = await store.members()
+    by_id: dict[str, Member] = {}
+    for m in members:
+        by_id[m.name or m.hex_id] = m
+        by_id[m.hex_id] = m
+    rows = {r["id"]: r for r in doc["replicas"]}
+    unknown = [rid for rid in replica_ids if rid not in by_id and rid not in rows]
+    if unknown:
+        raise Refused(
+            f"no replica {', '.join(unknown)} in this cluster; 'moorage status' lists them"
+        )
+    targets = {rid: by_id.get(rid) for rid in replica_ids}
+    voters = [m for m in members if not m.is_learner]
+    removed_voters = {m.id for m in targets.values() if m is not None and not m.is_learner}
+    remaining = [m for m in voters if m.id not in removed_voters]
+    needed = len(remaining) // 2 + 1
+    healthy_remaining = [
+        m for m in remaining if rows.get(m.name or m.hex_id, {}).get("healthy", False)
+    ]
+    if not remaining:
+        raise Refused("cannot remove every voting member; use 'moorage destroy' instead")
+    if len(healthy_remaining) < needed and not force:
+        raise Refused(
+            f"removing {', '.join(replica_ids)} would leave {len(healthy_remaining)} healthy "
+            f"voting members of {len(remaining)}, fewer than the {needed} a quorum needs; "
+            "fix or join replicas first, or pass --force"
+        )
+    done = []
+    for rid, member in targets.items():
+        if member is not None:
+            await store.remove_member(member.id)
+            await asyncio.sleep(0)  # let etcd settle; remove_member retries refusals
+        name = member.name if member is not None and member.name else rid
+        await store.delete_raw(keys.replica(name))
+        await store.delete_raw(keys.heartbeat(name))
+        done.append(name)
+    return {"removed": done, "members": len(remaining), "needed": needed}

@@ -1,0 +1,1 @@
+"""Join, remove, repair, emergency repair, backup and restore: operations on a cluster."""

@@ -1,0 +1,149 @@
+"""`moorage join`: add a replica to a running cluster, safely.
+
+1. the new replica must see the cluster's blob storage (a probe written through the
+   cluster is read back from the local path);
+2. the cluster adds the new etcd member as a learner, under a lock in etcd (refusing while
+   quorum is lost or unhealthy replicas were not removed, unless --unsafe-join);
+3. the replica starts with the existing membership, and once its member has caught up the
+   cluster promotes it to a voter;
+4. join returns when the replica answers `/_ping` and its heartbeat is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from moorage.cluster.etcd_process import etcd_answers
+from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wait_healthy
+from moorage.cluster.supervisor import check_http_addr
+from moorage.config import (
+    DEFAULT_ETCD_CLIENT_PORT,
+    DEFAULT_ETCD_PEER_PORT,
+    DataDir,
+    ReplicaConfig,
+    new_replica_id,
+)
+from moorage.errors import MoorageError
+from moorage.recovery.client import AdminClient
+
+JOIN_PATIENCE = 300.0
+
+
+class JoinFailed(MoorageError):
+    pass
+
+
+def check_storage(client: AdminClient, storage: str | None) -> str:
+    probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
+    local = Path(storage).resolve() if storage else Path(probe["storage"])
+    path = local / probe["path"]
+    try:
+        seen = path.read_text()
+    except OSError:
+        seen = None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if seen != probe["content"]:
+        raise JoinFailed(
+            f"this host does not see the cluster's blob storage at {local} (a probe file the "
+            f"cluster wrote to {probe['storage']}/{probe['path']} is not there); mount the "
+            "same storage here and pass its local path with --storage"
+        )
+    return str(local)
+
+
+def join(
+    client: AdminClient,
+    data_dir: DataDir,
+    http_addr: str,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    unsafe: bool,
+) -> dict[str, Any]:
+    if data_dir.exists() or data_dir.etcd_dir.exists():
+        raise JoinFailed(
+            f"{data_dir.path} already holds replica state; join needs an empty data directory "
+            f"(moorage destroy --data-dir {data_dir.path} clears it)"
+        )
+    replica_id = new_replica_id()
+    draft = ReplicaConfig(
+        data_dir=str(data_dir.path),
+        cluster_id="",
+        replica_id=replica_id,
+        http_addr=http_addr,
+        storage="",
+        etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
+        etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
+    )
+    check_http_addr(draft)
+    local_storage = check_storage(client, storage)
+    answer = client.call_retrying(
+        "POST",
+        "/api/v0/cluster/join",
+        {"replica_id": replica_id, "peer_url": draft.etcd_peer_url, "unsafe": unsafe},
+        JOIN_PATIENCE,
+    )
+    config = ReplicaConfig(
+        data_dir=str(data_dir.path),
+        cluster_id=answer["cluster_id"],
+        replica_id=replica_id,
+        http_addr=http_addr,
+        storage=local_storage,
+        etcd_client_port=draft.etcd_client_port,
+        etcd_peer_port=draft.etcd_peer_port,
+        etcd_cluster_state="existing",
+        etcd_initial_cluster=answer["initial_cluster"],
+        etcd_endpoints=tuple(answer["etcd_endpoints"]),
+    )
+    try:
+        data_dir.make_dirs()
+        data_dir.save(config)
+        proc = start_background(data_dir, wait=False)
+        deadline = time.monotonic() + 60
+        while not etcd_answers(config.etcd_client_port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LifecycleError(
+                    f"the new replica's etcd did not start; see {data_dir.log_dir}/etcd.log"
+                )
+            time.sleep(0.2)
+        client.call_retrying(
+            "POST", "/api/v0/cluster/join/promote", {"member_id": answer["member_id"]}, 180
+        )
+        wait_healthy(config, proc, data_dir.log_dir / "moorage.log", 120)
+        _wait_heartbeat(client, replica_id)
+    except BaseException as exc:
+        with contextlib.suppress(MoorageError):
+            stop(data_dir)
+        raise JoinFailed(
+            f"join of replica {replica_id} failed: {exc}. To clean up: moorage remove "
+            f"--existing {client.urls[0]} --replica-id {replica_id} --force; moorage destroy "
+            f"--data-dir {data_dir.path}"
+        ) from None
+    finally:
+        with contextlib.suppress(MoorageError):
+            client.call("POST", "/api/v0/cluster/join/end", {"replica_id": replica_id})
+    return {
+        "cluster_id": config.cluster_id,
+        "replica_id": replica_id,
+        "url": config.url,
+        "data_dir": str(data_dir.path),
+        "storage": local_storage,
+        "member_id": answer["member_id"],
+    }
+
+
+def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) -> None:
+    deadline = time.monotonic() + patience
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        doc = client.call("GET", "/api/v0/cluster/status")
+        row = next((r for r in doc["replicas"] if r["id"] == replica_id), {})
+        if row.get("healthy"):
+            return
+        time.sleep(0.5)
+    raise JoinFailed(f"replica {replica_id} did not report healthy: {row.get('error')}")
