@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import httpx
 
@@ -44,3 +45,41 @@ def test_restart_keeps_data(fresh_replica: Replica) -> None:
     fresh_replica.start()
     with fresh_replica.client() as c:
         assert c.get(f"/v2/keep/blobs/{digest}").content == blob
+
+
+def test_metrics(registry: Replica) -> None:
+    blob = b"counted bytes" * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with registry.client() as c:
+        assert (
+            c.post(f"/v2/metrics/test/blobs/uploads/?digest={digest}", content=blob).status_code
+            == 201
+        )
+        assert c.get(f"/v2/metrics/test/blobs/{digest}").content == blob
+        assert c.get("/v2/metrics/test/manifests/nope").status_code == 404
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(f"{registry.url}/metrics").text
+        if 'moorage_replica_role{role="leader"} 1.0' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert 'moorage_replica_role{role="leader"} 1.0' in text
+    assert "moorage_etcd_healthy 1.0" in text
+    assert "moorage_storage_healthy 1.0" in text
+    assert 'moorage_http_requests_total{method="POST",route="upload",status="201"}' in text
+    assert 'moorage_http_requests_total{method="GET",route="manifest",status="404"}' in text
+    assert "moorage_http_request_duration_seconds_bucket" in text
+    sent = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('moorage_http_sent_bytes_total{route="blob"}')
+    ]
+    assert sent
+    assert float(sent[0].split()[-1]) >= len(blob)
+    received = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('moorage_http_received_bytes_total{route="upload"}')
+    ]
+    assert received
+    assert float(received[0].split()[-1]) >= len(blob)

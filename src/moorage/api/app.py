@@ -9,10 +9,12 @@ import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import check_once, health, health_loop, ping
+from moorage.api.metrics import MetricsMiddleware, metrics
 from moorage.api.state import AppState
 from moorage.api.v2 import guarded
 from moorage.auth.basic import BasicAuthenticator
@@ -59,11 +61,13 @@ def build_app(
         routes=[
             Route("/_ping", ping, methods=["GET", "HEAD"]),
             Route("/api/v0/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
             Route("/v2", guarded, methods=ALL_METHODS),
             Route("/v2/{path:path}", guarded, methods=ALL_METHODS),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(MetricsMiddleware)],
     )
     app.state.moorage = st
     return app

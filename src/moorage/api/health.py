@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moorage import __version__
+from moorage.api.metrics import set_health
 from moorage.api.state import AppState, ComponentHealth
 from moorage.errors import MoorageError
+from moorage.meta.etcd import member_status
 
 log = logging.getLogger("moorage.health")
 CHECK_INTERVAL = 2.0
@@ -38,9 +40,23 @@ async def check_once(st: AppState) -> None:
     )
 
 
+async def _role(st: AppState) -> str:
+    try:
+        status = await member_status(st.config.etcd_client_url, CHECK_TIMEOUT)
+    except MoorageError:
+        return "unknown"
+    if status.is_learner:
+        return "learner"
+    if not status.leader:
+        return "unknown"
+    return "leader" if status.leader == status.member_id else "follower"
+
+
 async def health_loop(st: AppState) -> None:
     while True:
         await check_once(st)
+        st.role = await _role(st) if st.cluster is not None else "leader"
+        set_health(st.etcd.healthy, st.storage.healthy, st.role)
         if st.heartbeat is not None:
             problem = _problem(st)
             try:
@@ -76,6 +92,7 @@ async def health(request: Request) -> Response:
         "version": __version__,
         "cluster_id": st.config.cluster_id,
         "replica_id": st.config.replica_id,
+        "role": st.role,
         "components": {
             "etcd": {
                 "healthy": st.etcd.healthy,

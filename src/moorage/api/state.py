@@ -28,3 +28,4 @@ class AppState:
     # The etcd cluster API and this replica's heartbeat (absent with an in-memory store).
     cluster: EtcdCluster | None = None
     heartbeat: Heartbeat | None = None
+    role: str = "unknown"  # this replica's etcd role: leader, follower, learner

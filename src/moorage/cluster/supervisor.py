@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,10 @@ def run_replica(
                 # no leader: serve anyway, /_ping tells the truth until the store is healthy.
                 etcd.wait_ready(serving_only=True)
             os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
+            metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
             server = Granian(
                 "moorage.api.app:create_app",

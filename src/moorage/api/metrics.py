@@ -1,0 +1,139 @@
+"""`/metrics` in Prometheus text format.
+
+Every API worker records into prometheus_client's multiprocess directory (set by the
+replica supervisor), so one scrape sees the whole replica. Route labels are a fixed set
+of classes, never repository names, to keep cardinality bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("moorage_http_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "moorage_http_request_duration_seconds",
+    "Time to answer an HTTP request (until the response is complete)",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BYTES_IN = Counter("moorage_http_received_bytes_total", "Request body bytes", ["route"])
+BYTES_OUT = Counter("moorage_http_sent_bytes_total", "Response body bytes", ["route"])
+ETCD_HEALTHY = Gauge(
+    "moorage_etcd_healthy", "1 when this replica's etcd is healthy", multiprocess_mode="livemax"
+)
+STORAGE_HEALTHY = Gauge(
+    "moorage_storage_healthy",
+    "1 when blob storage passes its write/read probe",
+    multiprocess_mode="livemax",
+)
+ROLE = Gauge(
+    "moorage_replica_role",
+    "1 for this replica's etcd role (leader, follower, learner or unknown)",
+    ["role"],
+    multiprocess_mode="livemax",
+)
+ROLES = ("leader", "follower", "learner", "unknown")
+
+
+def route_class(path: str) -> str:
+    if path.startswith("/v2/"):
+        if "/blobs/uploads" in path:
+            return "upload"
+        for part, name in (
+            ("/blobs/", "blob"),
+            ("/manifests/", "manifest"),
+            ("/tags/list", "tags"),
+            ("/referrers/", "referrers"),
+        ):
+            if part in path:
+                return name
+        return "catalog" if path.startswith("/v2/_catalog") else "other"
+    if path in ("/v2", "/v2/"):
+        return "base"
+    for prefix, name in (
+        ("/_ping", "ping"),
+        ("/api/v0/health", "health"),
+        ("/api/v0/cluster", "cluster"),
+        ("/metrics", "metrics"),
+    ):
+        if path.startswith(prefix):
+            return name
+    return "other"
+
+
+def set_health(etcd: bool, storage: bool, role: str) -> None:
+    ETCD_HEALTHY.set(1 if etcd else 0)
+    STORAGE_HEALTHY.set(1 if storage else 0)
+    for r in ROLES:
+        ROLE.labels(r).set(1 if r == role else 0)
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_class(scope["path"])
+        method = scope["method"]
+        started = time.perf_counter()
+        status = 500
+        sent = 0
+        received = 0
+        length_known = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent, length_known
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message["status"])
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-length":
+                        length_known = True
+                        sent = 0 if method == "HEAD" else int(value)
+            elif kind == "http.response.body" and not length_known:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            REQUESTS.labels(route, method, str(status)).inc()
+            LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            if received:
+                BYTES_IN.labels(route).inc(received)
+            if sent:
+                BYTES_OUT.labels(route).inc(sent)
+
+
+async def metrics(request: Request) -> Response:
+    registry: Any
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        from prometheus_client import REGISTRY as registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
