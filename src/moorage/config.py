@@ -34,6 +34,8 @@ class ReplicaConfig:
     etcd_initial_cluster: str | None = None
     # Client URLs of the other members, tried when the local member does not answer.
     etcd_endpoints: tuple[str, ...] = ()
+    # Bumped by emergency repair; a replica older than the fence in blob storage is stale.
+    epoch: int = 1
 
     @property
     def http_host(self) -> str:

@@ -48,6 +48,14 @@ class RangeInvalid(MoorageError):
         self.current_size = current_size
 
 
+class RangeNotSatisfiable(MoorageError):
+    """A blob GET asked for a byte range outside the blob; `size` is the blob's size."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class SizeInvalid(MoorageError):
     pass
 

@@ -26,6 +26,7 @@ from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
 from moorage.registry import Registry
 from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.journal import Journal
 
 log = logging.getLogger("moorage.api")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -35,7 +36,8 @@ def build_app(
     config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None
 ) -> Starlette:
     storage = FilesystemStorage(config.storage)
-    registry = Registry(storage, meta)
+    journal = Journal(config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch)
+    registry = Registry(storage, meta, journal)
     st = AppState(config=config, registry=registry, auth=BasicAuthenticator(meta))
     if isinstance(meta, EtcdCluster):
         st.cluster = meta

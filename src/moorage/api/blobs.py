@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
 from moorage.api.errors import API_VERSION_HEADER
-from moorage.api.http import reply
+from moorage.api.http import byte_range, reply
 from moorage.api.state import AppState
 
 
@@ -17,6 +17,20 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
         headers["Content-Length"] = str(size)
         headers["Accept-Ranges"] = "bytes"
         return Response(b"", headers=headers, media_type="application/octet-stream")
+    if "range" in request.headers:
+        wanted = byte_range(request.headers["range"], size)
+        first, last = wanted if wanted is not None else (0, size - 1)
+        status = 206 if wanted is not None else 200
+        headers["Content-Length"] = str(last - first + 1)
+        headers["Accept-Ranges"] = "bytes"
+        if wanted is not None:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        return StreamingResponse(
+            st.registry.storage.read(str(parsed), first, last - first + 1),
+            status_code=status,
+            headers=headers,
+            media_type="application/octet-stream",
+        )
     path = st.registry.storage.local_path(str(parsed))
     if path is not None:
         return FileResponse(path, headers=headers, media_type="application/octet-stream")

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from moorage.api.state import AppState
 from moorage.cluster import membership
 from moorage.errors import MoorageError
-from moorage.meta.etcd import EtcdCluster
+from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.storage.paths import StorageLayout
 
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
@@ -106,6 +106,17 @@ async def storage_probe(
     return {"path": f"probe/{name}", "content": content, "storage": st.config.storage}
 
 
+async def local_revision(
+    request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
+) -> Any:
+    """The newest registry-data revision in this replica's own copy (for emergency repair)."""
+    return {
+        "replica_id": st.config.replica_id,
+        "data_dir": st.config.data_dir,
+        "revision": await data_revision(st.config.etcd_client_url),
+    }
+
+
 def cluster_routes() -> list[Route]:
     return [
         Route("/api/v0/cluster/status", admin(status), methods=["GET"]),
@@ -114,4 +125,5 @@ def cluster_routes() -> list[Route]:
         Route("/api/v0/cluster/join/end", admin(join_end), methods=["POST"]),
         Route("/api/v0/cluster/remove", admin(remove), methods=["POST"]),
         Route("/api/v0/cluster/storage-probe", admin(storage_probe), methods=["POST"]),
+        Route("/api/v0/cluster/local-revision", admin(local_revision), methods=["GET"]),
     ]

@@ -21,6 +21,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.BlobUploadUnknown: (404, "BLOB_UPLOAD_UNKNOWN"),
     e.BlobUploadInvalid: (400, "BLOB_UPLOAD_INVALID"),
     e.RangeInvalid: (416, "BLOB_UPLOAD_INVALID"),
+    e.RangeNotSatisfiable: (416, "RANGE_INVALID"),
     e.SizeInvalid: (400, "SIZE_INVALID"),
     e.ManifestInvalid: (400, "MANIFEST_INVALID"),
     e.ManifestTooLarge: (413, "SIZE_INVALID"),
@@ -69,6 +70,8 @@ def from_domain(exc: e.MoorageError, headers: dict[str, str] | None = None) -> R
     else:
         status, code = 500, "UNKNOWN"
     extra = dict(headers or {})
+    if isinstance(exc, e.RangeNotSatisfiable):
+        extra.setdefault("Content-Range", f"bytes */{exc.size}")
     if isinstance(exc, e.StoreUnavailable | e.StorageUnavailable):
         extra.setdefault("Retry-After", "5")
     return error_response(status, code, exc.message, exc.detail, extra)

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from moorage import __version__
 from moorage.api.metrics import set_health
 from moorage.api.state import AppState, ComponentHealth
+from moorage.cluster.fence import Fenced, check_fence
 from moorage.errors import MoorageError
 from moorage.meta.etcd import member_status
 
@@ -52,10 +53,31 @@ async def _role(st: AppState) -> str:
     return "leader" if status.leader == status.member_id else "follower"
 
 
+async def _local_member_answers(st: AppState) -> bool:
+    try:
+        await member_status(st.config.etcd_client_url, CHECK_TIMEOUT)
+    except MoorageError:
+        return False
+    return True
+
+
 async def health_loop(st: AppState) -> None:
     while True:
         await check_once(st)
+        try:
+            check_fence(st.config)
+        except Fenced as exc:
+            if st.fenced is None:
+                log.error("%s", exc)
+            st.fenced = str(exc)
         st.role = await _role(st) if st.cluster is not None else "leader"
+        # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
+        st.read_only = (
+            st.cluster is not None
+            and not st.etcd.healthy
+            and st.role == "unknown"
+            and await _local_member_answers(st)
+        )
         set_health(st.etcd.healthy, st.storage.healthy, st.role)
         if st.heartbeat is not None:
             problem = _problem(st)
@@ -66,7 +88,17 @@ async def health_loop(st: AppState) -> None:
         await asyncio.sleep(CHECK_INTERVAL)
 
 
+READ_ONLY_MESSAGE = (
+    "etcd: the cluster has lost quorum; this replica serves pulls from its local copy and "
+    "refuses pushes until an operator runs 'moorage emergency-repair' (see 'moorage status')"
+)
+
+
 def _problem(st: AppState) -> str | None:
+    if st.fenced:
+        return f"fenced: {st.fenced}"
+    if st.read_only:
+        return READ_ONLY_MESSAGE
     if not st.etcd.healthy:
         return f"etcd: {st.etcd.error}"
     if not st.storage.healthy:
@@ -75,11 +107,21 @@ def _problem(st: AppState) -> str | None:
 
 
 async def ping(request: Request) -> Response:
+    """200 healthy; 200 read-only (pulls work, pushes do not); 503 cannot serve.
+
+    `?writable=1` answers 503 whenever pushes would fail, for routing writes.
+    """
     st: AppState = request.app.state.moorage
     problem = _problem(st)
     if problem is None:
         return JSONResponse({"healthy": True})
-    return JSONResponse({"healthy": False, "error": problem}, status_code=503)
+    writable = request.query_params.get("writable", "") not in ("", "0", "false")
+    if st.read_only and st.storage.healthy and not writable and not st.fenced:
+        return JSONResponse({"healthy": False, "read_only": True, "error": READ_ONLY_MESSAGE})
+    body: dict[str, object] = {"healthy": False, "error": problem}
+    if st.read_only:
+        body["read_only"] = True
+    return JSONResponse(body, status_code=503)
 
 
 async def health(request: Request) -> Response:
@@ -93,6 +135,7 @@ async def health(request: Request) -> Response:
         "cluster_id": st.config.cluster_id,
         "replica_id": st.config.replica_id,
         "role": st.role,
+        "read_only": st.read_only,
         "components": {
             "etcd": {
                 "healthy": st.etcd.healthy,

@@ -10,9 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from moorage.api.errors import API_VERSION_HEADER
-from moorage.errors import PaginationInvalid, RangeInvalid, SizeInvalid
+from moorage.errors import PaginationInvalid, RangeInvalid, RangeNotSatisfiable, SizeInvalid
 from moorage.registry.uploads import ChunkRange
 
+_BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
@@ -85,3 +86,30 @@ def next_link(path: str, n: int | None, items: list[str], more: bool) -> dict[st
 def range_header(size: int) -> str:
     """The `Range` an upload reports: bytes 0..size-1 received (`0-0` when empty)."""
     return f"0-{max(size - 1, 0)}"
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) bytes a GET's `Range` asks for, or None to send it all.
+
+    A single `bytes=` range is honoured (clamped to the blob); one that starts past the
+    end, ends before it starts or asks for no bytes raises RangeNotSatisfiable. Anything
+    else (other units, several ranges, garbage) is ignored, as RFC 9110 allows.
+    """
+    if header is None:
+        return None
+    match = _BYTE_RANGE.match(header.strip().replace(" ", ""))
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    raw_first, raw_last = match.group(1), match.group(2)
+    if raw_first == "":  # suffix: the last N bytes
+        count = int(raw_last)
+        if count == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {header[:60]!r} selects no bytes", size)
+        return max(size - count, 0), size - 1
+    first = int(raw_first)
+    last = int(raw_last) if raw_last else size - 1
+    if first >= size or last < first:
+        raise RangeNotSatisfiable(
+            f"range {header[:60]!r} is not satisfiable: the blob has {size} bytes", size
+        )
+    return first, min(last, size - 1)

@@ -42,12 +42,13 @@ async def _read_limited(request: Request) -> bytes:
 
 async def put_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
     body = await _read_limited(request)
+    tag_params = request.query_params.getlist("tag")
     pushed = await st.registry.manifests.put(
         name,
         reference,
         body,
         request.headers.get("content-type"),
-        extra_tags=request.query_params.getlist("tag"),
+        extra_tags=tag_params,
     )
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
@@ -56,7 +57,10 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
     }
     if pushed.subject:
         headers["OCI-Subject"] = pushed.subject
-    return reply(201, headers)
+    response = reply(201, headers)
+    for tag in dict.fromkeys(tag_params):  # one OCI-Tag header per `?tag=` applied
+        response.headers.append("OCI-Tag", tag)
+    return response
 
 
 async def delete_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:

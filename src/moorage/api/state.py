@@ -29,3 +29,5 @@ class AppState:
     cluster: EtcdCluster | None = None
     heartbeat: Heartbeat | None = None
     role: str = "unknown"  # this replica's etcd role: leader, follower, learner
+    read_only: bool = False  # quorum lost: serve pulls from the local copy, refuse writes
+    fenced: str | None = None  # why this replica must not serve (an emergency repair left it)

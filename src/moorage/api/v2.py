@@ -18,7 +18,7 @@ from moorage.api import blobs, discovery, manifests, uploads
 from moorage.api.errors import error_response, from_domain
 from moorage.api.http import range_header, reply
 from moorage.api.state import AppState
-from moorage.errors import MoorageError, RangeInvalid
+from moorage.errors import MoorageError, RangeInvalid, StoreReadOnly
 from moorage.oci.names import validate_name
 
 log = logging.getLogger("moorage.api")
@@ -60,6 +60,9 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def _unauthorized(st: AppState) -> Response:
     return error_response(
         401,
@@ -82,6 +85,8 @@ async def dispatch(request: Request) -> Response:
     path = request.url.path
     method = request.method
     params: dict[str, Any] = {}
+    if st.fenced:
+        return error_response(503, "UNAVAILABLE", st.fenced, headers={"Retry-After": "60"})
     try:
         if path in ("/v2/", "/v2"):
             return reply(200, {"Content-Length": "2"}, b"{}", "application/json")
@@ -98,6 +103,12 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             params = match.groupdict()
             validate_name(params["name"])
+            if st.read_only and method in _WRITES:
+                raise StoreReadOnly(
+                    "the registry is read-only: its cluster has lost quorum. Pulls work; "
+                    "pushes and deletes resume after an operator runs 'moorage "
+                    "emergency-repair' (run 'moorage status' for the exact command)"
+                )
             return await handler(request, st, **params)
         return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]}")
     except RangeInvalid as exc:

@@ -38,6 +38,7 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _ports(fn: Any) -> Any:
@@ -465,3 +466,117 @@ def status(
         lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
     lines.append(f"next: {doc['action']}")
     _emit(as_json, doc, "\n".join(lines))
+
+
+@main.command("emergency-repair")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="A survivor.")
+@click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
+@click.option("--candidate-dir", default=None, help="Other local data directories to compare.")
+@click.option("--username", envvar="MOORAGE_USERNAME", default="admin", show_default=True)
+@click.option("--password", envvar="MOORAGE_PASSWORD", default=None)
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Act even though an old member still answers.")
+@click.option("--no-replay", is_flag=True, help="Do not replay the journal.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def emergency_repair(
+    data_dir: str,
+    existing: str | None,
+    candidate_dir: str | None,
+    username: str,
+    password: str | None,
+    dry_run: bool,
+    yes: bool,
+    force: bool,
+    no_replay: bool,
+    as_json: bool,
+) -> None:
+    """Quorum lost: make a one-replica cluster from the most up-to-date survivor."""
+    from moorage.recovery import emergency
+    from moorage.recovery.client import AdminClient, split_urls
+    from moorage.recovery.journal_replay import plan_replay
+
+    client = None
+    urls: list[str] = []
+    if existing:
+        urls = split_urls(existing)
+        client = AdminClient(urls, username, password or "")
+    dirs = [DataDir(p) for p in (candidate_dir or "").split(",") if p.strip()]
+    try:
+        doc = emergency.plan(DataDir(data_dir), dirs, client, urls)
+        best = doc["_best"]
+        problems = emergency.check_refusals(doc, force)
+        replay = None
+        if best.data_dir is not None and not no_replay:
+            cfg = best.data_dir.load()
+            replay = plan_replay(cfg.storage, (cfg.epoch, best.revision or 0)).summary()
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    public = {k: v for k, v in doc.items() if not k.startswith("_")}
+    public["journal_replay"] = replay
+    public["refused"] = problems
+    if as_json and (dry_run or problems):
+        click.echo(json.dumps(public, indent=2))
+    elif not as_json:
+        click.echo(_describe_plan(public))
+    if problems:
+        raise Failed("emergency repair refused:\n  " + "\n  ".join(problems))
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Failed("not confirmed: run again with --yes to carry out this plan")
+        click.confirm("Carry out this emergency repair?", abort=True)
+    try:
+        result = emergency.execute(doc, replay=not no_replay)
+    except MoorageError as exc:
+        raise Failed(f"emergency repair failed: {exc}") from None
+    public["result"] = result
+    _emit(
+        as_json,
+        public,
+        f"Replica {result['replica_id']} is now a one-replica cluster (epoch "
+        f"{result['epoch']}) at {result['url']} and accepts writes; journal entries replayed: "
+        f"{result['journal_replayed']['applied']}. Next: join new replicas with "
+        f"moorage join --existing {result['url']} --data-dir NEW_DIR --http-addr HOST:PORT",
+    )
+
+
+def _describe_plan(doc: dict[str, Any]) -> str:
+    chosen = doc["chosen"]
+    lines = [
+        "Emergency repair plan",
+        f"  survivor: replica {chosen['replica_id']} ({chosen['candidate']}), newest registry "
+        f"data at revision {chosen['data_revision']}",
+        "  candidates:",
+    ]
+    for c in doc["candidates"]:
+        if c["data_revision"] is None:
+            lines.append(f"    {c['candidate']}: unusable ({c['error']})")
+        else:
+            behind = c["behind_by_revisions"]
+            note = (
+                "chosen"
+                if behind == 0 and c["candidate"] == chosen["candidate"]
+                else (f"would lose {behind} revisions of registry data" if behind else "as new")
+            )
+            lines.append(
+                f"    {c['candidate']} (replica {c['replica_id']}): revision "
+                f"{c['data_revision']}, {note}"
+            )
+    others = [r for r in doc["old_replicas"] if r != chosen["replica_id"]]
+    lines.append(
+        "  will: fence the old epoch in blob storage, remove replicas "
+        f"{', '.join(others) or '(none)'} from the cluster, keep the cluster id, "
+        "start the survivor alone"
+    )
+    replay = doc.get("journal_replay")
+    if replay is None:
+        lines.append("  journal: not replayed (--no-replay)")
+    else:
+        lines.append(
+            f"  journal: {replay['entries']} change(s) newer than the survivor will be "
+            "replayed" + (": " if replay["entries"] else "")
+        )
+        lines += [f"    {c}" for c in replay["changes"]]
+    return "\n".join(lines)

@@ -36,7 +36,9 @@ class EtcdProcess:
         config: ReplicaConfig,
         initial_cluster: str | None = None,
         cluster_state: str = "new",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        self.extra_args = extra_args
         self.data_dir = data_dir
         self.config = config
         self.initial_cluster = (
@@ -71,6 +73,7 @@ class EtcdProcess:
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", "100000",
             "--logger", "zap",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:

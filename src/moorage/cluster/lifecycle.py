@@ -31,9 +31,10 @@ def running_pid(data_dir: DataDir) -> int | None:
     return pid
 
 
-def ping(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
+def ping(url: str, timeout: float = 2.0, writable: bool = False) -> tuple[int, dict[str, object]]:
+    query = "?writable=1" if writable else ""
     try:
-        with urllib.request.urlopen(f"{url}/_ping", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{url}/_ping{query}", timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

@@ -87,6 +87,7 @@ async def begin_join(
         "initial_cluster": ",".join(initial),
         "etcd_endpoints": [u for m in members if not m.is_learner for u in m.client_urls],
         "storage": config.storage,
+        "epoch": await _epoch(store),
     }
 
 

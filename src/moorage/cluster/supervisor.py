@@ -27,6 +27,7 @@ from typing import IO
 
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.etcd_process import EtcdProcess
+from moorage.cluster.fence import check_fence
 from moorage.cluster.processes import read_pid
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, MoorageError
@@ -124,6 +125,7 @@ def run_replica(
     with replica_lock(data_dir):
         pid_file = data_dir.pid_file(SUPERVISOR_PID)
         pid_file.write_text(f"{os.getpid()}\n")
+        check_fence(config)  # a stale replica must not even start its etcd member
         etcd = EtcdProcess(data_dir, config)
         watchdog = EtcdWatchdog(etcd)
         try:

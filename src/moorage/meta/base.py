@@ -18,6 +18,7 @@ import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ class Delete:
 Op = Put | Delete
 # (key, expected mod_revision); 0 means the key must be absent.
 Guard = tuple[bytes, int]
+
+#: The etcd revision of the last transaction this task committed (for the journal).
+LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
 
 _EMPTY = b"{}"
 _TXN_RETRIES = 20

@@ -19,7 +19,7 @@ import grpc
 from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
-from moorage.meta.base import KV, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, LAST_REVISION, Delete, Guard, MetaStore, Op, Put
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -124,6 +124,7 @@ class EtcdMetaStore(MetaStore):
         while True:
             try:
                 resp = await self._call("kvstub.Txn", request)
+                LAST_REVISION.set(int(resp.header.revision))
                 return bool(resp.succeeded)
             except StoreUnavailable as exc:
                 if not _election(exc) or time.monotonic() > deadline:
@@ -282,3 +283,27 @@ async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:
         revision=int(resp.header.revision),
         errors=tuple(resp.errors),
     )
+
+
+# Keys that change without any registry write: they do not make a member more up to date.
+_NOT_REGISTRY_DATA = (b"/moorage/heartbeats/", b"/moorage/locks/", b"/moorage/replicas/")
+
+
+async def data_revision(client_url: str, patience: float = 5.0) -> int:
+    """The newest revision of registry data in one member's local copy (no quorum needed)."""
+    from moorage.meta.keys import ROOT, prefix_end
+
+    store = EtcdMetaStore([client_url], timeout=patience)
+    try:
+        request = rpc.RangeRequest(
+            key=ROOT, range_end=prefix_end(ROOT), keys_only=True, serializable=True
+        )
+        resp = await store._call("kvstub.Range", request)
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    newest = 0
+    for kv in resp.kvs:
+        if not bytes(kv.key).startswith(_NOT_REGISTRY_DATA):
+            newest = max(newest, int(kv.mod_revision))
+    return newest

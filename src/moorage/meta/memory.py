@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from moorage.meta.base import KV, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, LAST_REVISION, Delete, Guard, MetaStore, Op, Put
 
 
 class MemoryMetaStore(MetaStore):
@@ -33,6 +33,7 @@ class MemoryMetaStore(MetaStore):
             if (kv.mod_revision if kv else 0) != rev:
                 return False
         self._revision += 1
+        LAST_REVISION.set(self._revision)
         for op in ops:
             if isinstance(op, Put):
                 if op.key not in self._data:

@@ -112,6 +112,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ManifestInvalid("manifest is not valid JSON") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest must be a JSON object")
     version = doc.get("schemaVersion")

@@ -99,6 +99,7 @@ def join(
         etcd_cluster_state="existing",
         etcd_initial_cluster=answer["initial_cluster"],
         etcd_endpoints=tuple(answer["etcd_endpoints"]),
+        epoch=int(answer.get("epoch", 1)),
     )
     try:
         data_dir.make_dirs()

@@ -8,15 +8,18 @@ from moorage.registry.discovery import Discovery
 from moorage.registry.manifests import Manifests
 from moorage.registry.uploads import Uploads
 from moorage.storage.base import BlobStorage
+from moorage.storage.journal import Journal
 
 
 class Registry:
-    def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
+    def __init__(
+        self, storage: BlobStorage, meta: MetaStore, journal: Journal | None = None
+    ) -> None:
         self.storage = storage
         self.meta = meta
         self.blobs = Blobs(storage, meta)
         self.uploads = Uploads(storage, meta)
-        self.manifests = Manifests(storage, meta)
+        self.manifests = Manifests(storage, meta, journal)
         self.discovery = Discovery(meta)
 
 

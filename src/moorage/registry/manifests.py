@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from moorage.errors import (
@@ -14,13 +14,14 @@ from moorage.errors import (
     ManifestUnknown,
     StorageUnavailable,
 )
-from moorage.meta.base import MetaStore
+from moorage.meta.base import LAST_REVISION, MetaStore
 from moorage.meta.records import ManifestRecord, TagRecord
 from moorage.oci import mediatypes as mt
 from moorage.oci.digest import Digest, digest_of, is_digest, parse_digest
 from moorage.oci.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from moorage.oci.names import is_valid_tag
 from moorage.storage.base import BlobStorage
+from moorage.storage.journal import Journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,17 @@ def _tag(reference: str) -> str:
 
 
 class Manifests:
-    def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
+    def __init__(
+        self, storage: BlobStorage, meta: MetaStore, journal: Journal | None = None
+    ) -> None:
         self.storage = storage
         self.meta = meta
+        self.journal = journal
+
+    async def _journal(self, entry: dict[str, Any]) -> None:
+        """Durably record a committed change before it is acknowledged (see storage.journal)."""
+        if self.journal is not None:
+            await self.journal.append({"r": LAST_REVISION.get(), **entry})
 
     async def resolve(self, repo: str, reference: str) -> TagRecord:
         """The manifest a tag or digest names in `repo` (ManifestUnknown if none)."""
@@ -106,8 +115,16 @@ class Manifests:
             artifact_type=manifest.referrer_artifact_type(),
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
-        await self.meta.put_manifest(
-            repo, record, tags=list(dict.fromkeys(tags)), referrer=referrer
+        unique_tags = list(dict.fromkeys(tags))
+        await self.meta.put_manifest(repo, record, tags=unique_tags, referrer=referrer)
+        await self._journal(
+            {
+                "op": "manifest",
+                "repo": repo,
+                "record": asdict(record),
+                "tags": unique_tags,
+                "referrer": referrer,
+            }
         )
         return PushedManifest(digest, record.subject)
 
@@ -116,9 +133,11 @@ class Manifests:
             digest = str(parse_digest(reference))
             if not await self.meta.delete_manifest(repo, digest):
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
+            await self._journal({"op": "delete", "repo": repo, "digest": digest})
             return
         if not is_valid_tag(reference) or not await self.meta.delete_tag(repo, reference):
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
+        await self._journal({"op": "untag", "repo": repo, "tag": reference})
 
     async def _check_references(self, repo: str, manifest: Manifest) -> None:
         """The config, distributable layers and child manifests must be in the repository.

@@ -1,0 +1,303 @@
+"""`moorage emergency-repair`: make a one-replica cluster from the most up-to-date survivor.
+
+1. Candidates: the data directory D (running or stopped), the `--candidate-dir` directories
+   and the `--existing` replicas. Each is compared by the newest revision of *registry data*
+   in its local copy of the store (heartbeats, leases and replica records do not count).
+   A stopped directory is read through a throw-away copy, never modified.
+2. Refuse (unless --force) while any old member still has a leader (quorum is not lost:
+   use remove/join) or still answers at all (a partition: its side may still be alive).
+3. The plan is printed before anything changes: the chosen replica, what every other
+   candidate has that the chosen one lacks, what the journal will replay.
+4. On the chosen local replica: stop it (its supervisor ends cleanly), restart its etcd
+   once with --force-new-cluster, bump the epoch, write the fencing marker to blob storage,
+   delete the other replicas' records, replay the journal, then start the replica again
+   and return once it accepts writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from moorage.cluster.etcd_process import EtcdProcess, etcd_answers
+from moorage.cluster.fence import write_fence
+from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
+from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import MoorageError
+from moorage.meta import keys
+from moorage.meta.etcd import EtcdCluster, data_revision, member_status
+from moorage.meta.records import ClusterRecord, ReplicaRecord
+from moorage.recovery.client import AdminClient
+from moorage.recovery.journal_replay import apply, plan_replay
+
+
+class RepairRefused(MoorageError):
+    pass
+
+
+@dataclass
+class Candidate:
+    name: str  # data directory or URL
+    replica_id: str | None
+    data_dir: DataDir | None
+    url: str | None
+    revision: int | None
+    running: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.name,
+            "replica_id": self.replica_id,
+            "url": self.url,
+            "local": self.data_dir is not None,
+            "running": self.running,
+            "data_revision": self.revision,
+            "error": self.error,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_stopped(d: DataDir, config: ReplicaConfig) -> tuple[int, list[ReplicaRecord]]:
+    """Newest registry-data revision and replica records of a stopped member's data,
+    read from a throw-away copy started alone (the original is not touched)."""
+    with tempfile.TemporaryDirectory(prefix="moorage-candidate-") as tmp:
+        copy = DataDir(Path(tmp) / "d")
+        copy.make_dirs()
+        shutil.copytree(d.etcd_dir, copy.etcd_dir)
+        temp_config = replace(
+            config,
+            data_dir=str(copy.path),
+            etcd_client_port=_free_port(),
+            etcd_peer_port=_free_port(),
+            etcd_initial_cluster=None,
+            etcd_cluster_state="new",
+        )
+        etcd = EtcdProcess(copy, temp_config, extra_args=("--force-new-cluster",))
+        etcd.start()
+        try:
+            etcd.wait_ready(timeout=60)
+            return asyncio.run(_read_live(temp_config.etcd_client_url))
+        finally:
+            etcd.stop()
+
+
+async def _read_live(client_url: str) -> tuple[int, list[ReplicaRecord]]:
+    revision = await data_revision(client_url)
+    store = EtcdCluster([client_url])
+    try:
+        rows = await store.range_raw(keys.REPLICAS, serializable=True)
+    finally:
+        await store.close()
+    return revision, [ReplicaRecord.decode(raw) for _, raw in rows]
+
+
+def inspect_dir(d: DataDir) -> tuple[Candidate, list[ReplicaRecord]]:
+    try:
+        config = d.load()
+    except MoorageError as exc:
+        return Candidate(str(d.path), None, d, None, None, False, str(exc)), []
+    running = running_pid(d) is not None
+    cand = Candidate(str(d.path), config.replica_id, d, config.url, None, running)
+    if not (d.etcd_dir / "member").is_dir():
+        cand.error = "no etcd data"
+        return cand, []
+    try:
+        if running and etcd_answers(config.etcd_client_port):
+            cand.revision, records = asyncio.run(_read_live(config.etcd_client_url))
+        else:
+            cand.revision, records = _read_stopped(d, config)
+    except MoorageError as exc:
+        cand.error = str(exc)
+        return cand, []
+    return cand, records
+
+
+def inspect_url(client: AdminClient, url: str) -> Candidate:
+    single = AdminClient([url], *client.auth, timeout=10)
+    try:
+        doc = single.call("GET", "/api/v0/cluster/local-revision")
+    except MoorageError as exc:
+        return Candidate(url, None, None, url, None, False, str(exc))
+    return Candidate(url, doc["replica_id"], None, url, int(doc["revision"]), True)
+
+
+async def _old_members_answering(
+    records: list[ReplicaRecord], chosen_id: str
+) -> list[tuple[str, str, bool]]:
+    """(replica id, what answered, has a leader) for every other old replica that answers."""
+
+    async def probe(rec: ReplicaRecord) -> tuple[str, str, bool] | None:
+        try:
+            st = await member_status(rec.etcd_client_url, 2.0)
+        except MoorageError:
+            status, _ = await asyncio.to_thread(ping, rec.url, 2.0)
+            return (rec.replica_id, f"API {rec.url}", False) if status else None
+        return rec.replica_id, f"etcd {rec.etcd_client_url}", bool(st.leader)
+
+    found = await asyncio.gather(*(probe(r) for r in records if r.replica_id != chosen_id))
+    return [f for f in found if f is not None]
+
+
+def plan(
+    d: DataDir, candidate_dirs: list[DataDir], client: AdminClient | None, urls: list[str]
+) -> dict[str, Any]:
+    candidates: list[Candidate] = []
+    records: dict[str, ReplicaRecord] = {}
+    seen_dirs: set[Path] = set()
+    for cd in [d, *candidate_dirs]:
+        if cd.path in seen_dirs:
+            continue
+        seen_dirs.add(cd.path)
+        cand, recs = inspect_dir(cd)
+        candidates.append(cand)
+        records.update({r.replica_id: r for r in recs})
+    local_ids = {c.replica_id for c in candidates}
+    if client is not None:
+        for url in urls:
+            cand = inspect_url(client, url)
+            if cand.replica_id is None or cand.replica_id not in local_ids:
+                candidates.append(cand)
+    usable = [c for c in candidates if c.revision is not None]
+    if not usable:
+        raise RepairRefused(
+            "no candidate has readable registry data: "
+            + "; ".join(f"{c.name}: {c.error}" for c in candidates)
+            + ". If every replica's data is gone, restore from a backup (moorage restore)."
+        )
+    best = max(usable, key=lambda c: (c.revision or 0, c.data_dir is not None))
+    newest = best.revision or 0
+    chosen = best.replica_id or ""
+    answering = asyncio.run(_old_members_answering(list(records.values()), chosen))
+    return {
+        "chosen": best.as_dict(),
+        "candidates": [
+            {
+                **c.as_dict(),
+                "behind_by_revisions": None if c.revision is None else newest - c.revision,
+            }
+            for c in candidates
+        ],
+        "old_replicas": sorted(records),
+        "answering": [
+            {"replica_id": rid, "answered": what, "has_leader": leader}
+            for rid, what, leader in answering
+        ],
+        "_best": best,
+        "_records": records,
+    }
+
+
+def check_refusals(doc: dict[str, Any], force: bool) -> list[str]:
+    problems = []
+    for a in doc["answering"]:
+        if a["has_leader"]:
+            problems.append(
+                f"replica {a['replica_id']} ({a['answered']}) still has a leader: quorum is not "
+                "lost. Use 'moorage status', then 'moorage remove' and 'moorage join'."
+            )
+        else:
+            problems.append(
+                f"replica {a['replica_id']} ({a['answered']}) still answers; if it is cut off "
+                "on the other side of a partition, stop it first (or pass --force)"
+            )
+    best: Candidate = doc["_best"]
+    if best.data_dir is None:
+        problems.append(
+            f"the most up-to-date survivor is {best.name} (replica {best.replica_id}), which "
+            "is not a local data directory here: run emergency-repair on its host, with its "
+            "--data-dir"
+        )
+        return problems  # cannot be forced
+    return [] if force else problems
+
+
+def execute(doc: dict[str, Any], replay: bool = True) -> dict[str, Any]:
+    best: Candidate = doc["_best"]
+    assert best.data_dir is not None
+    d = best.data_dir
+    config = d.load()
+    was_running = running_pid(d) is not None
+    if was_running:
+        stop(d)
+    records: dict[str, ReplicaRecord] = doc["_records"]
+    etcd = EtcdProcess(
+        d,
+        replace(config, etcd_initial_cluster=None, etcd_cluster_state="new"),
+        extra_args=("--force-new-cluster",),
+    )
+    etcd.start()
+    try:
+        etcd.wait_ready(timeout=60)
+        epoch, replayed = asyncio.run(_rewrite(config, records, replay))
+    finally:
+        etcd.stop()
+    new_config = replace(
+        config,
+        epoch=epoch,
+        etcd_initial_cluster=None,
+        etcd_cluster_state="new",
+        etcd_endpoints=(),
+    )
+    d.save(new_config)
+    start_background(d, timeout=120)
+    _wait_writable(new_config)
+    return {
+        "replica_id": config.replica_id,
+        "url": config.url,
+        "cluster_id": config.cluster_id,
+        "epoch": epoch,
+        "removed_replicas": sorted(r for r in records if r != config.replica_id),
+        "journal_replayed": replayed,
+    }
+
+
+async def _rewrite(
+    config: ReplicaConfig, records: dict[str, ReplicaRecord], replay: bool
+) -> tuple[int, dict[str, Any]]:
+    store = EtcdCluster([config.etcd_client_url])
+    try:
+        survivor_revision = await data_revision(config.etcd_client_url)
+        cluster = await store.get_cluster()
+        old_epoch = max(cluster.epoch if cluster else 1, config.epoch)
+        epoch = old_epoch + 1
+        # Fence first: from now on no replica of the old epoch may serve.
+        write_fence(config.storage, config.cluster_id, epoch, config.replica_id)
+        from moorage.meta.base import Put
+
+        await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, epoch).encode())])
+        for rid in records:
+            if rid != config.replica_id:
+                await store.delete_raw(keys.replica(rid))
+                await store.delete_raw(keys.heartbeat(rid))
+        await store.delete_raw(keys.lock("join"))
+        replayed: dict[str, Any] = {"applied": 0, "unrecoverable": []}
+        if replay:
+            plan = plan_replay(config.storage, (old_epoch, survivor_revision))
+            result = await apply(store, config.storage, plan)
+            replayed = {"applied": result.applied, "unrecoverable": result.unrecoverable}
+        return epoch, replayed
+    finally:
+        await store.close()
+
+
+def _wait_writable(config: ReplicaConfig, patience: float = 60) -> None:
+    deadline = time.monotonic() + patience
+    doc: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status, doc = ping(config.url, 2.0, writable=True)
+        if status == 200:
+            return
+        time.sleep(0.3)
+    raise MoorageError(f"the repaired replica does not accept writes: {doc.get('error')}")

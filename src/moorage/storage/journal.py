@@ -1,0 +1,100 @@
+"""The journal: every tag and manifest change, appended durably to blob storage before the
+push is acknowledged.
+
+etcd's force-new-cluster (emergency repair) keeps only what the survivor had learned was
+committed; a backup holds what existed when it was taken. As long as blob storage survives,
+replaying the journal past the survivor's (or the backup's) revision brings back every
+acknowledged change.
+
+Each API process appends JSON lines to its own file, `<storage>/journal/<writer>.jsonl`.
+Appends are group-committed: concurrent pushes wait for one shared fsync. Every entry carries
+the epoch and the etcd revision of the change, so replay can order entries exactly and skip
+what the store already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+JOURNAL_DIR = "journal"
+
+
+class Journal:
+    def __init__(self, storage_root: str | Path, writer: str, epoch: int) -> None:
+        self.dir = Path(storage_root) / JOURNAL_DIR
+        self.path = self.dir / f"{writer}.jsonl"
+        self.epoch = epoch
+        self._fd: int | None = None
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
+
+    def _write_sync(self, data: bytes) -> None:
+        fd = self._open()
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fdatasync(fd)
+
+    async def append(self, entry: dict[str, Any]) -> None:
+        """Returns once the entry is on disk (fsynced, shared with concurrent appends)."""
+        entry = {"e": self.epoch, **entry}
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((line, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(self._write_sync, b"".join(line for line, _ in batch))
+                except OSError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._flushing = False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_entries(storage_root: str | Path) -> Iterator[dict[str, Any]]:
+    """Every readable entry of every journal file (a torn last line is skipped)."""
+    directory = Path(storage_root) / JOURNAL_DIR
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.jsonl")):
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-append: never acknowledged
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and "r" in entry and "op" in entry:
+                    yield entry
