@@ -36,7 +36,9 @@ def build_app(
     config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None
 ) -> Starlette:
     storage = FilesystemStorage(config.storage)
-    journal = Journal(config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch)
+    journal = Journal(
+        config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
+    )
     registry = Registry(storage, meta, journal)
     st = AppState(config=config, registry=registry, auth=BasicAuthenticator(meta))
     if isinstance(meta, EtcdCluster):

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from moorage.api.state import AppState
 from moorage.cluster import membership
 from moorage.errors import MoorageError
+from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.storage.paths import StorageLayout
 
@@ -117,6 +118,21 @@ async def local_revision(
     }
 
 
+async def backup_metadata(
+    request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
+) -> Any:
+    """Every registry record as of one etcd revision (online, without pausing pushes)."""
+    revision, kvs = await store.dump(keys.ROOT)
+    cluster = await store.get_cluster()
+    skip = (keys.HEARTBEATS, keys.LOCKS, keys.UPLOADS)
+    return {
+        "cluster_id": st.config.cluster_id,
+        "epoch": cluster.epoch if cluster else st.config.epoch,
+        "revision": revision,
+        "kvs": [[k.decode(), v.decode()] for k, v in kvs if not k.startswith(skip)],
+    }
+
+
 def cluster_routes() -> list[Route]:
     return [
         Route("/api/v0/cluster/status", admin(status), methods=["GET"]),
@@ -126,4 +142,5 @@ def cluster_routes() -> list[Route]:
         Route("/api/v0/cluster/remove", admin(remove), methods=["POST"]),
         Route("/api/v0/cluster/storage-probe", admin(storage_probe), methods=["POST"]),
         Route("/api/v0/cluster/local-revision", admin(local_revision), methods=["GET"]),
+        Route("/api/v0/cluster/backup", admin(backup_metadata), methods=["GET"]),
     ]

@@ -34,7 +34,8 @@ async def start_upload(request: Request, st: AppState, name: str) -> Response:
     uploads = st.registry.uploads
     mount = request.query_params.get("mount")
     if mount:
-        mounted = await st.registry.blobs.mount(name, mount, request.query_params.get("from"))
+        source = request.query_params.get("from") or None  # `from=` empty: anonymous
+        mounted = await st.registry.blobs.mount(name, mount, source)
         if mounted is not None:
             return _created(name, str(mounted))
     digest = request.query_params.get("digest")

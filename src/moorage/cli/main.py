@@ -261,16 +261,19 @@ def install(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def start(data_dir: str, as_json: bool) -> None:
     """Start an installed replica in the background (a no-op if it is running)."""
-    from moorage.cluster.lifecycle import running_pid, start_background
+    from moorage.cluster.lifecycle import ping, running_pid, start_background
 
     d = DataDir(data_dir)
     try:
         config = d.load()
         already = running_pid(d)
-        pid = already or start_background(d).pid
+        pid = already or start_background(d, healthy=False).pid
+        status, doc = ping(config.url)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     state = "already running" if already else "started"
+    if not (status == 200 and doc.get("healthy") is True):
+        state += f", not healthy yet: {doc.get('error')} (start the cluster's other replicas)"
     _emit(
         as_json,
         {"replica_id": config.replica_id, "url": config.url, "pid": pid, "state": state},
@@ -509,7 +512,9 @@ def emergency_repair(
         replay = None
         if best.data_dir is not None and not no_replay:
             cfg = best.data_dir.load()
-            replay = plan_replay(cfg.storage, (cfg.epoch, best.revision or 0)).summary()
+            replay = plan_replay(
+                cfg.storage, cfg.cluster_id, (cfg.epoch, best.revision or 0)
+            ).summary()
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     public = {k: v for k, v in doc.items() if not k.startswith("_")}
@@ -580,3 +585,175 @@ def _describe_plan(doc: dict[str, Any]) -> str:
         )
         lines += [f"    {c}" for c in replay["changes"]]
     return "\n".join(lines)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--existing", default=None, help="URL of a replica (a comma-separated list).")
+@click.option("--username", envvar="MOORAGE_USERNAME", default="admin", show_default=True)
+@click.option("--password", envvar="MOORAGE_PASSWORD", default=None)
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Archive.")
+@click.option("--include-blobs", is_flag=True, help="Also store layer and config blobs.")
+@click.option(
+    "--since",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Previous backup: store only blobs it (and its bases) lack.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def backup(
+    ctx: click.Context,
+    existing: str | None,
+    username: str,
+    password: str | None,
+    out: str | None,
+    include_blobs: bool,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Consistent online backup (`backup inspect FILE`, `backup verify FILE` check one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from moorage.recovery.backup import create
+
+    if not existing or not out:
+        raise click.UsageError("moorage backup needs --existing URL and --out FILE")
+    client = _client(existing, username, password)
+    bar: Any = None
+    progress = None
+    if sys.stderr.isatty() and not as_json:
+        bar = click.progressbar(length=1, label="backing up", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+    try:
+        doc = create(client, Path(out), include_blobs, Path(since) if since else None, progress)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    c = doc["counts"]
+    _emit(
+        as_json,
+        doc,
+        f"backup {doc['file']}: cluster {doc['cluster_id']} at revision {doc['revision']}, "
+        f"{c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests, "
+        f"{doc['blobs_in_archive']} blobs in the archive"
+        + (f" ({doc['blobs_from_base']} in {doc['base']})" if doc["base"] else "")
+        + f", {doc['size']} bytes",
+    )
+
+
+@backup.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backup_inspect(file: str, as_json: bool) -> None:
+    """Version, cluster id, revision, counts, size and creation time of a backup."""
+    import datetime
+
+    from moorage.recovery.backup import inspect
+
+    try:
+        doc = inspect(Path(file))
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    created = datetime.datetime.fromtimestamp(doc["created_at"], datetime.UTC).isoformat()
+    lines = [
+        f"file:        {doc['file']} ({doc['size']} bytes)",
+        f"version:     {doc['version']}",
+        f"cluster id:  {doc['cluster_id']} (epoch {doc['epoch']})",
+        f"revision:    {doc['revision']}",
+        f"created at:  {created}",
+        "counts:      " + ", ".join(f"{k} {v}" for k, v in doc["counts"].items()),
+        f"blobs:       {doc['blobs_in_archive']} in the archive"
+        + (f", the rest in base {doc['base']}" if doc["base"] else ""),
+    ]
+    _emit(as_json, doc, "\n".join(lines))
+
+
+@backup.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--storage", default=None, help="Blob storage to check referenced blobs in.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backup_verify(file: str, storage: str | None, as_json: bool) -> None:
+    """Check every checksum and every reference (tag -> manifest -> blobs)."""
+    from moorage.recovery.backup import verify
+
+    try:
+        doc = verify(Path(file), Path(storage) if storage else None)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif doc["ok"]:
+        click.echo(
+            f"{file}: OK (checksums and references"
+            + ("" if doc.get("blobs_checked") else "; blob bytes not checked: give --storage")
+            + ")"
+        )
+    if not doc["ok"]:
+        raise Failed(
+            f"{file}: {len(doc['problems'])} problem(s):\n  " + "\n  ".join(doc["problems"])
+        )
+
+
+@main.command()
+@click.option("--in", "archive", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="New replica.")
+@click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
+@click.option("--storage", required=True, help="Blob storage directory.")
+@_ports
+@click.option("--replay-journal", is_flag=True, help="Re-apply pushes made after the backup.")
+@click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def restore(
+    archive: str,
+    data_dir: str,
+    http_addr: str,
+    storage: str,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    replay_journal: bool,
+    admin_password: str | None,
+    as_json: bool,
+) -> None:
+    """All replicas lost: a new one-replica cluster (new cluster id) from a backup."""
+    from moorage.recovery.restore import restore as do_restore
+
+    _http_addr(http_addr)
+    try:
+        doc = do_restore(
+            Path(archive),
+            DataDir(data_dir),
+            http_addr,
+            Path(storage),
+            etcd_client_port,
+            etcd_peer_port,
+            replay_journal,
+            admin_password,
+        )
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    c = doc["counts"]
+    text = [
+        f"Restored backup of cluster {doc['from_cluster_id']} (revision {doc['backup_revision']})"
+        f" as new cluster {doc['cluster_id']}",
+        f"  replica {doc['replica_id']} at {doc['url']} (data {doc['data_dir']})",
+        f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
+        f"{doc['blobs_copied']} blobs copied from the archive",
+    ]
+    if doc["journal_replayed"]["requested"]:
+        text.append(f"  journal: {doc['journal_replayed']['applied']} change(s) replayed")
+    if doc["missing_blobs"]:
+        text.append(f"  MISSING: {len(doc['missing_blobs'])} referenced blob(s) found nowhere:")
+        text += [f"    {d}" for d in doc["missing_blobs"][:20]]
+    if "admin_password" in doc:
+        text.append(f"  admin password (shown once): {doc['admin_password']}")
+    text.append(
+        f"Next: join replicas with moorage join --existing {doc['url']} --data-dir DIR "
+        "--http-addr HOST:PORT"
+    )
+    _emit(as_json, doc, "\n".join(text))

@@ -50,8 +50,13 @@ def start_background(
     admin_password: str | None = None,
     timeout: float = 120.0,
     wait: bool = True,
+    healthy: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """Start `moorage run` detached; by default return once `/_ping` answers 200."""
+    """Start `moorage run` detached; by default return once `/_ping` answers 200.
+
+    With `healthy=False`, return once the API answers at all (a replica of a stopped
+    cluster cannot be healthy before enough of its peers are started too).
+    """
     config = data_dir.load()
     data_dir.make_dirs()
     env = dict(os.environ)
@@ -69,7 +74,7 @@ def start_background(
             start_new_session=True,
         )
     if wait:
-        wait_healthy(config, proc, log_path, timeout)
+        wait_healthy(config, proc, log_path, timeout, answering_is_enough=not healthy)
     return proc
 
 
@@ -78,8 +83,10 @@ def wait_healthy(
     proc: subprocess.Popen[bytes] | None,
     log_path: Path,
     timeout: float,
+    answering_is_enough: bool = False,
 ) -> None:
     deadline = time.monotonic() + timeout
+    started = time.monotonic()
     last: object = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -89,6 +96,8 @@ def wait_healthy(
             )
         status, doc = ping(config.url)
         if status == 200 and doc.get("healthy") is True:
+            return
+        if answering_is_enough and status and time.monotonic() - started > 10:
             return
         last = doc.get("error") or f"HTTP {status}"
         time.sleep(0.2)

@@ -30,7 +30,7 @@ from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import check_fence
 from moorage.cluster.processes import read_pid
 from moorage.config import DataDir, ReplicaConfig
-from moorage.errors import ConfigError, MoorageError
+from moorage.errors import ConfigError, MoorageError, StoreUnavailable
 from moorage.meta.etcd import EtcdMetaStore
 
 log = logging.getLogger("moorage.supervisor")
@@ -136,7 +136,14 @@ def run_replica(
             else:
                 # A joining member is a learner until promoted, a member without quorum has
                 # no leader: serve anyway, /_ping tells the truth until the store is healthy.
-                etcd.wait_ready(serving_only=True)
+                try:
+                    etcd.wait_ready(timeout=15, serving_only=True)
+                except StoreUnavailable as exc:
+                    if not etcd.alive():
+                        raise
+                    # A restarted member serves nothing until it reaches a quorum (the
+                    # other replicas are starting too): serve, /_ping says why.
+                    log.warning("etcd is not serving yet (%s); waiting for its peers", exc)
             os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
             metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
             shutil.rmtree(metrics_dir, ignore_errors=True)

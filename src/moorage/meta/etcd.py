@@ -258,6 +258,24 @@ class EtcdCluster(EtcdMetaStore):
         resp = await self._call("kvstub.Range", request)
         return [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
 
+    async def dump(self, prefix: bytes, page: int = 1000) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Every key under `prefix` as of one revision (a consistent snapshot, read in pages)."""
+        from moorage.meta.keys import prefix_end
+
+        end = prefix_end(prefix)
+        start = prefix
+        revision = 0
+        out: list[tuple[bytes, bytes]] = []
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+            resp = await self._call("kvstub.Range", request)
+            if not revision:
+                revision = int(resp.header.revision)
+            out += [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return revision, out
+            start = bytes(resp.kvs[-1].key) + b"\x00"
+
     async def delete_raw(self, key: bytes) -> None:
         await self._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=key))
 

@@ -284,7 +284,7 @@ async def _rewrite(
         await store.delete_raw(keys.lock("join"))
         replayed: dict[str, Any] = {"applied": 0, "unrecoverable": []}
         if replay:
-            plan = plan_replay(config.storage, (old_epoch, survivor_revision))
+            plan = plan_replay(config.storage, config.cluster_id, (old_epoch, survivor_revision))
             result = await apply(store, config.storage, plan)
             replayed = {"applied": result.applied, "unrecoverable": result.unrecoverable}
         return epoch, replayed

@@ -59,8 +59,13 @@ def _describe(e: dict[str, Any]) -> str:
     return f"delete {e['repo']}@{e['digest']}"
 
 
-def plan_replay(storage_root: str | Path, after: tuple[int, int]) -> ReplayPlan:
-    entries = [e for e in read_entries(storage_root) if (int(e["e"]), int(e["r"])) > after]
+def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
+    """The entries of `cluster_id` newer than (epoch, revision) `after`, in order."""
+    entries = [
+        e
+        for e in read_entries(storage_root)
+        if e.get("c") == cluster_id and (int(e["e"]), int(e["r"])) > after
+    ]
     entries.sort(key=lambda e: (int(e["e"]), int(e["r"])))
     return ReplayPlan(entries, after)
 

@@ -25,7 +25,8 @@ JOURNAL_DIR = "journal"
 
 
 class Journal:
-    def __init__(self, storage_root: str | Path, writer: str, epoch: int) -> None:
+    def __init__(self, storage_root: str | Path, writer: str, epoch: int, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
         self.dir = Path(storage_root) / JOURNAL_DIR
         self.path = self.dir / f"{writer}.jsonl"
         self.epoch = epoch
@@ -50,7 +51,7 @@ class Journal:
 
     async def append(self, entry: dict[str, Any]) -> None:
         """Returns once the entry is on disk (fsynced, shared with concurrent appends)."""
-        entry = {"e": self.epoch, **entry}
+        entry = {"c": self.cluster_id, "e": self.epoch, **entry}
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((line, future))

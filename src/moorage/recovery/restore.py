@@ -1,0 +1,173 @@
+"""`moorage restore`: a new one-replica cluster (new cluster id) from a backup.
+
+The archive is verified before anything is touched; a corrupt one is refused. Blobs the
+archive (or its base archives) hold are copied into blob storage if missing there; referenced
+blobs found nowhere are reported. With `--replay-journal`, changes the old cluster made after
+the backup are replayed from the journal in blob storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from moorage.cluster.etcd_process import EtcdProcess
+from moorage.cluster.lifecycle import start_background
+from moorage.cluster.supervisor import check_http_addr
+from moorage.config import (
+    DEFAULT_ETCD_CLIENT_PORT,
+    DEFAULT_ETCD_PEER_PORT,
+    DataDir,
+    ReplicaConfig,
+    new_cluster_id,
+    new_replica_id,
+)
+from moorage.errors import MoorageError
+from moorage.meta import keys
+from moorage.meta.base import Put
+from moorage.meta.etcd import EtcdCluster
+from moorage.meta.records import ClusterRecord
+from moorage.recovery.backup import (
+    BackupError,
+    Metadata,
+    copy_blob,
+    read_header,
+    read_metadata,
+    verify,
+)
+from moorage.recovery.journal_replay import apply, plan_replay
+
+_SKIP = (keys.CLUSTER, keys.REPLICAS, keys.HEARTBEATS, keys.LOCKS, keys.UPLOADS)
+_BATCH = 256
+
+
+def restore(
+    archive: Path,
+    data_dir: DataDir,
+    http_addr: str,
+    storage: Path,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    replay_journal: bool,
+    admin_password: str | None,
+) -> dict[str, Any]:
+    report = verify(archive, storage)
+    if report.get("corrupt"):
+        raise BackupError(
+            f"{archive} is corrupt; nothing was changed:\n  " + "\n  ".join(report["problems"])
+        )
+    missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
+    if missing_bases:
+        raise BackupError("; ".join(missing_bases) + "; put it next to the archive")
+    if data_dir.exists() or data_dir.etcd_dir.exists():
+        raise BackupError(
+            f"{data_dir.path} already holds replica state; restore needs an empty data directory"
+        )
+    header = read_header(archive)
+    md = read_metadata(archive)
+    config = ReplicaConfig(
+        data_dir=str(data_dir.path),
+        cluster_id=new_cluster_id(),
+        replica_id=new_replica_id(),
+        http_addr=http_addr,
+        storage=str(storage.resolve()),
+        etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
+        etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
+    )
+    check_http_addr(config)
+    archives = [archive, *(archive.parent / n for n in header.get("base_chain", []))]
+    copied = _copy_blobs(
+        archives, set(header["blobs_in_archive"]) | set(header["chain_blobs"]), storage
+    )
+    data_dir.make_dirs()
+    data_dir.save(config)
+    etcd = EtcdProcess(data_dir, config)
+    etcd.start()
+    try:
+        etcd.wait_ready(timeout=60)
+        replayed = asyncio.run(_load(config, md, header, replay_journal))
+    finally:
+        etcd.stop()
+    generated = None
+    if admin_password is None and md.users == 0:
+        generated = admin_password = secrets.token_urlsafe(18)
+    start_background(data_dir, admin_password)
+    # What is still missing once the journal has been replayed.
+    missing = [p for p in report["problems"] if not p.startswith("base archive")]
+    out: dict[str, Any] = {
+        "cluster_id": config.cluster_id,
+        "replica_id": config.replica_id,
+        "url": config.url,
+        "data_dir": str(data_dir.path),
+        "storage": config.storage,
+        "from_cluster_id": header["cluster_id"],
+        "backup_revision": header["revision"],
+        "counts": header["counts"],
+        "blobs_copied": copied,
+        "missing_blobs": report["missing_blobs"],
+        "problems": missing,
+        "journal_replayed": replayed,
+    }
+    if generated:
+        out["admin_password"] = generated
+    return out
+
+
+def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:
+    copied = 0
+    for digest in sorted(digests):
+        alg, _, hex_ = digest.partition(":")
+        final = storage / "blobs" / alg / hex_[:2] / hex_
+        if final.exists():
+            continue
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = storage / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"restore-{secrets.token_hex(8)}"
+        hasher = hashlib.new(alg)
+        with open(tmp, "wb") as fh:
+
+            def write(chunk: bytes, fh: Any = fh, hasher: Any = hasher) -> None:
+                hasher.update(chunk)
+                fh.write(chunk)
+
+            found = copy_blob(archives, digest, write)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not found or hasher.hexdigest() != hex_:
+            tmp.unlink(missing_ok=True)
+            continue
+        tmp.replace(final)
+        copied += 1
+    return copied
+
+
+async def _load(
+    config: ReplicaConfig, md: Metadata, header: dict[str, Any], replay_journal: bool
+) -> dict[str, Any]:
+    store = EtcdCluster([config.etcd_client_url])
+    try:
+        ops = [Put(k.encode(), v.encode()) for k, v in md.kvs if not k.encode().startswith(_SKIP)]
+        for i in range(0, len(ops), _BATCH):
+            await store._txn([], ops[i : i + _BATCH])
+        await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, 1).encode())])
+        if not replay_journal:
+            return {"applied": 0, "unrecoverable": [], "requested": False}
+        plan = plan_replay(
+            config.storage, header["cluster_id"], (int(header["epoch"]), int(header["revision"]))
+        )
+        result = await apply(store, config.storage, plan)
+        return {
+            "applied": result.applied,
+            "unrecoverable": result.unrecoverable,
+            "requested": True,
+            "changes": plan.summary()["changes"],
+        }
+    except MoorageError:
+        raise
+    finally:
+        await store.close()
