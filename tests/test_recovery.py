@@ -249,3 +249,25 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     assert pull_image(again, "bk/after", "v1") == after
     for repo, body in before.items():
         assert pull_image(again, repo, "v1") == body
+
+
+def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
+    cluster.install()
+    r1 = cluster.join()
+    cluster.join()
+    body = push_image(r1, "repair/app", "v1", "repair")
+    moorage("stop", "--data-dir", str(r1.data_dir))
+    # Damage its local store: etcd's data is gone (the replica's config survives).
+    shutil.rmtree(r1.data_dir / "etcd" / "member")
+    out = json.loads(
+        moorage(
+            "repair", "--existing", cluster.urls(), "--data-dir", str(r1.data_dir), "--json"
+        ).stdout
+    )
+    assert out["replica_id"] == r1.replica_id
+    assert out["url"] == r1.url
+    doc = cluster.wait_status("healthy")
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
+    assert r1.replica_id in {r["id"] for r in doc["replicas"]}
+    assert pull_image(r1, "repair/app", "v1") == body
+    push_image(r1, "repair/after", "v1", "after")

@@ -757,3 +757,26 @@ def restore(
         "--http-addr HOST:PORT"
     )
     _emit(as_json, doc, "\n".join(text))
+
+
+@main.command()
+@_admin_options
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The replica.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def repair(
+    existing: str, username: str, password: str | None, data_dir: str, as_json: bool
+) -> None:
+    """Rebuild one damaged replica in place (same id and addresses; etcd data re-synced)."""
+    from moorage.recovery.join import repair as repair_replica
+
+    client = _client(existing, username, password)
+    try:
+        doc = repair_replica(client, DataDir(data_dir))
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    _emit(
+        as_json,
+        doc,
+        f"Replica {doc['replica_id']} repaired in place: local store {doc['wiped']} wiped and "
+        f"re-synced from the cluster; serving at {doc['url']}",
+    )

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,15 @@ def join(
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
     unsafe: bool,
+    replica_id: str | None = None,
 ) -> dict[str, Any]:
-    if data_dir.exists() or data_dir.etcd_dir.exists():
+    """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
+    if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
         raise JoinFailed(
             f"{data_dir.path} already holds replica state; join needs an empty data directory "
             f"(moorage destroy --data-dir {data_dir.path} clears it)"
         )
-    replica_id = new_replica_id()
+    replica_id = replica_id or new_replica_id()
     draft = ReplicaConfig(
         data_dir=str(data_dir.path),
         cluster_id="",
@@ -148,3 +151,38 @@ def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) 
             return
         time.sleep(0.5)
     raise JoinFailed(f"replica {replica_id} did not report healthy: {row.get('error')}")
+
+
+def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict[str, Any]:
+    """Rebuild a damaged replica in place: same replica id, addresses and storage.
+
+    The replica is stopped, its etcd member removed from the cluster (with the usual quorum
+    check), its local store wiped (blob storage is never touched), and it joins again.
+    """
+    config = data_dir.load()
+    stop(data_dir)
+    status = client.call("GET", "/api/v0/cluster/status")
+    if status["cluster_id"] != config.cluster_id:
+        raise JoinFailed(
+            f"{data_dir.path} belongs to cluster {config.cluster_id}, but {client.urls[0]} "
+            f"serves cluster {status['cluster_id']}"
+        )
+    known = {r["id"] for r in status["replicas"]}
+    if config.replica_id in known:
+        client.call(
+            "POST", "/api/v0/cluster/remove", {"replica_ids": [config.replica_id], "force": False}
+        )
+    wiped = str(data_dir.etcd_dir)
+    shutil.rmtree(data_dir.etcd_dir, ignore_errors=True)
+    doc = join(
+        client,
+        data_dir,
+        config.http_addr,
+        config.storage,
+        config.etcd_client_port,
+        config.etcd_peer_port,
+        unsafe,
+        replica_id=config.replica_id,
+    )
+    doc["wiped"] = wiped
+    return doc

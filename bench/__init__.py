@@ -1,0 +1,1 @@
+"""Moorage against the Distribution reference registry, side by side (`python -m bench`)."""

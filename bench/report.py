@@ -1,0 +1,185 @@
+"""The results table (stdout and bench/results/*.md) and the machine description."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: float | None  # Moorage/Distribution ratio to reach (or not exceed when lower is better)
+    decimals: int = 0
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in [
+        Metric("push_mono", "push monolithic (POST+PUT)", "MB/s", True, 2.0),
+        Metric("push_chunked", "push chunked (8 MiB PATCH)", "MB/s", True, 2.0),
+        Metric("pull", "pull (GET blob)", "MB/s", True, 1.0),
+        Metric("small_blobs", "4 KiB blobs, concurrency 16", "blobs/s", True, 3.0),
+        Metric("manifests", "manifest PUT, concurrency 16", "manifests/s", True, 2.0),
+        Metric("manifest_get", "manifest GET by tag, concurrency 32", "req/s", True, 2.0),
+        Metric("manifest_head", "manifest HEAD by tag, concurrency 32", "req/s", True, None),
+        Metric("catalog", "catalog n=1000", "ms/request", False, 0.5, 1),
+        Metric("rss", "peak RSS, all processes", "MiB", False, None),
+    ]
+}
+
+
+@dataclass
+class Results:
+    """Samples per metric per server, plus the server CPU seconds each metric consumed."""
+
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    ceiling: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, server: str, value: float, cpu_seconds: float = 0.0) -> None:
+        self.samples.setdefault(metric, {}).setdefault(server, []).append(value)
+        per_server = self.cpu.setdefault(metric, {})
+        per_server[server] = per_server.get(server, 0.0) + cpu_seconds
+
+    def value(self, metric: str, server: str) -> float | None:
+        values = self.samples.get(metric, {}).get(server)
+        return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, decimals: int) -> str:
+    return "—" if value is None else f"{value:,.{decimals}f}"
+
+
+def _ratio_cell(metric: Metric, moorage: float | None, dist: float | None) -> str:
+    if moorage is None or not dist:
+        return "—"
+    ratio = moorage / dist
+    text = f"{ratio:.2f}x"
+    if not metric.higher_is_better:
+        text += " (lower is better)"
+    return text
+
+
+def _target_cell(metric: Metric, moorage: float | None, dist: float | None) -> str:
+    if metric.target is None:
+        return "—"
+    sign = "≥" if metric.higher_is_better else "≤"
+    goal = f"{sign}{metric.target:g}x"
+    if moorage is None or not dist:
+        return goal
+    ratio = moorage / dist
+    met = ratio >= metric.target if metric.higher_is_better else ratio <= metric.target
+    return f"{goal} {'met' if met else '**below**'}"
+
+
+def table(results: Results) -> str:
+    lines = [
+        "| metric | unit | Moorage | Distribution | Moorage/Distribution | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for metric in METRICS.values():
+        if metric.key not in results.samples:
+            continue
+        moorage = results.value(metric.key, "Moorage")
+        dist = results.value(metric.key, "Distribution")
+        lines.append(
+            f"| {metric.label} | {metric.unit} | {_fmt(moorage, metric.decimals)} | "
+            f"{_fmt(dist, metric.decimals)} | {_ratio_cell(metric, moorage, dist)} | "
+            f"{_target_cell(metric, moorage, dist)} |"
+        )
+    return "\n".join(lines)
+
+
+def detail_table(results: Results) -> str:
+    lines = [
+        "| metric | Moorage runs | Distribution runs | server CPU s, Moorage | "
+        "server CPU s, Distribution |",
+        "|---|---|---|---:|---:|",
+    ]
+    for key, per_server in results.samples.items():
+        if key == "rss":
+            continue
+        decimals = METRICS[key].decimals
+        runs = {s: ", ".join(_fmt(v, decimals) for v in vs) for s, vs in per_server.items()}
+        cpu = results.cpu.get(key, {})
+        lines.append(
+            f"| {key} | {runs.get('Moorage', '—')} | {runs.get('Distribution', '—')} | "
+            f"{cpu.get('Moorage', 0.0):.1f} | {cpu.get('Distribution', 0.0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def ceiling_table(results: Results) -> str:
+    if not results.ceiling:
+        return ""
+    lines = ["| client ceiling (against a do-nothing server) | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in results.ceiling.items()]
+    return "\n".join(lines)
+
+
+def _run(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine_info(repo: Path) -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    commit = _run("git", "-C", str(repo), "rev-parse", "--short", "HEAD")
+    dirty = _run("git", "-C", str(repo), "status", "--porcelain", "--", "src")
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; Moorage at {commit or '?'}"
+        f"{' (src has uncommitted changes)' if dirty else ''}",
+        f"- Distribution: {_run('/usr/bin/docker-registry', '--version') or '?'}",
+    ]
+
+
+def markdown(results: Results, repo: Path, header: list[str]) -> str:
+    parts = [
+        "# Moorage vs Distribution",
+        "",
+        *machine_info(repo),
+        *header,
+        "",
+        table(results),
+        "",
+        "MB = 10^6 bytes. Throughput values are medians of the runs below. The ratio is "
+        "Moorage/Distribution: above 1 is better for Moorage except where lower is better.",
+        "",
+        "## Runs and server CPU time",
+        "",
+        detail_table(results),
+        "",
+    ]
+    ceiling = ceiling_table(results)
+    if ceiling:
+        parts += ["## Client ceiling", "", ceiling, ""]
+    if results.notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in results.notes], ""]
+    return "\n".join(parts)

@@ -1,0 +1,277 @@
+"""Start, watch and stop the servers under test: Moorage, Distribution and the client sink."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+ADMIN_PASSWORD = "bench-admin-password"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every live process below it (Moorage's etcd and API workers included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _hwm_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+@dataclass
+class Server:
+    """One server process tree under test."""
+
+    name: str
+    url: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    authorization: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    peak_rss: int = 0
+    pids: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        headers = {"Authorization": self.authorization} if self.authorization else {}
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+            try:
+                status = httpx.get(f"{self.url}/v2/", headers=headers, timeout=2).status_code
+                if status == 200:
+                    self.pids = descendants(self.root_pid)
+                    return
+                last = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.name} not ready after {timeout:.0f} s ({last}):\n{self.log_tail()}"
+        )
+
+    @property
+    def root_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tree(self) -> list[int]:
+        return descendants(self.root_pid) if self.proc is not None else []
+
+    def rss(self) -> int:
+        return sum(_rss_bytes(pid) for pid in self.tree())
+
+    def hwm_sum(self) -> int:
+        return sum(_hwm_bytes(pid) for pid in self.tree())
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu_seconds(pid) for pid in self.tree())
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the root pid; SIGKILL to the pids of its tree if it does not exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        tree = self.tree()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{self.name} ignored SIGTERM for {timeout:.0f} s; killing", file=sys.stderr)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
+        for pid in tree:  # children that outlived the parent (etcd runs in its own session)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def moorage(tmp: Path, workers: int | None) -> Server:
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    port, client_port, peer_port = free_port(), free_port(), free_port()
+    argv = [
+        str(python if python.exists() else sys.executable),
+        "-m",
+        "moorage",
+        "run",
+        "--data-dir",
+        str(tmp / "moorage"),
+        "--http-addr",
+        f"127.0.0.1:{port}",
+        "--etcd-client-port",
+        str(client_port),
+        "--etcd-peer-port",
+        str(peer_port),
+    ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    env = {"MOORAGE_ADMIN_PASSWORD": ADMIN_PASSWORD, "MOORAGE_LOG_LEVEL": "WARNING"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("MOORAGE_")})
+    env["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    return Server(
+        name="Moorage",
+        url=f"http://127.0.0.1:{port}",
+        argv=argv,
+        log_path=tmp / "moorage.log",
+        env=env,
+        authorization=f"Basic {token}",
+    )
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
+
+def distribution(tmp: Path) -> Server:
+    port = free_port()
+    config = tmp / "distribution.yml"
+    config.write_text(DISTRIBUTION_CONFIG.format(root=tmp / "distribution", port=port))
+    return Server(
+        name="Distribution",
+        url=f"http://127.0.0.1:{port}",
+        argv=[DISTRIBUTION_BINARY, "serve", str(config)],
+        log_path=tmp / "distribution.log",
+    )
+
+
+def sink(tmp: Path) -> Server:
+    port = free_port()
+    return Server(
+        name="sink",
+        url=f"http://127.0.0.1:{port}",
+        argv=[sys.executable, "-m", "bench.sink", str(port)],
+        log_path=tmp / "sink.log",
+        env={"PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+class RssSampler(threading.Thread):
+    """Samples the summed RSS of each server's process tree every `interval` seconds."""
+
+    def __init__(self, servers: list[Server], interval: float = 0.1) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.servers = servers
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        for server in self.servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.peak_rss = max(server.peak_rss, server.rss())
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        self.sample()
