@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -29,6 +30,7 @@ from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
 
 log = logging.getLogger("moorage.api")
+IO_THREADS = 32
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -47,6 +49,11 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # fsyncs and file I/O run in threads: enough of them that concurrent pushes do not
+        # queue behind each other's fsync (asyncio's default is cpu count + 4).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="moorage-io")
+        )
         try:
             await bootstrap(meta, config.cluster_id, admin_password)
         except MoorageError as exc:  # a learner, or no quorum: /_ping reports it

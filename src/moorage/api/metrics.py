@@ -99,6 +99,12 @@ class MetricsMiddleware:
         received = 0
         length_known = False
 
+        # Request bytes: the declared length when there is one (no per-chunk wrapper).
+        declared = next(
+            (int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()),
+            None,
+        )
+
         async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
@@ -119,8 +125,12 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(
+                scope, receive if declared is not None else counting_receive, counting_send
+            )
         finally:
+            if declared is not None:
+                received = declared
             REQUESTS.labels(route, method, str(status)).inc()
             LATENCY.labels(route, method).observe(time.perf_counter() - started)
             if received:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,6 +48,9 @@ def _tag(reference: str) -> str:
     return reference
 
 
+_CACHE_BYTES = 64 * 1024 * 1024  # manifest bodies kept in memory, per API process
+
+
 class Manifests:
     def __init__(
         self, storage: BlobStorage, meta: MetaStore, journal: Journal | None = None
@@ -54,6 +58,8 @@ class Manifests:
         self.storage = storage
         self.meta = meta
         self.journal = journal
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
 
     async def _journal(self, entry: dict[str, Any]) -> None:
         """Durably record a committed change before it is acknowledged (see storage.journal)."""
@@ -75,9 +81,29 @@ class Manifests:
             raise ManifestUnknown(f"manifest {reference}:{repo} is unknown")
         return tag
 
+    async def _body(self, digest: str) -> bytes | None:
+        """Manifest bytes by digest: content-addressed, so a cached copy is always right."""
+        body = self._bodies.get(digest)
+        if body is not None:
+            self._bodies.move_to_end(digest)
+            return body
+        body = await self.storage.read_bytes(digest)
+        if body is not None:
+            self._remember(digest, body)
+        return body
+
+    def _remember(self, digest: str, body: bytes) -> None:
+        if len(body) > _CACHE_BYTES // 16 or digest in self._bodies:
+            return
+        self._bodies[digest] = body
+        self._cached_bytes += len(body)
+        while self._cached_bytes > _CACHE_BYTES:
+            _, old = self._bodies.popitem(last=False)
+            self._cached_bytes -= len(old)
+
     async def get(self, repo: str, reference: str) -> StoredManifest:
         record = await self.resolve(repo, reference)
-        body = await self.storage.read_bytes(record.digest)
+        body = await self._body(record.digest)
         if body is None:
             raise StorageUnavailable(
                 f"manifest {record.digest} is recorded but its bytes are missing from blob "
@@ -107,6 +133,7 @@ class Manifests:
         manifest = parse_manifest(body, content_type)
         await self._check_references(repo, manifest)
         await self.storage.put_bytes(str(digest), body)
+        self._remember(str(digest), body)
         record = ManifestRecord(
             digest=str(digest),
             media_type=manifest.media_type,
