@@ -38,9 +38,11 @@ def build_app(
     config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None
 ) -> Starlette:
     storage = FilesystemStorage(config.storage)
-    journal = Journal(
+    journal: Journal | None = Journal(
         config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
     )
+    if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
+        journal = None  # only to measure the journal's cost in the benchmark
     registry = Registry(storage, meta, journal)
     st = AppState(config=config, registry=registry, auth=BasicAuthenticator(meta))
     if isinstance(meta, EtcdCluster):
