@@ -3,6 +3,7 @@ status names the scenario, remove/join repair the cluster, unsafe changes are re
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -182,3 +183,24 @@ def test_status_when_nothing_answers(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert doc["scenario"] == "all-lost"
     assert "moorage restore" in doc["action"]
+
+
+def test_concurrent_joins_are_serialized(cluster: Cluster) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.cluster import Node
+
+    r0 = cluster.install()
+    body = push_image(r0, "cluster/conc-join", "v1", "cj")
+    nodes = [Node(cluster.root, f"cj{i}") for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(cluster.join_raw, nodes))
+    for node, out in zip(nodes, results, strict=True):
+        assert out.returncode == 0, out.stderr
+        node.replica_id = json.loads(out.stdout)["replica_id"]
+        cluster.nodes.append(node)
+    doc = cluster.status()
+    assert doc["scenario"] == "healthy", doc
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
+    for node in nodes:
+        assert pull_image(node, "cluster/conc-join", "v1") == body
