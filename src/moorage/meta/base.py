@@ -77,6 +77,10 @@ class MetaStore(ABC):
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         """Apply `ops` atomically if every guard holds; False (nothing applied) otherwise."""
 
+    async def _get_many(self, keys_: Sequence[bytes]) -> list[KV | None]:
+        """Several keys at once (backends may do it in one round trip)."""
+        return list(await asyncio.gather(*(self._get(k) for k in keys_)))
+
     @abstractmethod
     async def close(self) -> None: ...
 
@@ -111,7 +115,7 @@ class MetaStore(ABC):
 
     async def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(digests))
-        found = await asyncio.gather(*(self._get(keys.blob(repo, d)) for d in wanted))
+        found = await self._get_many([keys.blob(repo, d) for d in wanted])
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
     async def link_blob(
@@ -140,7 +144,7 @@ class MetaStore(ABC):
 
     async def missing_manifests(self, repo: str, digests: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(digests))
-        found = await asyncio.gather(*(self._get(keys.manifest(repo, d)) for d in wanted))
+        found = await self._get_many([keys.manifest(repo, d) for d in wanted])
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
     async def get_tag(self, repo: str, tag: str) -> TagRecord | None:

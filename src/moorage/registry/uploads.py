@@ -44,12 +44,18 @@ class Uploads:
         self.meta = meta
         # upload id -> (bytes hashed, sha256 of those bytes)
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+        # upload id -> session record, for the uploads this process started
+        self._sessions: OrderedDict[str, UploadRecord] = OrderedDict()
 
     async def start(self, repo: str) -> str:
         upload_id = uuid.uuid4().hex
         await self.storage.create_upload(upload_id)
-        await self.meta.create_upload(UploadRecord(upload_id, repo, time.time()))
+        record = UploadRecord(upload_id, repo, time.time())
+        await self.meta.create_upload(record)
         self._remember(upload_id, 0, hashlib.sha256())
+        self._sessions[upload_id] = record
+        while len(self._sessions) > _MAX_CACHED_HASHERS:
+            self._sessions.popitem(last=False)
         return upload_id
 
     async def size(self, repo: str, upload_id: str) -> int:
@@ -90,6 +96,7 @@ class Uploads:
             if current is None:
                 raise BlobUploadUnknown("upload unknown: its data is gone")
             size = current
+        self._sessions.pop(upload_id, None)
         await self._verify_and_commit(upload_id, parsed, size)
         await self.meta.link_blob(repo, str(parsed), size, upload_id=upload_id)
         return parsed, size
@@ -115,6 +122,7 @@ class Uploads:
     async def cancel(self, repo: str, upload_id: str) -> None:
         await self._session(repo, upload_id)
         self._hashers.pop(upload_id, None)
+        self._sessions.pop(upload_id, None)
         await self.meta.delete_upload(upload_id)
         await self.storage.delete_upload(upload_id)
 
@@ -122,6 +130,11 @@ class Uploads:
     async def _session(self, repo: str, upload_id: str) -> UploadRecord:
         if not _UPLOAD_ID.match(upload_id):
             raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
+        local = self._sessions.get(upload_id)
+        if local is not None and local.repo == repo:
+            # Started by this process: no store round trip. If another replica finished or
+            # cancelled it meanwhile, its data file is gone and the next step says so.
+            return local
         record = await self.meta.get_upload(upload_id)
         if record is None or record.repo != repo:
             raise BlobUploadUnknown(
