@@ -271,3 +271,59 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     assert r1.replica_id in {r["id"] for r in doc["replicas"]}
     assert pull_image(r1, "repair/app", "v1") == body
     push_image(r1, "repair/after", "v1", "after")
+
+
+def test_encrypted_backup(cluster: Cluster) -> None:
+    r0 = cluster.install()
+    body = push_image(r0, "enc/app", "v1", "secret-layer")
+    secret = cluster.root / "pass"
+    secret.write_text("correct horse battery staple\n")
+    wrong = cluster.root / "wrong"
+    wrong.write_text("nope")
+    archive = cluster.root / "enc.tar"
+    out = json.loads(
+        moorage(
+            "backup", "--existing", r0.url, "--out", str(archive), "--include-blobs",
+            "--passphrase-file", str(secret), "--json",
+        ).stdout
+    )  # fmt: skip
+    assert out["encrypted"] is True
+    raw = archive.read_bytes()
+    assert b"metadata.json" not in raw
+    assert b"layer of secret-layer" not in raw
+    refused = moorage("backup", "inspect", str(archive), check=False)
+    assert refused.returncode == 1
+    assert "encrypted" in refused.stderr
+    bad = moorage("backup", "verify", str(archive), "--passphrase-file", str(wrong), check=False)
+    assert bad.returncode == 1
+    assert "wrong passphrase" in bad.stderr
+    info = json.loads(
+        moorage(
+            "backup", "inspect", str(archive), "--passphrase-file", str(secret), "--json"
+        ).stdout
+    )
+    assert info["encrypted"] is True
+    assert info["counts"]["manifests"] == 1
+    assert (
+        "OK" in moorage("backup", "verify", str(archive), "--passphrase-file", str(secret)).stdout
+    )
+    # Truncation is detected too.
+    cut = cluster.root / "cut.tar"
+    cut.write_bytes(raw[: len(raw) - 100])
+    assert (
+        moorage(
+            "backup", "verify", str(cut), "--passphrase-file", str(secret), check=False
+        ).returncode
+        == 1
+    )
+
+    moorage("destroy", "--data-dir", str(r0.data_dir))
+    from tests.cluster import Node
+
+    fresh = Node(cluster.root, "fresh")
+    moorage(
+        "restore", "--in", str(archive), *fresh.flags(), "--storage", str(cluster.root / "s2"),
+        "--passphrase-file", str(secret),
+    )  # fmt: skip
+    cluster.nodes.append(fresh)
+    assert pull_image(fresh, "enc/app", "v1") == body

@@ -587,6 +587,24 @@ def _describe_plan(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _passphrase_option(fn: Any) -> Any:
+    return click.option(
+        "--passphrase-file",
+        default=None,
+        type=click.Path(dir_okay=False, exists=True),
+        help="File holding the backup passphrase (or MOORAGE_BACKUP_PASSPHRASE).",
+    )(fn)
+
+
+def _passphrase(passphrase_file: str | None) -> str | None:
+    if passphrase_file:
+        text = Path(passphrase_file).read_text().strip()
+        if not text:
+            raise click.UsageError(f"{passphrase_file} is empty")
+        return text
+    return os.environ.get("MOORAGE_BACKUP_PASSPHRASE") or None
+
+
 @main.group(invoke_without_command=True)
 @click.option("--existing", default=None, help="URL of a replica (a comma-separated list).")
 @click.option("--username", envvar="MOORAGE_USERNAME", default="admin", show_default=True)
@@ -599,6 +617,7 @@ def _describe_plan(doc: dict[str, Any]) -> str:
     type=click.Path(dir_okay=False, exists=True),
     help="Previous backup: store only blobs it (and its bases) lack.",
 )
+@_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def backup(
@@ -609,6 +628,7 @@ def backup(
     out: str | None,
     include_blobs: bool,
     since: str | None,
+    passphrase_file: str | None,
     as_json: bool,
 ) -> None:
     """Consistent online backup (`backup inspect FILE`, `backup verify FILE` check one)."""
@@ -629,7 +649,14 @@ def backup(
             bar.update(done - bar.pos)
 
     try:
-        doc = create(client, Path(out), include_blobs, Path(since) if since else None, progress)
+        doc = create(
+            client,
+            Path(out),
+            include_blobs,
+            Path(since) if since else None,
+            progress,
+            _passphrase(passphrase_file),
+        )
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     finally:
@@ -649,15 +676,16 @@ def backup(
 
 @backup.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def backup_inspect(file: str, as_json: bool) -> None:
+def backup_inspect(file: str, passphrase_file: str | None, as_json: bool) -> None:
     """Version, cluster id, revision, counts, size and creation time of a backup."""
     import datetime
 
     from moorage.recovery.backup import inspect
 
     try:
-        doc = inspect(Path(file))
+        doc = inspect(Path(file), _passphrase(passphrase_file))
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     created = datetime.datetime.fromtimestamp(doc["created_at"], datetime.UTC).isoformat()
@@ -677,13 +705,16 @@ def backup_inspect(file: str, as_json: bool) -> None:
 @backup.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--storage", default=None, help="Blob storage to check referenced blobs in.")
+@_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def backup_verify(file: str, storage: str | None, as_json: bool) -> None:
+def backup_verify(
+    file: str, storage: str | None, passphrase_file: str | None, as_json: bool
+) -> None:
     """Check every checksum and every reference (tag -> manifest -> blobs)."""
     from moorage.recovery.backup import verify
 
     try:
-        doc = verify(Path(file), Path(storage) if storage else None)
+        doc = verify(Path(file), Path(storage) if storage else None, _passphrase(passphrase_file))
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     if as_json:
@@ -708,6 +739,7 @@ def backup_verify(file: str, storage: str | None, as_json: bool) -> None:
 @_ports
 @click.option("--replay-journal", is_flag=True, help="Re-apply pushes made after the backup.")
 @click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
+@_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def restore(
     archive: str,
@@ -718,6 +750,7 @@ def restore(
     etcd_peer_port: int | None,
     replay_journal: bool,
     admin_password: str | None,
+    passphrase_file: str | None,
     as_json: bool,
 ) -> None:
     """All replicas lost: a new one-replica cluster (new cluster id) from a backup."""
@@ -734,6 +767,7 @@ def restore(
             etcd_peer_port,
             replay_journal,
             admin_password,
+            _passphrase(passphrase_file),
         )
     except MoorageError as exc:
         raise Failed(str(exc)) from None

@@ -19,10 +19,13 @@ Not included: upload sessions in progress, heartbeats, and blob storage itself u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from moorage.meta import keys
 from moorage.oci import mediatypes as mt
 from moorage.oci.manifest import parse_manifest
 from moorage.recovery.client import AdminClient
+from moorage.recovery.crypt import EncryptingWriter, decrypt_file, is_encrypted
 
 FORMAT_VERSION = 1
 ALL_MANIFEST_TYPES = ", ".join(sorted(mt.MANIFESTS | mt.INDEXES)) + ", */*"
@@ -132,6 +136,7 @@ def create(
     include_blobs: bool,
     since: Path | None,
     progress: Callable[[int, int], None] | None = None,
+    passphrase: str | None = None,
 ) -> dict[str, Any]:
     doc = client.call("GET", "/api/v0/cluster/backup")
     kvs = [(k, v) for k, v in doc["kvs"]]
@@ -139,7 +144,9 @@ def create(
     chain_held: set[str] = set()
     base_chain: list[str] = []
     if since is not None:
-        chain_held, base_chain = _chain_blobs(since)
+        with contextlib.ExitStack() as stack:
+            chain_held, base_chain = _chain_blobs(plaintext(since, passphrase, stack))
+            base_chain[0] = since.name
     # What to fetch: every manifest's bytes; with --include-blobs every linked blob.
     wanted: dict[str, tuple[str, str, int]] = {}  # digest -> (kind, repo, size)
     for (repo, digest), record in md.manifests.items():
@@ -165,7 +172,14 @@ def create(
     tmp = out.with_name(out.name + ".partial")
     total = sum(size for _, _, size in to_store.values())
     done = 0
-    with tarfile.open(tmp, "w") as tar, httpx.Client(auth=client.auth, timeout=300) as http:
+    with contextlib.ExitStack() as files:
+        raw = files.enter_context(open(tmp, "wb"))
+        if passphrase:
+            writer: Any = files.enter_context(EncryptingWriter(raw, passphrase))
+            tar = files.enter_context(tarfile.open(fileobj=writer, mode="w|"))
+        else:
+            tar = files.enter_context(tarfile.open(fileobj=raw, mode="w"))
+        http = files.enter_context(httpx.Client(auth=client.auth, timeout=300))
         for name, payload in (
             ("backup.json", json.dumps(header, indent=1).encode()),
             ("metadata.json", json.dumps({"kvs": kvs}).encode()),
@@ -199,6 +213,11 @@ def create(
                 progress(done, total)
         listing = "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())).encode()
         _add_bytes(tar, "SHA256SUMS", listing)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     tmp.replace(out)
     return {
         "file": str(out),
@@ -206,6 +225,7 @@ def create(
         **{k: header[k] for k in ("cluster_id", "epoch", "revision", "counts", "base")},
         "blobs_in_archive": len(to_store),
         "blobs_from_base": len(wanted) - len(to_store),
+        "encrypted": bool(passphrase),
     }
 
 
@@ -214,6 +234,22 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info.size = len(payload)
     info.mtime = int(time.time())
     tar.addfile(info, io.BytesIO(payload))
+
+
+def plaintext(path: Path, passphrase: str | None, stack: contextlib.ExitStack) -> Path:
+    """The archive itself, or a decrypted copy in a temporary directory (removed with
+    `stack`) when it is encrypted."""
+    if not is_encrypted(path):
+        return path
+    if not passphrase:
+        raise BackupError(
+            f"{path} is encrypted: give its passphrase (--passphrase-file or "
+            "MOORAGE_BACKUP_PASSPHRASE)"
+        )
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moorage-backup-")))
+    out = tmp / path.name
+    decrypt_file(path, out, passphrase)
+    return out
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -241,8 +277,9 @@ def read_metadata(path: Path) -> Metadata:
     return Metadata.parse([(k, v) for k, v in doc["kvs"]])
 
 
-def inspect(path: Path) -> dict[str, Any]:
-    header = read_header(path)
+def inspect(path: Path, passphrase: str | None = None) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        header = read_header(plaintext(path, passphrase, stack))
     return {
         "file": str(path),
         "version": header["version"],
@@ -255,6 +292,7 @@ def inspect(path: Path) -> dict[str, Any]:
         "blobs_in_archive": len(header["blobs_in_archive"]),
         "base": header["base"],
         "size": path.stat().st_size,
+        "encrypted": is_encrypted(path),
     }
 
 
@@ -278,8 +316,21 @@ def copy_blob(archives: list[Path], digest: str, write: Callable[[bytes], object
     return False
 
 
-def verify(path: Path, storage: Path | None = None) -> dict[str, Any]:
+def verify(
+    path: Path, storage: Path | None = None, passphrase: str | None = None
+) -> dict[str, Any]:
     """Checksums of every member, then referential integrity; `problems` empty means good."""
+    with contextlib.ExitStack() as stack:
+        return _verify(path, plaintext(path, passphrase, stack), storage, passphrase, stack)
+
+
+def _verify(
+    original: Path,
+    path: Path,
+    storage: Path | None,
+    passphrase: str | None,
+    stack: contextlib.ExitStack,
+) -> dict[str, Any]:
     header = read_header(path)
     problems: list[str] = []
     sums: dict[str, str] = {}
@@ -318,17 +369,19 @@ def verify(path: Path, storage: Path | None = None) -> dict[str, Any]:
             problems.append(f"{name}: not listed in SHA256SUMS")
     if problems:
         return {
-            "file": str(path),
+            "file": str(original),
             "ok": False,
             "corrupt": True,
             "problems": problems,
             "missing_blobs": [],
         }
 
-    archives = [path, *_chain_paths(path, header)]
-    for base in archives[1:]:
+    archives = [path]
+    for base in _chain_paths(original, header):
         if not base.exists():
             problems.append(f"base archive {base} of this incremental backup is missing")
+        else:
+            archives.append(plaintext(base, passphrase, stack))
     held = set(header["blobs_in_archive"]) | set(header.get("chain_blobs", []))
     md = read_metadata(path)
 
@@ -376,9 +429,10 @@ def verify(path: Path, storage: Path | None = None) -> dict[str, Any]:
     for digest in sorted(missing):
         problems.append(f"blob {digest} is referenced but neither in the archive nor in storage")
     return {
-        "file": str(path),
+        "file": str(original),
         "ok": not problems,
         "corrupt": False,
+        "archives": [str(a) for a in archives],
         "problems": problems,
         "missing_blobs": sorted(missing),
         "blobs_checked": check_blobs,

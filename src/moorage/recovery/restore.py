@@ -9,6 +9,7 @@ the backup are replayed from the journal in blob storage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -34,10 +35,11 @@ from moorage.meta.records import ClusterRecord
 from moorage.recovery.backup import (
     BackupError,
     Metadata,
+    _verify,
     copy_blob,
+    plaintext,
     read_header,
     read_metadata,
-    verify,
 )
 from moorage.recovery.journal_replay import apply, plan_replay
 
@@ -54,35 +56,38 @@ def restore(
     etcd_peer_port: int | None,
     replay_journal: bool,
     admin_password: str | None,
+    passphrase: str | None = None,
 ) -> dict[str, Any]:
-    report = verify(archive, storage)
-    if report.get("corrupt"):
-        raise BackupError(
-            f"{archive} is corrupt; nothing was changed:\n  " + "\n  ".join(report["problems"])
+    with contextlib.ExitStack() as stack:
+        plain = plaintext(archive, passphrase, stack)
+        report = _verify(archive, plain, storage, passphrase, stack)
+        if report.get("corrupt"):
+            raise BackupError(
+                f"{archive} is corrupt; nothing was changed:\n  " + "\n  ".join(report["problems"])
+            )
+        missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
+        if missing_bases:
+            raise BackupError("; ".join(missing_bases) + "; put it next to the archive")
+        if data_dir.exists() or data_dir.etcd_dir.exists():
+            raise BackupError(
+                f"{data_dir.path} already holds replica state; restore needs an empty data "
+                "directory"
+            )
+        header = read_header(plain)
+        md = read_metadata(plain)
+        config = ReplicaConfig(
+            data_dir=str(data_dir.path),
+            cluster_id=new_cluster_id(),
+            replica_id=new_replica_id(),
+            http_addr=http_addr,
+            storage=str(storage.resolve()),
+            etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
+            etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
         )
-    missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
-    if missing_bases:
-        raise BackupError("; ".join(missing_bases) + "; put it next to the archive")
-    if data_dir.exists() or data_dir.etcd_dir.exists():
-        raise BackupError(
-            f"{data_dir.path} already holds replica state; restore needs an empty data directory"
-        )
-    header = read_header(archive)
-    md = read_metadata(archive)
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id=new_cluster_id(),
-        replica_id=new_replica_id(),
-        http_addr=http_addr,
-        storage=str(storage.resolve()),
-        etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
-        etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
-    )
-    check_http_addr(config)
-    archives = [archive, *(archive.parent / n for n in header.get("base_chain", []))]
-    copied = _copy_blobs(
-        archives, set(header["blobs_in_archive"]) | set(header["chain_blobs"]), storage
-    )
+        check_http_addr(config)
+        archives = [Path(a) for a in report["archives"]]
+        held = set(header["blobs_in_archive"]) | set(header["chain_blobs"])
+        copied = _copy_blobs(archives, held, storage)
     data_dir.make_dirs()
     data_dir.save(config)
     etcd = EtcdProcess(data_dir, config)
