@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import check_once, health, health_loop, ping
@@ -31,12 +32,9 @@ from moorage.storage.journal import Journal
 
 log = logging.getLogger("moorage.api")
 IO_THREADS = 32
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def build_app(
-    config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None
-) -> Starlette:
+def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None) -> ASGIApp:
     storage = FilesystemStorage(config.storage)
     journal: Journal | None = Journal(
         config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
@@ -76,17 +74,31 @@ def build_app(
             Route("/api/v0/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
-            Route("/v2", guarded, methods=ALL_METHODS),
-            Route("/v2/{path:path}", guarded, methods=ALL_METHODS),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(MetricsMiddleware)],
     )
     app.state.moorage = st
-    return app
+    return MetricsMiddleware(RegistryRoutes(app))
 
 
-def create_app() -> Starlette:
+class RegistryRoutes:
+    """`/v2/...` straight to the registry dispatcher (the hot path skips Starlette's router
+    and its middleware stack); everything else, lifespan included, to the Starlette app."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v2" or path.startswith("/v2/")):
+            scope["app"] = self.app
+            response = await guarded(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()

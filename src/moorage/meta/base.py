@@ -52,8 +52,9 @@ class Delete:
 
 
 Op = Put | Delete
-# (key, expected mod_revision); 0 means the key must be absent.
+# (key, expected mod_revision); 0 means the key must be absent, MUST_EXIST present.
 Guard = tuple[bytes, int]
+MUST_EXIST = -1
 
 #: The etcd revision of the last transaction this task committed (for the journal).
 LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
@@ -157,8 +158,12 @@ class MetaStore(ABC):
         record: ManifestRecord,
         tags: Sequence[str] = (),
         referrer: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a manifest, point `tags` at it and index it under its subject, atomically."""
+        blobs: Sequence[str] = (),
+        manifests: Sequence[str] = (),
+    ) -> list[str]:
+        """Record a manifest, point `tags` at it and index it under its subject, atomically,
+        if every blob and manifest it requires is in `repo` (checked in the same
+        transaction). Returns the missing digests; nothing is written when there are any."""
         ops: list[Op] = [
             Put(keys.repo(repo), _EMPTY),
             Put(keys.manifest(repo, record.digest), record.encode()),
@@ -167,7 +172,16 @@ class MetaStore(ABC):
         ops += [Put(keys.tag(repo, t), tag_value) for t in tags]
         if referrer is not None and record.subject:
             ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
-        await self._txn([], ops)
+        required = [keys.blob(repo, d) for d in dict.fromkeys(blobs)]
+        required += [keys.manifest(repo, d) for d in dict.fromkeys(manifests)]
+        if await self._txn([(k, MUST_EXIST) for k in required], ops):
+            return []
+        found = await self._get_many(required)
+        wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
+        missing = [d for d, kv in zip(wanted, found, strict=True) if kv is None]
+        if not missing:  # raced with a concurrent push of the last reference: try once more
+            return await self.put_manifest(repo, record, tags, referrer, blobs, manifests)
+        return missing
 
     async def delete_tag(self, repo: str, tag: str) -> bool:
         key = keys.tag(repo, tag)

@@ -19,7 +19,7 @@ import grpc
 from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
-from moorage.meta.base import KV, LAST_REVISION, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -122,7 +122,9 @@ class EtcdMetaStore(MetaStore):
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         compare = [
-            rpc.Compare(
+            rpc.Compare(key=key, result=rpc.Compare.GREATER, target=rpc.Compare.VERSION, version=0)
+            if revision == MUST_EXIST
+            else rpc.Compare(
                 key=key,
                 result=rpc.Compare.EQUAL,
                 target=rpc.Compare.MOD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from moorage.meta.base import KV, LAST_REVISION, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
 
 
 class MemoryMetaStore(MetaStore):
@@ -30,7 +30,10 @@ class MemoryMetaStore(MetaStore):
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         for key, rev in guards:
             kv = self._data.get(key)
-            if (kv.mod_revision if kv else 0) != rev:
+            if rev == MUST_EXIST:
+                if kv is None:
+                    return False
+            elif (kv.mod_revision if kv else 0) != rev:
                 return False
         self._revision += 1
         LAST_REVISION.set(self._revision)

@@ -131,7 +131,6 @@ class Manifests:
             tags.insert(0, _tag(reference))
             digest = digest_of(body)
         manifest = parse_manifest(body, content_type)
-        await self._check_references(repo, manifest)
         await self.storage.put_bytes(str(digest), body)
         self._remember(str(digest), body)
         record = ManifestRecord(
@@ -143,7 +142,27 @@ class Manifests:
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
         unique_tags = list(dict.fromkeys(tags))
-        await self.meta.put_manifest(repo, record, tags=unique_tags, referrer=referrer)
+        blobs, children = _requirements(manifest)
+        # One transaction checks the references and records the manifest.
+        missing = await self.meta.put_manifest(
+            repo, record, unique_tags, referrer, blobs=blobs, manifests=children
+        )
+        config = manifest.config
+        if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
+            # The empty JSON config of artifacts: create it rather than fail the push.
+            await self.storage.put_bytes(mt.EMPTY_JSON_DIGEST, mt.EMPTY_JSON)
+            await self.meta.link_blob(repo, mt.EMPTY_JSON_DIGEST, len(mt.EMPTY_JSON))
+            missing = await self.meta.put_manifest(
+                repo, record, unique_tags, referrer, blobs=blobs, manifests=children
+            )
+        if missing:
+            what = "manifests" if manifest.is_index else "blobs"
+            kind = "index" if manifest.is_index else "manifest"
+            raise ManifestBlobUnknown(
+                f"the {kind} refers to {what} not in {repo}: {', '.join(missing[:10])}; "
+                "push them first",
+                detail={"missing": missing},
+            )
         await self._journal(
             {
                 "op": "manifest",
@@ -166,40 +185,18 @@ class Manifests:
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
         await self._journal({"op": "untag", "repo": repo, "tag": reference})
 
-    async def _check_references(self, repo: str, manifest: Manifest) -> None:
-        """The config, distributable layers and child manifests must be in the repository.
 
-        The subject is never checked: a referrer may be pushed before what it refers to.
-        """
-        if manifest.is_index:
-            missing = await self.meta.missing_manifests(repo, [c.digest for c in manifest.children])
-            if missing:
-                raise ManifestBlobUnknown(
-                    f"the index refers to manifests not in {repo}: {', '.join(missing[:10])}; "
-                    "push them first",
-                    detail={"missing": missing},
-                )
-            return
-        blobs = [
-            layer.digest
-            for layer in manifest.layers
-            if not mt.is_non_distributable(layer.media_type)
-        ]
-        if manifest.config is not None:
-            blobs.insert(0, manifest.config.digest)
-        missing = await self.meta.missing_blobs(repo, blobs)
-        # The empty JSON config of artifacts: create it rather than fail the push.
-        config = manifest.config
-        if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
-            await self.storage.put_bytes(mt.EMPTY_JSON_DIGEST, mt.EMPTY_JSON)
-            await self.meta.link_blob(repo, mt.EMPTY_JSON_DIGEST, len(mt.EMPTY_JSON))
-            missing.remove(mt.EMPTY_JSON_DIGEST)
-        if missing:
-            raise ManifestBlobUnknown(
-                f"the manifest refers to blobs not in {repo}: {', '.join(missing[:10])}; "
-                "push them first",
-                detail={"missing": missing},
-            )
+def _requirements(manifest: Manifest) -> tuple[list[str], list[str]]:
+    """What must be in the repository: an index's child manifests; a manifest's config and
+    distributable layers. The subject is never checked (a referrer may come first)."""
+    if manifest.is_index:
+        return [], [c.digest for c in manifest.children]
+    blobs = [
+        layer.digest for layer in manifest.layers if not mt.is_non_distributable(layer.media_type)
+    ]
+    if manifest.config is not None:
+        blobs.insert(0, manifest.config.digest)
+    return blobs, []
 
 
 def _referrer_descriptor(record: ManifestRecord, manifest: Manifest) -> dict[str, Any]:
