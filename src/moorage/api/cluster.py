@@ -124,7 +124,7 @@ async def backup_metadata(
     """Every registry record as of one etcd revision (online, without pausing pushes)."""
     revision, kvs = await store.dump(keys.ROOT)
     cluster = await store.get_cluster()
-    skip = (keys.HEARTBEATS, keys.LOCKS, keys.UPLOADS)
+    skip = (keys.HEARTBEATS, keys.LOCKS)
     return {
         "cluster_id": st.config.cluster_id,
         "epoch": cluster.epoch if cluster else st.config.epoch,

@@ -27,7 +27,6 @@ from moorage.meta.records import (
     ClusterRecord,
     ManifestRecord,
     TagRecord,
-    UploadRecord,
     UserRecord,
     dumps,
 )
@@ -119,16 +118,12 @@ class MetaStore(ABC):
         found = await self._get_many([keys.blob(repo, d) for d in wanted])
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
-    async def link_blob(
-        self, repo: str, digest: str, size: int, upload_id: str | None = None
-    ) -> None:
-        """Let `repo` serve the blob (and finish its upload session) in one transaction."""
+    async def link_blob(self, repo: str, digest: str, size: int) -> None:
+        """Let `repo` serve the blob."""
         ops: list[Op] = [
             Put(keys.repo(repo), _EMPTY),
             Put(keys.blob(repo, digest), dumps({"size": size})),
         ]
-        if upload_id is not None:
-            ops.append(Delete(keys.upload(upload_id)))
         await self._txn([], ops)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
@@ -232,14 +227,3 @@ class MetaStore(ABC):
         prefix = keys.referrers_prefix(repo, subject)
         kvs, _more = await self._range(prefix, keys.prefix_end(prefix))
         return [json.loads(kv.value) for kv in kvs]
-
-    # -- upload sessions ---------------------------------------------------------------
-    async def create_upload(self, record: UploadRecord) -> None:
-        await self._txn([], [Put(keys.upload(record.id), record.encode())])
-
-    async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        kv = await self._get(keys.upload(upload_id))
-        return UploadRecord.decode(kv.value) if kv else None
-
-    async def delete_upload(self, upload_id: str) -> None:
-        await self._txn([], [Delete(keys.upload(upload_id))])

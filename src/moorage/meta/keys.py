@@ -7,11 +7,11 @@
     /moorage/manifests/<repo>@<digest>            manifest record
     /moorage/tags/<repo>@<tag>                    {"digest", "media_type", "size"}
     /moorage/referrers/<repo>@<subject>@<digest>  the referrer's descriptor
-    /moorage/uploads/<upload id>                  {"repo", "started_at"}
 
 `@` cannot occur in a repository name, so `<repo>@` is a prefix of exactly that
 repository's keys and never of another's (`a@` is not a prefix of `a/b@`).
-Values are small JSON documents; manifest bytes live in blob storage.
+Values are small JSON documents; manifest bytes live in blob storage, and so do upload
+sessions (`uploads/<id>` and `uploads/<id>.repo`), so starting an upload costs no write here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ BLOBS = ROOT + b"blobs/"
 MANIFESTS = ROOT + b"manifests/"
 TAGS = ROOT + b"tags/"
 REFERRERS = ROOT + b"referrers/"
-UPLOADS = ROOT + b"uploads/"
 
 
 def user(name: str) -> bytes:
@@ -57,10 +56,6 @@ def referrer(repo_name: str, subject: str, digest: str) -> bytes:
 
 def referrers_prefix(repo_name: str, subject: str) -> bytes:
     return REFERRERS + f"{repo_name}@{subject}@".encode()
-
-
-def upload(upload_id: str) -> bytes:
-    return UPLOADS + upload_id.encode()
 
 
 def prefix_end(prefix: bytes) -> bytes:

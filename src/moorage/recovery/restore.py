@@ -43,7 +43,7 @@ from moorage.recovery.backup import (
 )
 from moorage.recovery.journal_replay import apply, plan_replay
 
-_SKIP = (keys.CLUSTER, keys.REPLICAS, keys.HEARTBEATS, keys.LOCKS, keys.UPLOADS)
+_SKIP = (keys.CLUSTER, keys.REPLICAS, keys.HEARTBEATS, keys.LOCKS)
 _BATCH = 256
 
 

@@ -49,9 +49,9 @@ class Uploads:
 
     async def start(self, repo: str) -> str:
         upload_id = uuid.uuid4().hex
-        await self.storage.create_upload(upload_id)
+        # The session lives in blob storage with its data, which every replica sees.
+        await self.storage.create_upload(upload_id, repo)
         record = UploadRecord(upload_id, repo, time.time())
-        await self.meta.create_upload(record)
         self._remember(upload_id, 0, hashlib.sha256())
         self._sessions[upload_id] = record
         while len(self._sessions) > _MAX_CACHED_HASHERS:
@@ -98,7 +98,7 @@ class Uploads:
             size = current
         self._sessions.pop(upload_id, None)
         await self._verify_and_commit(upload_id, parsed, size)
-        await self.meta.link_blob(repo, str(parsed), size, upload_id=upload_id)
+        await self.meta.link_blob(repo, str(parsed), size)
         return parsed, size
 
     async def monolithic(
@@ -123,7 +123,6 @@ class Uploads:
         await self._session(repo, upload_id)
         self._hashers.pop(upload_id, None)
         self._sessions.pop(upload_id, None)
-        await self.meta.delete_upload(upload_id)
         await self.storage.delete_upload(upload_id)
 
     # -- internals --------------------------------------------------------------------
@@ -135,7 +134,8 @@ class Uploads:
             # Started by this process: no store round trip. If another replica finished or
             # cancelled it meanwhile, its data file is gone and the next step says so.
             return local
-        record = await self.meta.get_upload(upload_id)
+        owner = await self.storage.upload_repo(upload_id)
+        record = UploadRecord(upload_id, owner, 0.0) if owner is not None else None
         if record is None or record.repo != repo:
             raise BlobUploadUnknown(
                 f"upload {upload_id} is unknown in {repo}: it was finished, cancelled or never "
@@ -198,7 +198,6 @@ class Uploads:
         if actual != digest.encoded:
             # A mismatch leaves no trace: the bytes are dropped, the session ends.
             await self.storage.delete_upload(upload_id)
-            await self.meta.delete_upload(upload_id)
             raise DigestInvalid(
                 f"the uploaded bytes have digest {digest.algorithm}:{actual}, not {digest}; "
                 "the upload was discarded"

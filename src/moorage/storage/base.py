@@ -61,7 +61,12 @@ class BlobStorage(ABC):
 
     # -- uploads ----------------------------------------------------------------------
     @abstractmethod
-    async def create_upload(self, upload_id: str) -> None: ...
+    async def create_upload(self, upload_id: str, repo: str | None = None) -> None:
+        """A new, empty upload; `repo` is recorded with it (any replica can continue it)."""
+
+    @abstractmethod
+    async def upload_repo(self, upload_id: str) -> str | None:
+        """The repository an upload belongs to; None if there is no such upload."""
 
     @abstractmethod
     async def upload_size(self, upload_id: str) -> int | None:

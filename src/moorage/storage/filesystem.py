@@ -169,12 +169,24 @@ class FilesystemStorage(BlobStorage):
         _fsync_dir(parent)
 
     # -- uploads ----------------------------------------------------------------------
-    async def create_upload(self, upload_id: str) -> None:
+    async def create_upload(self, upload_id: str, repo: str | None = None) -> None:
+        # Not fsynced: a session lost in a crash is restarted by its client; only a
+        # finished blob is promised to be durable.
         try:
+            if repo is not None:
+                self.layout.upload_info(upload_id).write_text(repo)
             fd = os.open(self.layout.upload(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create upload: {exc.strerror}") from exc
         os.close(fd)
+
+    async def upload_repo(self, upload_id: str) -> str | None:
+        if not self.layout.upload(upload_id).exists():
+            return None
+        try:
+            return self.layout.upload_info(upload_id).read_text()
+        except FileNotFoundError:
+            return None
 
     async def upload_size(self, upload_id: str) -> int | None:
         try:
@@ -222,8 +234,10 @@ class FilesystemStorage(BlobStorage):
         target = self.layout.blob(digest)
 
         def run() -> None:
+            info = self.layout.upload_info(upload_id)
             if target.exists():
                 source.unlink(missing_ok=True)
+                info.unlink(missing_ok=True)
                 return
             fd = os.open(source, os.O_RDONLY)
             try:
@@ -231,6 +245,7 @@ class FilesystemStorage(BlobStorage):
             finally:
                 os.close(fd)
             self._install(source, target)
+            info.unlink(missing_ok=True)
 
         try:
             await asyncio.to_thread(run)
@@ -241,6 +256,7 @@ class FilesystemStorage(BlobStorage):
 
     async def delete_upload(self, upload_id: str) -> None:
         self.layout.upload(upload_id).unlink(missing_ok=True)
+        self.layout.upload_info(upload_id).unlink(missing_ok=True)
 
     # -- health -----------------------------------------------------------------------
     async def probe(self) -> None:

@@ -31,5 +31,9 @@ class StorageLayout:
     def upload(self, upload_id: str) -> Path:
         return self.uploads / upload_id
 
+    def upload_info(self, upload_id: str) -> Path:
+        """The repository the upload belongs to, next to its data."""
+        return self.uploads / f"{upload_id}.repo"
+
     def dirs(self) -> tuple[Path, ...]:
         return (self.blobs, self.uploads, self.tmp, self.probe)
