@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -31,6 +33,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(
+        ctypes.util.find_library("c") or "libc.so.6", use_errno=True
+    )
+    _sync_file_range = _LIBC.sync_file_range
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+except (OSError, AttributeError):  # not Linux: the final fsync does all the work
+    _LIBC = None
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    if _LIBC is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -43,22 +61,34 @@ class _FileAppendWriter(AppendWriter):
         self._fd = fd
         self._start = size
         self._size = size
+        self._size_written = size
         self._hasher = hasher
         self._buf = bytearray()
         self._pending: asyncio.Future[None] | None = None
         self._closed = False
 
     def _write_sync(self, data: bytearray) -> None:
-        if self._hasher is not None:
-            self._hasher.update(data)  # hashlib releases the GIL for large buffers
         _write_all(self._fd, data)
+        # Start writing back now, so that the fsync at commit has little left to do.
+        _start_writeback(self._fd, self._size_written, len(data))
+        self._size_written += len(data)
+
+    async def _hash_and_write(self, data: bytearray) -> None:
+        # Two threads: hashing and writing run in parallel (both release the GIL).
+        if self._hasher is None:
+            await asyncio.to_thread(self._write_sync, data)
+            return
+        hasher = self._hasher
+        await asyncio.gather(
+            asyncio.to_thread(hasher.update, data), asyncio.to_thread(self._write_sync, data)
+        )
 
     async def _flush(self) -> None:
         data, self._buf = self._buf, bytearray()
         if self._pending is not None:
             await self._pending
         self._size += len(data)
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write_sync, data))
+        self._pending = asyncio.ensure_future(self._hash_and_write(data))
 
     @property
     def size(self) -> int:
