@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from moorage.errors import BlobUploadUnknown, RangeInvalid, StorageUnavailable
 from moorage.oci.digest import Hasher
@@ -33,19 +34,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(
-        ctypes.util.find_library("c") or "libc.so.6", use_errno=True
-    )
-    _sync_file_range = _LIBC.sync_file_range
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-except (OSError, AttributeError):  # not Linux: the final fsync does all the work
-    _LIBC = None
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux: the final fsync does all the work
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
-    if _LIBC is not None:
+    if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
