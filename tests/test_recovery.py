@@ -35,7 +35,8 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
         dead.signal(signal.SIGKILL)
 
     doc = cluster.wait_status("quorum-lost", [r2], timeout=60)
-    assert doc["quorum"]["healthy"] == 0
+    # Right after the kill the survivor may still name the dead leader: 1 of 3 connected.
+    assert doc["quorum"]["healthy"] < doc["quorum"]["needed"]
     assert f"moorage emergency-repair --data-dir {r2.data_dir}" in doc["action"]
 
     # Read-only: pulls, tag lists, catalog and auth from the local copy; pushes refused clearly.
