@@ -23,10 +23,19 @@ from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, Meta
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
-LINEARIZABLE_READ_TIMEOUT = 2.0
+LINEARIZABLE_READ_TIMEOUT = 1.0
+WRITE_ATTEMPT_TIMEOUT = 1.5
+WRITE_BUDGET = 8.0
 LOCAL_READ_WINDOW = 3.0
 _READS_PER_TXN = 128  # after a failed linearizable read, read locally for this long
-_ELECTION = ("leader changed", "no leader", "connection refused", "failed to connect")
+_ELECTION = (
+    "leader changed",
+    "no leader",
+    "connection refused",
+    "failed to connect",
+    "deadline exceeded",
+    "request timed out",
+)
 
 
 def _election(exc: StoreUnavailable) -> bool:
@@ -145,10 +154,12 @@ class EtcdMetaStore(MetaStore):
         request = rpc.TxnRequest(compare=compare, success=success, failure=[])
         # Every registry write is idempotent or guarded, so a write refused during a leader
         # election is retried until the election is over (about 1-2.5 s).
-        deadline = time.monotonic() + self._timeout
+        # A write in flight when the leader dies hangs until its deadline: short attempts,
+        # retried, finish right after the new election instead.
+        deadline = time.monotonic() + WRITE_BUDGET
         while True:
             try:
-                resp = await self._call("kvstub.Txn", request)
+                resp = await self._call("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
                 LAST_REVISION.set(int(resp.header.revision))
                 return bool(resp.succeeded)
             except StoreUnavailable as exc:
