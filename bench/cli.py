@@ -18,8 +18,16 @@ from pathlib import Path
 
 import uvloop
 
-from bench import servers, workloads
-from bench.report import METRICS, Results, ceiling_table, markdown, table
+from bench import cluster, servers, workloads
+from bench.report import (
+    CLUSTER_METRICS,
+    METRICS,
+    Results,
+    ceiling_table,
+    cluster_table,
+    markdown,
+    table,
+)
 from bench.servers import RssSampler, Server
 from bench.workloads import Blob, ImageParts, Target
 
@@ -39,14 +47,19 @@ class Plan:
     catalog_repos: int
     catalog_requests: int
     reps: int
+    cluster_manifests: int  # per cluster latency run and per journal run
+    failovers: int  # leader kills
 
     @classmethod
     def full(cls) -> Plan:
-        return cls(256 * MiB, 8 * MiB, 500, 4096, 200, 10.0, 1000, 20, 3)
+        return cls(256 * MiB, 8 * MiB, 500, 4096, 200, 10.0, 1000, 20, 3, 300, 3)
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(32 * MiB, 8 * MiB, 100, 4096, 50, 2.0, 100, 5, 1)
+        return cls(32 * MiB, 8 * MiB, 100, 4096, 50, 2.0, 100, 5, 1, 100, 2)
+
+    def cluster(self) -> cluster.ClusterPlan:
+        return cluster.ClusterPlan(self.cluster_manifests, self.reps, self.failovers)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +69,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[k for k in METRICS if k != "rss"],
-        help="run only this metric (repeatable); peak RSS is always reported",
+        choices=[*(k for k in METRICS if k != "rss"), *CLUSTER_METRICS],
+        help="run only this metric (repeatable); peak RSS is reported whenever Moorage and "
+        "Distribution run; the cluster metrics (" + ", ".join(CLUSTER_METRICS) + ") run "
+        "Moorage clusters only",
     )
     parser.add_argument("--reps", type=int, default=None, help="runs per throughput metric")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the client ceiling")
@@ -263,22 +278,71 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick() if args.quick else Plan.full()
     if args.reps:
         plan = dataclasses.replace(plan, reps=args.reps)
-    selected = args.only or [k for k in METRICS if k != "rss"]
-    selected = [k for k in METRICS if k in selected]  # dependency order
+    selected = args.only or [*(k for k in METRICS if k != "rss"), *CLUSTER_METRICS]
+    head_to_head = [k for k in METRICS if k in selected]  # dependency order
+    cluster_metrics = [k for k in CLUSTER_METRICS if k in selected]
     output = args.output or RESULTS_DIR / ("quick.md" if args.quick else "latest.md")
-    if not Path(servers.DISTRIBUTION_BINARY).exists():
+    if head_to_head and not Path(servers.DISTRIBUTION_BINARY).exists():
         _log(f"{servers.DISTRIBUTION_BINARY} is missing: apt-get install docker-registry")
         return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
     results = Results()
-    under_test = [servers.moorage(tmp, args.workers), servers.distribution(tmp)]
-    sampler = RssSampler(under_test)
     try:
         if not args.no_ceiling:
             _log("measuring the client's ceiling against a do-nothing server")
             measure_ceiling(tmp, plan, results)
             _log(ceiling_table(results))
+        if head_to_head:
+            _head_to_head(tmp, plan, head_to_head, args, results)
+        if cluster_metrics:
+            _log("cluster section (Moorage only)")
+            cluster.run(tmp, plan.cluster(), cluster_metrics, results, args.workers)
+            results.notes.append(
+                f"load average after the cluster section: {_loadavg()} (other work on the "
+                "machine skews results)"
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    workers = args.workers or os.environ.get("MOORAGE_WORKERS", "1 (default)")
+    header = [
+        f"- Moorage API workers: {workers}",
+        f"- plan: {'quick' if args.quick else 'full'}: {_describe(plan)}"
+        + (f"; {cluster.describe(plan.cluster())}" if cluster_metrics else ""),
+        f"- command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}",
+    ]
+    print()
+    if results.samples:
+        print(table(results))
+    if results.cluster:
+        print(
+            f"\ncluster (Moorage only; Distribution has no equivalent):\n{cluster_table(results)}"
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown(results, servers.REPO_ROOT, header))
+    output.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "samples": results.samples,
+                "cpu": results.cpu,
+                "ceiling": results.ceiling,
+                "cluster": results.cluster,
+            }
+        )
+    )
+    print(f"\nwritten to {output}")
+    return 0
+
+
+def _head_to_head(
+    tmp: Path, plan: Plan, selected: list[str], args: argparse.Namespace, results: Results
+) -> None:
+    """Moorage and Distribution side by side, with their peak RSS."""
+    under_test = [servers.moorage(tmp, args.workers), servers.distribution(tmp)]
+    sampler = RssSampler(under_test)
+    try:
         _log(f"starting Moorage and Distribution (temporary directory {tmp})")
         for server in under_test:
             server.start()
@@ -313,24 +377,6 @@ def main(argv: list[str] | None = None) -> int:
             sampler.stop()
         for server in under_test:
             server.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    workers = args.workers or os.environ.get("MOORAGE_WORKERS", "1 (default)")
-    header = [
-        f"- Moorage API workers: {workers}",
-        f"- plan: {'quick' if args.quick else 'full'}: {_describe(plan)}",
-        f"- command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}",
-    ]
-    print()
-    print(table(results))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(results, servers.REPO_ROOT, header))
-    output.with_suffix(".json").write_text(
-        json.dumps({"samples": results.samples, "cpu": results.cpu, "ceiling": results.ceiling})
-    )
-    print(f"\nwritten to {output}")
-    return 0
 
 
 def _describe(plan: Plan) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -37,6 +38,14 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# The cluster section (bench/cluster.py): Moorage only, Distribution has no equivalent.
+CLUSTER_METRICS: dict[str, str] = {
+    "cluster_latency": "manifest PUT latency p50/p99, concurrency 16, 1 vs 3 replicas",
+    "failover": "write gap and failed pulls after SIGKILL of the etcd leader's replica",
+    "journal": "manifest PUT throughput, concurrency 16, journal on vs off",
+}
+
+
 @dataclass
 class Results:
     """Samples per metric per server, plus the server CPU seconds each metric consumed."""
@@ -44,6 +53,7 @@ class Results:
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     ceiling: dict[str, float] = field(default_factory=dict)
+    cluster: dict[str, list[float]] = field(default_factory=dict)  # raw values per figure
     notes: list[str] = field(default_factory=list)
 
     def add(self, metric: str, server: str, value: float, cpu_seconds: float = 0.0) -> None:
@@ -119,6 +129,77 @@ def detail_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, `q` in 0..100."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def cluster_table(results: Results) -> str:
+    """The cluster figures; Distribution is a single process with no replication or journal."""
+    c = results.cluster
+    if not c:
+        return ""
+    na = "n/a (no equivalent)"
+    lines = ["| metric | unit | Moorage | Distribution | target |", "|---|---|---:|---|---|"]
+    one, three = c.get("push ms, 1 replica"), c.get("push ms, 3 replicas")
+    if one and three:
+        for q in (50, 99):
+            a, b = percentile(one, q), percentile(three, q)
+            lines += [
+                f"| manifest PUT latency p{q}, concurrency 16, 1 replica | ms | {a:,.1f} | {na} "
+                "| — |",
+                f"| manifest PUT latency p{q}, concurrency 16, 3 replicas round-robin | ms | "
+                f"{b:,.1f} ({b / a:.2f}x of 1 replica) | {na} | — |",
+            ]
+    gaps = c.get("write gap s")
+    if gaps:
+        failed = c.get("failed pulls in the gap", [])
+        probe = c.get("write gap s, a new push every 100 ms", [0.0])
+        worst_failed = max(failed, default=0.0)
+        n = len(gaps)
+        lines += [
+            f"| write gap after SIGKILL of the etcd leader's replica, median of {n} | s | "
+            f"{statistics.median(gaps):.2f} | {na} | ≤2 s {_met(statistics.median(gaps) <= 2)} |",
+            f"| write gap, worst of {n} | s | {max(gaps):.2f} | {na} | "
+            f"≤2 s {_met(max(gaps) <= 2)} |",
+            f"| write gap with a new push every 100 ms (not one after another), median / "
+            f"worst of {n} | s | {statistics.median(probe):.2f} / {max(probe):.2f} | {na} | — |",
+            f"| failed pulls during the write gap, median / worst of {n} | pulls | "
+            f"{statistics.median(failed):.0f} / {worst_failed:.0f} | {na} | "
+            f"0 {_met(worst_failed == 0)} |",
+        ]
+    on, off = c.get("manifests/s, journal on"), c.get("manifests/s, journal off")
+    if on and off:
+        a, b = statistics.median(on), statistics.median(off)
+        lines += [
+            f"| manifest PUT, concurrency 16, 1 replica, journal on | manifests/s | {a:,.0f} | "
+            f"{na} | — |",
+            f"| manifest PUT, concurrency 16, 1 replica, journal off (MOORAGE_JOURNAL=0) | "
+            f"manifests/s | {b:,.0f} | {na} | — |",
+            f"| journal on / journal off | ratio | {a / b:.2f}x | {na} | — |",
+        ]
+    return "\n".join(lines)
+
+
+def cluster_runs(results: Results) -> str:
+    lines = ["| figure | values |", "|---|---|"]
+    for key, values in results.cluster.items():
+        if key.startswith("push ms"):
+            text = f"{len(values)} PUTs, p50 {percentile(values, 50):,.1f}, "
+            text += f"p90 {percentile(values, 90):,.1f}, p99 {percentile(values, 99):,.1f}, "
+            text += f"max {max(values):,.1f}"
+        else:
+            decimals = 2 if key.startswith("write gap") else 0
+            text = ", ".join(_fmt(v, decimals) for v in values)
+        lines.append(f"| {key} | {text} |")
+    return "\n".join(lines)
+
+
 def ceiling_table(results: Results) -> str:
     if not results.ceiling:
         return ""
@@ -161,22 +242,41 @@ def machine_info(repo: Path) -> list[str]:
 
 
 def markdown(results: Results, repo: Path, header: list[str]) -> str:
-    parts = [
-        "# Moorage vs Distribution",
-        "",
-        *machine_info(repo),
-        *header,
-        "",
-        table(results),
-        "",
-        "MB = 10^6 bytes. Throughput values are medians of the runs below. The ratio is "
-        "Moorage/Distribution: above 1 is better for Moorage except where lower is better.",
-        "",
-        "## Runs and server CPU time",
-        "",
-        detail_table(results),
-        "",
-    ]
+    parts = ["# Moorage vs Distribution", "", *machine_info(repo), *header, ""]
+    if results.samples:
+        parts += [
+            table(results),
+            "",
+            "MB = 10^6 bytes. Throughput values are medians of the runs below. The ratio is "
+            "Moorage/Distribution: above 1 is better for Moorage except where lower is better.",
+            "",
+            "## Runs and server CPU time",
+            "",
+            detail_table(results),
+            "",
+        ]
+    if results.cluster:
+        parts += [
+            "## Cluster",
+            "",
+            "Moorage only: Distribution has no equivalent (no built-in replication, no "
+            "journal). Clusters built with `moorage install` and `moorage join` on 127.0.0.1, "
+            "one etcd member per replica, shared storage. Latency percentiles pool every run "
+            "(nearest rank). The write gap runs from the SIGKILL of every process of the etcd "
+            "leader's replica until a push started after the kill succeeds, with one pusher "
+            "and one puller on each surviving replica; the failed pulls are those overlapping "
+            "that window. A prober also starts a new push every 100 ms whatever the "
+            "earlier ones wait for: its gap tells the cluster's own write outage apart from "
+            "the time that pushes in flight at the kill stay stuck. The killed replica is "
+            "restarted with `moorage start` between kills.",
+            "",
+            cluster_table(results),
+            "",
+            "### Cluster runs",
+            "",
+            cluster_runs(results),
+            "",
+        ]
     ceiling = ceiling_table(results)
     if ceiling:
         parts += ["## Client ceiling", "", ceiling, ""]
