@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv
+SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv iproute2
 MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
 
-.PHONY: install system-packages run test lint bench clean
+.PHONY: install system-packages run test lint bench chaos clean
 
 install: system-packages $(VENV)/.installed
 
@@ -24,8 +24,8 @@ run: install
 	$(BIN)/moorage run --data-dir "$(MOORAGE_DATA_DIR)" --http-addr "$(MOORAGE_HTTP_ADDR)"
 
 lint: install
-	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard chaos)
+	$(BIN)/ruff format --check src tests $(wildcard bench) $(wildcard chaos)
 	$(BIN)/mypy
 
 test: install lint
@@ -34,6 +34,11 @@ test: install lint
 bench: install
 	@./scripts/ensure-packages.sh docker-registry
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Faults under load (SIGKILL, SIGSTOP, network cuts, majority and total loss); e.g.
+# make chaos CHAOS_ARGS="--replicas 5 --duration 60 --scenario all"
+chaos: install
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

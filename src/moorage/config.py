@@ -15,6 +15,7 @@ CONFIG_NAME = "moorage.json"
 DEFAULT_HTTP_ADDR = "127.0.0.1:5000"
 DEFAULT_ETCD_CLIENT_PORT = 12379
 DEFAULT_ETCD_PEER_PORT = 12380
+DEFAULT_ETCD_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,7 @@ class ReplicaConfig:
     storage: str
     etcd_client_port: int
     etcd_peer_port: int
-    etcd_host: str = "127.0.0.1"
+    etcd_host: str = DEFAULT_ETCD_HOST
     version: int = 1
     # How this replica's etcd member first starts: "new" (a new cluster) or "existing"
     # (joined: `etcd_initial_cluster` lists the members it joins). Ignored once etcd has data.
@@ -55,6 +56,11 @@ class ReplicaConfig:
     @property
     def etcd_client_url(self) -> str:
         return f"http://127.0.0.1:{self.etcd_client_port}"
+
+    @property
+    def etcd_advertise_client_url(self) -> str:
+        """The client URL other replicas use: on `etcd_host` (loopback by default)."""
+        return f"http://{self.etcd_host}:{self.etcd_client_port}"
 
     @property
     def etcd_peer_url(self) -> str:

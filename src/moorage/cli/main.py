@@ -15,6 +15,7 @@ import click
 from moorage import __version__
 from moorage.config import (
     DEFAULT_ETCD_CLIENT_PORT,
+    DEFAULT_ETCD_HOST,
     DEFAULT_ETCD_PEER_PORT,
     DEFAULT_HTTP_ADDR,
     DataDir,
@@ -57,6 +58,17 @@ def _ports(fn: Any) -> Any:
     return fn
 
 
+def _etcd_host(fn: Any) -> Any:
+    return click.option(
+        "--etcd-host",
+        default=DEFAULT_ETCD_HOST,
+        show_default=True,
+        help="Address this replica's etcd member listens on and advertises to its peers "
+        "(and to other replicas as a client URL); use the host's address on a multi-host "
+        "cluster.",
+    )(fn)
+
+
 def _http_addr(value: str | None) -> str | None:
     if value is None:
         return None
@@ -80,6 +92,7 @@ def new_replica_config(
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
     cluster_id: str | None = None,
+    etcd_host: str | None = None,
 ) -> ReplicaConfig:
     return ReplicaConfig(
         data_dir=str(data_dir.path),
@@ -89,6 +102,7 @@ def new_replica_config(
         storage=str(Path(storage).resolve()) if storage else str(data_dir.path / "blobs"),
         etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
         etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
+        etcd_host=etcd_host or DEFAULT_ETCD_HOST,
     )
 
 
@@ -119,6 +133,7 @@ def _create(
     storage: str | None,
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
+    etcd_host: str | None = None,
 ) -> ReplicaConfig:
     """Write the configuration of a new one-replica cluster into an empty data directory."""
     from moorage.cluster.supervisor import check_http_addr
@@ -128,7 +143,9 @@ def _create(
             f"{d.path} already holds replica state; use 'moorage start --data-dir {d.path}', "
             f"or 'moorage destroy --data-dir {d.path}' to start over"
         )
-    config = new_replica_config(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+    config = new_replica_config(
+        d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host=etcd_host
+    )
     check_http_addr(config)
     d.make_dirs()
     d.save(config)
@@ -213,6 +230,7 @@ def _emit(as_json: bool, doc: dict[str, Any], text: str) -> None:
     help="Admin password (default: generated and printed once).",
 )
 @_ports
+@_etcd_host
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def install(
     data_dir: str,
@@ -221,6 +239,7 @@ def install(
     admin_password: str | None,
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
+    etcd_host: str,
     as_json: bool,
 ) -> None:
     """Create a new cluster with its first replica and start it in the background."""
@@ -231,7 +250,7 @@ def install(
     generated = admin_password is None
     password = admin_password or secrets.token_urlsafe(18)
     try:
-        config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
         pid = start_background(d, password).pid
     except MoorageError as exc:
         raise Failed(str(exc)) from None
@@ -362,6 +381,7 @@ def _client(existing: str, username: str, password: str | None) -> Any:
     help="Local path of the cluster's blob storage, if it differs from the cluster's own.",
 )
 @_ports
+@_etcd_host
 @click.option(
     "--unsafe-join",
     is_flag=True,
@@ -377,6 +397,7 @@ def join(
     storage: str | None,
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
+    etcd_host: str,
     unsafe_join: bool,
     as_json: bool,
 ) -> None:
@@ -394,6 +415,7 @@ def join(
             etcd_client_port,
             etcd_peer_port,
             unsafe_join,
+            etcd_host=etcd_host,
         )
     except MoorageError as exc:
         raise Failed(str(exc)) from None
@@ -737,6 +759,7 @@ def backup_verify(
 @click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
 @click.option("--storage", required=True, help="Blob storage directory.")
 @_ports
+@_etcd_host
 @click.option("--replay-journal", is_flag=True, help="Re-apply pushes made after the backup.")
 @click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
 @_passphrase_option
@@ -748,6 +771,7 @@ def restore(
     storage: str,
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
+    etcd_host: str,
     replay_journal: bool,
     admin_password: str | None,
     passphrase_file: str | None,
@@ -768,6 +792,7 @@ def restore(
             replay_journal,
             admin_password,
             _passphrase(passphrase_file),
+            etcd_host=etcd_host,
         )
     except MoorageError as exc:
         raise Failed(str(exc)) from None

@@ -53,9 +53,9 @@ class EtcdProcess:
 
     def command(self) -> list[str]:
         c = self.config
-        client_urls = [f"http://127.0.0.1:{c.etcd_client_port}"]
+        client_urls = [c.etcd_client_url]
         if c.etcd_host not in ("127.0.0.1", "localhost"):
-            client_urls.append(f"http://{c.etcd_host}:{c.etcd_client_port}")
+            client_urls.append(c.etcd_advertise_client_url)
         return [
             etcd_binary(),
             "--name", c.etcd_name,

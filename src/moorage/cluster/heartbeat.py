@@ -22,7 +22,7 @@ def replica_record(config: ReplicaConfig) -> ReplicaRecord:
         replica_id=config.replica_id,
         url=config.url,
         etcd_peer_url=config.etcd_peer_url,
-        etcd_client_url=config.etcd_client_url,
+        etcd_client_url=config.etcd_advertise_client_url,
         data_dir=config.data_dir,
         storage=config.storage,
         joined_at=time.time(),

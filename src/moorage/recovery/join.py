@@ -22,6 +22,7 @@ from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wa
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
     DEFAULT_ETCD_CLIENT_PORT,
+    DEFAULT_ETCD_HOST,
     DEFAULT_ETCD_PEER_PORT,
     DataDir,
     ReplicaConfig,
@@ -66,6 +67,7 @@ def join(
     etcd_peer_port: int | None,
     unsafe: bool,
     replica_id: str | None = None,
+    etcd_host: str = DEFAULT_ETCD_HOST,
 ) -> dict[str, Any]:
     """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
@@ -82,6 +84,7 @@ def join(
         storage="",
         etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
         etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
+        etcd_host=etcd_host,
     )
     check_http_addr(draft)
     local_storage = check_storage(client, storage)
@@ -99,6 +102,7 @@ def join(
         storage=local_storage,
         etcd_client_port=draft.etcd_client_port,
         etcd_peer_port=draft.etcd_peer_port,
+        etcd_host=etcd_host,
         etcd_cluster_state="existing",
         etcd_initial_cluster=answer["initial_cluster"],
         etcd_endpoints=tuple(answer["etcd_endpoints"]),
@@ -183,6 +187,7 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict
         config.etcd_peer_port,
         unsafe,
         replica_id=config.replica_id,
+        etcd_host=config.etcd_host,
     )
     doc["wiped"] = wiped
     return doc

@@ -21,6 +21,7 @@ from moorage.cluster.lifecycle import start_background
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
     DEFAULT_ETCD_CLIENT_PORT,
+    DEFAULT_ETCD_HOST,
     DEFAULT_ETCD_PEER_PORT,
     DataDir,
     ReplicaConfig,
@@ -57,6 +58,7 @@ def restore(
     replay_journal: bool,
     admin_password: str | None,
     passphrase: str | None = None,
+    etcd_host: str = DEFAULT_ETCD_HOST,
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         plain = plaintext(archive, passphrase, stack)
@@ -83,6 +85,7 @@ def restore(
             storage=str(storage.resolve()),
             etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
             etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
+            etcd_host=etcd_host,
         )
         check_http_addr(config)
         archives = [Path(a) for a in report["archives"]]

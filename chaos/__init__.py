@@ -1,0 +1,1 @@
+"""Chaos harness for Moorage clusters: `python -m chaos --help`."""
