@@ -1,5 +1,6 @@
-"""A short run of every chaos scenario (`make chaos` runs them longer): three replicas,
-concurrent pushers, one fault per scenario; not one acknowledged push may be lost."""
+"""A short run of every chaos scenario (`make chaos` runs them longer): three replicas, and
+five for the two kill scenarios; concurrent pushers, one fault per scenario; not one
+acknowledged push may be lost."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 from chaos.scenarios import SCENARIOS, Options, run_scenario
 
 LOAD_SECONDS = 4.5  # a third before the fault, a third during it, a third after recovery
+CASES = [(name, 3) for name in SCENARIOS] + [("kill-minority", 5), ("majority-loss", 5)]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario_loses_nothing(scenario: str, tmp_path: Path) -> None:
-    result = run_scenario(scenario, Options(replicas=3, duration=LOAD_SECONDS, log=print), tmp_path)
+@pytest.mark.parametrize(("scenario", "replicas"), CASES, ids=[f"{s}-{n}" for s, n in CASES])
+def test_scenario_loses_nothing(scenario: str, replicas: int, tmp_path: Path) -> None:
+    result = run_scenario(
+        scenario, Options(replicas=replicas, duration=LOAD_SECONDS, log=print), tmp_path
+    )
     print(result.describe())
     assert result.error is None, "\n".join(result.events)
     assert result.acknowledged > 0, result.failures
