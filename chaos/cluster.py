@@ -75,7 +75,13 @@ class Node:
         return out
 
     def signal(self, sig: signal.Signals) -> None:
-        for pid in self.pids():
+        # The supervisor first: SIGKILLed after a worker, it could fork a replacement.
+        pids = self.pids()
+        supervisor = self.data_dir / "run" / "moorage.pid"
+        with contextlib.suppress(ValueError, OSError):
+            first = int(supervisor.read_text())
+            pids.sort(key=lambda p: p != first)
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 

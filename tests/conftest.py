@@ -98,7 +98,10 @@ class Replica:
 
     def kill(self) -> None:
         """SIGKILL every process of the replica (supervisor, API workers, etcd)."""
-        for pid in self.pids().values():
+        # The supervisor first: killed after a worker, it could fork a replacement that the
+        # pid files read here do not list yet.
+        pids = self.pids()
+        for pid in sorted(pids.values(), key=lambda p: p != pids.get("moorage")):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.proc is not None:

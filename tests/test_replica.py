@@ -130,3 +130,38 @@ def test_sigint_stops_everything(fresh_replica: Replica) -> None:
             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
         )
     assert not fresh_replica.pids()
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_replica_starts_again_after_its_supervisor_is_sigkilled(fresh_replica: Replica) -> None:
+    """Only the supervisor dies (as by the OOM killer): its API workers follow it instead of
+    keeping the port and the data directory's lock, and the replica starts again."""
+    r = fresh_replica
+    r.start()
+    blob = b"kept across a supervisor crash"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with r.client() as c:
+        assert (
+            c.post(f"/v2/sup/crash/blobs/uploads/?digest={digest}", content=blob).status_code == 201
+        )
+    pids = r.pids()
+    workers = [pid for name, pid in pids.items() if name.startswith("api-")]
+    assert workers
+    assert r.proc is not None
+    r.proc.kill()
+    r.proc.wait()
+    r.proc = None
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in workers), "API workers outlived their supervisor"
+    r.start()
+    with r.client() as c:
+        assert c.get(f"/v2/sup/crash/blobs/{digest}").content == blob

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -98,11 +101,27 @@ class RegistryRoutes:
         await self.app(scope, receive, send)
 
 
+def _exit_with_parent(pid_file: Path) -> None:
+    """End this API worker when the replica process that forked it dies (SIGKILL, OOM):
+    an orphaned worker would keep the HTTP port and the data directory's lock, and the
+    replica could not be started again."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        pid_file.unlink(missing_ok=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
+    _exit_with_parent(pid_file)
     meta = EtcdCluster(config.store_endpoints)
     return build_app(config, meta)
