@@ -300,20 +300,46 @@ def _chain_paths(path: Path, header: dict[str, Any]) -> list[Path]:
     return [path.parent / name for name in header.get("base_chain", [])]
 
 
-def copy_blob(archives: list[Path], digest: str, write: Callable[[bytes], object]) -> bool:
-    """Stream a blob out of the first archive of the chain that holds it."""
-    for archive in archives:
-        with tarfile.open(archive, "r") as tar:
-            try:
-                member = tar.extractfile(blob_member(digest))
-            except KeyError:
-                continue
-            if member is None:
-                continue
-            while chunk := member.read(1024 * 1024):
-                write(chunk)
-            return True
-    return False
+class ArchiveBlobs:
+    """Blobs of an archive chain, read through one open handle per archive and an index of
+    its members (opening and scanning a tar per blob would be quadratic)."""
+
+    def __init__(self, archives: list[Path]) -> None:
+        self._tars: list[tarfile.TarFile] = []
+        self._members: dict[str, tuple[tarfile.TarFile, tarfile.TarInfo]] = {}
+        try:
+            for archive in archives:
+                tar = tarfile.open(archive, "r")  # noqa: SIM115 (closed by close())
+                self._tars.append(tar)
+                for info in tar.getmembers():
+                    self._members.setdefault(info.name, (tar, info))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for tar in self._tars:
+            tar.close()
+        self._tars = []
+
+    def __enter__(self) -> ArchiveBlobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def copy(self, digest: str, write: Callable[[bytes], object]) -> bool:
+        """Stream a blob out of the first archive of the chain that holds it."""
+        found = self._members.get(blob_member(digest))
+        if found is None:
+            return False
+        tar, info = found
+        member = tar.extractfile(info)
+        if member is None:
+            return False
+        while chunk := member.read(1024 * 1024):
+            write(chunk)
+        return True
 
 
 def verify(
@@ -394,6 +420,7 @@ def _verify(
         return False
 
     missing: set[str] = set()
+    blobs = stack.enter_context(ArchiveBlobs([a for a in archives if a.exists()]))
     for (repo, tag), digest in md.tags.items():
         if (repo, digest) not in md.manifests:
             problems.append(f"tag {repo}:{tag} points at {digest}, which has no manifest record")
@@ -404,7 +431,7 @@ def _verify(
                 f"manifest {repo}@{digest}: its bytes are neither in the archive nor in storage"
             )
             continue
-        body = _read_available(archives, storage, digest)
+        body = _read_available(blobs, storage, digest)
         if body is None:
             continue
         try:
@@ -440,9 +467,9 @@ def _verify(
     }
 
 
-def _read_available(archives: list[Path], storage: Path | None, digest: str) -> bytes | None:
+def _read_available(blobs: ArchiveBlobs, storage: Path | None, digest: str) -> bytes | None:
     parts: list[bytes] = []
-    if copy_blob(archives, digest, parts.append):
+    if blobs.copy(digest, parts.append):
         return b"".join(parts)
     if storage is not None:
         alg, _, hex_ = digest.partition(":")

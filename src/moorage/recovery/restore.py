@@ -34,10 +34,10 @@ from moorage.meta.base import Put
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import ClusterRecord
 from moorage.recovery.backup import (
+    ArchiveBlobs,
     BackupError,
     Metadata,
     _verify,
-    copy_blob,
     plaintext,
     read_header,
     read_metadata,
@@ -126,6 +126,11 @@ def restore(
 
 
 def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:
+    with ArchiveBlobs(archives) as blobs:
+        return _copy_from(blobs, digests, storage)
+
+
+def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
     copied = 0
     for digest in sorted(digests):
         alg, _, hex_ = digest.partition(":")
@@ -143,7 +148,7 @@ def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:
                 hasher.update(chunk)
                 fh.write(chunk)
 
-            found = copy_blob(archives, digest, write)
+            found = blobs.copy(digest, write)
             fh.flush()
             os.fsync(fh.fileno())
         if not found or hasher.hexdigest() != hex_:
