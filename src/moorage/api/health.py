@@ -89,8 +89,9 @@ async def health_loop(st: AppState) -> None:
 
 
 READ_ONLY_MESSAGE = (
-    "etcd: the cluster has lost quorum; this replica serves pulls from its local copy and "
-    "refuses pushes until an operator runs 'moorage emergency-repair' (see 'moorage status')"
+    "etcd: no quorum reachable (a majority of the cluster is down, or this replica is cut "
+    "off from it); this replica serves pulls from its local copy and refuses pushes; "
+    "'moorage status' says whether the majority is really lost and what to run"
 )
 
 

@@ -105,9 +105,11 @@ async def dispatch(request: Request) -> Response:
             validate_name(params["name"])
             if st.read_only and method in _WRITES:
                 raise StoreReadOnly(
-                    "the registry is read-only: its cluster has lost quorum. Pulls work; "
-                    "pushes and deletes resume after an operator runs 'moorage "
-                    "emergency-repair' (run 'moorage status' for the exact command)"
+                    "the registry is read-only: this replica cannot reach a quorum of its "
+                    "cluster (a majority is down, or this replica is cut off from it). Pulls "
+                    "work; retry pushes and deletes on another replica or later. If the "
+                    "majority is really lost, 'moorage status' names the survivor to run "
+                    "'moorage emergency-repair' on"
                 )
             return await handler(request, st, **params)
         return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]}")
