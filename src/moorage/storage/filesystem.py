@@ -24,6 +24,8 @@ from moorage.storage.paths import StorageLayout
 # are alive per upload, which keeps memory flat whatever the blob size.
 FLUSH_BYTES = 4 * 1024 * 1024
 READ_BYTES = 1024 * 1024
+# Bodies up to this size are hashed and written without leaving the event loop.
+INLINE_BYTES = 64 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,7 +107,15 @@ class _FileAppendWriter(AppendWriter):
 
     async def close(self) -> int:
         try:
-            if self._buf:
+            if self._buf and self._pending is None and len(self._buf) <= INLINE_BYTES:
+                # A small body (a config, a small layer): hashing and writing it here costs
+                # less than the two thread hand-offs would.
+                data, self._buf = self._buf, bytearray()
+                self._size += len(data)
+                if self._hasher is not None:
+                    self._hasher.update(data)
+                self._write_sync(data)
+            elif self._buf:
                 await self._flush()
             if self._pending is not None:
                 await self._pending
