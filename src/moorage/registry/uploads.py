@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -38,6 +39,22 @@ class ChunkRange:
         return self.end - self.start + 1
 
 
+def new_upload_id(repo: str) -> str:
+    """32 hex digits: 16 random, then 16 of a hash of the repository and those 16. Any
+    replica can tell which repository an upload belongs to from the id alone, so starting
+    one creates a single file, and an id is never accepted under another repository."""
+    nonce = secrets.token_hex(8)
+    return nonce + _binding(repo, nonce)
+
+
+def upload_of(repo: str, upload_id: str) -> bool:
+    return secrets.compare_digest(upload_id[16:], _binding(repo, upload_id[:16]))
+
+
+def _binding(repo: str, nonce: str) -> str:
+    return hashlib.sha256(f"moorage-upload\0{repo}\0{nonce}".encode()).hexdigest()[:16]
+
+
 class Uploads:
     def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
         self.storage = storage
@@ -48,9 +65,10 @@ class Uploads:
         self._sessions: OrderedDict[str, UploadRecord] = OrderedDict()
 
     async def start(self, repo: str) -> str:
-        upload_id = uuid.uuid4().hex
-        # The session lives in blob storage with its data, which every replica sees.
-        await self.storage.create_upload(upload_id, repo)
+        upload_id = new_upload_id(repo)
+        # The session is its data file in blob storage, which every replica sees; the id
+        # itself names the repository (see `new_upload_id`), so nothing else is written.
+        await self.storage.create_upload(upload_id)
         record = UploadRecord(upload_id, repo, time.time())
         self._remember(upload_id, 0, hashlib.sha256())
         self._sessions[upload_id] = record
@@ -134,7 +152,12 @@ class Uploads:
             # Started by this process: no store round trip. If another replica finished or
             # cancelled it meanwhile, its data file is gone and the next step says so.
             return local
-        owner = await self.storage.upload_repo(upload_id)
+        if upload_of(repo, upload_id):
+            owner: str | None = (
+                repo if await self.storage.upload_size(upload_id) is not None else None
+            )
+        else:  # an upload started before ids named their repository: its `.repo` file
+            owner = await self.storage.upload_repo(upload_id)
         record = UploadRecord(upload_id, owner, 0.0) if owner is not None else None
         if record is None or record.repo != repo:
             raise BlobUploadUnknown(

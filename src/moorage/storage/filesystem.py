@@ -215,14 +215,18 @@ class FilesystemStorage(BlobStorage):
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> None:
         # Not fsynced: a session lost in a crash is restarted by its client; only a
-        # finished blob is promised to be durable.
-        try:
+        # finished blob is promised to be durable. In a thread: creating a file can wait
+        # on the filesystem journal, which must not stall every other request.
+        def run() -> None:
             if repo is not None:
                 self.layout.upload_info(upload_id).write_text(repo)
             fd = os.open(self.layout.upload(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+
+        try:
+            await asyncio.to_thread(run)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create upload: {exc.strerror}") from exc
-        os.close(fd)
 
     async def upload_repo(self, upload_id: str) -> str | None:
         if not self.layout.upload(upload_id).exists():
