@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -13,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from chaos import cluster as chaos_cluster
 
-from tests.conftest import ADMIN_PASSWORD, AUTH, free_port, moorage_cmd
+from tests.conftest import ADMIN_PASSWORD, AUTH, moorage_cmd
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -23,36 +23,8 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class Node:
-    def __init__(self, root: Path, name: str) -> None:
-        self.data_dir = root / name
-        self.port = free_port()
-        self.etcd_client_port = free_port()
-        self.etcd_peer_port = free_port()
-        self.replica_id = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def flags(self) -> list[str]:
-        return [
-            "--data-dir", str(self.data_dir), "--http-addr", f"127.0.0.1:{self.port}",
-            "--etcd-client-port", str(self.etcd_client_port),
-            "--etcd-peer-port", str(self.etcd_peer_port),
-        ]  # fmt: skip
-
-    def pids(self) -> list[int]:
-        out = []
-        for f in (self.data_dir / "run").glob("*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                out.append(int(f.read_text()))
-        return out
-
-    def signal(self, sig: signal.Signals) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+class Node(chaos_cluster.Node):
+    """A replica on loopback (the chaos harness's node), with the tests' admin password."""
 
     def client(self, timeout: float = 30) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=AUTH, timeout=timeout)
