@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Replica, free_port, moorage_cmd
 
@@ -165,3 +166,43 @@ def test_replica_starts_again_after_its_supervisor_is_sigkilled(fresh_replica: R
     r.start()
     with r.client() as c:
         assert c.get(f"/v2/sup/crash/blobs/{digest}").content == blob
+
+
+def test_abandoned_uploads_are_purged(
+    fresh_replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload untouched for MOORAGE_UPLOAD_MAX_AGE is deleted (and answers 404 after);
+    a fresh upload and committed blobs, however old, stay."""
+    monkeypatch.setenv("MOORAGE_UPLOAD_MAX_AGE", "600")
+    monkeypatch.setenv("MOORAGE_UPLOAD_PURGE_INTERVAL", "1")
+    r = fresh_replica
+    r.start()
+    blob = b"an old committed blob"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    uploads = r.data_dir / "blobs" / "uploads"
+    hour_ago = time.time() - 3600
+    with r.client() as c:
+        assert (
+            c.post(f"/v2/purge/me/blobs/uploads/?digest={digest}", content=blob).status_code == 201
+        )
+        old = c.post("/v2/purge/me/blobs/uploads/").headers["Location"]
+        assert c.patch(old, content=b"abandoned bytes").status_code == 202
+        fresh = c.post("/v2/purge/me/blobs/uploads/").headers["Location"]
+        old_file = uploads / old.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        assert old_file.is_file()
+        os.utime(old_file, (hour_ago, hour_ago))
+        blob_file = r.data_dir / "blobs" / "blobs" / "sha256" / digest[7:9] / digest[7:]
+        os.utime(blob_file, (hour_ago, hour_ago))
+        stale_tmp = r.data_dir / "blobs" / "tmp" / "crashed-write"
+        stale_tmp.write_bytes(b"left by a crash")
+        os.utime(stale_tmp, (hour_ago, hour_ago))
+        deadline = time.monotonic() + 30
+        while old_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not old_file.exists()
+        assert not stale_tmp.exists()
+        gone = c.get(old)
+        assert gone.status_code == 404
+        assert gone.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        assert c.get(fresh).status_code == 204
+        assert c.get(f"/v2/purge/me/blobs/{digest}").content == blob

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import check_once, health, health_loop, ping
+from moorage.api.housekeeping import purge_loop
 from moorage.api.metrics import MetricsMiddleware, metrics
 from moorage.api.state import AppState
 from moorage.api.v2 import guarded
@@ -62,13 +63,15 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
         except MoorageError as exc:  # a learner, or no quorum: /_ping reports it
             log.warning("store not ready at start: %s", exc)
         await check_once(st)
-        task = asyncio.create_task(health_loop(st))
+        tasks = [asyncio.create_task(health_loop(st)), asyncio.create_task(purge_loop(storage))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await meta.close()
 
     app = Starlette(

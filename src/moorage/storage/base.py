@@ -65,6 +65,11 @@ class BlobStorage(ABC):
         """A new, empty upload; `repo` is recorded with it (any replica can continue it)."""
 
     @abstractmethod
+    async def purge_stale(self, upload_age: float, tmp_age: float) -> int:
+        """Delete uploads untouched for `upload_age` seconds and staging files older than
+        `tmp_age`; return how many files went. Never touches committed blobs."""
+
+    @abstractmethod
     async def upload_repo(self, upload_id: str) -> str | None:
         """The repository an upload belongs to; None if there is no such upload."""
 

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,31 @@ class FilesystemStorage(BlobStorage):
             await asyncio.to_thread(run)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create upload: {exc.strerror}") from exc
+
+    async def purge_stale(self, upload_age: float, tmp_age: float) -> int:
+        def run() -> int:
+            now = time.time()
+            removed = 0
+            for folder, age in ((self.layout.uploads, upload_age), (self.layout.tmp, tmp_age)):
+                try:
+                    entries = list(os.scandir(folder))
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    try:
+                        if entry.is_file(follow_symlinks=False) and (
+                            now - entry.stat(follow_symlinks=False).st_mtime > age
+                        ):
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:  # finished or purged by another replica
+                        continue
+            return removed
+
+        try:
+            return await asyncio.to_thread(run)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot purge stale uploads: {exc.strerror}") from exc
 
     async def upload_repo(self, upload_id: str) -> str | None:
         if not self.layout.upload(upload_id).exists():
