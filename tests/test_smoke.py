@@ -83,3 +83,30 @@ def test_metrics(registry: Replica) -> None:
     ]
     assert received
     assert float(received[0].split()[-1]) >= len(blob)
+
+
+def test_admin_api_refuses_bad_input_clearly(registry: Replica) -> None:
+    """The cluster admin API: credentials required; malformed requests get a 400 that says
+    what is wrong, never a 500; nothing changes (the cluster still has its one member)."""
+    base = f"{registry.url}/api/v0/cluster"
+    assert httpx.post(f"{base}/join", json={}).status_code == 401
+    bad = [
+        ("join", b"not json"),
+        ("join", b"[]"),
+        ("join", b"{}"),
+        ("join", b'{"replica_id": "abc", "peer_url": "http://127.0.0.1:1"}'),
+        ("join", b'{"replica_id": "0123456789ab", "peer_url": 1}'),
+        ("join", b'{"replica_id": "0123456789ab", "peer_url": "http://no-port"}'),
+        ("join/promote", b'{"member_id": "not hex"}'),
+        ("join/end", b"{}"),
+        ("remove", b'{"replica_ids": "x"}'),
+        ("remove", b'{"replica_ids": []}'),
+    ]
+    with registry.client() as c:
+        for path, body in bad:
+            r = c.post(f"{base}/{path}", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, body, r.status_code, r.text)
+            assert r.json()["error"], (path, body, r.text)
+        doc = c.get(f"{base}/status").json()
+        assert doc["scenario"] == "healthy"
+        assert len(doc["replicas"]) == 1

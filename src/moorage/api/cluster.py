@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -68,12 +70,31 @@ async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[
     return await membership.cluster_status(store, st.config)
 
 
+_REPLICA_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def _peer_url(value: object) -> str:
+    """An etcd peer URL, http://HOST:PORT, or ValueError (a 400) saying what is wrong."""
+    url = str(value)
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None:
+        raise ValueError(f"peer_url must look like http://HOST:PORT, not {url[:100]!r}")
+    return url
+
+
 async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    replica_id = str(body["replica_id"])
+    if not _REPLICA_ID.match(replica_id):
+        raise ValueError(f"replica_id must be 12 hex digits, not {replica_id[:40]!r}")
     return await membership.begin_join(
         store,
         st.config,
-        replica_id=str(body["replica_id"]),
-        peer_url=str(body["peer_url"]),
+        replica_id=replica_id,
+        peer_url=_peer_url(body["peer_url"]),
         unsafe=bool(body.get("unsafe", False)),
     )
 
