@@ -24,7 +24,7 @@ class Blobs:
         return parsed, size
 
     async def delete(self, repo: str, digest: str) -> None:
-        """Unlink the blob from `repo`. Its bytes stay (shared by content; nothing collects them yet)."""
+        """Unlink the blob from `repo`; its bytes stay (shared; nothing collects them yet)."""
         parsed = parse_digest(digest)
         if not await self.meta.unlink_blob(repo, str(parsed)):
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
