@@ -66,6 +66,13 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
         assert c.delete(f"/v2/rec/app0/manifests/{sha256(images['rec/app0'])}").status_code == 503
     with httpx.Client(base_url=r2.url) as anon:
         assert anon.get("/v2/").status_code == 401
+    # No member can join a cluster without quorum; the refusal says why and what to run.
+    from tests.cluster import Node
+
+    late = cluster.join_raw(Node(cluster.root, "late"), via=r2)
+    assert late.returncode == 1
+    assert "lost quorum" in late.stderr, late.stderr
+    assert "emergency-repair" in late.stderr
 
     # Without --yes and without a terminal, nothing happens.
     out = moorage("emergency-repair", "--data-dir", str(r2.data_dir), check=False)

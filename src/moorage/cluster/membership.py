@@ -13,7 +13,7 @@ from typing import Any
 
 from moorage.cluster.status import diagnose, gather
 from moorage.config import ReplicaConfig
-from moorage.errors import MoorageError
+from moorage.errors import MoorageError, StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, Member
 from moorage.meta.records import dumps
@@ -54,23 +54,26 @@ async def begin_join(
             f"etcd peer URL {peer_url} already belongs to replica {existing.name}; "
             "choose another --etcd-peer-port (or remove that replica first)"
         )
-    if not unsafe and existing is None:
-        doc = await cluster_status(store, config)
-        if doc["scenario"] == "quorum-lost":
-            raise Refused(
-                "the cluster has lost quorum: a new member cannot join. Run: " + doc["action"]
-            )
-        bad = [r for r in doc["replicas"] if not r["healthy"]]
-        if bad:
-            ids = ",".join(r["id"] for r in bad)
-            raise Refused(
-                f"replicas {ids} are unhealthy; remove them before joining a new one "
-                f"(moorage remove --existing {config.url} --replica-id {ids}), "
-                "or pass --unsafe-join. Details: "
-                + "; ".join(f"{r['id']}: {r['error']}" for r in bad)
-            )
-    await _acquire_join_lock(store, replica_id)
+    # The lock first: a join in progress (its learner not started yet) must make another
+    # join wait and retry, not look like an unhealthy replica that refuses it.
     try:
+        await _acquire_join_lock(store, replica_id)
+    except StoreUnavailable:
+        _refuse_without_quorum(await cluster_status(store, config))
+        raise
+    try:
+        if not unsafe and existing is None:
+            doc = await cluster_status(store, config)
+            _refuse_without_quorum(doc)
+            bad = [r for r in doc["replicas"] if not r["healthy"]]
+            if bad:
+                ids = ",".join(r["id"] for r in bad)
+                raise Refused(
+                    f"replicas {ids} are unhealthy; remove them before joining a new one "
+                    f"(moorage remove --existing {config.url} --replica-id {ids}), "
+                    "or pass --unsafe-join. Details: "
+                    + "; ".join(f"{r['id']}: {r['error']}" for r in bad)
+                )
         member = existing or await store.add_member(peer_url, learner=True)
         members = await store.members()
     except BaseException:
@@ -89,6 +92,13 @@ async def begin_join(
         "storage": config.storage,
         "epoch": await _epoch(store),
     }
+
+
+def _refuse_without_quorum(doc: dict[str, Any]) -> None:
+    if doc["scenario"] == "quorum-lost":
+        raise Refused(
+            "the cluster has lost quorum: a new member cannot join. Run: " + doc["action"]
+        )
 
 
 async def _acquire_join_lock(store: EtcdCluster, owner: str) -> None:
