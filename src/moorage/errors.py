@@ -102,3 +102,8 @@ class StorageUnavailable(MoorageError):
 
 class ConfigError(MoorageError):
     pass
+
+
+class UploadBusy(RangeInvalid):
+    """Another request (on any replica) is appending to, finishing or cancelling the upload
+    session; `current_size` is its size as this request found it."""

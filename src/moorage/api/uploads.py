@@ -1,4 +1,12 @@
-"""Blob uploads: POST, PATCH, PUT, GET (status) and DELETE (cancel)."""
+"""Blob uploads: POST, PATCH, PUT, GET (status) and DELETE (cancel).
+
+One request at a time holds an upload session, on every replica. A PATCH, PUT or DELETE
+that finds it held by another request answers 416 BLOB_UPLOAD_INVALID with the upload's
+`Range` and `Location` (as a chunk out of order does, which clients already handle by
+asking for the upload's status); once the other request finished or cancelled it, the
+answer is 404 BLOB_UPLOAD_UNKNOWN. Clients never overlap requests on one session, so only
+a broken or hostile client meets the 416.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from starlette.responses import Response
 
 from moorage.api.http import body_stream, chunk_range, content_length, has_body, range_header, reply
 from moorage.api.state import AppState
-from moorage.errors import DigestInvalid, RangeInvalid
+from moorage.errors import DigestInvalid, RangeInvalid, UploadBusy
 
 
 def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
@@ -59,6 +67,8 @@ async def patch_upload(request: Request, st: AppState, name: str, upload_id: str
         size = await uploads.append(
             name, upload_id, body_stream(request), chunk_range(request), content_length(request)
         )
+    except UploadBusy:
+        raise  # says why, with the size it found
     except RangeInvalid:
         current = await uploads.size(name, upload_id)
         raise RangeInvalid(
@@ -78,6 +88,8 @@ async def finish_upload(request: Request, st: AppState, name: str, upload_id: st
         parsed, _size = await uploads.finish(
             name, upload_id, digest, body, chunk_range(request), content_length(request)
         )
+    except UploadBusy:
+        raise  # says why, with the size it found
     except RangeInvalid:
         current = await uploads.size(name, upload_id)
         raise RangeInvalid(

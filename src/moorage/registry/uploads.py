@@ -15,13 +15,20 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, SizeInvalid
+from moorage.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
 from moorage.meta.base import MetaStore
 from moorage.meta.records import UploadRecord
 from moorage.oci.digest import Digest, Hasher, parse_digest
-from moorage.storage.base import BlobStorage
+from moorage.storage.base import BlobStorage, UploadHandle
 
 _UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
 _MAX_CACHED_HASHERS = 4096
@@ -68,7 +75,7 @@ class Uploads:
         upload_id = new_upload_id(repo)
         # The session is its data file in blob storage, which every replica sees; the id
         # itself names the repository (see `new_upload_id`), so nothing else is written.
-        await self.storage.create_upload(upload_id)
+        await (await self.storage.create_upload(upload_id)).release()
         record = UploadRecord(upload_id, repo, time.time())
         self._remember(upload_id, 0, hashlib.sha256())
         self._sessions[upload_id] = record
@@ -91,9 +98,19 @@ class Uploads:
         chunk: ChunkRange | None,
         content_length: int | None,
     ) -> int:
-        """Append one PATCH body; returns the upload's new size."""
+        """Append one PATCH body; returns the upload's new size.
+
+        The request holds the session (`BlobStorage.open_upload`) while it writes: another
+        PATCH, a PUT or a DELETE of the same session meanwhile, on any replica, is refused
+        with UploadBusy (416 with the upload's Range)."""
         await self._session(repo, upload_id)
-        return await self._append(upload_id, body, chunk, content_length)
+        _check_lengths(chunk, content_length)
+        async with self._held(upload_id) as handle:
+            hasher = self._cached_hasher(upload_id, handle.size)
+            size = await self._write(handle, body, chunk, content_length, hasher)
+            if hasher is not None:
+                self._remember(upload_id, size, hasher)
+            return size
 
     async def finish(
         self,
@@ -104,44 +121,55 @@ class Uploads:
         chunk: ChunkRange | None,
         content_length: int | None,
     ) -> tuple[Digest, int]:
-        """Close the upload with an optional last chunk, verify its digest, make it a blob."""
+        """Close the upload with an optional last chunk, verify its digest, make it a blob.
+
+        The last chunk, the hash and the commit happen while holding the session, so no
+        byte can be added between the verification and the commit, and two finishes (or a
+        finish and a cancel) of one session never both succeed: the other one is refused
+        with UploadBusy while this one runs, BlobUploadUnknown after."""
         parsed = parse_digest(digest)
         await self._session(repo, upload_id)
         if body is not None:
-            size = await self._append(upload_id, body, chunk, content_length)
-        else:
-            current = await self.storage.upload_size(upload_id)
-            if current is None:
-                raise BlobUploadUnknown("upload unknown: its data is gone")
-            size = current
-        self._sessions.pop(upload_id, None)
-        await self._verify_and_commit(upload_id, parsed, size)
+            _check_lengths(chunk, content_length)
+        async with self._held(upload_id) as handle:
+            hasher = self._cached_hasher(upload_id, handle.size)
+            if body is not None:
+                size = await self._write(handle, body, chunk, content_length, hasher)
+            else:
+                size = handle.size
+            self._sessions.pop(upload_id, None)
+            await self._verify_and_commit(handle, parsed, hasher)
         await self.meta.link_blob(repo, str(parsed), size)
         return parsed, size
 
     async def monolithic(
         self, repo: str, digest: str, body: AsyncIterator[bytes], content_length: int | None
     ) -> tuple[Digest, int]:
-        """POST with `?digest=`: the whole blob in one request, no session record needed."""
+        """POST with `?digest=`: the whole blob in one request, no session record needed.
+
+        Its upload is never shared (no other request can name it), so it is streamed,
+        verified and committed through the handle that created it, without a lock."""
         parsed = parse_digest(digest)
-        upload_id = uuid.uuid4().hex
-        await self.storage.create_upload(upload_id)
-        self._remember(upload_id, 0, parsed.hasher())
+        handle = await self.storage.create_upload(uuid.uuid4().hex)
         try:
-            size = await self._append(upload_id, body, None, content_length)
-            await self._verify_and_commit(upload_id, parsed, size)
+            hasher = parsed.hasher()
+            size = await self._write(handle, body, None, content_length, hasher)
+            await self._verify_and_commit(handle, parsed, hasher)
         except BaseException:
-            self._hashers.pop(upload_id, None)
-            await self.storage.delete_upload(upload_id)
+            await handle.delete()
             raise
+        finally:
+            await handle.release()
         await self.meta.link_blob(repo, str(parsed), size)
         return parsed, size
 
     async def cancel(self, repo: str, upload_id: str) -> None:
+        """DELETE: refused with UploadBusy while another request holds the session."""
         await self._session(repo, upload_id)
+        async with self._held(upload_id) as handle:
+            await handle.delete()
         self._hashers.pop(upload_id, None)
         self._sessions.pop(upload_id, None)
-        await self.storage.delete_upload(upload_id)
 
     # -- internals --------------------------------------------------------------------
     async def _session(self, repo: str, upload_id: str) -> UploadRecord:
@@ -166,33 +194,43 @@ class Uploads:
             )
         return record
 
+    @asynccontextmanager
+    async def _held(self, upload_id: str) -> AsyncIterator[UploadHandle]:
+        handle = await self.storage.open_upload(upload_id)
+        try:
+            yield handle
+        finally:
+            await handle.release()
+
+    def _cached_hasher(self, upload_id: str, size: int) -> Hasher | None:
+        """The running sha256 of the upload's first `size` bytes, if this process has it
+        (an upload only grows, so the bytes below its size never change)."""
+        cached = self._hashers.pop(upload_id, None)
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        return hashlib.sha256() if size == 0 else None
+
     def _remember(self, upload_id: str, size: int, hasher: Hasher) -> None:
         self._hashers[upload_id] = (size, hasher)
         self._hashers.move_to_end(upload_id)
         while len(self._hashers) > _MAX_CACHED_HASHERS:
             self._hashers.popitem(last=False)
 
-    async def _append(
+    async def _write(
         self,
-        upload_id: str,
+        handle: UploadHandle,
         body: AsyncIterator[bytes],
         chunk: ChunkRange | None,
         content_length: int | None,
+        hasher: Hasher | None,
     ) -> int:
-        if chunk is not None and content_length is not None and chunk.length != content_length:
-            raise SizeInvalid(
-                f"Content-Range covers {chunk.length} bytes but Content-Length is {content_length}"
+        """Stream one request body to the end of the held upload; returns its new size."""
+        offset = handle.size
+        if chunk is not None and chunk.start != offset:
+            raise RangeInvalid(
+                f"upload is at offset {offset}, chunk starts at {chunk.start}", offset
             )
-        if chunk is not None:
-            offset = chunk.start
-        else:
-            current = await self.storage.upload_size(upload_id)
-            if current is None:
-                raise BlobUploadUnknown("upload unknown: its data is gone")
-            offset = current
-        cached = self._hashers.pop(upload_id, None)
-        hasher = cached[1] if cached is not None and cached[0] == offset else None
-        writer = await self.storage.append(upload_id, offset, hasher)
+        writer = await handle.append(hasher)
         expected = chunk.length if chunk is not None else content_length
         try:
             async for data in body:
@@ -202,27 +240,31 @@ class Uploads:
                 raise BlobUploadInvalid(
                     f"expected {expected} bytes in this request, got {received}"
                 )
-            size = await writer.close()
+            return await writer.close()
         except BaseException:
             # Roll the upload back to where this request found it: the client's view.
             await writer.abort()
             raise
-        if hasher is not None:
-            self._remember(upload_id, size, hasher)
-        return size
 
-    async def _verify_and_commit(self, upload_id: str, digest: Digest, size: int) -> None:
-        cached = self._hashers.pop(upload_id, None)
-        hasher = cached[1] if cached is not None and cached[0] == size else None
+    async def _verify_and_commit(
+        self, handle: UploadHandle, digest: Digest, hasher: Hasher | None
+    ) -> None:
         if hasher is not None and getattr(hasher, "name", digest.algorithm) == digest.algorithm:
             actual = hasher.hexdigest()
         else:
-            actual = await self.storage.hash_upload(upload_id, digest.algorithm)
+            actual = await handle.hash(digest.algorithm)
         if actual != digest.encoded:
             # A mismatch leaves no trace: the bytes are dropped, the session ends.
-            await self.storage.delete_upload(upload_id)
+            await handle.delete()
             raise DigestInvalid(
                 f"the uploaded bytes have digest {digest.algorithm}:{actual}, not {digest}; "
                 "the upload was discarded"
             )
-        await self.storage.commit_upload(upload_id, str(digest))
+        await handle.commit(str(digest))
+
+
+def _check_lengths(chunk: ChunkRange | None, content_length: int | None) -> None:
+    if chunk is not None and content_length is not None and chunk.length != content_length:
+        raise SizeInvalid(
+            f"Content-Range covers {chunk.length} bytes but Content-Length is {content_length}"
+        )

@@ -10,7 +10,7 @@ from moorage.oci.digest import Hasher
 
 
 class AppendWriter(ABC):
-    """Appends one request's bytes to an upload.
+    """Appends one request's bytes to an upload it holds (see `UploadHandle`).
 
     `close` makes the bytes part of the upload and returns its new size; `abort` truncates
     the upload back to where this writer started, so a failed request leaves no bytes.
@@ -31,11 +31,48 @@ class AppendWriter(ABC):
     async def abort(self) -> None: ...
 
 
+class UploadHandle(ABC):
+    """One upload session, held by one request until `release`.
+
+    `BlobStorage.open_upload` gives a handle only to one request at a time across every
+    replica sharing the storage, so appending, finishing and cancelling one session exclude
+    each other; a handle is only given while the session still exists (not finished,
+    cancelled or purged). Every write to the session's bytes goes through its handle, so
+    nothing can change the bytes between `hash` and `commit`, nor after `commit`.
+    """
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """The upload's size: as found when it was opened, then as the last writer left it."""
+
+    @abstractmethod
+    async def append(self, hasher: Hasher | None) -> AppendWriter:
+        """A writer at the upload's end (`size`); one at a time."""
+
+    @abstractmethod
+    async def hash(self, algorithm: str) -> str:
+        """Digest of the upload's bytes, read back from storage."""
+
+    @abstractmethod
+    async def commit(self, digest: str) -> None:
+        """Make the upload's bytes (already verified) the blob `digest`, durably, and end
+        the session. The blob's bytes never change afterwards."""
+
+    @abstractmethod
+    async def delete(self) -> None:
+        """End the session and drop its bytes; nothing when it has already ended."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Let the next request at the session; idempotent. Always call it."""
+
+
 class BlobStorage(ABC):
     """Blob bytes by digest, plus upload staging.
 
-    Blobs are immutable and complete once visible: `commit_upload` and `put_bytes` make a
-    blob visible only after its bytes are durable. No method deletes a committed blob.
+    Blobs are immutable and complete once visible: `UploadHandle.commit` and `put_bytes`
+    make a blob visible only after its bytes are durable. No method deletes a committed blob.
     """
 
     # -- committed blobs --------------------------------------------------------------
@@ -61,13 +98,23 @@ class BlobStorage(ABC):
 
     # -- uploads ----------------------------------------------------------------------
     @abstractmethod
-    async def create_upload(self, upload_id: str, repo: str | None = None) -> None:
-        """A new, empty upload; `repo` is recorded with it (any replica can continue it)."""
+    async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
+        """A new, empty upload; `repo` is recorded with it (any replica can continue it).
+
+        The returned handle needs no lock (nobody else knows the id yet): a POST with the
+        digest streams through it, a plain POST releases it at once."""
+
+    @abstractmethod
+    async def open_upload(self, upload_id: str) -> UploadHandle:
+        """Hold an existing upload. Raises UploadBusy while another request holds it and
+        BlobUploadUnknown when it was finished, cancelled or purged (also when that happened
+        while this request waited for it)."""
 
     @abstractmethod
     async def purge_stale(self, upload_age: float, tmp_age: float) -> int:
-        """Delete uploads untouched for `upload_age` seconds and staging files older than
-        `tmp_age`; return how many files went. Never touches committed blobs."""
+        """Delete uploads untouched for `upload_age` seconds (never one a request holds)
+        and staging files older than `tmp_age`; return how many files went. Never touches
+        committed blobs."""
 
     @abstractmethod
     async def upload_repo(self, upload_id: str) -> str | None:
@@ -76,21 +123,6 @@ class BlobStorage(ABC):
     @abstractmethod
     async def upload_size(self, upload_id: str) -> int | None:
         """Bytes received so far, or None when the upload does not exist."""
-
-    @abstractmethod
-    async def append(self, upload_id: str, offset: int, hasher: Hasher | None) -> AppendWriter:
-        """Open the upload for appending at `offset`; raises RangeInvalid if it ends elsewhere."""
-
-    @abstractmethod
-    async def hash_upload(self, upload_id: str, algorithm: str) -> str:
-        """Digest of the upload's bytes so far, read back from storage."""
-
-    @abstractmethod
-    async def commit_upload(self, upload_id: str, digest: str) -> None:
-        """Make the upload's bytes (already verified) the blob `digest`, durably."""
-
-    @abstractmethod
-    async def delete_upload(self, upload_id: str) -> None: ...
 
     # -- health -----------------------------------------------------------------------
     @abstractmethod

@@ -11,14 +11,15 @@ import fcntl
 import hashlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import BlobUploadUnknown, RangeInvalid, StorageUnavailable
+from moorage.errors import BlobUploadUnknown, StorageUnavailable, UploadBusy
 from moorage.oci.digest import Hasher
-from moorage.storage.base import AppendWriter, BlobStorage
+from moorage.storage.base import AppendWriter, BlobStorage, UploadHandle
 from moorage.storage.paths import StorageLayout
 
 # Bytes gathered before one write+hash runs in a worker thread; two such buffers at most
@@ -63,22 +64,173 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-class _FileAppendWriter(AppendWriter):
-    def __init__(self, fd: int, size: int, hasher: Hasher | None) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+# An upload is locked with a POSIX record lock (fcntl F_SETLK, exclusive, whole file) on its
+# data file. Such a lock belongs to the process, not to the file descriptor: a second request
+# of this process would get it too, and closing any descriptor of the file drops it. So this
+# process also remembers the uploads it holds, and no request opens an upload's data file
+# while another request of the process holds it.
+_held: set[str] = set()
+_held_guard = threading.Lock()
+
+# A data file whose owner-write bit is cleared belongs to an ended session: committed (it is
+# now a blob, read-only) or cancelled/purged (unlinked). Both are done under the lock.
+_ENDED_MODE = 0o444
+
+
+class _FileUploadHandle(UploadHandle):
+    """An upload's data file, open and (unless just created) locked by this request.
+
+    Every operation that uses the descriptor runs under `_io`, so `release` (closing the
+    descriptor, which drops the lock) waits for a write or hash still running in a worker
+    thread when its request was cancelled: the lock is never let go while this request can
+    still touch the bytes.
+    """
+
+    def __init__(
+        self, storage: FilesystemStorage, upload_id: str, fd: int, size: int, key: str | None
+    ) -> None:
+        self._storage = storage
+        self._upload_id = upload_id
         self._fd = fd
+        self._size = size
+        self._key = key  # in `_held` while this handle holds the lock
+        self._ended = False
+        self._io = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _live_fd(self) -> int:
+        if self._fd < 0 or self._ended:
+            raise BlobUploadUnknown("upload unknown: it was finished or cancelled")
+        return self._fd
+
+    async def append(self, hasher: Hasher | None) -> AppendWriter:
+        self._live_fd()
+        return _FileAppendWriter(self, self._size, hasher)
+
+    async def hash(self, algorithm: str) -> str:
+        def run() -> str:
+            h = hashlib.new(algorithm)
+            with self._io:
+                fd = self._live_fd()
+                offset = 0
+                while chunk := os.pread(fd, FLUSH_BYTES, offset):
+                    h.update(chunk)
+                    offset += len(chunk)
+            return h.hexdigest()
+
+        try:
+            return await asyncio.to_thread(run)
+        except OSError as exc:
+            raise StorageUnavailable(f"blob storage read failed: {exc.strerror}") from exc
+
+    async def commit(self, digest: str) -> None:
+        layout = self._storage.layout
+        source = layout.upload(self._upload_id)
+        target = layout.blob(digest)
+
+        def run() -> None:
+            with self._io:
+                fd = self._live_fd()
+                if target.exists():  # the same bytes were committed by another upload
+                    self._end_sync(fd)
+                    return
+                # Read-only before it becomes a blob, in the same fsync: the mark that the
+                # session ended (a request that opened this file before the rename sees it
+                # once it has the lock) and a guard against any later open for writing.
+                os.fchmod(fd, _ENDED_MODE)
+                try:
+                    os.fsync(fd)
+                    self._storage._install(source, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.fchmod(fd, 0o644)
+                    raise
+                self._ended = True
+                layout.upload_info(self._upload_id).unlink(missing_ok=True)
+
+        try:
+            await asyncio.to_thread(run)
+        except FileNotFoundError:
+            raise BlobUploadUnknown("upload unknown: it was finished or cancelled") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
+
+    def _end_sync(self, fd: int) -> None:
+        """Mark the data file ended and unlink it (with its `.repo`); under `_io`."""
+        layout = self._storage.layout
+        # On NFS the unlinked file can live on (silly-renamed) while this host has it
+        # open: the mode says it ended to a request that opened it earlier.
+        os.fchmod(fd, _ENDED_MODE)
+        self._ended = True
+        layout.upload(self._upload_id).unlink(missing_ok=True)
+        layout.upload_info(self._upload_id).unlink(missing_ok=True)
+
+    async def delete(self) -> None:
+        def run() -> None:
+            with self._io:
+                if self._fd >= 0 and not self._ended:
+                    self._end_sync(self._fd)
+
+        try:
+            await asyncio.to_thread(run)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete upload: {exc.strerror}") from exc
+
+    async def release(self) -> None:
+        self.release_sync()
+
+    def release_sync(self) -> None:
+        # Blocks only if a worker thread still uses the descriptor (its request was
+        # cancelled mid-write): the lock must outlive that write.
+        with self._io:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            os.close(fd)  # drops the POSIX lock
+        finally:
+            if self._key is not None:
+                with _held_guard:
+                    _held.discard(self._key)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _FileAppendWriter(AppendWriter):
+    def __init__(self, handle: _FileUploadHandle, size: int, hasher: Hasher | None) -> None:
+        self._handle = handle
         self._start = size
         self._size = size
         self._size_written = size
         self._hasher = hasher
         self._buf = bytearray()
         self._pending: asyncio.Future[None] | None = None
-        self._closed = False
+        self._done = False
 
     def _write_sync(self, data: bytearray) -> None:
-        _write_all(self._fd, data)
-        # Start writing back now, so that the fsync at commit has little left to do.
-        _start_writeback(self._fd, self._size_written, len(data))
-        self._size_written += len(data)
+        handle = self._handle
+        with handle._io:
+            if self._done:  # aborted (its request was cancelled) before this write ran
+                return
+            fd = handle._live_fd()
+            _pwrite_all(fd, data, self._size_written)
+            # Start writing back now, so that the fsync at commit has little left to do.
+            _start_writeback(fd, self._size_written, len(data))
+            self._size_written += len(data)
 
     async def _hash_and_write(self, data: bytearray) -> None:
         # Two threads: hashing and writing run in parallel (both release the GIL).
@@ -122,24 +274,26 @@ class _FileAppendWriter(AppendWriter):
                 await self._pending
         except OSError as exc:
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
-        finally:
-            self._release()
+        self._done = True
+        self._handle._size = self._size
         return self._size
 
     async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
         if self._pending is not None:
-            with contextlib.suppress(OSError):
-                await self._pending
-        if not self._closed:
-            try:
-                os.ftruncate(self._fd, self._start)
-            finally:
-                self._release()
+            # Not awaited (this may run in a cancelled request); its outcome is dropped.
+            self._pending.add_done_callback(_consume)
+        handle = self._handle
+        with handle._io:  # after a write still running in a thread, before any later one
+            if handle._fd >= 0:
+                os.ftruncate(handle._fd, self._start)
+        handle._size = self._start
 
-    def _release(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self._fd)  # also drops the flock
+
+def _gone() -> BlobUploadUnknown:
+    return BlobUploadUnknown("upload unknown: it was finished, cancelled or expired")
 
 
 class FilesystemStorage(BlobStorage):
@@ -196,7 +350,8 @@ class FilesystemStorage(BlobStorage):
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
 
     def _put_sync(self, tmp: Path, target: Path, data: bytes) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Read-only like every committed blob (the creating descriptor can still write).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _ENDED_MODE)
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -214,45 +369,162 @@ class FilesystemStorage(BlobStorage):
         _fsync_dir(parent)
 
     # -- uploads ----------------------------------------------------------------------
-    async def create_upload(self, upload_id: str, repo: str | None = None) -> None:
+    async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
         # Not fsynced: a session lost in a crash is restarted by its client; only a
         # finished blob is promised to be durable. In a thread: creating a file can wait
         # on the filesystem journal, which must not stall every other request.
-        def run() -> None:
+        def run() -> int:
             if repo is not None:
                 self.layout.upload_info(upload_id).write_text(repo)
-            fd = os.open(self.layout.upload(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.close(fd)
+            return os.open(self.layout.upload(upload_id), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
         try:
-            await asyncio.to_thread(run)
+            fd = await asyncio.to_thread(run)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create upload: {exc.strerror}") from exc
+        return _FileUploadHandle(self, upload_id, fd, 0, None)
+
+    async def open_upload(self, upload_id: str) -> UploadHandle:
+        # On the event loop, as the open it replaces was: a few system calls, no I/O.
+        return self._hold(upload_id)
+
+    def _hold(self, upload_id: str) -> _FileUploadHandle:
+        """Lock an upload's data file and check that it is still the upload.
+
+        The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`, exclusive, whole
+        file, never waiting): processes on one host exclude each other through the kernel,
+        and on NFS the Linux client forwards it to the server's lock manager (NLM for
+        NFSv3, part of the protocol in NFSv4), so replicas on other hosts are excluded too.
+        NFS also revalidates a file's cached attributes when a lock is taken and writes
+        dirty data back before it is released, so the next holder, on any host, sees the
+        size and mode the previous holder left. Whether the file still is the upload is
+        decided from the locked file itself (mode and link count, read with fstat after
+        locking), not only from the path: an NFS client may resolve a path another host
+        has just renamed from its cached directory entries. Without a lock manager (NFS
+        mounted `nolock` without `local_lock`) the lock fails with ENOLCK and the request
+        answers 503 rather than going on unprotected.
+        """
+        path = self.layout.upload(upload_id)
+        key = str(path)
+        with _held_guard:
+            if key in _held:
+                raise self._busy(path, None)
+            _held.add(key)
+        fd = -1
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                raise _gone() from None
+            except PermissionError:  # a read-only (committed) file under a stale name
+                raise _gone() from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise self._busy(path, fd) from None
+                if exc.errno == errno.ESTALE:  # deleted by another NFS client
+                    raise _gone() from None
+                if exc.errno == errno.ENOLCK:
+                    raise StorageUnavailable(
+                        "blob storage refuses POSIX locks (ENOLCK): an NFS mount needs its "
+                        "lock manager (NFSv4, or NFSv3 with rpc.statd/lockd running; not "
+                        "mounted with nolock)"
+                    ) from exc
+                raise StorageUnavailable(f"cannot lock upload: {exc.strerror}") from exc
+            st = os.fstat(fd)
+            if st.st_nlink == 0 or not st.st_mode & 0o200:
+                raise _gone()  # finished, cancelled or purged while this request waited
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                raise _gone() from None
+            if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+                raise _gone()
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            with _held_guard:
+                _held.discard(key)
+            if isinstance(exc, OSError):
+                if exc.errno == errno.ESTALE:
+                    raise _gone() from None
+                raise StorageUnavailable(f"cannot open upload: {exc.strerror}") from exc
+            raise
+        return _FileUploadHandle(self, upload_id, fd, st.st_size, key)
+
+    @staticmethod
+    def _busy(path: Path, fd: int | None) -> UploadBusy:
+        try:
+            size = os.fstat(fd).st_size if fd is not None else path.stat().st_size
+        except OSError:
+            size = 0
+        return UploadBusy(
+            "another request is appending to, finishing or cancelling this upload; retry "
+            "once it has ended (GET the upload for its size)",
+            size,
+        )
 
     async def purge_stale(self, upload_age: float, tmp_age: float) -> int:
+        def stale(entry: os.DirEntry[str], now: float, age: float) -> bool:
+            try:
+                return entry.is_file(follow_symlinks=False) and (
+                    now - entry.stat(follow_symlinks=False).st_mtime > age
+                )
+            except FileNotFoundError:  # finished or purged by another replica
+                return False
+
+        def purge_upload(upload_id: str, now: float) -> int:
+            try:
+                handle = self._hold(upload_id)
+            except (UploadBusy, BlobUploadUnknown):
+                return 0  # a request holds it, or it just ended
+            try:
+                if now - os.fstat(handle._fd).st_mtime <= upload_age:
+                    return 0  # written to since it was listed
+                had_info = self.layout.upload_info(upload_id).exists()
+                with handle._io:
+                    handle._end_sync(handle._fd)
+                return 2 if had_info else 1
+            finally:
+                handle.release_sync()
+
         def run() -> int:
             now = time.time()
             removed = 0
-            for folder, age in ((self.layout.uploads, upload_age), (self.layout.tmp, tmp_age)):
-                try:
-                    entries = list(os.scandir(folder))
-                except FileNotFoundError:
+            try:
+                uploads = list(os.scandir(self.layout.uploads))
+            except FileNotFoundError:
+                uploads = []
+            for entry in uploads:
+                if not stale(entry, now, upload_age):
                     continue
-                for entry in entries:
-                    try:
-                        if entry.is_file(follow_symlinks=False) and (
-                            now - entry.stat(follow_symlinks=False).st_mtime > age
-                        ):
-                            os.unlink(entry.path)
-                            removed += 1
-                    except FileNotFoundError:  # finished or purged by another replica
-                        continue
+                if "." not in entry.name:  # an upload's data: only under its lock
+                    removed += purge_upload(entry.name, now)
+                    continue
+                if entry.name.endswith(".repo") and os.path.lexists(
+                    self.layout.upload(entry.name[: -len(".repo")])
+                ):
+                    continue  # goes with its data
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+            try:
+                staged = list(os.scandir(self.layout.tmp))
+            except FileNotFoundError:
+                staged = []
+            for entry in staged:
+                if stale(entry, now, tmp_age):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
             return removed
 
         try:
             return await asyncio.to_thread(run)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot purge stale uploads: {exc.strerror}") from exc
+        except (OSError, StorageUnavailable) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message
+            raise StorageUnavailable(f"cannot purge stale uploads: {reason}") from exc
 
     async def upload_repo(self, upload_id: str) -> str | None:
         if not self.layout.upload(upload_id).exists():
@@ -267,70 +539,6 @@ class FilesystemStorage(BlobStorage):
             return self.layout.upload(upload_id).stat().st_size
         except FileNotFoundError:
             return None
-
-    async def append(self, upload_id: str, offset: int, hasher: Hasher | None) -> AppendWriter:
-        try:
-            fd = os.open(self.layout.upload(upload_id), os.O_WRONLY)
-        except FileNotFoundError:
-            raise BlobUploadUnknown(
-                "upload unknown: it was finished, cancelled or expired"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                size = await self.upload_size(upload_id) or 0
-                raise RangeInvalid("another request is writing to this upload", size) from None
-            raise StorageUnavailable(f"cannot lock upload: {exc.strerror}") from exc
-        size = os.fstat(fd).st_size
-        if size != offset:
-            os.close(fd)
-            raise RangeInvalid(f"upload is at offset {size}, chunk starts at {offset}", size)
-        os.lseek(fd, size, os.SEEK_SET)
-        return _FileAppendWriter(fd, size, hasher)
-
-    async def hash_upload(self, upload_id: str, algorithm: str) -> str:
-        def run() -> str:
-            h = hashlib.new(algorithm)
-            with open(self.layout.upload(upload_id), "rb") as fh:
-                while chunk := fh.read(FLUSH_BYTES):
-                    h.update(chunk)
-            return h.hexdigest()
-
-        try:
-            return await asyncio.to_thread(run)
-        except FileNotFoundError:
-            raise BlobUploadUnknown("upload unknown") from None
-
-    async def commit_upload(self, upload_id: str, digest: str) -> None:
-        source = self.layout.upload(upload_id)
-        target = self.layout.blob(digest)
-
-        def run() -> None:
-            info = self.layout.upload_info(upload_id)
-            if target.exists():
-                source.unlink(missing_ok=True)
-                info.unlink(missing_ok=True)
-                return
-            fd = os.open(source, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._install(source, target)
-            info.unlink(missing_ok=True)
-
-        try:
-            await asyncio.to_thread(run)
-        except FileNotFoundError:
-            raise BlobUploadUnknown("upload unknown: it was finished or cancelled") from None
-        except OSError as exc:
-            raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
-
-    async def delete_upload(self, upload_id: str) -> None:
-        self.layout.upload(upload_id).unlink(missing_ok=True)
-        self.layout.upload_info(upload_id).unlink(missing_ok=True)
 
     # -- health -----------------------------------------------------------------------
     async def probe(self) -> None:
