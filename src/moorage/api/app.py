@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,12 +15,14 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import check_once, health, health_loop, ping
 from moorage.api.housekeeping import purge_loop
+from moorage.api.http import request_path
 from moorage.api.metrics import MetricsMiddleware, metrics
 from moorage.api.state import AppState
 from moorage.api.v2 import guarded
@@ -95,13 +98,27 @@ class RegistryRoutes:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and (path == "/v2" or path.startswith("/v2/")):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = request_path(scope)
+        if path == "/v2" or path.startswith("/v2/"):
             scope["app"] = self.app
             response = await guarded(Request(scope, receive))
             await response(scope, receive, send)
             return
+        if _UNROUTABLE.search(path):
+            # Starlette's routes end in `$`, which also matches before a trailing newline.
+            response = JSONResponse(
+                {"error": f"no such endpoint: {path[:200]!r}", "code": "NOT_FOUND"}, 404
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+#: Control characters and U+FFFD (bytes that were not UTF-8): no endpoint has them.
+_UNROUTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ufffd]")
 
 
 def _exit_with_parent(pid_file: Path) -> None:

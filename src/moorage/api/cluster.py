@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import membership
 from moorage.errors import MoorageError
@@ -33,7 +34,10 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         st: AppState = request.app.state.moorage
-        identity = await st.auth.authenticate(request.headers.get("authorization"))
+        try:
+            identity = await st.auth.authenticate(authorization(request))
+        except MoorageError as exc:  # the store cannot answer
+            return _error(503, "UNAVAILABLE", exc.message)
         if identity is None:
             resp = _error(401, "UNAUTHORIZED", "admin credentials required")
             resp.headers["WWW-Authenticate"] = st.auth.challenge
@@ -44,10 +48,15 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _error(501, "UNSUPPORTED", "this replica has no etcd cluster")
         body: dict[str, Any] = {}
         if request.method == "POST":
-            raw = await request.body()
+            try:
+                raw = await _read_body(request)
+            except ClientDisconnect:
+                return _error(400, "INVALID", "the request body ended early")
+            if raw is None:
+                return _error(413, "TOO_LARGE", f"the request body exceeds {MAX_BODY} bytes")
             try:
                 body = json.loads(raw) if raw else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
                 return _error(400, "INVALID", "the request body is not JSON")
             if not isinstance(body, dict):
                 return _error(400, "INVALID", "the request body must be a JSON object")
@@ -66,11 +75,24 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+MAX_BODY = 64 * 1024  # the admin API's requests are a few hundred bytes
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None when it is larger than MAX_BODY."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
+
+
 async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
     return await membership.cluster_status(store, st.config)
 
 
-_REPLICA_ID = re.compile(r"^[0-9a-f]{12}$")
+_REPLICA_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def _peer_url(value: object) -> str:
@@ -88,7 +110,7 @@ def _peer_url(value: object) -> str:
 
 async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
     replica_id = str(body["replica_id"])
-    if not _REPLICA_ID.match(replica_id):
+    if not _REPLICA_ID.fullmatch(replica_id):
         raise ValueError(f"replica_id must be 12 hex digits, not {replica_id[:40]!r}")
     return await membership.begin_join(
         store,

@@ -4,17 +4,60 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from moorage.api.errors import API_VERSION_HEADER
-from moorage.errors import PaginationInvalid, RangeInvalid, RangeNotSatisfiable, SizeInvalid
+from moorage.errors import (
+    BlobUploadInvalid,
+    PaginationInvalid,
+    RangeInvalid,
+    RangeNotSatisfiable,
+    SizeInvalid,
+)
 from moorage.registry.uploads import ChunkRange
 
-_BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+# ASCII digits only (`\d` and str.isdigit() also take other scripts' digits and '²'), and
+# always fullmatch (`$` matches before a trailing newline).
+_BYTE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+_DIGITS = re.compile(r"[0-9]+")
+#: Numbers saturate here: beyond any size, and far below int()'s 4,300-digit limit.
+BEYOND = 10**18
+
+
+def request_path(scope: Scope) -> str:
+    """The path exactly as the client sent it, percent-decoded (bytes that are not UTF-8
+    become U+FFFD, which no identifier grammar accepts).
+
+    Not `request.url.path`: Starlette rebuilds it through urllib, which silently drops tabs
+    and newlines, so `manifests/kee%0Ap` would act on tag `keep`.
+    """
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return str(scope.get("path", ""))
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def authorization(request: Request) -> str | None:
+    """The Authorization header, or None when it is not ASCII (no credentials then: Basic
+    credentials are base64, and a byte above 0x7f must not reach the decoder)."""
+    value = request.headers.get("authorization")
+    return value if value is not None and value.isascii() else None
+
+
+def decimal(raw: str) -> int | None:
+    """A non-negative decimal of ASCII digits, or None if `raw` is not one. Values of more
+    than 18 digits saturate at BEYOND (no size or count comes near it)."""
+    if not _DIGITS.fullmatch(raw):
+        return None
+    significant = raw.lstrip("0")
+    if len(significant) > 18:
+        return BEYOND
+    return int(significant or "0")
 
 
 def reply(
@@ -33,30 +76,39 @@ def content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    value = decimal(raw.strip())
+    if value is None:
         raise SizeInvalid(f"invalid Content-Length {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 def chunk_range(request: Request, current_size: int | None = None) -> ChunkRange | None:
     raw = request.headers.get("content-range")
     if raw is None:
         return None
-    match = _CONTENT_RANGE.match(raw.strip())
+    match = _CONTENT_RANGE.fullmatch(raw.strip())
     if not match:
         raise RangeInvalid(
             f"invalid Content-Range {raw[:60]!r}: expected start-end", current_size or 0
         )
-    start, end = int(match.group(1)), int(match.group(2))
+    start, end = _digits(match.group(1)), _digits(match.group(2))
     if end < start:
-        raise RangeInvalid(f"Content-Range {raw!r} ends before it starts", current_size or 0)
+        raise RangeInvalid(f"Content-Range {raw[:60]!r} ends before it starts", current_size or 0)
     return ChunkRange(start, end)
 
 
 async def body_stream(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
+    """The request body; a body cut short (client gone, broken chunked encoding) raises
+    BlobUploadInvalid, a 400 (the upload is rolled back to where the request found it)."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BlobUploadInvalid(
+            "the request body ended early (the client disconnected or sent a broken chunked "
+            "encoding); nothing of it was kept, send the chunk again"
+        ) from None
 
 
 def has_body(request: Request) -> bool:
@@ -70,9 +122,9 @@ def pagination(request: Request) -> tuple[int | None, str | None]:
     raw_n = request.query_params.get("n")
     n: int | None = None
     if raw_n is not None and raw_n != "":
-        if not raw_n.isdigit():
+        n = decimal(raw_n)
+        if n is None:
             raise PaginationInvalid(f"n must be a non-negative integer, not {raw_n[:40]!r}")
-        n = int(raw_n)
     last = request.query_params.get("last") or None
     return n, last
 
@@ -97,19 +149,25 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
-    match = _BYTE_RANGE.match(header.strip().replace(" ", ""))
+    match = _BYTE_RANGE.fullmatch(header.strip().replace(" ", ""))
     if match is None or match.group(1) == match.group(2) == "":
         return None
     raw_first, raw_last = match.group(1), match.group(2)
     if raw_first == "":  # suffix: the last N bytes
-        count = int(raw_last)
+        count = _digits(raw_last)
         if count == 0 or size == 0:
             raise RangeNotSatisfiable(f"range {header[:60]!r} selects no bytes", size)
         return max(size - count, 0), size - 1
-    first = int(raw_first)
-    last = int(raw_last) if raw_last else size - 1
+    first = _digits(raw_first)
+    last = _digits(raw_last) if raw_last else size - 1
     if first >= size or last < first:
         raise RangeNotSatisfiable(
             f"range {header[:60]!r} is not satisfiable: the blob has {size} bytes", size
         )
     return first, min(last, size - 1)
+
+
+def _digits(raw: str) -> int:
+    value = decimal(raw)
+    assert value is not None  # only called on what a [0-9]+ group matched
+    return value

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from moorage.api.http import reply
+from moorage.api.http import decimal, reply
 from moorage.api.state import AppState
-from moorage.errors import ManifestTooLarge
+from moorage.errors import ManifestInvalid, ManifestTooLarge
 from moorage.oci.manifest import MAX_MANIFEST_BYTES
 
 
@@ -29,14 +29,20 @@ async def get_manifest(request: Request, st: AppState, name: str, reference: str
 
 
 async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+    declared = decimal(request.headers.get("content-length", "").strip())
+    if declared is not None and declared > MAX_MANIFEST_BYTES:
         raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_MANIFEST_BYTES:
-            raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    except ClientDisconnect:
+        raise ManifestInvalid(
+            "the manifest body ended early (the client disconnected or sent a broken chunked "
+            "encoding); nothing was stored"
+        ) from None
     return bytes(body)
 
 

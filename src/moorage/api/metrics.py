@@ -1,8 +1,9 @@
 """`/metrics` in Prometheus text format.
 
 Every API worker records into prometheus_client's multiprocess directory (set by the
-replica supervisor), so one scrape sees the whole replica. Route labels are a fixed set
-of classes, never repository names, to keep cardinality bounded.
+replica supervisor), so one scrape sees the whole replica. Every label value comes from a
+fixed set, whatever a client sends: routes are classes (never repository names), methods
+outside the HTTP methods the API knows are "other", unusual status codes count by class.
 """
 
 from __future__ import annotations
@@ -49,8 +50,27 @@ ROLE = Gauge(
 )
 ROLES = ("leader", "follower", "learner", "unknown")
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUSES = frozenset(
+    {200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 409, 413}
+    | {416, 423, 500, 501, 503}
+)
+
+
+def method_label(method: object) -> str:
+    return method if isinstance(method, str) and method in METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The status itself when it is one the API answers, else its class (`4xx`)."""
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
 
 def route_class(path: str) -> str:
+    if path in ("/v2", "/v2/"):
+        return "base"
     if path.startswith("/v2/"):
         if "/blobs/uploads" in path:
             return "upload"
@@ -63,8 +83,6 @@ def route_class(path: str) -> str:
             if part in path:
                 return name
         return "catalog" if path.startswith("/v2/_catalog") else "other"
-    if path in ("/v2", "/v2/"):
-        return "base"
     for prefix, name in (
         ("/_ping", "ping"),
         ("/api/v0/health", "health"),
@@ -92,7 +110,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         route = route_class(scope["path"])
-        method = scope["method"]
+        method = method_label(scope["method"])
         started = time.perf_counter()
         status = 500
         sent = 0
@@ -101,7 +119,11 @@ class MetricsMiddleware:
 
         # Request bytes: the declared length when there is one (no per-chunk wrapper).
         declared = next(
-            (int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()),
+            (
+                int(v)
+                for k, v in scope["headers"]
+                if k == b"content-length" and v.isdigit() and len(v) <= 18
+            ),
             None,
         )
 
@@ -119,7 +141,7 @@ class MetricsMiddleware:
                 for name, value in message.get("headers", ()):
                     if name.lower() == b"content-length":
                         length_known = True
-                        sent = 0 if method == "HEAD" else int(value)
+                        sent = 0 if method == "HEAD" or not value.isdigit() else int(value)
             elif kind == "http.response.body" and not length_known:
                 sent += len(message.get("body", b""))
             await send(message)
@@ -131,7 +153,7 @@ class MetricsMiddleware:
         finally:
             if declared is not None:
                 received = declared
-            REQUESTS.labels(route, method, str(status)).inc()
+            REQUESTS.labels(route, method, status_label(status)).inc()
             LATENCY.labels(route, method).observe(time.perf_counter() - started)
             if received:
                 BYTES_IN.labels(route).inc(received)

@@ -11,27 +11,37 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from moorage.api import blobs, discovery, manifests, uploads
 from moorage.api.errors import error_response, from_domain
-from moorage.api.http import range_header, reply
+from moorage.api.http import authorization, range_header, reply, request_path
 from moorage.api.state import AppState
-from moorage.errors import MoorageError, RangeInvalid, StoreReadOnly
+from moorage.errors import BlobUploadUnknown, MoorageError, RangeInvalid, StoreReadOnly
 from moorage.oci.names import validate_name
 
 log = logging.getLogger("moorage.api")
 
 Handler = Callable[..., Awaitable[Response]]
 
+
+def _route(pattern: str) -> re.Pattern[str]:
+    """Routes are matched with fullmatch and DOTALL: a control character in the path stays
+    in the name, tag, digest or upload id that the grammar then refuses (a newline must not
+    end a match early, nor make a path fall through to no route at all)."""
+    return re.compile(pattern, re.DOTALL)
+
+
+_UPLOAD_ID = re.compile(r"[a-f0-9]{32}")
+
 _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (
-        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"),
+        _route(r"/v2/(?P<name>.+)/blobs/uploads/?"),
         {"POST": uploads.start_upload},
     ),
     (
-        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"),
+        _route(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)"),
         {
             "GET": uploads.upload_status,
             "PATCH": uploads.patch_upload,
@@ -40,11 +50,11 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
         },
     ),
     (
-        re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$"),
+        _route(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
     ),
     (
-        re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
+        _route(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
         {
             "GET": manifests.get_manifest,
             "HEAD": manifests.get_manifest,
@@ -52,9 +62,9 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             "DELETE": manifests.delete_manifest,
         },
     ),
-    (re.compile(r"^/v2/(?P<name>.+)/tags/list$"), {"GET": discovery.list_tags}),
+    (_route(r"/v2/(?P<name>.+)/tags/list"), {"GET": discovery.list_tags}),
     (
-        re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$"),
+        _route(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
         {"GET": discovery.referrers},
     ),
 ]
@@ -79,10 +89,13 @@ def _state(request: Request) -> AppState:
 
 async def dispatch(request: Request) -> Response:
     st = _state(request)
-    identity = await st.auth.authenticate(request.headers.get("authorization"))
+    try:
+        identity = await st.auth.authenticate(authorization(request))
+    except MoorageError as exc:  # the store cannot answer: 503, not a 500
+        return from_domain(exc)
     if identity is None:
         return _unauthorized(st)
-    path = request.url.path
+    path = request_path(request.scope)
     method = request.method
     params: dict[str, Any] = {}
     if st.fenced:
@@ -95,7 +108,7 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             return await discovery.catalog(request, st)
         for pattern, handlers in _ROUTES:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is None:
                 continue
             handler = handlers.get(method)
@@ -103,6 +116,9 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             params = match.groupdict()
             validate_name(params["name"])
+            upload_id = params.get("upload_id")
+            if upload_id is not None and not _UPLOAD_ID.fullmatch(upload_id):
+                raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
             if st.read_only and method in _WRITES:
                 raise StoreReadOnly(
                     "the registry is read-only: this replica cannot reach a quorum of its "
@@ -112,7 +128,7 @@ async def dispatch(request: Request) -> Response:
                     "'moorage emergency-repair' on"
                 )
             return await handler(request, st, **params)
-        return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]}")
+        return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]!r}")
     except RangeInvalid as exc:
         headers = {"Range": range_header(exc.current_size)}
         if "upload_id" in params:
@@ -131,6 +147,8 @@ async def guarded(request: Request) -> Response:
     """`dispatch`, with anything unexpected logged and answered in the OCI envelope."""
     try:
         return await dispatch(request)
+    except ClientDisconnect:  # the client is gone: nobody reads the answer, no traceback
+        return error_response(400, "BLOB_UPLOAD_INVALID", "the request body ended early")
     except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        log.exception("unexpected error in %s %r", request.method, request_path(request.scope))
         return error_response(500, "UNKNOWN", "internal error; the replica's log has details")

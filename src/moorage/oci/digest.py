@@ -11,8 +11,8 @@ from moorage.errors import DigestInvalid
 
 # Encoded lengths of the algorithms the registry accepts.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_HEX = re.compile(r"^[a-f0-9]+$")
+_GRAMMAR = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # fullmatch only
+_HEX = re.compile(r"[a-f0-9]+")
 
 
 class Hasher(Protocol):
@@ -35,7 +35,7 @@ class Digest:
 
 def parse_digest(value: str) -> Digest:
     """Parse and validate a digest; raises DigestInvalid with the reason."""
-    if not _GRAMMAR.match(value):
+    if not _GRAMMAR.fullmatch(value):
         raise DigestInvalid(f"invalid digest {value[:160]!r}: expected algorithm:hex")
     algorithm, encoded = value.split(":", 1)
     length = ALGORITHMS.get(algorithm)
@@ -43,7 +43,7 @@ def parse_digest(value: str) -> Digest:
         raise DigestInvalid(
             f"unsupported digest algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}"
         )
-    if len(encoded) != length or not _HEX.match(encoded):
+    if len(encoded) != length or not _HEX.fullmatch(encoded):
         raise DigestInvalid(
             f"invalid {algorithm} digest: expected {length} lowercase hex characters"
         )

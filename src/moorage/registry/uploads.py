@@ -30,7 +30,7 @@ from moorage.meta.records import UploadRecord
 from moorage.oci.digest import Digest, Hasher, parse_digest
 from moorage.storage.base import BlobStorage, UploadHandle
 
-_UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+_UPLOAD_ID = re.compile(r"[a-f0-9]{32}")  # fullmatch: `$` would accept a trailing newline
 _MAX_CACHED_HASHERS = 4096
 
 
@@ -173,7 +173,7 @@ class Uploads:
 
     # -- internals --------------------------------------------------------------------
     async def _session(self, repo: str, upload_id: str) -> UploadRecord:
-        if not _UPLOAD_ID.match(upload_id):
+        if not _UPLOAD_ID.fullmatch(upload_id):
             raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
         local = self._sessions.get(upload_id)
         if local is not None and local.repo == repo:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from moorage.errors import StorageUnavailable
+
 JOURNAL_DIR = "journal"
 
 
@@ -34,6 +36,7 @@ class Journal:
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
+        self._torn = False  # a failed write may have left part of a line behind
 
     def _open(self) -> int:
         if self._fd is None:
@@ -43,14 +46,21 @@ class Journal:
 
     def _write_sync(self, data: bytes) -> None:
         fd = self._open()
+        if self._torn:  # end the torn line: replay skips it, and reads this batch whole
+            data = b"\n" + data
+        self._torn = True
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
         os.fdatasync(fd)
+        self._torn = False
 
     async def append(self, entry: dict[str, Any]) -> None:
-        """Returns once the entry is on disk (fsynced, shared with concurrent appends)."""
+        """Returns once the entry is on disk (fsynced, shared with concurrent appends).
+
+        An I/O error (disk full, storage gone) raises StorageUnavailable with the reason.
+        """
         entry = {"c": self.cluster_id, "e": self.epoch, **entry}
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -58,7 +68,14 @@ class Journal:
         if not self._flushing:
             self._flushing = True
             self._flusher = asyncio.create_task(self._flush())
-        await future
+        try:
+            await future
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"cannot write the journal {self.path}: {exc.strerror or exc}. The change "
+                "was committed but not journaled (an emergency repair could lose it): make "
+                "blob storage writable, then repeat the push"
+            ) from exc
 
     async def _flush(self) -> None:
         try:
@@ -66,10 +83,14 @@ class Journal:
                 batch, self._pending = self._pending, []
                 try:
                     await asyncio.to_thread(self._write_sync, b"".join(line for line, _ in batch))
-                except OSError as exc:
+                except BaseException as exc:
+                    # Every waiter gets an answer, whatever happened (never a hang).
+                    failure = exc if isinstance(exc, Exception) else OSError("write interrupted")
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(exc)
+                            fut.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
                 else:
                     for _, fut in batch:
                         if not fut.done():
