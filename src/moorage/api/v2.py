@@ -79,7 +79,11 @@ def _state(request: Request) -> AppState:
 
 async def dispatch(request: Request) -> Response:
     st = _state(request)
-    identity = await st.auth.authenticate(request.headers.get("authorization"))
+    try:
+        client = request.client.host if request.client else None
+        identity = await st.auth.authenticate(request.headers.get("authorization"), client)
+    except MoorageError as exc:  # too many failed logins (429), store unavailable (503)
+        return from_domain(exc)
     if identity is None:
         return _unauthorized(st)
     path = request.url.path
