@@ -107,3 +107,12 @@ class ConfigError(MoorageError):
 class UploadBusy(RangeInvalid):
     """Another request (on any replica) is appending to, finishing or cancelling the upload
     session; `current_size` is its size as this request found it."""
+
+
+class LoginThrottled(MoorageError):
+    """Too many failed logins (per account or client address), or too many being checked:
+    refused without checking the password; `retry_after` says in how many seconds to retry."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"retry_after": retry_after})
+        self.retry_after = retry_after

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import membership
-from moorage.errors import MoorageError
+from moorage.errors import LoginThrottled, MoorageError
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.storage.paths import StorageLayout
@@ -35,9 +35,16 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         st: AppState = request.app.state.moorage
         try:
-            identity = await st.auth.authenticate(authorization(request))
-        except MoorageError as exc:  # the store cannot answer
-            return _error(503, "UNAVAILABLE", exc.message)
+            client = request.client.host if request.client else None
+            identity = await st.auth.authenticate(authorization(request), client)
+        except LoginThrottled as exc:
+            resp = _error(429, "TOOMANYREQUESTS", str(exc))
+            resp.headers["Retry-After"] = str(exc.retry_after)
+            return resp
+        except MoorageError as exc:  # the store cannot look the user up
+            resp = _error(503, "UNAVAILABLE", str(exc))
+            resp.headers["Retry-After"] = "5"
+            return resp
         if identity is None:
             resp = _error(401, "UNAUTHORIZED", "admin credentials required")
             resp.headers["WWW-Authenticate"] = st.auth.challenge

@@ -33,6 +33,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.StoreReadOnly: (503, "UNAVAILABLE"),
     e.StoreUnavailable: (503, "UNAVAILABLE"),
     e.StorageUnavailable: (503, "UNAVAILABLE"),
+    e.LoginThrottled: (429, "TOOMANYREQUESTS"),
 }
 
 
@@ -74,4 +75,6 @@ def from_domain(exc: e.MoorageError, headers: dict[str, str] | None = None) -> R
         extra.setdefault("Content-Range", f"bytes */{exc.size}")
     if isinstance(exc, e.StoreUnavailable | e.StorageUnavailable):
         extra.setdefault("Retry-After", "5")
+    if isinstance(exc, e.LoginThrottled):
+        extra.setdefault("Retry-After", str(exc.retry_after))
     return error_response(status, code, exc.message, exc.detail, extra)

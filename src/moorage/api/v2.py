@@ -90,8 +90,9 @@ def _state(request: Request) -> AppState:
 async def dispatch(request: Request) -> Response:
     st = _state(request)
     try:
-        identity = await st.auth.authenticate(authorization(request))
-    except MoorageError as exc:  # the store cannot answer: 503, not a 500
+        client = request.client.host if request.client else None
+        identity = await st.auth.authenticate(authorization(request), client)
+    except MoorageError as exc:  # too many failed logins (429), store unavailable (503)
         return from_domain(exc)
     if identity is None:
         return _unauthorized(st)

@@ -17,5 +17,12 @@ class Authenticator(ABC):
     challenge: str = 'Basic realm="moorage"'
 
     @abstractmethod
-    async def authenticate(self, authorization: str | None) -> Identity | None:
-        """The identity an Authorization header proves, or None."""
+    async def authenticate(
+        self, authorization: str | None, client: str | None = None
+    ) -> Identity | None:
+        """The identity an Authorization header proves, or None.
+
+        `client` is the peer's address (failed logins are limited per address). Raises
+        LoginThrottled (429) when too many attempts failed, StoreUnavailable (503) when
+        the user cannot be looked up; never anything else for any header value.
+        """

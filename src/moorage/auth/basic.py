@@ -1,73 +1,177 @@
 """HTTP Basic authentication against users in the metadata store.
 
-argon2 is deliberately slow (tens of milliseconds), so a successful check is remembered
-for a short while, keyed by a salted hash of the exact credentials and the stored hash:
-changing a password invalidates the entry at once.
+argon2 is deliberately slow (about 100 ms and 64 MiB), so:
+
+* a successful check is remembered for a while, keyed by a salted hash of the exact
+  credentials and valid only while the user's stored hash is unchanged (changing a
+  password invalidates it at once);
+* checks run on a small executor of their own (`PasswordVerifier`), one run per distinct
+  credential however many requests carry it at once;
+* an unknown user's password is checked against a dummy hash of the same cost, so that
+  the answer's timing does not tell which accounts exist;
+* failed attempts are limited per account and client address (`LoginThrottle`): past
+  the limits a login is refused with LoginThrottled (429 and Retry-After) before any
+  lookup or check.
+
+Any header value gives an identity, None (401), LoginThrottled (429) or, when the user
+cannot be looked up and the credential was not verified recently, StoreUnavailable (503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter
 
 from moorage.auth.base import Authenticator, Identity
-from moorage.auth.passwords import verify_password
+from moorage.auth.throttle import LoginThrottle
+from moorage.auth.verifier import PasswordVerifier
+from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.base import MetaStore
 from moorage.meta.records import UserRecord
 
 _VERIFIED_TTL = 300.0
 _USER_TTL = 5.0
 _MAX_ENTRIES = 10000
+MAX_HEADER = 8192  # longer Authorization headers are refused unread
+MAX_NAME = 256  # no user has a longer name: not looked up (but checked like any other)
+
+THROTTLED = Counter(
+    "moorage_auth_logins_throttled_total", "logins refused by the failed-login limits"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    at: float
+    password_hash: str
+    identity: Identity
+
+
+def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
+    """(name, password, "name:password") from a Basic header, or None if it is not one."""
+    if not authorization or len(authorization) > MAX_HEADER:
+        return None
+    scheme, _, encoded = authorization.strip().partition(" ")
+    encoded = encoded.strip()
+    if scheme.lower() != "basic" or not encoded or not encoded.isascii():
+        return None
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    name, sep, password = decoded.partition(":")
+    if not sep or not name:
+        return None
+    return name, password, decoded
 
 
 class BasicAuthenticator(Authenticator):
-    def __init__(self, meta: MetaStore) -> None:
+    def __init__(
+        self,
+        meta: MetaStore,
+        throttle: LoginThrottle | None = None,
+        verifier: PasswordVerifier | None = None,
+    ) -> None:
         self.meta = meta
+        self.throttle = throttle or LoginThrottle()
+        self.verifier = verifier or PasswordVerifier()
         self._salt = secrets.token_bytes(16)
-        self._verified: dict[bytes, float] = {}
+        self._verified: dict[bytes, _Verified] = {}
         self._users: dict[str, tuple[float, UserRecord | None]] = {}
+        self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
         now = time.monotonic()
         cached = self._users.get(name)
         if cached is not None and now - cached[0] < _USER_TTL:
             return cached[1]
-        user = await self.meta.get_user(name)
+        # One store read however many requests need the same user at once.
+        lookup = self._lookups.get(name)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self.meta.get_user(name))
+            self._lookups[name] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(name, None))
+        user = await asyncio.shield(lookup)
         if len(self._users) > _MAX_ENTRIES:
             self._users.clear()
         self._users[name] = (now, user)
         return user
 
-    async def authenticate(self, authorization: str | None) -> Identity | None:
-        if not authorization:
+    def _refuse(self, retry_after: int) -> LoginThrottled:
+        THROTTLED.inc()
+        return LoginThrottled(
+            "too many failed logins for this account or from this address: "
+            f"retry in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    async def authenticate(
+        self, authorization: str | None, client: str | None = None
+    ) -> Identity | None:
+        parsed = parse_basic(authorization)
+        if parsed is None:
             return None
-        scheme, _, encoded = authorization.partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        name, sep, password = decoded.partition(":")
-        if not sep:
-            return None
-        user = await self._user(name)
-        if user is None:
-            return None
-        key = hashlib.sha256(
-            self._salt + user.password_hash.encode() + b"\0" + decoded.encode()
-        ).digest()
+        name, password, decoded = parsed
+        peer = client or "unknown"
         now = time.monotonic()
-        seen = self._verified.get(key)
-        if seen is not None and now - seen < _VERIFIED_TTL:
-            return Identity(user.name, user.role)
-        if not await asyncio.to_thread(verify_password, user.password_hash, password):
+        wait = self.throttle.retry_after(name, peer, now)
+        if wait:
+            raise self._refuse(wait)
+        cache_key = hashlib.sha256(self._salt + decoded.encode()).digest()
+        hit = self._verified.get(cache_key)
+        if hit is not None and now - hit.at >= _VERIFIED_TTL:
+            hit = None
+        try:
+            user = await self._user(name) if len(name) <= MAX_NAME else None
+        except StoreUnavailable:
+            if hit is not None:  # verified recently: the store's outage does not log it out
+                return hit.identity
+            raise
+        if user is not None:
+            if hit is not None and hit.password_hash == user.password_hash:
+                return Identity(user.name, user.role)
+            password_hash = user.password_hash
+        else:
+            password_hash = await self.verifier.dummy_hash()
+        check_key = hashlib.sha256(
+            self._salt + password_hash.encode() + b"\0" + decoded.encode()
+        ).digest()
+        if self.verifier.in_flight(check_key) is not None:
+            # The same credential is being checked for another request: share its result
+            # (and its failure, already counted once).
+            ok = await self.verifier.verify(check_key, password_hash, password, 0)
+        else:
+            ok = await self._check(name, peer, check_key, password_hash, password)
+        if not ok or user is None:
             return None
+        identity = Identity(user.name, user.role)
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
-        self._verified[key] = now
-        return Identity(user.name, user.role)
+        self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
+        return identity
+
+    async def _check(
+        self, name: str, peer: str, check_key: bytes, password_hash: str, password: str
+    ) -> bool:
+        now = time.monotonic()
+        wait = self.throttle.retry_after(name, peer, now)  # again: the lookup awaited
+        if wait:
+            raise self._refuse(wait)
+        priority = -1 if self.throttle.known(name, peer, now) else self.throttle.failures(peer, now)
+        reservation = self.throttle.reserve(name, peer, now)
+        try:
+            ok = await self.verifier.verify(check_key, password_hash, password, priority)
+        except BaseException:
+            self.throttle.cancelled(reservation)
+            raise
+        if ok and password_hash != self.verifier.dummy:
+            self.throttle.succeeded(reservation, time.monotonic())
+            return True
+        self.throttle.failed(reservation)
+        return False

@@ -1,0 +1,341 @@
+"""Failed logins are bounded, isolated and limited; malformed credentials and store outages
+during a login get a 4xx or a 503, never a 500 (issue 9, items 10 and 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import secrets
+import signal
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+
+from moorage.auth.basic import BasicAuthenticator, parse_basic
+from moorage.auth.passwords import hash_password
+from moorage.auth.throttle import LoginThrottle
+from moorage.auth.verifier import PasswordVerifier
+from moorage.errors import LoginThrottled, StoreUnavailable
+from moorage.meta.memory import MemoryMetaStore
+from moorage.meta.records import UserRecord
+from tests.conftest import AUTH, Replica
+
+# -- in-process: the authenticator against an in-memory store -----------------------------
+
+MALFORMED: list[str] = [
+    "Basic",
+    "Basic ",
+    "Basic    ",
+    "Basic !!!!",
+    "Basic YWRtaW4",  # bad padding
+    "Basic " + base64.b64encode(b"no-colon").decode(),
+    "Basic " + base64.b64encode(b":password-without-name").decode(),
+    "Basic " + base64.b64encode(b"admin:\xff\xfe not utf-8").decode(),
+    "Basic \xe9\xe8",  # latin-1 text, as Starlette decodes non-ASCII header bytes
+    "Basic YWRt\u00e9aW46eA==",
+    "Bearer abc",
+    "Basic " + "A" * 100_000,
+    "\x00",
+]
+
+
+# Stored hashes in the in-process tests are cheap (the check's cost comes from the hash's
+# own parameters); the dummy hash unknown users are checked against is the real thing.
+_CHEAP = PasswordHasher(time_cost=1, memory_cost=256, parallelism=1)
+
+
+def _header(name: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+
+
+class _DownStore(MemoryMetaStore):
+    """A store whose reads fail, as etcd's do when it is stopped."""
+
+    down = False
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        if self.down:
+            raise StoreUnavailable("the metadata store (etcd) is unavailable: test")
+        return await super().get_user(name)
+
+
+@pytest.fixture(scope="module")
+def store() -> _DownStore:
+    meta = _DownStore()
+    asyncio.run(meta.create_user(UserRecord("admin", _CHEAP.hash("right"), "admin")))
+    return meta
+
+
+def test_malformed_headers_are_no_identity(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store)
+
+    async def run() -> None:
+        for header in MALFORMED:
+            assert parse_basic(header) is None, header
+            assert await auth.authenticate(header, "10.0.0.1") is None
+
+    asyncio.run(run())
+    assert auth.verifier.checks == 0
+
+
+def test_concurrent_logins_of_one_credential_share_one_check(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store)
+
+    async def run() -> None:
+        good = await asyncio.gather(
+            *(auth.authenticate(_header("admin", "right"), f"10.0.1.{i}") for i in range(20))
+        )
+        assert all(i is not None and i.name == "admin" for i in good)
+        assert auth.verifier.checks == 1
+        # Cached afterwards: no further check.
+        assert await auth.authenticate(_header("admin", "right"), "10.0.1.99") is not None
+        assert auth.verifier.checks == 1
+        bad = await asyncio.gather(
+            *(auth.authenticate(_header("admin", "wrong"), f"10.0.2.{i}") for i in range(20))
+        )
+        assert bad == [None] * 20
+        assert auth.verifier.checks == 2
+
+    asyncio.run(run())
+
+
+def test_checks_are_bounded_and_unknown_users_cost_a_check(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store, verifier=PasswordVerifier(workers=2))
+
+    async def run() -> None:
+        attempts = [auth.authenticate(_header("admin", f"w{i}"), f"10.1.0.{i}") for i in range(8)]
+        attempts += [auth.authenticate(_header(f"ghost{i}", "x"), f"10.2.0.{i}") for i in range(4)]
+        assert await asyncio.gather(*attempts) == [None] * 12
+
+    asyncio.run(run())
+    assert auth.verifier.checks == 12  # the 4 unknown users were checked like the others
+    assert auth.verifier.peak <= 2
+
+
+def test_limits_per_pair_client_and_account() -> None:
+    meta = MemoryMetaStore()
+    asyncio.run(meta.create_user(UserRecord("admin", _CHEAP.hash("right"), "admin")))
+    throttle = LoginThrottle(pair_limit=3, client_limit=5, account_limit=6)
+    auth = BasicAuthenticator(meta, throttle=throttle)
+
+    async def run() -> None:
+        # The operator logs in once from its own address: known from then on.
+        assert await auth.authenticate(_header("admin", "right"), "10.9.9.9") is not None
+        for i in range(3):
+            assert await auth.authenticate(_header("admin", f"bad{i}"), "10.0.0.1") is None
+        checks = auth.verifier.checks
+        # Over the (account, client) limit: refused before any check, right password too.
+        for password in ("bad", "right"):
+            with pytest.raises(LoginThrottled) as err:
+                await auth.authenticate(_header("admin", password), "10.0.0.1")
+            assert 0 < err.value.retry_after <= 300
+        assert auth.verifier.checks == checks
+        # The same address may still try other accounts, up to the per-client limit.
+        for i in range(2):
+            assert await auth.authenticate(_header(f"ghost{i}", "x"), "10.0.0.1") is None
+        with pytest.raises(LoginThrottled):
+            await auth.authenticate(_header("ghost9", "x"), "10.0.0.1")
+        # Other addresses guess the admin password until the account limit (6 failures)...
+        for i in range(3):
+            assert await auth.authenticate(_header("admin", f"x{i}"), f"10.0.1.{i}") is None
+        with pytest.raises(LoginThrottled):
+            await auth.authenticate(_header("admin", "right"), "10.0.2.1")
+        # ...but the operator's known address is not locked out, even uncached.
+        auth._verified.clear()
+        identity = await auth.authenticate(_header("admin", "right"), "10.9.9.9")
+        assert identity is not None
+        assert identity.role == "admin"
+
+    asyncio.run(run())
+
+
+def test_store_down_during_login(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store)
+
+    async def run() -> None:
+        assert await auth.authenticate(_header("admin", "right"), "10.0.0.1") is not None
+        store.down = True
+        try:
+            auth._users.clear()  # the user record's short cache has expired
+            # A credential verified recently still works; anything else is a 503.
+            assert await auth.authenticate(_header("admin", "right"), "10.0.0.1") is not None
+            with pytest.raises(StoreUnavailable):
+                await auth.authenticate(_header("admin", "other"), "10.0.0.1")
+            with pytest.raises(StoreUnavailable):
+                await auth.authenticate(_header("nobody", "x"), "10.0.0.1")
+        finally:
+            store.down = False
+        # The outage counted no failure.
+        assert auth.throttle.failures("10.0.0.1", 0.0) == 0
+
+    asyncio.run(run())
+
+
+# -- a real replica over HTTP ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    r = Replica(tmp_path_factory.mktemp("auth") / "data")
+    r.start()
+    yield r
+    r.kill()
+
+
+def _from(replica: Replica, address: str, auth: tuple[str, str] | None) -> httpx.Client:
+    """A client whose requests come from `address` (any 127.x.y.z reaches the replica)."""
+    return httpx.Client(
+        base_url=replica.url,
+        auth=auth,
+        timeout=120,
+        transport=httpx.HTTPTransport(local_address=address),
+    )
+
+
+def _metric(replica: Replica, name: str) -> float:
+    text = httpx.get(f"{replica.url}/metrics", timeout=30).text
+    total = 0.0
+    for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M):
+        total += float(m.group(1))
+    return total
+
+
+def _checks(replica: Replica) -> int:
+    return int(_metric(replica, "moorage_auth_password_checks_total"))
+
+
+def _assert_envelope(resp: httpx.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.json()["errors"][0]["code"] == code
+
+
+def test_malformed_authorization_is_401(replica: Replica) -> None:
+    raw: list[bytes] = [
+        b"Basic \xff\xfe",
+        b"Basic YWRtaW46\xe9",
+        b"Basic",
+        b"Basic " + base64.b64encode(b"admin:\xff"),
+        b"Basic " + base64.b64encode(b"\xc3\x28:x"),
+        b"Basic ####",
+        b"Basic " + b"QUFB" * 1500,
+        b"basic " + base64.b64encode(b"no colon"),
+    ]
+    with _from(replica, "127.0.0.1", None) as c:
+        for value in raw:
+            resp = c.get("/v2/", headers={"Authorization": value})
+            _assert_envelope(resp, 401, "UNAUTHORIZED")
+            assert resp.headers["www-authenticate"].startswith("Basic ")
+            resp = c.get("/api/v0/cluster/status", headers={"Authorization": value})
+            assert resp.status_code == 401, (value, resp.text)
+
+
+def test_wrong_passwords_do_not_stall_pushes_and_pulls(replica: Replica) -> None:
+    with _from(replica, "127.0.0.1", AUTH) as good:
+        assert good.get("/v2/").status_code == 200  # the credential is now verified
+        before = _checks(replica)
+        results: list[int] = []
+
+        def guess(i: int) -> None:
+            with _from(replica, f"127.0.1.{i + 1}", ("admin", f"guess-{i}")) as c:
+                results.append(c.get("/v2/").status_code)
+
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        blob = secrets.token_bytes(1 << 20)
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        resp = good.post(f"/v2/auth/busy/blobs/uploads/?digest={digest}", content=blob)
+        assert resp.status_code == 201, resp.text
+        assert good.get(f"/v2/auth/busy/blobs/{digest}").content == blob
+        for t in threads:
+            t.join()
+    assert sorted(results) == [401] * 40
+    # Each wrong password was checked exactly once, the authorized client's requests not at
+    # all, and never more than two checks ran at once (the executor's bound).
+    assert _checks(replica) - before == 40
+    assert 1 <= _metric(replica, "moorage_auth_password_checks_peak") <= 2
+
+
+def test_unknown_users_are_checked_like_known_ones(replica: Replica) -> None:
+    before = _checks(replica)
+    for i in range(3):
+        with _from(replica, f"127.0.2.{i + 1}", (f"nobody-{i}", "x")) as c:
+            _assert_envelope(c.get("/v2/"), 401, "UNAUTHORIZED")
+        with _from(replica, f"127.0.2.{i + 1}", ("admin", f"x-{i}")) as c:
+            _assert_envelope(c.get("/v2/"), 401, "UNAUTHORIZED")
+    assert _checks(replica) - before == 6
+
+
+def test_concurrent_identical_credentials_are_checked_once(replica: Replica) -> None:
+    before = _checks(replica)
+    results: list[int] = []
+    barrier = threading.Barrier(20)
+
+    def login(i: int) -> None:
+        with _from(replica, f"127.0.3.{i + 1}", ("admin", "same-wrong-password")) as c:
+            barrier.wait()
+            results.append(c.get("/v2/").status_code)
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [401] * 20
+    # One check for all of them (a straggler arriving after it finished may start another).
+    assert 1 <= _checks(replica) - before <= 3
+
+
+def test_failed_logins_are_limited_with_retry_after(replica: Replica) -> None:
+    attacker = "127.0.4.1"
+    for i in range(10):
+        with _from(replica, attacker, ("admin", f"try-{i}")) as c:
+            _assert_envelope(c.get("/v2/"), 401, "UNAUTHORIZED")
+    before = _checks(replica)
+    for auth in (("admin", "try-again"), AUTH):  # the right password too: this pair is locked
+        with _from(replica, attacker, auth) as c:
+            resp = c.get("/v2/")
+            _assert_envelope(resp, 429, "TOOMANYREQUESTS")
+            assert 0 < int(resp.headers["retry-after"]) <= 300
+            resp = c.get("/api/v0/cluster/status")
+            assert resp.status_code == 429
+            assert int(resp.headers["retry-after"]) > 0
+    assert _checks(replica) == before, "a refused attempt runs no password check"
+    # Everyone else is unaffected, including the same account from another address.
+    with _from(replica, "127.0.4.2", AUTH) as c:
+        assert c.get("/v2/").status_code == 200
+        assert c.get("/api/v0/cluster/status").status_code == 200
+
+
+def test_store_down_during_login_is_503(replica: Replica) -> None:
+    with _from(replica, "127.0.0.1", AUTH) as c:
+        assert c.get("/v2/").status_code == 200
+    etcd = replica.pids()["etcd"]
+    os.kill(etcd, signal.SIGSTOP)
+    try:
+        with _from(replica, "127.0.5.1", ("never-seen-before", "x")) as c:
+            resp = c.get("/v2/")
+            _assert_envelope(resp, 503, "UNAVAILABLE")
+            assert int(resp.headers["retry-after"]) > 0
+            resp = c.get("/api/v0/cluster/status")
+            assert resp.status_code == 503
+            assert int(resp.headers["retry-after"]) > 0
+        # A credential verified before keeps working while the store is away.
+        with _from(replica, "127.0.0.1", AUTH) as c:
+            assert c.get("/v2/").status_code == 200
+    finally:
+        os.kill(etcd, signal.SIGCONT)
+    # Back to normal once the store answers again.
+    with _from(replica, "127.0.5.1", AUTH) as c:
+        assert c.get("/v2/").status_code == 200
+
+
+def test_argon2_parameters() -> None:
+    h = hash_password("x")
+    assert h.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
