@@ -102,3 +102,8 @@ class StorageUnavailable(MoorageError):
 
 class ConfigError(MoorageError):
     pass
+
+
+class RecordCorrupt(MoorageError):
+    """A record read back from the metadata store, a backup archive or the journal fails
+    validation (corrupt or forged): it is refused, never turned into a path or a key."""

@@ -33,6 +33,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.StoreReadOnly: (503, "UNAVAILABLE"),
     e.StoreUnavailable: (503, "UNAVAILABLE"),
     e.StorageUnavailable: (503, "UNAVAILABLE"),
+    e.RecordCorrupt: (503, "UNAVAILABLE"),
 }
 
 
