@@ -116,3 +116,8 @@ class LoginThrottled(MoorageError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, {"retry_after": retry_after})
         self.retry_after = retry_after
+
+
+class RecordCorrupt(MoorageError):
+    """A record read back from the metadata store, a backup archive or the journal fails
+    validation (corrupt or forged): it is refused, never turned into a path or a key."""

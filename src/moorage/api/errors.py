@@ -34,6 +34,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.StoreUnavailable: (503, "UNAVAILABLE"),
     e.StorageUnavailable: (503, "UNAVAILABLE"),
     e.LoginThrottled: (429, "TOOMANYREQUESTS"),
+    e.RecordCorrupt: (503, "UNAVAILABLE"),
 }
 
 

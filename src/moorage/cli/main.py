@@ -639,6 +639,14 @@ def _passphrase(passphrase_file: str | None) -> str | None:
     type=click.Path(dir_okay=False, exists=True),
     help="Previous backup: store only blobs it (and its bases) lack.",
 )
+@click.option(
+    "--storage",
+    "storage",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Local path of the cluster's blob storage, if it differs from the cluster's own "
+    "(bytes are read from there; without it, through the API).",
+)
 @_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -650,6 +658,7 @@ def backup(
     out: str | None,
     include_blobs: bool,
     since: str | None,
+    storage: str | None,
     passphrase_file: str | None,
     as_json: bool,
 ) -> None:
@@ -678,12 +687,15 @@ def backup(
             Path(since) if since else None,
             progress,
             _passphrase(passphrase_file),
+            Path(storage) if storage else None,
         )
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     finally:
         if bar is not None:
             bar.render_finish()
+    for line in doc["invalid_records"]:
+        click.echo(f"warning: left out of the backup, invalid: {line}", err=True)
     c = doc["counts"]
     _emit(
         as_json,

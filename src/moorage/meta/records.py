@@ -1,14 +1,89 @@
-"""Records kept in the metadata store."""
+"""Records kept in the metadata store.
+
+Every `decode` validates what it reads: a record comes back from etcd, a backup archive or
+the journal, and whoever can write one of those could forge it. A digest that is not a
+valid digest, a media type the registry never records, a negative size... raise
+RecordCorrupt (the record is refused, never turned into a path, a key or a header).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from moorage.errors import DigestInvalid, RecordCorrupt
+from moorage.oci import mediatypes as mt
+from moorage.oci.digest import parse_digest
+
+# Longest free-form string field a record may hold (artifact types, URLs, hashes).
+_MAX_TEXT = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _fields(raw: bytes | str, kind: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RecordCorrupt(f"a {kind} record is not JSON: {_show(raw)}") from None
+    if not isinstance(doc, dict):
+        raise RecordCorrupt(f"a {kind} record is not a JSON object: {_show(raw)}")
+    return doc
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _build(cls: Any, doc: dict[str, Any], kind: str) -> Any:
+    try:
+        return cls(**doc)
+    except TypeError:
+        raise RecordCorrupt(
+            f"a {kind} record has unexpected or missing fields: {_show(sorted(doc))}"
+        ) from None
+
+
+def check_digest(value: object, kind: str, field_name: str = "digest") -> str:
+    """`value` if it is a valid digest (the canonical form), else RecordCorrupt."""
+    if not isinstance(value, str):
+        raise RecordCorrupt(f"a {kind} record has a {field_name} that is not a string")
+    try:
+        parse_digest(value)
+    except DigestInvalid:
+        raise RecordCorrupt(
+            f"a {kind} record has an invalid {field_name} {_show(value)}: refused"
+        ) from None
+    return value
+
+
+def check_size(value: object, kind: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RecordCorrupt(f"a {kind} record has an invalid size {_show(value)}")
+    return value
+
+
+def check_manifest_type(value: object, kind: str) -> str:
+    if not isinstance(value, str) or value not in mt.MANIFESTS:
+        raise RecordCorrupt(f"a {kind} record has an invalid media type {_show(value)}")
+    return value
+
+
+def check_text(value: object, kind: str, field_name: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise RecordCorrupt(f"a {kind} record has an invalid {field_name} {_show(value)}")
+    if _CONTROL.search(value):
+        raise RecordCorrupt(
+            f"a {kind} record has control characters in its {field_name} {_show(value)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +96,15 @@ class TagRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> TagRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> TagRecord:
+        record: TagRecord = _build(cls, _fields(raw, "tag"), "tag")
+        record.validate("tag")
+        return record
+
+    def validate(self, kind: str = "tag") -> None:
+        check_digest(self.digest, kind)
+        check_manifest_type(self.media_type, kind)
+        check_size(self.size, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +119,43 @@ class ManifestRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> ManifestRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> ManifestRecord:
+        record: ManifestRecord = _build(cls, _fields(raw, "manifest"), "manifest")
+        record.validate()
+        return record
+
+    def validate(self, kind: str = "manifest") -> None:
+        check_digest(self.digest, kind)
+        check_manifest_type(self.media_type, kind)
+        check_size(self.size, kind)
+        if self.subject is not None:
+            check_digest(self.subject, kind, "subject")
+        check_text(self.artifact_type, kind, "artifact type", optional=True)
 
     def tag_record(self) -> TagRecord:
         return TagRecord(self.digest, self.media_type, self.size)
+
+
+def decode_blob_link(raw: bytes | str) -> int:
+    """The size a blob link (`/moorage/blobs/<repo>@<digest>`) records."""
+    doc = _fields(raw, "blob link")
+    return check_size(doc.get("size"), "blob link")
+
+
+def decode_referrer(raw: bytes | str) -> dict[str, Any]:
+    """A referrer's descriptor (`/moorage/referrers/...`), checked like a manifest record."""
+    doc = _fields(raw, "referrer")
+    check_digest(doc.get("digest"), "referrer")
+    check_manifest_type(doc.get("mediaType"), "referrer")
+    check_size(doc.get("size"), "referrer")
+    check_text(doc.get("artifactType"), "referrer", "artifact type", optional=True)
+    annotations = doc.get("annotations")
+    if annotations is not None and not (
+        isinstance(annotations, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())
+    ):
+        raise RecordCorrupt("a referrer record has invalid annotations")
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +168,9 @@ class UploadRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> UploadRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> UploadRecord:
+        record: UploadRecord = _build(cls, _fields(raw, "upload"), "upload")
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +183,12 @@ class UserRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> UserRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> UserRecord:
+        record: UserRecord = _build(cls, _fields(raw, "user"), "user")
+        check_text(record.name, "user", "name")
+        check_text(record.role, "user", "role")
+        check_text(record.password_hash, "user", "password hash")
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +200,11 @@ class ClusterRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> ClusterRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> ClusterRecord:
+        record: ClusterRecord = _build(cls, _fields(raw, "cluster"), "cluster")
+        check_text(record.cluster_id, "cluster", "cluster id")
+        check_size(record.epoch, "cluster")
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +221,9 @@ class ReplicaRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> ReplicaRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> ReplicaRecord:
+        record: ReplicaRecord = _build(cls, _fields(raw, "replica"), "replica")
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,5 +238,6 @@ class HeartbeatRecord:
         return dumps(asdict(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> HeartbeatRecord:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> HeartbeatRecord:
+        record: HeartbeatRecord = _build(cls, _fields(raw, "heartbeat"), "heartbeat")
+        return record

@@ -7,19 +7,25 @@ referrer entry and links to the blobs it names), an untag or delete is applied a
 A change whose push was answered with an error can still be in the journal (the store
 committed it, then the replica failed before answering): replay brings it back, as a
 retried push would have.
+
+Journal files lie in blob storage, so whoever can write there can forge an entry: every
+entry is validated (repository name, tags, digests, the manifest record, the referrer)
+before anything of it is used; an invalid one is refused and reported, never applied.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import MoorageError
+from moorage.errors import MoorageError, RecordCorrupt
 from moorage.meta.base import MetaStore
-from moorage.meta.records import ManifestRecord
-from moorage.oci.manifest import parse_manifest
+from moorage.meta.records import ManifestRecord, check_digest, decode_referrer
+from moorage.oci.manifest import MAX_MANIFEST_BYTES, parse_manifest
+from moorage.oci.names import is_valid_tag, validate_name
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import read_entries
 
@@ -30,6 +36,7 @@ log = logging.getLogger("moorage.journal")
 class ReplayPlan:
     entries: list[dict[str, Any]]
     after: tuple[int, int]
+    rejected: list[str] = field(default_factory=list)  # invalid entries, never applied
 
     def summary(self) -> dict[str, Any]:
         ops: dict[str, int] = {}
@@ -41,6 +48,8 @@ class ReplayPlan:
             "entries": len(self.entries),
             "by_op": ops,
             "changes": [_describe(e) for e in self.entries[:50]],
+            "rejected": self.rejected[:50],
+            "rejected_count": len(self.rejected),
         }
 
 
@@ -59,24 +68,90 @@ def _describe(e: dict[str, Any]) -> str:
     return f"delete {e['repo']}@{e['digest']}"
 
 
+def _show(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_entry(e: dict[str, Any]) -> None:
+    """RecordCorrupt unless the entry is one the registry could have written."""
+    if not _int(e.get("e")) or not _int(e.get("r")):
+        raise RecordCorrupt("epoch and revision must be non-negative integers")
+    repo = e.get("repo")
+    if not isinstance(repo, str):
+        raise RecordCorrupt("no repository")
+    validate_name(repo)
+    op = e.get("op")
+    if op == "manifest":
+        raw = e.get("record")
+        if not isinstance(raw, dict):
+            raise RecordCorrupt("no manifest record")
+        try:
+            record = ManifestRecord(**raw)
+        except TypeError:
+            raise RecordCorrupt("a manifest record with unexpected fields") from None
+        record.validate()
+        tags = e.get("tags") or []
+        if not isinstance(tags, list) or not all(
+            isinstance(t, str) and is_valid_tag(t) for t in tags
+        ):
+            raise RecordCorrupt(f"invalid tags {_show(tags)}")
+        referrer = e.get("referrer")
+        if (
+            referrer is not None
+            and decode_referrer(json.dumps(referrer)).get("digest") != record.digest
+        ):
+            raise RecordCorrupt("the referrer names another digest")
+    elif op == "untag":
+        tag = e.get("tag")
+        if not isinstance(tag, str) or not is_valid_tag(tag):
+            raise RecordCorrupt(f"invalid tag {_show(tag)}")
+    elif op == "delete":
+        check_digest(e.get("digest"), "journal")
+    else:
+        raise RecordCorrupt(f"unknown operation {_show(op)}")
+
+
 def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
-    """The entries of `cluster_id` newer than (epoch, revision) `after`, in order."""
-    entries = [
-        e
-        for e in read_entries(storage_root)
-        if e.get("c") == cluster_id and (int(e["e"]), int(e["r"])) > after
-    ]
+    """The entries of `cluster_id` newer than (epoch, revision) `after`, in order; invalid
+    entries of that cluster are set aside in `rejected`."""
+    entries: list[dict[str, Any]] = []
+    rejected: list[str] = []
+    for e in read_entries(storage_root):
+        if e.get("c") != cluster_id:
+            continue
+        try:
+            check_entry(e)
+        except MoorageError as exc:
+            rejected.append(f"refused invalid journal entry {_show(e)}: {exc}")
+            continue
+        if (e["e"], e["r"]) > after:
+            entries.append(e)
     entries.sort(key=lambda e: (int(e["e"]), int(e["r"])))
-    return ReplayPlan(entries, after)
+    for line in rejected:
+        log.warning("%s", line)
+    return ReplayPlan(entries, after, rejected)
 
 
 async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) -> ReplayResult:
     storage = FilesystemStorage(str(storage_root))
-    result = ReplayResult()
+    result = ReplayResult(unrecoverable=list(plan.rejected))
     for e in plan.entries:
         try:
             if e["op"] == "manifest":
                 record = ManifestRecord(**e["record"])
+                record.validate()
+                size = await storage.stat(record.digest)
+                if size is not None and size > MAX_MANIFEST_BYTES:
+                    result.unrecoverable.append(
+                        f"{_describe(e)}: {record.digest} in blob storage is no manifest "
+                        f"({size} bytes)"
+                    )
+                    continue
                 body = await storage.read_bytes(record.digest)
                 if body is None:
                     result.unrecoverable.append(

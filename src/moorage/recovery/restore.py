@@ -43,8 +43,8 @@ from moorage.recovery.backup import (
     read_metadata,
 )
 from moorage.recovery.journal_replay import apply, plan_replay
+from moorage.storage.paths import StorageLayout
 
-_SKIP = (keys.CLUSTER, keys.REPLICAS, keys.HEARTBEATS, keys.LOCKS)
 _BATCH = 256
 
 
@@ -65,7 +65,8 @@ def restore(
         report = _verify(archive, plain, storage, passphrase, stack)
         if report.get("corrupt"):
             raise BackupError(
-                f"{archive} is corrupt; nothing was changed:\n  " + "\n  ".join(report["problems"])
+                f"{archive} is corrupt or was tampered with; nothing was changed:\n  "
+                + "\n  ".join(report["problems"])
             )
         missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
         if missing_bases:
@@ -77,6 +78,8 @@ def restore(
             )
         header = read_header(plain)
         md = read_metadata(plain)
+        if md.invalid:  # verify refused these already; never write one into the store
+            raise BackupError(f"{archive} holds invalid records: " + "; ".join(md.invalid[:20]))
         config = ReplicaConfig(
             data_dir=str(data_dir.path),
             cluster_id=new_cluster_id(),
@@ -89,7 +92,8 @@ def restore(
         )
         check_http_addr(config)
         archives = [Path(a) for a in report["archives"]]
-        held = set(header["blobs_in_archive"]) | set(header["chain_blobs"])
+        # The blobs the chain actually holds (its member index), not what the header says.
+        held = set(report.pop("held"))
         copied = _copy_blobs(archives, held, storage)
     data_dir.make_dirs()
     data_dir.save(config)
@@ -132,9 +136,10 @@ def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:
 
 def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
     copied = 0
+    layout = StorageLayout(storage)
     for digest in sorted(digests):
         alg, _, hex_ = digest.partition(":")
-        final = storage / "blobs" / alg / hex_[:2] / hex_
+        final = layout.blob(digest)
         if final.exists():
             continue
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,7 @@ async def _load(
 ) -> dict[str, Any]:
     store = EtcdCluster([config.etcd_client_url])
     try:
-        ops = [Put(k.encode(), v.encode()) for k, v in md.kvs if not k.encode().startswith(_SKIP)]
+        ops = [Put(k.encode(), v.encode()) for k, v in md.restorable()]
         for i in range(0, len(ops), _BATCH):
             await store._txn([], ops[i : i + _BATCH])
         await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, 1).encode())])

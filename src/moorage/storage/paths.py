@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from moorage.oci.digest import parse_digest
+
 
 class StorageLayout:
     def __init__(self, root: Path) -> None:
@@ -25,8 +27,10 @@ class StorageLayout:
         self.probe = root / "probe"
 
     def blob(self, digest: str) -> Path:
-        algorithm, _, encoded = digest.partition(":")
-        return self.blobs / algorithm / encoded[:2] / encoded
+        """The file of a blob; DigestInvalid for anything but a valid digest (a path is
+        never built from a forged or malformed one, wherever it came from)."""
+        d = parse_digest(digest)
+        return self.blobs / d.algorithm / d.encoded[:2] / d.encoded
 
     def upload(self, upload_id: str) -> Path:
         return self.uploads / upload_id
