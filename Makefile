@@ -7,7 +7,7 @@ SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv ipro
 MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
 
-.PHONY: install system-packages run test lint bench chaos clean
+.PHONY: install system-packages run test lint bench bench-scale chaos clean
 
 install: system-packages $(VENV)/.installed
 
@@ -34,6 +34,11 @@ test: install lint
 bench: install
 	@./scripts/ensure-packages.sh docker-registry
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Every operation on a 3-replica cluster of 100,000+ tags (bench/scale.py; takes a while);
+# e.g. make bench-scale BENCH_SCALE_ARGS="--tags 2000 --repos 200 --big-tags 500"
+bench-scale: install
+	$(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
 
 # Faults under load (SIGKILL, SIGSTOP, network cuts, majority and total loss); e.g.
 # make chaos CHAOS_ARGS="--replicas 5 --duration 60 --scenario all"

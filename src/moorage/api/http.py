@@ -130,9 +130,11 @@ def pagination(request: Request) -> tuple[int | None, str | None]:
 
 
 def next_link(path: str, n: int | None, items: list[str], more: bool) -> dict[str, str]:
-    if not more or not items or n is None:
+    """The next page's link; also without `n`, as such a listing is capped too."""
+    if not more or not items:
         return {}
-    return {"Link": f'<{path}?n={n}&last={quote(items[-1], safe="")}>; rel="next"'}
+    size = "" if n is None else f"n={n}&"
+    return {"Link": f'<{path}?{size}last={quote(items[-1], safe="")}>; rel="next"'}
 
 
 def range_header(size: int) -> str:

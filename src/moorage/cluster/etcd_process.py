@@ -67,6 +67,8 @@ class EtcdProcess:
             "--initial-cluster", self.initial_cluster,
             "--initial-cluster-state", self.cluster_state,
             "--initial-cluster-token", c.cluster_id,
+            # Both bound what one request may carry; the store keeps under them on purpose
+            # (meta.base.TXN_OPS operations per transaction, meta.etcd.MAX_REQUEST_BYTES).
             "--max-txn-ops", "1024",
             "--max-request-bytes", str(8 * 1024 * 1024),
             "--quota-backend-bytes", str(8 * 1024 * 1024 * 1024),

@@ -7,6 +7,11 @@ Guarantees, grouped as the operations need them:
 * Atomic transactions (`_txn`): every registry write below is one transaction, so a
   crash leaves either all of its keys or none. Compare-and-set guards are expressed as
   `(key, mod_revision)` pairs, where revision 0 means "the key must not exist".
+* Bounded reads and writes: no read asks for more than `STORE_PAGE` keys (a backend may
+  answer fewer, e.g. to stay under a message size limit, and says there is more), and no
+  transaction holds more than `TXN_OPS` guards or operations. The few writes that can
+  exceed it (a manifest with thousands of references or tags, deleting a manifest that
+  thousands of tags point at) are split, see `put_manifest` and `delete_manifest`.
 
 Backends implement only the primitives (etcd in production, a dict in unit tests);
 everything a registry operation means is written once, here.
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +68,20 @@ _EMPTY = b"{}"
 _TXN_RETRIES = 20
 
 
+def _env_int(name: str, default: int, lowest: int) -> int:
+    try:
+        return max(lowest, int(os.environ.get(name, "") or default))
+    except ValueError:
+        return default
+
+
+#: Keys asked for per read (MOORAGE_STORE_PAGE; small values exercise paging in tests).
+STORE_PAGE = _env_int("MOORAGE_STORE_PAGE", 1000, 1)
+#: Guards, and separately operations, per transaction (MOORAGE_TXN_OPS). etcd refuses a
+#: transaction with more than --max-txn-ops (1024 here) of either; the backend adds one.
+TXN_OPS = min(_env_int("MOORAGE_TXN_OPS", 512, 4), 1000)
+
+
 class MetaStore(ABC):
     # -- primitives each backend provides ------------------------------------------------
     @abstractmethod
@@ -69,17 +89,36 @@ class MetaStore(ABC):
 
     @abstractmethod
     async def _range(
-        self, start: bytes, end: bytes, limit: int = 0, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
     ) -> tuple[list[KV], bool]:
-        """Keys in [start, end) in byte order; `limit` 0 means all. Returns (kvs, more)."""
+        """At most `limit` (> 0) keys in [start, end) in byte order: (kvs, more).
+
+        A backend may answer fewer keys than `limit` (its message size bound) and then
+        says `more`; callers page on from the last key (see `_scan`)."""
+
+    async def _scan(
+        self, start: bytes, end: bytes, keys_only: bool = False, page: int = 0
+    ) -> AsyncIterator[list[KV]]:
+        """Every key in [start, end), one bounded read per page."""
+        page = min(page or STORE_PAGE, STORE_PAGE)
+        while True:
+            kvs, more = await self._range(start, end, limit=page, keys_only=keys_only)
+            if kvs:
+                yield kvs
+            if not more or not kvs:
+                return
+            start = kvs[-1].key + b"\x00"
 
     @abstractmethod
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         """Apply `ops` atomically if every guard holds; False (nothing applied) otherwise."""
 
     async def _get_many(self, keys_: Sequence[bytes]) -> list[KV | None]:
-        """Several keys at once (backends may do it in one round trip)."""
-        return list(await asyncio.gather(*(self._get(k) for k in keys_)))
+        """Several keys at once (backends may do it in one round trip), 64 in flight."""
+        out: list[KV | None] = []
+        for i in range(0, len(keys_), 64):
+            out += await asyncio.gather(*(self._get(k) for k in keys_[i : i + 64]))
+        return out
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -156,24 +195,42 @@ class MetaStore(ABC):
         blobs: Sequence[str] = (),
         manifests: Sequence[str] = (),
     ) -> list[str]:
-        """Record a manifest, point `tags` at it and index it under its subject, atomically,
-        if every blob and manifest it requires is in `repo` (checked in the same
-        transaction). Returns the missing digests; nothing is written when there are any."""
-        ops: list[Op] = [
-            Put(keys.repo(repo), _EMPTY),
-            Put(keys.manifest(repo, record.digest), record.encode()),
-        ]
-        tag_value = record.tag_record().encode()
-        ops += [Put(keys.tag(repo, t), tag_value) for t in tags]
-        if referrer is not None and record.subject:
-            ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
+        """Record a manifest, point `tags` at it and index it under its subject, if every
+        blob and manifest it requires is in `repo`. Returns the missing digests; nothing is
+        written when there are any.
+
+        Usually one transaction checks the references and writes everything. A manifest
+        with more references than fit in one transaction's guards has the rest checked by
+        reads just before (no weaker than today's guarantee: a blob may be unlinked right
+        after a push too); tags beyond one transaction follow in further transactions,
+        each guarded by the manifest's existence and rewriting its record (so a concurrent
+        delete by digest either sees them or retries), all before the caller answers.
+        """
+        wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
         required = [keys.blob(repo, d) for d in dict.fromkeys(blobs)]
         required += [keys.manifest(repo, d) for d in dict.fromkeys(manifests)]
-        if await self._txn([(k, MUST_EXIST) for k in required], ops):
+        guarded, checked = required[:TXN_OPS], required[TXN_OPS:]
+        if checked:
+            found = await self._get_many(checked)
+            missing = [d for d, kv in zip(wanted[TXN_OPS:], found, strict=True) if kv is None]
+            if missing:
+                return missing
+        mkey = keys.manifest(repo, record.digest)
+        ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
+        if referrer is not None and record.subject:
+            ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
+        tag_value = record.tag_record().encode()
+        first = TXN_OPS - len(ops)
+        ops += [Put(keys.tag(repo, t), tag_value) for t in tags[:first]]
+        if await self._txn([(k, MUST_EXIST) for k in guarded], ops):
+            for i in range(first, len(tags), TXN_OPS - 1):
+                more: list[Op] = [Put(mkey, record.encode())]
+                more += [Put(keys.tag(repo, t), tag_value) for t in tags[i : i + TXN_OPS - 1]]
+                if not await self._txn([(mkey, MUST_EXIST)], more):
+                    break  # deleted meanwhile: as if the delete came after this push
             return []
-        found = await self._get_many(required)
-        wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
-        missing = [d for d, kv in zip(wanted, found, strict=True) if kv is None]
+        found = await self._get_many(guarded)
+        missing = [d for d, kv in zip(wanted[: len(guarded)], found, strict=True) if kv is None]
         if not missing:  # raced with a concurrent push of the last reference: try once more
             return await self.put_manifest(repo, record, tags, referrer, blobs, manifests)
         return missing
@@ -186,7 +243,13 @@ class MetaStore(ABC):
         return await self._txn([(key, kv.mod_revision)], [Delete(key)])
 
     async def delete_manifest(self, repo: str, digest: str) -> bool:
-        """Delete a manifest, every tag pointing at it and its referrer entry, atomically."""
+        """Delete a manifest, every tag pointing at it and its referrer entry.
+
+        One transaction when they fit (the usual case). When thousands of tags point at
+        it, the surplus tags go first in bounded transactions, each guarded by the
+        manifest's revision (a concurrent push of it stops the delete, which starts
+        over), then the manifest with the rest.
+        """
         mkey = keys.manifest(repo, digest)
         for _ in range(_TXN_RETRIES):
             kv = await self._get(mkey)
@@ -194,14 +257,26 @@ class MetaStore(ABC):
                 return False
             record = ManifestRecord.decode(kv.value)
             prefix = keys.tags_prefix(repo)
-            tags, _more = await self._range(prefix, keys.prefix_end(prefix))
-            pointing = [t for t in tags if TagRecord.decode(t.value).digest == digest]
-            guards: list[Guard] = [(mkey, kv.mod_revision)]
-            guards += [(t.key, t.mod_revision) for t in pointing]
-            ops: list[Op] = [Delete(mkey), *(Delete(t.key) for t in pointing)]
+            pointing: list[KV] = []
+            async for page in self._scan(prefix, keys.prefix_end(prefix)):
+                pointing += [t for t in page if TagRecord.decode(t.value).digest == digest]
+            ops: list[Op] = [Delete(mkey)]
             if record.subject:
                 ops.append(Delete(keys.referrer(repo, record.subject, digest)))
-            if await self._txn(guards, ops):
+            keep = TXN_OPS - len(ops)
+            surplus, last = pointing[keep:], pointing[:keep]
+            done = True
+            for i in range(0, len(surplus), TXN_OPS - 1):
+                chunk = surplus[i : i + TXN_OPS - 1]
+                guards: list[Guard] = [(mkey, kv.mod_revision)]
+                guards += [(t.key, t.mod_revision) for t in chunk]
+                if not await self._txn(guards, [Delete(t.key) for t in chunk]):
+                    done = False
+                    break
+            if not done:
+                continue
+            guards = [(mkey, kv.mod_revision), *((t.key, t.mod_revision) for t in last)]
+            if await self._txn(guards, [*ops, *(Delete(t.key) for t in last)]):
                 return True
         raise RuntimeError("manifest delete kept conflicting with concurrent writes")
 
@@ -216,14 +291,26 @@ class MetaStore(ABC):
         return await self._page(keys.REPOS, n, last)
 
     async def _page(self, prefix: bytes, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        """Up to `n` names after `last` (None: every one; callers cap it), read in pages."""
         start = prefix + last.encode() + b"\x00" if last else prefix
-        if n == 0:
-            return [], False
-        kvs, more = await self._range(start, keys.prefix_end(prefix), limit=n or 0, keys_only=True)
+        end = keys.prefix_end(prefix)
         cut = len(prefix)
-        return [kv.key[cut:].decode() for kv in kvs], more
+        out: list[str] = []
+        if n == 0:
+            return out, False
+        while True:
+            want = STORE_PAGE if n is None else min(n - len(out), STORE_PAGE)
+            kvs, more = await self._range(start, end, limit=want, keys_only=True)
+            out += [kv.key[cut:].decode() for kv in kvs]
+            if not more or not kvs:
+                return out, False
+            if n is not None and len(out) >= n:
+                return out, True
+            start = kvs[-1].key + b"\x00"
 
     async def list_referrers(self, repo: str, subject: str) -> list[dict[str, Any]]:
         prefix = keys.referrers_prefix(repo, subject)
-        kvs, _more = await self._range(prefix, keys.prefix_end(prefix))
-        return [json.loads(kv.value) for kv in kvs]
+        out: list[dict[str, Any]] = []
+        async for page in self._scan(prefix, keys.prefix_end(prefix)):
+            out += [json.loads(kv.value) for kv in page]
+        return out

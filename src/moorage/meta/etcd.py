@@ -3,6 +3,12 @@
 Requests go to the local member first; the gRPC target lists every member's client
 address so the channel fails over, and every call has a deadline so a store without
 quorum answers StoreUnavailable instead of hanging a request forever.
+
+Message sizes are bounded on purpose: etcd accepts requests up to 8 MiB
+(--max-request-bytes, cluster/etcd_process.py), so no single value is larger; the client
+sends up to that and receives up to `MAX_RECEIVE_BYTES`. Every read asks for at most
+STORE_PAGE keys, and a page that would still be too large (big referrer annotations) is
+asked again with a quarter of the keys, down to one, which always fits.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +25,18 @@ import grpc
 from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
-from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
+from moorage.meta import keys
+from moorage.meta.base import (
+    KV,
+    LAST_REVISION,
+    MUST_EXIST,
+    STORE_PAGE,
+    Delete,
+    Guard,
+    MetaStore,
+    Op,
+    Put,
+)
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -27,7 +44,15 @@ LINEARIZABLE_READ_TIMEOUT = 1.0
 WRITE_ATTEMPT_TIMEOUT = 1.5
 WRITE_BUDGET = 8.0
 LOCAL_READ_WINDOW = 3.0
-_READS_PER_TXN = 128  # after a failed linearizable read, read locally for this long
+_READS_PER_TXN = 128
+#: etcd's --max-request-bytes: the largest request it accepts, hence the largest value.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: A response of one key always fits; larger pages are split (see _bounded).
+MAX_RECEIVE_BYTES = 4 * MAX_REQUEST_BYTES
+_CHANNEL_OPTIONS = {
+    "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
+    "grpc.max_send_message_length": MAX_REQUEST_BYTES + 64 * 1024,
+}
 _ELECTION = (
     "leader changed",
     "no leader",
@@ -52,10 +77,14 @@ def _target(endpoints: Sequence[str]) -> tuple[str, int]:
     return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
 
 
+class _TooLarge(StoreUnavailable):
+    """A message over the gRPC size limit (RESOURCE_EXHAUSTED): ask for less."""
+
+
 class EtcdMetaStore(MetaStore):
     def __init__(self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> None:
         host, port = _target(endpoints)
-        self._client: Any = aetcd.Client(host=host, port=port)
+        self._client: Any = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
         self._timeout = timeout
         self._local_reads_until = 0.0
         self.endpoints = list(endpoints)
@@ -77,6 +106,8 @@ class EtcdMetaStore(MetaStore):
             )
         except grpc.aio.AioRpcError as exc:
             detail = exc.details() or exc.code().name
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise _TooLarge(f"{_UNAVAILABLE}: {detail}") from exc
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
 
     async def _read(self, request: Any) -> Any:
@@ -88,6 +119,8 @@ class EtcdMetaStore(MetaStore):
         if time.monotonic() >= self._local_reads_until:
             try:
                 return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
+            except _TooLarge:
+                raise
             except StoreUnavailable:
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
         request.serializable = True
@@ -114,20 +147,57 @@ class EtcdMetaStore(MetaStore):
             )
             try:
                 resp = await self._call("kvstub.Txn", request, LINEARIZABLE_READ_TIMEOUT)
+            except _TooLarge:
+                out += await super()._get_many(batch)  # large values: one read per key
+                continue
             except StoreUnavailable:
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
-                return await super()._get_many(keys_)
+                return out + await super()._get_many(keys_[i:])
             for r in resp.responses:
                 kvs = r.response_range.kvs
                 out.append(KV(kvs[0].key, kvs[0].value, kvs[0].mod_revision) if kvs else None)
         return out
 
+    async def _bounded(self, request: Any, linearizable: bool = True) -> Any:
+        """One Range of at most STORE_PAGE keys whose answer fits in a message: a page
+        over the limit is asked again with a quarter of the keys (one key always fits)."""
+        request.limit = min(request.limit or STORE_PAGE, STORE_PAGE)
+        while True:
+            try:
+                if linearizable:
+                    return await self._read(request)
+                return await self._call("kvstub.Range", request)
+            except _TooLarge:
+                if request.limit <= 1:
+                    raise
+                request.limit = max(1, request.limit // 4)
+
     async def _range(
-        self, start: bytes, end: bytes, limit: int = 0, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
     ) -> tuple[list[KV], bool]:
         request = rpc.RangeRequest(key=start, range_end=end, limit=limit, keys_only=keys_only)
-        resp = await self._read(request)
-        return [KV(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs], bool(resp.more)
+        resp = await self._bounded(request)
+        kvs = [KV(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs]
+        return kvs, bool(resp.more)
+
+    async def _pages(
+        self, prefix: bytes, serializable: bool = False, revision: int = 0
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """(header revision, kvs) per bounded page of every key under `prefix`, all read at
+        the first page's revision (`revision` 0) or at `revision`: one consistent view."""
+        end = keys.prefix_end(prefix)
+        start = prefix
+        while True:
+            request = rpc.RangeRequest(
+                key=start, range_end=end, revision=revision, serializable=serializable
+            )
+            resp = await self._bounded(request, linearizable=False)
+            if not revision:
+                revision = int(resp.header.revision)
+            yield revision, resp.kvs
+            if not resp.more or not resp.kvs:
+                return
+            start = bytes(resp.kvs[-1].key) + b"\x00"
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         compare = [
@@ -142,6 +212,8 @@ class EtcdMetaStore(MetaStore):
             for key, revision in guards
         ]
         success = []
+        if any(keys.is_registry_data(op.key) for op in ops):
+            success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=keys.LAST_CHANGE)))
         for op in ops:
             if isinstance(op, Put):
                 success.append(
@@ -286,31 +358,21 @@ class EtcdCluster(EtcdMetaStore):
     async def range_raw(
         self, prefix: bytes, serializable: bool = False
     ) -> list[tuple[bytes, bytes]]:
-        from moorage.meta.keys import prefix_end
-
-        request = rpc.RangeRequest(
-            key=prefix, range_end=prefix_end(prefix), serializable=serializable
-        )
-        resp = await self._call("kvstub.Range", request)
-        return [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
-
-    async def dump(self, prefix: bytes, page: int = 1000) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Every key under `prefix` as of one revision (a consistent snapshot, read in pages)."""
-        from moorage.meta.keys import prefix_end
-
-        end = prefix_end(prefix)
-        start = prefix
-        revision = 0
+        """Every key under a small prefix (replicas, heartbeats), read in bounded pages."""
         out: list[tuple[bytes, bytes]] = []
-        while True:
-            request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
-            resp = await self._call("kvstub.Range", request)
-            if not revision:
-                revision = int(resp.header.revision)
-            out += [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
-            if not resp.more or not resp.kvs:
-                return revision, out
-            start = bytes(resp.kvs[-1].key) + b"\x00"
+        async for _, kvs in self._pages(prefix, serializable):
+            out += [(bytes(kv.key), bytes(kv.value)) for kv in kvs]
+        return out
+
+    async def dump(self, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Every key under `prefix` as of one revision (a consistent snapshot, read in pages
+        bounded by count and by message size)."""
+        at = 0
+        out: list[tuple[bytes, bytes]] = []
+        async for revision, kvs in self._pages(prefix):
+            at = revision
+            out += [(bytes(kv.key), bytes(kv.value)) for kv in kvs]
+        return at, out
 
     async def delete_raw(self, key: bytes) -> None:
         await self._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=key))
@@ -339,25 +401,31 @@ async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:
     )
 
 
-# Keys that change without any registry write: they do not make a member more up to date.
-_NOT_REGISTRY_DATA = (b"/moorage/heartbeats/", b"/moorage/locks/", b"/moorage/replicas/")
-
-
 async def data_revision(client_url: str, patience: float = 5.0) -> int:
-    """The newest revision of registry data in one member's local copy (no quorum needed)."""
-    from moorage.meta.keys import ROOT, prefix_end
+    """The newest revision of registry data in one member's local copy (no quorum needed).
 
+    The last-change key (rewritten by every registry transaction, deletes included), and,
+    for data written before it existed, the newest key of each registry prefix: etcd sorts
+    by modification revision and answers one key, whatever the size of the registry.
+    """
     store = EtcdMetaStore([client_url], timeout=patience)
+    newest = 0
     try:
-        request = rpc.RangeRequest(
-            key=ROOT, range_end=prefix_end(ROOT), keys_only=True, serializable=True
-        )
-        resp = await store._call("kvstub.Range", request)
+        for prefix in (keys.LAST_CHANGE, *keys.REGISTRY_DATA):
+            end = keys.prefix_end(prefix) if prefix.endswith(b"/") else b""
+            request = rpc.RangeRequest(
+                key=prefix,
+                range_end=end,
+                limit=1,
+                keys_only=True,
+                serializable=True,
+                sort_order=rpc.RangeRequest.DESCEND,
+                sort_target=rpc.RangeRequest.MOD,
+            )
+            resp = await store._call("kvstub.Range", request)
+            if resp.kvs:
+                newest = max(newest, int(resp.kvs[0].mod_revision))
     finally:
         with contextlib.suppress(Exception):
             await store.close()
-    newest = 0
-    for kv in resp.kvs:
-        if not bytes(kv.key).startswith(_NOT_REGISTRY_DATA):
-            newest = max(newest, int(kv.mod_revision))
     return newest

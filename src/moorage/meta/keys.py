@@ -24,6 +24,16 @@ BLOBS = ROOT + b"blobs/"
 MANIFESTS = ROOT + b"manifests/"
 TAGS = ROOT + b"tags/"
 REFERRERS = ROOT + b"referrers/"
+#: What registry data is made of: a member is as up to date as its newest change here.
+REGISTRY_DATA = (CLUSTER, USERS, REPOS, BLOBS, MANIFESTS, TAGS, REFERRERS)
+#: Rewritten by every transaction that changes registry data (deletes included), so the
+#: newest change is found by reading one key. Outside ROOT: not registry data itself, so
+#: backups and restores never carry it.
+LAST_CHANGE = b"/moorage-last-change"
+
+
+def is_registry_data(key: bytes) -> bool:
+    return key.startswith(REGISTRY_DATA)
 
 
 def user(name: str) -> bytes:

@@ -1,33 +1,52 @@
-"""An in-memory store with etcd's semantics, for fast unit tests of the layers above."""
+"""An in-memory store with etcd's semantics, for fast unit tests of the layers above.
+
+Like etcd it can refuse a transaction with too many guards or operations (`max_txn_ops`)
+and answer a read with fewer keys than asked once `page_bytes` of values are reached,
+so tests can check that the layers above stay within both bounds.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
 
+from moorage.errors import StoreUnavailable
 from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
 
 
 class MemoryMetaStore(MetaStore):
-    def __init__(self) -> None:
+    def __init__(self, max_txn_ops: int = 1024, page_bytes: int = 0) -> None:
         self._data: dict[bytes, KV] = {}
         self._keys: list[bytes] = []
         self._revision = 1
+        self.max_txn_ops = max_txn_ops
+        self.page_bytes = page_bytes
+        self.largest_read = 0  # the most keys one read returned
 
     async def _get(self, key: bytes) -> KV | None:
         return self._data.get(key)
 
     async def _range(
-        self, start: bytes, end: bytes, limit: int = 0, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
     ) -> tuple[list[KV], bool]:
+        if limit <= 0:
+            raise ValueError("unbounded read")
         lo = bisect.bisect_left(self._keys, start)
         hi = bisect.bisect_left(self._keys, end)
-        selected = [self._data[k] for k in self._keys[lo:hi]]
-        if limit and len(selected) > limit:
-            return selected[:limit], True
-        return selected, False
+        selected: list[KV] = []
+        size = 0
+        for k in self._keys[lo : min(hi, lo + limit)]:
+            kv = self._data[k]
+            size += len(k) + (0 if keys_only else len(kv.value))
+            if selected and self.page_bytes and size > self.page_bytes:
+                break
+            selected.append(kv)
+        self.largest_read = max(self.largest_read, len(selected))
+        return selected, lo + len(selected) < hi
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
+        if len(guards) > self.max_txn_ops or len(ops) > self.max_txn_ops:
+            raise StoreUnavailable("etcdserver: too many operations in txn request")
         for key, rev in guards:
             kv = self._data.get(key)
             if rev == MUST_EXIST:

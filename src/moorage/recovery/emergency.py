@@ -50,6 +50,7 @@ class Candidate:
     revision: int | None
     running: bool
     error: str | None = None
+    no_data: bool = False  # known to hold no registry data (vs. could not be read)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,19 +108,21 @@ def inspect_dir(d: DataDir) -> tuple[Candidate, list[ReplicaRecord]]:
     try:
         config = d.load()
     except MoorageError as exc:
-        return Candidate(str(d.path), None, d, None, None, False, str(exc)), []
+        absent = not d.config_file.exists()
+        return Candidate(str(d.path), None, d, None, None, False, str(exc), absent), []
     running = running_pid(d) is not None
     cand = Candidate(str(d.path), config.replica_id, d, config.url, None, running)
     if not (d.etcd_dir / "member").is_dir():
         cand.error = "no etcd data"
+        cand.no_data = True
         return cand, []
     try:
         if running and etcd_answers(config.etcd_client_port):
             cand.revision, records = asyncio.run(_read_live(config.etcd_client_url))
         else:
             cand.revision, records = _read_stopped(d, config)
-    except MoorageError as exc:
-        cand.error = str(exc)
+    except Exception as exc:  # whatever failed, the data was not read
+        cand.error = f"could not read its data: {exc}"
         return cand, []
     return cand, records
 
@@ -171,10 +174,17 @@ def plan(
                 candidates.append(cand)
     usable = [c for c in candidates if c.revision is not None]
     if not usable:
+        reasons = "; ".join(f"{c.name}: {c.error}" for c in candidates)
+        if any(not c.no_data for c in candidates):
+            # Unread is not lost: never send the operator to a lossier procedure.
+            raise RepairRefused(
+                f"could not read the registry data of any candidate ({reasons}). Their data "
+                "may well be intact: fix the cause above and run emergency-repair again. Do "
+                "not restore from a backup for this: it would lose every push since the backup."
+            )
         raise RepairRefused(
-            "no candidate has readable registry data: "
-            + "; ".join(f"{c.name}: {c.error}" for c in candidates)
-            + ". If every replica's data is gone, restore from a backup (moorage restore)."
+            f"no candidate has registry data ({reasons}). If every replica's data is gone, "
+            "restore from a backup (moorage restore)."
         )
     best = max(usable, key=lambda c: (c.revision or 0, c.data_dir is not None))
     newest = best.revision or 0

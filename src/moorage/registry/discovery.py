@@ -9,6 +9,8 @@ from moorage.errors import NameUnknown
 from moorage.meta.base import MetaStore
 from moorage.oci.digest import parse_digest
 
+#: The most names one tag list or catalog answer holds, with or without `n` (the spec lets
+#: a registry cap `n`); the `Link` header leads to the rest. The store is read in pages.
 MAX_PAGE = 10000
 
 
@@ -42,7 +44,7 @@ class Discovery:
         return found
 
 
-def _limit(n: int | None) -> int | None:
+def _limit(n: int | None) -> int:
     if n is None:
-        return None
+        return MAX_PAGE
     return min(n, MAX_PAGE)
