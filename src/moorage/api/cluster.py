@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import membership
@@ -67,6 +68,10 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return _error(400, "INVALID", "the request body is not JSON")
             if not isinstance(body, dict):
                 return _error(400, "INVALID", "the request body must be a JSON object")
+        # A fenced replica's view of the cluster is stale and its writes are lost: refuse
+        # before and after (a change made meanwhile is not acknowledged).
+        if refused := _fenced(st):
+            return refused
         try:
             result = await handler(request, st, st.cluster, body)
         except membership.Refused as exc:
@@ -77,7 +82,7 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _error(400, "INVALID", f"bad request: {exc}")
         except MoorageError as exc:
             return _error(503, "UNAVAILABLE", str(exc))
-        return JSONResponse(result)
+        return _fenced(st) or JSONResponse(result)
 
     return endpoint
 
@@ -93,6 +98,14 @@ async def _read_body(request: Request) -> bytes | None:
         if len(body) > MAX_BODY:
             return None
     return bytes(body)
+
+
+def _fenced(st: AppState) -> JSONResponse | None:
+    try:
+        why = fence_refusal(st)
+    except OSError as exc:
+        why = f"storage: cannot check the fence marker in {st.config.storage}: {exc}"
+    return None if why is None else _error(503, "UNAVAILABLE", f"fenced: {why}")
 
 
 async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:

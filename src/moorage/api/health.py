@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -10,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moorage import __version__
+from moorage.api.errors import error_response
 from moorage.api.metrics import set_health
 from moorage.api.state import AppState, ComponentHealth
-from moorage.cluster.fence import Fenced, check_fence
+from moorage.cluster.fence import FenceWatch
+from moorage.config import ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.meta.etcd import member_status
 
@@ -64,12 +67,8 @@ async def _local_member_answers(st: AppState) -> bool:
 async def health_loop(st: AppState) -> None:
     while True:
         await check_once(st)
-        try:
-            check_fence(st.config)
-        except Fenced as exc:
-            if st.fenced is None:
-                log.error("%s", exc)
-            st.fenced = str(exc)
+        with contextlib.suppress(OSError):  # the storage check reports an unreadable storage
+            fence_refusal(st)
         st.role = await _role(st) if st.cluster is not None else "leader"
         # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
         st.read_only = (
@@ -86,6 +85,36 @@ async def health_loop(st: AppState) -> None:
             except (MoorageError, TimeoutError) as exc:
                 log.debug("heartbeat not written: %s", exc)
         await asyncio.sleep(CHECK_INTERVAL)
+
+
+_watches: dict[ReplicaConfig, FenceWatch] = {}
+
+
+def fence_refusal(st: AppState) -> str | None:
+    """Why this replica is fenced, checked now (one stat of the marker, see FenceWatch), or
+    None. Raises OSError when the marker cannot be checked."""
+    watch = _watches.get(st.config)
+    if watch is None:
+        watch = _watches[st.config] = FenceWatch(st.config)
+    verdict = watch.check()
+    if verdict is not None and st.fenced is None:
+        log.error("%s", verdict)
+        st.fenced = verdict
+    return st.fenced
+
+
+def acknowledge_write(st: AppState, response: Response) -> Response:
+    """The fence check of the write path: `response` acknowledges a write (2xx) whose
+    metadata is committed and whose journal entry is durable; it goes out only if this
+    replica is not fenced now, else 503. Why this ordering loses no acknowledged write to
+    an emergency repair: see moorage.cluster.fence."""
+    try:
+        why = fence_refusal(st)
+    except OSError as exc:
+        why = f"storage: cannot check the fence marker in {st.config.storage}: {exc}"
+    if why is None:
+        return response
+    return error_response(503, "UNAVAILABLE", why, headers={"Retry-After": "60"})
 
 
 READ_ONLY_MESSAGE = (
@@ -113,6 +142,8 @@ async def ping(request: Request) -> Response:
     `?writable=1` answers 503 whenever pushes would fail, for routing writes.
     """
     st: AppState = request.app.state.moorage
+    with contextlib.suppress(OSError):
+        fence_refusal(st)
     problem = _problem(st)
     if problem is None:
         return JSONResponse({"healthy": True})
@@ -127,6 +158,8 @@ async def ping(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     st: AppState = request.app.state.moorage
+    with contextlib.suppress(OSError):
+        fence_refusal(st)
     problem = _problem(st)
     free = st.registry.storage.free_bytes()
     doc = {

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from moorage.api import blobs, discovery, manifests, uploads
 from moorage.api.errors import error_response, from_domain
+from moorage.api.health import acknowledge_write
 from moorage.api.http import authorization, range_header, reply, request_path
 from moorage.api.state import AppState
 from moorage.errors import BlobUploadUnknown, MoorageError, RangeInvalid, StoreReadOnly
@@ -128,7 +129,10 @@ async def dispatch(request: Request) -> Response:
                     "majority is really lost, 'moorage status' names the survivor to run "
                     "'moorage emergency-repair' on"
                 )
-            return await handler(request, st, **params)
+            response = await handler(request, st, **params)
+            if method in _WRITES and 200 <= response.status_code < 300:
+                response = acknowledge_write(st, response)  # the fence check, see there
+            return response
         return error_response(404, "NOT_FOUND", f"no such endpoint: {method} {path[:200]!r}")
     except RangeInvalid as exc:
         headers = {"Range": range_header(exc.current_size)}

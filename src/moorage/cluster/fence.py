@@ -3,6 +3,25 @@
 Emergency repair bumps the cluster's epoch and writes it here. A replica of the same
 cluster with an older epoch (it was left out of the repair) refuses to serve, so a stale
 majority coming back after a partition cannot take writes.
+
+The marker is checked at start (the supervisor), every few seconds (the health loop) and,
+cheaply, on the write path before every acknowledgement (`FenceWatch`): the old majority
+of a partition may still have its own quorum when the repair ends its epoch, and a write it
+acknowledged after the repair read the journal would be lost. Why the check on the write
+path is enough (no write acknowledged by the old epoch escapes the replay):
+
+    write (old epoch):  etcd commit -> journal append, fsynced -> fence check -> 201
+    emergency repair:   write fence.json -> read the journal -> replay
+
+A write that passed its fence check saw no fence, so the fence was written after that check,
+hence after the write's journal entry was durable; the repair reads the journal only once
+the fence is written, so it finds that entry and replays it. A write that finds the fence
+answers 503 (it may or may not be replayed, like any write answered with an error, see
+`moorage.recovery.journal_replay`). So the repair needs no grace period on storage whose
+readers see a completed rename at once (a local filesystem; NFS mounted with `noac` or
+`actimeo=0`). NFS clients that cache attributes may see the marker late, by at most their
+attribute-cache timeout: `fence_grace` is that bound, and the repair waits it out after
+writing the fence, before it reads the journal.
 """
 
 from __future__ import annotations
@@ -46,15 +65,111 @@ def write_fence(storage: str | Path, cluster_id: str, epoch: int, replica_id: st
         os.close(fd)
 
 
-def check_fence(config: ReplicaConfig) -> None:
-    doc = read_fence(config.storage)
+def fence_verdict(config: ReplicaConfig, doc: dict[str, object] | None) -> str | None:
+    """Why `config`'s replica is fenced by the marker `doc`, or None when it is not."""
     if doc is None or doc.get("cluster_id") != config.cluster_id:
-        return
+        return None
     epoch = doc.get("epoch")
     if isinstance(epoch, int) and epoch > config.epoch:
-        raise Fenced(
+        return (
             f"replica {config.replica_id} is fenced: an emergency repair moved cluster "
             f"{config.cluster_id} to epoch {epoch} without it (this replica is at epoch "
             f"{config.epoch}). Its data is stale. Run 'moorage destroy --data-dir "
             f"{config.data_dir}', then 'moorage join' it to the repaired cluster."
         )
+    return None
+
+
+def check_fence(config: ReplicaConfig) -> None:
+    verdict = fence_verdict(config, read_fence(config.storage))
+    if verdict is not None:
+        raise Fenced(verdict)
+
+
+class FenceWatch:
+    """The fence check of the write path: one `stat` of fence.json per call.
+
+    The marker is read again only when its (st_mtime_ns, st_ino, st_size) changed since the
+    last read (write_fence replaces the file by a rename, so a new marker always has a new
+    inode). Once fenced, always fenced: an epoch never comes back. A stat that fails for
+    another reason than a missing file raises OSError: the caller cannot tell whether the
+    replica is fenced and must not acknowledge.
+    """
+
+    def __init__(self, config: ReplicaConfig) -> None:
+        self.config = config
+        self.path = Path(config.storage) / FENCE_FILE
+        self._key: tuple[int, int, int] | None = None
+        self._checked = False
+        self.verdict: str | None = None
+
+    def check(self) -> str | None:
+        """Why this replica is fenced, or None (see the class docstring)."""
+        if self.verdict is not None:
+            return self.verdict
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            key = None
+        else:
+            key = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if self._checked and key == self._key:
+            return None
+        # The key is taken before the read: a marker replaced in between is read next time.
+        verdict = (
+            None if key is None else fence_verdict(self.config, read_fence(self.config.storage))
+        )
+        self._key, self._checked, self.verdict = key, True, verdict
+        return verdict
+
+
+_NFS_DEFAULT_CACHE = 60.0  # Linux NFS clients: acregmax and acdirmax default to 60 s
+
+
+def fence_grace(storage: str | Path) -> float:
+    """How long after the fence is written a replica on another host may still not see it.
+
+    0 on a local filesystem. On NFS: the longest attribute-cache timeout of the mount, plus a
+    second (0 with `noac` or `actimeo=0`). `MOORAGE_FENCE_GRACE`
+    (seconds) overrides it, for shared filesystems this cannot recognise.
+    """
+    override = os.environ.get("MOORAGE_FENCE_GRACE")
+    if override:
+        try:
+            return max(0.0, float(override))
+        except ValueError:
+            raise MoorageError(
+                f"MOORAGE_FENCE_GRACE must be a number of seconds, not {override[:40]!r}"
+            ) from None
+    fstype, options = _mount_of(Path(storage))
+    if not fstype.startswith("nfs"):
+        return 0.0
+    opts = dict(o.partition("=")[::2] for o in options.split(","))
+    if "noac" in opts:
+        return 0.0
+    names = ("actimeo",) if "actimeo" in opts else ("acregmax", "acdirmax")
+    cache = 0.0
+    for name in names:
+        try:
+            cache = max(cache, float(opts[name]))
+        except (KeyError, ValueError):
+            cache = max(cache, _NFS_DEFAULT_CACHE)
+    return cache + 1.0 if cache > 0 else 0.0
+
+
+def _mount_of(path: Path) -> tuple[str, str]:
+    """(filesystem type, mount options) of the mount holding `path` ('' when unknown)."""
+    try:
+        target = path.resolve()
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return "", ""
+    best: tuple[int, str, str] = (-1, "", "")
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == Path(point) or Path(point) in target.parents) and len(point) > best[0]:
+            best = (len(point), fields[2], fields[3])
+    return best[1], best[2]
