@@ -477,8 +477,10 @@ class FilesystemStorage(BlobStorage):
         def purge_upload(upload_id: str, now: float) -> int:
             try:
                 handle = self._hold(upload_id)
-            except (UploadBusy, BlobUploadUnknown):
-                return 0  # a request holds it, or it just ended
+            except UploadBusy:
+                return 0  # a request holds it
+            except BlobUploadUnknown:
+                return purge_ended(upload_id)
             try:
                 if now - os.fstat(handle._fd).st_mtime <= upload_age:
                     return 0  # written to since it was listed
@@ -488,6 +490,23 @@ class FilesystemStorage(BlobStorage):
                 return 2 if had_info else 1
             finally:
                 handle.release_sync()
+
+        def purge_ended(upload_id: str) -> int:
+            """A data file marked ended but still there: its commit or cancel was cut
+            short (a crash between the mark and the rename or unlink). Nobody writes to it
+            again, and its bytes were never acknowledged as a blob."""
+            path = self.layout.upload(upload_id)
+            try:
+                if os.stat(path).st_mode & 0o200:
+                    return 0
+                os.unlink(path)
+            except FileNotFoundError:
+                return 0
+            info = self.layout.upload_info(upload_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(info)
+                return 2
+            return 1
 
         def run() -> int:
             now = time.time()
