@@ -195,6 +195,27 @@ def test_cancel_while_a_patch_streams(pair: Pair, across: bool) -> None:
             assert ca.get(loc).status_code == 404
 
 
+def test_patch_cut_off_mid_body_leaves_no_bytes(pair: Pair) -> None:
+    """A PATCH whose client disconnects after several MiB (written by worker threads) is
+    rolled back and lets go of the session; finishing it then commits the first bytes only."""
+    repo = "race/cutoff"
+    first = os.urandom(3000)
+    with pair.a.client() as ca, pair.b.client() as cb:
+        loc = _start_with_bytes(ca, repo, first)
+        slow = SlowRequest(pair.a, "PATCH", _path(loc), 20 * 1024 * 1024)
+        slow.send(os.urandom(9 * 1024 * 1024))
+        time.sleep(0.5)
+        slow.sock.close()
+        put = cb.put(_with_digest(loc, sha256(first)))
+        for _ in range(100):  # the PATCH may still be rolling back
+            if put.status_code != 416:
+                break
+            time.sleep(0.1)
+            put = cb.put(_with_digest(loc, sha256(first)))
+        assert put.status_code == 201, put.text
+        _assert_blob_intact(cb, pair.storage, repo, first)
+
+
 def _big_upload(c: httpx.Client, repo: str, size: int) -> tuple[str, bytes]:
     data = os.urandom(size)
     loc = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
@@ -293,6 +314,27 @@ def test_storage_handle_of_a_finished_upload_is_refused(tmp_path: Path) -> None:
         with pytest.raises(BlobUploadUnknown):
             await storage.open_upload("u2")
         assert await storage.read_bytes(digest) == b"hello"
+        assert sorted(p.name for p in storage.layout.uploads.iterdir()) == []
+
+    asyncio.run(run())
+
+
+def test_storage_purges_an_upload_whose_commit_was_cut_short(tmp_path: Path) -> None:
+    """A crash between marking the data file ended (read-only) and renaming it: the
+    session is gone for every request, and purging removes the file once it is stale."""
+
+    async def run() -> None:
+        storage = FilesystemStorage(tmp_path)
+        await (await storage.create_upload("u3", repo="legacy/repo")).release()
+        data = storage.layout.upload("u3")
+        data.chmod(0o444)
+        with pytest.raises(BlobUploadUnknown):
+            await storage.open_upload("u3")
+        assert await storage.purge_stale(60, 60) == 0  # not stale yet
+        old = time.time() - 3600
+        os.utime(data, (old, old))
+        os.utime(storage.layout.upload_info("u3"), (old, old))
+        assert await storage.purge_stale(60, 60) == 2
         assert sorted(p.name for p in storage.layout.uploads.iterdir()) == []
 
     asyncio.run(run())

@@ -106,6 +106,7 @@ class Uploads:
         await self._session(repo, upload_id)
         _check_lengths(chunk, content_length)
         async with self._held(upload_id) as handle:
+            _check_offset(handle, chunk)
             hasher = self._cached_hasher(upload_id, handle.size)
             size = await self._write(handle, body, chunk, content_length, hasher)
             if hasher is not None:
@@ -132,6 +133,8 @@ class Uploads:
         if body is not None:
             _check_lengths(chunk, content_length)
         async with self._held(upload_id) as handle:
+            if body is not None:
+                _check_offset(handle, chunk)
             hasher = self._cached_hasher(upload_id, handle.size)
             if body is not None:
                 size = await self._write(handle, body, chunk, content_length, hasher)
@@ -226,10 +229,6 @@ class Uploads:
     ) -> int:
         """Stream one request body to the end of the held upload; returns its new size."""
         offset = handle.size
-        if chunk is not None and chunk.start != offset:
-            raise RangeInvalid(
-                f"upload is at offset {offset}, chunk starts at {chunk.start}", offset
-            )
         writer = await handle.append(hasher)
         expected = chunk.length if chunk is not None else content_length
         try:
@@ -267,4 +266,11 @@ def _check_lengths(chunk: ChunkRange | None, content_length: int | None) -> None
     if chunk is not None and content_length is not None and chunk.length != content_length:
         raise SizeInvalid(
             f"Content-Range covers {chunk.length} bytes but Content-Length is {content_length}"
+        )
+
+
+def _check_offset(handle: UploadHandle, chunk: ChunkRange | None) -> None:
+    if chunk is not None and chunk.start != handle.size:
+        raise RangeInvalid(
+            f"upload is at offset {handle.size}, chunk starts at {chunk.start}", handle.size
         )

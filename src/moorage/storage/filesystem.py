@@ -103,6 +103,7 @@ class _FileUploadHandle(UploadHandle):
         self._size = size
         self._key = key  # in `_held` while this handle holds the lock
         self._ended = False
+        self._closing = False  # `release` waits: a long hash in a thread stops early
         self._io = threading.Lock()
 
     @property
@@ -125,6 +126,8 @@ class _FileUploadHandle(UploadHandle):
                 fd = self._live_fd()
                 offset = 0
                 while chunk := os.pread(fd, FLUSH_BYTES, offset):
+                    if self._closing:  # its request was cancelled
+                        raise BlobUploadUnknown("upload released while it was being hashed")
                     h.update(chunk)
                     offset += len(chunk)
             return h.hexdigest()
@@ -151,12 +154,13 @@ class _FileUploadHandle(UploadHandle):
                 os.fchmod(fd, _ENDED_MODE)
                 try:
                     os.fsync(fd)
-                    self._storage._install(source, target)
-                except BaseException:
+                    self._storage._rename_into_place(source, target)
+                except BaseException:  # still the upload: writable again
                     with contextlib.suppress(OSError):
                         os.fchmod(fd, 0o644)
                     raise
                 self._ended = True
+                _fsync_dir(target.parent)
                 layout.upload_info(self._upload_id).unlink(missing_ok=True)
 
         try:
@@ -193,6 +197,7 @@ class _FileUploadHandle(UploadHandle):
     def release_sync(self) -> None:
         # Blocks only if a worker thread still uses the descriptor (its request was
         # cancelled mid-write): the lock must outlive that write.
+        self._closing = True
         with self._io:
             fd, self._fd = self._fd, -1
         if fd < 0:
@@ -361,12 +366,15 @@ class FilesystemStorage(BlobStorage):
 
     def _install(self, source: Path, target: Path) -> None:
         """Atomically rename a durable file into place and make the rename durable."""
+        self._rename_into_place(source, target)
+        _fsync_dir(target.parent)
+
+    def _rename_into_place(self, source: Path, target: Path) -> None:
         parent = target.parent
         if not parent.exists():
             parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(parent.parent)
         os.rename(source, target)
-        _fsync_dir(parent)
 
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
@@ -477,8 +485,10 @@ class FilesystemStorage(BlobStorage):
         def purge_upload(upload_id: str, now: float) -> int:
             try:
                 handle = self._hold(upload_id)
-            except (UploadBusy, BlobUploadUnknown):
-                return 0  # a request holds it, or it just ended
+            except UploadBusy:
+                return 0  # a request holds it
+            except BlobUploadUnknown:
+                return purge_ended(upload_id)
             try:
                 if now - os.fstat(handle._fd).st_mtime <= upload_age:
                     return 0  # written to since it was listed
@@ -488,6 +498,23 @@ class FilesystemStorage(BlobStorage):
                 return 2 if had_info else 1
             finally:
                 handle.release_sync()
+
+        def purge_ended(upload_id: str) -> int:
+            """A data file marked ended but still there: its commit or cancel was cut
+            short (a crash between the mark and the rename or unlink). Nobody writes to it
+            again, and its bytes were never acknowledged as a blob."""
+            path = self.layout.upload(upload_id)
+            try:
+                if os.stat(path).st_mode & 0o200:
+                    return 0
+                os.unlink(path)
+            except FileNotFoundError:
+                return 0
+            info = self.layout.upload_info(upload_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(info)
+                return 2
+            return 1
 
         def run() -> int:
             now = time.time()
