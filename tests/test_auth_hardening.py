@@ -22,6 +22,7 @@ from moorage.auth.passwords import hash_password
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
+from moorage.meta.etcd import EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
 from tests.conftest import AUTH, Replica
@@ -311,6 +312,35 @@ def test_failed_logins_are_limited_with_retry_after(replica: Replica) -> None:
     with _from(replica, "127.0.4.2", AUTH) as c:
         assert c.get("/v2/").status_code == 200
         assert c.get("/api/v0/cluster/status").status_code == 200
+
+
+def test_failed_logins_are_counted_across_the_cluster(replica: Replica) -> None:
+    attacker = "127.0.6.1"
+    for i in range(10):
+        with _from(replica, attacker, ("admin", f"cluster-{i}")) as c:
+            _assert_envelope(c.get("/v2/"), 401, "UNAUTHORIZED")
+
+    async def run() -> None:
+        # Another replica: an authenticator of its own, on the same etcd cluster.
+        store = EtcdCluster([f"http://127.0.0.1:{replica.etcd_client_port}"])
+        await store.connect()
+        try:
+            other = BasicAuthenticator(store)
+            with pytest.raises(LoginThrottled) as err:
+                await other.authenticate(_header("admin", "another-guess"), attacker)
+            assert 0 < err.value.retry_after <= 300
+            # Remembered: refused unread from now on, the right password too.
+            with pytest.raises(LoginThrottled):
+                await other.authenticate(_header(*AUTH), attacker)
+            assert other.verifier.checks == 0
+            identity = await other.authenticate(_header(*AUTH), "127.0.6.2")
+            assert identity is not None
+            assert identity.name == "admin"
+            assert other.verifier.checks == 1
+        finally:
+            await store.close()
+
+    asyncio.run(run())
 
 
 def test_store_down_during_login_is_503(replica: Replica) -> None:

@@ -9,9 +9,9 @@ argon2 is deliberately slow (about 100 ms and 64 MiB), so:
   credential however many requests carry it at once;
 * an unknown user's password is checked against a dummy hash of the same cost, so that
   the answer's timing does not tell which accounts exist;
-* failed attempts are limited per account and client address (`LoginThrottle`): past
-  the limits a login is refused with LoginThrottled (429 and Retry-After) before any
-  lookup or check.
+* failed attempts are limited per account and client address (`LoginThrottle`), across
+  the cluster (`FailureLedger`): past the limits a login is refused with LoginThrottled
+  (429 and Retry-After) before any password check.
 
 Any header value gives an identity, None (401), LoginThrottled (429) or, when the user
 cannot be looked up and the credential was not verified recently, StoreUnavailable (503).
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from moorage.auth.base import Authenticator, Identity
+from moorage.auth.ledger import FailureLedger
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.base import MetaStore
+from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import UserRecord
 
 _VERIFIED_TTL = 300.0
@@ -81,6 +84,10 @@ class BasicAuthenticator(Authenticator):
         self.meta = meta
         self.throttle = throttle or LoginThrottle()
         self.verifier = verifier or PasswordVerifier()
+        # Failures are shared through etcd when there is one (see moorage.auth.ledger).
+        self.ledger = (
+            FailureLedger(meta, self.throttle.window) if isinstance(meta, EtcdCluster) else None
+        )
         self._salt = secrets.token_bytes(16)
         self._verified: dict[bytes, _Verified] = {}
         self._users: dict[str, tuple[float, UserRecord | None]] = {}
@@ -159,8 +166,10 @@ class BasicAuthenticator(Authenticator):
     async def _check(
         self, name: str, peer: str, check_key: bytes, password_hash: str, password: str
     ) -> bool:
+        if self.ledger is not None:
+            await self._check_cluster(name, peer)
         now = time.monotonic()
-        wait = self.throttle.retry_after(name, peer, now)  # again: the lookup awaited
+        wait = self.throttle.retry_after(name, peer, now)  # again: lookups awaited
         if wait:
             raise self._refuse(wait)
         priority = -1 if self.throttle.known(name, peer, now) else self.throttle.failures(peer, now)
@@ -174,4 +183,23 @@ class BasicAuthenticator(Authenticator):
             self.throttle.succeeded(reservation, time.monotonic())
             return True
         self.throttle.failed(reservation)
+        if self.ledger is not None:
+            await self.ledger.record(reservation.keys)
         return False
+
+    async def _check_cluster(self, name: str, peer: str) -> None:
+        """Refuse if the failures all replicas recorded put this attempt over a limit; the
+        refusal is remembered here, so that the next attempts are refused unread."""
+        assert self.ledger is not None
+        keys = [
+            key
+            for key in self.throttle.keys(name, peer)
+            if key[0] != "account" or not self.throttle.known(name, peer, time.monotonic())
+        ]
+        waits = await self.ledger.retry_after(keys, [self.throttle.limit(k) for k in keys])
+        if max(waits, default=0.0) > 0:
+            now = time.monotonic()
+            for key, wait in zip(keys, waits, strict=True):
+                if wait > 0:
+                    self.throttle.block(key, now + wait)
+            raise self._refuse(math.ceil(max(waits)))
