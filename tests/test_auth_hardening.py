@@ -156,6 +156,23 @@ def test_limits_per_pair_client_and_account() -> None:
     asyncio.run(run())
 
 
+def test_ipv6_addresses_of_one_64_count_together() -> None:
+    meta = MemoryMetaStore()
+    asyncio.run(meta.create_user(UserRecord("admin", _CHEAP.hash("right"), "admin")))
+    auth = BasicAuthenticator(meta, throttle=LoginThrottle(pair_limit=3))
+
+    async def run() -> None:
+        for i in range(3):
+            header = _header("admin", f"bad{i}")
+            assert await auth.authenticate(header, f"2001:db8::{i + 1}") is None
+        with pytest.raises(LoginThrottled):
+            await auth.authenticate(_header("admin", "right"), "2001:db8::ffff:1")
+        assert await auth.authenticate(_header("admin", "right"), "2001:db8:1::1") is not None
+
+    asyncio.run(run())
+    assert auth.verifier.checks == 4  # none for the refused attempt
+
+
 def test_store_down_during_login(store: _DownStore) -> None:
     auth = BasicAuthenticator(store)
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
+import ipaddress
 import math
 import secrets
 import time
@@ -74,6 +76,19 @@ def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
     return name, password, decoded
 
 
+def _client_key(client: str | None) -> str:
+    """What failures are counted against: the IPv4 address, or the IPv6 /64 (one host
+    usually has a whole /64 to pick addresses from)."""
+    if not client:
+        return "unknown"
+    if ":" in client:
+        try:
+            return str(ipaddress.IPv6Network(f"{client}/64", strict=False))
+        except ValueError:
+            return client
+    return client
+
+
 class BasicAuthenticator(Authenticator):
     def __init__(
         self,
@@ -103,12 +118,17 @@ class BasicAuthenticator(Authenticator):
         if lookup is None:
             lookup = asyncio.ensure_future(self.meta.get_user(name))
             self._lookups[name] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(name, None))
+            lookup.add_done_callback(functools.partial(self._looked_up, name))
         user = await asyncio.shield(lookup)
         if len(self._users) > _MAX_ENTRIES:
             self._users.clear()
         self._users[name] = (now, user)
         return user
+
+    def _looked_up(self, name: str, lookup: asyncio.Future[UserRecord | None]) -> None:
+        self._lookups.pop(name, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved even if every request waiting for it went away
 
     def _refuse(self, retry_after: int) -> LoginThrottled:
         THROTTLED.inc()
@@ -125,7 +145,7 @@ class BasicAuthenticator(Authenticator):
         if parsed is None:
             return None
         name, password, decoded = parsed
-        peer = client or "unknown"
+        peer = _client_key(client)
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)
         if wait:
@@ -142,6 +162,7 @@ class BasicAuthenticator(Authenticator):
             raise
         if user is not None:
             if hit is not None and hit.password_hash == user.password_hash:
+                self.throttle.remember(name, peer, now)  # as good as a successful check
                 return Identity(user.name, user.role)
             password_hash = user.password_hash
         else:
