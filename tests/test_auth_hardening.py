@@ -20,7 +20,7 @@ from argon2 import PasswordHasher
 from moorage.auth.basic import BasicAuthenticator, parse_basic
 from moorage.auth.passwords import hash_password
 from moorage.auth.throttle import LoginThrottle
-from moorage.auth.verifier import PasswordVerifier
+from moorage.auth.verifier import NICENESS, PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
@@ -117,6 +117,15 @@ def test_checks_are_bounded_and_unknown_users_cost_a_check(store: _DownStore) ->
     asyncio.run(run())
     assert auth.verifier.checks == 12  # the 4 unknown users were checked like the others
     assert auth.verifier.peak <= 2
+
+
+def test_checks_run_at_a_lower_cpu_priority() -> None:
+    verifier = PasswordVerifier()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = verifier._executor().submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert niceness.result() == min(19, base + NICENESS)
 
 
 def test_limits_per_pair_client_and_account() -> None:
