@@ -119,6 +119,27 @@ def test_checks_are_bounded_and_unknown_users_cost_a_check(store: _DownStore) ->
     assert auth.verifier.peak <= 2
 
 
+def test_clean_clients_are_checked_before_failing_ones() -> None:
+    verifier = PasswordVerifier(workers=1)
+    cheap = _CHEAP.hash("pw")
+    done: list[str] = []
+
+    async def check(name: str, priority: int) -> None:
+        await verifier.verify(name.encode(), cheap, name, priority)
+        done.append(name)
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(check(f"attacker{i}", 5)) for i in range(5)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(check("operator", -1)))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    # The first attacker check was already running; the operator's came next.
+    assert done[:2] == ["attacker0", "operator"]
+    assert verifier.checks == 6
+
+
 def test_checks_run_at_a_lower_cpu_priority() -> None:
     verifier = PasswordVerifier()
     base = os.getpriority(os.PRIO_PROCESS, 0)
