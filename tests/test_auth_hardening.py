@@ -80,6 +80,7 @@ def test_malformed_headers_are_no_identity(store: _DownStore) -> None:
         for header in MALFORMED:
             assert parse_basic(header) is None, header
             assert await auth.authenticate(header, "10.0.0.1") is None
+        assert await auth.authenticate(_header("n" * 5000, "x"), "10.0.0.1") is None
 
     asyncio.run(run())
     assert auth.verifier.checks == 0

@@ -44,7 +44,7 @@ _VERIFIED_TTL = 300.0
 _USER_TTL = 5.0
 _MAX_ENTRIES = 10000
 MAX_HEADER = 8192  # longer Authorization headers are refused unread
-MAX_NAME = 256  # no user has a longer name: not looked up (but checked like any other)
+MAX_NAME = 256  # no user has a longer name: refused unread (and not counted)
 
 THROTTLED = Counter(
     "moorage_auth_logins_throttled_total", "logins refused by the failed-login limits"
@@ -145,6 +145,8 @@ class BasicAuthenticator(Authenticator):
         if parsed is None:
             return None
         name, password, decoded = parsed
+        if len(name) > MAX_NAME:  # no such user can exist: nothing to look up or count
+            return None
         peer = _client_key(client)
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)
@@ -155,7 +157,7 @@ class BasicAuthenticator(Authenticator):
         if hit is not None and now - hit.at >= _VERIFIED_TTL:
             hit = None
         try:
-            user = await self._user(name) if len(name) <= MAX_NAME else None
+            user = await self._user(name)
         except StoreUnavailable:
             if hit is not None:  # verified recently: the store's outage does not log it out
                 return hit.identity
