@@ -11,6 +11,7 @@ import re
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -202,6 +203,24 @@ def test_ipv6_addresses_of_one_64_count_together() -> None:
 
     asyncio.run(run())
     assert auth.verifier.checks == 4  # none for the refused attempt
+
+
+def test_a_client_hanging_up_during_its_check_still_counts(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store)
+
+    async def run() -> None:
+        task = asyncio.create_task(auth.authenticate(_header("admin", "guess"), "10.3.0.1"))
+        for _ in range(10_000):  # until its check is under way
+            if auth.verifier.in_flight_count():
+                break
+            await asyncio.sleep(0.001)
+        assert auth.verifier.in_flight_count() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert auth.throttle.failures("10.3.0.1", time.monotonic()) == 1
+
+    asyncio.run(run())
 
 
 def test_store_down_during_login(store: _DownStore) -> None:

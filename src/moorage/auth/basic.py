@@ -199,6 +199,11 @@ class BasicAuthenticator(Authenticator):
         reservation = self.throttle.reserve(name, peer, now)
         try:
             ok = await self.verifier.verify(check_key, password_hash, password, priority)
+        except asyncio.CancelledError:
+            # The client went away; the check runs on: it counts, or hanging up would be a
+            # way to have passwords checked without limit.
+            self.throttle.failed(reservation)
+            raise
         except BaseException:
             self.throttle.cancelled(reservation)
             raise

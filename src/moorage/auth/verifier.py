@@ -94,6 +94,9 @@ class PasswordVerifier:
             )
         return self._pool
 
+    def in_flight_count(self) -> int:
+        return len(self._futures)
+
     def in_flight(self, key: bytes) -> asyncio.Future[bool] | None:
         """The check of credential `key` already waiting or running, if there is one."""
         return self._futures.get(key)
