@@ -206,11 +206,13 @@ def test_ipv6_addresses_of_one_64_count_together() -> None:
 
 
 def test_a_client_hanging_up_during_its_check_still_counts(store: _DownStore) -> None:
-    auth = BasicAuthenticator(store)
+    auth = BasicAuthenticator(store, verifier=PasswordVerifier(workers=1))
+    release = threading.Event()
+    busy = auth.verifier._executor().submit(release.wait)  # the check will have to wait
 
     async def run() -> None:
         task = asyncio.create_task(auth.authenticate(_header("admin", "guess"), "10.3.0.1"))
-        for _ in range(10_000):  # until its check is under way
+        for _ in range(10_000):  # until its check is queued
             if auth.verifier.in_flight_count():
                 break
             await asyncio.sleep(0.001)
@@ -219,8 +221,10 @@ def test_a_client_hanging_up_during_its_check_still_counts(store: _DownStore) ->
         with pytest.raises(asyncio.CancelledError):
             await task
         assert auth.throttle.failures("10.3.0.1", time.monotonic()) == 1
+        release.set()
 
     asyncio.run(run())
+    busy.result()
 
 
 def test_store_down_during_login(store: _DownStore) -> None:
