@@ -11,6 +11,7 @@ import re
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -20,8 +21,9 @@ from argon2 import PasswordHasher
 from moorage.auth.basic import BasicAuthenticator, parse_basic
 from moorage.auth.passwords import hash_password
 from moorage.auth.throttle import LoginThrottle
-from moorage.auth.verifier import PasswordVerifier
+from moorage.auth.verifier import NICENESS, PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
+from moorage.meta.etcd import EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
 from tests.conftest import AUTH, Replica
@@ -79,6 +81,7 @@ def test_malformed_headers_are_no_identity(store: _DownStore) -> None:
         for header in MALFORMED:
             assert parse_basic(header) is None, header
             assert await auth.authenticate(header, "10.0.0.1") is None
+        assert await auth.authenticate(_header("n" * 5000, "x"), "10.0.0.1") is None
 
     asyncio.run(run())
     assert auth.verifier.checks == 0
@@ -118,6 +121,36 @@ def test_checks_are_bounded_and_unknown_users_cost_a_check(store: _DownStore) ->
     assert auth.verifier.peak <= 2
 
 
+def test_clean_clients_are_checked_before_failing_ones() -> None:
+    verifier = PasswordVerifier(workers=1)
+    cheap = _CHEAP.hash("pw")
+    done: list[str] = []
+
+    async def check(name: str, priority: int) -> None:
+        await verifier.verify(name.encode(), cheap, name, priority)
+        done.append(name)
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(check(f"attacker{i}", 5)) for i in range(5)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(check("operator", -1)))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    # The first attacker check was already running; the operator's came next.
+    assert done[:2] == ["attacker0", "operator"]
+    assert verifier.checks == 6
+
+
+def test_checks_run_at_a_lower_cpu_priority() -> None:
+    verifier = PasswordVerifier()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = verifier._executor().submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert niceness.result() == min(19, base + NICENESS)
+
+
 def test_limits_per_pair_client_and_account() -> None:
     meta = MemoryMetaStore()
     asyncio.run(meta.create_user(UserRecord("admin", _CHEAP.hash("right"), "admin")))
@@ -153,6 +186,45 @@ def test_limits_per_pair_client_and_account() -> None:
         assert identity.role == "admin"
 
     asyncio.run(run())
+
+
+def test_ipv6_addresses_of_one_64_count_together() -> None:
+    meta = MemoryMetaStore()
+    asyncio.run(meta.create_user(UserRecord("admin", _CHEAP.hash("right"), "admin")))
+    auth = BasicAuthenticator(meta, throttle=LoginThrottle(pair_limit=3))
+
+    async def run() -> None:
+        for i in range(3):
+            header = _header("admin", f"bad{i}")
+            assert await auth.authenticate(header, f"2001:db8::{i + 1}") is None
+        with pytest.raises(LoginThrottled):
+            await auth.authenticate(_header("admin", "right"), "2001:db8::ffff:1")
+        assert await auth.authenticate(_header("admin", "right"), "2001:db8:1::1") is not None
+
+    asyncio.run(run())
+    assert auth.verifier.checks == 4  # none for the refused attempt
+
+
+def test_a_client_hanging_up_during_its_check_still_counts(store: _DownStore) -> None:
+    auth = BasicAuthenticator(store, verifier=PasswordVerifier(workers=1))
+    release = threading.Event()
+    busy = auth.verifier._executor().submit(release.wait)  # the check will have to wait
+
+    async def run() -> None:
+        task = asyncio.create_task(auth.authenticate(_header("admin", "guess"), "10.3.0.1"))
+        for _ in range(10_000):  # until its check is queued
+            if auth.verifier.in_flight_count():
+                break
+            await asyncio.sleep(0.001)
+        assert auth.verifier.in_flight_count() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert auth.throttle.failures("10.3.0.1", time.monotonic()) == 1
+        release.set()
+
+    asyncio.run(run())
+    busy.result()
 
 
 def test_store_down_during_login(store: _DownStore) -> None:
@@ -311,6 +383,35 @@ def test_failed_logins_are_limited_with_retry_after(replica: Replica) -> None:
     with _from(replica, "127.0.4.2", AUTH) as c:
         assert c.get("/v2/").status_code == 200
         assert c.get("/api/v0/cluster/status").status_code == 200
+
+
+def test_failed_logins_are_counted_across_the_cluster(replica: Replica) -> None:
+    attacker = "127.0.6.1"
+    for i in range(10):
+        with _from(replica, attacker, ("admin", f"cluster-{i}")) as c:
+            _assert_envelope(c.get("/v2/"), 401, "UNAUTHORIZED")
+
+    async def run() -> None:
+        # Another replica: an authenticator of its own, on the same etcd cluster.
+        store = EtcdCluster([f"http://127.0.0.1:{replica.etcd_client_port}"])
+        await store.connect()
+        try:
+            other = BasicAuthenticator(store)
+            with pytest.raises(LoginThrottled) as err:
+                await other.authenticate(_header("admin", "another-guess"), attacker)
+            assert 0 < err.value.retry_after <= 300
+            # Remembered: refused unread from now on, the right password too.
+            with pytest.raises(LoginThrottled):
+                await other.authenticate(_header(*AUTH), attacker)
+            assert other.verifier.checks == 0
+            identity = await other.authenticate(_header(*AUTH), "127.0.6.2")
+            assert identity is not None
+            assert identity.name == "admin"
+            assert other.verifier.checks == 1
+        finally:
+            await store.close()
+
+    asyncio.run(run())
 
 
 def test_store_down_during_login_is_503(replica: Replica) -> None:

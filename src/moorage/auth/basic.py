@@ -9,9 +9,9 @@ argon2 is deliberately slow (about 100 ms and 64 MiB), so:
   credential however many requests carry it at once;
 * an unknown user's password is checked against a dummy hash of the same cost, so that
   the answer's timing does not tell which accounts exist;
-* failed attempts are limited per account and client address (`LoginThrottle`): past
-  the limits a login is refused with LoginThrottled (429 and Retry-After) before any
-  lookup or check.
+* failed attempts are limited per account and client address (`LoginThrottle`), across
+  the cluster (`FailureLedger`): past the limits a login is refused with LoginThrottled
+  (429 and Retry-After) before any password check.
 
 Any header value gives an identity, None (401), LoginThrottled (429) or, when the user
 cannot be looked up and the credential was not verified recently, StoreUnavailable (503).
@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
+import ipaddress
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,17 +32,19 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from moorage.auth.base import Authenticator, Identity
+from moorage.auth.ledger import FailureLedger
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.base import MetaStore
+from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import UserRecord
 
 _VERIFIED_TTL = 300.0
 _USER_TTL = 5.0
 _MAX_ENTRIES = 10000
 MAX_HEADER = 8192  # longer Authorization headers are refused unread
-MAX_NAME = 256  # no user has a longer name: not looked up (but checked like any other)
+MAX_NAME = 256  # no user has a longer name: refused unread (and not counted)
 
 THROTTLED = Counter(
     "moorage_auth_logins_throttled_total", "logins refused by the failed-login limits"
@@ -71,6 +76,19 @@ def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
     return name, password, decoded
 
 
+def _client_key(client: str | None) -> str:
+    """What failures are counted against: the IPv4 address, or the IPv6 /64 (one host
+    usually has a whole /64 to pick addresses from)."""
+    if not client:
+        return "unknown"
+    if ":" in client:
+        try:
+            return str(ipaddress.IPv6Network(f"{client}/64", strict=False))
+        except ValueError:
+            return client
+    return client
+
+
 class BasicAuthenticator(Authenticator):
     def __init__(
         self,
@@ -81,6 +99,10 @@ class BasicAuthenticator(Authenticator):
         self.meta = meta
         self.throttle = throttle or LoginThrottle()
         self.verifier = verifier or PasswordVerifier()
+        # Failures are shared through etcd when there is one (see moorage.auth.ledger).
+        self.ledger = (
+            FailureLedger(meta, self.throttle.window) if isinstance(meta, EtcdCluster) else None
+        )
         self._salt = secrets.token_bytes(16)
         self._verified: dict[bytes, _Verified] = {}
         self._users: dict[str, tuple[float, UserRecord | None]] = {}
@@ -96,12 +118,17 @@ class BasicAuthenticator(Authenticator):
         if lookup is None:
             lookup = asyncio.ensure_future(self.meta.get_user(name))
             self._lookups[name] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(name, None))
+            lookup.add_done_callback(functools.partial(self._looked_up, name))
         user = await asyncio.shield(lookup)
         if len(self._users) > _MAX_ENTRIES:
             self._users.clear()
         self._users[name] = (now, user)
         return user
+
+    def _looked_up(self, name: str, lookup: asyncio.Future[UserRecord | None]) -> None:
+        self._lookups.pop(name, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved even if every request waiting for it went away
 
     def _refuse(self, retry_after: int) -> LoginThrottled:
         THROTTLED.inc()
@@ -118,7 +145,9 @@ class BasicAuthenticator(Authenticator):
         if parsed is None:
             return None
         name, password, decoded = parsed
-        peer = client or "unknown"
+        if len(name) > MAX_NAME:  # no such user can exist: nothing to look up or count
+            return None
+        peer = _client_key(client)
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)
         if wait:
@@ -128,13 +157,14 @@ class BasicAuthenticator(Authenticator):
         if hit is not None and now - hit.at >= _VERIFIED_TTL:
             hit = None
         try:
-            user = await self._user(name) if len(name) <= MAX_NAME else None
+            user = await self._user(name)
         except StoreUnavailable:
             if hit is not None:  # verified recently: the store's outage does not log it out
                 return hit.identity
             raise
         if user is not None:
             if hit is not None and hit.password_hash == user.password_hash:
+                self.throttle.remember(name, peer, now)  # as good as a successful check
                 return Identity(user.name, user.role)
             password_hash = user.password_hash
         else:
@@ -159,14 +189,21 @@ class BasicAuthenticator(Authenticator):
     async def _check(
         self, name: str, peer: str, check_key: bytes, password_hash: str, password: str
     ) -> bool:
+        if self.ledger is not None:
+            await self._check_cluster(name, peer)
         now = time.monotonic()
-        wait = self.throttle.retry_after(name, peer, now)  # again: the lookup awaited
+        wait = self.throttle.retry_after(name, peer, now)  # again: lookups awaited
         if wait:
             raise self._refuse(wait)
         priority = -1 if self.throttle.known(name, peer, now) else self.throttle.failures(peer, now)
         reservation = self.throttle.reserve(name, peer, now)
         try:
             ok = await self.verifier.verify(check_key, password_hash, password, priority)
+        except asyncio.CancelledError:
+            # The client went away; the check runs on: it counts, or hanging up would be a
+            # way to have passwords checked without limit.
+            self.throttle.failed(reservation)
+            raise
         except BaseException:
             self.throttle.cancelled(reservation)
             raise
@@ -174,4 +211,23 @@ class BasicAuthenticator(Authenticator):
             self.throttle.succeeded(reservation, time.monotonic())
             return True
         self.throttle.failed(reservation)
+        if self.ledger is not None:
+            await self.ledger.record(reservation.keys)
         return False
+
+    async def _check_cluster(self, name: str, peer: str) -> None:
+        """Refuse if the failures all replicas recorded put this attempt over a limit; the
+        refusal is remembered here, so that the next attempts are refused unread."""
+        assert self.ledger is not None
+        keys = [
+            key
+            for key in self.throttle.keys(name, peer)
+            if key[0] != "account" or not self.throttle.known(name, peer, time.monotonic())
+        ]
+        waits = await self.ledger.retry_after(keys, [self.throttle.limit(k) for k in keys])
+        if max(waits, default=0.0) > 0:
+            now = time.monotonic()
+            for key, wait in zip(keys, waits, strict=True):
+                if wait > 0:
+                    self.throttle.block(key, now + wait)
+            raise self._refuse(math.ceil(max(waits)))

@@ -15,9 +15,11 @@ login is refused with a retry hint instead of queueing without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +30,7 @@ from moorage.errors import LoginThrottled
 
 WORKERS = 2
 MAX_WAITING = 64
+NICENESS = 10  # added to the process's, for the checking threads only
 
 CHECKS = Counter("moorage_auth_password_checks_total", "argon2 password checks run", ["result"])
 RUNNING = Gauge(
@@ -47,6 +50,17 @@ PEAK = Gauge(
 )
 
 _Job = tuple[int, int, bytes, str, str]
+
+
+def _lower_priority() -> None:
+    """Checks run at a lower CPU priority than the event loop and the blob I/O threads (on
+    Linux, niceness is per thread, and argon2's lane threads inherit it): under a flood of
+    wrong passwords, pushes and pulls get the CPU first."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICENESS)
+        )
 
 
 class PasswordVerifier:
@@ -75,8 +89,13 @@ class PasswordVerifier:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="moorage-argon2")
+            self._pool = ThreadPoolExecutor(
+                self.workers, thread_name_prefix="moorage-argon2", initializer=_lower_priority
+            )
         return self._pool
+
+    def in_flight_count(self) -> int:
+        return len(self._futures)
 
     def in_flight(self, key: bytes) -> asyncio.Future[bool] | None:
         """The check of credential `key` already waiting or running, if there is one."""
