@@ -20,6 +20,7 @@ from moorage.meta.records import ManifestRecord, TagRecord
 from moorage.oci import mediatypes as mt
 from moorage.recovery.journal_replay import apply, plan_replay
 from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.journal import read_entries
 from moorage.storage.paths import StorageLayout
 from tests.cluster import Cluster, Node, moorage, pull_image, push_image, sha256
 
@@ -105,8 +106,26 @@ def test_forged_tag_in_etcd_never_serves_a_host_file(cluster: Cluster) -> None:
                     error = resp.json()["errors"][0]
                     assert error["code"] == "UNAVAILABLE"
                     assert "invalid digest" in error["message"]
-        # The real image is untouched.
+    # The real image is untouched.
     assert pull_image(r0, "forged/app", "v1") == body
+    # A backup of that store leaves the forged records out, says so, and verifies.
+    archive = r0.data_dir.parent / "forged.tar"
+    out = moorage("backup", "--existing", r0.url, "--out", str(archive))
+    assert out.stderr.count("warning: left out of the backup, invalid") == len(puts)
+    assert "sha256:/etc/passwd" in out.stderr
+    assert "OK" in moorage("backup", "verify", str(archive)).stdout
+
+
+def test_journal_reading_is_bounded(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    good = {"c": "c1", "e": 1, "r": 5, "op": "untag", "repo": "a/b", "tag": "v1"}
+    with open(journal / "w.jsonl", "wb") as fh:
+        fh.write(b'{"op": "untag", "r": 1, "x": "' + b"a" * (17 * 1024 * 1024) + b'"}\n')
+        fh.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        fh.write(json.dumps(good).encode() + b"\n")
+    (journal / "dir.jsonl").mkdir()
+    assert list(read_entries(tmp_path)) == [good]
 
 
 def test_forged_journal_entries_are_refused_and_reported(cluster: Cluster) -> None:
