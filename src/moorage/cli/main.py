@@ -818,6 +818,10 @@ def restore(
     ]
     if doc["journal_replayed"]["requested"]:
         text.append(f"  journal: {doc['journal_replayed']['applied']} change(s) replayed")
+        skipped = doc["journal_replayed"]["unrecoverable"]
+        if skipped:
+            text.append(f"  journal: {len(skipped)} change(s) not replayed:")
+            text += [f"    {line}" for line in skipped[:20]]
     if doc["missing_blobs"]:
         text.append(f"  MISSING: {len(doc['missing_blobs'])} referenced blob(s) found nowhere:")
         text += [f"    {d}" for d in doc["missing_blobs"][:20]]

@@ -34,6 +34,7 @@ from moorage.meta.records import (
     ManifestRecord,
     TagRecord,
     UserRecord,
+    decode_blob_link,
     dumps,
 )
 
@@ -150,7 +151,7 @@ class MetaStore(ABC):
     # -- blobs linked to repositories ---------------------------------------------------
     async def blob_size(self, repo: str, digest: str) -> int | None:
         kv = await self._get(keys.blob(repo, digest))
-        return int(json.loads(kv.value)["size"]) if kv else None
+        return decode_blob_link(kv.value) if kv else None
 
     async def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(digests))

@@ -717,7 +717,7 @@ def plaintext(path: Path, passphrase: str | None, stack: contextlib.ExitStack) -
             "MOORAGE_BACKUP_PASSPHRASE)"
         )
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moorage-backup-")))
-    out = tmp / "plain.tar"
+    out = tmp / path.name
     decrypt_file(path, out, passphrase)
     return out
 

@@ -104,19 +104,32 @@ class Journal:
             self._fd = None
 
 
+# Longest journal line read (an entry holds a manifest record and its referrer descriptor,
+# whose annotations are bounded by the 4 MiB manifest limit); longer lines are skipped.
+MAX_LINE = 16 * 1024 * 1024
+
+
 def read_entries(storage_root: str | Path) -> Iterator[dict[str, Any]]:
-    """Every readable entry of every journal file (a torn last line is skipped)."""
+    """Every readable entry of every journal file (a torn last line is skipped, and so is
+    a line longer than MAX_LINE: never read whole). Entries are not validated here: replay
+    does that (moorage.recovery.journal_replay.check_entry)."""
     directory = Path(storage_root) / JOURNAL_DIR
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("*.jsonl")):
+        if not path.is_file():
+            continue
         with open(path, "rb") as fh:
-            for raw in fh:
+            while raw := fh.readline(MAX_LINE + 1):
+                if len(raw) > MAX_LINE:
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of that line
+                        raw = fh.readline(MAX_LINE)
+                    continue
                 if not raw.endswith(b"\n"):
                     break  # torn by a crash mid-append: never acknowledged
                 try:
                     entry = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(entry, dict) and "r" in entry and "op" in entry:
                     yield entry
