@@ -98,7 +98,7 @@ class FenceWatch:
 
     def __init__(self, config: ReplicaConfig) -> None:
         self.config = config
-        self.path = Path(config.storage) / FENCE_FILE
+        self.path = os.path.join(config.storage, FENCE_FILE)  # a str: the cheapest stat
         self._key: tuple[int, int, int] | None = None
         self._checked = False
         self.verdict: str | None = None
