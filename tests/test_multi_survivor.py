@@ -232,3 +232,27 @@ def test_status_prints_the_whole_procedure_for_two_survivors() -> None:
     ]  # fmt: skip
     assert doc["action"].startswith(doc["procedure"][0]["command"] + "  # on the host of")
     assert f"then on the host of replica {ids[3]}: moorage destroy" in doc["action"]
+
+
+def test_a_leader_named_just_after_it_died_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after the leader is killed the others still name it for an election timeout:
+    the probe asks again rather than refusing; a leader that stays is reported."""
+    import asyncio
+
+    from moorage.recovery import emergency
+
+    rec = ReplicaRecord("b" * 12, "http://b", "http://b:1", "http://b:2", "/b", "/s", 0.0)
+    answers = {"stale": [True, True, False], "live": [True] * 100}
+
+    def fake(kind: str) -> Any:
+        async def probe(r: ReplicaRecord, read_revision: bool) -> emergency.Probe:
+            return emergency.Probe(r, "etcd", answers[kind].pop(0), 7, 5)
+
+        return probe
+
+    monkeypatch.setattr(emergency, "_probe", fake("stale"))
+    (p,) = asyncio.run(emergency.probe_members([rec], set(), patience=30))
+    assert p.has_leader is False
+    monkeypatch.setattr(emergency, "_probe", fake("live"))
+    (p,) = asyncio.run(emergency.probe_members([rec], set(), patience=1.5))
+    assert p.has_leader is True
