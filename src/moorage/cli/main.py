@@ -490,6 +490,8 @@ def status(
         state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
         lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
     lines.append(f"next: {doc['action']}")
+    for i, step in enumerate(doc.get("procedure") or [], 1):
+        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
     _emit(as_json, doc, "\n".join(lines))
 
 
@@ -501,7 +503,12 @@ def status(
 @click.option("--password", envvar="MOORAGE_PASSWORD", default=None)
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--force", is_flag=True, help="Act even though an old member still answers.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Act even though a member answers whose state cannot be compared; never while a "
+    "quorum exists or a more up-to-date survivor is elsewhere.",
+)
 @click.option("--no-replay", is_flag=True, help="Do not replay the journal.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def emergency_repair(
@@ -559,14 +566,21 @@ def emergency_repair(
     except MoorageError as exc:
         raise Failed(f"emergency repair failed: {exc}") from None
     public["result"] = result
-    _emit(
-        as_json,
-        public,
+    text = [
         f"Replica {result['replica_id']} is now a one-replica cluster (epoch "
         f"{result['epoch']}) at {result['url']} and accepts writes; journal entries replayed: "
-        f"{result['journal_replayed']['applied']}. Next: join new replicas with "
-        f"moorage join --existing {result['url']} --data-dir NEW_DIR --http-addr HOST:PORT",
+        f"{result['journal_replayed']['applied']}."
+    ]
+    for r in result["rejoin"]:
+        text.append(
+            f"Replica {r['replica_id']} survived but is fenced now; to make it a replica of the "
+            f"repaired cluster again, run on its host: {' && '.join(r['commands'])}"
+        )
+    text.append(
+        f"Next: join new replicas with moorage join --existing {result['url']} "
+        "--data-dir NEW_DIR --http-addr HOST:PORT"
     )
+    _emit(as_json, public, "\n".join(text))
 
 
 def _describe_plan(doc: dict[str, Any]) -> str:
@@ -597,6 +611,11 @@ def _describe_plan(doc: dict[str, Any]) -> str:
         f"{', '.join(others) or '(none)'} from the cluster, keep the cluster id, "
         "start the survivor alone"
     )
+    for r in doc.get("rejoin") or []:
+        lines.append(
+            f"  then, on the host of replica {r['replica_id']} (a survivor it fences): "
+            + " && ".join(r["commands"])
+        )
     replay = doc.get("journal_replay")
     if replay is None:
         lines.append("  journal: not replayed (--no-replay)")

@@ -17,7 +17,10 @@ A write that passed its fence check saw no fence, so the fence was written after
 hence after the write's journal entry was durable; the repair reads the journal only once
 the fence is written, so it finds that entry and replays it. A write that finds the fence
 answers 503 (it may or may not be replayed, like any write answered with an error, see
-`moorage.recovery.journal_replay`). So the repair needs no grace period on storage whose
+`moorage.recovery.journal_replay`). Blob uploads and blob deletes are checked the same way
+but are not journaled: a blob the old epoch acknowledged comes back when a replayed manifest
+names it; otherwise its client's manifest push answers MANIFEST_BLOB_UNKNOWN and the client
+pushes the blob again. So the repair needs no grace period on storage whose
 readers see a completed rename at once (a local filesystem; NFS mounted with `noac` or
 `actimeo=0`). NFS clients that cache attributes may see the marker late, by at most their
 attribute-cache timeout: `fence_grace` is that bound, and the repair waits it out after
@@ -98,7 +101,7 @@ class FenceWatch:
 
     def __init__(self, config: ReplicaConfig) -> None:
         self.config = config
-        self.path = Path(config.storage) / FENCE_FILE
+        self.path = os.path.join(config.storage, FENCE_FILE)  # a str: the cheapest stat
         self._key: tuple[int, int, int] | None = None
         self._checked = False
         self.verdict: str | None = None

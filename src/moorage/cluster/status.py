@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from moorage.config import DEFAULT_ETCD_HOST
 from moorage.errors import MoorageError
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, Member, MemberStatus, member_status
@@ -80,6 +83,9 @@ def diagnose(facts: Facts) -> dict[str, Any]:
         "epoch": facts.epoch,
         "scenario": scenario,
         "action": _action(scenario, rows, facts),
+        # Quorum lost: every step of the procedure, in order, with the replica whose host
+        # runs it (the action says the same in one line).
+        "procedure": _repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
         "quorum": {
             "members": len(voters),
             "needed": needed,
@@ -153,18 +159,69 @@ def _action(scenario: str, rows: list[dict[str, Any]], facts: Facts) -> str:
             " --data-dir NEW_DIR --http-addr HOST:PORT"
             " (or rebuild one in place: moorage repair --existing URL --data-dir ITS_DIR)"
         )
-    survivors = [r for r in rows if r["raft_index"] is not None]
-    if not survivors:
+    steps = _repair_procedure(rows, facts)
+    if not steps:
         return (
             "no etcd member answers: start the replicas (moorage start --data-dir DIR on each);"
             " if none can start, run moorage emergency-repair --data-dir DIR on a survivor"
         )
-    best = max(survivors, key=lambda r: r["raft_index"])
+    repair, rejoins = steps[0], steps[1:]
+    action = f"{repair['command']}  # on the host of replica {repair['replica_id']}, the most "
+    action += "up-to-date survivor"
+    by_replica: dict[str, list[str]] = {}
+    for step in rejoins:
+        by_replica.setdefault(step["replica_id"], []).append(step["command"])
+    for rid, commands in by_replica.items():
+        action += f"; then on the host of replica {rid}: " + " && ".join(commands)
+    return action
+
+
+def _repair_procedure(rows: list[dict[str, Any]], facts: Facts) -> list[dict[str, str]]:
+    """Quorum lost: emergency repair on the most up-to-date survivor, then every other
+    survivor (its etcd member answers, without a leader) destroyed and joined again."""
+    survivors = [r for r in rows if r["raft_index"] is not None]
+    if not survivors:
+        return []
+    # The order emergency-repair compares them in: newest data first (raft index here).
+    best = max(survivors, key=lambda r: (r["raft_index"], r["id"]))
     urls = ",".join(r["url"] for r in rows if r["url"])
-    return (
-        f"moorage emergency-repair --data-dir {best['data_dir'] or 'DIR'} --existing {urls}"
-        f"  # on the host of replica {best['id']}, the most up-to-date survivor"
+    data_dir = shlex.quote(best["data_dir"]) if best["data_dir"] else "DIR"
+    steps = [
+        {
+            "replica_id": best["id"],
+            "command": f"moorage emergency-repair --data-dir {data_dir} --existing {urls}",
+        }
+    ]
+    best_rec = facts.replicas.get(best["id"])
+    for r in survivors:
+        rec = facts.replicas.get(r["id"])
+        if r is best or rec is None:
+            continue
+        storage = best_rec.storage if best_rec else None
+        for command in rejoin_procedure(rec, best["url"] or "URL", storage):
+            steps.append({"replica_id": r["id"], "command": command})
+    return steps
+
+
+def rejoin_procedure(rec: ReplicaRecord, existing: str, storage: str | None = None) -> list[str]:
+    """The commands, run on its host, that make a replica an emergency repair left out (and
+    fenced) a replica of the repaired cluster `existing` again: a new replica in the same
+    data directory, on the same addresses and ports. `storage`: the repaired cluster's blob
+    storage path (`--storage` is added when this replica's differs)."""
+    url = urllib.parse.urlsplit(rec.url)
+    peer = urllib.parse.urlsplit(rec.etcd_peer_url)
+    client = urllib.parse.urlsplit(rec.etcd_client_url)
+    data_dir = shlex.quote(rec.data_dir)
+    join = (
+        f"moorage join --existing {existing} --data-dir {data_dir} "
+        f"--http-addr {url.hostname}:{url.port} "
+        f"--etcd-client-port {client.port} --etcd-peer-port {peer.port}"
     )
+    if peer.hostname and peer.hostname != DEFAULT_ETCD_HOST:
+        join += f" --etcd-host {peer.hostname}"
+    if storage and rec.storage != storage:
+        join += f" --storage {shlex.quote(rec.storage)}"
+    return [f"moorage destroy --data-dir {data_dir}", join]
 
 
 async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:

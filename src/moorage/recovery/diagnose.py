@@ -79,6 +79,7 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
         "epoch": None,
         "scenario": scenario,
         "action": action,
+        "procedure": [],
         "quorum": {"members": None, "needed": None, "healthy": 0},
         "replicas": rows,
         "error": unreachable_error,

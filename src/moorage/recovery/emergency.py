@@ -1,17 +1,25 @@
 """`moorage emergency-repair`: make a one-replica cluster from the most up-to-date survivor.
 
-1. Candidates: the data directory D (running or stopped), the `--candidate-dir` directories
-   and the `--existing` replicas. Each is compared by the newest revision of *registry data*
-   in its local copy of the store (heartbeats, leases and replica records do not count).
-   A stopped directory is read through a throw-away copy, never modified.
-2. Refuse (unless --force) while any old member still has a leader (quorum is not lost:
-   use remove/join) or still answers at all (a partition: its side may still be alive).
+1. Candidates: the data directory D (running or stopped), the `--candidate-dir` directories,
+   the `--existing` replicas, and every old member whose etcd answers here. Each is compared
+   by the newest revision of *registry data* in its local copy of the store (heartbeats,
+   leases and replica records do not count). A stopped directory is read through a
+   throw-away copy, never modified.
+2. Every old member is probed. One that answers and has a leader means quorum is not lost:
+   refused, and no flag overrides that (a member naming a leader is probed again for a few
+   election timeouts first, so a leader that has just died is not taken for a live one).
+   A member that answers without a leader is on the minority side: it is a candidate like
+   the others (when it is the most up to date, the repair is refused here and must run on
+   its host), the fence ends its epoch, and the result says how to rejoin it (destroy, then
+   join). What cannot be told apart from a dead member (no answer at all) is a member on the
+   far side of a partition: the fence stops it from acknowledging writes, and the journal
+   brings back what it acknowledged before (see moorage.cluster.fence).
 3. The plan is printed before anything changes: the chosen replica, what every other
    candidate has that the chosen one lacks, what the journal will replay.
 4. On the chosen local replica: stop it (its supervisor ends cleanly), restart its etcd
    once with --force-new-cluster, bump the epoch, write the fencing marker to blob storage,
-   delete the other replicas' records, replay the journal, then start the replica again
-   and return once it accepts writes.
+   wait out the fence's grace (0 on a local filesystem), delete the other replicas' records,
+   replay the journal, then start the replica again and return once it accepts writes.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from moorage.cluster.etcd_process import EtcdProcess, etcd_answers
-from moorage.cluster.fence import write_fence
+from moorage.cluster.fence import fence_grace, write_fence
 from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
+from moorage.cluster.status import rejoin_procedure
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.meta import keys
@@ -136,21 +145,65 @@ def inspect_url(client: AdminClient, url: str) -> Candidate:
     return Candidate(url, doc["replica_id"], None, url, int(doc["revision"]), True)
 
 
-async def _old_members_answering(
-    records: list[ReplicaRecord], chosen_id: str
-) -> list[tuple[str, str, bool]]:
-    """(replica id, what answered, has a leader) for every other old replica that answers."""
+@dataclass
+class Probe:
+    """What one old member answered (etcd first; its API when its etcd does not answer)."""
 
-    async def probe(rec: ReplicaRecord) -> tuple[str, str, bool] | None:
+    record: ReplicaRecord
+    answered: str  # what answered: "etcd URL" or "API URL"
+    has_leader: bool | None  # None: its API answers but cannot tell (its etcd is not serving)
+    raft_index: int | None = None
+    revision: int | None = None  # newest registry data in its copy (None: not read)
+    error: str | None = None
+
+
+LEADER_PATIENCE = 6.0  # several etcd election timeouts (1 s by default)
+
+
+async def _probe(rec: ReplicaRecord, read_revision: bool) -> Probe | None:
+    try:
+        st = await member_status(rec.etcd_client_url, 2.0)
+    except MoorageError:
+        status, doc = await asyncio.to_thread(ping, rec.url, 2.0)
+        if not status:
+            return None  # dead, or cut off from here: the fence takes care of it
+        if status == 200 and doc.get("healthy") is True:
+            leader: bool | None = True  # it serves writes: its side has a quorum
+        elif doc.get("read_only") is True:
+            leader = False
+        else:
+            leader = None
+        return Probe(rec, f"API {rec.url}", leader, error=str(doc.get("error") or ""))
+    probe = Probe(rec, f"etcd {rec.etcd_client_url}", bool(st.leader), st.raft_index)
+    if read_revision and not st.leader:
         try:
-            st = await member_status(rec.etcd_client_url, 2.0)
-        except MoorageError:
-            status, _ = await asyncio.to_thread(ping, rec.url, 2.0)
-            return (rec.replica_id, f"API {rec.url}", False) if status else None
-        return rec.replica_id, f"etcd {rec.etcd_client_url}", bool(st.leader)
+            probe.revision = await data_revision(rec.etcd_client_url)
+        except MoorageError as exc:
+            probe.error = str(exc)
+    return probe
 
-    found = await asyncio.gather(*(probe(r) for r in records if r.replica_id != chosen_id))
-    return [f for f in found if f is not None]
+
+async def probe_members(
+    records: list[ReplicaRecord], read_revision: set[str], patience: float = LEADER_PATIENCE
+) -> list[Probe]:
+    """Every old member that answers. A member that names a leader is asked again until it
+    does not or `patience` runs out: right after the leader died, the others still name it
+    for an election timeout."""
+    found = await asyncio.gather(*(_probe(r, r.replica_id in read_revision) for r in records))
+    probes = {p.record.replica_id: p for p in found if p is not None}
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        leading = [p.record for p in probes.values() if p.has_leader]
+        if not leading:
+            break
+        await asyncio.sleep(0.5)
+        again = await asyncio.gather(*(_probe(r, r.replica_id in read_revision) for r in leading))
+        for rec, p in zip(leading, again, strict=True):
+            if p is None:
+                probes.pop(rec.replica_id, None)
+            else:
+                probes[rec.replica_id] = p
+    return sorted(probes.values(), key=lambda p: p.record.replica_id)
 
 
 def plan(
@@ -168,10 +221,21 @@ def plan(
         records.update({r.replica_id: r for r in recs})
     local_ids = {c.replica_id for c in candidates}
     if client is not None:
-        for url in urls:
-            cand = inspect_url(client, url)
+        for cand in _inspect_urls(client, urls):
             if cand.replica_id is None or cand.replica_id not in local_ids:
                 candidates.append(cand)
+    known = {c.replica_id for c in candidates if c.revision is not None}
+    # Every old member, the candidates included: one with a leader means quorum is not lost;
+    # one without is a survivor on the minority side, compared like the others.
+    probes = asyncio.run(probe_members(list(records.values()), read_revision=set(records) - known))
+    revisions = {c.replica_id: c.revision for c in candidates if c.revision is not None}
+    for p in probes:
+        rec = p.record
+        if rec.replica_id in revisions:
+            p.revision = revisions[rec.replica_id]
+        elif p.has_leader is False and p.revision is not None:
+            candidates = [c for c in candidates if c.replica_id != rec.replica_id]
+            candidates.append(Candidate(rec.url, rec.replica_id, None, rec.url, p.revision, True))
     usable = [c for c in candidates if c.revision is not None]
     if not usable:
         reasons = "; ".join(f"{c.name}: {c.error}" for c in candidates)
@@ -189,7 +253,23 @@ def plan(
     best = max(usable, key=lambda c: (c.revision or 0, c.data_dir is not None))
     newest = best.revision or 0
     chosen = best.replica_id or ""
-    answering = asyncio.run(_old_members_answering(list(records.values()), chosen))
+    config = best.data_dir.load() if best.data_dir is not None else None
+    # Survivors left out (answering without a leader, or local data directories): fenced by
+    # the repair, they come back as new replicas of the repaired cluster.
+    left_out = [p.record.replica_id for p in probes if p.has_leader is False]
+    left_out += [c.replica_id for c in candidates if c.data_dir is not None and c.replica_id]
+    rejoin = [
+        {
+            "replica_id": rid,
+            "data_dir": records[rid].data_dir,
+            "url": records[rid].url,
+            "commands": rejoin_procedure(
+                records[rid], best.url or "URL", config.storage if config else None
+            ),
+        }
+        for rid in sorted(set(left_out))
+        if rid != chosen and rid in records
+    ]
     return {
         "chosen": best.as_dict(),
         "candidates": [
@@ -201,36 +281,66 @@ def plan(
         ],
         "old_replicas": sorted(records),
         "answering": [
-            {"replica_id": rid, "answered": what, "has_leader": leader}
-            for rid, what, leader in answering
+            {
+                "replica_id": p.record.replica_id,
+                "answered": p.answered,
+                "has_leader": p.has_leader,
+                "raft_index": p.raft_index,
+                "data_revision": p.revision,
+                "error": p.error,
+            }
+            for p in probes
         ],
+        "rejoin": rejoin,
         "_best": best,
         "_records": records,
     }
 
 
+def _inspect_urls(client: AdminClient, urls: list[str]) -> list[Candidate]:
+    """`inspect_url` for every URL at once (a replica cut off costs one timeout, not one each)."""
+
+    async def all_of() -> list[Candidate]:
+        return list(
+            await asyncio.gather(*(asyncio.to_thread(inspect_url, client, u) for u in urls))
+        )
+
+    return asyncio.run(all_of())
+
+
 def check_refusals(doc: dict[str, Any], force: bool) -> list[str]:
-    problems = []
-    for a in doc["answering"]:
-        if a["has_leader"]:
-            problems.append(
-                f"replica {a['replica_id']} ({a['answered']}) still has a leader: quorum is not "
-                "lost. Use 'moorage status', then 'moorage remove' and 'moorage join'."
-            )
-        else:
-            problems.append(
-                f"replica {a['replica_id']} ({a['answered']}) still answers; if it is cut off "
-                "on the other side of a partition, stop it first (or pass --force)"
-            )
+    """Why the repair must not go ahead. `force` overrides only what may be overridden: a
+    quorum that still exists, or a better survivor elsewhere, never is."""
+    hard: list[str] = []
+    soft: list[str] = []
     best: Candidate = doc["_best"]
+    for a in doc["answering"]:
+        where = f"replica {a['replica_id']} ({a['answered']})"
+        if a["has_leader"]:
+            hard.append(
+                f"{where} still has a leader: quorum is not lost, and nothing may force an "
+                "emergency repair while it exists. Use 'moorage status', then 'moorage "
+                "remove' and 'moorage join' (if that leader was lost just now, run this "
+                "again in a few seconds)."
+            )
+        elif a["has_leader"] is None:
+            soft.append(
+                f"{where} answers but cannot tell whether it has a quorum ({a['error']}); "
+                "stop it, or pass --force to fence it with the others"
+            )
+        elif a["data_revision"] is None and a["replica_id"] != best.replica_id:
+            soft.append(
+                f"{where} answers without a leader but its registry data could not be read "
+                f"({a['error']}), so it cannot be compared with the chosen survivor: pass its "
+                "data directory with --candidate-dir or its URL with --existing, or --force"
+            )
     if best.data_dir is None:
-        problems.append(
+        hard.append(
             f"the most up-to-date survivor is {best.name} (replica {best.replica_id}), which "
             "is not a local data directory here: run emergency-repair on its host, with its "
             "--data-dir"
         )
-        return problems  # cannot be forced
-    return [] if force else problems
+    return hard if force else hard + soft
 
 
 def execute(doc: dict[str, Any], replay: bool = True) -> dict[str, Any]:
@@ -270,6 +380,7 @@ def execute(doc: dict[str, Any], replay: bool = True) -> dict[str, Any]:
         "epoch": epoch,
         "removed_replicas": sorted(r for r in records if r != config.replica_id),
         "journal_replayed": replayed,
+        "rejoin": doc["rejoin"],
     }
 
 
@@ -284,6 +395,10 @@ async def _rewrite(
         epoch = old_epoch + 1
         # Fence first: from now on no replica of the old epoch may serve.
         write_fence(config.storage, config.cluster_id, epoch, config.replica_id)
+        # From here no replica of the old epoch acknowledges a write, and every write it did
+        # acknowledge is in the journal read below (see moorage.cluster.fence); on a shared
+        # filesystem that caches attributes, wait until every host sees the marker.
+        await asyncio.sleep(fence_grace(config.storage))
         from moorage.meta.base import Put
 
         await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, epoch).encode())])
