@@ -400,7 +400,7 @@ def markdown(report: Report) -> str:
     lines = [
         "# Moorage at scale",
         "",
-        *machine_info(servers.REPO_ROOT),
+        *(line for line in machine_info(servers.REPO_ROOT) if "Distribution" not in line),
         f"- filled: {a['tags']} tags in {a['repos']} repositories, plus {BIG} with "
         f"{a['big_tags']} tags and one manifest with {a['alias_tags']} more tags; "
         f"{report.fill_seconds:.0f} s through the API ({report.fill_rate:.0f} tags/s, "

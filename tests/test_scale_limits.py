@@ -21,7 +21,7 @@ import pytest
 
 from moorage.meta import etcd as etcd_module
 from moorage.meta import keys
-from moorage.meta.base import LAST_REVISION, STORE_PAGE, TXN_OPS
+from moorage.meta.base import LAST_REVISION, STORE_PAGE, TXN_OPS, Delete, Op, Put, op_batches
 from moorage.meta.etcd import EtcdCluster, EtcdMetaStore, data_revision
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import ManifestRecord
@@ -112,6 +112,17 @@ def test_listings_page_through_short_reads() -> None:
         assert meta.largest_read <= STORE_PAGE
 
     asyncio.run(go())
+
+
+def test_op_batches_bound_count_and_bytes() -> None:
+    ops: list[Op] = [Put(f"k{i}".encode(), b"v" * 1000) for i in range(50)]
+    ops.append(Put(b"huge", b"v" * 5000))
+    ops.append(Delete(b"gone"))
+    batches = list(op_batches(ops, count=8, size=4000))
+    assert [op for b in batches for op in b] == ops
+    for b in batches:
+        assert len(b) <= 8
+        assert len(b) == 1 or sum(len(o.key) + len(getattr(o, "value", b"")) for o in b) <= 4000
 
 
 def test_listing_without_n_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,8 +308,6 @@ def test_reads_split_past_the_message_limit(
         store = EtcdCluster([endpoint])
         try:
             keys_ = [keys.REFERRERS + f"split/x@sha256:s@{i:03d}".encode() for i in range(12)]
-            from moorage.meta.base import Put
-
             for k in keys_:
                 await store._txn([], [Put(k, b"v" * 100_000)])
             written = LAST_REVISION.get()
@@ -333,8 +342,6 @@ def test_data_revision_counts_deletes(registry: Replica) -> None:
     async def heartbeat_only() -> int:
         store = EtcdMetaStore([endpoint])
         try:
-            from moorage.meta.base import Put
-
             await store._txn([], [Put(keys.heartbeat("not-data"), b"{}")])
         finally:
             await store.close()
@@ -368,3 +375,48 @@ def test_unreadable_survivor_is_not_sent_to_restore(tmp_path: Path) -> None:
         emergency.plan(empty, [], None, [])
     assert "no candidate has registry data" in str(refused.value)
     assert "moorage restore" in str(refused.value)
+
+
+def test_restore_of_large_records(tmp_path: Path) -> None:
+    """Referrers of 400 KB each: a restore writes them in transactions bounded by bytes too."""
+    from tests.cluster import Cluster, Node, moorage
+
+    cluster = Cluster(tmp_path)
+    try:
+        r0 = cluster.install()
+        repo = "scale/big-records"
+        with r0.client() as c:
+            subject = _image(c, repo, layers=1, salt="subject")
+            put = c.put(f"/v2/{repo}/manifests/s", content=subject,
+                        headers={"Content-Type": MANIFEST})  # fmt: skip
+            assert put.status_code == 201
+            sdesc = {"mediaType": MANIFEST, "digest": _digest(subject), "size": len(subject)}
+            cfg = json.loads(subject)["config"]
+            for i in range(30):
+                doc = {
+                    "schemaVersion": 2,
+                    "mediaType": MANIFEST,
+                    "config": cfg,
+                    "layers": [],
+                    "subject": sdesc,
+                    "annotations": {"n": str(i), "blob": os.urandom(200_000).hex()},
+                }
+                ref = json.dumps(doc).encode()
+                put = c.put(f"/v2/{repo}/manifests/{_digest(ref)}", content=ref,
+                            headers={"Content-Type": MANIFEST})  # fmt: skip
+                assert put.status_code == 201, put.text
+        archive = tmp_path / "b.tar"
+        moorage("backup", "--existing", r0.url, "--out", str(archive), "--json")
+        moorage("stop", "--data-dir", str(r0.data_dir))
+        restored = Node(tmp_path, "restored")
+        cluster.nodes.append(restored)
+        moorage(
+            "restore", "--in", str(archive), *restored.flags(),
+            "--storage", str(cluster.storage), "--json",
+        )  # fmt: skip
+        with restored.client() as c:
+            r = c.get(f"/v2/{repo}/referrers/{_digest(subject)}")
+            assert r.status_code == 200
+            assert len(r.json()["manifests"]) == 30
+    finally:
+        cluster.shutdown()

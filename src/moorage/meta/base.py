@@ -23,7 +23,7 @@ import asyncio
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +81,25 @@ STORE_PAGE = _env_int("MOORAGE_STORE_PAGE", 1000, 1)
 #: Guards, and separately operations, per transaction (MOORAGE_TXN_OPS). etcd refuses a
 #: transaction with more than --max-txn-ops (1024 here) of either; the backend adds one.
 TXN_OPS = min(_env_int("MOORAGE_TXN_OPS", 512, 4), 1000)
+#: Bytes of keys and values per bulk-load transaction, well under etcd's 8 MiB request limit.
+TXN_BYTES = 2 * 1024 * 1024
+
+
+def op_batches(ops: Sequence[Op], count: int = 0, size: int = TXN_BYTES) -> Iterator[list[Op]]:
+    """`ops` in transactions of at most `count` (TXN_OPS) operations and `size` bytes (one
+    larger operation goes alone: etcd takes a value up to its request limit)."""
+    count = count or TXN_OPS
+    batch: list[Op] = []
+    total = 0
+    for op in ops:
+        n = len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
+        if batch and (len(batch) >= count or total + n > size):
+            yield batch
+            batch, total = [], 0
+        batch.append(op)
+        total += n
+    if batch:
+        yield batch
 
 
 class MetaStore(ABC):

@@ -30,7 +30,7 @@ from moorage.config import (
 )
 from moorage.errors import MoorageError
 from moorage.meta import keys
-from moorage.meta.base import Put
+from moorage.meta.base import Put, op_batches
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import ClusterRecord
 from moorage.recovery.backup import (
@@ -170,8 +170,8 @@ async def _load(
     store = EtcdCluster([config.etcd_client_url])
     try:
         ops = [Put(k.encode(), v.encode()) for k, v in md.restorable()]
-        for i in range(0, len(ops), _BATCH):
-            await store._txn([], ops[i : i + _BATCH])
+        for batch in op_batches(ops, _BATCH):  # bounded by count and bytes
+            await store._txn([], batch)
         await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, 1).encode())])
         if not replay_journal:
             return {"applied": 0, "unrecoverable": [], "requested": False}
