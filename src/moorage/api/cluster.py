@@ -66,6 +66,8 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _error(409, "REFUSED", str(exc))
         except membership.Busy as exc:
             return _error(423, "BUSY", str(exc))
+        except UnknownMember as exc:
+            return _error(404, "NOT_FOUND", str(exc))
         except (KeyError, TypeError, ValueError) as exc:
             return _error(400, "INVALID", f"bad request: {exc}")
         except MoorageError as exc:
@@ -121,8 +123,18 @@ async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[st
     )
 
 
+class UnknownMember(LookupError):
+    """The request names an etcd member that does not exist (a 404)."""
+
+
 async def promote(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
-    await membership.promote(store, int(str(body["member_id"]), 16))
+    member_id = int(str(body["member_id"]), 16)
+    # Checked first: etcd's refusal for an unknown member would be retried for minutes.
+    member = next((m for m in await store.members() if m.id == member_id), None)
+    if member is None:
+        raise UnknownMember(f"no etcd member {str(body['member_id'])[:40]!r} in this cluster")
+    if member.is_learner:  # a voter already: a retried promote whose answer was lost
+        await membership.promote(store, member_id)
     return {"promoted": body["member_id"]}
 
 
