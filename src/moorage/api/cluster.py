@@ -123,12 +123,18 @@ async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[st
     )
 
 
+_MEMBER_ID = re.compile(r"[0-9a-fA-F]{1,16}")  # etcd member ids are 64 bits
+
+
 class UnknownMember(LookupError):
     """The request names an etcd member that does not exist (a 404)."""
 
 
 async def promote(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
-    member_id = int(str(body["member_id"]), 16)
+    raw_id = str(body["member_id"])
+    if not _MEMBER_ID.fullmatch(raw_id):
+        raise ValueError(f"member_id must be up to 16 hex digits, not {raw_id[:40]!r}")
+    member_id = int(raw_id, 16)
     # Checked first: etcd's refusal for an unknown member would be retried for minutes.
     member = next((m for m in await store.members() if m.id == member_id), None)
     if member is None:
