@@ -358,3 +358,13 @@ def test_promote_of_an_unknown_member_is_a_prompt_404(registry: Replica) -> None
         for member_id in ("xyz", "1" * 30, "", "-1", "12\n"):
             r = c.post("/api/v0/cluster/join/promote", json={"member_id": member_id})
             assert r.status_code == 400, r.text
+
+
+def test_admin_api_answers_lone_surrogates(registry: Replica) -> None:
+    """A JSON string escape with no UTF-8 form, echoed in the refusal (fuzz find: a 500)."""
+    body = b'{"replica_ids": ["\\ud800"]}'
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+    r = send(registry, "POST", "/api/v0/cluster/remove", headers=headers, body=body)
+    assert r.status == 409
+    assert r.json()["code"] == "REFUSED"
+    assert "\ud800" in r.json()["error"]

@@ -25,8 +25,16 @@ from moorage.storage.paths import StorageLayout
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
 
 
+class _JSONResponse(JSONResponse):
+    """JSON in ASCII: a string from the request may hold a lone surrogate (`"\\ud800"`),
+    which has no UTF-8 form (Starlette's JSONResponse failed on it with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status)
+    return _JSONResponse({"error": message, "code": code}, status_code=status)
 
 
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -72,7 +80,7 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _error(400, "INVALID", f"bad request: {exc}")
         except MoorageError as exc:
             return _error(503, "UNAVAILABLE", str(exc))
-        return JSONResponse(result)
+        return _JSONResponse(result)
 
     return endpoint
 
