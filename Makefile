@@ -7,7 +7,7 @@ SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv ipro
 MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
 
-.PHONY: install system-packages run test lint bench bench-scale chaos clean
+.PHONY: install system-packages run test lint bench bench-scale chaos clean fuzz
 
 install: system-packages $(VENV)/.installed
 
@@ -30,6 +30,12 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fuzz test of the HTTP API with random seeds and FUZZ_EXAMPLES examples per surface
+# (`make test` runs a fixed ~1-minute set); e.g. make fuzz FUZZ_EXAMPLES=20000
+FUZZ_EXAMPLES ?= 3000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py -s --timeout=0 $(PYTEST_ARGS)
 
 bench: install
 	@./scripts/ensure-packages.sh docker-registry

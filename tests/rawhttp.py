@@ -104,7 +104,8 @@ def request(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return None
         if half_close:
-            sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the server may have closed already
+                sock.shutdown(socket.SHUT_WR)
         received = bytearray()
         while True:
             remaining = deadline - time.monotonic()

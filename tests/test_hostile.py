@@ -337,3 +337,34 @@ def test_journal_recovers_after_a_failed_write(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert [e["r"] for e in read_entries(tmp_path)] == [2, 3]
+
+
+def test_base_endpoint_answers_only_get_and_head(registry: Replica) -> None:
+    """A 200 to CONNECT opens a tunnel: the server then sent nothing at all (fuzz find)."""
+    for method in ("CONNECT", "POST", "DELETE", "FOO"):
+        for path in ("/v2/", "/v2"):
+            assert_oci(send(registry, method, path), 405, "UNSUPPORTED")
+    assert send(registry, "GET", "/v2/").body == b"{}"
+    assert send(registry, "HEAD", "/v2/").status == 200
+
+
+def test_promote_of_an_unknown_member_is_a_prompt_404(registry: Replica) -> None:
+    """etcd's 'member not found' was retried for two minutes, then a 503 (fuzz find)."""
+    with registry.client(timeout=30) as c:
+        for member_id in ("abc", "0", "ffffffffffffffff"):
+            r = c.post("/api/v0/cluster/join/promote", json={"member_id": member_id})
+            assert r.status_code == 404, r.text
+            assert r.json()["code"] == "NOT_FOUND"
+        for member_id in ("xyz", "1" * 30, "", "-1", "12\n"):
+            r = c.post("/api/v0/cluster/join/promote", json={"member_id": member_id})
+            assert r.status_code == 400, r.text
+
+
+def test_admin_api_answers_lone_surrogates(registry: Replica) -> None:
+    """A JSON string escape with no UTF-8 form, echoed in the refusal (fuzz find: a 500)."""
+    body = b'{"replica_ids": ["\\ud800"]}'
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+    r = send(registry, "POST", "/api/v0/cluster/remove", headers=headers, body=body)
+    assert r.status == 409
+    assert r.json()["code"] == "REFUSED"
+    assert "\ud800" in r.json()["error"]

@@ -26,8 +26,16 @@ from moorage.storage.paths import StorageLayout
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
 
 
+class _JSONResponse(JSONResponse):
+    """JSON in ASCII: a string from the request may hold a lone surrogate (`"\\ud800"`),
+    which has no UTF-8 form (Starlette's JSONResponse failed on it with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status)
+    return _JSONResponse({"error": message, "code": code}, status_code=status)
 
 
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -78,11 +86,13 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _error(409, "REFUSED", str(exc))
         except membership.Busy as exc:
             return _error(423, "BUSY", str(exc))
+        except UnknownMember as exc:
+            return _error(404, "NOT_FOUND", str(exc))
         except (KeyError, TypeError, ValueError) as exc:
             return _error(400, "INVALID", f"bad request: {exc}")
         except MoorageError as exc:
             return _error(503, "UNAVAILABLE", str(exc))
-        return _fenced(st) or JSONResponse(result)
+        return _fenced(st) or _JSONResponse(result)
 
     return endpoint
 
@@ -141,8 +151,24 @@ async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[st
     )
 
 
+_MEMBER_ID = re.compile(r"[0-9a-fA-F]{1,16}")  # etcd member ids are 64 bits
+
+
+class UnknownMember(LookupError):
+    """The request names an etcd member that does not exist (a 404)."""
+
+
 async def promote(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
-    await membership.promote(store, int(str(body["member_id"]), 16))
+    raw_id = str(body["member_id"])
+    if not _MEMBER_ID.fullmatch(raw_id):
+        raise ValueError(f"member_id must be up to 16 hex digits, not {raw_id[:40]!r}")
+    member_id = int(raw_id, 16)
+    # Checked first: etcd's refusal for an unknown member would be retried for minutes.
+    member = next((m for m in await store.members() if m.id == member_id), None)
+    if member is None:
+        raise UnknownMember(f"no etcd member {str(body['member_id'])[:40]!r} in this cluster")
+    if member.is_learner:  # a voter already: a retried promote whose answer was lost
+        await membership.promote(store, member_id)
     return {"promoted": body["member_id"]}
 
 

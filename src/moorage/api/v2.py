@@ -104,6 +104,8 @@ async def dispatch(request: Request) -> Response:
         return error_response(503, "UNAVAILABLE", st.fenced, headers={"Retry-After": "60"})
     try:
         if path in ("/v2/", "/v2"):
+            if method not in ("GET", "HEAD"):  # a 200 to CONNECT would open a tunnel
+                return _not_allowed(method, path)
             return reply(200, {"Content-Length": "2"}, b"{}", "application/json")
         if path == "/v2/_catalog":
             if method != "GET":
