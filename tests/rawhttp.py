@@ -82,12 +82,15 @@ def request(
     timeout: float = 30.0,
     half_close: bool = False,
     reset: bool = False,
+    source: str | None = None,
 ) -> RawResponse | None:
     """Send one request on its own connection (`Connection: close`) and read the answer.
 
     `half_close` shuts the sending side after the bytes (a body cut short); `reset` closes
     the connection with an RST instead of reading the answer (returns None). Raises NoAnswer
-    when nothing complete comes back within `timeout` seconds.
+    when nothing complete comes back within `timeout` seconds. `source` is the local
+    address to send from (another loopback address: the server limits failed logins per
+    client address).
     """
     lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
     if auth:
@@ -95,7 +98,8 @@ def request(
     lines += [name + b": " + value for name, value in headers or []]
     data = b"\r\n".join(lines) + b"\r\n\r\n" + body
     deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    bind = (source, 0) if source is not None else None
+    with socket.create_connection(("127.0.0.1", port), timeout, bind) as sock:
         # The server may answer early and close: then read what it said.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
