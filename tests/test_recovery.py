@@ -92,6 +92,7 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
     doc = cluster.status([r2])
     assert doc["scenario"] == "healthy"
     assert doc["epoch"] == 2
+    assert moorage("status", "--existing", r2.url).returncode == 0  # healthy: exit 0
     assert doc["quorum"] == {"members": 1, "needed": 1, "healthy": 1}
     for repo, body in images.items():
         assert pull_image(r2, repo, "v1") == body

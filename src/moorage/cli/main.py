@@ -26,6 +26,15 @@ from moorage.config import (
 )
 from moorage.errors import MoorageError
 
+# `moorage status` exit code per scenario (DESIGN.md §2); 1 = could not tell, 2 = bad usage.
+STATUS_EXIT_CODES = {
+    "healthy": 0,
+    "replicas-unhealthy": 10,
+    "quorum-lost": 11,
+    "unreachable": 12,
+    "all-lost": 13,
+}
+
 
 class Failed(click.ClickException):
     """An operation failed: message on stderr, exit code 1."""
@@ -468,7 +477,11 @@ def remove(
 def status(
     existing: str, username: str, password: str | None, data_dirs: str | None, as_json: bool
 ) -> None:
-    """Cluster health, quorum, the scenario, and the next command to run."""
+    """Cluster health, quorum, the scenario, and the next command to run.
+
+    Exit code: 0 healthy, 10 replicas-unhealthy, 11 quorum-lost, 12 unreachable,
+    13 all-lost, 1 when the scenario could not be told, 2 bad usage.
+    """
     from moorage.recovery.diagnose import status as cluster_status
 
     client = _client(existing, username, password)
@@ -493,6 +506,11 @@ def status(
     for i, step in enumerate(doc.get("procedure") or [], 1):
         lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
     _emit(as_json, doc, "\n".join(lines))
+    # Scripts and monitoring read the scenario from the exit code (DESIGN.md §2); 1 when the
+    # scenario could not be told.
+    code = STATUS_EXIT_CODES.get(str(doc.get("scenario")), 1)
+    if code:
+        sys.exit(code)
 
 
 @main.command("emergency-repair")
