@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -809,7 +810,14 @@ def backup_verify(
 @click.option("--storage", required=True, help="Blob storage directory.")
 @_ports
 @_etcd_host
-@click.option("--replay-journal", is_flag=True, help="Re-apply pushes made after the backup.")
+@click.option(
+    "--replay-journal/--no-replay-journal",
+    default=True,
+    show_default=True,
+    help="Re-apply the changes (pushes, tags, deletes) the journal in blob storage holds from "
+    "after the backup. On by default; --no-replay-journal restores the backup alone and loses "
+    "every push acknowledged after it.",
+)
 @click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
 @_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -853,9 +861,21 @@ def restore(
         f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
         f"{doc['blobs_copied']} blobs copied from the archive",
     ]
-    if doc["journal_replayed"]["requested"]:
-        text.append(f"  journal: {doc['journal_replayed']['applied']} change(s) replayed")
-        skipped = doc["journal_replayed"]["unrecoverable"]
+    jr = doc["journal_replayed"]
+    since = f"revision {jr['since_revision']} (epoch {jr['since_epoch']}"
+    if jr.get("since_time") is not None:
+        since += time.strftime(", taken %Y-%m-%d %H:%M:%S UTC", time.gmtime(jr["since_time"]))
+    since += ")"
+    if not jr["requested"]:
+        text.append(
+            f"  journal: NOT replayed (--no-replay-journal): changes made after the backup's "
+            f"{since} are not restored"
+        )
+    else:
+        text.append(
+            f"  journal: {jr['applied']} change(s) replayed, made after the backup's {since}"
+        )
+        skipped = jr["unrecoverable"]
         if skipped:
             text.append(f"  journal: {len(skipped)} change(s) not replayed:")
             text += [f"    {line}" for line in skipped[:20]]

@@ -64,7 +64,9 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
         scenario = "all-lost"
         action = (
             "moorage restore --in BACKUP_FILE --data-dir NEW_DIR --http-addr HOST:PORT "
-            "--storage BLOB_STORAGE  # no replica's data survives; then join new replicas"
+            "--storage BLOB_STORAGE  # no replica's data survives: BLOB_STORAGE is the old "
+            "cluster's blob storage, whose journal restore replays (changes after the backup "
+            "are lost only if it is gone); then join new replicas"
         )
     else:
         scenario = "unreachable"
