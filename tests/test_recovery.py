@@ -94,6 +94,8 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
     assert doc["epoch"] == 2
     assert moorage("status", "--existing", r2.url).returncode == 0  # healthy: exit 0
     assert doc["quorum"] == {"members": 1, "needed": 1, "healthy": 1}
+    assert doc["fault_tolerance"] == 0  # 1 of 1 after the repair: survives 0 failures
+    assert "no fault tolerance" in doc["action"]
     for repo, body in images.items():
         assert pull_image(r2, repo, "v1") == body
     push_image(r2, "rec/after", "v1", "after")

@@ -499,6 +499,12 @@ def status(
             f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
         ),
     ]
+    if doc.get("fault_tolerance") is not None:
+        ft = doc["fault_tolerance"]
+        lines.append(
+            f"fault tolerance: survives {ft} more replica failure(s)"
+            + (" -- NONE: one more failure loses quorum" if ft == 0 else "")
+        )
     for r in doc["replicas"]:
         role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
         state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
