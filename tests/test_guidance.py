@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from moorage.cluster.status import Facts, diagnose
+from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 
@@ -61,3 +63,59 @@ def test_fault_tolerance_counts_only_healthy_members() -> None:
     assert doc["fault_tolerance"] == 0
     facts.statuses[2] = "connection refused"
     assert diagnose(facts)["fault_tolerance"] == 0
+
+
+class _Unreachable:
+    """An AdminClient whose replicas never answer."""
+
+    urls = ["http://127.0.0.1:5001", "http://127.0.0.1:5002"]
+
+    def call(self, method: str, path: str, body: object = None) -> object:
+        from moorage.recovery.client import ClusterUnreachable
+
+        raise ClusterUnreachable("no replica answered: connection refused")
+
+
+def _report(dirs: list[DataDir]) -> tuple[dict[str, object], str]:
+    from typing import Any, cast
+
+    from moorage.cli.main import status_text
+    from moorage.recovery.client import AdminClient
+    from moorage.recovery.diagnose import status
+
+    doc: dict[str, Any] = status(cast(AdminClient, _Unreachable()), dirs)
+    return doc, status_text(doc)
+
+
+def test_unreachable_and_all_lost_reports_say_what_was_examined(tmp_path: Path) -> None:
+    gone = DataDir(tmp_path / "gone")
+    doc, text = _report([gone])
+    assert doc["scenario"] == "all-lost"
+    assert doc["urls_examined"] == _Unreachable.urls
+    assert "None" not in text
+    assert "replica URLs examined: http://127.0.0.1:5001, http://127.0.0.1:5002" in text
+    assert f"{gone.path}: no usable replica state (does not exist)" in text
+    assert "cluster: not known" in text
+
+    kept = DataDir(tmp_path / "kept")
+    kept.make_dirs()
+    cfg = ReplicaConfig(
+        data_dir=str(kept.path), cluster_id="c" * 32, replica_id="a" * 12,
+        http_addr="127.0.0.1:5001", storage=str(tmp_path / "blobs"),
+        etcd_client_port=2379, etcd_peer_port=2380,
+    )  # fmt: skip
+    kept.save(cfg)
+    (kept.etcd_dir / "member" / "snap").mkdir(parents=True)
+    doc, text = _report([kept, gone])
+    assert doc["scenario"] == "unreachable"
+    assert "None" not in text
+    assert f"cluster {'c' * 32} (from its data directories" in text
+    assert (
+        f"{kept.path}: replica {'a' * 12} of cluster {'c' * 32} at {cfg.url}, state present, "
+        "not running"
+    ) in text
+    assert f"{gone.path}: no usable replica state (does not exist)" in text
+
+    doc, text = _report([])
+    assert "None" not in text
+    assert "data directories examined: none (pass --data-dir" in text

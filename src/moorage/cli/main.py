@@ -466,6 +466,59 @@ def remove(
     )
 
 
+def status_text(doc: dict[str, Any]) -> str:
+    """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
+    which URLs and data directories were examined and what each held, never `None`."""
+    q = doc["quorum"]
+    if doc["cluster_id"] is None:
+        head = "cluster: not known (no replica answered and no data directory names it)"
+    elif doc["epoch"] is None:
+        head = f"cluster {doc['cluster_id']} (from its data directories; no replica answered)"
+    else:
+        head = f"cluster {doc['cluster_id']}  epoch {doc['epoch']}"
+    lines = [
+        head,
+        f"scenario: {doc['scenario']}"
+        + (
+            f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
+        ),
+    ]
+    if doc.get("fault_tolerance") is not None:
+        ft = doc["fault_tolerance"]
+        lines.append(
+            f"fault tolerance: survives {ft} more replica failure(s)"
+            + (" -- NONE: one more failure loses quorum" if ft == 0 else "")
+        )
+    if doc["epoch"] is None:  # nothing answered: what was examined, and what each held
+        urls = doc.get("urls_examined") or []
+        lines.append(
+            f"replica URLs examined: {', '.join(urls) if urls else '(none given)'}"
+            f" -- none answered ({doc.get('error') or 'no answer'})"
+        )
+        if not doc["replicas"]:
+            lines.append("data directories examined: none (pass --data-dir D1,D2,...)")
+        else:
+            lines.append("data directories examined:")
+        for r in doc["replicas"]:
+            if r["id"] is None:
+                lines.append(f"  {r['data_dir']}: no usable replica state ({r['error']})")
+            else:
+                lines.append(
+                    f"  {r['data_dir']}: replica {r['id']} of cluster "
+                    f"{r.get('cluster_id') or doc['cluster_id']} at {r['url']}, state present, "
+                    f"{r['error']}"
+                )
+    else:
+        for r in doc["replicas"]:
+            role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
+            state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
+            lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
+    lines.append(f"next: {doc['action']}")
+    for i, step in enumerate(doc.get("procedure") or [], 1):
+        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
+    return "\n".join(lines)
+
+
 @main.command()
 @_admin_options
 @click.option(
@@ -491,28 +544,7 @@ def status(
         doc = cluster_status(client, dirs)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
-    q = doc["quorum"]
-    lines = [
-        f"cluster {doc['cluster_id']}  epoch {doc['epoch']}",
-        f"scenario: {doc['scenario']}"
-        + (
-            f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
-        ),
-    ]
-    if doc.get("fault_tolerance") is not None:
-        ft = doc["fault_tolerance"]
-        lines.append(
-            f"fault tolerance: survives {ft} more replica failure(s)"
-            + (" -- NONE: one more failure loses quorum" if ft == 0 else "")
-        )
-    for r in doc["replicas"]:
-        role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
-        state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
-        lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
-    lines.append(f"next: {doc['action']}")
-    for i, step in enumerate(doc.get("procedure") or [], 1):
-        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
-    _emit(as_json, doc, "\n".join(lines))
+    _emit(as_json, doc, status_text(doc))
     # Scripts and monitoring read the scenario from the exit code (DESIGN.md §2); 1 when the
     # scenario could not be told.
     code = STATUS_EXIT_CODES.get(str(doc.get("scenario")), 1)
