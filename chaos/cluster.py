@@ -183,7 +183,12 @@ class Cluster:
         return ",".join(n.url for n in (nodes or self.nodes))
 
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
-        out = self.cli("status", "--existing", self.urls(nodes), "--json", timeout=120)
+        out = self.cli("status", "--existing", self.urls(nodes), "--json", timeout=120, check=False)
+        # status exits by scenario (0 healthy, 10-13); anything else is a failure.
+        if out.returncode not in (0, 10, 11, 12, 13):
+            raise CommandFailed(
+                f"moorage status failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+            )
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def wait_status(

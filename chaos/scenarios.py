@@ -315,7 +315,7 @@ def total_loss(run: Run) -> None:
     run.cluster.retired.append(scratch)
     run.cluster.cli(
         "restore", "--in", str(backup), *scratch.flags(),
-        "--storage", str(run.cluster.root / "scratch-blobs"), "--json",
+        "--storage", str(run.cluster.root / "scratch-blobs"), "--no-replay-journal", "--json",
     )  # fmt: skip
     try:
         lacking = missing_tags(acks, scratch.url)
@@ -328,8 +328,8 @@ def total_loss(run: Run) -> None:
 
     node = run.cluster.new_node()
     args = ["restore", "--in", str(backup), *node.flags(), "--storage", str(run.cluster.storage)]
-    if run.opts.replay:
-        args.append("--replay-journal")
+    if not run.opts.replay:  # restore replays the journal by default
+        args.append("--no-replay-journal")
     doc = json.loads(run.cluster.cli(*args, "--json").stdout)
     node.replica_id = doc["replica_id"]
     run.cluster.nodes = [node]

@@ -30,6 +30,15 @@ class Node(chaos_cluster.Node):
         return httpx.Client(base_url=self.url, auth=AUTH, timeout=timeout)
 
 
+STATUS_EXIT_CODES = {
+    "healthy": 0,
+    "replicas-unhealthy": 10,
+    "quorum-lost": 11,
+    "unreachable": 12,
+    "all-lost": 13,
+}
+
+
 def moorage(
     *args: str, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
@@ -82,7 +91,12 @@ class Cluster:
         return ",".join(n.url for n in (nodes or self.nodes))
 
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
-        return json.loads(moorage("status", "--existing", self.urls(nodes), "--json").stdout)  # type: ignore[no-any-return]
+        out = moorage("status", "--existing", self.urls(nodes), "--json", check=False)
+        # status exits by scenario: 0 healthy, 10-13 the failure scenarios.
+        assert out.returncode in (0, 10, 11, 12, 13), (out.returncode, out.stdout, out.stderr)
+        doc: dict[str, Any] = json.loads(out.stdout)
+        assert out.returncode == STATUS_EXIT_CODES[doc["scenario"]], (out.returncode, doc)
+        return doc
 
     def wait_status(
         self, want: str, nodes: list[Node] | None = None, timeout: float = 60

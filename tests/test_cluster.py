@@ -159,6 +159,8 @@ def test_hung_replica_is_reported_unhealthy(cluster: Cluster) -> None:
         assert time.monotonic() - stopped_at < 30
         bad = [r for r in doc["replicas"] if not r["healthy"]]
         assert [r["id"] for r in bad] == [r2.replica_id]
+        out = moorage("status", "--existing", cluster.urls(cluster.nodes[:2]), check=False)
+        assert out.returncode == 10, (out.stdout, out.stderr)  # replicas-unhealthy
         push_image(cluster.nodes[0], "cluster/hung", "v1", "hung")
     finally:
         r2.signal(signal.SIGCONT)
@@ -176,12 +178,13 @@ def test_status_when_nothing_answers(cluster: Cluster, tmp_path: Path) -> None:
 
     doc = json.loads(out.stdout)
     assert doc["scenario"] == "unreachable"
+    assert out.returncode == 12, out.stderr
     assert f"moorage start --data-dir {r0.data_dir}" in doc["action"]
     empty = tmp_path / "gone"
-    doc = json.loads(
-        moorage("status", "--existing", r0.url, "--data-dir", str(empty), "--json").stdout
-    )
+    out = moorage("status", "--existing", r0.url, "--data-dir", str(empty), "--json", check=False)
+    doc = json.loads(out.stdout)
     assert doc["scenario"] == "all-lost"
+    assert out.returncode == 13, out.stderr
     assert "moorage restore" in doc["action"]
 
 

@@ -92,7 +92,10 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
     doc = cluster.status([r2])
     assert doc["scenario"] == "healthy"
     assert doc["epoch"] == 2
+    assert moorage("status", "--existing", r2.url).returncode == 0  # healthy: exit 0
     assert doc["quorum"] == {"members": 1, "needed": 1, "healthy": 1}
+    assert doc["fault_tolerance"] == 0  # 1 of 1 after the repair: survives 0 failures
+    assert "no fault tolerance" in doc["action"]
     for repo, body in images.items():
         assert pull_image(r2, repo, "v1") == body
     push_image(r2, "rec/after", "v1", "after")
@@ -226,10 +229,11 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     doc = json.loads(
         moorage(
             "restore", "--in", str(b1), *fresh.flags(),
-            "--storage", str(cluster.root / "new-blobs"), "--json",
+            "--storage", str(cluster.root / "new-blobs"), "--no-replay-journal", "--json",
         ).stdout
     )  # fmt: skip
     cluster.nodes.append(fresh)
+    assert doc["journal_replayed"]["requested"] is False
     assert doc["cluster_id"] != out["cluster_id"]
     assert doc["missing_blobs"] == []
     assert doc["blobs_copied"] == 12
@@ -244,16 +248,17 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     assert status["cluster_id"] == doc["cluster_id"]
     moorage("stop", "--data-dir", str(fresh.data_dir))
 
-    # Blob storage survived: the journal brings back the push made after the backup.
+    # Blob storage survived: by default (no flag) the journal brings back the push made
+    # after the backup, and the result says how many changes and from which revision.
     again = Node(cluster.root, "again")
-    doc = json.loads(
-        moorage(
-            "restore", "--in", str(b1), *again.flags(), "--storage", str(cluster.storage),
-            "--replay-journal", "--json",
-        ).stdout
-    )  # fmt: skip
+    out_again = moorage(
+        "restore", "--in", str(b1), *again.flags(), "--storage", str(cluster.storage), "--json"
+    )
+    doc = json.loads(out_again.stdout)
     cluster.nodes.append(again)
+    assert doc["journal_replayed"]["requested"] is True
     assert doc["journal_replayed"]["applied"] >= 1
+    assert doc["journal_replayed"]["since_revision"] == doc["backup_revision"]
     assert pull_image(again, "bk/after", "v1") == after
     for repo, body in before.items():
         assert pull_image(again, repo, "v1") == body

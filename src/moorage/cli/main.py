@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ from moorage.config import (
     split_addr,
 )
 from moorage.errors import MoorageError
+
+# `moorage status` exit code per scenario (DESIGN.md §2); 1 = could not tell, 2 = bad usage.
+STATUS_EXIT_CODES = {
+    "healthy": 0,
+    "replicas-unhealthy": 10,
+    "quorum-lost": 11,
+    "unreachable": 12,
+    "all-lost": 13,
+}
 
 
 class Failed(click.ClickException):
@@ -456,6 +466,59 @@ def remove(
     )
 
 
+def status_text(doc: dict[str, Any]) -> str:
+    """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
+    which URLs and data directories were examined and what each held, never `None`."""
+    q = doc["quorum"]
+    if doc["cluster_id"] is None:
+        head = "cluster: not known (no replica answered and no data directory names it)"
+    elif doc["epoch"] is None:
+        head = f"cluster {doc['cluster_id']} (from its data directories; no replica answered)"
+    else:
+        head = f"cluster {doc['cluster_id']}  epoch {doc['epoch']}"
+    lines = [
+        head,
+        f"scenario: {doc['scenario']}"
+        + (
+            f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
+        ),
+    ]
+    if doc.get("fault_tolerance") is not None:
+        ft = doc["fault_tolerance"]
+        lines.append(
+            f"fault tolerance: survives {ft} more replica failure(s)"
+            + (" -- NONE: one more failure loses quorum" if ft == 0 else "")
+        )
+    if doc["epoch"] is None:  # nothing answered: what was examined, and what each held
+        urls = doc.get("urls_examined") or []
+        lines.append(
+            f"replica URLs examined: {', '.join(urls) if urls else '(none given)'}"
+            f" -- none answered ({doc.get('error') or 'no answer'})"
+        )
+        if not doc["replicas"]:
+            lines.append("data directories examined: none (pass --data-dir D1,D2,...)")
+        else:
+            lines.append("data directories examined:")
+        for r in doc["replicas"]:
+            if r["id"] is None:
+                lines.append(f"  {r['data_dir']}: no usable replica state ({r['error']})")
+            else:
+                lines.append(
+                    f"  {r['data_dir']}: replica {r['id']} of cluster "
+                    f"{r.get('cluster_id') or doc['cluster_id']} at {r['url']}, state present, "
+                    f"{r['error']}"
+                )
+    else:
+        for r in doc["replicas"]:
+            role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
+            state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
+            lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
+    lines.append(f"next: {doc['action']}")
+    for i, step in enumerate(doc.get("procedure") or [], 1):
+        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
+    return "\n".join(lines)
+
+
 @main.command()
 @_admin_options
 @click.option(
@@ -468,7 +531,11 @@ def remove(
 def status(
     existing: str, username: str, password: str | None, data_dirs: str | None, as_json: bool
 ) -> None:
-    """Cluster health, quorum, the scenario, and the next command to run."""
+    """Cluster health, quorum, the scenario, and the next command to run.
+
+    Exit code: 0 healthy, 10 replicas-unhealthy, 11 quorum-lost, 12 unreachable,
+    13 all-lost, 1 when the scenario could not be told, 2 bad usage.
+    """
     from moorage.recovery.diagnose import status as cluster_status
 
     client = _client(existing, username, password)
@@ -477,22 +544,12 @@ def status(
         doc = cluster_status(client, dirs)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
-    q = doc["quorum"]
-    lines = [
-        f"cluster {doc['cluster_id']}  epoch {doc['epoch']}",
-        f"scenario: {doc['scenario']}"
-        + (
-            f"  (quorum {q['healthy']}/{q['members']}, needs {q['needed']})" if q["members"] else ""
-        ),
-    ]
-    for r in doc["replicas"]:
-        role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
-        state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
-        lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
-    lines.append(f"next: {doc['action']}")
-    for i, step in enumerate(doc.get("procedure") or [], 1):
-        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
-    _emit(as_json, doc, "\n".join(lines))
+    _emit(as_json, doc, status_text(doc))
+    # Scripts and monitoring read the scenario from the exit code (DESIGN.md §2); 1 when the
+    # scenario could not be told.
+    code = STATUS_EXIT_CODES.get(str(doc.get("scenario")), 1)
+    if code:
+        sys.exit(code)
 
 
 @main.command("emergency-repair")
@@ -791,7 +848,14 @@ def backup_verify(
 @click.option("--storage", required=True, help="Blob storage directory.")
 @_ports
 @_etcd_host
-@click.option("--replay-journal", is_flag=True, help="Re-apply pushes made after the backup.")
+@click.option(
+    "--replay-journal/--no-replay-journal",
+    default=True,
+    show_default=True,
+    help="Re-apply the changes (pushes, tags, deletes) the journal in blob storage holds from "
+    "after the backup. On by default; --no-replay-journal restores the backup alone and loses "
+    "every push acknowledged after it.",
+)
 @click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
 @_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -835,9 +899,21 @@ def restore(
         f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
         f"{doc['blobs_copied']} blobs copied from the archive",
     ]
-    if doc["journal_replayed"]["requested"]:
-        text.append(f"  journal: {doc['journal_replayed']['applied']} change(s) replayed")
-        skipped = doc["journal_replayed"]["unrecoverable"]
+    jr = doc["journal_replayed"]
+    since = f"revision {jr['since_revision']} (epoch {jr['since_epoch']}"
+    if jr.get("since_time") is not None:
+        since += time.strftime(", taken %Y-%m-%d %H:%M:%S UTC", time.gmtime(jr["since_time"]))
+    since += ")"
+    if not jr["requested"]:
+        text.append(
+            f"  journal: NOT replayed (--no-replay-journal): changes made after the backup's "
+            f"{since} are not restored"
+        )
+    else:
+        text.append(
+            f"  journal: {jr['applied']} change(s) replayed, made after the backup's {since}"
+        )
+        skipped = jr["unrecoverable"]
         if skipped:
             text.append(f"  journal: {len(skipped)} change(s) not replayed:")
             text += [f"    {line}" for line in skipped[:20]]

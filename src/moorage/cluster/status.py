@@ -91,8 +91,16 @@ def diagnose(facts: Facts) -> dict[str, Any]:
             "needed": needed,
             "healthy": len(connected) if leader else 0,
         },
+        # How many more voting members can fail now with the cluster still accepting writes
+        # ((members - 1) // 2 when all are healthy).
+        "fault_tolerance": max(0, len(connected) - needed) if quorum_ok else 0,
         "replicas": rows,
     }
+
+
+def fault_tolerance(voters: int) -> int:
+    """Failures a cluster of `voters` voting members survives: (members - 1) // 2."""
+    return max(0, (voters - 1) // 2)
 
 
 def facts_replica_by_peer(facts: Facts, m: Member) -> str | None:
@@ -149,6 +157,18 @@ def _action(scenario: str, rows: list[dict[str, Any]], facts: Facts) -> str:
     bad = [r for r in rows if not r["healthy"]]
     existing = ",".join(r["url"] for r in good) or "URL"
     if scenario == "healthy":
+        voters = sum(1 for m in facts.members if not m.is_learner)
+        if fault_tolerance(voters) == 0:
+            # Healthy, but one more failure loses quorum: not "nothing to do".
+            missing = 3 - voters
+            return (
+                f"no fault tolerance: {voters} of {voters} voting member(s) healthy, the cluster "
+                "survives 0 failures; add "
+                + ("a replica" if missing == 1 else f"{missing} replicas, one at a time")
+                + f" to survive 1: moorage join --existing {existing} --data-dir NEW_DIR "
+                "--http-addr HOST:PORT --etcd-client-port PORT --etcd-peer-port PORT"
+                " (on a new host or with free ports)"
+            )
         return f"nothing to do: all {len(rows)} replicas are healthy"
     if scenario == "replicas-unhealthy":
         ids = ",".join(r["id"] for r in bad)

@@ -42,10 +42,10 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
     usable = [d for d, ok, _ in inspected if ok]
     rows = []
     for d, ok, why in inspected:
-        rid = url = None
+        rid = url = cid = None
         if ok:
             cfg = d.load()
-            rid, url = cfg.replica_id, cfg.url
+            rid, url, cid = cfg.replica_id, cfg.url, cfg.cluster_id
         rows.append(
             {
                 "id": rid,
@@ -56,6 +56,7 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
                 "learner": False,
                 "raft_index": None,
                 "data_dir": str(d.path),
+                "cluster_id": cid,
                 "error": why if not ok else "not running",
             }
         )
@@ -64,7 +65,9 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
         scenario = "all-lost"
         action = (
             "moorage restore --in BACKUP_FILE --data-dir NEW_DIR --http-addr HOST:PORT "
-            "--storage BLOB_STORAGE  # no replica's data survives; then join new replicas"
+            "--storage BLOB_STORAGE  # no replica's data survives: BLOB_STORAGE is the old "
+            "cluster's blob storage, whose journal restore replays (changes after the backup "
+            "are lost only if it is gone); then join new replicas"
         )
     else:
         scenario = "unreachable"
@@ -83,4 +86,5 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
         "quorum": {"members": None, "needed": None, "healthy": 0},
         "replicas": rows,
         "error": unreachable_error,
+        "urls_examined": list(client.urls),
     }

@@ -2,8 +2,9 @@
 
 The archive is verified before anything is touched; a corrupt one is refused. Blobs the
 archive (or its base archives) hold are copied into blob storage if missing there; referenced
-blobs found nowhere are reported. With `--replay-journal`, changes the old cluster made after
-the backup are replayed from the journal in blob storage.
+blobs found nowhere are reported. By default (`--no-replay-journal` turns it off), changes the
+old cluster made after the backup are replayed from the journal in blob storage: a restore
+without them would silently drop every push acknowledged after the backup.
 """
 
 from __future__ import annotations
@@ -173,8 +174,13 @@ async def _load(
         for batch in op_batches(ops, _BATCH):  # bounded by count and bytes
             await store._txn([], batch)
         await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, 1).encode())])
+        since = {
+            "since_epoch": int(header["epoch"]),
+            "since_revision": int(header["revision"]),
+            "since_time": header.get("created_at"),
+        }
         if not replay_journal:
-            return {"applied": 0, "unrecoverable": [], "requested": False}
+            return {"applied": 0, "unrecoverable": [], "requested": False, **since}
         plan = plan_replay(
             config.storage, header["cluster_id"], (int(header["epoch"]), int(header["revision"]))
         )
@@ -184,6 +190,7 @@ async def _load(
             "unrecoverable": result.unrecoverable,
             "requested": True,
             "changes": plan.summary()["changes"],
+            **since,
         }
     except MoorageError:
         raise
