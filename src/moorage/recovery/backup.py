@@ -245,15 +245,20 @@ def check_header(header: object, where: Path) -> dict[str, Any]:
     return header
 
 
-def read_header(path: Path) -> dict[str, Any]:
+def _read_json_member(path: Path, name: str) -> Any:
+    """The JSON record `name` of the archive at `path` (bounded, validated member)."""
     try:
         with _open_tar(path) as tar:
-            data = _find_record(tar, "backup.json", path)
+            data = _find_record(tar, name, path)
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise BackupError(f"{path} is not a readable Moorage backup: {exc}") from None
     if data is None:
-        raise BackupError(f"{path} has no backup.json: not a Moorage backup")
-    return check_header(_json(data, "backup.json", path), path)
+        raise BackupError(f"{path} has no {name}: not a Moorage backup")
+    return _json(data, name, path)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    return check_header(_read_json_member(path, "backup.json"), path)
 
 
 # -- the records ----------------------------------------------------------------------
@@ -354,14 +359,7 @@ class Metadata:
 
 
 def read_metadata(path: Path) -> Metadata:
-    try:
-        with _open_tar(path) as tar:
-            data = _find_record(tar, "metadata.json", path)
-    except (OSError, tarfile.TarError, EOFError) as exc:
-        raise BackupError(f"{path} is not a readable Moorage backup: {exc}") from None
-    if data is None:
-        raise BackupError(f"{path} has no metadata.json")
-    doc = _json(data, "metadata.json", path)
+    doc = _read_json_member(path, "metadata.json")
     if not isinstance(doc, dict):
         raise BackupError(f"{path}: metadata.json is not a JSON object")
     return Metadata.parse(doc.get("kvs"))
