@@ -163,6 +163,31 @@ def _image(c: httpx.Client, repo: str, layers: int, salt: str = "") -> bytes:
     return json.dumps(doc).encode()
 
 
+def _subject_with_big_referrers(c: httpx.Client, repo: str, count: int, random_bytes: int) -> bytes:
+    """Push a subject (tag `s`) and `count` referrers, each annotated with `random_bytes`
+    random bytes in hex; returns the subject's bytes."""
+    subject = _image(c, repo, layers=1, salt="subject")
+    r = c.put(f"/v2/{repo}/manifests/s", content=subject, headers={"Content-Type": MANIFEST})
+    assert r.status_code == 201
+    sdesc = {"mediaType": MANIFEST, "digest": _digest(subject), "size": len(subject)}
+    cfg = json.loads(subject)["config"]
+    for i in range(count):
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "artifactType": "application/vnd.example.big",
+            "config": cfg,
+            "layers": [],
+            "subject": sdesc,
+            "annotations": {"n": str(i), "blob": os.urandom(random_bytes).hex()},
+        }
+        ref = json.dumps(doc).encode()
+        r = c.put(f"/v2/{repo}/manifests/{_digest(ref)}", content=ref,
+                  headers={"Content-Type": MANIFEST})  # fmt: skip
+        assert r.status_code == 201, r.text
+    return subject
+
+
 def _walk(c: httpx.Client, url: str, field: str) -> tuple[list[str], int]:
     items: list[str] = []
     requests = 0
@@ -269,25 +294,7 @@ def test_referrers_larger_than_a_grpc_message(registry: Replica) -> None:
     """60 referrers with 100 KB annotations: about 6 MB, over gRPC's default 4 MiB."""
     with registry.client(timeout=120) as c:
         repo = "scale/referrers"
-        subject = _image(c, repo, layers=1, salt="subject")
-        r = c.put(f"/v2/{repo}/manifests/s", content=subject, headers={"Content-Type": MANIFEST})
-        assert r.status_code == 201
-        sdesc = {"mediaType": MANIFEST, "digest": _digest(subject), "size": len(subject)}
-        cfg = json.loads(subject)["config"]
-        for i in range(60):
-            doc = {
-                "schemaVersion": 2,
-                "mediaType": MANIFEST,
-                "artifactType": "application/vnd.example.big",
-                "config": cfg,
-                "layers": [],
-                "subject": sdesc,
-                "annotations": {"n": str(i), "blob": os.urandom(50_000).hex()},
-            }
-            ref = json.dumps(doc).encode()
-            r = c.put(f"/v2/{repo}/manifests/{_digest(ref)}", content=ref,
-                      headers={"Content-Type": MANIFEST})  # fmt: skip
-            assert r.status_code == 201, r.text
+        subject = _subject_with_big_referrers(c, repo, count=60, random_bytes=50_000)
         r = c.get(f"/v2/{repo}/referrers/{_digest(subject)}")
         assert r.status_code == 200
         found = r.json()["manifests"]
@@ -386,25 +393,7 @@ def test_restore_of_large_records(tmp_path: Path) -> None:
         r0 = cluster.install()
         repo = "scale/big-records"
         with r0.client() as c:
-            subject = _image(c, repo, layers=1, salt="subject")
-            put = c.put(f"/v2/{repo}/manifests/s", content=subject,
-                        headers={"Content-Type": MANIFEST})  # fmt: skip
-            assert put.status_code == 201
-            sdesc = {"mediaType": MANIFEST, "digest": _digest(subject), "size": len(subject)}
-            cfg = json.loads(subject)["config"]
-            for i in range(30):
-                doc = {
-                    "schemaVersion": 2,
-                    "mediaType": MANIFEST,
-                    "config": cfg,
-                    "layers": [],
-                    "subject": sdesc,
-                    "annotations": {"n": str(i), "blob": os.urandom(200_000).hex()},
-                }
-                ref = json.dumps(doc).encode()
-                put = c.put(f"/v2/{repo}/manifests/{_digest(ref)}", content=ref,
-                            headers={"Content-Type": MANIFEST})  # fmt: skip
-                assert put.status_code == 201, put.text
+            subject = _subject_with_big_referrers(c, repo, count=30, random_bytes=200_000)
         archive = tmp_path / "b.tar"
         moorage("backup", "--existing", r0.url, "--out", str(archive), "--json")
         moorage("stop", "--data-dir", str(r0.data_dir))
