@@ -152,7 +152,7 @@ class Cluster:
                 self.nodes.append(node)
                 return node
             last = out.stderr
-            self.cli("destroy", "--data-dir", str(node.data_dir), node=node, check=False)
+            self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
             time.sleep(2)
         self.retired.append(node)
         raise CommandFailed(f"join of {node.name} failed: {last}")
@@ -171,7 +171,7 @@ class Cluster:
             self.lab.kill_all(node.slot)
 
     def destroy(self, node: Node) -> None:
-        self.cli("destroy", "--data-dir", str(node.data_dir), node=node, check=False)
+        self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
         self.kill(node)
         if node in self.nodes:
             self.nodes.remove(node)
