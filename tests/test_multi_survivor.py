@@ -117,9 +117,10 @@ def test_two_survivors_of_five_follow_status_literally(cluster: Cluster) -> None
     assert f"on the host of replica {other.replica_id}" in out.stdout
     assert " && ".join(s["command"] for s in steps[1:]) in out.stdout
     assert "accepts writes" in out.stdout
-    # 2, 3. Destroy and join the other survivor, as printed.
+    # 2, 3. Destroy and join the other survivor, as printed (destroy asks; the operator
+    # answers yes on the terminal).
     for step in steps[1:]:
-        run_as_printed(step["command"])
+        run_as_printed(step["command"], answer="y\n")
 
     doc = cluster.wait_status("healthy", survivors)
     assert doc["epoch"] == 2
