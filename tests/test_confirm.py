@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from tests.cluster import Cluster, Node, moorage, push_image
 from tests.conftest import ADMIN_PASSWORD, moorage_cmd
@@ -39,6 +40,14 @@ def test_every_option_of_every_command_has_help() -> None:
     assert {"destroy", "remove", "repair", "restore", "emergency-repair", "backup"} <= set(
         main.commands
     )
+    # and every command's --help renders
+    runner = CliRunner()
+    for name, cmd in main.commands.items():
+        subs = [[name, sub] for sub in cmd.commands] if isinstance(cmd, click.Group) else []
+        for args in [[name], *subs]:
+            out = runner.invoke(main, [*args, "--help"])
+            assert out.exit_code == 0, (args, out.output)
+            assert "--help" in out.output
     backup = main.commands["backup"]
     assert isinstance(backup, click.Group)
     assert {"inspect", "verify"} <= set(backup.commands)

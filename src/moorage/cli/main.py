@@ -615,7 +615,8 @@ def emergency_repair(
     no_replay: bool,
     as_json: bool,
 ) -> None:
-    """Quorum lost: make a one-replica cluster from the most up-to-date survivor."""
+    """Quorum lost: make a one-replica cluster from the most up-to-date survivor. Prints the
+    plan (candidates compared, what is kept and could be lost), then asks (--yes, --dry-run)."""
     from moorage.recovery import emergency
     from moorage.recovery.client import AdminClient, split_urls
     from moorage.recovery.journal_replay import plan_replay
@@ -707,15 +708,13 @@ def _describe_plan(doc: dict[str, Any]) -> str:
         "  keeps: the survivor's data directory and blob storage (never deleted); the other "
         "replicas' directories are left as they are (fenced)"
     )
-    behind = [
-        c["behind_by_revisions"]
-        for c in doc["candidates"]
-        if c["data_revision"] is not None and c["behind_by_revisions"]
-    ]
     lines.append(
-        "  could lose: changes only a replica that is neither compared nor reachable holds"
-        + ("" if doc.get("journal_replay") is not None else ", and changes the journal holds")
-        + (f"; compared candidates are behind by up to {max(behind)} revisions" if behind else "")
+        "  could lose: changes held only by replicas that were neither compared nor reachable"
+        + (
+            " (the journal replay below brings back those the journal recorded)"
+            if doc.get("journal_replay") is not None
+            else ", and the journal's changes (not replayed: --no-replay)"
+        )
     )
     for r in doc.get("rejoin") or []:
         lines.append(
