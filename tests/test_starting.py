@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -140,6 +141,10 @@ def _check_block(doc: dict[str, Any]) -> list[str]:
         assert "#" not in line, line
         assert "--password" not in line, line
         shlex.split(line)
+    # Every placeholder a command uses is explained, in JSON and in the block.
+    for word in re.findall(r"\b[A-Z][A-Z_]+(?::[A-Z]+)?\b", " ".join(cmds)):
+        assert word in doc["placeholders"], word
+        assert any(line.startswith("# replace ") and word in line for line in block), word
     if any("--existing" in c for c in cmds):
         assert block[1].startswith("# these commands read the admin password from MOORAGE_PASSWORD")
     return block

@@ -110,6 +110,7 @@ def diagnose(facts: Facts) -> dict[str, Any]:
         if commands
         else f"nothing to do: all {len(rows)} replicas are healthy",
         "commands": commands,
+        "placeholders": placeholders(commands),
         # Quorum lost: every step of the procedure, in order, with the replica whose host
         # runs it (the action says the same in one line).
         "procedure": _repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
@@ -244,6 +245,24 @@ JOIN_PLACEHOLDERS = (
 )
 
 
+PLACEHOLDERS = {
+    "NEW_DIR": "an empty directory for the new replica's state",
+    "HOST:PORT": "the new replica's listen address",
+    "CLIENT_PORT": "a free port for its etcd client",
+    "PEER_PORT": "a free port for its etcd peer traffic",
+    "ITS_DIR": "the replica's data directory on its host",
+    "BACKUP_FILE": "the newest backup file",
+    "BLOB_STORAGE": "the old cluster's blob storage directory",
+    "URL": "the URL of a healthy replica",
+}
+
+
+def placeholders(commands: list[dict[str, Any]]) -> dict[str, str]:
+    """The placeholders the commands use, with what to put in their place."""
+    words = {w for c in commands for w in re.split(r"[\s,=]+", c["command"])}
+    return {k: v for k, v in PLACEHOLDERS.items() if k in words}
+
+
 def command(text: str, host: str | None = None, note: str | None = None) -> dict[str, Any]:
     return {"host": host, "command": text, "note": note}
 
@@ -364,6 +383,9 @@ def next_block(doc: dict[str, Any]) -> list[str]:
         return lines
     if any("--existing" in c["command"] for c in commands):
         lines.append(f"# {PASSWORD_NOTE} (and the user from MOORAGE_USERNAME, default admin)")
+    holders = placeholders(commands)
+    if holders:
+        lines.append("# replace " + "; ".join(f"{k} with {v}" for k, v in holders.items()))
     prev_host: str | None = None
     for c in commands:
         if c["note"]:

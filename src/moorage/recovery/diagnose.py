@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from moorage.cluster.status import action_text, command, localize, program
+from moorage.cluster.status import action_text, command, localize, placeholders, program
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.recovery.client import AdminClient, ClusterUnreachable
@@ -73,6 +73,8 @@ def _with_local_facts(doc: dict[str, Any], data_dirs: list[DataDir]) -> dict[str
                     c["command"] += extra
         if doc.get("commands"):
             doc["action"] = action_text(doc["commands"])
+    if "commands" in doc:
+        doc["placeholders"] = placeholders(doc["commands"])
     return localize(doc, program())
 
 
