@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import shlex
 import signal
@@ -16,12 +17,20 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from moorage.cluster.status import diagnose, localize, next_block
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord
 from tests.cluster import Cluster, moorage, pull_image, push_image
 from tests.test_guidance import _report, healthy_facts
+
+
+@pytest.fixture(autouse=True)
+def _moorage_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`moorage` on PATH as `make install` puts it (printed commands then say `moorage`)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
 def _commands(doc: dict[str, Any]) -> list[str]:
@@ -316,3 +325,60 @@ def test_status_text_rows_say_starting() -> None:
     assert "starting: raft index 60, 40 behind the leader's" in text
     assert "UNHEALTHY" not in text
     assert text.splitlines()[-1].startswith("moorage status --existing ")
+
+
+def test_stopped_replicas_whose_dirs_are_given_are_started_not_repaired(tmp_path: Path) -> None:
+    """Quorum lost because two replicas are stopped, their state intact (status was given
+    their directories): start them, which loses nothing; never an emergency repair first.
+    A replica whose process runs but whose API does not answer yet is starting: wait."""
+    from moorage.cluster.supervisor import SUPERVISOR_PID
+    from moorage.recovery.diagnose import _with_local_facts
+
+    facts = healthy_facts(3)
+    for i in (2, 3):
+        facts.statuses[i] = "connection refused"
+        facts.pings[f"{i}" * 12] = (0, "refused")
+    dirs = [_kept(tmp_path, "2", 5401), _kept(tmp_path, "3", 5501)]
+    doc = _with_local_facts(diagnose(facts), dirs)
+    assert doc["scenario"] == "quorum-lost"
+    cmds = _commands(doc)
+    assert cmds[0] == f"moorage start --data-dir {dirs[0].path},{dirs[1].path}"
+    assert cmds[1].startswith("moorage status --existing ")
+    assert cmds[1].endswith(f"--data-dir {dirs[0].path},{dirs[1].path}")
+    assert "emergency-repair" not in doc["action"]
+    _check_block(doc)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(dirs[0].path)]
+    )
+    try:
+        dirs[0].pid_file(SUPERVISOR_PID).write_text(f"{proc.pid}\n")
+        doc = _with_local_facts(diagnose(facts), dirs)
+        row = next(r for r in doc["replicas"] if r["id"] == "2" * 12)
+        assert row["state"] == "starting"
+        (wait,) = doc["commands"]
+        assert wait["note"].startswith("wait: replica 222222222222 (process")
+        _no_remove(doc)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_program_is_moorage_on_path_else_the_absolute_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from moorage.cluster.status import program
+
+    cli = Path(sys.executable).parent / "moorage"
+    monkeypatch.setattr(sys, "argv", [str(cli)])
+    assert program() == "moorage"  # PATH holds the venv's bin (fixture above)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert program() == str(cli.absolute())
+    (tmp_path / "moorage").symlink_to(cli)  # what `make install` links as root
+    assert program() == "moorage"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "moorage").write_text("#!/bin/sh\n")
+    (other / "moorage").chmod(0o755)
+    monkeypatch.setenv("PATH", str(other))  # another moorage on PATH: not ours
+    assert program() == str(cli.absolute())

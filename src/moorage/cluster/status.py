@@ -401,7 +401,7 @@ def program() -> str:
     """How printed commands name the CLI: `moorage` when that resolves on PATH to the CLI
     running now, otherwise the running CLI's absolute path."""
     running = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if running is None or running.suffix == ".py" or not os.access(running, os.X_OK):
+    if running is None or running.name != "moorage" or not os.access(running, os.X_OK):
         # `python -m moorage`: the console script next to this interpreter.
         running = Path(sys.executable).parent / "moorage"
     running = running.absolute()

@@ -50,10 +50,63 @@ def start_command(dirs: list[DataDir]) -> str:
     return f"moorage start --data-dir {shlex.quote(','.join(paths))}"
 
 
+def _local_processes(doc: dict[str, Any], data_dirs: list[DataDir]) -> None:
+    """A replica that does not answer, whose data directory status was given: if its
+    process runs (the API not listening yet), it is starting: wait; if it is stopped with
+    its state intact, starting it loses nothing, unlike a remove or an emergency repair."""
+    if doc.get("scenario") not in ("quorum-lost", "replicas-unhealthy"):
+        return
+    by_id: dict[str, DataDir] = {}
+    for d in data_dirs:
+        ok, _ = _usable(d)
+        if ok:
+            by_id[d.load().replica_id] = d
+    stopped: list[DataDir] = []
+    up: list[str] = []
+    for r in doc.get("replicas") or []:
+        mine = by_id.get(r["id"])
+        if mine is None or r.get("state") != "unhealthy" or r.get("reachable"):
+            continue
+        pid = _process_up(mine)
+        if pid is not None:
+            r["state"] = "starting"
+            r["progress"] = f"process {pid} up, API not answering yet"
+            up.append(r["id"])
+        elif running_pid_or_none(mine) is None and r.get("raft_index") is None:
+            stopped.append(mine)
+    urls = ",".join(r["url"] for r in doc.get("replicas") or [] if r.get("url")) or "URL"
+    again = command(f"moorage status --existing {urls}", note="then run status again")
+    if up:
+        names = ", ".join(
+            f"{r['id']} ({r['progress']})" for r in doc["replicas"] if r.get("state") == "starting"
+        )
+        again["note"] = f"wait: replica {names} is starting; run status again"
+        doc["commands"] = [again]
+    elif stopped:
+        ids = ", ".join(d.load().replica_id for d in stopped)
+        doc["commands"] = [
+            command(
+                start_command(stopped),
+                note=f"replica(s) {ids} are stopped, their state intact: start them, which "
+                "loses nothing (if one cannot start, run status again without its --data-dir "
+                "for the next step)",
+            ),
+            again,
+        ]
+
+
+def running_pid_or_none(d: DataDir) -> int | None:
+    from moorage.cluster.lifecycle import running_pid
+
+    return running_pid(d)
+
+
 def _with_local_facts(doc: dict[str, Any], data_dirs: list[DataDir]) -> dict[str, Any]:
     """What only the operator's side knows: the data directories status was given (the
     emergency repair compares them all; `status` again inspects them too), and how the
     running CLI is named on this host."""
+    if data_dirs and doc.get("epoch") is not None:
+        _local_processes(doc, data_dirs)
     if data_dirs:
         given = ",".join(str(d.path) for d in data_dirs)
         for c in doc.get("commands") or []:
