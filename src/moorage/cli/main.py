@@ -555,7 +555,11 @@ def status(
     """Cluster health, quorum, the scenario, and the next command to run.
 
     Exit code: 0 healthy, 10 replicas-unhealthy, 11 quorum-lost, 12 unreachable,
-    13 all-lost, 1 when the scenario could not be told, 2 bad usage.
+    13 all-lost, 14 starting (replicas are starting or catching up: wait, run status
+    again), 1 when the scenario could not be told, 2 bad usage.
+
+    The text ends with a `next:` block that can be pasted into a shell as is (after
+    replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
     from moorage.recovery.diagnose import status as cluster_status
 
