@@ -101,9 +101,11 @@ def test_dead_hung_or_broken_replicas_are_still_removed() -> None:
             "moorage join --existing http://127.0.0.1:5000 --data-dir NEW_DIR --http-addr "
             "HOST:PORT --etcd-client-port CLIENT_PORT --etcd-peer-port PEER_PORT"
         )
-    # Up to date, heartbeating, API unhealthy: broken, not starting.
+    # Heartbeating, API unhealthy (a few raft entries behind, as in flight): broken, not
+    # starting.
     facts = healthy_facts(3)
     facts.pings[rid] = (503, "blob storage unreadable")
+    facts.statuses[3] = MemberStatus(3, 1, 97, 2, False, 50, ())
     doc = diagnose(facts)
     assert next(r for r in doc["replicas"] if r["id"] == rid)["state"] == "unhealthy"
 
@@ -323,6 +325,7 @@ def test_status_text_rows_say_starting() -> None:
     facts = healthy_facts(3)
     facts.statuses[3] = MemberStatus(3, 1, 60, 2, False, 50, ())
     facts.pings["3" * 12] = (503, "store not ready")
+    del facts.heartbeats["3" * 12]
     doc = diagnose(facts)
     text = status_text(cast(dict[str, Any], doc))
     assert "starting: raft index 60, 40 behind the leader's" in text

@@ -217,18 +217,21 @@ def _starting_progress(
         return None
     if st.leader != leader and not m.is_learner:
         return None
+    # What says "just started": a learner, or no heartbeat since it started. A replica that
+    # heartbeats and is still unhealthy is broken, not starting (a raft index a few entries
+    # behind is normal in flight: progress to report, not evidence of a start).
     steps: list[str] = []
     if m.is_learner:
         steps.append("etcd member is a learner (not yet promoted to voter)")
-    top = _leader_index(facts, leader)
-    if top is not None and top > st.raft_index:
-        steps.append(f"raft index {st.raft_index}, {top - st.raft_index} behind the leader's")
     if hb is None:
         steps.append("heartbeat not yet written")
     elif facts.now - hb.at > HEARTBEAT_FRESH:
         steps.append(f"heartbeat not yet written since start (last {facts.now - hb.at:.0f} s ago)")
     if not steps:
-        return None  # up to date and heartbeating, yet unhealthy: broken, not starting
+        return None
+    top = _leader_index(facts, leader)
+    if top is not None and top > st.raft_index:
+        steps.insert(0, f"raft index {st.raft_index}, {top - st.raft_index} behind the leader's")
     if ping[0] != 200 or ping[1]:
         steps.append(f"API not yet healthy: {ping[1] or f'HTTP {ping[0]}'}")
     return "; ".join(steps)
