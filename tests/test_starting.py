@@ -244,13 +244,16 @@ def test_quorum_lost_repair_carries_the_other_given_dirs(tmp_path: Path) -> None
     facts = healthy_facts(3)
     facts.statuses[1] = facts.statuses[2] = "connection refused"
     doc = diagnose(facts)
-    dirs = [DataDir("/srv/r0"), DataDir("/srv/r2"), DataDir("/srv/r1")]
+    # The survivor's own directory (/srv/r2), two more holding replica state, one without:
+    # only those with state are compared.
+    kept = [_kept(tmp_path, "x", 5601), _kept(tmp_path, "y", 5701)]
+    dirs = [kept[0], DataDir("/srv/r2"), DataDir(tmp_path / "gone"), kept[1]]
     doc = _with_local_facts(doc, dirs)
     repair = shlex.split(doc["commands"][0]["command"])
     assert repair[1:4] == ["emergency-repair", "--data-dir", "/srv/r2"]
-    assert repair[-2:] == ["--candidate-dir", "/srv/r0,/srv/r1"]
+    assert repair[-2:] == ["--candidate-dir", f"{kept[0].path},{kept[1].path}"]
     assert doc["procedure"][0]["command"] == doc["commands"][0]["command"]
-    assert "--candidate-dir /srv/r0,/srv/r1" in doc["action"]
+    assert f"--candidate-dir {kept[0].path},{kept[1].path}" in doc["action"]
 
 
 def test_a_failed_start_shows_only_this_runs_log(tmp_path: Path) -> None:

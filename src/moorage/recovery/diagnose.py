@@ -115,8 +115,11 @@ def _with_local_facts(doc: dict[str, Any], data_dirs: list[DataDir]) -> dict[str
                 c["command"] += f" --data-dir {shlex.quote(given)}"
             elif argv[1:2] == ["emergency-repair"] and "--candidate-dir" not in argv:
                 repair_dir = shlex.split(c["command"])[3]
+                # The other directories holding replica state (nothing to compare in the rest).
                 others = [
-                    str(d.path) for d in data_dirs if d.path.resolve() != Path(repair_dir).resolve()
+                    str(d.path)
+                    for d in data_dirs
+                    if d.path.resolve() != Path(repair_dir).resolve() and _usable(d)[0]
                 ]
                 if others:
                     extra = f" --candidate-dir {shlex.quote(','.join(others))}"
