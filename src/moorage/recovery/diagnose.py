@@ -193,22 +193,28 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
             )
         ]
     elif up:
-        # The replicas' processes run but no API answers yet: they are starting (etcd
-        # waiting for its peers, the API not listening yet). Wait, do not act.
+        # Some replicas' processes run but no API answers yet: they are starting (etcd
+        # waiting for its peers, the API not listening yet). Start the stopped ones (they
+        # are what the running ones wait for), then wait; never act on a starting one.
         scenario = "starting"
         urls = ",".join(client.urls)
         names = ", ".join(f"{r['id']} ({r['progress']})" for r in rows if r["state"] == "starting")
-        commands = [
+        commands = []
+        not_up = [d for d in usable if str(d.path) not in up]
+        if not_up:
+            commands.append(
+                command(
+                    start_command(not_up),
+                    note="the other replicas are stopped, their state intact: start them (the "
+                    "running ones wait for them)",
+                )
+            )
+        commands.append(
             command(
                 f"moorage status --existing {urls}",
-                note=f"wait: replica {names} is starting; run status again"
-                + (
-                    " (and start the others: " + start_command(not_up) + ")"
-                    if (not_up := [d for d in usable if str(d.path) not in up])
-                    else ""
-                ),
+                note=f"wait: replica {names} is starting; run status again",
             )
-        ]
+        )
     elif usable:
         scenario = "unreachable"
         commands = [
