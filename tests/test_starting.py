@@ -383,7 +383,8 @@ def test_stopped_replicas_whose_dirs_are_given_are_started_not_repaired(tmp_path
         doc = _with_local_facts(diagnose(facts), dirs)
         row = next(r for r in doc["replicas"] if r["id"] == "2" * 12)
         assert row["state"] == "starting"
-        (wait,) = doc["commands"]
+        start, wait = doc["commands"]  # the stopped one started, the starting one awaited
+        assert start["command"] == f"moorage start --data-dir {dirs[1].path}"
         assert wait["note"].startswith("wait: replica 222222222222 (process")
         _no_remove(doc)
     finally:

@@ -76,23 +76,26 @@ def _local_processes(doc: dict[str, Any], data_dirs: list[DataDir]) -> None:
             stopped.append(mine)
     urls = ",".join(r["url"] for r in doc.get("replicas") or [] if r.get("url")) or "URL"
     again = command(f"moorage status --existing {urls}", note="then run status again")
-    if up:
-        names = ", ".join(
-            f"{r['id']} ({r['progress']})" for r in doc["replicas"] if r.get("state") == "starting"
-        )
-        again["note"] = f"wait: replica {names} is starting; run status again"
-        doc["commands"] = [again]
-    elif stopped:
+    if not up and not stopped:
+        return
+    commands = []
+    if stopped:
         ids = ", ".join(d.load().replica_id for d in stopped)
-        doc["commands"] = [
+        commands.append(
             command(
                 start_command(stopped),
                 note=f"replica(s) {ids} are stopped, their state intact: start them, which "
                 "loses nothing (if one cannot start, run status again without its --data-dir "
                 "for the next step)",
-            ),
-            again,
-        ]
+            )
+        )
+    if up:
+        names = ", ".join(
+            f"{r['id']} ({r['progress']})" for r in doc["replicas"] if r.get("state") == "starting"
+        )
+        again["note"] = f"wait: replica {names} is starting; run status again"
+    commands.append(again)
+    doc["commands"] = commands
 
 
 def running_pid_or_none(d: DataDir) -> int | None:
