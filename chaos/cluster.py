@@ -184,8 +184,8 @@ class Cluster:
 
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
         out = self.cli("status", "--existing", self.urls(nodes), "--json", timeout=120, check=False)
-        # status exits by scenario (0 healthy, 10-13); anything else is a failure.
-        if out.returncode not in (0, 10, 11, 12, 13):
+        # status exits by scenario (0 healthy, 10-14); anything else is a failure.
+        if out.returncode not in (0, 10, 11, 12, 13, 14):  # 14: starting
             raise CommandFailed(
                 f"moorage status failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
             )

@@ -108,7 +108,9 @@ def test_two_survivors_of_five_follow_status_literally(cluster: Cluster) -> None
     out = moorage("status", "--existing", cluster.urls(survivors), check=False)
     assert out.returncode == 11, out.stderr  # quorum-lost
     text = out.stdout
-    assert f"1. on the host of replica {best.replica_id}: {steps[0]['command']}" in text
+    # The pasteable next: block: each host named on a comment line before its commands.
+    assert f"# on the host of replica {best.replica_id}:\n{steps[0]['command']}\n" in text
+    assert f"# on the host of replica {other.replica_id}:\n{steps[1]['command']}\n" in text
 
     # 1. The emergency repair, as printed, on a terminal that answers yes. The other
     # survivor answers without a leader: it is compared, fenced, and told how to come back.

@@ -35,6 +35,7 @@ STATUS_EXIT_CODES = {
     "quorum-lost": 11,
     "unreachable": 12,
     "all-lost": 13,
+    "starting": 14,  # replicas are starting or catching up: wait, run status again
 }
 
 
@@ -287,28 +288,41 @@ def install(
 
 
 @main.command()
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option(
+    "--data-dir",
+    "data_dirs",
+    required=True,
+    multiple=True,
+    help="Replica state; several (comma-separated or repeated) start together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def start(data_dir: str, as_json: bool) -> None:
-    """Start an installed replica in the background (a no-op if it is running)."""
-    from moorage.cluster.lifecycle import ping, running_pid, start_background
+def start(data_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Start installed replicas in the background (a no-op for one that is running).
 
-    d = DataDir(data_dir)
+    Several data directories (the replicas of a stopped cluster) start together; the
+    command returns once all are healthy. A single replica of a stopped cluster returns
+    once its API answers (it cannot be healthy before enough of its peers run)."""
+    from moorage.cluster.lifecycle import start_many
+
+    paths = [p.strip() for arg in data_dirs for p in arg.split(",") if p.strip()]
+    if not paths:
+        raise click.UsageError("give at least one --data-dir")
     try:
-        config = d.load()
-        already = running_pid(d)
-        pid = already or start_background(d, healthy=False).pid
-        status, doc = ping(config.url)
+        results = start_many([DataDir(p) for p in paths])
     except MoorageError as exc:
         raise Failed(str(exc)) from None
-    state = "already running" if already else "started"
-    if not (status == 200 and doc.get("healthy") is True):
-        state += f", not healthy yet: {doc.get('error')} (start the cluster's other replicas)"
-    _emit(
-        as_json,
-        {"replica_id": config.replica_id, "url": config.url, "pid": pid, "state": state},
-        f"replica {config.replica_id} {state} (pid {pid}) at {config.url}",
-    )
+    docs = []
+    lines = []
+    for r in results:
+        state = "already running" if r.already else "started"
+        if not r.healthy:
+            state += f", not healthy yet: {r.error} (start the cluster's other replicas)"
+        docs.append(
+            {"replica_id": r.config.replica_id, "url": r.config.url, "pid": r.pid, "state": state}
+        )
+        lines.append(f"replica {r.config.replica_id} {state} (pid {r.pid}) at {r.config.url}")
+    doc: dict[str, Any] = docs[0] if len(docs) == 1 else {"replicas": docs}
+    _emit(as_json, doc, "\n".join(lines))
 
 
 @main.command()
@@ -494,6 +508,8 @@ def remove(
 def status_text(doc: dict[str, Any]) -> str:
     """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
     which URLs and data directories were examined and what each held, never `None`."""
+    from moorage.cluster.status import next_block
+
     q = doc["quorum"]
     if doc["cluster_id"] is None:
         head = "cluster: not known (no replica answered and no data directory names it)"
@@ -528,19 +544,24 @@ def status_text(doc: dict[str, Any]) -> str:
             if r["id"] is None:
                 lines.append(f"  {r['data_dir']}: no usable replica state ({r['error']})")
             else:
+                what = f"starting ({r['progress']})" if r.get("state") == "starting" else r["error"]
                 lines.append(
                     f"  {r['data_dir']}: replica {r['id']} of cluster "
                     f"{r.get('cluster_id') or doc['cluster_id']} at {r['url']}, state present, "
-                    f"{r['error']}"
+                    f"{what}"
                 )
     else:
         for r in doc["replicas"]:
             role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
-            state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
+            if r["healthy"]:
+                state = "healthy"
+            elif r.get("state") == "starting":
+                state = f"starting: {r['progress']}"
+            else:
+                state = f"UNHEALTHY: {r['error']}"
             lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
-    lines.append(f"next: {doc['action']}")
-    for i, step in enumerate(doc.get("procedure") or [], 1):
-        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
+    # A pasteable shell block: one command per line, explanations as comment lines.
+    lines.extend(next_block(doc))
     return "\n".join(lines)
 
 
@@ -559,7 +580,11 @@ def status(
     """Cluster health, quorum, the scenario, and the next command to run.
 
     Exit code: 0 healthy, 10 replicas-unhealthy, 11 quorum-lost, 12 unreachable,
-    13 all-lost, 1 when the scenario could not be told, 2 bad usage.
+    13 all-lost, 14 starting (replicas are starting or catching up: wait, run status
+    again), 1 when the scenario could not be told, 2 bad usage.
+
+    The text ends with a `next:` block that can be pasted into a shell as is (after
+    replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
     from moorage.recovery.diagnose import status as cluster_status
 
