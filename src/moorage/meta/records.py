@@ -241,3 +241,23 @@ class HeartbeatRecord:
     def decode(cls, raw: bytes | str) -> HeartbeatRecord:
         record: HeartbeatRecord = _build(cls, _fields(raw, "heartbeat"), "heartbeat")
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """Who holds a lease-backed lock (e.g. the join lock), since when."""
+
+    owner: str
+    at: float
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> LockRecord:
+        record: LockRecord = _build(cls, _fields(raw, "lock"), "lock")
+        check_text(record.owner, "lock", "owner")
+        return record
+
+    def describe(self) -> str:
+        return self.encode().decode()
