@@ -149,8 +149,12 @@ def fetch_records(client: AdminClient) -> tuple[dict[str, Any], Metadata]:
     """The cluster's records as of one revision, through the admin API: its answer (cluster
     id, epoch, revision) and the records, validated again here (never trusted)."""
     doc = client.call("GET", "/api/v0/cluster/backup")
-    md = Metadata.parse(doc.get("records"))
-    md.invalid[:0] = [str(line) for line in doc.get("invalid") or ()]
+    if "records" not in doc and "kvs" in doc:  # a replica not upgraded yet: keys and values
+        md = Metadata.parse_kvs(doc["kvs"])
+    else:
+        md = Metadata.parse(doc.get("records"))
+    invalid = doc.get("invalid")
+    md.invalid[:0] = [str(line) for line in invalid] if isinstance(invalid, list) else []
     return doc, md
 
 
@@ -164,6 +168,42 @@ def _wanted(md: Metadata, include_blobs: bool) -> dict[str, tuple[str, str, int]
         for (repo, digest), size in md.links.items():
             wanted.setdefault(digest, ("blob", repo, size))
     return wanted
+
+
+def _plan(
+    md: Metadata, include_blobs: bool, chain_held: set[str]
+) -> tuple[dict[str, tuple[str, str, int]], dict[str, tuple[str, str, int]]]:
+    """What to store in this archive, and what its base archives hold already."""
+    wanted = _wanted(md, include_blobs)
+    to_store = {d: w for d, w in wanted.items() if d not in chain_held}
+    from_base = {d: w for d, w in wanted.items() if d in chain_held}
+    return to_store, from_base
+
+
+def new_header(
+    doc: dict[str, Any],
+    md: Metadata,
+    include_blobs: bool,
+    to_store: dict[str, tuple[str, str, int]],
+    chain_held: set[str],
+    since: Path | None,
+    base_chain: list[str],
+) -> dict[str, Any]:
+    """backup.json of the current format (`doc`: cluster id, epoch and revision)."""
+    return {
+        "version": FORMAT_VERSION,
+        "cluster_id": doc["cluster_id"],
+        "epoch": doc["epoch"],
+        "revision": doc["revision"],
+        "created_at": time.time(),
+        "include_blobs": include_blobs,
+        "counts": md.counts(),
+        "blobs_in_archive": sorted(to_store),
+        "manifests_in_archive": sorted(d for d, w in to_store.items() if w[0] == "manifest"),
+        "chain_blobs": sorted(chain_held),
+        "base": since.name if since else None,
+        "base_chain": base_chain,
+    }
 
 
 def _split(items: dict[str, tuple[str, str, int]]) -> tuple[int, int]:
@@ -190,27 +230,12 @@ def create(
             raise BackupError(f"--since {since}: not a backup file name")
         with contextlib.ExitStack() as stack:
             chain_held, base_chain = _chain_blobs(since, passphrase, stack)
-    wanted = _wanted(md, include_blobs)
-    to_store = {d: w for d, w in wanted.items() if d not in chain_held}
-    from_base = {d: w for d, w in wanted.items() if d in chain_held}
-    header = {
-        "version": FORMAT_VERSION,
-        "cluster_id": doc["cluster_id"],
-        "epoch": doc["epoch"],
-        "revision": doc["revision"],
-        "created_at": time.time(),
-        "include_blobs": include_blobs,
-        "counts": md.counts(),
-        "blobs_in_archive": sorted(to_store),
-        "manifests_in_archive": sorted(d for d, w in to_store.items() if w[0] == "manifest"),
-        "chain_blobs": sorted(chain_held),
-        "base": since.name if since else None,
-        "base_chain": base_chain,
-    }
+    to_store, from_base = _plan(md, include_blobs, chain_held)
+    header = new_header(doc, md, include_blobs, to_store, chain_held, since, base_chain)
     source: Source = (
         StorageSource(local) if local is not None else HttpSource(client, doc["revision"])
     )
-    _write(out, header, md, to_store, source, passphrase, progress)
+    write(out, header, md, to_store, source, passphrase, progress)
     manifests, blobs = _split(to_store)
     base_manifests, base_blobs = _split(from_base)
     return {
@@ -228,7 +253,7 @@ def create(
     }
 
 
-def _write(
+def write(
     out: Path,
     header: dict[str, Any],
     md: Metadata,
