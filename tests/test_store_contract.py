@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from moorage.cluster.etcd_process import EtcdProcess
+from moorage.cluster.fence import read_fence, write_fence
 from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
@@ -23,6 +25,7 @@ from moorage.meta.etcd import EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import (
     ClusterRecord,
+    FenceRecord,
     HeartbeatRecord,
     ManifestRecord,
     ReplicaRecord,
@@ -316,3 +319,15 @@ def test_every_entry_has_one_key_and_back() -> None:
 def test_forged_entries_are_refused(doc: object) -> None:
     with pytest.raises(RecordCorrupt):
         from_json(doc)
+
+
+def test_fence_marker_is_a_typed_record(tmp_path: Path) -> None:
+    write_fence(tmp_path, "c1", 3, "r1")
+    marker = read_fence(tmp_path)
+    assert marker is not None
+    assert (marker.cluster_id, marker.epoch, marker.by_replica) == ("c1", 3, "r1")
+    # A marker written by earlier code (json.dump, spaces) or with more fields still fences.
+    old = b'{"cluster_id": "c1", "epoch": 4, "by_replica": "r2", "at": 1.5, "more": [1]}'
+    assert FenceRecord.decode(old) == FenceRecord("c1", 4, "r2", 1.5)
+    for junk in (b"", b"[]", b'{"cluster_id": "c1"}', b'{"cluster_id": 1, "epoch": 2}', b"\xff"):
+        assert FenceRecord.decode(junk) is None
