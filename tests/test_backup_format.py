@@ -16,7 +16,11 @@ from moorage.recovery.archive_records import Metadata, read_metadata
 from moorage.recovery.backup_sources import StorageSource
 from moorage.recovery.backup_verify import archive_counts, inspect, verify
 from moorage.storage.paths import StorageLayout
-from tests.test_backup_hardening import FORMAT_1
+
+#: A backup written by the code of format 1 (metadata.json held the store's keys and
+#: values): repositories old/app (tags v1, v2, a referrer of v1) and other (tag latest),
+#: every blob included, user admin with the tests' password.
+FORMAT_1 = Path(__file__).parent / "fixtures" / "backup-v1.tar"
 
 
 def test_format_1_reads_as_typed_records() -> None:

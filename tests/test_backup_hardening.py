@@ -22,6 +22,7 @@ from moorage.recovery import backup
 from moorage.recovery.client import AdminClient
 from tests.cluster import OCI_MANIFEST, Cluster, Node, moorage, pull_image, push_image, sha256
 from tests.conftest import ADMIN_PASSWORD
+from tests.test_backup_format import FORMAT_1
 
 
 @pytest.fixture
@@ -74,12 +75,6 @@ def edit_json(name: str, fn: Callable[[dict], None]) -> Callable[[str, bytes], b
         return json.dumps(doc).encode()
 
     return change
-
-
-#: A backup written by the code of format 1 (metadata.json held the store's keys and
-#: values): repositories old/app (tags v1, v2, a referrer of v1) and other (tag latest),
-#: every blob included, user admin with the tests' password.
-FORMAT_1 = Path(__file__).parent / "fixtures" / "backup-v1.tar"
 
 
 def forge_format_1(name: str, data: bytes) -> bytes:
