@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
 from moorage.recovery import backup
 from moorage.recovery.client import AdminClient
-from tests.cluster import Cluster, Node, moorage, pull_image, push_image, sha256
+from tests.cluster import OCI_MANIFEST, Cluster, Node, moorage, pull_image, push_image, sha256
 from tests.conftest import ADMIN_PASSWORD
+from tests.test_backup_format import FORMAT_1
 
 
 @pytest.fixture
@@ -75,6 +77,25 @@ def edit_json(name: str, fn: Callable[[dict], None]) -> Callable[[str, bytes], b
     return change
 
 
+def forge_format_1(name: str, data: bytes) -> bytes:
+    """Forged keys and values in a format-1 archive (SHA256SUMS recomputed by `edit`)."""
+    if name != "metadata.json":
+        return data
+    doc = json.loads(data)
+    kvs = doc["kvs"]
+    manifest = next(k for k, _ in kvs if k.startswith("/moorage/manifests/old/app@"))
+    digest = manifest.rpartition("@")[2]
+    tag = {"digest": "sha256:/etc/passwd", "media_type": mt.OCI_MANIFEST, "size": 10}
+    kvs.append(["/moorage/tags/old/app@evil", json.dumps(tag)])
+    kvs.append(["/moorage/tags/old/app@../x", json.dumps(dict(tag, digest=digest))])
+    kvs.append(["/moorage/repos/../../etc", "{}"])
+    mtype = {"digest": digest, "media_type": "text/html", "size": 10}
+    kvs.append([manifest, json.dumps(mtype)])
+    kvs.append(["/moorage/blobs/old/app@sha256:../../y", '{"size": 1}'])
+    kvs.append(["/etc/passwd", "{}"])
+    return json.dumps(doc).encode()
+
+
 def refused(*args: str) -> str:
     """Run a command that must fail cleanly (exit 1, a message, no traceback)."""
     out = moorage(*args, check=False)
@@ -108,17 +129,18 @@ def test_tampered_and_malformed_archives_are_refused(cluster: Cluster) -> None:
 
     # 1. Records changed and SHA256SUMS recomputed: every invalid record is listed.
     def forge(doc: dict) -> None:  # type: ignore[type-arg]
-        kvs = doc["kvs"]
-        tag = {"digest": "sha256:/etc/passwd", "media_type": mt.OCI_MANIFEST, "size": 10}
-        kvs.append(["/moorage/tags/hard/app@evil", json.dumps(tag)])
-        tag2 = dict(tag, digest="sha256:../../x")
-        kvs.append(["/moorage/tags/hard/app@evil2", json.dumps(tag2)])
-        kvs.append(["/moorage/tags/hard/app@../x", json.dumps(dict(tag, digest=sha256(body)))])
-        kvs.append(["/moorage/repos/../../etc", "{}"])
-        mtype = {"digest": sha256(body), "media_type": "text/html", "size": len(body)}
-        kvs.append([f"/moorage/manifests/hard/app@{sha256(body)}", json.dumps(mtype)])
-        kvs.append(["/moorage/blobs/hard/app@sha256:../../y", '{"size": 1}'])
-        kvs.append(["/etc/passwd", "{}"])
+        records = doc["records"]
+        tag = {"kind": "tag", "repo": "hard/app", "tag": "evil", "media_type": mt.OCI_MANIFEST}
+        records.append(dict(tag, digest="sha256:/etc/passwd", size=10))
+        records.append(dict(tag, tag="evil2", digest="sha256:../../x", size=10))
+        records.append(dict(tag, tag="../x", digest=sha256(body), size=10))
+        records.append({"kind": "repository", "repo": "../../etc"})
+        records.append(
+            {"kind": "manifest", "repo": "hard/app", "digest": sha256(body),
+             "media_type": "text/html", "size": len(body)}
+        )  # fmt: skip
+        records.append({"kind": "blob_link", "repo": "hard/app", "digest": "sha256:../../y"})
+        records.append({"kind": "/etc/passwd"})
 
     tampered = edit(good, t / "tampered.tar", edit_json("metadata.json", forge))
     verdict = refused_everywhere(cluster, tampered)
@@ -126,7 +148,19 @@ def test_tampered_and_malformed_archives_are_refused(cluster: Cluster) -> None:
         "7 invalid record(s)",
         "sha256:/etc/passwd",
         "sha256:../../x",
-        "hard/app@../x",
+        "invalid tag '../x'",
+        "../../etc",
+        "text/html",
+        "unexpected or missing fields",
+        "unknown kind '/etc/passwd'",
+    ):
+        assert needle in verdict, (needle, verdict)
+    # The same forgeries in a format-1 archive (keys and values) are refused alike.
+    verdict = refused_everywhere(cluster, edit(FORMAT_1, t / "tampered-1.tar", forge_format_1))
+    for needle in (
+        "6 invalid record(s)",
+        "sha256:/etc/passwd",
+        "old/app@../x",
         "../../etc",
         "text/html",
         "sha256:../../y",
@@ -237,7 +271,8 @@ def test_incremental_whose_base_lacks_claimed_blobs_fails(cluster: Cluster) -> N
             "--since", str(b1), "--json",
         ).stdout
     )  # fmt: skip
-    assert inc["blobs_from_base"] == 3
+    assert inc["blobs_from_base"] == 2  # the config and the layer
+    assert inc["manifests_from_base"] == 1
     assert json.loads(moorage("backup", "verify", str(b2), "--json").stdout)["ok"] is True
     # b1 is replaced by a valid backup of the same name that lacks the layer blobs (taken
     # without --include-blobs): b2's header still says its base holds them.
@@ -341,8 +376,71 @@ def test_backup_storage_flag_must_be_the_clusters_storage(
     client = AdminClient([r0.url], "admin", ADMIN_PASSWORD)
     via_http = backup.create(client, cluster.root / "http.tar", True, None)
     assert via_http["source"] == "http"
-    assert via_http["blobs_in_archive"] == 3
+    assert via_http["blobs_in_archive"] == 2
+    assert via_http["manifests_in_archive"] == 1
     report = backup.verify(cluster.root / "http.tar")
     assert report["ok"] is True, report["problems"]
     members = dict(read_members(cluster.root / "http.tar"))
     assert members[backup.blob_member(sha256(body))] == body
+
+
+def test_format_1_archives_still_inspect_verify_and_restore(cluster: Cluster) -> None:
+    archive = cluster.root / "old.tar"
+    shutil.copy(FORMAT_1, archive)
+    info = json.loads(moorage("backup", "inspect", str(archive), "--json").stdout)
+    assert info["version"] == 1
+    # blobs are layer and config blobs; manifests are counted apart (format 1 too).
+    assert (info["manifests_in_archive"], info["blobs_in_archive"]) == (4, 7)
+    assert info["counts"]["blobs"] == 7
+    assert info["counts"]["manifests"] == 4
+    assert "blobs:       7 in the archive" in moorage("backup", "inspect", str(archive)).stdout
+    assert "OK" in moorage("backup", "verify", str(archive)).stdout
+    node = Node(cluster.root, "old")
+    doc = json.loads(
+        moorage(
+            "restore", "--in", str(archive), *node.flags(),
+            "--storage", str(cluster.root / "s"), "--no-replay-journal", "--json",
+        ).stdout
+    )  # fmt: skip
+    cluster.nodes.append(node)
+    assert doc["problems"] == []
+    assert doc["missing_blobs"] == []
+    assert doc["blobs_copied"] == 11
+    with node.client() as c:  # the admin user came back: the tests' password works
+        assert c.get("/v2/old/app/tags/list").json()["tags"] == ["v1", "v2"]
+        assert c.get("/v2/other/tags/list").json()["tags"] == ["latest"]
+        v1 = c.get("/v2/old/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        assert v1.status_code == 200
+        referrers = c.get(f"/v2/old/app/referrers/{sha256(v1.content)}").json()["manifests"]
+        assert [r["artifactType"] for r in referrers] == ["application/x-sig"]
+        config = json.loads(v1.content)["config"]["digest"]
+        assert c.get(f"/v2/old/app/blobs/{config}").status_code == 200
+
+
+def test_backup_and_inspect_count_blobs_alike(cluster: Cluster) -> None:
+    """Issue 10, item 8: blobs (layers and configs) and manifests are counted apart, and
+    `backup` and `backup inspect` print the same numbers."""
+    r0 = cluster.install()
+    push_image(r0, "count/app", "v1", "one")
+    push_image(r0, "count/app", "v2", "two")
+    first = cluster.root / "first.tar"
+    made = json.loads(
+        moorage(
+            "backup", "--existing", r0.url, "--out", str(first), "--include-blobs", "--json"
+        ).stdout
+    )
+    assert (made["manifests_in_archive"], made["blobs_in_archive"]) == (2, 4)
+    info = json.loads(moorage("backup", "inspect", str(first), "--json").stdout)
+    assert (info["manifests_in_archive"], info["blobs_in_archive"]) == (2, 4)
+    assert (info["counts"]["manifests"], info["counts"]["blobs"]) == (2, 4)
+    assert info["counts"] == made["counts"]
+    push_image(r0, "count/app", "v3", "three")
+    second = cluster.root / "second.tar"
+    text = moorage(
+        "backup", "--existing", r0.url, "--out", str(second), "--include-blobs",
+        "--since", str(first),
+    ).stdout  # fmt: skip
+    assert "3 manifests, 2 blobs in the archive (4 in first.tar)" in text
+    shown = moorage("backup", "inspect", str(second)).stdout
+    assert "blobs:       2 in the archive, the rest in base first.tar" in shown
+    assert "manifests 3" in shown

@@ -323,7 +323,7 @@ def test_reads_split_past_the_message_limit(
                 kv async for page in store._scan(prefix, keys.prefix_end(prefix)) for kv in page
             ]
             assert [kv.key for kv in rows] == keys_
-            revision, dumped = await store.dump(prefix)
+            revision, dumped = await store._dump(prefix)
             assert [k for k, _ in dumped] == keys_
             assert revision > 0
             assert await data_revision(endpoint) >= written

@@ -19,8 +19,8 @@ from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import membership
 from moorage.errors import LoginThrottled, MoorageError
-from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, data_revision
+from moorage.meta.snapshot import to_json
 from moorage.storage.paths import StorageLayout
 
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
@@ -216,15 +216,17 @@ async def local_revision(
 async def backup_metadata(
     request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
 ) -> Any:
-    """Every registry record as of one etcd revision (online, without pausing pushes)."""
-    revision, kvs = await store.dump(keys.ROOT)
+    """Every registry and cluster record as of one etcd revision (online, without pausing
+    pushes), as typed records (moorage.meta.snapshot; internal to Moorage: `moorage backup`
+    reads it), and one line per record left out because it is invalid."""
+    snapshot, invalid = await store.snapshot()
     cluster = await store.get_cluster()
-    skip = (keys.HEARTBEATS, keys.LOCKS)
     return {
         "cluster_id": st.config.cluster_id,
         "epoch": cluster.epoch if cluster else st.config.epoch,
-        "revision": revision,
-        "kvs": [[k.decode(), v.decode()] for k, v in kvs if not k.startswith(skip)],
+        "revision": snapshot.revision,
+        "records": [to_json(e) for e in snapshot.entries],
+        "invalid": invalid,
     }
 
 

@@ -26,12 +26,13 @@ from collections.abc import Sequence
 
 from moorage.auth.throttle import Key
 from moorage.errors import StoreUnavailable
+from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.keys import prefix_end
 
 log = logging.getLogger("moorage.auth")
 
-FAILURES = b"/moorage-auth/failures/"
+FAILURES = keys.AUTH_FAILURES
 LEASE_ROTATION = 60.0
 
 

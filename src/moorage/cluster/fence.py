@@ -29,13 +29,13 @@ writing the fence, before it reads the journal.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from moorage.config import ReplicaConfig
 from moorage.errors import MoorageError
+from moorage.meta.records import FenceRecord
 
 FENCE_FILE = "fence.json"
 
@@ -44,20 +44,20 @@ class Fenced(MoorageError):
     """This replica belongs to an epoch an emergency repair has ended."""
 
 
-def read_fence(storage: str | Path) -> dict[str, object] | None:
+def read_fence(storage: str | Path) -> FenceRecord | None:
     try:
-        doc = json.loads((Path(storage) / FENCE_FILE).read_text())
-    except (OSError, ValueError):
+        raw = (Path(storage) / FENCE_FILE).read_bytes()
+    except OSError:
         return None
-    return doc if isinstance(doc, dict) else None
+    return FenceRecord.decode(raw)
 
 
 def write_fence(storage: str | Path, cluster_id: str, epoch: int, replica_id: str) -> None:
     path = Path(storage) / FENCE_FILE
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    doc = {"cluster_id": cluster_id, "epoch": epoch, "by_replica": replica_id, "at": time.time()}
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh)
+    record = FenceRecord(cluster_id, epoch, replica_id, time.time())
+    with open(tmp, "wb") as fh:
+        fh.write(record.encode())
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
@@ -68,12 +68,12 @@ def write_fence(storage: str | Path, cluster_id: str, epoch: int, replica_id: st
         os.close(fd)
 
 
-def fence_verdict(config: ReplicaConfig, doc: dict[str, object] | None) -> str | None:
-    """Why `config`'s replica is fenced by the marker `doc`, or None when it is not."""
-    if doc is None or doc.get("cluster_id") != config.cluster_id:
+def fence_verdict(config: ReplicaConfig, marker: FenceRecord | None) -> str | None:
+    """Why `config`'s replica is fenced by `marker`, or None when it is not."""
+    if marker is None or marker.cluster_id != config.cluster_id:
         return None
-    epoch = doc.get("epoch")
-    if isinstance(epoch, int) and epoch > config.epoch:
+    epoch = marker.epoch
+    if epoch > config.epoch:
         return (
             f"replica {config.replica_id} is fenced: an emergency repair moved cluster "
             f"{config.cluster_id} to epoch {epoch} without it (this replica is at epoch "

@@ -8,9 +8,7 @@ import time
 
 from moorage.config import ReplicaConfig
 from moorage.errors import MoorageError
-from moorage.meta import keys
-from moorage.meta.base import Put
-from moorage.meta.etcd import EtcdCluster
+from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 
 log = logging.getLogger("moorage.heartbeat")
@@ -30,7 +28,7 @@ def replica_record(config: ReplicaConfig) -> ReplicaRecord:
 
 
 class Heartbeat:
-    def __init__(self, store: EtcdCluster, config: ReplicaConfig) -> None:
+    def __init__(self, store: ClusterStore, config: ReplicaConfig) -> None:
         self.store = store
         self.config = config
         self._lease: int | None = None
@@ -38,18 +36,15 @@ class Heartbeat:
 
     async def register(self) -> None:
         """Write this replica's record unless it is there already (idempotent)."""
-        key = keys.replica(self.config.replica_id)
-        current = await self.store.get_raw(key)
-        if current is not None:
-            old = ReplicaRecord.decode(current)
-            if (old.url, old.etcd_peer_url, old.data_dir) == (
-                self.config.url,
-                self.config.etcd_peer_url,
-                self.config.data_dir,
-            ):
-                self._registered = True
-                return
-        await self.store._txn([], [Put(key, replica_record(self.config).encode())])
+        old = await self.store.get_replica(self.config.replica_id)
+        if old is not None and (old.url, old.etcd_peer_url, old.data_dir) == (
+            self.config.url,
+            self.config.etcd_peer_url,
+            self.config.data_dir,
+        ):
+            self._registered = True
+            return
+        await self.store.put_replica(replica_record(self.config))
         self._registered = True
 
     async def beat(self, healthy: bool, error: str | None) -> None:
@@ -60,9 +55,7 @@ class Heartbeat:
             self.config.replica_id, self.config.url, time.time(), healthy, error
         )
         lease = await self.store.grant_lease(HEARTBEAT_TTL)
-        await self.store.put_with_lease(
-            keys.heartbeat(self.config.replica_id), record.encode(), lease
-        )
+        await self.store.put_heartbeat(record, lease)
         old, self._lease = self._lease, lease
         if old is not None:
             with contextlib.suppress(MoorageError):

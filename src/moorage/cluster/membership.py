@@ -14,11 +14,9 @@ from typing import Any
 from moorage.cluster.status import diagnose, gather
 from moorage.config import ReplicaConfig
 from moorage.errors import MoorageError, StoreUnavailable
-from moorage.meta import keys
+from moorage.meta.cluster_store import JOIN_LOCK
 from moorage.meta.etcd import EtcdCluster, Member
-from moorage.meta.records import dumps
 
-JOIN_LOCK = "join"
 JOIN_LOCK_TTL = 600
 
 
@@ -102,17 +100,10 @@ def _refuse_without_quorum(doc: dict[str, Any]) -> None:
 
 
 async def _acquire_join_lock(store: EtcdCluster, owner: str) -> None:
-    key = keys.lock(JOIN_LOCK)
-    lease = await store.grant_lease(JOIN_LOCK_TTL)
-    value = dumps({"owner": owner, "at": time.time()})
-    if await store.create_with_lease(key, value, lease):
+    holder = await store.acquire_lock(JOIN_LOCK, owner, JOIN_LOCK_TTL, time.time())
+    if holder is None:  # taken now, or our own lock from a retried call
         return
-    await store.revoke_lease(lease)
-    raw = await store.get_raw(key)
-    if raw is not None and owner in raw.decode():
-        return  # our own lock, from a retried call
-    holder = raw.decode() if raw else "unknown"
-    raise Busy(f"another join is in progress ({holder}); retrying")
+    raise Busy(f"another join is in progress ({holder.describe()}); retrying")
 
 
 async def promote(store: EtcdCluster, member_id: int) -> None:
@@ -120,9 +111,7 @@ async def promote(store: EtcdCluster, member_id: int) -> None:
 
 
 async def end_join(store: EtcdCluster, replica_id: str) -> None:
-    raw = await store.get_raw(keys.lock(JOIN_LOCK))
-    if raw is not None and replica_id in raw.decode():
-        await store.delete_raw(keys.lock(JOIN_LOCK))
+    await store.release_lock(JOIN_LOCK, owner=replica_id)
 
 
 async def remove(
@@ -187,7 +176,6 @@ async def remove(
             await store.remove_member(member.id)
             await asyncio.sleep(0)  # let etcd settle; remove_member retries refusals
         name = member.name if member is not None and member.name else rid
-        await store.delete_raw(keys.replica(name))
-        await store.delete_raw(keys.heartbeat(name))
+        await store.forget_replica(name)
         done.append(name)
     return {"removed": done, "members": len(remaining), "needed": needed}

@@ -25,7 +25,6 @@ import httpx
 
 from moorage.config import DEFAULT_ETCD_HOST
 from moorage.errors import MoorageError
-from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster, Member, MemberStatus, member_status
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 
@@ -515,12 +514,8 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
     replicas: dict[str, ReplicaRecord] = {}
     heartbeats: dict[str, HeartbeatRecord] = {}
     with contextlib.suppress(MoorageError):
-        for _, raw in await store.range_raw(keys.REPLICAS, serializable=True):
-            rec = ReplicaRecord.decode(raw)
-            replicas[rec.replica_id] = rec
-        for _, raw in await store.range_raw(keys.HEARTBEATS, serializable=True):
-            hb = HeartbeatRecord.decode(raw)
-            heartbeats[hb.replica_id] = hb
+        replicas = {rec.replica_id: rec for rec in await store.replicas(local=True)}
+        heartbeats = {hb.replica_id: hb for hb in await store.heartbeats(local=True)}
 
     def client_url(m: Member) -> str | None:
         if m.client_urls:

@@ -37,6 +37,7 @@ from moorage.meta.base import (
     Op,
     Put,
 )
+from moorage.meta.cluster_store import ClusterStore
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -290,8 +291,9 @@ def _member(m: Any) -> Member:
     return Member(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(m.isLearner))
 
 
-class EtcdCluster(EtcdMetaStore):
-    """The store plus etcd's own cluster API: members, leases, member status."""
+class EtcdCluster(EtcdMetaStore, ClusterStore):
+    """The store and the cluster's records (ClusterStore), plus etcd's own cluster API:
+    members, leases, member status."""
 
     async def members(self, linearizable: bool = True) -> list[Member]:
         resp = await self._call(
@@ -335,8 +337,7 @@ class EtcdCluster(EtcdMetaStore):
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
         await self._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
 
-    async def create_with_lease(self, key: bytes, value: bytes, lease: int) -> bool:
-        """Put `key` only if it does not exist (a lock); True if this call created it."""
+    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
         request = rpc.TxnRequest(
             compare=[
                 rpc.Compare(
@@ -349,33 +350,19 @@ class EtcdCluster(EtcdMetaStore):
         resp = await self._call("kvstub.Txn", request)
         return bool(resp.succeeded)
 
-    async def get_raw(self, key: bytes, serializable: bool = False) -> bytes | None:
-        resp = await self._call(
-            "kvstub.Range", rpc.RangeRequest(key=key, serializable=serializable)
-        )
-        return bytes(resp.kvs[0].value) if resp.kvs else None
-
-    async def range_raw(
-        self, prefix: bytes, serializable: bool = False
-    ) -> list[tuple[bytes, bytes]]:
-        """Every key under a small prefix (replicas, heartbeats), read in bounded pages."""
-        out: list[tuple[bytes, bytes]] = []
-        async for _, kvs in self._pages(prefix, serializable):
-            out += [(bytes(kv.key), bytes(kv.value)) for kv in kvs]
+    async def _values(self, prefix: bytes, local: bool = False) -> list[bytes]:
+        out: list[bytes] = []
+        async for _, kvs in self._pages(prefix, serializable=local):
+            out += [bytes(kv.value) for kv in kvs]
         return out
 
-    async def dump(self, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Every key under `prefix` as of one revision (a consistent snapshot, read in pages
-        bounded by count and by message size)."""
+    async def _dump(self, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
         at = 0
         out: list[tuple[bytes, bytes]] = []
         async for revision, kvs in self._pages(prefix):
             at = revision
             out += [(bytes(kv.key), bytes(kv.value)) for kv in kvs]
         return at, out
-
-    async def delete_raw(self, key: bytes) -> None:
-        await self._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=key))
 
 
 async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:

@@ -30,6 +30,9 @@ REGISTRY_DATA = (CLUSTER, USERS, REPOS, BLOBS, MANIFESTS, TAGS, REFERRERS)
 #: newest change is found by reading one key. Outside ROOT: not registry data itself, so
 #: backups and restores never carry it.
 LAST_CHANGE = b"/moorage-last-change"
+#: Failed logins, one lease-backed key each (moorage.auth.ledger):
+#: `<AUTH_FAILURES><hash of the limit's key>/<unix ms>-<random>`. Outside ROOT too.
+AUTH_FAILURES = b"/moorage-auth/failures/"
 
 
 def is_registry_data(key: bytes) -> bool:
@@ -91,3 +94,43 @@ def heartbeat(replica_id: str) -> bytes:
 def lock(name: str) -> bytes:
     """`/moorage/locks/<name>`: lease-backed mutual exclusion (e.g. one join at a time)."""
     return LOCKS + name.encode()
+
+
+#: Kinds of keys under ROOT, as `parse` names them.
+_KINDS: tuple[tuple[bytes, str, int], ...] = (
+    # (prefix, kind, number of `@`-separated fields; 1 = the whole rest)
+    (USERS, "user", 1),
+    (REPOS, "repository", 1),
+    (BLOBS, "blob_link", 2),
+    (MANIFESTS, "manifest", 2),
+    (TAGS, "tag", 2),
+    (REFERRERS, "referrer", 3),
+    (REPLICAS, "replica", 1),
+    (HEARTBEATS, "heartbeat", 1),
+    (LOCKS, "lock", 1),
+)
+
+
+def parse(key: bytes) -> tuple[str, tuple[str, ...]] | None:
+    """What a key is: (kind, its fields), e.g. ("tag", (repo, tag)); ("cluster", ());
+    ("other", (rest,)) for an unknown key under ROOT; None for a key outside ROOT.
+
+    The fields are not validated (a repository name, a digest): the caller checks them.
+    A key with the wrong number of `@`-separated fields is ("invalid", (rest,)).
+    """
+    if key == CLUSTER:
+        return "cluster", ()
+    if not key.startswith(ROOT):
+        return None
+    text = key.decode(errors="replace")
+    for prefix, kind, count in _KINDS:
+        if key.startswith(prefix):
+            rest = text[len(prefix) :]
+            if count == 1:
+                return kind, (rest,)
+            if count == 2:
+                head, sep, tail = rest.rpartition("@")
+                return (kind, (head, tail)) if sep else ("invalid", (rest,))
+            parts = rest.split("@")
+            return (kind, tuple(parts)) if len(parts) == count else ("invalid", (rest,))
+    return "other", (text[len(ROOT) :],)

@@ -1,5 +1,8 @@
 """An in-memory store with etcd's semantics, for fast unit tests of the layers above.
 
+tests/test_store_contract.py runs the same cases against it and against etcd, so what
+passes here holds there. Leases end only when revoked (no clock): tests revoke them.
+
 Like etcd it can refuse a transaction with too many guards or operations (`max_txn_ops`)
 and answer a read with fewer keys than asked once `page_bytes` of values are reached,
 so tests can check that the layers above stay within both bounds.
@@ -11,10 +14,11 @@ import bisect
 from collections.abc import Sequence
 
 from moorage.errors import StoreUnavailable
-from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, LAST_REVISION, MUST_EXIST, Delete, Guard, Op, Put
+from moorage.meta.cluster_store import ClusterStore
 
 
-class MemoryMetaStore(MetaStore):
+class MemoryMetaStore(ClusterStore):
     def __init__(self, max_txn_ops: int = 1024, page_bytes: int = 0) -> None:
         self._data: dict[bytes, KV] = {}
         self._keys: list[bytes] = []
@@ -22,6 +26,8 @@ class MemoryMetaStore(MetaStore):
         self.max_txn_ops = max_txn_ops
         self.page_bytes = page_bytes
         self.largest_read = 0  # the most keys one read returned
+        self._leases: dict[int, set[bytes]] = {}  # lease -> the keys it holds
+        self._next_lease = 1
 
     async def _get(self, key: bytes) -> KV | None:
         return self._data.get(key)
@@ -57,6 +63,8 @@ class MemoryMetaStore(MetaStore):
         self._revision += 1
         LAST_REVISION.set(self._revision)
         for op in ops:
+            for held in self._leases.values():  # like etcd: a write detaches a key
+                held.discard(op.key)
             if isinstance(op, Put):
                 if op.key not in self._data:
                     bisect.insort(self._keys, op.key)
@@ -71,3 +79,24 @@ class MemoryMetaStore(MetaStore):
 
     async def close(self) -> None:
         return None
+
+    async def grant_lease(self, ttl: int) -> int:
+        lease, self._next_lease = self._next_lease, self._next_lease + 1
+        self._leases[lease] = set()
+        return lease
+
+    async def revoke_lease(self, lease: int) -> None:
+        held = self._leases.pop(lease, set())
+        await self._txn([], [Delete(k) for k in sorted(held)])
+
+    async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
+        if lease not in self._leases:
+            raise StoreUnavailable("etcdserver: requested lease not found")
+        await self._txn([], [Put(key, value)])
+        self._leases[lease].add(key)
+
+    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
+        if key in self._data:
+            return False
+        await self.put_with_lease(key, value, lease)
+        return True

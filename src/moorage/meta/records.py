@@ -241,3 +241,58 @@ class HeartbeatRecord:
     def decode(cls, raw: bytes | str) -> HeartbeatRecord:
         record: HeartbeatRecord = _build(cls, _fields(raw, "heartbeat"), "heartbeat")
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """Who holds a lease-backed lock (e.g. the join lock), since when."""
+
+    owner: str
+    at: float
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> LockRecord:
+        record: LockRecord = _build(cls, _fields(raw, "lock"), "lock")
+        check_text(record.owner, "lock", "owner")
+        return record
+
+    def describe(self) -> str:
+        return self.encode().decode()
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    """The fencing marker an emergency repair writes to blob storage (cluster/fence.py):
+    replicas of `cluster_id` at an older epoch than `epoch` must not serve."""
+
+    cluster_id: str
+    epoch: int
+    by_replica: str | None = None
+    at: float | None = None
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> FenceRecord | None:
+        """The marker, or None when it names no cluster or no epoch. Lenient on purpose:
+        other fields are ignored (a marker must fence whatever else it holds)."""
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        cluster_id, epoch = doc.get("cluster_id"), doc.get("epoch")
+        if not isinstance(cluster_id, str) or not isinstance(epoch, int):
+            return None
+        by, at = doc.get("by_replica"), doc.get("at")
+        return cls(
+            cluster_id,
+            epoch,
+            by if isinstance(by, str) else None,
+            float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+        )

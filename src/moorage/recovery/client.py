@@ -6,12 +6,19 @@ while some replicas are down.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from moorage.errors import MoorageError
+from moorage.oci import mediatypes as mt
+
+#: What a manifest is fetched as: whatever type it has.
+ALL_MANIFEST_TYPES = ", ".join(sorted(mt.MANIFESTS | mt.INDEXES)) + ", */*"
 
 
 class ClusterUnreachable(MoorageError):
@@ -44,6 +51,8 @@ class AdminClient:
         self.urls = urls
         self.auth = (username, password)
         self.timeout = timeout
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         errors = []
@@ -94,3 +103,34 @@ class AdminClient:
                     raise
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
+
+    # -- the registry API (/v2), for what is read by digest (backups) ------------------------
+    @contextlib.contextmanager
+    def fetch(
+        self, repo: str, digest: str, manifest: bool = False, timeout: float = 300
+    ) -> Iterator[httpx.Response]:
+        """A blob (or a manifest, in whatever media type it has) of `repo` by digest, as a
+        streamed response from the first replica that answers; the caller checks the
+        status. One connection pool for every call (thread-safe)."""
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(auth=self.auth, timeout=timeout)
+        kind = "manifests" if manifest else "blobs"
+        headers = {"Accept": ALL_MANIFEST_TYPES} if manifest else {}
+        errors = []
+        for url in self.urls:
+            with contextlib.ExitStack() as stack:
+                path = f"{url}/v2/{repo}/{kind}/{digest}"
+                try:
+                    resp = stack.enter_context(self._http.stream("GET", path, headers=headers))
+                except httpx.TransportError as exc:  # this replica is down: the next one
+                    errors.append(f"{url}: {exc or type(exc).__name__}")
+                    continue
+                yield resp
+                return
+        raise ClusterUnreachable("no replica answered: " + "; ".join(errors))
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None

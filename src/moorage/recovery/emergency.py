@@ -39,7 +39,7 @@ from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
 from moorage.cluster.status import rejoin_procedure
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
-from moorage.meta import keys
+from moorage.meta.cluster_store import JOIN_LOCK
 from moorage.meta.etcd import EtcdCluster, data_revision, member_status
 from moorage.meta.records import ClusterRecord, ReplicaRecord
 from moorage.recovery.client import AdminClient
@@ -107,10 +107,9 @@ async def _read_live(client_url: str) -> tuple[int, list[ReplicaRecord]]:
     revision = await data_revision(client_url)
     store = EtcdCluster([client_url])
     try:
-        rows = await store.range_raw(keys.REPLICAS, serializable=True)
+        return revision, await store.replicas(local=True)
     finally:
         await store.close()
-    return revision, [ReplicaRecord.decode(raw) for _, raw in rows]
 
 
 def inspect_dir(d: DataDir) -> tuple[Candidate, list[ReplicaRecord]]:
@@ -399,14 +398,11 @@ async def _rewrite(
         # acknowledge is in the journal read below (see moorage.cluster.fence); on a shared
         # filesystem that caches attributes, wait until every host sees the marker.
         await asyncio.sleep(fence_grace(config.storage))
-        from moorage.meta.base import Put
-
-        await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, epoch).encode())])
+        await store.put_cluster(ClusterRecord(config.cluster_id, epoch))
         for rid in records:
             if rid != config.replica_id:
-                await store.delete_raw(keys.replica(rid))
-                await store.delete_raw(keys.heartbeat(rid))
-        await store.delete_raw(keys.lock("join"))
+                await store.forget_replica(rid)
+        await store.release_lock(JOIN_LOCK)
         replayed: dict[str, Any] = {"applied": 0, "unrecoverable": []}
         if replay:
             plan = plan_replay(config.storage, config.cluster_id, (old_epoch, survivor_revision))

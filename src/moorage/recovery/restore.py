@@ -30,23 +30,13 @@ from moorage.config import (
     new_replica_id,
 )
 from moorage.errors import MoorageError
-from moorage.meta import keys
-from moorage.meta.base import Put, op_batches
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import ClusterRecord
-from moorage.recovery.backup import (
-    ArchiveBlobs,
-    BackupError,
-    Metadata,
-    _verify,
-    plaintext,
-    read_header,
-    read_metadata,
-)
+from moorage.recovery.archive import ArchiveBlobs, BackupError, plaintext, read_header
+from moorage.recovery.archive_records import Metadata, read_metadata
+from moorage.recovery.backup_verify import verify_plain
 from moorage.recovery.journal_replay import apply, plan_replay
 from moorage.storage.paths import StorageLayout
-
-_BATCH = 256
 
 
 def plan(
@@ -106,7 +96,7 @@ def restore(
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         plain = plaintext(archive, passphrase, stack)
-        report = _verify(archive, plain, storage, passphrase, stack)
+        report = verify_plain(archive, plain, storage, passphrase, stack)
         if report.get("corrupt"):
             raise BackupError(
                 f"{archive} is corrupt or was tampered with; nothing was changed:\n  "
@@ -121,7 +111,7 @@ def restore(
                 "directory"
             )
         header = read_header(plain)
-        md = read_metadata(plain)
+        md = read_metadata(plain, header["version"])
         if md.invalid:  # verify refused these already; never write one into the store
             raise BackupError(f"{archive} holds invalid records: " + "; ".join(md.invalid[:20]))
         config = ReplicaConfig(
@@ -187,7 +177,7 @@ def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
         if final.exists():
             continue
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = storage / "tmp"
+        tmp_dir = layout.tmp
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / f"restore-{secrets.token_hex(8)}"
         hasher = hashlib.new(alg)
@@ -213,10 +203,8 @@ async def _load(
 ) -> dict[str, Any]:
     store = EtcdCluster([config.etcd_client_url])
     try:
-        ops = [Put(k.encode(), v.encode()) for k, v in md.restorable()]
-        for batch in op_batches(ops, _BATCH):  # bounded by count and bytes
-            await store._txn([], batch)
-        await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, 1).encode())])
+        await store.load(md.restorable())  # bounded transactions
+        await store.put_cluster(ClusterRecord(config.cluster_id, 1))
         since = {
             "since_epoch": int(header["epoch"]),
             "since_revision": int(header["revision"]),

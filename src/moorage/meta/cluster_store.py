@@ -1,0 +1,150 @@
+"""The cluster's own records, typed, beside the registry's (`MetaStore`).
+
+    replicas     one ReplicaRecord per replica (written when it registers)
+    heartbeats   one HeartbeatRecord per live replica, lease-backed: it disappears when
+                 its replica stops renewing
+    locks        lease-backed LockRecords (one join at a time)
+    the epoch    in the ClusterRecord; emergency repair and restore rewrite it
+    snapshots    every registry and cluster record as of one revision (backups), and
+                 the registry records written back (restores), as typed entries
+
+Callers (cluster/, recovery/, api/) see records only: the key layout stays in meta/keys.py.
+A backend adds four lease primitives to the MetaStore ones; everything else is written
+once, here, on top of them (etcd in production, a dict in the contract tests).
+Every read is bounded (pages of at most STORE_PAGE keys).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable
+
+from moorage.errors import RecordCorrupt
+from moorage.meta import keys
+from moorage.meta.base import Delete, MetaStore, Op, Put, op_batches
+from moorage.meta.records import ClusterRecord, HeartbeatRecord, LockRecord, ReplicaRecord
+from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kv
+
+#: The lock one join at a time holds.
+JOIN_LOCK = "join"
+_LOAD_BATCH = 256
+
+
+class ClusterStore(MetaStore):
+    # -- primitives each backend provides (leases) ----------------------------------------
+    @abstractmethod
+    async def grant_lease(self, ttl: int) -> int:
+        """A lease of `ttl` seconds: keys written with it disappear when it ends."""
+
+    @abstractmethod
+    async def revoke_lease(self, lease: int) -> None: ...
+
+    @abstractmethod
+    async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None: ...
+
+    @abstractmethod
+    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
+        """Put `key` with `lease` only if it does not exist; True if this call created it."""
+
+    async def _values(self, prefix: bytes, local: bool = False) -> list[bytes]:
+        """Every value under a small prefix (replicas, heartbeats), read in bounded pages;
+        `local`: this member's own copy (answers without quorum; etcd overrides this)."""
+        out: list[bytes] = []
+        async for page in self._scan(prefix, keys.prefix_end(prefix)):
+            out += [kv.value for kv in page]
+        return out
+
+    async def _dump(self, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Every key under `prefix` as of one revision, read in bounded pages (etcd reads
+        each page at the first page's revision)."""
+        revision = await self.revision()
+        out: list[tuple[bytes, bytes]] = []
+        async for page in self._scan(prefix, keys.prefix_end(prefix)):
+            out += [(kv.key, kv.value) for kv in page]
+        return revision, out
+
+    # -- replicas and their heartbeats -----------------------------------------------------
+    async def replicas(self, local: bool = False) -> list[ReplicaRecord]:
+        return [ReplicaRecord.decode(v) for v in await self._values(keys.REPLICAS, local)]
+
+    async def get_replica(self, replica_id: str) -> ReplicaRecord | None:
+        kv = await self._get(keys.replica(replica_id))
+        return ReplicaRecord.decode(kv.value) if kv else None
+
+    async def put_replica(self, record: ReplicaRecord) -> None:
+        await self._txn([], [Put(keys.replica(record.replica_id), record.encode())])
+
+    async def heartbeats(self, local: bool = False) -> list[HeartbeatRecord]:
+        return [HeartbeatRecord.decode(v) for v in await self._values(keys.HEARTBEATS, local)]
+
+    async def put_heartbeat(self, record: HeartbeatRecord, lease: int) -> None:
+        await self.put_with_lease(keys.heartbeat(record.replica_id), record.encode(), lease)
+
+    async def forget_replica(self, replica_id: str) -> None:
+        """Delete a replica's record and its heartbeat (it left the cluster)."""
+        ops: list[Op] = [Delete(keys.replica(replica_id)), Delete(keys.heartbeat(replica_id))]
+        await self._txn([], ops)
+
+    # -- locks ---------------------------------------------------------------------------
+    async def acquire_lock(self, name: str, owner: str, ttl: int, at: float) -> LockRecord | None:
+        """Take the lock `name` for `ttl` seconds: None when `owner` holds it now (taken
+        by this call or by an earlier one of the same owner), else the holder's record."""
+        key = keys.lock(name)
+        lease = await self.grant_lease(ttl)
+        if await self._create_leased(key, LockRecord(owner, at).encode(), lease):
+            return None
+        await self.revoke_lease(lease)
+        holder = await self.get_lock(name)
+        if holder is not None and holder.owner == owner:
+            return None
+        return holder or LockRecord("unknown", 0.0)
+
+    async def get_lock(self, name: str) -> LockRecord | None:
+        kv = await self._get(keys.lock(name))
+        if kv is None:
+            return None
+        try:
+            return LockRecord.decode(kv.value)
+        except RecordCorrupt:
+            return LockRecord("unreadable", 0.0)
+
+    async def release_lock(self, name: str, owner: str | None = None) -> None:
+        """Release the lock `name` if `owner` holds it (any holder when `owner` is None)."""
+        holder = await self.get_lock(name)
+        if holder is not None and (owner is None or holder.owner == owner):
+            await self._txn([], [Delete(keys.lock(name))])
+
+    # -- the epoch -------------------------------------------------------------------------
+    async def put_cluster(self, record: ClusterRecord) -> None:
+        """Rewrite the cluster record (a new epoch, a restored cluster's new id)."""
+        await self._txn([], [Put(keys.CLUSTER, record.encode())])
+
+    # -- snapshots -------------------------------------------------------------------------
+    async def snapshot(self) -> tuple[Snapshot, list[str]]:
+        """Every registry and cluster record as of one revision, and one line per record
+        left out because it is invalid (heartbeats and locks are not part of it)."""
+        revision, kvs = await self._dump(keys.ROOT)
+        entries: list[Entry] = []
+        invalid: list[str] = []
+        for key, value in kvs:
+            try:
+                entry = from_kv(key, value)
+            except RecordCorrupt as exc:
+                invalid.append(f"record {_show(key.decode(errors='replace'))}: {exc}")
+                continue
+            if entry is not None:
+                entries.append(entry)
+        return Snapshot(revision, entries), invalid
+
+    async def load(self, entries: Iterable[Entry]) -> int:
+        """Write the registry records among `entries` (a restore), in transactions bounded
+        by count and bytes; the number written."""
+        ops: list[Op] = [Put(*to_kv(e)) for e in entries if e.kind in RESTORED_KINDS]
+        for batch in op_batches(ops, _LOAD_BATCH):
+            await self._txn([], batch)
+        return len(ops)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,306 @@
+"""The registry's records as typed entries: what a backup holds and a restore writes back.
+
+An entry says what its record is about (the tag `v1` of repository `a/b`, ...), never
+which key holds it: the admin API ships entries and backup archives store them, so neither
+depends on the key layout (meta/keys.py, which `from_kv` and `to_kv` alone consult).
+
+Every entry is validated wherever it comes from (the store, the admin API, an archive):
+whoever can write an archive can forge one. Anything wrong raises RecordCorrupt.
+
+JSON form, one object per entry, `kind` first:
+
+    {"kind": "repository", "repo"}
+    {"kind": "tag", "repo", "tag", "digest", "media_type", "size"}
+    {"kind": "manifest", "repo", "digest", "media_type", "size", "subject", "artifact_type"}
+    {"kind": "blob_link", "repo", "digest", "size"}
+    {"kind": "referrer", "repo", "subject", "descriptor"}
+    {"kind": "user", "name", "password_hash", "role"}
+    {"kind": "cluster", "cluster_id", "epoch"}          (kept, never restored)
+    {"kind": "replica", "replica_id", "url", ...}        (kept, never restored)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from moorage.errors import MoorageError, RecordCorrupt
+from moorage.meta import keys
+from moorage.meta.records import (
+    ClusterRecord,
+    ManifestRecord,
+    ReplicaRecord,
+    TagRecord,
+    UserRecord,
+    check_digest,
+    check_size,
+    check_text,
+    decode_blob_link,
+    decode_referrer,
+    dumps,
+)
+from moorage.oci.names import is_valid_tag, validate_name
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _repo(name: object) -> str:
+    if not isinstance(name, str):
+        raise RecordCorrupt(f"repository name {_show(name)} is not a string")
+    try:
+        return validate_name(name)
+    except MoorageError as exc:
+        raise RecordCorrupt(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoEntry:
+    kind: ClassVar[str] = "repository"
+    repo: str
+
+    def validate(self) -> None:
+        _repo(self.repo)
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo}
+
+
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    kind: ClassVar[str] = "tag"
+    repo: str
+    tag: str
+    record: TagRecord
+
+    def validate(self) -> None:
+        _repo(self.repo)
+        if not isinstance(self.tag, str) or not is_valid_tag(self.tag):
+            raise RecordCorrupt(f"invalid tag {_show(self.tag)}")
+        self.record.validate()
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo, "tag": self.tag, **asdict(self.record)}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    kind: ClassVar[str] = "manifest"
+    repo: str
+    record: ManifestRecord
+
+    @property
+    def digest(self) -> str:
+        return self.record.digest
+
+    def validate(self) -> None:
+        _repo(self.repo)
+        self.record.validate()
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo, **asdict(self.record)}
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLinkEntry:
+    kind: ClassVar[str] = "blob_link"
+    repo: str
+    digest: str
+    size: int
+
+    def validate(self) -> None:
+        _repo(self.repo)
+        check_digest(self.digest, "blob link")
+        check_size(self.size, "blob link")
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerEntry:
+    kind: ClassVar[str] = "referrer"
+    repo: str
+    subject: str
+    descriptor: dict[str, Any] = field(hash=False)
+
+    @property
+    def digest(self) -> str:
+        return str(self.descriptor.get("digest"))
+
+    def validate(self) -> None:
+        _repo(self.repo)
+        check_digest(self.subject, "referrer", "subject")
+        if not isinstance(self.descriptor, dict):
+            raise RecordCorrupt("a referrer record's descriptor is not an object")
+        decode_referrer(dumps(self.descriptor))
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo, "subject": self.subject, "descriptor": self.descriptor}
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    kind: ClassVar[str] = "user"
+    record: UserRecord
+
+    def validate(self) -> None:
+        UserRecord.decode(self.record.encode())
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEntry:
+    kind: ClassVar[str] = "cluster"
+    record: ClusterRecord
+
+    def validate(self) -> None:
+        ClusterRecord.decode(self.record.encode())
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEntry:
+    kind: ClassVar[str] = "replica"
+    record: ReplicaRecord
+
+    def validate(self) -> None:
+        for name in ("replica_id", "url", "etcd_peer_url", "etcd_client_url"):
+            check_text(getattr(self.record, name), "replica", name.replace("_", " "))
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self.record)
+
+
+Entry = (
+    RepoEntry
+    | TagEntry
+    | ManifestEntry
+    | BlobLinkEntry
+    | ReferrerEntry
+    | UserEntry
+    | ClusterEntry
+    | ReplicaEntry
+)
+#: What a restore writes back (cluster and replica records belong to the old cluster).
+RESTORED_KINDS = frozenset({"repository", "tag", "manifest", "blob_link", "referrer", "user"})
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every record of the registry and of the cluster as of one store revision."""
+
+    revision: int
+    entries: list[Entry]
+
+
+def to_json(entry: Entry) -> dict[str, Any]:
+    return {"kind": entry.kind, **entry.fields()}
+
+
+def _record(cls: Any, doc: dict[str, Any]) -> Any:
+    """A record from the entry's remaining fields, through the record's own decoder."""
+    return cls.decode(json.dumps(doc))
+
+
+def from_json(doc: object) -> Entry:
+    """An entry from its JSON form, validated (RecordCorrupt otherwise)."""
+    if not isinstance(doc, dict):
+        raise RecordCorrupt("not a JSON object")
+    fields = dict(doc)
+    kind = fields.pop("kind", None)
+    entry: Entry
+    try:
+        if kind == "repository":
+            entry = RepoEntry(**fields)
+        elif kind == "tag":
+            repo, tag = fields.pop("repo", None), fields.pop("tag", None)
+            entry = TagEntry(repo, tag, _record(TagRecord, fields))
+        elif kind == "manifest":
+            repo = fields.pop("repo", None)
+            entry = ManifestEntry(repo, _record(ManifestRecord, fields))
+        elif kind == "blob_link":
+            entry = BlobLinkEntry(**fields)
+        elif kind == "referrer":
+            entry = ReferrerEntry(**fields)
+        elif kind == "user":
+            entry = UserEntry(_record(UserRecord, fields))
+        elif kind == "cluster":
+            entry = ClusterEntry(_record(ClusterRecord, fields))
+        elif kind == "replica":
+            entry = ReplicaEntry(_record(ReplicaRecord, fields))
+        else:
+            raise RecordCorrupt(f"unknown kind {_show(kind)}")
+    except TypeError:
+        raise RecordCorrupt(f"a {kind} entry has unexpected or missing fields") from None
+    entry.validate()
+    return entry
+
+
+def from_kv(key: bytes, value: bytes) -> Entry | None:
+    """The entry a key and its value hold, validated; None for what a snapshot leaves out
+    (heartbeats, locks, unknown keys under the root); RecordCorrupt for anything invalid
+    (a key outside the root included)."""
+    parsed = keys.parse(key)
+    if parsed is None:
+        raise RecordCorrupt("not a Moorage key")
+    kind, parts = parsed
+    entry: Entry
+    if kind == "repository":
+        entry = RepoEntry(parts[0])
+    elif kind == "tag":
+        entry = TagEntry(parts[0], parts[1], TagRecord.decode(value))
+    elif kind == "manifest":
+        check_digest(parts[1], "manifest key")
+        entry = ManifestEntry(parts[0], ManifestRecord.decode(value))
+        if entry.digest != parts[1]:
+            raise RecordCorrupt(f"the record says digest {_show(entry.digest)}")
+    elif kind == "blob_link":
+        check_digest(parts[1], "blob link key")
+        entry = BlobLinkEntry(parts[0], parts[1], decode_blob_link(value))
+    elif kind == "referrer":
+        check_digest(parts[2], "referrer key")
+        entry = ReferrerEntry(parts[0], parts[1], decode_referrer(value))
+        if entry.digest != parts[2]:
+            raise RecordCorrupt("the descriptor names another digest")
+    elif kind == "user":
+        user = UserRecord.decode(value)
+        if user.name != parts[0]:
+            raise RecordCorrupt(f"the record names user {_show(user.name)}")
+        entry = UserEntry(user)
+    elif kind == "cluster":
+        entry = ClusterEntry(ClusterRecord.decode(value))
+    elif kind == "replica":
+        entry = ReplicaEntry(ReplicaRecord.decode(value))
+    elif kind == "invalid":
+        raise RecordCorrupt("a malformed key (not the fields its prefix needs, joined by @)")
+    else:  # heartbeats, locks, other keys under the root
+        return None
+    entry.validate()
+    return entry
+
+
+def to_kv(entry: Entry) -> tuple[bytes, bytes]:
+    """The key and value that hold `entry` in the store."""
+    if isinstance(entry, RepoEntry):
+        return keys.repo(entry.repo), b"{}"
+    if isinstance(entry, TagEntry):
+        return keys.tag(entry.repo, entry.tag), entry.record.encode()
+    if isinstance(entry, ManifestEntry):
+        return keys.manifest(entry.repo, entry.digest), entry.record.encode()
+    if isinstance(entry, BlobLinkEntry):
+        return keys.blob(entry.repo, entry.digest), dumps({"size": entry.size})
+    if isinstance(entry, ReferrerEntry):
+        return keys.referrer(entry.repo, entry.subject, entry.digest), dumps(entry.descriptor)
+    if isinstance(entry, UserEntry):
+        return keys.user(entry.record.name), entry.record.encode()
+    if isinstance(entry, ClusterEntry):
+        return keys.CLUSTER, entry.record.encode()
+    return keys.replica(entry.record.replica_id), entry.record.encode()

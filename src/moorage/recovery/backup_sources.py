@@ -1,0 +1,132 @@
+"""Where the bytes of a backup come from: blob storage read directly (when this host sees
+it, checked with a probe file the cluster writes), else the registry API."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from moorage.errors import MoorageError
+from moorage.recovery.archive import CHUNK, BackupError, safe_archive_name
+from moorage.recovery.client import AdminClient
+from moorage.storage.paths import StorageLayout
+
+
+class Source:
+    """Where the bytes of the backup come from."""
+
+    name = ""
+
+    def small(self, kind: str, repo: str, digest: str) -> bytes:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def close(self) -> None:
+        pass
+
+
+class StorageSource(Source):
+    """Blob storage, read directly: what existed at the backup's revision is still there."""
+
+    name = "storage"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = StorageLayout(root)
+
+    def _missing(self, kind: str, repo: str, digest: str) -> BackupError:
+        return BackupError(
+            f"{kind} {digest} of {repo} is recorded but its bytes are not in blob storage at "
+            f"{self.root}; check that storage (moorage backup verify --storage)"
+        )
+
+    def small(self, kind: str, repo: str, digest: str) -> bytes:
+        try:
+            return self.layout.blob(digest).read_bytes()
+        except FileNotFoundError:
+            raise self._missing(kind, repo, digest) from None
+
+    @contextlib.contextmanager
+    def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
+        try:
+            fh = open(self.layout.blob(digest), "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            raise self._missing(kind, repo, digest) from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            yield size, iter(lambda: fh.read(CHUNK), b"")
+
+
+class HttpSource(Source):
+    """The registry API (when this host does not see blob storage)."""
+
+    name = "http"
+
+    def __init__(self, client: AdminClient, revision: int) -> None:
+        self.client = client
+        self.revision = revision
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _failed(self, kind: str, repo: str, digest: str, status: int) -> BackupError:
+        return BackupError(
+            f"could not read {kind} {digest} of {repo}: HTTP {status} (deleted while the "
+            f"backup ran?); run the backup on a host that sees the cluster's blob storage "
+            f"(or give its local path with --storage): it reads revision {self.revision} "
+            "from there whatever is deleted meanwhile"
+        )
+
+    def small(self, kind: str, repo: str, digest: str) -> bytes:
+        with self.client.fetch(repo, digest, manifest=kind == "manifest") as resp:
+            if resp.status_code != 200:
+                raise self._failed(kind, repo, digest, resp.status_code)
+            return resp.read()
+
+    @contextlib.contextmanager
+    def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
+        with self.client.fetch(repo, digest, manifest=kind == "manifest") as resp:
+            if resp.status_code != 200:
+                raise self._failed(kind, repo, digest, resp.status_code)
+            yield None, resp.iter_bytes(CHUNK)
+
+
+def find_storage(client: AdminClient, storage: Path | None) -> Path | None:
+    """The local path of the cluster's blob storage if this host sees it (checked with a
+    probe file the cluster writes), else None; an explicit `storage` must be it."""
+    try:
+        probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
+        name = str(probe["path"])
+        content = str(probe["content"])
+        remote = str(probe["storage"])
+    except (MoorageError, KeyError, TypeError) as exc:
+        if storage is not None:
+            raise BackupError(f"could not check --storage {storage}: {exc}") from None
+        return None
+    local = storage.resolve() if storage is not None else Path(remote)
+    parts = name.split("/")
+    seen = None
+    if len(parts) == 2 and parts[0] == "probe" and safe_archive_name(parts[1]):
+        path = StorageLayout(local).probe / parts[1]
+        try:
+            seen = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            seen = None
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if seen == content:
+        return local
+    if storage is not None:
+        raise BackupError(
+            f"--storage {storage} is not the cluster's blob storage (a probe file the cluster "
+            f"wrote to {remote}/{name} is not there); give the local path of that storage"
+        )
+    return None
