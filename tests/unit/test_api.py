@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,3 +289,23 @@ def test_catalog_lists_pushed_repositories(api: InProcessClient) -> None:
 def test_fresh_registry_is_empty(tmp_path: Path) -> None:
     with in_process_registry(tmp_path) as api:
         assert api.get("/v2/_catalog").json() == {"repositories": []}
+
+
+def _open_files_under(root: Path) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
+
+
+def test_no_file_stays_open_after_the_app_stops(tmp_path: Path) -> None:
+    """Regression: the journal's descriptor outlived the app (one leaked per app)."""
+    with in_process_registry(tmp_path) as api:
+        push_image(api, "unit/leak", "v1", b"journaled")
+        assert list((tmp_path / "blobs" / "journal").glob("*.jsonl"))
+    assert _open_files_under(tmp_path) == []
