@@ -19,7 +19,8 @@ ID1, ID2, ID3 = "1" * 12, "2" * 12, "3" * 12
 def row(doc: dict[str, Any], rid: str) -> dict[str, Any]:
     found = [r for r in doc["replicas"] if r["id"] == rid]
     assert len(found) == 1, doc["replicas"]
-    return found[0]
+    only: dict[str, Any] = found[0]
+    return only
 
 
 def down(facts: Facts, member_id: int, rid: str) -> None:
