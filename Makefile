@@ -1,4 +1,5 @@
-# Moorage: `make run` serves a one-replica registry, `make test` runs everything.
+# Moorage: `make run` serves a one-replica registry, `make test` runs everything,
+# `make test-fast` the in-process unit tier (tests/unit/, under a minute).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
 BIN_DIR ?= /usr/local/bin
 
-.PHONY: install system-packages run test lint bench bench-scale chaos clean fuzz
+.PHONY: install system-packages run test test-fast lint bench bench-scale chaos clean fuzz
 
 install: system-packages $(VENV)/.installed
 	@# Put `moorage` on PATH: as root, link it into $(BIN_DIR) (the commands `moorage
@@ -40,6 +41,10 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tier only: no processes, no network, no etcd (see "Development" in README.md).
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest tests/unit -m unit -q $(PYTEST_ARGS)
 
 # The fuzz test of the HTTP API with random seeds and FUZZ_EXAMPLES examples per surface
 # (`make test` runs a fixed ~1-minute set); e.g. make fuzz FUZZ_EXAMPLES=20000

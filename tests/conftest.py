@@ -22,6 +22,42 @@ ADMIN_PASSWORD = "test-admin-password"
 AUTH = ("admin", ADMIN_PASSWORD)
 
 
+# -- test tiers (markers registered in pyproject.toml; `make test-fast` runs `-m unit`) ----------
+# A test's tier comes from its file: tests/unit/ is `unit`, a file listed here has the tier
+# given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
+TIERS = {
+    "test_clients.py": "clients",
+    "test_partition.py": "netns",
+    "test_partition_fence.py": "netns",
+    "test_chaos.py": "chaos",
+    "test_backup_hardening.py": "cluster",
+    "test_cluster.py": "cluster",
+    "test_forged_records.py": "cluster",
+    "test_multi_survivor.py": "cluster",
+    "test_recovery.py": "cluster",
+    "test_scale_limits.py": "cluster",
+}
+#: Fixtures that start processes: a unit test that asks for one is an error.
+PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unit_dir = Path(__file__).parent / "unit"
+    for item in items:
+        path = Path(str(item.path))
+        if unit_dir in path.parents:
+            tier = "unit"
+            wanted = PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if wanted:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: a unit test may not use {', '.join(sorted(wanted))} "
+                    "(they start processes); move it out of tests/unit/"
+                )
+        else:
+            tier = TIERS.get(path.name, "replica")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

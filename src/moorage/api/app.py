@@ -75,6 +75,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if journal is not None:
+                journal.close()  # its descriptor would outlive the app
             await meta.close()
 
     app = Starlette(
