@@ -57,7 +57,13 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # layer 0 reaching up to the HTTP layer
         ("oci/digest.py", "import moorage.api.app", "Layers"),
         # the replica's jobs (layer 3) reaching up to the process that runs them
-        ("cluster/jobs.py", "from moorage.server import create_app", "Layers"),
+        ("cluster/jobs.py", "from moorage.server.worker import create_app", "Layers"),
+        # the replica process importing the HTTP layer its workers set up
+        (
+            "server/process.py",
+            "import moorage.api.metrics",
+            "The replica process leaves the HTTP layer to its workers",
+        ),
         # the HTTP layer reaching up to the command line
         ("api/health.py", "from moorage.cli import main", "Layers"),
         # a second importer of the etcd client
@@ -65,7 +71,7 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # the web framework below the HTTP layer
         ("storage/base.py", "import starlette", "Only the HTTP packages import the web framework"),
         # the CLI library outside the command line
-        ("server.py", "import click", "Only the command line imports the CLI library"),
+        ("server/process.py", "import click", "Only the command line imports the CLI library"),
     ],
 )
 def test_an_upward_or_forbidden_import_fails_the_build(

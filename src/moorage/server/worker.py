@@ -1,12 +1,4 @@
-"""The replica server: the process that assembles one replica and serves it.
-
-`run_replica` is what `moorage run` executes in the foreground:
-
-1. `moorage.cluster.supervisor.supervise` locks the data directory, starts the replica's
-   etcd member and keeps it running (its watchdog), and stops it at the end;
-2. granian serves HTTP: its worker processes fork from this one (so every process carries
-   the absolute data directory in its command line) and each calls `create_app`;
-3. on SIGTERM/SIGINT the workers stop, then etcd.
+"""An API worker of the replica process: `create_app` is the factory granian calls in it.
 
 `build_app` assembles the replica a worker serves: blob storage, the journal, the registry
 and authentication (`moorage.cluster.replica.Replica`), its background jobs
@@ -19,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +23,6 @@ from moorage.auth.basic import BasicAuthenticator
 from moorage.cluster import jobs
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
-from moorage.cluster.supervisor import supervise
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
@@ -111,32 +101,3 @@ def create_app() -> ASGIApp:
     _exit_with_parent(pid_file)
     meta = EtcdCluster(config.store_endpoints)
     return build_app(config, meta)
-
-
-def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
-    """Run the replica in the foreground until SIGTERM/SIGINT."""
-    from granian import Granian  # the server is only needed in this process
-
-    config = data_dir.load()
-    with supervise(data_dir, config, admin_password) as watchdog:
-        os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
-        metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
-        server = Granian(
-            f"{__name__}:{create_app.__name__}",
-            factory=True,
-            interface="asgi",  # type: ignore[arg-type]
-            address=config.http_host,
-            port=config.http_port,
-            workers=workers,
-            respawn_failed_workers=True,
-            log_access=False,
-        )
-        watchdog.give_up = server.signal_handler_interrupt
-        watchdog.start()
-        log.info("replica %s serving on %s", config.replica_id, config.url)
-        with contextlib.suppress(SystemExit):
-            server.serve()
