@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -30,7 +29,6 @@ from moorage.registry import Registry
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
 
-log = logging.getLogger("moorage.server")
 IO_THREADS = 32
 
 
