@@ -38,6 +38,7 @@ lint: install
 	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard chaos)
 	$(BIN)/ruff format --check src tests $(wildcard bench) $(wildcard chaos)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)

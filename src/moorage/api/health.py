@@ -2,105 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moorage import __version__
 from moorage.api.errors import error_response
-from moorage.api.metrics import set_health
-from moorage.api.state import AppState, ComponentHealth
-from moorage.cluster.fence import FenceWatch
-from moorage.config import ReplicaConfig
-from moorage.errors import MoorageError
-from moorage.meta.etcd import member_status
-
-log = logging.getLogger("moorage.health")
-CHECK_INTERVAL = 2.0
-CHECK_TIMEOUT = 3.0
-
-
-async def _check(component: ComponentHealth, probe: asyncio.Future[object] | object) -> None:
-    try:
-        await asyncio.wait_for(probe, CHECK_TIMEOUT)  # type: ignore[arg-type]
-    except Exception as exc:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if component.healthy or component.error != message:
-            log.warning("health check failed: %s", message)
-        component.healthy, component.error = False, message
-    else:
-        component.healthy, component.error = True, None
-    component.checked_at = time.time()
-
-
-async def check_once(st: AppState) -> None:
-    await asyncio.gather(
-        _check(st.etcd, st.registry.meta.revision()),
-        _check(st.storage, st.registry.storage.probe()),
-    )
-
-
-async def _role(st: AppState) -> str:
-    try:
-        status = await member_status(st.config.etcd_client_url, CHECK_TIMEOUT)
-    except MoorageError:
-        return "unknown"
-    if status.is_learner:
-        return "learner"
-    if not status.leader:
-        return "unknown"
-    return "leader" if status.leader == status.member_id else "follower"
-
-
-async def _local_member_answers(st: AppState) -> bool:
-    try:
-        await member_status(st.config.etcd_client_url, CHECK_TIMEOUT)
-    except MoorageError:
-        return False
-    return True
-
-
-async def health_loop(st: AppState) -> None:
-    while True:
-        await check_once(st)
-        with contextlib.suppress(OSError):  # the storage check reports an unreadable storage
-            fence_refusal(st)
-        st.role = await _role(st) if st.cluster is not None else "leader"
-        # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
-        st.read_only = (
-            st.cluster is not None
-            and not st.etcd.healthy
-            and st.role == "unknown"
-            and await _local_member_answers(st)
-        )
-        set_health(st.etcd.healthy, st.storage.healthy, st.role)
-        if st.heartbeat is not None:
-            problem = _problem(st)
-            try:
-                await asyncio.wait_for(st.heartbeat.beat(problem is None, problem), CHECK_TIMEOUT)
-            except (MoorageError, TimeoutError) as exc:
-                log.debug("heartbeat not written: %s", exc)
-        await asyncio.sleep(CHECK_INTERVAL)
-
-
-_watches: dict[ReplicaConfig, FenceWatch] = {}
+from moorage.api.state import AppState
+from moorage.cluster.replica import READ_ONLY_MESSAGE
 
 
 def fence_refusal(st: AppState) -> str | None:
-    """Why this replica is fenced, checked now (one stat of the marker, see FenceWatch), or
-    None. Raises OSError when the marker cannot be checked."""
-    watch = _watches.get(st.config)
-    if watch is None:
-        watch = _watches[st.config] = FenceWatch(st.config)
-    verdict = watch.check()
-    if verdict is not None and st.fenced is None:
-        log.error("%s", verdict)
-        st.fenced = verdict
-    return st.fenced
+    """The admin API's fence check: `Replica.fence_refusal` (raises OSError when the marker
+    cannot be checked)."""
+    return st.fence_refusal()
 
 
 def acknowledge_write(st: AppState, response: Response) -> Response:
@@ -108,32 +24,10 @@ def acknowledge_write(st: AppState, response: Response) -> Response:
     metadata is committed and whose journal entry is durable; it goes out only if this
     replica is not fenced now, else 503. Why this ordering loses no acknowledged write to
     an emergency repair: see moorage.cluster.fence."""
-    try:
-        why = fence_refusal(st)
-    except OSError as exc:
-        why = f"storage: cannot check the fence marker in {st.config.storage}: {exc}"
+    why = st.write_refusal()
     if why is None:
         return response
     return error_response(503, "UNAVAILABLE", why, headers={"Retry-After": "60"})
-
-
-READ_ONLY_MESSAGE = (
-    "etcd: no quorum reachable (a majority of the cluster is down, or this replica is cut "
-    "off from it); this replica serves pulls from its local copy and refuses pushes; "
-    "'moorage status' says whether the majority is really lost and what to run"
-)
-
-
-def _problem(st: AppState) -> str | None:
-    if st.fenced:
-        return f"fenced: {st.fenced}"
-    if st.read_only:
-        return READ_ONLY_MESSAGE
-    if not st.etcd.healthy:
-        return f"etcd: {st.etcd.error}"
-    if not st.storage.healthy:
-        return f"storage: {st.storage.error}"
-    return None
 
 
 async def ping(request: Request) -> Response:
@@ -143,8 +37,8 @@ async def ping(request: Request) -> Response:
     """
     st: AppState = request.app.state.moorage
     with contextlib.suppress(OSError):
-        fence_refusal(st)
-    problem = _problem(st)
+        st.fence_refusal()
+    problem = st.problem()
     if problem is None:
         return JSONResponse({"healthy": True})
     writable = request.query_params.get("writable", "") not in ("", "0", "false")
@@ -159,8 +53,8 @@ async def ping(request: Request) -> Response:
 async def health(request: Request) -> Response:
     st: AppState = request.app.state.moorage
     with contextlib.suppress(OSError):
-        fence_refusal(st)
-    problem = _problem(st)
+        st.fence_refusal()
+    problem = st.problem()
     free = st.registry.storage.free_bytes()
     doc = {
         "healthy": problem is None,

@@ -198,7 +198,7 @@ def run(
     workers: int,
 ) -> None:
     """Run a replica in the foreground; an empty DATA_DIR becomes a new one-replica cluster."""
-    from moorage.cluster.supervisor import run_replica
+    from moorage.server.process import run_replica
 
     _setup_logging()
     d = DataDir(data_dir)

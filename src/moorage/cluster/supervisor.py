@@ -1,15 +1,16 @@
-"""The replica process: holds the data directory, supervises etcd, serves the API.
+"""The replica process's hold on its data directory and its etcd member.
 
-`run_replica` is what `moorage run` executes in the foreground. It
+`supervise` is the part of `moorage run` below the HTTP server (`moorage.server` runs it
+around the server). It
 
 1. takes an exclusive lock on `D/run/replica.lock` (a second process on the same data
    directory is refused),
 2. starts the replica's etcd member as a child in its own session and waits until it
    answers,
 3. creates the cluster record and the admin account on first start,
-4. serves the API with granian (worker processes fork from this one, so every process
-   carries the absolute data directory in its command line),
-5. restarts etcd if it dies, and on SIGTERM/SIGINT stops the API, then etcd.
+4. hands over to the caller, which serves the API; its `EtcdWatchdog` restarts etcd if it
+   dies, once the caller starts it,
+5. when the caller is done (SIGTERM/SIGINT stopped the API), stops etcd.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -113,15 +113,13 @@ class EtcdWatchdog(threading.Thread):
             self.etcd.stop()
 
 
-def run_replica(
-    data_dir: DataDir,
-    admin_password: str | None,
-    workers: int = 1,
-) -> None:
-    """Run the replica in the foreground until SIGTERM/SIGINT."""
-    from granian import Granian  # the server is only needed in this process
-
-    config = data_dir.load()
+@contextlib.contextmanager
+def supervise(
+    data_dir: DataDir, config: ReplicaConfig, admin_password: str | None
+) -> Iterator[EtcdWatchdog]:
+    """Steps 1-3 and 5 of the module docstring around the caller's block, which gets the
+    etcd watchdog to start once it serves (and to tell how to stop serving if etcd cannot
+    be kept running)."""
     with replica_lock(data_dir):
         pid_file = data_dir.pid_file(SUPERVISOR_PID)
         pid_file.write_text(f"{os.getpid()}\n")
@@ -144,27 +142,7 @@ def run_replica(
                     # A restarted member serves nothing until it reaches a quorum (the
                     # other replicas are starting too): serve, /_ping says why.
                     log.warning("etcd is not serving yet (%s); waiting for its peers", exc)
-            os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
-            metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-            os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
-            server = Granian(
-                "moorage.api.app:create_app",
-                factory=True,
-                interface="asgi",  # type: ignore[arg-type]
-                address=config.http_host,
-                port=config.http_port,
-                workers=workers,
-                respawn_failed_workers=True,
-                log_access=False,
-            )
-            watchdog.give_up = server.signal_handler_interrupt
-            watchdog.start()
-            log.info("replica %s serving on %s", config.replica_id, config.url)
-            with contextlib.suppress(SystemExit):
-                server.serve()
+            yield watchdog
         finally:
             watchdog.stop()
             for stale in data_dir.run_dir.glob("api-*.pid"):

@@ -17,10 +17,16 @@ class Registry:
     ) -> None:
         self.storage = storage
         self.meta = meta
+        self.journal = journal
         self.blobs = Blobs(storage, meta)
         self.uploads = Uploads(storage, meta)
         self.manifests = Manifests(storage, meta, journal)
         self.discovery = Discovery(meta)
+
+    def close(self) -> None:
+        """Release what the registry holds open (the journal's file descriptor)."""
+        if self.journal is not None:
+            self.journal.close()
 
 
 __all__ = ["Registry"]

@@ -1,0 +1,164 @@
+"""The replica's own background jobs, run in every API worker while it serves.
+
+- the health loop, every `CHECK_INTERVAL` seconds: probes etcd and blob storage, checks
+  the fence marker, finds this replica's etcd role and whether it is read-only (quorum
+  lost), and renews its heartbeat in the store; it updates the `Replica`'s state, which
+  the HTTP layer reads;
+- the purge loop: abandoned uploads and staging files. A client that starts an upload and
+  never finishes it leaves its bytes in `uploads/`; a crash mid-write can leave a staging
+  file in `tmp/`. Every replica's workers purge what has not been touched for
+  `MOORAGE_UPLOAD_MAX_AGE` seconds (default 7 days, as Distribution's upload purging),
+  every `MOORAGE_UPLOAD_PURGE_INTERVAL` seconds (default 1 hour). Replicas and workers may
+  race on the same file; a file another one removed first is skipped.
+
+`running` starts both for as long as its block lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from moorage.cluster.bootstrap import bootstrap
+from moorage.cluster.replica import ComponentHealth, Replica
+from moorage.errors import MoorageError
+from moorage.meta.etcd import member_status
+from moorage.storage.base import BlobStorage
+
+log = logging.getLogger("moorage.health")
+purge_log = logging.getLogger("moorage.housekeeping")
+CHECK_INTERVAL = 2.0
+CHECK_TIMEOUT = 3.0
+
+#: Called after every round of the health loop (the HTTP layer's metrics gauges).
+Observer = Callable[[Replica], None]
+
+
+async def _check(component: ComponentHealth, probe: Awaitable[object]) -> None:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except Exception as exc:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if component.healthy or component.error != message:
+            log.warning("health check failed: %s", message)
+        component.healthy, component.error = False, message
+    else:
+        component.healthy, component.error = True, None
+    component.checked_at = time.time()
+
+
+async def check_once(replica: Replica) -> None:
+    await asyncio.gather(
+        _check(replica.etcd, replica.registry.meta.revision()),
+        _check(replica.storage, replica.registry.storage.probe()),
+    )
+
+
+async def _role(replica: Replica) -> str:
+    try:
+        status = await member_status(replica.config.etcd_client_url, CHECK_TIMEOUT)
+    except MoorageError:
+        return "unknown"
+    if status.is_learner:
+        return "learner"
+    if not status.leader:
+        return "unknown"
+    return "leader" if status.leader == status.member_id else "follower"
+
+
+async def _local_member_answers(replica: Replica) -> bool:
+    try:
+        await member_status(replica.config.etcd_client_url, CHECK_TIMEOUT)
+    except MoorageError:
+        return False
+    return True
+
+
+async def health_loop(replica: Replica, observe: Observer | None = None) -> None:
+    while True:
+        await check_once(replica)
+        with contextlib.suppress(OSError):  # the storage check reports an unreadable storage
+            replica.fence_refusal()
+        replica.role = await _role(replica) if replica.cluster is not None else "leader"
+        # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
+        replica.read_only = (
+            replica.cluster is not None
+            and not replica.etcd.healthy
+            and replica.role == "unknown"
+            and await _local_member_answers(replica)
+        )
+        if observe is not None:
+            observe(replica)
+        if replica.heartbeat is not None:
+            problem = replica.problem()
+            try:
+                await asyncio.wait_for(
+                    replica.heartbeat.beat(problem is None, problem), CHECK_TIMEOUT
+                )
+            except (MoorageError, TimeoutError) as exc:
+                log.debug("heartbeat not written: %s", exc)
+        await asyncio.sleep(CHECK_INTERVAL)
+
+
+DEFAULT_UPLOAD_MAX_AGE = 7 * 24 * 3600.0
+DEFAULT_PURGE_INTERVAL = 3600.0
+TMP_MAX_AGE = 24 * 3600.0
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        purge_log.warning("%s=%r is not a number of seconds; using %g", name, raw, default)
+        return default
+    return value if value > 0 else default
+
+
+async def purge_loop(storage: BlobStorage) -> None:
+    max_age = _seconds("MOORAGE_UPLOAD_MAX_AGE", DEFAULT_UPLOAD_MAX_AGE)
+    interval = _seconds("MOORAGE_UPLOAD_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL)
+    # Spread the workers and replicas out instead of all scanning at once.
+    await asyncio.sleep(random.uniform(0, min(interval, 60.0)))
+    while True:
+        try:
+            removed = await storage.purge_stale(max_age, min(max_age, TMP_MAX_AGE))
+        except MoorageError as exc:
+            purge_log.warning("upload purge failed: %s", exc)
+        else:
+            if removed:
+                purge_log.info("purged %d abandoned upload or staging file(s)", removed)
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    replica: Replica, admin_password: str | None = None, observe: Observer | None = None
+) -> AsyncIterator[None]:
+    """The replica's jobs, for as long as the block lasts: first the cluster record and the
+    admin account if missing (a learner or a store without quorum is only logged: the
+    health state reports it), one health check, then the health and purge loops."""
+    try:
+        await bootstrap(replica.registry.meta, replica.config.cluster_id, admin_password)
+    except MoorageError as exc:
+        log.warning("store not ready at start: %s", exc)
+    await check_once(replica)
+    tasks = [
+        asyncio.create_task(health_loop(replica, observe)),
+        asyncio.create_task(purge_loop(replica.registry.storage)),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

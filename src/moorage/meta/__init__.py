@@ -1,0 +1,1 @@
+"""The metadata store: its interface, its etcd implementation, and its key layout."""

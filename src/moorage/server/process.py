@@ -1,0 +1,55 @@
+"""The replica process: `run_replica` is what `moorage run` executes in the foreground.
+
+1. `moorage.cluster.supervisor.supervise` locks the data directory, starts the replica's
+   etcd member and keeps it running (its watchdog), and stops it at the end;
+2. granian serves HTTP: its worker processes fork from this one (so every process carries
+   the absolute data directory in its command line) and each calls
+   `moorage.server.worker.create_app`;
+3. on SIGTERM/SIGINT the workers stop, then etcd.
+
+This module must not import the worker's modules (the HTTP layer): prometheus_client picks
+its multiprocess mode when it is first imported, and that must happen in the workers, after
+PROMETHEUS_MULTIPROC_DIR is set here (tests/test_server.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+
+from moorage.cluster.supervisor import supervise
+from moorage.config import DataDir
+
+log = logging.getLogger("moorage.server")
+WORKER_APP = "moorage.server.worker:create_app"
+
+
+def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
+    """Run the replica in the foreground until SIGTERM/SIGINT."""
+    from granian import Granian  # the server is only needed in this process
+
+    config = data_dir.load()
+    with supervise(data_dir, config, admin_password) as watchdog:
+        os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
+        metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
+        server = Granian(
+            WORKER_APP,
+            factory=True,
+            interface="asgi",  # type: ignore[arg-type]
+            address=config.http_host,
+            port=config.http_port,
+            workers=workers,
+            respawn_failed_workers=True,
+            log_access=False,
+        )
+        watchdog.give_up = server.signal_handler_interrupt
+        watchdog.start()
+        log.info("replica %s serving on %s", config.replica_id, config.url)
+        with contextlib.suppress(SystemExit):
+            server.serve()

@@ -1,0 +1,102 @@
+"""An API worker of the replica process: `create_app` is the factory granian calls in it.
+
+`build_app` assembles the replica a worker serves: blob storage, the journal, the registry
+and authentication (`moorage.cluster.replica.Replica`), its background jobs
+(`moorage.cluster.jobs`, run while the app serves) and its HTTP app (`moorage.api.app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from moorage.api.app import ASGIApp, http_app
+from moorage.api.metrics import set_health
+from moorage.auth.basic import BasicAuthenticator
+from moorage.cluster import jobs
+from moorage.cluster.heartbeat import Heartbeat
+from moorage.cluster.replica import Replica
+from moorage.config import DataDir, ReplicaConfig
+from moorage.meta.base import MetaStore
+from moorage.meta.etcd import EtcdCluster
+from moorage.registry import Registry
+from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.journal import Journal
+
+IO_THREADS = 32
+
+
+def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
+    """The replica of this process over the store `meta`: its blob storage, journal,
+    registry and authentication (and, with etcd, its cluster API and heartbeat)."""
+    storage = FilesystemStorage(config.storage)
+    journal: Journal | None = Journal(
+        config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
+    )
+    if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
+        journal = None  # only to measure the journal's cost in the benchmark
+    replica = Replica(
+        config=config, registry=Registry(storage, meta, journal), auth=BasicAuthenticator(meta)
+    )
+    if isinstance(meta, EtcdCluster):
+        replica.cluster = meta
+        replica.heartbeat = Heartbeat(meta, config)
+    return replica
+
+
+def _observe(replica: Replica) -> None:
+    set_health(replica.etcd.healthy, replica.storage.healthy, replica.role)
+
+
+def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None = None) -> ASGIApp:
+    """One replica's ASGI app: while it serves (its lifespan), the replica's jobs run; at
+    the end the store is closed. `admin_password` creates the admin account if missing."""
+    replica = assemble(config, meta)
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        # fsyncs and file I/O run in threads: enough of them that concurrent pushes do not
+        # queue behind each other's fsync (asyncio's default is cpu count + 4).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="moorage-io")
+        )
+        try:
+            async with jobs.running(replica, admin_password, _observe):
+                yield
+        finally:
+            replica.registry.close()  # the journal's descriptor would outlive the app
+            await meta.close()
+
+    return http_app(replica, lifespan)
+
+
+def _exit_with_parent(pid_file: Path) -> None:
+    """End this API worker when the replica process that forked it dies (SIGKILL, OOM):
+    an orphaned worker would keep the HTTP port and the data directory's lock, and the
+    replica could not be started again."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        pid_file.unlink(missing_ok=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def create_app() -> ASGIApp:
+    """Factory the ASGI server calls in each worker; the replica comes from the environment."""
+    data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
+    config = data_dir.load()
+    pid_file = data_dir.pid_file(f"api-{os.getpid()}")
+    pid_file.write_text(f"{os.getpid()}\n")
+    _exit_with_parent(pid_file)
+    meta = EtcdCluster(config.store_endpoints)
+    return build_app(config, meta)

@@ -1,0 +1,164 @@
+"""The layers of DESIGN.md §6 are enforced: `lint-imports` (run by `make lint`) passes on the
+tree and fails on a copy of it with an upward import; no module names a higher layer's
+module in a string either (an import by name, e.g. an ASGI server's "module:factory")."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = ROOT / "pyproject.toml"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(cwd: Path, src: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(src)}  # the tree under test, not the installed one
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache", "--no-logo"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_tree_keeps_every_contract() -> None:
+    result = lint_imports(ROOT, ROOT / "src")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("layers")
+    shutil.copy(PYPROJECT, base / "pyproject.toml")
+    shutil.copytree(
+        ROOT / "src" / "moorage",
+        base / "src" / "moorage",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return base
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        # layer 0 reaching up to the HTTP layer
+        ("oci/digest.py", "import moorage.api.app", "Layers"),
+        # the replica's jobs (layer 3) reaching up to the process that runs them
+        ("cluster/jobs.py", "from moorage.server.worker import create_app", "Layers"),
+        # the replica process importing the HTTP layer its workers set up
+        (
+            "server/process.py",
+            "import moorage.api.metrics",
+            "The replica process leaves the HTTP layer to its workers",
+        ),
+        # the HTTP layer reaching up to the command line
+        ("api/health.py", "from moorage.cli import main", "Layers"),
+        # a second importer of the etcd client
+        ("registry/__init__.py", "import aetcd", "Only one module imports the etcd client"),
+        # the web framework below the HTTP layer
+        ("storage/base.py", "import starlette", "Only the HTTP packages import the web framework"),
+        # the CLI library outside the command line
+        ("server/process.py", "import click", "Only the command line imports the CLI library"),
+    ],
+)
+def test_an_upward_or_forbidden_import_fails_the_build(
+    tree_copy: Path, module: str, line: str, contract: str
+) -> None:
+    path = tree_copy / "src" / "moorage" / module
+    original = path.read_text()
+    path.write_text(f"{original}\n{line}  # added by the test\n")
+    try:
+        result = lint_imports(tree_copy, tree_copy / "src")
+    finally:
+        path.write_text(original)
+    assert result.returncode != 0, result.stdout
+    broken = result.stdout.partition("Broken contracts")[2]
+    assert contract in broken, result.stdout
+    importer = "moorage." + module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    assert importer in broken, result.stdout
+
+
+def test_a_package_in_no_layer_fails_the_build(tree_copy: Path) -> None:
+    new = tree_copy / "src" / "moorage" / "gadgets.py"
+    new.write_text("import moorage.oci\n")
+    try:
+        result = lint_imports(tree_copy, tree_copy / "src")
+    finally:
+        new.unlink()
+    assert result.returncode != 0, result.stdout
+    assert "moorage.gadgets" in result.stdout + result.stderr
+
+
+def _layers() -> dict[str, int]:
+    """Top-level module of moorage -> its layer's rank (0 = lowest), from pyproject."""
+    config = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    ranks: dict[str, int] = {}
+    for rank, layer in enumerate(reversed(contract["layers"])):
+        for name in re.split(r"[|:]", layer):
+            ranks[name.strip().strip("()")] = rank
+    return ranks
+
+
+def _strings(tree: ast.Module) -> list[tuple[int, str]]:
+    """The module's string constants, docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def string_references(package: Path) -> list[str]:
+    """Every string constant in `package` that names a module of a higher layer than its own."""
+    ranks = _layers()
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        top = path.relative_to(package).parts[0].removesuffix(".py")
+        if top not in ranks:
+            continue  # moorage/__init__.py: the container, not a layer
+        for lineno, text in _strings(ast.parse(path.read_text())):
+            for name in re.findall(r"\bmoorage\.(\w+)", text):
+                if ranks.get(name, -1) > ranks[top]:
+                    found.append(f"{path.relative_to(package)}:{lineno}: {text!r}")
+    return found
+
+
+def test_no_module_names_a_higher_layer_in_a_string() -> None:
+    assert string_references(ROOT / "src" / "moorage") == []
+
+
+def test_a_higher_layer_named_by_string_is_found(tree_copy: Path) -> None:
+    """What import-linter cannot see: the supervisor (layer 3) used to start the API
+    (layer 4) as "moorage.api.app:create_app". Docstrings may name any module."""
+    path = tree_copy / "src" / "moorage" / "cluster" / "supervisor.py"
+    original = path.read_text()
+    path.write_text(f'{original}\nAPP = "moorage.api.app:create_app"\n')
+    try:
+        found = string_references(tree_copy / "src" / "moorage")
+    finally:
+        path.write_text(original)
+    assert len(found) == 1, found
+    assert found[0].startswith("cluster/supervisor.py:")
+    assert "moorage.api.app:create_app" in found[0]
