@@ -24,7 +24,7 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord
 from tests.cluster import Cluster, moorage, pull_image, push_image
-from tests.test_guidance import _report, healthy_facts
+from tests.unit.test_guidance import _report, healthy_facts
 
 
 @pytest.fixture(autouse=True)
