@@ -23,9 +23,9 @@ from moorage.cluster.guidance import (
     placeholders,
     program,
     rejoin_procedure,
-    repair_procedure,
-    scenario_commands,
 )
+from moorage.cluster.guidance import repair_procedure as _repair_procedure
+from moorage.cluster.guidance import scenario_commands as _commands
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord
 
@@ -108,7 +108,7 @@ def diagnose(facts: Facts) -> dict[str, Any]:
         scenario = "replicas-unhealthy"
     else:
         scenario = "healthy"
-    commands = scenario_commands(scenario, rows, facts)
+    commands = _commands(scenario, rows, facts)
     return {
         "cluster_id": facts.cluster_id,
         "epoch": facts.epoch,
@@ -120,7 +120,7 @@ def diagnose(facts: Facts) -> dict[str, Any]:
         "placeholders": placeholders(commands),
         # Quorum lost: every step of the procedure, in order, with the replica whose host
         # runs it (the action says the same in one line).
-        "procedure": repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
+        "procedure": _repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
         "quorum": {
             "members": len(voters),
             "needed": needed,
