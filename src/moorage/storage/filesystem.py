@@ -1,304 +1,36 @@
-"""Blob storage on a local or shared (NFS) directory."""
+"""Blob storage on a local or shared (NFS) directory: the driver.
+
+Committed blobs, staged writes and the housekeeping of stale files live here; the upload
+sessions and their locking in `moorage.storage.sessions`, the file primitives in
+`moorage.storage.fileio`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import errno
-import fcntl
-import hashlib
 import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from moorage.errors import BlobUploadUnknown, StorageUnavailable, UploadBusy
-from moorage.oci.digest import Hasher
-from moorage.storage.base import AppendWriter, BlobStorage, UploadHandle
+from moorage.errors import StorageUnavailable
+from moorage.storage.base import BlobStorage, UploadHandle
+from moorage.storage.fileio import (
+    ENDED_MODE,
+    FLUSH_BYTES,
+    READ_BYTES,
+    fsync_dir,
+    rename_into_place,
+    write_all,
+)
 from moorage.storage.paths import StorageLayout
+from moorage.storage.sessions import FileUploadHandle, hold, purge_session
 
-# Bytes gathered before one write+hash runs in a worker thread; two such buffers at most
-# are alive per upload, which keeps memory flat whatever the blob size.
-FLUSH_BYTES = 4 * 1024 * 1024
-READ_BYTES = 1024 * 1024
-# Bodies up to this size are hashed and written without leaving the event loop.
-INLINE_BYTES = 64 * 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):  # not Linux: the final fsync does all the work
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-# An upload is locked with a POSIX record lock (fcntl F_SETLK, exclusive, whole file) on its
-# data file. Such a lock belongs to the process, not to the file descriptor: a second request
-# of this process would get it too, and closing any descriptor of the file drops it. So this
-# process also remembers the uploads it holds, and no request opens an upload's data file
-# while another request of the process holds it.
-_held: set[str] = set()
-_held_guard = threading.Lock()
-
-# A data file whose owner-write bit is cleared belongs to an ended session: committed (it is
-# now a blob, read-only) or cancelled/purged (unlinked). Both are done under the lock.
-_ENDED_MODE = 0o444
-
-
-class _FileUploadHandle(UploadHandle):
-    """An upload's data file, open and (unless just created) locked by this request.
-
-    Every operation that uses the descriptor runs under `_io`, so `release` (closing the
-    descriptor, which drops the lock) waits for a write or hash still running in a worker
-    thread when its request was cancelled: the lock is never let go while this request can
-    still touch the bytes.
-    """
-
-    def __init__(
-        self, storage: FilesystemStorage, upload_id: str, fd: int, size: int, key: str | None
-    ) -> None:
-        self._storage = storage
-        self._upload_id = upload_id
-        self._fd = fd
-        self._size = size
-        self._key = key  # in `_held` while this handle holds the lock
-        self._ended = False
-        self._closing = False  # `release` waits: a long hash in a thread stops early
-        self._io = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def _live_fd(self) -> int:
-        if self._fd < 0 or self._ended:
-            raise BlobUploadUnknown("upload unknown: it was finished or cancelled")
-        return self._fd
-
-    async def append(self, hasher: Hasher | None) -> AppendWriter:
-        self._live_fd()
-        return _FileAppendWriter(self, self._size, hasher)
-
-    async def hash(self, algorithm: str) -> str:
-        def run() -> str:
-            h = hashlib.new(algorithm)
-            with self._io:
-                fd = self._live_fd()
-                offset = 0
-                while chunk := os.pread(fd, FLUSH_BYTES, offset):
-                    if self._closing:  # its request was cancelled
-                        raise BlobUploadUnknown("upload released while it was being hashed")
-                    h.update(chunk)
-                    offset += len(chunk)
-            return h.hexdigest()
-
-        try:
-            return await asyncio.to_thread(run)
-        except OSError as exc:
-            raise StorageUnavailable(f"blob storage read failed: {exc.strerror}") from exc
-
-    async def commit(self, digest: str) -> None:
-        layout = self._storage.layout
-        source = layout.upload(self._upload_id)
-        target = layout.blob(digest)
-
-        def run() -> None:
-            with self._io:
-                fd = self._live_fd()
-                if target.exists():  # the same bytes were committed by another upload
-                    self._end_sync(fd)
-                    return
-                # Read-only before it becomes a blob, in the same fsync: the mark that the
-                # session ended (a request that opened this file before the rename sees it
-                # once it has the lock) and a guard against any later open for writing.
-                os.fchmod(fd, _ENDED_MODE)
-                try:
-                    os.fsync(fd)
-                    self._storage._rename_into_place(source, target)
-                except BaseException:  # still the upload: writable again
-                    with contextlib.suppress(OSError):
-                        os.fchmod(fd, 0o644)
-                    raise
-                self._ended = True
-                _fsync_dir(target.parent)
-                layout.upload_info(self._upload_id).unlink(missing_ok=True)
-
-        try:
-            await asyncio.to_thread(run)
-        except FileNotFoundError:
-            raise BlobUploadUnknown("upload unknown: it was finished or cancelled") from None
-        except OSError as exc:
-            raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
-
-    def _end_sync(self, fd: int) -> None:
-        """Mark the data file ended and unlink it (with its `.repo`); under `_io`."""
-        layout = self._storage.layout
-        # On NFS the unlinked file can live on (silly-renamed) while this host has it
-        # open: the mode says it ended to a request that opened it earlier.
-        os.fchmod(fd, _ENDED_MODE)
-        self._ended = True
-        layout.upload(self._upload_id).unlink(missing_ok=True)
-        layout.upload_info(self._upload_id).unlink(missing_ok=True)
-
-    async def delete(self) -> None:
-        def run() -> None:
-            with self._io:
-                if self._fd >= 0 and not self._ended:
-                    self._end_sync(self._fd)
-
-        try:
-            await asyncio.to_thread(run)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot delete upload: {exc.strerror}") from exc
-
-    async def release(self) -> None:
-        self.release_sync()
-
-    def release_sync(self) -> None:
-        # Blocks only if a worker thread still uses the descriptor (its request was
-        # cancelled mid-write): the lock must outlive that write.
-        self._closing = True
-        with self._io:
-            fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        try:
-            os.close(fd)  # drops the POSIX lock
-        finally:
-            if self._key is not None:
-                with _held_guard:
-                    _held.discard(self._key)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-class _FileAppendWriter(AppendWriter):
-    def __init__(self, handle: _FileUploadHandle, size: int, hasher: Hasher | None) -> None:
-        self._handle = handle
-        self._start = size
-        self._size = size
-        self._size_written = size
-        self._hasher = hasher
-        self._buf = bytearray()
-        self._pending: asyncio.Future[None] | None = None
-        self._done = False
-
-    def _write_sync(self, data: bytearray) -> None:
-        handle = self._handle
-        with handle._io:
-            if self._done:  # aborted (its request was cancelled) before this write ran
-                return
-            fd = handle._live_fd()
-            _pwrite_all(fd, data, self._size_written)
-            # Start writing back now, so that the fsync at commit has little left to do.
-            _start_writeback(fd, self._size_written, len(data))
-            self._size_written += len(data)
-
-    async def _hash_and_write(self, data: bytearray) -> None:
-        # Two threads: hashing and writing run in parallel (both release the GIL).
-        if self._hasher is None:
-            await asyncio.to_thread(self._write_sync, data)
-            return
-        hasher = self._hasher
-        await asyncio.gather(
-            asyncio.to_thread(hasher.update, data), asyncio.to_thread(self._write_sync, data)
-        )
-
-    async def _flush(self) -> None:
-        data, self._buf = self._buf, bytearray()
-        if self._pending is not None:
-            await self._pending
-        self._size += len(data)
-        self._pending = asyncio.ensure_future(self._hash_and_write(data))
-
-    @property
-    def size(self) -> int:
-        return self._size + len(self._buf)
-
-    async def write(self, chunk: bytes) -> None:
-        self._buf += chunk
-        if len(self._buf) >= FLUSH_BYTES:
-            await self._flush()
-
-    async def close(self) -> int:
-        try:
-            if self._buf and self._pending is None and len(self._buf) <= INLINE_BYTES:
-                # A small body (a config, a small layer): hashing and writing it here costs
-                # less than the two thread hand-offs would.
-                data, self._buf = self._buf, bytearray()
-                self._size += len(data)
-                if self._hasher is not None:
-                    self._hasher.update(data)
-                self._write_sync(data)
-            elif self._buf:
-                await self._flush()
-            if self._pending is not None:
-                await self._pending
-        except OSError as exc:
-            raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
-        self._done = True
-        self._handle._size = self._size
-        return self._size
-
-    async def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self._pending is not None:
-            # Not awaited (this may run in a cancelled request); its outcome is dropped.
-            self._pending.add_done_callback(_consume)
-        handle = self._handle
-        with handle._io:  # after a write still running in a thread, before any later one
-            if handle._fd >= 0:
-                os.ftruncate(handle._fd, self._start)
-        handle._size = self._start
-
-
-def _gone() -> BlobUploadUnknown:
-    return BlobUploadUnknown("upload unknown: it was finished, cancelled or expired")
+# FLUSH_BYTES is re-exported: tests import it from here.
+__all__ = ["FLUSH_BYTES", "FilesystemStorage"]
 
 
 class FilesystemStorage(BlobStorage):
@@ -356,9 +88,9 @@ class FilesystemStorage(BlobStorage):
 
     def _put_sync(self, tmp: Path, target: Path, data: bytes) -> None:
         # Read-only like every committed blob (the creating descriptor can still write).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _ENDED_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ENDED_MODE)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -366,15 +98,8 @@ class FilesystemStorage(BlobStorage):
 
     def _install(self, source: Path, target: Path) -> None:
         """Atomically rename a durable file into place and make the rename durable."""
-        self._rename_into_place(source, target)
-        _fsync_dir(target.parent)
-
-    def _rename_into_place(self, source: Path, target: Path) -> None:
-        parent = target.parent
-        if not parent.exists():
-            parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
-        os.rename(source, target)
+        rename_into_place(source, target)
+        fsync_dir(target.parent)
 
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
@@ -390,88 +115,11 @@ class FilesystemStorage(BlobStorage):
             fd = await asyncio.to_thread(run)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create upload: {exc.strerror}") from exc
-        return _FileUploadHandle(self, upload_id, fd, 0, None)
+        return FileUploadHandle(self.layout, upload_id, fd, 0, None)
 
     async def open_upload(self, upload_id: str) -> UploadHandle:
         # On the event loop, as the open it replaces was: a few system calls, no I/O.
-        return self._hold(upload_id)
-
-    def _hold(self, upload_id: str) -> _FileUploadHandle:
-        """Lock an upload's data file and check that it is still the upload.
-
-        The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`, exclusive, whole
-        file, never waiting): processes on one host exclude each other through the kernel,
-        and on NFS the Linux client forwards it to the server's lock manager (NLM for
-        NFSv3, part of the protocol in NFSv4), so replicas on other hosts are excluded too.
-        NFS also revalidates a file's cached attributes when a lock is taken and writes
-        dirty data back before it is released, so the next holder, on any host, sees the
-        size and mode the previous holder left. Whether the file still is the upload is
-        decided from the locked file itself (mode and link count, read with fstat after
-        locking), not only from the path: an NFS client may resolve a path another host
-        has just renamed from its cached directory entries. Without a lock manager (NFS
-        mounted `nolock` without `local_lock`) the lock fails with ENOLCK and the request
-        answers 503 rather than going on unprotected.
-        """
-        path = self.layout.upload(upload_id)
-        key = str(path)
-        with _held_guard:
-            if key in _held:
-                raise self._busy(path, None)
-            _held.add(key)
-        fd = -1
-        try:
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                raise _gone() from None
-            except PermissionError:  # a read-only (committed) file under a stale name
-                raise _gone() from None
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise self._busy(path, fd) from None
-                if exc.errno == errno.ESTALE:  # deleted by another NFS client
-                    raise _gone() from None
-                if exc.errno == errno.ENOLCK:
-                    raise StorageUnavailable(
-                        "blob storage refuses POSIX locks (ENOLCK): an NFS mount needs its "
-                        "lock manager (NFSv4, or NFSv3 with rpc.statd/lockd running; not "
-                        "mounted with nolock)"
-                    ) from exc
-                raise StorageUnavailable(f"cannot lock upload: {exc.strerror}") from exc
-            st = os.fstat(fd)
-            if st.st_nlink == 0 or not st.st_mode & 0o200:
-                raise _gone()  # finished, cancelled or purged while this request waited
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                raise _gone() from None
-            if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
-                raise _gone()
-        except BaseException as exc:
-            if fd >= 0:
-                os.close(fd)
-            with _held_guard:
-                _held.discard(key)
-            if isinstance(exc, OSError):
-                if exc.errno == errno.ESTALE:
-                    raise _gone() from None
-                raise StorageUnavailable(f"cannot open upload: {exc.strerror}") from exc
-            raise
-        return _FileUploadHandle(self, upload_id, fd, st.st_size, key)
-
-    @staticmethod
-    def _busy(path: Path, fd: int | None) -> UploadBusy:
-        try:
-            size = os.fstat(fd).st_size if fd is not None else path.stat().st_size
-        except OSError:
-            size = 0
-        return UploadBusy(
-            "another request is appending to, finishing or cancelling this upload; retry "
-            "once it has ended (GET the upload for its size)",
-            size,
-        )
+        return hold(self.layout, upload_id)
 
     async def purge_stale(self, upload_age: float, tmp_age: float) -> int:
         def stale(entry: os.DirEntry[str], now: float, age: float) -> bool:
@@ -481,40 +129,6 @@ class FilesystemStorage(BlobStorage):
                 )
             except FileNotFoundError:  # finished or purged by another replica
                 return False
-
-        def purge_upload(upload_id: str, now: float) -> int:
-            try:
-                handle = self._hold(upload_id)
-            except UploadBusy:
-                return 0  # a request holds it
-            except BlobUploadUnknown:
-                return purge_ended(upload_id)
-            try:
-                if now - os.fstat(handle._fd).st_mtime <= upload_age:
-                    return 0  # written to since it was listed
-                had_info = self.layout.upload_info(upload_id).exists()
-                with handle._io:
-                    handle._end_sync(handle._fd)
-                return 2 if had_info else 1
-            finally:
-                handle.release_sync()
-
-        def purge_ended(upload_id: str) -> int:
-            """A data file marked ended but still there: its commit or cancel was cut
-            short (a crash between the mark and the rename or unlink). Nobody writes to it
-            again, and its bytes were never acknowledged as a blob."""
-            path = self.layout.upload(upload_id)
-            try:
-                if os.stat(path).st_mode & 0o200:
-                    return 0
-                os.unlink(path)
-            except FileNotFoundError:
-                return 0
-            info = self.layout.upload_info(upload_id)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(info)
-                return 2
-            return 1
 
         def run() -> int:
             now = time.time()
@@ -527,7 +141,7 @@ class FilesystemStorage(BlobStorage):
                 if not stale(entry, now, upload_age):
                     continue
                 if "." not in entry.name:  # an upload's data: only under its lock
-                    removed += purge_upload(entry.name, now)
+                    removed += purge_session(self.layout, entry.name, now, upload_age)
                     continue
                 if entry.name.endswith(".repo") and os.path.lexists(
                     self.layout.upload(entry.name[: -len(".repo")])

@@ -1,0 +1,95 @@
+"""What status knows about a cluster: the `Facts` that `gather` collects.
+
+`gather` reads the store (members, replica records, heartbeats; serializable reads, so it
+works without quorum) and asks every member and replica directly (each etcd member's own
+status, each replica's `/_ping`), all at once with short timeouts; `moorage.cluster.status`
+diagnoses the result without any I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from moorage.errors import MoorageError
+from moorage.meta.etcd import EtcdCluster, Member, MemberStatus, member_status
+from moorage.meta.records import HeartbeatRecord, ReplicaRecord
+
+HEARTBEAT_FRESH = 10.0
+PING_TIMEOUT = 2.0
+
+
+@dataclass
+class Facts:
+    cluster_id: str
+    epoch: int
+    members: list[Member]
+    statuses: dict[int, MemberStatus | str]  # member id -> status, or why it did not answer
+    replicas: dict[str, ReplicaRecord]
+    heartbeats: dict[str, HeartbeatRecord]
+    pings: dict[str, tuple[int, str | None]]  # replica id -> (HTTP status, error)
+    now: float = field(default_factory=time.time)
+
+
+def fault_tolerance(voters: int) -> int:
+    """Failures a cluster of `voters` voting members survives: (members - 1) // 2."""
+    return max(0, (voters - 1) // 2)
+
+
+async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:
+    try:
+        resp = await client.get(f"{url}/_ping", timeout=PING_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return 0, str(exc) or type(exc).__name__
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.status_code, "not a Moorage /_ping answer"
+    if resp.status_code == 200 and doc.get("healthy") is True:
+        return 200, None
+    return resp.status_code, str(doc.get("error") or "unhealthy")
+
+
+async def _status(url: str) -> MemberStatus | str:
+    try:
+        return await member_status(url, PING_TIMEOUT)
+    except MoorageError as exc:
+        return str(exc)
+
+
+async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
+    members = await store.members(linearizable=False)
+    replicas: dict[str, ReplicaRecord] = {}
+    heartbeats: dict[str, HeartbeatRecord] = {}
+    with contextlib.suppress(MoorageError):
+        replicas = {rec.replica_id: rec for rec in await store.replicas(local=True)}
+        heartbeats = {hb.replica_id: hb for hb in await store.heartbeats(local=True)}
+
+    def client_url(m: Member) -> str | None:
+        if m.client_urls:
+            return m.client_urls[0]
+        rec = replicas.get(m.name)
+        return rec.etcd_client_url if rec else None
+
+    async def status_of(m: Member) -> tuple[int, MemberStatus | str]:
+        url = client_url(m)
+        return m.id, (await _status(url) if url else "not started yet")
+
+    async with httpx.AsyncClient() as client:
+        statuses, pings = await asyncio.gather(
+            asyncio.gather(*(status_of(m) for m in members)),
+            asyncio.gather(*(_ping(client, r.url) for r in replicas.values())),
+        )
+    return Facts(
+        cluster_id=cluster_id,
+        epoch=epoch,
+        members=members,
+        statuses=dict(statuses),
+        replicas=replicas,
+        heartbeats=heartbeats,
+        pings=dict(zip(replicas, pings, strict=True)),
+    )
