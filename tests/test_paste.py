@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, Node
-from tests.paste import Operator, kill_dir, load_shapes, record_shapes, shape, shell_env
+from tests.paste import (
+    Operator,
+    is_wait,
+    kill_dir,
+    load_shapes,
+    record_shapes,
+    shape,
+    shell_env,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -179,29 +187,28 @@ def test_five_replicas_two_survivors(cluster: Cluster, operator: Operator) -> No
 # -- the README against what the paste tests print ----------------------------------------
 
 
-def readme_recovery_blocks() -> list[tuple[str, list[str], list[str]]]:
+PLACEHOLDER_WORD = re.compile(r"\b[A-Z][A-Z_]*[A-Z](?::[A-Z]+)?\b")
+
+
+def readme_recovery_blocks() -> list[tuple[str, list[str], list[str] | None]]:
     """The code blocks of the README's recovery section that show a status output:
-    (scenario, the commands after `next:`, the commands of the block that follows, i.e.
-    what to paste)."""
+    (scenario, the commands after `next:`, the commands of the `sh` block right after it,
+    i.e. what to paste, or None when no `sh` block follows)."""
     text = README.read_text()
     start = text.index("## Recovery procedures")
     end = text.index("\n## ", start + 1)
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", text[start:end], re.S)
-    out = []
-    for i, b in enumerate(blocks):
-        lines = b.rstrip("\n").split("\n")
+    blocks = re.findall(r"```([a-z]*)\n(.*?)```", text[start:end], re.S)
+    out: list[tuple[str, list[str], list[str] | None]] = []
+    for i, (_, body) in enumerate(blocks):
+        lines = body.rstrip("\n").split("\n")
         if "next:" not in lines:
             continue
-        m = re.search(r"^scenario: (\S+)", b, re.M)
-        assert m, b
+        m = re.search(r"^scenario: (\S+)", body, re.M)
+        assert m, body
         printed = [ln for ln in lines[lines.index("next:") + 1 :] if not ln.startswith("#")]
-        pasted = []
-        if i + 1 < len(blocks):
-            pasted = [
-                ln
-                for ln in blocks[i + 1].split("\n")
-                if ln.strip() and not ln.startswith(("#", "$"))
-            ]
+        pasted = None
+        if i + 1 < len(blocks) and blocks[i + 1][0] == "sh":
+            pasted = [ln for ln in blocks[i + 1][1].split("\n") if ln.strip()]
         out.append((m.group(1), printed, pasted))
     return out
 
@@ -211,23 +218,27 @@ def test_readme_recovery_section_matches_what_status_prints() -> None:
     assert recorded, "tests/paste_shapes.json is empty: run the paste tests with recording"
     keys = [{"scenario": r["scenario"], "commands": r["commands"]} for r in recorded]
     blocks = readme_recovery_blocks()
+    assert len(blocks) >= 8, blocks
     shown = []
     for scenario, printed, pasted in blocks:
         key = {"scenario": scenario, "commands": [shape(c) for c in printed]}
-        assert key in keys, f"README shows status output no paste test printed: {key}"
+        assert key in keys, f"README shows a status output no paste test printed: {key}"
         shown.append(key)
-        if printed:
-            # What to paste: the printed commands, placeholders filled in, nothing else.
-            assert len(pasted) == len(printed), (printed, pasted)
-            for p, q in zip(printed, pasted, strict=True):
-                holders = set(re.findall(r"\b[A-Z][A-Z_]*[A-Z](?::[A-Z]+)?\b", p))
-                pattern = re.escape(p)
-                for h in holders:
-                    pattern = pattern.replace(re.escape(h), r"\S+")
-                assert re.fullmatch(pattern, q), (p, q)
-    # Every scenario's first printed procedure is in the README.
+        if not any(PLACEHOLDER_WORD.search(c) for c in printed):
+            continue
+        # What to paste: the printed commands with their placeholders filled in, nothing else.
+        assert pasted is not None, f"README shows no filled-in commands after {printed}"
+        assert len(pasted) == len(printed), (printed, pasted)
+        for p, q in zip(printed, pasted, strict=True):
+            pattern = re.escape(p)
+            for h in set(PLACEHOLDER_WORD.findall(p)):
+                pattern = pattern.replace(re.escape(h), r"\S+")
+            assert re.fullmatch(pattern, q), (p, q)
+            assert not PLACEHOLDER_WORD.search(q), q
+    # Every procedure the paste tests were given (not the "wait, run status again" rounds,
+    # which depend on timing) is in the README.
     for r in keys:
-        if r["scenario"] != "starting":
+        if not is_wait(r["commands"]):
             assert r in shown, f"README lacks the status output of this round: {r}"
 
 
