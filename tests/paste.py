@@ -466,13 +466,9 @@ class Operator:
     # -- cleanup --------------------------------------------------------------------------
 
     def stop_all(self, dirs: list[Path]) -> None:
+        """Teardown: SIGKILL every replica the test or a pasted command started (by pid)."""
         for d in {*dirs, *self.created, *self.dirs}:
             kill_dir(d, signal.SIGCONT)
-            if (d / "moorage.json").exists():
-                subprocess.run(
-                    [sys.executable, "-m", "moorage", "stop", "--data-dir", str(d)],
-                    capture_output=True, timeout=60, check=False,
-                )  # fmt: skip
             kill_dir(d, signal.SIGKILL)
 
 

@@ -69,6 +69,7 @@ def wait_scenario(cluster: Cluster, want: str, urls: list[str]) -> None:
     cluster.wait_status(want, nodes, timeout=60)
 
 
+@pytest.mark.timeout(900)
 def test_three_replicas_unhealthy_unreachable_quorum_lost_all_lost(
     cluster: Cluster, operator: Operator
 ) -> None:
@@ -163,6 +164,7 @@ def test_three_replicas_unhealthy_unreachable_quorum_lost_all_lost(
     record_shapes("three", op.rounds)
 
 
+@pytest.mark.timeout(900)
 def test_five_replicas_two_survivors(cluster: Cluster, operator: Operator) -> None:
     op = operator
     ids = build(cluster, op, 5)
