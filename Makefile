@@ -6,10 +6,20 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv iproute2
 MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
+BIN_DIR ?= /usr/local/bin
 
 .PHONY: install system-packages run test lint bench bench-scale chaos clean fuzz
 
 install: system-packages $(VENV)/.installed
+	@# Put `moorage` on PATH: as root, link it into $(BIN_DIR) (the commands `moorage
+	@# status` prints then run when pasted); otherwise say where it is.
+	@if [ "$$(id -u)" = 0 ]; then \
+		mkdir -p "$(BIN_DIR)" && ln -sfn "$(abspath $(BIN))/moorage" "$(BIN_DIR)/moorage" && \
+		echo "moorage: $(BIN_DIR)/moorage -> $(abspath $(BIN))/moorage"; \
+	else \
+		echo "moorage: $(abspath $(BIN))/moorage (not root: add $(abspath $(BIN)) to PATH," \
+			"or run as root to link it into $(BIN_DIR))"; \
+	fi
 
 # Installs only what is missing; apt-get needs root (or sudo).
 system-packages:

@@ -388,7 +388,7 @@ def _admin(report: Report, cluster: Cluster, root: Path, args: argparse.Namespac
     cluster.replicas.append(restored)
     with report.timed("moorage restore (into a new replica, shared storage)") as s:
         cluster.moorage(
-            "restore", "--in", str(archive), *restored.flags(), "--storage",
+            "restore", "--yes", "--in", str(archive), *restored.flags(), "--storage",
             str(cluster.storage), "--json", timeout=3600,
         )  # fmt: skip
     with report.timed("count on the restored replica") as s:

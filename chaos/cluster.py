@@ -152,7 +152,7 @@ class Cluster:
                 self.nodes.append(node)
                 return node
             last = out.stderr
-            self.cli("destroy", "--data-dir", str(node.data_dir), node=node, check=False)
+            self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
             time.sleep(2)
         self.retired.append(node)
         raise CommandFailed(f"join of {node.name} failed: {last}")
@@ -171,7 +171,7 @@ class Cluster:
             self.lab.kill_all(node.slot)
 
     def destroy(self, node: Node) -> None:
-        self.cli("destroy", "--data-dir", str(node.data_dir), node=node, check=False)
+        self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
         self.kill(node)
         if node in self.nodes:
             self.nodes.remove(node)
@@ -184,8 +184,8 @@ class Cluster:
 
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
         out = self.cli("status", "--existing", self.urls(nodes), "--json", timeout=120, check=False)
-        # status exits by scenario (0 healthy, 10-13); anything else is a failure.
-        if out.returncode not in (0, 10, 11, 12, 13):
+        # status exits by scenario (0 healthy, 10-14); anything else is a failure.
+        if out.returncode not in (0, 10, 11, 12, 13, 14):  # 14: starting
             raise CommandFailed(
                 f"moorage status failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
             )

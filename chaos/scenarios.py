@@ -314,20 +314,28 @@ def total_loss(run: Run) -> None:
     scratch = run.cluster.new_node()
     run.cluster.retired.append(scratch)
     run.cluster.cli(
-        "restore", "--in", str(backup), *scratch.flags(),
+        "restore", "--yes", "--in", str(backup), *scratch.flags(),
         "--storage", str(run.cluster.root / "scratch-blobs"), "--no-replay-journal", "--json",
     )  # fmt: skip
     try:
         lacking = missing_tags(acks, scratch.url)
     finally:
-        run.cluster.cli("destroy", "--data-dir", str(scratch.data_dir), check=False)
+        run.cluster.cli("destroy", "--yes", "--data-dir", str(scratch.data_dir), check=False)
     run.result.etcd_alone_lost = len(lacking)
     run.result.etcd_alone_lost_refs = [a.ref for a in lacking]
     run.event(f"the backup alone lacks {len(lacking)} acknowledged pushes")
     check_backup_window(run.result, acks, lacking, backup_started, backup_finished)
 
     node = run.cluster.new_node()
-    args = ["restore", "--in", str(backup), *node.flags(), "--storage", str(run.cluster.storage)]
+    args = [
+        "restore",
+        "--yes",
+        "--in",
+        str(backup),
+        *node.flags(),
+        "--storage",
+        str(run.cluster.storage),
+    ]
     if not run.opts.replay:  # restore replays the journal by default
         args.append("--no-replay-journal")
     doc = json.loads(run.cluster.cli(*args, "--json").stdout)

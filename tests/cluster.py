@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ STATUS_EXIT_CODES = {
     "quorum-lost": 11,
     "unreachable": 12,
     "all-lost": 13,
+    "starting": 14,
 }
 
 
@@ -43,6 +45,8 @@ def moorage(
     *args: str, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MOORAGE_PASSWORD=ADMIN_PASSWORD)
+    # `moorage` on PATH as `make install` puts it: status prints commands as `moorage ...`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MOORAGE_ADMIN_PASSWORD", None)
     out = subprocess.run(
         moorage_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env
@@ -93,7 +97,7 @@ class Cluster:
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
         out = moorage("status", "--existing", self.urls(nodes), "--json", check=False)
         # status exits by scenario: 0 healthy, 10-13 the failure scenarios.
-        assert out.returncode in (0, 10, 11, 12, 13), (out.returncode, out.stdout, out.stderr)
+        assert out.returncode in (0, 10, 11, 12, 13, 14), (out.returncode, out.stdout, out.stderr)
         doc: dict[str, Any] = json.loads(out.stdout)
         assert out.returncode == STATUS_EXIT_CODES[doc["scenario"]], (out.returncode, doc)
         return doc

@@ -90,7 +90,7 @@ def refused_everywhere(cluster: Cluster, archive: Path) -> str:
     verdict = refused("backup", "verify", str(archive))
     target = Node(cluster.root, f"restore-{archive.stem}")
     refused(
-        "restore", "--in", str(archive), *target.flags(),
+        "restore", "--yes", "--in", str(archive), *target.flags(),
         "--storage", str(cluster.root / f"storage-{archive.stem}"),
     )  # fmt: skip
     assert not target.data_dir.exists()
@@ -219,7 +219,7 @@ def test_tampered_and_malformed_archives_are_refused(cluster: Cluster) -> None:
     # The good archive still restores.
     fresh = Node(cluster.root, "fresh")
     moorage("stop", "--data-dir", str(r0.data_dir))
-    moorage("restore", "--in", str(good), *fresh.flags(), "--storage", str(t / "s2"))
+    moorage("restore", "--yes", "--in", str(good), *fresh.flags(), "--storage", str(t / "s2"))
     cluster.nodes.append(fresh)
     assert pull_image(fresh, "hard/app", "v1") == body
 
@@ -249,7 +249,7 @@ def test_incremental_whose_base_lacks_claimed_blobs_fails(cluster: Cluster) -> N
     assert layer in verdict
     target = Node(cluster.root, "target")
     assert "corrupt" in refused(
-        "restore", "--in", str(b2), *target.flags(), "--storage", str(cluster.root / "s2")
+        "restore", "--yes", "--in", str(b2), *target.flags(), "--storage", str(cluster.root / "s2")
     )
     assert not target.data_dir.exists()
     # A later incremental counts what the chain actually holds, not what headers claim.
@@ -303,7 +303,7 @@ def test_backup_while_manifests_and_blobs_are_deleted(
     fresh = Node(cluster.root, "fresh")
     out = json.loads(
         moorage(
-            "restore", "--in", str(archive), *fresh.flags(),
+            "restore", "--yes", "--in", str(archive), *fresh.flags(),
             "--storage", str(cluster.root / "s2"), "--json",
         ).stdout
     )  # fmt: skip

@@ -89,15 +89,17 @@ def test_replica_down_remove_and_join(cluster: Cluster) -> None:
     assert not (spare.data_dir / "moorage.json").exists()
 
     # Removing a healthy replica now would leave 1 healthy voter of 2: refused.
-    unsafe = moorage("remove", "--existing", r0.url, "--replica-id", r1.replica_id, check=False)
+    unsafe = moorage(
+        "remove", "--yes", "--existing", r0.url, "--replica-id", r1.replica_id, check=False
+    )
     assert unsafe.returncode == 1
     assert "quorum" in unsafe.stderr
     assert "--force" in unsafe.stderr
 
-    moorage("remove", "--existing", cluster.urls([r0, r1]), "--replica-id", r2.replica_id)
+    moorage("remove", "--yes", "--existing", cluster.urls([r0, r1]), "--replica-id", r2.replica_id)
     doc = cluster.wait_status("healthy", [r0, r1])
     assert doc["quorum"] == {"members": 2, "needed": 2, "healthy": 2}
-    moorage("destroy", "--data-dir", str(r2.data_dir))
+    moorage("destroy", "--yes", "--data-dir", str(r2.data_dir))
     cluster.nodes.remove(r2)
 
     r3 = cluster.join(via=r1)

@@ -172,7 +172,7 @@ def test_forged_journal_entries_are_refused_and_reported(cluster: Cluster) -> No
     moorage("stop", "--data-dir", str(r0.data_dir))
     fresh = Node(cluster.root, "fresh")
     out = moorage(
-        "restore", "--in", str(archive), *fresh.flags(), "--storage", str(cluster.storage),
+        "restore", "--yes", "--in", str(archive), *fresh.flags(), "--storage", str(cluster.storage),
         "--replay-journal", "--json",
     )  # fmt: skip
     cluster.nodes.append(fresh)

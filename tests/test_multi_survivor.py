@@ -108,7 +108,9 @@ def test_two_survivors_of_five_follow_status_literally(cluster: Cluster) -> None
     out = moorage("status", "--existing", cluster.urls(survivors), check=False)
     assert out.returncode == 11, out.stderr  # quorum-lost
     text = out.stdout
-    assert f"1. on the host of replica {best.replica_id}: {steps[0]['command']}" in text
+    # The pasteable next: block: each host named on a comment line before its commands.
+    assert f"# on the host of replica {best.replica_id}:\n{steps[0]['command']}\n" in text
+    assert f"# on the host of replica {other.replica_id}:\n{steps[1]['command']}\n" in text
 
     # 1. The emergency repair, as printed, on a terminal that answers yes. The other
     # survivor answers without a leader: it is compared, fenced, and told how to come back.
@@ -117,9 +119,10 @@ def test_two_survivors_of_five_follow_status_literally(cluster: Cluster) -> None
     assert f"on the host of replica {other.replica_id}" in out.stdout
     assert " && ".join(s["command"] for s in steps[1:]) in out.stdout
     assert "accepts writes" in out.stdout
-    # 2, 3. Destroy and join the other survivor, as printed.
+    # 2, 3. Destroy and join the other survivor, as printed (destroy asks; the operator
+    # answers yes on the terminal).
     for step in steps[1:]:
-        run_as_printed(step["command"])
+        run_as_printed(step["command"], answer="y\n")
 
     doc = cluster.wait_status("healthy", survivors)
     assert doc["epoch"] == 2

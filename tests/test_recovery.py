@@ -213,8 +213,8 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     assert "does not match its digest" in verdict.stderr or "checksum mismatch" in verdict.stderr
     target = cluster.root / "restored"
     refused = moorage(
-        "restore", "--in", str(bad), "--data-dir", str(target), "--http-addr", "127.0.0.1:1",
-        "--storage", str(cluster.root / "nowhere"), check=False,
+        "restore", "--yes", "--in", str(bad), "--data-dir", str(target),
+        "--http-addr", "127.0.0.1:1", "--storage", str(cluster.root / "nowhere"), check=False,
     )  # fmt: skip
     assert refused.returncode == 1
     assert "corrupt" in refused.stderr
@@ -222,13 +222,13 @@ def test_backup_and_restore(cluster: Cluster) -> None:
 
     # Everything lost (data directories gone); blob storage too, for the first restore.
     for node in list(cluster.nodes):
-        moorage("destroy", "--data-dir", str(node.data_dir))
+        moorage("destroy", "--yes", "--data-dir", str(node.data_dir))
     from tests.cluster import Node
 
     fresh = Node(cluster.root, "fresh")
     doc = json.loads(
         moorage(
-            "restore", "--in", str(b1), *fresh.flags(),
+            "restore", "--yes", "--in", str(b1), *fresh.flags(),
             "--storage", str(cluster.root / "new-blobs"), "--no-replay-journal", "--json",
         ).stdout
     )  # fmt: skip
@@ -252,7 +252,14 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     # after the backup, and the result says how many changes and from which revision.
     again = Node(cluster.root, "again")
     out_again = moorage(
-        "restore", "--in", str(b1), *again.flags(), "--storage", str(cluster.storage), "--json"
+        "restore",
+        "--yes",
+        "--in",
+        str(b1),
+        *again.flags(),
+        "--storage",
+        str(cluster.storage),
+        "--json",
     )
     doc = json.loads(out_again.stdout)
     cluster.nodes.append(again)
@@ -274,7 +281,13 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     shutil.rmtree(r1.data_dir / "etcd" / "member")
     out = json.loads(
         moorage(
-            "repair", "--existing", cluster.urls(), "--data-dir", str(r1.data_dir), "--json"
+            "repair",
+            "--yes",
+            "--existing",
+            cluster.urls(),
+            "--data-dir",
+            str(r1.data_dir),
+            "--json",
         ).stdout
     )
     assert out["replica_id"] == r1.replica_id
@@ -330,13 +343,13 @@ def test_encrypted_backup(cluster: Cluster) -> None:
         == 1
     )
 
-    moorage("destroy", "--data-dir", str(r0.data_dir))
+    moorage("destroy", "--yes", "--data-dir", str(r0.data_dir))
     from tests.cluster import Node
 
     fresh = Node(cluster.root, "fresh")
     moorage(
-        "restore", "--in", str(archive), *fresh.flags(), "--storage", str(cluster.root / "s2"),
-        "--passphrase-file", str(secret),
+        "restore", "--yes", "--in", str(archive), *fresh.flags(),
+        "--storage", str(cluster.root / "s2"), "--passphrase-file", str(secret),
     )  # fmt: skip
     cluster.nodes.append(fresh)
     assert pull_image(fresh, "enc/app", "v1") == body

@@ -400,7 +400,7 @@ def test_restore_of_large_records(tmp_path: Path) -> None:
         restored = Node(tmp_path, "restored")
         cluster.nodes.append(restored)
         moorage(
-            "restore", "--in", str(archive), *restored.flags(),
+            "restore", "--yes", "--in", str(archive), *restored.flags(),
             "--storage", str(cluster.storage), "--json",
         )  # fmt: skip
         with restored.client() as c:

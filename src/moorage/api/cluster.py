@@ -181,7 +181,13 @@ async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[
     ids = body["replica_ids"]
     if not isinstance(ids, list) or not ids:
         raise ValueError("replica_ids must be a non-empty list")
-    return await membership.remove(store, st.config, [str(i) for i in ids], bool(body.get("force")))
+    return await membership.remove(
+        store,
+        st.config,
+        [str(i) for i in ids],
+        bool(body.get("force")),
+        dry_run=bool(body.get("dry_run")),
+    )
 
 
 async def storage_probe(

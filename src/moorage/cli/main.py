@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from moorage import __version__
+from moorage.cli.confirm import confirm, confirm_options
 from moorage.config import (
     DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
@@ -34,6 +35,7 @@ STATUS_EXIT_CODES = {
     "quorum-lost": 11,
     "unreachable": 12,
     "all-lost": 13,
+    "starting": 14,  # replicas are starting or catching up: wait, run status again
 }
 
 
@@ -286,28 +288,41 @@ def install(
 
 
 @main.command()
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@click.option(
+    "--data-dir",
+    "data_dirs",
+    required=True,
+    multiple=True,
+    help="Replica state; several (comma-separated or repeated) start together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def start(data_dir: str, as_json: bool) -> None:
-    """Start an installed replica in the background (a no-op if it is running)."""
-    from moorage.cluster.lifecycle import ping, running_pid, start_background
+def start(data_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Start installed replicas in the background (a no-op for one that is running).
 
-    d = DataDir(data_dir)
+    Several data directories (the replicas of a stopped cluster) start together; the
+    command returns once all are healthy. A single replica of a stopped cluster returns
+    once its API answers (it cannot be healthy before enough of its peers run)."""
+    from moorage.cluster.lifecycle import start_many
+
+    paths = [p.strip() for arg in data_dirs for p in arg.split(",") if p.strip()]
+    if not paths:
+        raise click.UsageError("give at least one --data-dir")
     try:
-        config = d.load()
-        already = running_pid(d)
-        pid = already or start_background(d, healthy=False).pid
-        status, doc = ping(config.url)
+        results = start_many([DataDir(p) for p in paths])
     except MoorageError as exc:
         raise Failed(str(exc)) from None
-    state = "already running" if already else "started"
-    if not (status == 200 and doc.get("healthy") is True):
-        state += f", not healthy yet: {doc.get('error')} (start the cluster's other replicas)"
-    _emit(
-        as_json,
-        {"replica_id": config.replica_id, "url": config.url, "pid": pid, "state": state},
-        f"replica {config.replica_id} {state} (pid {pid}) at {config.url}",
-    )
+    docs = []
+    lines = []
+    for r in results:
+        state = "already running" if r.already else "started"
+        if not r.healthy:
+            state += f", not healthy yet: {r.error} (start the cluster's other replicas)"
+        docs.append(
+            {"replica_id": r.config.replica_id, "url": r.config.url, "pid": r.pid, "state": state}
+        )
+        lines.append(f"replica {r.config.replica_id} {state} (pid {r.pid}) at {r.config.url}")
+    doc: dict[str, Any] = docs[0] if len(docs) == 1 else {"replicas": docs}
+    _emit(as_json, doc, "\n".join(lines))
 
 
 @main.command()
@@ -330,13 +345,19 @@ def stop(data_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Replica state.")
+@confirm_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def destroy(data_dir: str, as_json: bool) -> None:
+def destroy(data_dir: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Stop a replica and delete its local state (never blob storage), without telling the
-    cluster: remove it from the cluster first with 'moorage remove'."""
+    cluster: remove it from the cluster first with 'moorage remove'. Prints what it will stop
+    and delete, then asks (--yes, --dry-run)."""
+    from moorage.cli.confirm import destroy_plan
     from moorage.cluster.lifecycle import destroy as destroy_replica
 
     d = DataDir(data_dir)
+    plan, text = destroy_plan(d)
+    if plan["deletes"] or plan["stops"] or dry_run:
+        confirm("destroy", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
     try:
         removed = destroy_replica(d)
     except MoorageError as exc:
@@ -441,6 +462,7 @@ def join(
 @_admin_options
 @click.option("--replica-id", required=True, help="Replica id(s) to remove, comma-separated.")
 @click.option("--force", is_flag=True, help="Remove even if too few healthy voters would remain.")
+@confirm_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def remove(
     existing: str,
@@ -448,11 +470,28 @@ def remove(
     password: str | None,
     replica_id: str,
     force: bool,
+    dry_run: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
-    """Take replicas out of the cluster, dead or alive."""
+    """Take replicas out of the cluster, dead or alive. Prints which replicas go and the
+    membership and quorum after, then asks (--yes, --dry-run)."""
+    from moorage.cli.confirm import remove_text
+
     client = _client(existing, username, password)
     ids = [i.strip() for i in replica_id.split(",") if i.strip()]
+    try:
+        plan = client.call(
+            "POST",
+            "/api/v0/cluster/remove",
+            {"replica_ids": ids, "force": force, "dry_run": True},
+        )
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    if "removes" not in plan:  # a replica of an older version acted instead of planning
+        raise Failed(f"{existing} does not support planning a remove; it removed {plan}")
+    plan["command"] = "remove"
+    confirm("remove", remove_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
     try:
         doc = client.call("POST", "/api/v0/cluster/remove", {"replica_ids": ids, "force": force})
     except MoorageError as exc:
@@ -469,6 +508,8 @@ def remove(
 def status_text(doc: dict[str, Any]) -> str:
     """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
     which URLs and data directories were examined and what each held, never `None`."""
+    from moorage.cluster.status import next_block
+
     q = doc["quorum"]
     if doc["cluster_id"] is None:
         head = "cluster: not known (no replica answered and no data directory names it)"
@@ -503,19 +544,24 @@ def status_text(doc: dict[str, Any]) -> str:
             if r["id"] is None:
                 lines.append(f"  {r['data_dir']}: no usable replica state ({r['error']})")
             else:
+                what = f"starting ({r['progress']})" if r.get("state") == "starting" else r["error"]
                 lines.append(
                     f"  {r['data_dir']}: replica {r['id']} of cluster "
                     f"{r.get('cluster_id') or doc['cluster_id']} at {r['url']}, state present, "
-                    f"{r['error']}"
+                    f"{what}"
                 )
     else:
         for r in doc["replicas"]:
             role = "leader" if r["leader"] else "learner" if r["learner"] else "member"
-            state = "healthy" if r["healthy"] else f"UNHEALTHY: {r['error']}"
+            if r["healthy"]:
+                state = "healthy"
+            elif r.get("state") == "starting":
+                state = f"starting: {r['progress']}"
+            else:
+                state = f"UNHEALTHY: {r['error']}"
             lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
-    lines.append(f"next: {doc['action']}")
-    for i, step in enumerate(doc.get("procedure") or [], 1):
-        lines.append(f"  {i}. on the host of replica {step['replica_id']}: {step['command']}")
+    # A pasteable shell block: one command per line, explanations as comment lines.
+    lines.extend(next_block(doc))
     return "\n".join(lines)
 
 
@@ -534,7 +580,11 @@ def status(
     """Cluster health, quorum, the scenario, and the next command to run.
 
     Exit code: 0 healthy, 10 replicas-unhealthy, 11 quorum-lost, 12 unreachable,
-    13 all-lost, 1 when the scenario could not be told, 2 bad usage.
+    13 all-lost, 14 starting (replicas are starting or catching up: wait, run status
+    again), 1 when the scenario could not be told, 2 bad usage.
+
+    The text ends with a `next:` block that can be pasted into a shell as is (after
+    replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
     from moorage.recovery.diagnose import status as cluster_status
 
@@ -556,10 +606,20 @@ def status(
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="A survivor.")
 @click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
 @click.option("--candidate-dir", default=None, help="Other local data directories to compare.")
-@click.option("--username", envvar="MOORAGE_USERNAME", default="admin", show_default=True)
-@click.option("--password", envvar="MOORAGE_PASSWORD", default=None)
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--username",
+    envvar="MOORAGE_USERNAME",
+    default="admin",
+    show_default=True,
+    help="Admin user for --existing (or MOORAGE_USERNAME).",
+)
+@click.option(
+    "--password",
+    envvar="MOORAGE_PASSWORD",
+    default=None,
+    help="Admin password for --existing (or MOORAGE_PASSWORD).",
+)
+@confirm_options
 @click.option(
     "--force",
     is_flag=True,
@@ -580,7 +640,8 @@ def emergency_repair(
     no_replay: bool,
     as_json: bool,
 ) -> None:
-    """Quorum lost: make a one-replica cluster from the most up-to-date survivor."""
+    """Quorum lost: make a one-replica cluster from the most up-to-date survivor. Prints the
+    plan (candidates compared, what is kept and could be lost), then asks (--yes, --dry-run)."""
     from moorage.recovery import emergency
     from moorage.recovery.client import AdminClient, split_urls
     from moorage.recovery.journal_replay import plan_replay
@@ -606,18 +667,18 @@ def emergency_repair(
     public = {k: v for k, v in doc.items() if not k.startswith("_")}
     public["journal_replay"] = replay
     public["refused"] = problems
-    if as_json and (dry_run or problems):
-        click.echo(json.dumps(public, indent=2))
-    elif not as_json:
-        click.echo(_describe_plan(public))
+    public["command"] = "emergency-repair"
     if problems:
+        click.echo(json.dumps(public, indent=2) if as_json else _describe_plan(public))
         raise Failed("emergency repair refused:\n  " + "\n  ".join(problems))
-    if dry_run:
-        return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise Failed("not confirmed: run again with --yes to carry out this plan")
-        click.confirm("Carry out this emergency repair?", abort=True)
+    confirm(
+        "emergency-repair",
+        _describe_plan(public),
+        public,
+        yes=yes,
+        dry_run=dry_run,
+        as_json=as_json,
+    )
     try:
         result = emergency.execute(doc, replay=not no_replay)
     except MoorageError as exc:
@@ -668,6 +729,18 @@ def _describe_plan(doc: dict[str, Any]) -> str:
         f"{', '.join(others) or '(none)'} from the cluster, keep the cluster id, "
         "start the survivor alone"
     )
+    lines.append(
+        "  keeps: the survivor's data directory and blob storage (never deleted); the other "
+        "replicas' directories are left as they are (fenced)"
+    )
+    lines.append(
+        "  could lose: changes held only by replicas that were neither compared nor reachable"
+        + (
+            " (the journal replay below brings back those the journal recorded)"
+            if doc.get("journal_replay") is not None
+            else ", and the journal's changes (not replayed: --no-replay)"
+        )
+    )
     for r in doc.get("rejoin") or []:
         lines.append(
             f"  then, on the host of replica {r['replica_id']} (a survivor it fences): "
@@ -695,6 +768,13 @@ def _passphrase_option(fn: Any) -> Any:
 
 
 def _passphrase(passphrase_file: str | None) -> str | None:
+    """The passphrase from the subcommand's --passphrase-file, else from the one given to the
+    `backup` group (`backup --passphrase-file F inspect X`), else the environment."""
+    if passphrase_file is None:
+        ctx = click.get_current_context(silent=True)
+        while ctx is not None and passphrase_file is None:
+            passphrase_file = ctx.params.get("passphrase_file")
+            ctx = ctx.parent
     if passphrase_file:
         text = Path(passphrase_file).read_text().strip()
         if not text:
@@ -705,8 +785,19 @@ def _passphrase(passphrase_file: str | None) -> str | None:
 
 @main.group(invoke_without_command=True)
 @click.option("--existing", default=None, help="URL of a replica (a comma-separated list).")
-@click.option("--username", envvar="MOORAGE_USERNAME", default="admin", show_default=True)
-@click.option("--password", envvar="MOORAGE_PASSWORD", default=None)
+@click.option(
+    "--username",
+    envvar="MOORAGE_USERNAME",
+    default="admin",
+    show_default=True,
+    help="Admin user (or MOORAGE_USERNAME).",
+)
+@click.option(
+    "--password",
+    envvar="MOORAGE_PASSWORD",
+    default=None,
+    help="Admin password (or MOORAGE_PASSWORD).",
+)
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Archive.")
 @click.option("--include-blobs", is_flag=True, help="Also store layer and config blobs.")
 @click.option(
@@ -842,7 +933,13 @@ def backup_verify(
 
 
 @main.command()
-@click.option("--in", "archive", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option(
+    "--in",
+    "archive",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="The backup archive (made by 'moorage backup').",
+)
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="New replica.")
 @click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
 @click.option("--storage", required=True, help="Blob storage directory.")
@@ -856,8 +953,15 @@ def backup_verify(
     "after the backup. On by default; --no-replay-journal restores the backup alone and loses "
     "every push acknowledged after it.",
 )
-@click.option("--admin-password", envvar="MOORAGE_ADMIN_PASSWORD", default=None)
+@click.option(
+    "--admin-password",
+    envvar="MOORAGE_ADMIN_PASSWORD",
+    default=None,
+    help="Admin password of the new cluster when the backup holds no users (or "
+    "MOORAGE_ADMIN_PASSWORD; default: generated and printed once).",
+)
 @_passphrase_option
+@confirm_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def restore(
     archive: str,
@@ -870,12 +974,24 @@ def restore(
     replay_journal: bool,
     admin_password: str | None,
     passphrase_file: str | None,
+    dry_run: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
-    """All replicas lost: a new one-replica cluster (new cluster id) from a backup."""
+    """All replicas lost: a new one-replica cluster (new cluster id) from a backup. Prints
+    what it restores and how many journal entries it replays, then asks (--yes, --dry-run)."""
+    from moorage.recovery.restore import plan as restore_plan
     from moorage.recovery.restore import restore as do_restore
 
     _http_addr(http_addr)
+    passphrase = _passphrase(passphrase_file)
+    try:
+        plan = restore_plan(
+            Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, passphrase
+        )
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    confirm("restore", _restore_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
     try:
         doc = do_restore(
             Path(archive),
@@ -886,7 +1002,7 @@ def restore(
             etcd_peer_port,
             replay_journal,
             admin_password,
-            _passphrase(passphrase_file),
+            passphrase,
             etcd_host=etcd_host,
         )
     except MoorageError as exc:
@@ -929,19 +1045,74 @@ def restore(
     _emit(as_json, doc, "\n".join(text))
 
 
+def _restore_text(plan: dict[str, Any]) -> str:
+    c = plan["counts"]
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan["backup_created_at"]))
+    lines = [
+        f"Restore plan from {plan['archive']}",
+        f"  backup of cluster {plan['from_cluster_id']} at revision {plan['backup_revision']}"
+        f" (epoch {plan['backup_epoch']}, taken {taken}): {c['repositories']} repositories, "
+        f"{c['tags']} tags, {c['manifests']} manifests",
+        f"  will create: a NEW cluster (new cluster id) with one replica at {plan['http_addr']},"
+        f" data directory {plan['data_dir']}, blob storage {plan['storage']}",
+        "  will verify the archive first (a corrupt one is refused, nothing changed), then copy "
+        "the blobs the archive holds that blob storage lacks",
+    ]
+    n = plan["journal_entries"]
+    if plan["replay_journal"]:
+        lines.append(
+            f"  journal: will replay {n} change(s) made after the backup, found in blob storage"
+        )
+        lines += [f"    {line}" for line in plan["journal_changes"][:20]]
+    else:
+        lines.append(
+            f"  journal: NOT replayed (--no-replay-journal): {n} change(s) made after the "
+            "backup will be lost"
+        )
+    lines.append("  keeps: blob storage (never deleted; only missing blobs are added)")
+    lines.append(
+        "  could lose: "
+        + (
+            "changes made after the backup that are not in the journal"
+            if plan["replay_journal"]
+            else f"the {n} journal change(s) above, and any not in the journal"
+        )
+        + "; the old cluster's replicas cannot rejoin the new cluster (new id)"
+    )
+    if plan["journal_rejected"]:
+        lines.append(f"  journal: {plan['journal_rejected']} invalid entries will be skipped")
+    lines += [f"  PROBLEM: {p}" for p in plan["problems"]]
+    return "\n".join(lines)
+
+
 @main.command()
 @_admin_options
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The replica.")
+@confirm_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def repair(
-    existing: str, username: str, password: str | None, data_dir: str, as_json: bool
+    existing: str,
+    username: str,
+    password: str | None,
+    data_dir: str,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Rebuild one damaged replica in place (same id and addresses; etcd data re-synced)."""
+    """Rebuild one damaged replica in place (same id and addresses; etcd data wiped and
+    re-synced). Prints what it will wipe and keep, then asks (--yes, --dry-run)."""
+    from moorage.cli.confirm import repair_plan
     from moorage.recovery.join import repair as repair_replica
 
     client = _client(existing, username, password)
+    d = DataDir(data_dir)
     try:
-        doc = repair_replica(client, DataDir(data_dir))
+        plan, text = repair_plan(client.call("GET", "/api/v0/cluster/status"), d)
+    except MoorageError as exc:
+        raise Failed(str(exc)) from None
+    confirm("repair", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
+    try:
+        doc = repair_replica(client, d)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     _emit(

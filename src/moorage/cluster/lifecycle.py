@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.cluster.processes import alive, cmdline, read_pid, terminate, wait_ports_free
@@ -65,6 +66,9 @@ def start_background(
         env["MOORAGE_ADMIN_PASSWORD"] = admin_password
     log_path = data_dir.log_dir / "moorage.log"
     with open(log_path, "ab") as log:
+        # Where this run's lines begin: a failure shows only them, never an earlier run's
+        # (which could read as if the replica had started).
+        offset = log.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "moorage", "run", "--data-dir", str(data_dir.path)],
             stdin=subprocess.DEVNULL,
@@ -73,6 +77,7 @@ def start_background(
             env=env,
             start_new_session=True,
         )
+    proc.log_offset = offset  # type: ignore[attr-defined]
     if wait:
         wait_healthy(config, proc, log_path, timeout, answering_is_enough=not healthy)
     return proc
@@ -85,13 +90,14 @@ def wait_healthy(
     timeout: float,
     answering_is_enough: bool = False,
 ) -> None:
+    offset = getattr(proc, "log_offset", 0)
     deadline = time.monotonic() + timeout
     started = time.monotonic()
     last: object = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise LifecycleError(
-                f"the replica exited with code {proc.returncode}:\n{_tail(log_path)}\n"
+                f"the replica exited with code {proc.returncode}:\n{_tail(log_path, offset)}\n"
                 f"(full log: {log_path})"
             )
         status, doc = ping(config.url)
@@ -106,11 +112,86 @@ def wait_healthy(
     )
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _tail(path: Path, offset: int = 0, lines: int = 15) -> str:
+    """The last `lines` lines of the log written from `offset` on (this run's)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Started:
+    config: ReplicaConfig
+    pid: int
+    already: bool
+    healthy: bool
+    error: str | None
+
+
+def start_many(dirs: list[DataDir], timeout: float = 90.0) -> list[Started]:
+    """Start the replicas of `dirs` together (each detached, none waiting for the others).
+
+    One replica: returns once its API answers (a replica of a stopped cluster cannot be
+    healthy alone). Several: returns once all are healthy, or, after `timeout`, once all
+    answer (too few of the cluster's replicas were given to form a quorum); a replica that
+    exits fails the command with the lines its run wrote to its log."""
+    configs = [d.load() for d in dirs]  # every directory is checked before any starts
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    pids: list[int] = []
+    already: list[bool] = []
+    for i, d in enumerate(dirs):
+        pid = running_pid(d)
+        if pid is None:
+            procs[i] = start_background(d, wait=False)
+            pid = procs[i].pid
+        pids.append(pid)
+        already.append(i not in procs)
+    if len(dirs) == 1:
+        if 0 in procs:
+            log = dirs[0].log_dir / "moorage.log"
+            wait_healthy(configs[0], procs[0], log, timeout, answering_is_enough=True)
+    else:
+        _wait_all(dirs, configs, procs, timeout)
+    out = []
+    for i, config in enumerate(configs):
+        status, doc = ping(config.url)
+        ok = status == 200 and doc.get("healthy") is True
+        err = None if ok else str(doc.get("error") or f"HTTP {status}")
+        out.append(Started(config, pids[i], already[i], ok, err))
+    return out
+
+
+def _wait_all(
+    dirs: list[DataDir],
+    configs: list[ReplicaConfig],
+    procs: dict[int, subprocess.Popen[bytes]],
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = []
+        for i, config in enumerate(configs):
+            proc = procs.get(i)
+            if proc is not None and proc.poll() is not None:
+                log = dirs[i].log_dir / "moorage.log"
+                raise LifecycleError(
+                    f"the replica in {dirs[i].path} exited with code {proc.returncode}:\n"
+                    f"{_tail(log, getattr(proc, 'log_offset', 0))}\n(full log: {log})"
+                )
+            answers.append(ping(config.url))
+        if all(st == 200 and doc.get("healthy") is True for st, doc in answers):
+            return
+        if time.monotonic() > deadline:
+            if all(st for st, _ in answers):
+                return  # they run, but too few to form a quorum: the caller says so
+            raise LifecycleError(
+                f"the replicas did not answer within {timeout:.0f} s; see DATA_DIR/log/moorage.log"
+            )
+        time.sleep(0.3)
 
 
 def stop(data_dir: DataDir, timeout: float = 60.0) -> bool:

@@ -126,8 +126,14 @@ async def end_join(store: EtcdCluster, replica_id: str) -> None:
 
 
 async def remove(
-    store: EtcdCluster, config: ReplicaConfig, replica_ids: list[str], force: bool
+    store: EtcdCluster,
+    config: ReplicaConfig,
+    replica_ids: list[str],
+    force: bool,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
+    """Remove replicas (their etcd member and records). With `dry_run`, only the plan: the
+    same checks, what goes, whether each answers now, and the membership left after."""
     doc = await cluster_status(store, config)
     members = await store.members()
     by_id: dict[str, Member] = {}
@@ -156,6 +162,25 @@ async def remove(
             f"voting members of {len(remaining)}, fewer than the {needed} a quorum needs; "
             "fix or join replicas first, or pass --force"
         )
+    if dry_run:
+        return {
+            "removes": [
+                {
+                    "replica_id": rid,
+                    "url": rows.get(rid, {}).get("url"),
+                    "answers": bool(rows.get(rid, {}).get("reachable")),
+                    "healthy": bool(rows.get(rid, {}).get("healthy")),
+                    "voter": m is not None and not m.is_learner,
+                    "error": rows.get(rid, {}).get("error"),
+                }
+                for rid, m in targets.items()
+            ],
+            "members": len(remaining),
+            "needed": needed,
+            "healthy_after": len(healthy_remaining),
+            "survives_failures_after": max(0, len(healthy_remaining) - needed),
+            "remaining": [m.name or m.hex_id for m in remaining],
+        }
     done = []
     for rid, member in targets.items():
         if member is not None:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import shlex
+import shutil
+import sys
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,17 +77,40 @@ def diagnose(facts: Facts) -> dict[str, Any]:
     for rid in sorted(set(facts.replicas) - seen):
         rows.append(_row(facts, rid, None, leader, quorum_ok))
 
-    if not quorum_ok:
+    # Processes up, etcd members answering, no leader yet (a cluster whose replicas were
+    # just started): an election is pending, not a lost quorum.
+    answering = [
+        m
+        for m in voters
+        if isinstance(st := facts.statuses.get(m.id), MemberStatus)
+        and not st.errors
+        and _api_answers(facts, m)
+    ]
+    if not quorum_ok and len(answering) >= needed:
+        scenario = "starting"
+        for r in rows:
+            if not r["healthy"] and r["raft_index"] is not None and r["reachable"]:
+                r["state"] = "starting"
+                r["progress"] = (
+                    f"no leader elected yet ({len(answering)} of {len(voters)} voting "
+                    "members answer)"
+                )
+    elif not quorum_ok:
         scenario = "quorum-lost"
     elif any(not r["healthy"] for r in rows):
         scenario = "replicas-unhealthy"
     else:
         scenario = "healthy"
+    commands = _commands(scenario, rows, facts)
     return {
         "cluster_id": facts.cluster_id,
         "epoch": facts.epoch,
         "scenario": scenario,
-        "action": _action(scenario, rows, facts),
+        "action": action_text(commands)
+        if commands
+        else f"nothing to do: all {len(rows)} replicas are healthy",
+        "commands": commands,
+        "placeholders": placeholders(commands),
         # Quorum lost: every step of the procedure, in order, with the replica whose host
         # runs it (the action says the same in one line).
         "procedure": _repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
@@ -108,6 +136,17 @@ def facts_replica_by_peer(facts: Facts, m: Member) -> str | None:
         if rec.etcd_peer_url in m.peer_urls:
             return rid
     return None
+
+
+def _api_answers(facts: Facts, m: Member) -> bool:
+    rid = m.name or facts_replica_by_peer(facts, m)
+    ping = facts.pings.get(rid) if rid else None
+    return bool(ping and ping[0] != 0)
+
+
+def _leader_index(facts: Facts, leader: int) -> int | None:
+    st = facts.statuses.get(leader)
+    return st.raft_index if isinstance(st, MemberStatus) else None
 
 
 def _row(facts: Facts, rid: str, m: Member | None, leader: int, quorum_ok: bool) -> dict[str, Any]:
@@ -138,10 +177,17 @@ def _row(facts: Facts, rid: str, m: Member | None, leader: int, quorum_ok: bool)
         problems.append("no heartbeat")
     elif facts.now - hb.at > HEARTBEAT_FRESH:
         problems.append(f"heartbeat {facts.now - hb.at:.0f} s old")
+    progress = (
+        _starting_progress(facts, m, st, ping, hb, leader) if problems and quorum_ok else None
+    )
     return {
         "id": rid,
         "url": rec.url if rec else (hb.url if hb else None),
         "healthy": not problems,
+        # healthy | starting (its process answers and it is joining or catching up: wait,
+        # never remove it) | unhealthy
+        "state": "healthy" if not problems else "starting" if progress else "unhealthy",
+        "progress": progress,
         "reachable": bool(ping and ping[0] != 0),
         "leader": bool(m is not None and leader and m.id == leader),
         "learner": bool(m is not None and m.is_learner),
@@ -152,48 +198,247 @@ def _row(facts: Facts, rid: str, m: Member | None, leader: int, quorum_ok: bool)
     }
 
 
-def _action(scenario: str, rows: list[dict[str, Any]], facts: Facts) -> str:
+def _starting_progress(
+    facts: Facts,
+    m: Member | None,
+    st: MemberStatus | str | None,
+    ping: tuple[int, str | None] | None,
+    hb: HeartbeatRecord | None,
+    leader: int,
+) -> str | None:
+    """How far a replica that is starting or catching up has got; None when it is not
+    starting but broken. Starting means: its API answers (the process is up), its etcd
+    member answers without errors and follows the current leader (or is a learner being
+    promoted), and what is still missing is progress: learner, raft index behind the
+    leader's, heartbeat not yet written, API not yet healthy."""
+    if m is None or not isinstance(st, MemberStatus) or st.errors:
+        return None
+    if ping is None or ping[0] == 0:
+        return None
+    if st.leader != leader and not m.is_learner:
+        return None
+    # What says "just started": a learner, or no heartbeat since it started. A replica that
+    # heartbeats and is still unhealthy is broken, not starting (a raft index a few entries
+    # behind is normal in flight: progress to report, not evidence of a start).
+    steps: list[str] = []
+    if m.is_learner:
+        steps.append("etcd member is a learner (not yet promoted to voter)")
+    if hb is None:
+        steps.append("heartbeat not yet written")
+    elif facts.now - hb.at > HEARTBEAT_FRESH:
+        steps.append(f"heartbeat not yet written since start (last {facts.now - hb.at:.0f} s ago)")
+    if not steps:
+        return None
+    top = _leader_index(facts, leader)
+    if top is not None and top > st.raft_index:
+        steps.insert(0, f"raft index {st.raft_index}, {top - st.raft_index} behind the leader's")
+    if ping[0] != 200 or ping[1]:
+        steps.append(f"API not yet healthy: {ping[1] or f'HTTP {ping[0]}'}")
+    return "; ".join(steps)
+
+
+# ---------------------------------------------------------------------------------------
+# The commands status prints (conventions: one command per entry, in order, with the
+# replica on whose host it runs and an explanation; placeholders are UPPER_CASE words).
+
+PASSWORD_NOTE = "these commands read the admin password from MOORAGE_PASSWORD"
+JOIN_PLACEHOLDERS = (
+    "--data-dir NEW_DIR --http-addr HOST:PORT --etcd-client-port CLIENT_PORT "
+    "--etcd-peer-port PEER_PORT"
+)
+
+
+PLACEHOLDERS = {
+    "NEW_DIR": "an empty directory for the new replica's state",
+    "HOST:PORT": "the new replica's listen address",
+    "CLIENT_PORT": "a free port for its etcd client",
+    "PEER_PORT": "a free port for its etcd peer traffic",
+    "ITS_DIR": "the replica's data directory on its host",
+    "BACKUP_FILE": "the newest backup file",
+    "BLOB_STORAGE": "the old cluster's blob storage directory",
+    "URL": "the URL of a healthy replica",
+}
+
+
+def placeholders(commands: list[dict[str, Any]]) -> dict[str, str]:
+    """The placeholders the commands use, with what to put in their place."""
+    words = {w for c in commands for w in re.split(r"[\s,=]+", c["command"])}
+    return {k: v for k, v in PLACEHOLDERS.items() if k in words}
+
+
+def command(text: str, host: str | None = None, note: str | None = None) -> dict[str, Any]:
+    return {"host": host, "command": text, "note": note}
+
+
+def _commands(scenario: str, rows: list[dict[str, Any]], facts: Facts) -> list[dict[str, Any]]:
     good = [r for r in rows if r["healthy"] and r["url"]]
-    bad = [r for r in rows if not r["healthy"]]
+    starting = [r for r in rows if r["state"] == "starting"]
+    bad = [r for r in rows if r["state"] == "unhealthy"]
     existing = ",".join(r["url"] for r in good) or "URL"
+    all_urls = ",".join(r["url"] for r in rows if r["url"]) or "URL"
     if scenario == "healthy":
         voters = sum(1 for m in facts.members if not m.is_learner)
         if fault_tolerance(voters) == 0:
             # Healthy, but one more failure loses quorum: not "nothing to do".
             missing = 3 - voters
-            return (
-                f"no fault tolerance: {voters} of {voters} voting member(s) healthy, the cluster "
-                "survives 0 failures; add "
-                + ("a replica" if missing == 1 else f"{missing} replicas, one at a time")
-                + f" to survive 1: moorage join --existing {existing} --data-dir NEW_DIR "
-                "--http-addr HOST:PORT --etcd-client-port PORT --etcd-peer-port PORT"
-                " (on a new host or with free ports)"
+            return [
+                command(
+                    f"moorage join --existing {existing} {JOIN_PLACEHOLDERS}",
+                    note=f"no fault tolerance: {voters} of {voters} voting member(s) healthy, "
+                    "the cluster survives 0 failures; add "
+                    + ("a replica" if missing == 1 else f"{missing} replicas, one at a time")
+                    + " to survive 1 (on a new host, or with free ports on this one)",
+                )
+            ]
+        return []
+    if starting or scenario == "starting":
+        names = ", ".join(f"{r['id']} ({r['progress']})" for r in starting) or "the replicas"
+        return [
+            command(
+                f"moorage status --existing {all_urls}",
+                note=f"wait: replica {names} is starting; run status again (if a replica "
+                "stays starting for minutes, read its log: DATA_DIR/log/moorage.log)",
             )
-        return f"nothing to do: all {len(rows)} replicas are healthy"
+        ]
     if scenario == "replicas-unhealthy":
         ids = ",".join(r["id"] for r in bad)
+        cmds = [
+            command(
+                f"moorage remove --existing {existing} --replica-id {ids}",
+                note=f"replica(s) {ids} do not answer or are broken: take them out of the "
+                "cluster (no data is lost: the healthy replicas hold it all)",
+            )
+        ]
         first = good[0]["url"] if good else "URL"
-        return (
-            f"moorage remove --existing {existing} --replica-id {ids}"
-            f"  # then add a replacement for each: moorage join --existing {first}"
-            " --data-dir NEW_DIR --http-addr HOST:PORT"
-            " (or rebuild one in place: moorage repair --existing URL --data-dir ITS_DIR)"
-        )
+        for i, r in enumerate(bad):
+            cmds.append(
+                command(
+                    f"moorage join --existing {first} {JOIN_PLACEHOLDERS}",
+                    note=(
+                        f"then add a replacement for {r['id']}, on a new host or with a new "
+                        "directory and free ports (or rebuild it in place: moorage repair "
+                        "--existing URL --data-dir ITS_DIR)"
+                    )
+                    if i == 0
+                    else f"and a replacement for {r['id']}",
+                )
+            )
+        return cmds
     steps = _repair_procedure(rows, facts)
     if not steps:
-        return (
-            "no etcd member answers: start the replicas (moorage start --data-dir DIR on each);"
-            " if none can start, run moorage emergency-repair --data-dir DIR on a survivor"
+        return [
+            command(
+                "moorage start --data-dir ITS_DIR",
+                note="no etcd member answers: start the replicas (on each host, ITS_DIR its "
+                "data directory; several at once: --data-dir A,B,C); if none can start, run "
+                "moorage emergency-repair --data-dir ITS_DIR on a survivor",
+            )
+        ]
+    cmds = [
+        command(
+            steps[0]["command"],
+            host=steps[0]["replica_id"],
+            note=f"quorum is lost: emergency repair on replica {steps[0]['replica_id']}, the "
+            "most up-to-date survivor (on its host)",
         )
-    repair, rejoins = steps[0], steps[1:]
-    action = f"{repair['command']}  # on the host of replica {repair['replica_id']}, the most "
-    action += "up-to-date survivor"
-    by_replica: dict[str, list[str]] = {}
-    for step in rejoins:
-        by_replica.setdefault(step["replica_id"], []).append(step["command"])
-    for rid, commands in by_replica.items():
-        action += f"; then on the host of replica {rid}: " + " && ".join(commands)
-    return action
+    ]
+    seen: set[str] = set()
+    for step in steps[1:]:
+        rid = step["replica_id"]
+        note = None
+        if rid not in seen:
+            seen.add(rid)
+            note = f"then replica {rid} becomes a replica of the repaired cluster again"
+        cmds.append(command(step["command"], host=rid, note=note))
+    return cmds
+
+
+def action_text(commands: list[dict[str, Any]]) -> str:
+    """The commands as one line (the `action` of DESIGN.md §3)."""
+    if not commands:
+        return "nothing to do: all replicas are healthy"
+    parts: list[str] = []
+    prev_host: str | None = None
+    for c in commands:
+        if c["host"] and c["host"] != prev_host and parts:
+            parts.append(f"; then on the host of replica {c['host']}: {c['command']}")
+        elif parts:
+            parts.append(f" && {c['command']}" if c["host"] else f"; {c['command']}")
+        else:
+            parts.append(c["command"])
+            if c["host"]:
+                parts.append(
+                    f"  # on the host of replica {c['host']}, the most up-to-date survivor"
+                )
+            elif c["note"]:
+                parts.append(f"  # {c['note']}")
+        prev_host = c["host"] or prev_host
+    return "".join(parts)
+
+
+def next_block(doc: dict[str, Any]) -> list[str]:
+    """The `next:` part of status as a pasteable shell block: one command per line, every
+    explanation a comment line of its own."""
+    lines = ["next:"]
+    commands = doc.get("commands") or []
+    if not commands:
+        lines.append(f"# {doc['action']}")
+        return lines
+    if any("--existing" in c["command"] for c in commands):
+        lines.append(f"# {PASSWORD_NOTE} (and the user from MOORAGE_USERNAME, default admin)")
+    holders = placeholders(commands)
+    if holders:
+        lines.append("# replace " + "; ".join(f"{k} with {v}" for k, v in holders.items()))
+    prev_host: str | None = None
+    for c in commands:
+        if c["note"]:
+            lines.append(f"# {c['note']}")
+        if c["host"] and c["host"] != prev_host:
+            lines.append(f"# on the host of replica {c['host']}:")
+        prev_host = c["host"]
+        lines.append(c["command"])
+    return lines
+
+
+def program() -> str:
+    """How printed commands name the CLI: `moorage` when that resolves on PATH to the CLI
+    running now, otherwise the running CLI's absolute path."""
+    running = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if running is None or running.name != "moorage" or not os.access(running, os.X_OK):
+        # `python -m moorage`: the console script next to this interpreter.
+        running = Path(sys.executable).parent / "moorage"
+    running = running.absolute()
+    found = shutil.which("moorage")
+    try:
+        if found and os.path.samefile(found, running):
+            return "moorage"
+    except OSError:
+        pass
+    if running.exists():
+        return shlex.quote(str(running))
+    return f"{shlex.quote(sys.executable)} -m moorage"
+
+
+_PROGRAM = re.compile(r"(?<![\w/.-])moorage (?=[a-z])")
+
+
+def localize(doc: dict[str, Any], prog: str) -> dict[str, Any]:
+    """The document with every printed command starting with `prog` (see `program`)."""
+    if prog == "moorage":
+        return doc
+
+    def fix(text: str) -> str:
+        return _PROGRAM.sub(lambda _: prog + " ", text)
+
+    for c in doc.get("commands") or []:
+        c["command"] = fix(c["command"])
+        if c["note"]:
+            c["note"] = fix(c["note"])
+    for step in doc.get("procedure") or []:
+        step["command"] = fix(step["command"])
+    if isinstance(doc.get("action"), str):
+        doc["action"] = fix(doc["action"])
+    return doc
 
 
 def _repair_procedure(rows: list[dict[str, Any]], facts: Facts) -> list[dict[str, str]]:

@@ -49,6 +49,49 @@ from moorage.storage.paths import StorageLayout
 _BATCH = 256
 
 
+def plan(
+    archive: Path,
+    data_dir: DataDir,
+    http_addr: str,
+    storage: Path,
+    replay_journal: bool,
+    passphrase: str | None = None,
+) -> dict[str, Any]:
+    """What `restore` will do, read-only: the backup it restores (header only; the full
+    verification runs when it proceeds) and the journal entries it would replay."""
+    from moorage.recovery.backup import inspect
+
+    info = inspect(archive, passphrase)
+    journal = plan_replay(
+        str(storage), info["cluster_id"], (int(info["epoch"]), int(info["revision"]))
+    ).summary()
+    problems = []
+    if data_dir.exists() or data_dir.etcd_dir.exists():
+        problems.append(
+            f"{data_dir.path} already holds replica state; restore needs an empty data directory"
+        )
+    if not storage.is_dir():
+        problems.append(f"blob storage {storage} does not exist (it will be created empty)")
+    return {
+        "command": "restore",
+        "archive": str(archive),
+        "from_cluster_id": info["cluster_id"],
+        "backup_epoch": info["epoch"],
+        "backup_revision": info["revision"],
+        "backup_created_at": info["created_at"],
+        "counts": info["counts"],
+        "data_dir": str(data_dir.path),
+        "http_addr": http_addr,
+        "storage": str(storage),
+        "new_cluster": True,
+        "replay_journal": replay_journal,
+        "journal_entries": journal["entries"],
+        "journal_changes": journal["changes"],
+        "journal_rejected": journal["rejected_count"],
+        "problems": problems,
+    }
+
+
 def restore(
     archive: Path,
     data_dir: DataDir,
