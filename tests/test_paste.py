@@ -264,3 +264,50 @@ def test_shape_normalises_what_differs_between_runs() -> None:
         "moorage remove --existing URL --replica-id ID"
     )
     assert shape("moorage start --data-dir /a/r1,/a/r2") == "moorage start --data-dir DIRS"
+
+
+# -- regressions found by the paste tests (pure functions of the facts) --------------------
+
+
+def test_status_joins_until_the_cluster_has_its_size_before_an_emergency_repair() -> None:
+    """Five replicas, three lost, repaired: at 3 of 3 healthy the cluster survives 1 failure,
+    not the 2 it did; status must not say `nothing to do` before it has 5 voting members."""
+    from moorage.cluster.status import diagnose
+    from tests.test_guidance import healthy_facts
+
+    for voters, size, joins in ((3, 5, 2), (4, 5, 1), (5, 5, 0), (3, 0, 0), (2, 0, 1), (1, 3, 2)):
+        facts = healthy_facts(voters)
+        facts.size = size
+        doc = diagnose(facts)
+        assert doc["scenario"] == "healthy"
+        if not joins:
+            assert doc["commands"] == [], doc["commands"]
+            assert doc["action"].startswith("nothing to do")
+            continue
+        [join] = doc["commands"]
+        assert join["command"].startswith("moorage join --existing ")
+        assert "--etcd-client-port CLIENT_PORT --etcd-peer-port PEER_PORT" in join["command"]
+        want = "a replica" if joins == 1 else f"{joins} replicas, one at a time"
+        assert f"add {want} to survive {(max(3, size) - 1) // 2}" in join["note"], join
+        if size > voters:
+            assert f"it had {size} voting members before its emergency repair" in join["note"]
+
+
+def test_a_replica_whose_api_has_not_seen_the_quorum_return_is_starting_not_removed() -> None:
+    """Right after quorum came back, a survivor's etcd member follows the leader and is up to
+    date, but its API still reports the quorum lost: status printed `remove` for it."""
+    from moorage.cluster.status import diagnose
+    from tests.test_guidance import healthy_facts
+
+    facts = healthy_facts(3)
+    rid = "2" * 12
+    facts.pings[rid] = (200, "etcd: no quorum reachable (a majority of the cluster is down)")
+    doc = diagnose(facts)
+    row = next(r for r in doc["replicas"] if r["id"] == rid)
+    assert row["state"] == "starting", row
+    assert all(" remove " not in f" {c['command']} " for c in doc["commands"]), doc["commands"]
+    assert [c["command"].split()[1] for c in doc["commands"]] == ["status"]
+    # A replica broken otherwise (up to date, yet its API reports something else) is removed.
+    facts.pings[rid] = (503, "blob storage probe failed")
+    doc = diagnose(facts)
+    assert any(f"--replica-id {rid}" in c["command"] for c in doc["commands"]), doc["commands"]

@@ -43,6 +43,7 @@ class Facts:
     heartbeats: dict[str, HeartbeatRecord]
     pings: dict[str, tuple[int, str | None]]  # replica id -> (HTTP status, error)
     now: float = field(default_factory=time.time)
+    size: int = 0  # voting members before an emergency repair (ClusterRecord.size)
 
 
 def _leader(facts: Facts) -> int:
@@ -227,6 +228,10 @@ def _starting_progress(
         steps.append("heartbeat not yet written")
     elif facts.now - hb.at > HEARTBEAT_FRESH:
         steps.append(f"heartbeat not yet written since start (last {facts.now - hb.at:.0f} s ago)")
+    if not steps and ping[1] and "no quorum" in ping[1]:
+        # Its etcd member follows the leader, yet its API still reports the quorum lost: its
+        # view is stale (right after quorum came back). Wait; never remove it for that.
+        steps.append("its API has not yet seen the quorum return")
     if not steps:
         return None
     top = _leader_index(facts, leader)
@@ -278,16 +283,30 @@ def _commands(scenario: str, rows: list[dict[str, Any]], facts: Facts) -> list[d
     all_urls = ",".join(r["url"] for r in rows if r["url"]) or "URL"
     if scenario == "healthy":
         voters = sum(1 for m in facts.members if not m.is_learner)
-        if fault_tolerance(voters) == 0:
-            # Healthy, but one more failure loses quorum: not "nothing to do".
-            missing = 3 - voters
+        # Healthy, but one more failure loses quorum, or an emergency repair left fewer
+        # voting members than the cluster had: not "nothing to do".
+        target = max(3, facts.size)
+        if voters < target:
+            missing = target - voters
+            if fault_tolerance(voters) == 0:
+                head = (
+                    f"no fault tolerance: {voters} of {voters} voting member(s) healthy, "
+                    "the cluster survives 0 failures"
+                )
+            else:
+                head = (
+                    f"reduced fault tolerance: {voters} voting members, the cluster survives "
+                    f"{fault_tolerance(voters)} failure(s)"
+                )
+            if facts.size > voters:
+                head += f" (it had {facts.size} voting members before its emergency repair)"
             return [
                 command(
                     f"moorage join --existing {existing} {JOIN_PLACEHOLDERS}",
-                    note=f"no fault tolerance: {voters} of {voters} voting member(s) healthy, "
-                    "the cluster survives 0 failures; add "
+                    note=f"{head}; add "
                     + ("a replica" if missing == 1 else f"{missing} replicas, one at a time")
-                    + " to survive 1 (on a new host, or with free ports on this one)",
+                    + f" to survive {fault_tolerance(target)} (on a new host, or with free "
+                    "ports on this one)",
                 )
             ]
         return []
@@ -510,7 +529,7 @@ async def _status(url: str) -> MemberStatus | str:
         return str(exc)
 
 
-async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
+async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0) -> Facts:
     members = await store.members(linearizable=False)
     replicas: dict[str, ReplicaRecord] = {}
     heartbeats: dict[str, HeartbeatRecord] = {}
@@ -545,4 +564,5 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
         replicas=replicas,
         heartbeats=heartbeats,
         pings=dict(zip(replicas, pings, strict=True)),
+        size=size,
     )

@@ -401,7 +401,11 @@ async def _rewrite(
         await asyncio.sleep(fence_grace(config.storage))
         from moorage.meta.base import Put
 
-        await store._txn([], [Put(keys.CLUSTER, ClusterRecord(config.cluster_id, epoch).encode())])
+        # The size before the repair (every replica record of the old epoch), so that status
+        # says to join replicas until the cluster survives as many failures as before.
+        size = max(cluster.size if cluster else 0, len(records))
+        record = ClusterRecord(config.cluster_id, epoch, size)
+        await store._txn([], [Put(keys.CLUSTER, record.encode())])
         for rid in records:
             if rid != config.replica_id:
                 await store.delete_raw(keys.replica(rid))
