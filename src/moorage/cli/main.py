@@ -695,8 +695,10 @@ def emergency_repair(
             f"repaired cluster again, run on its host: {' && '.join(r['commands'])}"
         )
     text.append(
-        f"Next: join new replicas with moorage join --existing {result['url']} "
-        "--data-dir NEW_DIR --http-addr HOST:PORT"
+        f"Next: moorage status --existing {result['url']} prints the joins that restore "
+        "fault tolerance (one replica at a time: moorage join --existing "
+        f"{result['url']} --data-dir NEW_DIR --http-addr HOST:PORT --etcd-client-port "
+        "CLIENT_PORT --etcd-peer-port PEER_PORT)"
     )
     _emit(as_json, public, "\n".join(text))
 
@@ -1039,8 +1041,10 @@ def restore(
     if "admin_password" in doc:
         text.append(f"  admin password (shown once): {doc['admin_password']}")
     text.append(
-        f"Next: join replicas with moorage join --existing {doc['url']} --data-dir DIR "
-        "--http-addr HOST:PORT"
+        f"Next: moorage status --existing {doc['url']} prints the joins that restore "
+        f"fault tolerance (one replica at a time: moorage join --existing {doc['url']} "
+        "--data-dir NEW_DIR --http-addr HOST:PORT --etcd-client-port CLIENT_PORT "
+        "--etcd-peer-port PEER_PORT)"
     )
     _emit(as_json, doc, "\n".join(text))
 

@@ -33,6 +33,7 @@ class Facts:
     heartbeats: dict[str, HeartbeatRecord]
     pings: dict[str, tuple[int, str | None]]  # replica id -> (HTTP status, error)
     now: float = field(default_factory=time.time)
+    size: int = 0  # voting members before an emergency repair (ClusterRecord.size)
 
 
 def fault_tolerance(voters: int) -> int:
@@ -61,7 +62,7 @@ async def _status(url: str) -> MemberStatus | str:
         return str(exc)
 
 
-async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
+async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0) -> Facts:
     members = await store.members(linearizable=False)
     replicas: dict[str, ReplicaRecord] = {}
     heartbeats: dict[str, HeartbeatRecord] = {}
@@ -92,4 +93,5 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int) -> Facts:
         replicas=replicas,
         heartbeats=heartbeats,
         pings=dict(zip(replicas, pings, strict=True)),
+        size=size,
     )

@@ -59,16 +59,30 @@ def scenario_commands(
     all_urls = ",".join(r["url"] for r in rows if r["url"]) or "URL"
     if scenario == "healthy":
         voters = sum(1 for m in facts.members if not m.is_learner)
-        if fault_tolerance(voters) == 0:
-            # Healthy, but one more failure loses quorum: not "nothing to do".
-            missing = 3 - voters
+        # Healthy, but one more failure loses quorum, or an emergency repair left fewer
+        # voting members than the cluster had: not "nothing to do".
+        target = max(3, facts.size)
+        if voters < target:
+            missing = target - voters
+            if fault_tolerance(voters) == 0:
+                head = (
+                    f"no fault tolerance: {voters} of {voters} voting member(s) healthy, "
+                    "the cluster survives 0 failures"
+                )
+            else:
+                head = (
+                    f"reduced fault tolerance: {voters} voting members, the cluster survives "
+                    f"{fault_tolerance(voters)} failure(s)"
+                )
+            if facts.size > voters:
+                head += f" (it had {facts.size} voting members before its emergency repair)"
             return [
                 command(
                     f"moorage join --existing {existing} {JOIN_PLACEHOLDERS}",
-                    note=f"no fault tolerance: {voters} of {voters} voting member(s) healthy, "
-                    "the cluster survives 0 failures; add "
+                    note=f"{head}; add "
                     + ("a replica" if missing == 1 else f"{missing} replicas, one at a time")
-                    + " to survive 1 (on a new host, or with free ports on this one)",
+                    + f" to survive {fault_tolerance(target)} (on a new host, or with free "
+                    "ports on this one)",
                 )
             ]
         return []

@@ -34,7 +34,10 @@ async def _epoch(store: EtcdCluster) -> int:
 
 
 async def cluster_status(store: EtcdCluster, config: ReplicaConfig) -> dict[str, Any]:
-    facts = await gather(store, config.cluster_id, await _epoch(store))
+    cluster = await store.get_cluster()
+    facts = await gather(
+        store, config.cluster_id, cluster.epoch if cluster else 1, cluster.size if cluster else 0
+    )
     return diagnose(facts)
 
 

@@ -229,6 +229,10 @@ def _starting_progress(
         steps.append("heartbeat not yet written")
     elif facts.now - hb.at > HEARTBEAT_FRESH:
         steps.append(f"heartbeat not yet written since start (last {facts.now - hb.at:.0f} s ago)")
+    if not steps and ping[1] and "no quorum" in ping[1]:
+        # Its etcd member follows the leader, yet its API still reports the quorum lost: its
+        # view is stale (right after quorum came back). Wait; never remove it for that.
+        steps.append("its API has not yet seen the quorum return")
     if not steps:
         return None
     top = _leader_index(facts, leader)

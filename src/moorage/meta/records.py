@@ -195,6 +195,9 @@ class UserRecord:
 class ClusterRecord:
     cluster_id: str
     epoch: int = 1
+    # Voting members the cluster had before an emergency repair shrank it (0: not recorded);
+    # `status` prints joins until it has as many again.
+    size: int = 0
 
     def encode(self) -> bytes:
         return dumps(asdict(self))
@@ -204,6 +207,7 @@ class ClusterRecord:
         record: ClusterRecord = _build(cls, _fields(raw, "cluster"), "cluster")
         check_text(record.cluster_id, "cluster", "cluster id")
         check_size(record.epoch, "cluster")
+        check_size(record.size, "cluster")
         return record
 
 

@@ -398,7 +398,10 @@ async def _rewrite(
         # acknowledge is in the journal read below (see moorage.cluster.fence); on a shared
         # filesystem that caches attributes, wait until every host sees the marker.
         await asyncio.sleep(fence_grace(config.storage))
-        await store.put_cluster(ClusterRecord(config.cluster_id, epoch))
+        # The size before the repair (every replica record of the old epoch), so that status
+        # says to join replicas until the cluster survives as many failures as before.
+        size = max(cluster.size if cluster else 0, len(records))
+        await store.put_cluster(ClusterRecord(config.cluster_id, epoch, size))
         for rid in records:
             if rid != config.replica_id:
                 await store.forget_replica(rid)
