@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.process import ADMIN_PASSWORD
 
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
 from moorage.recovery import backup
 from moorage.recovery.client import AdminClient
 from tests.cluster import Cluster, Node, moorage, pull_image, push_image, sha256
-from tests.conftest import ADMIN_PASSWORD
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_tampered_and_malformed_archives_are_refused(cluster: Cluster) -> None:
     import os
     import subprocess
 
-    from tests.conftest import moorage_cmd
+    from harness.process import moorage_cmd
 
     small = subprocess.run(
         moorage_cmd("backup", "verify", str(good)), capture_output=True, text=True,

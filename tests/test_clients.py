@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import AUTH, Replica
+from harness.process import AUTH
+from harness.replica import Replica
 
 pytestmark = pytest.mark.clients
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import Replica
+from harness.replica import Replica
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

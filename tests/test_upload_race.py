@@ -25,10 +25,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.process import AUTH
+from harness.replica import Replica
 
 from moorage.errors import BlobUploadUnknown, UploadBusy
 from moorage.storage.filesystem import FilesystemStorage
-from tests.conftest import AUTH, Replica
 
 
 def sha256(data: bytes) -> str:
