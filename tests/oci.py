@@ -384,6 +384,18 @@ def sha256(data: bytes) -> str:
     return oci_digest(data)
 
 
+def image_manifest(config: bytes, layer: bytes) -> bytes:
+    """The JSON of an OCI image manifest of one config and one layer."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+            "layers": [{"mediaType": MT_OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+        }
+    ).encode()
+
+
 def push_image(node: Node, repo: str, tag: str, seed: str) -> bytes:
     """Push a config, a layer and a manifest through `node`; return the manifest bytes."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
@@ -392,24 +404,7 @@ def push_image(node: Node, repo: str, tag: str, seed: str) -> bytes:
         for blob in (config, layer):
             r = c.post(f"/v2/{repo}/blobs/uploads/?digest={sha256(blob)}", content=blob)
             assert r.status_code == 201, r.text
-        body = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": sha256(config),
-                    "size": len(config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": sha256(layer),
-                        "size": len(layer),
-                    }
-                ],
-            }
-        ).encode()
+        body = image_manifest(config, layer)
         r = c.put(
             f"/v2/{repo}/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST}
         )

@@ -4,7 +4,6 @@ visible and everything acknowledged survives."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import threading
 import time
@@ -13,11 +12,9 @@ from collections.abc import Callable, Iterator
 import httpx
 from harness.replica import Replica
 
+from tests.oci import sha256
+
 CHUNK = 1024 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _stalled_body(first: bytes, sent: threading.Event, release: threading.Event) -> Iterator[bytes]:
