@@ -133,18 +133,18 @@ class Cluster:
         """Join a new replica through `via` (default: the first node); etcd refuses a member
         change for a few seconds after the previous one, so a refusal is retried."""
         node = self.new_node()
-        last = ""
+        errors: list[str] = []
         for _ in range(attempts):
             out = self.join_raw(node, via, unsafe)
             if out.returncode == 0:
                 node.replica_id = json.loads(out.stdout)["replica_id"]
                 self.nodes.append(node)
                 return node
-            last = out.stderr
+            errors.append(f"exit {out.returncode}: {out.stderr.strip()}")
             self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
             time.sleep(2)
         self.retired.append(node)
-        raise CommandFailed(f"join of {node.name} failed: {last}")
+        raise CommandFailed(f"join of {node.name} failed:\n" + "\n".join(errors))
 
     def join_raw(
         self, node: Node, via: Node | None = None, unsafe: bool = False
