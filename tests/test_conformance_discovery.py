@@ -18,7 +18,8 @@ import httpx
 import pytest
 from harness.replica import Replica
 
-from tests.datasets import LegacyData, build_datasets, push_dataset
+from tests.datasets import build_datasets, push_dataset
+from tests.legacy_data import LegacyData
 from tests.oci import (
     MT_OCI_IMAGE,
     MT_OCI_INDEX,

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from harness.replica import Replica
 
-from tests.datasets import Dataset, LegacyData, build_datasets, push_dataset
+from tests.datasets import Dataset, build_datasets, push_dataset
+from tests.legacy_data import LegacyData
 from tests.oci import (
     BLOB_PUSHERS,
     MT_OCI_IMAGE,
