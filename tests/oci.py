@@ -94,6 +94,19 @@ def upload_url(loc: str, **params: str) -> httpx.URL:
     return httpx.URL(loc).copy_merge_params(params)
 
 
+def end_upload(
+    c: httpx.Client, r: httpx.Response, digest: str, body: bytes, expect_bad: bool
+) -> None:
+    """The last step of an upload: 400 when the digest is bad, else 201, the digest header and
+    a Location that serves the blob."""
+    if expect_bad:
+        assert r.status_code == 400, r.text
+        return
+    assert r.status_code == 201, r.text
+    verify_digest_header(r, digest)
+    verify_blob_location(c, r.headers.get("location", ""), body)
+
+
 def blob_post_put(
     c: httpx.Client, repo: str, digest: str, body: bytes, expect_bad: bool = False
 ) -> None:
@@ -107,12 +120,7 @@ def blob_post_put(
         content=body,
         headers={"Content-Type": MT_OCTET, "Content-Length": str(len(body))},
     )
-    if expect_bad:
-        assert r.status_code == 400, r.text
-        return
-    assert r.status_code == 201, r.text
-    verify_digest_header(r, digest)
-    verify_blob_location(c, r.headers.get("location", ""), body)
+    end_upload(c, r, digest, body, expect_bad)
 
 
 def blob_post_only(
@@ -125,13 +133,7 @@ def blob_post_only(
         content=body,
         headers={"Content-Type": MT_OCTET, "Content-Length": str(len(body))},
     )
-    if expect_bad:
-        assert r.status_code == 400, r.text
-        return
-    assert r.status_code == 201, r.text
-    assert r.headers.get("location")
-    verify_digest_header(r, digest)
-    verify_blob_location(c, r.headers["location"], body)
+    end_upload(c, r, digest, body, expect_bad)
 
 
 def blob_patch_stream(
@@ -150,13 +152,7 @@ def blob_patch_stream(
         upload_url(loc, digest=digest),
         headers={"Content-Type": MT_OCTET, "Content-Length": "0"},
     )
-    if expect_bad:
-        assert r.status_code == 400, r.text
-        return
-    assert r.status_code == 201, r.text
-    assert r.headers.get("location")
-    verify_digest_header(r, digest)
-    verify_blob_location(c, r.headers["location"], body)
+    end_upload(c, r, digest, body, expect_bad)
 
 
 def blob_patch_chunked(
