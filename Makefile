@@ -35,8 +35,8 @@ run: install
 	$(BIN)/moorage run --data-dir "$(MOORAGE_DATA_DIR)" --http-addr "$(MOORAGE_HTTP_ADDR)"
 
 lint: install
-	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard chaos)
-	$(BIN)/ruff format --check src tests $(wildcard bench) $(wildcard chaos)
+	$(BIN)/ruff check src tests harness $(wildcard bench) $(wildcard chaos)
+	$(BIN)/ruff format --check src tests harness $(wildcard bench) $(wildcard chaos)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import harness.process
 import httpx
+from harness.process import AUTH
 
-PASSWORD = "bench-admin-password"
 OCI = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -30,10 +29,7 @@ def sha(data: bytes) -> str:
 
 
 def moorage(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MOORAGE_PASSWORD=PASSWORD)
-    return subprocess.run(
-        [sys.executable, "-m", "moorage", *args], capture_output=True, text=True, env=env
-    )
+    return harness.process.moorage(*args, check=False)
 
 
 def fill(url: str, manifests: int, repos: int) -> None:
@@ -43,7 +39,7 @@ def fill(url: str, manifests: int, repos: int) -> None:
         repo = f"bench/r{r}"
         config = json.dumps({"architecture": "amd64", "os": "linux", "r": r}).encode()
         layer = f"layer {r}".encode() * 100
-        with httpx.Client(base_url=url, auth=("admin", PASSWORD), timeout=60) as c:
+        with httpx.Client(base_url=url, auth=AUTH, timeout=60) as c:
             for blob in (config, layer):
                 resp = c.post(f"/v2/{repo}/blobs/uploads/?digest={sha(blob)}", content=blob)
                 assert resp.status_code == 201, resp.text
@@ -90,7 +86,7 @@ def main() -> None:
     if not args.reuse:
         out = moorage(
             "install", "--data-dir", str(data), "--http-addr", f"127.0.0.1:{args.port}",
-            "--storage", str(args.root / "blobs"), "--admin-password", PASSWORD,
+            "--storage", str(args.root / "blobs"), "--admin-password", AUTH[1],
             "--etcd-client-port", str(args.port + 1), "--etcd-peer-port", str(args.port + 2),
         )  # fmt: skip
         assert out.returncode == 0, out.stderr

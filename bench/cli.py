@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
+from harness.process import REPO_ROOT
 
 from bench import cluster, servers, workloads
 from bench.report import (
@@ -32,7 +33,7 @@ from bench.servers import RssSampler, Server
 from bench.workloads import Blob, ImageParts, Target
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PY_SPY = servers.REPO_ROOT / ".venv" / "bin" / "py-spy"
+PY_SPY = REPO_ROOT / ".venv" / "bin" / "py-spy"
 MiB = 1 << 20
 
 
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncluster (Moorage only; Distribution has no equivalent):\n{cluster_table(results)}"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(results, servers.REPO_ROOT, header))
+    output.write_text(markdown(results, REPO_ROOT, header))
     output.with_suffix(".json").write_text(
         json.dumps(
             {

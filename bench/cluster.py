@@ -19,26 +19,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import harness.cluster
 import uvloop
+from harness.process import AUTH
 
-from bench import servers, workloads
+from bench import workloads
 from bench._http import Connection, HttpError
 from bench.report import Results, percentile
 from bench.workloads import ImageParts, Target
 
-PASSWORD = servers.ADMIN_PASSWORD
-AUTHORIZATION = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+AUTHORIZATION = "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
 CONCURRENCY = 16
 OP_TIMEOUT = 10.0  # seconds one push or pull may take during the failover test
 WRITE_DEADLINE = 30.0  # give up waiting for the first push after the kill
@@ -51,111 +48,29 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _python() -> str:
-    venv = servers.REPO_ROOT / ".venv" / "bin" / "python"
-    return str(venv if venv.exists() else sys.executable)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-@dataclass
-class Replica:
-    data_dir: Path
-    port: int = field(default_factory=servers.free_port)
-    etcd_client_port: int = field(default_factory=servers.free_port)
-    etcd_peer_port: int = field(default_factory=servers.free_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class Replica(harness.cluster.Node):
+    """A replica of the harness, with the bench's load target."""
 
     def target(self, name: str) -> Target:
         return Target(name, self.url, AUTHORIZATION)
 
-    def flags(self) -> list[str]:
-        return [
-            "--data-dir", str(self.data_dir), "--http-addr", f"127.0.0.1:{self.port}",
-            "--etcd-client-port", str(self.etcd_client_port),
-            "--etcd-peer-port", str(self.etcd_peer_port),
-        ]  # fmt: skip
 
-    def pids(self) -> list[int]:
-        """The pids in run/*.pid that are alive and belong to this replica, supervisor first."""
-        files = sorted(
-            (self.data_dir / "run").glob("*.pid"), key=lambda f: (f.name != "moorage.pid", f.name)
-        )
-        found = []
-        for pid_file in files:
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(pid_file.read_text())
-                if servers._alive(pid) and str(self.data_dir) in _cmdline(pid):
-                    found.append(pid)
-        return found
+class Cluster(harness.cluster.Cluster):
+    """The harness's cluster under `root/name`, with quiet logs and the bench's replicas."""
 
-    def kill(self) -> int:
-        """SIGKILL every process of the replica; the supervisor first, so no worker respawns."""
-        pids = self.pids()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return len(pids)
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            text = (self.data_dir / "logs" / "moorage.log").read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
-
-
-class Cluster:
-    """Replicas of one cluster, built and stopped with the `moorage` commands."""
+    node_class = Replica
 
     def __init__(self, root: Path, name: str, env: dict[str, str] | None = None) -> None:
-        self.root = root.resolve() / name
+        super().__init__(root.resolve() / name, env={"MOORAGE_LOG_LEVEL": "WARNING", **(env or {})})
         self.name = name
-        self.storage = self.root / "blobs"
-        self.replicas: list[Replica] = []
-        self.env = {k: v for k, v in os.environ.items() if k != "MOORAGE_ADMIN_PASSWORD"}
-        self.env.update({"MOORAGE_PASSWORD": PASSWORD, "MOORAGE_LOG_LEVEL": "WARNING"})
-        self.env.update(env or {})
 
-    def moorage(self, *args: str, timeout: float = 180.0, ok: tuple[int, ...] = (0,)) -> str:
-        out = subprocess.run(
-            [_python(), "-m", "moorage", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            check=False,
-        )
-        if out.returncode not in ok:
-            raise RuntimeError(
-                f"moorage {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-            )
-        return out.stdout
+    @property
+    def replicas(self) -> list[Replica]:
+        return [n for n in self.nodes if isinstance(n, Replica)]
 
-    def urls(self) -> str:
-        return ",".join(r.url for r in self.replicas)
-
-    def install(self) -> Replica:
-        replica = Replica(self.root / "r0")
-        self.replicas.append(replica)
-        self.moorage(
-            "install", *replica.flags(), "--storage", str(self.storage),
-            "--admin-password", PASSWORD, "--json",
-        )  # fmt: skip
-        return replica
-
-    def join(self) -> Replica:
-        replica = Replica(self.root / f"r{len(self.replicas)}")
-        self.replicas.append(replica)
-        self.moorage("join", "--existing", self.replicas[0].url, *replica.flags(), "--json")
-        return replica
+    def moorage(self, *args: str, timeout: float = 180.0) -> str:
+        """Run `moorage ARGS`; its stdout (raises when it fails)."""
+        return self.cli(*args, timeout=timeout).stdout
 
     @classmethod
     def build(cls, root: Path, name: str, size: int, env: dict[str, str] | None = None) -> Cluster:
@@ -168,34 +83,17 @@ class Cluster:
                 cluster.wait_healthy()
         except BaseException:
             cluster.log_tails()
-            cluster.stop()
+            cluster.shutdown()
             raise
         return cluster
 
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(
-            # status exits by scenario: 0 healthy, 10-13 the failure scenarios.
-            self.moorage(
-                "status", "--existing", self.urls(), "--json", timeout=60, ok=(0, 10, 11, 12, 13)
-            )
-        )
-        return doc
-
     def wait_healthy(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        scenario = "?"
-        while time.monotonic() < deadline:
-            with contextlib.suppress(RuntimeError, ValueError):
-                scenario = self.status()["scenario"]
-                if scenario == "healthy":
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name}: status never became healthy (last: {scenario})")
+        self.wait_status("healthy", timeout=timeout)
 
-    def leader(self) -> Replica:
-        doc = self.status()
-        url = next(r["url"] for r in doc["replicas"] if r["leader"])
-        return next(r for r in self.replicas if r.url == url)
+    def leader_replica(self) -> Replica:
+        leader = self.leader()
+        assert isinstance(leader, Replica)
+        return leader
 
     def restart(self, replica: Replica) -> None:
         """Bring a killed replica back with `moorage start` and wait for a healthy cluster."""
@@ -204,15 +102,8 @@ class Cluster:
         self.wait_healthy()
 
     def log_tails(self) -> None:
-        for replica in self.replicas:
+        for replica in self.nodes:
             _log(f"--- {self.name} {replica.data_dir} log ---\n{replica.log_tail()}")
-
-    def stop(self) -> None:
-        for replica in self.replicas:
-            if (replica.data_dir / "moorage.json").exists():
-                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                    self.moorage("stop", "--data-dir", str(replica.data_dir), timeout=90)
-            replica.kill()
 
 
 @contextlib.contextmanager
@@ -227,7 +118,7 @@ def running(
         cluster.log_tails()
         raise
     finally:
-        cluster.stop()
+        cluster.shutdown()
 
 
 # measurements
@@ -468,7 +359,7 @@ def run(
             for rep in range(plan.failovers):
                 if rep:
                     cluster.wait_healthy()
-                victim = cluster.leader()
+                victim = cluster.leader_replica()
                 survivors = [r.target(r.data_dir.name) for r in cluster.replicas if r is not victim]
                 found = uvloop.run(
                     failover_once(

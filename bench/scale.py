@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -41,16 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
+from harness.process import REPO_ROOT, CommandFailed
+
 from bench._http import Connection, HttpError
-from bench.cluster import Cluster, Replica, running
+from bench.cluster import AUTHORIZATION, Cluster, Replica, running
 from bench.report import machine_info
 
 CONCURRENCY = 32
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
-RESULTS = servers.REPO_ROOT / "bench" / "results"
+RESULTS = REPO_ROOT / "bench" / "results"
 BIG = "scale/big"
 
 
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace, root: Path) -> Report:
     env = {"MOORAGE_LOG_LEVEL": "WARNING"}
     with running(root, "scale", 3, env) as cluster:
         urls = [r.url for r in cluster.replicas]
-        auth = f"Basic {_basic()}"
+        auth = AUTHORIZATION
         loop = asyncio.new_event_loop()
         try:
             fill_start = time.monotonic()
@@ -285,10 +285,6 @@ def run(args: argparse.Namespace, root: Path) -> Report:
         finally:
             loop.close()
     return report
-
-
-def _basic() -> str:
-    return base64.b64encode(f"admin:{servers.ADMIN_PASSWORD}".encode()).decode()
 
 
 async def _reads(report: Report, url: str, auth: str, args: argparse.Namespace) -> None:
@@ -338,7 +334,7 @@ async def _delete(
 
 def _count(url: str, args: argparse.Namespace) -> str:
     async def count() -> tuple[int, int]:
-        conn = Connection(url, f"Basic {_basic()}")
+        conn = Connection(url, AUTHORIZATION)
         try:
             repos, _ = await _walk(conn, "/v2/_catalog?n=1000", "repositories")
             tags, _ = await _walk(conn, f"/v2/{BIG}/tags/list?n=1000", "tags")
@@ -382,10 +378,10 @@ def _admin(report: Report, cluster: Cluster, root: Path, args: argparse.Namespac
         s.detail = f"replayed {doc['result']['journal_replayed']['applied']} journal entries"
     with report.timed("count on the repaired replica") as s:
         s.detail = _count(r0.url, args)
-    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+    with contextlib.suppress(CommandFailed, subprocess.TimeoutExpired):
         cluster.moorage("stop", "--data-dir", str(r0.data_dir), timeout=120)
-    restored = Replica(cluster.root / "restored")
-    cluster.replicas.append(restored)
+    restored = Replica(cluster.root, "restored")
+    cluster.nodes.append(restored)
     with report.timed("moorage restore (into a new replica, shared storage)") as s:
         cluster.moorage(
             "restore", "--yes", "--in", str(archive), *restored.flags(), "--storage",
@@ -400,7 +396,7 @@ def markdown(report: Report) -> str:
     lines = [
         "# Moorage at scale",
         "",
-        *(line for line in machine_info(servers.REPO_ROOT) if "Distribution" not in line),
+        *(line for line in machine_info(REPO_ROOT) if "Distribution" not in line),
         f"- filled: {a['tags']} tags in {a['repos']} repositories, plus {BIG} with "
         f"{a['big_tags']} tags and one manifest with {a['alias_tags']} more tags; "
         f"{report.fill_seconds:.0f} s through the API ({report.fill_rate:.0f} tags/s, "

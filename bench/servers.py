@@ -6,7 +6,6 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,19 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from harness.process import (
+    ADMIN_PASSWORD,
+    REPO_ROOT,
+    alive,
+    free_port,
+    log_tail,
+    moorage_cmd,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
-ADMIN_PASSWORD = "bench-admin-password"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def descendants(root: int) -> list[int]:
@@ -139,9 +137,7 @@ class Server:
         return sum(_cpu_seconds(pid) for pid in self.tree())
 
     def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the root pid; SIGKILL to the pids of its tree if it does not exit."""
@@ -159,29 +155,17 @@ class Server:
             self.proc.wait()
         for pid in tree:  # children that outlived the parent (etcd runs in its own session)
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def moorage(tmp: Path, workers: int | None) -> Server:
-    python = REPO_ROOT / ".venv" / "bin" / "python"
     port, client_port, peer_port = free_port(), free_port(), free_port()
     argv = [
-        str(python if python.exists() else sys.executable),
-        "-m",
-        "moorage",
-        "run",
+        *moorage_cmd("run"),
         "--data-dir",
         str(tmp / "moorage"),
         "--http-addr",

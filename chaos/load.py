@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+from harness.process import AUTH
 
-from chaos.cluster import AUTH
 from chaos.images import PushRefused, make_image, push, verify
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from harness.cluster import Cluster, Node
+from harness.netns import NetLab, netns_unavailable
 
-from chaos.cluster import Cluster, Node
 from chaos.load import Ack, Load, missing_tags, verify_all
-from chaos.netns import NetLab, netns_unavailable
 
 SURVIVOR_LAG = 1.5  # seconds the survivors of a majority loss fall behind before it
 SCENARIOS = ("kill-minority", "sigstop", "netcut", "majority-loss", "total-loss")

@@ -1,6 +1,6 @@
 """Network cuts for cluster tests: one network namespace per replica, all on one bridge.
 
-The reusable logic lives in `chaos.netns` (the chaos harness uses it too); this module gives
+The reusable logic lives in `harness.netns` (the chaos harness uses it too); this module gives
 the tests a fixture that builds, and always tears down, a cluster whose replicas each run
 inside their own namespace. Namespaces need root and iproute2 (`make install` brings it);
 without them the fixture fails with the reason rather than skipping the test.
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos.cluster import Cluster
-from chaos.netns import NetLab, Slot, netns_unavailable, run_in_netns
+from harness.cluster import Cluster
+from harness.netns import NetLab, Slot, netns_unavailable, run_in_netns
 
 __all__ = ["NetLab", "Slot", "net_cluster", "run_in_netns"]
 

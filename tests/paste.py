@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from tests.cluster import OCI_MANIFEST, sha256
-from tests.conftest import ADMIN_PASSWORD, AUTH, free_port
+from tests.cluster import ADMIN_PASSWORD, AUTH, free_port
 
 SHAPES_FILE = Path(__file__).with_name("paste_shapes.json")
 # MOORAGE_PASTE_RECORD=1: the paste tests rewrite SHAPES_FILE with what they saw.

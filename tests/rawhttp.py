@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.conftest import AUTH
+from harness.process import AUTH
 
 BASIC = b"Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode())
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from harness.process import AUTH
+from harness.replica import Replica
 
 from moorage.auth.basic import BasicAuthenticator, parse_basic
 from moorage.auth.passwords import hash_password
@@ -26,7 +28,6 @@ from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
-from tests.conftest import AUTH, Replica
 
 # -- in-process: the authenticator against an in-memory store -----------------------------
 
@@ -300,10 +301,10 @@ def test_malformed_authorization_is_401(replica: Replica) -> None:
     ]
     with _from(replica, "127.0.0.1", None) as c:
         for value in raw:
-            resp = c.get("/v2/", headers={"Authorization": value})
+            resp = c.get("/v2/", headers={b"Authorization": value})
             _assert_envelope(resp, 401, "UNAUTHORIZED")
             assert resp.headers["www-authenticate"].startswith("Basic ")
-            resp = c.get("/api/v0/cluster/status", headers={"Authorization": value})
+            resp = c.get("/api/v0/cluster/status", headers={b"Authorization": value})
             assert resp.status_code == 401, (value, resp.text)
 
 

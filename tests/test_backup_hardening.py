@@ -15,13 +15,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.process import ADMIN_PASSWORD
 
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
 from moorage.recovery import backup
 from moorage.recovery.client import AdminClient
-from tests.cluster import OCI_MANIFEST, Cluster, Node, moorage, pull_image, push_image, sha256
-from tests.conftest import ADMIN_PASSWORD
+from tests.cluster import (
+    ADMIN_PASSWORD,
+    OCI_MANIFEST,
+    Cluster,
+    Node,
+    moorage,
+    pull_image,
+    push_image,
+    sha256,
+)
 from tests.test_backup_format import FORMAT_1
 
 
@@ -209,7 +218,7 @@ def test_tampered_and_malformed_archives_are_refused(cluster: Cluster) -> None:
     import os
     import subprocess
 
-    from tests.conftest import moorage_cmd
+    from harness.process import moorage_cmd
 
     small = subprocess.run(
         moorage_cmd("backup", "verify", str(good)), capture_output=True, text=True,

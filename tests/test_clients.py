@@ -5,7 +5,6 @@ Images are built offline with umoci into OCI layouts; no network is used beyond 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.process import AUTH
+from harness.replica import Replica
 
-from tests.conftest import AUTH, Replica
+from tests.oci import OCI_MANIFEST, sha256
 
 pytestmark = pytest.mark.clients
 
 CREDS = f"{AUTH[0]}:{AUTH[1]}"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}"
@@ -43,10 +43,6 @@ def run(*args: str) -> str:
 
 def repo_name(prefix: str) -> str:
     return f"clients/{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --- OCI layouts ------------------------------------------------------------------------------

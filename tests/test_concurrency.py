@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import Replica
+from harness.replica import Replica
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from tests.oci import OCI_MANIFEST, image_manifest, sha256
 
 
 def _push_blob(registry: Replica, repo: str, blob: bytes, chunked: bool) -> int:
@@ -122,24 +117,7 @@ def test_many_clients_many_repos(registry: Replica) -> None:
                     != 201
                 ):
                     return False
-            body = json.dumps(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": OCI_MANIFEST,
-                    "config": {
-                        "mediaType": "application/vnd.oci.image.config.v1+json",
-                        "digest": sha256(config),
-                        "size": len(config),
-                    },
-                    "layers": [
-                        {
-                            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                            "digest": sha256(layer),
-                            "size": len(layer),
-                        }
-                    ],
-                }
-            ).encode()
+            body = image_manifest(config, layer)
             if (
                 c.put(
                     f"/v2/{repo}/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST}

@@ -16,9 +16,9 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from harness.process import ADMIN_PASSWORD, moorage_cmd
 
 from tests.cluster import Cluster, Node, moorage, push_image
-from tests.conftest import ADMIN_PASSWORD, moorage_cmd
 
 
 def test_every_option_of_every_command_has_help() -> None:

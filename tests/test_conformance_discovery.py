@@ -16,18 +16,17 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from harness.replica import Replica
 
-from tests.conftest import (
+from tests.datasets import build_datasets, push_dataset
+from tests.legacy_data import LegacyData
+from tests.oci import (
     MT_OCI_IMAGE,
     MT_OCI_INDEX,
-    LegacyData,
-    Replica,
     assert_deleted_or_absent,
     assert_oci_error,
     blob_post_put,
-    build_datasets,
     oci_digest,
-    push_dataset,
     rand_text,
     unique_repo,
 )

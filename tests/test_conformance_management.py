@@ -15,18 +15,17 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from harness.replica import Replica
 
-from tests.conftest import (
+from tests.datasets import build_datasets, push_dataset
+from tests.legacy_data import LegacyData
+from tests.oci import (
     MT_OCI_IMAGE,
     OCI_ERROR_CODES,
-    LegacyData,
-    Replica,
     assert_oci_error,
     blob_delete_atomic,
     blob_post_put,
-    build_datasets,
     oci_digest,
-    push_dataset,
     unique_repo,
 )
 

@@ -15,25 +15,23 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from harness.replica import Replica
 
-from tests.conftest import (
+from tests.datasets import Dataset, build_datasets, push_dataset
+from tests.legacy_data import LegacyData
+from tests.oci import (
     BLOB_PUSHERS,
     MT_OCI_IMAGE,
     OCI_ERROR_CODES,
-    Dataset,
-    LegacyData,
-    Replica,
     assert_deleted_or_absent,
     assert_oci_error,
     blob_delete_atomic,
     blob_get_exists,
     blob_head_exists,
     blob_post_put,
-    build_datasets,
     manifest_get_exists,
     manifest_head_exists,
     oci_digest,
-    push_dataset,
     rand_text,
     unique_repo,
 )

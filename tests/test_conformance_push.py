@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from harness.replica import Replica
 
-from tests.conftest import (
+from tests.datasets import build_datasets, push_dataset
+from tests.legacy_data import LegacyData
+from tests.oci import (
     CHUNK_MIN,
     MT_OCI_CONFIG,
     MT_OCI_IMAGE,
     MT_OCI_INDEX,
     MT_OCTET,
-    LegacyData,
-    Replica,
     assert_deleted_or_absent,
     assert_oci_error,
     blob_delete_atomic,
@@ -36,9 +37,7 @@ from tests.conftest import (
     blob_patch_stream,
     blob_post_only,
     blob_post_put,
-    build_datasets,
     oci_digest,
-    push_dataset,
     unique_repo,
     verify_blob_location,
     verify_digest_header,

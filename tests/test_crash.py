@@ -4,21 +4,17 @@ visible and everything acknowledged survives."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
+from harness.replica import Replica
 
-from tests.conftest import Replica
+from tests.oci import sha256
 
 CHUNK = 1024 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _stalled_body(first: bytes, sent: threading.Event, release: threading.Event) -> Iterator[bytes]:
@@ -28,12 +24,15 @@ def _stalled_body(first: bytes, sent: threading.Event, release: threading.Event)
     yield b"never acknowledged"
 
 
-def _send_then_kill(replica: Replica, request: object) -> None:
+Body = Callable[[bytes], Iterator[bytes]]
+
+
+def _send_then_kill(replica: Replica, request: Callable[[Body], None]) -> None:
     sent, release = threading.Event(), threading.Event()
 
     def run() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            request(lambda first: _stalled_body(first, sent, release))  # type: ignore[operator]
+            request(lambda first: _stalled_body(first, sent, release))
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -66,13 +65,13 @@ def test_kill_mid_upload(fresh_replica: Replica) -> None:
         loc = resp.headers["location"]
 
     # 1. killed while the second chunk is streaming in
-    def patch(body: object) -> None:
+    def patch(body: Body) -> None:
         with r.client() as c:
             c.patch(
                 loc,
                 content=body(second[: CHUNK // 2]),
                 headers={"Content-Type": "application/octet-stream"},
-            )  # type: ignore[operator]
+            )
 
     _send_then_kill(r, patch)
     r.start()
@@ -80,9 +79,9 @@ def test_kill_mid_upload(fresh_replica: Replica) -> None:
     # 2. killed while a monolithic upload is streaming in
     mono = b"m" * (3 * CHUNK)
 
-    def post(body: object) -> None:
+    def post(body: Body) -> None:
         with r.client() as c:
-            c.post(f"/v2/crash/up/blobs/uploads/?digest={sha256(mono)}", content=body(mono[:CHUNK]))  # type: ignore[operator]
+            c.post(f"/v2/crash/up/blobs/uploads/?digest={sha256(mono)}", content=body(mono[:CHUNK]))
 
     _send_then_kill(r, post)
     r.start()

@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+from harness.replica import Replica
 
 from moorage.cluster import fence
 from moorage.cluster.fence import FenceWatch, fence_grace, write_fence
 from moorage.config import DataDir, ReplicaConfig
 from tests.cluster import OCI_MANIFEST
-from tests.conftest import Replica, oci_digest
+from tests.oci import oci_digest
 
 
 def _config(tmp_path: Path, epoch: int = 1) -> ReplicaConfig:

@@ -29,11 +29,12 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import pytest
+from harness.process import AUTH
+from harness.replica import Replica
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import rawhttp
-from tests.conftest import AUTH, Replica
 from tests.rawhttp import Image, RawResponse, assert_pulls_back, push_image
 
 _COMMON = {

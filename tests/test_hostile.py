@@ -13,13 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.replica import Replica
 
 from moorage.errors import DigestInvalid, NameInvalid, StorageUnavailable
 from moorage.oci.digest import parse_digest
 from moorage.oci.names import is_valid_tag, validate_name
 from moorage.storage.journal import Journal, read_entries
 from tests import rawhttp
-from tests.conftest import Replica, unique_repo
+from tests.oci import unique_repo
 from tests.rawhttp import RawResponse, assert_pulls_back, push_image
 
 HUGE = "9" * 5000  # more digits than int() converts (4,300)
@@ -97,8 +98,8 @@ def test_newline_after_a_digest_is_refused(registry: Replica, client: httpx.Clie
 
 def test_newline_after_an_upload_id_is_refused(registry: Replica, client: httpx.Client) -> None:
     repo = unique_repo("hostile")
-    r = client.post(f"/v2/{repo}/blobs/uploads/")
-    location = r.headers["location"]
+    created = client.post(f"/v2/{repo}/blobs/uploads/")
+    location = created.headers["location"]
     data = b"never appended"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     length = [(b"Content-Length", str(len(data)).encode())]

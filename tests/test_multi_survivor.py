@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.process import ADMIN_PASSWORD, moorage_cmd
 
 from moorage.cluster.status import Facts, diagnose
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 from moorage.recovery.emergency import Candidate, check_refusals
 from tests.cluster import Cluster, Node, moorage, pull_image, push_image
-from tests.conftest import ADMIN_PASSWORD, moorage_cmd
 
 
 @pytest.fixture
@@ -213,12 +213,13 @@ def test_status_prints_the_whole_procedure_for_two_survivors() -> None:
     statuses: dict[int, MemberStatus | str] = {m.id: "did not answer" for m in members}
     statuses[4] = MemberStatus(4, 0, 900, 3, False, 50, ())
     statuses[5] = MemberStatus(5, 0, 901, 3, False, 50, ())
+    pings: dict[str, tuple[int, str | None]] = {rid: (0, "refused") for rid in ids[:3]}
+    pings |= {rid: (200, "read-only") for rid in ids[3:]}
     facts = Facts(
         cluster_id="c", epoch=1, members=members, statuses=statuses,
         replicas={rid: rec(rid, i) for i, rid in enumerate(ids)},
         heartbeats={rid: HeartbeatRecord(rid, "", 0.0, False) for rid in ids},
-        pings={rid: (0, "refused") for rid in ids[:3]}
-        | {rid: (200, "read-only") for rid in ids[3:]},
+        pings=pings,
     )  # fmt: skip
     doc = diagnose(facts)
     assert doc["scenario"] == "quorum-lost"

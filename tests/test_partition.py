@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import httpx
-from chaos.cluster import Cluster, Node
 from chaos.images import Image, PushRefused, make_image, push, verify
+from harness.cluster import Cluster, Node
 
 from tests.netns import net_cluster, run_in_netns
 

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from chaos.cluster import Cluster, Node
 from chaos.images import Image, make_image
+from harness.cluster import Cluster, Node
+from harness.process import AUTH
 
 from tests.netns import net_cluster
 from tests.test_partition import check_pull, push_ok, three, try_push, wait_read_only
@@ -101,7 +102,7 @@ def test_fence_stops_the_old_majority_and_loses_no_acknowledged_push(
 
     # The old majority's admin API refuses too.
     for node in majority:
-        with httpx.Client(base_url=node.url, auth=("admin", "chaos-admin-password")) as c:
+        with httpx.Client(base_url=node.url, auth=AUTH) as c:
             refused = c.put("/v2/fence/app/manifests/x", content=before.manifest, headers={
                 "Content-Type": "application/vnd.oci.image.manifest.v1+json"
             })  # fmt: skip

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import ADMIN_PASSWORD, Replica, free_port, moorage_cmd
+from harness.process import ADMIN_PASSWORD, free_port, moorage_cmd
+from harness.replica import Replica
 
 
 def _cmdline(pid: int) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.replica import Replica
 
 from moorage.meta import etcd as etcd_module
 from moorage.meta import keys
@@ -27,7 +28,6 @@ from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import ManifestRecord
 from moorage.registry import discovery as discovery_module
 from moorage.registry.discovery import Discovery
-from tests.conftest import Replica
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

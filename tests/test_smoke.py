@@ -6,8 +6,7 @@ import hashlib
 import time
 
 import httpx
-
-from tests.conftest import Replica
+from harness.replica import Replica
 
 
 def test_ping_and_health(client: httpx.Client) -> None:

@@ -45,7 +45,7 @@ from moorage.meta.snapshot import (
     to_kv,
 )
 from moorage.oci import mediatypes as mt
-from tests.conftest import free_port
+from harness.process import free_port
 
 D = [f"sha256:{c * 64}" for c in "0123456789abcdef"]
 Case = Callable[[ClusterStore], Awaitable[None]]

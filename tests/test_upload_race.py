@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import http.client
 import os
 import socket
@@ -25,14 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.process import AUTH
+from harness.replica import Replica
 
 from moorage.errors import BlobUploadUnknown, UploadBusy
 from moorage.storage.filesystem import FilesystemStorage
-from tests.conftest import AUTH, Replica
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from tests.oci import sha256
 
 
 @dataclass

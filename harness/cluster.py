@@ -9,32 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from chaos.netns import NetLab, Slot
-
-ADMIN_PASSWORD = "chaos-admin-password"
-AUTH = ("admin", ADMIN_PASSWORD)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class CommandFailed(AssertionError):
-    """A `moorage` command exited with an error."""
+from harness.netns import NetLab, Slot
+from harness.process import (
+    AUTH,
+    STATUS_EXIT_CODES,
+    CommandFailed,
+    free_port,
+    log_tail,
+    moorage,
+    pid_files,
+    signal_pids,
+)
 
 
 class Node:
@@ -68,22 +62,20 @@ class Node:
         return out
 
     def pids(self) -> list[int]:
-        out = []
-        for f in (self.data_dir / "run").glob("*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                out.append(int(f.read_text()))
-        return out
+        """The pids of the replica's `run/*.pid` files, the supervisor first."""
+        return list(pid_files(self.data_dir).values())
 
-    def signal(self, sig: signal.Signals) -> None:
+    def signal(self, sig: signal.Signals) -> int:
+        """Send `sig` to the replica's live processes; how many were signalled."""
         # The supervisor first: SIGKILLed after a worker, it could fork a replacement.
-        pids = self.pids()
-        supervisor = self.data_dir / "run" / "moorage.pid"
-        with contextlib.suppress(ValueError, OSError):
-            first = int(supervisor.read_text())
-            pids.sort(key=lambda p: p != first)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        return signal_pids(self.pids(), sig)
+
+    def kill(self) -> int:
+        """SIGKILL every process of the replica listed in its pid files; how many."""
+        return self.signal(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.data_dir / "logs" / "moorage.log", lines)
 
     def client(self, timeout: float = 30) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=AUTH, timeout=timeout)
@@ -93,12 +85,19 @@ class Node:
 
 
 class Cluster:
-    """Replicas under `root`, sharing the blob storage `root/blobs`."""
+    """Replicas under `root`, sharing the blob storage `root/blobs`.
 
-    def __init__(self, root: Path, lab: NetLab | None = None) -> None:
+    `env` is added to every command's environment; `node_class` makes the nodes."""
+
+    node_class: type[Node] = Node
+
+    def __init__(
+        self, root: Path, lab: NetLab | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.root = root
         self.storage = root / "blobs"
         self.lab = lab
+        self.env = dict(env or {})
         self.nodes: list[Node] = []
         self.retired: list[Node] = []  # replicas taken out (destroyed); still cleaned up
         self._names = 0
@@ -109,19 +108,12 @@ class Cluster:
         self, *args: str, node: Node | None = None, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run `moorage ARGS` (inside `node`'s namespace when it has one)."""
-        env = dict(os.environ, MOORAGE_PASSWORD=ADMIN_PASSWORD)
-        env.pop("MOORAGE_ADMIN_PASSWORD", None)
-        cmd = [*(node.prefix() if node else []), sys.executable, "-m", "moorage", *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if check and out.returncode != 0:
-            raise CommandFailed(
-                f"moorage {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-            )
-        return out
+        prefix = node.prefix() if node else []
+        return moorage(*args, check=check, timeout=timeout, prefix=prefix, env=self.env)
 
     def new_node(self) -> Node:
         slot = self.lab.add() if self.lab is not None else None
-        node = Node(self.root, f"r{self._names}", slot)
+        node = self.node_class(self.root, f"r{self._names}", slot)
         self._names += 1
         return node
 
@@ -130,32 +122,39 @@ class Cluster:
         doc = json.loads(
             self.cli(
                 "install", *node.flags(), "--storage", str(self.storage),
-                "--admin-password", ADMIN_PASSWORD, "--json", node=node,
+                "--admin-password", AUTH[1], "--json", node=node,
             ).stdout
         )  # fmt: skip
         node.replica_id = doc["replica_id"]
         self.nodes.append(node)
         return node
 
-    def join(self, via: Node | None = None, attempts: int = 3) -> Node:
+    def join(self, via: Node | None = None, unsafe: bool = False, attempts: int = 3) -> Node:
         """Join a new replica through `via` (default: the first node); etcd refuses a member
         change for a few seconds after the previous one, so a refusal is retried."""
         node = self.new_node()
-        via = via or self.nodes[0]
-        last = ""
+        errors: list[str] = []
         for _ in range(attempts):
-            out = self.cli(
-                "join", "--existing", via.url, *node.flags(), "--json", node=node, check=False
-            )
+            out = self.join_raw(node, via, unsafe)
             if out.returncode == 0:
                 node.replica_id = json.loads(out.stdout)["replica_id"]
                 self.nodes.append(node)
                 return node
-            last = out.stderr
+            errors.append(f"exit {out.returncode}: {out.stderr.strip()}")
             self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
             time.sleep(2)
         self.retired.append(node)
-        raise CommandFailed(f"join of {node.name} failed: {last}")
+        raise CommandFailed(f"join of {node.name} failed:\n" + "\n".join(errors))
+
+    def join_raw(
+        self, node: Node, via: Node | None = None, unsafe: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """One `moorage join` of `node` through `via`, whatever its outcome."""
+        via = via or self.nodes[0]
+        extra = ["--unsafe-join"] if unsafe else []
+        return self.cli(
+            "join", "--existing", via.url, *node.flags(), "--json", *extra, node=node, check=False
+        )
 
     def start(self, node: Node) -> None:
         self.cli("start", "--data-dir", str(node.data_dir), node=node)
@@ -166,7 +165,7 @@ class Cluster:
 
     def kill(self, node: Node) -> None:
         """SIGKILL every process of the replica (supervisor, API workers, etcd)."""
-        node.signal(signal.SIGKILL)
+        node.kill()
         if self.lab is not None and node.slot is not None:
             self.lab.kill_all(node.slot)
 
@@ -183,13 +182,17 @@ class Cluster:
         return ",".join(n.url for n in (nodes or self.nodes))
 
     def status(self, nodes: list[Node] | None = None) -> dict[str, Any]:
+        """`moorage status --json` of `nodes` (default: all); its exit code must match the
+        scenario it reports."""
         out = self.cli("status", "--existing", self.urls(nodes), "--json", timeout=120, check=False)
-        # status exits by scenario (0 healthy, 10-14); anything else is a failure.
-        if out.returncode not in (0, 10, 11, 12, 13, 14):  # 14: starting
+        if out.returncode not in STATUS_EXIT_CODES.values():
             raise CommandFailed(
                 f"moorage status failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
             )
-        return json.loads(out.stdout)  # type: ignore[no-any-return]
+        doc: dict[str, Any] = json.loads(out.stdout)
+        # A plain AssertionError, not CommandFailed: wait_status must not retry past it.
+        assert out.returncode == STATUS_EXIT_CODES[doc["scenario"]], (out.returncode, doc)
+        return doc
 
     def wait_status(
         self,
@@ -232,6 +235,6 @@ class Cluster:
                         "stop", "--data-dir", str(node.data_dir), node=node, check=False,
                         timeout=60,
                     )  # fmt: skip
-            node.signal(signal.SIGKILL)
+            node.kill()
         if self.lab is not None:
             self.lab.close()
