@@ -63,7 +63,7 @@ def test_replica_certificate_sans_ip_and_dns(authority: pki.CertificateAuthority
     cert = pki.sign_csr(authority, csr, "abc123", hosts, now=NOW)
     sans = ext(cert, x509.SubjectAlternativeName).value
     assert isinstance(sans, x509.SubjectAlternativeName)
-    assert sans.get_values_for_type(x509.DNSName) == ["registry.example.com"]
+    assert sans.get_values_for_type(x509.DNSName) == ["registry.example.com", pki.CLUSTER_SAN]
     assert sans.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("10.0.0.7"),
         ipaddress.ip_address("::1"),
@@ -105,7 +105,7 @@ def test_csr_may_ask_for_fewer_sans_but_gets_exactly_the_allowed(
     cert = pki.sign_csr(authority, csr, "r1", ["10.0.0.1", "node1"], now=NOW)
     sans = ext(cert, x509.SubjectAlternativeName).value
     assert isinstance(sans, x509.SubjectAlternativeName)
-    assert [str(v.value) for v in sans] == ["10.0.0.1", "node1"]
+    assert [str(v.value) for v in sans] == ["10.0.0.1", "node1", pki.CLUSTER_SAN]
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,8 @@ def test_refuses_csr_with_another_cn(authority: pki.CertificateAuthority) -> Non
     csr = pki.make_csr(pki.generate_key(), "someone-else", ["10.0.0.1"])
     with pytest.raises(pki.CertificateRefused, match="only CN=moorage-replica-r1"):
         pki.sign_csr(authority, csr, "r1", ["10.0.0.1"], now=NOW)
+    with pytest.raises(pki.CertificateRefused, match="no host"):
+        pki.sign_csr(authority, csr, "someone-else", [" "], now=NOW)
 
 
 def _csr(
@@ -186,7 +188,7 @@ def test_expiry_summary(authority: pki.CertificateAuthority) -> None:
     cert = pki.sign_csr(authority, csr, "r1", ["10.0.0.1", "node1"], now=NOW)
     fresh = pki.summary(cert, now=NOW)
     assert fresh.subject == "CN=moorage-replica-r1"
-    assert fresh.sans == ("10.0.0.1", "node1")
+    assert fresh.sans == ("10.0.0.1", "node1", pki.CLUSTER_SAN)
     assert not fresh.is_ca
     assert fresh.days_left == pki.REPLICA_DAYS - 1  # backdated by minutes: 89 full days
     assert not fresh.expiring

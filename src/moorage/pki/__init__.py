@@ -5,6 +5,7 @@ Nothing calls it yet; docs/tls.md says what remains to wire.
 """
 
 from moorage.pki.ca import (
+    CLUSTER_SAN,
     REPLICA_DAYS,
     WARN_DAYS,
     CertificateAuthority,
@@ -25,6 +26,7 @@ from moorage.pki.ca import (
 from moorage.pki.files import TlsDir
 
 __all__ = [
+    "CLUSTER_SAN",
     "REPLICA_DAYS",
     "WARN_DAYS",
     "CertSummary",

@@ -14,7 +14,8 @@ Certificates
   of `moorage status` leave two months to act), BasicConstraints(ca=False) critical,
   KeyUsage(digital_signature) critical, ExtendedKeyUsage(serverAuth, clientAuth) (etcd uses the
   same certificate for its client listener, its peer listener and for dialing peers; Moorage's
-  etcd client presents it too), SubjectAlternativeName, AuthorityKeyIdentifier, SKI.
+  etcd client presents it too), SubjectAlternativeName (the hosts, plus `CLUSTER_SAN`),
+  AuthorityKeyIdentifier, SKI.
   Subject `CN=moorage-replica-<replica id>`.
 * The CA signs only what its caller tells it: the SANs of the certificate are the hosts the
   caller passes (the replica's HTTP host and etcd host, from the cluster's own record of the
@@ -57,7 +58,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -76,6 +77,12 @@ WARN_DAYS = 30
 #: signer's accepts them at once.
 BACKDATE = datetime.timedelta(minutes=5)
 CN_PREFIX = "moorage-replica-"
+#: A DNS SAN every replica certificate carries besides its hosts. Moorage's etcd client dials
+#: several members through one gRPC target (`ipv4:a:p,b:p`); gRPC then checks the server's
+#: certificate against that whole target string, which no certificate can match, so the client
+#: sets `grpc.ssl_target_name_override` to this name (tests/test_pki_etcd.py shows both).
+#: Every replica is an equally trusted etcd server, so a shared name grants nothing new.
+CLUSTER_SAN = "moorage-cluster"
 SECRET_BYTES = 32
 _SEAL_VERSION = b"MCK1"
 _HKDF_INFO = b"moorage ca key seal v1"
@@ -227,7 +234,7 @@ def sign_csr(
     ca: CertificateAuthority,
     csr: x509.CertificateSigningRequest,
     replica_id: str,
-    hosts: Iterable[str],
+    hosts: Sequence[str],
     days: int = REPLICA_DAYS,
     now: datetime.datetime | None = None,
 ) -> x509.Certificate:
@@ -241,9 +248,9 @@ def sign_csr(
     public = csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
         raise CertificateRefused("the CSR's key is not ECDSA P-256")
-    allowed = _sans(hosts)
-    if not allowed:
+    if not [h for h in hosts if h.strip()]:
         raise CertificateRefused("no host to certify")
+    allowed = _sans([*hosts, CLUSTER_SAN])
     expected_cn = replica_cn(replica_id)
     subject = csr.subject
     cns = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
