@@ -95,6 +95,22 @@ def test_bracketed_ipv6_and_host_case(authority: pki.CertificateAuthority) -> No
     assert pki.san_for("Node1.Example.COM") == x509.DNSName("node1.example.com")
     with pytest.raises(pki.CertificateRefused):
         pki.san_for(" ")
+    for bad in ("*.example.com", "two words", "a..b", "-lead.example", "x" * 64, "a/b"):
+        with pytest.raises(pki.CertificateRefused, match="not a host name"):
+            pki.san_for(bad)
+    assert pki.san_for("bücher.example") == x509.DNSName("xn--bcher-kva.example")
+
+
+def test_refuses_csr_with_other_kinds_of_san(authority: pki.CertificateAuthority) -> None:
+    cn = x509.NameAttribute(NameOID.COMMON_NAME, "moorage-replica-r1")
+    for extra in (
+        x509.UniformResourceIdentifier("spiffe://moorage/r1"),
+        x509.RFC822Name("root@node1"),
+        x509.DNSName("*.node1"),
+    ):
+        sans = x509.SubjectAlternativeName([x509.DNSName("node1"), extra])
+        with pytest.raises(pki.CertificateRefused, match="not known by"):
+            pki.sign_csr(authority, _csr(pki.generate_key(), [cn], sans), "r1", ["node1"], now=NOW)
 
 
 def test_csr_may_ask_for_fewer_sans_but_gets_exactly_the_allowed(

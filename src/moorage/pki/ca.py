@@ -58,6 +58,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ CN_PREFIX = "moorage-replica-"
 CLUSTER_SAN = "moorage-cluster"
 SECRET_BYTES = 32
 _SEAL_VERSION = b"MCK1"
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _HKDF_INFO = b"moorage ca key seal v1"
 
 
@@ -158,9 +160,13 @@ def san_for(host: str) -> x509.GeneralName:
     except ValueError:
         pass
     try:
-        return x509.DNSName(host.lower().encode("idna").decode("ascii"))
+        name = host.lower().encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise CertificateRefused(f"not a host name: {host!r}") from exc
+        raise CertificateRefused(f"not a host name: {host[:100]!r}") from exc
+    # No wildcards, no spaces, no empty labels: a certificate names exactly one host.
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise CertificateRefused(f"not a host name: {host[:100]!r}")
+    return x509.DNSName(name)
 
 
 def _sans(hosts: Iterable[str]) -> list[x509.GeneralName]:
