@@ -357,6 +357,39 @@ def test_peer_from_another_ca_cannot_join_but_a_cluster_peer_can(
         friend.stop()
 
 
+def test_cluster_certificate_of_another_address_cannot_join_from_here(
+    first: Member, authority: pki.CertificateAuthority, tmp_path: Path
+) -> None:
+    """etcd checks a peer's source address against its certificate's IP SANs: a stolen
+    certificate only works from its own host, and a joiner's etcd host must be the address it
+    dials from (multi-homed hosts: the route's source address)."""
+    root = tmp_path / "elsewhere"
+    tls = TlsDir(root)
+    key, cert = pki.issue_replica(authority, "m3", ["10.9.9.9", "node-elsewhere"])
+    tls.write_key(key)
+    tls.write_cert(cert)
+    tls.write_ca(authority.cert)
+    stranger = Member("m3", root, tls)
+    stranger_id = add_learner(first, stranger)
+    stranger.start(f"{first.name}={first.peer_url},m3={stranger.peer_url}", state="existing")
+    try:
+        assert stranger.proc is not None
+        stranger.proc.wait(60)
+        assert stranger.proc.returncode != 0
+        rejected = [
+            line
+            for line in first.log.read_text().splitlines()
+            if "rejected connection" in line and "10.9.9.9" in line
+        ]
+        assert rejected
+        assert '\\"127.0.0.1\\" does not match' in rejected[0]
+        entry = next(m for m in members(first) if format(m["ID"], "x") == stranger_id)
+        assert not entry.get("name")
+    finally:
+        stranger.stop()
+    assert etcdctl(first.client_url, "member", "remove", stranger_id, tls=first.tls).returncode == 0
+
+
 # --- the cost of mutual TLS -----------------------------------------------------------------
 
 TXNS = 300
