@@ -10,9 +10,11 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +262,17 @@ def test_etcdctl_without_a_cluster_certificate_can_neither_read_nor_write(
     assert plain.returncode != 0
     after = etcdctl(first.client_url, "get", "pki/secret", "--print-value-only", tls=first.tls)
     assert after.stdout == "v1\n"
+
+
+def test_health_check_over_https_with_the_client_context(first: Member) -> None:
+    """What cluster/etcd_process.py's etcd_health must become: urllib with the cluster context."""
+    assert first.tls is not None
+    url = f"{first.client_url}/health"
+    with urllib.request.urlopen(url, timeout=10, context=first.tls.client_context()) as resp:
+        assert json.loads(resp.read())["health"] == "true"
+    no_cert = ssl.create_default_context(cafile=str(first.tls.ca_cert))
+    with pytest.raises(OSError, match=r"(?i)certificate|handshake|EOF|reset"):
+        urllib.request.urlopen(url, timeout=10, context=no_cert).read()
 
 
 def test_tls_floor_is_1_2(first: Member) -> None:

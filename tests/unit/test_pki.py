@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import ssl
 import stat
 from pathlib import Path
 
@@ -319,3 +320,22 @@ def test_tls_dir_tightens_a_loose_directory_and_replaces_files(
     tls.write_key(second)
     assert tls.read_key().private_numbers() == second.private_numbers()
     assert mode(tls.key) == 0o600
+
+
+def test_ssl_contexts(tmp_path: Path, authority: pki.CertificateAuthority) -> None:
+    tls = TlsDir(tmp_path)
+    key, cert = pki.issue_replica(authority, "r1", ["127.0.0.1"])
+    tls.write_ca(authority.cert)
+    tls.write_key(key)
+    tls.write_cert(cert)
+    client = tls.client_context()
+    assert client.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert client.verify_mode == ssl.CERT_REQUIRED
+    assert client.check_hostname
+    assert client.get_ca_certs(binary_form=True) == [
+        authority.cert.public_bytes(serialization.Encoding.DER)
+    ]
+    internal = tls.server_context(require_client_cert=True)
+    assert internal.verify_mode == ssl.CERT_REQUIRED
+    assert internal.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert tls.server_context().verify_mode == ssl.CERT_NONE

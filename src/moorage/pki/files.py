@@ -14,6 +14,7 @@ of an unusual umask), written, fsynced and renamed over the old one; the directo
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,25 @@ class TlsDir:
         in the order of grpc.ssl_channel_credentials(root_certificates, private_key,
         certificate_chain)."""
         return self.ca_cert.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+
+    def client_context(self) -> ssl.SSLContext:
+        """For Python HTTPS clients of the cluster (etcd's /health and /version, replica to
+        replica): trusts only the cluster CA, presents this replica's certificate, TLS 1.2+.
+        Host names are checked; dial an address the certificate names (e.g. 127.0.0.1, which
+        every replica certificate should carry for its loopback listener)."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_cert))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        return ctx
+
+    def server_context(self, require_client_cert: bool = False) -> ssl.SSLContext:
+        """For a server with this replica's certificate, TLS 1.2+; with `require_client_cert`,
+        only clients holding a cluster certificate get in (internal endpoints)."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_cert))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+        return ctx
 
     def etcd_args(self) -> list[str]:
         """etcd's flags for mutual TLS on both planes with this directory's files.
