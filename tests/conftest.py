@@ -1,4 +1,5 @@
-"""Fixtures (and the hook that sorts tests into tiers) only: real Moorage replicas (each with its own etcd) on 127.0.0.1.
+"""Fixtures only (and the hook that sorts tests into tiers): real Moorage replicas, each
+with its own etcd, on 127.0.0.1.
 
 The harness that runs them is the `harness` package; OCI request helpers are in tests/oci.py
 and the conformance data sets in tests/datasets.py. Every process is started by the test and
@@ -15,7 +16,6 @@ import httpx
 import pytest
 from harness.process import signal_pids
 from harness.replica import Replica
-
 
 # -- test tiers (markers registered in pyproject.toml; `make test-fast` runs `-m unit`) ----------
 # A test's tier comes from its file: tests/unit/ is `unit`, a file listed here has the tier

@@ -31,8 +31,7 @@ from typing import Any
 
 import httpx
 
-from tests.cluster import OCI_MANIFEST, sha256
-from tests.cluster import ADMIN_PASSWORD, AUTH, free_port
+from tests.cluster import ADMIN_PASSWORD, AUTH, OCI_MANIFEST, free_port, sha256
 
 SHAPES_FILE = Path(__file__).with_name("paste_shapes.json")
 # MOORAGE_PASTE_RECORD=1: the paste tests rewrite SHAPES_FILE with what they saw.

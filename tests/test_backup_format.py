@@ -4,7 +4,6 @@ turn into the same typed records as format 2; both count blobs and manifests apa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tarfile
 from pathlib import Path
@@ -70,9 +69,11 @@ def test_format_1_rewritten_as_format_2(tmp_path: Path) -> None:
     assert read_header(out)["version"] == FORMAT_VERSION == 2
     report = verify(out)
     assert report["ok"] is True, report["problems"]
-    with tarfile.open(out, "r:") as tar, contextlib.closing(tar.extractfile("metadata.json")) as f:
+    with tarfile.open(out, "r:") as tar:
+        f = tar.extractfile("metadata.json")
         assert f is not None
-        doc = json.loads(f.read())
+        with f:
+            doc = json.loads(f.read())
     assert "kvs" not in doc
     assert b"/moorage/" not in json.dumps(doc).encode()
     assert {r["kind"] for r in doc["records"]} >= {"tag", "manifest", "blob_link", "referrer"}

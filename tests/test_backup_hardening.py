@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness.process import ADMIN_PASSWORD
 
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt

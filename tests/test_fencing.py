@@ -14,6 +14,7 @@ from harness.replica import Replica
 from moorage.cluster import fence
 from moorage.cluster.fence import FenceWatch, fence_grace, write_fence
 from moorage.config import DataDir, ReplicaConfig
+from moorage.meta.records import FenceRecord
 from tests.cluster import OCI_MANIFEST
 from tests.oci import oci_digest
 
@@ -37,7 +38,7 @@ def test_fence_watch_reads_the_marker_only_when_it_changes(
     reads: list[str] = []
     real = fence.read_fence
 
-    def counting(storage: str | Path) -> dict[str, object] | None:
+    def counting(storage: str | Path) -> FenceRecord | None:
         reads.append(str(storage))
         return real(storage)
 

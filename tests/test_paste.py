@@ -273,7 +273,7 @@ def test_status_joins_until_the_cluster_has_its_size_before_an_emergency_repair(
     """Five replicas, three lost, repaired: at 3 of 3 healthy the cluster survives 1 failure,
     not the 2 it did; status must not say `nothing to do` before it has 5 voting members."""
     from moorage.cluster.status import diagnose
-    from tests.test_guidance import healthy_facts
+    from tests.unit.test_guidance import healthy_facts
 
     for voters, size, joins in ((3, 5, 2), (4, 5, 1), (5, 5, 0), (3, 0, 0), (2, 0, 1), (1, 3, 2)):
         facts = healthy_facts(voters)
@@ -297,7 +297,7 @@ def test_a_replica_whose_api_has_not_seen_the_quorum_return_is_starting_not_remo
     """Right after quorum came back, a survivor's etcd member follows the leader and is up to
     date, but its API still reports the quorum lost: status printed `remove` for it."""
     from moorage.cluster.status import diagnose
-    from tests.test_guidance import healthy_facts
+    from tests.unit.test_guidance import healthy_facts
 
     facts = healthy_facts(3)
     rid = "2" * 12

@@ -24,11 +24,10 @@ import aetcd
 import grpc
 import pytest
 from aetcd import rpc
+from harness.process import free_port
 
 from moorage.pki import ca as pki
 from moorage.pki.files import TlsDir
-
-from .conftest import free_port
 
 ETCD = "etcd"
 ETCDCTL = "etcdctl"

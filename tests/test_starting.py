@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -348,7 +348,7 @@ def test_status_text_rows_say_starting() -> None:
     facts.pings["3" * 12] = (503, "store not ready")
     del facts.heartbeats["3" * 12]
     doc = diagnose(facts)
-    text = status_text(cast(dict[str, Any], doc))
+    text = status_text(doc)
     assert "starting: raft index 60, 40 behind the leader's" in text
     assert "UNHEALTHY" not in text
     assert text.splitlines()[-1].startswith("moorage status --existing ")

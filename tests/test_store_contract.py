@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.process import free_port
 
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import read_fence, write_fence
@@ -34,6 +35,7 @@ from moorage.meta.records import (
 from moorage.meta.snapshot import (
     BlobLinkEntry,
     ClusterEntry,
+    Entry,
     ManifestEntry,
     ReferrerEntry,
     RepoEntry,
@@ -45,7 +47,6 @@ from moorage.meta.snapshot import (
     to_kv,
 )
 from moorage.oci import mediatypes as mt
-from harness.process import free_port
 
 D = [f"sha256:{c * 64}" for c in "0123456789abcdef"]
 Case = Callable[[ClusterStore], Awaitable[None]]
@@ -283,7 +284,7 @@ def test_snapshot_holds_typed_records_and_loads_back(run: Callable[[Case], None]
 
 
 def test_every_entry_has_one_key_and_back() -> None:
-    entries = [
+    entries: list[Entry] = [
         RepoEntry("a/b"),
         TagEntry("a/b", "v1", _manifest(D[3]).tag_record()),
         ManifestEntry("a/b", _manifest(D[3], D[2])),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from moorage.cluster.status import Facts, diagnose
 from moorage.config import DataDir, ReplicaConfig
@@ -76,8 +77,8 @@ class _Unreachable:
         raise ClusterUnreachable("no replica answered: connection refused")
 
 
-def _report(dirs: list[DataDir]) -> tuple[dict[str, object], str]:
-    from typing import Any, cast
+def _report(dirs: list[DataDir]) -> tuple[dict[str, Any], str]:
+    from typing import cast
 
     from moorage.cli.main import status_text
     from moorage.recovery.client import AdminClient
