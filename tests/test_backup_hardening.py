@@ -406,7 +406,7 @@ def test_format_1_archives_still_inspect_verify_and_restore(cluster: Cluster) ->
     node = Node(cluster.root, "old")
     doc = json.loads(
         moorage(
-            "restore", "--in", str(archive), *node.flags(),
+            "restore", "--yes", "--in", str(archive), *node.flags(),
             "--storage", str(cluster.root / "s"), "--no-replay-journal", "--json",
         ).stdout
     )  # fmt: skip

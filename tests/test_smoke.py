@@ -107,5 +107,5 @@ def test_admin_api_refuses_bad_input_clearly(registry: Replica) -> None:
             assert r.status_code == 400, (path, body, r.status_code, r.text)
             assert r.json()["error"], (path, body, r.text)
         doc = c.get(f"{base}/status").json()
-        assert doc["scenario"] == "healthy"
+        assert doc["scenario"] == "healthy", doc
         assert len(doc["replicas"]) == 1
