@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -19,13 +20,11 @@ from typing import Any
 
 from moorage.cluster.etcd_process import etcd_answers
 from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wait_healthy
+from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
-    DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
-    DEFAULT_ETCD_PEER_PORT,
     DataDir,
-    ReplicaConfig,
     new_replica_id,
 )
 from moorage.errors import MoorageError
@@ -76,14 +75,15 @@ def join(
             f"(moorage destroy --data-dir {data_dir.path} clears it)"
         )
     replica_id = replica_id or new_replica_id()
-    draft = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id="",
+    # storage is the cluster's, set below; the draft serves the address checks and peer URL
+    draft = new_replica_config(
+        data_dir,
+        http_addr,
+        None,
+        etcd_client_port,
+        etcd_peer_port,
+        cluster_id="-",
         replica_id=replica_id,
-        http_addr=http_addr,
-        storage="",
-        etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
-        etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
         etcd_host=etcd_host,
     )
     check_http_addr(draft)
@@ -94,15 +94,10 @@ def join(
         {"replica_id": replica_id, "peer_url": draft.etcd_peer_url, "unsafe": unsafe},
         JOIN_PATIENCE,
     )
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
+    config = dataclasses.replace(
+        draft,
         cluster_id=answer["cluster_id"],
-        replica_id=replica_id,
-        http_addr=http_addr,
         storage=local_storage,
-        etcd_client_port=draft.etcd_client_port,
-        etcd_peer_port=draft.etcd_peer_port,
-        etcd_host=etcd_host,
         etcd_cluster_state="existing",
         etcd_initial_cluster=answer["initial_cluster"],
         etcd_endpoints=tuple(answer["etcd_endpoints"]),

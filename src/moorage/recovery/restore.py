@@ -19,15 +19,12 @@ from typing import Any
 
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.lifecycle import start_background
+from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
-    DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
-    DEFAULT_ETCD_PEER_PORT,
     DataDir,
     ReplicaConfig,
-    new_cluster_id,
-    new_replica_id,
 )
 from moorage.errors import MoorageError
 from moorage.meta.etcd import EtcdCluster
@@ -114,15 +111,8 @@ def restore(
         md = read_metadata(plain, header["version"])
         if md.invalid:  # verify refused these already; never write one into the store
             raise BackupError(f"{archive} holds invalid records: " + "; ".join(md.invalid[:20]))
-        config = ReplicaConfig(
-            data_dir=str(data_dir.path),
-            cluster_id=new_cluster_id(),
-            replica_id=new_replica_id(),
-            http_addr=http_addr,
-            storage=str(storage.resolve()),
-            etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
-            etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
-            etcd_host=etcd_host,
+        config = new_replica_config(
+            data_dir, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host=etcd_host
         )
         check_http_addr(config)
         archives = [Path(a) for a in report["archives"]]

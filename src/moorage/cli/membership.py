@@ -1,0 +1,104 @@
+"""Cluster membership: `join`, `remove`."""
+
+from __future__ import annotations
+
+import click
+
+from moorage.cli.base import Command, emit
+from moorage.cli.confirm import confirm
+from moorage.cli.options import (
+    admin_client,
+    admin_options,
+    check_http_addr,
+    confirm_options,
+    data_dir_option,
+    etcd_host_option,
+    json_option,
+    ports_options,
+)
+from moorage.config import DataDir
+
+
+@click.command(cls=Command)
+@admin_options
+@data_dir_option("New replica.")
+@click.option("--http-addr", required=True, help="Listen address of the new replica, HOST:PORT.")
+@click.option(
+    "--storage",
+    default=None,
+    help="Local path of the cluster's blob storage, if it differs from the cluster's own.",
+)
+@ports_options
+@etcd_host_option
+@click.option(
+    "--unsafe-join",
+    is_flag=True,
+    help="Skip Moorage's checks (quorum, unhealthy replicas); etcd's own still apply.",
+)
+@json_option
+def join(
+    existing: str,
+    username: str,
+    password: str | None,
+    data_dir: str,
+    http_addr: str,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    etcd_host: str,
+    unsafe_join: bool,
+    as_json: bool,
+) -> None:
+    """Add a replica to a running cluster; returns once it is a healthy voting member."""
+    from moorage.recovery.join import join as join_cluster
+
+    client = admin_client(existing, username, password)
+    check_http_addr(http_addr)
+    doc = join_cluster(
+        client,
+        DataDir(data_dir),
+        http_addr,
+        storage,
+        etcd_client_port,
+        etcd_peer_port,
+        unsafe_join,
+        etcd_host=etcd_host,
+    )
+    emit(
+        as_json,
+        doc,
+        f"Replica {doc['replica_id']} joined cluster {doc['cluster_id']}\n"
+        f"  URL:      {doc['url']}\n  data dir: {doc['data_dir']}\n  storage:  {doc['storage']}",
+    )
+
+
+@click.command(cls=Command)
+@admin_options
+@click.option("--replica-id", required=True, help="Replica id(s) to remove, comma-separated.")
+@click.option("--force", is_flag=True, help="Remove even if too few healthy voters would remain.")
+@confirm_options
+@json_option
+def remove(
+    existing: str,
+    username: str,
+    password: str | None,
+    replica_id: str,
+    force: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Take replicas out of the cluster, dead or alive. Prints which replicas go and the
+    membership and quorum after, then asks (--yes, --dry-run)."""
+    from moorage.cli.confirm import remove_text
+    from moorage.recovery import remove as removal
+
+    client = admin_client(existing, username, password)
+    ids = removal.split_ids(replica_id)
+    plan = removal.plan(client, ids, force, existing)
+    confirm("remove", remove_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
+    result = removal.remove(client, ids, force)
+    emit(as_json, result.to_json(), result.text())
+
+
+COMMANDS = [join, remove]

@@ -1,0 +1,352 @@
+"""Recovery: `repair` (one damaged replica), `emergency-repair` (quorum lost), `restore` (all
+replicas lost)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from moorage.cli.base import Command, Failed, emit
+from moorage.cli.confirm import confirm
+from moorage.cli.options import (
+    admin_client,
+    admin_options,
+    check_http_addr,
+    confirm_options,
+    data_dir_option,
+    etcd_host_option,
+    json_option,
+    passphrase,
+    passphrase_option,
+    password_option,
+    ports_options,
+    username_option,
+)
+from moorage.config import DataDir
+from moorage.errors import MoorageError
+
+
+@click.command(cls=Command)
+@admin_options
+@data_dir_option("The replica.")
+@confirm_options
+@json_option
+def repair(
+    existing: str,
+    username: str,
+    password: str | None,
+    data_dir: str,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Rebuild one damaged replica in place (same id and addresses; etcd data wiped and
+    re-synced). Prints what it will wipe and keep, then asks (--yes, --dry-run)."""
+    from moorage.cli.confirm import repair_plan
+    from moorage.recovery.join import repair as repair_replica
+
+    client = admin_client(existing, username, password)
+    d = DataDir(data_dir)
+    plan, text = repair_plan(client.call("GET", "/api/v0/cluster/status"), d)
+    confirm("repair", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
+    doc = repair_replica(client, d)
+    emit(
+        as_json,
+        doc,
+        f"Replica {doc['replica_id']} repaired in place: local store {doc['wiped']} wiped and "
+        f"re-synced from the cluster; serving at {doc['url']}",
+    )
+
+
+@click.command("emergency-repair", cls=Command)
+@data_dir_option("A survivor.")
+@click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
+@click.option("--candidate-dir", default=None, help="Other local data directories to compare.")
+@username_option("Admin user for --existing (or MOORAGE_USERNAME).")
+@password_option("Admin password for --existing (or MOORAGE_PASSWORD).")
+@confirm_options
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Act even though a member answers whose state cannot be compared; never while a "
+    "quorum exists or a more up-to-date survivor is elsewhere.",
+)
+@click.option("--no-replay", is_flag=True, help="Do not replay the journal.")
+@json_option
+def emergency_repair(
+    data_dir: str,
+    existing: str | None,
+    candidate_dir: str | None,
+    username: str,
+    password: str | None,
+    dry_run: bool,
+    yes: bool,
+    force: bool,
+    no_replay: bool,
+    as_json: bool,
+) -> None:
+    """Quorum lost: make a one-replica cluster from the most up-to-date survivor. Prints the
+    plan (candidates compared, what is kept and could be lost), then asks (--yes, --dry-run)."""
+    from moorage.recovery import emergency
+    from moorage.recovery.client import AdminClient, split_urls
+    from moorage.recovery.journal_replay import plan_replay
+
+    client = None
+    urls: list[str] = []
+    if existing:
+        urls = split_urls(existing)
+        client = AdminClient(urls, username, password or "")
+    dirs = [DataDir(p) for p in (candidate_dir or "").split(",") if p.strip()]
+    doc = emergency.plan(DataDir(data_dir), dirs, client, urls)
+    best = doc["_best"]
+    problems = emergency.check_refusals(doc, force)
+    replay = None
+    if best.data_dir is not None and not no_replay:
+        cfg = best.data_dir.load()
+        replay = plan_replay(cfg.storage, cfg.cluster_id, (cfg.epoch, best.revision or 0)).summary()
+    public = {k: v for k, v in doc.items() if not k.startswith("_")}
+    public["journal_replay"] = replay
+    public["refused"] = problems
+    public["command"] = "emergency-repair"
+    if problems:
+        click.echo(json.dumps(public, indent=2) if as_json else _describe_plan(public))
+        raise Failed("emergency repair refused:\n  " + "\n  ".join(problems))
+    confirm(
+        "emergency-repair",
+        _describe_plan(public),
+        public,
+        yes=yes,
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+    try:
+        result = emergency.execute(doc, replay=not no_replay)
+    except MoorageError as exc:
+        raise Failed(f"emergency repair failed: {exc}") from None
+    public["result"] = result
+    text = [
+        f"Replica {result['replica_id']} is now a one-replica cluster (epoch "
+        f"{result['epoch']}) at {result['url']} and accepts writes; journal entries replayed: "
+        f"{result['journal_replayed']['applied']}."
+    ]
+    for r in result["rejoin"]:
+        text.append(
+            f"Replica {r['replica_id']} survived but is fenced now; to make it a replica of the "
+            f"repaired cluster again, run on its host: {' && '.join(r['commands'])}"
+        )
+    text.append(
+        f"Next: join new replicas with moorage join --existing {result['url']} "
+        "--data-dir NEW_DIR --http-addr HOST:PORT"
+    )
+    emit(as_json, public, "\n".join(text))
+
+
+def _describe_plan(doc: dict[str, Any]) -> str:
+    chosen = doc["chosen"]
+    lines = [
+        "Emergency repair plan",
+        f"  survivor: replica {chosen['replica_id']} ({chosen['candidate']}), newest registry "
+        f"data at revision {chosen['data_revision']}",
+        "  candidates:",
+    ]
+    for c in doc["candidates"]:
+        if c["data_revision"] is None:
+            lines.append(f"    {c['candidate']}: unusable ({c['error']})")
+        else:
+            behind = c["behind_by_revisions"]
+            note = (
+                "chosen"
+                if behind == 0 and c["candidate"] == chosen["candidate"]
+                else (f"would lose {behind} revisions of registry data" if behind else "as new")
+            )
+            lines.append(
+                f"    {c['candidate']} (replica {c['replica_id']}): revision "
+                f"{c['data_revision']}, {note}"
+            )
+    others = [r for r in doc["old_replicas"] if r != chosen["replica_id"]]
+    lines.append(
+        "  will: fence the old epoch in blob storage, remove replicas "
+        f"{', '.join(others) or '(none)'} from the cluster, keep the cluster id, "
+        "start the survivor alone"
+    )
+    lines.append(
+        "  keeps: the survivor's data directory and blob storage (never deleted); the other "
+        "replicas' directories are left as they are (fenced)"
+    )
+    lines.append(
+        "  could lose: changes held only by replicas that were neither compared nor reachable"
+        + (
+            " (the journal replay below brings back those the journal recorded)"
+            if doc.get("journal_replay") is not None
+            else ", and the journal's changes (not replayed: --no-replay)"
+        )
+    )
+    for r in doc.get("rejoin") or []:
+        lines.append(
+            f"  then, on the host of replica {r['replica_id']} (a survivor it fences): "
+            + " && ".join(r["commands"])
+        )
+    replay = doc.get("journal_replay")
+    if replay is None:
+        lines.append("  journal: not replayed (--no-replay)")
+    else:
+        lines.append(
+            f"  journal: {replay['entries']} change(s) newer than the survivor will be "
+            "replayed" + (": " if replay["entries"] else "")
+        )
+        lines += [f"    {c}" for c in replay["changes"]]
+    return "\n".join(lines)
+
+
+@click.command(cls=Command)
+@click.option(
+    "--in",
+    "archive",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="The backup archive (made by 'moorage backup').",
+)
+@data_dir_option("New replica.")
+@click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
+@click.option("--storage", required=True, help="Blob storage directory.")
+@ports_options
+@etcd_host_option
+@click.option(
+    "--replay-journal/--no-replay-journal",
+    default=True,
+    show_default=True,
+    help="Re-apply the changes (pushes, tags, deletes) the journal in blob storage holds from "
+    "after the backup. On by default; --no-replay-journal restores the backup alone and loses "
+    "every push acknowledged after it.",
+)
+@click.option(
+    "--admin-password",
+    envvar="MOORAGE_ADMIN_PASSWORD",
+    default=None,
+    help="Admin password of the new cluster when the backup holds no users (or "
+    "MOORAGE_ADMIN_PASSWORD; default: generated and printed once).",
+)
+@passphrase_option
+@confirm_options
+@json_option
+def restore(
+    archive: str,
+    data_dir: str,
+    http_addr: str,
+    storage: str,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    etcd_host: str,
+    replay_journal: bool,
+    admin_password: str | None,
+    passphrase_file: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """All replicas lost: a new one-replica cluster (new cluster id) from a backup. Prints
+    what it restores and how many journal entries it replays, then asks (--yes, --dry-run)."""
+    from moorage.recovery.restore import plan as restore_plan
+    from moorage.recovery.restore import restore as do_restore
+
+    check_http_addr(http_addr)
+    secret = passphrase(passphrase_file)
+    plan = restore_plan(
+        Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, secret
+    )
+    confirm("restore", _restore_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
+    doc = do_restore(
+        Path(archive),
+        DataDir(data_dir),
+        http_addr,
+        Path(storage),
+        etcd_client_port,
+        etcd_peer_port,
+        replay_journal,
+        admin_password,
+        secret,
+        etcd_host=etcd_host,
+    )
+    c = doc["counts"]
+    text = [
+        f"Restored backup of cluster {doc['from_cluster_id']} (revision {doc['backup_revision']})"
+        f" as new cluster {doc['cluster_id']}",
+        f"  replica {doc['replica_id']} at {doc['url']} (data {doc['data_dir']})",
+        f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
+        f"{doc['blobs_copied']} blobs copied from the archive",
+    ]
+    jr = doc["journal_replayed"]
+    since = f"revision {jr['since_revision']} (epoch {jr['since_epoch']}"
+    if jr.get("since_time") is not None:
+        since += time.strftime(", taken %Y-%m-%d %H:%M:%S UTC", time.gmtime(jr["since_time"]))
+    since += ")"
+    if not jr["requested"]:
+        text.append(
+            f"  journal: NOT replayed (--no-replay-journal): changes made after the backup's "
+            f"{since} are not restored"
+        )
+    else:
+        text.append(
+            f"  journal: {jr['applied']} change(s) replayed, made after the backup's {since}"
+        )
+        skipped = jr["unrecoverable"]
+        if skipped:
+            text.append(f"  journal: {len(skipped)} change(s) not replayed:")
+            text += [f"    {line}" for line in skipped[:20]]
+    if doc["missing_blobs"]:
+        text.append(f"  MISSING: {len(doc['missing_blobs'])} referenced blob(s) found nowhere:")
+        text += [f"    {d}" for d in doc["missing_blobs"][:20]]
+    if "admin_password" in doc:
+        text.append(f"  admin password (shown once): {doc['admin_password']}")
+    text.append(
+        f"Next: join replicas with moorage join --existing {doc['url']} --data-dir DIR "
+        "--http-addr HOST:PORT"
+    )
+    emit(as_json, doc, "\n".join(text))
+
+
+def _restore_text(plan: dict[str, Any]) -> str:
+    c = plan["counts"]
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan["backup_created_at"]))
+    lines = [
+        f"Restore plan from {plan['archive']}",
+        f"  backup of cluster {plan['from_cluster_id']} at revision {plan['backup_revision']}"
+        f" (epoch {plan['backup_epoch']}, taken {taken}): {c['repositories']} repositories, "
+        f"{c['tags']} tags, {c['manifests']} manifests",
+        f"  will create: a NEW cluster (new cluster id) with one replica at {plan['http_addr']},"
+        f" data directory {plan['data_dir']}, blob storage {plan['storage']}",
+        "  will verify the archive first (a corrupt one is refused, nothing changed), then copy "
+        "the blobs the archive holds that blob storage lacks",
+    ]
+    n = plan["journal_entries"]
+    if plan["replay_journal"]:
+        lines.append(
+            f"  journal: will replay {n} change(s) made after the backup, found in blob storage"
+        )
+        lines += [f"    {line}" for line in plan["journal_changes"][:20]]
+    else:
+        lines.append(
+            f"  journal: NOT replayed (--no-replay-journal): {n} change(s) made after the "
+            "backup will be lost"
+        )
+    lines.append("  keeps: blob storage (never deleted; only missing blobs are added)")
+    lines.append(
+        "  could lose: "
+        + (
+            "changes made after the backup that are not in the journal"
+            if plan["replay_journal"]
+            else f"the {n} journal change(s) above, and any not in the journal"
+        )
+        + "; the old cluster's replicas cannot rejoin the new cluster (new id)"
+    )
+    if plan["journal_rejected"]:
+        lines.append(f"  journal: {plan['journal_rejected']} invalid entries will be skipped")
+    lines += [f"  PROBLEM: {p}" for p in plan["problems"]]
+    return "\n".join(lines)
+
+
+COMMANDS = [repair, emergency_repair, restore]
