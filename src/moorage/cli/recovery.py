@@ -93,7 +93,6 @@ def emergency_repair(
     plan (candidates compared, what is kept and could be lost), then asks (--yes, --dry-run)."""
     from moorage.recovery import emergency
     from moorage.recovery.client import AdminClient, split_urls
-    from moorage.recovery.journal_replay import plan_replay
 
     client = None
     urls: list[str] = []
@@ -101,17 +100,11 @@ def emergency_repair(
         urls = split_urls(existing)
         client = AdminClient(urls, username, password or "")
     dirs = [DataDir(p) for p in (candidate_dir or "").split(",") if p.strip()]
-    doc = emergency.plan(DataDir(data_dir), dirs, client, urls)
-    best = doc["_best"]
-    problems = emergency.check_refusals(doc, force)
-    replay = None
-    if best.data_dir is not None and not no_replay:
-        cfg = best.data_dir.load()
-        replay = plan_replay(cfg.storage, cfg.cluster_id, (cfg.epoch, best.revision or 0)).summary()
-    public = {k: v for k, v in doc.items() if not k.startswith("_")}
-    public["journal_replay"] = replay
-    public["refused"] = problems
-    public["command"] = "emergency-repair"
+    prepared = emergency.prepare(
+        DataDir(data_dir), dirs, client, urls, force=force, replay=not no_replay
+    )
+    problems = prepared.refused
+    public = prepared.to_json()
     if problems:
         click.echo(json.dumps(public, indent=2) if as_json else _describe_plan(public))
         raise Failed("emergency repair refused:\n  " + "\n  ".join(problems))
@@ -124,7 +117,7 @@ def emergency_repair(
         as_json=as_json,
     )
     try:
-        result = emergency.execute(doc, replay=not no_replay)
+        result = emergency.execute(prepared, replay=not no_replay)
     except MoorageError as exc:
         raise Failed(f"emergency repair failed: {exc}") from None
     public["result"] = result

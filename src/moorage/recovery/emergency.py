@@ -29,7 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,50 @@ async def probe_members(
     return sorted(probes.values(), key=lambda p: p.record.replica_id)
 
 
+@dataclass
+class RepairPlan:
+    """What `emergency-repair` will do: the public plan (`doc`), the chosen survivor and the old
+    members' records (for `execute`), the journal replay planned and why it is refused."""
+
+    doc: dict[str, Any]
+    best: Candidate
+    records: dict[str, ReplicaRecord]
+    journal_replay: dict[str, Any] | None = None
+    refused: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.doc,
+            "journal_replay": self.journal_replay,
+            "refused": self.refused,
+            "command": "emergency-repair",
+        }
+
+
+def prepare(
+    d: DataDir,
+    candidate_dirs: list[DataDir],
+    client: AdminClient | None,
+    urls: list[str],
+    force: bool,
+    replay: bool,
+) -> RepairPlan:
+    """The plan, its refusals (`force` as in `check_refusals`) and the journal replay."""
+    from moorage.recovery.journal_replay import plan_replay
+
+    doc = plan(d, candidate_dirs, client, urls)
+    best = doc.pop("_best")
+    records = doc.pop("_records")
+    result = RepairPlan(doc, best, records)
+    result.refused = refusals(doc["answering"], best, force)
+    if best.data_dir is not None and replay:
+        cfg = best.data_dir.load()
+        result.journal_replay = plan_replay(
+            cfg.storage, cfg.cluster_id, (cfg.epoch, best.revision or 0)
+        ).summary()
+    return result
+
+
 def plan(
     d: DataDir, candidate_dirs: list[DataDir], client: AdminClient | None, urls: list[str]
 ) -> dict[str, Any]:
@@ -308,12 +352,16 @@ def _inspect_urls(client: AdminClient, urls: list[str]) -> list[Candidate]:
 
 
 def check_refusals(doc: dict[str, Any], force: bool) -> list[str]:
+    """`refusals` of a plan document (`plan`'s, with its `_best`)."""
+    return refusals(doc["answering"], doc["_best"], force)
+
+
+def refusals(answering: list[dict[str, Any]], best: Candidate, force: bool) -> list[str]:
     """Why the repair must not go ahead. `force` overrides only what may be overridden: a
     quorum that still exists, or a better survivor elsewhere, never is."""
     hard: list[str] = []
     soft: list[str] = []
-    best: Candidate = doc["_best"]
-    for a in doc["answering"]:
+    for a in answering:
         where = f"replica {a['replica_id']} ({a['answered']})"
         if a["has_leader"]:
             hard.append(
@@ -342,15 +390,15 @@ def check_refusals(doc: dict[str, Any], force: bool) -> list[str]:
     return hard if force else hard + soft
 
 
-def execute(doc: dict[str, Any], replay: bool = True) -> dict[str, Any]:
-    best: Candidate = doc["_best"]
+def execute(repair: RepairPlan, replay: bool = True) -> dict[str, Any]:
+    best = repair.best
     assert best.data_dir is not None
     d = best.data_dir
     config = d.load()
     was_running = running_pid(d) is not None
     if was_running:
         stop(d)
-    records: dict[str, ReplicaRecord] = doc["_records"]
+    records = repair.records
     etcd = EtcdProcess(
         d,
         replace(config, etcd_initial_cluster=None, etcd_cluster_state="new"),
@@ -379,7 +427,7 @@ def execute(doc: dict[str, Any], replay: bool = True) -> dict[str, Any]:
         "epoch": epoch,
         "removed_replicas": sorted(r for r in records if r != config.replica_id),
         "journal_replayed": replayed,
-        "rejoin": doc["rejoin"],
+        "rejoin": repair.doc["rejoin"],
     }
 
 
