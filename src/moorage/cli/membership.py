@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from moorage.cli.base import Command, emit
@@ -90,7 +92,6 @@ def remove(
 ) -> None:
     """Take replicas out of the cluster, dead or alive. Prints which replicas go and the
     membership and quorum after, then asks (--yes, --dry-run)."""
-    from moorage.cli.confirm import remove_text
     from moorage.recovery import remove as removal
 
     client = admin_client(existing, username, password)
@@ -99,6 +100,40 @@ def remove(
     confirm("remove", remove_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
     result = removal.remove(client, ids, force)
     emit(as_json, result.to_json(), result.text())
+
+
+def remove_text(plan: dict[str, Any]) -> str:
+    lines = ["Remove plan"]
+    for r in plan["removes"]:
+        state = (
+            "answers now and is healthy"
+            if r["healthy"]
+            else ("answers now but is unhealthy" if r["answers"] else "does not answer now")
+        )
+        where = f" at {r['url']}" if r["url"] else ""
+        lines.append(
+            f"  will remove replica {r['replica_id']}{where} "
+            f"({'voting member' if r['voter'] else 'not a voting member'}; {state})"
+        )
+        if r["healthy"]:
+            lines.append(
+                "    it is healthy: removing it lowers the failures the cluster can survive"
+            )
+    lines.append(
+        f"  after: {plan['members']} voting member(s) "
+        f"({', '.join(plan['remaining']) or 'none'}), quorum {plan['needed']}, "
+        f"{plan['healthy_after']} healthy; survives {plan['survives_failures_after']} more "
+        "failure(s)"
+    )
+    lines.append(
+        "  keeps: blob storage and the registry data (held by the remaining members); a "
+        "removed replica's data directory is left as is (clear it with 'moorage destroy')"
+    )
+    lines.append(
+        "  could lose: nothing acknowledged; a removed replica that still runs stops serving "
+        "the cluster"
+    )
+    return "\n".join(lines)
 
 
 COMMANDS = [join, remove]

@@ -46,14 +46,13 @@ def repair(
 ) -> None:
     """Rebuild one damaged replica in place (same id and addresses; etcd data wiped and
     re-synced). Prints what it will wipe and keep, then asks (--yes, --dry-run)."""
-    from moorage.cli.confirm import repair_plan
-    from moorage.recovery.join import repair as repair_replica
+    from moorage.recovery import repair as repairing
 
     client = admin_client(existing, username, password)
     d = DataDir(data_dir)
-    plan, text = repair_plan(client.call("GET", "/api/v0/cluster/status"), d)
+    plan, text = repairing.plan(client.call("GET", "/api/v0/cluster/status"), d)
     confirm("repair", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
-    doc = repair_replica(client, d)
+    doc = repairing.repair(client, d)
     emit(
         as_json,
         doc,

@@ -190,11 +190,11 @@ def destroy(data_dir: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Stop a replica and delete its local state (never blob storage), without telling the
     cluster: remove it from the cluster first with 'moorage remove'. Prints what it will stop
     and delete, then asks (--yes, --dry-run)."""
-    from moorage.cli.confirm import destroy_plan
+    from moorage.cluster import destroy as destroying
     from moorage.cluster.lifecycle import destroy as destroy_replica
 
     d = DataDir(data_dir)
-    plan, text = destroy_plan(d)
+    plan, text = destroying.plan(d)
     if plan["deletes"] or plan["stops"] or dry_run:
         confirm("destroy", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
     removed = destroy_replica(d)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -150,39 +149,3 @@ def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) 
             return
         time.sleep(0.5)
     raise JoinFailed(f"replica {replica_id} did not report healthy: {row.get('error')}")
-
-
-def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict[str, Any]:
-    """Rebuild a damaged replica in place: same replica id, addresses and storage.
-
-    The replica is stopped, its etcd member removed from the cluster (with the usual quorum
-    check), its local store wiped (blob storage is never touched), and it joins again.
-    """
-    config = data_dir.load()
-    stop(data_dir)
-    status = client.call("GET", "/api/v0/cluster/status")
-    if status["cluster_id"] != config.cluster_id:
-        raise JoinFailed(
-            f"{data_dir.path} belongs to cluster {config.cluster_id}, but {client.urls[0]} "
-            f"serves cluster {status['cluster_id']}"
-        )
-    known = {r["id"] for r in status["replicas"]}
-    if config.replica_id in known:
-        client.call(
-            "POST", "/api/v0/cluster/remove", {"replica_ids": [config.replica_id], "force": False}
-        )
-    wiped = str(data_dir.etcd_dir)
-    shutil.rmtree(data_dir.etcd_dir, ignore_errors=True)
-    doc = join(
-        client,
-        data_dir,
-        config.http_addr,
-        config.storage,
-        config.etcd_client_port,
-        config.etcd_peer_port,
-        unsafe,
-        replica_id=config.replica_id,
-        etcd_host=config.etcd_host,
-    )
-    doc["wiped"] = wiped
-    return doc
