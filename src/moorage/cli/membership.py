@@ -56,7 +56,7 @@ def join(
 
     client = admin_client(existing, username, password)
     check_http_addr(http_addr)
-    doc = join_cluster(
+    result = join_cluster(
         client,
         DataDir(data_dir),
         http_addr,
@@ -66,12 +66,7 @@ def join(
         unsafe_join,
         etcd_host=etcd_host,
     )
-    emit(
-        as_json,
-        doc,
-        f"Replica {doc['replica_id']} joined cluster {doc['cluster_id']}\n"
-        f"  URL:      {doc['url']}\n  data dir: {doc['data_dir']}\n  storage:  {doc['storage']}",
-    )
+    emit(as_json, result.to_json(), result.text())
 
 
 @click.command(cls=Command)

@@ -4,7 +4,6 @@ replicas lost)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,8 @@ def repair(
     d = DataDir(data_dir)
     plan, text = repairing.plan(client.call("GET", "/api/v0/cluster/status"), d)
     confirm("repair", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
-    doc = repairing.repair(client, d)
-    emit(
-        as_json,
-        doc,
-        f"Replica {doc['replica_id']} repaired in place: local store {doc['wiped']} wiped and "
-        f"re-synced from the cluster; serving at {doc['url']}",
-    )
+    result = repairing.repair(client, d)
+    emit(as_json, result.to_json(), result.text())
 
 
 @click.command("emergency-repair", cls=Command)
@@ -250,8 +244,8 @@ def restore(
     plan = restore_plan(
         Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, secret
     )
-    confirm("restore", _restore_text(plan), plan, yes=yes, dry_run=dry_run, as_json=as_json)
-    doc = do_restore(
+    confirm("restore", plan.text(), plan.to_json(), yes=yes, dry_run=dry_run, as_json=as_json)
+    result = do_restore(
         Path(archive),
         DataDir(data_dir),
         http_addr,
@@ -263,82 +257,7 @@ def restore(
         secret,
         etcd_host=etcd_host,
     )
-    c = doc["counts"]
-    text = [
-        f"Restored backup of cluster {doc['from_cluster_id']} (revision {doc['backup_revision']})"
-        f" as new cluster {doc['cluster_id']}",
-        f"  replica {doc['replica_id']} at {doc['url']} (data {doc['data_dir']})",
-        f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
-        f"{doc['blobs_copied']} blobs copied from the archive",
-    ]
-    jr = doc["journal_replayed"]
-    since = f"revision {jr['since_revision']} (epoch {jr['since_epoch']}"
-    if jr.get("since_time") is not None:
-        since += time.strftime(", taken %Y-%m-%d %H:%M:%S UTC", time.gmtime(jr["since_time"]))
-    since += ")"
-    if not jr["requested"]:
-        text.append(
-            f"  journal: NOT replayed (--no-replay-journal): changes made after the backup's "
-            f"{since} are not restored"
-        )
-    else:
-        text.append(
-            f"  journal: {jr['applied']} change(s) replayed, made after the backup's {since}"
-        )
-        skipped = jr["unrecoverable"]
-        if skipped:
-            text.append(f"  journal: {len(skipped)} change(s) not replayed:")
-            text += [f"    {line}" for line in skipped[:20]]
-    if doc["missing_blobs"]:
-        text.append(f"  MISSING: {len(doc['missing_blobs'])} referenced blob(s) found nowhere:")
-        text += [f"    {d}" for d in doc["missing_blobs"][:20]]
-    if "admin_password" in doc:
-        text.append(f"  admin password (shown once): {doc['admin_password']}")
-    text.append(
-        f"Next: join replicas with moorage join --existing {doc['url']} --data-dir DIR "
-        "--http-addr HOST:PORT"
-    )
-    emit(as_json, doc, "\n".join(text))
-
-
-def _restore_text(plan: dict[str, Any]) -> str:
-    c = plan["counts"]
-    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan["backup_created_at"]))
-    lines = [
-        f"Restore plan from {plan['archive']}",
-        f"  backup of cluster {plan['from_cluster_id']} at revision {plan['backup_revision']}"
-        f" (epoch {plan['backup_epoch']}, taken {taken}): {c['repositories']} repositories, "
-        f"{c['tags']} tags, {c['manifests']} manifests",
-        f"  will create: a NEW cluster (new cluster id) with one replica at {plan['http_addr']},"
-        f" data directory {plan['data_dir']}, blob storage {plan['storage']}",
-        "  will verify the archive first (a corrupt one is refused, nothing changed), then copy "
-        "the blobs the archive holds that blob storage lacks",
-    ]
-    n = plan["journal_entries"]
-    if plan["replay_journal"]:
-        lines.append(
-            f"  journal: will replay {n} change(s) made after the backup, found in blob storage"
-        )
-        lines += [f"    {line}" for line in plan["journal_changes"][:20]]
-    else:
-        lines.append(
-            f"  journal: NOT replayed (--no-replay-journal): {n} change(s) made after the "
-            "backup will be lost"
-        )
-    lines.append("  keeps: blob storage (never deleted; only missing blobs are added)")
-    lines.append(
-        "  could lose: "
-        + (
-            "changes made after the backup that are not in the journal"
-            if plan["replay_journal"]
-            else f"the {n} journal change(s) above, and any not in the journal"
-        )
-        + "; the old cluster's replicas cannot rejoin the new cluster (new id)"
-    )
-    if plan["journal_rejected"]:
-        lines.append(f"  journal: {plan['journal_rejected']} invalid entries will be skipped")
-    lines += [f"  PROBLEM: {p}" for p in plan["problems"]]
-    return "\n".join(lines)
+    emit(as_json, result.to_json(), result.text())
 
 
 COMMANDS = [repair, emergency_repair, restore]

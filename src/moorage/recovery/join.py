@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def check_storage(client: AdminClient, storage: str | None) -> str:
     return str(local)
 
 
+@dataclass(frozen=True)
+class JoinResult:
+    """The replica that joined: its ids, URL, data directory and the storage path it uses."""
+
+    cluster_id: str
+    replica_id: str
+    url: str
+    data_dir: str
+    storage: str
+    member_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        return (
+            f"Replica {self.replica_id} joined cluster {self.cluster_id}\n"
+            f"  URL:      {self.url}\n  data dir: {self.data_dir}\n  storage:  {self.storage}"
+        )
+
+
 def join(
     client: AdminClient,
     data_dir: DataDir,
@@ -66,7 +88,7 @@ def join(
     unsafe: bool,
     replica_id: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
-) -> dict[str, Any]:
+) -> JoinResult:
     """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
         raise JoinFailed(
@@ -129,14 +151,14 @@ def join(
     finally:
         with contextlib.suppress(MoorageError):
             client.call("POST", "/api/v0/cluster/join/end", {"replica_id": replica_id})
-    return {
-        "cluster_id": config.cluster_id,
-        "replica_id": replica_id,
-        "url": config.url,
-        "data_dir": str(data_dir.path),
-        "storage": local_storage,
-        "member_id": answer["member_id"],
-    }
+    return JoinResult(
+        cluster_id=config.cluster_id,
+        replica_id=replica_id,
+        url=config.url,
+        data_dir=str(data_dir.path),
+        storage=local_storage,
+        member_id=answer["member_id"],
+    )
 
 
 def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) -> None:

@@ -4,13 +4,14 @@ data wiped and re-synced from the cluster). `plan` says what it will do, `repair
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from moorage.cluster.lifecycle import stop
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.recovery.client import AdminClient
-from moorage.recovery.join import join
+from moorage.recovery.join import JoinResult, join
 
 
 class RepairFailed(MoorageError):
@@ -70,7 +71,24 @@ def plan(status: dict[str, Any], data_dir: DataDir) -> tuple[dict[str, Any], str
     return plan, "\n".join(lines)
 
 
-def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RepairResult:
+    """The replica rebuilt in place (as it joined again) and the store directory wiped."""
+
+    joined: JoinResult
+    wiped: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.joined.to_json(), "wiped": self.wiped}
+
+    def text(self) -> str:
+        return (
+            f"Replica {self.joined.replica_id} repaired in place: local store {self.wiped} "
+            f"wiped and re-synced from the cluster; serving at {self.joined.url}"
+        )
+
+
+def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> RepairResult:
     """Rebuild a damaged replica in place: same replica id, addresses and storage.
 
     The replica is stopped, its etcd member removed from the cluster (with the usual quorum
@@ -91,7 +109,7 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict
         )
     wiped = str(data_dir.etcd_dir)
     shutil.rmtree(data_dir.etcd_dir, ignore_errors=True)
-    doc = join(
+    joined = join(
         client,
         data_dir,
         config.http_addr,
@@ -102,5 +120,4 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict
         replica_id=config.replica_id,
         etcd_host=config.etcd_host,
     )
-    doc["wiped"] = wiped
-    return doc
+    return RepairResult(joined, wiped)
