@@ -25,7 +25,7 @@ STATUS_EXIT_CODES = {
 def status_text(doc: dict[str, Any]) -> str:
     """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
     which URLs and data directories were examined and what each held, never `None`."""
-    from moorage.cluster.status import next_block
+    from moorage.cluster.status_commands import next_block
 
     q = doc["quorum"]
     if doc["cluster_id"] is None:

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from moorage.cluster.status import action_text, command, localize, placeholders, program
+from moorage.cluster.status_commands import action_text, command, localize, placeholders, program
 from moorage.cluster.status_report import replica_row, status_document
 from moorage.config import DataDir
 from moorage.errors import MoorageError

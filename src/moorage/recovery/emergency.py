@@ -33,7 +33,7 @@ from typing import Any
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import fence_grace, write_fence
 from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
-from moorage.cluster.status import rejoin_procedure
+from moorage.cluster.status_commands import rejoin_procedure
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.meta.cluster_store import JOIN_LOCK
