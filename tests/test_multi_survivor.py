@@ -245,20 +245,20 @@ def test_a_leader_named_just_after_it_died_is_asked_again(monkeypatch: pytest.Mo
     the probe asks again rather than refusing; a leader that stays is reported."""
     import asyncio
 
-    from moorage.recovery import emergency
+    from moorage.recovery import candidates
 
     rec = ReplicaRecord("b" * 12, "http://b", "http://b:1", "http://b:2", "/b", "/s", 0.0)
     answers = {"stale": [True, True, False], "live": [True] * 100}
 
     def fake(kind: str) -> Any:
-        async def probe(r: ReplicaRecord, read_revision: bool) -> emergency.Probe:
-            return emergency.Probe(r, "etcd", answers[kind].pop(0), 7, 5)
+        async def probe(r: ReplicaRecord, read_revision: bool) -> candidates.Probe:
+            return candidates.Probe(r, "etcd", answers[kind].pop(0), 7, 5)
 
         return probe
 
-    monkeypatch.setattr(emergency, "_probe", fake("stale"))
-    (p,) = asyncio.run(emergency.probe_members([rec], set(), patience=30))
+    monkeypatch.setattr(candidates, "_probe", fake("stale"))
+    (p,) = asyncio.run(candidates.probe_members([rec], set(), patience=30))
     assert p.has_leader is False
-    monkeypatch.setattr(emergency, "_probe", fake("live"))
-    (p,) = asyncio.run(emergency.probe_members([rec], set(), patience=1.5))
+    monkeypatch.setattr(candidates, "_probe", fake("live"))
+    (p,) = asyncio.run(candidates.probe_members([rec], set(), patience=1.5))
     assert p.has_leader is True

@@ -26,6 +26,7 @@ from moorage.cluster.guidance import (
 )
 from moorage.cluster.guidance import repair_procedure as _repair_procedure
 from moorage.cluster.guidance import scenario_commands as _commands
+from moorage.cluster.status_report import replica_row, status_document
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord
 
@@ -109,28 +110,24 @@ def diagnose(facts: Facts) -> dict[str, Any]:
     else:
         scenario = "healthy"
     commands = _commands(scenario, rows, facts)
-    return {
-        "cluster_id": facts.cluster_id,
-        "epoch": facts.epoch,
-        "scenario": scenario,
-        "action": action_text(commands)
+    return status_document(
+        cluster_id=facts.cluster_id,
+        epoch=facts.epoch,
+        scenario=scenario,
+        action=action_text(commands)
         if commands
         else f"nothing to do: all {len(rows)} replicas are healthy",
-        "commands": commands,
-        "placeholders": placeholders(commands),
-        # Quorum lost: every step of the procedure, in order, with the replica whose host
-        # runs it (the action says the same in one line).
-        "procedure": _repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
-        "quorum": {
+        commands=commands,
+        placeholders=placeholders(commands),
+        procedure=_repair_procedure(rows, facts) if scenario == "quorum-lost" else [],
+        quorum={
             "members": len(voters),
             "needed": needed,
             "healthy": len(connected) if leader else 0,
         },
-        # How many more voting members can fail now with the cluster still accepting writes
-        # ((members - 1) // 2 when all are healthy).
-        "fault_tolerance": max(0, len(connected) - needed) if quorum_ok else 0,
-        "replicas": rows,
-    }
+        fault_tolerance=max(0, len(connected) - needed) if quorum_ok else 0,
+        replicas=rows,
+    )
 
 
 def facts_replica_by_peer(facts: Facts, m: Member) -> str | None:
@@ -182,22 +179,20 @@ def _row(facts: Facts, rid: str, m: Member | None, leader: int, quorum_ok: bool)
     progress = (
         _starting_progress(facts, m, st, ping, hb, leader) if problems and quorum_ok else None
     )
-    return {
-        "id": rid,
-        "url": rec.url if rec else (hb.url if hb else None),
-        "healthy": not problems,
-        # healthy | starting (its process answers and it is joining or catching up: wait,
-        # never remove it) | unhealthy
-        "state": "healthy" if not problems else "starting" if progress else "unhealthy",
-        "progress": progress,
-        "reachable": bool(ping and ping[0] != 0),
-        "leader": bool(m is not None and leader and m.id == leader),
-        "learner": bool(m is not None and m.is_learner),
-        "raft_index": st.raft_index if isinstance(st, MemberStatus) else None,
-        "member_id": m.hex_id if m is not None else None,
-        "data_dir": rec.data_dir if rec else None,
-        "error": "; ".join(problems) or None,
-    }
+    return replica_row(
+        id=rid,
+        url=rec.url if rec else (hb.url if hb else None),
+        healthy=not problems,
+        state="healthy" if not problems else "starting" if progress else "unhealthy",
+        progress=progress,
+        reachable=bool(ping and ping[0] != 0),
+        leader=bool(m is not None and leader and m.id == leader),
+        learner=bool(m is not None and m.is_learner),
+        raft_index=st.raft_index if isinstance(st, MemberStatus) else None,
+        member_id=m.hex_id if m is not None else None,
+        data_dir=rec.data_dir if rec else None,
+        error="; ".join(problems) or None,
+    )
 
 
 def _starting_progress(

@@ -7,7 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from moorage.cluster.status import action_text, command, localize, placeholders, program
+from moorage.cluster.guidance import action_text, command, localize, placeholders, program
+from moorage.cluster.status_report import replica_row, status_document
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.recovery.client import AdminClient, ClusterUnreachable
@@ -153,36 +154,33 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
 
     inspected = [(d, *_usable(d)) for d in data_dirs]
     usable = [d for d, ok, _ in inspected if ok]
+    up = {str(d.path): pid for d in usable if (pid := _process_up(d))}
     rows = []
     for d, ok, why in inspected:
         rid = url = cid = None
         if ok:
             cfg = d.load()
             rid, url, cid = cfg.replica_id, cfg.url, cfg.cluster_id
+        pid = up.get(str(d.path))
+        error = "starting: API not answering yet" if pid else why if not ok else "not running"
         rows.append(
-            {
-                "id": rid,
-                "url": url,
-                "healthy": False,
-                "reachable": False,
-                "leader": False,
-                "learner": False,
-                "raft_index": None,
-                "data_dir": str(d.path),
-                "cluster_id": cid,
-                "error": why if not ok else "not running",
-            }
+            replica_row(
+                id=rid,
+                url=url,
+                healthy=False,
+                state="starting" if pid else "unhealthy",
+                progress=f"process {pid} up, API not answering yet" if pid else None,
+                reachable=False,
+                leader=False,
+                learner=False,
+                raft_index=None,
+                member_id=None,
+                data_dir=str(d.path),
+                error=error,
+                cluster_id=cid,
+            )
         )
     cluster_id = usable[0].load().cluster_id if usable else None
-    up = {str(d.path): pid for d in usable if (pid := _process_up(d))}
-    for r in rows:
-        if r["data_dir"] in up:
-            r["state"] = "starting"
-            r["progress"] = f"process {up[r['data_dir']]} up, API not answering yet"
-            r["error"] = "starting: API not answering yet"
-        else:
-            r["state"] = "unhealthy"
-            r["progress"] = None
     if data_dirs and not usable:
         scenario = "all-lost"
         commands = [
@@ -237,17 +235,18 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
                 "check whether their data survives",
             )
         ]
-    action = action_text(commands)
-    doc = {
-        "cluster_id": cluster_id,
-        "epoch": None,
-        "scenario": scenario,
-        "action": action,
-        "commands": commands,
-        "procedure": [],
-        "quorum": {"members": None, "needed": None, "healthy": 0},
-        "replicas": rows,
-        "error": unreachable_error,
-        "urls_examined": list(client.urls),
-    }
+    doc = status_document(
+        cluster_id=cluster_id,
+        epoch=None,
+        scenario=scenario,
+        action=action_text(commands),
+        commands=commands,
+        placeholders=placeholders(commands),
+        procedure=[],
+        quorum={"members": None, "needed": None, "healthy": 0},
+        fault_tolerance=None,  # not known: no replica answered
+        replicas=rows,
+        error=unreachable_error,
+        urls_examined=list(client.urls),
+    )
     return _with_local_facts(doc, data_dirs)

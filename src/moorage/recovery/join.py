@@ -12,20 +12,19 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moorage.cluster.etcd_process import etcd_answers
 from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wait_healthy
+from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
-    DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
-    DEFAULT_ETCD_PEER_PORT,
     DataDir,
-    ReplicaConfig,
     new_replica_id,
 )
 from moorage.errors import MoorageError
@@ -58,6 +57,27 @@ def check_storage(client: AdminClient, storage: str | None) -> str:
     return str(local)
 
 
+@dataclass(frozen=True)
+class JoinResult:
+    """The replica that joined: its ids, URL, data directory and the storage path it uses."""
+
+    cluster_id: str
+    replica_id: str
+    url: str
+    data_dir: str
+    storage: str
+    member_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        return (
+            f"Replica {self.replica_id} joined cluster {self.cluster_id}\n"
+            f"  URL:      {self.url}\n  data dir: {self.data_dir}\n  storage:  {self.storage}"
+        )
+
+
 def join(
     client: AdminClient,
     data_dir: DataDir,
@@ -68,7 +88,7 @@ def join(
     unsafe: bool,
     replica_id: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
-) -> dict[str, Any]:
+) -> JoinResult:
     """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
         raise JoinFailed(
@@ -76,14 +96,15 @@ def join(
             f"(moorage destroy --data-dir {data_dir.path} clears it)"
         )
     replica_id = replica_id or new_replica_id()
-    draft = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id="",
+    # storage is the cluster's, set below; the draft serves the address checks and peer URL
+    draft = new_replica_config(
+        data_dir,
+        http_addr,
+        None,
+        etcd_client_port,
+        etcd_peer_port,
+        cluster_id="-",
         replica_id=replica_id,
-        http_addr=http_addr,
-        storage="",
-        etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
-        etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
         etcd_host=etcd_host,
     )
     check_http_addr(draft)
@@ -94,15 +115,10 @@ def join(
         {"replica_id": replica_id, "peer_url": draft.etcd_peer_url, "unsafe": unsafe},
         JOIN_PATIENCE,
     )
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
+    config = dataclasses.replace(
+        draft,
         cluster_id=answer["cluster_id"],
-        replica_id=replica_id,
-        http_addr=http_addr,
         storage=local_storage,
-        etcd_client_port=draft.etcd_client_port,
-        etcd_peer_port=draft.etcd_peer_port,
-        etcd_host=etcd_host,
         etcd_cluster_state="existing",
         etcd_initial_cluster=answer["initial_cluster"],
         etcd_endpoints=tuple(answer["etcd_endpoints"]),
@@ -135,14 +151,14 @@ def join(
     finally:
         with contextlib.suppress(MoorageError):
             client.call("POST", "/api/v0/cluster/join/end", {"replica_id": replica_id})
-    return {
-        "cluster_id": config.cluster_id,
-        "replica_id": replica_id,
-        "url": config.url,
-        "data_dir": str(data_dir.path),
-        "storage": local_storage,
-        "member_id": answer["member_id"],
-    }
+    return JoinResult(
+        cluster_id=config.cluster_id,
+        replica_id=replica_id,
+        url=config.url,
+        data_dir=str(data_dir.path),
+        storage=local_storage,
+        member_id=answer["member_id"],
+    )
 
 
 def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) -> None:
@@ -155,39 +171,3 @@ def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) 
             return
         time.sleep(0.5)
     raise JoinFailed(f"replica {replica_id} did not report healthy: {row.get('error')}")
-
-
-def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> dict[str, Any]:
-    """Rebuild a damaged replica in place: same replica id, addresses and storage.
-
-    The replica is stopped, its etcd member removed from the cluster (with the usual quorum
-    check), its local store wiped (blob storage is never touched), and it joins again.
-    """
-    config = data_dir.load()
-    stop(data_dir)
-    status = client.call("GET", "/api/v0/cluster/status")
-    if status["cluster_id"] != config.cluster_id:
-        raise JoinFailed(
-            f"{data_dir.path} belongs to cluster {config.cluster_id}, but {client.urls[0]} "
-            f"serves cluster {status['cluster_id']}"
-        )
-    known = {r["id"] for r in status["replicas"]}
-    if config.replica_id in known:
-        client.call(
-            "POST", "/api/v0/cluster/remove", {"replica_ids": [config.replica_id], "force": False}
-        )
-    wiped = str(data_dir.etcd_dir)
-    shutil.rmtree(data_dir.etcd_dir, ignore_errors=True)
-    doc = join(
-        client,
-        data_dir,
-        config.http_addr,
-        config.storage,
-        config.etcd_client_port,
-        config.etcd_peer_port,
-        unsafe,
-        replica_id=config.replica_id,
-        etcd_host=config.etcd_host,
-    )
-    doc["wiped"] = wiped
-    return doc

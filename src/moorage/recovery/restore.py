@@ -19,15 +19,12 @@ from typing import Any
 
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.lifecycle import start_background
+from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
 from moorage.config import (
-    DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
-    DEFAULT_ETCD_PEER_PORT,
     DataDir,
     ReplicaConfig,
-    new_cluster_id,
-    new_replica_id,
 )
 from moorage.errors import MoorageError
 from moorage.meta.etcd import EtcdCluster
@@ -36,6 +33,7 @@ from moorage.recovery.archive import ArchiveBlobs, BackupError, plaintext, read_
 from moorage.recovery.archive_records import Metadata, read_metadata
 from moorage.recovery.backup_verify import verify_plain
 from moorage.recovery.journal_replay import apply, plan_replay
+from moorage.recovery.restore_result import RestorePlan, RestoreResult
 from moorage.storage.paths import StorageLayout
 
 
@@ -46,7 +44,7 @@ def plan(
     storage: Path,
     replay_journal: bool,
     passphrase: str | None = None,
-) -> dict[str, Any]:
+) -> RestorePlan:
     """What `restore` will do, read-only: the backup it restores (header only; the full
     verification runs when it proceeds) and the journal entries it would replay."""
     from moorage.recovery.backup import inspect
@@ -62,24 +60,26 @@ def plan(
         )
     if not storage.is_dir():
         problems.append(f"blob storage {storage} does not exist (it will be created empty)")
-    return {
-        "command": "restore",
-        "archive": str(archive),
-        "from_cluster_id": info["cluster_id"],
-        "backup_epoch": info["epoch"],
-        "backup_revision": info["revision"],
-        "backup_created_at": info["created_at"],
-        "counts": info["counts"],
-        "data_dir": str(data_dir.path),
-        "http_addr": http_addr,
-        "storage": str(storage),
-        "new_cluster": True,
-        "replay_journal": replay_journal,
-        "journal_entries": journal["entries"],
-        "journal_changes": journal["changes"],
-        "journal_rejected": journal["rejected_count"],
-        "problems": problems,
-    }
+    return RestorePlan(
+        {
+            "command": "restore",
+            "archive": str(archive),
+            "from_cluster_id": info["cluster_id"],
+            "backup_epoch": info["epoch"],
+            "backup_revision": info["revision"],
+            "backup_created_at": info["created_at"],
+            "counts": info["counts"],
+            "data_dir": str(data_dir.path),
+            "http_addr": http_addr,
+            "storage": str(storage),
+            "new_cluster": True,
+            "replay_journal": replay_journal,
+            "journal_entries": journal["entries"],
+            "journal_changes": journal["changes"],
+            "journal_rejected": journal["rejected_count"],
+            "problems": problems,
+        }
+    )
 
 
 def restore(
@@ -93,7 +93,7 @@ def restore(
     admin_password: str | None,
     passphrase: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
-) -> dict[str, Any]:
+) -> RestoreResult:
     with contextlib.ExitStack() as stack:
         plain = plaintext(archive, passphrase, stack)
         report = verify_plain(archive, plain, storage, passphrase, stack)
@@ -114,15 +114,8 @@ def restore(
         md = read_metadata(plain, header["version"])
         if md.invalid:  # verify refused these already; never write one into the store
             raise BackupError(f"{archive} holds invalid records: " + "; ".join(md.invalid[:20]))
-        config = ReplicaConfig(
-            data_dir=str(data_dir.path),
-            cluster_id=new_cluster_id(),
-            replica_id=new_replica_id(),
-            http_addr=http_addr,
-            storage=str(storage.resolve()),
-            etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
-            etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
-            etcd_host=etcd_host,
+        config = new_replica_config(
+            data_dir, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host=etcd_host
         )
         check_http_addr(config)
         archives = [Path(a) for a in report["archives"]]
@@ -160,7 +153,7 @@ def restore(
     }
     if generated:
         out["admin_password"] = generated
-    return out
+    return RestoreResult(out)
 
 
 def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:

@@ -1,0 +1,208 @@
+"""Replica lifecycle: `run`, `install`, `start`, `stop`, `destroy`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any
+
+import click
+
+from moorage.cli.base import Command, Failed, emit, setup_logging
+from moorage.cli.confirm import confirm
+from moorage.cli.options import (
+    check_http_addr,
+    confirm_options,
+    data_dir_option,
+    etcd_host_option,
+    json_option,
+    ports_options,
+)
+from moorage.cluster.replica_config import check_same_settings, create_replica
+from moorage.config import DEFAULT_HTTP_ADDR, DataDir
+
+
+def _reexec_with_absolute(data_dir: DataDir) -> None:
+    """Every process of a replica carries the absolute data directory in its command line."""
+    if str(data_dir.path) in sys.argv[1:]:
+        return
+    args = list(sys.argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--data-dir" and i + 1 < len(args):
+            args[i + 1] = str(data_dir.path)
+        elif arg.startswith("--data-dir="):
+            args[i] = f"--data-dir={data_dir.path}"
+    os.execv(sys.executable, [sys.executable, "-m", "moorage", *args])
+
+
+@click.command(cls=Command)
+@data_dir_option("Replica state.")
+@click.option("--http-addr", default=None, help=f"Listen address (default {DEFAULT_HTTP_ADDR}).")
+@click.option("--storage", default=None, help="Blob storage directory (default DATA_DIR/blobs).")
+@ports_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=lambda: int(os.environ.get("MOORAGE_WORKERS", "1")),
+    show_default="1 or MOORAGE_WORKERS",
+    help="API worker processes.",
+)
+def run(
+    data_dir: str,
+    http_addr: str | None,
+    storage: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    workers: int,
+) -> None:
+    """Run a replica in the foreground; an empty DATA_DIR becomes a new one-replica cluster."""
+    from moorage.server.process import run_replica
+
+    setup_logging()
+    d = DataDir(data_dir)
+    _reexec_with_absolute(d)
+    http_addr = check_http_addr(http_addr)
+    password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or None
+    if d.exists():
+        check_same_settings(d.load(), http_addr, storage, etcd_client_port, etcd_peer_port)
+    else:
+        create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        if password is None:
+            password = secrets.token_urlsafe(18)
+            click.echo(
+                "Created a new one-replica cluster.\n"
+                f"  admin user:     admin\n  admin password: {password}\n"
+                "This password is shown once and stored only as a hash; "
+                "set MOORAGE_ADMIN_PASSWORD to choose your own.",
+                err=True,
+            )
+    run_replica(d, password, workers=workers)
+
+
+@click.command(cls=Command)
+@data_dir_option("Replica state.")
+@click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
+@click.option("--storage", default=None, help="Blob storage directory (default DATA_DIR/blobs).")
+@click.option(
+    "--admin-password",
+    default=None,
+    envvar="MOORAGE_ADMIN_PASSWORD",
+    help="Admin password (default: generated and printed once).",
+)
+@ports_options
+@etcd_host_option
+@json_option
+def install(
+    data_dir: str,
+    http_addr: str,
+    storage: str | None,
+    admin_password: str | None,
+    etcd_client_port: int | None,
+    etcd_peer_port: int | None,
+    etcd_host: str,
+    as_json: bool,
+) -> None:
+    """Create a new cluster with its first replica and start it in the background."""
+    from moorage.cluster.lifecycle import start_background
+
+    d = DataDir(data_dir)
+    check_http_addr(http_addr)
+    generated = admin_password is None
+    password = admin_password or secrets.token_urlsafe(18)
+    config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
+    pid = start_background(d, password).pid
+    doc: dict[str, Any] = {
+        "cluster_id": config.cluster_id,
+        "replica_id": config.replica_id,
+        "url": config.url,
+        "data_dir": str(d.path),
+        "storage": config.storage,
+        "pid": pid,
+        "admin_user": "admin",
+    }
+    if generated:
+        doc["admin_password"] = password
+    text = (
+        f"Installed replica {config.replica_id} of new cluster {config.cluster_id}\n"
+        f"  URL:        {config.url}\n  data dir:   {d.path}\n  storage:    {config.storage}\n"
+        f"  admin user: admin"
+    )
+    if generated:
+        text += f"\n  admin password (shown once, stored only as a hash): {password}"
+    emit(as_json, doc, text)
+
+
+@click.command(cls=Command)
+@click.option(
+    "--data-dir",
+    "data_dirs",
+    required=True,
+    multiple=True,
+    help="Replica state; several (comma-separated or repeated) start together.",
+)
+@json_option
+def start(data_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Start installed replicas in the background (a no-op for one that is running).
+
+    Several data directories (the replicas of a stopped cluster) start together; the
+    command returns once all are healthy. A single replica of a stopped cluster returns
+    once its API answers (it cannot be healthy before enough of its peers run)."""
+    from moorage.cluster.lifecycle import start_many
+
+    paths = [p.strip() for arg in data_dirs for p in arg.split(",") if p.strip()]
+    if not paths:
+        raise click.UsageError("give at least one --data-dir")
+    results = start_many([DataDir(p) for p in paths])
+    docs = []
+    lines = []
+    for r in results:
+        state = "already running" if r.already else "started"
+        if not r.healthy:
+            state += f", not healthy yet: {r.error} (start the cluster's other replicas)"
+        docs.append(
+            {"replica_id": r.config.replica_id, "url": r.config.url, "pid": r.pid, "state": state}
+        )
+        lines.append(f"replica {r.config.replica_id} {state} (pid {r.pid}) at {r.config.url}")
+    doc: dict[str, Any] = docs[0] if len(docs) == 1 else {"replicas": docs}
+    emit(as_json, doc, "\n".join(lines))
+
+
+@click.command(cls=Command)
+@data_dir_option("Replica state.")
+@json_option
+def stop(data_dir: str, as_json: bool) -> None:
+    """Stop a replica and its etcd member; returns once they are gone and their ports free."""
+    from moorage.cluster.lifecycle import stop as stop_replica
+
+    d = DataDir(data_dir)
+    if not d.exists():
+        raise Failed(f"{d.path} is not a Moorage data directory (no moorage.json)")
+    state = "stopped" if stop_replica(d) else "not running"
+    emit(as_json, {"data_dir": str(d.path), "state": state}, f"{d.path}: {state}")
+
+
+@click.command(cls=Command)
+@data_dir_option("Replica state.")
+@confirm_options
+@json_option
+def destroy(data_dir: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Stop a replica and delete its local state (never blob storage), without telling the
+    cluster: remove it from the cluster first with 'moorage remove'. Prints what it will stop
+    and delete, then asks (--yes, --dry-run)."""
+    from moorage.cluster import destroy as destroying
+    from moorage.cluster.lifecycle import destroy as destroy_replica
+
+    d = DataDir(data_dir)
+    plan, text = destroying.plan(d)
+    if plan["deletes"] or plan["stops"] or dry_run:
+        confirm("destroy", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
+    removed = destroy_replica(d)
+    emit(
+        as_json,
+        {"data_dir": str(d.path), "removed": removed},
+        "\n".join(f"removed {p}" for p in removed) or f"{d.path}: nothing to remove",
+    )
+
+
+COMMANDS = [run, install, start, stop, destroy]
