@@ -31,7 +31,14 @@ from typing import Any
 
 import httpx
 
-from tests.cluster import ADMIN_PASSWORD, AUTH, OCI_MANIFEST, free_port, sha256
+from tests.cluster import (
+    ADMIN_PASSWORD,
+    AUTH,
+    OCI_MANIFEST,
+    STATUS_EXIT_CODES,
+    free_port,
+    sha256,
+)
 
 SHAPES_FILE = Path(__file__).with_name("paste_shapes.json")
 # MOORAGE_PASTE_RECORD=1: the paste tests rewrite SHAPES_FILE with what they saw.
@@ -42,14 +49,7 @@ TRANSCRIPT = os.environ.get("MOORAGE_PASTE_TRANSCRIPT")
 PROMPT = "Proceed? [y/N]"
 MARK = re.compile(r"\x1e(?:RC=(\d+))\x1e")
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]*[A-Z](?::[A-Z]+)?\b")
-STATUS_CODES = {
-    "healthy": 0,
-    "replicas-unhealthy": 10,
-    "quorum-lost": 11,
-    "unreachable": 12,
-    "all-lost": 13,
-    "starting": 14,
-}
+STATUS_CODES = STATUS_EXIT_CODES  # the exit code `moorage status` gives each scenario
 
 
 class Shell:
