@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from moorage.errors import MoorageError
@@ -31,6 +32,9 @@ from tests.cluster import (
     sha256,
 )
 from tests.test_backup_format import FORMAT_1
+
+#: The admin account inside tests/fixtures/backup-v1.tar (the tests' password when it was written).
+FORMAT_1_ADMIN = ("admin", "test-admin-password")
 
 
 @pytest.fixture
@@ -414,7 +418,8 @@ def test_format_1_archives_still_inspect_verify_and_restore(cluster: Cluster) ->
     assert doc["problems"] == []
     assert doc["missing_blobs"] == []
     assert doc["blobs_copied"] == 11
-    with node.client() as c:  # the admin user came back: the tests' password works
+    # The admin user came back with the password it had when the fixture archive was written.
+    with httpx.Client(base_url=node.url, auth=FORMAT_1_ADMIN, timeout=30) as c:
         assert c.get("/v2/old/app/tags/list").json()["tags"] == ["v1", "v2"]
         assert c.get("/v2/other/tags/list").json()["tags"] == ["latest"]
         v1 = c.get("/v2/old/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
