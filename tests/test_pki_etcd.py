@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import ssl
-import statistics
 import subprocess
 import time
 import urllib.request
@@ -400,89 +399,3 @@ def test_cluster_certificate_of_another_address_cannot_join_from_here(
     finally:
         stranger.stop()
     assert etcdctl(first.client_url, "member", "remove", stranger_id, tls=first.tls).returncode == 0
-
-
-# --- the cost of mutual TLS -----------------------------------------------------------------
-
-TXNS = 300
-ROUNDS = 3
-CONCURRENCY = 16
-
-
-async def manifest_puts(client: Any, prefix: bytes, sequential: bool) -> float:
-    """Transactions shaped like a manifest PUT: compare the tag's revision, write manifest,
-    tag and a reference; returns transactions per second."""
-    t = client.transactions
-    body = b"x" * 2048
-
-    async def one(i: int) -> None:
-        tag = prefix + b"/tag/%d" % i
-        ok, _ = await client.transaction(
-            compare=[t.mod(tag) == 0],
-            success=[
-                t.put(prefix + b"/manifest/%d" % i, body),
-                t.put(tag, b"sha256:%064d" % i),
-                t.put(prefix + b"/ref/%d" % i, b"1"),
-            ],
-            failure=[],
-        )
-        assert ok
-
-    start = time.perf_counter()
-    if sequential:
-        for i in range(TXNS):
-            await one(i)
-    else:
-        for base in range(0, TXNS, CONCURRENCY):
-            await asyncio.gather(*(one(i) for i in range(base, base + CONCURRENCY)))
-    return TXNS / (time.perf_counter() - start)
-
-
-def test_mtls_cost_on_manifest_put_like_txns(
-    authority: pki.CertificateAuthority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Reported, not asserted: a fresh plain etcd vs a fresh mTLS etcd, same machine, same
-    shape, alternating rounds (the machine is shared: one round alone says little)."""
-    plain = Member("plain", tmp_path / "plain", None)
-    secure = Member("secure", tmp_path / "secure", issue(authority, tmp_path / "secure", "s"))
-    tls = secure.tls
-    assert tls is not None
-    for member in (plain, secure):
-        member.start()
-    try:
-        wait_until("plain etcd healthy", lambda: healthy(plain, None))
-        wait_until("mTLS etcd healthy", lambda: healthy(secure, tls))
-
-        async def measure() -> dict[str, list[float]]:
-            results: dict[str, list[float]] = {}
-            clients = {
-                "plain": aetcd.Client(host="127.0.0.1", port=plain.client_port),
-                "mTLS": TlsClient("127.0.0.1", secure.client_port, tls),
-            }
-            try:
-                for client in clients.values():
-                    await client.put(b"warm", b"up")
-                for round_ in range(ROUNDS):
-                    for label, client in clients.items():
-                        for mode in ("sequential", "concurrent"):
-                            prefix = f"bench/{round_}/{mode}".encode()
-                            rate = await manifest_puts(client, prefix, mode == "sequential")
-                            results.setdefault(f"{label} {mode}", []).append(rate)
-            finally:
-                for client in clients.values():
-                    await client.close()
-            return results
-
-        rates = asyncio.run(measure())
-    finally:
-        for member in (plain, secure):
-            member.stop()
-    with capsys.disabled():
-        print(f"\nmanifest-PUT-like txns/s ({TXNS} txns x {ROUNDS} rounds, median; "
-              f"concurrent = {CONCURRENCY} in flight):")  # fmt: skip
-        for mode in ("sequential", "concurrent"):
-            p = statistics.median(rates[f"plain {mode}"])
-            m = statistics.median(rates[f"mTLS {mode}"])
-            print(f"  {mode:>10}: plain {p:7.0f}/s  mTLS {m:7.0f}/s  ({(m / p - 1) * 100:+.0f}%)")
-    assert all(len(v) == ROUNDS for v in rates.values())
-    assert len(rates) == 4
