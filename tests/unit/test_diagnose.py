@@ -10,7 +10,7 @@ from moorage.cluster.status import HEARTBEAT_FRESH, Facts, diagnose, rejoin_proc
 from moorage.config import DataDir
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.recovery.client import AdminClient
-from moorage.recovery.diagnose import status
+from moorage.recovery.status import status
 from tests.unit.test_guidance import healthy_facts, rec
 
 ID1, ID2, ID3 = "1" * 12, "2" * 12, "3" * 12

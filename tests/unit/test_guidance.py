@@ -82,7 +82,7 @@ def _report(dirs: list[DataDir]) -> tuple[dict[str, Any], str]:
 
     from moorage.cli.main import status_text
     from moorage.recovery.client import AdminClient
-    from moorage.recovery.diagnose import status
+    from moorage.recovery.status import status
 
     doc: dict[str, Any] = status(cast(AdminClient, _Unreachable()), dirs)
     return doc, status_text(doc)

@@ -103,7 +103,7 @@ def status(
     The text ends with a `next:` block that can be pasted into a shell as is (after
     replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
-    from moorage.recovery.diagnose import status as cluster_status
+    from moorage.recovery.status import status as cluster_status
 
     client = admin_client(existing, username, password)
     dirs = [DataDir(p) for p in (data_dirs or "").split(",") if p.strip()]

@@ -2,7 +2,7 @@
 
 Two places make a status document: the cluster's own diagnosis (`cluster.status.diagnose`,
 served by `GET /api/v0/cluster/status`) and the operator's side when no replica answers
-(`recovery.diagnose.status`, from the data directories it was given). Both build it here, so
+(`recovery.status.status`, from the data directories it was given). Both build it here, so
 the two carry the same fields in the same order; what only one side knows is added as extras
 at the end (a row's `cluster_id` from its data directory; the document's `error` and
 `urls_examined` when nothing answered)."""
