@@ -41,9 +41,9 @@ def test_format_1_reads_as_typed_records() -> None:
     assert (again.tags, again.manifests, again.links) == (md.tags, md.manifests, md.links)
     assert archive_counts(FORMAT_1, header) == (4, 7)
     report = verify(FORMAT_1)
-    assert report["ok"] is True, report["problems"]
+    assert report.ok is True, report.problems
     info = inspect(FORMAT_1)
-    assert (info["manifests_in_archive"], info["blobs_in_archive"]) == (4, 7)
+    assert (info.manifests_in_archive, info.blobs_in_archive) == (4, 7)
 
 
 def test_format_1_rewritten_as_format_2(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_format_1_rewritten_as_format_2(tmp_path: Path) -> None:
     assert done[-1] == sum(size for _, _, size in to_store.values())
     assert read_header(out)["version"] == FORMAT_VERSION == 2
     report = verify(out)
-    assert report["ok"] is True, report["problems"]
+    assert report.ok is True, report.problems
     with tarfile.open(out, "r:") as tar:
         f = tar.extractfile("metadata.json")
         assert f is not None
@@ -80,4 +80,17 @@ def test_format_1_rewritten_as_format_2(tmp_path: Path) -> None:
     new = read_metadata(out)
     assert (new.tags, new.manifests, new.links) == (md.tags, md.manifests, md.links)
     assert archive_counts(out, read_header(out)) == (4, 7)
-    assert inspect(out)["counts"] == inspect(FORMAT_1)["counts"]
+    assert inspect(out).counts == inspect(FORMAT_1).counts
+
+
+def test_verify_report_json_forms() -> None:
+    """The typed verify report's one JSON form: a corrupt archive's has no counts."""
+    from moorage.recovery.backup_results import VerifyReport
+
+    good = verify(FORMAT_1).to_json()
+    assert list(good) == [
+        "file", "ok", "corrupt", "archives", "problems", "missing_blobs", "blobs_checked", "counts"
+    ]  # fmt: skip
+    bad = VerifyReport(file="x", ok=False, corrupt=True, problems=["p"], missing_blobs=[])
+    assert list(bad.to_json()) == ["file", "ok", "corrupt", "problems", "missing_blobs"]
+    assert bad.failure("x.tar") == "x.tar: 1 problem(s):\n  p"

@@ -338,12 +338,12 @@ def test_backup_while_manifests_and_blobs_are_deleted(
     archive = cluster.root / "during.tar"
     doc = backup.create(client, archive, True, None, progress=delete_everything)
     assert deleted == list(images)
-    assert doc["source"] == "storage"
-    assert doc["counts"]["manifests"] == 6
+    assert doc.source == "storage"
+    assert doc.counts["manifests"] == 6
     with r0.client() as c:
         assert c.get("/v2/del/app0/manifests/v1").status_code == 404
     report = backup.verify(archive)
-    assert report["ok"] is True, report["problems"]
+    assert report.ok is True, report.problems
 
     # Restore into new storage: the archive alone brings back everything as of its revision.
     moorage("stop", "--data-dir", str(r0.data_dir))
@@ -387,11 +387,11 @@ def test_backup_storage_flag_must_be_the_clusters_storage(
     monkeypatch.setattr(backup, "find_storage", lambda client, storage: None)
     client = AdminClient([r0.url], "admin", ADMIN_PASSWORD)
     via_http = backup.create(client, cluster.root / "http.tar", True, None)
-    assert via_http["source"] == "http"
-    assert via_http["blobs_in_archive"] == 2
-    assert via_http["manifests_in_archive"] == 1
+    assert via_http.source == "http"
+    assert via_http.blobs_in_archive == 2
+    assert via_http.manifests_in_archive == 1
     report = backup.verify(cluster.root / "http.tar")
-    assert report["ok"] is True, report["problems"]
+    assert report.ok is True, report.problems
     members = dict(read_members(cluster.root / "http.tar"))
     assert members[backup.blob_member(sha256(body))] == body
 

@@ -239,7 +239,7 @@ def test_unreachable_prints_one_start_and_live_processes_read_as_starting(
 
 
 def test_quorum_lost_repair_carries_the_other_given_dirs(tmp_path: Path) -> None:
-    from moorage.recovery.diagnose import _with_local_facts
+    from moorage.recovery.status import _with_local_facts
 
     facts = healthy_facts(3)
     facts.statuses[1] = facts.statuses[2] = "connection refused"
@@ -359,7 +359,7 @@ def test_stopped_replicas_whose_dirs_are_given_are_started_not_repaired(tmp_path
     their directories): start them, which loses nothing; never an emergency repair first.
     A replica whose process runs but whose API does not answer yet is starting: wait."""
     from moorage.cluster.supervisor import SUPERVISOR_PID
-    from moorage.recovery.diagnose import _with_local_facts
+    from moorage.recovery.status import _with_local_facts
 
     facts = healthy_facts(3)
     for i in (2, 3):

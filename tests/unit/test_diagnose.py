@@ -10,7 +10,7 @@ from moorage.cluster.status import HEARTBEAT_FRESH, Facts, diagnose, rejoin_proc
 from moorage.config import DataDir
 from moorage.meta.etcd import Member, MemberStatus
 from moorage.recovery.client import AdminClient
-from moorage.recovery.diagnose import status
+from moorage.recovery.status import status
 from tests.unit.test_guidance import healthy_facts, rec
 
 ID1, ID2, ID3 = "1" * 12, "2" * 12, "3" * 12
@@ -295,7 +295,7 @@ def test_status_of_an_answering_cluster_reports_the_data_dirs(tmp_path: Path) ->
     empty = tmp_path / "empty"
     empty.mkdir()
     dirs = [DataDir(tmp_path / "gone"), DataDir(empty)]
-    doc = status(cast(AdminClient, _Answers()), dirs)
+    doc = status(cast(AdminClient, _Answers()), dirs).to_json()
     assert doc["scenario"] == "healthy"
     assert doc["data_dirs"] == [
         {"path": str(tmp_path / "gone"), "usable": False, "detail": "does not exist"},
@@ -310,3 +310,15 @@ def test_members_are_voters_unless_learners() -> None:
     assert doc["quorum"]["members"] == 0
     assert row(doc, "x")["learner"]
     assert "etcd member unreachable: no client URL" in row(doc, "x")["error"]
+
+
+def test_status_report_json_is_the_document_key_for_key_in_order() -> None:
+    """The typed report's one JSON form is the document diagnose serves, extras last."""
+    from moorage.cluster.status_report import StatusReport
+
+    doc = diagnose(healthy_facts(3))
+    doc["data_dirs"] = []
+    report = StatusReport.from_json(doc)
+    assert report.scenario == "healthy"
+    assert report.extra == {"data_dirs": []}
+    assert list(report.to_json().items()) == list(doc.items())

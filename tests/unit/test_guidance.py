@@ -82,9 +82,11 @@ def _report(dirs: list[DataDir]) -> tuple[dict[str, Any], str]:
 
     from moorage.cli.main import status_text
     from moorage.recovery.client import AdminClient
-    from moorage.recovery.diagnose import status
+    from moorage.recovery.status import status
 
-    doc: dict[str, Any] = status(cast(AdminClient, _Unreachable()), dirs)
+    report = status(cast(AdminClient, _Unreachable()), dirs)
+    doc: dict[str, Any] = report.to_json()
+    assert status_text(report) == status_text(doc)
     return doc, status_text(doc)
 
 

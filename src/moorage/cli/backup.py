@@ -73,7 +73,7 @@ def backup(
             bar.update(done - bar.pos)
 
     try:
-        doc = create(
+        result = create(
             client,
             Path(out),
             include_blobs,
@@ -85,18 +85,9 @@ def backup(
     finally:
         if bar is not None:
             bar.render_finish()
-    for line in doc["invalid_records"]:
+    for line in result.invalid_records:
         click.echo(f"warning: left out of the backup, invalid: {line}", err=True)
-    c = doc["counts"]
-    emit(
-        as_json,
-        doc,
-        f"backup {doc['file']}: cluster {doc['cluster_id']} at revision {doc['revision']}, "
-        f"{c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests, "
-        f"{doc['blobs_in_archive']} blobs in the archive"
-        + (f" ({doc['blobs_from_base']} in {doc['base']})" if doc["base"] else "")
-        + f", {doc['size']} bytes",
-    )
+    emit(as_json, result.to_json(), result.text())
 
 
 @backup.command("inspect")
@@ -105,23 +96,10 @@ def backup(
 @json_option
 def backup_inspect(file: str, passphrase_file: str | None, as_json: bool) -> None:
     """Version, cluster id, revision, counts, size and creation time of a backup."""
-    import datetime
-
     from moorage.recovery.backup import inspect
 
-    doc = inspect(Path(file), passphrase(passphrase_file))
-    created = datetime.datetime.fromtimestamp(doc["created_at"], datetime.UTC).isoformat()
-    lines = [
-        f"file:        {doc['file']} ({doc['size']} bytes)",
-        f"version:     {doc['version']}",
-        f"cluster id:  {doc['cluster_id']} (epoch {doc['epoch']})",
-        f"revision:    {doc['revision']}",
-        f"created at:  {created}",
-        "counts:      " + ", ".join(f"{k} {v}" for k, v in doc["counts"].items()),
-        f"blobs:       {doc['blobs_in_archive']} in the archive"
-        + (f", the rest in base {doc['base']}" if doc["base"] else ""),
-    ]
-    emit(as_json, doc, "\n".join(lines))
+    info = inspect(Path(file), passphrase(passphrase_file))
+    emit(as_json, info.to_json(), info.text())
 
 
 @backup.command("verify")
@@ -135,19 +113,13 @@ def backup_verify(
     """Check every checksum and every reference (tag -> manifest -> blobs)."""
     from moorage.recovery.backup import verify
 
-    doc = verify(Path(file), Path(storage) if storage else None, passphrase(passphrase_file))
+    report = verify(Path(file), Path(storage) if storage else None, passphrase(passphrase_file))
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
-    elif doc["ok"]:
-        click.echo(
-            f"{file}: OK (checksums and references"
-            + ("" if doc.get("blobs_checked") else "; blob bytes not checked: give --storage")
-            + ")"
-        )
-    if not doc["ok"]:
-        raise Failed(
-            f"{file}: {len(doc['problems'])} problem(s):\n  " + "\n  ".join(doc["problems"])
-        )
+        click.echo(json.dumps(report.to_json(), indent=2))
+    elif report.ok:
+        click.echo(report.text(file))
+    if not report.ok:
+        raise Failed(report.failure(file))
 
 
 COMMANDS = [backup]

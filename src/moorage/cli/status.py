@@ -9,6 +9,7 @@ import click
 
 from moorage.cli.base import Command, emit
 from moorage.cli.options import admin_client, admin_options, json_option
+from moorage.cluster.status_report import StatusReport
 from moorage.config import DataDir
 
 # `moorage status` exit code per scenario (DESIGN.md §2); 1 = could not tell, 2 = bad usage.
@@ -22,10 +23,13 @@ STATUS_EXIT_CODES = {
 }
 
 
-def status_text(doc: dict[str, Any]) -> str:
-    """`moorage status` as text. When no replica answered (unreachable, all-lost) it says
-    which URLs and data directories were examined and what each held, never `None`."""
+def status_text(report: StatusReport | dict[str, Any]) -> str:
+    """`moorage status` as text (of the report or its JSON form). When no replica answered
+    (unreachable, all-lost) it says which URLs and data directories were examined and what
+    each held, never `None`."""
     from moorage.cluster.guidance import next_block
+
+    doc = report.to_json() if isinstance(report, StatusReport) else report
 
     q = doc["quorum"]
     if doc["cluster_id"] is None:
@@ -103,15 +107,15 @@ def status(
     The text ends with a `next:` block that can be pasted into a shell as is (after
     replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
-    from moorage.recovery.diagnose import status as cluster_status
+    from moorage.recovery.status import status as cluster_status
 
     client = admin_client(existing, username, password)
     dirs = [DataDir(p) for p in (data_dirs or "").split(",") if p.strip()]
-    doc = cluster_status(client, dirs)
-    emit(as_json, doc, status_text(doc))
+    report = cluster_status(client, dirs)
+    emit(as_json, report.to_json(), status_text(report))
     # Scripts and monitoring read the scenario from the exit code (DESIGN.md §2); 1 when the
     # scenario could not be told.
-    code = STATUS_EXIT_CODES.get(str(doc.get("scenario")), 1)
+    code = STATUS_EXIT_CODES.get(report.scenario, 1)
     if code:
         sys.exit(code)
 

@@ -2,13 +2,17 @@
 
 Two places make a status document: the cluster's own diagnosis (`cluster.status.diagnose`,
 served by `GET /api/v0/cluster/status`) and the operator's side when no replica answers
-(`recovery.diagnose.status`, from the data directories it was given). Both build it here, so
+(`recovery.status.status`, from the data directories it was given). Both build it here, so
 the two carry the same fields in the same order; what only one side knows is added as extras
 at the end (a row's `cluster_id` from its data directory; the document's `error` and
-`urls_examined` when nothing answered)."""
+`urls_examined` when nothing answered, `data_dirs` when status was given some).
+
+`StatusReport` is the typed document: what `moorage status` prints, with its one JSON form
+(`to_json()`, the document served by the admin API and printed by `--json`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -47,6 +51,63 @@ def replica_row(
     }
 
 
+@dataclass
+class StatusReport:
+    """The status document, typed. `fault_tolerance` is None when no replica answered
+    (unknown); `extra` holds what only one side knows, in the order it was added."""
+
+    cluster_id: str | None
+    epoch: int | None
+    scenario: str
+    action: str
+    commands: list[dict[str, Any]]
+    placeholders: dict[str, str]
+    # Quorum lost: every step of the procedure, in order, with the replica whose host
+    # runs it (the action says the same in one line).
+    procedure: list[dict[str, str]]
+    quorum: dict[str, int | None]
+    # How many more voting members can fail now with the cluster still accepting writes
+    # ((members - 1) // 2 when all are healthy).
+    fault_tolerance: int | None
+    replicas: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The one JSON form: the fields above in this order, then the extras."""
+        return {
+            "cluster_id": self.cluster_id,
+            "epoch": self.epoch,
+            "scenario": self.scenario,
+            "action": self.action,
+            "commands": self.commands,
+            "placeholders": self.placeholders,
+            "procedure": self.procedure,
+            "quorum": self.quorum,
+            "fault_tolerance": self.fault_tolerance,
+            "replicas": self.replicas,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> StatusReport:
+        """The report of a document (as the admin API serves it); keys it does not know
+        are kept as extras, in order."""
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            cluster_id=doc.get("cluster_id"),
+            epoch=doc.get("epoch"),
+            scenario=str(doc.get("scenario")),
+            action=str(doc.get("action", "")),
+            commands=list(doc.get("commands") or []),
+            placeholders=dict(doc.get("placeholders") or {}),
+            procedure=list(doc.get("procedure") or []),
+            quorum=dict(doc.get("quorum") or {}),
+            fault_tolerance=doc.get("fault_tolerance"),
+            replicas=list(doc.get("replicas") or []),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+
+
 def status_document(
     *,
     cluster_id: str | None,
@@ -61,21 +122,17 @@ def status_document(
     replicas: list[dict[str, Any]],
     **extra: Any,
 ) -> dict[str, Any]:
-    """The status document. `fault_tolerance` is None when no replica answered (unknown)."""
-    return {
-        "cluster_id": cluster_id,
-        "epoch": epoch,
-        "scenario": scenario,
-        "action": action,
-        "commands": commands,
-        "placeholders": placeholders,
-        # Quorum lost: every step of the procedure, in order, with the replica whose host
-        # runs it (the action says the same in one line).
-        "procedure": procedure,
-        "quorum": quorum,
-        # How many more voting members can fail now with the cluster still accepting writes
-        # ((members - 1) // 2 when all are healthy).
-        "fault_tolerance": fault_tolerance,
-        "replicas": replicas,
-        **extra,
-    }
+    """The status document's JSON form (`StatusReport.to_json()`)."""
+    return StatusReport(
+        cluster_id=cluster_id,
+        epoch=epoch,
+        scenario=scenario,
+        action=action,
+        commands=commands,
+        placeholders=placeholders,
+        procedure=procedure,
+        quorum=quorum,
+        fault_tolerance=fault_tolerance,
+        replicas=replicas,
+        extra=extra,
+    ).to_json()

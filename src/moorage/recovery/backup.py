@@ -46,6 +46,7 @@ from moorage.recovery.archive import (
     safe_archive_name,
 )
 from moorage.recovery.archive_records import Metadata, metadata_member
+from moorage.recovery.backup_results import BackupResult
 from moorage.recovery.backup_sources import HttpSource, Source, StorageSource, find_storage
 from moorage.recovery.backup_verify import inspect, verify
 from moorage.recovery.client import AdminClient
@@ -220,7 +221,7 @@ def create(
     progress: Callable[[int, int], None] | None = None,
     passphrase: str | None = None,
     storage: Path | None = None,
-) -> dict[str, Any]:
+) -> BackupResult:
     local = find_storage(client, storage)
     doc, md = fetch_records(client)
     chain_held: set[str] = set()
@@ -238,19 +239,23 @@ def create(
     write(out, header, md, to_store, source, passphrase, progress)
     manifests, blobs = _split(to_store)
     base_manifests, base_blobs = _split(from_base)
-    return {
-        "file": str(out),
-        "size": out.stat().st_size,
-        **{k: header[k] for k in ("cluster_id", "epoch", "revision", "counts", "base")},
-        "blobs_in_archive": blobs,
-        "manifests_in_archive": manifests,
-        "blobs_from_base": base_blobs,
-        "manifests_from_base": base_manifests,
-        "encrypted": bool(passphrase),
-        "source": source.name,
-        "storage": str(local) if local is not None else None,
-        "invalid_records": md.invalid,
-    }
+    return BackupResult(
+        file=str(out),
+        size=out.stat().st_size,
+        cluster_id=header["cluster_id"],
+        epoch=header["epoch"],
+        revision=header["revision"],
+        counts=header["counts"],
+        base=header["base"],
+        blobs_in_archive=blobs,
+        manifests_in_archive=manifests,
+        blobs_from_base=base_blobs,
+        manifests_from_base=base_manifests,
+        encrypted=bool(passphrase),
+        source=source.name,
+        storage=str(local) if local is not None else None,
+        invalid_records=md.invalid,
+    )
 
 
 def write(

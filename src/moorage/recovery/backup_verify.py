@@ -39,6 +39,7 @@ from moorage.recovery.archive import (
     show,
 )
 from moorage.recovery.archive_records import Metadata, read_metadata
+from moorage.recovery.backup_results import BackupInspection, VerifyReport
 from moorage.recovery.crypt import is_encrypted
 from moorage.storage.paths import StorageLayout
 
@@ -147,14 +148,11 @@ def _parse_sums(data: bytes, sums: dict[str, str], problems: list[str], label: s
         sums[name] = digest
 
 
-def verify(
-    path: Path, storage: Path | None = None, passphrase: str | None = None
-) -> dict[str, Any]:
+def verify(path: Path, storage: Path | None = None, passphrase: str | None = None) -> VerifyReport:
     """Checksums of every member, then referential integrity; `problems` empty means good."""
     with contextlib.ExitStack() as stack:
         report = verify_plain(path, plaintext(path, passphrase, stack), storage, passphrase, stack)
-    report.pop("held", None)
-    return report
+    return VerifyReport.of(report)
 
 
 @dataclass
@@ -363,23 +361,23 @@ def archive_counts(path: Path, header: dict[str, Any]) -> tuple[int, int]:
     return n, len(held) - n
 
 
-def inspect(path: Path, passphrase: str | None = None) -> dict[str, Any]:
+def inspect(path: Path, passphrase: str | None = None) -> BackupInspection:
     with contextlib.ExitStack() as stack:
         plain = plaintext(path, passphrase, stack)
         header = read_header(plain)
         manifests, blobs = archive_counts(plain, header)
-    return {
-        "file": str(path),
-        "version": header["version"],
-        "cluster_id": header["cluster_id"],
-        "epoch": header["epoch"],
-        "revision": header["revision"],
-        "created_at": header["created_at"],
-        "counts": header["counts"],
-        "include_blobs": header["include_blobs"],
-        "blobs_in_archive": blobs,
-        "manifests_in_archive": manifests,
-        "base": header["base"],
-        "size": path.stat().st_size,
-        "encrypted": is_encrypted(path),
-    }
+    return BackupInspection(
+        file=str(path),
+        version=header["version"],
+        cluster_id=header["cluster_id"],
+        epoch=header["epoch"],
+        revision=header["revision"],
+        created_at=header["created_at"],
+        counts=header["counts"],
+        include_blobs=header["include_blobs"],
+        blobs_in_archive=blobs,
+        manifests_in_archive=manifests,
+        base=header["base"],
+        size=path.stat().st_size,
+        encrypted=is_encrypted(path),
+    )

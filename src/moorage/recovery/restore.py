@@ -51,7 +51,7 @@ def plan(
 
     info = inspect(archive, passphrase)
     journal = plan_replay(
-        str(storage), info["cluster_id"], (int(info["epoch"]), int(info["revision"]))
+        str(storage), info.cluster_id, (int(info.epoch), int(info.revision))
     ).summary()
     problems = []
     if data_dir.exists() or data_dir.etcd_dir.exists():
@@ -64,11 +64,11 @@ def plan(
         {
             "command": "restore",
             "archive": str(archive),
-            "from_cluster_id": info["cluster_id"],
-            "backup_epoch": info["epoch"],
-            "backup_revision": info["revision"],
-            "backup_created_at": info["created_at"],
-            "counts": info["counts"],
+            "from_cluster_id": info.cluster_id,
+            "backup_epoch": info.epoch,
+            "backup_revision": info.revision,
+            "backup_created_at": info.created_at,
+            "counts": info.counts,
             "data_dir": str(data_dir.path),
             "http_addr": http_addr,
             "storage": str(storage),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.cluster.guidance import action_text, command, localize, placeholders, program
-from moorage.cluster.status_report import replica_row, status_document
+from moorage.cluster.status_report import StatusReport, replica_row, status_document
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.recovery.client import AdminClient, ClusterUnreachable
@@ -138,7 +138,9 @@ def _with_local_facts(doc: dict[str, Any], data_dirs: list[DataDir]) -> dict[str
     return localize(doc, program())
 
 
-def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
+def status(client: AdminClient, data_dirs: list[DataDir]) -> StatusReport:
+    """`moorage status`: the report of the replica that answers (with what the data
+    directories given add), else one built from the data directories alone."""
     try:
         doc: dict[str, Any] = client.call("GET", "/api/v0/cluster/status")
     except ClusterUnreachable as exc:
@@ -150,7 +152,7 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
                 for d in data_dirs
                 for u, why in [_usable(d)]
             ]
-        return _with_local_facts(doc, data_dirs)
+        return StatusReport.from_json(_with_local_facts(doc, data_dirs))
 
     inspected = [(d, *_usable(d)) for d in data_dirs]
     usable = [d for d, ok, _ in inspected if ok]
@@ -249,4 +251,4 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> dict[str, Any]:
         error=unreachable_error,
         urls_examined=list(client.urls),
     )
-    return _with_local_facts(doc, data_dirs)
+    return StatusReport.from_json(_with_local_facts(doc, data_dirs))
