@@ -106,12 +106,8 @@ def test_admin_api_refuses_bad_input_clearly(registry: Replica) -> None:
             r = c.post(f"{base}/{path}", content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, (path, body, r.status_code, r.text)
             assert r.json()["error"], (path, body, r.text)
-        # The bad requests changed nothing: the cluster is healthy (after the heavy tests
-        # before this one on the shared replica, its heartbeat may take a few beats to be fresh).
-        for _ in range(60):
-            doc = c.get(f"{base}/status").json()
-            if doc["scenario"] == "healthy":
-                break
-            time.sleep(1)
+        # The bad requests changed nothing, and a corrupt heartbeat record another test wrote
+        # (test_scale_limits) hides no replica's heartbeat: the cluster is healthy.
+        doc = c.get(f"{base}/status").json()
         assert doc["scenario"] == "healthy", doc["replicas"]
         assert len(doc["replicas"]) == 1

@@ -16,14 +16,33 @@ Every read is bounded (pages of at most STORE_PAGE keys).
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.base import Delete, MetaStore, Op, Put, op_batches
 from moorage.meta.records import ClusterRecord, HeartbeatRecord, LockRecord, ReplicaRecord
 from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kv
+
+log = logging.getLogger("moorage.meta")
+_R = TypeVar("_R")
+
+
+def _readable(decode: Callable[[bytes], _R], values: list[bytes]) -> list[_R]:
+    """The records that decode: one corrupt record (a forged or half-written key) is
+    skipped with a warning, never allowed to hide the others (a replica's heartbeat
+    among them, which would make status call a healthy replica unhealthy)."""
+    out: list[_R] = []
+    for value in values:
+        try:
+            out.append(decode(value))
+        except RecordCorrupt as exc:
+            log.warning("skipped a corrupt record: %s", exc)
+    return out
+
 
 #: The lock one join at a time holds.
 JOIN_LOCK = "join"
@@ -65,7 +84,7 @@ class ClusterStore(MetaStore):
 
     # -- replicas and their heartbeats -----------------------------------------------------
     async def replicas(self, local: bool = False) -> list[ReplicaRecord]:
-        return [ReplicaRecord.decode(v) for v in await self._values(keys.REPLICAS, local)]
+        return _readable(ReplicaRecord.decode, await self._values(keys.REPLICAS, local))
 
     async def get_replica(self, replica_id: str) -> ReplicaRecord | None:
         kv = await self._get(keys.replica(replica_id))
@@ -75,7 +94,7 @@ class ClusterStore(MetaStore):
         await self._txn([], [Put(keys.replica(record.replica_id), record.encode())])
 
     async def heartbeats(self, local: bool = False) -> list[HeartbeatRecord]:
-        return [HeartbeatRecord.decode(v) for v in await self._values(keys.HEARTBEATS, local)]
+        return _readable(HeartbeatRecord.decode, await self._values(keys.HEARTBEATS, local))
 
     async def put_heartbeat(self, record: HeartbeatRecord, lease: int) -> None:
         await self.put_with_lease(keys.heartbeat(record.replica_id), record.encode(), lease)
