@@ -240,6 +240,10 @@ class Image:
     body: bytes
 
 
+#: Text and JSON status are two runs; a state change between them makes them differ.
+STATUS_PAIR_ATTEMPTS = 4
+
+
 @dataclass
 class Operator:
     """Follows status literally. `urls` and `dirs` are what the operator knows of the
@@ -282,18 +286,24 @@ class Operator:
 
     def status(self, with_dirs: bool = True) -> tuple[Status, dict[str, Any]]:
         """Run status in the shell (text, as the operator reads it) and as JSON (for the
-        test's own checks)."""
+        test's own checks). They are two runs: when the cluster changed between them (a
+        replica's view of the quorum returning), both are taken again."""
         cmd = self.status_command(with_dirs)
-        rc, text, _ = self.shell.run(cmd, timeout=120)
-        st = parse_status(cmd, rc, text)
-        self.log(f"$ {cmd}\n{text}")
-        assert rc == STATUS_CODES[st.scenario], (rc, text)
-        out = subprocess.run(
-            [*shlex.split(cmd), "--json"], capture_output=True, text=True, timeout=120,
-            env=shell_env(),
-        )  # fmt: skip
-        assert out.returncode in STATUS_CODES.values(), out.stderr
-        doc: dict[str, Any] = json.loads(out.stdout)
+        for _ in range(STATUS_PAIR_ATTEMPTS):
+            rc, text, _ = self.shell.run(cmd, timeout=120)
+            st = parse_status(cmd, rc, text)
+            self.log(f"$ {cmd}\n{text}")
+            assert rc == STATUS_CODES[st.scenario], (rc, text)
+            out = subprocess.run(
+                [*shlex.split(cmd), "--json"], capture_output=True, text=True, timeout=120,
+                env=shell_env(),
+            )  # fmt: skip
+            assert out.returncode in STATUS_CODES.values(), out.stderr
+            doc: dict[str, Any] = json.loads(out.stdout)
+            if doc["scenario"] == st.scenario:
+                break
+            self.log(f"(the cluster changed between the two runs: {doc['scenario']} in JSON)")
+            time.sleep(1)
         return st, doc
 
     # -- pasting ------------------------------------------------------------------------
