@@ -34,6 +34,7 @@ from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import fence_grace, write_fence
 from moorage.cluster.guidance import rejoin_procedure
 from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
+from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.meta.cluster_store import JOIN_LOCK
@@ -124,7 +125,10 @@ def plan(
     known = {c.replica_id for c in candidates if c.revision is not None}
     # Every old member, the candidates included: one with a leader means quorum is not lost;
     # one without is a survivor on the minority side, compared like the others.
-    probes = asyncio.run(probe_members(list(records.values()), read_revision=set(records) - known))
+    tls = client_tls(d.load())  # the old members are asked with this replica's certificate
+    probes = asyncio.run(
+        probe_members(list(records.values()), read_revision=set(records) - known, tls=tls)
+    )
     revisions = {c.replica_id: c.revision for c in candidates if c.revision is not None}
     for p in probes:
         rec = p.record
@@ -277,9 +281,10 @@ def execute(repair: RepairPlan, replay: bool = True) -> dict[str, Any]:
 async def _rewrite(
     config: ReplicaConfig, records: dict[str, ReplicaRecord], replay: bool
 ) -> tuple[int, dict[str, Any]]:
-    store = EtcdCluster([config.etcd_client_url])
+    tls = client_tls(config)  # the survivor keeps its D/tls/ and the CA sealed in its etcd
+    store = EtcdCluster([config.etcd_client_url], tls=tls)
     try:
-        survivor_revision = await data_revision(config.etcd_client_url)
+        survivor_revision = await data_revision(config.etcd_client_url, tls=tls)
         cluster = await store.get_cluster()
         old_epoch = max(cluster.epoch if cluster else 1, config.epoch)
         epoch = old_epoch + 1
