@@ -27,6 +27,7 @@ TIERS = {
     "test_chaos.py": "chaos",
     "test_backup_hardening.py": "cluster",
     "test_cluster.py": "cluster",
+    "test_etcd_tls.py": "cluster",
     "test_confirm.py": "cluster",
     "test_forged_records.py": "cluster",
     "test_multi_survivor.py": "cluster",

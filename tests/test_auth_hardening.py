@@ -25,9 +25,10 @@ from moorage.auth.passwords import hash_password
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import NICENESS, PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
-from moorage.meta.etcd import EtcdCluster
+from moorage.meta.etcd import ClientTls, EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
+from moorage.pki.files import TlsDir
 
 # -- in-process: the authenticator against an in-memory store -----------------------------
 
@@ -394,7 +395,8 @@ def test_failed_logins_are_counted_across_the_cluster(replica: Replica) -> None:
 
     async def run() -> None:
         # Another replica: an authenticator of its own, on the same etcd cluster.
-        store = EtcdCluster([f"http://127.0.0.1:{replica.etcd_client_port}"])
+        tls = ClientTls(*TlsDir(replica.data_dir).client_material())
+        store = EtcdCluster([f"https://127.0.0.1:{replica.etcd_client_port}"], tls=tls)
         await store.connect()
         try:
             other = BasicAuthenticator(store)

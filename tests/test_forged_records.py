@@ -14,10 +14,11 @@ import pytest
 from moorage.errors import DigestInvalid, RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.base import Put
-from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd import ClientTls, EtcdMetaStore
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import ManifestRecord, TagRecord
 from moorage.oci import mediatypes as mt
+from moorage.pki.files import TlsDir
 from moorage.recovery.journal_replay import apply, plan_replay
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import read_entries
@@ -74,8 +75,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.shutdown()
 
 
-async def _forge(client_url: str, puts: list[tuple[bytes, bytes]]) -> None:
-    store = EtcdMetaStore([client_url])
+async def _forge(client_url: str, tls: ClientTls, puts: list[tuple[bytes, bytes]]) -> None:
+    store = EtcdMetaStore([client_url], tls=tls)
     try:
         await store._txn([], [Put(k, v) for k, v in puts])
     finally:
@@ -93,7 +94,8 @@ def test_forged_tag_in_etcd_never_serves_a_host_file(cluster: Cluster) -> None:
             json.dumps({"digest": FORGED[0], "media_type": mt.OCI_MANIFEST, "size": 9}).encode(),
         )
     )
-    asyncio.run(_forge(f"http://127.0.0.1:{r0.etcd_client_port}", puts))
+    tls = ClientTls(*TlsDir(r0.data_dir).client_material())
+    asyncio.run(_forge(f"https://127.0.0.1:{r0.etcd_client_port}", tls, puts))
     passwd = Path("/etc/passwd").read_bytes()[:20]
     with r0.client() as c:
         refs = [f"evil{i}" for i in range(len(FORGED))] + [GOOD]

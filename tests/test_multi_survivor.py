@@ -245,20 +245,22 @@ def test_a_leader_named_just_after_it_died_is_asked_again(monkeypatch: pytest.Mo
     the probe asks again rather than refusing; a leader that stays is reported."""
     import asyncio
 
+    from moorage.meta.etcd import ClientTls
     from moorage.recovery import candidates
 
     rec = ReplicaRecord("b" * 12, "http://b", "http://b:1", "http://b:2", "/b", "/s", 0.0)
     answers = {"stale": [True, True, False], "live": [True] * 100}
 
     def fake(kind: str) -> Any:
-        async def probe(r: ReplicaRecord, read_revision: bool) -> candidates.Probe:
+        async def probe(r: ReplicaRecord, read_revision: bool, tls: object) -> candidates.Probe:
             return candidates.Probe(r, "etcd", answers[kind].pop(0), 7, 5)
 
         return probe
 
     monkeypatch.setattr(candidates, "_probe", fake("stale"))
-    (p,) = asyncio.run(candidates.probe_members([rec], set(), patience=30))
+    tls = ClientTls(b"ca", b"key", b"cert")  # the fake probe dials nothing
+    (p,) = asyncio.run(candidates.probe_members([rec], set(), tls, patience=30))
     assert p.has_leader is False
     monkeypatch.setattr(candidates, "_probe", fake("live"))
-    (p,) = asyncio.run(candidates.probe_members([rec], set(), patience=1.5))
+    (p,) = asyncio.run(candidates.probe_members([rec], set(), tls, patience=1.5))
     assert p.has_leader is True

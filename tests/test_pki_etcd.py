@@ -1,8 +1,8 @@
 """pki/ against a real etcd: mutual TLS on the client and peer planes with the cluster's
-certificates (issue 12, groundwork). Nothing in Moorage is wired to TLS yet; these tests start
-etcd themselves and prove the building blocks: the flags, the aetcd connection, refusals of
-clients and peers without a cluster certificate, and what mutual TLS costs a manifest-PUT-like
-transaction."""
+certificates (issue 12). These tests start bare etcd members themselves and prove the building
+blocks: the flags, the aetcd connection, refusals of clients and peers without a cluster
+certificate. tests/test_etcd_tls.py checks the same on a real Moorage cluster, reusing the
+etcdctl and peer helpers here."""
 
 from __future__ import annotations
 

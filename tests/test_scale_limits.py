@@ -23,9 +23,10 @@ from harness.replica import Replica
 from moorage.meta import etcd as etcd_module
 from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION, STORE_PAGE, TXN_OPS, Delete, Op, Put, op_batches
-from moorage.meta.etcd import EtcdCluster, EtcdMetaStore, data_revision
+from moorage.meta.etcd import ClientTls, EtcdCluster, EtcdMetaStore, data_revision
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import ManifestRecord
+from moorage.pki.files import TlsDir
 from moorage.registry import discovery as discovery_module
 from moorage.registry.discovery import Discovery
 
@@ -309,10 +310,11 @@ def test_reads_split_past_the_message_limit(
     limit = 256 * 1024
     options = {"grpc.max_receive_message_length": limit, "grpc.max_send_message_length": limit}
     monkeypatch.setattr(etcd_module, "_CHANNEL_OPTIONS", options)
-    endpoint = f"http://127.0.0.1:{registry.etcd_client_port}"
+    endpoint = f"https://127.0.0.1:{registry.etcd_client_port}"
+    tls = ClientTls(*TlsDir(registry.data_dir).client_material())
 
     async def go() -> None:
-        store = EtcdCluster([endpoint])
+        store = EtcdCluster([endpoint], tls=tls)
         try:
             keys_ = [keys.REFERRERS + f"split/x@sha256:s@{i:03d}".encode() for i in range(12)]
             for k in keys_:
@@ -326,7 +328,7 @@ def test_reads_split_past_the_message_limit(
             revision, dumped = await store._dump(prefix)
             assert [k for k, _ in dumped] == keys_
             assert revision > 0
-            assert await data_revision(endpoint) >= written
+            assert await data_revision(endpoint, tls=tls) >= written
         finally:
             await store.close()
 
@@ -335,24 +337,25 @@ def test_reads_split_past_the_message_limit(
 
 def test_data_revision_counts_deletes(registry: Replica) -> None:
     """The newest registry change is found with a few one-key reads, deletes included."""
-    endpoint = f"http://127.0.0.1:{registry.etcd_client_port}"
+    endpoint = f"https://127.0.0.1:{registry.etcd_client_port}"
+    tls = ClientTls(*TlsDir(registry.data_dir).client_material())
     with registry.client() as c:
         repo = "scale/revision"
         body = _image(c, repo, layers=1, salt="rev")
         assert c.put(f"/v2/{repo}/manifests/a", content=body,
                      headers={"Content-Type": MANIFEST}).status_code == 201  # fmt: skip
-        before = asyncio.run(data_revision(endpoint))
+        before = asyncio.run(data_revision(endpoint, tls=tls))
         assert c.delete(f"/v2/{repo}/manifests/a").status_code == 202
-        after = asyncio.run(data_revision(endpoint))
+        after = asyncio.run(data_revision(endpoint, tls=tls))
     assert after > before
 
     async def heartbeat_only() -> int:
-        store = EtcdMetaStore([endpoint])
+        store = EtcdMetaStore([endpoint], tls=tls)
         try:
             await store._txn([], [Put(keys.heartbeat("not-data"), b"{}")])
         finally:
             await store.close()
-        return await data_revision(endpoint)
+        return await data_revision(endpoint, tls=tls)
 
     assert asyncio.run(heartbeat_only()) == after
 

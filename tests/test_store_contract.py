@@ -17,12 +17,13 @@ from harness.process import free_port
 
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import read_fence, write_fence
+from moorage.cluster.tls import client_tls, create_cluster_tls
 from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.base import Delete, Put
 from moorage.meta.cluster_store import JOIN_LOCK, ClusterStore
-from moorage.meta.etcd import EtcdCluster
+from moorage.meta.etcd import ClientTls, EtcdCluster
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import (
     ClusterRecord,
@@ -53,8 +54,9 @@ Case = Callable[[ClusterStore], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One etcd member started exactly as a replica starts its own (the same limits)."""
+def etcd_member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientTls]]:
+    """One etcd member started exactly as a replica starts its own (the same limits, mutual
+    TLS with a new cluster's certificates): its client URL and the client's TLS material."""
     root = tmp_path_factory.mktemp("contract-etcd")
     data_dir = DataDir(root / "d")
     data_dir.make_dirs()
@@ -67,11 +69,12 @@ def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         etcd_client_port=free_port(),
         etcd_peer_port=free_port(),
     )
+    create_cluster_tls(config)
     etcd = EtcdProcess(data_dir, config)
     etcd.start()
     try:
         etcd.wait_ready(timeout=60)
-        yield config.etcd_client_url
+        yield config.etcd_client_url, client_tls(config)
     finally:
         etcd.stop()
 
@@ -79,7 +82,7 @@ def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(params=["memory", "etcd"])
 def run(request: pytest.FixtureRequest) -> Callable[[Case], None]:
     """Runs a case against a fresh store of the parametrised backend."""
-    url = request.getfixturevalue("etcd_url") if request.param == "etcd" else ""
+    member = request.getfixturevalue("etcd_member") if request.param == "etcd" else None
 
     def go(case: Case) -> None:
         async def main() -> None:
@@ -87,7 +90,8 @@ def run(request: pytest.FixtureRequest) -> Callable[[Case], None]:
             if request.param == "memory":
                 store = MemoryMetaStore()
             else:
-                store = EtcdCluster([url])
+                assert member is not None
+                store = EtcdCluster([member[0]], tls=member[1])
                 await _wipe(store)
             try:
                 await case(store)

@@ -53,18 +53,19 @@ class ReplicaConfig:
             host = "127.0.0.1"
         return f"http://{host}:{self.http_port}"
 
+    # etcd speaks mutual TLS only, on both planes (DESIGN.md §7): every URL is https.
     @property
     def etcd_client_url(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_client_port}"
+        return f"https://127.0.0.1:{self.etcd_client_port}"
 
     @property
     def etcd_advertise_client_url(self) -> str:
         """The client URL other replicas use: on `etcd_host` (loopback by default)."""
-        return f"http://{self.etcd_host}:{self.etcd_client_port}"
+        return f"https://{self.etcd_host}:{self.etcd_client_port}"
 
     @property
     def etcd_peer_url(self) -> str:
-        return f"http://{self.etcd_host}:{self.etcd_peer_port}"
+        return f"https://{self.etcd_host}:{self.etcd_peer_port}"
 
     @property
     def store_endpoints(self) -> list[str]:
@@ -100,6 +101,11 @@ class DataDir:
     @property
     def etcd_dir(self) -> Path:
         return self.path / "etcd"
+
+    @property
+    def tls_dir(self) -> Path:
+        """`D/tls/`: the replica's key, certificates and cluster secret (moorage.pki.files)."""
+        return self.path / "tls"
 
     @property
     def run_dir(self) -> Path:

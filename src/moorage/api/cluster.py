@@ -18,6 +18,7 @@ from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import membership
+from moorage.cluster.tls import ClusterCaUnavailable, replica_hosts, sign_join
 from moorage.errors import LoginThrottled, MoorageError
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.meta.snapshot import to_json
@@ -125,30 +126,49 @@ async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[
 _REPLICA_ID = re.compile(r"[0-9a-f]{12}")
 
 
-def _peer_url(value: object) -> str:
-    """An etcd peer URL, http://HOST:PORT, or ValueError (a 400) saying what is wrong."""
+def _peer_url(value: object) -> tuple[str, str]:
+    """An etcd peer URL, https://HOST:PORT (etcd's peers speak mutual TLS only), and its
+    host; or ValueError (a 400) saying what is wrong."""
     url = str(value)
     parsed = urllib.parse.urlsplit(url)
     try:
         port = parsed.port
     except ValueError:
         port = None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None:
-        raise ValueError(f"peer_url must look like http://HOST:PORT, not {url[:100]!r}")
-    return url
+    if parsed.scheme != "https" or not parsed.hostname or port is None:
+        raise ValueError(f"peer_url must look like https://HOST:PORT, not {url[:100]!r}")
+    return url, parsed.hostname
+
+
+def _http_host(value: object) -> str:
+    """The host of the joiner's HTTP address HOST:PORT (its certificate names it)."""
+    addr = str(value)
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or len(addr) > 300:
+        raise ValueError(f"http_addr must look like HOST:PORT, not {addr[:100]!r}")
+    return host.strip("[]") or "127.0.0.1"
 
 
 async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    """Sign the joiner's CSR for the hosts of this request's own addresses (refused before
+    anything changes if it asks for other names), then add its etcd member as a learner."""
     replica_id = str(body["replica_id"])
     if not _REPLICA_ID.fullmatch(replica_id):
         raise ValueError(f"replica_id must be 12 hex digits, not {replica_id[:40]!r}")
-    return await membership.begin_join(
+    peer_url, etcd_host = _peer_url(body["peer_url"])
+    hosts = replica_hosts(_http_host(body["http_addr"]), etcd_host)
+    try:
+        tls = await sign_join(store, st.config, replica_id, body["csr"], hosts)
+    except ClusterCaUnavailable as exc:
+        raise MoorageError(f"cannot sign the new replica's certificate: {exc}") from None
+    answer = await membership.begin_join(
         store,
         st.config,
         replica_id=replica_id,
-        peer_url=_peer_url(body["peer_url"]),
+        peer_url=peer_url,
         unsafe=bool(body.get("unsafe", False)),
     )
+    return {**answer, **tls}
 
 
 _MEMBER_ID = re.compile(r"[0-9a-fA-F]{1,16}")  # etcd member ids are 64 bits
@@ -209,7 +229,7 @@ async def local_revision(
     return {
         "replica_id": st.config.replica_id,
         "data_dir": st.config.data_dir,
-        "revision": await data_revision(st.config.etcd_client_url),
+        "revision": await data_revision(st.config.etcd_client_url, tls=store.tls),
     }
 
 

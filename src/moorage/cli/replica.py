@@ -21,6 +21,8 @@ from moorage.cli.options import (
 )
 from moorage.cluster.replica_config import check_same_settings, create_replica
 from moorage.config import DEFAULT_HTTP_ADDR, DataDir
+from moorage.pki.ca import fingerprint as ca_fingerprint
+from moorage.pki.files import TlsDir
 
 
 def _reexec_with_absolute(data_dir: DataDir) -> None:
@@ -112,6 +114,7 @@ def install(
     password = admin_password or secrets.token_urlsafe(18)
     config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
     pid = start_background(d, password).pid
+    fingerprint = ca_fingerprint(TlsDir(d.path).read_ca())
     doc: dict[str, Any] = {
         "cluster_id": config.cluster_id,
         "replica_id": config.replica_id,
@@ -120,13 +123,14 @@ def install(
         "storage": config.storage,
         "pid": pid,
         "admin_user": "admin",
+        "ca_fingerprint": fingerprint,
     }
     if generated:
         doc["admin_password"] = password
     text = (
         f"Installed replica {config.replica_id} of new cluster {config.cluster_id}\n"
         f"  URL:        {config.url}\n  data dir:   {d.path}\n  storage:    {config.storage}\n"
-        f"  admin user: admin"
+        f"  cluster CA: {fingerprint}\n  admin user: admin"
     )
     if generated:
         text += f"\n  admin password (shown once, stored only as a hash): {password}"

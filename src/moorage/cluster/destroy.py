@@ -29,7 +29,13 @@ def plan(data_dir: DataDir) -> tuple[dict[str, Any], str]:
             if pid is not None and alive(pid) and str(path) in cmdline(pid):
                 processes.append({"name": pid_file.stem, "pid": pid})
     files = []
-    for p in (data_dir.etcd_dir, data_dir.run_dir, data_dir.log_dir, data_dir.config_file):
+    for p in (
+        data_dir.etcd_dir,
+        data_dir.tls_dir,
+        data_dir.run_dir,
+        data_dir.log_dir,
+        data_dir.config_file,
+    ):
         if storage is not None and (p == storage or p in storage.parents):
             continue
         if p.exists():

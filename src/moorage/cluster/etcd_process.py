@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
 from moorage.cluster.processes import owned_pid, terminate
+from moorage.cluster.tls import legacy_message
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, StoreUnavailable
+from moorage.pki.files import TlsDir
 
 log = logging.getLogger("moorage.etcd")
 ETCD_PID = "etcd"
@@ -50,6 +53,14 @@ class EtcdProcess:
             cluster_state if initial_cluster is not None else config.etcd_cluster_state
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = TlsDir(data_dir.path)
+        self._context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The HTTPS client context of the health probes (made once the files exist)."""
+        if self._context is None:
+            self._context = self.tls.client_context()
+        return self._context
 
     def command(self) -> list[str]:
         c = self.config
@@ -75,10 +86,14 @@ class EtcdProcess:
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", "100000",
             "--logger", "zap",
+            # Mutual TLS on the client and the peer plane, always (DESIGN.md §7).
+            *self.tls.etcd_args(),
             *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:
+        if not self.tls.exists():
+            raise ConfigError(legacy_message(self.config))
         self.data_dir.log_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.run_dir.mkdir(parents=True, exist_ok=True)
         orphan = owned_pid(self.data_dir.pid_file(ETCD_PID), str(self.data_dir.etcd_dir))
@@ -107,14 +122,14 @@ class EtcdProcess:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
-            if serving_only and etcd_answers(self.config.etcd_client_port):
+            if serving_only and etcd_answers(self.config.etcd_client_port, self.context()):
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 raise StoreUnavailable(
                     f"etcd exited with code {self.proc.returncode}; see "
                     f"{self.data_dir.log_dir / 'etcd.log'}"
                 )
-            healthy, last = etcd_health(self.config.etcd_client_port)
+            healthy, last = etcd_health(self.config.etcd_client_port, self.context())
             if healthy:
                 return
             time.sleep(0.1)
@@ -138,10 +153,14 @@ class EtcdProcess:
         self.data_dir.pid_file(ETCD_PID).unlink(missing_ok=True)
 
 
-def etcd_health(client_port: int, timeout: float = 1.0) -> tuple[bool, str]:
-    url = f"http://127.0.0.1:{client_port}/health"
+def etcd_health(
+    client_port: int, context: ssl.SSLContext, timeout: float = 1.0
+) -> tuple[bool, str]:
+    """etcd's /health on the local member, over HTTPS with the replica's certificate
+    (`TlsDir.client_context()`; every replica certificate names 127.0.0.1)."""
+    url = f"https://127.0.0.1:{client_port}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             doc = json.loads(resp.read())
     except (OSError, ValueError) as exc:
         return False, str(exc)
@@ -150,9 +169,10 @@ def etcd_health(client_port: int, timeout: float = 1.0) -> tuple[bool, str]:
     return doc.get("health") == "true", str(doc.get("reason", ""))
 
 
-def etcd_answers(client_port: int, timeout: float = 1.0) -> bool:
+def etcd_answers(client_port: int, context: ssl.SSLContext, timeout: float = 1.0) -> bool:
+    url = f"https://127.0.0.1:{client_port}/version"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{client_port}/version", timeout=timeout):
+        with urllib.request.urlopen(url, timeout=timeout, context=context):
             return True
     except (OSError, ValueError):
         return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from moorage.errors import MoorageError
-from moorage.meta.etcd import EtcdCluster, Member, MemberStatus, member_status
+from moorage.meta.etcd import ClientTls, EtcdCluster, Member, MemberStatus, member_status
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 
 HEARTBEAT_FRESH = 10.0
@@ -55,9 +55,9 @@ async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:
     return resp.status_code, str(doc.get("error") or "unhealthy")
 
 
-async def _status(url: str) -> MemberStatus | str:
+async def _status(url: str, tls: ClientTls) -> MemberStatus | str:
     try:
-        return await member_status(url, PING_TIMEOUT)
+        return await member_status(url, PING_TIMEOUT, tls=tls)
     except MoorageError as exc:
         return str(exc)
 
@@ -78,7 +78,7 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0)
 
     async def status_of(m: Member) -> tuple[int, MemberStatus | str]:
         url = client_url(m)
-        return m.id, (await _status(url) if url else "not started yet")
+        return m.id, (await _status(url, store.tls) if url else "not started yet")
 
     async with httpx.AsyncClient() as client:
         statuses, pings = await asyncio.gather(

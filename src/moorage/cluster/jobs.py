@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
+from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
 from moorage.meta.etcd import member_status
 from moorage.storage.base import BlobStorage
@@ -61,7 +62,9 @@ async def check_once(replica: Replica) -> None:
 
 async def _role(replica: Replica) -> str:
     try:
-        status = await member_status(replica.config.etcd_client_url, CHECK_TIMEOUT)
+        status = await member_status(
+            replica.config.etcd_client_url, CHECK_TIMEOUT, tls=client_tls(replica.config)
+        )
     except MoorageError:
         return "unknown"
     if status.is_learner:
@@ -73,7 +76,9 @@ async def _role(replica: Replica) -> str:
 
 async def _local_member_answers(replica: Replica) -> bool:
     try:
-        await member_status(replica.config.etcd_client_url, CHECK_TIMEOUT)
+        await member_status(
+            replica.config.etcd_client_url, CHECK_TIMEOUT, tls=client_tls(replica.config)
+        )
     except MoorageError:
         return False
     return True

@@ -232,7 +232,13 @@ def destroy(data_dir: DataDir) -> list[str]:
             storage = Path(data_dir.load().storage).resolve()
     stop(data_dir)
     removed = []
-    for path in (data_dir.etcd_dir, data_dir.run_dir, data_dir.log_dir, data_dir.config_file):
+    for path in (
+        data_dir.etcd_dir,
+        data_dir.tls_dir,
+        data_dir.run_dir,
+        data_dir.log_dir,
+        data_dir.config_file,
+    ):
         if storage is not None and (path == storage or path in storage.parents):
             continue
         if path.is_dir():

@@ -80,6 +80,7 @@ def create_replica(
 ) -> ReplicaConfig:
     """Write the configuration of a new one-replica cluster into an empty data directory."""
     from moorage.cluster.supervisor import check_http_addr
+    from moorage.cluster.tls import create_cluster_tls
 
     if d.path.exists() and (d.etcd_dir.exists() or d.config_file.exists()):
         raise ReplicaStateConflict(
@@ -91,5 +92,8 @@ def create_replica(
     )
     check_http_addr(config)
     d.make_dirs()
+    # The CA and the certificates first: the first etcd start already uses TLS, and a
+    # directory with moorage.json but no tls/ reads as one made before TLS.
+    create_cluster_tls(config)
     d.save(config)
     return config

@@ -29,9 +29,10 @@ from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import check_fence
 from moorage.cluster.processes import read_pid
+from moorage.cluster.tls import ca_pending, client_tls, publish_ca, require_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, MoorageError, StoreUnavailable
-from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd import EtcdCluster
 
 log = logging.getLogger("moorage.supervisor")
 SUPERVISOR_PID = "moorage"
@@ -63,8 +64,10 @@ def replica_lock(data_dir: DataDir) -> Iterator[IO[str]]:
 
 
 async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
-    meta = EtcdMetaStore(config.store_endpoints)
+    meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
     try:
+        if await publish_ca(meta, config):
+            log.info("stored the new cluster's CA (sealed key) in etcd")
         await bootstrap(meta, config.cluster_id, admin_password)
     finally:
         await meta.close()
@@ -124,11 +127,12 @@ def supervise(
         pid_file = data_dir.pid_file(SUPERVISOR_PID)
         pid_file.write_text(f"{os.getpid()}\n")
         check_fence(config)  # a stale replica must not even start its etcd member
+        require_tls(config)  # made before etcd used TLS: say what to do
         etcd = EtcdProcess(data_dir, config)
         watchdog = EtcdWatchdog(etcd)
         try:
             etcd.start()
-            if admin_password is not None:
+            if admin_password is not None or ca_pending(config):
                 etcd.wait_ready()
                 asyncio.run(_bootstrap(config, admin_password))
             else:

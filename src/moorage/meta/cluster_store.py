@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
-from moorage.meta.base import Delete, MetaStore, Op, Put, op_batches
+from moorage.meta.base import Delete, Guard, MetaStore, Op, Put, op_batches
 from moorage.meta.records import ClusterRecord, HeartbeatRecord, LockRecord, ReplicaRecord
 from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kv
 
@@ -132,6 +132,20 @@ class ClusterStore(MetaStore):
         holder = await self.get_lock(name)
         if holder is not None and (owner is None or holder.owner == owner):
             await self._txn([], [Delete(keys.lock(name))])
+
+    # -- the cluster CA (moorage.cluster.tls) ------------------------------------------------
+    async def get_ca(self) -> tuple[bytes, bytes] | None:
+        """(CA certificate PEM, sealed CA key), or None when the cluster has none stored."""
+        cert, sealed = await self._get(keys.PKI_CA_CERT), await self._get(keys.PKI_CA_KEY)
+        if cert is None or sealed is None:
+            return None
+        return cert.value, sealed.value
+
+    async def create_ca(self, cert_pem: bytes, sealed_key: bytes) -> bool:
+        """Store the cluster CA unless one is stored already (False then)."""
+        guards: list[Guard] = [(keys.PKI_CA_CERT, 0), (keys.PKI_CA_KEY, 0)]
+        ops: list[Op] = [Put(keys.PKI_CA_CERT, cert_pem), Put(keys.PKI_CA_KEY, sealed_key)]
+        return await self._txn(guards, ops)
 
     # -- the epoch -------------------------------------------------------------------------
     async def put_cluster(self, record: ClusterRecord) -> None:

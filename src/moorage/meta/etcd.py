@@ -50,6 +50,8 @@ _READS_PER_TXN = 128
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: A response of one key always fits; larger pages are split (see _bounded).
 MAX_RECEIVE_BYTES = 4 * MAX_REQUEST_BYTES
+#: What members' certificates are checked against (= pki.CLUSTER_SAN; `ipv4:a,b` is no name).
+TLS_SERVER_NAME = "moorage-cluster"
 _CHANNEL_OPTIONS = {
     "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
     "grpc.max_send_message_length": MAX_REQUEST_BYTES + 64 * 1024,
@@ -78,14 +80,44 @@ def _target(endpoints: Sequence[str]) -> tuple[str, int]:
     return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM bytes the etcd client trusts and presents (`TlsDir.client_material()`, D/tls/)."""
+
+    ca: bytes
+    key: bytes
+    cert: bytes
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd 1.0.0 has no TLS parameter: a secure channel with the stubs this module calls."""
+
+    def __init__(self, host: str, port: int, tls: ClientTls, options: dict[str, Any]) -> None:
+        override = {"grpc.ssl_target_name_override": TLS_SERVER_NAME}
+        super().__init__(host=host, port=port, options={**options, **override})
+        self._credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        ch = self.channel = grpc.aio.secure_channel(
+            f"{self._host}:{self._port}", self._credentials, options=list(self._options.items())
+        )
+        self.kvstub, self.clusterstub = rpc.KVStub(ch), rpc.ClusterStub(ch)
+        self.leasestub, self.maintenancestub = rpc.LeaseStub(ch), rpc.MaintenanceStub(ch)
+        self._connected.set()
+
+
 class _TooLarge(StoreUnavailable):
     """A message over the gRPC size limit (RESOURCE_EXHAUSTED): ask for less."""
 
 
 class EtcdMetaStore(MetaStore):
-    def __init__(self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT, *, tls: ClientTls
+    ) -> None:
         host, port = _target(endpoints)
-        self._client: Any = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
+        self.tls, self._client = tls, _TlsClient(host, port, tls, dict(_CHANNEL_OPTIONS))
         self._timeout = timeout
         self._local_reads_until = 0.0
         self.endpoints = list(endpoints)
@@ -365,9 +397,9 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
         return at, out
 
 
-async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:
+async def member_status(client_url: str, patience: float = 2.0, *, tls: ClientTls) -> MemberStatus:
     """Ask one member about itself (works on a member without quorum, and on learners)."""
-    store = EtcdMetaStore([client_url], timeout=patience)
+    store = EtcdMetaStore([client_url], timeout=patience, tls=tls)
     try:
         resp = await asyncio.wait_for(
             store._call("maintenancestub.Status", rpc.StatusRequest()), patience
@@ -388,14 +420,14 @@ async def member_status(client_url: str, patience: float = 2.0) -> MemberStatus:
     )
 
 
-async def data_revision(client_url: str, patience: float = 5.0) -> int:
+async def data_revision(client_url: str, patience: float = 5.0, *, tls: ClientTls) -> int:
     """The newest revision of registry data in one member's local copy (no quorum needed).
 
     The last-change key (rewritten by every registry transaction, deletes included), and,
     for data written before it existed, the newest key of each registry prefix: etcd sorts
     by modification revision and answers one key, whatever the size of the registry.
     """
-    store = EtcdMetaStore([client_url], timeout=patience)
+    store = EtcdMetaStore([client_url], timeout=patience, tls=tls)
     newest = 0
     try:
         for prefix in (keys.LAST_CHANGE, *keys.REGISTRY_DATA):

@@ -33,6 +33,12 @@ LAST_CHANGE = b"/moorage-last-change"
 #: Failed logins, one lease-backed key each (moorage.auth.ledger):
 #: `<AUTH_FAILURES><hash of the limit's key>/<unix ms>-<random>`. Outside ROOT too.
 AUTH_FAILURES = b"/moorage-auth/failures/"
+#: The cluster CA (moorage.pki, DESIGN.md §7): its certificate (PEM) and its private key
+#: SEALED with the cluster secret that only the replicas' `D/tls/cluster.secret` holds
+#: (moorage.pki.ca.seal_ca_key). Outside ROOT: snapshots and backups never carry them (a
+#: restore makes a new cluster, hence a new CA).
+PKI_CA_CERT = b"/moorage-pki/ca.crt"
+PKI_CA_KEY = b"/moorage-pki/ca.key.sealed"
 
 
 def is_registry_data(key: bytes) -> bool:

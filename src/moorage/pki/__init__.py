@@ -1,7 +1,7 @@
 """The cluster's PKI (DESIGN.md §7): CA, replica certificates, `D/tls/` files.
 
 Layer: beside storage and meta (it imports only `cryptography` and the standard library).
-Nothing calls it yet; docs/tls.md says what remains to wire.
+`moorage.cluster.tls` wires it into replicas (etcd's mutual TLS); docs/tls.md has the rest.
 """
 
 from moorage.pki.ca import (

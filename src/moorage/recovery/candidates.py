@@ -15,10 +15,12 @@ from typing import Any
 
 from moorage.cluster.etcd_process import EtcdProcess, etcd_answers
 from moorage.cluster.lifecycle import ping, running_pid
+from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
-from moorage.meta.etcd import EtcdCluster, data_revision, member_status
+from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision, member_status
 from moorage.meta.records import ReplicaRecord
+from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
 
 
@@ -58,6 +60,7 @@ def _read_stopped(d: DataDir, config: ReplicaConfig) -> tuple[int, list[ReplicaR
         copy = DataDir(Path(tmp) / "d")
         copy.make_dirs()
         shutil.copytree(d.etcd_dir, copy.etcd_dir)
+        shutil.copytree(d.tls_dir, copy.tls_dir)  # the copy runs with the same TLS flags
         temp_config = replace(
             config,
             data_dir=str(copy.path),
@@ -70,14 +73,14 @@ def _read_stopped(d: DataDir, config: ReplicaConfig) -> tuple[int, list[ReplicaR
         etcd.start()
         try:
             etcd.wait_ready(timeout=60)
-            return asyncio.run(_read_live(temp_config.etcd_client_url))
+            return asyncio.run(_read_live(temp_config.etcd_client_url, client_tls(config)))
         finally:
             etcd.stop()
 
 
-async def _read_live(client_url: str) -> tuple[int, list[ReplicaRecord]]:
-    revision = await data_revision(client_url)
-    store = EtcdCluster([client_url])
+async def _read_live(client_url: str, tls: ClientTls) -> tuple[int, list[ReplicaRecord]]:
+    revision = await data_revision(client_url, tls=tls)
+    store = EtcdCluster([client_url], tls=tls)
     try:
         return revision, await store.replicas(local=True)
     finally:
@@ -97,8 +100,11 @@ def inspect_dir(d: DataDir) -> tuple[Candidate, list[ReplicaRecord]]:
         cand.no_data = True
         return cand, []
     try:
-        if running and etcd_answers(config.etcd_client_port):
-            cand.revision, records = asyncio.run(_read_live(config.etcd_client_url))
+        context = TlsDir(d.path).client_context()
+        if running and etcd_answers(config.etcd_client_port, context):
+            cand.revision, records = asyncio.run(
+                _read_live(config.etcd_client_url, client_tls(config))
+            )
         else:
             cand.revision, records = _read_stopped(d, config)
     except Exception as exc:  # whatever failed, the data was not read
@@ -131,9 +137,9 @@ class Probe:
 LEADER_PATIENCE = 6.0  # several etcd election timeouts (1 s by default)
 
 
-async def _probe(rec: ReplicaRecord, read_revision: bool) -> Probe | None:
+async def _probe(rec: ReplicaRecord, read_revision: bool, tls: ClientTls) -> Probe | None:
     try:
-        st = await member_status(rec.etcd_client_url, 2.0)
+        st = await member_status(rec.etcd_client_url, 2.0, tls=tls)
     except MoorageError:
         status, doc = await asyncio.to_thread(ping, rec.url, 2.0)
         if not status:
@@ -148,19 +154,22 @@ async def _probe(rec: ReplicaRecord, read_revision: bool) -> Probe | None:
     probe = Probe(rec, f"etcd {rec.etcd_client_url}", bool(st.leader), st.raft_index)
     if read_revision and not st.leader:
         try:
-            probe.revision = await data_revision(rec.etcd_client_url)
+            probe.revision = await data_revision(rec.etcd_client_url, tls=tls)
         except MoorageError as exc:
             probe.error = str(exc)
     return probe
 
 
 async def probe_members(
-    records: list[ReplicaRecord], read_revision: set[str], patience: float = LEADER_PATIENCE
+    records: list[ReplicaRecord],
+    read_revision: set[str],
+    tls: ClientTls,
+    patience: float = LEADER_PATIENCE,
 ) -> list[Probe]:
-    """Every old member that answers. A member that names a leader is asked again until it
-    does not or `patience` runs out: right after the leader died, the others still name it
-    for an election timeout."""
-    found = await asyncio.gather(*(_probe(r, r.replica_id in read_revision) for r in records))
+    """Every old member that answers (etcd asked with a replica's certificate, `tls`). A
+    member that names a leader is asked again until it does not or `patience` runs out: right
+    after the leader died, the others still name it for an election timeout."""
+    found = await asyncio.gather(*(_probe(r, r.replica_id in read_revision, tls) for r in records))
     probes = {p.record.replica_id: p for p in found if p is not None}
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
@@ -168,7 +177,9 @@ async def probe_members(
         if not leading:
             break
         await asyncio.sleep(0.5)
-        again = await asyncio.gather(*(_probe(r, r.replica_id in read_revision) for r in leading))
+        again = await asyncio.gather(
+            *(_probe(r, r.replica_id in read_revision, tls) for r in leading)
+        )
         for rec, p in zip(leading, again, strict=True):
             if p is None:
                 probes.pop(rec.replica_id, None)

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,10 +35,11 @@ from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import fence_grace, write_fence
 from moorage.cluster.guidance import rejoin_procedure
 from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
+from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
-from moorage.errors import MoorageError
+from moorage.errors import ConfigError, MoorageError
 from moorage.meta.cluster_store import JOIN_LOCK
-from moorage.meta.etcd import EtcdCluster, data_revision
+from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision
 from moorage.meta.records import ClusterRecord, ReplicaRecord
 from moorage.recovery.candidates import Candidate, Probe, inspect_dir, inspect_urls, probe_members
 from moorage.recovery.client import AdminClient
@@ -103,6 +105,14 @@ def prepare(
     return result
 
 
+def _member_tls(dirs: list[DataDir]) -> ClientTls:
+    """The old members are asked with a local replica's certificate (one that was read)."""
+    for d in dirs:
+        with contextlib.suppress(MoorageError):
+            return client_tls(d.load())
+    raise ConfigError(f"no usable TLS material in {', '.join(str(d.path) for d in dirs)}")
+
+
 def plan(
     d: DataDir, candidate_dirs: list[DataDir], client: AdminClient | None, urls: list[str]
 ) -> dict[str, Any]:
@@ -124,7 +134,15 @@ def plan(
     known = {c.replica_id for c in candidates if c.revision is not None}
     # Every old member, the candidates included: one with a leader means quorum is not lost;
     # one without is a survivor on the minority side, compared like the others.
-    probes = asyncio.run(probe_members(list(records.values()), read_revision=set(records) - known))
+    probes = (
+        asyncio.run(
+            probe_members(
+                list(records.values()), set(records) - known, _member_tls([d, *candidate_dirs])
+            )
+        )
+        if records
+        else []
+    )
     revisions = {c.replica_id: c.revision for c in candidates if c.revision is not None}
     for p in probes:
         rec = p.record
@@ -277,9 +295,10 @@ def execute(repair: RepairPlan, replay: bool = True) -> dict[str, Any]:
 async def _rewrite(
     config: ReplicaConfig, records: dict[str, ReplicaRecord], replay: bool
 ) -> tuple[int, dict[str, Any]]:
-    store = EtcdCluster([config.etcd_client_url])
+    tls = client_tls(config)  # the survivor keeps its D/tls/ and the CA sealed in its etcd
+    store = EtcdCluster([config.etcd_client_url], tls=tls)
     try:
-        survivor_revision = await data_revision(config.etcd_client_url)
+        survivor_revision = await data_revision(config.etcd_client_url, tls=tls)
         cluster = await store.get_cluster()
         old_epoch = max(cluster.epoch if cluster else 1, config.epoch)
         epoch = old_epoch + 1

@@ -22,12 +22,14 @@ from moorage.cluster.etcd_process import etcd_answers
 from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wait_healthy
 from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
+from moorage.cluster.tls import new_csr, write_join_answer
 from moorage.config import (
     DEFAULT_ETCD_HOST,
     DataDir,
     new_replica_id,
 )
 from moorage.errors import MoorageError
+from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
 
 JOIN_PATIENCE = 300.0
@@ -109,10 +111,19 @@ def join(
     )
     check_http_addr(draft)
     local_storage = check_storage(client, storage)
+    # The key is made here and stays here: only the CSR travels (D/tls/ is wiped on failure
+    # with the rest of the directory by `moorage destroy`, which the error message names).
+    csr = new_csr(draft)
     answer = client.call_retrying(
         "POST",
         "/api/v0/cluster/join",
-        {"replica_id": replica_id, "peer_url": draft.etcd_peer_url, "unsafe": unsafe},
+        {
+            "replica_id": replica_id,
+            "peer_url": draft.etcd_peer_url,
+            "http_addr": draft.http_addr,
+            "csr": csr,
+            "unsafe": unsafe,
+        },
         JOIN_PATIENCE,
     )
     config = dataclasses.replace(
@@ -125,11 +136,13 @@ def join(
         epoch=int(answer.get("epoch", 1)),
     )
     try:
+        write_join_answer(config, answer)  # before the first etcd start: TLS from the start
         data_dir.make_dirs()
         data_dir.save(config)
         proc = start_background(data_dir, wait=False)
         deadline = time.monotonic() + 60
-        while not etcd_answers(config.etcd_client_port):
+        context = TlsDir(data_dir.path).client_context()
+        while not etcd_answers(config.etcd_client_port, context):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise LifecycleError(
                     f"the new replica's etcd did not start; see {data_dir.log_dir}/etcd.log"

@@ -21,6 +21,7 @@ from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.lifecycle import start_background
 from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
+from moorage.cluster.tls import client_tls, create_cluster_tls
 from moorage.config import (
     DEFAULT_ETCD_HOST,
     DataDir,
@@ -123,6 +124,9 @@ def restore(
         held = set(report.pop("held"))
         copied = _copy_blobs(archives, held, storage)
     data_dir.make_dirs()
+    # A restore makes a new cluster: a new CA and secret (the supervisor stores the sealed CA
+    # key in etcd on the first start below), before etcd first starts.
+    create_cluster_tls(config)
     data_dir.save(config)
     etcd = EtcdProcess(data_dir, config)
     etcd.start()
@@ -194,7 +198,7 @@ def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
 async def _load(
     config: ReplicaConfig, md: Metadata, header: dict[str, Any], replay_journal: bool
 ) -> dict[str, Any]:
-    store = EtcdCluster([config.etcd_client_url])
+    store = EtcdCluster([config.etcd_client_url], tls=client_tls(config))
     try:
         await store.load(md.restorable())  # bounded transactions
         await store.put_cluster(ClusterRecord(config.cluster_id, 1))

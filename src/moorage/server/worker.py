@@ -22,6 +22,7 @@ from moorage.auth.basic import BasicAuthenticator
 from moorage.cluster import jobs
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
+from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
@@ -98,5 +99,5 @@ def create_app() -> ASGIApp:
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
     _exit_with_parent(pid_file)
-    meta = EtcdCluster(config.store_endpoints)
+    meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
     return build_app(config, meta)
