@@ -14,6 +14,7 @@ from moorage.cli.confirm import confirm
 from moorage.cli.options import (
     admin_client,
     admin_options,
+    ca_file_option,
     check_http_addr,
     confirm_options,
     data_dir_option,
@@ -23,6 +24,7 @@ from moorage.cli.options import (
     passphrase_option,
     password_option,
     ports_options,
+    trusting_data_dirs,
     username_option,
 )
 from moorage.config import DataDir
@@ -58,7 +60,13 @@ def repair(
 @click.command("emergency-repair", cls=Command)
 @data_dir_option("A survivor.")
 @click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
-@click.option("--candidate-dir", default=None, help="Other local data directories to compare.")
+@ca_file_option
+@click.option(
+    "--candidate-dir",
+    default=None,
+    callback=trusting_data_dirs,
+    help="Other local data directories to compare.",
+)
 @username_option("Admin user for --existing (or MOORAGE_USERNAME).")
 @password_option("Admin password for --existing (or MOORAGE_PASSWORD).")
 @confirm_options
