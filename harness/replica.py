@@ -138,6 +138,7 @@ class Replica:
         kw.setdefault("verify", self.verify())
         return httpx.Client(base_url=self.url, auth=auth, timeout=timeout, **kw)
 
+
 def ensure_tls_material(data_dir: Path, hosts: Sequence[str] = ("127.0.0.1",)) -> None:
     """A cluster CA and a replica certificate in `data_dir/tls/`, unless there already are
     (`install` and `run` make them once the cluster's PKI is wired: then this does nothing)."""

@@ -94,6 +94,17 @@ class ReplicaConfig:
     def etcd_name(self) -> str:
         return self.replica_id
 
+    @property
+    def transport(self) -> dict[str, bool | str | None]:
+        """The transport settings (`--tls`, `--tls-cert/--tls-key`, `--insecure-http`), as
+        keyword arguments of `dataclasses.replace`: a repaired replica keeps them."""
+        return {
+            "tls": self.tls,
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+            "insecure_http": self.insecure_http,
+        }
+
     def with_http_addr(self, http_addr: str) -> ReplicaConfig:
         return replace(self, http_addr=http_addr)
 

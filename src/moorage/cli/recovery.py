@@ -24,6 +24,8 @@ from moorage.cli.options import (
     passphrase_option,
     password_option,
     ports_options,
+    transport_options,
+    transport_settings,
     trusting_data_dirs,
     username_option,
 )
@@ -227,6 +229,7 @@ def _describe_plan(doc: dict[str, Any]) -> str:
     "MOORAGE_ADMIN_PASSWORD; default: generated and printed once).",
 )
 @passphrase_option
+@transport_options
 @confirm_options
 @json_option
 def restore(
@@ -240,6 +243,10 @@ def restore(
     replay_journal: bool,
     admin_password: str | None,
     passphrase_file: str | None,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -250,6 +257,7 @@ def restore(
     from moorage.recovery.restore import restore as do_restore
 
     check_http_addr(http_addr)
+    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     secret = passphrase(passphrase_file)
     plan = restore_plan(
         Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, secret
@@ -266,6 +274,7 @@ def restore(
         admin_password,
         secret,
         etcd_host=etcd_host,
+        transport=transport,
     )
     emit(as_json, result.to_json(), result.text())
 

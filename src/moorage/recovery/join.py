@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def join(
     unsafe: bool,
     replica_id: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
+    transport: Mapping[str, Any] | None = None,
 ) -> JoinResult:
     """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
@@ -107,6 +109,7 @@ def join(
         replica_id=replica_id,
         etcd_host=etcd_host,
     )
+    draft = dataclasses.replace(draft, **(transport or {}))  # --tls, --tls-cert, ...
     check_http_addr(draft)
     local_storage = check_storage(client, storage)
     answer = client.call_retrying(
