@@ -34,8 +34,8 @@ def ca() -> None:
 @click.option(
     "--ca-fingerprint",
     default=None,
-    help="With --existing: refuse a CA whose fingerprint (sha256:..., as 'install' and "
-    "'ca export --data-dir' print it) differs; this is what makes a first contact safe.",
+    help="With --existing: refuse a CA whose fingerprint (sha256:..., as 'ca export "
+    "--data-dir' prints it on a replica's host) differs; this makes a first contact safe.",
 )
 @ca_file_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write it to FILE.")
