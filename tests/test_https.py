@@ -260,3 +260,29 @@ def test_non_loopback_needs_tls_or_insecure_http(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def test_install_start_stop_over_https(tmp_path: Path) -> None:
+    """install/start wait for the replica's /_ping over HTTPS, verified with its own CA."""
+    from harness.replica import ensure_tls_material
+
+    d = tmp_path / "d"
+    ensure_tls_material(d)  # dropped once install makes D/tls/ itself
+    port = free_port()
+    out = moorage(
+        "install", "--data-dir", str(d), "--http-addr", f"127.0.0.1:{port}", "--tls",
+        "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port()),
+        "--admin-password", ADMIN_PASSWORD, "--json",
+    )  # fmt: skip
+    try:
+        url = json.loads(out.stdout)["url"]
+        assert url == f"https://127.0.0.1:{port}"
+        assert json.loads((d / "moorage.json").read_text())["tls"] is True
+        moorage("stop", "--data-dir", str(d))
+        started = json.loads(moorage("start", "--data-dir", str(d), "--json").stdout)
+        assert started["url"] == url
+        assert "not healthy" not in started["state"]
+        out = moorage("status", "--existing", url, "--data-dir", str(d), check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        moorage("stop", "--data-dir", str(d), check=False)

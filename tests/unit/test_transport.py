@@ -169,3 +169,15 @@ def test_trust_adds_cluster_cas_to_the_system_ones(
     assert ctx.check_hostname
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert trust_mod.client_context() is ctx  # cached while the files are unchanged
+
+
+def test_status_next_block_says_how_to_trust_an_https_cluster() -> None:
+    from moorage.cluster.guidance import next_block
+
+    def block(url: str) -> str:
+        cmd = f"moorage remove --existing {url} --replica-id abc --yes"
+        return "\n".join(next_block({"commands": [{"command": cmd, "note": "", "host": None}]}))
+
+    assert "MOORAGE_CA_FILE" in block("https://10.0.0.1:5000")
+    assert "ca export --data-dir" in block("https://10.0.0.1:5000")
+    assert "MOORAGE_CA_FILE" not in block("http://127.0.0.1:5000")
