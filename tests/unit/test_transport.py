@@ -181,3 +181,15 @@ def test_status_next_block_says_how_to_trust_an_https_cluster() -> None:
     assert "MOORAGE_CA_FILE" in block("https://10.0.0.1:5000")
     assert "ca export --data-dir" in block("https://10.0.0.1:5000")
     assert "MOORAGE_CA_FILE" not in block("http://127.0.0.1:5000")
+
+
+def test_bare_existing_addresses_get_the_scheme_the_replica_serves() -> None:
+    from moorage.recovery.client import split_urls
+
+    assert split_urls("127.0.0.1:5000, localhost:5001,[::1]:5002") == [
+        "http://127.0.0.1:5000", "http://localhost:5001", "http://[::1]:5002"
+    ]  # fmt: skip
+    assert split_urls("10.0.0.1:5000,reg.example:443/") == [
+        "https://10.0.0.1:5000", "https://reg.example:443"
+    ]  # fmt: skip
+    assert split_urls("http://10.0.0.1:5000") == ["http://10.0.0.1:5000"]  # as given

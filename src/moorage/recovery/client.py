@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from moorage.config import is_loopback
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
 from moorage.pki.ca import fingerprint, load_cert
@@ -59,8 +60,10 @@ def split_urls(existing: str) -> list[str]:
         part = part.strip().rstrip("/")
         if not part:
             continue
-        if "://" not in part:
-            part = f"http://{part}"
+        if "://" not in part:  # as the replica serves: HTTPS unless on loopback
+            host = part.rpartition(":")[0] if ":" in part else part
+            scheme = "http" if is_loopback(host.strip("[]")) else "https"
+            part = f"{scheme}://{part}"
         urls.append(part)
     if not urls:
         raise MoorageError("--existing needs at least one URL, e.g. http://127.0.0.1:5000")
@@ -192,7 +195,8 @@ def fetch_ca(urls: list[str], expected: str | None = None) -> FetchedCa:
     for url in urls:
         try:
             try:
-                pem, trust = _get_ca(url, client_context()), "verified"
+                pem = _get_ca(url, client_context())
+                trust = "verified" if url.startswith("https://") else "unverified"
             except httpx.ConnectError as exc:
                 if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
                     raise
