@@ -193,3 +193,26 @@ def test_bare_existing_addresses_get_the_scheme_the_replica_serves() -> None:
         "https://10.0.0.1:5000", "https://reg.example:443"
     ]  # fmt: skip
     assert split_urls("http://10.0.0.1:5000") == ["http://10.0.0.1:5000"]  # as given
+
+
+def test_run_flags_change_an_existing_replica_only_when_it_can_serve_so(tmp_path: Path) -> None:
+    from moorage.cli.replica import _with_transport
+
+    d = DataDir(tmp_path)
+    old = config(tmp_path)
+    d.save(old)
+    none = transport_settings(False, None, None, False)
+    assert _with_transport(d, old, none, fresh=False) == old  # make run again: unchanged
+    tls = transport_settings(True, None, None, False)
+    with pytest.raises(ConfigError, match="no certificate"):
+        _with_transport(d, old, tls, fresh=False)
+    assert d.load() == old  # refused: the replica keeps its settings and its moorage.json
+    cluster_material(tmp_path)
+    assert _with_transport(d, old, tls, fresh=False).url.startswith("https://")
+    assert d.load().tls is True
+    # A new replica that cannot serve as asked leaves no moorage.json behind.
+    fresh = DataDir(tmp_path / "new")
+    fresh.save(config(tmp_path / "new", "10.0.0.1:5000"))
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        _with_transport(fresh, fresh.load(), none, fresh=True)
+    assert not fresh.exists()

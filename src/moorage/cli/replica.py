@@ -36,16 +36,16 @@ def _with_transport(
     cannot is emptied again, so the command can be re-run with other flags."""
     from moorage.server.transport import material
 
-    if fresh or any(settings.values()):
-        config = replace(config, **settings)
+    wanted = replace(config, **settings) if fresh or any(settings.values()) else config
     try:
-        material(config)
+        material(wanted)
     except MoorageError:
         if fresh:
             d.config_file.unlink(missing_ok=True)
         raise
-    d.save(config)
-    return config
+    if wanted != config:
+        d.save(wanted)
+    return wanted
 
 
 def _reexec_with_absolute(data_dir: DataDir) -> None:
