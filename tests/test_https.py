@@ -148,6 +148,12 @@ def test_cli_verifies_the_cluster_and_ca_export(tls_replica: Replica, tmp_path: 
         assert out.returncode == 0, out.stdout + out.stderr
     out = moorage("status", "--existing", url, env={"MOORAGE_CA_FILE": str(pinned)}, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+    # Or pinned by fingerprint on first contact, as kubeadm does; a wrong pin is refused.
+    out = moorage("status", "--existing", url, "--ca-fingerprint", fp, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = moorage("status", "--existing", url, "--ca-fingerprint", wrong, check=False)
+    assert out.returncode == 1
+    assert "refusing" in out.stderr
     bad = tmp_path / "not-a-ca.crt"
     bad.write_text("nonsense\n")
     out = moorage("status", "--existing", url, "--ca-file", str(bad), check=False)

@@ -24,6 +24,7 @@ __all__ = [
     "admin_client",
     "admin_options",
     "ca_file_option",
+    "ca_fingerprint_option",
     "check_http_addr",
     "confirm_options",
     "data_dir_option",
@@ -96,6 +97,27 @@ ca_file_option = click.option(
     is_eager=True,
     help="CA certificate (PEM) the cluster's HTTPS is verified against (or MOORAGE_CA_FILE); "
     "'moorage ca export' prints it. A --data-dir's own D/tls/ca.crt is trusted too.",
+)
+
+
+def _pinning(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value:
+        value = value.strip().lower()
+        if not value.startswith("sha256:") or len(value) != 71:
+            raise click.BadParameter("expected sha256: and 64 hex digits")
+        ctx.meta["moorage.ca_fingerprint"] = value
+    return value
+
+
+ca_fingerprint_option = click.option(
+    "--ca-fingerprint",
+    envvar="MOORAGE_CA_FINGERPRINT",
+    default=None,
+    callback=_pinning,
+    expose_value=False,
+    help="Pin the cluster CA by its fingerprint (sha256:..., 'moorage ca export --data-dir D' "
+    "prints it): fetched from the cluster, checked, then trusted (or "
+    "MOORAGE_CA_FINGERPRINT).",
 )
 
 
@@ -195,6 +217,7 @@ def admin_options(fn: F) -> F:
     """`--existing URLS --username U --password P` of the commands that talk to a cluster."""
     fn = password_option()(fn)
     fn = username_option()(fn)
+    fn = ca_fingerprint_option(fn)
     fn = ca_file_option(fn)
     fn = click.option(
         "--existing",
@@ -206,14 +229,20 @@ def admin_options(fn: F) -> F:
 
 def admin_client(existing: str, username: str, password: str | None) -> Any:
     """The admin API client of `--existing`, or a usage error."""
-    from moorage.recovery.client import AdminClient, split_urls
+    from moorage.pki.trust import trust_ca_pem
+    from moorage.recovery.client import AdminClient, fetch_ca, split_urls
 
     if password is None:
         raise click.UsageError("give the admin password with --password or MOORAGE_PASSWORD")
     try:
-        return AdminClient(split_urls(existing), username, password)
+        urls = split_urls(existing)
     except MoorageError as exc:
         raise click.UsageError(str(exc)) from None
+    ctx = click.get_current_context(silent=True)
+    pinned = ctx.meta.get("moorage.ca_fingerprint") if ctx is not None else None
+    if pinned:  # first contact: the CA the cluster serves must be the pinned one
+        trust_ca_pem(fetch_ca(urls, pinned).pem)
+    return AdminClient(urls, username, password)
 
 
 passphrase_option = click.option(

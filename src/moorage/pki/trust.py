@@ -16,6 +16,7 @@ from pathlib import Path
 _lock = threading.Lock()
 _ca_files: list[Path] = []
 _data_dirs: list[Path] = []
+_ca_pems: list[str] = []
 _cache: tuple[tuple[tuple[str, float], ...], ssl.SSLContext] | None = None
 
 
@@ -36,6 +37,14 @@ def trust_data_dir(path: str | Path) -> None:
             _data_dirs.append(p)
 
 
+def trust_ca_pem(pem: bytes) -> None:
+    """Trust this CA certificate (PEM) from now on, in this process (a pinned CA)."""
+    with _lock:
+        text = pem.decode()
+        if text not in _ca_pems:
+            _ca_pems.append(text)
+
+
 def _present() -> tuple[tuple[str, float], ...]:
     files = [*_ca_files, *(d / "tls" / "ca.crt" for d in _data_dirs)]
     out = []
@@ -44,6 +53,7 @@ def _present() -> tuple[tuple[str, float], ...]:
             out.append((str(f), f.stat().st_mtime))
         except OSError:
             continue
+    out.extend((f"pem:{i}", 0.0) for i in range(len(_ca_pems)))
     return tuple(out)
 
 
@@ -57,6 +67,9 @@ def client_context() -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         for name, _ in key:
-            ctx.load_verify_locations(cafile=name)
+            if not name.startswith("pem:"):
+                ctx.load_verify_locations(cafile=name)
+        for pem in _ca_pems:
+            ctx.load_verify_locations(cadata=pem)
         _cache = (key, ctx)
         return ctx
