@@ -3,6 +3,7 @@ replicas lost)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from moorage.cli.options import (
     admin_client,
     admin_options,
     ca_file_option,
+    ca_fingerprint_option,
     check_http_addr,
     confirm_options,
     data_dir_option,
@@ -63,6 +65,7 @@ def repair(
 @data_dir_option("A survivor.")
 @click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
 @ca_file_option
+@ca_fingerprint_option
 @click.option(
     "--candidate-dir",
     default=None,
@@ -101,6 +104,13 @@ def emergency_repair(
     urls: list[str] = []
     if existing:
         urls = split_urls(existing)
+        pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
+        if pinned:  # survivors that are down pin nothing; a wrong CA is refused
+            from moorage.pki.trust import trust_ca_pem
+            from moorage.recovery.client import ClusterUnreachable, fetch_ca
+
+            with contextlib.suppress(ClusterUnreachable):
+                trust_ca_pem(fetch_ca(urls, pinned).pem)
         client = AdminClient(urls, username, password or "")
     dirs = [DataDir(p) for p in (candidate_dir or "").split(",") if p.strip()]
     prepared = emergency.prepare(
