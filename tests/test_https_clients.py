@@ -1,7 +1,7 @@
 """Real clients over HTTPS with nothing but the CA `moorage ca export` writes (DESIGN.md §7):
 skopeo and podman trust it from a certs.d-style directory (`--dest-cert-dir`/`--cert-dir`
-DIR/ca.crt, what /etc/containers/certs.d/HOST:PORT/ca.crt holds on a real host) and fail
-cleanly (an x509 error) without it."""
+DIR/ca.crt, what /etc/containers/certs.d/HOST:PORT/ca.crt holds on a real host), oras as its CA
+bundle; each fails cleanly (an x509 / certificate verify error) without it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.process import moorage
+from harness.process import AUTH, moorage
 from harness.replica import Replica
 
 from tests.test_clients import CREDS, build_image, image_blobs, repo_name, run
@@ -92,3 +92,30 @@ def test_podman_over_https_with_the_exported_ca(
     assert f"sha256:{run(*podman, 'image', 'inspect', '--format', '{{.Id}}', ref).strip()}" == (
         config_digest
     )
+
+
+def test_oras_over_https_with_the_exported_ca(
+    tls_replica: Replica, cert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oras Python client with the exported CA as its bundle (the oras CLI: --ca-file)."""
+    import oras.client
+    import requests
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.chdir(tmp_path)  # oras only pushes paths under the working directory
+    (tmp_path / "note.txt").write_bytes(b"an artifact over TLS\n")
+    target = f"{tls_replica.host}/{repo_name('oras-https')}:v1"
+
+    def client(verify: bool | str) -> oras.client.OrasClient:
+        c = oras.client.OrasClient(
+            hostname=tls_replica.host, tls_verify=verify, auth_backend="basic"
+        )
+        c.auth.set_basic_auth(*AUTH)
+        return c
+
+    with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        client(True).push(target, files=["note.txt"])
+    trusted = client(str(cert_dir / "ca.crt"))
+    assert trusted.push(target, files=["note.txt"]).status_code == 201
+    pulled = trusted.pull(target, outdir=str(tmp_path / "out"))
+    assert [Path(p).read_bytes() for p in pulled] == [b"an artifact over TLS\n"]
