@@ -8,11 +8,14 @@ from many connections (one per worker task, see `workloads.run_concurrent`).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT = 300.0
+#: What https:// connections verify the servers with (`python -m bench --tls` sets it).
+TLS_CONTEXT: ssl.SSLContext | None = None
 READ_BUFFER = 1 << 20
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_EOF = range(7)
@@ -203,7 +206,8 @@ class Connection:
     def __init__(self, base_url: str, authorization: str | None = None) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
         self._fixed = f"Host: {self.host}:{self.port}\r\nUser-Agent: moorage-bench\r\n"
         if authorization:
             self._fixed += f"Authorization: {authorization}\r\n"
@@ -212,7 +216,13 @@ class Connection:
     async def _protocol(self) -> _Protocol:
         if self._proto is None or self._proto.closed:
             loop = asyncio.get_running_loop()
-            _transport, proto = await loop.create_connection(_Protocol, self.host, self.port)
+            if self.tls:
+                ctx = TLS_CONTEXT or ssl.create_default_context()
+                _transport, proto = await loop.create_connection(
+                    _Protocol, self.host, self.port, ssl=ctx, server_hostname=self.host
+                )
+            else:
+                _transport, proto = await loop.create_connection(_Protocol, self.host, self.port)
             self._proto = proto
         return self._proto
 

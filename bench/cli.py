@@ -19,7 +19,7 @@ from pathlib import Path
 import uvloop
 from harness.process import REPO_ROOT
 
-from bench import cluster, servers, workloads
+from bench import _http, cluster, servers, workloads
 from bench.report import (
     CLUSTER_METRICS,
     METRICS,
@@ -84,6 +84,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="markdown file (default bench/results/latest.md; quick.md with --quick)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="both registries serve HTTPS (one bench CA; Moorage with --tls, Distribution "
+        "with http.tls), TLS 1.2 floor; the client verifies them",
+    )
     parser.add_argument(
         "--py-spy",
         type=Path,
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or os.environ.get("MOORAGE_WORKERS", "1 (default)")
     header = [
         f"- Moorage API workers: {workers}",
+        f"- transport: {'HTTPS (TLS 1.2+, both registries)' if args.tls else 'plain HTTP'}",
         f"- plan: {'quick' if args.quick else 'full'}: {_describe(plan)}"
         + (f"; {cluster.describe(plan.cluster())}" if cluster_metrics else ""),
         f"- command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}",
@@ -341,7 +348,10 @@ def _head_to_head(
     tmp: Path, plan: Plan, selected: list[str], args: argparse.Namespace, results: Results
 ) -> None:
     """Moorage and Distribution side by side, with their peak RSS."""
-    under_test = [servers.moorage(tmp, args.workers), servers.distribution(tmp)]
+    pki = servers.BenchPki.make(tmp) if args.tls else None
+    if pki is not None:
+        _http.TLS_CONTEXT = pki.context()
+    under_test = [servers.moorage(tmp, args.workers, pki), servers.distribution(tmp, pki)]
     sampler = RssSampler(under_test)
     try:
         _log(f"starting Moorage and Distribution (temporary directory {tmp})")

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -86,6 +87,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     peak_rss: int = 0
     pids: list[int] = field(default_factory=list)
+    verify: ssl.SSLContext | bool = True
 
     def start(self) -> None:
         log = self.log_path.open("wb")
@@ -107,7 +109,9 @@ class Server:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
             try:
-                status = httpx.get(f"{self.url}/v2/", headers=headers, timeout=2).status_code
+                status = httpx.get(
+                    f"{self.url}/v2/", headers=headers, timeout=2, verify=self.verify
+                ).status_code
                 if status == 200:
                     self.pids = descendants(self.root_pid)
                     return
@@ -162,7 +166,38 @@ class Server:
                     os.kill(pid, signal.SIGKILL)
 
 
-def moorage(tmp: Path, workers: int | None) -> Server:
+@dataclass(frozen=True)
+class BenchPki:
+    """`--tls`: one CA for both registries, a certificate for 127.0.0.1 each."""
+
+    ca_file: Path
+    moorage_dir: Path  # Moorage's data directory, with D/tls/ written
+    cert: Path  # Distribution's
+    key: Path
+
+    @classmethod
+    def make(cls, tmp: Path) -> BenchPki:
+        from moorage.pki import TlsDir, create_ca, issue_replica
+        from moorage.pki.ca import cert_pem, key_pem
+
+        ca = create_ca("bench")
+        tls = TlsDir(tmp / "moorage")
+        key, cert = issue_replica(ca, "bench", ["127.0.0.1"])
+        tls.write_ca(ca.cert)
+        tls.write_key(key)
+        tls.write_cert(cert)
+        dkey, dcert = issue_replica(ca, "distribution", ["127.0.0.1"])
+        (tmp / "distribution.crt").write_bytes(cert_pem(dcert))
+        (tmp / "distribution.key").write_bytes(key_pem(dkey))
+        return cls(tls.ca_cert, tmp / "moorage", tmp / "distribution.crt", tmp / "distribution.key")
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+
+def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Server:
     port, client_port, peer_port = free_port(), free_port(), free_port()
     argv = [
         *moorage_cmd("run"),
@@ -177,17 +212,20 @@ def moorage(tmp: Path, workers: int | None) -> Server:
     ]
     if workers is not None:
         argv += ["--workers", str(workers)]
+    if pki is not None:
+        argv.append("--tls")
     token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
     env = {"MOORAGE_ADMIN_PASSWORD": ADMIN_PASSWORD, "MOORAGE_LOG_LEVEL": "WARNING"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("MOORAGE_")})
     env["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     return Server(
         name="Moorage",
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if pki else 'http'}://127.0.0.1:{port}",
         argv=argv,
         log_path=tmp / "moorage.log",
         env=env,
         authorization=f"Basic {token}",
+        verify=pki.context() if pki else True,
     )
 
 
@@ -214,15 +252,19 @@ http:
 """
 
 
-def distribution(tmp: Path) -> Server:
+def distribution(tmp: Path, pki: BenchPki | None = None) -> Server:
     port = free_port()
     config = tmp / "distribution.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=tmp / "distribution", port=port))
+    text = DISTRIBUTION_CONFIG.format(root=tmp / "distribution", port=port)
+    if pki is not None:  # TLS 1.2 floor as Moorage's
+        text += f"  tls:\n    certificate: {pki.cert}\n    key: {pki.key}\n    minimumtls: tls1.2\n"
+    config.write_text(text)
     return Server(
         name="Distribution",
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if pki else 'http'}://127.0.0.1:{port}",
         argv=[DISTRIBUTION_BINARY, "serve", str(config)],
         log_path=tmp / "distribution.log",
+        verify=pki.context() if pki else True,
     )
 
 

@@ -58,7 +58,9 @@ class Node:
             "--etcd-peer-port", str(self.etcd_peer_port),
         ]  # fmt: skip
         if self.slot is not None:
-            out += ["--etcd-host", self.host]
+            # A non-loopback address serves HTTPS unless told otherwise; these namespaces'
+            # clusters still speak plain HTTP (their replicas have no certificates yet).
+            out += ["--etcd-host", self.host, "--insecure-http"]
         return out
 
     def pids(self) -> list[int]:

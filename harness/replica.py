@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,21 @@ from harness.process import (
 class Replica:
     """A `moorage run` process, its data directory and its log (`DATA_DIR.out` beside it)."""
 
-    def __init__(self, data_dir: Path, storage: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        storage: Path | None = None,
+        workers: int = 1,
+        tls: bool = False,
+        run_args: Sequence[str] = (),
+    ) -> None:
+        """`tls`: serve HTTPS (`--tls`) with a cluster certificate in D/tls/ (made by
+        `ensure_tls_material` when absent); `run_args`: more flags of a new replica's `run`."""
         self.data_dir = data_dir.resolve()
         self.storage = storage
         self.workers = workers
+        self.tls = tls
+        self.run_args = list(run_args)
         self.port = free_port()
         self.etcd_client_port = free_port()
         self.etcd_peer_port = free_port()
@@ -37,8 +50,23 @@ class Replica:
         self.log = self.data_dir.parent / f"{self.data_dir.name}.out"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls or "--tls-cert" in self.run_args else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "tls" / "ca.crt"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client of this replica verifies its HTTPS with: the cluster CA (for a
+        --tls-cert replica the test passes its own verify= to `client`)."""
+        if not self.tls:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def host(self) -> str:
@@ -52,6 +80,10 @@ class Replica:
             args += ["--etcd-peer-port", str(self.etcd_peer_port)]
             if self.storage is not None:
                 args += ["--storage", str(self.storage)]
+            if self.tls:
+                ensure_tls_material(self.data_dir)
+                args.append("--tls")
+            args += self.run_args
         env = dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -69,7 +101,8 @@ class Replica:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"moorage exited: {self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/_ping", timeout=1).status_code == 200:
+                resp = httpx.get(f"{self.url}/_ping", timeout=1, verify=self.verify())
+                if resp.status_code == 200:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"moorage not healthy in {timeout} s: {self.log_tail()}")
@@ -102,4 +135,20 @@ class Replica:
     def client(
         self, auth: tuple[str, str] | None = AUTH, timeout: float = 60, **kw: Any
     ) -> httpx.Client:
+        kw.setdefault("verify", self.verify())
         return httpx.Client(base_url=self.url, auth=auth, timeout=timeout, **kw)
+
+
+def ensure_tls_material(data_dir: Path, hosts: Sequence[str] = ("127.0.0.1",)) -> None:
+    """A cluster CA and a replica certificate in `data_dir/tls/`, unless there already are
+    (`install` and `run` make them once the cluster's PKI is wired: then this does nothing)."""
+    from moorage.pki import TlsDir, create_ca, issue_replica
+
+    tls = TlsDir(data_dir)
+    if tls.exists():
+        return
+    ca = create_ca("harness")
+    key, cert = issue_replica(ca, "harness", list(hosts))
+    tls.write_ca(ca.cert)
+    tls.write_key(key)
+    tls.write_cert(cert)

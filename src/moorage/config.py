@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -37,6 +39,21 @@ class ReplicaConfig:
     etcd_endpoints: tuple[str, ...] = ()
     # Bumped by emergency repair; a replica older than the fence in blob storage is stale.
     epoch: int = 1
+    # Transport (DESIGN.md §7). `tls`: HTTPS on a loopback address too (a non-loopback address
+    # always serves HTTPS); `tls_cert`/`tls_key`: the operator's own certificate and key instead
+    # of the cluster's (D/tls/replica.crt); `insecure_http`: plain HTTP on a non-loopback address.
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure_http: bool = False
+
+    @property
+    def https(self) -> bool:
+        """Whether the API serves HTTPS (the server refuses to start when it should but has no
+        certificate)."""
+        if self.tls or self.tls_cert is not None:
+            return True
+        return not self.insecure_http and not is_loopback(self.http_host)
 
     @property
     def http_host(self) -> str:
@@ -51,7 +68,8 @@ class ReplicaConfig:
         host = self.http_host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self.https else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     # etcd speaks mutual TLS only, on both planes (DESIGN.md §7): every URL is https.
     @property
@@ -77,8 +95,29 @@ class ReplicaConfig:
     def etcd_name(self) -> str:
         return self.replica_id
 
+    @property
+    def transport(self) -> dict[str, bool | str | None]:
+        """The transport settings (`--tls`, `--tls-cert/--tls-key`, `--insecure-http`), as
+        keyword arguments of `dataclasses.replace`: a repaired replica keeps them."""
+        return {
+            "tls": self.tls,
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+            "insecure_http": self.insecure_http,
+        }
+
     def with_http_addr(self, http_addr: str) -> ReplicaConfig:
         return replace(self, http_addr=http_addr)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; 0.0.0.0 (every interface) and other names are not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -136,6 +175,11 @@ class DataDir:
             raise ConfigError(f"{self.config_file} is corrupt: {exc}") from None
         raw["data_dir"] = str(self.path)
         raw["etcd_endpoints"] = tuple(raw.get("etcd_endpoints", ()))
+        if "insecure_http" not in raw and isinstance(raw.get("http_addr"), str):
+            # Written before HTTPS existed: such a replica served plain HTTP; it keeps doing
+            # so (as with --insecure-http) rather than failing to start after an upgrade.
+            with contextlib.suppress(ConfigError):
+                raw["insecure_http"] = not is_loopback(split_addr(raw["http_addr"])[0])
         try:
             return ReplicaConfig(**raw)
         except TypeError as exc:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from moorage.api.ca import cluster_ca
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
@@ -39,6 +40,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
         routes=[
             Route("/_ping", ping, methods=["GET", "HEAD"]),
             Route("/api/v0/health", health, methods=["GET"]),
+            Route("/api/v0/cluster/ca", cluster_ca, methods=["GET", "HEAD"]),
             Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
         ],

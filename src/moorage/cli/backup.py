@@ -12,6 +12,8 @@ import click
 from moorage.cli.base import Failed, Group, emit
 from moorage.cli.options import (
     admin_client,
+    ca_file_option,
+    ca_fingerprint_option,
     json_option,
     passphrase,
     passphrase_option,
@@ -22,6 +24,8 @@ from moorage.cli.options import (
 
 @click.group(cls=Group, invoke_without_command=True)
 @click.option("--existing", default=None, help="URL of a replica (a comma-separated list).")
+@ca_file_option
+@ca_fingerprint_option
 @username_option()
 @password_option()
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Archive.")

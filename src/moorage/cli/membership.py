@@ -17,6 +17,8 @@ from moorage.cli.options import (
     etcd_host_option,
     json_option,
     ports_options,
+    transport_options,
+    transport_settings,
 )
 from moorage.config import DataDir
 
@@ -37,6 +39,7 @@ from moorage.config import DataDir
     is_flag=True,
     help="Skip Moorage's checks (quorum, unhealthy replicas); etcd's own still apply.",
 )
+@transport_options
 @json_option
 def join(
     existing: str,
@@ -49,6 +52,10 @@ def join(
     etcd_peer_port: int | None,
     etcd_host: str,
     unsafe_join: bool,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
     as_json: bool,
 ) -> None:
     """Add a replica to a running cluster; returns once it is a healthy voting member."""
@@ -56,6 +63,7 @@ def join(
 
     client = admin_client(existing, username, password)
     check_http_addr(http_addr)
+    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     result = join_cluster(
         client,
         DataDir(data_dir),
@@ -65,6 +73,7 @@ def join(
         etcd_peer_port,
         unsafe_join,
         etcd_host=etcd_host,
+        transport=transport,
     )
     emit(as_json, result.to_json(), result.text())
 

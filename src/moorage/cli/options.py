@@ -23,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "admin_client",
     "admin_options",
+    "ca_file_option",
+    "ca_fingerprint_option",
     "check_http_addr",
     "confirm_options",
     "data_dir_option",
@@ -32,15 +34,136 @@ __all__ = [
     "passphrase_option",
     "password_option",
     "ports_options",
+    "transport_options",
+    "transport_settings",
+    "trust_data_dirs",
+    "trusting_data_dirs",
     "username_option",
 ]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def trust_data_dirs(value: Any) -> None:
+    """HTTPS clients of this command trust the cluster CA of each data directory given."""
+    from moorage.pki.trust import trust_data_dir
+
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        for part in str(v or "").split(","):
+            if part.strip():
+                trust_data_dir(part.strip())
+
+
+def trusting_data_dirs(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of a --data-dir option (one directory, a comma-separated list, or repeated)."""
+    if value is not None:
+        trust_data_dirs(value)
+    return value
+
+
 def data_dir_option(help: str) -> Callable[[F], F]:
-    """`--data-dir DIR` (required, one directory)."""
-    return click.option("--data-dir", required=True, type=click.Path(file_okay=False), help=help)
+    """`--data-dir DIR` (required, one directory); HTTPS clients trust its D/tls/ca.crt."""
+    return click.option(
+        "--data-dir",
+        required=True,
+        type=click.Path(file_okay=False),
+        callback=trusting_data_dirs,
+        help=help,
+    )
+
+
+def _trusting_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value:
+        import ssl
+
+        from moorage.pki.trust import trust_ca_file
+
+        try:
+            ssl.create_default_context(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            raise click.BadParameter(f"{value} is not a PEM CA certificate: {exc}") from None
+        trust_ca_file(value)
+    return value
+
+
+ca_file_option = click.option(
+    "--ca-file",
+    envvar="MOORAGE_CA_FILE",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    callback=_trusting_ca_file,
+    expose_value=False,
+    is_eager=True,
+    help="CA certificate (PEM) the cluster's HTTPS is verified against (or MOORAGE_CA_FILE); "
+    "'moorage ca export' prints it. A --data-dir's own D/tls/ca.crt is trusted too.",
+)
+
+
+def _pinning(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value:
+        value = value.strip().lower()
+        if not value.startswith("sha256:") or len(value) != 71:
+            raise click.BadParameter("expected sha256: and 64 hex digits")
+        ctx.meta["moorage.ca_fingerprint"] = value
+    return value
+
+
+ca_fingerprint_option = click.option(
+    "--ca-fingerprint",
+    envvar="MOORAGE_CA_FINGERPRINT",
+    default=None,
+    callback=_pinning,
+    expose_value=False,
+    help="Pin the cluster CA by its fingerprint (sha256:..., 'moorage ca export --data-dir D' "
+    "prints it): fetched from the cluster, checked, then trusted (or "
+    "MOORAGE_CA_FINGERPRINT).",
+)
+
+
+def transport_options(fn: F) -> F:
+    """`--tls`, `--tls-cert/--tls-key` and `--insecure-http` of a new replica (DESIGN §7)."""
+    fn = click.option(
+        "--insecure-http",
+        is_flag=True,
+        help="Serve plain HTTP on a non-loopback --http-addr (passwords cross the network "
+        "in clear; only behind a TLS-terminating proxy or on a trusted network).",
+    )(fn)
+    fn = click.option(
+        "--tls-key",
+        default=None,
+        type=click.Path(dir_okay=False, exists=True),
+        help="Key (PEM, unencrypted) of --tls-cert.",
+    )(fn)
+    fn = click.option(
+        "--tls-cert",
+        default=None,
+        type=click.Path(dir_okay=False, exists=True),
+        help="Serve HTTPS with this certificate (PEM, leaf then chain) instead of the "
+        "cluster's; re-read when the file changes.",
+    )(fn)
+    fn = click.option(
+        "--tls",
+        is_flag=True,
+        help="Serve HTTPS on a loopback --http-addr too (a non-loopback one always does).",
+    )(fn)
+    return fn
+
+
+def transport_settings(
+    tls: bool, tls_cert: str | None, tls_key: str | None, insecure_http: bool
+) -> dict[str, Any]:
+    """The ReplicaConfig fields of the transport flags, or a usage error."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give both --tls-cert and --tls-key, or neither")
+    if insecure_http and (tls or tls_cert):
+        raise click.UsageError("--insecure-http contradicts --tls/--tls-cert")
+    return {
+        "tls": tls,
+        "tls_cert": str(Path(tls_cert).resolve()) if tls_cert else None,
+        "tls_key": str(Path(tls_key).resolve()) if tls_key else None,
+        "insecure_http": insecure_http,
+    }
 
 
 def ports_options(fn: F) -> F:
@@ -94,6 +217,8 @@ def admin_options(fn: F) -> F:
     """`--existing URLS --username U --password P` of the commands that talk to a cluster."""
     fn = password_option()(fn)
     fn = username_option()(fn)
+    fn = ca_fingerprint_option(fn)
+    fn = ca_file_option(fn)
     fn = click.option(
         "--existing",
         required=True,
@@ -104,14 +229,20 @@ def admin_options(fn: F) -> F:
 
 def admin_client(existing: str, username: str, password: str | None) -> Any:
     """The admin API client of `--existing`, or a usage error."""
-    from moorage.recovery.client import AdminClient, split_urls
+    from moorage.pki.trust import trust_ca_pem
+    from moorage.recovery.client import AdminClient, fetch_ca, split_urls
 
     if password is None:
         raise click.UsageError("give the admin password with --password or MOORAGE_PASSWORD")
     try:
-        return AdminClient(split_urls(existing), username, password)
+        urls = split_urls(existing)
     except MoorageError as exc:
         raise click.UsageError(str(exc)) from None
+    ctx = click.get_current_context(silent=True)
+    pinned = ctx.meta.get("moorage.ca_fingerprint") if ctx is not None else None
+    if pinned:  # first contact: the CA the cluster serves must be the pinned one
+        trust_ca_pem(fetch_ca(urls, pinned).pem)
+    return AdminClient(urls, username, password)
 
 
 passphrase_option = click.option(

@@ -3,6 +3,7 @@ replicas lost)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from moorage.cli.confirm import confirm
 from moorage.cli.options import (
     admin_client,
     admin_options,
+    ca_file_option,
+    ca_fingerprint_option,
     check_http_addr,
     confirm_options,
     data_dir_option,
@@ -23,6 +26,9 @@ from moorage.cli.options import (
     passphrase_option,
     password_option,
     ports_options,
+    transport_options,
+    transport_settings,
+    trusting_data_dirs,
     username_option,
 )
 from moorage.config import DataDir
@@ -58,7 +64,14 @@ def repair(
 @click.command("emergency-repair", cls=Command)
 @data_dir_option("A survivor.")
 @click.option("--existing", default=None, help="Surviving replicas' URLs to compare too.")
-@click.option("--candidate-dir", default=None, help="Other local data directories to compare.")
+@ca_file_option
+@ca_fingerprint_option
+@click.option(
+    "--candidate-dir",
+    default=None,
+    callback=trusting_data_dirs,
+    help="Other local data directories to compare.",
+)
 @username_option("Admin user for --existing (or MOORAGE_USERNAME).")
 @password_option("Admin password for --existing (or MOORAGE_PASSWORD).")
 @confirm_options
@@ -91,6 +104,13 @@ def emergency_repair(
     urls: list[str] = []
     if existing:
         urls = split_urls(existing)
+        pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
+        if pinned:  # survivors that are down pin nothing; a wrong CA is refused
+            from moorage.pki.trust import trust_ca_pem
+            from moorage.recovery.client import ClusterUnreachable, fetch_ca
+
+            with contextlib.suppress(ClusterUnreachable):
+                trust_ca_pem(fetch_ca(urls, pinned).pem)
         client = AdminClient(urls, username, password or "")
     dirs = [DataDir(p) for p in (candidate_dir or "").split(",") if p.strip()]
     prepared = emergency.prepare(
@@ -219,6 +239,7 @@ def _describe_plan(doc: dict[str, Any]) -> str:
     "MOORAGE_ADMIN_PASSWORD; default: generated and printed once).",
 )
 @passphrase_option
+@transport_options
 @confirm_options
 @json_option
 def restore(
@@ -232,6 +253,10 @@ def restore(
     replay_journal: bool,
     admin_password: str | None,
     passphrase_file: str | None,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -242,6 +267,7 @@ def restore(
     from moorage.recovery.restore import restore as do_restore
 
     check_http_addr(http_addr)
+    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     secret = passphrase(passphrase_file)
     plan = restore_plan(
         Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, secret
@@ -258,6 +284,7 @@ def restore(
         admin_password,
         secret,
         etcd_host=etcd_host,
+        transport=transport,
     )
     emit(as_json, result.to_json(), result.text())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -18,11 +19,35 @@ from moorage.cli.options import (
     etcd_host_option,
     json_option,
     ports_options,
+    transport_options,
+    transport_settings,
+    trusting_data_dirs,
 )
 from moorage.cluster.replica_config import check_same_settings, create_replica
-from moorage.config import DEFAULT_HTTP_ADDR, DataDir
+from moorage.config import DEFAULT_HTTP_ADDR, DataDir, ReplicaConfig
 from moorage.pki.ca import fingerprint as ca_fingerprint
 from moorage.pki.files import TlsDir
+from moorage.errors import MoorageError
+
+
+def _with_transport(
+    d: DataDir, config: ReplicaConfig, settings: dict[str, Any], fresh: bool
+) -> ReplicaConfig:
+    """Store the transport flags in the replica's config (a new one, or an existing one when
+    any was given), then check that the API can serve that way: a new data directory that
+    cannot is emptied again, so the command can be re-run with other flags."""
+    from moorage.server.transport import material
+
+    wanted = replace(config, **settings) if fresh or any(settings.values()) else config
+    try:
+        material(wanted)
+    except MoorageError:
+        if fresh:
+            d.config_file.unlink(missing_ok=True)
+        raise
+    if wanted != config:
+        d.save(wanted)
+    return wanted
 
 
 def _reexec_with_absolute(data_dir: DataDir) -> None:
@@ -50,6 +75,7 @@ def _reexec_with_absolute(data_dir: DataDir) -> None:
     show_default="1 or MOORAGE_WORKERS",
     help="API worker processes.",
 )
+@transport_options
 def run(
     data_dir: str,
     http_addr: str | None,
@@ -57,6 +83,10 @@ def run(
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
     workers: int,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
 ) -> None:
     """Run a replica in the foreground; an empty DATA_DIR becomes a new one-replica cluster."""
     from moorage.server.process import run_replica
@@ -65,11 +95,15 @@ def run(
     d = DataDir(data_dir)
     _reexec_with_absolute(d)
     http_addr = check_http_addr(http_addr)
+    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or None
     if d.exists():
-        check_same_settings(d.load(), http_addr, storage, etcd_client_port, etcd_peer_port)
+        config = d.load()
+        check_same_settings(config, http_addr, storage, etcd_client_port, etcd_peer_port)
+        _with_transport(d, config, transport, fresh=False)
     else:
-        create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        _with_transport(d, config, transport, fresh=True)
         if password is None:
             password = secrets.token_urlsafe(18)
             click.echo(
@@ -94,6 +128,7 @@ def run(
 )
 @ports_options
 @etcd_host_option
+@transport_options
 @json_option
 def install(
     data_dir: str,
@@ -103,6 +138,10 @@ def install(
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
     etcd_host: str,
+    tls: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
     as_json: bool,
 ) -> None:
     """Create a new cluster with its first replica and start it in the background."""
@@ -110,9 +149,12 @@ def install(
 
     d = DataDir(data_dir)
     check_http_addr(http_addr)
+    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     generated = admin_password is None
     password = admin_password or secrets.token_urlsafe(18)
     config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
+    # (D/tls/ must exist by now for a replica serving the cluster's certificate.)
+    config = _with_transport(d, config, transport, fresh=True)
     pid = start_background(d, password).pid
     fingerprint = ca_fingerprint(TlsDir(d.path).read_ca())
     doc: dict[str, Any] = {
@@ -143,6 +185,7 @@ def install(
     "data_dirs",
     required=True,
     multiple=True,
+    callback=trusting_data_dirs,
     help="Replica state; several (comma-separated or repeated) start together.",
 )
 @json_option

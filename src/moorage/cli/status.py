@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from moorage.cli.base import Command, emit
-from moorage.cli.options import admin_client, admin_options, json_option
+from moorage.cli.options import admin_client, admin_options, json_option, trusting_data_dirs
 from moorage.cluster.status_report import StatusReport
 from moorage.config import DataDir
 
@@ -92,7 +92,9 @@ def status_text(report: StatusReport | dict[str, Any]) -> str:
     "--data-dir",
     "data_dirs",
     default=None,
-    help="Local data directories to inspect too (comma-separated).",
+    callback=trusting_data_dirs,
+    help="Local data directories to inspect too (comma-separated); their cluster CA is "
+    "trusted for HTTPS.",
 )
 @json_option
 def status(

@@ -18,6 +18,7 @@ import httpx
 from moorage.errors import MoorageError
 from moorage.meta.etcd import ClientTls, EtcdCluster, Member, MemberStatus, member_status
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
+from moorage.pki.trust import client_context
 
 HEARTBEAT_FRESH = 10.0
 PING_TIMEOUT = 2.0
@@ -80,7 +81,7 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0)
         url = client_url(m)
         return m.id, (await _status(url, store.tls) if url else "not started yet")
 
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_context()) as client:
         statuses, pings = await asyncio.gather(
             asyncio.gather(*(status_of(m) for m in members)),
             asyncio.gather(*(_ping(client, r.url) for r in replicas.values())),

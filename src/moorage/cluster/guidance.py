@@ -181,6 +181,11 @@ def next_block(doc: dict[str, Any]) -> list[str]:
         return lines
     if any("--existing" in c["command"] for c in commands):
         lines.append(f"# {PASSWORD_NOTE} (and the user from MOORAGE_USERNAME, default admin)")
+    if any("https://" in c["command"] for c in commands):
+        lines.append(
+            "# the cluster serves HTTPS: set MOORAGE_CA_FILE to its CA "
+            "('moorage ca export --data-dir D --out ca.crt' on a replica's host)"
+        )
     holders = placeholders(commands)
     if holders:
         lines.append("# replace " + "; ".join(f"{k} with {v}" for k, v in holders.items()))

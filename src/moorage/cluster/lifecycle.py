@@ -18,6 +18,7 @@ from moorage.cluster.processes import alive, cmdline, read_pid, terminate, wait_
 from moorage.cluster.supervisor import SUPERVISOR_PID
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
+from moorage.pki.trust import client_context, trust_data_dir
 
 
 class LifecycleError(MoorageError):
@@ -35,7 +36,8 @@ def running_pid(data_dir: DataDir) -> int | None:
 def ping(url: str, timeout: float = 2.0, writable: bool = False) -> tuple[int, dict[str, object]]:
     query = "?writable=1" if writable else ""
     try:
-        with urllib.request.urlopen(f"{url}/_ping{query}", timeout=timeout) as resp:
+        ctx = client_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(f"{url}/_ping{query}", timeout=timeout, context=ctx) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -90,6 +92,7 @@ def wait_healthy(
     timeout: float,
     answering_is_enough: bool = False,
 ) -> None:
+    trust_data_dir(config.data_dir)  # its HTTPS certificate chains to its cluster CA
     offset = getattr(proc, "log_offset", 0)
     deadline = time.monotonic() + timeout
     started = time.monotonic()

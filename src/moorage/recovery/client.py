@@ -1,21 +1,43 @@
 """The admin API of a running cluster, as the command line reaches it.
 
 `--existing` may list several replicas; each call tries them in turn, so commands work
-while some replicas are down.
+while some replicas are down. HTTPS is verified against the system's CAs and the cluster CAs
+this process trusts (`moorage.pki.trust`: `--ca-file`, a `--data-dir`'s D/tls/ca.crt); never
+skipped. `fetch_ca` is the one unverified exchange (first contact), and it says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from moorage.config import is_loopback
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
+from moorage.pki.ca import fingerprint, load_cert
+from moorage.pki.trust import client_context
+
+CA_PATH = "/api/v0/cluster/ca"
+UNTRUSTED_HINT = (
+    "the replica's HTTPS certificate is not trusted: pass the cluster CA with --ca-file FILE "
+    "(or MOORAGE_CA_FILE); 'moorage ca export --data-dir D' on a replica's host writes it, "
+    "'moorage ca export --existing URL --ca-fingerprint sha256:...' fetches and pins it"
+)
+
+
+def _describe(url: str, exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{url}: {text} ({UNTRUSTED_HINT})"
+    return f"{url}: {text}"
+
 
 #: What a manifest is fetched as: whatever type it has.
 ALL_MANIFEST_TYPES = ", ".join(sorted(mt.MANIFESTS | mt.INDEXES)) + ", */*"
@@ -38,8 +60,10 @@ def split_urls(existing: str) -> list[str]:
         part = part.strip().rstrip("/")
         if not part:
             continue
-        if "://" not in part:
-            part = f"http://{part}"
+        if "://" not in part:  # as the replica serves: HTTPS unless on loopback
+            host = part.rpartition(":")[0] if ":" in part else part
+            scheme = "http" if is_loopback(host.strip("[]")) else "https"
+            part = f"{scheme}://{part}"
         urls.append(part)
     if not urls:
         raise MoorageError("--existing needs at least one URL, e.g. http://127.0.0.1:5000")
@@ -59,10 +83,15 @@ class AdminClient:
         for url in self.urls:
             try:
                 resp = httpx.request(
-                    method, f"{url}{path}", json=body, auth=self.auth, timeout=self.timeout
+                    method,
+                    f"{url}{path}",
+                    json=body,
+                    auth=self.auth,
+                    timeout=self.timeout,
+                    verify=client_context(),
                 )
             except httpx.HTTPError as exc:
-                errors.append(f"{url}: {exc or type(exc).__name__}")
+                errors.append(_describe(url, exc))
                 continue
             if resp.status_code == 401:
                 raise ApiRefused(
@@ -114,7 +143,7 @@ class AdminClient:
         status. One connection pool for every call (thread-safe)."""
         with self._http_lock:
             if self._http is None:
-                self._http = httpx.Client(auth=self.auth, timeout=timeout)
+                self._http = httpx.Client(auth=self.auth, timeout=timeout, verify=client_context())
         kind = "manifests" if manifest else "blobs"
         headers = {"Accept": ALL_MANIFEST_TYPES} if manifest else {}
         errors = []
@@ -124,7 +153,7 @@ class AdminClient:
                 try:
                     resp = stack.enter_context(self._http.stream("GET", path, headers=headers))
                 except httpx.TransportError as exc:  # this replica is down: the next one
-                    errors.append(f"{url}: {exc or type(exc).__name__}")
+                    errors.append(_describe(url, exc))
                     continue
                 yield resp
                 return
@@ -134,3 +163,70 @@ class AdminClient:
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+@dataclass(frozen=True)
+class FetchedCa:
+    pem: bytes
+    fingerprint: str
+    url: str
+    #: How the answer was authenticated: "pinned" (--ca-fingerprint matched), "verified"
+    #: (the HTTPS certificate chained to a CA this process already trusts), or "unverified".
+    trust: str
+    #: The replica's HTTPS certificate chains to this CA (None over plain HTTP).
+    serves_cluster_cert: bool | None
+
+
+def _get_ca(url: str, verify: ssl.SSLContext | bool) -> bytes:
+    resp = httpx.get(f"{url}{CA_PATH}", timeout=30, verify=verify)
+    if resp.status_code != 200:
+        raise MoorageError(f"{url}{CA_PATH} answered HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp.content
+
+
+def fetch_ca(urls: list[str], expected: str | None = None) -> FetchedCa:
+    """The cluster CA certificate from the first replica that answers `GET /api/v0/cluster/ca`.
+
+    First contact: the answer is fetched over a verified connection when this process already
+    trusts the replica's certificate; otherwise over an UNVERIFIED one, and then it is only as
+    good as the `expected` fingerprint (`sha256:...`), which it must match (pinning, as
+    `kubeadm join --discovery-token-ca-cert-hash` does). The caller reports `trust`."""
+    errors = []
+    for url in urls:
+        try:
+            try:
+                pem = _get_ca(url, client_context())
+                trust = "verified" if url.startswith("https://") else "unverified"
+            except httpx.ConnectError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                    raise
+                unverified = ssl.create_default_context()
+                unverified.check_hostname = False
+                unverified.verify_mode = ssl.CERT_NONE
+                pem, trust = _get_ca(url, unverified), "unverified"
+        except httpx.HTTPError as exc:
+            errors.append(_describe(url, exc))
+            continue
+        try:
+            cert = load_cert(pem)
+        except ValueError:
+            raise MoorageError(f"{url}{CA_PATH} did not answer a PEM certificate") from None
+        found = fingerprint(cert)
+        if expected is not None:
+            if found != expected.strip().lower():
+                raise MoorageError(
+                    f"{url} presented CA {found}, not the expected {expected}: refusing it "
+                    "(the wrong cluster, or someone in between)"
+                )
+            trust = "pinned"
+        serves: bool | None = None
+        if url.startswith("https://"):
+            only_ca = ssl.create_default_context(cadata=pem.decode())
+            only_ca.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                httpx.get(f"{url}/_ping", timeout=30, verify=only_ca)
+                serves = True
+            except httpx.HTTPError:
+                serves = False
+        return FetchedCa(pem, found, url, trust, serves)
+    raise ClusterUnreachable("no replica answered: " + "; ".join(errors))

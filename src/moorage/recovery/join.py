@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def join(
     unsafe: bool,
     replica_id: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
+    transport: Mapping[str, Any] | None = None,
 ) -> JoinResult:
     """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
@@ -109,6 +111,7 @@ def join(
         replica_id=replica_id,
         etcd_host=etcd_host,
     )
+    draft = dataclasses.replace(draft, **(transport or {}))  # --tls, --tls-cert, ...
     check_http_addr(draft)
     local_storage = check_storage(client, storage)
     # The key is made here and stays here: only the CSR travels (D/tls/ is wiped on failure

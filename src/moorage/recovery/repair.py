@@ -119,5 +119,6 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> Repa
         unsafe,
         replica_id=config.replica_id,
         etcd_host=config.etcd_host,
+        transport=config.transport,
     )
     return RepairResult(joined, wiped)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,7 @@ def restore(
     admin_password: str | None,
     passphrase: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
+    transport: Mapping[str, Any] | None = None,
 ) -> RestoreResult:
     with contextlib.ExitStack() as stack:
         plain = plaintext(archive, passphrase, stack)
@@ -118,6 +121,7 @@ def restore(
         config = new_replica_config(
             data_dir, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host=etcd_host
         )
+        config = dataclasses.replace(config, **(transport or {}))  # --tls, --tls-cert, ...
         check_http_addr(config)
         archives = [Path(a) for a in report["archives"]]
         # The blobs the chain actually holds (its member index), not what the header says.

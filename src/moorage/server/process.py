@@ -18,9 +18,11 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 
 from moorage.cluster.supervisor import supervise
 from moorage.config import DataDir
+from moorage.server import transport
 
 log = logging.getLogger("moorage.server")
 WORKER_APP = "moorage.server.worker:create_app"
@@ -29,8 +31,10 @@ WORKER_APP = "moorage.server.worker:create_app"
 def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
     """Run the replica in the foreground until SIGTERM/SIGINT."""
     from granian import Granian  # the server is only needed in this process
+    from granian.constants import SSLProtocols
 
     config = data_dir.load()
+    tls = transport.material(config)  # refuses before anything starts
     with supervise(data_dir, config, admin_password) as watchdog:
         os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
         metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers
@@ -47,9 +51,19 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
             workers=workers,
             respawn_failed_workers=True,
             log_access=False,
+            # TLS: files re-read by each new worker (see transport.watch); TLS 1.2 floor.
+            ssl_cert=tls.cert if tls else None,
+            ssl_key=tls.key if tls else None,
+            ssl_protocol_min=SSLProtocols.tls12,
         )
         watchdog.give_up = server.signal_handler_interrupt
         watchdog.start()
+        stop_watch = threading.Event()
+        if tls is not None:
+            transport.watch(tls, server.signal_handler_reload, stop_watch)
         log.info("replica %s serving on %s", config.replica_id, config.url)
-        with contextlib.suppress(SystemExit):
-            server.serve()
+        try:
+            with contextlib.suppress(SystemExit):
+                server.serve()
+        finally:
+            stop_watch.set()

@@ -26,6 +26,7 @@ from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
+from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
@@ -96,6 +97,7 @@ def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
+    trust_data_dir(data_dir.path)  # peers' HTTPS (status pings) chains to the cluster CA
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
     _exit_with_parent(pid_file)
