@@ -25,9 +25,9 @@ from moorage.cli.options import (
 )
 from moorage.cluster.replica_config import check_same_settings, create_replica
 from moorage.config import DEFAULT_HTTP_ADDR, DataDir, ReplicaConfig
+from moorage.errors import MoorageError
 from moorage.pki.ca import fingerprint as ca_fingerprint
 from moorage.pki.files import TlsDir
-from moorage.errors import MoorageError
 
 
 def _with_transport(
