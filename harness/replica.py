@@ -36,8 +36,8 @@ class Replica:
         tls: bool = False,
         run_args: Sequence[str] = (),
     ) -> None:
-        """`tls`: serve HTTPS (`--tls`) with a cluster certificate in D/tls/ (made by
-        `ensure_tls_material` when absent); `run_args`: more flags of a new replica's `run`."""
+        """`tls`: serve HTTPS (`--tls`) with the replica's cluster certificate (D/tls/, made
+        by `run`); `run_args`: more flags of a new replica's `run`."""
         self.data_dir = data_dir.resolve()
         self.storage = storage
         self.workers = workers
@@ -81,7 +81,6 @@ class Replica:
             if self.storage is not None:
                 args += ["--storage", str(self.storage)]
             if self.tls:
-                ensure_tls_material(self.data_dir)
                 args.append("--tls")
             args += self.run_args
         env = dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD)
@@ -100,7 +99,8 @@ class Replica:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"moorage exited: {self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
+            # (`run` writes the cluster CA of a new replica first: wait for it to exist.)
+            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
                 resp = httpx.get(f"{self.url}/_ping", timeout=1, verify=self.verify())
                 if resp.status_code == 200:
                     return
@@ -137,18 +137,3 @@ class Replica:
     ) -> httpx.Client:
         kw.setdefault("verify", self.verify())
         return httpx.Client(base_url=self.url, auth=auth, timeout=timeout, **kw)
-
-
-def ensure_tls_material(data_dir: Path, hosts: Sequence[str] = ("127.0.0.1",)) -> None:
-    """A cluster CA and a replica certificate in `data_dir/tls/`, unless there already are
-    (`install` and `run` make them once the cluster's PKI is wired: then this does nothing)."""
-    from moorage.pki import TlsDir, create_ca, issue_replica
-
-    tls = TlsDir(data_dir)
-    if tls.exists():
-        return
-    ca = create_ca("harness")
-    key, cert = issue_replica(ca, "harness", list(hosts))
-    tls.write_ca(ca.cert)
-    tls.write_key(key)
-    tls.write_cert(cert)

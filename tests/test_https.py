@@ -225,16 +225,27 @@ def test_operator_certificate_served_and_reloaded(tmp_path: Path) -> None:
 
 
 def test_non_loopback_needs_tls_or_insecure_http(tmp_path: Path) -> None:
+    # Off loopback, install serves HTTPS with the replica's cluster certificate, unasked.
+    first = tmp_path / "first"
+    port = free_port()
+    out = moorage("install", "--data-dir", str(first), "--http-addr", f"0.0.0.0:{port}",
+                  "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port()),
+                  "--admin-password", ADMIN_PASSWORD)  # fmt: skip
+    try:
+        assert "https://" in out.stdout, out.stdout
+        verify = ssl.create_default_context(cafile=str(first / "tls" / "ca.crt"))
+        assert httpx.get(f"https://127.0.0.1:{port}/_ping", verify=verify).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/_ping", timeout=5)
+        config = json.loads((first / "moorage.json").read_text())
+        assert config["insecure_http"] is False
+    finally:
+        moorage("stop", "--data-dir", str(first), check=False)
+
     port, client_port, peer_port = free_port(), free_port(), free_port()
     d = tmp_path / "d"
     base = ["--data-dir", str(d), "--http-addr", f"0.0.0.0:{port}",
             "--etcd-client-port", str(client_port), "--etcd-peer-port", str(peer_port)]  # fmt: skip
-    out = moorage("install", *base, "--admin-password", ADMIN_PASSWORD, check=False)
-    assert out.returncode == 1
-    assert "0.0.0.0 is not a loopback address" in out.stderr
-    assert "--tls-cert" in out.stderr
-    assert "--insecure-http" in out.stderr
-    assert not (d / "moorage.json").exists()  # nothing half-made: the command can be re-run
     out = moorage("run", *base, "--tls-cert", "/nonexistent", check=False)
     assert out.returncode == 2  # usage: the file must exist
     contradict = ["--insecure-http", "--tls"]
@@ -270,10 +281,7 @@ def test_non_loopback_needs_tls_or_insecure_http(tmp_path: Path) -> None:
 
 def test_install_start_stop_over_https(tmp_path: Path) -> None:
     """install/start wait for the replica's /_ping over HTTPS, verified with its own CA."""
-    from harness.replica import ensure_tls_material
-
     d = tmp_path / "d"
-    ensure_tls_material(d)  # dropped once install makes D/tls/ itself
     port = free_port()
     out = moorage(
         "install", "--data-dir", str(d), "--http-addr", f"127.0.0.1:{port}", "--tls",
