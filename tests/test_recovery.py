@@ -279,6 +279,8 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     cluster.join()
     body = push_image(r1, "repair/app", "v1", "repair")
     moorage("stop", "--data-dir", str(r1.data_dir))
+    old_key = (r1.data_dir / "tls" / "replica.key").read_bytes()
+    old_cert = (r1.data_dir / "tls" / "replica.crt").read_bytes()
     # Damage its local store: etcd's data is gone (the replica's config survives).
     shutil.rmtree(r1.data_dir / "etcd" / "member")
     out = json.loads(
@@ -294,6 +296,9 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     )
     assert out["replica_id"] == r1.replica_id
     assert out["url"] == r1.url
+    # Rejoined with a fresh key made on its host and a certificate the cluster signed for it.
+    assert (r1.data_dir / "tls" / "replica.key").read_bytes() != old_key
+    assert (r1.data_dir / "tls" / "replica.crt").read_bytes() != old_cert
     doc = cluster.wait_status("healthy")
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
     assert r1.replica_id in {r["id"] for r in doc["replicas"]}
