@@ -129,6 +129,12 @@ def test_a_peer_without_a_cluster_certificate_cannot_join(
         )
 
 
+def _sealed_ca_key(node: Node) -> bytes:
+    got = etcdctl(client_url(node), "get", keys.PKI_CA_KEY.decode(), "-w", "json", tls=tls_of(node))
+    assert got.returncode == 0, got.stderr
+    return base64.b64decode(json.loads(got.stdout)["kvs"][0]["value"])
+
+
 def test_every_replica_holds_its_own_certificate_of_the_one_cluster_ca(three: Cluster) -> None:
     cas = set()
     for node in three.nodes:
@@ -150,11 +156,7 @@ def test_every_replica_holds_its_own_certificate_of_the_one_cluster_ca(three: Cl
     # The CA key is in etcd only sealed: it opens with the replicas' secret, and nothing
     # under /moorage-pki/ is a plain private key.
     first = three.nodes[0]
-    got = etcdctl(
-        client_url(first), "get", keys.PKI_CA_KEY.decode(), "-w", "json", tls=tls_of(first)
-    )
-    assert got.returncode == 0, got.stderr
-    sealed = base64.b64decode(json.loads(got.stdout)["kvs"][0]["value"])
+    sealed = _sealed_ca_key(first)
     assert b"PRIVATE KEY" not in sealed
     authority = pki.unseal_ca_key(sealed, secrets.pop(), tls_of(first).read_ca())
     assert authority.fingerprint in cas
@@ -204,3 +206,35 @@ def test_a_data_directory_made_before_tls_is_refused_with_what_to_do(tmp_path: P
     assert "moorage backup" in text, text
     assert "moorage restore" in text, text
     assert not d.etcd_dir.exists()  # etcd never started on it
+
+
+def test_restore_makes_a_new_ca_and_stores_it_sealed(tmp_path: Path) -> None:
+    """A restore is a new cluster: a new CA and secret (the backup holds neither), stored in
+    the restored etcd on its first start, the old cluster's certificates refused by it."""
+    cluster = Cluster(tmp_path)
+    try:
+        old = cluster.install()
+        archive = tmp_path / "b.tar"
+        moorage("backup", "--existing", old.url, "--out", str(archive), "--json")
+        held = archive.read_bytes()  # an uncompressed tar: its records are readable text
+        assert b"password_hash" in held
+        assert b"moorage-pki" not in held
+        assert b"ca.key" not in held
+        moorage("stop", "--data-dir", str(old.data_dir))
+        restored = Node(tmp_path, "restored")
+        cluster.nodes.append(restored)
+        moorage(
+            "restore", "--yes", "--in", str(archive), *restored.flags(),
+            "--storage", str(cluster.storage), "--json",
+        )  # fmt: skip
+        new_tls = tls_of(restored)
+        assert pki.fingerprint(new_tls.read_ca()) != pki.fingerprint(tls_of(old).read_ca())
+        assert not (new_tls.path / "ca.key.pending").exists()
+        authority = pki.unseal_ca_key(
+            _sealed_ca_key(restored), new_tls.read_secret(), new_tls.read_ca()
+        )
+        assert pki.issued_by(new_tls.read_cert(), authority.cert)
+        refused = etcdctl(client_url(restored), "get", "/moorage/", "--prefix", tls=tls_of(old))
+        assert refused.returncode != 0
+    finally:
+        cluster.shutdown()

@@ -80,10 +80,13 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
     assert "--yes" in out.stderr
     assert "Emergency repair plan" in out.stdout
 
+    tls_before = {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()}
     out = moorage(
         "emergency-repair", "--data-dir", str(r2.data_dir), "--existing", cluster.urls(),
         "--candidate-dir", str(r0.data_dir), "--yes", "--json",
     )  # fmt: skip
+    # The survivor keeps its certificates (its etcd restarted with the same TLS flags).
+    assert {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()} == tls_before
     result = json.loads(out.stdout)
     assert result["chosen"]["replica_id"] == r2.replica_id
     assert result["result"]["epoch"] == 2
@@ -109,6 +112,8 @@ def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
     # New replicas join the repaired cluster and serve what was there before.
     r3 = cluster.join(via=r2)
     assert cluster.status([r2, r3])["scenario"] == "healthy"
+    # signed by the survivor with the CA key sealed in its etcd data: the same CA
+    assert (r3.data_dir / "tls" / "ca.crt").read_bytes() == tls_before["ca.crt"]
     for repo, body in images.items():
         assert pull_image(r3, repo, "v1") == body
 
@@ -279,6 +284,8 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     cluster.join()
     body = push_image(r1, "repair/app", "v1", "repair")
     moorage("stop", "--data-dir", str(r1.data_dir))
+    old_key = (r1.data_dir / "tls" / "replica.key").read_bytes()
+    old_cert = (r1.data_dir / "tls" / "replica.crt").read_bytes()
     # Damage its local store: etcd's data is gone (the replica's config survives).
     shutil.rmtree(r1.data_dir / "etcd" / "member")
     out = json.loads(
@@ -294,6 +301,9 @@ def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
     )
     assert out["replica_id"] == r1.replica_id
     assert out["url"] == r1.url
+    # Rejoined with a fresh key made on its host and a certificate the cluster signed for it.
+    assert (r1.data_dir / "tls" / "replica.key").read_bytes() != old_key
+    assert (r1.data_dir / "tls" / "replica.crt").read_bytes() != old_cert
     doc = cluster.wait_status("healthy")
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
     assert r1.replica_id in {r["id"] for r in doc["replicas"]}
