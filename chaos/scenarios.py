@@ -13,6 +13,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,14 @@ class Run:
 # -- the faults -------------------------------------------------------------------------------
 
 
+def destroy_all(cluster: Cluster, nodes: list[Node]) -> list[Node]:
+    """`moorage destroy` every node's data directory, side by side (each command is a process
+    of its own); the nodes, in order, once all are gone."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        list(pool.map(cluster.destroy, nodes))
+    return nodes
+
+
 def kill_minority(run: Run) -> None:
     _, victims = run.survivors_and_victims((run.opts.replicas - 1) // 2)
     run.result.fault = f"SIGKILL {len(victims)} of {run.opts.replicas} (the leader first)"
@@ -243,8 +252,8 @@ def majority_loss(run: Run) -> None:
                 lab.heal(s.slot)
                 run.event(f"heal {s}")
         run.targets([*survivors, *victims])
-    for v in victims:
-        run.cluster.destroy(v)  # their disks are gone too: only the survivors remain
+    # their disks are gone too: only the survivors remain
+    for v in destroy_all(run.cluster, victims):
         run.event(f"destroyed the data directory of {v}")
     time.sleep(run.third)
     for s in survivors:
@@ -304,8 +313,7 @@ def total_loss(run: Run) -> None:
     for node in list(run.cluster.nodes):
         run.cluster.kill(node)
         run.event(f"SIGKILL {node}")
-    for node in list(run.cluster.nodes):
-        run.cluster.destroy(node)
+    for node in destroy_all(run.cluster, list(run.cluster.nodes)):
         run.event(f"destroyed the data directory of {node}")
     acks = list(run.load.acks)
 

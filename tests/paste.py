@@ -290,16 +290,24 @@ class Operator:
         replica's view of the quorum returning), both are taken again."""
         cmd = self.status_command(with_dirs)
         for _ in range(STATUS_PAIR_ATTEMPTS):
-            rc, text, _ = self.shell.run(cmd, timeout=120)
+            # The JSON form runs alongside the typed one; each waits as long for replicas
+            # that do not answer.
+            proc = subprocess.Popen(
+                [*shlex.split(cmd), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=shell_env(),
+            )  # fmt: skip
+            try:
+                rc, text, _ = self.shell.run(cmd, timeout=120)
+                stdout, stderr = proc.communicate(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
             st = parse_status(cmd, rc, text)
             self.log(f"$ {cmd}\n{text}")
             assert rc == STATUS_CODES[st.scenario], (rc, text)
-            out = subprocess.run(
-                [*shlex.split(cmd), "--json"], capture_output=True, text=True, timeout=120,
-                env=shell_env(),
-            )  # fmt: skip
-            assert out.returncode in STATUS_CODES.values(), out.stderr
-            doc: dict[str, Any] = json.loads(out.stdout)
+            assert proc.returncode in STATUS_CODES.values(), stderr
+            doc: dict[str, Any] = json.loads(stdout)
             if doc["scenario"] == st.scenario:
                 break
             self.log(f"(the cluster changed between the two runs: {doc['scenario']} in JSON)")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -140,8 +141,27 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     norm.add(ADMIN_PASSWORD, "<ADMIN_PASSWORD>")
     outputs: dict[str, str] = {}
 
+    # Commands that neither change what another prints nor depend on one still running are
+    # started side by side (`start`); `run` waits for them first and runs alone. Outputs are
+    # normalised in the order the cases are listed, whichever finished first.
+    pool = ThreadPoolExecutor(max_workers=4)
+    pending: list[tuple[str, tuple[str, ...], Future[subprocess.CompletedProcess[str]]]] = []
+
+    def settle() -> None:
+        for name, args, fut in pending:
+            record(name, args, fut.result())
+        pending.clear()
+
+    def start(name: str, *args: str) -> None:
+        pending.append((name, args, pool.submit(moorage, *args, check=False)))
+
     def run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-        out = moorage(*args, check=False)
+        settle()
+        return record(name, args, moorage(*args, check=False))
+
+    def record(
+        name: str, args: tuple[str, ...], out: subprocess.CompletedProcess[str]
+    ) -> subprocess.CompletedProcess[str]:
         outputs[name] = case_text(out, norm)
         if "--json" in args:
             try:
@@ -167,69 +187,72 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         outputs["install-text"] = case_text(out, norm)
         push_image(live, "pin/app", "v1", "pin")
 
-        run("install-again", "install", *live.flags(), *pw)
-        run("install-bad-addr", "install", "--data-dir", str(root / "x"), "--http-addr", "nope")
-        run("start-running-text", "start", "--data-dir", str(live.data_dir))
-        run("start-running-json", "start", "--data-dir", str(live.data_dir), "--json")
-        run("start-empty", "start", "--data-dir", ",")
+        start("install-again", "install", *live.flags(), *pw)
+        start("install-bad-addr", "install", "--data-dir", str(root / "x"), "--http-addr", "nope")
+        start("start-running-text", "start", "--data-dir", str(live.data_dir))
+        start("start-running-json", "start", "--data-dir", str(live.data_dir), "--json")
+        start("start-empty", "start", "--data-dir", ",")
         run("stop-text", "stop", "--data-dir", str(stopped.data_dir))
-        run("stop-again-json", "stop", "--data-dir", str(stopped.data_dir), "--json")
-        run("stop-not-a-data-dir", "stop", "--data-dir", str(root / "nothing"))
+        start("stop-again-json", "stop", "--data-dir", str(stopped.data_dir), "--json")
+        start("stop-not-a-data-dir", "stop", "--data-dir", str(root / "nothing"))
 
         existing = ["--existing", live.url]
-        run("status-healthy-text", "status", *existing)
-        run("status-healthy-json", "status", *existing, "--json")
+        start("status-healthy-text", "status", *existing)
+        start("status-healthy-json", "status", *existing, "--json")
         dead = ["--existing", f"http://127.0.0.1:{dead_port}"]
-        run("status-unreachable-text", "status", *dead, "--data-dir", str(stopped.data_dir))
-        run(
+        start("status-unreachable-text", "status", *dead, "--data-dir", str(stopped.data_dir))
+        start(
             "status-unreachable-json", "status", *dead, "--data-dir", str(stopped.data_dir),
             "--json",
         )  # fmt: skip
-        run("status-unreachable-nodirs-text", "status", *dead)
-        run("status-missing-existing", "status")
+        start("status-unreachable-nodirs-text", "status", *dead)
+        start("status-missing-existing", "status")
 
         for fmt in ("text", "json"):
             j = ["--json"] if fmt == "json" else []
-            run(f"destroy-dry-stopped-{fmt}", "destroy", "--data-dir", str(stopped.data_dir),
+            start(f"destroy-dry-stopped-{fmt}", "destroy", "--data-dir", str(stopped.data_dir),
                 "--dry-run", *j)  # fmt: skip
-            run(f"destroy-dry-live-{fmt}", "destroy", "--data-dir", str(live.data_dir),
+            start(f"destroy-dry-live-{fmt}", "destroy", "--data-dir", str(live.data_dir),
                 "--dry-run", *j)  # fmt: skip
-            run(f"remove-dry-{fmt}", "remove", *existing, "--replica-id", live.replica_id,
+            start(f"remove-dry-{fmt}", "remove", *existing, "--replica-id", live.replica_id,
                 "--dry-run", *j)  # fmt: skip
-            run(f"repair-dry-{fmt}", "repair", *existing, "--data-dir", str(live.data_dir),
+            start(f"repair-dry-{fmt}", "repair", *existing, "--data-dir", str(live.data_dir),
                 "--dry-run", *j)  # fmt: skip
+            # alone: it reads the stopped replica's etcd directory
             run(f"emergency-dry-{fmt}", "emergency-repair", "--data-dir",
                 str(stopped.data_dir), "--dry-run", *j)  # fmt: skip
-        run("remove-unknown", "remove", *existing, "--replica-id", "000000000000", "--dry-run")
-        run("remove-no-tty", "remove", *existing, "--replica-id", live.replica_id)
-        run("destroy-nothing", "destroy", "--data-dir", str(root / "nothing"))
+        start("remove-unknown", "remove", *existing, "--replica-id", "000000000000", "--dry-run")
+        start("remove-no-tty", "remove", *existing, "--replica-id", live.replica_id)
+        start("destroy-nothing", "destroy", "--data-dir", str(root / "nothing"))
 
         archive = root / "pin.tar"
         run("backup-text", "backup", *existing, "--out", str(archive))
-        run("backup-json", "backup", *existing, "--out", str(root / "pin2.tar"), "--json")
-        run("backup-usage", "backup", *existing)
-        run("backup-inspect-text", "backup", "inspect", str(archive))
-        run("backup-inspect-json", "backup", "inspect", str(archive), "--json")
-        run("backup-verify-text", "backup", "verify", str(archive))
-        run("backup-verify-json", "backup", "verify", str(archive), "--storage", blobs, "--json")
+        start("backup-json", "backup", *existing, "--out", str(root / "pin2.tar"), "--json")
+        start("backup-usage", "backup", *existing)
+        start("backup-inspect-text", "backup", "inspect", str(archive))
+        start("backup-inspect-json", "backup", "inspect", str(archive), "--json")
+        start("backup-verify-text", "backup", "verify", str(archive))
+        start("backup-verify-json", "backup", "verify", str(archive), "--storage", blobs, "--json")
         bad = root / "bad.tar"
         bad.write_bytes(b"not an archive")
-        run("backup-verify-bad", "backup", "verify", str(bad))
+        start("backup-verify-bad", "backup", "verify", str(bad))
         for fmt in ("text", "json"):
             j = ["--json"] if fmt == "json" else []
-            run(f"restore-dry-{fmt}", "restore", "--in", str(archive), *restored.flags(),
+            start(f"restore-dry-{fmt}", "restore", "--in", str(archive), *restored.flags(),
                 "--storage", blobs, "--dry-run", *j)  # fmt: skip
 
-        run("join-occupied", "join", *existing, *live.flags())
-        run("join-bad-addr", "join", *existing, "--data-dir", str(root / "j"),
+        start("join-occupied", "join", *existing, *live.flags())
+        start("join-bad-addr", "join", *existing, "--data-dir", str(root / "j"),
             "--http-addr", "nope")  # fmt: skip
-        run("join-unreachable", "join", *dead, *restored.flags())
-        run("usage-no-command")
-        run("usage-unknown-command", "frobnicate")
-        run("usage-missing-option", "join", *existing)
-        run("usage-bad-port", "install", "--data-dir", str(root / "x"), "--http-addr",
+        run("join-unreachable", "join", *dead, *restored.flags())  # after restore's dry runs
+        start("usage-no-command")
+        start("usage-unknown-command", "frobnicate")
+        start("usage-missing-option", "join", *existing)
+        start("usage-bad-port", "install", "--data-dir", str(root / "x"), "--http-addr",
             "127.0.0.1:1", "--etcd-client-port", "70000")  # fmt: skip
+        settle()
     finally:
+        pool.shutdown(wait=True)
         for node in (live, stopped, restored):
             if node.data_dir.exists():
                 moorage("stop", "--data-dir", str(node.data_dir), check=False)

@@ -75,7 +75,7 @@ async def begin_join(
                     "or pass --unsafe-join. Details: "
                     + "; ".join(f"{r['id']}: {r['error']}" for r in bad)
                 )
-        member = existing or await store.add_member(peer_url, learner=True)
+        member = existing or await _add_learner(store, peer_url)
         members = await store.members()
     except BaseException:
         await end_join(store, replica_id)
@@ -93,6 +93,27 @@ async def begin_join(
         "storage": config.storage,
         "epoch": await _epoch(store),
     }
+
+
+# etcd refuses a member change until every voter has been connected for 5 s (its health
+# interval): right after the previous join, the next one waits. It is asked again every
+# quarter second, instead of etcd.py's backoff (up to 2 s), which overshoots that moment.
+ADD_RETRY_INTERVAL = 0.25
+ADD_PATIENCE = 60.0
+
+
+async def _add_learner(store: EtcdCluster, peer_url: str) -> Member:
+    deadline = time.monotonic() + ADD_PATIENCE
+    while True:
+        try:
+            return await store.add_member(peer_url, learner=True, patience=0)
+        except StoreUnavailable as exc:
+            if "unhealthy cluster" not in str(exc).lower():
+                break  # any other refusal: etcd.py's own retries, with its backoff
+            if time.monotonic() + ADD_RETRY_INTERVAL > deadline:
+                raise
+        await asyncio.sleep(ADD_RETRY_INTERVAL)
+    return await store.add_member(peer_url, learner=True, patience=deadline - time.monotonic())
 
 
 def _refuse_without_quorum(doc: dict[str, Any]) -> None:
