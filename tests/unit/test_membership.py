@@ -68,3 +68,42 @@ def test_a_hard_error_is_the_store_s_to_report() -> None:
     with pytest.raises(StoreUnavailable, match="permission denied"):
         _add(store)
     assert len(store.calls) == 2  # not asked again here
+
+
+def _doc(*errors: str | None) -> dict[str, Any]:
+    return {
+        "scenario": "replicas-unhealthy",
+        "replicas": [
+            {"id": f"r{i}", "healthy": e is None, "error": e} for i, e in enumerate(errors)
+        ],
+    }
+
+
+def _unhealthy(monkeypatch: pytest.MonkeyPatch, docs: list[dict[str, Any]]) -> list[Any]:
+    async def status(store: Any, config: Any) -> dict[str, Any]:
+        return docs.pop(0)
+
+    monkeypatch.setattr(membership, "cluster_status", status)
+    monkeypatch.setattr(membership, "_refuse_without_quorum", lambda doc: None)
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    return asyncio.run(membership._unhealthy_after_election(None, None))  # type: ignore[arg-type]
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def test_a_replica_met_by_an_election_is_asked_again_before_refusing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    election = "etcd: the metadata store (etcd) is unavailable: etcdserver: leader changed"
+    docs = [_doc(None, election), _doc(None, election), _doc(None, None)]
+    assert _unhealthy(monkeypatch, docs) == []
+    assert docs == []
+
+
+def test_a_broken_replica_refuses_the_join_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = [_doc(None, "storage: No space left on device"), _doc(None, None)]
+    bad = _unhealthy(monkeypatch, docs)
+    assert [r["id"] for r in bad] == ["r1"]
+    assert len(docs) == 1  # not asked again

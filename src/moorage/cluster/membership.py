@@ -41,6 +41,28 @@ async def cluster_status(store: EtcdCluster, config: ReplicaConfig) -> dict[str,
     return diagnose(facts)
 
 
+# A replica whose last health check met a leader election reports it for a few seconds:
+# asked again before the join is refused for it.
+_ELECTION_WORDS = ("leader changed", "no leader", "election")
+ELECTION_PATIENCE = 15.0
+
+
+async def _unhealthy_after_election(
+    store: EtcdCluster, config: ReplicaConfig
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + ELECTION_PATIENCE
+    while True:
+        doc = await cluster_status(store, config)
+        _refuse_without_quorum(doc)
+        bad: list[dict[str, Any]] = [r for r in doc["replicas"] if not r["healthy"]]
+        in_election = all(
+            any(w in str(r.get("error") or "").lower() for w in _ELECTION_WORDS) for r in bad
+        )
+        if not bad or not in_election or time.monotonic() > deadline:
+            return bad
+        await asyncio.sleep(1.0)
+
+
 async def begin_join(
     store: EtcdCluster,
     config: ReplicaConfig,
@@ -64,9 +86,7 @@ async def begin_join(
         raise
     try:
         if not unsafe and existing is None:
-            doc = await cluster_status(store, config)
-            _refuse_without_quorum(doc)
-            bad = [r for r in doc["replicas"] if not r["healthy"]]
+            bad = await _unhealthy_after_election(store, config)
             if bad:
                 ids = ",".join(r["id"] for r in bad)
                 raise Refused(
