@@ -30,7 +30,7 @@ UPDATE = os.environ.get("MOORAGE_PIN_UPDATE") == "1"
 VOLATILE_KEYS = (
     "pid|revision|raft_index|created_at|size|backup_revision|data_revision|since_revision|"
     "since_time|backup_created_at|raft_term|db_size|behind_by_revisions|elapsed|"
-    "checked_at|age|blobs_bytes|bytes|after_revision"
+    "checked_at|age|blobs_bytes|bytes|after_revision|join_token_expires_at"
 )
 
 
@@ -54,6 +54,7 @@ class Normaliser:
     def __call__(self, text: str) -> str:
         for value, name in self.literal:
             text = text.replace(value, name)
+        text = re.sub(r"mjt_[0-9a-f]{48}", "<JOIN_TOKEN>", text)
         text = re.sub(r"\b[0-9a-f]{32}\b", lambda m: self._number("CLUSTER", m.group()), text)
         text = re.sub(r"\b[0-9a-f]{13,16}\b", lambda m: self._number("MEMBER", m.group()), text)
         text = re.sub(r"\b[0-9a-f]{12}\b", lambda m: self._number("REPLICA", m.group()), text)

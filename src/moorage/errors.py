@@ -121,3 +121,7 @@ class LoginThrottled(MoorageError):
 class RecordCorrupt(MoorageError):
     """A record read back from the metadata store, a backup archive or the journal fails
     validation (corrupt or forged): it is refused, never turned into a path or a key."""
+
+
+class JoinTokenRefused(Unauthorized):
+    """A join token that is unknown, expired, revoked or used by another join (a 401)."""

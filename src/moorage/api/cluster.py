@@ -14,12 +14,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moorage.api import join_tokens as join_api
 from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
 from moorage.api.state import AppState
-from moorage.cluster import membership
+from moorage.cluster import join_tokens, membership
 from moorage.cluster.tls import ClusterCaUnavailable, replica_hosts, sign_join
-from moorage.errors import LoginThrottled, MoorageError
+from moorage.errors import Denied, LoginThrottled, MoorageError, Unauthorized
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.meta.snapshot import to_json
 from moorage.storage.paths import StorageLayout
@@ -39,28 +40,23 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return _JSONResponse({"error": message, "code": code}, status_code=status)
 
 
-def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Admin credentials, a JSON body, and errors as `{"error", "code"}` documents."""
+def admin(handler: Handler, joiner: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """Admin credentials (or, where `joiner`, a join token: api.join_tokens), a JSON body,
+    and errors as `{"error", "code"}` documents."""
 
     async def endpoint(request: Request) -> Response:
         st: AppState = request.app.state.moorage
-        try:
-            client = request.client.host if request.client else None
-            identity = await st.auth.authenticate(authorization(request), client)
-        except LoginThrottled as exc:
-            resp = _error(429, "TOOMANYREQUESTS", str(exc))
-            resp.headers["Retry-After"] = str(exc.retry_after)
-            return resp
-        except MoorageError as exc:  # the store cannot look the user up
-            resp = _error(503, "UNAVAILABLE", str(exc))
-            resp.headers["Retry-After"] = "5"
-            return resp
-        if identity is None:
-            resp = _error(401, "UNAUTHORIZED", "admin credentials required")
-            resp.headers["WWW-Authenticate"] = st.auth.challenge
-            return resp
-        if identity.role != "admin":
-            return _error(403, "DENIED", "admin role required")
+        header = authorization(request)
+        if joiner and join_api.presents_token(header):
+            assert header is not None
+            grant = await join_api.authorize(request, st, header)
+            if isinstance(grant, Response):
+                return grant
+            request.state.join_grant = grant
+        else:
+            refused = await _admin_identity(request, st)
+            if refused is not None:
+                return refused
         if st.cluster is None:
             return _error(501, "UNSUPPORTED", "this replica has no etcd cluster")
         body: dict[str, Any] = {}
@@ -83,11 +79,13 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return refused
         try:
             result = await handler(request, st, st.cluster, body)
-        except membership.Refused as exc:
+        except (Unauthorized, Denied) as exc:  # a join token's refusals
+            return join_api.refusal(exc)
+        except (membership.Refused, join_tokens.TooManyTokens) as exc:
             return _error(409, "REFUSED", str(exc))
         except membership.Busy as exc:
             return _error(423, "BUSY", str(exc))
-        except UnknownMember as exc:
+        except (UnknownMember, join_api.NoSuchToken) as exc:
             return _error(404, "NOT_FOUND", str(exc))
         except (KeyError, TypeError, ValueError) as exc:
             return _error(400, "INVALID", f"bad request: {exc}")
@@ -96,6 +94,29 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         return _fenced(st) or _JSONResponse(result)
 
     return endpoint
+
+
+async def _admin_identity(request: Request, st: AppState) -> Response | None:
+    """None when the request carries an admin's credentials, else the refusal."""
+    try:
+        client = request.client.host if request.client else None
+        identity = await st.auth.authenticate(authorization(request), client)
+    except LoginThrottled as exc:
+        resp = _error(429, "TOOMANYREQUESTS", str(exc))
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+    except MoorageError as exc:  # the store cannot look the user up
+        resp = _error(503, "UNAVAILABLE", str(exc))
+        resp.headers["Retry-After"] = "5"
+        return resp
+    if identity is None:
+        resp = _error(401, "UNAUTHORIZED", "admin credentials required")
+        resp.headers["WWW-Authenticate"] = st.auth.challenge
+        return resp
+    if identity.role != "admin":
+        return _error(403, "DENIED", "admin role required")
+    request.state.admin_name = identity.name
+    return None
 
 
 MAX_BODY = 64 * 1024  # the admin API's requests are a few hundred bytes
@@ -120,6 +141,8 @@ def _fenced(st: AppState) -> JSONResponse | None:
 
 
 async def status(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    if (grant := join_api.grant_of(request)) is not None:
+        grant.require_claim()  # a joiner waits for its own heartbeat
     return await membership.cluster_status(store, st.config)
 
 
@@ -157,10 +180,15 @@ async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[st
         raise ValueError(f"replica_id must be 12 hex digits, not {replica_id[:40]!r}")
     peer_url, etcd_host = _peer_url(body["peer_url"])
     hosts = replica_hosts(_http_host(body["http_addr"]), etcd_host)
+    grant = join_api.grant_of(request)
+    if grant is not None and body.get("unsafe"):
+        raise Denied("--unsafe-join needs the admin credentials, not a join token")
     try:
         tls = await sign_join(store, st.config, replica_id, body["csr"], hosts)
     except ClusterCaUnavailable as exc:
         raise MoorageError(f"cannot sign the new replica's certificate: {exc}") from None
+    if grant is not None:  # signed: the request is good; now the token is used up
+        await join_tokens.claim(store, grant, replica_id, peer_url)
     answer = await membership.begin_join(
         store,
         st.config,
@@ -187,12 +215,19 @@ async def promote(request: Request, st: AppState, store: EtcdCluster, body: dict
     member = next((m for m in await store.members() if m.id == member_id), None)
     if member is None:
         raise UnknownMember(f"no etcd member {str(body['member_id'])[:40]!r} in this cluster")
+    grant = join_api.grant_of(request)
+    if grant is not None and grant.require_claim().peer_url not in member.peer_urls:
+        raise Denied("a join token promotes only the member its own join added")
     if member.is_learner:  # a voter already: a retried promote whose answer was lost
         await membership.promote(store, member_id)
     return {"promoted": body["member_id"]}
 
 
 async def join_end(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    grant = join_api.grant_of(request)
+    if grant is not None and grant.require_claim().replica_id != str(body["replica_id"]):
+        raise Denied("a join token ends only its own join")
+    # (a token's claim stays until its lease ends: a reuse is told whose join used it)
     await membership.end_join(store, str(body["replica_id"]))
     return {"released": True}
 
@@ -252,12 +287,15 @@ async def backup_metadata(
 
 def cluster_routes() -> list[Route]:
     return [
-        Route("/api/v0/cluster/status", admin(status), methods=["GET"]),
-        Route("/api/v0/cluster/join", admin(join), methods=["POST"]),
-        Route("/api/v0/cluster/join/promote", admin(promote), methods=["POST"]),
-        Route("/api/v0/cluster/join/end", admin(join_end), methods=["POST"]),
+        Route("/api/v0/cluster/status", admin(status, joiner=True), methods=["GET"]),
+        Route("/api/v0/cluster/join", admin(join, joiner=True), methods=["POST"]),
+        Route("/api/v0/cluster/join/promote", admin(promote, joiner=True), methods=["POST"]),
+        Route("/api/v0/cluster/join/end", admin(join_end, joiner=True), methods=["POST"]),
         Route("/api/v0/cluster/remove", admin(remove), methods=["POST"]),
-        Route("/api/v0/cluster/storage-probe", admin(storage_probe), methods=["POST"]),
+        Route("/api/v0/cluster/storage-probe", admin(storage_probe, joiner=True), methods=["POST"]),
+        Route("/api/v0/join-tokens", admin(join_api.create), methods=["POST"]),
+        Route("/api/v0/join-tokens", admin(join_api.listing), methods=["GET"]),
+        Route("/api/v0/join-tokens/revoke", admin(join_api.revoke), methods=["POST"]),
         Route("/api/v0/cluster/local-revision", admin(local_revision), methods=["GET"]),
         Route("/api/v0/cluster/backup", admin(backup_metadata), methods=["GET"]),
     ]

@@ -29,6 +29,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.ManifestBlobUnknown: (400, "MANIFEST_BLOB_UNKNOWN"),
     e.PaginationInvalid: (400, "PAGINATION_NUMBER_INVALID"),
     e.Unauthorized: (401, "UNAUTHORIZED"),
+    e.JoinTokenRefused: (401, "UNAUTHORIZED"),
     e.Denied: (403, "DENIED"),
     e.StoreReadOnly: (503, "UNAVAILABLE"),
     e.StoreUnavailable: (503, "UNAVAILABLE"),

@@ -2,7 +2,8 @@
 
 The `main` group gathers the commands of each group module: replica lifecycle
 (`cli/replica.py`), cluster membership (`cli/membership.py`), status (`cli/status.py`),
-recovery (`cli/recovery.py`), backups (`cli/backup.py`) and the CA (`cli/ca.py`).
+recovery (`cli/recovery.py`), backups (`cli/backup.py`), the CA (`cli/ca.py`) and join
+tokens (`cli/join_tokens.py`).
 Shared options are in `cli/options.py`; domain errors become CLI failures in one place,
 `cli/base.py`."""
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import click
 
 from moorage import __version__
-from moorage.cli import backup, ca, membership, recovery, replica, status
+from moorage.cli import backup, ca, join_tokens, membership, recovery, replica, status
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
@@ -24,6 +25,6 @@ def main() -> None:
     """Moorage: a private container registry that runs as a cluster of replicas."""
 
 
-for _group in (replica, membership, status, recovery, backup, ca):
+for _group in (replica, membership, status, recovery, backup, ca, join_tokens):
     for _command in _group.COMMANDS:
         main.add_command(_command)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from moorage.cli.base import Command, emit
+from moorage.cli.base import Command, Failed, emit
 from moorage.cli.confirm import confirm
 from moorage.cli.options import (
     admin_client,
@@ -21,6 +21,7 @@ from moorage.cli.options import (
     transport_settings,
 )
 from moorage.config import DataDir
+from moorage.errors import MoorageError
 
 
 @click.command(cls=Command)
@@ -39,6 +40,13 @@ from moorage.config import DataDir
     is_flag=True,
     help="Skip Moorage's checks (quorum, unhealthy replicas); etcd's own still apply.",
 )
+@click.option(
+    "--token",
+    envvar="MOORAGE_JOIN_TOKEN",
+    default=None,
+    help="A join token ('moorage join-token create'; or MOORAGE_JOIN_TOKEN): joins without "
+    "the admin password; needs --ca-fingerprint.",
+)
 @transport_options
 @json_option
 def join(
@@ -52,6 +60,7 @@ def join(
     etcd_peer_port: int | None,
     etcd_host: str,
     unsafe_join: bool,
+    token: str | None,
     tls: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -61,9 +70,10 @@ def join(
     """Add a replica to a running cluster; returns once it is a healthy voting member."""
     from moorage.recovery.join import join as join_cluster
 
-    client = admin_client(existing, username, password)
+    pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
     check_http_addr(http_addr)
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
+    client = token_client(existing, token) if token else admin_client(existing, username, password)
     result = join_cluster(
         client,
         DataDir(data_dir),
@@ -74,8 +84,34 @@ def join(
         unsafe_join,
         etcd_host=etcd_host,
         transport=transport,
+        pinned=pinned,
     )
     emit(as_json, result.to_json(), result.text())
+
+
+def token_client(existing: str, token: str) -> Any:
+    """The client of a join with a token: the cluster's CA is pinned by --ca-fingerprint
+    first (a wrong one is refused before the token leaves this host), then trusted."""
+    from moorage.pki.trust import trust_ca_pem
+    from moorage.recovery.client import fetch_ca, split_urls
+    from moorage.recovery.join_token_client import TokenClient
+
+    pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
+    if not pinned:
+        raise click.UsageError(
+            "--token needs --ca-fingerprint sha256:... (the cluster CA's fingerprint, which "
+            "'moorage join-token create' and 'install' print): the CA is checked before the "
+            "token is sent"
+        )
+    try:
+        urls = split_urls(existing)
+    except MoorageError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        trust_ca_pem(fetch_ca(urls, pinned).pem)
+    except MoorageError as exc:
+        raise Failed(f"{exc}; the join token was not sent") from None
+    return TokenClient(urls, token)
 
 
 @click.command(cls=Command)

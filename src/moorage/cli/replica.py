@@ -176,7 +176,27 @@ def install(
     )
     if generated:
         text += f"\n  admin password (shown once, stored only as a hash): {password}"
+    text += _join_hint(doc, config.url, password, fingerprint)
     emit(as_json, doc, text)
+
+
+def _join_hint(doc: dict[str, Any], url: str, password: str, fingerprint: str) -> str:
+    """A fresh 1 h join token and the whole join command (as `kubeadm init` prints one),
+    added to `doc`; the text lines that show it."""
+    from moorage.cli.join_tokens import create_token, join_command
+    from moorage.recovery.client import AdminClient
+
+    try:
+        token = create_token(AdminClient([url], "admin", password), "1h")
+    except MoorageError as exc:
+        return f"\n  (no join token made: {exc}; 'moorage join-token create' makes one)"
+    command = join_command(url, token["token"], fingerprint)
+    doc.update(join_token=token["token"], join_token_expires_at=token["expires_at"])
+    doc["join_command"] = command
+    return (
+        "\nTo add a replica, run on its host (the token is valid 1 h, for one join; "
+        f"'moorage join-token create' makes more):\n  {command}"
+    )
 
 
 @click.command(cls=Command)

@@ -23,7 +23,8 @@ from typing import TypeVar
 
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
-from moorage.meta.base import Delete, Guard, MetaStore, Op, Put, op_batches
+from moorage.meta.base import STORE_PAGE, Delete, Guard, MetaStore, Op, Put, op_batches
+from moorage.meta.join_records import JoinClaimRecord, JoinTokenRecord
 from moorage.meta.records import ClusterRecord, HeartbeatRecord, LockRecord, ReplicaRecord
 from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kv
 
@@ -146,6 +147,62 @@ class ClusterStore(MetaStore):
         guards: list[Guard] = [(keys.PKI_CA_CERT, 0), (keys.PKI_CA_KEY, 0)]
         ops: list[Op] = [Put(keys.PKI_CA_CERT, cert_pem), Put(keys.PKI_CA_KEY, sealed_key)]
         return await self._txn(guards, ops)
+
+    # -- join tokens (moorage.cluster.join_tokens) -------------------------------------------
+    async def join_tokens(self, limit: int) -> list[tuple[str, JoinTokenRecord]]:
+        """At most `limit` unused tokens: (hash, record); one bounded read."""
+        end = keys.prefix_end(keys.JOIN_TOKENS)
+        kvs, _ = await self._range(keys.JOIN_TOKENS, end, limit=min(limit, STORE_PAGE))
+        out = []
+        for kv in kvs:
+            try:
+                out.append(
+                    (kv.key[len(keys.JOIN_TOKENS) :].decode(), JoinTokenRecord.decode(kv.value))
+                )
+            except (RecordCorrupt, UnicodeDecodeError) as exc:
+                log.warning("skipped a corrupt join token record: %s", exc)
+        return out
+
+    async def create_join_token(self, digest: str, record: JoinTokenRecord, ttl: int) -> bool:
+        lease = await self.grant_lease(ttl)
+        if await self._create_leased(keys.join_token(digest), record.encode(), lease):
+            return True
+        await self.revoke_lease(lease)
+        return False
+
+    async def get_join_token(self, digest: str) -> JoinTokenRecord | None:
+        kv = await self._get(keys.join_token(digest))
+        return JoinTokenRecord.decode(kv.value) if kv else None
+
+    async def get_join_claim(self, digest: str) -> JoinClaimRecord | None:
+        kv = await self._get(keys.join_claim(digest))
+        return JoinClaimRecord.decode(kv.value) if kv else None
+
+    async def claim_join_token(self, digest: str, claim: JoinClaimRecord, ttl: int) -> bool:
+        """Record the one join that uses the token `digest` (True if this call did: exactly
+        one of concurrent calls wins), then delete the token (the claim alone says it is used;
+        its lease outlives the token's)."""
+        lease = await self.grant_lease(ttl)
+        if not await self._create_leased(keys.join_claim(digest), claim.encode(), lease):
+            await self.revoke_lease(lease)
+            return False
+        await self._txn([], [Delete(keys.join_token(digest))])
+        return True
+
+    async def revoke_join_token(self, digest_or_id: str) -> bool:
+        """Delete a token (by its hash, or by its id: a unique prefix of it) and its claim."""
+        found: list[str] = []
+        for prefix in (keys.JOIN_TOKENS, keys.JOIN_CLAIMS):
+            start = prefix + digest_or_id.encode()
+            kvs, _ = await self._range(start, keys.prefix_end(start), limit=2, keys_only=True)
+            found += [kv.key[len(prefix) :].decode(errors="replace") for kv in kvs]
+        digests = set(found)
+        if len(digests) != 1:
+            return False
+        digest = digests.pop()
+        ops: list[Op] = [Delete(keys.join_token(digest)), Delete(keys.join_claim(digest))]
+        await self._txn([], ops)
+        return True
 
     # -- the epoch -------------------------------------------------------------------------
     async def put_cluster(self, record: ClusterRecord) -> None:

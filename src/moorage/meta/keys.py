@@ -140,3 +140,20 @@ def parse(key: bytes) -> tuple[str, tuple[str, ...]] | None:
             parts = rest.split("@")
             return (kind, tuple(parts)) if len(parts) == count else ("invalid", (rest,))
     return "other", (text[len(ROOT) :],)
+
+
+#: Join tokens (moorage.cluster.join_tokens, DESIGN.md §7), outside ROOT (never backed up):
+#: `<JOIN_TOKENS><sha256 hex of the token>` {"id", "created_at", "expires_at", "created_by"},
+#: on a lease of the token's ttl (etcd deletes it when it expires); the token itself is never
+#: stored. `<JOIN_CLAIMS><same hash>` is created once, by the one join that uses the token
+#: (guarded: exactly one wins), on a lease that outlives the token's.
+JOIN_TOKENS = b"/moorage-join/tokens/"
+JOIN_CLAIMS = b"/moorage-join/claims/"
+
+
+def join_token(digest: str) -> bytes:
+    return JOIN_TOKENS + digest.encode()
+
+
+def join_claim(digest: str) -> bytes:
+    return JOIN_CLAIMS + digest.encode()

@@ -86,7 +86,7 @@ class AdminClient:
                     method,
                     f"{url}{path}",
                     json=body,
-                    auth=self.auth,
+                    auth=self.http_auth(),
                     timeout=self.timeout,
                     verify=client_context(),
                 )
@@ -94,12 +94,7 @@ class AdminClient:
                 errors.append(_describe(url, exc))
                 continue
             if resp.status_code == 401:
-                raise ApiRefused(
-                    401,
-                    "UNAUTHORIZED",
-                    f"{url} refused the credentials: pass --username/--password "
-                    "(or MOORAGE_USERNAME/MOORAGE_PASSWORD) of an admin",
-                )
+                raise self.unauthorized(url, resp)
             try:
                 doc = resp.json()
             except ValueError:
@@ -114,6 +109,18 @@ class AdminClient:
                 )
             return doc
         raise ClusterUnreachable("no replica answered: " + "; ".join(errors))
+
+    def http_auth(self) -> Any:
+        """What authenticates each call (httpx `auth`); a join-token client sends its token."""
+        return self.auth
+
+    def unauthorized(self, url: str, resp: httpx.Response) -> ApiRefused:
+        return ApiRefused(
+            401,
+            "UNAUTHORIZED",
+            f"{url} refused the credentials: pass --username/--password "
+            "(or MOORAGE_USERNAME/MOORAGE_PASSWORD) of an admin",
+        )
 
     def call_retrying(
         self, method: str, path: str, body: dict[str, Any] | None, patience: float

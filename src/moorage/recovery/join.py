@@ -30,6 +30,7 @@ from moorage.config import (
     new_replica_id,
 )
 from moorage.errors import MoorageError
+from moorage.pki.ca import fingerprint, load_cert
 from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
 
@@ -92,8 +93,10 @@ def join(
     replica_id: str | None = None,
     etcd_host: str = DEFAULT_ETCD_HOST,
     transport: Mapping[str, Any] | None = None,
+    pinned: str | None = None,
 ) -> JoinResult:
-    """Join a new replica; with `replica_id`, rejoin that replica in place (repair)."""
+    """Join a new replica; with `replica_id`, rejoin that replica in place (repair). With
+    `pinned` (a CA fingerprint), the cluster's answer must carry that CA."""
     if data_dir.etcd_dir.exists() or (replica_id is None and data_dir.exists()):
         raise JoinFailed(
             f"{data_dir.path} already holds replica state; join needs an empty data directory "
@@ -129,6 +132,8 @@ def join(
         },
         JOIN_PATIENCE,
     )
+    if pinned is not None:
+        _check_pinned(answer, pinned)
     config = dataclasses.replace(
         draft,
         cluster_id=answer["cluster_id"],
@@ -175,6 +180,20 @@ def join(
         storage=local_storage,
         member_id=answer["member_id"],
     )
+
+
+def _check_pinned(answer: Mapping[str, Any], pinned: str) -> None:
+    """The join answer's CA is the pinned one (nothing is written before this check)."""
+    try:
+        found = fingerprint(load_cert(str(answer["ca"]).encode()))
+    except (KeyError, ValueError):
+        found = "none"
+    if found != pinned.strip().lower():
+        raise JoinFailed(
+            f"the cluster answered the join with CA {found}, not the pinned {pinned}: refusing "
+            "it (the wrong cluster, or someone in between); its learner may have been added: "
+            "an admin removes it with moorage remove"
+        )
 
 
 def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) -> None:
