@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.ca import cluster_ca
+from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
@@ -43,6 +44,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             Route("/api/v0/cluster/ca", cluster_ca, methods=["GET", "HEAD"]),
             Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
+            *certs_routes(),
         ],
         lifespan=app_lifespan,
     )

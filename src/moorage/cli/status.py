@@ -81,6 +81,10 @@ def status_text(report: StatusReport | dict[str, Any]) -> str:
             else:
                 state = f"UNHEALTHY: {r['error']}"
             lines.append(f"  {r['id']}  {r['url']}  {role}  raft {r['raft_index']}  {state}")
+    if doc.get("certificates_expiring"):  # only then: 30 days ahead (moorage certs status)
+        from moorage.recovery.certs import expiry_lines
+
+        lines.extend(expiry_lines(doc["certificates_expiring"]))
     # A pasteable shell block: one command per line, explanations as comment lines.
     lines.extend(next_block(doc))
     return "\n".join(lines)
@@ -109,12 +113,17 @@ def status(
     The text ends with a `next:` block that can be pasted into a shell as is (after
     replacing the UPPER_CASE placeholders it explains); JSON has the same as `commands`.
     """
+    from moorage.recovery.certs import expiring as expiring_certs
     from moorage.recovery.status import status as cluster_status
 
     client = admin_client(existing, username, password)
     dirs = [DataDir(p) for p in (data_dirs or "").split(",") if p.strip()]
     report = cluster_status(client, dirs)
-    emit(as_json, report.to_json(), status_text(report))
+    doc = report.to_json()
+    healthy = [(r["id"], r["url"]) for r in doc["replicas"] if r.get("healthy") and r.get("url")]
+    if expiring := expiring_certs(client, healthy):
+        doc["certificates_expiring"] = expiring
+    emit(as_json, doc, status_text(doc))
     # Scripts and monitoring read the scenario from the exit code (DESIGN.md §2); 1 when the
     # scenario could not be told.
     code = STATUS_EXIT_CODES.get(report.scenario, 1)

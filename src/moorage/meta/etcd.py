@@ -38,6 +38,8 @@ from moorage.meta.base import (
     Put,
 )
 from moorage.meta.cluster_store import ClusterStore
+from moorage.meta.etcd_members import Member as Member
+from moorage.meta.etcd_members import MemberStatus as MemberStatus
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -121,21 +123,33 @@ class EtcdMetaStore(MetaStore):
         self._timeout = timeout
         self._local_reads_until = 0.0
         self.endpoints = list(endpoints)
+        self._retired: list[_TlsClient] = []
 
     async def connect(self) -> None:
         await self._client.connect()
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in [*self._retired, self._client]:
+            await client.close()
+
+    async def reopen(self, tls: ClientTls) -> None:
+        """New calls use a fresh channel with `tls` (a renewed certificate); calls in flight
+        finish on the old one, closed with the store (or at the next reopen)."""
+        fresh = _TlsClient(self._client._host, self._client._port, tls, dict(_CHANNEL_OPTIONS))
+        await fresh.connect()
+        for old in self._retired:
+            await old.close()
+        self._retired, self._client, self.tls = [self._client], fresh, tls
 
     async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         """`method` is "stub.Method", e.g. "kvstub.Range" (stubs exist once connected)."""
-        if not self._client._connected.is_set():
-            await self._client.connect()
+        client = self._client  # reopen() may swap it: this call stays on its channel
+        if not client._connected.is_set():
+            await client.connect()
         stub, _, name = method.partition(".")
         try:
-            return await getattr(getattr(self._client, stub), name)(
-                request, timeout=limit or self._timeout, metadata=self._client.metadata
+            return await getattr(getattr(client, stub), name)(
+                request, timeout=limit or self._timeout, metadata=client.metadata
             )
         except grpc.aio.AioRpcError as exc:
             detail = exc.details() or exc.code().name
@@ -293,30 +307,6 @@ _TRANSIENT = (
     "deadline exceeded",
     "unavailable",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    id: int
-    name: str
-    peer_urls: tuple[str, ...]
-    client_urls: tuple[str, ...]
-    is_learner: bool
-
-    @property
-    def hex_id(self) -> str:
-        return f"{self.id:x}"
-
-
-@dataclass(frozen=True, slots=True)
-class MemberStatus:
-    member_id: int
-    leader: int
-    raft_index: int
-    raft_term: int
-    is_learner: bool
-    revision: int
-    errors: tuple[str, ...]
 
 
 def _member(m: Any) -> Member:

@@ -20,6 +20,7 @@ from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import set_health
 from moorage.auth.basic import BasicAuthenticator
 from moorage.cluster import jobs
+from moorage.cluster.certs import reloading
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
 from moorage.cluster.tls import client_tls
@@ -69,7 +70,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="moorage-io")
         )
         try:
-            async with jobs.running(replica, admin_password, _observe):
+            async with jobs.running(replica, admin_password, _observe), reloading(config, meta):
                 yield
         finally:
             replica.registry.close()  # the journal's descriptor would outlive the app

@@ -1,0 +1,162 @@
+"""Certificates across the cluster, from outside it (`moorage certs status`, `certs rotate`,
+and the expiry warning of `moorage status`): every replica of the cluster's replica list
+(bounded: one request each) answers for itself (`moorage.api.certs`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from moorage.cluster.certs import presented
+from moorage.errors import MoorageError
+from moorage.pki.trust import client_context
+from moorage.recovery.client import AdminClient
+
+ASK_TIMEOUT = 10.0
+#: A replica's HTTPS workers are respawned within seconds of the new files (transport.watch).
+SETTLE_TIMEOUT = 90.0
+
+
+def state_of(summary: dict[str, Any]) -> str:
+    if "error" in summary:
+        return "unreadable"
+    return "expired" if summary["expired"] else "expiring" if summary["expiring"] else "ok"
+
+
+def replicas(client: AdminClient) -> list[tuple[str, str]]:
+    """(replica id, URL) of every replica the cluster lists."""
+    doc = client.call("GET", "/api/v0/cluster/status")
+    return [(str(r["id"]), str(r["url"])) for r in doc.get("replicas", []) if r.get("url")]
+
+
+def _one(client: AdminClient, url: str, timeout: float = ASK_TIMEOUT) -> AdminClient:
+    return AdminClient([url], *client.auth, timeout=timeout)
+
+
+def gather(
+    client: AdminClient, targets: list[tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Each replica's report (`GET /api/v0/cluster/certs`), or its id, URL and error; of
+    `targets` (id, URL), by default every replica the cluster lists."""
+    out = []
+    for rid, url in replicas(client) if targets is None else targets:
+        try:
+            out.append(_one(client, url).call("GET", "/api/v0/cluster/certs"))
+        except MoorageError as exc:
+            out.append({"replica_id": rid, "url": url, "error": str(exc)})
+    return out
+
+
+def rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per certificate: the CA once (each distinct one), each replica's, and the
+    operator's HTTPS certificates."""
+    out: list[dict[str, Any]] = []
+    seen_ca: set[str] = set()
+    for rep in reports:
+        rid = rep.get("replica_id")
+        if "error" in rep and "replica" not in rep:
+            out.append({"kind": "replica", "replica_id": rid, "url": rep.get("url"),
+                        "state": "unreachable", "error": rep["error"]})  # fmt: skip
+            continue
+        ca = rep.get("ca") or {}
+        if ca.get("fingerprint") not in seen_ca:
+            seen_ca.add(str(ca.get("fingerprint")))
+            out.append({"kind": "ca", "replica_id": None, "url": None, **ca, "state": state_of(ca)})
+        for kind in ("replica", "https"):
+            cert = rep.get(kind)
+            if cert:
+                out.append({"kind": kind, "replica_id": rid, "url": rep.get("url"), **cert,
+                            "state": state_of(cert)})  # fmt: skip
+    return out
+
+
+def rows_text(table: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in table:
+        who = "CA" if r["kind"] == "ca" else f"{r['kind']} {r['replica_id']}"
+        if r["state"] in ("unreachable", "unreadable"):
+            lines.append(f"  {who}  {r.get('url') or r.get('path')}  {r['state'].upper()}: "
+                         f"{r['error']}")  # fmt: skip
+            continue
+        state = r["state"] if r["state"] == "ok" else r["state"].upper()
+        lines.append(
+            f"  {who}  {r['subject']}  not after {r['not_after']} ({r['days_left']} days)  "
+            f"{state}  {r['fingerprint']}" + (f"  SANs {','.join(r['sans'])}" if r["sans"] else "")
+        )
+    return lines
+
+
+def expiring(client: AdminClient, targets: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The certificates of these (healthy) replicas (id, URL) that expire within 30 days or
+    have expired (for `moorage status`); replicas that do not answer are left to status."""
+    if not targets:
+        return []
+    try:
+        table = rows(gather(client, targets))
+    except MoorageError:
+        return []
+    return [
+        {k: r[k] for k in ("kind", "replica_id", "not_after", "days_left", "fingerprint")}
+        | {"state": r["state"]}
+        for r in table
+        if r["state"] in ("expiring", "expired")
+    ]
+
+
+def expiry_lines(found: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in found:
+        who = "the cluster CA" if r["kind"] == "ca" else f"replica {r['replica_id']}'s {r['kind']}"
+        when = "EXPIRED" if r["state"] == "expired" else f"expires in {r['days_left']} days"
+        lines.append(
+            f"warning: {who} certificate {when} ({r['not_after']}): "
+            + (
+                "renew it with 'moorage certs rotate --existing URL'"
+                if r["kind"] == "replica"
+                else "replace it (--tls-cert/--tls-key) before then"
+                if r["kind"] == "https"
+                else "a new CA is needed ('moorage certs rotate --ca' is not available yet)"
+            )
+        )
+    return lines
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = SETTLE_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise MoorageError(f"{what} after {timeout:.0f} s{f' ({last})' if last else ''}")
+
+
+def _healthy(url: str) -> bool:
+    r = httpx.get(f"{url}/_ping", timeout=5, verify=client_context())
+    return r.status_code == 200 and r.json().get("healthy") is True
+
+
+def renew_one(client: AdminClient, rid: str, url: str) -> dict[str, Any]:
+    """Renew one replica's certificate and wait until it serves with it: its etcd member
+    presents it (checked by the replica), its HTTPS listener too, and it is healthy."""
+    done: dict[str, Any] = _one(client, url, 60).call("POST", "/api/v0/cluster/certs/renew", {})
+    new = done["new"]
+    for plane in ("etcd_client", "etcd_peer"):
+        if done.get(plane) != new:
+            raise MoorageError(
+                f"replica {rid} renewed its certificate ({new}) but its etcd {plane[5:]} "
+                f"listener presents {done.get(plane)}; see its D/log/etcd.log"
+            )
+    if url.startswith("https://") and not done.get("https_own"):
+        _wait(f"replica {rid} ({url}) does not serve its new certificate {new}",
+              lambda: presented(url) == new)  # fmt: skip
+        done["https"] = new
+    _wait(f"replica {rid} ({url}) is not healthy after its renewal", lambda: _healthy(url))
+    return done
