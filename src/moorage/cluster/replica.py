@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from moorage.audit import AuditSink, LoggingSink
+from moorage.auth.access import AdminOnlyAuthorizer, Authorizer
 from moorage.auth.base import Authenticator
 from moorage.cluster.fence import FenceWatch
 from moorage.cluster.heartbeat import Heartbeat
@@ -38,6 +40,9 @@ class Replica:
     config: ReplicaConfig
     registry: Registry
     auth: Authenticator
+    # Which actions a principal holds (issue #9) and where audit events go.
+    authorizer: Authorizer = field(default_factory=AdminOnlyAuthorizer)
+    audit: AuditSink = field(default_factory=LoggingSink)
     etcd: ComponentHealth = field(default_factory=ComponentHealth)
     storage: ComponentHealth = field(default_factory=ComponentHealth)
     # The etcd cluster API and this replica's heartbeat (absent with an in-memory store).
