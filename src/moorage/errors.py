@@ -125,3 +125,17 @@ class RecordCorrupt(MoorageError):
 
 class JoinTokenRefused(Unauthorized):
     """A join token that is unknown, expired, revoked or used by another join (a 401)."""
+
+
+# -- access tokens and robot accounts (moorage.auth.access_tokens) --------------------------
+class AccessTokenRefused(Denied):
+    """A token request the caller may not make (a robot without admin rights, a token
+    making tokens, another user's tokens): a 403."""
+
+
+class AccessTokenUnknown(MoorageError):
+    """No access token of that id that the caller may see: a 404."""
+
+
+class TooManyAccessTokens(MoorageError):
+    """The user or robot has the most live tokens allowed already: a 409."""

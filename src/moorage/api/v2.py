@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from moorage.api import blobs, discovery, manifests, uploads
+from moorage.api.access_tokens import token_limit_refusal
 from moorage.api.errors import error_response, from_domain
 from moorage.api.health import acknowledge_write
 from moorage.api.http import authorization, range_header, reply, request_path
@@ -110,6 +111,8 @@ async def dispatch(request: Request) -> Response:
         if path == "/v2/_catalog":
             if method != "GET":
                 return _not_allowed(method, path)
+            if refused := await token_limit_refusal(st, identity, method, None):
+                return refused
             return await discovery.catalog(request, st)
         for pattern, handlers in _ROUTES:
             match = pattern.fullmatch(path)
@@ -120,6 +123,8 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             params = match.groupdict()
             validate_name(params["name"])
+            if refused := await token_limit_refusal(st, identity, method, params["name"]):
+                return refused
             upload_id = params.get("upload_id")
             if upload_id is not None and not _UPLOAD_ID.fullmatch(upload_id):
                 raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")

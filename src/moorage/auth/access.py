@@ -99,13 +99,21 @@ def parse_scope(text: str) -> list[Access] | None:
     return out
 
 
+def _covers(pattern: str, name: str) -> bool:
+    """Whether a limit's name covers `name`: itself, `*` (everything), or `NS/*` (every
+    repository under NS/, at any depth; `acme/*` covers neither `acme` nor `acmex/y`)."""
+    if pattern in (name, ALL):
+        return True
+    return pattern.endswith("/*") and len(pattern) > 2 and name.startswith(pattern[:-1])
+
+
 def limited(principal: Principal, access: Access) -> frozenset[str]:
     """The actions of `access` that the principal's `limit` leaves (all without a limit)."""
     if principal.limit is None:
         return access.actions
     kept: set[str] = set()
     for grant in principal.limit:
-        if grant.type != access.type or grant.name not in (access.name, ALL):
+        if grant.type != access.type or not _covers(grant.name, access.name):
             continue
         kept |= access.actions if ALL in grant.actions else access.actions & grant.actions
     return frozenset(kept)

@@ -157,3 +157,27 @@ def join_token(digest: str) -> bytes:
 
 def join_claim(digest: str) -> bytes:
     return JOIN_CLAIMS + digest.encode()
+
+
+# -- access tokens and robot accounts (moorage.auth.access_tokens, issue #9 item 3) --------
+#: `<ACCESS_TOKENS><id>`                   AccessTokenRecord (the secret only as its SHA-256)
+#: `<ACCESS_TOKEN_OWNERS><owner>@<id>`     {}  (bounded per-owner listing and counting)
+#: `<ACCESS_TOKEN_USED><id>`               {"at", "client"} (last use, written at most once
+#:                                         a minute per token and process)
+#: Under ROOT but not registry data (`parse` calls them "other"; snapshots leave them out).
+ACCESS_TOKENS = ROOT + b"access-tokens/"
+ACCESS_TOKEN_OWNERS = ROOT + b"access-token-owners/"
+ACCESS_TOKEN_USED = ROOT + b"access-token-used/"
+
+
+def access_token(token_id: str) -> bytes:
+    return ACCESS_TOKENS + token_id.encode()
+
+
+def access_token_owner(owner: str, token_id: str = "") -> bytes:
+    """The owner's index key of `token_id`; with no id, the prefix of all the owner's."""
+    return ACCESS_TOKEN_OWNERS + f"{owner}@{token_id}".encode()
+
+
+def access_token_used(token_id: str) -> bytes:
+    return ACCESS_TOKEN_USED + token_id.encode()

@@ -19,6 +19,7 @@ from pathlib import Path
 from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import set_health
 from moorage.auth.basic import BasicAuthenticator
+from moorage.auth.token_auth import TokenAuthenticator
 from moorage.cluster import jobs
 from moorage.cluster.certs import reloading
 from moorage.cluster.heartbeat import Heartbeat
@@ -44,9 +45,8 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
-    replica = Replica(
-        config=config, registry=Registry(storage, meta, journal), auth=BasicAuthenticator(meta)
-    )
+    auth = TokenAuthenticator(BasicAuthenticator(meta), meta)  # access tokens as passwords
+    replica = Replica(config=config, registry=Registry(storage, meta, journal), auth=auth)
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
         replica.heartbeat = Heartbeat(meta, config)
