@@ -54,9 +54,9 @@ def test_scopes_are_checked_and_normalized() -> None:
         "repository:acme/**:pull",
         "",
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"scope|repository|action"):
             at.normalize_scopes([bad])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at most"):
         at.normalize_scopes([f"repository:r{i}:pull" for i in range(40)])
 
 
@@ -66,7 +66,7 @@ def test_expiry_parsing() -> None:
     assert at.parse_expiry("12h") == 12 * 3600
     assert at.parse_expiry("NEVER") is None
     for bad in ("30", "0d", "-1d", "30s", "11y", "1.5d", "soon"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="expiry"):
             at.parse_expiry(bad)
 
 
@@ -74,7 +74,7 @@ def test_robot_names() -> None:
     assert at.robot_name("ci") == "robot+ci"
     assert at.robot_name("robot+ci-1") == "robot+ci-1"
     for bad in ("", "CI", "a b", "x" * 65, "-ci", "ci@x", "robot+"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="bad robot name"):
             at.robot_name(bad)
 
 
@@ -92,16 +92,19 @@ def test_create_list_revoke_and_who_may() -> None:
     async def scenario() -> None:
         meta = MemoryMetaStore()
         doc = await at.create(meta, ALICE, ["repository:alice/app:pull"], "30d")
-        assert doc["username"] == "alice" and doc["robot"] is False
+        assert doc["username"] == "alice"
+        assert doc["robot"] is False
         token_id, secret = at.split_token(doc["token"]) or ("", "")
         assert token_id == doc["id"]
         raw = (await meta._get(keys.access_token(token_id))).value  # type: ignore[union-attr]
-        assert secret.encode() not in raw and doc["token"].encode() not in raw
+        assert secret.encode() not in raw
+        assert doc["token"].encode() not in raw
         assert json.loads(raw)["secret_hash"] == at.secret_hash(secret)
         with pytest.raises(AccessTokenRefused):  # robots: cluster admins only
             await at.create(meta, ALICE, ["repository:x:pull"], robot="ci")
         robot = await at.create(meta, ADMIN, ["repository:acme/*:push"], "never", robot="ci")
-        assert robot["username"] == "robot+ci" and robot["expires_at"] is None
+        assert robot["username"] == "robot+ci"
+        assert robot["expires_at"] is None
         # A user sees only its own tokens, an admin everybody's.
         assert [t["id"] for t in (await at.listing(meta, ALICE, None, None))["tokens"]] == [
             doc["id"]
@@ -142,7 +145,8 @@ def test_per_owner_limit_sweeps_expired_tokens() -> None:
         assert await stored.get(meta, ids[0]) is None
         # Listing pages through everybody's in bounded pages.
         page = await at.listing(meta, ADMIN, None, None)
-        assert len(page["tokens"]) == at.MAX_PER_OWNER and page["next"] is None
+        assert len(page["tokens"]) == at.MAX_PER_OWNER
+        assert page["next"] is None
 
     asyncio.run(scenario())
 
@@ -180,10 +184,13 @@ def test_token_authenticator() -> None:
         robot = await at.create(meta, ADMIN, ["repository:acme/*:pull"], robot="ci")
         # Passwords still go to the wrapped authenticator.
         user = await auth.authenticate(basic("alice", "pw"), "10.0.0.1")
-        assert user is not None and as_principal(user) == Principal("alice", "user", admin=True)
+        assert user is not None
+        assert as_principal(user) == Principal("alice", "user", admin=True)
         found = await auth.authenticate(basic("alice", mine["token"]), "10.0.0.1")
-        assert isinstance(found, TokenIdentity) and found.role == "token"
-        assert found.principal.kind == "token" and found.principal.token_id == mine["id"]
+        assert isinstance(found, TokenIdentity)
+        assert found.role == "token"
+        assert found.principal.kind == "token"
+        assert found.principal.token_id == mine["id"]
         authz = AdminOnlyAuthorizer()
         wanted = frozenset({PULL, PUSH})
         assert await authz.allowed(found.principal, Access("repository", "alice/app", wanted)) == (
@@ -191,8 +198,10 @@ def test_token_authenticator() -> None:
         )
         assert not await authz.allowed(found.principal, Access("repository", "other", wanted))
         bot = await auth.authenticate(basic("robot+ci", robot["token"]), "10.0.0.1")
-        assert isinstance(bot, TokenIdentity) and bot.principal.kind == "robot"
-        assert not bot.principal.admin and bot.role == "robot"
+        assert isinstance(bot, TokenIdentity)
+        assert bot.principal.kind == "robot"
+        assert not bot.principal.admin
+        assert bot.role == "robot"
         # The wrong user name, a forged secret, a forged id: failed logins, then throttled.
         forged = robot["token"][:-4] + "0000"
         other_id = "mrg_" + "f" * 16 + robot["token"][20:]
@@ -209,7 +218,9 @@ def test_token_authenticator() -> None:
         assert await auth.authenticate(basic("alice", mine["token"]), "10.0.0.1") is None
         await asyncio.sleep(0)  # the background last-use writes finish
         uses = await stored.with_uses(meta, [mine["id"]])
-        assert uses and uses[0][1] is not None and uses[0][1].client == "10.0.0.1"
+        assert uses
+        assert uses[0][1] is not None
+        assert uses[0][1].client == "10.0.0.1"
 
     asyncio.run(scenario())
 
