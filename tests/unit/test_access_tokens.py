@@ -26,7 +26,7 @@ from moorage.errors import (
 )
 from moorage.meta import access_tokens as stored
 from moorage.meta import keys
-from moorage.meta.base import Put
+from moorage.meta.base import Delete, Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
 
@@ -152,11 +152,11 @@ def test_per_owner_limit_sweeps_expired_tokens() -> None:
 
 
 def test_forged_records_are_refused() -> None:
-    good = at.AccessTokenRecord(
+    good = stored.AccessTokenRecord(
         "0123456789abcdef", "alice", False, "a" * 64, ["repository:a:pull"], 1.0, None, "alice"
     )
-    assert at.AccessTokenRecord.decode(good.encode()) == good
-    for change in (
+    assert stored.AccessTokenRecord.decode(good.encode()) == good
+    changes: list[dict[str, object]] = [
         {"id": "../x"},
         {"owner": "a@b"},
         {"secret_hash": "zz"},
@@ -164,11 +164,12 @@ def test_forged_records_are_refused() -> None:
         {"scopes": "repository:a:pull"},
         {"expires_at": "never"},
         {"robot": 1},
-    ):
+    ]
+    for change in changes:
         doc = json.loads(good.encode())
         doc.update(change)
         with pytest.raises(RecordCorrupt):
-            at.AccessTokenRecord.decode(json.dumps(doc))
+            stored.AccessTokenRecord.decode(json.dumps(doc))
 
 
 def _authenticator(meta: MemoryMetaStore, pair_limit: int = 10) -> TokenAuthenticator:
@@ -214,7 +215,7 @@ def test_token_authenticator() -> None:
         await at.revoke(meta, ADMIN, robot["id"])
         assert await auth.authenticate(basic("robot+ci", robot["token"]), "10.0.0.1") is None
         # A deleted owner's personal tokens stop.
-        await meta._txn([], [stored.DeleteOp(keys.user("alice"))])
+        await meta._txn([], [Delete(keys.user("alice"))])
         assert await auth.authenticate(basic("alice", mine["token"]), "10.0.0.1") is None
         await asyncio.sleep(0)  # the background last-use writes finish
         uses = await stored.with_uses(meta, [mine["id"]])
