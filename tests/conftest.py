@@ -32,6 +32,7 @@ TIERS = {
     "test_confirm.py": "cluster",
     "test_forged_records.py": "cluster",
     "test_join_tokens.py": "cluster",
+    "test_access_tokens.py": "cluster",
     "test_multi_survivor.py": "cluster",
     "test_paste.py": "cluster",
     "test_pki_etcd.py": "cluster",
