@@ -180,6 +180,11 @@ def test_a_token_stays_within_its_scope(cluster: Cluster) -> None:
         assert h.get("/v2/scope/b/tags/list").status_code == 403
         assert h.delete("/v2/scope/a/manifests/v1").status_code == 403  # no delete in scope
         assert h.get("/v2/_catalog").status_code == 403
+        # A mount from a repository the token cannot pull is refused.
+        only_in_b = sha256(b"layer scope/b v1" * 50)
+        r = h.post(f"/v2/scope/a/blobs/uploads/?mount={only_in_b}&from=scope/b")
+        assert r.status_code == 403, r.text
+        assert h.head(f"/v2/scope/a/blobs/{only_in_b}").status_code == 404
     # A namespace pattern covers the repositories under it, and only those.
     name, token, _ = robot(c, "nspull", "repository:scope/*:pull")
     with httpx.Client(base_url=url, auth=(name, token), timeout=30) as h:

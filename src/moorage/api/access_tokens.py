@@ -165,8 +165,8 @@ def token_routes() -> list[Route]:
     ]
 
 
-#: What a /v2/ request method needs on its repository (a mount's source is not checked
-#: here: the access work's route→access map replaces this whole check).
+#: What a /v2/ request method needs on its repository (the access work's route→access map
+#: replaces this whole check).
 _NEEDS = {
     "GET": frozenset({PULL}),
     "HEAD": frozenset({PULL}),
@@ -177,20 +177,33 @@ _NEEDS = {
 }
 
 
-async def token_limit_refusal(
-    st: AppState, identity: Identity, method: str, name: str | None
-) -> Response | None:
-    """None when a request made with an access token stays within the token's scope (or
-    was not made with a token); else the 403 refusing it. `name` None: the catalog, which
-    a token (scoped to repositories) may not list."""
-    if not isinstance(identity, TokenIdentity):
-        return None
-    needed = _NEEDS.get(method, frozenset({PULL, PUSH, DELETE}))
-    if name is not None:
-        granted = await st.authorizer.allowed(identity.principal, Access(REPOSITORY, name, needed))
-        if needed <= granted:
-            return None
-    what = f"{'/'.join(sorted(needed))} on {name}" if name else "the catalog"
+def _denied(what: str) -> Response:
     return error_response(
         403, "DENIED", f"this access token does not allow {what} (its scope does not cover it)"
     )
+
+
+async def token_limit_refusal(
+    st: AppState, identity: Identity, request: Request, name: str | None
+) -> Response | None:
+    """None when a request made with an access token stays within the token's scope (or
+    was not made with a token); else the 403 refusing it. `name` None: the catalog, which
+    a token (scoped to repositories) may not list. A blob mount (`?mount=&from=SOURCE`)
+    needs pull on SOURCE too."""
+    if not isinstance(identity, TokenIdentity):
+        return None
+    if name is None:
+        return _denied("the catalog")
+    method = request.method
+    needed = _NEEDS.get(method, frozenset({PULL, PUSH, DELETE}))
+    granted = await st.authorizer.allowed(identity.principal, Access(REPOSITORY, name, needed))
+    if not needed <= granted:
+        return _denied(f"{'/'.join(sorted(needed))} on {name}")
+    source = request.query_params.get("from") if method == "POST" else None
+    if source is not None and source != name:
+        wanted = frozenset({PULL})
+        if not await st.authorizer.allowed(
+            identity.principal, Access(REPOSITORY, source[:256], wanted)
+        ):
+            return _denied(f"pull on {source[:256]} (the mount's source)")
+    return None

@@ -111,7 +111,7 @@ async def dispatch(request: Request) -> Response:
         if path == "/v2/_catalog":
             if method != "GET":
                 return _not_allowed(method, path)
-            if refused := await token_limit_refusal(st, identity, method, None):
+            if refused := await token_limit_refusal(st, identity, request, None):
                 return refused
             return await discovery.catalog(request, st)
         for pattern, handlers in _ROUTES:
@@ -123,7 +123,7 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             params = match.groupdict()
             validate_name(params["name"])
-            if refused := await token_limit_refusal(st, identity, method, params["name"]):
+            if refused := await token_limit_refusal(st, identity, request, params["name"]):
                 return refused
             upload_id = params.get("upload_id")
             if upload_id is not None and not _UPLOAD_ID.fullmatch(upload_id):
