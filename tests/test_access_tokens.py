@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from moorage.auth.ledger import _prefix
 from moorage.auth.passwords import hash_password
+from moorage.auth.throttle import PAIR_LIMIT
 from moorage.pki.files import TlsDir
 from tests.cluster import AUTH, Cluster, moorage
 from tests.oci import OCI_MANIFEST, image_manifest, sha256
@@ -95,8 +97,10 @@ def push_small(url: str, auth: tuple[str, str], repo: str, tag: str) -> int:
         return r.status_code
 
 
-def failure_count(c: Cluster) -> int:
-    out = etcd(c, "get", "/moorage-auth/failures/", "--prefix", "--keys-only", "-w", "json")
+def failures(c: Cluster, *key: str) -> int:
+    """How many failed logins the cluster's ledger holds for one limit's key."""
+    prefix = _prefix(key).decode()
+    out = etcd(c, "get", prefix, "--prefix", "--keys-only", "-w", "json")
     assert out.returncode == 0, out.stderr
     return int(json.loads(out.stdout).get("count", 0))
 
@@ -223,16 +227,24 @@ def test_forged_tokens_are_failed_logins(cluster: Cluster) -> None:
     c = cluster
     name, token, token_id = robot(c, "forged", "repository:acme/forged:pull")
     url = c.nodes[0].url
-    before = failure_count(c)
     forged_secret = token[:-8] + ("0" * 8 if not token.endswith("0" * 8) else "1" * 8)
     forged_id = f"mrg_{'0' * 16}_{token.rsplit('_', 1)[1]}"
     for bad in (forged_secret, forged_id, "mrg_not-a-token"):
         r = httpx.get(f"{url}/v2/", auth=(name, bad), timeout=30)
         assert r.status_code == 401, r.text
-    # Each failure counts against the pair, the address and the account, cluster-wide.
-    assert failure_count(c) - before == 9
-    # The real token still works from here (3 failures are under the limits).
+    # Each failure counts against the pair and the account (and the address), cluster-wide.
+    assert failures(c, "pair", name, "127.0.0.1") == 3
+    assert failures(c, "account", name) == 3
+    # The real token still works from here (3 failures are under the limits)...
     assert httpx.get(f"{url}/v2/", auth=(name, token), timeout=30).status_code == 200
+    # ... until the pair's limit (10) is reached: then it is refused on every replica.
+    for _ in range(PAIR_LIMIT - 3):
+        assert httpx.get(f"{url}/v2/", auth=(name, forged_id), timeout=30).status_code == 401
+    for node in c.nodes:
+        r = httpx.get(f"{node.url}/v2/", auth=(name, token), timeout=30)
+        assert r.status_code == 429, (node.url, r.text)
+        assert int(r.headers["Retry-After"]) > 0
+    assert failures(c, "pair", name, "127.0.0.1") == PAIR_LIMIT
     assert token_id
 
 
