@@ -46,6 +46,7 @@ from moorage.errors import TooManyAccessTokens as TooManyTokens
 from moorage.meta import access_tokens as store_tokens
 from moorage.meta.access_tokens import AccessTokenRecord, LastUse
 from moorage.meta.base import MetaStore
+from moorage.meta.records import UserRecord
 from moorage.oci.names import validate_name
 
 PREFIX = "mrg_"
@@ -283,21 +284,24 @@ async def revoke(store: MetaStore, caller: Caller, token_id: str) -> dict[str, A
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A token whose secret matched: its record, and why it may not be used (or None)."""
+    """A token whose secret matched: its record, its owner's user record (None for a robot,
+    or a user deleted since), and why it may not be used (or None)."""
 
     record: AccessTokenRecord
+    user: UserRecord | None
     refusal: str | None
 
 
 async def check(store: MetaStore, username: str, token: str) -> Checked | None:
     """The token's record if `token` is a token of `username` with the right secret (None:
     a forged or mistyped token, a failed login); `refusal` says when the token itself is
-    valid but no longer usable (expired: revoked tokens are gone, hence None)."""
+    valid but no longer usable (expired, or its user deleted or disabled; revoked tokens
+    are gone, hence None). One round trip to the store: the token and the user together."""
     parts = split_token(token)
     if parts is None:
         return None
     token_id, secret = parts
-    record = await store_tokens.get(store, token_id)
+    record, user = await store_tokens.get_with_user(store, token_id, username)
     digest = secret_hash(secret)
     if record is None:
         hmac.compare_digest(digest, digest)  # the same work either way
@@ -305,8 +309,12 @@ async def check(store: MetaStore, username: str, token: str) -> Checked | None:
     if not hmac.compare_digest(record.secret_hash, digest) or record.owner != username:
         return None
     if expired(record):
-        return Checked(record, "the access token has expired; create a new one")
-    return Checked(record, None)
+        return Checked(record, user, "the access token has expired; create a new one")
+    if record.robot:
+        return Checked(record, None, None)
+    if user is None or getattr(user, "disabled", False) is True:
+        return Checked(record, user, "the token's user is deleted or disabled")
+    return Checked(record, user, None)
 
 
 async def touch(store: MetaStore, token_id: str, client: str) -> None:

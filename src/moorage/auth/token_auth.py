@@ -103,13 +103,7 @@ class TokenAuthenticator(Authenticator):
         if checked.refusal is not None:
             log.info("access token %s refused: %s", record.id, checked.refusal)
             return None
-        admin = False
-        if not record.robot:
-            user = await self.meta.get_user(record.owner)
-            if user is None or getattr(user, "disabled", False) is True:
-                log.info("access token %s refused: its user is deleted or disabled", record.id)
-                return None
-            admin = _user_admin(user)
+        admin = checked.user is not None and _user_admin(checked.user)
         self.throttle.remember(name, peer, time.monotonic())
         self._touch(record.id, client or "")
         principal = Principal(

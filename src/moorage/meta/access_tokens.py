@@ -14,9 +14,9 @@ from moorage.errors import RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.base import KV, MUST_EXIST, MetaStore, Op, Put
 from moorage.meta.base import Delete as DeleteOp
+from moorage.meta.records import UserRecord, dumps
 from moorage.meta.records import _build as build
 from moorage.meta.records import _fields as fields
-from moorage.meta.records import dumps
 
 log = logging.getLogger("moorage.meta")
 
@@ -122,6 +122,22 @@ async def get(store: MetaStore, token_id: str) -> AccessTokenRecord | None:
     if not ID_FORM.fullmatch(token_id):
         return None
     return _record(await store._get(keys.access_token(token_id)))
+
+
+async def get_with_user(
+    store: MetaStore, token_id: str, user: str
+) -> tuple[AccessTokenRecord | None, UserRecord | None]:
+    """A token's record and the user `user`'s: one round trip (a batched read)."""
+    if not ID_FORM.fullmatch(token_id):
+        return None, None
+    token_kv, user_kv = await store._get_many([keys.access_token(token_id), keys.user(user)])
+    found: UserRecord | None = None
+    if user_kv is not None:
+        try:
+            found = UserRecord.decode(user_kv.value)
+        except RecordCorrupt as exc:
+            log.warning("skipped a corrupt user record: %s", exc)
+    return _record(token_kv), found
 
 
 async def owned_ids(store: MetaStore, owner: str, limit: int) -> list[str]:
