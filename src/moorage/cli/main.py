@@ -12,17 +12,8 @@ from __future__ import annotations
 import click
 
 from moorage import __version__
-from moorage.cli import (
-    access_tokens,
-    backup,
-    ca,
-    certs,
-    join_tokens,
-    membership,
-    recovery,
-    replica,
-    status,
-)
+from moorage.cli import access_tokens as token_commands
+from moorage.cli import backup, ca, certs, join_tokens, membership, recovery, replica, status
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
@@ -36,6 +27,6 @@ def main() -> None:
 
 
 for _group in (replica, membership, status, recovery, backup, ca, join_tokens, certs,
-               access_tokens):  # fmt: skip
+               token_commands):  # fmt: skip
     for _command in _group.COMMANDS:
         main.add_command(_command)
