@@ -86,6 +86,7 @@ def create(
     if robot is not None:
         body["robot"] = robot
     doc = _call(client, "POST", "/api/v0/tokens", body)
+    registry = str(client.urls[0]).split("://", 1)[-1].rstrip("/")
     emit(
         as_json,
         doc,
@@ -94,7 +95,7 @@ def create(
         f"{_when(doc['expires_at'])}\n"
         f"  scope {' '.join(doc['scopes'])}\n"
         "  shown once: the cluster keeps only its hash. Log in with it as the password:\n"
-        f"  podman login -u {doc['username']} --password-stdin HOST:PORT",
+        f"  podman login -u {doc['username']} --password-stdin {registry}",
     )
 
 
