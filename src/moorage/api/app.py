@@ -23,6 +23,7 @@ from moorage.api.health import health, ping
 from moorage.api.http import request_path
 from moorage.api.metrics import MetricsMiddleware, metrics
 from moorage.api.state import AppState
+from moorage.api.token import token_routes
 from moorage.api.v2 import guarded
 
 __all__ = ["ASGIApp", "Lifespan", "RegistryRoutes", "http_app"]
@@ -45,6 +46,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
             *certs_routes(),
+            *token_routes(),
         ],
         lifespan=app_lifespan,
     )

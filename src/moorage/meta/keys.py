@@ -157,3 +157,17 @@ def join_token(digest: str) -> bytes:
 
 def join_claim(digest: str) -> bytes:
     return JOIN_CLAIMS + digest.encode()
+
+
+# --- token signing keys (moorage.auth.signing_keys; issue #9, Docker token flow) -----------
+#: ES256 keys that sign the registry's JWTs, one record each: `<TOKEN_KEYS><kid>`
+#: {"kid", "created_at", "jwk", "sealed"} (the private key sealed with the cluster secret,
+#: as the CA key is); `TOKEN_KEY_NEWEST` holds the newest kid, and guards a rotation (one
+#: replica wins). Outside ROOT: backups never carry them (a restore is a new cluster with a
+#: new secret; it makes new keys when it first issues a token).
+TOKEN_KEYS = b"/moorage-jwt/keys/"
+TOKEN_KEY_NEWEST = b"/moorage-jwt/newest"
+
+
+def token_key(kid: str) -> bytes:
+    return TOKEN_KEYS + kid.encode()
