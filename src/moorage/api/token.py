@@ -145,6 +145,15 @@ async def _issue(
         issued = await auth.tokens.issue(principal, granted)
     except SigningKeysUnavailable as exc:
         raise _Refused(503, "temporarily_unavailable", str(exc), 5) from None
+    log.info(
+        "issued a token to %r (%s) from %s for %r (asked %r, client_id %r)",
+        principal.name,
+        principal.kind,
+        client,
+        " ".join(a.scope() for a in granted),
+        " ".join(a.scope() for a in requested),
+        client_id[:100],
+    )
     when = datetime.datetime.fromtimestamp(issued.issued_at, datetime.UTC)
     doc: dict[str, Any] = {
         "token": issued.token,
