@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ def test_post_grants_and_refresh(registry: Replica) -> None:
             ("scope", f"repository:{name}:pull"),
             ("scope", f"repository:{name}:push repository:{name}-b:pull"),
         ]
-        r = c.post("/auth/token", content=httpx.QueryParams(body).__str__(),
+        r = c.post("/auth/token", content=urllib.parse.urlencode(body),
                    headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
         assert r.status_code == 200, r.text
         doc = r.json()

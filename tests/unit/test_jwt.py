@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from moorage.auth import jwt, signing_keys
 from moorage.auth.access import Access, Principal
+from moorage.auth.base import Authenticator, Identity
 from moorage.auth.bearer import (
     BearerAuthenticator,
     Realm,
@@ -360,10 +361,10 @@ def test_verified_tokens_are_cached_until_they_expire() -> None:
     asyncio.run(main())
 
 
-class _Inner(BearerAuthenticator.__mro__[1]):  # type: ignore[misc]
-    async def authenticate(self, authorization: str | None, client: str | None = None) -> Any:
-        from moorage.auth.base import Identity
-
+class _Inner(Authenticator):
+    async def authenticate(
+        self, authorization: str | None, client: str | None = None
+    ) -> Identity | None:
         return Identity("carol", "admin") if authorization == "Basic good" else None
 
 
