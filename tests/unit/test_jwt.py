@@ -423,3 +423,48 @@ def test_b64url() -> None:
         with pytest.raises(jwt.TokenInvalid):
             jwt.b64url_decode(bad)
     assert base64.urlsafe_b64encode(b"x")  # the module's encoding is the URL-safe alphabet
+
+
+def test_without_quorum_the_old_key_signs_on_and_unknown_kids_are_refused() -> None:
+    from moorage.errors import StoreUnavailable
+
+    class NoQuorum(MemoryMetaStore):
+        down = False
+
+        async def _txn(self, guards: Any, ops: Any) -> bool:
+            if self.down:
+                raise StoreUnavailable("no quorum")
+            return await super()._txn(guards, ops)
+
+    async def main() -> None:
+        meta = NoQuorum()
+        keys = SigningKeys(meta, SECRET, rotation=3600)
+        kid, _ = await keys.signer()
+        meta.down = True
+        # The newest key is past its rotation period, and a new one cannot be stored.
+        record = keys._keys[kid].record
+        keys._keys[kid] = signing_keys._Key(
+            SigningKeyRecord(kid, record.created_at - 7200, record.jwk, record.sealed),
+            keys._keys[kid].public,
+        )
+        keys._loaded_at = time.monotonic()
+        meta.signing_keys = _stale(keys, kid)  # type: ignore[method-assign]
+        assert (await keys.signer())[0] == kid
+        # A key set that cannot be re-read: an unknown kid is refused, not an error.
+
+        async def unreachable(limit: int) -> tuple[str | None, int, list[bytes]]:
+            raise StoreUnavailable("unreachable")
+
+        meta.signing_keys = unreachable  # type: ignore[method-assign]
+        assert await keys.find("unknown-kid") is None
+
+    asyncio.run(main())
+
+
+def _stale(keys: SigningKeys, kid: str) -> Any:
+    """A store read that answers the (old) key as it is stored, in the past."""
+
+    async def read(limit: int) -> tuple[str | None, int, list[bytes]]:
+        return kid, 1, [keys._keys[kid].record.encode()]
+
+    return read

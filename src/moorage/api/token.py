@@ -96,7 +96,11 @@ def _scopes(values: list[str]) -> list[Access]:
 async def _granted(st: AppState, principal: Principal, requested: list[Access]) -> list[Access]:
     out = []
     for access in requested:
-        actions = access.actions & await st.authorizer.allowed(principal, access)
+        try:
+            allowed = await st.authorizer.allowed(principal, access)
+        except MoorageError as exc:  # the grants cannot be read
+            raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
+        actions = access.actions & allowed
         if actions:
             out.append(Access(access.type, access.name, actions))
     return out
@@ -145,6 +149,8 @@ async def _issue(
         issued = await auth.tokens.issue(principal, granted)
     except SigningKeysUnavailable as exc:
         raise _Refused(503, "temporarily_unavailable", str(exc), 5) from None
+    except MoorageError as exc:  # the store cannot be read (or written, for a new key)
+        raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
     log.info(
         "issued a token to %r (%s) from %s for %r (asked %r, client_id %r)",
         principal.name,
@@ -182,7 +188,10 @@ async def _refresh_for(st: AppState, auth: BearerAuthenticator, principal: Princ
     log in again with their secret instead)."""
     if principal.kind != "user" or principal.limit is not None:
         return None
-    user = await st.registry.meta.get_user(principal.name)
+    try:
+        user = await st.registry.meta.get_user(principal.name)
+    except MoorageError as exc:
+        raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
     if not user_active(user):
         return None
     assert user is not None

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from moorage.auth import jwt
-from moorage.errors import RecordCorrupt
+from moorage.errors import RecordCorrupt, StoreUnavailable
 from moorage.meta.base import MetaStore
 from moorage.meta.records import SigningKeyRecord
 
@@ -182,7 +182,10 @@ class SigningKeys:
         now = time.monotonic()
         if now - self._reread_at >= REREAD_INTERVAL:
             self._reread_at = now
-            await self.load()
+            try:
+                await self.load()
+            except StoreUnavailable as exc:  # unknown for now: the token is refused (401)
+                log.warning("cannot re-read the token signing keys: %s", exc)
         return self.public_key(kid)
 
     # -- signing ----------------------------------------------------------------------------
@@ -196,8 +199,16 @@ class SigningKeys:
             await self.load()  # another replica may have rotated already
             newest = self._keys.get(self._newest or "")
             if newest is None or time.time() - newest.record.created_at >= self.rotation:
-                await self.rotate()
-                newest = self._keys.get(self._newest or "")
+                try:
+                    await self.rotate()
+                except StoreUnavailable:
+                    if newest is None:
+                        raise
+                    # No quorum (read-only): the old key signs on until a rotation can be
+                    # stored; tokens must keep coming for pulls.
+                    log.warning("cannot store a new token signing key now; the old one signs")
+                else:
+                    newest = self._keys.get(self._newest or "")
                 if newest is None:
                     raise SigningKeysUnavailable("no signing key after a rotation")
         if self._private is None or self._private[0] != newest.record.kid:
