@@ -167,6 +167,8 @@ async def _issue(
         "expires_in": issued.expires_in,
         "issued_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if principal.anonymous and not granted:
+        return doc, granted  # nothing granted to nobody: not worth an audit record each time
     await st.audit.record(
         AuditEvent(
             "token.issue",
