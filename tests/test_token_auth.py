@@ -422,3 +422,35 @@ def test_podman_and_skopeo_use_the_token_flow(
     pulled = run(*base, "pull", "--tls-verify=false", "--authfile", str(authfile), ref)
     assert pulled.strip().splitlines()[-1] == image_id
     assert f"for 'repository:{pname}:pull'" in _log_since(registry, offset)
+
+
+def test_another_cluster_and_key_pickup_across_workers(registry: Replica, tmp_path: Path) -> None:
+    """Cluster B (two API workers: two processes with their own copy of the key set) refuses
+    cluster A's tokens and A refuses B's; after a rotation on B, every token B issues, from
+    whichever worker, verifies on every worker (an unknown kid makes a worker re-read)."""
+    other = Replica(tmp_path / "b", workers=2)
+    other.start()
+    try:
+        name = repo()
+        with registry.client(auth=None) as a, other.client(auth=None) as b:
+            from_a = token(a, f"repository:{name}:pull")["token"]
+            from_b = token(b, f"repository:{name}:pull")["token"]
+            assert claims(from_b)["aud"] == service(other) != service(registry)
+            for _ in range(4):  # reach both of B's workers
+                assert_refused(b.get(f"/v2/{name}/tags/list", headers=bearer(from_a)))
+            assert_refused(a.get(f"/v2/{name}/tags/list", headers=bearer(from_b)))
+            # The same claims under A's audience, signed by B's key: still not A's.
+            kid, key = _signer(other)
+            moved = jwt.encode({**claims(from_b), "aud": service(registry)}, key, kid)
+            assert_refused(a.get(f"/v2/{name}/tags/list", headers=bearer(moved)))
+
+            env = ["--existing", other.url, "--username", AUTH[0], "--json"]
+            rotated = json.loads(moorage("token-keys", "rotate", *env).stdout)["kid"]
+            for _ in range(6):
+                fresh = token(b, f"repository:{name}:pull")["token"]
+                assert jwt.unverified_header(fresh)["kid"] == rotated
+                for tok in (fresh, from_b):
+                    for _ in range(3):
+                        assert passed(b.get(f"/v2/{name}/tags/list", headers=bearer(tok)))
+    finally:
+        other.stop()

@@ -15,8 +15,9 @@ etcd (issue #9; DESIGN.md §7).
   the transaction, so concurrent replicas make one key, not one each.
 * A replica picks up keys other replicas made without a restart: it re-reads the set when
   a token names a key id it does not know (at most once per `REREAD_INTERVAL`, whatever
-  the number of forged key ids sent at it) and before signing when its copy is older than
-  `REFRESH_INTERVAL`.
+  the number of forged key ids sent at it: later ones wait for the next re-read), and
+  before signing it reads the newest key's id (one small key) and re-reads the set when
+  that changed (or its copy is older than `REFRESH_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ DEFAULT_ROTATION = 30 * DAY
 VERIFY_GRACE = 30 * DAY
 #: At most this many keys are read (and kept: a rotation deletes the oldest beyond it).
 MAX_KEYS = 16
-REREAD_INTERVAL = 2.0
+REREAD_INTERVAL = 1.0
 REFRESH_INTERVAL = 60.0
 SECRET_BYTES = 32
 _SEAL_VERSION = b"MJK1"
@@ -174,18 +175,27 @@ class SigningKeys:
         return key.public
 
     async def find(self, kid: str) -> ec.EllipticCurvePublicKey | None:
-        """The trusted key with this id, re-reading the set for an unknown id at most once
-        per REREAD_INTERVAL (a forged id costs the store nothing more)."""
+        """The trusted key with this id. An unknown id makes this replica re-read the key
+        set (another replica may have made a key), at most once per REREAD_INTERVAL: a
+        request that comes sooner waits for the next re-read, so a flood of forged ids
+        costs the store one read per interval and a real new key is never refused."""
         key = self.public_key(kid)
         if key is not None:
             return key
-        now = time.monotonic()
-        if now - self._reread_at >= REREAD_INTERVAL:
-            self._reread_at = now
-            try:
-                await self.load()
-            except StoreUnavailable as exc:  # unknown for now: the token is refused (401)
-                log.warning("cannot re-read the token signing keys: %s", exc)
+        wait = self._reread_at + REREAD_INTERVAL - time.monotonic()
+        if wait > 0 and self._loading is None:
+            await asyncio.sleep(wait)
+            key = self.public_key(kid)  # found by a re-read made meanwhile
+            if key is not None:
+                return key
+        if self._loading is None and time.monotonic() - self._reread_at >= REREAD_INTERVAL:
+            self._reread_at = time.monotonic()
+        elif self._loading is None:
+            return None  # another waiter's re-read just ended without it
+        try:
+            await self.load()  # joins a re-read under way
+        except StoreUnavailable as exc:  # unknown for now: the token is refused (401)
+            log.warning("cannot re-read the token signing keys: %s", exc)
         return self.public_key(kid)
 
     # -- signing ----------------------------------------------------------------------------
@@ -194,6 +204,13 @@ class SigningKeys:
         newest is older than the rotation period."""
         if time.monotonic() - self._loaded_at >= REFRESH_INTERVAL:
             await self.load()
+        else:
+            # One small read: a rotation on another replica (or worker) signs from now on.
+            try:
+                if await self.meta.newest_signing_key() != self._newest:
+                    await self.load()
+            except StoreUnavailable as exc:
+                log.warning("cannot check for a newer token signing key: %s", exc)
         newest = self._keys.get(self._newest or "")
         if newest is None or time.time() - newest.record.created_at >= self.rotation:
             await self.load()  # another replica may have rotated already

@@ -345,6 +345,11 @@ class MetaStore(ABC):
         newest = marker.value.decode(errors="replace") if marker is not None else None
         return newest, marker.mod_revision if marker is not None else 0, [kv.value for kv in kvs]
 
+    async def newest_signing_key(self) -> str | None:
+        """The newest signing key's id (one small read), or None when there is none."""
+        marker = await self._get(keys.TOKEN_KEY_NEWEST)
+        return marker.value.decode(errors="replace") if marker is not None else None
+
     async def add_signing_key(
         self, kid: str, record: bytes, newest_revision: int, retire: Sequence[str] = ()
     ) -> bool:
