@@ -444,6 +444,19 @@ def test_another_cluster_and_key_pickup_across_workers(registry: Replica, tmp_pa
             moved = jwt.encode({**claims(from_b), "aud": service(registry)}, key, kid)
             assert_refused(a.get(f"/v2/{name}/tags/list", headers=bearer(moved)))
 
+            # Failed logins at the token endpoint are limited like any (429, Retry-After).
+            wrong = {"scope": f"repository:{name}:pull"}
+            statuses = []
+            for _ in range(15):
+                r = b.get("/auth/token", params=wrong, auth=("nobody", "wrong"))
+                statuses.append(r.status_code)
+                if r.status_code == 429:
+                    assert int(r.headers["retry-after"]) > 0
+                    assert "retry in" in r.json()["error_description"]
+                    break
+            assert statuses[0] == 401
+            assert statuses[-1] == 429, statuses
+
             env = ["--existing", other.url, "--username", AUTH[0], "--json"]
             rotated = json.loads(moorage("token-keys", "rotate", *env).stdout)["kid"]
             for _ in range(6):

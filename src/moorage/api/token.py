@@ -118,11 +118,7 @@ async def _login(st: AppState, header: str | None, client: str | None) -> Princi
         raise _Refused(429, "too_many_attempts", exc.message, exc.retry_after) from None
     except MoorageError as exc:
         raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
-    if principal is None:
-        name = (parse_basic(header) or ("", "", ""))[0]
-        await st.audit.record(
-            AuditEvent("login", name[:256], outcome=DENIED, client=client, detail={"via": "token"})
-        )
+    if principal is None:  # (the authenticator counts and audits failed logins)
         raise _Refused(401, "invalid_grant", "wrong username or password")
     return principal
 
