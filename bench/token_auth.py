@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="Moorage API workers")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
     tmp = Path(tempfile.mkdtemp(prefix="moorage-bench-token-"))
     server = servers.moorage(tmp, args.workers)
     try:
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- command: python -m bench.token_auth {' '.join(sys.argv[1:] if argv is None else argv)}",
         f"- {args.reps} runs of {args.seconds:g} s per mode, alternating; 32 connections",
+        f"- load average at start / end: {' '.join(load_start)} / "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])} (other work skews results)",
         "",
         "| auth | median req/s | runs |",
         "|---|---:|---|",
