@@ -33,6 +33,11 @@ from bench.servers import RssSampler, Server
 from bench.workloads import Blob, ImageParts, Target
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: What a token of `--auth token` grants: every repository the timed metrics touch.
+TOKEN_SCOPES = [
+    *(f"repository:bench/{r}:pull,push" for r in ("manifests", "mono", "chunked", "pull", "small")),
+    "registry:catalog:*",
+]
 PY_SPY = REPO_ROOT / ".venv" / "bin" / "py-spy"
 MiB = 1 << 20
 
@@ -89,6 +94,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="both registries serve HTTPS (one bench CA; Moorage with --tls, Distribution "
         "with http.tls), TLS 1.2 floor; the client verifies them",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=["basic", "token"],
+        default="basic",
+        help="how the client authenticates to Moorage: Basic credentials on every request, or "
+        "a Bearer token from its /auth/token endpoint (the Docker token flow; a fresh token "
+        "before each metric; the untimed catalog fill uses Basic)",
     )
     parser.add_argument(
         "--py-spy",
@@ -156,8 +169,10 @@ class Bench:
         selected: list[str],
         servers_: list[Server],
         profile_dir: Path | None = None,
+        token_mode: bool = False,
     ) -> None:
         self.plan = plan
+        self.token_mode = token_mode
         self.profile_dir = profile_dir
         self.selected = selected
         self.servers = servers_
@@ -198,6 +213,14 @@ class Bench:
         time.sleep(1.0)  # py-spy attaches to every process of the tree first
         return proc
 
+    def _fresh_tokens(self) -> None:
+        """Token mode: each Moorage target gets a new Bearer token for the bench's
+        repositories (as docker and podman fetch one per operation)."""
+        for target, server in zip(self.targets, self.servers, strict=True):
+            if server.name == "Moorage":
+                token = servers.bearer_token(server, TOKEN_SCOPES)
+                target.authorization = f"Bearer {token}"
+
     async def setup(self) -> None:
         for target in self.targets:
             conn = target.connect()
@@ -217,6 +240,8 @@ class Bench:
         await self.setup()
         for metric in self.selected:
             _log(f"{metric}:")
+            if self.token_mode:
+                self._fresh_tokens()
             if metric == "push_mono":
 
                 async def mono(target: Target, rep: int) -> float:
@@ -265,10 +290,11 @@ class Bench:
 
                 await self._measure(metric, plan.reps, read)
             elif metric == "catalog":
-                for target in self.targets:
+                for target, server in zip(self.targets, self.servers, strict=True):
                     _log(f"  creating {plan.catalog_repos} repositories in {target.name}")
+                    filler = Target(target.name, target.url, server.authorization)
                     await workloads.fill_catalog(
-                        target, "bench/catalog", self.parts, "bench/manifests", plan.catalog_repos
+                        filler, "bench/catalog", self.parts, "bench/manifests", plan.catalog_repos
                     )
 
                 async def catalog(target: Target, rep: int) -> float:
@@ -317,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"- Moorage API workers: {workers}",
         f"- transport: {'HTTPS (TLS 1.2+, both registries)' if args.tls else 'plain HTTP'}",
+        "- Moorage client auth: "
+        + ("Bearer tokens (/auth/token)" if args.auth == "token" else "Basic"),
         f"- plan: {'quick' if args.quick else 'full'}: {_describe(plan)}"
         + (f"; {cluster.describe(plan.cluster())}" if cluster_metrics else ""),
         f"- command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}",
@@ -365,7 +393,7 @@ def _head_to_head(
                 raise SystemExit(f"{PY_SPY} is missing: .venv/bin/pip install py-spy")
             args.py_spy.mkdir(parents=True, exist_ok=True)
         results.notes.append(f"load average at start: {_loadavg()}")
-        bench = Bench(plan, selected, under_test, args.py_spy)
+        bench = Bench(plan, selected, under_test, args.py_spy, args.auth == "token")
         bench.results = results
         uvloop.run(bench.run())
         sampler.stop()

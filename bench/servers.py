@@ -216,6 +216,7 @@ def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Serv
         argv.append("--tls")
     token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
     env = {"MOORAGE_ADMIN_PASSWORD": ADMIN_PASSWORD, "MOORAGE_LOG_LEVEL": "WARNING"}
+    env["MOORAGE_TOKEN_TTL"] = "3600"  # `--auth token`: one token outlives any one metric
     env.update({k: v for k, v in os.environ.items() if k.startswith("MOORAGE_")})
     env["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     return Server(
@@ -227,6 +228,20 @@ def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Serv
         authorization=f"Basic {token}",
         verify=pki.context() if pki else True,
     )
+
+
+def bearer_token(server: Server, scopes: list[str]) -> str:
+    """A token from Moorage's /auth/token for `scopes` (with its Basic credentials)."""
+    headers = {"Authorization": server.authorization} if server.authorization else {}
+    resp = httpx.get(
+        f"{server.url}/auth/token",
+        params={"scope": scopes},
+        headers=headers,
+        timeout=30,
+        verify=server.verify,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["token"])
 
 
 DISTRIBUTION_CONFIG = """\

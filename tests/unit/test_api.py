@@ -74,7 +74,7 @@ def test_base_and_auth_challenge(api: InProcessClient) -> None:
     assert api.get("/v2/").status_code == 200
     resp = api.get("/v2/", auth=None)
     assert_error(resp, 401, "UNAUTHORIZED")
-    assert resp.headers["www-authenticate"].lower().startswith("basic realm=")
+    assert "basic realm=" in resp.headers["www-authenticate"].lower()
     assert_error(api.get("/v2/", auth=("admin", "wrong")), 401, "UNAUTHORIZED")
     assert_error(api.get("/v2/", auth=("nobody", "wrong")), 401, "UNAUTHORIZED")
     # A header that is not Basic at all is no identity either.

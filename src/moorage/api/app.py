@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from moorage.api.access_tokens import token_routes
+from moorage.api.access_tokens import token_routes as access_token_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
@@ -24,6 +24,7 @@ from moorage.api.health import health, ping
 from moorage.api.http import request_path
 from moorage.api.metrics import MetricsMiddleware, metrics
 from moorage.api.state import AppState
+from moorage.api.token import token_routes
 from moorage.api.v2 import guarded
 
 __all__ = ["ASGIApp", "Lifespan", "RegistryRoutes", "http_app"]
@@ -47,6 +48,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *cluster_routes(),
             *certs_routes(),
             *token_routes(),
+            *access_token_routes(),
         ],
         lifespan=app_lifespan,
     )

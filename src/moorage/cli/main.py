@@ -13,7 +13,17 @@ import click
 
 from moorage import __version__
 from moorage.cli import access_tokens as token_commands
-from moorage.cli import backup, ca, certs, join_tokens, membership, recovery, replica, status
+from moorage.cli import (
+    backup,
+    ca,
+    certs,
+    join_tokens,
+    membership,
+    recovery,
+    replica,
+    status,
+    token_keys,
+)
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
@@ -26,7 +36,17 @@ def main() -> None:
     """Moorage: a private container registry that runs as a cluster of replicas."""
 
 
-for _group in (replica, membership, status, recovery, backup, ca, join_tokens, certs,
-               token_commands):  # fmt: skip
+for _group in (
+    replica,
+    membership,
+    status,
+    recovery,
+    backup,
+    ca,
+    join_tokens,
+    certs,
+    token_commands,
+    token_keys,
+):
     for _command in _group.COMMANDS:
         main.add_command(_command)

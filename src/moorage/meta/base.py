@@ -334,3 +334,28 @@ class MetaStore(ABC):
         async for page in self._scan(prefix, keys.prefix_end(prefix)):
             out += [json.loads(kv.value) for kv in page]
         return out
+
+    # -- token signing keys (moorage.auth.signing_keys; issue #9, Docker token flow) ---------
+    async def signing_keys(self, limit: int) -> tuple[str | None, int, list[bytes]]:
+        """(the newest kid, the mod revision of its marker (0: none), at most `limit` raw
+        signing key records): bounded reads."""
+        marker = await self._get(keys.TOKEN_KEY_NEWEST)
+        end = keys.prefix_end(keys.TOKEN_KEYS)
+        kvs, _ = await self._range(keys.TOKEN_KEYS, end, limit=min(limit, STORE_PAGE))
+        newest = marker.value.decode(errors="replace") if marker is not None else None
+        return newest, marker.mod_revision if marker is not None else 0, [kv.value for kv in kvs]
+
+    async def newest_signing_key(self) -> str | None:
+        """The newest signing key's id (one small read), or None when there is none."""
+        marker = await self._get(keys.TOKEN_KEY_NEWEST)
+        return marker.value.decode(errors="replace") if marker is not None else None
+
+    async def add_signing_key(
+        self, kid: str, record: bytes, newest_revision: int, retire: Sequence[str] = ()
+    ) -> bool:
+        """Store a new signing key and make it the newest, only if the newest marker is
+        still at `newest_revision` (0: absent): one replica wins a rotation. `retire`:
+        key ids to delete in the same transaction."""
+        ops: list[Op] = [Put(keys.token_key(kid), record), Put(keys.TOKEN_KEY_NEWEST, kid.encode())]
+        ops += [Delete(keys.token_key(old)) for old in retire]
+        return await self._txn([(keys.TOKEN_KEY_NEWEST, newest_revision)], ops)

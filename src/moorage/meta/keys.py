@@ -181,3 +181,17 @@ def access_token_owner(owner: str, token_id: str = "") -> bytes:
 
 def access_token_used(token_id: str) -> bytes:
     return ACCESS_TOKEN_USED + token_id.encode()
+
+
+# --- token signing keys (moorage.auth.signing_keys; issue #9, Docker token flow) -----------
+#: ES256 keys that sign the registry's JWTs, one record each: `<TOKEN_KEYS><kid>`
+#: {"kid", "created_at", "jwk", "sealed"} (the private key sealed with the cluster secret,
+#: as the CA key is); `TOKEN_KEY_NEWEST` holds the newest kid, and guards a rotation (one
+#: replica wins). Outside ROOT: backups never carry them (a restore is a new cluster with a
+#: new secret; it makes new keys when it first issues a token).
+TOKEN_KEYS = b"/moorage-jwt/keys/"
+TOKEN_KEY_NEWEST = b"/moorage-jwt/newest"
+
+
+def token_key(kid: str) -> bytes:
+    return TOKEN_KEYS + kid.encode()

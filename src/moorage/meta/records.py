@@ -300,3 +300,36 @@ class FenceRecord:
             by if isinstance(by, str) else None,
             float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
         )
+
+
+# --- token signing keys (moorage.auth.signing_keys; issue #9, Docker token flow) -----------
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """One JWT signing key: its id (RFC 7638 thumbprint), when it was made, its public JWK
+    and its private key sealed with the cluster secret (base64)."""
+
+    kid: str
+    created_at: float
+    jwk: dict[str, str]
+    sealed: str
+
+    def encode(self) -> bytes:
+        return dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SigningKeyRecord:
+        doc = _fields(raw, "signing key")
+        record: SigningKeyRecord = _build(cls, doc, "signing key")
+        ok = (
+            isinstance(record.kid, str)
+            and 0 < len(record.kid) <= 128
+            and isinstance(record.created_at, int | float)
+            and not isinstance(record.created_at, bool)
+            and isinstance(record.jwk, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in record.jwk.items())
+            and isinstance(record.sealed, str)
+            and len(record.sealed) <= _MAX_TEXT
+        )
+        if not ok:
+            raise RecordCorrupt(f"a signing key record is malformed: {_show(raw)}")
+        return record

@@ -30,6 +30,7 @@ from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
 from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
+from moorage.server.token_auth import token_authenticator
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
 
@@ -45,7 +46,8 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
-    auth = TokenAuthenticator(BasicAuthenticator(meta), meta)  # access tokens as passwords
+    # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
+    auth = token_authenticator(config, meta, TokenAuthenticator(BasicAuthenticator(meta), meta))
     replica = Replica(config=config, registry=Registry(storage, meta, journal), auth=auth)
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
