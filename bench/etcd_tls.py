@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
-from harness.process import free_port
+from harness.process import REPO_ROOT, free_port
 
+from bench.report import machine_info
 from moorage.meta import etcd as etcd_store
 from moorage.meta.base import Put
 from moorage.meta.records import ManifestRecord
 from moorage.pki import TlsDir, create_ca, issue_replica
 
+RESULTS = Path(__file__).resolve().parent / "results" / "etcd-tls.md"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONCURRENCY = 16
 REPLICA_FLAGS = [
@@ -208,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.etcd_tls", description=__doc__)
     parser.add_argument("--count", type=int, default=1000, help="operations per run")
     parser.add_argument("--reps", type=int, default=3, help="runs per transport")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        help=f"markdown file (default {RESULTS.relative_to(REPO_ROOT)})",
+    )
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="moorage-etcd-tls-"))
     authority = create_ca("bench-etcd")
@@ -226,9 +234,19 @@ def main(argv: list[str] | None = None) -> int:
             s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(table(found))
-    print(f"\n{args.count} operations per run, {args.reps} runs each, medians; load {load}")
-    print(json.dumps(found))
+    text = "\n".join([
+        "# etcd's own cost of mutual TLS (python -m bench.etcd_tls)", "",
+        *machine_info(REPO_ROOT),
+        f"- command: python -m bench.etcd_tls {' '.join(sys.argv[1:] if argv is None else argv)}",
+        f"- {args.count} operations per run, {args.reps} run(s) per transport, medians; "
+        f"load average at the end {load} (other work on the machine skews results)",
+        "", table(found), "",
+        "Runs per second: " + json.dumps(found), "",
+    ])  # fmt: skip
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"written to {args.output}", file=sys.stderr)
     return 0
 
 
