@@ -166,9 +166,30 @@ async def single_puts(store: etcd_store.EtcdMetaStore, count: int, run: str) -> 
     return await rate(count, put)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(servers: list[Etcd], count: int, reps: int) -> dict[str, dict[str, list[float]]]:
+    """Per operation and transport: rates per run, and the CPU microseconds per operation
+    the etcd server and this client (gRPC, TLS, Moorage's store) spent over all runs."""
     stores = {s.name: s.store() for s in servers}
+    pids = {s.name: s.proc.pid for s in servers if s.proc is not None}
     out: dict[str, dict[str, list[float]]] = {"manifests": {}, "puts": {}}
+    for key in [*out]:
+        out[f"{key} etcd cpu us"], out[f"{key} client cpu us"] = {}, {}
+
+    async def timed(key: str, name: str, run: Awaitable[float]) -> float:
+        etcd0, client0 = cpu_seconds(pids[name]), time.process_time()
+        value = await run
+        etcd = (cpu_seconds(pids[name]) - etcd0) * 1e6 / count
+        client = (time.process_time() - client0) * 1e6 / count
+        out[key].setdefault(name, []).append(value)
+        out[f"{key} etcd cpu us"].setdefault(name, []).append(etcd)
+        out[f"{key} client cpu us"].setdefault(name, []).append(client)
+        return value
+
     try:
         for store in stores.values():
             await store.connect()
@@ -179,11 +200,10 @@ async def measure(servers: list[Etcd], count: int, reps: int) -> dict[str, dict[
         for rep in range(reps):
             for name, store in stores.items():
                 os.sync()
-                value = await manifests(store, "bench/etcd", blobs[name], count, f"r{rep}")
-                out["manifests"].setdefault(name, []).append(value)
+                run = manifests(store, "bench/etcd", blobs[name], count, f"r{rep}")
+                value = await timed("manifests", name, run)
                 print(f"  manifest PUT [{rep + 1}/{reps}] {name}: {value:,.0f}/s", file=sys.stderr)
-                value = await single_puts(store, count, f"r{rep}")
-                out["puts"].setdefault(name, []).append(value)
+                value = await timed("puts", name, single_puts(store, count, f"r{rep}"))
                 print(f"  single put [{rep + 1}/{reps}] {name}: {value:,.0f}/s", file=sys.stderr)
     finally:
         for store in stores.values():
@@ -198,11 +218,14 @@ def table(found: dict[str, dict[str, list[float]]]) -> str:
     ]
     labels = {"manifests": "manifest PUT (put_manifest)", "puts": "single-key put"}
     for key, label in labels.items():
-        plain = statistics.median(found[key]["plain"])
-        tls = statistics.median(found[key]["mtls"])
-        lines.append(
-            f"| {label}, per s | {plain:,.0f} | {tls:,.0f} | {(tls / plain - 1) * 100:+.0f} % |"
-        )
+        for suffix, unit in (("", "per s"), (" etcd cpu us", "etcd CPU µs each"),
+                             (" client cpu us", "client CPU µs each")):  # fmt: skip
+            plain = statistics.median(found[key + suffix]["plain"])
+            tls = statistics.median(found[key + suffix]["mtls"])
+            lines.append(
+                f"| {label}, {unit} | {plain:,.0f} | {tls:,.0f} | "
+                f"{(tls / plain - 1) * 100:+.0f} % |"
+            )
     return "\n".join(lines)
 
 
@@ -241,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- {args.count} operations per run, {args.reps} run(s) per transport, medians; "
         f"load average at the end {load} (other work on the machine skews results)",
         "", table(found), "",
-        "Runs per second: " + json.dumps(found), "",
+        "TLS change: mutual TLS against plain HTTP (for CPU, positive is more CPU). Every "
+        "run: " + json.dumps({k: {n: [round(x) for x in v] for n, v in d.items()}
+                             for k, d in found.items()}), "",
     ])  # fmt: skip
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
