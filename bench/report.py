@@ -148,10 +148,10 @@ def _change(metric: Metric, plain: float | None, tls: float | None) -> str:
     """What HTTPS changes against plain HTTP, signed so that negative is worse."""
     if plain is None or tls is None or not plain:
         return "—"
-    change = (tls / plain - 1) * 100
+    change = round((tls / plain - 1) * 100)
     if not metric.higher_is_better:
         change = -change
-    return f"{change:+.0f} %"
+    return f"{change:+d} %"
 
 
 def tls_table(results: Results) -> str:
