@@ -90,7 +90,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="both registries serve HTTPS (Moorage with --tls and its cluster certificate, "
         "Distribution with http.tls and a bench CA's), TLS 1.2 floor; the client verifies "
-        "them against those two CAs only",
+        "them against those two CAs only; the cluster section's clusters serve HTTPS too",
     )
     parser.add_argument(
         "--tls-compare",
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             _head_to_head(tmp, plan, head_to_head, args, results)
         if cluster_metrics:
             _log("cluster section (Moorage only)")
+            cluster.TLS = bool(args.tls)
             cluster.run(tmp, plan.cluster(), cluster_metrics, results, args.workers)
             results.notes.append(
                 f"load average after the cluster section: {_loadavg()} (other work on the "
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or os.environ.get("MOORAGE_WORKERS", "1 (default)")
     transport = "plain HTTP"
     if args.tls:
-        transport = "HTTPS (TLS 1.2+, both registries)"
+        transport = "HTTPS (TLS 1.2+, both registries and the cluster section)"
     if args.tls_compare:
         transport = "plain HTTP and HTTPS (TLS 1.2+), each registry twice, measured in turn"
     header = [
