@@ -116,7 +116,7 @@ class Cluster:
     """Replicas under `root`, sharing the blob storage `root/blobs`.
 
     `env` is added to every command's environment; `node_class` makes the nodes; `tls`
-    (default: with namespaces) makes them serve HTTPS, trusted through `ca_file`."""
+    (always with namespaces) makes them serve HTTPS, trusted through `ca_file`."""
 
     node_class: type[Node] = Node
 
@@ -125,12 +125,12 @@ class Cluster:
         root: Path,
         lab: NetLab | None = None,
         env: Mapping[str, str] | None = None,
-        tls: bool | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root
         self.storage = root / "blobs"
         self.lab = lab
-        self.tls = lab is not None if tls is None else tls
+        self.tls = lab is not None or bool(tls)  # namespaces' addresses always serve HTTPS
         self.ca_file = root / "ca.crt"  # what `moorage ca export` wrote; clients trust only it
         self.ca_fingerprint = ""  # of the CA in ca_file
         self.env = dict(env or {})
