@@ -28,6 +28,7 @@ from bench.report import (
     cluster_table,
     markdown,
     table,
+    tls_table,
 )
 from bench.servers import RssSampler, Server
 from bench.workloads import Blob, ImageParts, Target
@@ -92,8 +93,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tls",
         action="store_true",
-        help="both registries serve HTTPS (one bench CA; Moorage with --tls, Distribution "
-        "with http.tls), TLS 1.2 floor; the client verifies them",
+        help="both registries serve HTTPS (Moorage with --tls and its cluster certificate, "
+        "Distribution with http.tls and a bench CA's), TLS 1.2 floor; the client verifies "
+        "them against those two CAs only; the cluster section's clusters serve HTTPS too",
+    )
+    parser.add_argument(
+        "--tls-compare",
+        action="store_true",
+        help="what TLS costs: each registry runs twice, over plain HTTP and over HTTPS (as "
+        "--tls), the four measured in turn; one more table compares the two transports",
     )
     parser.add_argument(
         "--auth",
@@ -330,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             _head_to_head(tmp, plan, head_to_head, args, results)
         if cluster_metrics:
             _log("cluster section (Moorage only)")
+            cluster.TLS = bool(args.tls)
             cluster.run(tmp, plan.cluster(), cluster_metrics, results, args.workers)
             results.notes.append(
                 f"load average after the cluster section: {_loadavg()} (other work on the "
@@ -340,9 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     workers = args.workers or os.environ.get("MOORAGE_WORKERS", "1 (default)")
+    transport = "plain HTTP"
+    if args.tls:
+        transport = "HTTPS (TLS 1.2+, both registries and the cluster section)"
+    if args.tls_compare:
+        transport = "plain HTTP and HTTPS (TLS 1.2+), each registry twice, measured in turn"
     header = [
         f"- Moorage API workers: {workers}",
-        f"- transport: {'HTTPS (TLS 1.2+, both registries)' if args.tls else 'plain HTTP'}",
+        f"- transport: {transport}",
         "- Moorage client auth: "
         + ("Bearer tokens (/auth/token)" if args.auth == "token" else "Basic"),
         f"- plan: {'quick' if args.quick else 'full'}: {_describe(plan)}"
@@ -352,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if results.samples:
         print(table(results))
+        if args.tls_compare:
+            print(f"\nwhat TLS costs:\n{tls_table(results)}")
     if results.cluster:
         print(
             f"\ncluster (Moorage only; Distribution has no equivalent):\n{cluster_table(results)}"
@@ -375,18 +391,30 @@ def main(argv: list[str] | None = None) -> int:
 def _head_to_head(
     tmp: Path, plan: Plan, selected: list[str], args: argparse.Namespace, results: Results
 ) -> None:
-    """Moorage and Distribution side by side, with their peak RSS."""
-    pki = servers.BenchPki.make(tmp) if args.tls else None
-    if pki is not None:
-        _http.TLS_CONTEXT = pki.context()
-    under_test = [servers.moorage(tmp, args.workers, pki), servers.distribution(tmp, pki)]
+    """Moorage and Distribution side by side, with their peak RSS (with --tls-compare each
+    twice: plain HTTP as "Moorage"/"Distribution", HTTPS as "... HTTPS")."""
+    pki = servers.BenchPki.make(tmp) if args.tls or args.tls_compare else None
+    if args.tls_compare:
+        assert pki is not None
+        under_test = [
+            servers.moorage(tmp, args.workers),
+            servers.distribution(tmp),
+            servers.moorage(tmp, args.workers, True, "Moorage HTTPS"),
+            servers.distribution(tmp, pki, "Distribution HTTPS"),
+        ]
+    else:
+        under_test = [servers.moorage(tmp, args.workers, pki is not None),
+                      servers.distribution(tmp, pki)]  # fmt: skip
     sampler = RssSampler(under_test)
     try:
-        _log(f"starting Moorage and Distribution (temporary directory {tmp})")
+        _log(f"starting {', '.join(s.name for s in under_test)} (temporary directory {tmp})")
         for server in under_test:
             server.start()
         for server in under_test:
             server.wait_ready()
+        if pki is not None:  # the client trusts the bench CA and Moorage's cluster CA only
+            cas = [pki.ca_file, *(s.ca_file for s in under_test if s.ca_file is not None)]
+            _http.TLS_CONTEXT = servers.client_context(cas)
         sampler.start()
         if args.py_spy is not None:
             if not PY_SPY.exists():

@@ -30,7 +30,7 @@ import harness.cluster
 import uvloop
 from harness.process import AUTH
 
-from bench import workloads
+from bench import _http, servers, workloads
 from bench._http import Connection, HttpError
 from bench.report import Results, percentile
 from bench.workloads import ImageParts, Target
@@ -60,8 +60,12 @@ class Cluster(harness.cluster.Cluster):
 
     node_class = Replica
 
-    def __init__(self, root: Path, name: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(root.resolve() / name, env={"MOORAGE_LOG_LEVEL": "WARNING", **(env or {})})
+    def __init__(
+        self, root: Path, name: str, env: dict[str, str] | None = None, tls: bool = False
+    ) -> None:
+        super().__init__(
+            root.resolve() / name, env={"MOORAGE_LOG_LEVEL": "WARNING", **(env or {})}, tls=tls
+        )
         self.name = name
 
     @property
@@ -73,8 +77,10 @@ class Cluster(harness.cluster.Cluster):
         return self.cli(*args, timeout=timeout).stdout
 
     @classmethod
-    def build(cls, root: Path, name: str, size: int, env: dict[str, str] | None = None) -> Cluster:
-        cluster = cls(root, name, env)
+    def build(
+        cls, root: Path, name: str, size: int, env: dict[str, str] | None = None, tls: bool = False
+    ) -> Cluster:
+        cluster = cls(root, name, env, tls)
         try:
             cluster.install()
             for _ in range(size - 1):
@@ -106,12 +112,20 @@ class Cluster(harness.cluster.Cluster):
             _log(f"--- {self.name} {replica.data_dir} log ---\n{replica.log_tail()}")
 
 
+#: With --tls: every cluster serves HTTPS; the client trusts each cluster's exported CA.
+TLS = False
+_trusted: list[Path] = []
+
+
 @contextlib.contextmanager
 def running(
     root: Path, name: str, size: int, env: dict[str, str] | None = None
 ) -> Iterator[Cluster]:
     _log(f"  building {name}: {size} replica(s) with moorage install/join")
-    cluster = Cluster.build(root, name, size, env)
+    cluster = Cluster.build(root, name, size, env, TLS)
+    if TLS:
+        _trusted.append(cluster.ca_file)
+        _http.TLS_CONTEXT = servers.client_context(_trusted)
     try:
         yield cluster
     except BaseException:

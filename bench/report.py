@@ -110,11 +110,23 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _servers(results: Results) -> list[str]:
+    """Every server measured, in the order first measured (Moorage, Distribution, ...)."""
+    names: dict[str, None] = {}
+    for per_server in results.samples.values():
+        names.update(dict.fromkeys(per_server))
+    return list(names)
+
+
 def detail_table(results: Results) -> str:
+    names = _servers(results)
     lines = [
-        "| metric | Moorage runs | Distribution runs | server CPU s, Moorage | "
-        "server CPU s, Distribution |",
-        "|---|---|---|---:|---:|",
+        "| metric | "
+        + " | ".join(f"{n} runs" for n in names)
+        + " | "
+        + " | ".join(f"server CPU s, {n}" for n in names)
+        + " |",
+        "|---|" + "---|" * len(names) + "---:|" * len(names),
     ]
     for key, per_server in results.samples.items():
         if key == "rss":
@@ -123,8 +135,44 @@ def detail_table(results: Results) -> str:
         runs = {s: ", ".join(_fmt(v, decimals) for v in vs) for s, vs in per_server.items()}
         cpu = results.cpu.get(key, {})
         lines.append(
-            f"| {key} | {runs.get('Moorage', '—')} | {runs.get('Distribution', '—')} | "
-            f"{cpu.get('Moorage', 0.0):.1f} | {cpu.get('Distribution', 0.0):.1f} |"
+            f"| {key} | "
+            + " | ".join(runs.get(n, "—") for n in names)
+            + " | "
+            + " | ".join(f"{cpu.get(n, 0.0):.1f}" for n in names)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _change(metric: Metric, plain: float | None, tls: float | None) -> str:
+    """What HTTPS changes against plain HTTP, signed so that negative is worse."""
+    if plain is None or tls is None or not plain:
+        return "—"
+    change = round((tls / plain - 1) * 100)
+    if not metric.higher_is_better:
+        change = -change
+    return f"{change:+d} %"
+
+
+def tls_table(results: Results) -> str:
+    """`--tls-compare`: each registry over plain HTTP and over HTTPS, medians; the change is
+    HTTPS against HTTP, negative when HTTPS is worse."""
+    lines = [
+        "| metric | unit | Moorage HTTP | Moorage HTTPS | TLS change | Distribution HTTP | "
+        "Distribution HTTPS | TLS change | Moorage/Distribution, HTTPS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for metric in METRICS.values():
+        if metric.key not in results.samples:
+            continue
+        m, mt = results.value(metric.key, "Moorage"), results.value(metric.key, "Moorage HTTPS")
+        d = results.value(metric.key, "Distribution")
+        dt = results.value(metric.key, "Distribution HTTPS")
+        n = metric.decimals
+        lines.append(
+            f"| {metric.label} | {metric.unit} | {_fmt(m, n)} | {_fmt(mt, n)} | "
+            f"{_change(metric, m, mt)} | {_fmt(d, n)} | {_fmt(dt, n)} | {_change(metric, d, dt)} "
+            f"| {_ratio_cell(metric, mt, dt)} |"
         )
     return "\n".join(lines)
 
@@ -250,6 +298,19 @@ def markdown(results: Results, repo: Path, header: list[str]) -> str:
             "MB = 10^6 bytes. Throughput values are medians of the runs below. The ratio is "
             "Moorage/Distribution: above 1 is better for Moorage except where lower is better.",
             "",
+        ]
+        if any("Moorage HTTPS" in per_server for per_server in results.samples.values()):
+            parts += [
+                "## What TLS costs",
+                "",
+                "Each registry twice, over plain HTTP (the table above) and over HTTPS (TLS "
+                "1.2+, the client verifying the server), the four measured in turn in each "
+                "round. TLS change: HTTPS against HTTP, negative when HTTPS is worse.",
+                "",
+                tls_table(results),
+                "",
+            ]
+        parts += [
             "## Runs and server CPU time",
             "",
             detail_table(results),

@@ -88,6 +88,13 @@ class Server:
     peak_rss: int = 0
     pids: list[int] = field(default_factory=list)
     verify: ssl.SSLContext | bool = True
+    # An HTTPS server whose CA appears once it runs (Moorage's cluster CA, D/tls/ca.crt):
+    # verified against this file as soon as it exists.
+    ca_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("https://")
 
     def start(self) -> None:
         log = self.log_path.open("wb")
@@ -108,6 +115,11 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+            if self.ca_file is not None and self.verify is True:
+                if not self.ca_file.exists():
+                    time.sleep(0.2)
+                    continue
+                self.verify = client_context([self.ca_file])
             try:
                 status = httpx.get(
                     f"{self.url}/v2/", headers=headers, timeout=2, verify=self.verify
@@ -166,43 +178,47 @@ class Server:
                     os.kill(pid, signal.SIGKILL)
 
 
+def client_context(ca_files: list[Path]) -> ssl.SSLContext:
+    """Verifies servers against `ca_files` only; TLS 1.2 floor as the servers'."""
+    ctx = ssl.create_default_context(cafile=str(ca_files[0]))
+    for extra in ca_files[1:]:
+        ctx.load_verify_locations(cafile=str(extra))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 @dataclass(frozen=True)
 class BenchPki:
-    """`--tls`: one CA for both registries, a certificate for 127.0.0.1 each."""
+    """HTTPS runs: Distribution's certificate (127.0.0.1) from a bench CA. Moorage serves its
+    own cluster certificate (`run --tls` makes the cluster CA), trusted as a client would
+    trust it: its `D/tls/ca.crt`, what `moorage ca export` prints."""
 
     ca_file: Path
-    moorage_dir: Path  # Moorage's data directory, with D/tls/ written
     cert: Path  # Distribution's
     key: Path
 
     @classmethod
     def make(cls, tmp: Path) -> BenchPki:
-        from moorage.pki import TlsDir, create_ca, issue_replica
+        from moorage.pki import create_ca, issue_replica
         from moorage.pki.ca import cert_pem, key_pem
 
         ca = create_ca("bench")
-        tls = TlsDir(tmp / "moorage")
-        key, cert = issue_replica(ca, "bench", ["127.0.0.1"])
-        tls.write_ca(ca.cert)
-        tls.write_key(key)
-        tls.write_cert(cert)
         dkey, dcert = issue_replica(ca, "distribution", ["127.0.0.1"])
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "bench-ca.crt").write_bytes(cert_pem(ca.cert))
         (tmp / "distribution.crt").write_bytes(cert_pem(dcert))
         (tmp / "distribution.key").write_bytes(key_pem(dkey))
-        return cls(tls.ca_cert, tmp / "moorage", tmp / "distribution.crt", tmp / "distribution.key")
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
+        return cls(tmp / "bench-ca.crt", tmp / "distribution.crt", tmp / "distribution.key")
 
 
-def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Server:
+def moorage(tmp: Path, workers: int | None, tls: bool = False, name: str = "Moorage") -> Server:
+    """One replica (`moorage run`) in `tmp/<name>`; with `tls`, HTTPS on loopback (`--tls`)."""
+    data_dir = tmp / name.lower().replace(" ", "-")
     port, client_port, peer_port = free_port(), free_port(), free_port()
     argv = [
         *moorage_cmd("run"),
         "--data-dir",
-        str(tmp / "moorage"),
+        str(data_dir),
         "--http-addr",
         f"127.0.0.1:{port}",
         "--etcd-client-port",
@@ -212,7 +228,7 @@ def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Serv
     ]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    if pki is not None:
+    if tls:
         argv.append("--tls")
     token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
     env = {"MOORAGE_ADMIN_PASSWORD": ADMIN_PASSWORD, "MOORAGE_LOG_LEVEL": "WARNING"}
@@ -220,13 +236,13 @@ def moorage(tmp: Path, workers: int | None, pki: BenchPki | None = None) -> Serv
     env.update({k: v for k, v in os.environ.items() if k.startswith("MOORAGE_")})
     env["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     return Server(
-        name="Moorage",
-        url=f"{'https' if pki else 'http'}://127.0.0.1:{port}",
+        name=name,
+        url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
         argv=argv,
-        log_path=tmp / "moorage.log",
+        log_path=tmp / f"{data_dir.name}.log",
         env=env,
         authorization=f"Basic {token}",
-        verify=pki.context() if pki else True,
+        ca_file=data_dir / "tls" / "ca.crt" if tls else None,
     )
 
 
@@ -267,19 +283,21 @@ http:
 """
 
 
-def distribution(tmp: Path, pki: BenchPki | None = None) -> Server:
+def distribution(tmp: Path, pki: BenchPki | None = None, name: str = "Distribution") -> Server:
+    """Distribution in `tmp/<name>`; with `pki`, HTTPS (http.tls) with the bench CA's cert."""
     port = free_port()
-    config = tmp / "distribution.yml"
-    text = DISTRIBUTION_CONFIG.format(root=tmp / "distribution", port=port)
+    slug = name.lower().replace(" ", "-")
+    config = tmp / f"{slug}.yml"
+    text = DISTRIBUTION_CONFIG.format(root=tmp / slug, port=port)
     if pki is not None:  # TLS 1.2 floor as Moorage's
         text += f"  tls:\n    certificate: {pki.cert}\n    key: {pki.key}\n    minimumtls: tls1.2\n"
     config.write_text(text)
     return Server(
-        name="Distribution",
+        name=name,
         url=f"{'https' if pki else 'http'}://127.0.0.1:{port}",
         argv=[DISTRIBUTION_BINARY, "serve", str(config)],
-        log_path=tmp / "distribution.log",
-        verify=pki.context() if pki else True,
+        log_path=tmp / f"{slug}.log",
+        verify=client_context([pki.ca_file]) if pki else True,
     )
 
 

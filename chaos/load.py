@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import ssl
 import threading
 import time
 from collections import Counter
@@ -51,20 +52,23 @@ class Load:
         self.failures: Counter[str] = Counter()
         self.samples: dict[str, str] = {}  # kind -> the first server error of that kind
         self._targets: list[str] = []
+        self._trust: ssl.SSLContext | bool = True
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rr = itertools.count()
 
-    def set_targets(self, urls: list[str]) -> None:
+    def set_targets(self, urls: list[str], trust: ssl.SSLContext | bool = True) -> None:
+        """Push to `urls` from now on; HTTPS verified with `trust` (the cluster CA)."""
         with self._lock:
             self._targets = list(urls)
+            self._trust = trust
 
-    def _next_target(self) -> str | None:
+    def _next_target(self) -> tuple[str, ssl.SSLContext | bool] | None:
         with self._lock:
             if not self._targets:
                 return None
-            return self._targets[next(self._rr) % len(self._targets)]
+            return self._targets[next(self._rr) % len(self._targets)], self._trust
 
     def start(self) -> None:
         for w in range(self.workers):
@@ -87,14 +91,15 @@ class Load:
             for seq in itertools.count():
                 if self._stop.is_set():
                     return
-                url = self._next_target()
-                if url is None:
+                target = self._next_target()
+                if target is None:
                     time.sleep(0.1)
                     continue
+                url, trust = target
                 client = clients.get(url)
                 if client is None:
                     client = clients[url] = httpx.Client(
-                        base_url=url, auth=AUTH, timeout=self.timeout
+                        base_url=url, auth=AUTH, timeout=self.timeout, verify=trust
                     )
                 repo, tag = f"chaos/{self.name}/w{w}", f"p{seq}"
                 image = make_image(f"{self.name}/{w}/{seq}/{time.time_ns()}", self.layer_size)
@@ -137,9 +142,11 @@ class Load:
         time.sleep(0.2)
 
 
-def verify_all(acks: list[Ack], urls: list[str], threads: int = 8) -> list[str]:
-    """Pull every acknowledged image (round-robin over `urls`, retried on the others) and
-    check every digest; return one line per image that could not be verified."""
+def verify_all(
+    acks: list[Ack], urls: list[str], trust: ssl.SSLContext | bool = True, threads: int = 8
+) -> list[str]:
+    """Pull every acknowledged image (round-robin over `urls`, retried on the others; HTTPS
+    verified with `trust`) and check every digest; one line per image not verified."""
     if not urls:
         return [f"{a.ref}: no healthy replica to pull from" for a in acks]
     local = threading.local()
@@ -148,7 +155,7 @@ def verify_all(acks: list[Ack], urls: list[str], threads: int = 8) -> list[str]:
     def client(url: str) -> httpx.Client:
         pool: dict[str, httpx.Client] = local.__dict__.setdefault("pool", {})
         if url not in pool:
-            pool[url] = httpx.Client(base_url=url, auth=AUTH, timeout=30)
+            pool[url] = httpx.Client(base_url=url, auth=AUTH, timeout=30, verify=trust)
             made.append(pool[url])
         return pool[url]
 
@@ -179,13 +186,13 @@ def verify_all(acks: list[Ack], urls: list[str], threads: int = 8) -> list[str]:
     return [r for r in results if r]
 
 
-def missing_tags(acks: list[Ack], url: str) -> list[Ack]:
+def missing_tags(acks: list[Ack], url: str, trust: ssl.SSLContext | bool = True) -> list[Ack]:
     """The acknowledged pushes whose tag the replica at `url` does not list (tag lists come
     from the store alone, so this works on a read-only replica and without blob bytes)."""
     by_repo: dict[str, set[str]] = {}
     for a in acks:
         by_repo.setdefault(a.repo, set())
-    with httpx.Client(base_url=url, auth=AUTH, timeout=30) as c:
+    with httpx.Client(base_url=url, auth=AUTH, timeout=30, verify=trust) as c:
         for repo, tags in by_repo.items():
             path: str | None = f"/v2/{repo}/tags/list?n=1000"
             while path:

@@ -4,6 +4,10 @@ acknowledged image through the healthy replicas and checks every digest.
 
 Load runs in three phases of `duration / 3` seconds each: before the fault, during it, and
 after the recovery (total-loss has a fourth: between the backup and the loss).
+
+Every cluster serves HTTPS (`--tls` on loopback; by default in network namespaces): pushers,
+verifier and CLI trust only the cluster CA that `moorage ca export` wrote (a restore makes a
+new CA, which is exported and trusted from then on).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class Run:
     def __init__(self, name: str, opts: Options, workdir: Path, lab: NetLab | None) -> None:
         self.name = name
         self.opts = opts
-        self.cluster = Cluster(workdir, lab)
+        self.cluster = Cluster(workdir, lab, tls=True)
         self.load = Load(name, workers=opts.workers)
         self.result = Result(name, opts.replicas)
         self.t0 = time.monotonic()
@@ -130,7 +134,8 @@ class Run:
         self.event(f"phase: {phase} ({len(self.load.acks)} acknowledged so far)")
 
     def targets(self, nodes: list[Node] | None = None) -> None:
-        self.load.set_targets([n.url for n in (nodes or self.cluster.nodes)])
+        nodes = nodes or self.cluster.nodes
+        self.load.set_targets([n.url for n in nodes], nodes[0].verify())
 
     def build(self) -> None:
         self.cluster.install()
@@ -215,8 +220,9 @@ def _wait_read_only(node: Node, patience: float = 60) -> None:
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{node.url}/_ping", timeout=5).json().get("read_only") is True:
-                return
+            with node.client(timeout=5) as c:
+                if c.get("/_ping").json().get("read_only") is True:
+                    return
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.3)
@@ -262,7 +268,7 @@ def majority_loss(run: Run) -> None:
     # it lacks are what etcd alone would lose if the repair picks it.
     time.sleep(1)
     acks = list(run.load.acks)
-    lacking = {s.replica_id: missing_tags(acks, s.url) for s in survivors}
+    lacking = {s.replica_id: missing_tags(acks, s.url, s.verify()) for s in survivors}
     run.event(
         "survivors lack acknowledged pushes: "
         + ", ".join(f"{rid}: {len(m)}" for rid, m in lacking.items())
@@ -320,13 +326,14 @@ def total_loss(run: Run) -> None:
     # What the backup alone brings back: restore it, without the journal, into scratch
     # storage (the real blob storage is not touched), and list the tags it has.
     scratch = run.cluster.new_node()
+    scratch.ca_file = scratch.data_dir / "tls" / "ca.crt"  # a restore makes a CA of its own
     run.cluster.retired.append(scratch)
     run.cluster.cli(
         "restore", "--yes", "--in", str(backup), *scratch.flags(),
         "--storage", str(run.cluster.root / "scratch-blobs"), "--no-replay-journal", "--json",
     )  # fmt: skip
     try:
-        lacking = missing_tags(acks, scratch.url)
+        lacking = missing_tags(acks, scratch.url, scratch.verify())
     finally:
         run.cluster.cli("destroy", "--yes", "--data-dir", str(scratch.data_dir), check=False)
     run.result.etcd_alone_lost = len(lacking)
@@ -349,6 +356,8 @@ def total_loss(run: Run) -> None:
     doc = json.loads(run.cluster.cli(*args, "--json").stdout)
     node.replica_id = doc["replica_id"]
     run.cluster.nodes = [node]
+    fingerprint = run.cluster.trust(node)  # the restored cluster has a new CA
+    run.event(f"trusting the restored cluster's CA {fingerprint}")
     run.result.journal_replayed = int(doc["journal_replayed"]["applied"])
     run.event(
         f"restored {node} as cluster {doc['cluster_id']}, replayed "
@@ -414,7 +423,8 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
         time.sleep(run.third)
         run.load.stop()
         run.event(f"load stopped: {len(run.load.acks)} acknowledged; verifying")
-        result.lost = verify_all(run.load.acks, [n.url for n in run.cluster.nodes])
+        nodes = run.cluster.nodes
+        result.lost = verify_all(run.load.acks, [n.url for n in nodes], nodes[0].verify())
         result.verified = len(run.load.acks) - len(result.lost)
         run.event(f"verified {result.verified}, lost {len(result.lost)}")
     except Exception as exc:

@@ -3,6 +3,11 @@
 Replicas run on loopback, or each in its own network namespace (`NetLab`) so that the
 network between them can be cut. Every process is found by pid (the replica's
 `D/run/*.pid` files and, with namespaces, `ip netns pids`) and stopped by pid.
+
+With `tls` (always in namespaces, whose addresses are not loopback) the replicas serve HTTPS
+with their cluster certificates, and every client trusts only the cluster CA as
+`moorage ca export` writes it (`Cluster.ca_file`): the CLI through MOORAGE_CA_FILE, the HTTP
+clients of `Node.client()` through `Node.verify()`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -35,11 +41,21 @@ from harness.process import (
 class Node:
     """One replica: its data directory, addresses and (optionally) network namespace."""
 
-    def __init__(self, root: Path, name: str, slot: Slot | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        slot: Slot | None = None,
+        tls: bool = False,
+        ca_file: Path | None = None,
+    ) -> None:
+        """`tls`: serve HTTPS (implied in a namespace); `ca_file`: the CA its clients trust."""
         self.name = name
         self.data_dir = root / name
         self.slot = slot
         self.host = slot.host if slot is not None else "127.0.0.1"
+        self.tls = tls or slot is not None
+        self.ca_file = ca_file if ca_file is not None else self.data_dir / "tls" / "ca.crt"
         self.port = free_port()
         self.etcd_client_port = free_port()
         self.etcd_peer_port = free_port()
@@ -47,7 +63,15 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client of this replica verifies its HTTPS with: only `ca_file`."""
+        if not self.tls:
+            return True
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
     def prefix(self) -> list[str]:
         return self.slot.prefix() if self.slot is not None else []
@@ -59,9 +83,10 @@ class Node:
             "--etcd-peer-port", str(self.etcd_peer_port),
         ]  # fmt: skip
         if self.slot is not None:
-            # A non-loopback address serves HTTPS unless told otherwise; these namespaces'
-            # clusters still speak plain HTTP (their replicas have no certificates yet).
-            out += ["--etcd-host", self.host, "--insecure-http"]
+            # A non-loopback address serves HTTPS with the cluster certificate by default.
+            out += ["--etcd-host", self.host]
+        elif self.tls:
+            out.append("--tls")
         return out
 
     def pids(self) -> list[int]:
@@ -81,7 +106,7 @@ class Node:
         return log_tail(self.data_dir / "logs" / "moorage.log", lines)
 
     def client(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(base_url=self.url, auth=AUTH, timeout=timeout)
+        return httpx.Client(base_url=self.url, auth=AUTH, timeout=timeout, verify=self.verify())
 
     def __repr__(self) -> str:
         return f"Node({self.name} {self.replica_id or '?'} {self.url})"
@@ -90,16 +115,24 @@ class Node:
 class Cluster:
     """Replicas under `root`, sharing the blob storage `root/blobs`.
 
-    `env` is added to every command's environment; `node_class` makes the nodes."""
+    `env` is added to every command's environment; `node_class` makes the nodes; `tls`
+    (always with namespaces) makes them serve HTTPS, trusted through `ca_file`."""
 
     node_class: type[Node] = Node
 
     def __init__(
-        self, root: Path, lab: NetLab | None = None, env: Mapping[str, str] | None = None
+        self,
+        root: Path,
+        lab: NetLab | None = None,
+        env: Mapping[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root
         self.storage = root / "blobs"
         self.lab = lab
+        self.tls = lab is not None or bool(tls)  # namespaces' addresses always serve HTTPS
+        self.ca_file = root / "ca.crt"  # what `moorage ca export` wrote; clients trust only it
+        self.ca_fingerprint = ""  # of the CA in ca_file
         self.env = dict(env or {})
         self.nodes: list[Node] = []
         self.retired: list[Node] = []  # replicas taken out (destroyed); still cleaned up
@@ -116,9 +149,21 @@ class Cluster:
 
     def new_node(self) -> Node:
         slot = self.lab.add() if self.lab is not None else None
-        node = self.node_class(self.root, f"r{self._names}", slot)
+        node = self.node_class(self.root, f"r{self._names}", slot, self.tls, self.ca_file)
         self._names += 1
         return node
+
+    def trust(self, node: Node) -> str:
+        """Trust the CA of `node`'s cluster from now on (after install or restore): written
+        to `ca_file` by `moorage ca export`, given to every later command as MOORAGE_CA_FILE.
+        Its fingerprint."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        out = self.cli(
+            "ca", "export", "--data-dir", str(node.data_dir), "--out", str(self.ca_file), "--json"
+        )
+        self.env["MOORAGE_CA_FILE"] = str(self.ca_file)
+        self.ca_fingerprint = str(json.loads(out.stdout)["fingerprint"])
+        return self.ca_fingerprint
 
     def install(self) -> Node:
         node = self.new_node()
@@ -130,6 +175,8 @@ class Cluster:
         )  # fmt: skip
         node.replica_id = doc["replica_id"]
         self.nodes.append(node)
+        if self.tls:
+            self.trust(node)
         return node
 
     def join(self, via: Node | None = None, unsafe: bool = False, attempts: int = 3) -> Node:

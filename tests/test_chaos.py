@@ -1,6 +1,8 @@
 """A short run of every chaos scenario (`make chaos` runs them longer): three replicas, and
 five for the two kill scenarios; concurrent pushers, one fault per scenario; not one
-acknowledged push may be lost."""
+acknowledged push may be lost. Every cluster serves HTTPS (TLS on, etcd with mutual TLS): the
+pushers, the verifier and the CLI trust only the CA `moorage ca export` wrote, the restored
+cluster's new one after total-loss."""
 
 from __future__ import annotations
 

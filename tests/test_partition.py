@@ -3,19 +3,34 @@
 The majority side keeps serving reads and writes and reports the cut replica; the cut
 replica serves reads only and refuses every write, so the two sides never accept diverging
 writes (no split brain); after the heal the cut replica serves everything pushed meanwhile.
+
+The replicas listen on non-loopback addresses, so everything runs over TLS: the API serves
+HTTPS with the cluster certificates (every client here trusts only the CA `moorage ca export`
+wrote) and etcd speaks mutual TLS, which no process without a cluster certificate gets through.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from chaos.images import Image, PushRefused, make_image, push, verify
 from harness.cluster import Cluster, Node
+from harness.process import moorage
 
+from moorage.pki import ca as pki
+from moorage.pki.files import TlsDir
 from tests.netns import net_cluster, run_in_netns
+from tests.test_clients import CREDS, build_image, image_blobs
+from tests.test_pki_etcd import etcdctl, issue
 
 __all__ = ["net_cluster"]  # the fixture, imported for pytest
 
@@ -66,7 +81,7 @@ def wait_read_only(node: Node, patience: float = 60) -> None:
     assert node.slot is not None
 
     def ping() -> tuple[int, int]:
-        with httpx.Client(base_url=node.url, timeout=5) as c:
+        with node.client(timeout=5) as c:
             return c.get("/_ping").status_code, c.get("/_ping?writable=1").status_code
 
     deadline = time.monotonic() + patience
@@ -161,3 +176,81 @@ def test_cut_leader(net_cluster: Cluster) -> None:
     partition_then_heal(net_cluster, leader)
     # The majority elected another leader while the old one was cut off.
     assert net_cluster.status()["scenario"] == "healthy"
+
+
+def skopeo(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    if shutil.which("skopeo") is None:
+        pytest.fail("skopeo is not installed (make install brings it)")
+    p = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=240)
+    assert (p.returncode == 0) == ok, f"skopeo {' '.join(args)}: {p.returncode}\n{p.stderr}"
+    return p
+
+
+def test_tls_everywhere_on_a_network_cluster(net_cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 12's check: three replicas on non-loopback addresses; no process without a
+    cluster certificate reads or writes any etcd member; skopeo copies an image over HTTPS
+    trusting nothing but what `moorage ca export` wrote, and is refused without it."""
+    cluster = net_cluster
+    nodes = three(cluster)
+    assert all(n.url.startswith("https://10.77.") for n in nodes), nodes
+    first = TlsDir(nodes[0].data_dir)
+    foreign = issue(pki.create_ca("someone-else"), tmp_path / "foreign", "intruder")
+    probe = f"https://{nodes[0].host}:{nodes[0].etcd_client_port}"
+    assert etcdctl(probe, "put", "/tls-probe", "v1", tls=first).returncode == 0
+    # From the root namespace, across the bridge: what anyone on the network can try. Each
+    # refused attempt waits for etcdctl's timeouts, so they all run at once.
+    attempts: dict[tuple[str, str, str], list[str]] = {}
+    for node in nodes:
+        url = f"https://{node.host}:{node.etcd_client_port}"
+        for label, opts in {
+            "no certificate": ["--cacert", str(first.ca_cert)],
+            "a certificate of another CA": [
+                "--cacert", str(foreign.ca_cert), "--cert", str(foreign.cert),
+                "--key", str(foreign.key),
+            ],
+        }.items():  # fmt: skip
+            attempts[(node.name, label, "read")] = [url, *opts, "get", "/", "--prefix"]
+            attempts[(node.name, label, "write")] = [url, *opts, "put", "/tls-probe", "evil"]
+        plain = f"http://{node.host}:{node.etcd_client_port}"
+        attempts[(node.name, "plain http", "write")] = [plain, "put", "/tls-probe", "evil"]
+    with ThreadPoolExecutor(len(attempts)) as pool:
+        outs = pool.map(lambda argv: etcdctl(*argv), attempts.values())
+        results = dict(zip(attempts, outs, strict=True))
+    for what, result in results.items():
+        assert result.returncode != 0, (what, result.stdout)
+        assert "/moorage" not in result.stdout, what
+    for node in nodes:
+        # The member's own certificate works, and nothing above was written.
+        url = f"https://{node.host}:{node.etcd_client_port}"
+        got = etcdctl(url, "get", "/tls-probe", "--print-value-only", tls=TlsDir(node.data_dir))
+        assert got.stdout == "v1\n", (node, got.stderr)
+
+    # A client host: the CA from `moorage ca export --existing`, pinned by the fingerprint
+    # `moorage ca export --data-dir` prints on a replica's host, in a certs.d-style directory
+    # (what /etc/containers/certs.d/HOST:PORT/ holds).
+    target = nodes[1]
+    installed = json.loads(moorage("ca", "export", "--data-dir", str(nodes[0].data_dir),
+                                   "--json").stdout)["fingerprint"]  # fmt: skip
+    assert installed == cluster.ca_fingerprint
+    certs = tmp_path / "certs.d"
+    certs.mkdir()
+    moorage("ca", "export", "--existing", target.url, "--ca-fingerprint", installed,
+            "--out", str(certs / "ca.crt"))  # fmt: skip
+    src = tmp_path / "src"
+    digest = build_image(src, "v1", "amd64", [{"etc/motd": b"over TLS, off loopback\n"}], tmp_path)
+    ref = f"docker://{target.host}:{target.port}/net/tls:v1"
+    refused = skopeo("copy", "--dest-creds", CREDS, f"oci:{src}:v1", ref, ok=False)
+    assert "x509" in refused.stderr or "unknown authority" in refused.stderr, refused.stderr
+    digestfile = tmp_path / "digest"
+    skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", CREDS,
+           "--digestfile", str(digestfile), f"oci:{src}:v1", ref)  # fmt: skip
+    assert digestfile.read_text().strip() == digest
+    # Every replica serves it (each its own certificate of the one CA), pulled back whole.
+    for node in nodes:
+        out = tmp_path / f"out-{node.name}"
+        skopeo("copy", "--src-cert-dir", str(certs), "--src-creds", CREDS,
+               f"docker://{node.host}:{node.port}/net/tls:v1", f"oci:{out}:back")  # fmt: skip
+        assert image_blobs(out, digest) == image_blobs(src, digest)
+    # Plain HTTP to an HTTPS port gets no registry answer.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{target.host}:{target.port}/v2/", timeout=10)

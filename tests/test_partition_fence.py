@@ -1,5 +1,6 @@
 """Emergency repair across a partition: the survivor it runs on cannot see the old majority,
-which still has its own quorum and keeps taking pushes while the repair runs.
+which still has its own quorum and keeps taking pushes while the repair runs. Every replica
+serves HTTPS (non-loopback addresses), verified against the cluster CA only.
 
 Once the repair has written the fence, every push to the old majority answers 503, and every
 push that any replica acknowledged (201) is in the repaired cluster: a push acknowledged by
@@ -14,10 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import httpx
 from chaos.images import Image, make_image
 from harness.cluster import Cluster, Node
-from harness.process import AUTH
 
 from tests.netns import net_cluster
 from tests.test_partition import check_pull, push_ok, three, try_push, wait_read_only
@@ -102,7 +101,7 @@ def test_fence_stops_the_old_majority_and_loses_no_acknowledged_push(
 
     # The old majority's admin API refuses too.
     for node in majority:
-        with httpx.Client(base_url=node.url, auth=AUTH) as c:
+        with node.client() as c:
             refused = c.put("/v2/fence/app/manifests/x", content=before.manifest, headers={
                 "Content-Type": "application/vnd.oci.image.manifest.v1+json"
             })  # fmt: skip
