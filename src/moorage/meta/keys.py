@@ -157,3 +157,10 @@ def join_token(digest: str) -> bytes:
 
 def join_claim(digest: str) -> bytes:
     return JOIN_CLAIMS + digest.encode()
+
+
+#: The cluster-wide audit log (moorage.audit.log), outside ROOT (never in backups: a restore
+#: makes a new cluster, whose log starts with the restore itself):
+#: `<AUDIT_EVENTS><unix µs, 17 digits>-<origin>-<sequence, 8 hex>` -> the event (JSON). Keys
+#: sort by time, so a time range is a key range and paging resumes after the last key read.
+AUDIT_EVENTS = b"/moorage-audit/events/"
