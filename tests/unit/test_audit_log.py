@@ -11,18 +11,14 @@ from collections.abc import Sequence
 import pytest
 
 from moorage.audit import DENIED, AuditEvent
-from moorage.audit.log import (
-    END,
-    PREFIX,
+from moorage.audit.log import END, PREFIX, EtcdAuditLog, Retention, trim
+from moorage.audit.query import (
     BadQuery,
-    EtcdAuditLog,
     Query,
-    Retention,
     decode_cursor,
     encode_cursor,
     parse_time,
     read_events,
-    trim,
 )
 from moorage.errors import StoreUnavailable
 from moorage.meta.base import Guard, Op

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from moorage.api.cluster import _admin_identity, _JSONResponse
 from moorage.api.http import decimal
 from moorage.api.state import AppState
-from moorage.audit.log import DEFAULT_LIMIT, MAX_LIMIT, BadQuery, Query, parse_time, read_events
+from moorage.audit.query import DEFAULT_LIMIT, MAX_LIMIT, BadQuery, Query, parse_time, read_events
 from moorage.errors import MoorageError
 
 _PARAMS = frozenset({"since", "until", "limit", "cursor", "actor", "action", "format"})

@@ -32,7 +32,8 @@ def _clean(value: object) -> str:
 
 def event_line(doc: dict[str, Any]) -> str:
     """One event as a line of text."""
-    detail = doc.get("detail") if isinstance(doc.get("detail"), dict) else {}
+    found = doc.get("detail")
+    detail: dict[str, Any] = found if isinstance(found, dict) else {}
     extra = " ".join(f"{_clean(k)}={_clean(v)}" for k, v in sorted(detail.items()))
     parts = [
         _clean(doc.get("time")),
@@ -105,7 +106,7 @@ def audit(
 ) -> None:
     """The cluster-wide audit log: logins, pushes, deletes, account, permission and token
     changes, cluster operations; oldest first, one line per event."""
-    from moorage.audit.log import BadQuery, parse_time
+    from moorage.audit.query import BadQuery, parse_time
 
     try:
         start = parse_time(since)
