@@ -283,6 +283,29 @@ def test_retention_trims_the_oldest(cluster: Cluster) -> None:
     assert not any(t.startswith(("old/", "aged/")) for t in oldest)
 
 
+def test_a_restore_starts_the_new_cluster_s_log(cluster: Cluster, tmp_path: Path) -> None:
+    r0 = cluster.nodes[0]
+    backup = tmp_path / "b.tar"
+    cluster.cli("backup", "--existing", r0.url, "--out", str(backup), "--json")
+    fresh = Node(cluster.root, "restored")
+    cluster.retired.append(fresh)  # stopped with the others, never one of the cluster's
+    doc = json.loads(
+        cluster.cli(
+            "restore", "--yes", "--in", str(backup), *fresh.flags(),
+            "--storage", str(tmp_path / "blobs"), "--no-replay-journal", "--json",
+        ).stdout
+    )  # fmt: skip
+    # (this test's own logins into the new cluster aside)
+    found = [e for e in events(fresh, since="1h") if e["action"] != "login"]
+    assert [e["action"] for e in found] == ["restore"]  # nothing of the old cluster's log
+    (e,) = found
+    assert e["target"] == f"cluster:{doc['cluster_id']}"
+    assert e["actor"].startswith("local:")
+    assert e["detail"]["from_cluster_id"] == DataDir(r0.data_dir).load().cluster_id
+    assert e["detail"]["archive"] == str(backup)
+    cluster.stop(fresh)
+
+
 def test_the_log_survives_the_loss_of_a_replica(cluster: Cluster) -> None:
     """Last: it kills the first replica, reads the log through the others, removes it."""
     r0, r1, r2 = cluster.nodes
