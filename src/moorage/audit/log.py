@@ -282,6 +282,8 @@ class EtcdAuditLog(AuditSink):
                         log.info("audit log: %d old event(s) trimmed", deleted)
             except MoorageError as exc:
                 log.warning("audit log trim failed: %s", exc)
+            except Exception:  # the job goes on: a later round may succeed
+                log.exception("audit log trim failed")
             await asyncio.sleep(interval)
 
     async def _trim_turn(self, interval: float) -> bool:
