@@ -9,13 +9,14 @@ sequence counts its events: keys are unique and sort by time, so a time range is
 range and a page resumes after the last key it returned (the opaque cursor is that key).
 
 Writing never slows the operation it describes: `EtcdAuditLog.record` only appends to a
-buffer in memory; a flusher writes the buffer every `FLUSH_INTERVAL` (0.1 s) or as soon as
-`FLUSH_COUNT` events wait, in one transaction per batch. Security events (failed logins,
-account, permission and token changes, cluster operations: everything but pushes, deletes
-and successful logins) are flushed at once. While etcd cannot take them the events stay
-buffered (up to `BUFFER_MAX`) and the flush is retried with backoff; an event that does not
-fit is written to the process log instead, in full, with a warning. A retried batch rewrites
-the same keys, so a write that succeeded but whose answer was lost makes no duplicate.
+buffer in memory (the flusher encodes the events); the flusher writes the buffer every
+`FLUSH_INTERVAL` (0.1 s) or as soon as `FLUSH_COUNT` events wait, one transaction per
+batch. Security events (failed logins, account, permission and token changes, cluster
+operations: everything but pushes, deletes and successful logins) are flushed at once.
+While etcd cannot take them the events stay buffered (up to `BUFFER_MAX`) and the flush is
+retried with backoff; an event that does not fit is written to the process log instead, in
+full, with a warning. A retried batch rewrites the same keys, so a write that succeeded but
+whose answer was lost makes no duplicate.
 
 Retention (`trim`): events older than MOORAGE_AUDIT_MAX_AGE seconds (default 90 days) and
 the oldest beyond MOORAGE_AUDIT_MAX_EVENTS (default 1,000,000) are deleted in bounded
@@ -172,7 +173,8 @@ class EtcdAuditLog(AuditSink):
         self.flush_count = max(1, min(flush_count, TXN_OPS))
         self.buffer_max = buffer_max
         self.retention = retention or Retention.from_env()
-        self.buffer: deque[tuple[bytes, bytes]] = deque()
+        # (key, event): encoded by the flusher, off the request's path
+        self.buffer: deque[tuple[bytes, AuditEvent]] = deque()
         self.dropped = 0
         self.written = 0
         self._pending = asyncio.Event()
@@ -191,7 +193,7 @@ class EtcdAuditLog(AuditSink):
                     event.json_line(),
                 )
                 return
-            self.buffer.append((self.keys.next(event.at), encode(event)))
+            self.buffer.append((self.keys.next(event.at), event))
             self._pending.set()
             if urgent(event) or len(self.buffer) >= self.flush_count:
                 self._now.set()
@@ -223,7 +225,8 @@ class EtcdAuditLog(AuditSink):
     def _batch(self) -> list[tuple[bytes, bytes]]:
         batch: list[tuple[bytes, bytes]] = []
         size = 0
-        for key, value in self.buffer:
+        for key, event in self.buffer:
+            value = encode(event)
             if batch and (
                 len(batch) >= self.flush_count or size + len(key) + len(value) > TXN_BYTES
             ):
@@ -266,8 +269,8 @@ class EtcdAuditLog(AuditSink):
             self._flusher = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), patience)
-        for _, value in self.buffer:
-            log.error("audit event not written to the cluster's log: %s", value.decode())
+        for _, event in self.buffer:
+            log.error("audit event not written to the cluster's log: %s", event.json_line())
         self.dropped += len(self.buffer)
         self.buffer.clear()
 
