@@ -150,7 +150,12 @@ class Keys:
 
 
 def encode(event: AuditEvent) -> bytes:
-    return json.dumps(stored_form(event), separators=(",", ":"), sort_keys=True).encode()
+    try:
+        doc = stored_form(event)
+    except Exception:  # a field that is not what it says: keep what can be kept
+        log.exception("audit event partly unreadable")
+        doc = {"action": _cut(event.action, 64), "at": time.time(), "detail": {"error": "bad"}}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
 class EtcdAuditLog(AuditSink):
