@@ -227,3 +227,22 @@ def test_time_forms_and_cursors() -> None:
     for bad in ("", "!!", "Zm9v", encode_cursor(PREFIX + b"../../etc"), "A" * 500):
         with pytest.raises(BadQuery):
             decode_cursor(bad)
+
+
+def test_text_lines_escape_control_characters() -> None:
+    from moorage.cli.audit import event_line
+
+    line = event_line(
+        {
+            "time": "2026-12-01T04:00:00.000Z",
+            "action": "login",
+            "outcome": "denied",
+            "actor": "evil\x1b[2J\nroot",
+            "client": "10.0.0.1",
+            "target": "user:evil\u2028x",
+            "detail": {"method": "password\r"},
+        }
+    )
+    assert line.isprintable()
+    assert "actor=evil\\u001b[2J\\nroot" in line
+    assert line.endswith("method=password\\r")
