@@ -27,6 +27,7 @@ TIERS = {
     "test_partition.py": "netns",
     "test_partition_fence.py": "netns",
     "test_chaos.py": "chaos",
+    "test_audit.py": "cluster",
     "test_backup_hardening.py": "cluster",
     "test_cluster.py": "cluster",
     "test_etcd_tls.py": "cluster",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from moorage.api import auditing
 from moorage.api.errors import API_VERSION_HEADER
 from moorage.api.http import byte_range, reply
 from moorage.api.state import AppState
@@ -44,4 +45,5 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
 
 async def delete_blob(request: Request, st: AppState, name: str, digest: str) -> Response:
     await st.registry.blobs.delete(name, digest)
+    await auditing.record(request, st, "delete", f"{name}@{digest}", {"kind": "blob"})
     return reply(202, {"Content-Length": "0"})

@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moorage.api import auditing
 from moorage.api import join_tokens as join_api
 from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
@@ -196,6 +197,11 @@ async def join(request: Request, st: AppState, store: EtcdCluster, body: dict[st
         peer_url=peer_url,
         unsafe=bool(body.get("unsafe", False)),
     )
+    detail = {"peer_url": peer_url, "http_addr": str(body["http_addr"])[:300]}
+    if body.get("unsafe"):
+        detail["unsafe"] = "true"
+    who = f"join-token:{grant.digest[:12]}" if grant is not None else None
+    await auditing.record(request, st, "join", f"replica:{replica_id}", detail, actor=who)
     return {**answer, **tls}
 
 
@@ -236,13 +242,18 @@ async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[
     ids = body["replica_ids"]
     if not isinstance(ids, list) or not ids:
         raise ValueError("replica_ids must be a non-empty list")
-    return await membership.remove(
+    doc = await membership.remove(
         store,
         st.config,
         [str(i) for i in ids],
         bool(body.get("force")),
         dry_run=bool(body.get("dry_run")),
     )
+    if not body.get("dry_run"):
+        detail = {"force": "true"} if body.get("force") else {}
+        for rid in [str(i)[:64] for i in ids[:64]]:
+            await auditing.record(request, st, "remove", f"replica:{rid}", detail)
+    return doc
 
 
 async def storage_probe(
@@ -276,6 +287,10 @@ async def backup_metadata(
     reads it), and one line per record left out because it is invalid."""
     snapshot, invalid = await store.snapshot()
     cluster = await store.get_cluster()
+    # A backup is recorded when the records leave the cluster (the archive is written by
+    # the command, on its own host, which may not reach etcd).
+    detail = {"revision": str(snapshot.revision), "records": str(len(snapshot.entries))}
+    await auditing.record(request, st, "backup", f"cluster:{st.config.cluster_id}", detail)
     return {
         "cluster_id": st.config.cluster_id,
         "epoch": cluster.epoch if cluster else st.config.epoch,

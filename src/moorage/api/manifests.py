@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from moorage.api import auditing
 from moorage.api.http import decimal, reply
 from moorage.api.state import AppState
 from moorage.errors import ManifestInvalid, ManifestTooLarge
@@ -63,6 +64,10 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
     }
     if pushed.subject:
         headers["OCI-Subject"] = pushed.subject
+    detail = {"digest": str(pushed.digest)}
+    if tag_params:
+        detail["tags"] = ",".join(dict.fromkeys(tag_params))
+    await auditing.record(request, st, "push", _target(name, reference), detail)
     response = reply(201, headers)
     for tag in dict.fromkeys(tag_params):  # one OCI-Tag header per `?tag=` applied
         response.headers.append("OCI-Tag", tag)
@@ -71,4 +76,11 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
 
 async def delete_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
     await st.registry.manifests.delete(name, reference)
+    kind = "manifest" if ":" in reference else "tag"
+    await auditing.record(request, st, "delete", _target(name, reference), {"kind": kind})
     return reply(202, {"Content-Length": "0"})
+
+
+def _target(name: str, reference: str) -> str:
+    """`repo@sha256:...` for a digest, `repo:tag` for a tag (a tag never holds a colon)."""
+    return f"{name}@{reference}" if ":" in reference else f"{name}:{reference}"

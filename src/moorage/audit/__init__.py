@@ -8,10 +8,12 @@ events to the process log only (the in-memory store, and tests of single parts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger("moorage.audit")
@@ -43,6 +45,12 @@ class AuditSink(ABC):
     async def record(self, event: AuditEvent) -> None:
         """Keep `event`. Never raises: an audit failure is logged, it does not fail the
         operation it describes (the operation already happened)."""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """What the sink runs in the background while the replica serves (the etcd log's
+        flusher and retention job); nothing by default."""
+        yield
 
 
 class LoggingSink(AuditSink):

@@ -27,6 +27,7 @@ import ipaddress
 import math
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -95,8 +96,11 @@ class BasicAuthenticator(Authenticator):
         meta: MetaStore,
         throttle: LoginThrottle | None = None,
         verifier: PasswordVerifier | None = None,
+        on_login: Callable[[str, str | None, bool], Awaitable[None]] | None = None,
     ) -> None:
         self.meta = meta
+        # Told of every password check that ran (name, client address, ok): the audit log.
+        self.on_login = on_login
         self.throttle = throttle or LoginThrottle()
         self.verifier = verifier or PasswordVerifier()
         # Failures are shared through etcd when there is one (see moorage.auth.ledger).
@@ -178,6 +182,8 @@ class BasicAuthenticator(Authenticator):
             ok = await self.verifier.verify(check_key, password_hash, password, 0)
         else:
             ok = await self._check(name, peer, check_key, password_hash, password)
+            if self.on_login is not None:
+                await self.on_login(name, client, ok and user is not None)
         if not ok or user is None:
             return None
         identity = Identity(user.name, user.role)

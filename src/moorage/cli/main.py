@@ -13,6 +13,7 @@ import click
 
 from moorage import __version__
 from moorage.cli import access_tokens as token_commands
+from moorage.cli import audit as audit_log
 from moorage.cli import (
     backup,
     ca,
@@ -47,6 +48,7 @@ for _group in (
     certs,
     token_commands,
     token_keys,
+    audit_log,
 ):
     for _command in _group.COMMANDS:
         main.add_command(_command)

@@ -292,6 +292,11 @@ class EtcdMetaStore(MetaStore):
         )
         return int(resp.header.revision)
 
+    async def _count(self, start: bytes, end: bytes) -> int:
+        """etcd counts the keys of a range itself (one request, no keys sent)."""
+        resp = await self._read(rpc.RangeRequest(key=start, range_end=end, count_only=True))
+        return int(resp.count)
+
 
 # -- membership, leases and per-member status: what the cluster layer needs ---------------
 

@@ -195,3 +195,10 @@ TOKEN_KEY_NEWEST = b"/moorage-jwt/newest"
 
 def token_key(kid: str) -> bytes:
     return TOKEN_KEYS + kid.encode()
+
+
+#: The cluster-wide audit log (moorage.audit.log), outside ROOT (never in backups: a restore
+#: makes a new cluster, whose log starts with the restore itself):
+#: `<AUDIT_EVENTS><unix µs, 17 digits>-<origin>-<sequence, 8 hex>` -> the event (JSON). Keys
+#: sort by time, so a time range is a key range and paging resumes after the last key read.
+AUDIT_EVENTS = b"/moorage-audit/events/"

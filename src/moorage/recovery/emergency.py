@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from moorage.audit import AuditEvent
+from moorage.audit.log import command_actor, write_now
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import fence_grace, write_fence
 from moorage.cluster.guidance import rejoin_procedure
@@ -321,6 +323,17 @@ async def _rewrite(
             plan = plan_replay(config.storage, config.cluster_id, (old_epoch, survivor_revision))
             result = await apply(store, config.storage, plan)
             replayed = {"applied": result.applied, "unrecoverable": result.unrecoverable}
+        actor, host = command_actor()
+        detail = {
+            "epoch": str(epoch),
+            "survivor_revision": str(survivor_revision),
+            "removed_replicas": ",".join(sorted(r for r in records if r != config.replica_id)),
+            "journal_applied": str(replayed["applied"]),
+        }
+        event = AuditEvent(
+            "emergency-repair", actor, f"replica:{config.replica_id}", client=host, detail=detail
+        )
+        await write_now(store, [event], "emergency")
         return epoch, replayed
     finally:
         await store.close()

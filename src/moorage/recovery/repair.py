@@ -3,13 +3,18 @@ data wiped and re-synced from the cluster). `plan` says what it will do, `repair
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.audit import AuditEvent
+from moorage.audit.log import command_actor, write_now
 from moorage.cluster.lifecycle import stop
+from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
 from moorage.errors import MoorageError
+from moorage.meta.etcd import EtcdCluster
 from moorage.recovery.client import AdminClient
 from moorage.recovery.join import JoinResult, join
 
@@ -121,4 +126,20 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> Repa
         etcd_host=config.etcd_host,
         transport=config.transport,
     )
+    asyncio.run(_record(data_dir, client.auth[0], wiped))
     return RepairResult(joined, wiped)
+
+
+async def _record(data_dir: DataDir, admin: str, wiped: str) -> None:
+    """The repair, into the audit log through the repaired replica's own etcd member (it is
+    a voter again). A failure is logged: the repair itself is done."""
+    config = data_dir.load()
+    store = EtcdCluster([config.etcd_client_url], tls=client_tls(config))
+    try:
+        _, host = command_actor()
+        event = AuditEvent(
+            "repair", admin, f"replica:{config.replica_id}", client=host, detail={"wiped": wiped}
+        )
+        await write_now(store, [event], "repair")
+    finally:
+        await store.close()

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from moorage.audit import AuditEvent
+from moorage.audit.log import command_actor, write_now
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.lifecycle import start_background
 from moorage.cluster.replica_config import new_replica_config
@@ -136,7 +138,7 @@ def restore(
     etcd.start()
     try:
         etcd.wait_ready(timeout=60)
-        replayed = asyncio.run(_load(config, md, header, replay_journal))
+        replayed = asyncio.run(_load(config, md, header, replay_journal, archive))
     finally:
         etcd.stop()
     generated = None
@@ -200,7 +202,11 @@ def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
 
 
 async def _load(
-    config: ReplicaConfig, md: Metadata, header: dict[str, Any], replay_journal: bool
+    config: ReplicaConfig,
+    md: Metadata,
+    header: dict[str, Any],
+    replay_journal: bool,
+    archive: Path | None = None,
 ) -> dict[str, Any]:
     store = EtcdCluster([config.etcd_client_url], tls=client_tls(config))
     try:
@@ -212,18 +218,33 @@ async def _load(
             "since_time": header.get("created_at"),
         }
         if not replay_journal:
-            return {"applied": 0, "unrecoverable": [], "requested": False, **since}
-        plan = plan_replay(
-            config.storage, header["cluster_id"], (int(header["epoch"]), int(header["revision"]))
-        )
-        result = await apply(store, config.storage, plan)
-        return {
-            "applied": result.applied,
-            "unrecoverable": result.unrecoverable,
-            "requested": True,
-            "changes": plan.summary()["changes"],
-            **since,
+            replayed: dict[str, Any] = {"applied": 0, "unrecoverable": [], "requested": False}
+        else:
+            plan = plan_replay(
+                config.storage,
+                header["cluster_id"],
+                (int(header["epoch"]), int(header["revision"])),
+            )
+            result = await apply(store, config.storage, plan)
+            replayed = {
+                "applied": result.applied,
+                "unrecoverable": result.unrecoverable,
+                "requested": True,
+                "changes": plan.summary()["changes"],
+            }
+        # The new cluster's log starts with its restore (the old cluster's log stays behind).
+        actor, host = command_actor()
+        detail = {
+            "archive": str(archive) if archive is not None else "",
+            "from_cluster_id": str(header["cluster_id"]),
+            "backup_revision": str(header["revision"]),
+            "journal_applied": str(replayed["applied"]),
         }
+        event = AuditEvent(
+            "restore", actor, f"cluster:{config.cluster_id}", client=host, detail=detail
+        )
+        await write_now(store, [event], "restore")
+        return {**replayed, **since}
     except MoorageError:
         raise
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import set_health
+from moorage.audit.log import EtcdAuditLog, login_recorder, origin_name
 from moorage.auth.basic import BasicAuthenticator
 from moorage.auth.token_auth import TokenAuthenticator
 from moorage.cluster import jobs
@@ -46,9 +47,14 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
+    # The cluster-wide audit log: this worker's events, batched into the store.
+    audit = EtcdAuditLog(meta, origin_name(config.replica_id, os.getpid()))
     # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
-    auth = token_authenticator(config, meta, TokenAuthenticator(BasicAuthenticator(meta), meta))
-    replica = Replica(config=config, registry=Registry(storage, meta, journal), auth=auth)
+    basic = BasicAuthenticator(meta, on_login=login_recorder(audit))
+    auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
+    replica = Replica(
+        config=config, registry=Registry(storage, meta, journal), auth=auth, audit=audit
+    )
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
         replica.heartbeat = Heartbeat(meta, config)
@@ -72,7 +78,11 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="moorage-io")
         )
         try:
-            async with jobs.running(replica, admin_password, _observe), reloading(config, meta):
+            async with (
+                jobs.running(replica, admin_password, _observe),
+                reloading(config, meta),
+                replica.audit.running(),
+            ):
                 yield
         finally:
             replica.registry.close()  # the journal's descriptor would outlive the app
