@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from moorage.api.accounts import account_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
@@ -45,6 +46,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             Route("/metrics", metrics, methods=["GET"]),
             *cluster_routes(),
             *certs_routes(),
+            *account_routes(),
         ],
         lifespan=app_lifespan,
     )

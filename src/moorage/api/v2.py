@@ -19,6 +19,16 @@ from moorage.api.errors import error_response, from_domain
 from moorage.api.health import acknowledge_write
 from moorage.api.http import authorization, range_header, reply, request_path
 from moorage.api.state import AppState
+from moorage.auth.access import (
+    CATALOG,
+    DELETE,
+    PULL,
+    PUSH,
+    REGISTRY,
+    REPOSITORY,
+    Access,
+    Principal,
+)
 from moorage.errors import BlobUploadUnknown, MoorageError, RangeInvalid, StoreReadOnly
 from moorage.oci.names import validate_name
 
@@ -73,14 +83,59 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+_PULL = frozenset({PULL})
+_PUSH = frozenset({PULL, PUSH})  # distribution asks pull,push for every step of a push
+_DELETE = frozenset({DELETE})
 
-def _unauthorized(st: AppState) -> Response:
+
+def required(path_kind: str, method: str) -> frozenset[str]:
+    """The repository actions a route needs: reads pull; uploads, their status and
+    manifest puts push (and pull); deletes of manifests and blobs delete."""
+    if path_kind == "upload":
+        return _PUSH
+    if method in ("GET", "HEAD"):
+        return _PULL
+    if method == "DELETE":
+        return _DELETE
+    return _PUSH
+
+
+def _challenge(st: AppState, required: Access | None, error: str | None = None) -> str:
+    """WWW-Authenticate for a refusal of `required` (None: the base `/v2/`). Basic
+    authentication has one challenge whatever was asked; a Bearer authenticator (the token
+    flow) replaces this to add `scope` and `error="insufficient_scope"`."""
+    return st.auth.challenge
+
+
+def _unauthorized(st: AppState, required: Access | None = None) -> Response:
     return error_response(
         401,
         "UNAUTHORIZED",
         "authentication required: log in with the registry's username and password",
-        headers={"WWW-Authenticate": st.auth.challenge},
+        headers={"WWW-Authenticate": _challenge(st, required)},
     )
+
+
+def _denied(st: AppState, principal: Principal, required: Access) -> Response:
+    """401 with the challenge for an anonymous client, 403 for a signed-in one."""
+    if principal.anonymous:
+        return _unauthorized(st, required)
+    what = "the catalog" if required.type == REGISTRY else f"repository {required.name}"
+    return error_response(
+        403,
+        "DENIED",
+        f"{principal.name or 'this credential'} may not "
+        f"{'/'.join(sorted(required.actions))} {what}: ask an admin of it for a grant",
+        headers={"WWW-Authenticate": _challenge(st, required, "insufficient_scope")},
+    )
+
+
+async def _authorize(st: AppState, principal: Principal, access: Access) -> Response | None:
+    """None when the principal holds every action of `access`, else the refusal."""
+    granted = await st.authorizer.allowed(principal, access)
+    if access.actions <= granted:
+        return None
+    return _denied(st, principal, access)
 
 
 def _state(request: Request) -> AppState:
@@ -97,6 +152,7 @@ async def dispatch(request: Request) -> Response:
         return from_domain(exc)
     if identity is None:
         return _unauthorized(st)
+    request.state.principal = identity
     path = request_path(request.scope)
     method = request.method
     params: dict[str, Any] = {}
@@ -106,10 +162,15 @@ async def dispatch(request: Request) -> Response:
         if path in ("/v2/", "/v2"):
             if method not in ("GET", "HEAD"):  # a 200 to CONNECT would open a tunnel
                 return _not_allowed(method, path)
+            if identity.anonymous:  # clients log in when the base answers 401
+                return _unauthorized(st)
             return reply(200, {"Content-Length": "2"}, b"{}", "application/json")
         if path == "/v2/_catalog":
             if method != "GET":
                 return _not_allowed(method, path)
+            catalog = Access(REGISTRY, CATALOG, frozenset({"*"}))
+            if refused := await _authorize(st, identity, catalog):
+                return refused
             return await discovery.catalog(request, st)
         for pattern, handlers in _ROUTES:
             match = pattern.fullmatch(path)
@@ -121,6 +182,10 @@ async def dispatch(request: Request) -> Response:
             params = match.groupdict()
             validate_name(params["name"])
             upload_id = params.get("upload_id")
+            kind = "upload" if "/blobs/uploads" in pattern.pattern else "other"
+            need = Access(REPOSITORY, params["name"], required(kind, method))
+            if refused := await _authorize(st, identity, need):
+                return refused
             if upload_id is not None and not _UPLOAD_ID.fullmatch(upload_id):
                 raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
             if st.read_only and method in _WRITES:

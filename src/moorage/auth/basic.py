@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.access import ANONYMOUS, Principal
+from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
+from moorage.auth.policy import AccessView
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
@@ -55,7 +57,7 @@ THROTTLED = Counter(
 class _Verified:
     at: float
     password_hash: str
-    identity: Identity
+    identity: Principal
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
@@ -89,14 +91,25 @@ def _client_key(client: str | None) -> str:
     return client
 
 
+def _principal(user: UserRecord) -> Principal | None:
+    """A user's principal; None for a disabled account (it proves nothing: a 401)."""
+    if user.disabled:
+        return None
+    return Principal(user.name, "user", admin=bool(user.admin))
+
+
 class BasicAuthenticator(Authenticator):
     def __init__(
         self,
         meta: MetaStore,
         throttle: LoginThrottle | None = None,
         verifier: PasswordVerifier | None = None,
+        view: AccessView | None = None,
     ) -> None:
         self.meta = meta
+        # Accounts cached under an etcd watch (auth.policy): a disabled, deleted or
+        # re-passworded account is seen at once; without one, looked up per _USER_TTL.
+        self.view = view
         self.throttle = throttle or LoginThrottle()
         self.verifier = verifier or PasswordVerifier()
         # Failures are shared through etcd when there is one (see moorage.auth.ledger).
@@ -109,6 +122,8 @@ class BasicAuthenticator(Authenticator):
         self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
+        if self.view is not None:
+            return await self.view.user(name)
         now = time.monotonic()
         cached = self._users.get(name)
         if cached is not None and now - cached[0] < _USER_TTL:
@@ -140,7 +155,9 @@ class BasicAuthenticator(Authenticator):
 
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
+    ) -> Principal | None:
+        if authorization is None or not authorization.strip():
+            return ANONYMOUS
         parsed = parse_basic(authorization)
         if parsed is None:
             return None
@@ -165,7 +182,7 @@ class BasicAuthenticator(Authenticator):
         if user is not None:
             if hit is not None and hit.password_hash == user.password_hash:
                 self.throttle.remember(name, peer, now)  # as good as a successful check
-                return Identity(user.name, user.role)
+                return _principal(user)
             password_hash = user.password_hash
         else:
             password_hash = await self.verifier.dummy_hash()
@@ -180,7 +197,9 @@ class BasicAuthenticator(Authenticator):
             ok = await self._check(name, peer, check_key, password_hash, password)
         if not ok or user is None:
             return None
-        identity = Identity(user.name, user.role)
+        identity = _principal(user)
+        if identity is None:
+            return None
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
         self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)

@@ -12,7 +12,17 @@ from __future__ import annotations
 import click
 
 from moorage import __version__
-from moorage.cli import backup, ca, certs, join_tokens, membership, recovery, replica, status
+from moorage.cli import (
+    accounts,
+    backup,
+    ca,
+    certs,
+    join_tokens,
+    membership,
+    recovery,
+    replica,
+    status,
+)
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
@@ -25,6 +35,6 @@ def main() -> None:
     """Moorage: a private container registry that runs as a cluster of replicas."""
 
 
-for _group in (replica, membership, status, recovery, backup, ca, join_tokens, certs):
+for _group in (replica, membership, status, recovery, backup, ca, join_tokens, certs, accounts):
     for _command in _group.COMMANDS:
         main.add_command(_command)

@@ -19,6 +19,7 @@ from pathlib import Path
 from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import set_health
 from moorage.auth.basic import BasicAuthenticator
+from moorage.auth.policy import AccessView, Policy
 from moorage.cluster import jobs
 from moorage.cluster.certs import reloading
 from moorage.cluster.heartbeat import Heartbeat
@@ -44,8 +45,12 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
+    view = AccessView(meta)  # accounts and grants, cached under an etcd watch
     replica = Replica(
-        config=config, registry=Registry(storage, meta, journal), auth=BasicAuthenticator(meta)
+        config=config,
+        registry=Registry(storage, meta, journal),
+        auth=BasicAuthenticator(meta, view=view),
+        authorizer=Policy(view),
     )
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
@@ -74,6 +79,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
                 yield
         finally:
             replica.registry.close()  # the journal's descriptor would outlive the app
+            if isinstance(replica.authorizer, Policy):
+                await replica.authorizer.view.close()
             await meta.close()
 
     return http_app(replica, lifespan)
