@@ -406,19 +406,20 @@ async def list_grants(request: Request, st: AppState, who: Principal, body: Any)
 
 
 async def grant(request: Request, st: AppState, who: Principal, body: Any) -> Any:
-    role = body["role"]
+    on = _target(body["on"])
+    await require_namespace_admin(st, who, on)
+    role, to = body["role"], _subject(body["to"])
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
-    on, to = _target(body["on"]), _subject(body["to"])
-    await require_namespace_admin(st, who, on)
     await _accounts(st).put_grant(GrantRecord(on, to, role))
     await _audit(request, st, who, "grant", on, to=to, role=role)
     return {"on": on, "to": to, "role": role}
 
 
 async def revoke(request: Request, st: AppState, who: Principal, body: Any) -> Any:
-    on, to = _target(body["on"]), _subject(body["to"])
+    on = _target(body["on"])
     await require_namespace_admin(st, who, on)
+    to = _subject(body["to"])
     await _accounts(st).delete_grant(on, to)
     await _audit(request, st, who, "revoke", on, to=to)
     return {"on": on, "to": to, "revoked": True}
@@ -428,10 +429,10 @@ async def set_public(request: Request, st: AppState, who: Principal, body: Any) 
     repo = _target(body["repo"])
     if "/" not in repo:
         raise Invalid("give a repository, NAMESPACE/REPO")
+    await require_namespace_admin(st, who, repo)
     public = body.get("public", True)
     if not isinstance(public, bool):
         raise Invalid("public must be true or false")
-    await require_namespace_admin(st, who, repo)
     await _accounts(st).set_public(repo, public)
     await _audit(request, st, who, "repo.public" if public else "repo.private", repo)
     return {"repo": repo, "public": public}
