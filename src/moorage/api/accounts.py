@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from moorage.api.account_input import Invalid, name_of, page_of, password_of, subject_of, target_of
 from moorage.api.cluster import MAX_BODY, _error, _fenced, _JSONResponse, _read_body
 from moorage.api.http import authorization
 from moorage.api.state import AppState
@@ -37,71 +38,11 @@ from moorage.audit import AuditEvent
 from moorage.auth.access import DELETE, Principal
 from moorage.auth.passwords import hash_password
 from moorage.auth.policy import Policy
-from moorage.errors import Denied, LoginThrottled, MoorageError, NameInvalid, RecordCorrupt
+from moorage.errors import Denied, LoginThrottled, MoorageError
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts, namespace_of
-from moorage.meta.records import ROLES, GrantRecord, UserRecord, check_account_name
-from moorage.oci.names import validate_name
+from moorage.meta.records import ROLES, GrantRecord, UserRecord
 
 Handler = Callable[[Request, AppState, Principal, dict[str, Any]], Awaitable[Any]]
-
-MIN_PASSWORD = 8
-MAX_PASSWORD = 1024
-MAX_LIST = 1000
-
-
-class Invalid(ValueError):
-    """Bad input (a 400)."""
-
-
-def _name(value: object, what: str) -> str:
-    try:
-        return check_account_name(value, what)
-    except RecordCorrupt:
-        raise Invalid(
-            f"invalid {what} name {str(value)[:80]!r}: 1-64 of a-z 0-9 . _ -, starting and "
-            "ending with a letter or digit"
-        ) from None
-
-
-def _target(value: object) -> str:
-    """NAMESPACE or NAMESPACE/REPO."""
-    if not isinstance(value, str):
-        raise Invalid("'on' must be NAMESPACE or NAMESPACE/REPO")
-    try:
-        return validate_name(value)
-    except NameInvalid as exc:
-        raise Invalid(f"invalid target: {exc}") from None
-
-
-def _subject(value: object) -> str:
-    if not isinstance(value, str):
-        raise Invalid("'to' must be user:NAME or team:ORG/TEAM")
-    sort, _, rest = value.partition(":")
-    if sort == "user":
-        return f"user:{_name(rest, 'user')}"
-    if sort == "team":
-        org, sep, team = rest.partition("/")
-        if sep:
-            return f"team:{_name(org, 'organization')}/{_name(team, 'team')}"
-    raise Invalid(f"'to' must be user:NAME or team:ORG/TEAM, not {value[:80]!r}")
-
-
-def _password(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
-        raise Invalid(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-    return value
-
-
-def _page(request: Request) -> tuple[int, str | None]:
-    raw = request.query_params.get("n") or str(MAX_LIST)
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_LIST:
-        raise Invalid(f"n must be 1 to {MAX_LIST}")
-    last = request.query_params.get("last") or None
-    if last is not None and len(last) > 512:
-        raise Invalid("last is too long")
-    return int(raw), last
 
 
 def _accounts(st: AppState) -> Accounts:
@@ -211,7 +152,7 @@ async def _audit(
 
 async def list_users(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    n, last = _page(request)
+    n, last = page_of(request)
     users, more = await _accounts(st).users(n, last)
     return {
         "users": [_user_doc(u) for u in users],
@@ -222,8 +163,8 @@ async def list_users(request: Request, st: AppState, who: Principal, body: Any) 
 
 async def add_user(request: Request, st: AppState, who: Principal, body: dict[str, Any]) -> Any:
     await require_admin(who)
-    name = _name(body["name"], "user")
-    password = _password(body.get("password"))
+    name = name_of(body["name"], "user")
+    password = password_of(body.get("password"))
     generated = password is None
     password = password or secrets.token_urlsafe(18)
     admin = bool(body.get("admin", False))
@@ -238,10 +179,10 @@ async def add_user(request: Request, st: AppState, who: Principal, body: dict[st
 
 
 async def passwd(request: Request, st: AppState, who: Principal, body: dict[str, Any]) -> Any:
-    name = _name(body["name"], "user")
+    name = name_of(body["name"], "user")
     if name != who.name:
         await require_admin(who)
-    password = _password(body.get("password"))
+    password = password_of(body.get("password"))
     generated = password is None
     password = password or secrets.token_urlsafe(18)
     accounts = _accounts(st)
@@ -269,7 +210,7 @@ async def _set_disabled(
     request: Request, st: AppState, who: Principal, body: dict[str, Any], disabled: bool
 ) -> Any:
     await require_admin(who)
-    name = _name(body["name"], "user")
+    name = name_of(body["name"], "user")
     accounts = _accounts(st)
     user = await accounts.user(name)
     if user is None:
@@ -293,7 +234,7 @@ async def enable_user(request: Request, st: AppState, who: Principal, body: Any)
 
 async def delete_user(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    name = _name(body["name"], "user")
+    name = name_of(body["name"], "user")
     accounts = _accounts(st)
     user = await accounts.user(name)
     if user is None:
@@ -309,7 +250,7 @@ async def delete_user(request: Request, st: AppState, who: Principal, body: Any)
 
 async def list_orgs(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    n, last = _page(request)
+    n, last = page_of(request)
     orgs, more = await _accounts(st).orgs(n, last)
     names = [o.name for o in orgs]
     return {"orgs": names, "more": more, "last": names[-1] if names else None}
@@ -317,7 +258,7 @@ async def list_orgs(request: Request, st: AppState, who: Principal, body: Any) -
 
 async def add_org(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    name = _name(body["name"], "organization")
+    name = name_of(body["name"], "organization")
     await _accounts(st).add_org(name)
     await _audit(request, st, who, "org.add", f"org:{name}")
     return {"name": name}
@@ -325,20 +266,20 @@ async def add_org(request: Request, st: AppState, who: Principal, body: Any) -> 
 
 async def delete_org(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    name = _name(body["name"], "organization")
+    name = name_of(body["name"], "organization")
     await _accounts(st).delete_org(name)
     await _audit(request, st, who, "org.delete", f"org:{name}")
     return {"deleted": name}
 
 
 def _team(body: dict[str, Any]) -> tuple[str, str]:
-    return _name(body["org"], "organization"), _name(body["team"], "team")
+    return name_of(body["org"], "organization"), name_of(body["team"], "team")
 
 
 async def list_teams(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
-    org = _name(request.query_params.get("org"), "organization")
-    n, last = _page(request)
+    org = name_of(request.query_params.get("org"), "organization")
+    n, last = page_of(request)
     accounts = _accounts(st)
     if await accounts.org(org) is None:
         raise AccountMissing(f"no organization {org}")
@@ -366,7 +307,7 @@ async def delete_team(request: Request, st: AppState, who: Principal, body: Any)
 async def add_member(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     org, team = _team(body)
-    user = _name(body["user"], "user")
+    user = name_of(body["user"], "user")
     await _accounts(st).add_member(org, team, user)
     await _audit(request, st, who, "team.add-member", f"team:{org}/{team}", user=user)
     return {"org": org, "team": team, "user": user}
@@ -375,7 +316,7 @@ async def add_member(request: Request, st: AppState, who: Principal, body: Any) 
 async def remove_member(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     org, team = _team(body)
-    user = _name(body["user"], "user")
+    user = name_of(body["user"], "user")
     await _accounts(st).remove_member(org, team, user)
     await _audit(request, st, who, "team.remove-member", f"team:{org}/{team}", user=user)
     return {"org": org, "team": team, "user": user}
@@ -390,12 +331,12 @@ def _grant_doc(grant: GrantRecord) -> dict[str, str]:
 
 async def list_grants(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     raw_on = request.query_params.get("on")
-    on = _target(raw_on) if raw_on else None
+    on = target_of(raw_on) if raw_on else None
     if on is None:
         await require_admin(who)
     else:
         await require_namespace_admin(st, who, on)
-    n, last = _page(request)
+    n, last = page_of(request)
     grants, more = await _accounts(st).grants(on, n, last)
     # `last` to continue with: the key after the target's prefix (subject, or target@subject).
     cont = None
@@ -406,9 +347,9 @@ async def list_grants(request: Request, st: AppState, who: Principal, body: Any)
 
 
 async def grant(request: Request, st: AppState, who: Principal, body: Any) -> Any:
-    on = _target(body["on"])
+    on = target_of(body["on"])
     await require_namespace_admin(st, who, on)
-    role, to = body["role"], _subject(body["to"])
+    role, to = body["role"], subject_of(body["to"])
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
     await _accounts(st).put_grant(GrantRecord(on, to, role))
@@ -417,16 +358,16 @@ async def grant(request: Request, st: AppState, who: Principal, body: Any) -> An
 
 
 async def revoke(request: Request, st: AppState, who: Principal, body: Any) -> Any:
-    on = _target(body["on"])
+    on = target_of(body["on"])
     await require_namespace_admin(st, who, on)
-    to = _subject(body["to"])
+    to = subject_of(body["to"])
     await _accounts(st).delete_grant(on, to)
     await _audit(request, st, who, "revoke", on, to=to)
     return {"on": on, "to": to, "revoked": True}
 
 
 async def set_public(request: Request, st: AppState, who: Principal, body: Any) -> Any:
-    repo = _target(body["repo"])
+    repo = target_of(body["repo"])
     if "/" not in repo:
         raise Invalid("give a repository, NAMESPACE/REPO")
     await require_namespace_admin(st, who, repo)

@@ -48,6 +48,8 @@ _MAX_ENTRIES = 10000
 MAX_HEADER = 8192  # longer Authorization headers are refused unread
 MAX_NAME = 256  # no user has a longer name: refused unread (and not counted)
 
+_EMPTY_BASIC = frozenset({"Basic Og==", "basic Og=="})  # base64 of ":"
+
 THROTTLED = Counter(
     "moorage_auth_logins_throttled_total", "logins refused by the failed-login limits"
 )
@@ -160,7 +162,9 @@ class BasicAuthenticator(Authenticator):
             return ANONYMOUS
         parsed = parse_basic(authorization)
         if parsed is None:
-            return None
+            # containers/image (skopeo, podman) without credentials answers a Basic
+            # challenge with an empty name and password: anonymous, as distribution has it.
+            return ANONYMOUS if authorization.strip() in _EMPTY_BASIC else None
         name, password, decoded = parsed
         if len(name) > MAX_NAME:  # no such user can exist: nothing to look up or count
             return None

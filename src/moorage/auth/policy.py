@@ -41,7 +41,8 @@ from moorage.errors import StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.accounts import Accounts, NamespaceAccess, namespace_of
 from moorage.meta.base import MetaStore
-from moorage.meta.etcd import EtcdMetaStore, watch_prefixes
+from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd_watch import watch_prefixes
 from moorage.meta.records import UserRecord
 
 log = logging.getLogger("moorage.auth")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,44 +438,3 @@ async def data_revision(client_url: str, patience: float = 5.0, *, tls: ClientTl
         with contextlib.suppress(Exception):
             await store.close()
     return newest
-
-
-# -- watches (issue #9: the access policy's cache, moorage.auth.policy) -------------------
-
-
-async def watch_prefixes(
-    store: EtcdMetaStore,
-    prefixes: Sequence[bytes],
-    on_ready: Callable[[], None],
-    on_change: Callable[[], None],
-) -> None:
-    """Watch every key under `prefixes` until cancelled: `on_ready` once every watch is
-    created (whatever changes after that is reported), `on_change` for each batch of
-    changes. Returns (or raises StoreUnavailable) when the stream ends or fails; the
-    caller treats its cache as stale from then on and watches again."""
-    client = store._client
-    if not client._connected.is_set():
-        await client.connect()
-    stub = rpc.WatchStub(client.channel)
-    call = stub.Watch(metadata=client.metadata)
-    try:
-        for prefix in prefixes:
-            create = rpc.WatchCreateRequest(key=prefix, range_end=keys.prefix_end(prefix))
-            await call.write(rpc.WatchRequest(create_request=create))
-        created = 0
-        while True:
-            resp = await call.read()
-            if resp is grpc.aio.EOF:
-                return
-            if resp.canceled or resp.compact_revision:
-                return
-            if resp.created:
-                created += 1
-                if created == len(prefixes):
-                    on_ready()
-            if resp.events:
-                on_change()
-    except grpc.aio.AioRpcError as exc:
-        raise StoreUnavailable(f"{_UNAVAILABLE}: {exc.details() or exc.code().name}") from exc
-    finally:
-        call.cancel()
