@@ -200,3 +200,29 @@ def test_basic_authentication_gives_principals() -> None:
 
 def _basic(name: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+
+
+def test_the_cache_serves_reads_while_the_watch_is_live_and_empties_on_change() -> None:
+    async def run() -> None:
+        meta, _, _ = await _world()
+        view = AccessView(meta)
+        reads: list[str] = []
+        real = view.accounts.user
+
+        async def counted(name: str) -> UserRecord | None:
+            reads.append(name)
+            return await real(name)
+
+        view.accounts.user = counted  # type: ignore[method-assign]
+        await view.user("dev")
+        await view.user("dev")
+        assert reads == ["dev", "dev"]  # no watch: every decision reads the store
+        view._ready()  # what the etcd watch calls once it is established
+        for _ in range(3):
+            await view.user("dev")
+        assert reads == ["dev"] * 3  # one read, then the cache
+        view.invalidate()  # what the watch calls on every change
+        await view.user("dev")
+        assert reads == ["dev"] * 4
+
+    asyncio.run(run())

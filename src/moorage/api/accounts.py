@@ -119,8 +119,12 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return _error(400, "INVALID", "the request body must be a JSON object")
             if refused := _fenced(st):
                 return refused
+        view = st.authorizer.view if isinstance(st.authorizer, Policy) else None
+        generation = view.generation if view is not None else 0
         try:
             result = await handler(request, st, principal, body)
+            if view is not None and request.method == "POST":
+                await view.settle(generation)  # answered once the watches have the change
         except Denied as exc:
             return _error(403, "DENIED", exc.message)
         except AccountMissing as exc:

@@ -201,13 +201,13 @@ class BasicAuthenticator(Authenticator):
             ok = await self._check(name, peer, check_key, password_hash, password)
         if not ok or user is None:
             return None
-        identity = _principal(user)
-        if identity is None:
-            return None
+        # Remembered for a disabled account too (its password is right: no argon2 run per
+        # request), which every request still refuses from the account's current record.
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
+        identity = Principal(user.name, "user", admin=bool(user.admin))
         self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
-        return identity
+        return _principal(user)
 
     async def _check(
         self, name: str, peer: str, check_key: bytes, password_hash: str, password: str

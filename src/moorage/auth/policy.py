@@ -59,6 +59,7 @@ EVERYTHING = ROLE_ACTIONS["admin"]
 #: Entries kept at most (then the cache starts over): bounded memory whatever the traffic.
 MAX_ENTRIES = 50_000
 _RETRY_WATCH = 1.0
+SETTLE = 1.0  # the most an account change waits for the watch to deliver it
 
 
 class AccessView:
@@ -71,6 +72,7 @@ class AccessView:
         self._cache: dict[tuple[str, str], Any] = {}
         self._generation = 0
         self.live = False  # the watch is established: cached entries are current
+        self._changed = asyncio.Event()  # set (and replaced) on every invalidation
         self._task: asyncio.Task[None] | None = None
 
     # -- the watch ---------------------------------------------------------------------
@@ -81,10 +83,29 @@ class AccessView:
     def invalidate(self) -> None:
         self._generation += 1
         self._cache.clear()
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _ready(self) -> None:
         self.invalidate()
+        if not self.live:
+            log.info("access watch established: accounts and grants are cached")
         self.live = True
+
+    async def settle(self, generation: int) -> None:
+        """After a change this process wrote: wait (up to SETTLE seconds) until the watch has
+        delivered a change after `generation`. The other members of etcd apply it at about
+        the same time, so the other replicas' watches have it too by then."""
+        if not self.live:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE):
+                while self._generation == generation:
+                    await self._changed.wait()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     async def _watch(self, meta: EtcdMetaStore) -> None:
         while True:
