@@ -37,9 +37,10 @@ from moorage.api.state import AppState
 from moorage.audit import AuditEvent
 from moorage.auth.access import DELETE, Principal
 from moorage.auth.passwords import hash_password
-from moorage.auth.policy import Policy
+from moorage.auth.policy import Policy, propagated
 from moorage.errors import Denied, LoginThrottled, MoorageError
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts, namespace_of
+from moorage.meta.base import LAST_REVISION
 from moorage.meta.records import ROLES, GrantRecord, UserRecord
 
 Handler = Callable[[Request, AppState, Principal, dict[str, Any]], Awaitable[Any]]
@@ -121,10 +122,14 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return refused
         view = st.authorizer.view if isinstance(st.authorizer, Policy) else None
         generation = view.generation if view is not None else 0
+        before = LAST_REVISION.get()
         try:
             result = await handler(request, st, principal, body)
-            if view is not None and request.method == "POST":
-                await view.settle(generation)  # answered once the watches have the change
+            if (revision := LAST_REVISION.get()) != before and view is not None:
+                # Answered once every replica's watch can have the change (see propagated).
+                if st.cluster is not None:
+                    await propagated(st.cluster, revision)
+                await view.settle(generation)
         except Denied as exc:
             return _error(403, "DENIED", exc.message)
         except AccountMissing as exc:

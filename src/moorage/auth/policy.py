@@ -41,7 +41,7 @@ from moorage.errors import StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.accounts import Accounts, NamespaceAccess, namespace_of
 from moorage.meta.base import MetaStore
-from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd import EtcdCluster, EtcdMetaStore, member_status
 from moorage.meta.etcd_watch import watch_prefixes
 from moorage.meta.records import UserRecord
 
@@ -235,3 +235,31 @@ class Policy(Authorizer):
             if PULL in held and limited(principal, Access(REPOSITORY, name, pull)):
                 out.append(name)
         return out
+
+
+async def propagated(cluster: EtcdCluster, revision: int, patience: float = 2.0) -> bool:
+    """Wait until every etcd member has applied `revision` (each replica's watch hears of
+    it from its own member right then), up to `patience` seconds: whether they all have.
+
+    An account change is answered after this, so that a request sent to any replica after
+    the answer meets the change (a follower learns of a commit up to a heartbeat later)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    members = await cluster.members()
+    pending = [m.client_urls[0] for m in members if m.client_urls]
+    while pending:
+        found = await asyncio.gather(
+            *(member_status(url, patience / 2, tls=cluster.tls) for url in pending),
+            return_exceptions=True,
+        )
+        pending = [
+            url
+            for url, status in zip(pending, found, strict=True)
+            if isinstance(status, BaseException) or status.revision < revision
+        ]
+        if pending and loop.time() > deadline:
+            log.warning("an account change did not reach etcd members %s in time", pending)
+            return False
+        if pending:
+            await asyncio.sleep(0.02)
+    return True
