@@ -300,6 +300,15 @@ def test_public_repository_pulled_anonymously_with_skopeo(world: World, tmp_path
         )  # fmt: skip
         assert pulled.returncode == 0, pulled.stderr
         assert (tmp_path / "pulled" / "manifest.json").exists()
+        # a real client pushes with a writer's password (via its team), not a reader's
+        for who, ok in (("writer", True), ("reader", False)):
+            pushed = subprocess.run(
+                ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds",
+                 f"{who}:{PASSWORD}", f"dir:{tmp_path / 'pulled'}",
+                 f"docker://{host}/acme/copied:{who}"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert (pushed.returncode == 0) is ok, pushed.stderr
         with http(world.b, None) as c:  # the other replica too; and no push for anyone
             assert c.get("/v2/acme/pub/tags/list").json()["tags"] == ["v1"]
             assert c.post("/v2/acme/pub/blobs/uploads/").status_code == 401
