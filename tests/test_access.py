@@ -413,3 +413,22 @@ def test_generated_password_is_printed_once_and_works(world: World) -> None:
     users = cli(world.c, "user", "list")["users"]
     assert {"name": "gen", "admin": False, "disabled": False} in users
     assert all("password" not in u for u in users)
+
+
+def test_accounts_are_in_the_backup_snapshot(world: World) -> None:
+    """What `moorage backup` reads holds every account record (a restore writes them back:
+    tests/unit/test_policy.py), and none of them is refused as invalid."""
+    with http(world.b, AUTH) as c:
+        r = c.get("/api/v0/cluster/backup")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["invalid"] == []
+    records = doc["records"]
+    kinds = {rec["kind"] for rec in records}
+    assert {"user", "org", "team", "membership", "grant"} <= kinds
+    users = {rec["name"]: rec for rec in records if rec["kind"] == "user"}
+    assert users["off"]["disabled"] is True
+    assert "gone" not in users
+    assert {"kind": "membership", "user": "writer", "org": "acme", "team": "devs"} in records
+    grant = {"kind": "grant", "target": "acme", "subject": "team:acme/devs", "role": "write"}
+    assert grant in records
