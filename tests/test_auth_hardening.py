@@ -185,7 +185,7 @@ def test_limits_per_pair_client_and_account() -> None:
         auth._verified.clear()
         identity = await auth.authenticate(_header("admin", "right"), "10.9.9.9")
         assert identity is not None
-        assert identity.role == "admin"
+        assert identity.admin
 
     asyncio.run(run())
 

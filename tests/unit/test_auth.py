@@ -9,6 +9,7 @@ import base64
 import pytest
 from argon2 import PasswordHasher
 
+from moorage.auth.access import ANONYMOUS
 from moorage.auth.basic import MAX_HEADER, BasicAuthenticator, _client_key, parse_basic
 from moorage.auth.passwords import verify_password
 from moorage.auth.throttle import LoginThrottle
@@ -175,7 +176,7 @@ def test_authenticator_over_the_memory_store() -> None:
         assert identity is not None
         assert identity.name == "alice"
         assert await auth.authenticate(basic(b"alice:bad"), "10.0.0.1") is None
-        assert await auth.authenticate(None, "10.0.0.1") is None
+        assert await auth.authenticate(None, "10.0.0.1") == ANONYMOUS  # then authorized
         assert await auth.authenticate(basic(b"x" * 300 + b":pw"), "10.0.0.1") is None
         assert await auth.authenticate(basic(b"alice:bad2"), "10.0.0.1") is None
         # Two failures from this address: refused, even the good password (no free guesses

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from moorage.auth import jwt, signing_keys
 from moorage.auth.access import Access, Principal
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.base import Authenticator
 from moorage.auth.bearer import (
     BearerAuthenticator,
     Realm,
@@ -373,8 +373,8 @@ def test_verified_tokens_are_cached_until_they_expire() -> None:
 class _Inner(Authenticator):
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
-        return Identity("carol", "admin") if authorization == "Basic good" else None
+    ) -> Principal | None:
+        return Principal("carol", "user", admin=True) if authorization == "Basic good" else None
 
 
 def test_authenticator_and_challenge() -> None:

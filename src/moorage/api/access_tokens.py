@@ -24,14 +24,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from moorage.api.cluster import MAX_BODY, _error, _fenced, _JSONResponse, _read_body
-from moorage.api.errors import error_response
 from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.audit import AuditEvent
 from moorage.auth import access_tokens
-from moorage.auth.access import DELETE, PULL, PUSH, REPOSITORY, Access
-from moorage.auth.base import Identity
-from moorage.auth.token_auth import TokenIdentity, as_principal
 from moorage.errors import (
     AccessTokenRefused,
     AccessTokenUnknown,
@@ -55,11 +51,11 @@ async def _caller(request: Request, st: AppState) -> access_tokens.Caller | Resp
         resp = _error(503, "UNAVAILABLE", str(exc))
         resp.headers["Retry-After"] = "5"
         return resp
-    if identity is None:
+    if identity is None or identity.anonymous:
         resp = _error(401, "UNAUTHORIZED", "credentials required (a user name and password)")
         resp.headers["WWW-Authenticate"] = st.auth.challenge
         return resp
-    principal = as_principal(identity)
+    principal = identity
     if principal.kind != "user" or principal.limit is not None:
         return _error(403, "DENIED", "tokens are managed with a password login, not a token")
     return access_tokens.Caller(principal.name, principal.admin)
@@ -163,47 +159,3 @@ def token_routes() -> list[Route]:
         Route("/api/v0/tokens", endpoint(listing), methods=["GET"]),
         Route("/api/v0/tokens/revoke", endpoint(revoke), methods=["POST"]),
     ]
-
-
-#: What a /v2/ request method needs on its repository (the access work's route→access map
-#: replaces this whole check).
-_NEEDS = {
-    "GET": frozenset({PULL}),
-    "HEAD": frozenset({PULL}),
-    "POST": frozenset({PULL, PUSH}),
-    "PATCH": frozenset({PULL, PUSH}),
-    "PUT": frozenset({PULL, PUSH}),
-    "DELETE": frozenset({DELETE}),
-}
-
-
-def _denied(what: str) -> Response:
-    return error_response(
-        403, "DENIED", f"this access token does not allow {what} (its scope does not cover it)"
-    )
-
-
-async def token_limit_refusal(
-    st: AppState, identity: Identity, request: Request, name: str | None
-) -> Response | None:
-    """None when a request made with an access token stays within the token's scope (or
-    was not made with a token); else the 403 refusing it. `name` None: the catalog, which
-    a token (scoped to repositories) may not list. A blob mount (`?mount=&from=SOURCE`)
-    needs pull on SOURCE too."""
-    if not isinstance(identity, TokenIdentity):
-        return None
-    if name is None:
-        return _denied("the catalog")
-    method = request.method
-    needed = _NEEDS.get(method, frozenset({PULL, PUSH, DELETE}))
-    granted = await st.authorizer.allowed(identity.principal, Access(REPOSITORY, name, needed))
-    if not needed <= granted:
-        return _denied(f"{'/'.join(sorted(needed))} on {name}")
-    source = request.query_params.get("from") if method == "POST" else None
-    if source is not None and source != name:
-        wanted = frozenset({PULL})
-        if not await st.authorizer.allowed(
-            identity.principal, Access(REPOSITORY, source[:256], wanted)
-        ):
-            return _denied(f"pull on {source[:256]} (the mount's source)")
-    return None

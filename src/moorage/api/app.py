@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.access_tokens import token_routes as access_token_routes
+from moorage.api.accounts import account_routes
 from moorage.api.audit import audit_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
@@ -51,6 +52,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *token_routes(),
             *access_token_routes(),
             *audit_routes(),
+            *account_routes(),
         ],
         lifespan=app_lifespan,
     )

@@ -110,13 +110,14 @@ async def _admin_identity(request: Request, st: AppState) -> Response | None:
         resp = _error(503, "UNAVAILABLE", str(exc))
         resp.headers["Retry-After"] = "5"
         return resp
-    if identity is None:
+    if identity is None or identity.anonymous:
         resp = _error(401, "UNAUTHORIZED", "admin credentials required")
         resp.headers["WWW-Authenticate"] = st.auth.challenge
         return resp
-    if identity.role != "admin":
-        return _error(403, "DENIED", "admin role required")
+    if not identity.admin or identity.limit is not None:
+        return _error(403, "DENIED", "a cluster admin's credentials are required")
     request.state.admin_name = identity.name
+    request.state.principal = identity
     return None
 
 

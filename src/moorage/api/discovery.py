@@ -26,8 +26,12 @@ async def list_tags(request: Request, st: AppState, name: str) -> Response:
 async def catalog(request: Request, st: AppState) -> Response:
     n, last = pagination(request)
     page = await st.registry.discovery.catalog(n, last)
+    # Only what the caller may pull, filtered page by page: a page may come out short (even
+    # empty), and its Link continues after the last name read, shown or not.
+    principal = getattr(request.state, "principal", None)
+    shown = page.items if principal is None else await st.authorizer.pullable(principal, page.items)
     headers = next_link("/v2/_catalog", n, page.items, page.more)
-    return reply(200, headers, _json({"repositories": page.items}), "application/json")
+    return reply(200, headers, _json({"repositories": shown}), "application/json")
 
 
 async def referrers(request: Request, st: AppState, name: str, digest: str) -> Response:

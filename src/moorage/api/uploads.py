@@ -15,7 +15,9 @@ from starlette.responses import Response
 
 from moorage.api.http import body_stream, chunk_range, content_length, has_body, range_header, reply
 from moorage.api.state import AppState
+from moorage.auth.access import PULL, REPOSITORY, Access
 from moorage.errors import DigestInvalid, RangeInvalid, UploadBusy
+from moorage.oci.names import validate_name
 
 
 def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
@@ -43,7 +45,13 @@ async def start_upload(request: Request, st: AppState, name: str) -> Response:
     mount = request.query_params.get("mount")
     if mount:
         source = request.query_params.get("from") or None  # `from=` empty: anonymous
-        mounted = await st.registry.blobs.mount(name, mount, source)
+        mounted = None
+        if await _may_mount(request, st, source):
+            principal = getattr(request.state, "principal", None)
+            # Without `from`, only a cluster admin (who may pull everything) links any
+            # blob in storage; anyone else only what the repository already holds.
+            anywhere = principal is None or (principal.admin and principal.limit is None)
+            mounted = await st.registry.blobs.mount(name, mount, source, anywhere=anywhere)
         if mounted is not None:
             return _created(name, str(mounted))
     digest = request.query_params.get("digest")
@@ -54,6 +62,17 @@ async def start_upload(request: Request, st: AppState, name: str) -> Response:
         return _created(name, str(parsed))
     upload_id = await uploads.start(name)
     return reply(202, _upload_headers(name, upload_id, 0))
+
+
+async def _may_mount(request: Request, st: AppState, source: str | None) -> bool:
+    """Whether the caller may pull `source`: a mount from a repository it may not pull
+    silently becomes an ordinary upload (a 202), as distribution does."""
+    principal = getattr(request.state, "principal", None)
+    if source is None or principal is None:
+        return True
+    validate_name(source)
+    pull = Access(REPOSITORY, source, frozenset({PULL}))
+    return PULL in await st.authorizer.allowed(principal, pull)
 
 
 async def upload_status(request: Request, st: AppState, name: str, upload_id: str) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,7 +21,6 @@ from moorage.api.http import authorization, range_header, reply, request_path
 from moorage.api.state import AppState
 from moorage.auth import bearer
 from moorage.auth.access import (
-    ALL,
     CATALOG,
     DELETE,
     PULL,
@@ -85,49 +84,77 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+_PULL = frozenset({PULL})
+_PUSH = frozenset({PULL, PUSH})  # distribution asks pull,push for every step of a push
+_DELETE = frozenset({DELETE})
 
-def _unauthorized(
-    st: AppState, request: Request, required: Sequence[Access] = (), error: str | None = None
-) -> Response:
+
+def required(path_kind: str, method: str) -> frozenset[str]:
+    """The repository actions a route needs: reads pull; uploads, their status and
+    manifest puts push (and pull); deletes of manifests and blobs delete."""
+    if path_kind == "upload":
+        return _PUSH
+    if method in ("GET", "HEAD"):
+        return _PULL
+    if method == "DELETE":
+        return _DELETE
+    return _PUSH
+
+
+def _challenge(
+    st: AppState, request: Request, required: Access | None, error: str | None = None
+) -> str:
+    """WWW-Authenticate for a refusal of `required` (None: the base `/v2/`): the token
+    flow's Bearer challenge with the scope the route needs (`error="insufficient_scope"`
+    after a token too narrow for it), or Basic when this replica issues no tokens."""
     base = bearer.realm_base(st.auth, request.headers.get("host"))
-    message = (
-        "the token does not grant this access: ask the token endpoint for a token with it"
-        if error == "insufficient_scope"
-        else "authentication required: log in with the registry's username and password"
-    )
+    return bearer.challenge(st.auth, base, [required] if required else [], error)
+
+
+def _unauthorized(st: AppState, request: Request, required: Access | None = None) -> Response:
     response = error_response(
         401,
         "UNAUTHORIZED",
-        message,
-        headers={"WWW-Authenticate": bearer.challenge(st.auth, base, required, error)},
+        "authentication required: log in with the registry's username and password",
+        headers={"WWW-Authenticate": _challenge(st, request, required)},
     )
-    if error is None and st.auth.challenge not in response.headers["www-authenticate"]:
+    if st.auth.challenge not in response.headers["www-authenticate"]:
         # Basic too, second (clients take the first scheme they support: Bearer).
         response.headers.append("WWW-Authenticate", st.auth.challenge)
     return response
 
 
-# -- the smallest enforcement of a token's access claims (issue #9, h-jwt): the access
-# -- helper's dispatcher (route -> Access, st.authorizer) replaces this block on merge.
-def _required(method: str, name: str) -> list[Access]:
-    if method in ("GET", "HEAD"):
-        return [Access(REPOSITORY, name, frozenset({PULL}))]
-    if method == "DELETE":
-        return [Access(REPOSITORY, name, frozenset({DELETE}))]
-    return [Access(REPOSITORY, name, frozenset({PULL, PUSH}))]
+def _denied(st: AppState, request: Request, principal: Principal, required: Access) -> Response:
+    """401 with the challenge for an anonymous client; 401 `insufficient_scope` for a
+    Bearer token too narrow for the route (the client asks for a wider one, which grants
+    what the account holds); 403 DENIED for a client signed in with a password or an
+    access token."""
+    if principal.anonymous:
+        return _unauthorized(st, request, required)
+    if bearer.bearer_token(authorization(request)) is not None:
+        return error_response(
+            401,
+            "UNAUTHORIZED",
+            "the token does not grant this access: ask the token endpoint for a token with it",
+            headers={"WWW-Authenticate": _challenge(st, request, required, "insufficient_scope")},
+        )
+    what = "the catalog" if required.type == REGISTRY else f"repository {required.name}"
+    return error_response(
+        403,
+        "DENIED",
+        f"{principal.name or 'this credential'} may not "
+        f"{'/'.join(sorted(required.actions))} {what}: ask an admin of it for a grant",
+    )
 
 
-async def _denied(
-    st: AppState, request: Request, principal: Principal, required: Sequence[Access]
+async def _authorize(
+    st: AppState, request: Request, principal: Principal, access: Access
 ) -> Response | None:
-    for access in required:
-        if not access.actions <= await st.authorizer.allowed(principal, access):
-            if principal.anonymous and principal.limit is None:
-                return _unauthorized(st, request, required)
-            if principal.limit is not None:  # a Bearer token too narrow for the route
-                return _unauthorized(st, request, required, "insufficient_scope")
-            return error_response(403, "DENIED", f"no {access.scope()} access")
-    return None
+    """None when the principal holds every action of `access`, else the refusal."""
+    granted = await st.authorizer.allowed(principal, access)
+    if access.actions <= granted:
+        return None
+    return _denied(st, request, principal, access)
 
 
 def _state(request: Request) -> AppState:
@@ -139,11 +166,12 @@ async def dispatch(request: Request) -> Response:
     st = _state(request)
     try:
         client = request.client.host if request.client else None
-        principal = await bearer.request_principal(st.auth, authorization(request), client)
+        identity = await bearer.request_principal(st.auth, authorization(request), client)
     except MoorageError as exc:  # too many failed logins (429), store unavailable (503)
         return from_domain(exc)
-    if principal is None:
+    if identity is None:
         return _unauthorized(st, request)
+    request.state.principal = identity
     path = request_path(request.scope)
     method = request.method
     params: dict[str, Any] = {}
@@ -153,14 +181,14 @@ async def dispatch(request: Request) -> Response:
         if path in ("/v2/", "/v2"):
             if method not in ("GET", "HEAD"):  # a 200 to CONNECT would open a tunnel
                 return _not_allowed(method, path)
-            if principal.anonymous:
+            if identity.anonymous:  # clients log in when the base answers 401
                 return _unauthorized(st, request)
             return reply(200, {"Content-Length": "2"}, b"{}", "application/json")
         if path == "/v2/_catalog":
             if method != "GET":
                 return _not_allowed(method, path)
-            catalog = [Access(REGISTRY, CATALOG, frozenset({ALL}))]
-            if refused := await _denied(st, request, principal, catalog):
+            catalog = Access(REGISTRY, CATALOG, frozenset({"*"}))
+            if refused := await _authorize(st, request, identity, catalog):
                 return refused
             return await discovery.catalog(request, st)
         for pattern, handlers in _ROUTES:
@@ -172,9 +200,11 @@ async def dispatch(request: Request) -> Response:
                 return _not_allowed(method, path)
             params = match.groupdict()
             validate_name(params["name"])
-            if refused := await _denied(st, request, principal, _required(method, params["name"])):
-                return refused
             upload_id = params.get("upload_id")
+            kind = "upload" if "/blobs/uploads" in pattern.pattern else "other"
+            need = Access(REPOSITORY, params["name"], required(kind, method))
+            if refused := await _authorize(st, request, identity, need):
+                return refused
             if upload_id is not None and not _UPLOAD_ID.fullmatch(upload_id):
                 raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
             if st.read_only and method in _WRITES:

@@ -1,4 +1,5 @@
-"""Who may do what. Today: HTTP Basic against stored users; token auth and RBAC slot in.
+"""Who may do what: authenticators turn credentials into a `Principal` (auth.base,
+auth.basic), the policy says what it may do (auth.access, auth.policy).
 
 `moorage.auth.basic` (the authenticator) is not imported here: it defines Prometheus
 metrics, and the supervisor imports `moorage.auth.passwords` before it sets up the
@@ -6,6 +7,7 @@ metrics directory its API workers share — importing prometheus_client then wou
 every worker's metrics process-local, invisible to /metrics.
 """
 
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.access import Principal
+from moorage.auth.base import Authenticator
 
-__all__ = ["Authenticator", "Identity"]
+__all__ = ["Authenticator", "Principal"]

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    role: str
+from moorage.auth.access import Principal
 
 
 class Authenticator(ABC):
@@ -19,8 +14,9 @@ class Authenticator(ABC):
     @abstractmethod
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
-        """The identity an Authorization header proves, or None.
+    ) -> Principal | None:
+        """The principal an Authorization header proves; ANONYMOUS without one (no
+        Authorization header at all); None for credentials that prove nothing (a 401).
 
         `client` is the peer's address (failed logins are limited per address). Raises
         LoginThrottled (429) when too many attempts failed, StoreUnavailable (503) when

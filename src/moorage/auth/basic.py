@@ -32,8 +32,10 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.access import ANONYMOUS, Principal
+from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
+from moorage.auth.policy import AccessView
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
@@ -47,6 +49,8 @@ _MAX_ENTRIES = 10000
 MAX_HEADER = 8192  # longer Authorization headers are refused unread
 MAX_NAME = 256  # no user has a longer name: refused unread (and not counted)
 
+_EMPTY_BASIC = frozenset({"Basic Og==", "basic Og=="})  # base64 of ":"
+
 THROTTLED = Counter(
     "moorage_auth_logins_throttled_total", "logins refused by the failed-login limits"
 )
@@ -56,7 +60,7 @@ THROTTLED = Counter(
 class _Verified:
     at: float
     password_hash: str
-    identity: Identity
+    identity: Principal
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
@@ -90,6 +94,13 @@ def _client_key(client: str | None) -> str:
     return client
 
 
+def _principal(user: UserRecord) -> Principal | None:
+    """A user's principal; None for a disabled account (it proves nothing: a 401)."""
+    if user.disabled:
+        return None
+    return Principal(user.name, "user", admin=bool(user.admin))
+
+
 class BasicAuthenticator(Authenticator):
     def __init__(
         self,
@@ -97,10 +108,14 @@ class BasicAuthenticator(Authenticator):
         throttle: LoginThrottle | None = None,
         verifier: PasswordVerifier | None = None,
         on_login: Callable[[str, str | None, bool], Awaitable[None]] | None = None,
+        view: AccessView | None = None,
     ) -> None:
         self.meta = meta
         # Told of every password check that ran (name, client address, ok): the audit log.
         self.on_login = on_login
+        # Accounts cached under an etcd watch (auth.policy): a disabled, deleted or
+        # re-passworded account is seen at once; without one, looked up per _USER_TTL.
+        self.view = view
         self.throttle = throttle or LoginThrottle()
         self.verifier = verifier or PasswordVerifier()
         # Failures are shared through etcd when there is one (see moorage.auth.ledger).
@@ -113,6 +128,8 @@ class BasicAuthenticator(Authenticator):
         self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
+        if self.view is not None:
+            return await self.view.user(name)
         now = time.monotonic()
         cached = self._users.get(name)
         if cached is not None and now - cached[0] < _USER_TTL:
@@ -144,10 +161,14 @@ class BasicAuthenticator(Authenticator):
 
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
+    ) -> Principal | None:
+        if authorization is None or not authorization.strip():
+            return ANONYMOUS
         parsed = parse_basic(authorization)
         if parsed is None:
-            return None
+            # containers/image (skopeo, podman) without credentials answers a Basic
+            # challenge with an empty name and password: anonymous, as distribution has it.
+            return ANONYMOUS if authorization.strip() in _EMPTY_BASIC else None
         name, password, decoded = parsed
         if len(name) > MAX_NAME:  # no such user can exist: nothing to look up or count
             return None
@@ -169,7 +190,7 @@ class BasicAuthenticator(Authenticator):
         if user is not None:
             if hit is not None and hit.password_hash == user.password_hash:
                 self.throttle.remember(name, peer, now)  # as good as a successful check
-                return Identity(user.name, user.role)
+                return _principal(user)
             password_hash = user.password_hash
         else:
             password_hash = await self.verifier.dummy_hash()
@@ -186,11 +207,13 @@ class BasicAuthenticator(Authenticator):
                 await self.on_login(name, client, ok and user is not None)
         if not ok or user is None:
             return None
-        identity = Identity(user.name, user.role)
+        # Remembered for a disabled account too (its password is right: no argon2 run per
+        # request), which every request still refuses from the account's current record.
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
+        identity = Principal(user.name, "user", admin=bool(user.admin))
         self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
-        return identity
+        return _principal(user)
 
     async def _check(
         self, name: str, peer: str, check_key: bytes, password_hash: str, password: str

@@ -23,15 +23,14 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from moorage.auth import jwt
 from moorage.auth.access import ANONYMOUS, Access, Principal
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.base import Authenticator
 from moorage.auth.signing_keys import SigningKeys
-from moorage.auth.token_auth import as_principal as identity_principal
 from moorage.meta.records import UserRecord
 
 log = logging.getLogger("moorage.auth")
@@ -56,11 +55,9 @@ def token_ttl() -> int:
     return min(MAX_TTL, max(MIN_TTL, value))
 
 
-def as_principal(who: Identity | Principal | None) -> Principal | None:
-    """What an authenticator answered, as a Principal (Basic answers an Identity today)."""
-    if who is None or isinstance(who, Principal):
-        return who
-    return identity_principal(who)  # an access token's principal keeps its limit
+def as_principal(who: Principal | None) -> Principal | None:
+    """What an authenticator answered (kept for the callers that still wrap it)."""
+    return who
 
 
 def password_mark(user: UserRecord) -> str:
@@ -216,10 +213,19 @@ class BearerAuthenticator(Authenticator):
 
     challenge = 'Basic realm="moorage"'  # the admin API's challenge: it is Basic-only
 
-    def __init__(self, inner: Authenticator, tokens: TokenService, realm: Realm) -> None:
+    def __init__(
+        self,
+        inner: Authenticator,
+        tokens: TokenService,
+        realm: Realm,
+        token_live: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.inner = inner
         self.tokens = tokens
         self.realm = realm
+        # Whether the access token a JWT was issued to still exists and has not expired:
+        # asked on every request with such a JWT, so a revoked robot stops at once.
+        self.token_live = token_live
 
     @property
     def throttle(self) -> object:
@@ -228,7 +234,7 @@ class BearerAuthenticator(Authenticator):
 
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
+    ) -> Principal | None:
         if bearer_token(authorization) is not None:
             return None  # the admin API takes passwords only
         return await self.inner.authenticate(authorization, client)
@@ -244,10 +250,15 @@ class BearerAuthenticator(Authenticator):
         if token is None:
             return as_principal(await self.inner.authenticate(authorization, client))
         try:
-            return await self.tokens.verify_access(token)
+            principal = await self.tokens.verify_access(token)
         except jwt.TokenInvalid as exc:
             log.info("refused a bearer token from %s: %s", client, exc)
             return None
+        tid = principal.token_id
+        if tid and self.token_live is not None and not await self.token_live(tid):
+            log.info("refused a bearer token from %s: its access token is revoked", client)
+            return None
+        return principal
 
 
 async def request_principal(

@@ -23,12 +23,11 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from moorage.auth import access_tokens
 from moorage.auth.access import Principal
-from moorage.auth.base import Authenticator, Identity
+from moorage.auth.base import Authenticator
 from moorage.auth.basic import MAX_NAME, _client_key, parse_basic
 from moorage.auth.throttle import LoginThrottle
 from moorage.errors import LoginThrottled, StoreUnavailable
@@ -40,20 +39,9 @@ TOUCH_EVERY = 60.0  # seconds between two last-use writes of one token (per proc
 _MAX_TOUCHED = 10000
 
 
-@dataclass(frozen=True, slots=True)
-class TokenIdentity(Identity):
-    """The identity an access token proves (role "robot" or "token": never "admin", so the
-    admin API refuses it), with the principal the authorizer needs."""
-
-    principal: Principal
-
-
-def as_principal(identity: Identity) -> Principal:
-    """The principal of an identity: a token's own, else a password login's (the account's
-    grants apply as they are)."""
-    if isinstance(identity, TokenIdentity):
-        return identity.principal
-    return Principal(identity.name, "user", admin=identity.role == "admin")
+def as_principal(principal: Principal) -> Principal:
+    """What an authenticator answered: a token's principal carries its limit already."""
+    return principal
 
 
 def _user_admin(user: Any) -> bool:
@@ -80,7 +68,7 @@ class TokenAuthenticator(Authenticator):
 
     async def authenticate(
         self, authorization: str | None, client: str | None = None
-    ) -> Identity | None:
+    ) -> Principal | None:
         parsed = parse_basic(authorization)
         if parsed is None or not access_tokens.looks_like_token(parsed[1]):
             return await self.inner.authenticate(authorization, client)
@@ -113,7 +101,7 @@ class TokenAuthenticator(Authenticator):
             limit=access_tokens.limit_of(record),
             token_id=record.id,
         )
-        return TokenIdentity(record.owner, principal.kind, principal)
+        return principal
 
     async def _lookup(self, name: str, token: str) -> access_tokens.Checked | None:
         """The check of a token; one store read however many requests carry it at once."""

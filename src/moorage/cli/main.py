@@ -13,8 +13,8 @@ import click
 
 from moorage import __version__
 from moorage.cli import access_tokens as token_commands
-from moorage.cli import audit as audit_log
 from moorage.cli import (
+    accounts,
     backup,
     ca,
     certs,
@@ -25,6 +25,7 @@ from moorage.cli import (
     status,
     token_keys,
 )
+from moorage.cli import audit as audit_log
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
@@ -46,6 +47,7 @@ for _group in (
     ca,
     join_tokens,
     certs,
+    accounts,
     token_commands,
     token_keys,
     audit_log,

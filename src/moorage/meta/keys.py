@@ -25,7 +25,7 @@ MANIFESTS = ROOT + b"manifests/"
 TAGS = ROOT + b"tags/"
 REFERRERS = ROOT + b"referrers/"
 #: What registry data is made of: a member is as up to date as its newest change here.
-REGISTRY_DATA = (CLUSTER, USERS, REPOS, BLOBS, MANIFESTS, TAGS, REFERRERS)
+REGISTRY_DATA: tuple[bytes, ...] = (CLUSTER, USERS, REPOS, BLOBS, MANIFESTS, TAGS, REFERRERS)
 #: Rewritten by every transaction that changes registry data (deletes included), so the
 #: newest change is found by reading one key. Outside ROOT: not registry data itself, so
 #: backups and restores never carry it.
@@ -202,3 +202,64 @@ def token_key(kid: str) -> bytes:
 #: `<AUDIT_EVENTS><unix µs, 17 digits>-<origin>-<sequence, 8 hex>` -> the event (JSON). Keys
 #: sort by time, so a time range is a key range and paging resumes after the last key read.
 AUDIT_EVENTS = b"/moorage-audit/events/"
+
+
+# -- accounts and permissions (issue #9, moorage.auth.policy) --------------------------------
+#
+#     /moorage/access/orgs/<org>                     {"name"}
+#     /moorage/access/teams/<org>/<team>             {"org", "name", "members"}
+#     /moorage/access/memberships/<user>@<org>/<team> {}   (the teams of a user, by prefix)
+#     /moorage/access/grants/<target>@<subject>      {"target", "subject", "role"}
+#     /moorage/access/public/<repo>                  {}   (anonymous pull)
+#
+# Users stay under USERS. The grants on one target are one prefix (`<target>@`), so the
+# policy reads the grants of a namespace and of a repository with two bounded reads.
+ACCESS = ROOT + b"access/"
+ORGS = ACCESS + b"orgs/"
+TEAMS = ACCESS + b"teams/"
+MEMBERSHIPS = ACCESS + b"memberships/"
+GRANTS = ACCESS + b"grants/"
+PUBLIC = ACCESS + b"public/"
+REGISTRY_DATA = (*REGISTRY_DATA, ACCESS)
+
+
+def org(name: str) -> bytes:
+    return ORGS + name.encode()
+
+
+def team(org_name: str, team_name: str) -> bytes:
+    return TEAMS + f"{org_name}/{team_name}".encode()
+
+
+def teams_prefix(org_name: str) -> bytes:
+    return TEAMS + f"{org_name}/".encode()
+
+
+def membership(user_name: str, org_name: str, team_name: str) -> bytes:
+    return MEMBERSHIPS + f"{user_name}@{org_name}/{team_name}".encode()
+
+
+def memberships_prefix(user_name: str) -> bytes:
+    return MEMBERSHIPS + f"{user_name}@".encode()
+
+
+def grant(target: str, subject: str) -> bytes:
+    return GRANTS + f"{target}@{subject}".encode()
+
+
+def grants_prefix(target: str) -> bytes:
+    return GRANTS + f"{target}@".encode()
+
+
+def public(repo_name: str) -> bytes:
+    return PUBLIC + repo_name.encode()
+
+
+_KINDS = (
+    (ORGS, "org", 1),
+    (TEAMS, "team", 1),
+    (MEMBERSHIPS, "membership", 2),
+    (GRANTS, "grant", 2),
+    (PUBLIC, "public", 1),
+    *_KINDS,
+)

@@ -14,7 +14,12 @@ JSON form, one object per entry, `kind` first:
     {"kind": "manifest", "repo", "digest", "media_type", "size", "subject", "artifact_type"}
     {"kind": "blob_link", "repo", "digest", "size"}
     {"kind": "referrer", "repo", "subject", "descriptor"}
-    {"kind": "user", "name", "password_hash", "role"}
+    {"kind": "user", "name", "password_hash", "role", "admin", "disabled"}
+    {"kind": "org", "name"}
+    {"kind": "team", "org", "name", "members"}
+    {"kind": "membership", "user", "org", "team"}
+    {"kind": "grant", "target", "subject", "role"}
+    {"kind": "public", "repo"}
     {"kind": "cluster", "cluster_id", "epoch"}          (kept, never restored)
     {"kind": "replica", "replica_id", "url", ...}        (kept, never restored)
 """
@@ -29,10 +34,14 @@ from moorage.errors import MoorageError, RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.records import (
     ClusterRecord,
+    GrantRecord,
     ManifestRecord,
+    OrgRecord,
     ReplicaRecord,
     TagRecord,
+    TeamRecord,
     UserRecord,
+    check_account_name,
     check_digest,
     check_size,
     check_text,
@@ -179,6 +188,72 @@ class ReplicaEntry:
         return asdict(self.record)
 
 
+@dataclass(frozen=True, slots=True)
+class OrgEntry:
+    kind: ClassVar[str] = "org"
+    record: OrgRecord
+
+    def validate(self) -> None:
+        OrgRecord.decode(self.record.encode())
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamEntry:
+    kind: ClassVar[str] = "team"
+    record: TeamRecord
+
+    def validate(self) -> None:
+        TeamRecord.decode(self.record.encode())
+
+    def fields(self) -> dict[str, Any]:
+        return json.loads(self.record.encode())  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipEntry:
+    """The index of a team member (meta/accounts.py): `user` is in `org/team`."""
+
+    kind: ClassVar[str] = "membership"
+    user: str
+    org: str
+    team: str
+
+    def validate(self) -> None:
+        for name in (self.user, self.org, self.team):
+            check_account_name(name, "membership")
+
+    def fields(self) -> dict[str, Any]:
+        return {"user": self.user, "org": self.org, "team": self.team}
+
+
+@dataclass(frozen=True, slots=True)
+class GrantEntry:
+    kind: ClassVar[str] = "grant"
+    record: GrantRecord
+
+    def validate(self) -> None:
+        self.record.validate()
+        _repo(self.record.target)
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicEntry:
+    kind: ClassVar[str] = "public"
+    repo: str
+
+    def validate(self) -> None:
+        _repo(self.repo)
+
+    def fields(self) -> dict[str, Any]:
+        return {"repo": self.repo}
+
+
 Entry = (
     RepoEntry
     | TagEntry
@@ -188,9 +263,17 @@ Entry = (
     | UserEntry
     | ClusterEntry
     | ReplicaEntry
+    | OrgEntry
+    | TeamEntry
+    | MembershipEntry
+    | GrantEntry
+    | PublicEntry
 )
 #: What a restore writes back (cluster and replica records belong to the old cluster).
-RESTORED_KINDS = frozenset({"repository", "tag", "manifest", "blob_link", "referrer", "user"})
+RESTORED_KINDS = frozenset(
+    {"repository", "tag", "manifest", "blob_link", "referrer", "user"}
+    | {"org", "team", "membership", "grant", "public"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +319,16 @@ def from_json(doc: object) -> Entry:
             entry = ClusterEntry(_record(ClusterRecord, fields))
         elif kind == "replica":
             entry = ReplicaEntry(_record(ReplicaRecord, fields))
+        elif kind == "org":
+            entry = OrgEntry(_record(OrgRecord, fields))
+        elif kind == "team":
+            entry = TeamEntry(_record(TeamRecord, fields))
+        elif kind == "membership":
+            entry = MembershipEntry(**fields)
+        elif kind == "grant":
+            entry = GrantEntry(_record(GrantRecord, fields))
+        elif kind == "public":
+            entry = PublicEntry(**fields)
         else:
             raise RecordCorrupt(f"unknown kind {_show(kind)}")
     except TypeError:
@@ -279,6 +372,25 @@ def from_kv(key: bytes, value: bytes) -> Entry | None:
         entry = ClusterEntry(ClusterRecord.decode(value))
     elif kind == "replica":
         entry = ReplicaEntry(ReplicaRecord.decode(value))
+    elif kind == "org":
+        entry = OrgEntry(OrgRecord.decode(value))
+        if entry.record.name != parts[0]:
+            raise RecordCorrupt(f"the record names organization {_show(entry.record.name)}")
+    elif kind == "team":
+        entry = TeamEntry(TeamRecord.decode(value))
+        if f"{entry.record.org}/{entry.record.name}" != parts[0]:
+            raise RecordCorrupt("the record names another team")
+    elif kind == "membership":
+        org, sep, team = parts[1].partition("/")
+        if not sep:
+            raise RecordCorrupt("a membership key names no ORG/TEAM")
+        entry = MembershipEntry(parts[0], org, team)
+    elif kind == "grant":
+        entry = GrantEntry(GrantRecord.decode(value))
+        if (entry.record.target, entry.record.subject) != parts:
+            raise RecordCorrupt("the grant record names another target or subject")
+    elif kind == "public":
+        entry = PublicEntry(parts[0])
     elif kind == "invalid":
         raise RecordCorrupt("a malformed key (not the fields its prefix needs, joined by @)")
     else:  # heartbeats, locks, other keys under the root
@@ -303,4 +415,14 @@ def to_kv(entry: Entry) -> tuple[bytes, bytes]:
         return keys.user(entry.record.name), entry.record.encode()
     if isinstance(entry, ClusterEntry):
         return keys.CLUSTER, entry.record.encode()
+    if isinstance(entry, OrgEntry):
+        return keys.org(entry.record.name), entry.record.encode()
+    if isinstance(entry, TeamEntry):
+        return keys.team(entry.record.org, entry.record.name), entry.record.encode()
+    if isinstance(entry, MembershipEntry):
+        return keys.membership(entry.user, entry.org, entry.team), b"{}"
+    if isinstance(entry, GrantEntry):
+        return keys.grant(entry.record.target, entry.record.subject), entry.record.encode()
+    if isinstance(entry, PublicEntry):
+        return keys.public(entry.repo), b"{}"
     return keys.replica(entry.record.replica_id), entry.record.encode()

@@ -29,13 +29,20 @@ class Blobs:
         if not await self.meta.unlink_blob(repo, str(parsed)):
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
 
-    async def mount(self, repo: str, digest: str, source: str | None) -> Digest | None:
-        """Link a blob from `source` (or, without one, any blob in storage) into `repo`.
+    async def mount(
+        self, repo: str, digest: str, source: str | None, anywhere: bool = True
+    ) -> Digest | None:
+        """Link a blob from `source` (or, without one, any blob in storage when `anywhere`,
+        else only one `repo` holds already) into `repo`.
 
         Returns None when it cannot, and the caller starts an ordinary upload instead.
+        The caller checked that the client may pull `source` (and, for `anywhere`, every
+        repository): a blob is never linked from where its client could not read it.
         """
         parsed = parse_digest(digest)
         key = str(parsed)
+        if source is None and not anywhere:
+            source = repo
         if source is not None:
             validate_name(source)
             size = await self.meta.blob_size(source, key)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from moorage.auth import access_tokens
 from moorage.auth.base import Authenticator
 from moorage.auth.bearer import BearerAuthenticator, Realm, TokenService
 from moorage.auth.signing_keys import SECRET_BYTES, SigningKeys
@@ -71,4 +72,8 @@ def token_authenticator(
     config: ReplicaConfig, meta: MetaStore, inner: Authenticator
 ) -> BearerAuthenticator:
     keys = SigningKeys(meta, _secret(config))
-    return BearerAuthenticator(inner, TokenService(keys, config.cluster_id), realm(config))
+    async def token_live(token_id: str) -> bool:
+        return await access_tokens.live(meta, token_id)
+
+    service = TokenService(keys, config.cluster_id)
+    return BearerAuthenticator(inner, service, realm(config), token_live)

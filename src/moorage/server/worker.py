@@ -20,6 +20,7 @@ from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import set_health
 from moorage.audit.log import EtcdAuditLog, login_recorder, origin_name
 from moorage.auth.basic import BasicAuthenticator
+from moorage.auth.policy import AccessView, Policy
 from moorage.auth.token_auth import TokenAuthenticator
 from moorage.cluster import jobs
 from moorage.cluster.certs import reloading
@@ -49,11 +50,16 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
         journal = None  # only to measure the journal's cost in the benchmark
     # The cluster-wide audit log: this worker's events, batched into the store.
     audit = EtcdAuditLog(meta, origin_name(config.replica_id, os.getpid()))
+    view = AccessView(meta)  # accounts and grants, cached under an etcd watch
     # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
-    basic = BasicAuthenticator(meta, on_login=login_recorder(audit))
+    basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view)
     auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
     replica = Replica(
-        config=config, registry=Registry(storage, meta, journal), auth=auth, audit=audit
+        config=config,
+        registry=Registry(storage, meta, journal),
+        auth=auth,
+        authorizer=Policy(view),
+        audit=audit,
     )
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
@@ -86,6 +92,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
                 yield
         finally:
             replica.registry.close()  # the journal's descriptor would outlive the app
+            if isinstance(replica.authorizer, Policy):
+                await replica.authorizer.view.close()
             await meta.close()
 
     return http_app(replica, lifespan)

@@ -1,0 +1,263 @@
+"""Accounts and permissions in the store: users, organizations, teams, grants and public
+repositories (issue #9; the layout is in meta/keys.py, the records in meta/records.py).
+
+Every read is bounded (pages of at most STORE_PAGE keys); the few operations that touch an
+open-ended set (deleting a user or an organization removes its grants) page through it.
+Team membership is kept twice, in one transaction each time: in the team's record (its
+members, for `team list`) and as one key per user and team (the teams of a user, which
+the policy reads with one bounded prefix read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moorage.meta import keys
+from moorage.meta.base import KV, STORE_PAGE, Delete, MetaStore, Op, Put
+from moorage.meta.records import (
+    MAX_TEAM_MEMBERS,
+    GrantRecord,
+    OrgRecord,
+    TeamRecord,
+    UserRecord,
+)
+
+_EMPTY = b"{}"
+_RETRIES = 20
+#: The most teams one user is a member of (more are refused when added).
+MAX_TEAMS_PER_USER = 100
+
+
+class AccountConflict(Exception):
+    """The change contradicts the store: a duplicate, a missing parent, a full team."""
+
+
+class AccountMissing(LookupError):
+    """The account, team or grant named does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceAccess:
+    """What the policy needs about one namespace: every grant on it or on one of its
+    repositories, and its public repositories."""
+
+    grants: tuple[GrantRecord, ...]
+    public: frozenset[str]
+
+
+def namespace_of(target: str) -> str:
+    return target.split("/", 1)[0]
+
+
+class Accounts:
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+
+    # -- reads -------------------------------------------------------------------------
+    async def user(self, name: str) -> UserRecord | None:
+        return await self.meta.get_user(name)
+
+    async def org(self, name: str) -> OrgRecord | None:
+        kv = await self.meta._get(keys.org(name))
+        return OrgRecord.decode(kv.value) if kv else None
+
+    async def team(self, org: str, name: str) -> TeamRecord | None:
+        kv = await self.meta._get(keys.team(org, name))
+        return TeamRecord.decode(kv.value) if kv else None
+
+    async def teams_of(self, user: str) -> tuple[str, ...]:
+        """`ORG/TEAM` of every team `user` belongs to (one bounded read)."""
+        prefix = keys.memberships_prefix(user)
+        kvs, _ = await self.meta._range(
+            prefix, keys.prefix_end(prefix), MAX_TEAMS_PER_USER, keys_only=True
+        )
+        return tuple(kv.key[len(prefix) :].decode() for kv in kvs)
+
+    async def namespace(self, ns: str) -> NamespaceAccess:
+        """Grants on `ns` and on `ns/...`, and the public repositories under `ns`."""
+        grants: list[GrantRecord] = []
+        for prefix, end in (
+            (keys.grants_prefix(ns), keys.prefix_end(keys.grants_prefix(ns))),
+            (keys.GRANTS + f"{ns}/".encode(), keys.prefix_end(keys.GRANTS + f"{ns}/".encode())),
+        ):
+            async for page in self.meta._scan(prefix, end):
+                grants += [GrantRecord.decode(kv.value) for kv in page]
+        public: set[str] = set()
+        for prefix in (keys.public(ns), keys.PUBLIC + f"{ns}/".encode()):
+            end = prefix + b"\x00" if not prefix.endswith(b"/") else keys.prefix_end(prefix)
+            async for page in self.meta._scan(prefix, end, keys_only=True):
+                public |= {kv.key[len(keys.PUBLIC) :].decode() for kv in page}
+        return NamespaceAccess(tuple(grants), frozenset(public))
+
+    async def _values(
+        self, prefix: bytes, n: int, last: str | None, start_key: bytes | None = None
+    ) -> tuple[list[KV], bool]:
+        start = prefix + last.encode() + b"\x00" if last else (start_key or prefix)
+        kvs, more = await self.meta._range(start, keys.prefix_end(prefix), min(n, STORE_PAGE))
+        return kvs, more
+
+    async def users(self, n: int, last: str | None) -> tuple[list[UserRecord], bool]:
+        kvs, more = await self._values(keys.USERS, n, last)
+        return [UserRecord.decode(kv.value) for kv in kvs], more
+
+    async def orgs(self, n: int, last: str | None) -> tuple[list[OrgRecord], bool]:
+        kvs, more = await self._values(keys.ORGS, n, last)
+        return [OrgRecord.decode(kv.value) for kv in kvs], more
+
+    async def teams(self, org: str, n: int, last: str | None) -> tuple[list[TeamRecord], bool]:
+        kvs, more = await self._values(keys.teams_prefix(org), n, last)
+        return [TeamRecord.decode(kv.value) for kv in kvs], more
+
+    async def grants(
+        self, on: str | None, n: int, last: str | None
+    ) -> tuple[list[GrantRecord], bool]:
+        """Grants in key order (target, then subject); `on` a target: only those on it."""
+        prefix = keys.grants_prefix(on) if on else keys.GRANTS
+        kvs, more = await self._values(prefix, n, last)
+        return [GrantRecord.decode(kv.value) for kv in kvs], more
+
+    async def is_public(self, repo: str) -> bool:
+        return await self.meta._get(keys.public(repo)) is not None
+
+    async def other_admin(self, name: str) -> bool:
+        """Whether an enabled cluster admin other than `name` exists (paged read)."""
+        async for page in self.meta._scan(keys.USERS, keys.prefix_end(keys.USERS)):
+            for kv in page:
+                user = UserRecord.decode(kv.value)
+                if user.name != name and user.admin and not user.disabled:
+                    return True
+        return False
+
+    # -- writes ------------------------------------------------------------------------
+    async def add_user(self, user: UserRecord) -> None:
+        if await self.org(user.name) is not None:
+            raise AccountConflict(f"{user.name} is an organization: a user needs another name")
+        if not await self.meta.create_user(user):
+            raise AccountConflict(f"user {user.name} exists already")
+
+    async def update_user(self, user: UserRecord) -> None:
+        key = keys.user(user.name)
+        kv = await self.meta._get(key)
+        if kv is None:
+            raise AccountMissing(f"no user {user.name}")
+        if not await self.meta._txn([(key, kv.mod_revision)], [Put(key, user.encode())]):
+            raise AccountConflict(f"user {user.name} changed meanwhile: try again")
+
+    async def delete_user(self, name: str) -> None:
+        """The user, its team memberships and every grant to it (paged)."""
+        if await self.user(name) is None:
+            raise AccountMissing(f"no user {name}")
+        for team in await self.teams_of(name):
+            org, _, team_name = team.partition("/")
+            await self.remove_member(org, team_name, name, missing_ok=True)
+        await self._delete_grants_to({f"user:{name}"}, None)
+        await self.meta._txn([], [Delete(keys.user(name))])
+
+    async def add_org(self, name: str) -> None:
+        if await self.user(name) is not None:
+            raise AccountConflict(
+                f"{name} is a user's own namespace: an organization needs another name"
+            )
+        key = keys.org(name)
+        if not await self.meta._txn([(key, 0)], [Put(key, OrgRecord(name).encode())]):
+            raise AccountConflict(f"organization {name} exists already")
+
+    async def delete_org(self, name: str) -> None:
+        """The organization, its teams (and their memberships and grants); grants on its
+        namespace stay with the repositories, which a delete does not touch."""
+        if await self.org(name) is None:
+            raise AccountMissing(f"no organization {name}")
+        prefix = keys.teams_prefix(name)
+        while True:
+            kvs, _ = await self.meta._range(prefix, keys.prefix_end(prefix), STORE_PAGE)
+            if not kvs:
+                break
+            for kv in kvs:
+                await self.delete_team(name, TeamRecord.decode(kv.value).name)
+        await self.meta._txn([], [Delete(keys.org(name))])
+
+    async def add_team(self, org: str, name: str) -> None:
+        okey, key = keys.org(org), keys.team(org, name)
+        record = TeamRecord(org, name)
+        if not await self.meta._txn([(okey, -1), (key, 0)], [Put(key, record.encode())]):
+            if await self.org(org) is None:
+                raise AccountMissing(f"no organization {org}: 'moorage org add {org}' first")
+            raise AccountConflict(f"team {org}/{name} exists already")
+
+    async def delete_team(self, org: str, name: str) -> None:
+        team = await self.team(org, name)
+        if team is None:
+            raise AccountMissing(f"no team {org}/{name}")
+        ops: list[Op] = [Delete(keys.team(org, name))]
+        ops += [Delete(keys.membership(m, org, name)) for m in team.members]
+        for i in range(0, len(ops), 500):
+            await self.meta._txn([], ops[i : i + 500])
+        await self._delete_grants_to({f"team:{org}/{name}"}, None)
+
+    async def add_member(self, org: str, name: str, user: str) -> None:
+        await self._change_members(org, name, user, add=True)
+
+    async def remove_member(self, org: str, name: str, user: str, missing_ok: bool = False) -> None:
+        await self._change_members(org, name, user, add=False, missing_ok=missing_ok)
+
+    async def _change_members(
+        self, org: str, name: str, user: str, add: bool, missing_ok: bool = False
+    ) -> None:
+        key = keys.team(org, name)
+        for _ in range(_RETRIES):
+            kv = await self.meta._get(key)
+            if kv is None:
+                if missing_ok:
+                    await self.meta._txn([], [Delete(keys.membership(user, org, name))])
+                    return
+                raise AccountMissing(f"no team {org}/{name}")
+            team = TeamRecord.decode(kv.value)
+            if add:
+                if user in team.members:
+                    return
+                if await self.user(user) is None:
+                    raise AccountMissing(f"no user {user}")
+                if len(team.members) >= MAX_TEAM_MEMBERS:
+                    raise AccountConflict(f"team {org}/{name} has {MAX_TEAM_MEMBERS} members")
+                if len(await self.teams_of(user)) >= MAX_TEAMS_PER_USER:
+                    raise AccountConflict(f"{user} is in {MAX_TEAMS_PER_USER} teams already")
+                members = (*team.members, user)
+                op: Op = Put(keys.membership(user, org, name), _EMPTY)
+            else:
+                if user not in team.members:
+                    if missing_ok:
+                        await self.meta._txn([], [Delete(keys.membership(user, org, name))])
+                        return
+                    raise AccountMissing(f"{user} is not a member of {org}/{name}")
+                members = tuple(m for m in team.members if m != user)
+                op = Delete(keys.membership(user, org, name))
+            record = TeamRecord(org, name, members)
+            if await self.meta._txn([(key, kv.mod_revision)], [Put(key, record.encode()), op]):
+                return
+        raise AccountConflict(f"team {org}/{name} kept changing: try again")
+
+    async def put_grant(self, grant: GrantRecord) -> None:
+        grant.validate()
+        await self.meta._txn([], [Put(keys.grant(grant.target, grant.subject), grant.encode())])
+
+    async def delete_grant(self, target: str, subject: str) -> None:
+        key = keys.grant(target, subject)
+        kv = await self.meta._get(key)
+        if kv is None:
+            raise AccountMissing(f"no grant on {target} to {subject}")
+        await self.meta._txn([(key, kv.mod_revision)], [Delete(key)])
+
+    async def _delete_grants_to(self, subjects: set[str], on: str | None) -> None:
+        """Every grant to one of `subjects` (paged through all grants)."""
+        async for page in self.meta._scan(keys.GRANTS, keys.prefix_end(keys.GRANTS)):
+            doomed: list[Op] = []
+            for kv in page:
+                grant = GrantRecord.decode(kv.value)
+                if grant.subject in subjects:
+                    doomed.append(Delete(kv.key))
+            for i in range(0, len(doomed), 500):
+                await self.meta._txn([], doomed[i : i + 500])
+
+    async def set_public(self, repo: str, on: bool) -> None:
+        key = keys.public(repo)
+        await self.meta._txn([], [Put(key, _EMPTY) if on else Delete(key)])

@@ -1,0 +1,43 @@
+"""etcd watches (the access policy's cache, moorage.auth.policy): beside meta/etcd.py, the
+other module allowed to speak to the etcd client (pyproject's import contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+from aetcd import rpc
+
+from moorage.errors import StoreUnavailable
+from moorage.meta import keys
+from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
+
+
+async def watch_prefixes(
+    store: EtcdMetaStore,
+    prefixes: Sequence[bytes],
+    on_ready: Callable[[], None],
+    on_change: Callable[[], None],
+) -> None:
+    """Watch the keys under `prefixes`: `on_ready` once every watch exists, `on_change` per
+    batch of changes. Returns (or raises StoreUnavailable) when the stream ends or fails."""
+    client = store._client
+    await client.connect()
+    call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+    try:
+        for p in prefixes:
+            create = rpc.WatchCreateRequest(key=p, range_end=keys.prefix_end(p))
+            await call.write(rpc.WatchRequest(create_request=create))
+        created = 0
+        while (resp := await call.read()) is not grpc.aio.EOF:
+            if resp.canceled or resp.compact_revision:
+                return
+            created += bool(resp.created)
+            if resp.created and created == len(prefixes):
+                on_ready()
+            if resp.events:
+                on_change()
+    except grpc.aio.AioRpcError as exc:
+        raise StoreUnavailable(f"{_UNAVAILABLE}: {exc.details() or exc.code().name}") from exc
+    finally:
+        call.cancel()
