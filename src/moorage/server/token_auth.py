@@ -72,6 +72,7 @@ def token_authenticator(
     config: ReplicaConfig, meta: MetaStore, inner: Authenticator
 ) -> BearerAuthenticator:
     keys = SigningKeys(meta, _secret(config))
+
     async def token_live(token_id: str) -> bool:
         return await access_tokens.live(meta, token_id)
 
