@@ -1,7 +1,8 @@
 """The replica's TLS files under `D/tls/`.
 
     D/tls/              0700
-      ca.crt            0644  the cluster CA certificate (etcd --trusted-ca-file, clients' trust)
+      ca.crt            0644  the cluster CA certificate (etcd --trusted-ca-file, clients' trust);
+                              during a CA rotation a bundle of both CAs, the signing one first
       replica.crt       0644  this replica's certificate (etcd --cert-file and --peer-cert-file)
       replica.key       0600  its key, PKCS#8 unencrypted (etcd cannot read an encrypted key)
       cluster.secret    0600  32 random bytes that open the sealed CA key kept in etcd (see ca.py)
@@ -22,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from moorage.pki.ca import cert_pem, key_pem, load_cert, load_key
+from moorage.pki.ca import bundle_pem, cert_pem, key_pem, load_bundle, load_cert, load_key
 
 DIR_MODE = 0o700
 PRIVATE_MODE = 0o600
@@ -109,6 +110,22 @@ class TlsDir:
 
     def read_ca(self) -> x509.Certificate:
         return load_cert(self.ca_cert.read_bytes())
+
+    def read_bundle(self) -> list[x509.Certificate]:
+        """Every CA this replica trusts (two during a CA rotation; the signing one first)."""
+        return load_bundle(self.ca_cert.read_bytes())
+
+    def write_bundle(self, certs: list[x509.Certificate]) -> bool:
+        """Make `certs` the trusted CAs (False: the file held exactly them already)."""
+        data = bundle_pem(certs)
+        try:
+            if self.ca_cert.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+        self.ensure()
+        write_atomic(self.ca_cert, data, PUBLIC_MODE)
+        return True
 
     def read_cert(self) -> x509.Certificate:
         return load_cert(self.cert.read_bytes())
