@@ -32,7 +32,7 @@ from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.etcd import EtcdCluster, EtcdMetaStore
 from moorage.pki import ca as pki
-from moorage.pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
+from moorage.pki.files import PRIVATE_MODE, PUBLIC_MODE, load_bundle, write_atomic
 
 log = logging.getLogger("moorage.certs")
 RELOAD_INTERVAL = 2.0
@@ -51,7 +51,7 @@ def _summary(path: Path) -> dict[str, Any]:
 def _trusted(path: Path) -> list[dict[str, Any]]:
     """The CAs of a bundle after the first (there are some during a CA rotation)."""
     try:
-        certs = pki.load_bundle(path.read_bytes())
+        certs = load_bundle(path.read_bytes())
     except (OSError, ValueError):
         return []
     return [pki.summary(c).as_dict() | {"path": str(path)} for c in certs[1:]]

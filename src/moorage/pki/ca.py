@@ -181,16 +181,13 @@ def _sans(hosts: Iterable[str]) -> list[x509.GeneralName]:
 def create_ca(
     cluster_id: str, now: datetime.datetime | None = None, generation: str | None = None
 ) -> CertificateAuthority:
-    """A new CA. `generation` (a rotated CA: `certs rotate --ca`) goes into the subject as an
-    OU, so that the old and the new CA, trusted side by side for a while, never share a
-    subject name (chain building looks issuers up by name)."""
+    """`generation` (`certs rotate --ca`): an OU, so that two CAs trusted side by side never
+    share a subject name (chain building looks issuers up by name)."""
     key = generate_key()
     start = _now(now) - BACKDATE
-    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Moorage")]
-    if generation:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, generation))
-    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, f"Moorage cluster CA {cluster_id}"))
-    name = x509.Name(attributes)
+    ou = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, generation)] if generation else []
+    cn = x509.NameAttribute(NameOID.COMMON_NAME, f"Moorage cluster CA {cluster_id}")
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Moorage"), *ou, cn])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -392,19 +389,6 @@ def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
 
 def load_cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
-
-
-def load_bundle(pem: bytes) -> list[x509.Certificate]:
-    """Every certificate of a PEM bundle (`D/tls/ca.crt` holds two during a CA rotation: the
-    one that signs first); ValueError when there is none."""
-    certs = x509.load_pem_x509_certificates(pem)
-    if not certs:
-        raise ValueError("no PEM certificate")
-    return certs
-
-
-def bundle_pem(certs: Iterable[x509.Certificate]) -> bytes:
-    return b"".join(cert_pem(c) for c in certs)
 
 
 def load_csr(pem: bytes) -> x509.CertificateSigningRequest:

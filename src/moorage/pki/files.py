@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from moorage.pki.ca import bundle_pem, cert_pem, key_pem, load_bundle, load_cert, load_key
+from moorage.pki.ca import cert_pem, key_pem, load_cert, load_key
 
 DIR_MODE = 0o700
 PRIVATE_MODE = 0o600
@@ -55,6 +55,19 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def load_bundle(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (`ca.crt` holds two during a CA rotation, the one
+    that signs first); ValueError when there is none."""
+    certs = x509.load_pem_x509_certificates(pem)
+    if not certs:
+        raise ValueError("no PEM certificate")
+    return certs
+
+
+def bundle_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(cert_pem(c) for c in certs)
 
 
 @dataclass(frozen=True)

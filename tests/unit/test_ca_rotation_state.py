@@ -1,0 +1,103 @@
+"""cluster/ca_rotation.py without processes: the rotation record's phases in a store, what
+each phase trusts and who signs, joins refused meanwhile, a second `begin` resuming, and the
+CA bundle files (tests/test_ca_rotation.py runs the whole rotation on a real cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from moorage.cluster import ca_rotation as rot
+from moorage.cluster import tls as ctls
+from moorage.cluster.membership import Refused
+from moorage.cluster.replica_config import new_replica_config
+from moorage.config import DataDir
+from moorage.meta.memory import MemoryMetaStore
+from moorage.pki import ca as pki
+from moorage.pki.files import load_bundle
+
+
+def test_phases_trust_sign_and_joins(tmp_path: Path) -> None:
+    first = new_replica_config(DataDir(tmp_path / "r1"), http_addr="127.0.0.1:5000")
+    old_fp = ctls.create_cluster_tls(first)
+    store = MemoryMetaStore()
+
+    async def csr_signed(renewal: bool) -> x509.Certificate:
+        joiner = new_replica_config(DataDir(tmp_path / "rj"), http_addr="127.0.0.1:5001")
+        answer = await ctls.sign_join(store, first, joiner.replica_id, ctls.new_csr(joiner),
+                                      ["127.0.0.1"], renewal=renewal)  # fmt: skip
+        return pki.load_cert(answer["certificate"].encode())
+
+    async def scenario() -> None:
+        await ctls.publish_ca(store, first)
+        with pytest.raises(rot.RotationError, match="no CA rotation"):
+            await rot.advance(store, "reissue")
+        begun = await rot.begin(store, first)
+        assert begun.phase == "trust"
+        assert pki.fingerprint(begun.old_ca) == old_fp
+        new_fp = pki.fingerprint(begun.new_ca)
+        assert new_fp != old_fp
+        # Never the same subject as the old CA: both sit in one trust bundle.
+        assert begun.new_ca.subject != begun.old_ca.subject
+        assert [pki.fingerprint(c) for c in begun.bundle()] == [old_fp, new_fp]
+        again = await rot.begin(store, first)  # a second run resumes, it makes no third CA
+        assert pki.fingerprint(again.new_ca) == new_fp
+        # Both sealed keys open with the replica's secret (no plain key in the record).
+        secret = ctls.tls_dir(first).read_secret()
+        pki.unseal_ca_key(again.new_key, secret, again.new_ca)
+        pki.unseal_ca_key(again.old_key, secret, again.old_ca)
+        raw = await store.get_ca_rotation()
+        assert raw is not None
+        assert b"PRIVATE KEY" not in raw[0]
+
+        # Joins are refused while it runs; a renewal is signed, by the old CA in `trust`.
+        with pytest.raises(Refused, match="CA rotation is in progress"):
+            await csr_signed(renewal=False)
+        assert pki.issued_by(await csr_signed(renewal=True), begun.old_ca)
+        with pytest.raises(rot.RotationError, match="phase trust"):
+            await rot.advance(store, "drop")  # no skipping
+        with pytest.raises(rot.RotationError, match="not finished"):
+            await rot.finish(store)
+
+        switched = await rot.advance(store, "reissue")
+        assert [pki.fingerprint(c) for c in switched.bundle()] == [new_fp, old_fp]
+        stored = await store.get_ca()
+        assert stored is not None
+        assert pki.fingerprint(pki.load_cert(stored[0])) == new_fp  # the new CA signs
+        assert pki.issued_by(await csr_signed(renewal=True), begun.new_ca)
+        assert (await rot.advance(store, "reissue")).phase == "reissue"  # idempotent
+
+        dropped = await rot.advance(store, "drop")
+        assert [pki.fingerprint(c) for c in dropped.bundle()] == [new_fp]
+        assert await rot.finish(store) == new_fp
+        assert await store.get_ca_rotation() is None
+        assert await rot.finish(store) == new_fp  # idempotent
+        assert pki.issued_by(await csr_signed(renewal=False), begun.new_ca)  # joins again
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_record_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(rot.RotationError, match="unreadable"):
+        rot.Rotation.decode(b'{"phase": "trust"}', 1)
+    with pytest.raises(rot.RotationError, match="unknown phase"):
+        rot.Rotation.decode(b'{"phase": "explode"}', 1)
+
+
+def test_the_bundle_file(tmp_path: Path) -> None:
+    config = new_replica_config(DataDir(tmp_path / "r1"), http_addr="127.0.0.1:5000")
+    ctls.create_cluster_tls(config)
+    tls = ctls.tls_dir(config)
+    old = tls.read_ca()
+    new = pki.create_ca(config.cluster_id, generation="rotated test").cert
+    assert tls.write_bundle([old, new])
+    assert not tls.write_bundle([old, new])  # unchanged: not rewritten
+    assert [pki.fingerprint(c) for c in tls.read_bundle()] == [pki.fingerprint(old),
+                                                               pki.fingerprint(new)]  # fmt: skip
+    assert tls.read_ca() == old  # the signing CA is the first
+    tls.client_context()  # Python's ssl takes the bundle
+    with pytest.raises(ValueError, match="PEM"):
+        load_bundle(b"")
