@@ -5,16 +5,21 @@ CA bundle files (tests/test_ca_rotation.py runs the whole rotation on a real clu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from moorage.cluster import ca_rotation as rot
+from moorage.cluster import certs
 from moorage.cluster import tls as ctls
 from moorage.cluster.membership import Refused
 from moorage.cluster.replica_config import new_replica_config
 from moorage.config import DataDir
+from moorage.meta.etcd import ClientTls, EtcdCluster, Member
 from moorage.meta.memory import MemoryMetaStore
 from moorage.pki import ca as pki
 from moorage.pki.files import load_bundle
@@ -101,3 +106,64 @@ def test_the_bundle_file(tmp_path: Path) -> None:
     tls.client_context()  # Python's ssl takes the bundle
     with pytest.raises(ValueError, match="PEM"):
         load_bundle(b"")
+
+
+class _Members(EtcdCluster):
+    """An etcd client stand-in: a fixed member list; reopen records what it was given."""
+
+    def __init__(self, local: str, members: list[Member]) -> None:
+        self.endpoints = [local]
+        self.tls = ClientTls(b"", b"", b"")
+        self._list = members
+        self.reopened: list[list[str] | None] = []
+
+    async def members(self, linearizable: bool = True) -> list[Member]:
+        return self._list
+
+    async def reopen(self, tls: ClientTls, endpoints: Sequence[str] | None = None) -> None:
+        self.reopened.append(None if endpoints is None else list(endpoints))
+        if endpoints is not None:
+            self.endpoints = list(endpoints)
+
+
+def test_workers_fail_over_between_members_and_drain_off_the_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first replica's configuration lists no other member: its etcd client learns them;
+    the drain marker puts the local member last (acknowledged), its removal first again."""
+    config = new_replica_config(DataDir(tmp_path / "r1"), http_addr="127.0.0.1:5000")
+    DataDir(tmp_path / "r1").run_dir.mkdir(parents=True)
+    local = config.etcd_client_url
+    others = ["https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+    store = _Members(local, [
+        Member(1, config.etcd_name, (), ("https://10.0.0.1:2379",), False),
+        Member(2, "r2", (), (others[0],), False),
+        Member(3, "r3", (), (others[1],), False),
+        Member(4, "r4", (), ("https://10.0.0.4:2379",), True),  # a learner: not yet
+    ])  # fmt: skip
+    monkeypatch.setattr(certs, "RELOAD_INTERVAL", 0.01)
+    marker, ack = certs.drain_marker(config), certs.drain_ack(config, os.getpid())
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(2000):
+            if check():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never: {store.reopened}")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(certs.reloader(config, store))
+        try:
+            await until(lambda: store.endpoints == [local, *others])
+            marker.write_text("x")
+            await until(ack.exists)
+            assert store.endpoints == [*others, local]
+            marker.unlink()
+            await until(lambda: store.endpoints == [local, *others])
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert store.reopened == [[local, *others], [*others, local], [local, *others]]
+
+    asyncio.run(scenario())
