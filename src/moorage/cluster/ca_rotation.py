@@ -46,7 +46,7 @@ from cryptography import x509
 from moorage.cluster.certs import RELOAD_INTERVAL, drain_ack, drain_marker
 from moorage.cluster.etcd_process import ETCD_PID, etcd_health
 from moorage.cluster.processes import alive, owned_pid, read_pid
-from moorage.cluster.tls import LOOPBACK, tls_dir
+from moorage.cluster.tls import LOOPBACK, replica_hosts, tls_dir
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
@@ -216,12 +216,14 @@ async def finish(store: ClusterStore) -> str:
 
 
 def _probe_context(config: ReplicaConfig, sealed: bytes, ca: x509.Certificate) -> ssl.SSLContext:
-    """A TLS client context presenting a throw-away certificate (1 day, 127.0.0.1) of `ca`:
-    whether etcd accepts it says whether etcd trusts `ca`. The server is not verified (the
-    question is only what it accepts)."""
+    """A TLS client context presenting a throw-away certificate (1 day) of `ca`, with this
+    replica's names (etcd checks a peer's source address against them): whether etcd
+    accepts it says whether etcd trusts `ca`. The server is not verified (the question is
+    only what it accepts)."""
     tls = tls_dir(config)
     authority = pki.unseal_ca_key(sealed, _secret(config), ca)
-    key, cert = pki.issue_replica(authority, config.replica_id, [LOOPBACK], days=1)
+    hosts = [*replica_hosts(config.http_host, config.etcd_host), LOOPBACK]
+    key, cert = pki.issue_replica(authority, config.replica_id, hosts, days=1)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
