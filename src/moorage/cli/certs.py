@@ -280,7 +280,9 @@ def _rotate_ca(
             for rid, url in targets:
                 result = trust_one(client, rid, url, stage)
                 done.append(result)
-                restarted = "etcd restarted" if result["etcd_restarted"] else "etcd already did"
+                restarted = (
+                    "etcd restarted" if result["etcd_restarted"] else "etcd already trusted them"
+                )
                 say(f"  {rid}: trusts {', '.join(result['trusted'])} ({restarted})")
                 if stage != "reissue":
                     continue
