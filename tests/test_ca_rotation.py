@@ -4,7 +4,7 @@ a rotation interrupted after its first replica (as a crash would leave it) is ex
 again while a thread pushes and pulls through every replica: no failed request; afterwards
 every replica trusts only the new CA and holds a certificate of it, an etcd client holding
 an old-CA certificate is refused by every member, `ca export` prints the new fingerprint and
-a join works."""
+a join with a token pinning the new CA works."""
 
 from __future__ import annotations
 
@@ -176,8 +176,19 @@ def test_rotate_ca_resumes_under_pushes_and_the_old_ca_is_refused_after(
             r = c.get(f"/v2/rot/app/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
             assert r.status_code == 200, (tag, r.text)
 
-    # A join after the rotation works; the newcomer trusts the new CA only.
-    joined = three.join()
+    # A join after the rotation works: a token pins the new CA (the old pin is refused before
+    # the token is sent); the newcomer trusts the new CA only.
+    made = json.loads(three.cli("join-token", "create", "--existing", url, "--json").stdout)
+    assert made["ca_fingerprint"] == new_fp
+    joined = three.new_node()
+    token_join = ("join", "--existing", nodes[0].url, *joined.flags(), "--token", made["token"])
+    stale = three.cli(*token_join, "--ca-fingerprint", old_fp, node=joined, check=False)
+    assert stale.returncode != 0
+    assert "join token was not sent" in stale.stderr, stale.stderr
+    three.cli("destroy", "--yes", "--data-dir", str(joined.data_dir), node=joined, check=False)
+    out = three.cli(*token_join, "--ca-fingerprint", new_fp, "--json", node=joined)
+    joined.replica_id = json.loads(out.stdout)["replica_id"]
+    three.nodes.append(joined)
     assert [fingerprint(c) for c in TlsDir(joined.data_dir).read_bundle()] == [new_fp]
     assert pki.issued_by(TlsDir(joined.data_dir).read_cert(), new_ca)
     with joined.client() as c:
