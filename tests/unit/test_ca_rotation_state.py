@@ -67,6 +67,12 @@ def test_phases_trust_sign_and_joins(tmp_path: Path) -> None:
         with pytest.raises(rot.RotationError, match="not finished"):
             await rot.finish(store)
 
+        # Another replica applying a step holds the lock: this one waits its turn.
+        assert await store.acquire_lock(rot.RESTART_LOCK, "other", 60, 0.0) is None
+        with pytest.raises(rot.RotationError, match="replica other is applying"):
+            await rot.apply_trust(store, first, "trust")
+        await store.release_lock(rot.RESTART_LOCK, "other")
+
         switched = await rot.advance(store, "reissue")
         assert [pki.fingerprint(c) for c in switched.bundle()] == [new_fp, old_fp]
         stored = await store.get_ca()

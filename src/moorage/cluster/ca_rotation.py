@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import http.client
 import json
@@ -62,6 +63,9 @@ PROBE_TIMEOUT = 5.0
 #: how long calls already in flight on the old channel get to finish.
 DRAIN_TIMEOUT = 3 * RELOAD_INTERVAL + 2.0
 DRAIN_SETTLE = 1.5
+#: The lock a replica holds while it applies a trust step (its etcd member may restart).
+RESTART_LOCK = "ca-rotation-restart"
+RESTART_LOCK_TTL = 300
 
 
 class RotationError(MoorageError):
@@ -374,4 +378,17 @@ async def apply_trust(store: ClusterStore, config: ReplicaConfig, phase: str) ->
         raise RotationError("no CA rotation is in progress")
     if rot.phase != phase:
         raise RotationError(f"the CA rotation is in phase {rot.phase}, not {phase}")
-    return await asyncio.to_thread(_apply, config, rot)
+    # One member at a time, even if two runs of the command overlap: two restarting members
+    # of three would stop the cluster.
+    holder = await store.acquire_lock(RESTART_LOCK, config.replica_id, RESTART_LOCK_TTL,
+                                      time.time())  # fmt: skip
+    if holder is not None:
+        raise RotationError(
+            f"replica {holder.owner} is applying a CA rotation step (another run of 'certs "
+            "rotate --ca'?); wait for it to end, then run the command again"
+        )
+    try:
+        return await asyncio.to_thread(_apply, config, rot)
+    finally:
+        with contextlib.suppress(MoorageError):  # else its lease ends it
+            await store.release_lock(RESTART_LOCK, config.replica_id)
