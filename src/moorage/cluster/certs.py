@@ -27,14 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from moorage.cluster.tls import client_tls, replica_hosts, sign_join, tls_dir
-from moorage.config import ReplicaConfig
+from moorage.config import DataDir, ReplicaConfig
+from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
-from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd import EtcdCluster, EtcdMetaStore
 from moorage.pki import ca as pki
-from moorage.pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
+from moorage.pki.files import PRIVATE_MODE, PUBLIC_MODE, load_bundle, write_atomic
 
 log = logging.getLogger("moorage.certs")
 RELOAD_INTERVAL = 2.0
+#: The members' client URLs are read every this many RELOAD_INTERVALs (and at the first).
+ENDPOINTS_EVERY = 5
 PROBE_TIMEOUT = 5.0
 
 
@@ -45,13 +48,24 @@ def _summary(path: Path) -> dict[str, Any]:
         return {"path": str(path), "error": f"cannot read the certificate: {exc}"}
 
 
+def _trusted(path: Path) -> list[dict[str, Any]]:
+    """The CAs of a bundle after the first (there are some during a CA rotation)."""
+    try:
+        certs = load_bundle(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [pki.summary(c).as_dict() | {"path": str(path)} for c in certs[1:]]
+
+
 def local_report(config: ReplicaConfig) -> dict[str, Any]:
-    """This replica's certificates (files only: milliseconds)."""
+    """This replica's certificates (files only: milliseconds). `ca` is the CA that signs (the
+    first of `D/tls/ca.crt`); `trusted_cas` the others it trusts (during a CA rotation)."""
     tls = tls_dir(config)
     doc: dict[str, Any] = {
         "replica_id": config.replica_id,
         "url": config.url,
         "ca": _summary(tls.ca_cert),
+        "trusted_cas": _trusted(tls.ca_cert),
         "replica": _summary(tls.cert),
         "https": None,
     }
@@ -74,7 +88,7 @@ async def renew(store: ClusterStore, config: ReplicaConfig) -> dict[str, Any]:
     hosts = replica_hosts(config.http_host, config.etcd_host)
     key = pki.generate_key()
     csr = pki.csr_pem(pki.make_csr(key, config.replica_id, hosts)).decode()
-    signed = await sign_join(store, config, config.replica_id, csr, hosts)
+    signed = await sign_join(store, config, config.replica_id, csr, hosts, renewal=True)
     cert = pki.load_cert(signed["certificate"].encode())
     staged_key = _stage(tls.key, pki.key_pem(key), PRIVATE_MODE)
     staged_cert = _stage(tls.cert, pki.cert_pem(cert), PUBLIC_MODE)
@@ -148,23 +162,77 @@ def _loads(config: ReplicaConfig) -> bool:
     return True
 
 
+async def member_endpoints(config: ReplicaConfig, store: EtcdMetaStore) -> list[str] | None:
+    """The client URLs of every voting member as this member knows them (a serializable
+    read), the local one first: what the etcd client should fail over between. A replica's
+    configuration lists only the members of its join (the first replica none), so without
+    this its API would stop with its own etcd member (`certs rotate --ca` restarts each)."""
+    if not isinstance(store, EtcdCluster):
+        return None
+    try:
+        members = await store.members(linearizable=False)
+    except MoorageError:
+        return None
+    others = [
+        u
+        for m in members
+        if not m.is_learner and m.name != config.etcd_name
+        for u in m.client_urls
+        if u != config.etcd_client_url
+    ]
+    return [config.etcd_client_url, *others] if others else None
+
+
+def drain_marker(config: ReplicaConfig) -> Path:
+    """While this file exists, the replica's etcd member is about to restart (`certs rotate
+    --ca`): every API worker's etcd client puts the other members first (`reloader`)."""
+    return DataDir(Path(config.data_dir)).run_dir / "etcd-draining"
+
+
+def drain_ack(config: ReplicaConfig, pid: int) -> Path:
+    """What API worker `pid` writes once its etcd client has moved off the local member."""
+    return DataDir(Path(config.data_dir)).run_dir / f"etcd-drained-{pid}"
+
+
 async def reloader(config: ReplicaConfig, store: EtcdMetaStore) -> None:
-    """Reopen `store`'s channel whenever `D/tls/` changed and the new pair loads (runs until
-    cancelled)."""
+    """Reopen `store`'s channel (runs until cancelled) whenever
+
+    * `D/tls/` changed and the new pair loads;
+    * the members' client URLs changed (read every ENDPOINTS_EVERY rounds): the client fails
+      over between all of them, the local member first;
+    * `drain_marker` appeared (the local member goes last, then `drain_ack` is written) or
+      went away (the local member first again)."""
     served = await asyncio.to_thread(_stamp, config)
+    marker = drain_marker(config)
+    rounds = 0
+    members: list[str] | None = None
+    drained = False
     while True:
         await asyncio.sleep(RELOAD_INTERVAL)
+        rounds += 1
+        draining = await asyncio.to_thread(marker.exists)
+        if members is None or rounds % ENDPOINTS_EVERY == 1 or draining != drained:
+            members = await member_endpoints(config, store) or members
+        wanted = ([*members[1:], members[0]] if draining else members) if members else None
+        endpoints = wanted if wanted and wanted != store.endpoints else None
         now = await asyncio.to_thread(_stamp, config)
-        if now == served or not await asyncio.to_thread(_loads, config):
-            continue
-        try:
-            material = await asyncio.to_thread(client_tls, config)
-            await store.reopen(material)
-        except Exception as exc:  # keep serving on the old channel; try again next round
-            log.warning("could not reopen the etcd client with the new certificate: %s", exc)
-            continue
-        served = now
-        log.info("TLS files changed: the etcd client uses the new certificate")
+        files = now != served and await asyncio.to_thread(_loads, config)
+        if files or endpoints is not None:
+            try:
+                material = await asyncio.to_thread(client_tls, config) if files else store.tls
+                await store.reopen(material, endpoints)
+            except Exception as exc:  # keep serving on the old channel; try again next round
+                log.warning("could not reopen the etcd client: %s", exc)
+                continue
+            if files:
+                served = now
+                log.info("TLS files changed: the etcd client uses the new certificate")
+            if endpoints is not None:
+                log.info("the etcd client fails over between %s", ", ".join(endpoints))
+        if draining and not drained:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(drain_ack(config, os.getpid()).write_text, "drained\n")
+        drained = draining
 
 
 @contextlib.asynccontextmanager

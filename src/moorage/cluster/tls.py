@@ -131,13 +131,29 @@ def new_csr(config: ReplicaConfig) -> str:
 
 
 async def sign_join(
-    store: ClusterStore, config: ReplicaConfig, replica_id: str, csr: object, hosts: list[str]
+    store: ClusterStore,
+    config: ReplicaConfig,
+    replica_id: str,
+    csr: object,
+    hosts: list[str],
+    renewal: bool = False,
 ) -> dict[str, Any]:
     """Sign a joiner's CSR for `hosts` (taken from the join request's own addresses; a CSR
     asking for any other name is refused with pki.CertificateRefused, a ValueError), with the
-    CA key unsealed by this replica's cluster secret: the join answer's TLS part."""
+    CA key unsealed by this replica's cluster secret: the join answer's TLS part.
+
+    A join is refused (membership.Refused, a 409) while a CA rotation is in progress: the
+    rotation re-issues the certificates of the replicas it listed when it started, and a
+    newcomer would keep one the rotation's end stops trusting. A `renewal` is signed."""
     if not isinstance(csr, str) or not csr or len(csr) > MAX_CSR_BYTES:
         raise ValueError(f"csr must be a PEM certificate signing request under {MAX_CSR_BYTES} B")
+    if not renewal and await store.get_ca_rotation() is not None:
+        from moorage.cluster.membership import Refused
+
+        raise Refused(
+            "a CA rotation is in progress (moorage certs status shows it); finish it with "
+            "'moorage certs rotate --ca --existing URL', then join"
+        )
     try:
         request = pki.load_csr(csr.encode())
     except (ValueError, UnicodeEncodeError) as exc:

@@ -148,6 +148,24 @@ class ClusterStore(MetaStore):
         ops: list[Op] = [Put(keys.PKI_CA_CERT, cert_pem), Put(keys.PKI_CA_KEY, sealed_key)]
         return await self._txn(guards, ops)
 
+    async def get_ca_rotation(self) -> tuple[bytes, int] | None:
+        """The CA rotation record and its mod revision, or None when none is in progress."""
+        kv = await self._get(keys.PKI_CA_ROTATION)
+        return None if kv is None else (kv.value, kv.mod_revision)
+
+    async def put_ca_rotation(
+        self, record: bytes | None, expect: int, ca: tuple[bytes, bytes] | None = None
+    ) -> bool:
+        """Write (None: delete) the CA rotation record if its mod revision is still `expect`
+        (0: absent); with `ca`, make (certificate PEM, sealed key) the cluster CA in the same
+        transaction. False when the record changed meanwhile."""
+        ops: list[Op] = [
+            Delete(keys.PKI_CA_ROTATION) if record is None else Put(keys.PKI_CA_ROTATION, record)
+        ]
+        if ca is not None:
+            ops += [Put(keys.PKI_CA_CERT, ca[0]), Put(keys.PKI_CA_KEY, ca[1])]
+        return await self._txn([(keys.PKI_CA_ROTATION, expect)], ops)
+
     # -- join tokens (moorage.cluster.join_tokens) -------------------------------------------
     async def join_tokens(self, limit: int) -> list[tuple[str, JoinTokenRecord]]:
         """At most `limit` unused tokens: (hash, record); one bounded read."""

@@ -132,14 +132,20 @@ class EtcdMetaStore(MetaStore):
         for client in [*self._retired, self._client]:
             await client.close()
 
-    async def reopen(self, tls: ClientTls) -> None:
-        """New calls use a fresh channel with `tls` (a renewed certificate); calls in flight
-        finish on the old one, closed with the store (or at the next reopen)."""
-        fresh = _TlsClient(self._client._host, self._client._port, tls, dict(_CHANNEL_OPTIONS))
+    async def reopen(self, tls: ClientTls, endpoints: Sequence[str] | None = None) -> None:
+        """New calls use a fresh channel with `tls` (a renewed certificate) and, when given,
+        `endpoints` (the members as they are now, local first); calls in flight finish on the
+        old one, closed with the store (or at the next reopen)."""
+        host, port = (
+            (self._client._host, self._client._port) if endpoints is None else _target(endpoints)
+        )
+        fresh = _TlsClient(host, port, tls, dict(_CHANNEL_OPTIONS))
         await fresh.connect()
         for old in self._retired:
             await old.close()
         self._retired, self._client, self.tls = [self._client], fresh, tls
+        if endpoints is not None:
+            self.endpoints = list(endpoints)
 
     async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         """`method` is "stub.Method", e.g. "kvstub.Range" (stubs exist once connected)."""

@@ -39,6 +39,9 @@ AUTH_FAILURES = b"/moorage-auth/failures/"
 #: restore makes a new cluster, hence a new CA).
 PKI_CA_CERT = b"/moorage-pki/ca.crt"
 PKI_CA_KEY = b"/moorage-pki/ca.key.sealed"
+#: A CA rotation in progress (moorage.cluster.ca_rotation): its phase, both CA certificates
+#: and both sealed keys; deleted when the rotation finishes.
+PKI_CA_ROTATION = b"/moorage-pki/rotation"
 
 
 def is_registry_data(key: bytes) -> bool:

@@ -178,15 +178,16 @@ def _sans(hosts: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
-def create_ca(cluster_id: str, now: datetime.datetime | None = None) -> CertificateAuthority:
+def create_ca(
+    cluster_id: str, now: datetime.datetime | None = None, generation: str | None = None
+) -> CertificateAuthority:
+    """`generation` (`certs rotate --ca`): an OU, so that two CAs trusted side by side never
+    share a subject name (chain building looks issuers up by name)."""
     key = generate_key()
     start = _now(now) - BACKDATE
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Moorage"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Moorage cluster CA {cluster_id}"),
-        ]
-    )
+    ou = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, generation)] if generation else []
+    cn = x509.NameAttribute(NameOID.COMMON_NAME, f"Moorage cluster CA {cluster_id}")
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Moorage"), *ou, cn])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

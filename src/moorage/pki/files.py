@@ -1,7 +1,8 @@
 """The replica's TLS files under `D/tls/`.
 
     D/tls/              0700
-      ca.crt            0644  the cluster CA certificate (etcd --trusted-ca-file, clients' trust)
+      ca.crt            0644  the cluster CA certificate (etcd --trusted-ca-file, clients' trust);
+                              during a CA rotation a bundle of both CAs, the signing one first
       replica.crt       0644  this replica's certificate (etcd --cert-file and --peer-cert-file)
       replica.key       0600  its key, PKCS#8 unencrypted (etcd cannot read an encrypted key)
       cluster.secret    0600  32 random bytes that open the sealed CA key kept in etcd (see ca.py)
@@ -54,6 +55,19 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def load_bundle(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (`ca.crt` holds two during a CA rotation, the one
+    that signs first); ValueError when there is none."""
+    certs = x509.load_pem_x509_certificates(pem)
+    if not certs:
+        raise ValueError("no PEM certificate")
+    return certs
+
+
+def bundle_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(cert_pem(c) for c in certs)
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,22 @@ class TlsDir:
 
     def read_ca(self) -> x509.Certificate:
         return load_cert(self.ca_cert.read_bytes())
+
+    def read_bundle(self) -> list[x509.Certificate]:
+        """Every CA this replica trusts (two during a CA rotation; the signing one first)."""
+        return load_bundle(self.ca_cert.read_bytes())
+
+    def write_bundle(self, certs: list[x509.Certificate]) -> bool:
+        """Make `certs` the trusted CAs (False: the file held exactly them already)."""
+        data = bundle_pem(certs)
+        try:
+            if self.ca_cert.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+        self.ensure()
+        write_atomic(self.ca_cert, data, PUBLIC_MODE)
+        return True
 
     def read_cert(self) -> x509.Certificate:
         return load_cert(self.cert.read_bytes())

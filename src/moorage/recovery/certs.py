@@ -62,10 +62,11 @@ def rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"kind": "replica", "replica_id": rid, "url": rep.get("url"),
                         "state": "unreachable", "error": rep["error"]})  # fmt: skip
             continue
-        ca = rep.get("ca") or {}
-        if ca.get("fingerprint") not in seen_ca:
-            seen_ca.add(str(ca.get("fingerprint")))
-            out.append({"kind": "ca", "replica_id": None, "url": None, **ca, "state": state_of(ca)})
+        for ca in [rep.get("ca") or {}, *(rep.get("trusted_cas") or [])]:
+            if ca.get("fingerprint") not in seen_ca:
+                seen_ca.add(str(ca.get("fingerprint")))
+                out.append({"kind": "ca", "replica_id": None, "url": None, **ca,
+                            "state": state_of(ca)})  # fmt: skip
         for kind in ("replica", "https"):
             cert = rep.get(kind)
             if cert:
@@ -119,7 +120,7 @@ def expiry_lines(found: list[dict[str, Any]]) -> list[str]:
                 if r["kind"] == "replica"
                 else "replace it (--tls-cert/--tls-key) before then"
                 if r["kind"] == "https"
-                else "a new CA is needed ('moorage certs rotate --ca' is not available yet)"
+                else "roll the cluster to a new CA with 'moorage certs rotate --ca --existing URL'"
             )
         )
     return lines
@@ -160,3 +161,37 @@ def renew_one(client: AdminClient, rid: str, url: str) -> dict[str, Any]:
         done["https"] = new
     _wait(f"replica {rid} ({url}) is not healthy after its renewal", lambda: _healthy(url))
     return done
+
+
+# --- certs rotate --ca (moorage.cluster.ca_rotation) ----------------------------------------
+
+ROTATION_PATH = "/api/v0/cluster/certs/ca-rotation"
+#: A replica's trust step may restart its etcd member and wait for it (up to 90 s there).
+TRUST_TIMEOUT = 180.0
+
+
+def rotation_state(client: AdminClient) -> dict[str, Any]:
+    """The CA rotation in progress (`phase` None when there is none)."""
+    doc: dict[str, Any] = client.call("GET", ROTATION_PATH)
+    return doc
+
+
+def rotation_step(client: AdminClient, step: str) -> dict[str, Any]:
+    """A cluster-wide step: begin, reissue, drop, finish (each idempotent)."""
+    doc: dict[str, Any] = client.call("POST", ROTATION_PATH, {"step": step})
+    return doc
+
+
+def trust_one(client: AdminClient, rid: str, url: str, phase: str) -> dict[str, Any]:
+    """Replica `rid` trusts what `phase` needs (its etcd member restarted if it must, healthy
+    again before this returns); then it must answer /_ping healthy."""
+    done: dict[str, Any] = _one(client, url, TRUST_TIMEOUT).call(
+        "POST", "/api/v0/cluster/certs/ca-trust", {"phase": phase}
+    )
+    _wait(f"replica {rid} ({url}) is not healthy after its etcd restart", lambda: _healthy(url))
+    return done
+
+
+def issued_by_subject(report: dict[str, Any], subject: str) -> bool:
+    """Whether a replica's report shows a certificate issued by the CA named `subject`."""
+    return str((report.get("replica") or {}).get("issuer")) == subject
