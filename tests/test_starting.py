@@ -324,6 +324,9 @@ def test_a_stopped_cluster_starts_with_one_command_and_status_never_removes(
         for node in cluster.nodes:
             moorage("stop", "--data-dir", str(node.data_dir))
         moorage("start", "--data-dir", str(r0.data_dir))
+        # Its supervisor saw that no quorum of etcd members could answer and served at once
+        # (instead of waiting out its patience for an etcd that cannot answer alone).
+        assert "etcd cannot answer yet: 1 of its 3 etcd members reachable" in r0.log_tail(60)
         out = moorage("status", "--existing", cluster.urls(), "--data-dir", dirs, check=False)
         assert out.returncode in (11, 14), out.stdout  # quorum-lost (or still starting)
         block = out.stdout.split("next:\n", 1)[1].splitlines()

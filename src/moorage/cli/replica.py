@@ -26,8 +26,6 @@ from moorage.cli.options import (
 from moorage.cluster.replica_config import check_same_settings, create_replica
 from moorage.config import DEFAULT_HTTP_ADDR, DataDir, ReplicaConfig
 from moorage.errors import MoorageError
-from moorage.pki.ca import fingerprint as ca_fingerprint
-from moorage.pki.files import TlsDir
 
 
 def _with_transport(
@@ -146,6 +144,8 @@ def install(
 ) -> None:
     """Create a new cluster with its first replica and start it in the background."""
     from moorage.cluster.lifecycle import start_background
+    from moorage.pki.ca import fingerprint as ca_fingerprint
+    from moorage.pki.files import TlsDir
 
     d = DataDir(data_dir)
     check_http_addr(http_addr)

@@ -149,12 +149,18 @@ async def running(
 ) -> AsyncIterator[None]:
     """The replica's jobs, for as long as the block lasts: first the cluster record and the
     admin account if missing (a learner or a store without quorum is only logged: the
-    health state reports it), one health check, then the health and purge loops."""
-    try:
-        await bootstrap(replica.registry.meta, replica.config.cluster_id, admin_password)
-    except MoorageError as exc:
-        log.warning("store not ready at start: %s", exc)
-    await check_once(replica)
+    health state reports it) and one health check, then the health and purge loops.
+
+    The first two run at once: neither needs the other, and with a store that does not
+    answer yet (a replica started before enough of its peers) each waits out its timeout."""
+
+    async def first_start() -> None:
+        try:
+            await bootstrap(replica.registry.meta, replica.config.cluster_id, admin_password)
+        except MoorageError as exc:
+            log.warning("store not ready at start: %s", exc)
+
+    await asyncio.gather(first_start(), check_once(replica))
     tasks = [
         asyncio.create_task(health_loop(replica, observe)),
         asyncio.create_task(purge_loop(replica.registry.storage)),

@@ -18,26 +18,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import socket
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from moorage.cluster.bootstrap import bootstrap
-from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.fence import check_fence
 from moorage.cluster.processes import read_pid
-from moorage.cluster.tls import ca_pending, client_tls, publish_ca, require_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, MoorageError, StoreUnavailable
-from moorage.meta.etcd import EtcdCluster
+
+if TYPE_CHECKING:
+    from moorage.cluster.etcd_process import EtcdProcess
+
+# The etcd process, its TLS and client are imported where used: `moorage stop`, `start` and
+# `destroy` import this module (`SUPERVISOR_PID`) and need none of them (the etcd client and
+# the x509 code cost ~0.1 s of every such command's start).
 
 log = logging.getLogger("moorage.supervisor")
 SUPERVISOR_PID = "moorage"
 ETCD_RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0)
 MAX_ETCD_RESTARTS = 8
+#: How long a start waits for its etcd member to answer before serving anyway.
+SERVING_WAIT = 15.0
+#: ... unless that long fewer than a quorum of its members' peer listeners answer: then
+#: the member cannot answer before more replicas start (a stopped cluster started one
+#: replica at a time), and waiting longer only delays the API that says so.
+NO_QUORUM_GRACE = 3.0
+PEER_PROBE_TIMEOUT = 0.5
 
 
 class ReplicaBusy(MoorageError):
@@ -64,6 +77,10 @@ def replica_lock(data_dir: DataDir) -> Iterator[IO[str]]:
 
 
 async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
+    from moorage.cluster.bootstrap import bootstrap
+    from moorage.cluster.tls import client_tls, publish_ca
+    from moorage.meta.etcd import EtcdCluster
+
     meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
     try:
         if await publish_ca(meta, config):
@@ -71,6 +88,69 @@ async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
         await bootstrap(meta, config.cluster_id, admin_password)
     finally:
         await meta.close()
+
+
+def _members_up(etcd: EtcdProcess) -> tuple[int, int] | None:
+    """(voting members whose peer listener accepts a connection, voting members), the
+    members as the local member's own peer listener lists them (it serves `/members` before
+    the member can answer clients); None when that list cannot be read."""
+    config = etcd.config
+    try:
+        with urllib.request.urlopen(
+            f"{config.etcd_peer_url}/members", timeout=1.0, context=etcd.context()
+        ) as resp:
+            members = json.loads(resp.read())
+        urls = [
+            str(m["peerURLs"][0]) for m in members if m.get("peerURLs") and not m.get("isLearner")
+        ]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    up = 0
+    for url in urls:
+        if url == config.etcd_peer_url:
+            up += 1
+            continue
+        parsed = urllib.parse.urlsplit(url)
+        try:
+            with socket.create_connection(
+                (parsed.hostname or "", parsed.port or 0), PEER_PROBE_TIMEOUT
+            ):
+                up += 1
+        except (OSError, ValueError):
+            continue
+    return up, len(urls)
+
+
+def wait_serving(etcd: EtcdProcess, timeout: float = SERVING_WAIT) -> None:
+    """Until the local etcd member answers clients (a learner catching up or a member
+    without quorum answers too); raise `StoreUnavailable` after `timeout`, or sooner once
+    fewer than a quorum of its members have been reachable for `NO_QUORUM_GRACE` seconds,
+    or at once if etcd exits."""
+    from moorage.cluster.etcd_process import etcd_answers
+
+    start = time.monotonic()
+    deadline = start + timeout
+    short_since: float | None = None
+    why = "no answer"
+    while time.monotonic() < deadline:
+        if etcd_answers(etcd.config.etcd_client_port, etcd.context()):
+            return
+        if not etcd.alive():
+            code = etcd.proc.returncode if etcd.proc is not None else None
+            raise StoreUnavailable(
+                f"etcd exited with code {code}; see {etcd.data_dir.log_dir / 'etcd.log'}"
+            )
+        counted = _members_up(etcd)
+        now = time.monotonic()
+        if counted is not None and counted[0] < counted[1] // 2 + 1:
+            short_since = now if short_since is None else short_since
+            why = f"{counted[0]} of its {counted[1]} etcd members reachable, no quorum"
+            if now - short_since >= NO_QUORUM_GRACE:
+                raise StoreUnavailable(f"etcd cannot answer yet: {why}")
+        else:
+            short_since = None
+        time.sleep(0.1)
+    raise StoreUnavailable(f"etcd did not answer within {timeout:.0f} s ({why})")
 
 
 class EtcdWatchdog(threading.Thread):
@@ -123,6 +203,10 @@ def supervise(
     """Steps 1-3 and 5 of the module docstring around the caller's block, which gets the
     etcd watchdog to start once it serves (and to tell how to stop serving if etcd cannot
     be kept running)."""
+    from moorage.cluster.etcd_process import EtcdProcess
+    from moorage.cluster.fence import check_fence
+    from moorage.cluster.tls import ca_pending, require_tls
+
     with replica_lock(data_dir):
         pid_file = data_dir.pid_file(SUPERVISOR_PID)
         pid_file.write_text(f"{os.getpid()}\n")
@@ -139,7 +223,7 @@ def supervise(
                 # A joining member is a learner until promoted, a member without quorum has
                 # no leader: serve anyway, /_ping tells the truth until the store is healthy.
                 try:
-                    etcd.wait_ready(timeout=15, serving_only=True)
+                    wait_serving(etcd)
                 except StoreUnavailable as exc:
                     if not etcd.alive():
                         raise
