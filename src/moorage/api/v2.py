@@ -129,8 +129,6 @@ def _denied(st: AppState, request: Request, principal: Principal, required: Acce
     Bearer token too narrow for the route (the client asks for a wider one, which grants
     what the account holds); 403 DENIED for a client signed in with a password or an
     access token."""
-    if principal.anonymous:
-        return _unauthorized(st, request, required)
     if bearer.bearer_token(authorization(request)) is not None:
         return error_response(
             401,
@@ -138,6 +136,8 @@ def _denied(st: AppState, request: Request, principal: Principal, required: Acce
             "the token does not grant this access: ask the token endpoint for a token with it",
             headers={"WWW-Authenticate": _challenge(st, request, required, "insufficient_scope")},
         )
+    if principal.anonymous:
+        return _unauthorized(st, request, required)
     what = "the catalog" if required.type == REGISTRY else f"repository {required.name}"
     return error_response(
         403,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from moorage.cluster.status import diagnose, gather
@@ -61,6 +62,15 @@ async def _unhealthy_after_election(
         if not bad or not in_election or time.monotonic() > deadline:
             return bad
         await asyncio.sleep(1.0)
+
+
+def _electing(doc: dict[str, Any], leaving: Sequence[str]) -> bool:
+    """Whether some replica that stays is unhealthy, and every such one only because its
+    health check met a leader election."""
+    bad = [r for r in doc["replicas"] if not r["healthy"] and r["id"] not in leaving]
+    return bool(bad) and all(
+        any(w in str(r.get("error") or "").lower() for w in _ELECTION_WORDS) for r in bad
+    )
 
 
 async def begin_join(
@@ -168,6 +178,12 @@ async def remove(
     """Remove replicas (their etcd member and records). With `dry_run`, only the plan: the
     same checks, what goes, whether each answers now, and the membership left after."""
     doc = await cluster_status(store, config)
+    deadline = time.monotonic() + ELECTION_PATIENCE
+    while not force and _electing(doc, replica_ids) and time.monotonic() < deadline:
+        # A replica whose health check met the election that the loss of the replicas
+        # being removed caused is asked again, as for a join.
+        await asyncio.sleep(1.0)
+        doc = await cluster_status(store, config)
     members = await store.members()
     by_id: dict[str, Member] = {}
     for m in members:

@@ -136,9 +136,7 @@ class EtcdMetaStore(MetaStore):
         """New calls use a fresh channel with `tls` (a renewed certificate) and, when given,
         `endpoints` (the members as they are now, local first); calls in flight finish on the
         old one, closed with the store (or at the next reopen)."""
-        host, port = (
-            (self._client._host, self._client._port) if endpoints is None else _target(endpoints)
-        )
+        host, port = _target(endpoints) if endpoints else (self._client._host, self._client._port)
         fresh = _TlsClient(host, port, tls, dict(_CHANNEL_OPTIONS))
         await fresh.connect()
         for old in self._retired:
