@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import pytest
 from harness.process import cli_env
 
 from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, moorage_cmd, push_image, sha256
+from tests.test_clients import build_image, run
 
 PASSWORD = "s3cret-password"
 ZERO = "sha256:" + "0" * 64
@@ -432,3 +436,89 @@ def test_accounts_are_in_the_backup_snapshot(world: World) -> None:
     assert {"kind": "membership", "user": "writer", "org": "acme", "team": "devs"} in records
     grant = {"kind": "grant", "target": "acme", "subject": "team:acme/devs", "role": "write"}
     assert grant in records
+
+
+def test_the_walkthrough_podman_writer_reader_robot_and_the_audit_log(
+    world: World, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The issue's check as a new user runs it: the team's writer pushes with podman (the
+    token flow), a reader pulls but can neither push nor delete, a robot token pushes with
+    skopeo until it is revoked, and the audit log shows each step with who did it."""
+    c, a = world.c, world.a
+    host = a.url.removeprefix("http://")
+    start = time.time()
+    src = tmp_path / "src"
+    build_image(src, "v1", "amd64", [{"walk.txt": b"walkthrough\n"}], tmp_path)
+
+    # The writer (team acme/devs holds write on acme) pushes with podman.
+    runroot = Path(tempfile.mkdtemp(prefix="moorage-podman-"))
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    store = tmp_path / "podman"
+    podman = ["podman", "--root", str(store / "root"), "--runroot", str(runroot),
+              "--tmpdir", str(store / "tmp"), "--storage-driver", "vfs"]  # fmt: skip
+    image_id = run(*podman, "pull", f"oci:{src}:v1").strip().splitlines()[-1]
+    run(*podman, "tag", image_id, f"{host}/acme/walk:v1")
+    run(*podman, "push", "--tls-verify=false", "--creds", f"writer:{PASSWORD}",
+        f"{host}/acme/walk:v1")  # fmt: skip
+    with http(world.b, AUTH) as h:
+        assert h.get("/v2/acme/walk/tags/list").json()["tags"] == ["v1"]
+
+    # A reader of acme/walk pulls it, and cannot push or delete.
+    cli(c, "grant", "read", "--on", "acme/walk", "--to", "user:reader")
+    pulled = subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"reader:{PASSWORD}",
+         f"docker://{host}/acme/walk:v1", f"dir:{tmp_path / 'pulled'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    pushed = subprocess.run(
+        [*podman, "push", "--tls-verify=false", "--creds", f"reader:{PASSWORD}",
+         f"{host}/acme/walk:v1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pushed.returncode != 0
+    with http(world.b, creds("reader")) as h:
+        digest = h.head("/v2/acme/walk/manifests/v1", headers={"Accept": OCI_MANIFEST}).headers.get(
+            "Docker-Content-Digest"
+        )
+        assert digest
+        assert h.delete(f"/v2/acme/walk/manifests/{digest}").status_code == 403
+        assert "acme/walk" in h.get("/v2/_catalog").json()["repositories"]
+    with http(world.b, creds("alice")) as h:  # no grant on acme: not in its catalog
+        assert "acme/walk" not in h.get("/v2/_catalog").json()["repositories"]
+
+    # A robot token pushes with skopeo, and stops working once revoked.
+    made = cli(c, "token", "create", "--robot", "walk", "--scope",
+               "repository:acme/walk:pull,push", "--expires", "1d")  # fmt: skip
+    robot = f"{made['username']}:{made['token']}"
+
+    def robot_copy(tag: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", robot,
+             f"oci:{src}:v1", f"docker://{host}/acme/walk:{tag}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    first = robot_copy("robot")
+    assert first.returncode == 0, first.stderr
+    cli(c, "token", "revoke", made["id"])
+    assert robot_copy("after-revoke").returncode != 0
+    with http(a, AUTH) as h:
+        assert sorted(h.get("/v2/acme/walk/tags/list").json()["tags"]) == ["robot", "v1"]
+
+    # The audit log has every step, with who did it.
+    out = subprocess.run(
+        moorage_cmd("audit", "--existing", a.url, "--since", f"{start - 1:.3f}", "--json"),
+        capture_output=True, text=True, timeout=120, env=cli_env(), check=True,
+    )  # fmt: skip
+    seen = {
+        (e["action"], e["actor"], e["target"]) for e in map(json.loads, out.stdout.splitlines())
+    }
+    for step in [
+        ("push", "writer", "acme/walk:v1"),
+        ("grant", "admin", "acme/walk"),
+        ("push", made["username"], "acme/walk:robot"),
+    ]:
+        assert step in seen, (step, sorted(seen))
+    actions = {action for action, _, _ in seen}
+    assert {"token.create", "token.revoke"} <= actions, sorted(seen)

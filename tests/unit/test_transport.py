@@ -216,3 +216,39 @@ def test_run_flags_change_an_existing_replica_only_when_it_can_serve_so(tmp_path
     with pytest.raises(ConfigError, match="not a loopback address"):
         _with_transport(fresh, fresh.load(), none, fresh=True)
     assert not fresh.exists()
+
+
+def test_a_worker_asks_clients_to_close_once_its_certificate_was_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the certificate changes (the workers are respawned DRAIN seconds later), every
+    response carries `Connection: close`, so no kept-alive connection is idle on the old
+    worker when it stops; before, responses keep their connection."""
+    import asyncio
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("one")
+    key.write_text("key")
+    sent: list[dict[str, object]] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        assert callable(send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"connection", b"keep-alive"), (b"x", b"1")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request"}
+
+    monkeypatch.setattr(transport, "CHECK_EVERY", 0.0)
+    mw = transport.CloseWhenReplaced(app, transport.Material(cert, key, own=False))
+    asyncio.run(mw({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["headers"] == [(b"connection", b"keep-alive"), (b"x", b"1")]
+    cert.write_text("two, renewed")
+    sent.clear()
+    asyncio.run(mw({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["headers"] == [(b"x", b"1"), (b"connection", b"close")]
+    assert sent[1] == {"type": "http.response.body", "body": b""}

@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moorage.config import ReplicaConfig
 from moorage.errors import ConfigError
@@ -24,6 +26,10 @@ from moorage.pki import TlsDir
 
 log = logging.getLogger("moorage.server")
 WATCH_INTERVAL = 2.0
+# Between seeing a new certificate and respawning the workers: long enough for every worker
+# to notice it (CHECK_EVERY) and answer the requests in flight with `Connection: close`.
+DRAIN = 1.5
+CHECK_EVERY = 0.25
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,59 @@ def watch(found: Material, reload: Callable[[], None], stop: threading.Event) ->
                 continue  # still being written
             log.info("certificate %s changed: restarting the API workers to serve it", found.cert)
             served = now
+            if stop.wait(DRAIN):  # the workers close their kept-alive connections meanwhile
+                return
             reload()
 
     thread = threading.Thread(target=loop, name="cert-watch", daemon=True)
     thread.start()
     return thread
+
+
+Message = MutableMapping[str, Any]
+ASGI = Callable[
+    [Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class CloseWhenReplaced:
+    """ASGI middleware of an API worker serving HTTPS. Once the certificate files differ
+    from those the worker started with (the replica process respawns the workers DRAIN
+    seconds later), every response carries `Connection: close`: no kept-alive connection
+    is left idle on the worker when it stops, where the client's next request on it would
+    get no answer ("server disconnected"). Costs at most two stats every CHECK_EVERY."""
+
+    def __init__(self, app: ASGI, found: Material) -> None:
+        self.app = app
+        self.found = found
+        self.started = found.stamp()
+        self.checked = time.monotonic()
+        self.replaced = False
+
+    async def __call__(
+        self,
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        if not self.replaced and now - self.checked >= CHECK_EVERY:
+            self.checked = now
+            self.replaced = self.found.stamp() != self.started
+        if not self.replaced:
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)

@@ -32,6 +32,7 @@ from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
 from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
+from moorage.server import transport
 from moorage.server.token_auth import token_authenticator
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
@@ -123,4 +124,10 @@ def create_app() -> ASGIApp:
     pid_file.write_text(f"{os.getpid()}\n")
     _exit_with_parent(pid_file)
     meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
-    return build_app(config, meta)
+    app = build_app(config, meta)
+    tls = transport.material(config)
+    if tls is None:
+        return app
+    # A renewed certificate respawns this worker: close kept-alive connections first.
+    closing: ASGIApp = transport.CloseWhenReplaced(app, tls)
+    return closing
