@@ -139,6 +139,21 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = SETTLE_TIMEOUT)
     raise MoorageError(f"{what} after {timeout:.0f} s{f' ({last})' if last else ''}")
 
 
+#: granian keeps an old worker serving for about 3.5 s after its successor started: the
+#: new certificate counts as served once every connection for this long presents it.
+STABLE_FOR = 4.0
+
+
+def _serves_only(url: str, new: str) -> bool:
+    """Whether every fresh connection to `url` presents `new`, for STABLE_FOR seconds."""
+    end = time.monotonic() + STABLE_FOR
+    while presented(url) == new:
+        if time.monotonic() >= end:
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def _healthy(url: str) -> bool:
     r = httpx.get(f"{url}/_ping", timeout=5, verify=client_context())
     return r.status_code == 200 and r.json().get("healthy") is True
@@ -157,7 +172,7 @@ def renew_one(client: AdminClient, rid: str, url: str) -> dict[str, Any]:
             )
     if url.startswith("https://") and not done.get("https_own"):
         _wait(f"replica {rid} ({url}) does not serve its new certificate {new}",
-              lambda: presented(url) == new)  # fmt: skip
+              lambda: _serves_only(url, new))  # fmt: skip
         done["https"] = new
     _wait(f"replica {rid} ({url}) is not healthy after its renewal", lambda: _healthy(url))
     return done
