@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -54,13 +55,15 @@ class EtcdProcess:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = TlsDir(data_dir.path)
-        self._context: ssl.SSLContext | None = None
+        self._context: tuple[tuple[tuple[int, int, int], ...], ssl.SSLContext] | None = None
 
     def context(self) -> ssl.SSLContext:
-        """The HTTPS client context of the health probes (made once the files exist)."""
-        if self._context is None:
-            self._context = self.tls.client_context()
-        return self._context
+        """The HTTPS client context of the health probes, made again whenever the CA,
+        certificate or key file changed (a renewal, a CA rotation's bundle)."""
+        stamp = tuple(_stamp(f) for f in (self.tls.ca_cert, self.tls.cert, self.tls.key))
+        if self._context is None or self._context[0] != stamp:
+            self._context = (stamp, self.tls.client_context())
+        return self._context[1]
 
     def command(self) -> list[str]:
         c = self.config
@@ -176,3 +179,11 @@ def etcd_answers(client_port: int, context: ssl.SSLContext, timeout: float = 1.0
             return True
     except (OSError, ValueError):
         return False
+
+
+def _stamp(path: object) -> tuple[int, int, int]:
+    try:
+        st = os.stat(str(path))
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
