@@ -170,7 +170,7 @@ def test_rotate_ca_resumes_under_pushes_and_the_old_ca_is_refused_after(
 
     # Every acknowledged push is readable, through another replica.
     with nodes[2].client() as c:
-        tags = set(c.get("/v2/rot/app/tags/list?n=1000").json()["tags"])
+        tags = set(c.get("/v2/rot/app/tags/list?n=10000").json()["tags"])
         assert len(tags) >= pusher.pushed
         for tag in sorted(tags):
             r = c.get(f"/v2/rot/app/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
