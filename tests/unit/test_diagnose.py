@@ -90,6 +90,18 @@ def test_api_unhealthy_but_etcd_fine() -> None:
     assert bad["error"] == "API unhealthy: storage: disk full"
 
 
+def test_api_whose_last_check_met_an_election_is_waited_for_not_removed() -> None:
+    """The leader's API reported "leader changed" from an election that has ended (its
+    member answers and follows the leader): status says to wait, never to remove it."""
+    facts = healthy_facts(3)
+    msg = "etcd: the metadata store (etcd) is unavailable: etcdserver: leader changed"
+    facts.pings[ID1] = (503, msg)
+    doc = diagnose(facts)
+    assert row(doc, ID1)["state"] == "starting"
+    assert [c["command"].split()[1] for c in doc["commands"]] == ["status"]
+    assert "wait: replica " + ID1 in doc["commands"][0]["note"]
+
+
 def test_api_answers_with_an_error_status_only() -> None:
     facts = healthy_facts(3)
     facts.pings[ID2] = (500, None)

@@ -195,6 +195,9 @@ def _row(facts: Facts, rid: str, m: Member | None, leader: int, quorum_ok: bool)
     )
 
 
+_ELECTION_WORDS = ("leader changed", "no leader", "election")
+
+
 def _starting_progress(
     facts: Facts,
     m: Member | None,
@@ -228,6 +231,10 @@ def _starting_progress(
         # Its etcd member follows the leader, yet its API still reports the quorum lost: its
         # view is stale (right after quorum came back). Wait; never remove it for that.
         steps.append("its API has not yet seen the quorum return")
+    if not steps and ping[1] and any(w in ping[1].lower() for w in _ELECTION_WORDS):
+        # Its last store check met a leader election (the member follows a leader now): it
+        # is healthy again at its next check. Wait; never remove it for that.
+        steps.append("its API's last store check met a leader election")
     if not steps:
         return None
     top = _leader_index(facts, leader)
