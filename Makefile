@@ -40,8 +40,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
 
+# Two pytest-xdist workers (one a core on the 2-core CI machine): a test module runs whole on
+# one worker, the network-namespace tests together (tests/conftest.py); PYTEST_WORKERS=0 runs
+# everything in one process.
+PYTEST_WORKERS ?= 2
 test: install lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The unit tier only: no processes, no network, no etcd (see "Development" in README.md).
 test-fast: $(VENV)/.installed

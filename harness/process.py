@@ -29,10 +29,39 @@ class CommandFailed(AssertionError):
     """A `moorage` command exited with an error."""
 
 
+#: The ports free_port() hands out: below the kernel's ephemeral range (32768-60999 on
+#: Linux), so no outgoing connection takes one between free_port() and the server's bind, in
+#: one slice per pytest-xdist worker (PYTEST_XDIST_WORKER=gwN), so two workers never hand out
+#: the same port. A process starts at an offset of its pid in its slice (a harness process a
+#: test starts inherits the test's worker) and walks the slice in order.
+PORT_BASE = 10000
+PORT_SLICE = 5000
+_next_port: int | None = None
+
+
+def _port_slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    low = PORT_BASE + (index % 4) * PORT_SLICE
+    return low, low + PORT_SLICE
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of this process's slice that nothing listens on or was handed out lately."""
+    global _next_port
+    low, high = _port_slice()
+    if _next_port is None or not low <= _next_port < high:
+        _next_port = low + (os.getpid() * 7919) % PORT_SLICE
+    for _ in range(PORT_SLICE):
+        port = _next_port
+        _next_port = low if port + 1 >= high else port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
 
 
 def python() -> str:

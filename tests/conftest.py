@@ -43,6 +43,9 @@ TIERS = {
     "test_scale_limits.py": "cluster",
     "test_starting.py": "cluster",
 }
+#: The groups that take longest (measured with --durations), longest first; the others follow
+#: in collection order.
+LONGEST_FIRST = ("netns",)
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica"})
 
@@ -74,6 +77,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             tier = TIERS.get(path.name, "replica")
         item.add_marker(getattr(pytest.mark, tier))
+        # pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): a module's tests run on one
+        # worker, so its module-scoped cluster starts once; the network-namespace tests share
+        # one worker (they make bridges and namespaces of the root namespace).
+        group = "netns" if tier in ("netns", "chaos") else path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+    # Longest groups first: xdist hands groups out in this order, so the two workers end
+    # together instead of one waiting on a long module started last.
+    order = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(_group_of(item), len(order)))
+
+
+def _group_of(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0]) if mark is not None else ""
 
 
 @pytest.fixture(scope="session")
