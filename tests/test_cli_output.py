@@ -30,7 +30,7 @@ UPDATE = os.environ.get("MOORAGE_PIN_UPDATE") == "1"
 VOLATILE_KEYS = (
     "pid|revision|raft_index|created_at|size|backup_revision|data_revision|since_revision|"
     "since_time|backup_created_at|raft_term|db_size|behind_by_revisions|elapsed|"
-    "checked_at|age|blobs_bytes|bytes|after_revision|join_token_expires_at"
+    "checked_at|age|blobs_bytes|bytes|after_revision|join_token_expires_at|updated_at|pushed_at"
 )
 
 
@@ -242,6 +242,22 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             start(f"restore-dry-{fmt}", "restore", "--in", str(archive), *restored.flags(),
                 "--storage", blobs, "--dry-run", *j)  # fmt: skip
 
+        # policies (each case on its own target, so they may run side by side)
+        run("policy-set-text", "policy", "set", "pin", *existing, "--immutable-tags", "v*",
+            "--keep-last", "3", "--keep-days", "30", "--keep-tags", "release-*",
+            "--quota", "10GiB", "--allow-sparse")  # fmt: skip
+        start("policy-set-json", "policy", "set", "pinj/app", *existing, "--keep-last", "1",
+            "--json")  # fmt: skip
+        start("policy-set-nothing", "policy", "set", "pin", *existing)
+        start("policy-set-bad-quota", "policy", "set", "pin", *existing, "--quota", "lots")
+        start("policy-set-quota-on-repo", "policy", "set", "pin/app", *existing, "--quota", "1GB")
+        start("policy-show-text", "policy", "show", "pin/app", *existing)
+        start("policy-show-json", "policy", "show", "pin", *existing, "--json")
+        start("policy-apply-dry-text", "policy", "apply", "pin", *existing, "--dry-run")
+        start("policy-apply-dry-json", "policy", "apply", "pin", *existing, "--dry-run", "--json")
+        run("policy-list-text", "policy", "list", *existing)
+        run("policy-unset-text", "policy", "unset", "pinj/app", *existing, "--retention")
+        start("policy-unset-none", "policy", "unset", "nopolicy", *existing)
         start("join-occupied", "join", *existing, *live.flags())
         start("join-bad-addr", "join", *existing, "--data-dir", str(root / "j"),
             "--http-addr", "nope")  # fmt: skip

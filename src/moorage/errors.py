@@ -139,3 +139,13 @@ class AccessTokenUnknown(MoorageError):
 
 class TooManyAccessTokens(MoorageError):
     """The user or robot has the most live tokens allowed already: a 409."""
+
+
+# -- repository policies (moorage.registry.policies, issue #10 items 2-5) -----------------------
+class TagImmutable(Denied):
+    """A push that would move an immutable tag, or a delete of one (a 403 naming the rule)."""
+
+
+class QuotaExceeded(Denied):
+    """A push that would take a namespace over its storage quota (a 403 with the numbers:
+    `detail` holds namespace, used, quota and needed bytes)."""

@@ -16,9 +16,10 @@ from moorage.auth.basic import BasicAuthenticator
 from moorage.auth.policy import AccessView, Policy
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
+from moorage.meta.account_records import GrantRecord, TeamRecord
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts
 from moorage.meta.memory import MemoryMetaStore
-from moorage.meta.records import GrantRecord, TeamRecord, UserRecord
+from moorage.meta.records import UserRecord
 from moorage.meta.snapshot import RESTORED_KINDS, from_json, from_kv, to_json, to_kv
 
 ALL = frozenset({"pull", "push", "delete"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from moorage.errors import NameInvalid, RecordCorrupt
-from moorage.meta.records import check_account_name
+from moorage.meta.account_records import check_account_name
 from moorage.oci.names import validate_name
 
 MIN_PASSWORD = 8

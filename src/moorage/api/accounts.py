@@ -39,9 +39,10 @@ from moorage.auth.access import DELETE, Principal
 from moorage.auth.passwords import hash_password
 from moorage.auth.policy import Policy, propagated
 from moorage.errors import Denied, LoginThrottled, MoorageError
+from moorage.meta.account_records import ROLES, GrantRecord
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts, namespace_of
 from moorage.meta.base import LAST_REVISION
-from moorage.meta.records import ROLES, GrantRecord, UserRecord
+from moorage.meta.records import UserRecord
 
 Handler = Callable[[Request, AppState, Principal, dict[str, Any]], Awaitable[Any]]
 

@@ -25,6 +25,7 @@ from moorage.api.cluster import cluster_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
 from moorage.api.metrics import MetricsMiddleware, metrics
+from moorage.api.policies import policy_routes
 from moorage.api.state import AppState
 from moorage.api.token import token_routes
 from moorage.api.v2 import guarded
@@ -53,6 +54,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *access_token_routes(),
             *audit_routes(),
             *account_routes(),
+            *policy_routes(),
         ],
         lifespan=app_lifespan,
     )

@@ -25,6 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moorage.errors import MoorageError
+from moorage.meta import usage
+
 REQUESTS = Counter("moorage_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
     "moorage_http_request_duration_seconds",
@@ -168,4 +171,38 @@ async def metrics(request: Request) -> Response:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY as registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(registry) + await _usage_lines(request)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+#: Namespaces whose usage a scrape reports at most (those with a policy, in name order).
+MAX_USAGE_NAMESPACES = 1000
+
+
+async def _usage_lines(request: Request) -> bytes:
+    """Storage used (and the quota) of each namespace that has a policy, read from the store
+    at scrape time (the counter of meta/usage.py; the label set is the operator's namespaces,
+    never a client's input). Nothing when the store does not answer."""
+    st = getattr(request.app.state, "moorage", None)
+    if st is None:
+        return b""
+    try:
+        policies = st.registry.manifests.policies
+        records, _ = await policies.page(MAX_USAGE_NAMESPACES, None)
+        namespaces = {r.target: r.quota for r in records if "/" not in r.target}
+        lines = [
+            "# HELP moorage_namespace_usage_bytes Storage a namespace uses (each blob once)",
+            "# TYPE moorage_namespace_usage_bytes gauge",
+        ]
+        quotas = [
+            "# HELP moorage_namespace_quota_bytes The storage quota of a namespace",
+            "# TYPE moorage_namespace_quota_bytes gauge",
+        ]
+        for ns, quota in sorted(namespaces.items()):
+            used = await usage.current(st.registry.meta, ns)
+            lines.append(f'moorage_namespace_usage_bytes{{namespace="{ns}"}} {used.bytes}')
+            if quota is not None:
+                quotas.append(f'moorage_namespace_quota_bytes{{namespace="{ns}"}} {quota}')
+    except MoorageError:
+        return b""
+    return ("\n".join([*lines, *quotas]) + "\n").encode()

@@ -20,6 +20,7 @@ from moorage.cli import (
     certs,
     join_tokens,
     membership,
+    policies,
     recovery,
     replica,
     status,
@@ -51,6 +52,7 @@ for _group in (
     token_commands,
     token_keys,
     audit_log,
+    policies,
 ):
     for _command in _group.COMMANDS:
         main.add_command(_command)

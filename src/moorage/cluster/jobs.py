@@ -10,6 +10,11 @@
   `MOORAGE_UPLOAD_MAX_AGE` seconds (default 7 days, as Distribution's upload purging),
   every `MOORAGE_UPLOAD_PURGE_INTERVAL` seconds (default 1 hour). Replicas and workers may
   race on the same file; a file another one removed first is skipped.
+- the policy loop, every `MOORAGE_RETENTION_INTERVAL` seconds (default 1 hour): applies
+  every retention rule (registry/retention.py) and counts the links of namespaces with a
+  quota that are not counted yet (restored ones); one replica's worker at a time, under the
+  lease-backed lock `policies` (a worker that dies mid-run lets its lease expire; each tag
+  delete is its own guarded transaction, so nothing is left half-done).
 
 `running` starts both for as long as its block lasts.
 """
@@ -28,7 +33,9 @@ from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
+from moorage.meta import usage
 from moorage.meta.etcd import member_status
+from moorage.registry.retention import Retention
 from moorage.storage.base import BlobStorage
 
 log = logging.getLogger("moorage.health")
@@ -143,6 +150,45 @@ async def purge_loop(storage: BlobStorage) -> None:
         await asyncio.sleep(interval)
 
 
+DEFAULT_RETENTION_INTERVAL = 3600.0
+POLICY_LOCK = "policies"
+POLICY_LOCK_TTL = 600
+
+
+async def policy_round(replica: Replica) -> str:
+    """One round of the policy job, if this worker wins the lock: what it did, in words."""
+    if replica.cluster is None:
+        return "no cluster store: skipped"
+    owner = f"{replica.config.replica_id}/{os.getpid()}"
+    holder = await replica.cluster.acquire_lock(POLICY_LOCK, owner, POLICY_LOCK_TTL, time.time())
+    if holder is not None:
+        return f"skipped: {holder.owner} holds the policy lock"
+    try:
+        meta = replica.registry.meta
+        counted = 0
+        for record in await replica.registry.manifests.policies.every():
+            if record.quota is not None and "/" not in record.target:
+                counted += await usage.recount(meta, record.target)
+        retention = Retention(replica.registry.manifests, replica.audit)
+        deleted, skipped = await retention.apply(actor="moorage")
+    finally:
+        await replica.cluster.release_lock(POLICY_LOCK, owner)
+    return (
+        f"retention deleted {len(deleted)} tag(s), kept {len(skipped)} changed since the plan; "
+        f"counted {counted} blob link(s)"
+    )
+
+
+async def policy_loop(replica: Replica) -> None:
+    interval = _seconds("MOORAGE_RETENTION_INTERVAL", DEFAULT_RETENTION_INTERVAL)
+    while True:
+        await asyncio.sleep(random.uniform(interval / 2, interval))
+        try:
+            purge_log.info("policy job: %s", await policy_round(replica))
+        except MoorageError as exc:
+            purge_log.warning("policy job failed: %s", exc)
+
+
 @contextlib.asynccontextmanager
 async def running(
     replica: Replica, admin_password: str | None = None, observe: Observer | None = None
@@ -164,6 +210,7 @@ async def running(
     tasks = [
         asyncio.create_task(health_loop(replica, observe)),
         asyncio.create_task(purge_loop(replica.registry.storage)),
+        asyncio.create_task(policy_loop(replica)),
     ]
     try:
         yield

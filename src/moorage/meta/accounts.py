@@ -13,14 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moorage.meta import keys
+from moorage.meta.account_records import MAX_TEAM_MEMBERS, GrantRecord, OrgRecord, TeamRecord
 from moorage.meta.base import KV, STORE_PAGE, Delete, MetaStore, Op, Put
-from moorage.meta.records import (
-    MAX_TEAM_MEMBERS,
-    GrantRecord,
-    OrgRecord,
-    TeamRecord,
-    UserRecord,
-)
+from moorage.meta.records import UserRecord
 
 _EMPTY = b"{}"
 _RETRIES = 20

@@ -22,13 +22,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-from moorage.meta import keys
+from moorage.meta import keys, usage
+
+# Re-exported: the primitives' values were first defined here, and importers still use this.
+from moorage.meta.ops import KV as KV
+from moorage.meta.ops import MUST_EXIST as MUST_EXIST
+from moorage.meta.ops import Delete as Delete
+from moorage.meta.ops import Guard as Guard
+from moorage.meta.ops import Op as Op
+from moorage.meta.ops import Put as Put
 from moorage.meta.records import (
     ClusterRecord,
     ManifestRecord,
@@ -38,35 +47,16 @@ from moorage.meta.records import (
     dumps,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class KV:
-    key: bytes
-    value: bytes
-    mod_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    key: bytes
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    key: bytes
-
-
-Op = Put | Delete
-# (key, expected mod_revision); 0 means the key must be absent, MUST_EXIST present.
-Guard = tuple[bytes, int]
-MUST_EXIST = -1
-
 #: The etcd revision of the last transaction this task committed (for the journal).
 LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
 
 _EMPTY = b"{}"
 _TXN_RETRIES = 20
+
+#: A policy check of a manifest PUT (see put_manifest) and of a delete by digest (it gets
+#: the tags that point at the manifest; see delete_manifest).
+PolicyCheck = Callable[[], Awaitable[Sequence[Guard]]]
+DeleteCheck = Callable[[list[str]], Awaitable[Sequence[Guard]]]
 
 
 def _env_int(name: str, default: int, lowest: int) -> int:
@@ -177,20 +167,15 @@ class MetaStore(ABC):
         found = await self._get_many([keys.blob(repo, d) for d in wanted])
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
-    async def link_blob(self, repo: str, digest: str, size: int) -> None:
-        """Let `repo` serve the blob."""
-        ops: list[Op] = [
-            Put(keys.repo(repo), _EMPTY),
-            Put(keys.blob(repo, digest), dumps({"size": size})),
-        ]
-        await self._txn([], ops)
+    async def link_blob(
+        self, repo: str, digest: str, size: int, enforce_quota: bool = False
+    ) -> None:
+        """Let `repo` serve the blob, counting it in its namespace's usage (meta/usage.py);
+        `enforce_quota`: QuotaExceeded when the blob is new there and does not fit."""
+        await usage.link(self, repo, digest, size, enforce_quota)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
-        key = keys.blob(repo, digest)
-        kv = await self._get(key)
-        if kv is None:
-            return False
-        return await self._txn([(key, kv.mod_revision)], [Delete(key)])
+        return await usage.unlink(self, repo, digest)
 
     # -- manifests and tags ------------------------------------------------------------
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
@@ -214,6 +199,7 @@ class MetaStore(ABC):
         referrer: dict[str, Any] | None = None,
         blobs: Sequence[str] = (),
         manifests: Sequence[str] = (),
+        check: PolicyCheck | None = None,
     ) -> list[str]:
         """Record a manifest, point `tags` at it and index it under its subject, if every
         blob and manifest it requires is in `repo`. Returns the missing digests; nothing is
@@ -225,7 +211,11 @@ class MetaStore(ABC):
         after a push too); tags beyond one transaction follow in further transactions,
         each guarded by the manifest's existence and rewriting its record (so a concurrent
         delete by digest either sees them or retries), all before the caller answers.
+
+        `check` (the repository's policies, registry/policies.py) runs before every attempt:
+        it raises to refuse the push, or returns guards that join the first transaction.
         """
+        extra = list(await check()) if check is not None else []
         wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
         required = [keys.blob(repo, d) for d in dict.fromkeys(blobs)]
         required += [keys.manifest(repo, d) for d in dict.fromkeys(manifests)]
@@ -239,10 +229,10 @@ class MetaStore(ABC):
         ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
         if referrer is not None and record.subject:
             ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
-        tag_value = record.tag_record().encode()
+        tag_value = replace(record.tag_record(), pushed_at=round(time.time(), 3)).encode()
         first = TXN_OPS - len(ops)
         ops += [Put(keys.tag(repo, t), tag_value) for t in tags[:first]]
-        if await self._txn([(k, MUST_EXIST) for k in guarded], ops):
+        if await self._txn([*extra, *((k, MUST_EXIST) for k in guarded)], ops):
             for i in range(first, len(tags), TXN_OPS - 1):
                 more: list[Op] = [Put(mkey, record.encode())]
                 more += [Put(keys.tag(repo, t), tag_value) for t in tags[i : i + TXN_OPS - 1]]
@@ -252,23 +242,30 @@ class MetaStore(ABC):
         found = await self._get_many(guarded)
         missing = [d for d, kv in zip(wanted[: len(guarded)], found, strict=True) if kv is None]
         if not missing:  # raced with a concurrent push of the last reference: try once more
-            return await self.put_manifest(repo, record, tags, referrer, blobs, manifests)
+            return await self.put_manifest(repo, record, tags, referrer, blobs, manifests, check)
         return missing
 
-    async def delete_tag(self, repo: str, tag: str) -> bool:
+    async def delete_tag(
+        self, repo: str, tag: str, guards: Sequence[Guard] = (), revision: int | None = None
+    ) -> bool:
+        """Delete a tag (False when absent, when `guards`, e.g. its policies' revisions, no
+        longer hold, or when it is no longer at `revision`)."""
         key = keys.tag(repo, tag)
         kv = await self._get(key)
-        if kv is None:
+        if kv is None or (revision is not None and kv.mod_revision != revision):
             return False
-        return await self._txn([(key, kv.mod_revision)], [Delete(key)])
+        return await self._txn([*guards, (key, kv.mod_revision)], [Delete(key)])
 
-    async def delete_manifest(self, repo: str, digest: str) -> bool:
+    async def delete_manifest(
+        self, repo: str, digest: str, check: DeleteCheck | None = None
+    ) -> bool:
         """Delete a manifest, every tag pointing at it and its referrer entry.
 
         One transaction when they fit (the usual case). When thousands of tags point at
         it, the surplus tags go first in bounded transactions, each guarded by the
         manifest's revision (a concurrent push of it stops the delete, which starts
-        over), then the manifest with the rest.
+        over), then the manifest with the rest. `check` sees the tags pointing at it before
+        anything is deleted: it raises to refuse, or returns guards for the last transaction.
         """
         mkey = keys.manifest(repo, digest)
         for _ in range(_TXN_RETRIES):
@@ -280,6 +277,7 @@ class MetaStore(ABC):
             pointing: list[KV] = []
             async for page in self._scan(prefix, keys.prefix_end(prefix)):
                 pointing += [t for t in page if TagRecord.decode(t.value).digest == digest]
+            extra = await check([t.key[len(prefix) :].decode() for t in pointing]) if check else ()
             ops: list[Op] = [Delete(mkey)]
             if record.subject:
                 ops.append(Delete(keys.referrer(repo, record.subject, digest)))
@@ -295,7 +293,7 @@ class MetaStore(ABC):
                     break
             if not done:
                 continue
-            guards = [(mkey, kv.mod_revision), *((t.key, t.mod_revision) for t in last)]
+            guards = [(mkey, kv.mod_revision), *((t.key, t.mod_revision) for t in last), *extra]
             if await self._txn(guards, [*ops, *(Delete(t.key) for t in last)]):
                 return True
         raise RuntimeError("manifest delete kept conflicting with concurrent writes")

@@ -266,3 +266,33 @@ _KINDS = (
     (PUBLIC, "public", 1),
     *_KINDS,
 )
+
+
+# -- repository policies and storage usage (moorage.meta.policies, moorage.meta.usage) -------
+#
+#     /moorage/policies/<target>              PolicyRecord (target: NAMESPACE or NAMESPACE/REPO)
+#     /moorage/usage/<namespace>              {"bytes", "blobs"}  (the quota's counter)
+#     /moorage/usage-blobs/<namespace>@<digest>  {"size", "repos"}  (the blob counted once in
+#                                             the namespace; `repos` links point at it)
+#
+# Policies are registry data (backed up, restored). The usage keys are not: a restore
+# writes blob links back uncounted and `moorage.meta.usage.recount` counts them again.
+POLICIES = ROOT + b"policies/"
+USAGE = ROOT + b"usage/"
+USAGE_BLOBS = ROOT + b"usage-blobs/"
+REGISTRY_DATA = (*REGISTRY_DATA, POLICIES)
+
+
+def policy(target: str) -> bytes:
+    return POLICIES + target.encode()
+
+
+def usage(namespace: str) -> bytes:
+    return USAGE + namespace.encode()
+
+
+def usage_blob(namespace: str, digest: str) -> bytes:
+    return USAGE_BLOBS + f"{namespace}@{digest}".encode()
+
+
+_KINDS = ((POLICIES, "policy", 1), *_KINDS)

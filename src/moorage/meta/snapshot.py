@@ -20,6 +20,7 @@ JSON form, one object per entry, `kind` first:
     {"kind": "membership", "user", "org", "team"}
     {"kind": "grant", "target", "subject", "role"}
     {"kind": "public", "repo"}
+    {"kind": "policy", "target", "immutable_tags", "keep_last", ...}  (meta/policy_records.py)
     {"kind": "cluster", "cluster_id", "epoch"}          (kept, never restored)
     {"kind": "replica", "replica_id", "url", ...}        (kept, never restored)
 """
@@ -32,16 +33,14 @@ from typing import Any, ClassVar
 
 from moorage.errors import MoorageError, RecordCorrupt
 from moorage.meta import keys
+from moorage.meta.account_records import GrantRecord, OrgRecord, TeamRecord, check_account_name
+from moorage.meta.policy_records import PolicyRecord
 from moorage.meta.records import (
     ClusterRecord,
-    GrantRecord,
     ManifestRecord,
-    OrgRecord,
     ReplicaRecord,
     TagRecord,
-    TeamRecord,
     UserRecord,
-    check_account_name,
     check_digest,
     check_size,
     check_text,
@@ -92,7 +91,7 @@ class TagEntry:
         self.record.validate()
 
     def fields(self) -> dict[str, Any]:
-        return {"repo": self.repo, "tag": self.tag, **asdict(self.record)}
+        return {"repo": self.repo, "tag": self.tag, **json.loads(self.record.encode())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +253,18 @@ class PublicEntry:
         return {"repo": self.repo}
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyEntry:
+    kind: ClassVar[str] = "policy"
+    record: PolicyRecord
+
+    def validate(self) -> None:
+        PolicyRecord.decode(self.record.encode())
+
+    def fields(self) -> dict[str, Any]:
+        return self.record.doc()
+
+
 Entry = (
     RepoEntry
     | TagEntry
@@ -268,11 +279,12 @@ Entry = (
     | MembershipEntry
     | GrantEntry
     | PublicEntry
+    | PolicyEntry
 )
 #: What a restore writes back (cluster and replica records belong to the old cluster).
 RESTORED_KINDS = frozenset(
     {"repository", "tag", "manifest", "blob_link", "referrer", "user"}
-    | {"org", "team", "membership", "grant", "public"}
+    | {"org", "team", "membership", "grant", "public", "policy"}
 )
 
 
@@ -329,6 +341,8 @@ def from_json(doc: object) -> Entry:
             entry = GrantEntry(_record(GrantRecord, fields))
         elif kind == "public":
             entry = PublicEntry(**fields)
+        elif kind == "policy":
+            entry = PolicyEntry(_record(PolicyRecord, fields))
         else:
             raise RecordCorrupt(f"unknown kind {_show(kind)}")
     except TypeError:
@@ -391,6 +405,10 @@ def from_kv(key: bytes, value: bytes) -> Entry | None:
             raise RecordCorrupt("the grant record names another target or subject")
     elif kind == "public":
         entry = PublicEntry(parts[0])
+    elif kind == "policy":
+        entry = PolicyEntry(PolicyRecord.decode(value))
+        if entry.record.target != parts[0]:
+            raise RecordCorrupt(f"the record names policy target {_show(entry.record.target)}")
     elif kind == "invalid":
         raise RecordCorrupt("a malformed key (not the fields its prefix needs, joined by @)")
     else:  # heartbeats, locks, other keys under the root
@@ -425,4 +443,6 @@ def to_kv(entry: Entry) -> tuple[bytes, bytes]:
         return keys.grant(entry.record.target, entry.record.subject), entry.record.encode()
     if isinstance(entry, PublicEntry):
         return keys.public(entry.repo), b"{}"
+    if isinstance(entry, PolicyEntry):
+        return keys.policy(entry.record.target), entry.record.encode()
     return keys.replica(entry.record.replica_id), entry.record.encode()

@@ -18,6 +18,7 @@ from moorage.meta.snapshot import (
     BlobLinkEntry,
     Entry,
     ManifestEntry,
+    PolicyEntry,
     RepoEntry,
     TagEntry,
     UserEntry,
@@ -41,6 +42,7 @@ class Metadata:
     users: int = 0
     repo_names: set[str] = field(default_factory=set)
     invalid: list[str] = field(default_factory=list)  # one line per refused record
+    sparse: dict[str, bool] = field(default_factory=dict)  # policy target -> allow_sparse
 
     @classmethod
     def parse(cls, records: object) -> Metadata:
@@ -92,7 +94,15 @@ class Metadata:
             self.repo_names.add(entry.repo)
         elif isinstance(entry, UserEntry):
             self.users += 1
+        elif isinstance(entry, PolicyEntry) and entry.record.allow_sparse is not None:
+            self.sparse[entry.record.target] = entry.record.allow_sparse
         self.entries.append(entry)
+
+    def allows_sparse(self, repo: str) -> bool:
+        """Whether `repo`'s policies let its manifests name absent blobs and manifests (the
+        repository's own setting, else its namespace's; off by default)."""
+        own = self.sparse.get(repo)
+        return own if own is not None else self.sparse.get(repo.split("/", 1)[0], False)
 
     def restorable(self) -> list[Entry]:
         return [e for e in self.entries if e.kind in RESTORED_KINDS]

@@ -314,15 +314,17 @@ class _References:
         except MoorageError as exc:
             self.problems.append(f"{where} does not parse: {exc}")
             return
+        sparse = self.md.allows_sparse(repo)  # absent references allowed (sparse content)
         for desc in (manifest.config, *manifest.layers):
             if desc is None or mt.is_non_distributable(desc.media_type):
                 continue
             if (repo, desc.digest) not in self.md.links:
-                self.problems.append(f"{where} names {desc.digest}, not linked in {repo}")
+                if not sparse:
+                    self.problems.append(f"{where} names {desc.digest}, not linked in {repo}")
             elif self.check_blobs and not self.available(desc.digest):
                 self.missing.add(desc.digest)
         for child in manifest.children:
-            if (repo, child.digest) not in self.md.manifests:
+            if (repo, child.digest) not in self.md.manifests and not sparse:
                 self.problems.append(
                     f"index {repo}@{digest} names manifest {child.digest}, not in {repo}"
                 )

@@ -51,5 +51,5 @@ class Blobs:
         size = await self.storage.stat(key)
         if size is None:
             return None
-        await self.meta.link_blob(repo, key, size)
+        await self.meta.link_blob(repo, key, size, enforce_quota=True)
         return parsed

@@ -14,8 +14,11 @@ from moorage.errors import (
     ManifestTooLarge,
     ManifestUnknown,
     StorageUnavailable,
+    StoreUnavailable,
 )
 from moorage.meta.base import LAST_REVISION, MetaStore
+from moorage.meta.ops import Guard
+from moorage.meta.policies import Policies
 from moorage.meta.records import ManifestRecord, TagRecord
 from moorage.oci import mediatypes as mt
 from moorage.oci.digest import Digest, digest_of, is_digest, parse_digest
@@ -58,6 +61,7 @@ class Manifests:
         self.storage = storage
         self.meta = meta
         self.journal = journal
+        self.policies = Policies(meta)
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
 
@@ -142,10 +146,15 @@ class Manifests:
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
         unique_tags = list(dict.fromkeys(tags))
-        blobs, children = _requirements(manifest)
-        # One transaction checks the references and records the manifest.
+        sparse = (await self.policies.applicable(repo)).allow_sparse
+        blobs, children = ([], []) if sparse else _requirements(manifest)
+
+        async def check() -> list[Guard]:  # immutable tags and the quota (meta/policies.py)
+            return await self.policies.push_guards(repo, str(digest), unique_tags, len(body))
+
+        # One transaction checks the references and the policies and records the manifest.
         missing = await self.meta.put_manifest(
-            repo, record, unique_tags, referrer, blobs=blobs, manifests=children
+            repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
         )
         config = manifest.config
         if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
@@ -153,7 +162,7 @@ class Manifests:
             await self.storage.put_bytes(mt.EMPTY_JSON_DIGEST, mt.EMPTY_JSON)
             await self.meta.link_blob(repo, mt.EMPTY_JSON_DIGEST, len(mt.EMPTY_JSON))
             missing = await self.meta.put_manifest(
-                repo, record, unique_tags, referrer, blobs=blobs, manifests=children
+                repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
             )
         if missing:
             what = "manifests" if manifest.is_index else "blobs"
@@ -177,13 +186,29 @@ class Manifests:
     async def delete(self, repo: str, reference: str) -> None:
         if is_digest(reference):
             digest = str(parse_digest(reference))
-            if not await self.meta.delete_manifest(repo, digest):
+
+            async def check(tags: list[str]) -> list[Guard]:  # no immutable tag points at it
+                return await self.policies.delete_guards(repo, f"manifest {digest}", tags)
+
+            if not await self.meta.delete_manifest(repo, digest, check):
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             await self._journal({"op": "delete", "repo": repo, "digest": digest})
             return
-        if not is_valid_tag(reference) or not await self.meta.delete_tag(repo, reference):
+        if not is_valid_tag(reference) or not await self.untag(repo, reference):
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
-        await self._journal({"op": "untag", "repo": repo, "tag": reference})
+
+    async def untag(self, repo: str, tag: str, revision: int | None = None) -> bool:
+        """Delete a tag unless it is immutable (TagImmutable); with `revision`, only while it
+        is still the tag read at that revision (retention). False when there is none."""
+        for _ in range(20):
+            guards = await self.policies.delete_guards(repo, tag, [tag])
+            if await self.meta.delete_tag(repo, tag, guards, revision):
+                await self._journal({"op": "untag", "repo": repo, "tag": tag})
+                return True
+            if revision is not None or await self.meta.get_tag(repo, tag) is None:
+                return False
+            # a policy of the repository changed meanwhile: check it again
+        raise StoreUnavailable("the tag delete kept colliding with policy changes; retry")
 
 
 def _requirements(manifest: Manifest) -> tuple[list[str], list[str]]:

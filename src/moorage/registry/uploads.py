@@ -142,7 +142,7 @@ class Uploads:
                 size = handle.size
             self._sessions.pop(upload_id, None)
             await self._verify_and_commit(handle, parsed, hasher)
-        await self.meta.link_blob(repo, str(parsed), size)
+        await self.meta.link_blob(repo, str(parsed), size, enforce_quota=True)
         return parsed, size
 
     async def monolithic(
@@ -163,7 +163,7 @@ class Uploads:
             raise
         finally:
             await handle.release()
-        await self.meta.link_blob(repo, str(parsed), size)
+        await self.meta.link_blob(repo, str(parsed), size, enforce_quota=True)
         return parsed, size
 
     async def cancel(self, repo: str, upload_id: str) -> None:

@@ -1,0 +1,32 @@
+"""The store's primitive values: a key with its value and revision, the operations of a
+transaction and its compare-and-set guards (used by `meta.base` and the modules beside it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    key: bytes
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+
+
+Op = Put | Delete
+# (key, expected mod_revision); 0 means the key must be absent, MUST_EXIST present.
+Guard = tuple[bytes, int]
+MUST_EXIST = -1
+
+__all__ = ["KV", "MUST_EXIST", "Delete", "Guard", "Op", "Put"]

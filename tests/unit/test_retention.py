@@ -1,0 +1,84 @@
+"""Which tags a retention rule keeps (registry/retention.py `doomed_tags`), as a table, and the
+policy record's validation and sizes (meta/policy_records.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moorage.errors import RecordCorrupt
+from moorage.meta.policy_records import PolicyRecord, parse_size
+from moorage.meta.records import TagRecord
+from moorage.registry.retention import DAY, doomed_tags
+
+DIGEST = "sha256:" + "a" * 64
+NOW = 1_000_000_000.0
+MT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def tags(*pushed: tuple[str, float | None]) -> list[tuple[str, TagRecord, int]]:
+    """(name, push time) in push order; revisions follow that order."""
+    return [(n, TagRecord(DIGEST, MT, 1, at), rev) for rev, (n, at) in enumerate(pushed, 1)]
+
+
+CASES = [
+    # keep the last 2 by push time (the revision breaks a tie, unknown times are oldest)
+    (dict(keep_last=2), [("a", 1.0), ("b", 2.0), ("c", 3.0)], set(), ["a"]),
+    (dict(keep_last=1), [("old", None), ("x", 5.0), ("y", 5.0)], set(), ["old", "x"]),
+    (dict(keep_last=0), [("a", 1.0)], set(), ["a"]),
+    # keep tags pushed within 3 days; an unknown push time is not within
+    (
+        dict(keep_days=3),
+        [("old", NOW - 4 * DAY), ("new", NOW - 2 * DAY), ("x", None)],
+        set(),
+        ["x", "old"],
+    ),
+    # patterns only: every other tag goes
+    (dict(keep_tags=("release-*",)), [("release-1", 1.0), ("dev", 2.0)], set(), ["dev"]),
+    # rules add up, and immutable tags always stay
+    (
+        dict(keep_last=1, keep_tags=("v?",)),
+        [("v1", 1.0), ("dev1", 2.0), ("stable", 3.0), ("dev2", 4.0)],
+        {"stable"},
+        ["dev1"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "pushed", "immutable", "doomed"), CASES)
+def test_doomed_tags(
+    rule: dict[str, object],
+    pushed: list[tuple[str, float | None]],
+    immutable: set[str],
+    doomed: list[str],
+) -> None:
+    record = PolicyRecord("acme", **rule)  # type: ignore[arg-type]
+    got = doomed_tags("acme/app", tags(*pushed), record, immutable, NOW)
+    assert [d.tag for d in got] == doomed
+    assert all(d.rule == "acme" for d in got)
+
+
+def test_policy_records_refuse_what_they_cannot_hold() -> None:
+    with pytest.raises(RecordCorrupt, match="kept per namespace"):
+        PolicyRecord("acme/app", quota=10)
+    with pytest.raises(RecordCorrupt, match="invalid pattern"):
+        PolicyRecord("acme", immutable_tags=("v 1",))
+    with pytest.raises(RecordCorrupt, match="keep-last"):
+        PolicyRecord("acme", keep_last=-1)
+    record = PolicyRecord("acme", immutable_tags=("v*",), quota=5, allow_sparse=True)
+    assert PolicyRecord.decode(record.encode()) == record
+    assert record.without(("quota",)).quota is None
+    assert PolicyRecord("acme").empty
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10GiB", 10 * 1024**3), ("500MB", 500_000_000), ("1.5k", 1500), ("42", 42), (7, 7)],
+)
+def test_parse_size(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-1", "10XB", "", None, True])
+def test_parse_size_refuses(text: object) -> None:
+    with pytest.raises(RecordCorrupt, match=r"e\.g\. 10GiB"):
+        parse_size(text)
