@@ -1,10 +1,12 @@
-"""First-start initialisation of the store: the cluster record and the admin account."""
+"""First-start initialisation of the store: the cluster record, the journal key and the
+admin account."""
 
 from __future__ import annotations
 
 import logging
 
 from moorage.auth.passwords import hash_password, verify_password
+from moorage.meta.account_journal import ensure_journal_key
 from moorage.meta.base import MetaStore
 from moorage.meta.records import ClusterRecord, UserRecord
 
@@ -16,6 +18,8 @@ async def bootstrap(meta: MetaStore, cluster_id: str, admin_password: str | None
     """Idempotent: creates what is missing; a given admin password replaces the stored one."""
     if await meta.get_cluster() is None:
         await meta.create_cluster(ClusterRecord(cluster_id))
+    # Made at the first start, long committed before an account change needs it.
+    await ensure_journal_key(meta)
     if admin_password is None:
         return
     user = await meta.get_user(ADMIN_USER)
