@@ -53,10 +53,10 @@ class BackupResult:
         return (
             f"backup {self.file}: cluster {self.cluster_id} at revision {self.revision}, "
             f"{c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests, "
-            f"{c.get('users', 0)} users, {c.get('access_tokens', 0)} access tokens, "
             f"{self.blobs_in_archive} blobs in the archive"
             + (f" ({self.blobs_from_base} in {self.base})" if self.base else "")
-            + f", {self.size} bytes"
+            + f", {self.size} bytes; {c.get('users', 0)} users, "
+            f"{c.get('access_tokens', 0)} access tokens"
         )
 
 
