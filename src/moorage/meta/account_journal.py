@@ -41,7 +41,7 @@ from moorage.meta import keys
 from moorage.meta.access_tokens import ID_FORM, MAX_OWNER
 from moorage.meta.account_entries import ACCOUNT_KINDS, JournalKeyEntry, check_repo, show
 from moorage.meta.base import AccountLog, Delete, MetaStore, Op, Put
-from moorage.meta.records import check_account_name, check_subject
+from moorage.meta.records import check_account_name, check_subject, check_text
 from moorage.meta.snapshot import Entry, from_json, from_kv, to_json, to_kv, to_kvs
 
 OP = "accounts"
@@ -175,8 +175,9 @@ def key_of_ref(ref: object) -> bytes:
     if kind not in REF_FIELDS or set(ref) != {"kind", *REF_FIELDS[kind]}:
         raise RecordCorrupt(f"an invalid deleted key's ref {show(ref)}")
     name = check_account_name
-    if kind == "user":
-        return keys.user(name(ref["name"], "user"))
+    if kind == "user":  # as lenient as a user record (accounts older than the name rules)
+        check_text(ref["name"], "user", "name")
+        return keys.user(ref["name"])
     if kind == "org":
         return keys.org(name(ref["name"], "organization"))
     if kind == "team":
