@@ -283,7 +283,7 @@ def test_metrics_labels_stay_bounded(registry: Replica) -> None:
 
 def test_journal_io_error_is_503_with_the_reason(tmp_path: Path) -> None:
     """A journal that cannot be written: 503 UNAVAILABLE saying why; a push works again once
-    blob storage is writable (the journal is written only by manifest changes)."""
+    blob storage is writable (here only the manifest change writes the journal)."""
     replica = Replica(tmp_path / "data", storage=tmp_path / "blobs")
     replica.start()
     try:

@@ -145,6 +145,10 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             resp = _error(503, "UNAVAILABLE", str(exc))
             resp.headers["Retry-After"] = "5"
             return resp
+        # The change and its journal entry are durable: acknowledged only if not fenced
+        # meanwhile (the ordering argument of moorage.cluster.fence).
+        if request.method == "POST" and (refused := _fenced(st)):
+            return refused
         return _JSONResponse(result)
 
     return run

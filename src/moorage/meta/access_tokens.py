@@ -2,6 +2,7 @@
 bounded reads and writes on any `MetaStore` (key layout: meta/keys.py).
 
 Every record is validated on the way back: a forged record is refused, never trusted.
+Creating and deleting a token are journaled (`MetaStore._account_txn`); its last use is not.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ async def create(store: MetaStore, record: AccessTokenRecord) -> bool:
         Put(key, record.encode()),
         Put(keys.access_token_owner(record.owner, record.id), b"{}"),
     ]
-    return await store._txn([(key, 0)], ops)
+    return await store._account_txn([(key, 0)], ops)
 
 
 async def delete(store: MetaStore, record: AccessTokenRecord) -> bool:
@@ -168,7 +169,7 @@ async def delete(store: MetaStore, record: AccessTokenRecord) -> bool:
         DeleteOp(keys.access_token_owner(record.owner, record.id)),
         DeleteOp(keys.access_token_used(record.id)),
     ]
-    return await store._txn([(key, kv.mod_revision)], ops)
+    return await store._account_txn([(key, kv.mod_revision)], ops)
 
 
 async def with_uses(

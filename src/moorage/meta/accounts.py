@@ -3,6 +3,7 @@ repositories (issue #9; the layout is in meta/keys.py, the records in meta/recor
 
 Every read is bounded (pages of at most STORE_PAGE keys); the few operations that touch an
 open-ended set (deleting a user or an organization removes its grants) page through it.
+Every write goes through `MetaStore._account_txn`, which journals it before it returns.
 Team membership is kept twice, in one transaction each time: in the team's record (its
 members, for `team list`) and as one key per user and team (the teams of a user, which
 the policy reads with one bounded prefix read).
@@ -135,7 +136,7 @@ class Accounts:
         kv = await self.meta._get(key)
         if kv is None:
             raise AccountMissing(f"no user {user.name}")
-        if not await self.meta._txn([(key, kv.mod_revision)], [Put(key, user.encode())]):
+        if not await self.meta._account_txn([(key, kv.mod_revision)], [Put(key, user.encode())]):
             raise AccountConflict(f"user {user.name} changed meanwhile: try again")
 
     async def delete_user(self, name: str) -> None:
@@ -146,7 +147,7 @@ class Accounts:
             org, _, team_name = team.partition("/")
             await self.remove_member(org, team_name, name, missing_ok=True)
         await self._delete_grants_to({f"user:{name}"}, None)
-        await self.meta._txn([], [Delete(keys.user(name))])
+        await self.meta._account_txn([], [Delete(keys.user(name))])
 
     async def add_org(self, name: str) -> None:
         if await self.user(name) is not None:
@@ -154,7 +155,7 @@ class Accounts:
                 f"{name} is a user's own namespace: an organization needs another name"
             )
         key = keys.org(name)
-        if not await self.meta._txn([(key, 0)], [Put(key, OrgRecord(name).encode())]):
+        if not await self.meta._account_txn([(key, 0)], [Put(key, OrgRecord(name).encode())]):
             raise AccountConflict(f"organization {name} exists already")
 
     async def delete_org(self, name: str) -> None:
@@ -169,12 +170,12 @@ class Accounts:
                 break
             for kv in kvs:
                 await self.delete_team(name, TeamRecord.decode(kv.value).name)
-        await self.meta._txn([], [Delete(keys.org(name))])
+        await self.meta._account_txn([], [Delete(keys.org(name))])
 
     async def add_team(self, org: str, name: str) -> None:
         okey, key = keys.org(org), keys.team(org, name)
         record = TeamRecord(org, name)
-        if not await self.meta._txn([(okey, -1), (key, 0)], [Put(key, record.encode())]):
+        if not await self.meta._account_txn([(okey, -1), (key, 0)], [Put(key, record.encode())]):
             if await self.org(org) is None:
                 raise AccountMissing(f"no organization {org}: 'moorage org add {org}' first")
             raise AccountConflict(f"team {org}/{name} exists already")
@@ -186,7 +187,7 @@ class Accounts:
         ops: list[Op] = [Delete(keys.team(org, name))]
         ops += [Delete(keys.membership(m, org, name)) for m in team.members]
         for i in range(0, len(ops), 500):
-            await self.meta._txn([], ops[i : i + 500])
+            await self.meta._account_txn([], ops[i : i + 500])
         await self._delete_grants_to({f"team:{org}/{name}"}, None)
 
     async def add_member(self, org: str, name: str, user: str) -> None:
@@ -203,7 +204,7 @@ class Accounts:
             kv = await self.meta._get(key)
             if kv is None:
                 if missing_ok:
-                    await self.meta._txn([], [Delete(keys.membership(user, org, name))])
+                    await self.meta._account_txn([], [Delete(keys.membership(user, org, name))])
                     return
                 raise AccountMissing(f"no team {org}/{name}")
             team = TeamRecord.decode(kv.value)
@@ -221,26 +222,30 @@ class Accounts:
             else:
                 if user not in team.members:
                     if missing_ok:
-                        await self.meta._txn([], [Delete(keys.membership(user, org, name))])
+                        await self.meta._account_txn([], [Delete(keys.membership(user, org, name))])
                         return
                     raise AccountMissing(f"{user} is not a member of {org}/{name}")
                 members = tuple(m for m in team.members if m != user)
                 op = Delete(keys.membership(user, org, name))
             record = TeamRecord(org, name, members)
-            if await self.meta._txn([(key, kv.mod_revision)], [Put(key, record.encode()), op]):
+            if await self.meta._account_txn(
+                [(key, kv.mod_revision)], [Put(key, record.encode()), op]
+            ):
                 return
         raise AccountConflict(f"team {org}/{name} kept changing: try again")
 
     async def put_grant(self, grant: GrantRecord) -> None:
         grant.validate()
-        await self.meta._txn([], [Put(keys.grant(grant.target, grant.subject), grant.encode())])
+        await self.meta._account_txn(
+            [], [Put(keys.grant(grant.target, grant.subject), grant.encode())]
+        )
 
     async def delete_grant(self, target: str, subject: str) -> None:
         key = keys.grant(target, subject)
         kv = await self.meta._get(key)
         if kv is None:
             raise AccountMissing(f"no grant on {target} to {subject}")
-        await self.meta._txn([(key, kv.mod_revision)], [Delete(key)])
+        await self.meta._account_txn([(key, kv.mod_revision)], [Delete(key)])
 
     async def _delete_grants_to(self, subjects: set[str], on: str | None) -> None:
         """Every grant to one of `subjects` (paged through all grants)."""
@@ -251,8 +256,8 @@ class Accounts:
                 if grant.subject in subjects:
                     doomed.append(Delete(kv.key))
             for i in range(0, len(doomed), 500):
-                await self.meta._txn([], doomed[i : i + 500])
+                await self.meta._account_txn([], doomed[i : i + 500])
 
     async def set_public(self, repo: str, on: bool) -> None:
         key = keys.public(repo)
-        await self.meta._txn([], [Put(key, _EMPTY) if on else Delete(key)])
+        await self.meta._account_txn([], [Put(key, _EMPTY) if on else Delete(key)])

@@ -7,6 +7,10 @@ Guarantees, grouped as the operations need them:
 * Atomic transactions (`_txn`): every registry write below is one transaction, so a
   crash leaves either all of its keys or none. Compare-and-set guards are expressed as
   `(key, mod_revision)` pairs, where revision 0 means "the key must not exist".
+* Journaled account writes (`_account_txn`): a transaction on accounts (users,
+  organizations, teams, grants, public repositories, access tokens) is handed to
+  `account_log` once committed and before it returns, so the replica journals it
+  (moorage.meta.account_journal) before the change is acknowledged, as pushes are.
 * Bounded reads and writes: no read asks for more than `STORE_PAGE` keys (a backend may
   answer fewer, e.g. to stay under a message size limit, and says there is more), and no
   transaction holds more than `TXN_OPS` guards or operations. The few writes that can
@@ -49,6 +53,8 @@ from moorage.meta.records import (
 
 #: The etcd revision of the last transaction this task committed (for the journal).
 LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
+#: What `_account_txn` calls with a committed transaction's revision and operations.
+AccountLog = Callable[[int, Sequence["Op"]], Awaitable[None]]
 
 _EMPTY = b"{}"
 _TXN_RETRIES = 20
@@ -93,6 +99,10 @@ def op_batches(ops: Sequence[Op], count: int = 0, size: int = TXN_BYTES) -> Iter
 
 
 class MetaStore(ABC):
+    #: Journals account changes (set by the replica: moorage.server.worker); None: not
+    #: journaled (the unit tier, and recovery, which replays the journal itself).
+    account_log: AccountLog | None = None
+
     # -- primitives each backend provides ------------------------------------------------
     @abstractmethod
     async def _get(self, key: bytes) -> KV | None: ...
@@ -123,6 +133,16 @@ class MetaStore(ABC):
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         """Apply `ops` atomically if every guard holds; False (nothing applied) otherwise."""
 
+    async def _account_txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
+        """`_txn` for every write of accounts: once committed, `account_log` has the
+        change (durably in the journal) before this returns. A journal that cannot be
+        written raises (StorageUnavailable): the change is committed but not acknowledged."""
+        if not await self._txn(guards, ops):
+            return False
+        if self.account_log is not None:
+            await self.account_log(LAST_REVISION.get(), ops)
+        return True
+
     async def _get_many(self, keys_: Sequence[bytes]) -> list[KV | None]:
         """Several keys at once (backends may do it in one round trip), 64 in flight."""
         out: list[KV | None] = []
@@ -152,10 +172,10 @@ class MetaStore(ABC):
     async def create_user(self, user: UserRecord) -> bool:
         """Create a user unless one of that name exists (True when created)."""
         key = keys.user(user.name)
-        return await self._txn([(key, 0)], [Put(key, user.encode())])
+        return await self._account_txn([(key, 0)], [Put(key, user.encode())])
 
     async def put_user(self, user: UserRecord) -> None:
-        await self._txn([], [Put(keys.user(user.name), user.encode())])
+        await self._account_txn([], [Put(keys.user(user.name), user.encode())])
 
     # -- blobs linked to repositories ---------------------------------------------------
     async def blob_size(self, repo: str, digest: str) -> int | None:

@@ -26,7 +26,7 @@ from moorage.meta import keys
 from moorage.meta.base import STORE_PAGE, Delete, Guard, MetaStore, Op, Put, op_batches
 from moorage.meta.join_records import JoinClaimRecord, JoinTokenRecord
 from moorage.meta.records import ClusterRecord, HeartbeatRecord, LockRecord, ReplicaRecord
-from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kv
+from moorage.meta.snapshot import RESTORED_KINDS, Entry, Snapshot, from_kv, to_kvs
 
 log = logging.getLogger("moorage.meta")
 _R = TypeVar("_R")
@@ -247,7 +247,9 @@ class ClusterStore(MetaStore):
     async def load(self, entries: Iterable[Entry]) -> int:
         """Write the registry records among `entries` (a restore), in transactions bounded
         by count and bytes; the number written."""
-        ops: list[Op] = [Put(*to_kv(e)) for e in entries if e.kind in RESTORED_KINDS]
+        ops: list[Op] = [
+            Put(key, value) for e in entries if e.kind in RESTORED_KINDS for key, value in to_kvs(e)
+        ]
         for batch in op_batches(ops, _LOAD_BATCH):
             await self._txn([], batch)
         return len(ops)

@@ -26,6 +26,11 @@ TAGS = ROOT + b"tags/"
 REFERRERS = ROOT + b"referrers/"
 #: What registry data is made of: a member is as up to date as its newest change here.
 REGISTRY_DATA: tuple[bytes, ...] = (CLUSTER, USERS, REPOS, BLOBS, MANIFESTS, TAGS, REFERRERS)
+#: `{"key": 64 hex digits}`: the HMAC key of the journal's account changes (made once, by
+#: the first replica that starts; moorage.meta.account_journal). Under ROOT: backups carry
+#: it, so a restore can tell the old cluster's own entries from forged ones.
+JOURNAL_KEY = ROOT + b"journal-key"
+REGISTRY_DATA = (*REGISTRY_DATA, JOURNAL_KEY)
 #: Rewritten by every transaction that changes registry data (deletes included), so the
 #: newest change is found by reading one key. Outside ROOT: not registry data itself, so
 #: backups and restores never carry it.
@@ -129,6 +134,8 @@ def parse(key: bytes) -> tuple[str, tuple[str, ...]] | None:
     """
     if key == CLUSTER:
         return "cluster", ()
+    if key == JOURNAL_KEY:
+        return "journal_key", ()
     if not key.startswith(ROOT):
         return None
     text = key.decode(errors="replace")
@@ -167,10 +174,13 @@ def join_claim(digest: str) -> bytes:
 #: `<ACCESS_TOKEN_OWNERS><owner>@<id>`     {}  (bounded per-owner listing and counting)
 #: `<ACCESS_TOKEN_USED><id>`               {"at", "client"} (last use, written at most once
 #:                                         a minute per token and process)
-#: Under ROOT but not registry data (`parse` calls them "other"; snapshots leave them out).
+#: Tokens and their owner index are registry data (backed up, journaled, compared by
+#: emergency repair); the owner index is derived from the token record, so a snapshot
+#: leaves it out (a restore writes it with the token), and so it does the last-use stamps.
 ACCESS_TOKENS = ROOT + b"access-tokens/"
 ACCESS_TOKEN_OWNERS = ROOT + b"access-token-owners/"
 ACCESS_TOKEN_USED = ROOT + b"access-token-used/"
+REGISTRY_DATA = (*REGISTRY_DATA, ACCESS_TOKENS, ACCESS_TOKEN_OWNERS)
 
 
 def access_token(token_id: str) -> bytes:
@@ -259,6 +269,9 @@ def public(repo_name: str) -> bytes:
 
 
 _KINDS = (
+    (ACCESS_TOKENS, "access_token", 1),
+    (ACCESS_TOKEN_OWNERS, "access_token_owner", 2),
+    (ACCESS_TOKEN_USED, "access_token_used", 1),
     (ORGS, "org", 1),
     (TEAMS, "team", 1),
     (MEMBERSHIPS, "membership", 2),

@@ -14,12 +14,9 @@ JSON form, one object per entry, `kind` first:
     {"kind": "manifest", "repo", "digest", "media_type", "size", "subject", "artifact_type"}
     {"kind": "blob_link", "repo", "digest", "size"}
     {"kind": "referrer", "repo", "subject", "descriptor"}
-    {"kind": "user", "name", "password_hash", "role", "admin", "disabled"}
-    {"kind": "org", "name"}
-    {"kind": "team", "org", "name", "members"}
-    {"kind": "membership", "user", "org", "team"}
-    {"kind": "grant", "target", "subject", "role"}
-    {"kind": "public", "repo"}
+    {"kind": "user" | "org" | "team" | "membership" | "grant" | "public" | "access_token", ...}
+                            (the accounts: moorage.meta.account_entries)
+    {"kind": "journal_key", "key"}      (authenticates the journal's account changes)
     {"kind": "policy", "target", "immutable_tags", "keep_last", ...}  (meta/policy_records.py)
     {"kind": "cluster", "cluster_id", "epoch"}          (kept, never restored)
     {"kind": "replica", "replica_id", "url", ...}        (kept, never restored)
@@ -31,9 +28,23 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from moorage.errors import MoorageError, RecordCorrupt
+from moorage.errors import RecordCorrupt
 from moorage.meta import keys
-from moorage.meta.account_records import GrantRecord, OrgRecord, TeamRecord, check_account_name
+from moorage.meta.access_tokens import AccessTokenRecord
+from moorage.meta.account_entries import (
+    ACCOUNT_KINDS,
+    AccessTokenEntry,
+    GrantEntry,
+    JournalKeyEntry,
+    MembershipEntry,
+    OrgEntry,
+    PublicEntry,
+    TeamEntry,
+    UserEntry,
+)
+from moorage.meta.account_entries import check_repo as _repo
+from moorage.meta.account_entries import show as _show
+from moorage.meta.account_records import GrantRecord, OrgRecord, TeamRecord
 from moorage.meta.policy_records import PolicyRecord
 from moorage.meta.records import (
     ClusterRecord,
@@ -48,21 +59,34 @@ from moorage.meta.records import (
     decode_referrer,
     dumps,
 )
-from moorage.oci.names import is_valid_tag, validate_name
+from moorage.oci.names import is_valid_tag
 
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _repo(name: object) -> str:
-    if not isinstance(name, str):
-        raise RecordCorrupt(f"repository name {_show(name)} is not a string")
-    try:
-        return validate_name(name)
-    except MoorageError as exc:
-        raise RecordCorrupt(str(exc)) from None
+__all__ = [
+    "ACCOUNT_KINDS",
+    "RESTORED_KINDS",
+    "AccessTokenEntry",
+    "BlobLinkEntry",
+    "ClusterEntry",
+    "Entry",
+    "GrantEntry",
+    "JournalKeyEntry",
+    "ManifestEntry",
+    "MembershipEntry",
+    "OrgEntry",
+    "PublicEntry",
+    "ReferrerEntry",
+    "ReplicaEntry",
+    "RepoEntry",
+    "Snapshot",
+    "TagEntry",
+    "TeamEntry",
+    "UserEntry",
+    "from_json",
+    "from_kv",
+    "to_json",
+    "to_kv",
+    "to_kvs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,18 +175,6 @@ class ReferrerEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class UserEntry:
-    kind: ClassVar[str] = "user"
-    record: UserRecord
-
-    def validate(self) -> None:
-        UserRecord.decode(self.record.encode())
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self.record)
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterEntry:
     kind: ClassVar[str] = "cluster"
     record: ClusterRecord
@@ -185,72 +197,6 @@ class ReplicaEntry:
 
     def fields(self) -> dict[str, Any]:
         return asdict(self.record)
-
-
-@dataclass(frozen=True, slots=True)
-class OrgEntry:
-    kind: ClassVar[str] = "org"
-    record: OrgRecord
-
-    def validate(self) -> None:
-        OrgRecord.decode(self.record.encode())
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self.record)
-
-
-@dataclass(frozen=True, slots=True)
-class TeamEntry:
-    kind: ClassVar[str] = "team"
-    record: TeamRecord
-
-    def validate(self) -> None:
-        TeamRecord.decode(self.record.encode())
-
-    def fields(self) -> dict[str, Any]:
-        return json.loads(self.record.encode())  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class MembershipEntry:
-    """The index of a team member (meta/accounts.py): `user` is in `org/team`."""
-
-    kind: ClassVar[str] = "membership"
-    user: str
-    org: str
-    team: str
-
-    def validate(self) -> None:
-        for name in (self.user, self.org, self.team):
-            check_account_name(name, "membership")
-
-    def fields(self) -> dict[str, Any]:
-        return {"user": self.user, "org": self.org, "team": self.team}
-
-
-@dataclass(frozen=True, slots=True)
-class GrantEntry:
-    kind: ClassVar[str] = "grant"
-    record: GrantRecord
-
-    def validate(self) -> None:
-        self.record.validate()
-        _repo(self.record.target)
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self.record)
-
-
-@dataclass(frozen=True, slots=True)
-class PublicEntry:
-    kind: ClassVar[str] = "public"
-    repo: str
-
-    def validate(self) -> None:
-        _repo(self.repo)
-
-    def fields(self) -> dict[str, Any]:
-        return {"repo": self.repo}
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +225,14 @@ Entry = (
     | MembershipEntry
     | GrantEntry
     | PublicEntry
+    | AccessTokenEntry
+    | JournalKeyEntry
     | PolicyEntry
 )
 #: What a restore writes back (cluster and replica records belong to the old cluster).
-RESTORED_KINDS = frozenset(
-    {"repository", "tag", "manifest", "blob_link", "referrer", "user"}
-    | {"org", "team", "membership", "grant", "public", "policy"}
+RESTORED_KINDS = (
+    frozenset({"repository", "tag", "manifest", "blob_link", "referrer", "journal_key", "policy"})
+    | ACCOUNT_KINDS
 )
 
 
@@ -343,6 +291,10 @@ def from_json(doc: object) -> Entry:
             entry = PublicEntry(**fields)
         elif kind == "policy":
             entry = PolicyEntry(_record(PolicyRecord, fields))
+        elif kind == "access_token":
+            entry = AccessTokenEntry(_record(AccessTokenRecord, fields))
+        elif kind == "journal_key":
+            entry = JournalKeyEntry(**fields)
         else:
             raise RecordCorrupt(f"unknown kind {_show(kind)}")
     except TypeError:
@@ -384,6 +336,8 @@ def from_kv(key: bytes, value: bytes) -> Entry | None:
         entry = UserEntry(user)
     elif kind == "cluster":
         entry = ClusterEntry(ClusterRecord.decode(value))
+    elif kind == "journal_key":
+        entry = JournalKeyEntry.decode(value)
     elif kind == "replica":
         entry = ReplicaEntry(ReplicaRecord.decode(value))
     elif kind == "org":
@@ -409,9 +363,13 @@ def from_kv(key: bytes, value: bytes) -> Entry | None:
         entry = PolicyEntry(PolicyRecord.decode(value))
         if entry.record.target != parts[0]:
             raise RecordCorrupt(f"the record names policy target {_show(entry.record.target)}")
+    elif kind == "access_token":
+        entry = AccessTokenEntry(AccessTokenRecord.decode(value))
+        if entry.record.id != parts[0]:
+            raise RecordCorrupt(f"the record names access token {_show(entry.record.id)}")
     elif kind == "invalid":
         raise RecordCorrupt("a malformed key (not the fields its prefix needs, joined by @)")
-    else:  # heartbeats, locks, other keys under the root
+    else:  # heartbeats, locks, tokens' owner index and last use, other keys under the root
         return None
     entry.validate()
     return entry
@@ -445,4 +403,17 @@ def to_kv(entry: Entry) -> tuple[bytes, bytes]:
         return keys.public(entry.repo), b"{}"
     if isinstance(entry, PolicyEntry):
         return keys.policy(entry.record.target), entry.record.encode()
+    if isinstance(entry, AccessTokenEntry):
+        return keys.access_token(entry.record.id), entry.record.encode()
+    if isinstance(entry, JournalKeyEntry):
+        return keys.JOURNAL_KEY, entry.encode()
     return keys.replica(entry.record.replica_id), entry.record.encode()
+
+
+def to_kvs(entry: Entry) -> list[tuple[bytes, bytes]]:
+    """Every key and value that `entry` makes in the store: its own (`to_kv`) and what is
+    derived from it (an access token's owner index entry)."""
+    kvs = [to_kv(entry)]
+    if isinstance(entry, AccessTokenEntry):
+        kvs.append((keys.access_token_owner(entry.record.owner, entry.record.id), b"{}"))
+    return kvs

@@ -8,15 +8,20 @@ Layout of the archive, in this order:
                      archive of an incremental one
     metadata.json    every registry record as of `revision`, as typed records (see
                      moorage.meta.snapshot: repositories, tags, manifest records, blob
-                     links, referrers, users with their password hashes, the cluster
-                     record and replica records): `{"records": [{"kind": ...}, ...]}`
+                     links, referrers, the accounts: users with their password hashes,
+                     organizations, teams, memberships, grants, public repositories,
+                     access tokens and robots' tokens with the SHA-256 of their secrets;
+                     the cluster record and replica records):
+                     `{"records": [{"kind": ...}, ...]}`. Never a secret: no token signing
+                     key, no CA key (outside the records a snapshot reads)
     blobs/<alg>/<hex>  manifest bytes (always) and layer/config blobs (--include-blobs);
                      content-addressed, so each name is its own checksum
     SHA256SUMS       sha256 of every member above
 
-Format 1 (written until format 2) held the store's keys and values instead
-(`{"kvs": [[key, value], ...]}`) and no `manifests_in_archive`: it is still read, its
-keys turned into the same typed records (moorage.meta.snapshot.from_kv).
+Format 3 added access token records; format 2 is the same without them (read as is: its
+cluster's tokens are not in it). Format 1 (written until format 2) held the store's keys
+and values instead (`{"kvs": [[key, value], ...]}`) and no `manifests_in_archive`: it is
+still read, its keys turned into the same typed records (moorage.meta.snapshot.from_kv).
 
 Counting: "blobs" are layer and config blobs, manifests are counted separately, in the
 header's counts, in `backup`, `backup inspect` and `restore` alike.
@@ -45,9 +50,10 @@ from moorage.meta.records import check_digest
 from moorage.oci.digest import parse_digest
 from moorage.recovery.crypt import decrypt_file, is_encrypted
 
-FORMAT_VERSION = 2
-#: Every format this code reads (1: the store's keys and values in metadata.json).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Every format this code reads (1: the store's keys and values in metadata.json; 2: typed
+#: records; 3: typed records with access tokens, which code of format 2 does not know).
+READABLE_VERSIONS = (1, 2, 3)
 RECORD_MEMBERS = ("backup.json", "metadata.json", "SHA256SUMS")
 CHUNK = 1024 * 1024
 

@@ -1,8 +1,9 @@
 """The records of a backup archive (metadata.json), validated and indexed.
 
-Format 2 holds typed records (moorage.meta.snapshot); format 1 held the store's keys and
-values, turned here into the same records. Nothing in either is trusted: a record that
-fails validation is listed in `invalid`, never restored.
+Formats 2 and 3 hold typed records (moorage.meta.snapshot; 3 adds access tokens, read the
+same way); format 1 held the store's keys and values, turned here into the same records.
+Nothing in any is trusted: a record that fails validation is listed in `invalid`, never
+restored.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from moorage.errors import MoorageError
 from moorage.meta.records import ManifestRecord
 from moorage.meta.snapshot import (
+    ACCOUNT_KINDS,
     RESTORED_KINDS,
     BlobLinkEntry,
     Entry,
@@ -40,6 +42,7 @@ class Metadata:
     manifests: dict[tuple[str, str], ManifestRecord] = field(default_factory=dict)
     links: dict[tuple[str, str], int] = field(default_factory=dict)  # (repo, digest) -> size
     users: int = 0
+    accounts: dict[str, int] = field(default_factory=dict)  # kind -> records (not users)
     repo_names: set[str] = field(default_factory=set)
     invalid: list[str] = field(default_factory=list)  # one line per refused record
     sparse: dict[str, bool] = field(default_factory=dict)  # policy target -> allow_sparse
@@ -96,6 +99,8 @@ class Metadata:
             self.users += 1
         elif isinstance(entry, PolicyEntry) and entry.record.allow_sparse is not None:
             self.sparse[entry.record.target] = entry.record.allow_sparse
+        elif entry.kind in ACCOUNT_KINDS:
+            self.accounts[entry.kind] = self.accounts.get(entry.kind, 0) + 1
         self.entries.append(entry)
 
     def allows_sparse(self, repo: str) -> bool:
@@ -114,7 +119,8 @@ class Metadata:
         return {d for _, d in self.manifests}
 
     def counts(self) -> dict[str, int]:
-        """`blobs`: distinct layer and config blobs (manifests are counted apart)."""
+        """`blobs`: distinct layer and config blobs (manifests are counted apart);
+        `access_tokens`: personal tokens and robot accounts' tokens."""
         return {
             "repositories": len(self.repo_names),
             "tags": len(self.tags),
@@ -122,6 +128,10 @@ class Metadata:
             "blob_links": len(self.links),
             "blobs": len({d for _, d in self.links}),
             "users": self.users,
+            "orgs": self.accounts.get("org", 0),
+            "teams": self.accounts.get("team", 0),
+            "grants": self.accounts.get("grant", 0),
+            "access_tokens": self.accounts.get("access_token", 0),
         }
 
 

@@ -55,7 +55,8 @@ class BackupResult:
             f"{c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests, "
             f"{self.blobs_in_archive} blobs in the archive"
             + (f" ({self.blobs_from_base} in {self.base})" if self.base else "")
-            + f", {self.size} bytes"
+            + f", {self.size} bytes; {c.get('users', 0)} users, "
+            f"{c.get('access_tokens', 0)} access tokens"
         )
 
 

@@ -218,7 +218,7 @@ def verify_plain(
         "problems": problems,
         "missing_blobs": sorted(refs.missing),
         "blobs_checked": check_blobs,
-        "counts": header["counts"],
+        "counts": md.counts(),  # of the records verified (an old header lacks some)
         "held": sorted(chain.held),
     }
 

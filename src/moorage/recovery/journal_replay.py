@@ -2,7 +2,9 @@
 
 Entries are applied in (epoch, revision) order, only those newer than what the store
 already has. Replay is idempotent: a manifest is recorded again (with its tags, its
-referrer entry and links to the blobs it names), an untag or delete is applied again.
+referrer entry and links to the blobs it names), an untag or delete is applied again, and
+an account change (moorage.meta.account_journal) writes and deletes again the records its
+transaction left: users, organizations, teams, grants, public repositories, access tokens.
 
 A change whose push was answered with an error can still be in the journal (the store
 committed it, then the replica failed before answering): replay brings it back, as a
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from moorage.errors import MoorageError, RecordCorrupt
-from moorage.meta.base import MetaStore
+from moorage.meta import account_journal
+from moorage.meta.base import MetaStore, op_batches
 from moorage.meta.records import ManifestRecord, check_digest, decode_referrer
 from moorage.oci.manifest import MAX_MANIFEST_BYTES, parse_manifest
 from moorage.oci.names import is_valid_tag, validate_name
@@ -60,6 +63,8 @@ class ReplayResult:
 
 
 def _describe(e: dict[str, Any]) -> str:
+    if e["op"] == account_journal.OP:
+        return account_journal.describe(e)
     if e["op"] == "manifest":
         tags = ",".join(e.get("tags") or []) or "(no tag)"
         return f"push {e['repo']}:{tags} -> {e['record']['digest']}"
@@ -81,6 +86,9 @@ def check_entry(e: dict[str, Any]) -> None:
     """RecordCorrupt unless the entry is one the registry could have written."""
     if not _int(e.get("e")) or not _int(e.get("r")):
         raise RecordCorrupt("epoch and revision must be non-negative integers")
+    if e.get("op") == account_journal.OP:
+        account_journal.parse_change(e)
+        return
     repo = e.get("repo")
     if not isinstance(repo, str):
         raise RecordCorrupt("no repository")
@@ -137,12 +145,35 @@ def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int
     return ReplayPlan(entries, after, rejected)
 
 
+async def _journal_key(store: MetaStore, plan: ReplayPlan) -> bytes | None:
+    """The key that authenticates account changes: the one in the store replayed into (the
+    survivor's, or the backup's once loaded)."""
+    if not any(e["op"] == account_journal.OP for e in plan.entries):
+        return None
+    try:
+        return await account_journal.journal_key(store)
+    except RecordCorrupt as exc:
+        log.warning("the journal key is unusable, no account change is replayed: %s", exc)
+        return None
+
+
 async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) -> ReplayResult:
     storage = FilesystemStorage(str(storage_root))
     result = ReplayResult(unrecoverable=list(plan.rejected))
+    key = await _journal_key(store, plan)
     for e in plan.entries:
         try:
-            if e["op"] == "manifest":
+            if e["op"] == account_journal.OP:
+                if not account_journal.authentic(key, e):
+                    result.unrecoverable.append(
+                        f"{_describe(e)}: refused: its MAC does not match this cluster's "
+                        "journal key (a forged entry, or the key is missing)"
+                    )
+                    continue
+                ops = account_journal.ops_of(*account_journal.parse_change(e))
+                for batch in op_batches(ops):  # one batch: it was one transaction
+                    await store._txn([], batch)
+            elif e["op"] == "manifest":
                 record = ManifestRecord(**e["record"])
                 record.validate()
                 size = await storage.stat(record.digest)

@@ -155,7 +155,7 @@ def restore(
         "storage": config.storage,
         "from_cluster_id": header["cluster_id"],
         "backup_revision": header["revision"],
-        "counts": header["counts"],
+        "counts": md.counts(),  # what was restored, accounts and access tokens included
         "blobs_copied": copied,
         "missing_blobs": report["missing_blobs"],
         "problems": missing,

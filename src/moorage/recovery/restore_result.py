@@ -8,6 +8,22 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def accounts_line(counts: dict[str, int]) -> str:
+    """The accounts a backup holds; an archive older than format 3 holds no access token
+    (and did not count organizations, teams and grants in its header)."""
+    names = {
+        "users": "users",
+        "orgs": "organizations",
+        "teams": "teams",
+        "grants": "grants",
+        "access_tokens": "access tokens",
+    }
+    parts = [f"{counts[key]} {label}" for key, label in names.items() if key in counts]
+    if "access_tokens" not in counts:
+        parts.append("no access tokens (a backup older than format 3)")
+    return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class RestorePlan:
     """What a restore will create, copy and replay (`recovery.restore.plan`)."""
@@ -26,6 +42,7 @@ class RestorePlan:
             f"  backup of cluster {plan['from_cluster_id']} at revision {plan['backup_revision']}"
             f" (epoch {plan['backup_epoch']}, taken {taken}): {c['repositories']} repositories, "
             f"{c['tags']} tags, {c['manifests']} manifests",
+            f"  accounts: {accounts_line(c)}",
             "  will create: a NEW cluster (new cluster id) with one replica at "
             f"{plan['http_addr']}, data directory {plan['data_dir']}, "
             f"blob storage {plan['storage']}",
@@ -77,6 +94,8 @@ class RestoreResult:
             f"  replica {doc['replica_id']} at {doc['url']} (data {doc['data_dir']})",
             f"  {c['repositories']} repositories, {c['tags']} tags, {c['manifests']} manifests; "
             f"{doc['blobs_copied']} blobs copied from the archive",
+            f"  accounts: {accounts_line(c)}; new token signing keys (Bearer tokens of the "
+            "old cluster are refused: clients log in again)",
         ]
         jr = doc["journal_replayed"]
         since = f"revision {jr['since_revision']} (epoch {jr['since_epoch']}"

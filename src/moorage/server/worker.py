@@ -28,6 +28,7 @@ from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
+from moorage.meta.account_journal import journal_to
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
 from moorage.pki.trust import trust_data_dir
@@ -49,6 +50,8 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
+    if journal is not None:  # account changes are journaled too, before they are answered
+        meta.account_log = journal_to(journal.append, meta)
     # The cluster-wide audit log: this worker's events, batched into the store.
     audit = EtcdAuditLog(meta, origin_name(config.replica_id, os.getpid()))
     view = AccessView(meta)  # accounts and grants, cached under an etcd watch

@@ -1,5 +1,6 @@
-"""The journal: every tag and manifest change, appended durably to blob storage before the
-push is acknowledged.
+"""The journal: every tag and manifest change, and every account change (users, teams,
+grants, public repositories, access tokens: moorage.meta.account_journal), appended durably
+to blob storage before it is acknowledged.
 
 etcd's force-new-cluster (emergency repair) keeps only what the survivor had learned was
 committed; a backup holds what existed when it was taken. As long as blob storage survives,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,18 @@ class Journal:
         os.fdatasync(fd)
         self._torn = False
 
-    async def append(self, entry: dict[str, Any]) -> None:
+    async def append(
+        self, entry: dict[str, Any], seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> None:
         """Returns once the entry is on disk (fsynced, shared with concurrent appends).
+        `seal` makes the line of the complete entry (cluster id and epoch included), e.g.
+        with its MAC (moorage.meta.account_journal).
 
         An I/O error (disk full, storage gone) raises StorageUnavailable with the reason.
         """
         entry = {"c": self.cluster_id, "e": self.epoch, **entry}
+        if seal is not None:
+            entry = seal(entry)
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((line, future))
@@ -74,7 +81,7 @@ class Journal:
             raise StorageUnavailable(
                 f"cannot write the journal {self.path}: {exc.strerror or exc}. The change "
                 "was committed but not journaled (an emergency repair could lose it): make "
-                "blob storage writable, then repeat the push"
+                "blob storage writable, then repeat the request"
             ) from exc
 
     async def _flush(self) -> None:
