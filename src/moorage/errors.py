@@ -139,3 +139,7 @@ class AccessTokenUnknown(MoorageError):
 
 class TooManyAccessTokens(MoorageError):
     """The user or robot has the most live tokens allowed already: a 409."""
+
+
+class BlobCollecting(MoorageError):
+    """Garbage collection is deleting this blob right now: store it again (a retry)."""

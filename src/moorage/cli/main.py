@@ -18,6 +18,7 @@ from moorage.cli import (
     backup,
     ca,
     certs,
+    gc,
     join_tokens,
     membership,
     recovery,
@@ -51,6 +52,7 @@ for _group in (
     token_commands,
     token_keys,
     audit_log,
+    gc,
 ):
     for _command in _group.COMMANDS:
         main.add_command(_command)

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.errors import BlobCollecting
 from moorage.meta import keys
 from moorage.meta.records import (
     ClusterRecord,
@@ -109,20 +111,23 @@ class MetaStore(ABC):
 
     @abstractmethod
     async def _range(
-        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False, revision: int = 0
     ) -> tuple[list[KV], bool]:
         """At most `limit` (> 0) keys in [start, end) in byte order: (kvs, more).
 
         A backend may answer fewer keys than `limit` (its message size bound) and then
-        says `more`; callers page on from the last key (see `_scan`)."""
+        says `more`; callers page on from the last key (see `_scan`). `revision` > 0 reads
+        the keys as they were at that revision (StoreUnavailable once it is compacted)."""
 
     async def _scan(
-        self, start: bytes, end: bytes, keys_only: bool = False, page: int = 0
+        self, start: bytes, end: bytes, keys_only: bool = False, page: int = 0, revision: int = 0
     ) -> AsyncIterator[list[KV]]:
-        """Every key in [start, end), one bounded read per page."""
+        """Every key in [start, end), one bounded read per page (all at `revision` if > 0)."""
         page = min(page or STORE_PAGE, STORE_PAGE)
         while True:
-            kvs, more = await self._range(start, end, limit=page, keys_only=keys_only)
+            kvs, more = await self._range(
+                start, end, limit=page, keys_only=keys_only, revision=revision
+            )
             if kvs:
                 yield kvs
             if not more or not kvs:
@@ -169,21 +174,31 @@ class MetaStore(ABC):
 
     # -- blobs linked to repositories ---------------------------------------------------
     async def blob_size(self, repo: str, digest: str) -> int | None:
-        kv = await self._get(keys.blob(repo, digest))
-        return decode_blob_link(kv.value) if kv else None
+        """The size of a blob `repo` may serve; None when it is not linked there, or while
+        garbage collection deletes it (a client then uploads it again)."""
+        link, tombstone = await self._get_many(
+            [keys.blob(repo, digest), keys.blob_tombstone(digest)]
+        )
+        return decode_blob_link(link.value) if link and tombstone is None else None
+
+    async def blob_collecting(self, digest: str) -> bool:
+        """Whether garbage collection is deleting the blob now (its tombstone exists)."""
+        return await self._get(keys.blob_tombstone(digest)) is not None
 
     async def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(digests))
         found = await self._get_many([keys.blob(repo, d) for d in wanted])
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
-    async def link_blob(self, repo: str, digest: str, size: int) -> None:
-        """Let `repo` serve the blob."""
+    async def link_blob(self, repo: str, digest: str, size: int) -> bool:
+        """Let `repo` serve the blob, stamped with the time (the grace period of garbage
+        collection runs from it). False, and nothing written, while garbage collection
+        deletes the blob: its bytes are going, the caller must store them again."""
         ops: list[Op] = [
             Put(keys.repo(repo), _EMPTY),
-            Put(keys.blob(repo, digest), dumps({"size": size})),
+            Put(keys.blob(repo, digest), dumps({"size": size, "at": round(time.time(), 3)})),
         ]
-        await self._txn([], ops)
+        return await self._txn([(keys.blob_tombstone(digest), 0)], ops)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
         key = keys.blob(repo, digest)
@@ -225,35 +240,70 @@ class MetaStore(ABC):
         after a push too); tags beyond one transaction follow in further transactions,
         each guarded by the manifest's existence and rewriting its record (so a concurrent
         delete by digest either sees them or retries), all before the caller answers.
+
+        Garbage collection (moorage.registry.gc) is kept out by the same guards: no
+        reference, nor the manifest's own bytes, may have a tombstone. References only
+        read (beyond one transaction's guards) are covered by a pending record written
+        before the reads and removed with the commit: collection marks what it references.
+        BlobCollecting when the manifest's own bytes are being collected.
         """
-        wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
-        required = [keys.blob(repo, d) for d in dict.fromkeys(blobs)]
-        required += [keys.manifest(repo, d) for d in dict.fromkeys(manifests)]
-        guarded, checked = required[:TXN_OPS], required[TXN_OPS:]
-        if checked:
-            found = await self._get_many(checked)
-            missing = [d for d, kv in zip(wanted[TXN_OPS:], found, strict=True) if kv is None]
-            if missing:
-                return missing
+        blob_refs, child_refs = list(dict.fromkeys(blobs)), list(dict.fromkeys(manifests))
+        # (digest, the key that must exist, the tombstone that must not)
+        required = [(d, keys.blob(repo, d), keys.blob_tombstone(d)) for d in blob_refs]
+        required += [
+            (d, keys.manifest(repo, d), keys.manifest_tombstone(repo, d)) for d in child_refs
+        ]
+        room = (TXN_OPS - 1) // 2  # two guards per reference, one for the manifest's bytes
+        guarded, checked = required[:room], required[room:]
         mkey = keys.manifest(repo, record.digest)
+        pending = keys.pending_manifest(repo, record.digest)
+        if checked:
+            # Garbage collection marks what a pending manifest references (its bytes are
+            # stored already), so the references only read here stay until it is recorded.
+            await self._txn([], [Put(pending, dumps({"at": round(time.time(), 3)}))])
+            missing = await self._missing(checked)
+            if missing:
+                await self._txn([], [Delete(pending)])
+                return missing
         ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
+        if checked:
+            ops.append(Delete(pending))
         if referrer is not None and record.subject:
             ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
         tag_value = record.tag_record().encode()
         first = TXN_OPS - len(ops)
         ops += [Put(keys.tag(repo, t), tag_value) for t in tags[:first]]
-        if await self._txn([(k, MUST_EXIST) for k in guarded], ops):
+        own = keys.blob_tombstone(record.digest)
+        guards: list[Guard] = [(key, MUST_EXIST) for _, key, _ in guarded]
+        guards += [(tombstone, 0) for _, _, tombstone in guarded]
+        guards.append((own, 0))
+        if await self._txn(guards, ops):
             for i in range(first, len(tags), TXN_OPS - 1):
                 more: list[Op] = [Put(mkey, record.encode())]
                 more += [Put(keys.tag(repo, t), tag_value) for t in tags[i : i + TXN_OPS - 1]]
                 if not await self._txn([(mkey, MUST_EXIST)], more):
                     break  # deleted meanwhile: as if the delete came after this push
             return []
-        found = await self._get_many(guarded)
-        missing = [d for d, kv in zip(wanted[: len(guarded)], found, strict=True) if kv is None]
+        if checked:
+            await self._txn([], [Delete(pending)])
+        if await self._get(own) is not None:
+            raise BlobCollecting(
+                f"the bytes of manifest {record.digest} are being garbage-collected; "
+                "push the manifest again"
+            )
+        missing = await self._missing(guarded)
         if not missing:  # raced with a concurrent push of the last reference: try once more
             return await self.put_manifest(repo, record, tags, referrer, blobs, manifests)
         return missing
+
+    async def _missing(self, required: Sequence[tuple[str, bytes, bytes]]) -> list[str]:
+        """The digests of `required` whose key is absent or whose tombstone is present."""
+        found = await self._get_many([k for _, key, tomb in required for k in (key, tomb)])
+        return [
+            d
+            for i, (d, _, _) in enumerate(required)
+            if found[2 * i] is None or found[2 * i + 1] is not None
+        ]
 
     async def delete_tag(self, repo: str, tag: str) -> bool:
         key = keys.tag(repo, tag)
