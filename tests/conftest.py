@@ -24,6 +24,7 @@ from harness.replica import Replica
 TIERS = {
     "test_clients.py": "clients",
     "test_gc.py": "clients",
+    "test_gc_race.py": "cluster",
     "test_token_auth.py": "clients",
     "test_https_clients.py": "clients",
     "test_partition.py": "netns",
