@@ -267,3 +267,36 @@ def test_bad_input_gets_clear_errors(replica: Replica) -> None:
     assert "dry_run" in r.json()["error"], r.text
     r = httpx.post(f"{replica.url}/api/v0/gc", json={"grace": 0}, timeout=30)
     assert r.status_code == 401
+
+
+def test_scheduled_collection_runs_once_per_interval_on_one_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two API workers look at the schedule twice a second; one runs it, once per interval."""
+    monkeypatch.setenv("MOORAGE_GC_SCHEDULE_CHECK", "0.5")
+    r = Replica(tmp_path / "data", workers=2)
+    r.start()
+    try:
+        out = moorage("gc", "--existing", r.url, "--schedule", "1h", "--grace", "0", "--json")
+        assert json.loads(out.stdout)["schedule"] == {
+            "interval": 3600.0,
+            "grace": 0.0,
+            "untagged": False,
+        }
+        deadline = time.monotonic() + 30
+        while (last := gc(r, "--status")["last"]) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last is not None
+        assert last["started_by"] == "moorage"
+        assert last["dry_run"] is False
+        time.sleep(3)  # both workers look several more times: not due again
+        with r.client() as c:
+            events = c.get("/api/v0/audit", params={"action": "gc", "since": "1h"}).json()["events"]
+        assert [e["actor"] for e in events] == ["moorage"], events
+        status = gc(r, "--status")
+        assert status["last"]["run"] == last["run"]
+        assert status["schedule"]["interval"] == 3600.0
+        off = moorage("gc", "--existing", r.url, "--schedule", "off", "--json")
+        assert json.loads(off.stdout) == {"schedule": None}
+    finally:
+        r.stop()

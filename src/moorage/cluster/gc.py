@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import time
@@ -41,7 +42,7 @@ log = logging.getLogger("moorage.gc")
 #: Seconds the lock outlives its holder's last renewal (renewed every LOCK_TTL / 4).
 LOCK_TTL = 20
 _PROGRESS_EVERY = 1.0
-#: How often each worker looks at the schedule.
+#: How often each worker looks at the schedule (MOORAGE_GC_SCHEDULE_CHECK seconds).
 SCHEDULE_CHECK = 60.0
 #: The shortest schedule interval accepted.
 MIN_INTERVAL = 60.0
@@ -245,9 +246,13 @@ async def schedule_loop(
     replica_id: str,
     audit: AuditSink | None,
     on_result: OnResult | None = None,
-    check: float = SCHEDULE_CHECK,
 ) -> None:
     """Run the scheduled collection when it is due, on whichever replica takes the lock."""
+    try:
+        check = float(os.environ.get("MOORAGE_GC_SCHEDULE_CHECK") or SCHEDULE_CHECK)
+    except ValueError:
+        check = SCHEDULE_CHECK
+    check = max(0.1, check)
     await asyncio.sleep(random.uniform(0, check))
     while True:
         try:
