@@ -41,8 +41,8 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def options_of(body: dict[str, Any]) -> GcOptions:
-    unknown = set(body) - {"dry_run", "grace", "untagged", "wait", "interval"}
+def options_of(body: dict[str, Any], allowed: frozenset[str] = frozenset({"wait"})) -> GcOptions:
+    unknown = set(body) - {"dry_run", "grace", "untagged"} - allowed
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))[:200]}")
     return GcOptions(
@@ -95,7 +95,9 @@ async def schedule(request: Request, st: AppState, store: EtcdCluster, body: dic
         raise ValueError('give "interval" (a duration like 24h, or null for no schedule)')
     raw = body["interval"]
     interval = None if raw is None else gc.parse_duration(raw, "interval")
-    options = options_of({k: v for k, v in body.items() if k != "interval"})
+    options = options_of(body, frozenset({"interval"}))
+    if body.get("dry_run"):
+        raise ValueError("a schedule runs real collections: dry_run is not accepted here")
     doc = await gc.set_schedule(store, interval, options)
     detail = {"interval": "off" if interval is None else f"{interval:g}"}
     if doc is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
-from moorage.meta.base import KV, MUST_EXIST, Delete, Guard, MetaStore, Op, Put
+from moorage.meta.base import KV, MUST_EXIST, TXN_OPS, Delete, Guard, MetaStore, Op, Put
 from moorage.meta.records import ManifestRecord, TagRecord, check_digest, check_size, dumps
 
 #: Tombstones written per transaction.
@@ -200,18 +200,37 @@ class GcStore:
                     done.append(item)
         return done
 
-    async def drop_links(self, digest: str, repos: Sequence[str], fence: Guard | None) -> bool:
-        """Delete the blob's links in `repos` while its tombstone stands (and the lock is
-        still held); False when either is gone."""
-        guards: list[Guard] = [(keys.blob_tombstone(digest), MUST_EXIST)]
+    async def drop_links(
+        self, links: Sequence[tuple[str, Sequence[str]]], fence: Guard | None
+    ) -> bool:
+        """Delete the links of blobs (digest, its repositories) while their tombstones
+        stand (and the lock is still held); False when any is gone. Several blobs per
+        transaction when their links fit in one."""
+        batch: list[tuple[str, Sequence[str]]] = []
+        count = 0
+        for digest, repos in links:
+            if batch and (count + len(repos) + 1 > TXN_OPS // 2 or len(batch) >= _MARK_BATCH):
+                if not await self._drop(batch, fence):
+                    return False
+                batch, count = [], 0
+            batch.append((digest, repos))
+            count += len(repos) + 1
+        return not batch or await self._drop(batch, fence)
+
+    async def _drop(self, batch: Sequence[tuple[str, Sequence[str]]], fence: Guard | None) -> bool:
+        guards: list[Guard] = [(keys.blob_tombstone(d), MUST_EXIST) for d, _ in batch]
         if fence is not None:
             guards.append(fence)
-        ops: list[Op] = [Delete(keys.blob(r, digest)) for r in repos]
-        step = max(1, _MARK_BATCH * 4)
-        for i in range(0, max(len(ops), 1), step):
-            if not await self.meta._txn(guards, ops[i : i + step]):
+        ops: list[Op] = [Delete(keys.blob(r, d)) for d, repos in batch for r in repos]
+        for i in range(0, max(len(ops), 1), TXN_OPS // 2):
+            if not await self.meta._txn(guards, ops[i : i + TXN_OPS // 2]):
                 return False
         return True
+
+    async def clear_blobs(self, digests: Sequence[str]) -> None:
+        for i in range(0, len(digests), TXN_OPS // 2):
+            ops: list[Op] = [Delete(keys.blob_tombstone(d)) for d in digests[i : i + TXN_OPS // 2]]
+            await self.meta._txn([], ops)
 
     async def clear_blob(self, digest: str) -> None:
         await self.meta._txn([], [Delete(keys.blob_tombstone(digest))])

@@ -36,6 +36,8 @@ from moorage.oci.manifest import parse_manifest
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
 
+#: Blobs deleted per step (links in one or a few transactions, then the files).
+_DELETE_BATCH = 64
 #: Where a blob no repository links is counted in a report.
 UNLINKED = ""
 
@@ -274,24 +276,21 @@ class Collector:
         marked.update(d for d, c in eligible.items() if c.forced)
         await self._report("tombstones", tombstoned=len(marked))
         rescued = await self._in_use_since(at, marked)
-        for digest in rescued:
-            await self.store.clear_blob(digest)
+        await self.store.clear_blobs(sorted(rescued))
         self.result.rescued += len(rescued)
-        done = 0
-        for digest in marked - rescued:
-            c = eligible[digest]
-            if not await self.store.drop_links(digest, c.repos, self.fence):
+        remaining = sorted(marked - rescued)
+        for i in range(0, len(remaining), _DELETE_BATCH):
+            chunk = remaining[i : i + _DELETE_BATCH]
+            if not await self.store.drop_links([(d, eligible[d].repos) for d in chunk], self.fence):
                 raise GcAborted(
                     "the collection lost its lock (another replica took it over, or etcd "
                     "was unreachable too long); nothing more was deleted: run it again"
                 )
-            freed = await self.storage.delete_blob(digest)
-            await self.store.clear_blob(digest)
-            self._count(digest, c, freed or 0)
-            done += 1
-            if done % 100 == 0:
-                await self._report("delete", blobs=done, bytes=self.result.bytes)
-        await self._report("delete", blobs=done, bytes=self.result.bytes)
+            # Only now the bytes: no link names them, and their tombstones keep new ones out.
+            for digest in chunk:
+                self._count(digest, eligible[digest], await self.storage.delete_blob(digest) or 0)
+            await self.store.clear_blobs(chunk)
+            await self._report("delete", blobs=self.result.blobs, bytes=self.result.bytes)
 
     async def _in_use_since(self, at: int, marked: set[str]) -> set[str]:
         """The tombstoned digests that something written after revision `at` needs: a
@@ -371,7 +370,7 @@ class Collector:
         items = [(row.repo, row.digest) for row in unreachable]
         marked = set(await self.store.mark_manifests(items, self.result.run))
         touched: set[str] = set()
-        for prefix in (keys.MANIFESTS, keys.TAGS, keys.GC_PENDING, keys.REFERRERS):
+        for prefix in (keys.MANIFESTS, keys.TAGS, keys.GC_PENDING):  # (a referrer is a manifest)
             async for changed in self.store.changed(prefix, at):
                 touched.update(repo for repo, _ in changed)
         for row in unreachable:
