@@ -23,6 +23,8 @@ from harness.replica import Replica
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
+    "test_gc.py": "clients",
+    "test_gc_race.py": "cluster",
     "test_token_auth.py": "clients",
     "test_https_clients.py": "clients",
     "test_partition.py": "netns",

@@ -30,7 +30,8 @@ UPDATE = os.environ.get("MOORAGE_PIN_UPDATE") == "1"
 VOLATILE_KEYS = (
     "pid|revision|raft_index|created_at|size|backup_revision|data_revision|since_revision|"
     "since_time|backup_created_at|raft_term|db_size|behind_by_revisions|elapsed|"
-    "checked_at|age|blobs_bytes|bytes|after_revision|join_token_expires_at|updated_at|pushed_at"
+    "checked_at|age|blobs_bytes|bytes|after_revision|join_token_expires_at|updated_at|pushed_at|"
+    "started_at|finished_at|duration"
 )
 
 
@@ -63,6 +64,7 @@ class Normaliser:
         text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?(\+00:00)?( UTC)?", "<TIME>", text)
         text = re.sub(r"\b(pid|revision|raft|revision:) +\d+", r"\1 <N>", text)
         text = re.sub(r"\bapi-\d+", "api-<N>", text)
+        text = re.sub(r"; [0-9.]+ s\)$", "; <N> s)", text, flags=re.M)  # gc durations
         text = re.sub(
             r"\(\d+ bytes\)|, \d+ bytes", lambda m: re.sub(r"\d+", "<N>", m.group()), text
         )
@@ -258,6 +260,11 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         run("policy-list-text", "policy", "list", *existing)
         run("policy-unset-text", "policy", "unset", "pinj/app", *existing, "--retention")
         start("policy-unset-none", "policy", "unset", "nopolicy", *existing)
+        # one collection at a time: each waits for the previous
+        run("gc-dry-text", "gc", *existing, "--dry-run")
+        run("gc-dry-json", "gc", *existing, "--dry-run", "--json")
+        run("gc-status-text", "gc", *existing, "--status")
+        run("gc-bad-grace", "gc", *existing, "--grace", "soon")
         start("join-occupied", "join", *existing, *live.flags())
         start("join-bad-addr", "join", *existing, "--data-dir", str(root / "j"),
             "--http-addr", "nope")  # fmt: skip

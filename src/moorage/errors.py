@@ -149,3 +149,7 @@ class TagImmutable(Denied):
 class QuotaExceeded(Denied):
     """A push that would take a namespace over its storage quota (a 403 with the numbers:
     `detail` holds namespace, used, quota and needed bytes)."""
+
+
+class BlobCollecting(MoorageError):
+    """Garbage collection is deleting this blob right now: store it again (a retry)."""

@@ -22,6 +22,7 @@ from moorage.api.audit import audit_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
+from moorage.api.gc import gc_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
 from moorage.api.metrics import MetricsMiddleware, metrics
@@ -55,6 +56,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *audit_routes(),
             *account_routes(),
             *policy_routes(),
+            *gc_routes(),
         ],
         lifespan=app_lifespan,
     )

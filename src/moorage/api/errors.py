@@ -36,6 +36,7 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
     e.StorageUnavailable: (503, "UNAVAILABLE"),
     e.LoginThrottled: (429, "TOOMANYREQUESTS"),
     e.RecordCorrupt: (503, "UNAVAILABLE"),
+    e.BlobCollecting: (503, "UNAVAILABLE"),
 }
 
 
@@ -75,7 +76,7 @@ def from_domain(exc: e.MoorageError, headers: dict[str, str] | None = None) -> R
     extra = dict(headers or {})
     if isinstance(exc, e.RangeNotSatisfiable):
         extra.setdefault("Content-Range", f"bytes */{exc.size}")
-    if isinstance(exc, e.StoreUnavailable | e.StorageUnavailable):
+    if isinstance(exc, e.StoreUnavailable | e.StorageUnavailable | e.BlobCollecting):
         extra.setdefault("Retry-After", "5")
     if isinstance(exc, e.LoginThrottled):
         extra.setdefault("Retry-After", str(exc.retry_after))

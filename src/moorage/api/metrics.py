@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moorage.errors import MoorageError
 from moorage.meta import usage
+from moorage.registry.gc import GcResult
 
 REQUESTS = Counter("moorage_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -52,6 +53,21 @@ ROLE = Gauge(
     multiprocess_mode="livemax",
 )
 ROLES = ("leader", "follower", "learner", "unknown")
+GC_RUNS = Counter(
+    "moorage_gc_runs_total",
+    "Garbage collections this replica ran, by result (ok, dry_run, failed)",
+    ["result"],
+)
+GC_BLOBS = Counter("moorage_gc_blobs_deleted_total", "Blobs garbage collection deleted")
+GC_BYTES = Counter("moorage_gc_bytes_freed_total", "Bytes garbage collection freed")
+GC_MANIFESTS = Counter(
+    "moorage_gc_manifests_deleted_total", "Untagged manifests garbage collection deleted"
+)
+GC_DURATION = Histogram(
+    "moorage_gc_duration_seconds",
+    "How long a garbage collection took",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+)
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUSES = frozenset(
@@ -90,6 +106,7 @@ def route_class(path: str) -> str:
         ("/_ping", "ping"),
         ("/api/v0/health", "health"),
         ("/api/v0/cluster", "cluster"),
+        ("/api/v0/gc", "gc"),
         ("/metrics", "metrics"),
     ):
         if path.startswith(prefix):
@@ -102,6 +119,19 @@ def set_health(etcd: bool, storage: bool, role: str) -> None:
     STORAGE_HEALTHY.set(1 if storage else 0)
     for r in ROLES:
         ROLE.labels(r).set(1 if r == role else 0)
+
+
+def observe_gc(result: GcResult | None, duration: float) -> None:
+    """A finished collection (None: it failed)."""
+    GC_DURATION.observe(duration)
+    if result is None:
+        GC_RUNS.labels("failed").inc()
+        return
+    GC_RUNS.labels("dry_run" if result.dry_run else "ok").inc()
+    if not result.dry_run:
+        GC_BLOBS.inc(result.blobs)
+        GC_BYTES.inc(result.bytes)
+        GC_MANIFESTS.inc(result.manifests)
 
 
 class MetricsMiddleware:

@@ -18,6 +18,7 @@ from moorage.cli import (
     backup,
     ca,
     certs,
+    gc,
     join_tokens,
     membership,
     policies,
@@ -52,6 +53,7 @@ for _group in (
     token_commands,
     token_keys,
     audit_log,
+    gc,
     policies,
 ):
     for _command in _group.COMMANDS:

@@ -9,14 +9,16 @@
   file in `tmp/`. Every replica's workers purge what has not been touched for
   `MOORAGE_UPLOAD_MAX_AGE` seconds (default 7 days, as Distribution's upload purging),
   every `MOORAGE_UPLOAD_PURGE_INTERVAL` seconds (default 1 hour). Replicas and workers may
-  race on the same file; a file another one removed first is skipped.
+  race on the same file; a file another one removed first is skipped;
 - the policy loop, every `MOORAGE_RETENTION_INTERVAL` seconds (default 1 hour): applies
   every retention rule (registry/retention.py) and counts the links of namespaces with a
   quota that are not counted yet (restored ones); one replica's worker at a time, under the
   lease-backed lock `policies` (a worker that dies mid-run lets its lease expire; each tag
   delete is its own guarded transaction, so nothing is left half-done).
+- the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
+  has one and a collection is due, the worker that takes the lock runs it.
 
-`running` starts both for as long as its block lasts.
+`running` starts them for as long as its block lasts.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from moorage.cluster import gc
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
@@ -191,7 +194,10 @@ async def policy_loop(replica: Replica) -> None:
 
 @contextlib.asynccontextmanager
 async def running(
-    replica: Replica, admin_password: str | None = None, observe: Observer | None = None
+    replica: Replica,
+    admin_password: str | None = None,
+    observe: Observer | None = None,
+    on_gc: gc.OnResult | None = None,
 ) -> AsyncIterator[None]:
     """The replica's jobs, for as long as the block lasts: first the cluster record and the
     admin account if missing (a learner or a store without quorum is only logged: the
@@ -212,6 +218,11 @@ async def running(
         asyncio.create_task(purge_loop(replica.registry.storage)),
         asyncio.create_task(policy_loop(replica)),
     ]
+    if replica.cluster is not None:  # the garbage collection schedule (cluster.gc)
+        loop = gc.schedule_loop(
+            replica.cluster, replica.registry, replica.config.replica_id, replica.audit, on_gc
+        )
+        tasks.append(asyncio.create_task(loop))
     try:
         yield
     finally:

@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
+from moorage.errors import BlobCollecting
 from moorage.meta import keys, usage
 
 # Re-exported: the primitives' values were first defined here, and importers still use this.
@@ -109,20 +110,23 @@ class MetaStore(ABC):
 
     @abstractmethod
     async def _range(
-        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False, revision: int = 0
     ) -> tuple[list[KV], bool]:
         """At most `limit` (> 0) keys in [start, end) in byte order: (kvs, more).
 
         A backend may answer fewer keys than `limit` (its message size bound) and then
-        says `more`; callers page on from the last key (see `_scan`)."""
+        says `more`; callers page on from the last key (see `_scan`). `revision` > 0 reads
+        the keys as they were at that revision (StoreUnavailable once it is compacted)."""
 
     async def _scan(
-        self, start: bytes, end: bytes, keys_only: bool = False, page: int = 0
+        self, start: bytes, end: bytes, keys_only: bool = False, page: int = 0, revision: int = 0
     ) -> AsyncIterator[list[KV]]:
-        """Every key in [start, end), one bounded read per page."""
+        """Every key in [start, end), one bounded read per page (all at `revision` if > 0)."""
         page = min(page or STORE_PAGE, STORE_PAGE)
         while True:
-            kvs, more = await self._range(start, end, limit=page, keys_only=keys_only)
+            kvs, more = await self._range(
+                start, end, limit=page, keys_only=keys_only, revision=revision
+            )
             if kvs:
                 yield kvs
             if not more or not kvs:
@@ -179,8 +183,16 @@ class MetaStore(ABC):
 
     # -- blobs linked to repositories ---------------------------------------------------
     async def blob_size(self, repo: str, digest: str) -> int | None:
-        kv = await self._get(keys.blob(repo, digest))
-        return decode_blob_link(kv.value) if kv else None
+        """The size of a blob `repo` may serve; None when it is not linked there, or while
+        garbage collection deletes it (a client then uploads it again)."""
+        link, tombstone = await self._get_many(
+            [keys.blob(repo, digest), keys.blob_tombstone(digest)]
+        )
+        return decode_blob_link(link.value) if link and tombstone is None else None
+
+    async def blob_collecting(self, digest: str) -> bool:
+        """Whether garbage collection is deleting the blob now (its tombstone exists)."""
+        return await self._get(keys.blob_tombstone(digest)) is not None
 
     async def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(digests))
@@ -189,10 +201,13 @@ class MetaStore(ABC):
 
     async def link_blob(
         self, repo: str, digest: str, size: int, enforce_quota: bool = False
-    ) -> None:
-        """Let `repo` serve the blob, counting it in its namespace's usage (meta/usage.py);
-        `enforce_quota`: QuotaExceeded when the blob is new there and does not fit."""
-        await usage.link(self, repo, digest, size, enforce_quota)
+    ) -> bool:
+        """Let `repo` serve the blob, stamped with the time (the grace period of garbage
+        collection runs from it) and counted in its namespace's usage (meta/usage.py).
+        `enforce_quota`: QuotaExceeded when the blob is new there and does not fit. False,
+        and nothing written, while garbage collection deletes the blob: its bytes are
+        going, the caller must store them again."""
+        return await usage.link(self, repo, digest, size, enforce_quota)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
         return await usage.unlink(self, repo, digest)
@@ -232,38 +247,71 @@ class MetaStore(ABC):
         each guarded by the manifest's existence and rewriting its record (so a concurrent
         delete by digest either sees them or retries), all before the caller answers.
 
-        `check` (the repository's policies, registry/policies.py) runs before every attempt:
-        it raises to refuse the push, or returns guards that join the first transaction.
+        Garbage collection (moorage.registry.gc) is kept out by the same guards: no
+        reference, nor the manifest's own bytes, may have a tombstone. References only
+        read (beyond one transaction's guards) are covered by a pending record written
+        before the reads and removed with the commit: collection marks what it references.
+        BlobCollecting when the manifest's own bytes are being collected.
         """
         extra = list(await check()) if check is not None else []
-        wanted = [*dict.fromkeys(blobs), *dict.fromkeys(manifests)]
-        required = [keys.blob(repo, d) for d in dict.fromkeys(blobs)]
-        required += [keys.manifest(repo, d) for d in dict.fromkeys(manifests)]
-        guarded, checked = required[:TXN_OPS], required[TXN_OPS:]
-        if checked:
-            found = await self._get_many(checked)
-            missing = [d for d, kv in zip(wanted[TXN_OPS:], found, strict=True) if kv is None]
-            if missing:
-                return missing
+        blob_refs, child_refs = list(dict.fromkeys(blobs)), list(dict.fromkeys(manifests))
+        # (digest, the key that must exist, the tombstone that must not)
+        required = [(d, keys.blob(repo, d), keys.blob_tombstone(d)) for d in blob_refs]
+        required += [
+            (d, keys.manifest(repo, d), keys.manifest_tombstone(repo, d)) for d in child_refs
+        ]
+        # two guards per reference, one for the manifest's bytes, the policies' own
+        room = max(0, (TXN_OPS - 1 - len(extra)) // 2)
+        guarded, checked = required[:room], required[room:]
         mkey = keys.manifest(repo, record.digest)
+        pending = keys.pending_manifest(repo, record.digest)
+        if checked:
+            # Garbage collection marks what a pending manifest references (its bytes are
+            # stored already), so the references only read here stay until it is recorded.
+            await self._txn([], [Put(pending, dumps({"at": round(time.time(), 3)}))])
+            missing = await self._missing(checked)
+            if missing:
+                await self._txn([], [Delete(pending)])
+                return missing
         ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
+        if checked:
+            ops.append(Delete(pending))
         if referrer is not None and record.subject:
             ops.append(Put(keys.referrer(repo, record.subject, record.digest), dumps(referrer)))
         tag_value = replace(record.tag_record(), pushed_at=round(time.time(), 3)).encode()
         first = TXN_OPS - len(ops)
         ops += [Put(keys.tag(repo, t), tag_value) for t in tags[:first]]
-        if await self._txn([*extra, *((k, MUST_EXIST) for k in guarded)], ops):
+        own = keys.blob_tombstone(record.digest)
+        guards: list[Guard] = [*extra, *((key, MUST_EXIST) for _, key, _ in guarded)]
+        guards += [(tombstone, 0) for _, _, tombstone in guarded]
+        guards.append((own, 0))
+        if await self._txn(guards, ops):
             for i in range(first, len(tags), TXN_OPS - 1):
                 more: list[Op] = [Put(mkey, record.encode())]
                 more += [Put(keys.tag(repo, t), tag_value) for t in tags[i : i + TXN_OPS - 1]]
                 if not await self._txn([(mkey, MUST_EXIST)], more):
                     break  # deleted meanwhile: as if the delete came after this push
             return []
-        found = await self._get_many(guarded)
-        missing = [d for d, kv in zip(wanted[: len(guarded)], found, strict=True) if kv is None]
+        if checked:
+            await self._txn([], [Delete(pending)])
+        if await self._get(own) is not None:
+            raise BlobCollecting(
+                f"the bytes of manifest {record.digest} are being garbage-collected; "
+                "push the manifest again"
+            )
+        missing = await self._missing(guarded)
         if not missing:  # raced with a concurrent push of the last reference: try once more
             return await self.put_manifest(repo, record, tags, referrer, blobs, manifests, check)
         return missing
+
+    async def _missing(self, required: Sequence[tuple[str, bytes, bytes]]) -> list[str]:
+        """The digests of `required` whose key is absent or whose tombstone is present."""
+        found = await self._get_many([k for _, key, tomb in required for k in (key, tomb)])
+        return [
+            d
+            for i, (d, _, _) in enumerate(required)
+            if found[2 * i] is None or found[2 * i + 1] is not None
+        ]
 
     async def delete_tag(
         self, repo: str, tag: str, guards: Sequence[Guard] = (), revision: int | None = None

@@ -119,6 +119,25 @@ class ClusterStore(MetaStore):
             return None
         return holder or LockRecord("unknown", 0.0)
 
+    async def hold_lock(
+        self, name: str, owner: str, ttl: int, at: float
+    ) -> tuple[int, Guard] | LockRecord:
+        """Take the lock `name` on a lease of `ttl` seconds that the caller renews
+        (`keep_alive`) and revokes when done: (the lease, a guard that holds while the lock
+        is still this one: for the caller's transactions), else the holder's record."""
+        key = keys.lock(name)
+        lease = await self.grant_lease(ttl)
+        if await self._create_leased(key, LockRecord(owner, at).encode(), lease):
+            kv = await self._get(key)
+            if kv is not None:
+                return lease, (key, kv.mod_revision)
+        await self.revoke_lease(lease)
+        return await self.get_lock(name) or LockRecord("unknown", 0.0)
+
+    async def keep_alive(self, lease: int) -> bool:
+        """Renew a lease; False when it has ended. (Leases here end only when revoked.)"""
+        return True
+
     async def get_lock(self, name: str) -> LockRecord | None:
         kv = await self._get(keys.lock(name))
         if kv is None:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aetcd
@@ -38,6 +37,7 @@ from moorage.meta.base import (
     Put,
 )
 from moorage.meta.cluster_store import ClusterStore
+from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
 from moorage.meta.etcd_members import MemberStatus as MemberStatus
 
@@ -80,15 +80,6 @@ def _target(endpoints: Sequence[str]) -> tuple[str, int]:
     if len(hosts) == 1:
         return last_host, int(last_port)
     return "ipv4:" + ",".join([*hosts[:-1], last_host]), int(last_port)
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """PEM bytes the etcd client trusts and presents (`TlsDir.client_material()`, D/tls/)."""
-
-    ca: bytes
-    key: bytes
-    cert: bytes
 
 
 class _TlsClient(aetcd.Client):  # type: ignore[misc]
@@ -224,10 +215,11 @@ class EtcdMetaStore(MetaStore):
                 request.limit = max(1, request.limit // 4)
 
     async def _range(
-        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False, revision: int = 0
     ) -> tuple[list[KV], bool]:
         request = rpc.RangeRequest(key=start, range_end=end, limit=limit, keys_only=keys_only)
-        resp = await self._bounded(request)
+        request.revision = revision  # a read of the past is consistent without a quorum read
+        resp = await self._bounded(request, linearizable=not revision)
         kvs = [KV(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs]
         return kvs, bool(resp.more)
 
@@ -364,6 +356,13 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
 
     async def revoke_lease(self, lease: int) -> None:
         await self._call("leasestub.LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease))
+
+    async def keep_alive(self, lease: int) -> bool:
+        try:
+            reply = await self._client.refresh_lease(lease)
+        except Exception as exc:  # aetcd's own error classes, wrapping gRPC's
+            raise StoreUnavailable(f"{_UNAVAILABLE}: {exc}") from exc
+        return reply is not None and int(reply.TTL) > 0
 
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
         await self._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))

@@ -1,9 +1,18 @@
-"""What etcd says about its members (`moorage.meta.etcd` answers these; kept apart so that
-module stays within the size limit)."""
+"""What etcd says about its members, and the TLS material its client presents
+(`moorage.meta.etcd` uses these; kept apart so that module stays within the size limit)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM bytes the etcd client trusts and presents (`TlsDir.client_material()`, D/tls/)."""
+
+    ca: bytes
+    key: bytes
+    cert: bytes
 
 
 @dataclass(frozen=True, slots=True)

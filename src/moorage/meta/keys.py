@@ -309,3 +309,41 @@ def usage_blob(namespace: str, digest: str) -> bytes:
 
 
 _KINDS = ((POLICIES, "policy", 1), *_KINDS)
+
+
+# -- online garbage collection (moorage.registry.gc, DESIGN.md §8) ---------------------------
+#
+#     /moorage-gc/deleting/<digest>                  {"run", "at"}  a blob being collected
+#     /moorage-gc/deleting-manifests/<repo>@<digest> {"run", "at"}  an untagged manifest being
+#                                                                   collected
+#     /moorage-gc/pending/<repo>@<digest>            {"at"}  a manifest recorded in several
+#                                                            transactions (more references
+#                                                            than one holds), until recorded
+#     /moorage-gc/progress                           the running collection's progress
+#     /moorage-gc/last                               the last collection's result
+#     /moorage-gc/schedule                           {"interval", "grace", "untagged"}
+#
+# A tombstone ("deleting") is written before anything of its blob or manifest is deleted
+# and removed last; every write that would make the blob or manifest needed again (a blob
+# link, a manifest PUT referencing it) is guarded by its absence. Outside ROOT: never in a
+# backup (a restore starts without a collection in progress). The lock is `lock("gc")`.
+GC = b"/moorage-gc/"
+GC_DELETING = GC + b"deleting/"
+GC_DELETING_MANIFESTS = GC + b"deleting-manifests/"
+GC_PENDING = GC + b"pending/"
+GC_PROGRESS = GC + b"progress"
+GC_LAST = GC + b"last"
+GC_SCHEDULE = GC + b"schedule"
+GC_LOCK = "gc"
+
+
+def blob_tombstone(digest: str) -> bytes:
+    return GC_DELETING + digest.encode()
+
+
+def manifest_tombstone(repo_name: str, digest: str) -> bytes:
+    return GC_DELETING_MANIFESTS + f"{repo_name}@{digest}".encode()
+
+
+def pending_manifest(repo_name: str, digest: str) -> bytes:
+    return GC_PENDING + f"{repo_name}@{digest}".encode()

@@ -33,10 +33,12 @@ class MemoryMetaStore(ClusterStore):
         return self._data.get(key)
 
     async def _range(
-        self, start: bytes, end: bytes, limit: int, keys_only: bool = False
+        self, start: bytes, end: bytes, limit: int, keys_only: bool = False, revision: int = 0
     ) -> tuple[list[KV], bool]:
         if limit <= 0:
             raise ValueError("unbounded read")
+        if revision and revision != self._revision:  # no history kept: as if compacted
+            raise StoreUnavailable(f"required revision {revision} has been compacted")
         lo = bisect.bisect_left(self._keys, start)
         hi = bisect.bisect_left(self._keys, end)
         selected: list[KV] = []
@@ -88,6 +90,9 @@ class MemoryMetaStore(ClusterStore):
     async def revoke_lease(self, lease: int) -> None:
         held = self._leases.pop(lease, set())
         await self._txn([], [Delete(k) for k in sorted(held)])
+
+    async def keep_alive(self, lease: int) -> bool:
+        return lease in self._leases
 
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
         if lease not in self._leases:

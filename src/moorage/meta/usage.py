@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from moorage.meta.base import MetaStore
 
 _RETRIES = 200
+_FORGET_BATCH = 64  # per-blob records uncounted in one transaction
 _EMPTY = b"{}"
 
 
@@ -90,19 +93,28 @@ def _conflict(what: str) -> StoreUnavailable:
 
 async def link(
     store: MetaStore, repo: str, digest: str, size: int, enforce: bool, recount: bool = False
-) -> None:
-    """Link the blob to `repo` and count it in the namespace if it is new there. `enforce`:
-    refuse (QuotaExceeded) a blob new to the namespace that does not fit its quota.
-    `recount`: only count a link that exists uncounted (write nothing else)."""
+) -> bool:
+    """Link the blob to `repo`, stamped with the time (garbage collection's grace period
+    runs from it), and count it in the namespace if it is new there. `enforce`: refuse
+    (QuotaExceeded) a blob new to the namespace that does not fit its quota. `recount`: only
+    count a link that exists uncounted (write nothing else, keep its stamp). False, and
+    nothing written, while garbage collection deletes the blob (its tombstone stands)."""
     ns = namespace_of(repo)
     lkey, bkey, ukey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.usage(ns)
-    pkey = keys.policy(ns)
+    pkey, tkey = keys.policy(ns), keys.blob_tombstone(digest)
     for attempt in range(_RETRIES):
-        link_kv, blob_kv, usage_kv, policy_kv = await store._get_many([lkey, bkey, ukey, pkey])
+        link_kv, blob_kv, usage_kv, policy_kv, tomb_kv = await store._get_many(
+            [lkey, bkey, ukey, pkey, tkey]
+        )
+        if tomb_kv is not None:
+            return False
         if recount and (link_kv is None or _counted(link_kv)):
-            return
-        guards: list[Guard] = [(lkey, _rev(link_kv))]
-        ops: list[Op] = [Put(lkey, dumps({"size": size, "counted": True}))]
+            return True
+        stamp = _doc(link_kv).get("at") if recount else None
+        if not isinstance(stamp, int | float):
+            stamp = round(time.time(), 3)
+        guards: list[Guard] = [(lkey, _rev(link_kv)), (tkey, 0)]
+        ops: list[Op] = [Put(lkey, dumps({"size": size, "counted": True, "at": stamp}))]
         if not recount:
             ops.insert(0, Put(keys.repo(repo), _EMPTY))
         if _counted(link_kv):
@@ -127,9 +139,45 @@ async def link(
             ops.append(Put(bkey, dumps({"size": size, "repos": 1})))
             ops.append(Put(ukey, dumps({"bytes": used + size, "blobs": blobs + 1})))
         if await store._txn(guards, ops):
-            return
+            return True
         await _backoff(attempt)
     raise _conflict(f"linking blob {digest} to {repo}")
+
+
+async def forget(store: MetaStore, links: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Stop counting blobs whose every link garbage collection has just deleted (digest,
+    the repositories that linked it), while their tombstones keep new links out: each
+    namespace's per-blob record goes and its total drops by the blob's size, one guarded
+    transaction per namespace and batch."""
+    per_ns: dict[str, list[str]] = {}
+    for digest, repos in links:
+        for ns in {namespace_of(r) for r in repos}:
+            per_ns.setdefault(ns, []).append(digest)
+    for ns, digests in per_ns.items():
+        for i in range(0, len(digests), _FORGET_BATCH):
+            await _forget(store, ns, digests[i : i + _FORGET_BATCH])
+
+
+async def _forget(store: MetaStore, ns: str, digests: Sequence[str]) -> None:
+    ukey = keys.usage(ns)
+    bkeys = [keys.usage_blob(ns, d) for d in digests]
+    for attempt in range(_RETRIES):
+        usage_kv, *blob_kvs = await store._get_many([ukey, *bkeys])
+        counted = [kv for kv in blob_kvs if kv is not None]
+        if not counted:
+            return
+        total = _doc(usage_kv)
+        used, blobs = _int(total, "bytes"), _int(total, "blobs")
+        size = sum(_int(_doc(kv), "size") for kv in counted)
+        guards: list[Guard] = [(ukey, _rev(usage_kv))]
+        guards += [(kv.key, kv.mod_revision) for kv in counted]
+        ops: list[Op] = [Delete(kv.key) for kv in counted]
+        remaining = {"bytes": max(0, used - size), "blobs": max(0, blobs - len(counted))}
+        ops.append(Put(ukey, dumps(remaining)))
+        if await store._txn(guards, ops):
+            return
+        await _backoff(attempt)
+    raise _conflict(f"uncounting collected blobs in namespace {ns}")
 
 
 async def unlink(store: MetaStore, repo: str, digest: str) -> bool:

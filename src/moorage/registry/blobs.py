@@ -24,7 +24,7 @@ class Blobs:
         return parsed, size
 
     async def delete(self, repo: str, digest: str) -> None:
-        """Unlink the blob from `repo`; its bytes stay (shared; nothing collects them yet)."""
+        """Unlink the blob from `repo`; its bytes stay until garbage collection (shared)."""
         parsed = parse_digest(digest)
         if not await self.meta.unlink_blob(repo, str(parsed)):
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
@@ -51,5 +51,5 @@ class Blobs:
         size = await self.storage.stat(key)
         if size is None:
             return None
-        await self.meta.link_blob(repo, key, size, enforce_quota=True)
-        return parsed
+        # Refused while garbage collection deletes the blob: the client uploads it.
+        return parsed if await self.meta.link_blob(repo, key, size, enforce_quota=True) else None

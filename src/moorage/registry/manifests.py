@@ -24,6 +24,7 @@ from moorage.oci import mediatypes as mt
 from moorage.oci.digest import Digest, digest_of, is_digest, parse_digest
 from moorage.oci.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from moorage.oci.names import is_valid_tag
+from moorage.registry.uploads import link_stored, settle
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
 
@@ -135,6 +136,7 @@ class Manifests:
             tags.insert(0, _tag(reference))
             digest = digest_of(body)
         manifest = parse_manifest(body, content_type)
+        await settle(self.meta, str(digest))  # its bytes are not being collected
         await self.storage.put_bytes(str(digest), body)
         self._remember(str(digest), body)
         record = ManifestRecord(
@@ -159,8 +161,11 @@ class Manifests:
         config = manifest.config
         if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
             # The empty JSON config of artifacts: create it rather than fail the push.
+            await settle(self.meta, mt.EMPTY_JSON_DIGEST)
             await self.storage.put_bytes(mt.EMPTY_JSON_DIGEST, mt.EMPTY_JSON)
-            await self.meta.link_blob(repo, mt.EMPTY_JSON_DIGEST, len(mt.EMPTY_JSON))
+            await link_stored(
+                self.meta, repo, parse_digest(mt.EMPTY_JSON_DIGEST), len(mt.EMPTY_JSON)
+            )
             missing = await self.meta.put_manifest(
                 repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
             )

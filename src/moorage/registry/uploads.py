@@ -8,6 +8,7 @@ finish any upload.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from moorage.errors import (
+    BlobCollecting,
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
@@ -142,7 +144,7 @@ class Uploads:
                 size = handle.size
             self._sessions.pop(upload_id, None)
             await self._verify_and_commit(handle, parsed, hasher)
-        await self.meta.link_blob(repo, str(parsed), size, enforce_quota=True)
+        await link_stored(self.meta, repo, parsed, size)
         return parsed, size
 
     async def monolithic(
@@ -163,7 +165,7 @@ class Uploads:
             raise
         finally:
             await handle.release()
-        await self.meta.link_blob(repo, str(parsed), size, enforce_quota=True)
+        await link_stored(self.meta, repo, parsed, size)
         return parsed, size
 
     async def cancel(self, repo: str, upload_id: str) -> None:
@@ -259,7 +261,35 @@ class Uploads:
                 f"the uploaded bytes have digest {digest.algorithm}:{actual}, not {digest}; "
                 "the upload was discarded"
             )
+        # Garbage collection deleting this very digest removes the bytes last: commit only
+        # once it is done, so the blob ends up present.
+        await settle(self.meta, str(digest))
         await handle.commit(str(digest))
+
+
+#: How long a blob upload waits for garbage collection to finish deleting the same digest.
+SETTLE_SECONDS = 30.0
+
+
+async def settle(meta: MetaStore, digest: str, patience: float = SETTLE_SECONDS) -> None:
+    """Return once garbage collection is not deleting `digest` (its bytes can be stored
+    again); BlobCollecting after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while await meta.blob_collecting(digest):
+        if time.monotonic() > deadline:
+            raise BlobCollecting(
+                f"garbage collection is deleting blob {digest}; upload it again in a minute"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def link_stored(meta: MetaStore, repo: str, digest: Digest, size: int) -> None:
+    """Link a blob just stored. Garbage collection may have begun deleting the digest
+    between `settle` and the commit (its bytes go): the client is told to upload again."""
+    if not await meta.link_blob(repo, str(digest), size, enforce_quota=True):
+        raise BlobCollecting(
+            f"garbage collection began deleting blob {digest} while it was stored; upload it again"
+        )
 
 
 def _check_lengths(chunk: ChunkRange | None, content_length: int | None) -> None:

@@ -72,7 +72,10 @@ class BlobStorage(ABC):
     """Blob bytes by digest, plus upload staging.
 
     Blobs are immutable and complete once visible: `UploadHandle.commit` and `put_bytes`
-    make a blob visible only after its bytes are durable. No method deletes a committed blob.
+    make a blob visible only after its bytes are durable. Only `delete_blob` deletes a
+    committed blob, and only garbage collection calls it (moorage.registry.gc), once the
+    metadata says the blob is gone. Storing a blob that is already there refreshes its
+    modification time: the grace period of a blob no repository links runs from it.
     """
 
     # -- committed blobs --------------------------------------------------------------
@@ -95,6 +98,19 @@ class BlobStorage(ABC):
     @abstractmethod
     async def put_bytes(self, digest: str, data: bytes) -> None:
         """Store small verified bytes under their digest, durably."""
+
+    @abstractmethod
+    async def modified(self, digest: str) -> float | None:
+        """When a committed blob was last stored (Unix time), or None when it is not there."""
+
+    @abstractmethod
+    def blobs(self) -> AsyncIterator[list[tuple[str, int, float]]]:
+        """Every committed blob as (digest, size, modification time), in bounded batches."""
+
+    @abstractmethod
+    async def delete_blob(self, digest: str) -> int | None:
+        """Delete a committed blob's bytes (garbage collection only); its size, or None
+        when it was not there."""
 
     # -- uploads ----------------------------------------------------------------------
     @abstractmethod

@@ -16,7 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from moorage.errors import StorageUnavailable
+from moorage.errors import DigestInvalid, StorageUnavailable
+from moorage.oci.digest import parse_digest
 from moorage.storage.base import BlobStorage, UploadHandle
 from moorage.storage.fileio import (
     ENDED_MODE,
@@ -28,6 +29,26 @@ from moorage.storage.fileio import (
 )
 from moorage.storage.paths import StorageLayout
 from moorage.storage.sessions import FileUploadHandle, hold, purge_session
+
+
+def _valid(digest: str) -> bool:
+    try:
+        return str(parse_digest(digest)) == digest
+    except DigestInvalid:  # a stray file: never a blob, never deleted
+        return False
+
+
+def _touch(path: Path) -> bool:
+    """Refresh a committed blob's modification time (it was stored again); False when it
+    is not there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # read-only and owned by another user: the time stays
+        return path.exists()
+    return True
+
 
 # FLUSH_BYTES is re-exported: tests import it from here.
 __all__ = ["FLUSH_BYTES", "FilesystemStorage"]
@@ -77,7 +98,7 @@ class FilesystemStorage(BlobStorage):
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
         target = self.layout.blob(digest)
-        if target.exists():
+        if _touch(target):
             return
         tmp = self.layout.tmp / secrets.token_hex(16)
         try:
@@ -100,6 +121,58 @@ class FilesystemStorage(BlobStorage):
         """Atomically rename a durable file into place and make the rename durable."""
         rename_into_place(source, target)
         fsync_dir(target.parent)
+
+    async def modified(self, digest: str) -> float | None:
+        try:
+            return self.layout.blob(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    async def blobs(self) -> AsyncIterator[list[tuple[str, int, float]]]:
+        def listing(directory: Path, algorithm: str) -> list[tuple[str, int, float]]:
+            out: list[tuple[str, int, float]] = []
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                return out
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                digest = f"{algorithm}:{entry.name}"
+                if entry.is_file(follow_symlinks=False) and _valid(digest):
+                    out.append((digest, st.st_size, st.st_mtime))
+            return out
+
+        for algorithm in ("sha256", "sha512"):
+            root = self.layout.blobs / algorithm
+            try:
+                prefixes = sorted(os.listdir(root))
+            except FileNotFoundError:
+                continue
+            for prefix in prefixes:
+                batch = await asyncio.to_thread(listing, root / prefix, algorithm)
+                if batch:
+                    yield batch
+
+    async def delete_blob(self, digest: str) -> int | None:
+        path = self.layout.blob(digest)
+
+        def run() -> int | None:
+            # Not fsynced: an unlink lost in a crash leaves an unlinked file, collected by
+            # the next run.
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return None
+            return size
+
+        try:
+            return await asyncio.to_thread(run)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete blob {digest}: {exc.strerror}") from exc
 
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:

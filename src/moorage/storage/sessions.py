@@ -101,6 +101,9 @@ class FileUploadHandle(UploadHandle):
             with self._io:
                 fd = self._live_fd()
                 if target.exists():  # the same bytes were committed by another upload
+                    # Stored again: garbage collection's grace period starts over.
+                    with contextlib.suppress(OSError):
+                        os.utime(target)
                     self._end_sync(fd)
                     return
                 # Read-only before it becomes a blob, in the same fsync: the mark that the

@@ -1,0 +1,400 @@
+"""Online garbage collection: blobs no manifest references, deleted while pushes go on.
+
+The protocol (docs/ARCHITECTURE.md, "Garbage collection", says why each step is there):
+
+1. Mark at one revision M: every manifest record and pending manifest (their bytes, and
+   the config, layers and child manifests their bytes name) is referenced; every blob
+   link and every file in blob storage that is not referenced is a candidate, kept only
+   if its newest link (else its file) is older than the grace period.
+2. Tombstone the candidates. From then on, `link_blob` and a manifest PUT that needs one
+   of them fail their own transaction's guard (meta.base): no new reference can commit.
+3. Re-check: every manifest, pending manifest and blob link written after M (read now,
+   after the tombstones) rescues what it references or links; their tombstones go.
+4. For each remaining candidate: delete its links (guarded by its tombstone and by the
+   collection's lock), then its bytes, then its tombstone.
+
+`--untagged` runs the same steps for manifests first (reachable: tagged or pending, an
+index's children, the referrers of a reachable subject; a repository written after M is
+left alone this run), then collects blobs from a fresh mark.
+
+Memory holds sets of digests and, per candidate, its size, age and repositories.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from moorage.errors import ManifestInvalid, MoorageError, RecordCorrupt
+from moorage.meta import keys
+from moorage.meta.base import LAST_REVISION, Guard, MetaStore
+from moorage.meta.gc_store import GcStore, ManifestRow
+from moorage.oci import mediatypes as mt
+from moorage.oci.manifest import parse_manifest
+from moorage.storage.base import BlobStorage
+from moorage.storage.journal import Journal
+
+#: Blobs deleted per step (links in one or a few transactions, then the files).
+_DELETE_BATCH = 64
+#: Where a blob no repository links is counted in a report.
+UNLINKED = ""
+
+Progress = Callable[[str, dict[str, int]], Awaitable[None]]
+
+
+class GcAborted(MoorageError):
+    """The collection stopped before deleting anything more (what was deleted is gone)."""
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    dry_run: bool = False
+    grace: float = 24 * 3600.0
+    untagged: bool = False
+
+
+#: Digests a result lists (all repositories together at most this many; the counts and
+#: bytes are always complete).
+MAX_LISTED = 2_000
+
+
+@dataclass
+class RepoUsage:
+    blobs: int = 0
+    bytes: int = 0
+    manifests: int = 0
+    digests: list[str] = field(default_factory=list)  # blobs, then manifests (up to a cap)
+
+
+@dataclass
+class GcResult:
+    run: str
+    dry_run: bool
+    grace: float
+    untagged: bool
+    started_at: float
+    finished_at: float = 0.0
+    revision: int = 0
+    blobs: int = 0  # deleted (a dry run: would be)
+    bytes: int = 0  # freed: bytes of files actually deleted (a dry run: would be)
+    manifests: int = 0
+    rescued: int = 0  # candidates found in use after their tombstone
+    repositories: dict[str, RepoUsage] = field(default_factory=dict)
+    listed: int = 0
+
+    def add(self, repo: str, digest: str, size: int, manifest: bool = False) -> None:
+        usage = self.repositories.setdefault(repo, RepoUsage())
+        if manifest:
+            usage.manifests += 1
+        else:
+            usage.blobs += 1
+            usage.bytes += size
+        if self.listed < MAX_LISTED:
+            usage.digests.append(digest)
+            self.listed += 1
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "dry_run": self.dry_run,
+            "grace": self.grace,
+            "untagged": self.untagged,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": round(self.duration, 3),
+            "revision": self.revision,
+            "blobs": self.blobs,
+            "bytes": self.bytes,
+            "manifests": self.manifests,
+            "rescued": self.rescued,
+            "repositories": {
+                repo: {
+                    "blobs": u.blobs,
+                    "bytes": u.bytes,
+                    "manifests": u.manifests,
+                    "digests": u.digests,
+                }
+                for repo, u in sorted(self.repositories.items())
+            },
+            "digests_truncated": self.listed >= MAX_LISTED,
+        }
+
+
+@dataclass
+class _Candidate:
+    size: int
+    at: float | None  # newest link time; the file's time when no link says
+    repos: list[str]
+    forced: bool = False  # a dead run's tombstone: finish it, whatever its age
+
+
+class Collector:
+    def __init__(
+        self,
+        meta: MetaStore,
+        storage: BlobStorage,
+        run: str,
+        options: GcOptions,
+        *,
+        journal: Journal | None = None,
+        fence: Guard | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = GcStore(meta)
+        self.storage = storage
+        self.options = options
+        self.journal = journal
+        self.fence = fence
+        self._progress = progress
+        self.result = GcResult(run, options.dry_run, options.grace, options.untagged, time.time())
+        self._cutoff = self.result.started_at - options.grace
+        self._bodies_read = 0
+
+    async def run(self) -> GcResult:
+        if not self.options.dry_run:
+            await self._clear_stale_manifest_tombstones()
+        if self.options.untagged:
+            await self._manifests()
+        await self._blobs()
+        self.result.finished_at = time.time()
+        return self.result
+
+    async def _report(self, phase: str, **counts: int) -> None:
+        if self._progress is not None:
+            await self._progress(phase, counts)
+
+    # -- references ---------------------------------------------------------------------
+    async def _references(self, repo: str, digest: str, media_type: str | None) -> list[str]:
+        """What a manifest's bytes reference: config, every layer, child manifests. Its
+        bytes missing or unreadable: GcAborted (what it needs is unknown)."""
+        body = await self.storage.read_bytes(digest)
+        self._bodies_read += 1
+        if body is None:
+            raise GcAborted(
+                f"manifest {digest} in {repo} is recorded but its bytes are missing from blob "
+                f"storage, so what it references is unknown; nothing more was deleted. Delete "
+                f"it (DELETE /v2/{repo}/manifests/{digest}) or restore its bytes, then run "
+                "the collection again"
+            )
+        try:
+            manifest = parse_manifest(body, media_type)
+        except ManifestInvalid as exc:
+            raise GcAborted(
+                f"manifest {digest} in {repo} cannot be parsed ({exc.message}); nothing more "
+                "was deleted. Delete it, then run the collection again"
+            ) from None
+        refs = [d.digest for d in (*manifest.layers, *manifest.children)]
+        if manifest.config is not None:
+            refs.append(manifest.config.digest)
+        return refs
+
+    async def _mark_blobs(self, at: int) -> set[str]:
+        referenced: set[str] = set()
+        parsed: set[str] = set()
+        count = 0
+        async for page in self.store.manifests(at):
+            for row in page:
+                referenced.add(row.digest)
+                if row.digest not in parsed:
+                    parsed.add(row.digest)
+                    referenced.update(await self._references(row.repo, row.digest, row.media_type))
+            count += len(page)
+            await self._report("mark", manifests=count, referenced=len(referenced))
+        async for rows in self.store.pending(at):
+            for repo, digest, _ in rows:
+                referenced.add(digest)
+                if await self.storage.stat(digest) is not None and digest not in parsed:
+                    parsed.add(digest)
+                    referenced.update(await self._references(repo, digest, None))
+        return referenced
+
+    # -- blobs ----------------------------------------------------------------------------
+    async def _blobs(self) -> None:
+        at = await self.store.revision()
+        self.result.revision = at
+        referenced = await self._mark_blobs(at)
+        candidates: dict[str, _Candidate] = {}
+        links = 0
+        async for page in self.store.links(at):
+            for link in page:
+                if link.digest in referenced:
+                    continue
+                c = candidates.setdefault(link.digest, _Candidate(link.size, None, []))
+                c.repos.append(link.repo)
+                if link.at is not None:
+                    c.at = max(c.at or 0.0, link.at)
+            links += len(page)
+            await self._report("links", links=links, candidates=len(candidates))
+        stale: list[str] = []
+        async for rows in self.store.blob_tombstones(at):
+            stale += [d for d, run in rows if run != self.result.run]
+        files = 0
+        sizes: dict[str, int] = {}
+        async for batch in self.storage.blobs():
+            for digest, size, mtime in batch:
+                if digest in referenced:
+                    continue
+                found = candidates.get(digest)
+                if found is None:  # bytes no repository links
+                    candidates[digest] = _Candidate(size, mtime, [])
+                elif found.at is None:
+                    found.at = mtime
+                sizes[digest] = size
+            files += len(batch)
+            await self._report("storage", files=files, candidates=len(candidates))
+        for digest in stale:
+            if digest in referenced:
+                if not self.options.dry_run:
+                    await self.store.clear_blob(digest)
+                continue
+            c = candidates.setdefault(digest, _Candidate(0, None, []))
+            c.forced = True
+        del referenced
+        eligible = {d: c for d, c in candidates.items() if c.forced or (c.at or 0.0) < self._cutoff}
+        del candidates
+        if self.options.dry_run:
+            for digest, c in eligible.items():
+                self._count(digest, c, sizes.get(digest, 0))
+            return
+        await self._sweep(eligible, sizes, at)
+
+    def _count(self, digest: str, c: _Candidate, freed: int) -> None:
+        self.result.blobs += 1
+        self.result.bytes += freed
+        for repo in dict.fromkeys(c.repos or [UNLINKED]):
+            self.result.add(repo, digest, freed)
+
+    async def _sweep(self, eligible: dict[str, _Candidate], sizes: dict[str, int], at: int) -> None:
+        fresh = [d for d, c in eligible.items() if not c.forced]
+        marked = set(await self.store.mark_blobs(fresh, self.result.run))
+        marked.update(d for d, c in eligible.items() if c.forced)
+        await self._report("tombstones", tombstoned=len(marked))
+        rescued = await self._in_use_since(at, marked)
+        await self.store.clear_blobs(sorted(rescued))
+        self.result.rescued += len(rescued)
+        remaining = sorted(marked - rescued)
+        for i in range(0, len(remaining), _DELETE_BATCH):
+            chunk = remaining[i : i + _DELETE_BATCH]
+            links = [(d, eligible[d].repos) for d in chunk]
+            if not await self.store.drop_links(links, self.fence):
+                raise GcAborted(
+                    "the collection lost its lock (another replica took it over, or etcd "
+                    "was unreachable too long); nothing more was deleted: run it again"
+                )
+            await self.store.uncount(links)  # the quotas' usage, while tombstones stand
+            # Only now the bytes: no link names them, and their tombstones keep new ones out.
+            for digest in chunk:
+                self._count(digest, eligible[digest], await self.storage.delete_blob(digest) or 0)
+            await self.store.clear_blobs(chunk)
+            await self._report("delete", blobs=self.result.blobs, bytes=self.result.bytes)
+
+    async def _in_use_since(self, at: int, marked: set[str]) -> set[str]:
+        """The tombstoned digests that something written after revision `at` needs: a
+        manifest (its bytes and references), a pending manifest, a blob link."""
+        rescued: set[str] = set()
+        async for rows in self.store.changed(keys.BLOBS, at):
+            rescued.update(d for _, d in rows if d in marked)
+        for prefix in (keys.MANIFESTS, keys.GC_PENDING):
+            async for rows in self.store.changed(prefix, at):
+                for repo, digest in rows:
+                    record = await self.store.manifest(repo, digest)
+                    if record is None and await self.storage.stat(digest) is None:
+                        continue  # deleted again, or a pending push that failed
+                    rescued.add(digest)
+                    media_type = record.media_type if record is not None else None
+                    try:
+                        refs = await self._references(repo, digest, media_type)
+                    except GcAborted:
+                        if record is None:
+                            continue
+                        raise
+                    rescued.update(refs)
+        return rescued & marked
+
+    # -- untagged manifests ---------------------------------------------------------------
+    async def _clear_stale_manifest_tombstones(self) -> None:
+        """A dead run's manifest tombstones: its deletes are one transaction each (record
+        and tombstone together), so one that stands deleted nothing: clear it."""
+        async for rows in self.store.manifest_tombstones():
+            for repo, digest, run in rows:
+                if run != self.result.run:
+                    await self.store.clear_manifest(repo, digest)
+
+    async def _manifests(self) -> None:
+        at = await self.store.revision()
+        rows: dict[str, ManifestRow] = {}
+        referrers: dict[str, list[str]] = {}
+        async for page in self.store.manifests(at):
+            for row in page:
+                name = f"{row.repo}@{row.digest}"
+                rows[name] = row
+                if row.subject:
+                    referrers.setdefault(f"{row.repo}@{row.subject}", []).append(name)
+        roots: list[str] = []
+        async for tag_rows in self.store.tags(at):
+            roots += [f"{repo}@{digest}" for repo, digest in tag_rows]
+        async for pending in self.store.pending(at):
+            roots += [f"{repo}@{digest}" for repo, digest, _ in pending]
+        reachable: set[str] = set()
+        stack = [r for r in roots if r in rows]
+        reachable.update(stack)
+        while stack:
+            name = stack.pop()
+            row = rows[name]
+            nexts = list(referrers.get(name, ()))
+            if row.media_type in mt.INDEXES:
+                refs = await self._references(row.repo, row.digest, row.media_type)
+                nexts += [f"{row.repo}@{d}" for d in refs]
+            for n in nexts:
+                if n in rows and n not in reachable:
+                    reachable.add(n)
+                    stack.append(n)
+        await self._report("untagged", manifests=len(rows), reachable=len(reachable))
+        unreachable = []
+        for name, row in rows.items():
+            if name in reachable:
+                continue
+            stored = await self.storage.modified(row.digest)
+            if stored is None or stored < self._cutoff:
+                unreachable.append(row)
+        del rows, referrers, reachable
+        if self.options.dry_run:
+            for row in unreachable:
+                self.result.manifests += 1
+                self.result.add(row.repo, row.digest, 0, manifest=True)
+            return
+        items = [(row.repo, row.digest) for row in unreachable]
+        marked = set(await self.store.mark_manifests(items, self.result.run))
+        touched: set[str] = set()
+        for prefix in (keys.MANIFESTS, keys.TAGS, keys.GC_PENDING):  # (a referrer is a manifest)
+            async for changed in self.store.changed(prefix, at):
+                touched.update(repo for repo, _ in changed)
+        for row in unreachable:
+            if (row.repo, row.digest) not in marked:
+                continue
+            if row.repo in touched or not await self.store.drop_manifest(row, self.fence):
+                await self.store.clear_manifest(row.repo, row.digest)
+                self.result.rescued += 1
+                continue
+            await self._journal({"op": "delete", "repo": row.repo, "digest": row.digest})
+            self.result.manifests += 1
+            self.result.add(row.repo, row.digest, 0, manifest=True)
+        await self._report("untagged", deleted=self.result.manifests)
+
+    async def _journal(self, entry: dict[str, Any]) -> None:
+        """A manifest deleted is a change the journal replays (as `Manifests.delete`)."""
+        if self.journal is not None:
+            await self.journal.append({"r": LAST_REVISION.get(), **entry})
+
+
+def corrupt_message(exc: RecordCorrupt) -> str:
+    return (
+        f"a record in the store is corrupt ({exc.message}); nothing more was deleted: "
+        "fix or delete it, then run the collection again"
+    )

@@ -1,0 +1,182 @@
+"""The garbage collection protocol step by step, with the race placed exactly: a registry on
+the in-memory store and real blob files, and a collection whose progress hook makes the
+concurrent push happen between two of its steps (the replica tests race it for real)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from moorage.errors import ManifestBlobUnknown
+from moorage.meta import keys
+from moorage.meta.base import Put
+from moorage.meta.memory import MemoryMetaStore
+from moorage.registry import Registry
+from moorage.registry.gc import Collector, GcOptions, GcResult
+from moorage.storage.filesystem import FilesystemStorage
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+CONFIG = b'{"architecture":"amd64","os":"linux"}'
+LAYER = b"a layer only this image has " * 400
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(CONFIG),
+            "size": len(CONFIG),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": sha256(LAYER),
+                "size": len(LAYER),
+            }
+        ],
+    }
+).encode()
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def push(registry: Registry, repo: str = "r") -> None:
+    for blob in (CONFIG, LAYER):
+        await registry.uploads.monolithic(repo, sha256(blob), _body(blob), len(blob))
+    await registry.manifests.put(repo, "v1", MANIFEST, OCI_MANIFEST)
+
+
+def registry_in(tmp_path: Path) -> Registry:
+    return Registry(FilesystemStorage(tmp_path / "blobs"), MemoryMetaStore())
+
+
+async def collect(
+    registry: Registry, at_phase: str, action: Callable[[], Awaitable[None]]
+) -> GcResult:
+    """A grace-0 collection that runs `action` once, when it first reports `at_phase`."""
+    fired = False
+
+    async def progress(phase: str, counts: dict[str, int]) -> None:
+        nonlocal fired
+        if phase == at_phase and not fired:
+            fired = True
+            await action()
+
+    collector = Collector(
+        registry.meta, registry.storage, "run1", GcOptions(grace=0), progress=progress
+    )
+    result = await collector.run()
+    assert fired, at_phase
+    return result
+
+
+async def present(registry: Registry, repo: str = "r") -> bool:
+    """The image is whole: recorded, tagged, every blob linked and its bytes stored."""
+    tag = await registry.meta.get_tag(repo, "v1")
+    if tag is None:
+        return False
+    for digest in (sha256(CONFIG), sha256(LAYER), sha256(MANIFEST)):
+        if await registry.storage.stat(digest) is None:
+            return False
+    return not await registry.meta.missing_blobs(repo, [sha256(CONFIG), sha256(LAYER)])
+
+
+def test_a_push_committed_after_the_mark_is_rescued_by_the_recheck(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        await registry.manifests.delete("r", sha256(MANIFEST))
+        # after the mark at M (the storage scan), before the tombstones: pushed again
+        result = await collect(registry, "storage", lambda: push(registry))
+        assert result.blobs == 0
+        # config and layer (the manifest's bytes too, unless the scan met them after the
+        # push refreshed their time)
+        assert result.rescued >= 2
+        assert await present(registry)
+        assert await registry.meta._get(keys.blob_tombstone(sha256(LAYER))) is None
+
+    asyncio.run(main())
+
+
+def test_a_manifest_put_after_the_tombstones_fails_cleanly(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        await registry.manifests.delete("r", sha256(MANIFEST))
+        refused: list[Exception] = []
+
+        # Another image of the same blobs: the client saw them (HEAD), then GC tombstoned them.
+        other = json.dumps({**json.loads(MANIFEST), "annotations": {"a": "b"}}).encode()
+
+        async def late_manifest() -> None:
+            try:
+                await registry.manifests.put("r", "v2", other, OCI_MANIFEST)
+            except ManifestBlobUnknown as exc:
+                refused.append(exc)
+
+        result = await collect(registry, "tombstones", late_manifest)
+        assert len(refused) == 1
+        assert sha256(LAYER) in str(refused[0])
+        assert result.blobs == 3
+        assert await registry.meta.get_tag("r", "v2") is None  # never acknowledged
+        await push(registry)  # the client pushes again: whole
+        assert await present(registry)
+
+    asyncio.run(main())
+
+
+def test_a_blob_uploaded_again_during_the_sweep_ends_present(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        await registry.manifests.delete("r", sha256(MANIFEST))
+        uploads: list[asyncio.Task[object]] = []
+
+        async def upload_again() -> None:  # waits for the collection to finish the digest
+            coro = registry.uploads.monolithic("r", sha256(LAYER), _body(LAYER), len(LAYER))
+            uploads.append(asyncio.create_task(coro))
+            await asyncio.sleep(0.3)
+            assert not uploads[0].done()
+
+        result = await collect(registry, "tombstones", upload_again)
+        assert result.blobs == 3
+        await uploads[0]
+        assert await registry.storage.read_bytes(sha256(LAYER)) == LAYER
+        assert await registry.meta.blob_size("r", sha256(LAYER)) == len(LAYER)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("dead_run_found", ["unreferenced", "referenced"])
+def test_a_dead_runs_tombstone_is_finished_or_cleared(tmp_path: Path, dead_run_found: str) -> None:
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        if dead_run_found == "unreferenced":
+            await registry.manifests.delete("r", sha256(MANIFEST))
+        gc_store_tombstone = keys.blob_tombstone(sha256(LAYER))
+        await registry.meta._txn([], [Put(gc_store_tombstone, b'{"run":"dead"}')])
+        options = GcOptions(grace=3600)  # young: only the dead run's tombstone is due
+        result = await Collector(registry.meta, registry.storage, "run2", options).run()
+        assert await registry.meta._get(gc_store_tombstone) is None
+        if dead_run_found == "unreferenced":
+            assert result.blobs == 1
+            assert await registry.storage.stat(sha256(LAYER)) is None
+        else:
+            assert result.blobs == 0
+            assert await present(registry)
+
+    asyncio.run(main())
