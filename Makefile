@@ -45,6 +45,8 @@ lint: install
 # everything in one process.
 PYTEST_WORKERS ?= 2
 test: install lint
+	@# the Distribution registry: tests/test_bench_tls.py runs the benchmark's servers
+	@./scripts/ensure-packages.sh --no-start docker-registry
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The unit tier only: no processes, no network, no etcd (see "Development" in README.md).
@@ -58,7 +60,7 @@ fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py -s --timeout=0 $(PYTEST_ARGS)
 
 bench: install
-	@./scripts/ensure-packages.sh docker-registry
+	@./scripts/ensure-packages.sh --no-start docker-registry
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Every operation on a 3-replica cluster of 100,000+ tags (bench/scale.py; takes a while);

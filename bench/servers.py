@@ -97,16 +97,15 @@ class Server:
         return self.url.startswith("https://")
 
     def start(self) -> None:
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("wb") as log:  # closed here even when the binary is missing
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         headers = {"Authorization": self.authorization} if self.authorization else {}

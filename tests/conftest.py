@@ -48,7 +48,26 @@ TIERS = {
 }
 #: The groups that take longest (measured with --durations), longest first; the others follow
 #: in collection order.
-LONGEST_FIRST = ("netns",)
+LONGEST_FIRST = (
+    "netns",
+    "test_paste.py",
+    "test_recovery.py",
+    "test_cluster.py",
+    "test_ca_rotation.py",
+    "test_fuzz.py",
+    "test_multi_survivor.py",
+    "test_access.py",
+    "test_backup_hardening.py",
+    "test_confirm.py",
+    "test_scale_limits.py",
+    "test_starting.py",
+    "test_join_tokens.py",
+    "test_gc_race.py",
+    "test_policies.py",
+    "test_account_recovery.py",
+    "test_gc.py",
+    "test_certs.py",
+)
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica"})
 
