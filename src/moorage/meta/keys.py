@@ -284,7 +284,8 @@ _KINDS = (
 # -- repository policies and storage usage (moorage.meta.policies, moorage.meta.usage) -------
 #
 #     /moorage/policies/<target>              PolicyRecord (target: NAMESPACE or NAMESPACE/REPO)
-#     /moorage/usage/<namespace>              {"bytes", "blobs"}  (the quota's counter)
+#     /moorage/usage/<namespace>#<k>          {"bytes", "blobs"}  (the quota's counter, in
+#                                             USAGE_SHARDS parts: the sum is the usage)
 #     /moorage/usage-blobs/<namespace>@<digest>  {"size", "repos"}  (the blob counted once in
 #                                             the namespace; `repos` links point at it)
 #
@@ -300,8 +301,13 @@ def policy(target: str) -> bytes:
     return POLICIES + target.encode()
 
 
-def usage(namespace: str) -> bytes:
-    return USAGE + namespace.encode()
+#: A namespace's usage counter is kept in this many keys, so pushes into a namespace without a
+#: quota do not all collide on one key (a quota check reads and guards them all).
+USAGE_SHARDS = 8
+
+
+def usage(namespace: str, shard: int) -> bytes:
+    return USAGE + f"{namespace}#{shard}".encode()
 
 
 def usage_blob(namespace: str, digest: str) -> bytes:

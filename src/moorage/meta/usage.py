@@ -3,14 +3,18 @@
 A blob counts once per namespace, however many of the namespace's repositories link it.
 Three keys change together, in the one transaction that links or unlinks a blob:
 
-    /moorage/blobs/<repo>@<digest>       {"size", "counted": true}   the repository's link
+    /moorage/blobs/<repo>@<digest>       {"size", "counted": true, "at"}  the repository's link
     /moorage/usage-blobs/<ns>@<digest>   {"size", "repos"}           its counted links
-    /moorage/usage/<ns>                  {"bytes", "blobs"}          the namespace's total
+    /moorage/usage/<ns>#<k>              {"bytes", "blobs"}          one shard of the total
 
-The transaction is guarded by the revisions those keys (and the namespace's policy) were
-read at. Links of blobs new to a namespace therefore serialize on its counter, on every
-replica: two pushes racing for the last bytes of a quota cannot both be admitted, and the
-counter never goes over the quota (a collision costs a retry, not a wrong count).
+The namespace's total is the sum of USAGE_SHARDS shards (meta/keys.py); a blob new to the
+namespace adds to one of them, picked at random. The transaction is guarded by the
+revisions the link, the per-blob record, the namespace's policy and the shard were read at.
+Without a quota that is one shard, so concurrent pushes into a namespace rarely collide.
+With a quota every shard is read, checked against it and guarded: links of blobs new to the
+namespace serialize on every replica, two pushes racing for the last bytes cannot both be
+admitted, and the total never goes over the quota (a collision costs a retry, not a wrong
+count). A shard may go negative (a blob is uncounted from any shard); the sum never does.
 
 Manifest bytes are not counted (a few KiB each; counting them would put the counter in every
 manifest transaction); a manifest PUT is still refused when its bytes do not fit.
@@ -64,11 +68,41 @@ def _doc(kv: KV | None) -> dict[str, object]:
     return doc
 
 
-def _int(doc: dict[str, object], name: str) -> int:
+def _int(doc: dict[str, object], name: str, signed: bool = False) -> int:
     value = doc.get(name, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 0 and not signed):
         raise RecordCorrupt(f"a usage record has an invalid {name}: {value!r}")
     return value
+
+
+def _shards(namespace: str) -> list[bytes]:
+    return [keys.usage(namespace, k) for k in range(keys.USAGE_SHARDS)]
+
+
+def _total(kvs: Sequence[KV | None]) -> tuple[int, int]:
+    """Bytes and blobs over a namespace's counter shards (one shard may be negative: a blob
+    is uncounted from whichever shard, not the one that counted it)."""
+    docs = [_doc(kv) for kv in kvs]
+    used = sum(_int(d, "bytes", signed=True) for d in docs)
+    blobs = sum(_int(d, "blobs", signed=True) for d in docs)
+    return max(0, used), max(0, blobs)
+
+
+def _add(key: bytes, kv: KV | None, size: int, blobs: int) -> tuple[Guard, Op]:
+    """The guard and the write that add `size` bytes and `blobs` blobs (either may be
+    negative) to one shard."""
+    doc = _doc(kv)
+    new = {
+        "bytes": _int(doc, "bytes", signed=True) + size,
+        "blobs": _int(doc, "blobs", signed=True) + blobs,
+    }
+    return (key, _rev(kv)), Put(key, dumps(new))
+
+
+async def _one_shard(store: MetaStore, ns: str) -> tuple[bytes, KV | None]:
+    """A counter shard of the namespace, picked at random, as it is now."""
+    key = keys.usage(ns, random.randrange(keys.USAGE_SHARDS))
+    return key, await store._get(key)
 
 
 def _rev(kv: KV | None) -> int:
@@ -98,14 +132,16 @@ async def link(
     runs from it), and count it in the namespace if it is new there. `enforce`: refuse
     (QuotaExceeded) a blob new to the namespace that does not fit its quota. `recount`: only
     count a link that exists uncounted (write nothing else, keep its stamp). False, and
-    nothing written, while garbage collection deletes the blob (its tombstone stands)."""
+    nothing written, while garbage collection deletes the blob (its tombstone stands).
+
+    A blob new to the namespace adds to one counter shard picked at random, guarded by that
+    shard alone when the namespace has no quota (concurrent pushes rarely collide), and by
+    every shard when it has one (racing pushes cannot both take the last bytes)."""
     ns = namespace_of(repo)
-    lkey, bkey, ukey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.usage(ns)
-    pkey, tkey = keys.policy(ns), keys.blob_tombstone(digest)
+    lkey, bkey, pkey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.policy(ns)
+    tkey, shards = keys.blob_tombstone(digest), _shards(ns)
     for attempt in range(_RETRIES):
-        link_kv, blob_kv, usage_kv, policy_kv, tomb_kv = await store._get_many(
-            [lkey, bkey, ukey, pkey, tkey]
-        )
+        link_kv, blob_kv, policy_kv, tomb_kv = await store._get_many([lkey, bkey, pkey, tkey])
         if tomb_kv is not None:
             return False
         if recount and (link_kv is None or _counted(link_kv)):
@@ -125,19 +161,25 @@ async def link(
             repos = _int(doc, "repos") + 1
             ops.append(Put(bkey, dumps({"size": _int(doc, "size"), "repos": repos})))
         else:
-            doc = _doc(usage_kv)
-            used, blobs = _int(doc, "bytes"), _int(doc, "blobs")
             quota = _quota(policy_kv)
-            if enforce and quota is not None and used + size > quota:
-                raise QuotaExceeded(
-                    f"namespace {ns} is over its storage quota: {used} bytes used of {quota}, "
-                    f"this blob needs {size} more; delete images (then run garbage collection) "
-                    "or raise the quota with 'moorage policy set " + ns + " --quota SIZE'",
-                    detail={"namespace": ns, "used": used, "quota": quota, "needed": size},
-                )
-            guards += [(bkey, 0), (ukey, _rev(usage_kv)), (pkey, _rev(policy_kv))]
-            ops.append(Put(bkey, dumps({"size": size, "repos": 1})))
-            ops.append(Put(ukey, dumps({"bytes": used + size, "blobs": blobs + 1})))
+            if quota is None:
+                shard, shard_kv = await _one_shard(store, ns)
+            else:
+                shard_kvs = await store._get_many(shards)
+                used, _ = _total(shard_kvs)
+                if enforce and used + size > quota:
+                    raise QuotaExceeded(
+                        f"namespace {ns} is over its storage quota: {used} bytes used of "
+                        f"{quota}, this blob needs {size} more; delete images (then run garbage "
+                        f"collection) or raise the quota with 'moorage policy set {ns} "
+                        "--quota SIZE'",
+                        detail={"namespace": ns, "used": used, "quota": quota, "needed": size},
+                    )
+                guards += [(k, _rev(kv)) for k, kv in zip(shards[1:], shard_kvs[1:], strict=True)]
+                shard, shard_kv = shards[0], shard_kvs[0]
+            guard, op = _add(shard, shard_kv, size, 1)
+            guards += [guard, (bkey, 0), (pkey, _rev(policy_kv))]
+            ops += [Put(bkey, dumps({"size": size, "repos": 1})), op]
         if await store._txn(guards, ops):
             return True
         await _backoff(attempt)
@@ -159,21 +201,16 @@ async def forget(store: MetaStore, links: Sequence[tuple[str, Sequence[str]]]) -
 
 
 async def _forget(store: MetaStore, ns: str, digests: Sequence[str]) -> None:
-    ukey = keys.usage(ns)
     bkeys = [keys.usage_blob(ns, d) for d in digests]
     for attempt in range(_RETRIES):
-        usage_kv, *blob_kvs = await store._get_many([ukey, *bkeys])
-        counted = [kv for kv in blob_kvs if kv is not None]
+        counted = [kv for kv in await store._get_many(bkeys) if kv is not None]
         if not counted:
             return
-        total = _doc(usage_kv)
-        used, blobs = _int(total, "bytes"), _int(total, "blobs")
         size = sum(_int(_doc(kv), "size") for kv in counted)
-        guards: list[Guard] = [(ukey, _rev(usage_kv))]
-        guards += [(kv.key, kv.mod_revision) for kv in counted]
-        ops: list[Op] = [Delete(kv.key) for kv in counted]
-        remaining = {"bytes": max(0, used - size), "blobs": max(0, blobs - len(counted))}
-        ops.append(Put(ukey, dumps(remaining)))
+        shard, shard_kv = await _one_shard(store, ns)
+        guard, op = _add(shard, shard_kv, -size, -len(counted))
+        guards: list[Guard] = [guard, *((kv.key, kv.mod_revision) for kv in counted)]
+        ops: list[Op] = [*(Delete(kv.key) for kv in counted), op]
         if await store._txn(guards, ops):
             return
         await _backoff(attempt)
@@ -184,9 +221,9 @@ async def unlink(store: MetaStore, repo: str, digest: str) -> bool:
     """Remove `repo`'s link to the blob (False when there is none); the namespace stops
     counting the blob with its last counted link."""
     ns = namespace_of(repo)
-    lkey, bkey, ukey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.usage(ns)
+    lkey, bkey = keys.blob(repo, digest), keys.usage_blob(ns, digest)
     for attempt in range(_RETRIES):
-        link_kv, blob_kv, usage_kv = await store._get_many([lkey, bkey, ukey])
+        link_kv, blob_kv = await store._get_many([lkey, bkey])
         if link_kv is None:
             return False
         guards: list[Guard] = [(lkey, link_kv.mod_revision)]
@@ -198,13 +235,10 @@ async def unlink(store: MetaStore, repo: str, digest: str) -> bool:
             if repos > 1:
                 ops.append(Put(bkey, dumps({"size": size, "repos": repos - 1})))
             else:
-                total = _doc(usage_kv)
-                used, blobs = _int(total, "bytes"), _int(total, "blobs")
-                guards.append((ukey, _rev(usage_kv)))
-                ops.append(Delete(bkey))
-                ops.append(
-                    Put(ukey, dumps({"bytes": max(0, used - size), "blobs": max(0, blobs - 1)}))
-                )
+                shard, shard_kv = await _one_shard(store, ns)
+                guard, op = _add(shard, shard_kv, -size, -1)
+                guards.append(guard)
+                ops += [Delete(bkey), op]
         if await store._txn(guards, ops):
             return True
         await _backoff(attempt)
@@ -212,8 +246,8 @@ async def unlink(store: MetaStore, repo: str, digest: str) -> bool:
 
 
 async def current(store: MetaStore, namespace: str) -> Usage:
-    doc = _doc(await store._get(keys.usage(namespace)))
-    return Usage(namespace, _int(doc, "bytes"), _int(doc, "blobs"))
+    used, blobs = _total(await store._get_many(_shards(namespace)))
+    return Usage(namespace, used, blobs)
 
 
 async def recount(store: MetaStore, namespace: str) -> int:
