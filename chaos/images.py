@@ -21,7 +21,7 @@ def sha256(data: bytes) -> str:
 @dataclass(frozen=True)
 class Image:
     config: bytes
-    layer: bytes
+    layers: tuple[bytes, ...]
     manifest: bytes
 
     @property
@@ -29,23 +29,37 @@ class Image:
         return sha256(self.manifest)
 
     @property
+    def blobs(self) -> tuple[bytes, ...]:
+        return (self.config, *self.layers)
+
+    @property
     def blob_digests(self) -> tuple[str, ...]:
-        return sha256(self.config), sha256(self.layer)
+        return tuple(sha256(b) for b in self.blobs)
 
 
-def make_image(seed: str, layer_size: int = 2048) -> Image:
-    """An image whose config and layer are unique to `seed`."""
+def base_layer(index: int, size: int = 4096) -> bytes:
+    """A layer many images share (the same bytes for the same index in every run)."""
+    seed = hashlib.sha256(f"moorage-chaos-base-{index}".encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def make_image(seed: str, layer_size: int = 2048, base: bytes | None = None) -> Image:
+    """An image whose config and layer are unique to `seed`, on top of a shared `base`
+    layer when one is given."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
     layer = seed.encode() + b"\n" + os.urandom(max(0, layer_size - len(seed) - 1))
+    layers = (layer,) if base is None else (base, layer)
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": sha256(b), "size": len(b)} for b in layers
+            ],
         }
     ).encode()
-    return Image(config, layer, manifest)
+    return Image(config, layers, manifest)
 
 
 class PushRefused(Exception):
@@ -57,13 +71,26 @@ class PushRefused(Exception):
         self.status = resp.status_code
 
 
-def push(client: httpx.Client, repo: str, tag: str, image: Image) -> str:
+def push(
+    client: httpx.Client, repo: str, tag: str, image: Image, mount_from: str | None = None
+) -> str:
     """Push blobs then the manifest; return the digest the registry acknowledged (201).
+    With `mount_from` it pushes the way docker does: a blob the repository has already
+    (HEAD 200) is not sent, one `mount_from` has is mounted, the rest are uploaded.
 
     Raises PushRefused for an error answer and httpx.HTTPError when no answer came.
     """
-    for blob in (image.config, image.layer):
-        r = client.post(f"/v2/{repo}/blobs/uploads/?digest={sha256(blob)}", content=blob)
+    for blob in image.blobs:
+        digest = sha256(blob)
+        if mount_from is not None:
+            if client.head(f"/v2/{repo}/blobs/{digest}").status_code == 200:
+                continue
+            r = client.post(f"/v2/{repo}/blobs/uploads/?mount={digest}&from={mount_from}")
+            if r.status_code == 201:
+                continue
+            if r.status_code == 202:  # not mountable: the session it opened is not used
+                client.delete(r.headers.get("location", f"/v2/{repo}/blobs/uploads/x"))
+        r = client.post(f"/v2/{repo}/blobs/uploads/?digest={digest}", content=blob)
         if r.status_code != 201:
             raise PushRefused("blob upload", r)
     r = client.put(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 from harness.process import AUTH
 
-from chaos.images import PushRefused, make_image, push, verify
+from chaos.images import PushRefused, base_layer, make_image, push, verify
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,23 @@ class Ack:
 
 class Load:
     """`workers` threads pushing small images, each to a unique repo:tag, round-robin over
-    the current targets, until stopped."""
+    the current targets, until stopped. With `shared` > 0 every image also has one of
+    `shared` base layers, and blobs are pushed the way docker does (HEAD, mount from the
+    next worker's repository, upload)."""
 
     def __init__(
-        self, name: str, workers: int = 4, timeout: float = 10.0, layer_size: int = 2048
+        self,
+        name: str,
+        workers: int = 4,
+        timeout: float = 10.0,
+        layer_size: int = 2048,
+        shared: int = 0,
     ) -> None:
         self.name = name
         self.workers = workers
         self.timeout = timeout
         self.layer_size = layer_size
+        self.bases = [base_layer(i) for i in range(shared)]
         self.phase = "before"
         self.acks: list[Ack] = []
         self.attempts = 0
@@ -82,6 +90,9 @@ class Load:
             t.join(self.timeout * 4 + 30)
         self._threads = []
 
+    def repo(self, worker: int) -> str:
+        return f"chaos/{self.name}/w{worker}"
+
     def by_phase(self) -> dict[str, int]:
         return dict(Counter(a.phase for a in self.acks))
 
@@ -101,14 +112,17 @@ class Load:
                     client = clients[url] = httpx.Client(
                         base_url=url, auth=AUTH, timeout=self.timeout, verify=trust
                     )
-                repo, tag = f"chaos/{self.name}/w{w}", f"p{seq}"
-                image = make_image(f"{self.name}/{w}/{seq}/{time.time_ns()}", self.layer_size)
+                repo, tag = self.repo(w), f"p{seq}"
+                base = self.bases[seq % len(self.bases)] if self.bases else None
+                seed = f"{self.name}/{w}/{seq}/{time.time_ns()}"
+                image = make_image(seed, self.layer_size, base)
+                mount_from = self.repo((w + 1) % self.workers) if self.bases else None
                 phase = self.phase
                 started = time.monotonic()
                 with self._lock:
                     self.attempts += 1
                 try:
-                    digest = push(client, repo, tag, image)
+                    digest = push(client, repo, tag, image, mount_from)
                 except PushRefused as exc:
                     self._fail(f"HTTP {exc.status}", f"{url} {exc}")
                     continue
@@ -137,7 +151,7 @@ class Load:
     def _fail(self, kind: str, detail: str = "") -> None:
         with self._lock:
             self.failures[kind] += 1
-            if detail and kind.startswith(("HTTP 5", "error")) and kind not in self.samples:
+            if detail and kind.startswith(("HTTP", "error")) and kind not in self.samples:
                 self.samples[kind] = f"{self.phase}: {detail}"
         time.sleep(0.2)
 

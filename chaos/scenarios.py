@@ -2,6 +2,8 @@
 while it injects one fault and recovers from it the way an operator would, then pulls every
 acknowledged image through the healthy replicas and checks every digest.
 
+`gc` also deletes images and collects garbage all along (chaos/gc.py).
+
 Load runs in three phases of `duration / 3` seconds each: before the fault, during it, and
 after the recovery (total-loss has a fourth: between the backup and the loss).
 
@@ -26,10 +28,11 @@ import httpx
 from harness.cluster import Cluster, Node
 from harness.netns import NetLab, netns_unavailable
 
+from chaos import gc
 from chaos.load import Ack, Load, missing_tags, verify_all
 
 SURVIVOR_LAG = 1.5  # seconds the survivors of a majority loss fall behind before it
-SCENARIOS = ("kill-minority", "sigstop", "netcut", "majority-loss", "total-loss")
+SCENARIOS = ("kill-minority", "sigstop", "netcut", "majority-loss", "total-loss", "gc")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Result:
     fault: str = ""
     acknowledged: int = 0
     verified: int = 0
+    deleted: int = 0  # gc: acknowledged, then deleted (or maybe: the delete got no answer)
     lost: list[str] = field(default_factory=list)
     # Acknowledged pushes the recovered store lacked before the journal replay: what etcd
     # (or the backup) alone would have lost. None where the scenario cannot lose any.
@@ -63,6 +67,10 @@ class Result:
     # ended must not; the ones that overlapped the backup may go either way.
     backup_window: dict[str, int] = field(default_factory=dict)
     backup_mismatch: list[str] = field(default_factory=list)
+    # gc: deletes, collections, kills; the last collection; what the final check found
+    gc: dict[str, Any] = field(default_factory=dict)
+    gc_last: dict[str, Any] = field(default_factory=dict)
+    gc_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
     events: list[str] = field(default_factory=list)
@@ -73,6 +81,7 @@ class Result:
             self.error is None
             and not self.lost
             and not self.backup_mismatch
+            and not self.gc_problems
             and self.acknowledged > 0
         )
 
@@ -84,7 +93,8 @@ class Result:
         lines = [
             f"{r.scenario} ({r.replicas} replicas; {r.fault}; {r.seconds} s)",
             f"  pushes acknowledged {r.acknowledged}, verified {r.verified}, lost {len(r.lost)}"
-            f"  (attempts {r.attempts}; acknowledged by phase {r.acknowledged_by_phase})",
+            + (f", deleted {r.deleted}" if r.gc else "")
+            + f"  (attempts {r.attempts}; acknowledged by phase {r.acknowledged_by_phase})",
         ]
         if r.failures:
             lines.append(f"  failed attempts (not acknowledged, not counted): {r.failures}")
@@ -105,6 +115,27 @@ class Result:
                 f"it present, {w['after_missing']}/{w['after']} begun after it missing, "
                 f"{w['during_missing']}/{w['during']} overlapping it missing"
             )
+        if r.gc:
+            g = r.gc
+            lines.append(
+                f"  deletes acknowledged {g['deletes']} (unanswered {g['deletes_unknown']}); "
+                f"collections {g['collections']} finished, {g['collections_interrupted']} "
+                f"interrupted, {g['busy']} busy; freed {g['blobs_freed']} blobs "
+                f"({g['bytes_freed']} bytes), {g['manifests_collected']} untagged manifests, "
+                f"rescued {g['rescued']}; kills {g['kills']} (collections killed: "
+                f"{g['killed_collections']})"
+            )
+            if g["failures"]:
+                lines.append(f"  churn failures: {g['failures']}")
+                lines += [f"    first {k}: {v}" for k, v in g["samples"].items()]
+        if r.gc_last:
+            lines.append(
+                f"  last collection freed {r.gc_last.get('blobs')} blobs, "
+                f"{r.gc_last.get('manifests')} manifests; blob storage then held "
+                f"{r.gc_last.get('stored_blobs')} files, unreferenced or missing "
+                f"{len(r.gc_problems)}"
+            )
+        lines += [f"  GC PROBLEM {item}" for item in r.gc_problems[:50]]
         lines += [f"  BACKUP MISMATCH {item}" for item in r.backup_mismatch]
         lines += [f"  LOST {item}" for item in r.lost]
         if r.error:
@@ -119,7 +150,9 @@ class Run:
         self.name = name
         self.opts = opts
         self.cluster = Cluster(workdir, lab, tls=True)
-        self.load = Load(name, workers=opts.workers)
+        shared = gc.SHARED_LAYERS if name == "gc" else 0
+        self.load = Load(name, workers=opts.workers, shared=shared)
+        self.churn = gc.Churn(self.load) if name == "gc" else None
         self.result = Result(name, opts.replicas)
         self.t0 = time.monotonic()
         self.third = opts.duration / 3
@@ -136,6 +169,8 @@ class Run:
     def targets(self, nodes: list[Node] | None = None) -> None:
         nodes = nodes or self.cluster.nodes
         self.load.set_targets([n.url for n in nodes], nodes[0].verify())
+        if self.churn is not None:
+            self.churn.set_targets([n.url for n in nodes], nodes[0].verify())
 
     def build(self) -> None:
         self.cluster.install()
@@ -392,12 +427,44 @@ def check_backup_window(
     ] + [f"{a.ref}: begun after the backup ended, yet in it" for a in after if a.ref not in gone]
 
 
+def gc_kills(run: Run) -> None:
+    """SIGKILL the replica running a collection (the etcd leader) mid-run, then a follower;
+    `moorage start` each. Deletes and collections go on throughout."""
+    assert run.churn is not None
+    run.result.fault = (
+        "SIGKILL the replica running a collection (the leader), then a follower, while "
+        "images are deleted and collected"
+    )
+    run.phase("fault")
+    rounds = max(1, int(run.opts.duration // 60))
+    for _ in range(rounds):
+        victim = run.cluster.leader()
+        phase = gc.start_and_kill(victim.url, victim.verify())
+        run.cluster.kill(victim)
+        run.churn.counts.kills += 1
+        run.churn.counts.killed_collections.append(phase)
+        run.event(f"SIGKILL {victim}, its collection: {phase}")
+        time.sleep(run.third / (2 * rounds))
+        run.cluster.start(victim)
+        run.event(f"moorage start {victim}")
+        run.wait_healthy()
+        follower = next(n for n in run.cluster.nodes if n is not run.cluster.leader())
+        run.cluster.kill(follower)
+        run.churn.counts.kills += 1
+        run.event(f"SIGKILL {follower}")
+        time.sleep(run.third / (2 * rounds))
+        run.cluster.start(follower)
+        run.event(f"moorage start {follower}")
+        run.wait_healthy()
+
+
 FAULTS: dict[str, Callable[[Run], None]] = {
     "kill-minority": kill_minority,
     "sigstop": sigstop,
     "netcut": netcut,
     "majority-loss": majority_loss,
     "total-loss": total_loss,
+    "gc": gc_kills,
 }
 
 
@@ -416,6 +483,8 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
         run.build()
         run.targets()
         run.load.start()
+        if run.churn is not None:
+            run.churn.start()
         run.phase("before")
         time.sleep(run.third)
         FAULTS[name](run)
@@ -424,14 +493,29 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
         run.load.stop()
         run.event(f"load stopped: {len(run.load.acks)} acknowledged; verifying")
         nodes = run.cluster.nodes
-        result.lost = verify_all(run.load.acks, [n.url for n in nodes], nodes[0].verify())
-        result.verified = len(run.load.acks) - len(result.lost)
+        to_verify = run.load.acks
+        if run.churn is not None:
+            run.churn.stop()
+            excluded = run.churn.excluded()
+            to_verify = [a for a in to_verify if a.ref not in excluded]
+            result.deleted = len(run.load.acks) - len(to_verify)
+            run.event(f"churn stopped: {len(excluded)} deleted (or maybe); verifying the rest")
+        result.lost = verify_all(to_verify, [n.url for n in nodes], nodes[0].verify())
+        result.verified = len(to_verify) - len(result.lost)
         run.event(f"verified {result.verified}, lost {len(result.lost)}")
+        if run.churn is not None:
+            result.gc_last, result.gc_problems = gc.final_check(
+                run.churn, run.load.acks, nodes[0].url, nodes[0].verify(), run.cluster.storage
+            )
+            run.event(f"last collection {result.gc_last}; problems {len(result.gc_problems)}")
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         run.event("FAILED: " + traceback.format_exc())
     finally:
         run.load.stop()
+        if run.churn is not None:
+            run.churn.stop()
+            result.gc = run.churn.counts.as_dict()
         run.cluster.shutdown()
     acks: list[Ack] = run.load.acks
     result.acknowledged = len(acks)

@@ -2,7 +2,8 @@
 five for the two kill scenarios; concurrent pushers, one fault per scenario; not one
 acknowledged push may be lost. Every cluster serves HTTPS (TLS on, etcd with mutual TLS): the
 pushers, the verifier and the CLI trust only the CA `moorage ca export` wrote, the restored
-cluster's new one after total-loss."""
+cluster's new one after total-loss. `gc` also deletes images and collects garbage throughout,
+SIGKILLs the replica running a collection, and checks blob storage after a last collection."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_scenario_loses_nothing(scenario: str, replicas: int, tmp_path: Path) ->
     assert result.acknowledged > 0, result.failures
     assert result.lost == [], result.describe()
     assert result.backup_mismatch == [], result.describe()
-    assert result.verified == result.acknowledged
+    assert result.verified + result.deleted == result.acknowledged
+    assert result.gc_problems == [], result.describe()
     if result.etcd_alone_lost is not None:
         # Whatever the recovered store lacked came back from the journal.
         assert result.journal_replayed is not None
