@@ -203,7 +203,7 @@ def collect(
 
 def start_and_kill(url: str, trust: ssl.SSLContext | bool, patience: float = 60) -> str:
     """Start a collection on the replica at `url` (without waiting for it) once no other
-    runs; return once it has run a random 0-0.5 s, saying how far it got. The caller kills
+    runs; return once it has run a random 0-0.25 s, saying how far it got. The caller kills
     the replica."""
     deadline = time.monotonic() + patience
     with httpx.Client(base_url=url, auth=AUTH, timeout=30, verify=trust) as c:
@@ -215,7 +215,7 @@ def start_and_kill(url: str, trust: ssl.SSLContext | bool, patience: float = 60)
             if r.status_code != 423 or time.monotonic() > deadline:
                 raise RuntimeError(f"could not start a collection: HTTP {r.status_code} {r.text}")
             time.sleep(0.1)
-        delay = random.uniform(0, 0.5)
+        delay = random.uniform(0, 0.25)
         time.sleep(delay)
         doc = c.get("/api/v0/gc").json()
     if (doc.get("last") or {}).get("run") == run:

@@ -154,10 +154,21 @@ class Manifests:
         async def check() -> list[Guard]:  # immutable tags and the quota (meta/policies.py)
             return await self.policies.push_guards(repo, str(digest), unique_tags, len(body))
 
-        # One transaction checks the references and the policies and records the manifest.
-        missing = await self.meta.put_manifest(
-            repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
-        )
+        async def record_it() -> list[str]:
+            # A link is not proof of bytes: a recovery (emergency repair, restore) can bring
+            # back links whose bytes a collection deleted (its link deletes are not
+            # journaled). So the bytes are checked first, then one transaction checks the
+            # links, the policies and records the manifest. A collection deletes a link
+            # before its bytes, under a tombstone that transaction is guarded against, so
+            # bytes seen here are not deleted before it commits.
+            gone = [d for d in blobs if await self.storage.stat(d) is None]
+            if gone:
+                return gone
+            return await self.meta.put_manifest(
+                repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
+            )
+
+        missing = await record_it()
         config = manifest.config
         if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
             # The empty JSON config of artifacts: create it rather than fail the push.
@@ -166,9 +177,7 @@ class Manifests:
             await link_stored(
                 self.meta, repo, parse_digest(mt.EMPTY_JSON_DIGEST), len(mt.EMPTY_JSON)
             )
-            missing = await self.meta.put_manifest(
-                repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
-            )
+            missing = await record_it()
         if missing:
             what = "manifests" if manifest.is_index else "blobs"
             kind = "index" if manifest.is_index else "manifest"
