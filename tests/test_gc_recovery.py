@@ -86,8 +86,9 @@ def test_restore_after_a_collection_reports_or_brings_back_the_collected_blobs(
 
     # With --include-blobs the archive brings the collected bytes back: everything pulls.
     full, doc = restore(cluster, with_blobs, "full", "--no-replay-journal")
-    assert doc["missing_blobs"] == [] and doc["problems"] == [], doc
-    assert doc["blobs_copied"] >= len(gone.blob_digests)  # the bare restore put the manifest back
+    assert doc["missing_blobs"] == [], doc
+    assert doc["problems"] == [], doc
+    assert doc["blobs_copied"] >= len(gone.blob_digests)  # (the bare one put the manifest back)
     assert pull(full, "rec/app", "gone", gone) == ""
     assert pull(full, "rec/app", "kept", kept) == ""
     moorage("destroy", "--yes", "--data-dir", str(full.data_dir))
