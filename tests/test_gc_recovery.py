@@ -6,6 +6,7 @@ bytes."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,49 @@ def test_manifest_put_refuses_a_link_whose_bytes_are_gone(cluster: Cluster) -> N
                   headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
         assert r.status_code == 201, r.text
         assert c.get(f"/v2/rec/lost/blobs/{layer}").content == first.layers[0]
+
+
+def test_emergency_repair_that_lost_a_collection_leaves_nothing_inconsistent(
+    cluster: Cluster,
+) -> None:
+    """The survivor of a quorum loss learned nothing of a collection (the extreme case of
+    losing its last transactions): the journal deletes the image again, the links the
+    collection had deleted come back without bytes, a manifest naming one is refused, and
+    the next collection drops them."""
+    node = cluster.nodes[0]
+    gone, kept = make_image("repair/gone"), make_image("repair/kept")
+    with node.client() as c:
+        push(c, "repair/app", "gone", gone)
+        push(c, "repair/app", "kept", kept)
+    # What etcd's force-new-cluster would keep of a survivor that learned nothing more.
+    moorage("stop", "--data-dir", str(node.data_dir))
+    stale = cluster.root / "etcd-before-gc"
+    shutil.copytree(node.data_dir / "etcd", stale)
+    moorage("start", "--data-dir", str(node.data_dir))
+    with node.client() as c:
+        assert c.delete(f"/v2/repair/app/manifests/{gone.digest}").status_code == 202
+    collect(node)
+    assert not any(blob_file(cluster.storage, d).exists() for d in gone.blob_digests)
+
+    moorage("stop", "--data-dir", str(node.data_dir))
+    shutil.rmtree(node.data_dir / "etcd")
+    shutil.copytree(stale, node.data_dir / "etcd")
+    out = moorage("emergency-repair", "--data-dir", str(node.data_dir), "--yes", "--json")
+    assert json.loads(out.stdout)["result"]["journal_replayed"]["applied"] >= 1
+    layer = sha256(gone.layers[0])
+    with node.client() as c:
+        # The delete came back from the journal; the kept image is intact.
+        assert c.get(f"/v2/repair/app/manifests/{gone.digest}").status_code == 404
+        assert pull(node, "repair/app", "kept", kept) == ""
+        # The collection's link deletes did not: the link is back, its bytes are not.
+        assert c.head(f"/v2/repair/app/blobs/{layer}").status_code == 404
+        r = c.put("/v2/repair/app/manifests/again", content=gone.manifest,
+                  headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
+        assert r.status_code == 400, r.text
+        assert r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    # The next collection drops the links whose bytes are gone (nothing references them).
+    freed = collect(node)
+    assert layer in {d for u in freed["repositories"].values() for d in u["digests"]}
+    with node.client() as c:
+        push(c, "repair/app", "again", gone)  # a push of the same image works again
+        assert pull(node, "repair/app", "again", gone) == ""
