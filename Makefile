@@ -41,13 +41,13 @@ lint: install
 	$(BIN)/lint-imports --no-cache --no-logo
 
 # Two pytest-xdist workers (one a core on the 2-core CI machine): a test module runs whole on
-# one worker, the network-namespace tests together (tests/conftest.py); PYTEST_WORKERS=0 runs
+# one worker, the network-namespace tests together (pytest_xdist_make_scheduler, tests/conftest.py); PYTEST_WORKERS=0 runs
 # everything in one process.
 PYTEST_WORKERS ?= 2
 test: install lint
 	@# the Distribution registry: tests/test_bench_tls.py runs the benchmark's servers
 	@./scripts/ensure-packages.sh --no-start docker-registry
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The unit tier only: no processes, no network, no etcd (see "Development" in README.md).
 test-fast: $(VENV)/.installed

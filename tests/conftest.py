@@ -12,6 +12,7 @@ import compileall
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,20 +100,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             tier = TIERS.get(path.name, "replica")
         item.add_marker(getattr(pytest.mark, tier))
-        # pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): a module's tests run on one
-        # worker, so its module-scoped cluster starts once; the network-namespace tests share
-        # one worker (they make bridges and namespaces of the root namespace).
-        group = "netns" if tier in ("netns", "chaos") else path.name
-        item.add_marker(pytest.mark.xdist_group(group))
     # Longest groups first: xdist hands groups out in this order, so the two workers end
     # together instead of one waiting on a long module started last.
     order = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: order.get(_group_of(item), len(order)))
+    items.sort(key=lambda item: order.get(xdist_group(item.nodeid).rsplit("/", 1)[-1], len(order)))
 
 
-def _group_of(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0]) if mark is not None else ""
+def xdist_group(nodeid: str) -> str:
+    """The group of tests one pytest-xdist worker runs whole: a module (its module-scoped
+    cluster starts once), or "netns" for the network-namespace and chaos tests (they make
+    bridges and namespaces of the root namespace: one at a time)."""
+    module = nodeid.split("::", 1)[0]
+    return "netns" if TIERS.get(module.rsplit("/", 1)[-1]) in ("netns", "chaos") else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs `-n 2`: whole groups (xdist_group above) to a worker, in the order
+    collected. (xdist's own `loadgroup` marks do nothing with pytest 9, whose node ids
+    xdist can no longer suffix.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ and its own, read at once), or one page of every record.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from moorage.errors import QuotaExceeded, RecordCorrupt, TagImmutable
@@ -16,6 +17,9 @@ from moorage.meta.ops import KV, Delete, Guard, Put
 from moorage.meta.policy_records import Applicable, PolicyRecord, namespace_of
 from moorage.meta.records import TagRecord
 
+#: Repositories whose policies are kept as last read (Policies._known).
+_KNOWN = 4096
+
 
 def _decode(kv: KV | None) -> PolicyRecord | None:
     return PolicyRecord.decode(kv.value) if kv is not None else None
@@ -24,12 +28,20 @@ def _decode(kv: KV | None) -> PolicyRecord | None:
 class Policies:
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
+        # The policies last read per repository. Only a first attempt uses them: every write
+        # they shape is guarded by the revisions they carry, so a stale entry costs one failed
+        # transaction, whose retry reads afresh (and refreshes the entry).
+        self._known: OrderedDict[str, Applicable] = OrderedDict()
 
     async def get(self, target: str) -> PolicyRecord | None:
         return _decode(await self.meta._get(keys.policy(target)))
 
-    async def applicable(self, repo: str) -> Applicable:
-        """The namespace's and the repository's policies (two reads at once)."""
+    async def applicable(self, repo: str, fresh: bool = True) -> Applicable:
+        """The namespace's and the repository's policies (two reads at once); `fresh=False`:
+        as last read here, if they were (see __init__: only for guarded writes)."""
+        if not fresh and (known := self._known.get(repo)) is not None:
+            self._known.move_to_end(repo)
+            return known
         ns = namespace_of(repo)
         names = [ns] if ns == repo else [ns, repo]
         kvs = await self.meta._get_many([keys.policy(n) for n in names])
@@ -37,7 +49,12 @@ class Policies:
             (keys.policy(n), kv.mod_revision if kv else 0) for n, kv in zip(names, kvs, strict=True)
         )
         records = [_decode(kv) for kv in kvs]
-        return Applicable(records[0], records[1] if len(records) > 1 else None, guards)
+        found = Applicable(records[0], records[1] if len(records) > 1 else None, guards)
+        self._known[repo] = found
+        self._known.move_to_end(repo)
+        if len(self._known) > _KNOWN:
+            self._known.popitem(last=False)
+        return found
 
     async def put(self, record: PolicyRecord) -> None:
         key = keys.policy(record.target)
@@ -74,14 +91,26 @@ class Policies:
 
     # -- enforcement: what a push or a delete must be guarded by ---------------------------
     async def push_guards(
-        self, repo: str, digest: str, tags: Sequence[str], size: int
+        self, repo: str, digest: str, tags: Sequence[str], size: int, fresh: bool = True
     ) -> list[Guard]:
         """Guards for the transaction that records manifest `digest` (`size` bytes) in `repo`
         and points `tags` at it: the policies' revisions and, per immutable tag, its
         revision (or its absence) as read here, so a replica that moves it meanwhile makes
         the transaction fail and the check run again. TagImmutable when a tag would move;
-        QuotaExceeded when the namespace has no room for the manifest's bytes."""
-        applicable = await self.applicable(repo)
+        QuotaExceeded when the namespace has no room for the manifest's bytes. `fresh=False`
+        starts from the policies as last read; a refusal is always decided on a fresh read
+        (a stale entry may hold a rule since removed)."""
+        if fresh:
+            return await self._push_guards(await self.applicable(repo), repo, digest, tags, size)
+        try:
+            known = await self.applicable(repo, fresh=False)
+            return await self._push_guards(known, repo, digest, tags, size)
+        except (TagImmutable, QuotaExceeded):
+            return await self._push_guards(await self.applicable(repo), repo, digest, tags, size)
+
+    async def _push_guards(
+        self, applicable: Applicable, repo: str, digest: str, tags: Sequence[str], size: int
+    ) -> list[Guard]:
         guards: list[Guard] = list(applicable.guards)
         ruled = [(t, rule) for t in tags if (rule := applicable.immutable_rule(t)) is not None]
         if ruled:
@@ -118,10 +147,12 @@ class Policies:
                 )
         return guards
 
-    async def delete_guards(self, repo: str, what: str, tags: Sequence[str]) -> list[Guard]:
+    async def delete_guards(
+        self, repo: str, what: str, tags: Sequence[str], fresh: bool = True
+    ) -> list[Guard]:
         """Guards for deleting `what` (a tag, or a manifest that `tags` point at) in `repo`;
         TagImmutable when one of `tags` is immutable."""
-        applicable = await self.applicable(repo)
+        applicable = await self.applicable(repo, fresh)
         for tag in tags:
             rule = applicable.immutable_rule(tag)
             if rule is not None:

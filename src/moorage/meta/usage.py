@@ -141,7 +141,10 @@ async def link(
     lkey, bkey, pkey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.policy(ns)
     tkey, shards = keys.blob_tombstone(digest), _shards(ns)
     for attempt in range(_RETRIES):
-        link_kv, blob_kv, policy_kv, tomb_kv = await store._get_many([lkey, bkey, pkey, tkey])
+        pick = random.randrange(len(shards))  # read with the rest: one round trip, no quota
+        link_kv, blob_kv, policy_kv, tomb_kv, shard_kv = await store._get_many(
+            [lkey, bkey, pkey, tkey, shards[pick]]
+        )
         if tomb_kv is not None:
             return False
         if recount and (link_kv is None or _counted(link_kv)):
@@ -162,9 +165,8 @@ async def link(
             ops.append(Put(bkey, dumps({"size": _int(doc, "size"), "repos": repos})))
         else:
             quota = _quota(policy_kv)
-            if quota is None:
-                shard, shard_kv = await _one_shard(store, ns)
-            else:
+            shard = shards[pick]
+            if quota is not None:
                 shard_kvs = await store._get_many(shards)
                 used, _ = _total(shard_kvs)
                 if enforce and used + size > quota:
@@ -175,10 +177,12 @@ async def link(
                         "--quota SIZE'",
                         detail={"namespace": ns, "used": used, "quota": quota, "needed": size},
                     )
-                guards += [(k, _rev(kv)) for k, kv in zip(shards[1:], shard_kvs[1:], strict=True)]
-                shard, shard_kv = shards[0], shard_kvs[0]
+                guards += [(k, _rev(kv)) for k, kv in zip(shards, shard_kvs, strict=True)]
+                shard_kv = shard_kvs[pick]
             guard, op = _add(shard, shard_kv, size, 1)
-            guards += [guard, (bkey, 0), (pkey, _rev(policy_kv))]
+            if quota is None:
+                guards.append(guard)  # with a quota every shard is guarded already
+            guards += [(bkey, 0), (pkey, _rev(policy_kv))]
             ops += [Put(bkey, dumps({"size": size, "repos": 1})), op]
         if await store._txn(guards, ops):
             return True

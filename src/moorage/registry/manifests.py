@@ -148,11 +148,16 @@ class Manifests:
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
         unique_tags = list(dict.fromkeys(tags))
-        sparse = (await self.policies.applicable(repo)).allow_sparse
+        sparse = (await self.policies.applicable(repo, fresh=False)).allow_sparse
         blobs, children = ([], []) if sparse else _requirements(manifest)
+        checks = 0
 
         async def check() -> list[Guard]:  # immutable tags and the quota (meta/policies.py)
-            return await self.policies.push_guards(repo, str(digest), unique_tags, len(body))
+            nonlocal checks
+            checks += 1  # the first from the policies as last read, a retry reads afresh
+            return await self.policies.push_guards(
+                repo, str(digest), unique_tags, len(body), fresh=checks > 1
+            )
 
         async def record_it() -> list[str]:
             # A link is not proof of bytes: a recovery (emergency repair, restore) can bring
@@ -163,12 +168,17 @@ class Manifests:
             # bytes seen here are not deleted before it commits.
             gone = [d for d in blobs if await self.storage.stat(d) is None]
             if gone:
+                await check()  # a push the policies refuse says so first (403 over 400)
                 return gone
             return await self.meta.put_manifest(
                 repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
             )
 
         missing = await record_it()
+        if missing and not sparse and (await self.policies.applicable(repo)).allow_sparse:
+            # refused on the policies as last read here: sparse content is allowed now
+            blobs, children = [], []
+            missing = await record_it()
         config = manifest.config
         if config is not None and config.digest == mt.EMPTY_JSON_DIGEST in missing:
             # The empty JSON config of artifacts: create it rather than fail the push.
