@@ -30,7 +30,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from moorage.api.account_input import Invalid, name_of, page_of, password_of, subject_of, target_of
+from moorage.api.account_input import (
+    Invalid,
+    flag_of,
+    name_of,
+    page_of,
+    password_of,
+    subject_of,
+    target_of,
+)
 from moorage.api.cluster import MAX_BODY, _error, _fenced, _JSONResponse, _read_body
 from moorage.api.http import authorization
 from moorage.api.state import AppState
@@ -176,7 +184,7 @@ async def add_user(request: Request, st: AppState, who: Principal, body: dict[st
     password = password_of(body.get("password"))
     generated = password is None
     password = password or secrets.token_urlsafe(18)
-    admin = bool(body.get("admin", False))
+    admin = flag_of(body.get("admin"), "admin")
     hashed = await asyncio.to_thread(hash_password, password)
     user = UserRecord(name, hashed, "admin" if admin else "user", admin=admin)
     await _accounts(st).add_user(user)
