@@ -180,8 +180,10 @@ class Accounts:
         while ids := await tokens.owned_ids(self.meta, name, STORE_PAGE):
             for token_id in ids:
                 record = await tokens.get(self.meta, token_id)
-                if record is None or record.owner != name or not await tokens.delete(
-                    self.meta, record
+                if (
+                    record is None
+                    or record.owner != name
+                    or not await tokens.delete(self.meta, record)
                 ):
                     await self.meta._txn([], [Delete(prefix + token_id.encode())])
 
