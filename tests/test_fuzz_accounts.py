@@ -316,23 +316,51 @@ FLAGS: st.SearchStrategy[Any] = st.one_of(
     st.booleans(), st.sampled_from(["false", "true", 0, 1, None, [], {}, "yes"])
 )
 SCOPE_TYPES = ["repository", "registry", "repository(plugin)", "Repository", "repo", "", "a(b)"]
-SCOPE_NAMES = [REPO, "fuzz-user/own", "fuzz-org/*", "*", "catalog", "127.0.0.1:5000/x", "a:b:c"]
+SCOPE_NAMES = [
+    REPO,
+    "fuzz-user/own",
+    "fuzz-org/*",
+    "*",
+    "catalog",
+    "127.0.0.1:5000/x",
+    "a:b:c",
+    "/fuzz-org/app",
+    "/",
+    "fuzz-org/",
+    "fuzz-org@user:fuzz-user",
+]
 SCOPE_ACTIONS = ["pull", "push", "delete", "*", "pull,push", "pull,push,delete", "", "PULL", ",,"]
 
 
 def scopes() -> st.SearchStrategy[str]:
+    """Mostly well-formed scopes (any name, hostile ones included, goes to the policy), one
+    in about twenty malformed (which refuses the whole request)."""
+    names = st.one_of(st.sampled_from(SCOPE_NAMES), hostile_text(TARGETS)).map(
+        lambda n: "".join(c for c in n if not c.isspace()) or "x"
+    )
     one = st.builds(
         lambda t, n, a: f"{t}:{n}:{a}",
-        st.sampled_from(SCOPE_TYPES),
-        st.one_of(st.sampled_from(SCOPE_NAMES), hostile_text(TARGETS)),
-        st.sampled_from(SCOPE_ACTIONS),
+        st.sampled_from(["repository"] * 4 + ["registry", "repository(plugin)"]),
+        names,
+        st.sampled_from(["pull", "push", "delete", "*", "pull,push", "pull,push,delete"]),
+    )
+    malformed = st.one_of(
+        st.builds(
+            lambda t, n, a: f"{t}:{n}:{a}",
+            st.sampled_from(SCOPE_TYPES),
+            st.one_of(st.sampled_from(SCOPE_NAMES), hostile_text(TARGETS)),
+            st.sampled_from(SCOPE_ACTIONS),
+        ),
+        st.text(max_size=40),
+        st.sampled_from(["repository:fuzz-org/app:pull" * 100, "a" * 20000, ":", "::"]),
     )
     return st.one_of(
-        one,
-        one,
-        st.lists(one, min_size=2, max_size=40).map(" ".join),
-        st.text(max_size=40),
-        st.sampled_from(["registry:catalog:*", "repository:fuzz-org/app:pull" * 100, "a" * 20000]),
+        *[one] * 12,
+        *[st.lists(one, min_size=2, max_size=6).map(" ".join)] * 6,
+        st.integers(30, 40).map(
+            lambda k: " ".join(f"repository:fuzz-org/r{i}:pull" for i in range(k))
+        ),
+        malformed,
     )
 
 
@@ -414,12 +442,14 @@ def encode_query(pairs: list[tuple[str, str]]) -> str:
 
 
 @st.composite
-def credentials(draw: st.DrawFn, site: Site) -> tuple[bytes | None, str | None, str]:
+def credentials(
+    draw: st.DrawFn, site: Site, admins: int = 12
+) -> tuple[bytes | None, str | None, str]:
     """(Authorization, source address, who): mostly the admin, sometimes the non-admin user,
     its access token, a robot's, a Bearer JWT, or something hostile from an address of its
     own (failed logins are limited per address; hostile ones never name a real account)."""
     kind = draw(
-        st.sampled_from(["admin"] * 12 + ["user"] * 3 + ["token", "robot", "bearer", "hostile"])
+        st.sampled_from(["admin"] * admins + ["user"] * 3 + ["token", "robot", "bearer", "hostile"])
     )
     if kind == "admin":
         return _basic(*AUTH), None, "admin"
@@ -572,12 +602,16 @@ def build(
 
 @st.composite
 def token_gets(draw: st.DrawFn, site: Site) -> tuple[Request, str]:
-    auth, source, who = draw(credentials(site))
+    auth, source, who = draw(credentials(site, admins=2))  # mostly the non-admin's grants
     if who == "token" and draw(st.booleans()):
         auth = _basic(USER, site.user_token)
     pairs: list[tuple[str, str]] = []
-    for value in draw(st.lists(scopes(), max_size=40)):
+    for value in draw(st.lists(scopes(), max_size=6)):
         pairs.append(("scope", value))
+    if draw(ONE_IN_10):  # more scope parameters than a token holds
+        pairs += [
+            ("scope", f"repository:fuzz-org/r{i}:pull") for i in range(draw(st.integers(30, 40)))
+        ]
     if draw(ONE_IN_4):
         service = draw(st.sampled_from([site.service, "", "other", HUGE, "\ud800"]))
         pairs.append(("service", service))
@@ -756,6 +790,50 @@ def test_fuzz_token_endpoint_post(site: Site) -> None:
 
 def test_fuzz_account_api(site: Site) -> None:
     run(site, account_requests(site), examples=300)
+
+
+HOSTILE_SCOPE_NAMES = [
+    "/fuzz-org/app",
+    "/",
+    "//",
+    "fuzz-org/",
+    "fuzz-org//app",
+    "../fuzz-org/app",
+    "fuzz-org/../admin",
+    "*",
+    "fuzz-org/*",
+    "fuzz-org@user:fuzz-user",
+    "fuzz-org/app@user:fuzz-user",
+    "FUZZ-ORG/app",
+    "\u0430dmin/x",
+    "a" * 480,  # (a scope is at most 512 characters)
+]
+
+
+def test_hostile_scope_names_for_each_kind_of_principal(site: Site) -> None:
+    """Every scope name a policy could trip on, asked for by the non-admin with its password,
+    its access token, the robot and nobody: a token (never 5xx) granting nothing outside the
+    namespaces the non-admin holds (its own and, through its team, fuzz-org), and nothing to
+    the robot (scoped to fuzz-org/app) or to nobody."""
+    who = [
+        (_basic(USER, PASSWORD), None, (USER, ORG)),
+        (_basic(USER, site.user_token), next(_SOURCES), (ORG,)),
+        (_basic(site.robot_name, site.robot_token), next(_SOURCES), ()),
+        (None, next(_SOURCES), ()),
+    ]
+    for name in HOSTILE_SCOPE_NAMES:
+        for auth, source, holds in who:
+            headers = [(b"Authorization", auth)] if auth else []
+            query = encode_query([("scope", f"repository:{name}:pull,push")])
+            resp = rawhttp.request(
+                site.replica.port, b"GET", f"/auth/token?{query}".encode(), headers,
+                auth=False, source=source,
+            )  # fmt: skip
+            assert resp is not None
+            assert resp.status == 200, (name, auth, resp.status, resp.body[:300])
+            granted = [a["name"] for a in jwt_claims(resp.json()["token"])["access"]]
+            assert all(n.split("/")[0] in holds for n in granted), (name, auth, granted)
+    site.assert_intact()
 
 
 def test_forged_bearer_tokens_never_pull(site: Site) -> None:

@@ -17,7 +17,7 @@ name reused by `add_user` first loses what an interrupted delete left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from moorage.meta import access_tokens as tokens
@@ -100,6 +100,23 @@ class Accounts:
             async for page in self.meta._scan(prefix, end, keys_only=True):
                 public |= {kv.key[len(keys.PUBLIC) :].decode() for kv in page}
         return NamespaceAccess(roles, frozenset(public))
+
+    async def repository(
+        self, ns: str, repo: str, subjects: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], str], bool]:
+        """The roles of `subjects` on `ns` and on `repo`, by (target, subject), and whether
+        `repo` is public: one batched read of at most 2 * len(subjects) + 1 keys, however
+        many grants the namespace holds."""
+        pairs = [(t, s) for t in dict.fromkeys((ns, repo)) for s in subjects]
+        found = await self.meta._get_many(
+            [*(keys.grant(t, s) for t, s in pairs), keys.public(repo)]
+        )
+        roles = {
+            pair: GrantRecord.decode(kv.value).role
+            for pair, kv in zip(pairs, found, strict=False)
+            if kv is not None
+        }
+        return roles, found[-1] is not None
 
     async def _values(
         self, prefix: bytes, n: int, last: str | None, start_key: bytes | None = None
