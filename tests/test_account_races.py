@@ -218,17 +218,21 @@ Call = tuple[str, dict[str, Any]]
 
 
 def duel(log: Log, first: tuple[httpx.Client, Call], second: tuple[httpx.Client, Call],
-         delay: float) -> None:  # fmt: skip
+         delay: float) -> list[int]:  # fmt: skip
     """Two calls started together (the second `delay` seconds later: a sweep of the race
-    window, not a timing assertion)."""
+    window, not a timing assertion); their statuses."""
     gate = threading.Barrier(2)
+    statuses = [0, 0]
 
-    def call(api: httpx.Client, path: str, body: dict[str, Any], wait: float) -> None:
+    def call(i: int, api: httpx.Client, path: str, body: dict[str, Any], wait: float) -> None:
         gate.wait()
         time.sleep(wait)
-        log.note(path, api.post(path, json=body))
+        statuses[i] = log.note(path, api.post(path, json=body)).status_code
 
-    together(partial(call, first[0], *first[1], 0.0), partial(call, second[0], *second[1], delay))
+    together(
+        partial(call, 0, first[0], *first[1], 0.0), partial(call, 1, second[0], *second[1], delay)
+    )
+    return statuses
 
 
 def test_deletes_racing_additions_leave_no_orphans(race: Race) -> None:
@@ -254,6 +258,53 @@ def test_deletes_racing_additions_leave_no_orphans(race: Race) -> None:
                 duel(log, (on_a, remove), (on_b, add), (i % 8) * 0.004)
     assert log.errors == [], log.errors
     assert_consistent(race)
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one(race: Race) -> None:
+    """The two enabled cluster admins disable each other through the two replicas at once:
+    one wins, the other is refused (the last enabled admin stays), every round."""
+    a, b, log = race.a, race.b, race.log
+    with client(a, AUTH) as api:
+        for name in ("boss1", "boss2"):
+            ok(api.post("/api/v0/users", json={"name": name, "password": PASSWORD, "admin": True}))
+    bosses = {"boss1": client(a, ("boss1", PASSWORD)), "boss2": client(b, ("boss2", PASSWORD))}
+    try:
+        ok(bosses["boss1"].post("/api/v0/users/disable", json={"name": "admin"}))
+        for i in range(ROUNDS // 2):
+            first = (bosses["boss1"], ("/api/v0/users/disable", {"name": "boss2"}))
+            second = (bosses["boss2"], ("/api/v0/users/disable", {"name": "boss1"}))
+            statuses = duel(log, first, second, (i % 8) * 0.004)
+            assert sorted(statuses) in ([200, 401], [200, 409]), statuses
+            winner = "boss1" if statuses[0] == 200 else "boss2"
+            loser = "boss2" if winner == "boss1" else "boss1"
+            ok(bosses[winner].post("/api/v0/users/enable", json={"name": loser}))
+    finally:
+        for boss in bosses.values():  # whichever is still enabled
+            boss.post("/api/v0/users/enable", json={"name": "admin"})
+            boss.close()
+    with client(a, AUTH) as api:
+        assert api.get("/api/v0/users").status_code == 200
+    assert log.errors == [], log.errors
+
+
+def test_a_password_change_does_not_undo_a_concurrent_disable(race: Race) -> None:
+    """passwd (slow: argon2) and disable of one user at once on the two replicas: both are
+    kept, whatever their order (a passwd that wrote back the record it read first undid the
+    disable)."""
+    a, b, log = race.a, race.b, race.log
+    with client(a, AUTH) as on_a, client(b, AUTH) as on_b:
+        ok(on_a.post("/api/v0/users", json={"name": "changer", "password": PASSWORD}))
+        for i in range(6):
+            new = f"changed-password-{i}"
+            first = (on_a, ("/api/v0/users/passwd", {"name": "changer", "password": new}))
+            second = (on_b, ("/api/v0/users/disable", {"name": "changer"}))
+            assert duel(log, first, second, i * 0.02) == [200, 200]
+            users = {u["name"]: u for u in ok(on_b.get("/api/v0/users"))["users"]}
+            assert users["changer"]["disabled"] is True, i
+            ok(on_b.post("/api/v0/users/enable", json={"name": "changer"}))
+            with client(b, ("changer", new)) as me:
+                assert me.get("/v2/").status_code == 200
+    assert log.errors == [], log.errors
 
 
 # -- the end state -------------------------------------------------------------------------------

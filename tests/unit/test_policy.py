@@ -20,7 +20,7 @@ from moorage.errors import RecordCorrupt
 from moorage.meta import access_tokens as stored_tokens
 from moorage.meta import keys
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts
-from moorage.meta.base import Put
+from moorage.meta.base import Delete, Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import GrantRecord, TeamRecord, UserRecord
 from moorage.meta.snapshot import RESTORED_KINDS, from_json, from_kv, to_json, to_kv
@@ -86,9 +86,7 @@ def test_limits_disabled_and_deleted_accounts() -> None:
         await accounts.delete_grant("acme/app", "user:reader")
         reader_token = user("reader", limit=(repo("acme/app", "pull"),))
         assert await policy.allowed(reader_token, repo("acme/app")) == set()
-        boss = await accounts.user("boss")
-        assert boss is not None
-        await accounts.update_user(dataclasses.replace(boss, disabled=True))
+        await accounts.change_user("boss", lambda u: dataclasses.replace(u, disabled=True))
         assert await policy.allowed(user("boss"), repo("acme/app")) == set()
         assert await policy.allowed(user("boss"), repo("boss/own")) == set()
         await accounts.delete_user("dev")
@@ -159,6 +157,30 @@ def test_a_deleted_users_name_starts_clean() -> None:
         assert await policy.allowed(user("dev"), repo("acme/app")) == frozenset()
         with pytest.raises(AccountMissing):
             await accounts.delete_user("dev-not-there")
+
+    asyncio.run(run())
+
+
+def test_the_last_enabled_admin_stays() -> None:
+    async def run() -> None:
+        meta, accounts, _ = await _world()
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.change_user("root", lambda u: dataclasses.replace(u, disabled=True))
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.delete_user("root")
+        await accounts.add_user(UserRecord("root2", "h", "admin", admin=True))
+        # Two replicas disabling the two admins at once: each change is guarded by the
+        # other admin's record, so after one wins the other is read again and refused.
+        root2 = await accounts.user("root2")
+        assert root2 is not None
+        guard_root = await accounts._keeping_an_admin(root2)  # root2's delete, read now
+        await accounts.change_user("root", lambda u: dataclasses.replace(u, disabled=True))
+        key = keys.user("root2")
+        kv = await meta._get(key)
+        assert kv is not None
+        assert not await meta._txn([(key, kv.mod_revision), *guard_root], [Delete(key)])
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.delete_user("root2")
 
     asyncio.run(run())
 

@@ -17,12 +17,22 @@ name reused by `add_user` first loses what an interrupted delete left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from moorage.meta import access_tokens as tokens
 from moorage.meta import keys
-from moorage.meta.base import KV, MUST_EXIST, STORE_PAGE, TXN_OPS, Delete, MetaStore, Op, Put
+from moorage.meta.base import (
+    KV,
+    MUST_EXIST,
+    STORE_PAGE,
+    TXN_OPS,
+    Delete,
+    Guard,
+    MetaStore,
+    Op,
+    Put,
+)
 from moorage.meta.records import (
     MAX_TEAM_MEMBERS,
     GrantRecord,
@@ -150,40 +160,82 @@ class Accounts:
 
     async def other_admin(self, name: str) -> bool:
         """Whether an enabled cluster admin other than `name` exists (paged read)."""
+        return await self._other_admin(name) is not None
+
+    async def _other_admin(self, name: str) -> Guard | None:
+        """A guard that the first enabled cluster admin other than `name` is unchanged
+        (paged read, stops at the first); None when there is none."""
         async for page in self.meta._scan(keys.USERS, keys.prefix_end(keys.USERS)):
             for kv in page:
                 user = UserRecord.decode(kv.value)
                 if user.name != name and user.admin and not user.disabled:
-                    return True
-        return False
+                    return (kv.key, kv.mod_revision)
+        return None
+
+    async def _keeping_an_admin(self, user: UserRecord) -> list[Guard]:
+        """The guards of a change that makes `user` no longer an enabled cluster admin: an
+        enabled admin other than it stays as read. Two such changes at once (two replicas
+        disabling the two last admins) each guard the other's record: one of them fails and
+        is read again, then refused."""
+        if not user.admin or user.disabled:
+            return []
+        other = await self._other_admin(user.name)
+        if other is None:
+            raise AccountConflict(
+                f"{user.name} is the last enabled cluster admin: make another admin first "
+                "('moorage user add NAME --admin')"
+            )
+        return [other]
 
     # -- writes ------------------------------------------------------------------------
     async def add_user(self, user: UserRecord) -> None:
-        if await self.org(user.name) is not None:
-            raise AccountConflict(f"{user.name} is an organization: a user needs another name")
+        """A new user, unless the name is taken by a user or an organization (checked in
+        the transaction: a user and an organization of one name made at once cannot both
+        win)."""
+        key, org = keys.user(user.name), keys.org(user.name)
         if await self.user(user.name) is None:
             await self._forget(user.name)  # what an interrupted delete of the name left
-        if not await self.meta.create_user(user):
+        if not await self.meta._txn([(key, 0), (org, 0)], [Put(key, user.encode())]):
+            if await self.org(user.name) is not None:
+                raise AccountConflict(f"{user.name} is an organization: a user needs another name")
             raise AccountConflict(f"user {user.name} exists already")
 
-    async def update_user(self, user: UserRecord) -> None:
-        key = keys.user(user.name)
-        kv = await self.meta._get(key)
-        if kv is None:
-            raise AccountMissing(f"no user {user.name}")
-        if not await self.meta._txn([(key, kv.mod_revision)], [Put(key, user.encode())]):
-            raise AccountConflict(f"user {user.name} changed meanwhile: try again")
+    async def change_user(
+        self, name: str, change: Callable[[UserRecord], UserRecord]
+    ) -> UserRecord:
+        """Read the user, apply `change` and write it back at the revision read (read again
+        when another change came first, so none is lost); a change that takes away the last
+        enabled cluster admin is refused (AccountConflict). The record written."""
+        key = keys.user(name)
+        for _ in range(_RETRIES):
+            kv = await self.meta._get(key)
+            if kv is None:
+                raise AccountMissing(f"no user {name}")
+            user = UserRecord.decode(kv.value)
+            changed = change(user)
+            guards = [(key, kv.mod_revision)]
+            if changed.disabled or not changed.admin:
+                guards += await self._keeping_an_admin(user)
+            if await self.meta._txn(guards, [Put(key, changed.encode())]):
+                return changed
+        raise AccountConflict(f"user {name} kept changing: try again")
 
     async def delete_user(self, name: str) -> None:
         """The user, then its team memberships, access tokens and every grant to it (paged).
         The record goes first: from then on nothing can be added to the name (memberships
-        and tokens are guarded by its existence), so nothing is left behind."""
+        and tokens are guarded by its existence), so nothing is left behind. The last
+        enabled cluster admin is not deleted (AccountConflict)."""
         key = keys.user(name)
-        kv = await self.meta._get(key)
-        if kv is None or not await self.meta._txn([(key, kv.mod_revision)], [Delete(key)]):
-            if await self.user(name) is None:
+        for _ in range(_RETRIES):
+            kv = await self.meta._get(key)
+            if kv is None:
                 raise AccountMissing(f"no user {name}")
-            raise AccountConflict(f"user {name} changed meanwhile: try again")
+            guards = [(key, kv.mod_revision)]
+            guards += await self._keeping_an_admin(UserRecord.decode(kv.value))
+            if await self.meta._txn(guards, [Delete(key)]):
+                break
+        else:
+            raise AccountConflict(f"user {name} kept changing: try again")
         await self._forget(name)
         await self._delete_grants_to({f"user:{name}"})
 
@@ -205,12 +257,12 @@ class Accounts:
                     await self.meta._txn([], [Delete(prefix + token_id.encode())])
 
     async def add_org(self, name: str) -> None:
-        if await self.user(name) is not None:
-            raise AccountConflict(
-                f"{name} is a user's own namespace: an organization needs another name"
-            )
-        key = keys.org(name)
-        if not await self.meta._txn([(key, 0)], [Put(key, OrgRecord(name).encode())]):
+        key, user = keys.org(name), keys.user(name)
+        if not await self.meta._txn([(key, 0), (user, 0)], [Put(key, OrgRecord(name).encode())]):
+            if await self.user(name) is not None:
+                raise AccountConflict(
+                    f"{name} is a user's own namespace: an organization needs another name"
+                )
             raise AccountConflict(f"organization {name} exists already")
 
     async def delete_org(self, name: str) -> None:
