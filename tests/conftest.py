@@ -36,6 +36,7 @@ TIERS = {
     "test_forged_records.py": "cluster",
     "test_join_tokens.py": "cluster",
     "test_access_tokens.py": "cluster",
+    "test_account_races.py": "cluster",
     "test_multi_survivor.py": "cluster",
     "test_paste.py": "cluster",
     "test_pki_etcd.py": "cluster",
