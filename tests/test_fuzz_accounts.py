@@ -413,6 +413,25 @@ GETS: dict[str, list[str]] = {
     "/api/v0/audit": ["since", "until", "limit", "cursor", "actor", "action", "format"],
     "/api/v0/token-keys": [],
 }
+TIMES = [
+    "1h",
+    "0",
+    "2026-01-01T00:00:00Z",
+    "1e9",
+    "9" * 70,
+    "-1h",
+    "x",
+    "1s",
+    "99999999999",
+    "999999999w",
+    "2026-13-01T00:00:00Z",
+    "2026-01-01",
+    "",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "2026-01-01T00:00:00.123456789Z",
+    "2026-01-01T00:00:00+99:00",
+]
 QUERY_VALUES: dict[str, st.SearchStrategy[str]] = {
     "n": st.one_of(st.sampled_from(NUMBERS), st.sampled_from(["7", "1000", "1001"])),
     "limit": st.one_of(st.sampled_from(NUMBERS), st.sampled_from(["7", "1000", "1001"])),
@@ -420,8 +439,8 @@ QUERY_VALUES: dict[str, st.SearchStrategy[str]] = {
     "org": hostile_text(ORGS),
     "on": hostile_text(TARGETS),
     "user": hostile_text(USERS),
-    "since": st.sampled_from(["1h", "0", "2026-01-01T00:00:00Z", "1e9", "9" * 70, "-1h", "x"]),
-    "until": st.sampled_from(["1s", "99999999999", "2026-13-01T00:00:00Z", "2026-01-01", ""]),
+    "since": st.one_of(st.sampled_from(TIMES), st.text(max_size=30)),
+    "until": st.one_of(st.sampled_from(TIMES), st.text(max_size=30)),
     "cursor": st.one_of(
         st.sampled_from(["", "AAAA", "=", "MDAwMDAwMDAwMDAwMDAwMDAtYS0wMDAwMDAwMA"]),
         st.text(max_size=140),
