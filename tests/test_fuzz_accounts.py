@@ -834,10 +834,19 @@ def test_hostile_scope_names_for_each_kind_of_principal(site: Site) -> None:
     its access token, the robot and nobody: a token (never 5xx) granting nothing outside the
     namespaces the non-admin holds (its own and, through its team, fuzz-org), and nothing to
     the robot (scoped to fuzz-org/app) or to nobody."""
+    # Tokens of their own: the fuzzing before may have revoked the site's (or made the most
+    # one user may hold).
+    with site.replica.client() as c:
+        for token in ok(c.get("/api/v0/tokens", params={"user": USER}))["tokens"]:
+            ok(c.post("/api/v0/tokens/revoke", json={"id": token["id"]}))
+        scope = {"scopes": [f"repository:{REPO}:pull"], "robot": "scope-bot"}
+        robot = ok(c.post("/api/v0/tokens", json=scope))
+    with site.replica.client(auth=(USER, PASSWORD)) as u:
+        mine = ok(u.post("/api/v0/tokens", json={"scopes": ["repository:fuzz-org/*:pull"]}))
     who = [
         (_basic(USER, PASSWORD), None, (USER, ORG)),
-        (_basic(USER, site.user_token), next(_SOURCES), (ORG,)),
-        (_basic(site.robot_name, site.robot_token), next(_SOURCES), ()),
+        (_basic(USER, mine["token"]), next(_SOURCES), (ORG,)),
+        (_basic(robot["username"], robot["token"]), next(_SOURCES), ()),
         (None, next(_SOURCES), ()),
     ]
     for name in HOSTILE_SCOPE_NAMES:
