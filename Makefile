@@ -57,7 +57,7 @@ test-fast: $(VENV)/.installed
 # (`make test` runs a fixed ~1-minute set); e.g. make fuzz FUZZ_EXAMPLES=20000
 FUZZ_EXAMPLES ?= 3000
 fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py -s --timeout=0 $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py tests/test_fuzz_accounts.py -s --timeout=0 $(PYTEST_ARGS)
 
 bench: install
 	@./scripts/ensure-packages.sh --no-start docker-registry

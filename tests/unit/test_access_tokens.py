@@ -91,6 +91,10 @@ def test_namespace_patterns_in_limits() -> None:
 def test_create_list_revoke_and_who_may() -> None:
     async def scenario() -> None:
         meta = MemoryMetaStore()
+        # A personal token needs its user (a user deleted meanwhile keeps none).
+        with pytest.raises(AccessTokenRefused, match="no longer exists"):
+            await at.create(meta, ALICE, ["repository:alice/app:pull"], "30d")
+        await meta.create_user(UserRecord("alice", "x", "user"))
         doc = await at.create(meta, ALICE, ["repository:alice/app:pull"], "30d")
         assert doc["username"] == "alice"
         assert doc["robot"] is False
@@ -122,7 +126,8 @@ def test_create_list_revoke_and_who_may() -> None:
             await at.revoke(meta, ALICE, doc["id"])
         await at.revoke(meta, ADMIN, robot["id"])
         assert (await at.listing(meta, ADMIN, None, None))["tokens"] == []
-        assert await meta._range(keys.ROOT, keys.prefix_end(keys.ROOT), 10) == ([], False)
+        for prefix in (keys.ACCESS_TOKENS, keys.ACCESS_TOKEN_OWNERS, keys.ACCESS_TOKEN_USED):
+            assert await meta._range(prefix, keys.prefix_end(prefix), 10) == ([], False)
 
     asyncio.run(scenario())
 
@@ -130,6 +135,7 @@ def test_create_list_revoke_and_who_may() -> None:
 def test_per_owner_limit_sweeps_expired_tokens() -> None:
     async def scenario() -> None:
         meta = MemoryMetaStore()
+        await meta.create_user(UserRecord("alice", "x", "user"))
         ids = [
             (await at.create(meta, ALICE, ["repository:a:pull"], "1h"))["id"]
             for _ in range(at.MAX_PER_OWNER)

@@ -78,9 +78,7 @@ def test_replaying_the_journal_onto_a_backup_gives_the_last_state(tmp_path: Path
 
         new = await access_tokens.create(meta, ADMIN, ["repository:acme/app:push"], None, "ci")
         await access_tokens.revoke(meta, ADMIN, doomed["token"])
-        carol = await accounts.user("carol")
-        assert carol is not None
-        await accounts.update_user(dataclasses.replace(carol, disabled=True))
+        await accounts.change_user("carol", lambda u: dataclasses.replace(u, disabled=True))
         await accounts.delete_grant("acme/app", "user:carol")
         await accounts.add_member("acme", "devs", "bob")
         await accounts.delete_user("dave")  # its membership and grants go with it

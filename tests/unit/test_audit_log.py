@@ -21,7 +21,7 @@ from moorage.audit.query import (
     read_events,
 )
 from moorage.errors import StoreUnavailable
-from moorage.meta.base import Guard, Op
+from moorage.meta.base import Guard, Op, Put
 from moorage.meta.memory import MemoryMetaStore
 
 NO_TRIM = Retention(max_age=10**9, max_events=10**9, interval=3600)
@@ -227,6 +227,21 @@ def test_time_forms_and_cursors() -> None:
     for bad in ("", "!!", "Zm9v", encode_cursor(PREFIX + b"../../etc"), "A" * 500):
         with pytest.raises(BadQuery):
             decode_cursor(bad)
+
+
+def test_an_event_at_a_time_no_date_has_is_skipped_not_a_500() -> None:
+    """A forged event in etcd whose `at` is out of any date's range (year 0, 1e300, nan)
+    is skipped like any unreadable one; the others are listed."""
+
+    async def run() -> None:
+        meta = MemoryMetaStore()
+        keys_ = [PREFIX + f"0000000000000000{i}-x-0000000{i}".encode() for i in range(5)]
+        for key, at in zip(keys_, [1e300, -62135647200.0, float("nan"), 1e20, 1.7e9], strict=True):
+            await meta._txn([], [Put(key, json.dumps({"at": at, "action": "x"}).encode())])
+        events, _ = await read_events(meta, Query())
+        assert [e["at"] for e in events] == [1.7e9]
+
+    asyncio.run(run())
 
 
 def test_text_lines_escape_control_characters() -> None:

@@ -12,12 +12,16 @@ import pytest
 from argon2 import PasswordHasher
 
 from moorage.auth.access import ANONYMOUS, Access, Principal
+from moorage.auth.access_tokens import Caller
+from moorage.auth.access_tokens import create as create_token
 from moorage.auth.basic import BasicAuthenticator
 from moorage.auth.policy import AccessView, Policy
 from moorage.errors import RecordCorrupt
+from moorage.meta import access_tokens as stored_tokens
 from moorage.meta import keys
 from moorage.meta.account_records import GrantRecord, TeamRecord
 from moorage.meta.accounts import AccountConflict, AccountMissing, Accounts
+from moorage.meta.base import Delete, Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import UserRecord
 from moorage.meta.snapshot import RESTORED_KINDS, from_json, from_kv, to_json, to_kv
@@ -83,9 +87,7 @@ def test_limits_disabled_and_deleted_accounts() -> None:
         await accounts.delete_grant("acme/app", "user:reader")
         reader_token = user("reader", limit=(repo("acme/app", "pull"),))
         assert await policy.allowed(reader_token, repo("acme/app")) == set()
-        boss = await accounts.user("boss")
-        assert boss is not None
-        await accounts.update_user(dataclasses.replace(boss, disabled=True))
+        await accounts.change_user("boss", lambda u: dataclasses.replace(u, disabled=True))
         assert await policy.allowed(user("boss"), repo("acme/app")) == set()
         assert await policy.allowed(user("boss"), repo("boss/own")) == set()
         await accounts.delete_user("dev")
@@ -111,6 +113,75 @@ def test_pullable_filters_a_page() -> None:
         ]
         assert await policy.pullable(ANONYMOUS, names) == ["other/pub"]
         assert await policy.pullable(user("root"), names) == names
+
+    asyncio.run(run())
+
+
+def test_one_decision_and_the_catalog_filter_agree() -> None:
+    """`allowed` reads a user's grants by key, `pullable` a namespace's at once: the same
+    answers, for odd names too (one with no namespace held a whole namespace's record
+    where the subjects belonged: a 500)."""
+
+    async def run() -> None:
+        _, accounts, policy = await _world()
+        await accounts.set_public("acme/pub", True)
+        await accounts.put_grant(GrantRecord("acme/deep/er", "user:reader", "write"))
+        names = ["/x", "/acme/app", "acme/", "acme//app", "acme", "acme/app", "acme/deep/er"]
+        names += ["acme/pub", "a@b", "acme@user:reader", "dev/x", "reader/r", "*", "acme/*"]
+        for who in (user("reader"), user("dev"), user("boss"), user("root"), ANONYMOUS):
+            one = [n for n in names if "pull" in await policy.allowed(who, repo(n, "pull"))]
+            assert await policy.pullable(who, names) == one, who
+
+    asyncio.run(run())
+
+
+def test_a_deleted_users_name_starts_clean() -> None:
+    """Deleting a user takes its memberships, tokens and grants; a user made again under
+    the name holds none of them (nor what an interrupted delete left behind)."""
+
+    async def run() -> None:
+        meta, accounts, policy = await _world()
+        token = await create_token(meta, Caller("dev", False), ["repository:acme/app:pull"])
+        await accounts.put_grant(GrantRecord("acme/lib", "user:dev", "admin"))
+        await accounts.delete_user("dev")
+        assert await accounts.teams_of("dev") == ()
+        assert (await accounts.team("acme", "devs")).members == ()  # type: ignore[union-attr]
+        assert await stored_tokens.get(meta, token["id"]) is None
+        grants, _ = await accounts.grants(None, 100, None)
+        assert "user:dev" not in {g.subject for g in grants}
+        # What an interrupted delete would leave: a membership key and a token's index key.
+        await meta._txn([], [Put(keys.membership("dev", "acme", "devs"), b"{}")])
+        await meta._txn([], [Put(keys.access_token_owner("dev", "0" * 16), b"{}")])
+        await accounts.add_user(UserRecord("dev", "h", "user"))
+        assert await accounts.teams_of("dev") == ()
+        assert await stored_tokens.owned_ids(meta, "dev", 10) == []
+        assert await policy.allowed(user("dev"), repo("acme/app")) == frozenset()
+        with pytest.raises(AccountMissing):
+            await accounts.delete_user("dev-not-there")
+
+    asyncio.run(run())
+
+
+def test_the_last_enabled_admin_stays() -> None:
+    async def run() -> None:
+        meta, accounts, _ = await _world()
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.change_user("root", lambda u: dataclasses.replace(u, disabled=True))
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.delete_user("root")
+        await accounts.add_user(UserRecord("root2", "h", "admin", admin=True))
+        # Two replicas disabling the two admins at once: each change is guarded by the
+        # other admin's record, so after one wins the other is read again and refused.
+        root2 = await accounts.user("root2")
+        assert root2 is not None
+        guard_root = await accounts._keeping_an_admin(root2)  # root2's delete, read now
+        await accounts.change_user("root", lambda u: dataclasses.replace(u, disabled=True))
+        key = keys.user("root2")
+        kv = await meta._get(key)
+        assert kv is not None
+        assert not await meta._txn([(key, kv.mod_revision), *guard_root], [Delete(key)])
+        with pytest.raises(AccountConflict, match="last enabled cluster admin"):
+            await accounts.delete_user("root2")
 
     asyncio.run(run())
 

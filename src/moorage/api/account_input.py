@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from moorage.api.http import decimal
 from moorage.errors import NameInvalid, RecordCorrupt
 from moorage.meta.account_records import check_account_name
 from moorage.oci.names import validate_name
@@ -56,14 +57,29 @@ def password_of(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
         raise Invalid(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON) has no UTF-8 form
+        raise Invalid("a password must be valid unicode text (no lone surrogates)") from None
+    return value
+
+
+def flag_of(value: object, name: str) -> bool:
+    """A JSON true or false (absent or null: false); "false" or 0 is refused, never read as
+    true."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise Invalid(f"{name} must be true or false")
     return value
 
 
 def page_of(request: Request) -> tuple[int, str | None]:
     raw = request.query_params.get("n") or str(MAX_LIST)
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_LIST:
+    n = decimal(raw)  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+    if n is None or not 0 < n <= MAX_LIST:
         raise Invalid(f"n must be 1 to {MAX_LIST}")
     last = request.query_params.get("last") or None
     if last is not None and len(last) > 512:
         raise Invalid("last is too long")
-    return int(raw), last
+    return n, last

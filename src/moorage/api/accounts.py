@@ -30,7 +30,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from moorage.api.account_input import Invalid, name_of, page_of, password_of, subject_of, target_of
+from moorage.api.account_input import (
+    Invalid,
+    flag_of,
+    name_of,
+    page_of,
+    password_of,
+    subject_of,
+    target_of,
+)
 from moorage.api.cluster import MAX_BODY, _error, _fenced, _JSONResponse, _read_body
 from moorage.api.http import authorization
 from moorage.api.state import AppState
@@ -181,7 +189,7 @@ async def add_user(request: Request, st: AppState, who: Principal, body: dict[st
     password = password_of(body.get("password"))
     generated = password is None
     password = password or secrets.token_urlsafe(18)
-    admin = bool(body.get("admin", False))
+    admin = flag_of(body.get("admin"), "admin")
     hashed = await asyncio.to_thread(hash_password, password)
     user = UserRecord(name, hashed, "admin" if admin else "user", admin=admin)
     await _accounts(st).add_user(user)
@@ -200,11 +208,10 @@ async def passwd(request: Request, st: AppState, who: Principal, body: dict[str,
     generated = password is None
     password = password or secrets.token_urlsafe(18)
     accounts = _accounts(st)
-    user = await accounts.user(name)
-    if user is None:
+    if await accounts.user(name) is None:
         raise AccountMissing(f"no user {name}")
     hashed = await asyncio.to_thread(hash_password, password)
-    await accounts.update_user(dataclasses.replace(user, password_hash=hashed))
+    user = await accounts.change_user(name, lambda u: dataclasses.replace(u, password_hash=hashed))
     await _audit(request, st, who, "user.passwd", f"user:{name}")
     doc = _user_doc(user)
     if generated:
@@ -212,27 +219,14 @@ async def passwd(request: Request, st: AppState, who: Principal, body: dict[str,
     return doc
 
 
-async def _last_admin_check(accounts: Accounts, user: UserRecord) -> None:
-    if user.admin and not user.disabled and not await accounts.other_admin(user.name):
-        raise AccountConflict(
-            f"{user.name} is the last enabled cluster admin: make another admin first "
-            "('moorage user add NAME --admin')"
-        )
-
-
 async def _set_disabled(
     request: Request, st: AppState, who: Principal, body: dict[str, Any], disabled: bool
 ) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "user")
-    accounts = _accounts(st)
-    user = await accounts.user(name)
-    if user is None:
-        raise AccountMissing(f"no user {name}")
-    if disabled:
-        await _last_admin_check(accounts, user)
-    user = dataclasses.replace(user, disabled=disabled)
-    await accounts.update_user(user)
+    user = await _accounts(st).change_user(
+        name, lambda u: dataclasses.replace(u, disabled=disabled)
+    )
     action = "user.disable" if disabled else "user.enable"
     await _audit(request, st, who, action, f"user:{name}")
     return _user_doc(user)
@@ -249,12 +243,7 @@ async def enable_user(request: Request, st: AppState, who: Principal, body: Any)
 async def delete_user(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "user")
-    accounts = _accounts(st)
-    user = await accounts.user(name)
-    if user is None:
-        raise AccountMissing(f"no user {name}")
-    await _last_admin_check(accounts, user)
-    await accounts.delete_user(name)
+    await _accounts(st).delete_user(name)
     await _audit(request, st, who, "user.delete", f"user:{name}")
     return {"deleted": name}
 

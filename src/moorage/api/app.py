@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -59,9 +60,29 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *gc_routes(),
         ],
         lifespan=app_lifespan,
+        exception_handlers={HTTPException: _routing_error},
     )
+    # `/api/v0/users/` is not `/api/v0/users`: a 404 rather than a redirect to it.
+    app.router.redirect_slashes = False
     app.state.moorage = st
     return MetricsMiddleware(RegistryRoutes(app))
+
+
+_ROUTING_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED"}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """The router's own refusals (no such endpoint, a method it does not answer) as the
+    `{"error", "code"}` documents of the rest of the API, not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    path = request_path(request.scope)
+    message = f"no such endpoint: {request.method} {path[:200]!r}"
+    if exc.status_code == 405:
+        message = f"{request.method} is not supported on {path[:200]!r}"
+    code = _ROUTING_CODES.get(exc.status_code, "INVALID")
+    return JSONResponse({"error": message, "code": code}, exc.status_code, exc.headers)
 
 
 class RegistryRoutes:

@@ -90,11 +90,15 @@ def event_doc(key: bytes, value: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("at"), (int, float)):
         return None
+    try:
+        when = rfc3339(float(doc["at"]))
+    except (ValueError, OverflowError, OSError):  # a time no date has (year 0, 1e300, nan)
+        return None
     suffix = key[len(PREFIX) :].decode("ascii", "replace")
     origin = suffix.split("-")[1] if suffix.count("-") == 2 else ""
     return {
         "id": encode_cursor(key),
-        "time": rfc3339(float(doc["at"])),
+        "time": when,
         **doc,
         "replica": origin.split(".")[0],
     }

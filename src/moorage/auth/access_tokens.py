@@ -242,7 +242,9 @@ async def create(
         created_by=caller.name,
     )
     if not await store_tokens.create(store, record):
-        raise MoorageError("a token with that id exists already (retry)")
+        if record.robot or await store.get_user(owner) is not None:
+            raise MoorageError("a token with that id exists already (retry)")
+        raise TokenRefused(f"user {owner} no longer exists")
     return {"token": f"{PREFIX}{token_id}_{secret}", "username": owner, **view(record)}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ LEEWAY = 60  # seconds of clock skew tolerated on exp and nbf, as distribution a
 MAX_TOKEN = 8192  # longer tokens are refused unread
 _COORD = 32  # bytes of a P-256 coordinate
 #: Header parameters that carry key material or say where to fetch it: never honoured.
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _KEY_HEADERS = frozenset({"jwk", "jku", "x5c", "x5u", "x5t", "x5t#S256"})
 
 
@@ -50,12 +52,15 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    if not text.isascii() or "=" in text:
+    """The bytes of canonical unpadded base64url: any other character (the decoder would
+    skip it) or set unused low bits (the same bytes under another spelling) is refused, so
+    one token has exactly one text."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise TokenInvalid("not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError as exc:
-        raise TokenInvalid("not base64url") from exc
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(data) != text:
+        raise TokenInvalid("not canonical base64url")
+    return data
 
 
 def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from moorage.auth.access import (
@@ -155,6 +155,12 @@ class AccessView:
     async def namespace(self, ns: str) -> NamespaceAccess:
         return await self._cached("ns", ns, lambda: self.accounts.namespace(ns))
 
+    async def repository(
+        self, ns: str, repo: str, subjects: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], str], bool]:
+        key = f"{repo}\0{','.join(subjects)}"
+        return await self._cached("repo", key, lambda: self.accounts.repository(ns, repo, subjects))
+
 
 class Policy(Authorizer):
     """The real `Authorizer` (see the module docstring)."""
@@ -169,32 +175,43 @@ class Policy(Authorizer):
         user = await self.view.user(principal.name)
         return None if user is None or user.disabled else user
 
+    async def _subjects(self, user: UserRecord, memo: dict[Any, Any]) -> tuple[str, ...]:
+        """`user:NAME` and `team:ORG/TEAM` of each of its teams, sorted."""
+        found = memo.get(("subjects",))
+        if found is None:
+            teams = await self.view.teams_of(user.name)
+            found = memo[("subjects",)] = (f"user:{user.name}", *sorted(f"team:{t}" for t in teams))
+        return tuple(found)
+
     async def _repository_actions(
-        self, user: UserRecord | None, repo: str, memo: dict[str, Any] | None = None
+        self, user: UserRecord | None, repo: str, memo: dict[Any, Any] | None = None
     ) -> frozenset[str]:
         """Everything the account (None: anonymous) may do on `repo` (before a limit).
-        `memo` keeps what one call of `pullable` read, when the cache is not live."""
+
+        One decision reads only the grants of the user and its teams on the repository and
+        its namespace, by key (bounded however many grants the namespace holds). `memo`
+        (the catalog's filter, `pullable`) reads each namespace's grants once instead, for
+        all of its repositories on the page."""
         if user is not None and user.admin:
             return EVERYTHING
         ns = namespace_of(repo)
         if user is not None and user.name == ns:
             return EVERYTHING
-        memo = {} if memo is None else memo
-        access = memo.get(ns)
-        if access is None:
-            access = memo[ns] = await self.view.namespace(ns)
-        held: set[str] = set()
-        if repo in access.public:
-            held.add(PULL)
-        if user is None:
-            return frozenset(held)
-        subjects = memo.get("")
-        if subjects is None:
-            teams = await self.view.teams_of(user.name)
-            subjects = memo[""] = {f"user:{user.name}"} | {f"team:{t}" for t in teams}
-        for grant in access.grants:
-            if grant.subject in subjects and grant.target in (ns, repo):
-                held |= ROLE_ACTIONS[grant.role]
+        subjects = () if user is None else await self._subjects(user, {} if memo is None else memo)
+        roles: Mapping[tuple[str, str], str]
+        if memo is None:
+            roles, public = await self.view.repository(ns, repo, subjects)
+        else:
+            access = memo.get(("ns", ns))
+            if access is None:
+                access = memo[("ns", ns)] = await self.view.namespace(ns)
+            roles, public = access.roles, repo in access.public
+        held: set[str] = {PULL} if public else set()
+        for subject in subjects:  # the user and its teams: at most 101 lookups per target
+            for target in (ns, repo):
+                role = roles.get((target, subject))
+                if role is not None:
+                    held |= ROLE_ACTIONS[role]
         return frozenset(held)
 
     async def allowed(self, principal: Principal, access: Access) -> frozenset[str]:
@@ -228,7 +245,7 @@ class Policy(Authorizer):
         user = await self.account(principal)
         if user is None and not principal.anonymous:
             return []
-        memo: dict[str, Any] = {}
+        memo: dict[Any, Any] = {}
         out = []
         for name in names:
             held = await self._repository_actions(user, name, memo)

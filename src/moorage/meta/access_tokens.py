@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
-from moorage.meta.base import KV, MUST_EXIST, MetaStore, Op, Put
+from moorage.meta.base import KV, MUST_EXIST, Guard, MetaStore, Op, Put
 from moorage.meta.base import Delete as DeleteOp
 from moorage.meta.records import UserRecord, dumps
 from moorage.meta.records import _build as build
@@ -149,13 +149,17 @@ async def owned_ids(store: MetaStore, owner: str, limit: int) -> list[str]:
 
 
 async def create(store: MetaStore, record: AccessTokenRecord) -> bool:
-    """Store a new token and its owner's index entry (False: that id exists already)."""
+    """Store a new token and its owner's index entry (False: that id exists already, or the
+    user a personal token is for does not exist: a user deleted meanwhile keeps no token)."""
     key = keys.access_token(record.id)
     ops: list[Op] = [
         Put(key, record.encode()),
         Put(keys.access_token_owner(record.owner, record.id), b"{}"),
     ]
-    return await store._account_txn([(key, 0)], ops)
+    guards: list[Guard] = [(key, 0)]
+    if not record.robot:
+        guards.append((keys.user(record.owner), MUST_EXIST))
+    return await store._account_txn(guards, ops)
 
 
 async def delete(store: MetaStore, record: AccessTokenRecord) -> bool:
