@@ -54,23 +54,29 @@ LONGEST_FIRST = (
     "netns",
     "test_paste.py",
     "test_recovery.py",
-    "test_cluster.py",
     "test_ca_rotation.py",
-    "test_fuzz.py",
-    "test_multi_survivor.py",
-    "test_access.py",
-    "test_backup_hardening.py",
-    "test_confirm.py",
+    "test_cluster.py",
     "test_scale_limits.py",
-    "test_starting.py",
-    "test_join_tokens.py",
-    "test_gc_recovery.py",
-    "test_account_races.py",
-    "test_gc_race.py",
-    "test_policies.py",
-    "test_account_recovery.py",
-    "test_gc.py",
+    "test_fuzz.py",
     "test_certs.py",
+    "test_cli_output.py",
+    "test_starting.py",
+    "test_multi_survivor.py",
+    "test_https.py",
+    "test_backup_hardening.py",
+    "test_account_recovery.py",
+    "test_crash.py",
+    "test_etcd_tls.py",
+    "test_gc_recovery.py",
+    "test_audit.py",
+    "test_auth_hardening.py",
+    "test_confirm.py",
+    "test_access.py",
+    "test_join_tokens.py",
+    "test_gc_race.py",
+    "test_account_races.py",
+    "test_policies.py",
+    "test_gc.py",
 )
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica"})
@@ -122,6 +128,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     collected. (xdist's own `loadgroup` marks do nothing with pytest 9, whose node ids
     xdist can no longer suffix.)"""
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    # In our order (LONGEST_FIRST), not xdist's default of the groups with most tests first,
+    # which left the longest single tests (a CA rotation, the paste chains) for the end.
+    config.option.loadscopereorder = False
 
     class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:

@@ -217,6 +217,10 @@ def test_unreachable_prints_one_start_and_live_processes_read_as_starting(
         [sys.executable, "-c", "import time; time.sleep(60)", str(dirs[0].path)]
     )
     try:
+        # Until the child has exec'd, its command line is still pytest's (not the data dir's).
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        while str(dirs[0].path).encode() not in cmdline.read_bytes():
+            time.sleep(0.01)
         dirs[0].pid_file(SUPERVISOR_PID).write_text(f"{proc.pid}\n")
         doc, text = _report(dirs)
         assert doc["scenario"] == "starting"
