@@ -17,15 +17,13 @@ from pathlib import Path
 import pytest
 from harness.process import AUTH
 
+from tests.oci import sha256
+
 CREDS = f"{AUTH[0]}:{AUTH[1]}"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -662,11 +662,12 @@ def is_server_refusal(resp: RawResponse) -> bool:
     return resp.header("server") is None
 
 
-def exchange(fuzz: Target, req: Request) -> RawResponse | None:
-    started = time.monotonic()
+def send(port: int, req: Request) -> RawResponse | None:
+    """`req` sent as it is; None when the connection closed without an answer, which only
+    a malformed request may get."""
     try:
         resp = rawhttp.request(
-            fuzz.replica.port,
+            port,
             req.method,
             req.target,
             req.headers,
@@ -680,6 +681,14 @@ def exchange(fuzz: Target, req: Request) -> RawResponse | None:
         assert req.malformed, f"no answer to a well-formed request: {req!r}"
         return None
     assert resp is not None
+    return resp
+
+
+def exchange(fuzz: Target, req: Request) -> RawResponse | None:
+    started = time.monotonic()
+    resp = send(fuzz.replica.port, req)
+    if resp is None:
+        return None
     elapsed = time.monotonic() - started
     if elapsed > fuzz.slowest[0]:
         fuzz.slowest = (elapsed, repr(req)[:400])

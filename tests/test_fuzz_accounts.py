@@ -49,13 +49,13 @@ from tests.test_fuzz import (
     NUMBERS,
     ONE_IN_4,
     ONE_IN_10,
-    TIMEOUT,
     Request,
     bad_header,
     encoded_text,
     is_server_refusal,
     json_values,
     profile,
+    send,
     splice,
 )
 
@@ -750,22 +750,9 @@ def bearer_pulls(draw: st.DrawFn, site: Site) -> tuple[Request, str]:
 
 # -- the exchange and its assertions -----------------------------------------------------------
 def exchange(site: Site, req: Request, who: str) -> RawResponse | None:
-    try:
-        resp = rawhttp.request(
-            site.replica.port,
-            req.method,
-            req.target,
-            req.headers,
-            req.body,
-            auth=False,
-            timeout=TIMEOUT,
-            half_close=req.half_close,
-            source=req.source,
-        )
-    except ValueError:  # the connection closed without an answer
-        assert req.malformed, f"no answer to a well-formed request: {req!r}"
+    resp = send(site.replica.port, req)
+    if resp is None:
         return None
-    assert resp is not None
     key = f"{resp.status // 100}xx"
     site.counts[key] = site.counts.get(key, 0) + 1
     assert resp.status < 500, f"{resp.status} {resp.body[:500]!r} for {req!r}"

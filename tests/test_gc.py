@@ -22,8 +22,8 @@ from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster
-from tests.gc_images import delete, image, layer, pull_identical, push, sha256, write_layout
-from tests.oci import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, OCI_MANIFEST
+from tests.gc_images import delete, image, layer, pull_identical, push, write_layout
+from tests.oci import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, OCI_MANIFEST, sha256
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ collection leaves no blob that nothing references."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import threading
@@ -21,15 +20,11 @@ import httpx
 import pytest
 
 from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node
-from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER
+from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER, sha256
 
 PUSHERS = 3
 IMAGES_PER_PUSHER = 14
 SHARED = [f"shared layer {i} ".encode() * (2000 + 300 * i) for i in range(5)]
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

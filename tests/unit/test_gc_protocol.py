@@ -5,7 +5,6 @@ concurrent push happen between two of its steps (the replica tests race it for r
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,12 +18,9 @@ from moorage.meta.memory import MemoryMetaStore
 from moorage.registry import Registry
 from moorage.registry.gc import Collector, GcOptions, GcResult
 from moorage.storage.filesystem import FilesystemStorage
+from tests.oci import sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 CONFIG = b'{"architecture":"amd64","os":"linux"}'

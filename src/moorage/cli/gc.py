@@ -17,26 +17,18 @@ import click
 from moorage.cli.base import Failed, emit
 from moorage.cli.options import admin_client, admin_options, json_option
 from moorage.errors import MoorageError
+from moorage.meta.policy_records import show_size
 
 #: The name a blob no repository links is reported under.
 UNLINKED_LABEL = "(no repository)"
 _POLL = 0.5
 
 
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def result_text(doc: dict[str, Any]) -> str:
     dry = bool(doc.get("dry_run"))
     verb = "would free" if dry else "freed"
     lines = [
-        f"{verb} {doc.get('blobs', 0)} blob(s), {human_bytes(int(doc.get('bytes', 0)))}"
+        f"{verb} {doc.get('blobs', 0)} blob(s), {show_size(int(doc.get('bytes', 0)))}"
         + (
             f"; {'would delete' if dry else 'deleted'} {doc.get('manifests', 0)} untagged "
             "manifest(s)"
@@ -52,7 +44,7 @@ def result_text(doc: dict[str, Any]) -> str:
         lines.append(f"{'REPOSITORY':<{width}}  {'BLOBS':>7}  {'BYTES':>10}  {'MANIFESTS':>9}")
         for repo, u in repos.items():
             name = repo or UNLINKED_LABEL
-            size = human_bytes(int(u.get("bytes", 0)))
+            size = show_size(int(u.get("bytes", 0)))
             lines.append(
                 f"{name:<{width}}  {u.get('blobs', 0):>7}  {size:>10}  {u.get('manifests', 0):>9}"
             )

@@ -36,6 +36,7 @@ from moorage.meta.base import (
     Put,
 )
 from moorage.meta.records import UserRecord
+from moorage.oci.names import namespace_of as namespace_of  # re-exported: importers use it here
 
 _EMPTY = b"{}"
 _RETRIES = 20
@@ -59,10 +60,6 @@ class NamespaceAccess:
 
     roles: Mapping[tuple[str, str], str]
     public: frozenset[str]
-
-
-def namespace_of(target: str) -> str:
-    return target.split("/", 1)[0]
 
 
 class Accounts:

@@ -11,6 +11,7 @@ from typing import Any
 
 from moorage.errors import MoorageError, RecordCorrupt
 from moorage.meta.records import _build, _fields, dumps
+from moorage.oci.names import namespace_of as namespace_of
 from moorage.oci.names import validate_name
 
 #: Patterns per list, and the longest pattern: a record stays a small etcd value.
@@ -23,10 +24,6 @@ MAX_KEEP = 1_000_000
 MAX_QUOTA = 1 << 60
 #: The settings `moorage policy unset` may name.
 SETTINGS = ("immutable_tags", "retention", "quota", "allow_sparse")
-
-
-def namespace_of(target: str) -> str:
-    return target.split("/", 1)[0]
 
 
 def check_target(value: object) -> str:

@@ -27,5 +27,11 @@ def validate_name(name: str) -> str:
     return name
 
 
+def namespace_of(name: str) -> str:
+    """The namespace of a repository name (or of a policy or grant target): its first
+    component, e.g. `acme` of `acme/app`."""
+    return name.split("/", 1)[0]
+
+
 def is_valid_tag(tag: str) -> bool:
     return bool(_TAG.fullmatch(tag))

@@ -28,6 +28,7 @@ from moorage.meta.snapshot import (
     from_kv,
     to_json,
 )
+from moorage.oci.names import namespace_of
 from moorage.recovery.archive import BackupError, read_header, read_json_member, show
 
 # -- the records ----------------------------------------------------------------------
@@ -107,7 +108,7 @@ class Metadata:
         """Whether `repo`'s policies let its manifests name absent blobs and manifests (the
         repository's own setting, else its namespace's; off by default)."""
         own = self.sparse.get(repo)
-        return own if own is not None else self.sparse.get(repo.split("/", 1)[0], False)
+        return own if own is not None else self.sparse.get(namespace_of(repo), False)
 
     def restorable(self) -> list[Entry]:
         return [e for e in self.entries if e.kind in RESTORED_KINDS]
