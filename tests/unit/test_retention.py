@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from moorage.errors import RecordCorrupt
-from moorage.meta.policy_records import PolicyRecord, parse_size
+from moorage.meta.policy_records import SETTINGS, PolicyRecord, parse_size
 from moorage.meta.records import TagRecord
 from moorage.registry.retention import DAY, doomed_tags
 
@@ -82,3 +82,53 @@ def test_parse_size(text: object, size: int) -> None:
 def test_parse_size_refuses(text: object) -> None:
     with pytest.raises(RecordCorrupt, match=r"e\.g\. 10GiB"):
         parse_size(text)
+
+
+def test_a_policy_change_keeps_one_that_came_first() -> None:
+    """Another replica sets the quota between this change's read and its write: the write
+    fails at the revision read, the change is applied again to what the other wrote, and
+    both settings stay (Policies.change)."""
+    import asyncio
+    import dataclasses
+    from collections.abc import Sequence
+
+    from moorage.meta import keys
+    from moorage.meta.memory import MemoryMetaStore
+    from moorage.meta.ops import Guard, Op, Put
+    from moorage.meta.policies import Policies
+
+    class Racing(MemoryMetaStore):
+        raced = False
+
+        async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
+            if not self.raced:  # the other replica's write commits first
+                self.raced = True
+                other = PolicyRecord("acme", quota=1000)
+                await super()._txn([], [Put(keys.policy("acme"), other.encode())])
+            return await super()._txn(guards, ops)
+
+    async def run() -> None:
+        store = Racing()
+        policies = Policies(store)
+        applied: list[PolicyRecord | None] = []
+
+        def with_rule(old: PolicyRecord | None) -> PolicyRecord:
+            applied.append(old)
+            return dataclasses.replace(old or PolicyRecord("acme"), immutable_tags=("v*",))
+
+        written = await policies.change("acme", with_rule)
+        assert store.raced
+        assert applied[0] is None
+        assert applied[1] is not None
+        stored = await policies.get("acme")
+        assert stored == written
+        assert stored is not None
+        assert stored.quota == 1000
+        assert stored.immutable_tags == ("v*",)
+        gone = await policies.change("acme", lambda o: None if o is None else o.without(SETTINGS))
+        assert gone is not None
+        assert gone.empty
+        assert await policies.get("acme") is None
+        assert await policies.change("nobody", lambda o: o) is None
+
+    asyncio.run(run())

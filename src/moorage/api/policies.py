@@ -103,7 +103,6 @@ async def set_policy(request: Request, st: AppState, who: Principal, body: Any) 
     target = target_of(body["on"])
     await require_namespace_admin(st, who, target)
     policies = _policies(st)
-    old = await policies.get(target) or PolicyRecord(target)
     changes: dict[str, Any] = {}
     for name in ("immutable_tags", "keep_tags"):
         if (patterns := _patterns(body, name)) is not None:
@@ -123,15 +122,27 @@ async def set_policy(request: Request, st: AppState, who: Principal, body: Any) 
                 "give at least one setting: immutable_tags, keep_last, keep_days, keep_tags, "
                 "quota, allow_sparse"
             )
-        record = dataclasses.replace(
-            old, **changes, updated_at=round(time.time(), 3), updated_by=who.name
-        )
+
+        def changed(old: PolicyRecord | None) -> PolicyRecord:
+            return dataclasses.replace(
+                old or PolicyRecord(target),
+                **changes,
+                updated_at=round(time.time(), 3),
+                updated_by=who.name,
+            )
+
+        current = await policies.get(target)
+        changed(current)  # a setting the record refuses is refused before anything is written
     except RecordCorrupt as exc:
         raise Invalid(exc.message) from None
-    if record.quota is not None:
+    if changes.get("quota") is not None or (current is not None and current.quota is not None):
         # Blobs linked before usage was kept (or restored) count before the quota applies.
         await usage.recount(st.registry.meta, namespace_of(target))
-    await policies.put(record)
+    try:  # at the revision read: a concurrent change of another setting is kept
+        record = await policies.change(target, changed)
+    except RecordCorrupt as exc:
+        raise Invalid(exc.message) from None
+    assert record is not None
     shown = {k: str(v) for k, v in sorted(changes.items())}
     await _audit(request, st, who, "policy.set", target, **shown)
     return {"policy": record.doc(), "usage": await _usage_doc(st, target)}
@@ -144,14 +155,14 @@ async def unset_policy(request: Request, st: AppState, who: Principal, body: Any
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise Invalid(f"settings must be a list of {', '.join(SETTINGS)}")
     policies = _policies(st)
-    old = await policies.get(target)
-    if old is None:
-        return {"target": target, "policy": None, "removed": []}
-    try:
-        record = old.without(tuple(names))
+    try:  # at the revision read: a concurrent change of another setting is kept
+        record = await policies.change(
+            target, lambda old: None if old is None else old.without(tuple(names))
+        )
     except RecordCorrupt as exc:
         raise Invalid(exc.message) from None
-    await policies.put(record)
+    if record is None:
+        return {"target": target, "policy": None, "removed": []}
     await _audit(request, st, who, "policy.unset", target, settings=",".join(names))
     return {"target": target, "policy": None if record.empty else record.doc(), "removed": names}
 

@@ -8,9 +8,9 @@ and its own, read at once), or one page of every record.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from moorage.errors import QuotaExceeded, RecordCorrupt, TagImmutable
+from moorage.errors import QuotaExceeded, RecordCorrupt, StoreUnavailable, TagImmutable
 from moorage.meta import keys, usage
 from moorage.meta.base import STORE_PAGE, MetaStore
 from moorage.meta.ops import KV, Delete, Guard, Put
@@ -19,6 +19,8 @@ from moorage.meta.records import TagRecord
 
 #: Repositories whose policies are kept as last read (Policies._known).
 _KNOWN = 4096
+#: Attempts of a policy change that keeps meeting concurrent ones.
+_RETRIES = 20
 
 
 def _decode(kv: KV | None) -> PolicyRecord | None:
@@ -56,12 +58,22 @@ class Policies:
             self._known.popitem(last=False)
         return found
 
-    async def put(self, record: PolicyRecord) -> None:
-        key = keys.policy(record.target)
-        if record.empty:
-            await self.meta._txn([], [Delete(key)])
-        else:
-            await self.meta._txn([], [Put(key, record.encode())])
+    async def change(
+        self, target: str, change: Callable[[PolicyRecord | None], PolicyRecord | None]
+    ) -> PolicyRecord | None:
+        """Read `target`'s record, apply `change` (None: no record, nothing written) and write
+        the result back at the revision read: when another change came first, read and apply
+        again, so none is lost. The record written (an empty one deletes it)."""
+        key = keys.policy(target)
+        for _ in range(_RETRIES):
+            kv = await self.meta._get(key)
+            record = change(_decode(kv))
+            if record is None:
+                return None
+            op = Delete(key) if record.empty else Put(key, record.encode())
+            if await self.meta._txn([(key, kv.mod_revision if kv else 0)], [op]):
+                return record
+        raise StoreUnavailable(f"the policy of {target} kept changing meanwhile: try again")
 
     async def delete(self, target: str) -> bool:
         key = keys.policy(target)
