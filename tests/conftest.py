@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import compileall
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from harness.process import signal_pids
 from harness.replica import Replica
+from harness.seaweed import SeaweedFS
 
 # -- test tiers (markers registered in pyproject.toml; `make test-fast` runs `-m unit`) ----------
 # A test's tier comes from its file: tests/unit/ is `unit`, a file listed here has the tier
@@ -79,7 +81,7 @@ LONGEST_FIRST = (
     "test_gc.py",
 )
 #: Fixtures that start processes: a unit test that asks for one is an error.
-PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica"})
+PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica", "seaweed", "s3_url"})
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -162,3 +164,25 @@ def fresh_replica(tmp_path: Path) -> Iterator[Replica]:
     yield r
     r.kill() if r.proc is not None and r.proc.poll() is None else r.stop()
     signal_pids(list(r.pids().values()), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS server (S3 gateway on 127.0.0.1) per worker, started on first use; tests
+    share its bucket and keep apart by key prefix (`s3_url`)."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_url(
+    seaweed: SeaweedFS, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """`--storage` for S3 blob storage under a prefix of this test's own; the store's
+    credentials are in this process's environment (as the AWS tools read them)."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:60]
+    return seaweed.storage_url(f"t/{name}-{uuid.uuid4().hex[:8]}")
