@@ -175,6 +175,12 @@ class Collector:
         bytes missing or unreadable: GcAborted (what it needs is unknown)."""
         body = await self.storage.read_bytes(digest)
         self._bodies_read += 1
+        if (
+            body is None
+            and self.options.dry_run
+            and await self.store.manifest(repo, digest) is None
+        ):
+            return []  # deleted since the mark (a dry run runs beside a collection)
         if body is None:
             raise GcAborted(
                 f"manifest {digest} in {repo} is recorded but its bytes are missing from blob "
