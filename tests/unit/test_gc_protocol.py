@@ -17,7 +17,7 @@ from moorage.meta import keys
 from moorage.meta.base import Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.registry import Registry
-from moorage.registry.gc import Collector, GcOptions, GcResult
+from moorage.registry.gc import Collector, GcAborted, GcOptions, GcResult
 from moorage.storage.filesystem import FilesystemStorage
 from tests.oci import sha256
 
@@ -206,5 +206,30 @@ def test_a_dry_run_answers_during_a_collection(tmp_path: Path) -> None:
         await store.revoke_lease(held.lease)
         after = await cluster_gc.dry_run(store, registry, GcOptions(grace=0), "b")
         assert after["blobs"] == 0
+
+    asyncio.run(main())
+
+
+def test_the_mark_reads_manifests_in_batches_and_names_a_missing_one(tmp_path: Path) -> None:
+    """More manifests than one read batch (`_READ_BATCH`), read off the event loop: every
+    one's blobs are referenced; one whose bytes are gone stops the run, naming it."""
+
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        doc = json.loads(MANIFEST)
+        digests = []
+        for i in range(150):
+            body = json.dumps({**doc, "annotations": {"n": str(i)}}).encode()
+            await registry.manifests.put("r", f"t{i}", body, OCI_MANIFEST)
+            digests.append(sha256(body))
+        result = await Collector(registry.meta, registry.storage, "run1", GcOptions(grace=0)).run()
+        assert result.blobs == 0
+        assert await present(registry)
+        layout = registry.storage.layout  # type: ignore[attr-defined]
+        layout.blob(digests[100]).unlink()
+        with pytest.raises(GcAborted, match=digests[100]):
+            await Collector(registry.meta, registry.storage, "run2", GcOptions(grace=0)).run()
+        assert await present(registry)
 
     asyncio.run(main())
