@@ -249,7 +249,7 @@ def assert_intact(site: Site) -> None:
 
 
 def test_fuzz_gc_and_policy_endpoints(site: Site) -> None:
-    @profile(1000)
+    @profile(600)
     @given(req=requests(site))
     def one(req: Request) -> None:
         exchange(site, req)
