@@ -79,6 +79,7 @@ LONGEST_FIRST = (
     "test_account_races.py",
     "test_policies.py",
     "test_gc.py",
+    "test_fuzz_gc.py",
 )
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica", "seaweed", "s3_url"})

@@ -385,6 +385,27 @@ def build_datasets() -> dict[str, Dataset]:
     return out
 
 
+def build_sparse() -> Dataset:
+    """run.go's "sparse" data set (OCI_DATA_SPARSE): an image tagged sparse-image with one
+    layer left out of the blobs (never pushed), and an index tagged sparse-index of a
+    complete amd64 image and an arm64 entry naming 1024 random bytes nobody pushes."""
+    td = Dataset("sparse")
+    td.gen_manifest_full(tag="sparse-image")
+    dropped = next(
+        d for d in td.blobs if str(td.desc[d]["mediaType"]).startswith(MT_OCI_LAYER_PREFIX)
+    )
+    del td.blobs[dropped]
+    del td.desc[dropped]
+    amd64 = {"os": "linux", "architecture": "amd64"}
+    image = td.gen_manifest_full(platform=amd64)
+    absent = oci_digest(secrets.token_bytes(1024))
+    td.desc[absent] = {"mediaType": MT_OCI_IMAGE, "digest": absent, "size": 1024}
+    td.gen_index(
+        [amd64, {"os": "linux", "architecture": "arm64"}], [image, absent], tag="sparse-index"
+    )
+    return td
+
+
 def push_dataset(c: httpx.Client, repo: str, td: Dataset) -> None:
     """runner.TestPush: every blob (rotating over the upload APIs), manifests, then tags."""
     for i, (dig, body) in enumerate(td.blobs.items()):

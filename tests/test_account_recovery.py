@@ -1,8 +1,9 @@
-"""Accounts and access tokens survive every recovery path (issue #9): the account changes
-made after a backup (a robot token created, another revoked, a user disabled, a grant
-removed, a team member added) are journaled before they are answered, so they come back
-after an emergency repair whose survivor never learned of them, and after a restore from
-the backup once every data directory is lost; nothing revoked comes back to life."""
+"""Accounts, access tokens and repository policies survive every recovery path (issues #9
+and #10): the changes made after a backup (a robot token created, another revoked, a user
+disabled, a grant removed, a team member added; a policy set, one setting unset, a whole
+policy unset) are journaled before they are answered, so they come back after an emergency
+repair whose survivor never learned of them, and after a restore from the backup once every
+data directory is lost; nothing revoked or unset comes back to life."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def assert_accounts_after_the_changes(
     assert tokens == {token_id(kept), token_id(new)}
 
 
+def policy_of(node: Node, target: str) -> dict[str, Any] | None:
+    policy: dict[str, Any] | None = admin(node, f"/api/v0/policies/show?on={target}")["policy"]
+    return policy
+
+
+def assert_policies_after_the_changes(node: Node) -> None:
+    acme = policy_of(node, "acme")
+    assert acme is not None
+    assert acme["quota"] == 2 * 1024**3  # set after the backup
+    assert not acme.get("immutable_tags")  # unset after the backup
+    app = policy_of(node, "acme/app")
+    assert app is not None
+    assert app["keep_last"] == 3  # set after the backup
+    assert policy_of(node, "old") is None  # in the backup, unset whole after it
+    targets = [p["target"] for p in admin(node, "/api/v0/policies")["policies"]]
+    assert sorted(targets) == ["acme", "acme/app"]
+
+
 def test_account_changes_after_a_backup_survive_emergency_repair_and_restore(
     cluster: Cluster,
 ) -> None:
@@ -87,6 +106,8 @@ def test_account_changes_after_a_backup_survive_emergency_repair_and_restore(
         admin(r0, "/api/v0/grants", {"role": role, "on": on, "to": to})
     push_image(r0, "acme/app", "v1", "accounts")
     kept, revoked = robot(r0, "ci"), robot(r0, "old")
+    admin(r0, "/api/v0/policies", {"on": "acme", "immutable_tags": ["v*"]})
+    admin(r0, "/api/v0/policies", {"on": "old", "quota": "1GiB"})
     assert pull_status(r0, revoked) == 200
     assert pull_status(r0, ("alice", PASSWORD)) == 200
     assert pull_status(r0, ("bob", PASSWORD)) == 403
@@ -114,7 +135,12 @@ def test_account_changes_after_a_backup_survive_emergency_repair_and_restore(
     admin(r0, "/api/v0/users/disable", {"name": "carol"})
     admin(r0, "/api/v0/grants/revoke", {"on": "acme/app", "to": "user:alice"})
     admin(r0, "/api/v0/teams/add-member", {"org": "acme", "team": "devs", "user": "bob"})
+    admin(r0, "/api/v0/policies", {"on": "acme", "quota": "2GiB"})
+    admin(r0, "/api/v0/policies/unset", {"on": "acme", "settings": ["immutable_tags"]})
+    admin(r0, "/api/v0/policies", {"on": "acme/app", "keep_last": 3})
+    admin(r0, "/api/v0/policies/unset", {"on": "old"})
     assert_accounts_after_the_changes(r0, kept, revoked, new)
+    assert_policies_after_the_changes(r0)
 
     # Quorum lost, the survivor behind: emergency repair replays the account changes.
     moorage("stop", "--data-dir", str(r0.data_dir))
@@ -125,8 +151,11 @@ def test_account_changes_after_a_backup_survive_emergency_repair_and_restore(
     planned = repair["journal_replay"]["changes"]  # what its plan printed
     assert f"accounts: delete token {token_id(revoked)}" in planned
     assert "accounts: set user carol" in planned
-    assert repair["result"]["journal_replayed"] == {"applied": 5, "unrecoverable": []}
+    assert "accounts: set policy acme/app" in planned
+    assert "accounts: delete policy old" in planned
+    assert repair["result"]["journal_replayed"] == {"applied": 9, "unrecoverable": []}
     assert_accounts_after_the_changes(r0, kept, revoked, new)
+    assert_policies_after_the_changes(r0)
 
     # Everything lost but blob storage: restore the backup; the journal brings the rest.
     moorage("destroy", "--yes", "--data-dir", str(r0.data_dir))
@@ -140,8 +169,9 @@ def test_account_changes_after_a_backup_survive_emergency_repair_and_restore(
     cluster.nodes.append(fresh)
     assert doc["counts"]["access_tokens"] == 2
     assert doc["journal_replayed"]["unrecoverable"] == []
-    assert doc["journal_replayed"]["applied"] == 5
+    assert doc["journal_replayed"]["applied"] == 9
     assert_accounts_after_the_changes(fresh, kept, revoked, new)
+    assert_policies_after_the_changes(fresh)
     # Bearer tokens come from new signing keys; the admin's password still works.
     with httpx.Client(base_url=fresh.url, auth=AUTH, timeout=30) as c:
         token = c.get("/auth/token", params={"scope": "repository:acme/app:pull"})

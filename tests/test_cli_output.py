@@ -263,6 +263,7 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         # one collection at a time: each waits for the previous
         run("gc-dry-text", "gc", *existing, "--dry-run")
         run("gc-dry-json", "gc", *existing, "--dry-run", "--json")
+        run("gc-run-text", "gc", *existing)  # the last result --status shows (a dry run's is not)
         run("gc-status-text", "gc", *existing, "--status")
         run("gc-bad-grace", "gc", *existing, "--grace", "soon")
         start("join-occupied", "join", *existing, *live.flags())

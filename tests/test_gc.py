@@ -228,7 +228,8 @@ def store_of(r: Replica) -> EtcdCluster:
 
 
 def test_one_collection_at_a_time(replica: Replica) -> None:
-    """A collection holds the cluster's lock: another, by the CLI or the API, is told."""
+    """A collection holds the cluster's lock: another, by the CLI or the API, is told; a
+    dry run, which takes no lock, answers meanwhile."""
 
     async def hold() -> tuple[EtcdCluster, int]:
         store = store_of(replica)
@@ -247,6 +248,11 @@ def test_one_collection_at_a_time(replica: Replica) -> None:
         assert r.json()["code"] == "BUSY", r.text
         status = gc(replica, "--status")
         assert status["running"]["run"] == "feedfacecafebeef"
+        # A dry run takes no lock: it answers its report while the collection runs.
+        dry = gc(replica, "--dry-run")
+        assert dry["dry_run"] is True
+        assert dry["run"] != "feedfacecafebeef"
+        assert gc(replica, "--status")["running"]["run"] == "feedfacecafebeef"
         loop.run_until_complete(store.revoke_lease(lease))
         assert gc(replica, "--dry-run")["dry_run"] is True
         loop.run_until_complete(store.close())

@@ -20,6 +20,8 @@ from moorage.meta.account_records import GrantRecord
 from moorage.meta.accounts import Accounts
 from moorage.meta.base import Delete, Put
 from moorage.meta.memory import MemoryMetaStore
+from moorage.meta.policies import Policies
+from moorage.meta.policy_records import PolicyRecord
 from moorage.meta.records import UserRecord
 from moorage.meta.snapshot import Entry, from_kv
 from moorage.recovery.journal_replay import apply, check_entry, plan_replay
@@ -187,7 +189,7 @@ def test_refs_name_the_keys_they_were_made_from() -> None:
         keys.membership("bob", "acme", "devs"), keys.grant("acme/app", "team:acme/devs"),
         keys.public("acme/app"), keys.access_token("0123456789abcdef"),
         keys.access_token_owner("robot+ci", "0123456789abcdef"),
-        keys.access_token_used("0123456789abcdef"),
+        keys.access_token_used("0123456789abcdef"), keys.policy("acme/app"),
     ]  # fmt: skip
     change = account_journal.change_of(
         [*(Delete(k) for k in deleted), Put(keys.repo("a/b"), b"{}")]
@@ -233,5 +235,35 @@ def test_only_entries_the_cluster_key_authenticates_are_replayed(tmp_path: Path)
         result = await apply(keyless, tmp_path, plan)
         assert result.applied == 0
         assert await keyless.get_user("alice") is None
+
+    asyncio.run(run())
+
+
+def test_policy_changes_are_journaled_and_replayed(tmp_path: Path) -> None:
+    """`Policies.change` writes through `_account_txn`: a policy set, a policy set then
+    unset whole (deleted), each one journal entry; replayed onto the backup's store they
+    give the last state."""
+
+    async def run() -> None:
+        meta = MemoryMetaStore()
+        journal = await _journaled(meta, tmp_path)
+        policies = Policies(meta)
+        backup, after = await _entries(meta), await meta.revision()
+        await policies.change("acme", lambda old: PolicyRecord("acme", keep_last=3))
+        await policies.change("gone", lambda old: PolicyRecord("gone", allow_sparse=True))
+        await policies.change("gone", lambda old: PolicyRecord("gone"))  # empty: deleted
+        journal.close()
+        plan = plan_replay(tmp_path, CLUSTER, (1, after))
+        assert plan.summary()["changes"] == [
+            "accounts: set policy acme",
+            "accounts: set policy gone",
+            "accounts: delete policy gone",
+        ]
+        restored = MemoryMetaStore()
+        await restored.load(backup)
+        result = await apply(restored, tmp_path, plan)
+        assert result.unrecoverable == []
+        assert await Policies(restored).get("acme") == PolicyRecord("acme", keep_last=3)
+        assert await restored._get(keys.policy("gone")) is None
 
     asyncio.run(run())

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from moorage.cluster import gc as cluster_gc
 from moorage.errors import ManifestBlobUnknown
 from moorage.meta import keys
 from moorage.meta.base import Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.registry import Registry
-from moorage.registry.gc import Collector, GcOptions, GcResult
+from moorage.registry.gc import Collector, GcAborted, GcOptions, GcResult
 from moorage.storage.filesystem import FilesystemStorage
 from tests.oci import sha256
 
@@ -174,5 +175,61 @@ def test_a_dead_runs_tombstone_is_finished_or_cleared(tmp_path: Path, dead_run_f
         else:
             assert result.blobs == 0
             assert await present(registry)
+
+    asyncio.run(main())
+
+
+def test_a_dry_run_answers_during_a_collection(tmp_path: Path) -> None:
+    """A dry run takes no lock: while a collection holds it (and has tombstoned the blobs) a
+    dry run answers its report, writes nothing, and a second collection is still BUSY."""
+
+    async def main() -> None:
+        store = MemoryMetaStore()
+        registry = Registry(FilesystemStorage(tmp_path / "blobs"), store)
+        await push(registry)
+        await registry.manifests.delete("r", sha256(MANIFEST))
+        held = await cluster_gc.start(store, registry, GcOptions(grace=0), "replica-a")
+        reports: list[dict[str, object]] = []
+
+        async def dry_run() -> None:
+            reports.append(await cluster_gc.dry_run(store, registry, GcOptions(grace=0), "b"))
+            with pytest.raises(cluster_gc.GcBusy):
+                await cluster_gc.start(store, registry, GcOptions(grace=0), "replica-b")
+
+        await dry_run()  # the lock held, the run not started
+        result = await collect(registry, "tombstones", dry_run)  # its tombstones standing
+        assert result.blobs == 3
+        assert [r["blobs"] for r in reports] == [3, 3]
+        assert all(r["dry_run"] is True and r["replica_id"] == "b" for r in reports)
+        for key in (keys.GC_LAST, keys.GC_PROGRESS):
+            assert await store._get(key) is None
+        await store.revoke_lease(held.lease)
+        after = await cluster_gc.dry_run(store, registry, GcOptions(grace=0), "b")
+        assert after["blobs"] == 0
+
+    asyncio.run(main())
+
+
+def test_the_mark_reads_manifests_in_batches_and_names_a_missing_one(tmp_path: Path) -> None:
+    """More manifests than one read batch (`_READ_BATCH`), read off the event loop: every
+    one's blobs are referenced; one whose bytes are gone stops the run, naming it."""
+
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        doc = json.loads(MANIFEST)
+        digests = []
+        for i in range(150):
+            body = json.dumps({**doc, "annotations": {"n": str(i)}}).encode()
+            await registry.manifests.put("r", f"t{i}", body, OCI_MANIFEST)
+            digests.append(sha256(body))
+        result = await Collector(registry.meta, registry.storage, "run1", GcOptions(grace=0)).run()
+        assert result.blobs == 0
+        assert await present(registry)
+        layout = registry.storage.layout  # type: ignore[attr-defined]
+        layout.blob(digests[100]).unlink()
+        with pytest.raises(GcAborted, match=digests[100]):
+            await Collector(registry.meta, registry.storage, "run2", GcOptions(grace=0)).run()
+        assert await present(registry)
 
     asyncio.run(main())

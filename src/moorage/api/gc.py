@@ -3,7 +3,8 @@
 - `POST /api/v0/gc` {"dry_run", "grace", "untagged", "wait"}: run a collection (one at a
   time in the cluster: 423 BUSY names the one running). With `wait` (the default) the
   answer is the result; with `"wait": false` it is `{"run"}` at once, and the collection
-  goes on in this worker (`GET` follows it).
+  goes on in this worker (`GET` follows it). A dry run takes no lock and writes nothing
+  (not even the last result): it always answers its report, also during a collection.
 - `GET /api/v0/gc`: the running collection's progress, the last result, the schedule.
 - `POST /api/v0/gc/schedule` {"interval", "grace", "untagged"}: collect every `interval`
   (null: no schedule).
@@ -55,6 +56,20 @@ def options_of(body: dict[str, Any], allowed: frozenset[str] = frozenset({"wait"
 async def collect(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
     options = options_of(body)
     wait = _flag(body, "wait", True)
+    if options.dry_run:  # no lock, nothing written: the report, even during a collection
+        try:
+            return await gc.dry_run(
+                store,
+                st.registry,
+                options,
+                st.config.replica_id,
+                audit=st.audit,
+                actor=auditing.actor_of(request),
+                client=auditing.client_of(request),
+                on_result=metrics.observe_gc,
+            )
+        except GcAborted as exc:
+            raise GcFailed(exc.message) from None
     run = await gc.start(
         store,
         st.registry,

@@ -155,9 +155,14 @@ def gc(
             doc = client.call("POST", "/api/v0/gc/schedule", body)
             emit(as_json, doc, schedule_text(doc.get("schedule")))
             return
-        body = {"dry_run": dry_run, "grace": grace_s, "untagged": untagged, "wait": False}
+        body = {"dry_run": dry_run, "grace": grace_s, "untagged": untagged, "wait": dry_run}
         started = client.call("POST", "/api/v0/gc", body)
-        result = _wait(client, str(started["run"]), show=sys.stderr.isatty() and not as_json)
+        # A dry run answers its report (it takes no lock and keeps no result to poll for).
+        result = (
+            started
+            if dry_run
+            else _wait(client, str(started["run"]), show=sys.stderr.isatty() and not as_json)
+        )
     except MoorageError as exc:
         raise Failed(str(exc)) from None
     if result.get("error"):

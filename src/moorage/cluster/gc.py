@@ -1,5 +1,7 @@
 """Garbage collection as a cluster operation: one run at a time, its progress, its result.
 
+- A dry run (`dry_run`) writes nothing, so it takes no lock: it answers its report even
+  while a collection runs.
 - `start` takes the cluster-wide lock `locks/gc` on a lease (a second caller, on any
   replica, gets GcBusy naming the holder); `GcRun.execute` runs the protocol of
   `moorage.registry.gc` while a task renews the lease, then releases it. The lock's guard
@@ -199,6 +201,49 @@ async def start(
         )
     lease, fence = held
     return GcRun(store, registry, options, run, replica_id, lease, fence, **extra)
+
+
+async def dry_run(
+    store: ClusterStore,
+    registry: Registry,
+    options: GcOptions,
+    replica_id: str,
+    audit: AuditSink | None = None,
+    actor: str = "moorage",
+    client: str | None = None,
+    on_result: OnResult | None = None,
+) -> dict[str, Any]:
+    """A dry run, without the collection lock: it writes nothing (no tombstone, no delete,
+    no progress, no last result), so it may run beside a collection or another dry run.
+    Its report: what a collection started now would free (the running one's tombstones
+    count as a dead run's would). Audited and measured like a run."""
+    options = GcOptions(dry_run=True, grace=options.grace, untagged=options.untagged)
+    run = secrets.token_hex(8)
+    collector = Collector(store, registry.storage, run, options)
+    try:
+        result = await collector.run()
+    except (MoorageError, TimeoutError) as exc:
+        message = _message(exc)
+        if audit is not None:
+            detail = {"dry_run": "true", "error": message[:300]}
+            await audit.record(AuditEvent("gc", actor, "cluster", FAILED, client, detail))
+        if on_result is not None:
+            on_result(None, 0.0)
+        raise GcAborted(message) from None
+    if audit is not None:
+        detail = {
+            "dry_run": "true",
+            "grace": f"{result.grace:g}",
+            "untagged": str(result.untagged).lower(),
+            "blobs": str(result.blobs),
+            "bytes": str(result.bytes),
+            "manifests": str(result.manifests),
+            "duration": f"{result.duration:.3f}",
+        }
+        await audit.record(AuditEvent("gc", actor, "cluster", OK, client, detail))
+    if on_result is not None:
+        on_result(result, result.duration)
+    return {**result.to_json(), "replica_id": replica_id, "started_by": actor}
 
 
 async def status(store: ClusterStore) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """Account changes in the journal (moorage.storage.journal), and back.
 
 Every committed transaction on accounts (`MetaStore._account_txn`: users, organizations,
-teams, memberships, grants, public repositories, access tokens) becomes one journal entry,
+teams, memberships, grants, public repositories, access tokens) and on repository policies
+(`Policies.change`, through the same `_account_txn`) becomes one journal entry,
 durable before the change is acknowledged, as a push's is. Emergency repair and restore
 replay them (moorage.recovery.journal_replay), so a token revoked, a user disabled or
-deleted, a grant removed after the backup (or after what the survivor learned) stays so.
+deleted, a grant removed, a policy set or unset after the backup (or after what the survivor
+learned) stays so.
 
 An entry holds what the transaction left, never the request that made it:
 
@@ -57,7 +59,11 @@ REF_FIELDS: dict[str, tuple[str, ...]] = {
     "access_token": ("id",),
     "access_token_owner": ("owner", "id"),
     "access_token_used": ("id",),
+    "policy": ("target",),
 }
+#: The kinds of record an entry may set: the accounts, and repository policies (whose
+#: changes are journaled the same way, `Policies.change`).
+JOURNALED_KINDS = ACCOUNT_KINDS | {"policy"}
 #: Most records and refs one entry holds (a transaction holds at most TXN_OPS operations).
 MAX_CHANGES = 1024
 _MAC = re.compile(r"[0-9a-f]{64}")
@@ -131,7 +137,7 @@ def change_of(ops: Sequence[Op]) -> dict[str, Any] | None:
         kind, parts = parsed
         if isinstance(op, Delete):
             delete.append(_ref(kind, parts))
-        elif kind in ACCOUNT_KINDS:
+        elif kind in JOURNALED_KINDS:
             entry = from_kv(op.key, op.value)
             if entry is not None:
                 put.append(to_json(entry))
@@ -190,6 +196,8 @@ def key_of_ref(ref: object) -> bytes:
         return keys.grant(check_repo(ref["target"]), check_subject(ref["subject"], "grant"))
     if kind == "public":
         return keys.public(check_repo(ref["repo"]))
+    if kind == "policy":
+        return keys.policy(check_repo(ref["target"]))
     if kind == "access_token_owner":
         return keys.access_token_owner(_owner(ref["owner"]), _token_id(ref["id"]))
     if kind == "access_token":
@@ -209,7 +217,7 @@ def parse_change(doc: dict[str, Any]) -> tuple[list[Entry], list[bytes]]:
         raise RecordCorrupt(f"an accounts entry with more than {MAX_CHANGES} changes")
     entries = [from_json(item) for item in put]
     for entry in entries:
-        if entry.kind not in ACCOUNT_KINDS:
+        if entry.kind not in JOURNALED_KINDS:
             raise RecordCorrupt(f"a {entry.kind} record in an accounts entry")
     return entries, [key_of_ref(ref) for ref in delete]
 
@@ -229,6 +237,8 @@ def _label(item: dict[str, Any]) -> str:
         return f"membership of {item.get('user')} in {item.get('org')}/{item.get('team')}"
     if kind == "team":
         return f"team {item.get('org')}/{item.get('name')}"
+    if kind == "policy":
+        return f"policy {item.get('target')}"
     if kind in ("access_token", "access_token_owner", "access_token_used"):
         return f"token {item.get('id')}"
     return f"{kind} {item.get('name') or item.get('repo')}"

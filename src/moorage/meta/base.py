@@ -8,7 +8,8 @@ Guarantees, grouped as the operations need them:
   crash leaves either all of its keys or none. Compare-and-set guards are expressed as
   `(key, mod_revision)` pairs, where revision 0 means "the key must not exist".
 * Journaled account writes (`_account_txn`): a transaction on accounts (users,
-  organizations, teams, grants, public repositories, access tokens) is handed to
+  organizations, teams, grants, public repositories, access tokens; and repository
+  policies) is handed to
   `account_log` once committed and before it returns, so the replica journals it
   (moorage.meta.account_journal) before the change is acknowledged, as pushes are.
 * Bounded reads and writes: no read asks for more than `STORE_PAGE` keys (a backend may

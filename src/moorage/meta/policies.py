@@ -71,7 +71,8 @@ class Policies:
             if record is None:
                 return None
             op = Delete(key) if record.empty else Put(key, record.encode())
-            if await self.meta._txn([(key, kv.mod_revision if kv else 0)], [op]):
+            # journaled like an account change: a repair or restore replays it
+            if await self.meta._account_txn([(key, kv.mod_revision if kv else 0)], [op]):
                 return record
         raise StoreUnavailable(f"the policy of {target} kept changing meanwhile: try again")
 
@@ -80,7 +81,7 @@ class Policies:
         kv = await self.meta._get(key)
         if kv is None:
             return False
-        return await self.meta._txn([(key, kv.mod_revision)], [Delete(key)])
+        return await self.meta._account_txn([(key, kv.mod_revision)], [Delete(key)])
 
     async def page(self, n: int | None, last: str | None) -> tuple[list[PolicyRecord], bool]:
         """Up to `n` (at most STORE_PAGE) records after the target `last`, in target order."""

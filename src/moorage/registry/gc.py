@@ -22,6 +22,7 @@ Memory holds sets of digests and, per candidate, its size, age and repositories.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ from moorage.storage.journal import Journal
 
 #: Blobs deleted per step (links in one or a few transactions, then the files).
 _DELETE_BATCH = 64
+#: The mark reads and parses manifests in batches of this many, in worker threads, at most
+#: `_READ_THREADS` batches at a time (one at a time, on the event loop, it was most of the
+#: mark's time and stalled the worker's requests meanwhile).
+_READ_BATCH = 64
+_READ_THREADS = 4
 #: Where a blob no repository links is counted in a report.
 UNLINKED = ""
 
@@ -173,37 +179,56 @@ class Collector:
     async def _references(self, repo: str, digest: str, media_type: str | None) -> list[str]:
         """What a manifest's bytes reference: config, every layer, child manifests. Its
         bytes missing or unreadable: GcAborted (what it needs is unknown)."""
-        body = await self.storage.read_bytes(digest)
-        self._bodies_read += 1
-        if body is None:
-            raise GcAborted(
-                f"manifest {digest} in {repo} is recorded but its bytes are missing from blob "
-                f"storage, so what it references is unknown; nothing more was deleted. Delete "
-                f"it (DELETE /v2/{repo}/manifests/{digest}) or restore its bytes, then run "
-                "the collection again"
-            )
-        try:
-            manifest = parse_manifest(body, media_type)
-        except ManifestInvalid as exc:
-            raise GcAborted(
-                f"manifest {digest} in {repo} cannot be parsed ({exc.message}); nothing more "
-                "was deleted. Delete it, then run the collection again"
-            ) from None
-        refs = [d.digest for d in (*manifest.layers, *manifest.children)]
-        if manifest.config is not None:
-            refs.append(manifest.config.digest)
+        (refs,) = await self._references_of([(repo, digest, media_type)])
         return refs
+
+    async def _references_of(self, items: list[tuple[str, str, str | None]]) -> list[list[str]]:
+        """`_references` of many manifests (repo, digest, media type), in order: read and
+        parsed in batches in worker threads, a bounded number at a time."""
+        slots = asyncio.Semaphore(_READ_THREADS)
+
+        async def batch(part: list[tuple[str, str, str | None]]) -> list[list[str] | str | None]:
+            async with slots:
+                bodies = await self.storage.read_many([digest for _, digest, _ in part])
+                media = [media_type for _, _, media_type in part]
+                return await asyncio.to_thread(_parse_all, bodies, media)
+
+        parts = [items[i : i + _READ_BATCH] for i in range(0, len(items), _READ_BATCH)]
+        found = [r for done in await asyncio.gather(*map(batch, parts)) for r in done]
+        self._bodies_read += len(items)
+        out: list[list[str]] = []
+        for (repo, digest, _), refs in zip(items, found, strict=True):
+            if isinstance(refs, list):
+                out.append(refs)
+            elif refs is not None:
+                raise GcAborted(
+                    f"manifest {digest} in {repo} cannot be parsed ({refs}); nothing more "
+                    "was deleted. Delete it, then run the collection again"
+                )
+            elif self.options.dry_run and await self.store.manifest(repo, digest) is None:
+                out.append([])  # deleted since the mark (a dry run runs beside a collection)
+            else:
+                raise GcAborted(
+                    f"manifest {digest} in {repo} is recorded but its bytes are missing from "
+                    f"blob storage, so what it references is unknown; nothing more was "
+                    f"deleted. Delete it (DELETE /v2/{repo}/manifests/{digest}) or restore its "
+                    "bytes, then run the collection again"
+                )
+        return out
 
     async def _mark_blobs(self, at: int) -> set[str]:
         referenced: set[str] = set()
         parsed: set[str] = set()
         count = 0
         async for page in self.store.manifests(at):
+            todo: list[tuple[str, str, str | None]] = []
             for row in page:
                 referenced.add(row.digest)
                 if row.digest not in parsed:
                     parsed.add(row.digest)
-                    referenced.update(await self._references(row.repo, row.digest, row.media_type))
+                    todo.append((row.repo, row.digest, row.media_type))
+            for refs in await self._references_of(todo):
+                referenced.update(refs)
             count += len(page)
             await self._report("mark", manifests=count, referenced=len(referenced))
         async for rows in self.store.pending(at):
@@ -391,6 +416,26 @@ class Collector:
         """A manifest deleted is a change the journal replays (as `Manifests.delete`)."""
         if self.journal is not None:
             await self.journal.append({"r": LAST_REVISION.get(), **entry})
+
+
+def _parse_all(bodies: list[bytes | None], media: list[str | None]) -> list[list[str] | str | None]:
+    """Per manifest: what its bytes reference, None when they are missing, or why they do
+    not parse (pure: run in a worker thread)."""
+    out: list[list[str] | str | None] = []
+    for body, media_type in zip(bodies, media, strict=True):
+        if body is None:
+            out.append(None)
+            continue
+        try:
+            manifest = parse_manifest(body, media_type)
+        except ManifestInvalid as exc:
+            out.append(exc.message)
+            continue
+        refs = [d.digest for d in (*manifest.layers, *manifest.children)]
+        if manifest.config is not None:
+            refs.append(manifest.config.digest)
+        out.append(refs)
+    return out
 
 
 def corrupt_message(exc: RecordCorrupt) -> str:

@@ -95,6 +95,11 @@ class BlobStorage(ABC):
     async def read_bytes(self, digest: str) -> bytes | None:
         """A small blob whole (manifests), or None when it is not there."""
 
+    async def read_many(self, digests: list[str]) -> list[bytes | None]:
+        """`read_bytes` of each digest, in order (garbage collection's mark reads thousands
+        of manifests: a driver reads a batch off the event loop, in one go)."""
+        return [await self.read_bytes(digest) for digest in digests]
+
     @abstractmethod
     async def put_bytes(self, digest: str, data: bytes) -> None:
         """Store small verified bytes under their digest, durably."""

@@ -96,6 +96,19 @@ class FilesystemStorage(BlobStorage):
         except FileNotFoundError:
             return None
 
+    async def read_many(self, digests: list[str]) -> list[bytes | None]:
+        # In a worker thread: a batch of reads (NFS round trips) never blocks the loop.
+        return await asyncio.to_thread(self._read_many_sync, digests)
+
+    def _read_many_sync(self, digests: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for digest in digests:
+            try:
+                out.append(self.layout.blob(digest).read_bytes())
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
     async def put_bytes(self, digest: str, data: bytes) -> None:
         target = self.layout.blob(digest)
         if _touch(target):
