@@ -37,7 +37,7 @@ from moorage.meta.records import ClusterRecord
 from moorage.recovery.archive import ArchiveBlobs, BackupError, plaintext, read_header
 from moorage.recovery.archive_records import Metadata, read_metadata
 from moorage.recovery.backup_verify import verify_plain
-from moorage.recovery.journal_replay import apply, plan_replay
+from moorage.recovery.journal_replay import apply, plan_replay, read_plan
 from moorage.recovery.restore_result import RestorePlan, RestoreResult
 from moorage.storage.paths import StorageLayout
 
@@ -220,7 +220,7 @@ async def _load(
         if not replay_journal:
             replayed: dict[str, Any] = {"applied": 0, "unrecoverable": [], "requested": False}
         else:
-            plan = plan_replay(
+            plan = await read_plan(
                 config.storage,
                 header["cluster_id"],
                 (int(header["epoch"]), int(header["revision"])),
