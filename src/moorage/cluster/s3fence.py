@@ -5,11 +5,11 @@ Writing (emergency repair): the marker is read with its ETag, then written with 
 PUT: `If-None-Match: *` when there was none, `If-Match: <ETag>` to replace the marker of an
 earlier epoch (a later repair does replace it, as on the filesystem). Two repairs racing
 both read the same state and only one conditional PUT succeeds; the other stops before it
-changes anything else. A repair also refuses to move a cluster's marker back to an epoch it
-has already reached. Before writing, the repair checks that the store honours If-None-Match
-(a second create of a probe object must fail): on a store that ignores conditional writes,
-two repairs could both believe they won, so it refuses unless `MOORAGE_S3_UNCONDITIONAL_FENCE=1`
-says the operator makes sure only one repair runs.
+changes the cluster's records or replays anything. A repair also refuses to move a cluster's
+marker back to an epoch it has already reached. Before writing, the repair checks that the
+store honours If-None-Match (a second create of a probe object must fail): on a store that
+ignores conditional writes, two repairs could both believe they won, so it refuses unless
+`MOORAGE_S3_UNCONDITIONAL_FENCE=1` says the operator makes sure only one repair runs.
 
 Checking (the write path): a worker cannot afford a request to the store per acknowledged
 write, so `S3FenceWatch.run` re-reads the marker every `fence_grace / 4` seconds and `check`
@@ -77,14 +77,19 @@ async def write_s3_fence(control: S3Control, cluster_id: str, epoch: int, replic
             raise FenceConflict(
                 f"an emergency repair already moved cluster {cluster_id} to epoch "
                 f"{marker.epoch} (by replica {marker.by_replica}); this one would move it to "
-                f"{epoch} and is stopped. Run 'moorage status' against the repaired cluster"
+                f"{epoch} and is stopped before it changed the cluster (this replica's own "
+                "etcd member was already made a one-member cluster: it cannot rejoin as it "
+                "is). Run 'moorage status' against the repaired cluster, then 'moorage "
+                "destroy' and 'moorage join' this replica"
             )
         won = await control.replace(FENCE_OBJECT, record, current.etag)
     if not won:
         raise FenceConflict(
             "another emergency repair wrote the fence marker at the same time and won; this "
-            "one stopped before changing anything else. Run 'moorage status' to see the "
-            "repaired cluster, then 'moorage destroy' and 'moorage join' this replica"
+            "one stopped before it changed the cluster (this replica's own etcd member was "
+            "already made a one-member cluster: it cannot rejoin as it is). Run 'moorage "
+            "status' to see the repaired cluster, then 'moorage destroy' and 'moorage join' "
+            "this replica"
         )
 
 

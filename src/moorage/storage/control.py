@@ -210,7 +210,7 @@ class S3Control(ControlStore):
         except StorageUnavailable:
             raise
         except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._failed("GET", name, exc) from exc
         return Stored(data, resp["ETag"])
@@ -233,9 +233,9 @@ class S3Control(ControlStore):
             )
         except Exception as exc:
             # 409 ConditionalRequestConflict: a concurrent conditional write on the same key
-            if condition and _code(exc) in ("PreconditionFailed", "412", "409"):
+            if condition and error_code(exc) in ("PreconditionFailed", "412", "409"):
                 return False
-            if condition and _code(exc) == "ConditionalRequestConflict":
+            if condition and error_code(exc) == "ConditionalRequestConflict":
                 return False
             raise self._failed(what, name, exc) from exc
         return True
@@ -266,11 +266,12 @@ class S3Control(ControlStore):
         try:
             await s3.delete_object(Bucket=self.location.bucket, Key=self._key(name))
         except Exception as exc:
-            if _code(exc) not in ("NoSuchKey", "404"):
+            if error_code(exc) not in ("NoSuchKey", "404"):
                 raise self._failed("DELETE", name, exc) from exc
 
 
-def _code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError ('' for any other exception)."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from moorage.errors import StorageUnavailable
-from moorage.storage.control import S3Control
+from moorage.storage.control import S3Control, error_code
 from moorage.storage.journal import JOURNAL_DIR, MAX_LINE, Journal, entry_of
 from moorage.storage.s3location import S3Location
 
@@ -74,13 +74,13 @@ async def _lines(control: S3Control, name: str) -> AsyncIterator[bytes]:
     try:
         resp = await s3.get_object(Bucket=loc.bucket, Key=loc.key(name))
     except Exception as exc:
-        if "NoSuchKey" in str(exc):
+        if error_code(exc) in ("NoSuchKey", "404"):
             return  # deleted between the listing and the read
         raise control._failed("GET", name, exc) from exc
     buf = b""
     skipping = False
     async with resp["Body"] as body:
-        while chunk := await body.read(CHUNK):
+        while chunk := await _read(control, name, body):
             buf += chunk
             while True:
                 end = buf.find(b"\n")
@@ -93,6 +93,14 @@ async def _lines(control: S3Control, name: str) -> AsyncIterator[bytes]:
                     skipping = False
                 elif len(line) <= MAX_LINE:
                     yield line
+
+
+async def _read(control: S3Control, name: str, body: Any) -> bytes:
+    try:
+        chunk: bytes = await body.read(CHUNK)
+    except Exception as exc:  # the connection broke mid-object
+        raise control._failed("GET", name, exc) from exc
+    return chunk
 
 
 async def journal_entries(spec: str) -> AsyncIterator[dict[str, Any]]:
