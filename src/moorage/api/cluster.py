@@ -24,7 +24,9 @@ from moorage.cluster.tls import ClusterCaUnavailable, replica_hosts, sign_join
 from moorage.errors import Denied, LoginThrottled, MoorageError, Unauthorized
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.meta.snapshot import to_json
+from moorage.storage.control import leave_probe, open_control
 from moorage.storage.paths import StorageLayout
+from moorage.storage.s3location import is_s3
 
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
 
@@ -260,7 +262,15 @@ async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[
 async def storage_probe(
     request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
 ) -> Any:
-    """Write a file into blob storage; a joining replica must find it in its own path."""
+    """Write a file into blob storage; a joining replica must find it in its own path (on
+    S3: an object it must read through its own endpoint and credentials)."""
+    if is_s3(st.config.storage):
+        control = open_control(st.config.storage)
+        try:
+            name, content = await leave_probe(control)
+        finally:
+            await control.aclose()
+        return {"path": name, "content": content, "storage": st.config.storage}
     layout = StorageLayout(Path(st.config.storage))
     name = f"join-{secrets.token_hex(8)}"
     content = secrets.token_hex(16)

@@ -18,6 +18,7 @@ from moorage.cli.options import (
     passphrase,
     passphrase_option,
     password_option,
+    storage_arg,
     username_option,
 )
 
@@ -84,7 +85,7 @@ def backup(
             Path(since) if since else None,
             progress,
             passphrase(passphrase_file),
-            Path(storage) if storage else None,
+            storage_arg(storage) if storage else None,
         )
     finally:
         if bar is not None:
@@ -117,7 +118,9 @@ def backup_verify(
     """Check every checksum and every reference (tag -> manifest -> blobs)."""
     from moorage.recovery.backup import verify
 
-    report = verify(Path(file), Path(storage) if storage else None, passphrase(passphrase_file))
+    report = verify(
+        Path(file), storage_arg(storage) if storage else None, passphrase(passphrase_file)
+    )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     elif report.ok:

@@ -267,3 +267,10 @@ def passphrase(passphrase_file: str | None) -> str | None:
             raise click.UsageError(f"{passphrase_file} is empty")
         return text
     return os.environ.get("MOORAGE_BACKUP_PASSPHRASE") or None
+
+
+def storage_arg(value: str) -> Path | str:
+    """A `--storage` value: an s3:// location as given (a str), else a directory's path."""
+    from moorage.storage.s3location import is_s3
+
+    return value if is_s3(value) else Path(value)

@@ -26,6 +26,7 @@ from moorage.cli.options import (
     passphrase_option,
     password_option,
     ports_options,
+    storage_arg,
     transport_options,
     transport_settings,
     trusting_data_dirs,
@@ -220,7 +221,11 @@ def _describe_plan(doc: dict[str, Any]) -> str:
 )
 @data_dir_option("New replica.")
 @click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
-@click.option("--storage", required=True, help="Blob storage directory.")
+@click.option(
+    "--storage",
+    required=True,
+    help="Blob storage: a directory, or s3://BUCKET/PREFIX?endpoint=URL&region=R.",
+)
 @ports_options
 @etcd_host_option
 @click.option(
@@ -270,14 +275,14 @@ def restore(
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     secret = passphrase(passphrase_file)
     plan = restore_plan(
-        Path(archive), DataDir(data_dir), http_addr, Path(storage), replay_journal, secret
+        Path(archive), DataDir(data_dir), http_addr, storage_arg(storage), replay_journal, secret
     )
     confirm("restore", plan.text(), plan.to_json(), yes=yes, dry_run=dry_run, as_json=as_json)
     result = do_restore(
         Path(archive),
         DataDir(data_dir),
         http_addr,
-        Path(storage),
+        storage_arg(storage),
         etcd_client_port,
         etcd_peer_port,
         replay_journal,

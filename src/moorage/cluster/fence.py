@@ -29,13 +29,19 @@ writing the fence, before it reads the journal.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from moorage.config import ReplicaConfig
-from moorage.errors import MoorageError
+from moorage.errors import MoorageError, StorageUnavailable
 from moorage.meta.records import FenceRecord
+from moorage.storage.s3location import is_s3
+
+if TYPE_CHECKING:
+    from moorage.cluster.s3fence import S3FenceWatch
 
 FENCE_FILE = "fence.json"
 
@@ -45,6 +51,10 @@ class Fenced(MoorageError):
 
 
 def read_fence(storage: str | Path) -> FenceRecord | None:
+    """The marker, or None when there is none or it cannot be read. Not inside a running
+    event loop when `storage` is on S3."""
+    if isinstance(storage, str) and is_s3(storage):
+        return asyncio.run(_read_s3(storage))
     try:
         raw = (Path(storage) / FENCE_FILE).read_bytes()
     except OSError:
@@ -68,6 +78,37 @@ def write_fence(storage: str | Path, cluster_id: str, epoch: int, replica_id: st
         os.close(fd)
 
 
+async def _read_s3(storage: str) -> FenceRecord | None:
+    from moorage.cluster.s3fence import read_s3_fence
+    from moorage.storage.control import S3Control
+    from moorage.storage.s3location import parse
+
+    control = S3Control(parse(storage))
+    try:
+        return await read_s3_fence(control)
+    except StorageUnavailable:
+        return None
+    finally:
+        await control.aclose()
+
+
+async def put_fence(storage: str, cluster_id: str, epoch: int, replica_id: str) -> None:
+    """Write the marker of `epoch`: `write_fence` on a directory; on S3 a conditional write
+    that fails (FenceConflict) when another repair wrote it first (moorage.cluster.s3fence)."""
+    if not is_s3(storage):
+        write_fence(storage, cluster_id, epoch, replica_id)
+        return
+    from moorage.cluster.s3fence import write_s3_fence
+    from moorage.storage.control import S3Control
+    from moorage.storage.s3location import parse
+
+    control = S3Control(parse(storage))
+    try:
+        await write_s3_fence(control, cluster_id, epoch, replica_id)
+    finally:
+        await control.aclose()
+
+
 def fence_verdict(config: ReplicaConfig, marker: FenceRecord | None) -> str | None:
     """Why `config`'s replica is fenced by `marker`, or None when it is not."""
     if marker is None or marker.cluster_id != config.cluster_id:
@@ -87,6 +128,24 @@ def check_fence(config: ReplicaConfig) -> None:
     verdict = fence_verdict(config, read_fence(config.storage))
     if verdict is not None:
         raise Fenced(verdict)
+
+
+class FenceCheck(Protocol):
+    verdict: str | None
+
+    def check(self) -> str | None: ...
+
+    async def run(self) -> None: ...
+
+
+def fence_watch(config: ReplicaConfig) -> FenceWatch | S3FenceWatch:
+    """The write path's fence check for `config`'s storage (a file's stat, or on S3 the
+    last read of the marker, kept fresh by `run`)."""
+    if is_s3(config.storage):
+        from moorage.cluster.s3fence import S3FenceWatch
+
+        return S3FenceWatch(config, fence_grace(config.storage))
+    return FenceWatch(config)
 
 
 class FenceWatch:
@@ -125,6 +184,9 @@ class FenceWatch:
         self._key, self._checked, self.verdict = key, True, verdict
         return verdict
 
+    async def run(self) -> None:
+        """Nothing to keep fresh: every check stats the file."""
+
 
 _NFS_DEFAULT_CACHE = 60.0  # Linux NFS clients: acregmax and acdirmax default to 60 s
 
@@ -133,17 +195,25 @@ def fence_grace(storage: str | Path) -> float:
     """How long after the fence is written a replica on another host may still not see it.
 
     0 on a local filesystem. On NFS: the longest attribute-cache timeout of the mount, plus a
-    second (0 with `noac` or `actimeo=0`). `MOORAGE_FENCE_GRACE`
+    second (0 with `noac` or `actimeo=0`). On S3: how old the write path's last read of the
+    marker may be (5 s, at least 1 s; moorage.cluster.s3fence). `MOORAGE_FENCE_GRACE`
     (seconds) overrides it, for shared filesystems this cannot recognise.
     """
     override = os.environ.get("MOORAGE_FENCE_GRACE")
+    given: float | None = None
     if override:
         try:
-            return max(0.0, float(override))
+            given = max(0.0, float(override))
         except ValueError:
             raise MoorageError(
                 f"MOORAGE_FENCE_GRACE must be a number of seconds, not {override[:40]!r}"
             ) from None
+    if isinstance(storage, str) and is_s3(storage):
+        from moorage.cluster.s3fence import s3_fence_grace
+
+        return s3_fence_grace(given)
+    if given is not None:
+        return given
     fstype, options = _mount_of(Path(storage))
     if not fstype.startswith("nfs"):
         return 0.0

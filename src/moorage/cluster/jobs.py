@@ -214,6 +214,7 @@ async def running(
 
     await asyncio.gather(first_start(), check_once(replica))
     tasks = [
+        asyncio.create_task(replica.fence_watch.run()),  # on S3: keeps the marker's read fresh
         asyncio.create_task(health_loop(replica, observe)),
         asyncio.create_task(purge_loop(replica.registry.storage)),
         asyncio.create_task(policy_loop(replica)),

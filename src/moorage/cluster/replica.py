@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from moorage.audit import AuditSink, LoggingSink
 from moorage.auth.access import AdminOnlyAuthorizer, Authorizer
 from moorage.auth.base import Authenticator
-from moorage.cluster.fence import FenceWatch
+from moorage.cluster.fence import FenceCheck, fence_watch
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.config import ReplicaConfig
 from moorage.meta.etcd import EtcdCluster
@@ -51,13 +51,14 @@ class Replica:
     role: str = "unknown"  # this replica's etcd role: leader, follower, learner
     read_only: bool = False  # quorum lost: serve pulls from the local copy, refuse writes
     fenced: str | None = None  # why this replica must not serve (an emergency repair left it)
-    fence_watch: FenceWatch = field(init=False, repr=False)
+    fence_watch: FenceCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.fence_watch = FenceWatch(self.config)
+        self.fence_watch = fence_watch(self.config)
 
     def fence_refusal(self) -> str | None:
-        """Why this replica is fenced, checked now (one stat of the marker, see FenceWatch),
+        """Why this replica is fenced, checked now (one stat of the marker, see FenceWatch; on
+        S3 the last read of it, see S3FenceWatch),
         or None. Raises OSError when the marker cannot be checked."""
         verdict = self.fence_watch.check()
         if verdict is not None and self.fenced is None:

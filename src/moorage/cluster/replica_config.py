@@ -17,6 +17,7 @@ from moorage.config import (
     new_replica_id,
 )
 from moorage.errors import MoorageError
+from moorage.storage.s3location import is_s3, parse
 
 
 class ReplicaStateConflict(MoorageError):
@@ -41,7 +42,7 @@ def new_replica_config(
         cluster_id=cluster_id or new_cluster_id(),
         replica_id=replica_id or new_replica_id(),
         http_addr=http_addr or DEFAULT_HTTP_ADDR,
-        storage=str(Path(storage).resolve()) if storage else str(data_dir.path / "blobs"),
+        storage=_storage(data_dir, storage),
         etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
         etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
         etcd_host=etcd_host or DEFAULT_ETCD_HOST,
@@ -97,3 +98,10 @@ def create_replica(
     create_cluster_tls(config)
     d.save(config)
     return config
+
+
+def _storage(data_dir: DataDir, storage: str | Path | None) -> str:
+    """DATA_DIR/blobs by default, a directory made absolute, an s3:// location canonical."""
+    if isinstance(storage, str) and is_s3(storage):
+        return parse(storage).url()
+    return str(Path(storage).resolve()) if storage else str(data_dir.path / "blobs")

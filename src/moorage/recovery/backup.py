@@ -47,7 +47,13 @@ from moorage.recovery.archive import (
 )
 from moorage.recovery.archive_records import Metadata, metadata_member
 from moorage.recovery.backup_results import BackupResult
-from moorage.recovery.backup_sources import HttpSource, Source, StorageSource, find_storage
+from moorage.recovery.backup_sources import (
+    BlobStorageSource,
+    HttpSource,
+    Source,
+    StorageSource,
+    find_storage,
+)
 from moorage.recovery.backup_verify import inspect, verify
 from moorage.recovery.client import AdminClient
 from moorage.recovery.crypt import EncryptingWriter
@@ -220,7 +226,7 @@ def create(
     since: Path | None,
     progress: Callable[[int, int], None] | None = None,
     passphrase: str | None = None,
-    storage: Path | None = None,
+    storage: Path | str | None = None,
 ) -> BackupResult:
     local = find_storage(client, storage)
     doc, md = fetch_records(client)
@@ -233,9 +239,13 @@ def create(
             chain_held, base_chain = _chain_blobs(since, passphrase, stack)
     to_store, from_base = _plan(md, include_blobs, chain_held)
     header = new_header(doc, md, include_blobs, to_store, chain_held, since, base_chain)
-    source: Source = (
-        StorageSource(local) if local is not None else HttpSource(client, doc["revision"])
-    )
+    source: Source
+    if isinstance(local, Path):
+        source = StorageSource(local)
+    elif local is not None:  # s3://
+        source = BlobStorageSource(local)
+    else:
+        source = HttpSource(client, doc["revision"])
     write(out, header, md, to_store, source, passphrase, progress)
     manifests, blobs = _split(to_store)
     base_manifests, base_blobs = _split(from_base)

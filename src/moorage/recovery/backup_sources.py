@@ -11,8 +11,11 @@ from typing import Any
 
 from moorage.errors import MoorageError
 from moorage.recovery.archive import CHUNK, BackupError, safe_archive_name
+from moorage.recovery.blob_access import SyncBlobs
 from moorage.recovery.client import AdminClient
+from moorage.storage.control import probe_seen
 from moorage.storage.paths import StorageLayout
+from moorage.storage.s3location import is_s3, parse
 
 
 class Source:
@@ -64,6 +67,44 @@ class StorageSource(Source):
             yield size, iter(lambda: fh.read(CHUNK), b"")
 
 
+class BlobStorageSource(Source):
+    """Blob storage the filesystem code does not reach (S3), read through its driver."""
+
+    name = "storage"
+
+    def __init__(self, spec: str) -> None:
+        self.blobs = SyncBlobs(spec)
+
+    def close(self) -> None:
+        self.blobs.close()
+
+    def _missing(self, kind: str, repo: str, digest: str) -> BackupError:
+        return BackupError(
+            f"{kind} {digest} of {repo} is recorded but its bytes are not in blob storage at "
+            f"{self.blobs.where}; check that storage (moorage backup verify --storage)"
+        )
+
+    def small(self, kind: str, repo: str, digest: str) -> bytes:
+        data = self._read(digest)
+        if data is None:
+            raise self._missing(kind, repo, digest)
+        return data
+
+    def _read(self, digest: str) -> bytes | None:
+        return self.blobs._run(self.blobs.storage.read_bytes(digest))
+
+    @contextlib.contextmanager
+    def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
+        size = self.blobs.size(digest)
+        if size is None:
+            raise self._missing(kind, repo, digest)
+        chunks = self.blobs.chunks(digest)
+        try:
+            yield size, chunks
+        finally:
+            chunks.close()
+
+
 class HttpSource(Source):
     """The registry API (when this host does not see blob storage)."""
 
@@ -98,9 +139,11 @@ class HttpSource(Source):
             yield None, resp.iter_bytes(CHUNK)
 
 
-def find_storage(client: AdminClient, storage: Path | None) -> Path | None:
+def find_storage(client: AdminClient, storage: Path | str | None) -> Path | str | None:
     """The local path of the cluster's blob storage if this host sees it (checked with a
-    probe file the cluster writes), else None; an explicit `storage` must be it."""
+    probe file the cluster writes), else None; an explicit `storage` must be it. On S3 (a
+    `storage` or the cluster's own that is an s3:// location, as a str) the canonical
+    location when this host reads the probe object with its own credentials."""
     try:
         probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
         name = str(probe["path"])
@@ -109,6 +152,17 @@ def find_storage(client: AdminClient, storage: Path | None) -> Path | None:
     except (MoorageError, KeyError, TypeError) as exc:
         if storage is not None:
             raise BackupError(f"could not check --storage {storage}: {exc}") from None
+        return None
+    if isinstance(storage, str) or (storage is None and is_s3(remote)):
+        spec = storage if isinstance(storage, str) else remote
+        if probe_seen(spec, name, content):
+            return parse(spec).url()
+        if storage is not None:
+            raise BackupError(
+                f"--storage {storage} is not the cluster's blob storage (a probe object the "
+                f"cluster wrote to {remote} {name} cannot be read there with this host's "
+                "credentials); give the cluster's bucket and prefix, and its credentials"
+            )
         return None
     local = storage.resolve() if storage is not None else Path(remote)
     parts = name.split("/")

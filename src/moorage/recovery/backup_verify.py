@@ -40,6 +40,7 @@ from moorage.recovery.archive import (
 )
 from moorage.recovery.archive_records import Metadata, read_metadata
 from moorage.recovery.backup_results import BackupInspection, VerifyReport
+from moorage.recovery.blob_access import SyncBlobs
 from moorage.recovery.crypt import is_encrypted
 from moorage.storage.paths import StorageLayout
 
@@ -148,7 +149,9 @@ def _parse_sums(data: bytes, sums: dict[str, str], problems: list[str], label: s
         sums[name] = digest
 
 
-def verify(path: Path, storage: Path | None = None, passphrase: str | None = None) -> VerifyReport:
+def verify(
+    path: Path, storage: Path | str | None = None, passphrase: str | None = None
+) -> VerifyReport:
     """Checksums of every member, then referential integrity; `problems` empty means good."""
     with contextlib.ExitStack() as stack:
         report = verify_plain(path, plaintext(path, passphrase, stack), storage, passphrase, stack)
@@ -169,7 +172,7 @@ class _Chain:
 def verify_plain(
     original: Path,
     path: Path,
-    storage: Path | None,
+    storage: Path | str | None,
     passphrase: str | None,
     stack: contextlib.ExitStack,
 ) -> dict[str, Any]:
@@ -186,10 +189,19 @@ def verify_plain(
         problems += _check_records(original, md)  # step 2
     chain = _scan_chain(original, path, found, header["base_chain"], passphrase, stack)  # 3
     problems += chain.problems
-    layout = StorageLayout(storage) if storage is not None else None
+    layout: StorageLayout | SyncBlobs | None = None
+    if isinstance(storage, Path):
+        layout = StorageLayout(storage)
+    elif storage is not None:  # s3://, through its driver
+        layout = SyncBlobs(storage)
+        stack.callback(layout.close)
 
     def available(digest: str) -> bool:
-        return digest in chain.held or (layout is not None and layout.blob(digest).exists())
+        if digest in chain.held or layout is None:
+            return digest in chain.held
+        if isinstance(layout, SyncBlobs):
+            return layout.size(digest) is not None
+        return layout.blob(digest).exists()
 
     if not problems and not chain.missing_bases:
         problems += _check_chain_claims(header["chain_blobs"], available)  # step 4
@@ -282,7 +294,7 @@ class _References:
 
     md: Metadata
     blobs: ArchiveBlobs
-    layout: StorageLayout | None
+    layout: StorageLayout | SyncBlobs | None
     available: Callable[[str], bool]
     check_blobs: bool
     problems: list[str] = field(default_factory=list)
@@ -330,7 +342,9 @@ class _References:
                 )
 
 
-def _read_manifest(blobs: ArchiveBlobs, layout: StorageLayout | None, digest: str) -> bytes | None:
+def _read_manifest(
+    blobs: ArchiveBlobs, layout: StorageLayout | SyncBlobs | None, digest: str
+) -> bytes | None:
     """A manifest's bytes from the chain or storage (never more than a manifest can be)."""
     size = blobs.size(digest)
     if size is not None:
@@ -339,6 +353,11 @@ def _read_manifest(blobs: ArchiveBlobs, layout: StorageLayout | None, digest: st
         parts: list[bytes] = []
         if blobs.copy(digest, parts.append):
             return b"".join(parts)
+    if isinstance(layout, SyncBlobs):
+        try:
+            return layout.read_small(digest, MAX_MANIFEST_BYTES)
+        except ValueError:
+            raise BackupError("larger in storage than a manifest can be") from None
     if layout is not None:
         try:
             with open(layout.blob(digest), "rb") as fh:

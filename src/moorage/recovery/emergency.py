@@ -34,7 +34,7 @@ from typing import Any
 from moorage.audit import AuditEvent
 from moorage.audit.log import command_actor, write_now
 from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.fence import fence_grace, write_fence
+from moorage.cluster.fence import fence_grace, put_fence
 from moorage.cluster.guidance import rejoin_procedure
 from moorage.cluster.lifecycle import ping, running_pid, start_background, stop
 from moorage.cluster.tls import client_tls
@@ -45,7 +45,7 @@ from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision
 from moorage.meta.records import ClusterRecord, ReplicaRecord
 from moorage.recovery.candidates import Candidate, Probe, inspect_dir, inspect_urls, probe_members
 from moorage.recovery.client import AdminClient
-from moorage.recovery.journal_replay import apply, plan_replay
+from moorage.recovery.journal_replay import apply, read_plan
 
 
 class RepairRefused(MoorageError):
@@ -305,7 +305,8 @@ async def _rewrite(
         old_epoch = max(cluster.epoch if cluster else 1, config.epoch)
         epoch = old_epoch + 1
         # Fence first: from now on no replica of the old epoch may serve.
-        write_fence(config.storage, config.cluster_id, epoch, config.replica_id)
+        # (on S3 a conditional write: of two repairs racing, one stops here; cluster.s3fence)
+        await put_fence(config.storage, config.cluster_id, epoch, config.replica_id)
         # From here no replica of the old epoch acknowledges a write, and every write it did
         # acknowledge is in the journal read below (see moorage.cluster.fence); on a shared
         # filesystem that caches attributes, wait until every host sees the marker.
@@ -320,7 +321,9 @@ async def _rewrite(
         await store.release_lock(JOIN_LOCK)
         replayed: dict[str, Any] = {"applied": 0, "unrecoverable": []}
         if replay:
-            plan = plan_replay(config.storage, config.cluster_id, (old_epoch, survivor_revision))
+            plan = await read_plan(
+                config.storage, config.cluster_id, (old_epoch, survivor_revision)
+            )
             result = await apply(store, config.storage, plan)
             replayed = {"applied": result.applied, "unrecoverable": result.unrecoverable}
         actor, host = command_actor()

@@ -33,6 +33,8 @@ from moorage.errors import MoorageError
 from moorage.pki.ca import fingerprint, load_cert
 from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
+from moorage.storage.control import probe_seen
+from moorage.storage.s3location import is_s3, parse
 
 JOIN_PATIENCE = 300.0
 
@@ -43,6 +45,9 @@ class JoinFailed(MoorageError):
 
 def check_storage(client: AdminClient, storage: str | None) -> str:
     probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
+    remote = str(probe["storage"])
+    if is_s3(storage or "") or (not storage and is_s3(remote)):
+        return _check_s3(storage or remote, remote, str(probe["path"]), str(probe["content"]))
     local = Path(storage).resolve() if storage else Path(probe["storage"])
     path = local / probe["path"]
     try:
@@ -59,6 +64,19 @@ def check_storage(client: AdminClient, storage: str | None) -> str:
             "same storage here and pass its local path with --storage"
         )
     return str(local)
+
+
+def _check_s3(spec: str, remote: str, name: str, content: str) -> str:
+    """The canonical URL of S3 storage `spec` if this host reads the cluster's probe there."""
+    location = parse(spec)  # ConfigError saying what is wrong with --storage
+    if not probe_seen(spec, name, content):
+        raise JoinFailed(
+            f"this host does not see the cluster's blob storage at {location} (a probe object "
+            f"the cluster wrote to {remote} {name} is not there, or cannot be read with this "
+            "host's credentials); pass the cluster's bucket and prefix with --storage and set "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for it"
+        )
+    return location.url()
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ before anything of it is used; an invalid one is refused and reported, never app
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from moorage.meta.base import MetaStore, op_batches
 from moorage.meta.records import ManifestRecord, check_digest, decode_referrer
 from moorage.oci.manifest import MAX_MANIFEST_BYTES, parse_manifest
 from moorage.oci.names import is_valid_tag, validate_name
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage import BlobStorage, open_blob_storage
 from moorage.storage.journal import read_entries
+from moorage.storage.s3journal import journal_entries
+from moorage.storage.s3location import is_s3
 
 log = logging.getLogger("moorage.journal")
 
@@ -126,10 +130,23 @@ def check_entry(e: dict[str, Any]) -> None:
 
 def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
     """The entries of `cluster_id` newer than (epoch, revision) `after`, in order; invalid
-    entries of that cluster are set aside in `rejected`."""
+    entries of that cluster are set aside in `rejected`. From synchronous code: on S3 it runs
+    `read_plan` in an event loop of its own."""
+    if isinstance(storage_root, str) and is_s3(storage_root):
+        return asyncio.run(read_plan(storage_root, cluster_id, after))
+    return plan_of(read_entries(storage_root), cluster_id, after)
+
+
+async def read_plan(storage: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
+    """`plan_replay` from a coroutine: the journal of a directory (read in a thread) or of an
+    S3 location (listed page by page)."""
+    return plan_of([e async for e in journal_entries(str(storage))], cluster_id, after)
+
+
+def plan_of(found: Iterable[dict[str, Any]], cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
     entries: list[dict[str, Any]] = []
     rejected: list[str] = []
-    for e in read_entries(storage_root):
+    for e in found:
         if e.get("c") != cluster_id:
             continue
         try:
@@ -158,7 +175,15 @@ async def _journal_key(store: MetaStore, plan: ReplayPlan) -> bytes | None:
 
 
 async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) -> ReplayResult:
-    storage = FilesystemStorage(str(storage_root))
+    """Apply `plan` to `store`; manifest bytes are read from the blob storage
+    `storage_root` names (a directory or an s3:// location)."""
+    opened: list[BlobStorage] = []
+
+    def blob_storage() -> BlobStorage:
+        if not opened:  # only when a manifest is replayed
+            opened.append(open_blob_storage(str(storage_root)))
+        return opened[0]
+
     result = ReplayResult(unrecoverable=list(plan.rejected))
     key = await _journal_key(store, plan)
     for e in plan.entries:
@@ -176,6 +201,7 @@ async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) ->
             elif e["op"] == "manifest":
                 record = ManifestRecord(**e["record"])
                 record.validate()
+                storage = blob_storage()
                 size = await storage.stat(record.digest)
                 if size is not None and size > MAX_MANIFEST_BYTES:
                     result.unrecoverable.append(

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from moorage.meta.records import ClusterRecord
 from moorage.recovery.archive import ArchiveBlobs, BackupError, plaintext, read_header
 from moorage.recovery.archive_records import Metadata, read_metadata
 from moorage.recovery.backup_verify import verify_plain
-from moorage.recovery.journal_replay import apply, plan_replay
+from moorage.recovery.blob_access import SyncBlobs
+from moorage.recovery.journal_replay import apply, plan_replay, read_plan
 from moorage.recovery.restore_result import RestorePlan, RestoreResult
 from moorage.storage.paths import StorageLayout
 
@@ -46,7 +48,7 @@ def plan(
     archive: Path,
     data_dir: DataDir,
     http_addr: str,
-    storage: Path,
+    storage: Path | str,
     replay_journal: bool,
     passphrase: str | None = None,
 ) -> RestorePlan:
@@ -63,7 +65,7 @@ def plan(
         problems.append(
             f"{data_dir.path} already holds replica state; restore needs an empty data directory"
         )
-    if not storage.is_dir():
+    if isinstance(storage, Path) and not storage.is_dir():
         problems.append(f"blob storage {storage} does not exist (it will be created empty)")
     return RestorePlan(
         {
@@ -91,7 +93,7 @@ def restore(
     archive: Path,
     data_dir: DataDir,
     http_addr: str,
-    storage: Path,
+    storage: Path | str,
     etcd_client_port: int | None,
     etcd_peer_port: int | None,
     replay_journal: bool,
@@ -166,9 +168,30 @@ def restore(
     return RestoreResult(out)
 
 
-def _copy_blobs(archives: list[Path], digests: set[str], storage: Path) -> int:
+def _copy_blobs(archives: list[Path], digests: set[str], storage: Path | str) -> int:
     with ArchiveBlobs(archives) as blobs:
-        return _copy_from(blobs, digests, storage)
+        if isinstance(storage, Path):
+            return _copy_from(blobs, digests, storage)
+        return _copy_through(blobs, digests, SyncBlobs(storage))
+
+
+def _copy_through(blobs: ArchiveBlobs, digests: set[str], storage: SyncBlobs) -> int:
+    """`_copy_from` through a blob storage driver (S3): each blob missing there is streamed
+    from the archive into an upload, committed only when it hashes to its digest."""
+    copied = 0
+    try:
+        for digest in sorted(digests):
+            if storage.size(digest) is not None:
+                continue
+            if storage.store(digest, functools.partial(_copy_one, blobs, digest)):
+                copied += 1
+    finally:
+        storage.close()
+    return copied
+
+
+def _copy_one(blobs: ArchiveBlobs, digest: str, write: Callable[[bytes], None]) -> bool:
+    return blobs.copy(digest, write)
 
 
 def _copy_from(blobs: ArchiveBlobs, digests: set[str], storage: Path) -> int:
@@ -220,7 +243,7 @@ async def _load(
         if not replay_journal:
             replayed: dict[str, Any] = {"applied": 0, "unrecoverable": [], "requested": False}
         else:
-            plan = plan_replay(
+            plan = await read_plan(
                 config.storage,
                 header["cluster_id"],
                 (int(header["epoch"]), int(header["revision"])),

@@ -28,5 +28,10 @@ class Registry:
         if self.journal is not None:
             self.journal.close()
 
+    async def aclose(self) -> None:
+        """`close`, and what only closes asynchronously (an S3 journal's client)."""
+        if self.journal is not None:
+            await self.journal.aclose()
+
 
 __all__ = ["Registry"]

@@ -35,6 +35,7 @@ from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.server import transport
 from moorage.server.token_auth import token_authenticator
+from moorage.storage import open_journal
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
 
@@ -45,7 +46,7 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     """The replica of this process over the store `meta`: its blob storage, journal,
     registry and authentication (and, with etcd, its cluster API and heartbeat)."""
     storage = FilesystemStorage(config.storage)
-    journal: Journal | None = Journal(
+    journal: Journal | None = open_journal(
         config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
@@ -95,7 +96,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             ):
                 yield
         finally:
-            replica.registry.close()  # the journal's descriptor would outlive the app
+            await replica.registry.aclose()  # the journal's descriptor would outlive the app
             if isinstance(replica.authorizer, Policy):
                 await replica.authorizer.view.close()
             await meta.close()

@@ -34,10 +34,22 @@ class Journal:
         self.path = self.dir / f"{writer}.jsonl"
         self.epoch = epoch
         self._fd: int | None = None
+        self._torn = False  # a failed write may have left part of a line behind
+        self._start_queue()
+
+    def _start_queue(self) -> None:
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
-        self._torn = False  # a failed write may have left part of a line behind
+
+    @property
+    def where(self) -> str:
+        """Where the journal is written, for messages."""
+        return str(self.path)
+
+    async def _write(self, data: bytes) -> None:
+        """Make one batch of lines durable (a new S3 object in moorage.storage.s3journal)."""
+        await asyncio.to_thread(self._write_sync, data)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -78,18 +90,23 @@ class Journal:
         try:
             await future
         except OSError as exc:
-            raise StorageUnavailable(
-                f"cannot write the journal {self.path}: {exc.strerror or exc}. The change "
-                "was committed but not journaled (an emergency repair could lose it): make "
-                "blob storage writable, then repeat the request"
-            ) from exc
+            raise self._unavailable(exc.strerror or exc) from exc
+        except StorageUnavailable as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, reason: object) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"cannot write the journal {self.where}: {reason}. The change "
+            "was committed but not journaled (an emergency repair could lose it): make "
+            "blob storage writable, then repeat the request"
+        )
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await asyncio.to_thread(self._write_sync, b"".join(line for line, _ in batch))
+                    await self._write(b"".join(line for line, _ in batch))
                 except BaseException as exc:
                     # Every waiter gets an answer, whatever happened (never a hang).
                     failure = exc if isinstance(exc, Exception) else OSError("write interrupted")
@@ -109,6 +126,10 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    async def aclose(self) -> None:
+        """Release what the journal holds (the file descriptor; an S3 client)."""
+        self.close()
 
 
 # Longest journal line read (an entry holds a manifest record and its referrer descriptor,
@@ -134,9 +155,17 @@ def read_entries(storage_root: str | Path) -> Iterator[dict[str, Any]]:
                     continue
                 if not raw.endswith(b"\n"):
                     break  # torn by a crash mid-append: never acknowledged
-                try:
-                    entry = json.loads(raw)
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(entry, dict) and "r" in entry and "op" in entry:
+                entry = entry_of(raw)
+                if entry is not None:
                     yield entry
+
+
+def entry_of(raw: bytes) -> dict[str, Any] | None:
+    """The entry one complete journal line holds, or None when it holds none."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(entry, dict) and "r" in entry and "op" in entry:
+        return entry
+    return None
