@@ -1,0 +1,675 @@
+"""Upload sessions of the S3 driver: chunks of any size on a multipart upload, any replica.
+
+A session is a state object (`uploads/<id>/state`, JSON) that only a compare-and-swap
+replaces (PUT If-Match its ETag), a lock object (`uploads/<id>/lock`) and its bytes: the
+parts of one S3 multipart upload at `uploads/<id>/data`, each exactly `PART_BYTES` (S3
+wants at least 5 MiB but the last), then a tail object of fewer bytes. A request that
+appends reads the tail back into its buffer, cuts parts as the buffer fills, and at the end
+writes the new tail under a new generation and swaps the state: until that swap the
+session is as it was (parts uploaded meanwhile are not in the state's part list, so they
+are replaced by the next writer or dropped on completion), which is `AppendWriter.abort`.
+
+One request at a time holds a session, on every replica: the lock object is created with
+If-None-Match: * and deleted on release; a holder refreshes it (If-Match) as it works, and a
+lock whose holder crashed is taken over (If-Match its ETag) once it has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, StorageUnavailable, UploadBusy
+from moorage.oci.digest import Hasher
+from moorage.storage.base import AppendWriter, UploadHandle
+from moorage.storage.s3io import (
+    S3Connection,
+    list_page,
+    missing,
+    precondition_failed,
+    translated,
+)
+from moorage.storage.s3layout import S3Layout
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+
+#: Every part but the last: S3's minimum is 5 MiB.
+PART_BYTES = 8 * 1024 * 1024
+#: Above this, a committed object is copied in parts (CopyObject's limit is 5 GiB).
+COPY_LIMIT = 5 * 1024**3
+COPY_PART_BYTES = 512 * 1024 * 1024
+#: A lock not refreshed for this long is taken over (its holder crashed).
+LOCK_SECONDS = 120.0
+READ_BYTES = 1024 * 1024
+# Chunks up to this size are hashed on the event loop; larger ones in a thread.
+INLINE_HASH = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SessionState:
+    repo: str | None = None
+    size: int = 0
+    mpu: str | None = None  # the multipart upload at uploads/<id>/data
+    parts: list[tuple[int, str, int]] = field(default_factory=list)  # number, ETag, size
+    tail: int = 0  # the tail object's generation; 0: none
+    tail_size: int = 0
+    sealed: bool = False  # uploads/<id>/data is complete (the upload was hashed)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SessionState:
+        try:
+            doc = json.loads(raw)
+            return cls(
+                repo=doc["repo"],
+                size=int(doc["size"]),
+                mpu=doc["mpu"],
+                parts=[(int(n), str(e), int(s)) for n, e, s in doc["parts"]],
+                tail=int(doc["tail"]),
+                tail_size=int(doc["tail_size"]),
+                sealed=bool(doc["sealed"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageUnavailable(f"an upload session's state in S3 is damaged: {exc}") from exc
+
+
+def _gone() -> BlobUploadUnknown:
+    return BlobUploadUnknown("upload unknown: it was finished, cancelled or expired")
+
+
+class S3Sessions:
+    """The session objects of one store: load, swap, lock."""
+
+    def __init__(self, conn: S3Connection, layout: S3Layout) -> None:
+        self.conn = conn
+        self.layout = layout
+
+    async def load(self, upload_id: str) -> tuple[SessionState, str, float] | None:
+        """The state, its ETag and when it was last written; None when there is none."""
+        async with translated("read an upload session"):
+            s3 = await self.conn.client()
+            try:
+                resp = await s3.get_object(
+                    Bucket=self.layout.bucket, Key=self.layout.state(upload_id)
+                )
+            except ClientError as exc:
+                if missing(exc):
+                    return None
+                raise
+            async with resp["Body"] as body:
+                raw = await body.read()
+        return SessionState.decode(raw), resp["ETag"], resp["LastModified"].timestamp()
+
+    async def create(self, upload_id: str, state: SessionState) -> str:
+        async with translated("create an upload session"):
+            s3 = await self.conn.client()
+            try:
+                resp = await s3.put_object(
+                    Bucket=self.layout.bucket,
+                    Key=self.layout.state(upload_id),
+                    Body=state.encode(),
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                if precondition_failed(exc):
+                    raise BlobUploadInvalid(f"upload {upload_id} already exists") from None
+                raise
+        return resp["ETag"]
+
+    async def swap(self, upload_id: str, state: SessionState, etag: str) -> str:
+        """Replace the state whose ETag is `etag`; UploadBusy when it changed meanwhile (this
+        request's lock expired and another request took the session)."""
+        async with translated("update an upload session"):
+            s3 = await self.conn.client()
+            try:
+                resp = await s3.put_object(
+                    Bucket=self.layout.bucket,
+                    Key=self.layout.state(upload_id),
+                    Body=state.encode(),
+                    IfMatch=etag,
+                )
+            except ClientError as exc:
+                if precondition_failed(exc) or missing(exc):
+                    raise UploadBusy(
+                        "the upload session changed under this request (its hold expired); "
+                        "GET the upload for its size and retry",
+                        state.size,
+                    ) from None
+                raise
+        return resp["ETag"]
+
+    # -- the lock ---------------------------------------------------------------------
+    def _lock_body(self, token: str) -> bytes:
+        return json.dumps({"token": token, "expires": time.time() + LOCK_SECONDS}).encode()
+
+    async def lock(self, upload_id: str) -> tuple[str, str]:
+        """Take the session's lock: (token, the lock object's ETag). UploadBusy while another
+        request holds it; the lock of a crashed holder is taken over once expired."""
+        token = secrets.token_hex(16)
+        key = self.layout.lock(upload_id)
+        async with translated("lock an upload session"):
+            s3 = await self.conn.client()
+            for _ in range(3):
+                try:
+                    resp = await s3.put_object(
+                        Bucket=self.layout.bucket,
+                        Key=key,
+                        Body=self._lock_body(token),
+                        IfNoneMatch="*",
+                    )
+                    return token, resp["ETag"]
+                except ClientError as exc:
+                    if not precondition_failed(exc):
+                        raise
+                try:
+                    held = await s3.get_object(Bucket=self.layout.bucket, Key=key)
+                except ClientError as exc:
+                    if missing(exc):
+                        continue  # released meanwhile: try to create it again
+                    raise
+                async with held["Body"] as body:
+                    raw = await body.read()
+                try:
+                    expires = float(json.loads(raw)["expires"])
+                except (ValueError, KeyError, TypeError):
+                    expires = 0.0  # a damaged lock holds nothing
+                if expires > time.time():
+                    raise await self._busy(upload_id)
+                try:
+                    resp = await s3.put_object(
+                        Bucket=self.layout.bucket,
+                        Key=key,
+                        Body=self._lock_body(token),
+                        IfMatch=held["ETag"],
+                    )
+                    return token, resp["ETag"]
+                except ClientError as exc:
+                    if not (precondition_failed(exc) or missing(exc)):
+                        raise
+                    # another request took it over first, or it was released: once more
+        raise await self._busy(upload_id)
+
+    async def _busy(self, upload_id: str) -> Exception:
+        found = await self.load(upload_id)
+        if found is None:
+            return _gone()
+        return UploadBusy(
+            "another request is appending to, finishing or cancelling this upload; retry "
+            "once it has ended (GET the upload for its size)",
+            found[0].size,
+        )
+
+    async def refresh(self, upload_id: str, lock_etag: str, token: str) -> str:
+        async with translated("refresh an upload session's lock"):
+            s3 = await self.conn.client()
+            try:
+                resp = await s3.put_object(
+                    Bucket=self.layout.bucket,
+                    Key=self.layout.lock(upload_id),
+                    Body=self._lock_body(token),
+                    IfMatch=lock_etag,
+                )
+            except ClientError as exc:
+                if precondition_failed(exc) or missing(exc):
+                    raise UploadBusy(
+                        "this request's hold on the upload expired and another request took "
+                        "it; GET the upload for its size and retry",
+                        0,
+                    ) from None
+                raise
+        return resp["ETag"]
+
+    async def unlock(self, upload_id: str, token: str) -> None:
+        """Delete the lock if this request still holds it."""
+        key = self.layout.lock(upload_id)
+        async with translated("unlock an upload session"):
+            s3 = await self.conn.client()
+            try:
+                held = await s3.get_object(Bucket=self.layout.bucket, Key=key)
+            except ClientError as exc:
+                if missing(exc):
+                    return
+                raise
+            async with held["Body"] as body:
+                raw = await body.read()
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                if json.loads(raw)["token"] != token:
+                    return  # expired and taken over: not ours to delete
+            await s3.delete_object(Bucket=self.layout.bucket, Key=key)
+
+    async def hold(self, upload_id: str) -> S3UploadHandle:
+        token, lock_etag = await self.lock(upload_id)
+        try:
+            found = await self.load(upload_id)
+            if found is None:
+                raise _gone()  # finished, cancelled or purged (maybe while this one waited)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.unlock(upload_id, token)
+            raise
+        state, etag, _ = found
+        return S3UploadHandle(self, upload_id, state, etag, (token, lock_etag))
+
+    async def drop_objects(self, upload_id: str, keep_lock: bool) -> int:
+        """Delete the session's objects (the state first: from then on it is unknown), and
+        abort its multipart upload; how many objects went."""
+        layout = self.layout
+        prefix = layout.session(upload_id)
+        removed = 0
+        async with translated("delete an upload session"):
+            s3 = await self.conn.client()
+            found = await self.load(upload_id)
+            with contextlib.suppress(ClientError):
+                await s3.delete_object(Bucket=layout.bucket, Key=layout.state(upload_id))
+            if found is not None:
+                removed += 1
+                if found[0].mpu is not None:
+                    await self.abort_mpu(s3, layout.data(upload_id), found[0].mpu)
+            token: str | None = None
+            while True:
+                page = await list_page(s3, layout.bucket, prefix, token)
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    lock = keep_lock and key == layout.lock(upload_id)
+                    if key == layout.state(upload_id) or lock:
+                        continue
+                    with contextlib.suppress(ClientError):
+                        await s3.delete_object(Bucket=layout.bucket, Key=key)
+                        removed += 1
+                if not page.get("IsTruncated"):
+                    break
+                token = page.get("NextContinuationToken")
+        return removed
+
+    async def abort_mpu(self, s3: S3Client, key: str, mpu: str) -> None:
+        try:
+            await s3.abort_multipart_upload(Bucket=self.layout.bucket, Key=key, UploadId=mpu)
+        except ClientError as exc:
+            if not missing(exc):
+                raise
+
+
+class S3UploadHandle(UploadHandle):
+    """One session, held (or just created) by this request."""
+
+    def __init__(
+        self,
+        sessions: S3Sessions,
+        upload_id: str,
+        state: SessionState,
+        etag: str,
+        lock: tuple[str, str] | None,
+    ) -> None:
+        self.sessions = sessions
+        self.layout = sessions.layout
+        self.upload_id = upload_id
+        self.state = state
+        self.etag = etag
+        self._lock = lock  # (token, ETag) while this request holds the lock object
+        self._locked_at = time.monotonic()
+        self._ended = False
+        self._tail_bytes: bytes | None = None  # the tail as this request last wrote it
+
+    @property
+    def size(self) -> int:
+        return self.state.size
+
+    def _live(self) -> None:
+        if self._ended:
+            raise BlobUploadUnknown("upload unknown: it was finished or cancelled")
+
+    async def keep(self) -> None:
+        """Refresh the lock when a third of its time has passed (long requests)."""
+        if self._lock is None or time.monotonic() - self._locked_at < LOCK_SECONDS / 3:
+            return
+        token, lock_etag = self._lock
+        self._lock = (token, await self.sessions.refresh(self.upload_id, lock_etag, token))
+        self._locked_at = time.monotonic()
+
+    async def _client(self) -> S3Client:
+        return await self.sessions.conn.client()
+
+    async def append(self, hasher: Hasher | None) -> AppendWriter:
+        self._live()
+        if self.state.sealed:
+            raise BlobUploadInvalid(
+                "this upload was already read back to check its digest and takes no more "
+                "bytes; finish it with PUT, or start a new upload"
+            )
+        tail = await self.tail_bytes()
+        return S3AppendWriter(self, hasher, tail)
+
+    async def tail_bytes(self) -> bytes:
+        state = self.state
+        if state.tail_size == 0:
+            return b""
+        if self._tail_bytes is not None and len(self._tail_bytes) == state.tail_size:
+            return self._tail_bytes
+        async with translated("read an upload's tail"):
+            s3 = await self._client()
+            try:
+                resp = await s3.get_object(
+                    Bucket=self.layout.bucket, Key=self.layout.tail(self.upload_id, state.tail)
+                )
+            except ClientError as exc:
+                if missing(exc):
+                    raise StorageUnavailable(
+                        f"upload {self.upload_id} lost its tail object in S3"
+                    ) from None
+                raise
+            async with resp["Body"] as body:
+                data = await body.read()
+        if len(data) != state.tail_size:
+            raise StorageUnavailable(f"upload {self.upload_id}: its tail object has the wrong size")
+        return data
+
+    async def hash(self, algorithm: str) -> str:
+        self._live()
+        h = hashlib.new(algorithm)
+        if self.state.mpu is None and not self.state.sealed:
+            h.update(await self.tail_bytes())
+            return h.hexdigest()
+        await self.seal()
+        async with translated("read an upload back"):
+            s3 = await self._client()
+            data_key = self.layout.data(self.upload_id)
+            resp = await s3.get_object(Bucket=self.layout.bucket, Key=data_key)
+            async with resp["Body"] as body:
+                async for chunk in body.iter_chunks(READ_BYTES):
+                    if len(chunk) > INLINE_HASH:
+                        await asyncio.to_thread(h.update, chunk)
+                    else:
+                        h.update(chunk)
+                    await self.keep()
+        return h.hexdigest()
+
+    async def seal(self) -> None:
+        """Complete the multipart upload (the tail as its last part) at uploads/<id>/data."""
+        state = self.state
+        if state.sealed:
+            return
+        layout = self.layout
+        data_key = layout.data(self.upload_id)
+        assert state.mpu is not None
+        parts = list(state.parts)
+        async with translated("complete an upload"):
+            s3 = await self._client()
+            if state.tail_size:
+                copied = await s3.upload_part_copy(
+                    Bucket=layout.bucket,
+                    Key=data_key,
+                    UploadId=state.mpu,
+                    PartNumber=len(parts) + 1,
+                    CopySource={
+                        "Bucket": layout.bucket,
+                        "Key": layout.tail(self.upload_id, state.tail),
+                    },
+                )
+                parts.append((len(parts) + 1, copied["CopyPartResult"]["ETag"], state.tail_size))
+            try:
+                await s3.complete_multipart_upload(
+                    Bucket=layout.bucket,
+                    Key=data_key,
+                    UploadId=state.mpu,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e, _ in parts]},
+                )
+            except ClientError as exc:
+                # Completed before, by a request that died before it swapped the state.
+                if not missing(exc) or await self._object_size(s3, data_key) != state.size:
+                    raise
+            sealed = replace(state, mpu=None, parts=[], tail=0, tail_size=0, sealed=True)
+            self.etag = await self.sessions.swap(self.upload_id, sealed, self.etag)
+            self.state = sealed
+            if state.tail:
+                with contextlib.suppress(ClientError):
+                    await s3.delete_object(
+                        Bucket=layout.bucket, Key=layout.tail(self.upload_id, state.tail)
+                    )
+
+    async def _object_size(self, s3: S3Client, key: str) -> int | None:
+        try:
+            head = await s3.head_object(Bucket=self.layout.bucket, Key=key)
+        except ClientError as exc:
+            if missing(exc):
+                return None
+            raise
+        return head["ContentLength"]
+
+    async def commit(self, digest: str) -> None:
+        self._live()
+        layout = self.layout
+        target = layout.blob(digest)
+        await self.keep()
+        async with translated("store a blob"):
+            s3 = await self._client()
+            if await self._object_size(s3, target) is not None:
+                # The same bytes were committed by another upload: stored again, so garbage
+                # collection's grace period starts over.
+                await touch(s3, layout.bucket, target)
+            else:
+                await self._install(s3, target)
+        await self._end()
+
+    async def _install(self, s3: S3Client, target: str) -> None:
+        layout = self.layout
+        state = self.state
+        if not state.sealed and state.mpu is None:
+            # Small: the tail is the whole upload. The bytes this request wrote go straight
+            # in; otherwise a server-side copy of the tail object.
+            if self._tail_bytes is not None and len(self._tail_bytes) == state.size:
+                await s3.put_object(Bucket=layout.bucket, Key=target, Body=self._tail_bytes)
+                return
+            if state.size == 0:
+                await s3.put_object(Bucket=layout.bucket, Key=target, Body=b"")
+                return
+            source = layout.tail(self.upload_id, state.tail)
+        else:
+            await self.seal()
+            source = layout.data(self.upload_id)
+        await copy_object(s3, layout.bucket, source, target, self.state.size, self.keep)
+        size = await self._object_size(s3, target)
+        if size != self.state.size:
+            raise StorageUnavailable(
+                f"S3 stored {size} bytes for a blob of {self.state.size}: not committed"
+            )
+
+    async def _end(self) -> None:
+        await self.sessions.drop_objects(self.upload_id, keep_lock=self._lock is not None)
+        self._ended = True
+
+    async def delete(self) -> None:
+        if self._ended:
+            return
+        await self._end()
+
+    async def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            await self.sessions.unlock(self.upload_id, lock[0])
+
+
+async def touch(s3: S3Client, bucket: str, key: str) -> None:
+    """Refresh an object's modification time: a copy onto itself with its metadata
+    replaced (S3 refuses a self-copy that changes nothing)."""
+    await s3.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata={"stored": str(int(time.time()))},
+    )
+
+
+async def copy_object(
+    s3: S3Client, bucket: str, source: str, target: str, size: int, keep: Any
+) -> None:
+    """A server-side copy; in parts (UploadPartCopy) above CopyObject's 5 GiB limit."""
+    if size <= COPY_LIMIT:
+        source_ref: CopySourceTypeDef = {"Bucket": bucket, "Key": source}
+        await s3.copy_object(Bucket=bucket, Key=target, CopySource=source_ref)
+        return
+    mpu = (await s3.create_multipart_upload(Bucket=bucket, Key=target))["UploadId"]
+    try:
+        parts: list[CompletedPartTypeDef] = []
+        for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
+            end = min(start + COPY_PART_BYTES, size) - 1
+            copied = await s3.upload_part_copy(
+                Bucket=bucket,
+                Key=target,
+                UploadId=mpu,
+                PartNumber=number,
+                CopySource={"Bucket": bucket, "Key": source},
+                CopySourceRange=f"bytes={start}-{end}",
+            )
+            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+            await keep()
+        await s3.complete_multipart_upload(
+            Bucket=bucket, Key=target, UploadId=mpu, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await s3.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=mpu)
+        raise
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class S3AppendWriter(AppendWriter):
+    """Buffers one request's bytes after the session's tail; every `PART_BYTES` of them go
+    out as a part (one part in flight while the next fills). `close` writes the rest as the
+    new tail and swaps the state."""
+
+    def __init__(self, handle: S3UploadHandle, hasher: Hasher | None, tail: bytes) -> None:
+        self._handle = handle
+        self._hasher = hasher
+        state = handle.state
+        self._parts = list(state.parts)
+        self._parts_size = sum(size for _, _, size in state.parts)
+        self._mpu = state.mpu
+        self._buf = bytearray(tail)
+        self._pending: asyncio.Task[None] | None = None
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._parts_size + len(self._buf)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._hasher is not None:
+            if len(chunk) > INLINE_HASH:
+                await asyncio.to_thread(self._hasher.update, chunk)
+            else:
+                self._hasher.update(chunk)
+        self._buf += chunk
+        while len(self._buf) >= PART_BYTES:
+            part = bytes(self._buf[:PART_BYTES])
+            del self._buf[:PART_BYTES]
+            await self._send(part)
+
+    async def _send(self, part: bytes) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        handle = self._handle
+        await handle.keep()
+        if self._mpu is None:
+            await self._start_mpu()
+        number = len(self._parts) + 1
+        self._parts.append((number, "", len(part)))
+        self._parts_size += len(part)
+        self._pending = asyncio.ensure_future(self._upload(number, part))
+
+    async def _start_mpu(self) -> None:
+        handle = self._handle
+        async with translated("start a multipart upload"):
+            s3 = await handle._client()
+            resp = await s3.create_multipart_upload(
+                Bucket=handle.layout.bucket, Key=handle.layout.data(handle.upload_id)
+            )
+        self._mpu = resp["UploadId"]
+        # Recorded at once, so that purging never takes it for an orphan; the bytes of the
+        # session are unchanged (no part is listed yet).
+        state = replace(handle.state, mpu=self._mpu)
+        handle.etag = await handle.sessions.swap(handle.upload_id, state, handle.etag)
+        handle.state = state
+
+    async def _upload(self, number: int, part: bytes) -> None:
+        handle = self._handle
+        async with translated("upload a part"):
+            s3 = await handle._client()
+            assert self._mpu is not None
+            resp = await s3.upload_part(
+                Bucket=handle.layout.bucket,
+                Key=handle.layout.data(handle.upload_id),
+                UploadId=self._mpu,
+                PartNumber=number,
+                Body=part,
+            )
+        self._parts[number - 1] = (number, resp["ETag"], len(part))
+
+    async def close(self) -> int:
+        handle = self._handle
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        old = handle.state
+        tail = bytes(self._buf)
+        generation = old.tail
+        if tail and (tail != handle._tail_bytes or len(self._parts) != len(old.parts)):
+            generation = old.tail + 1
+            async with translated("write an upload's tail"):
+                s3 = await handle._client()
+                await s3.put_object(
+                    Bucket=handle.layout.bucket,
+                    Key=handle.layout.tail(handle.upload_id, generation),
+                    Body=tail,
+                )
+        state = replace(
+            old,
+            size=self.size,
+            mpu=self._mpu,
+            parts=list(self._parts),
+            tail=generation if tail else 0,
+            tail_size=len(tail),
+        )
+        if state != old:
+            handle.etag = await handle.sessions.swap(handle.upload_id, state, handle.etag)
+            handle.state = state
+        handle._tail_bytes = tail
+        self._done = True
+        if old.tail and old.tail != state.tail:
+            async with translated("delete an old tail"):
+                s3 = await handle._client()
+                with contextlib.suppress(ClientError):
+                    await s3.delete_object(
+                        Bucket=handle.layout.bucket,
+                        Key=handle.layout.tail(handle.upload_id, old.tail),
+                    )
+        return state.size
+
+    async def abort(self) -> None:
+        # The state was not swapped: the session is as this request found it. Parts sent
+        # meanwhile are not listed in it (replaced by the next writer, or dropped when the
+        # multipart upload completes); a tail written is collected with the session.
+        if self._done:
+            return
+        self._done = True
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending.add_done_callback(_consume)
+        self._buf = bytearray()
