@@ -35,18 +35,28 @@ from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.server import transport
 from moorage.server.token_auth import token_authenticator
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage import open_blob_storage
 from moorage.storage.journal import Journal
+from moorage.storage.s3location import is_s3
 
 IO_THREADS = 32
+
+
+def journal_root(config: ReplicaConfig) -> str:
+    """Where the journal is written: in blob storage, beside the blobs. On S3 it is still
+    a local directory of the data dir (`s3-local/`) until the journal itself moves onto
+    S3: a replica on S3 then replays only its own host's journal."""
+    if is_s3(config.storage):
+        return str(Path(config.data_dir) / "s3-local")
+    return config.storage
 
 
 def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     """The replica of this process over the store `meta`: its blob storage, journal,
     registry and authentication (and, with etcd, its cluster API and heartbeat)."""
-    storage = FilesystemStorage(config.storage)
+    storage = open_blob_storage(config.storage)
     journal: Journal | None = Journal(
-        config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
+        journal_root(config), f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
     )
     if os.environ.get("MOORAGE_JOURNAL", "1") == "0":
         journal = None  # only to measure the journal's cost in the benchmark
@@ -96,6 +106,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
                 yield
         finally:
             replica.registry.close()  # the journal's descriptor would outlive the app
+            await replica.registry.storage.close()  # an S3 client's connections
             if isinstance(replica.authorizer, Policy):
                 await replica.authorizer.view.close()
             await meta.close()
