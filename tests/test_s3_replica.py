@@ -5,12 +5,14 @@ module-scoped `registry` that overrides the shared filesystem one."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from harness.process import moorage_cmd
 from harness.replica import Replica
 from harness.seaweed import SeaweedFS
 
@@ -69,3 +71,24 @@ def test_the_replica_keeps_its_blobs_in_the_bucket(
     health = client.get("/api/v0/health").json()["components"]["storage"]
     assert health["healthy"] is True
     assert health["path"] == seaweed.storage_url(PREFIX)
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("s3://Bad_Bucket/p?endpoint=http://127.0.0.1:1", "bucket name 'Bad_Bucket' is not valid"),
+        ("s3://bucket/p?endpoint=http://127.0.0.1:1&colour=blue", "unknown S3 option 'colour'"),
+        ("s3://key:secret@bucket/p", "S3 credentials do not go in --storage"),
+    ],
+)
+def test_a_bad_s3_location_is_a_usage_error(tmp_path: Path, storage: str, says: str) -> None:
+    done = subprocess.run(
+        moorage_cmd("run", "--data-dir", str(tmp_path / "data"), "--storage", storage),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()
