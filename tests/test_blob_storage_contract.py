@@ -89,6 +89,11 @@ async def everything(s: BlobStorage) -> list[tuple[str, int]]:
     return sorted((d, size) for batch in [b async for b in s.blobs()] for d, size, _ in batch)
 
 
+async def start_upload(s: BlobStorage, upload_id: str) -> None:
+    """A chunked upload's start: the created session is stored when released."""
+    await (await s.create_upload(upload_id)).release()
+
+
 def session_objects(seaweed: SeaweedFS, s: BlobStorage) -> list[str]:
     """What an S3 store keeps under uploads/ (nothing to look at on the filesystem)."""
     if not isinstance(s, S3Storage):
@@ -410,7 +415,7 @@ def test_a_store_that_is_down_is_unavailable(s3_url: str) -> None:
     down = S3Storage(loc.url().replace(loc.endpoint or "", f"http://127.0.0.1:{free_port()}"))
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: down.stat(sha256(b"x")),
-        lambda: down.create_upload(UPLOAD),
+        lambda: start_upload(down, UPLOAD),
     ]
 
     async def refused() -> list[str]:

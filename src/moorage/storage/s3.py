@@ -150,9 +150,9 @@ class S3Storage(BlobStorage):
 
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
-        state = SessionState(repo=repo)
-        etag = await self.sessions.create(upload_id, state)
-        return S3UploadHandle(self.sessions, upload_id, state, etag, None)
+        # Stored when the handle is released (or when a part goes out): nobody else knows
+        # the id before, and a monolithic push that commits at once never stores it.
+        return S3UploadHandle(self.sessions, upload_id, SessionState(repo=repo), None, None)
 
     async def open_upload(self, upload_id: str) -> UploadHandle:
         return await self.sessions.hold(upload_id)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 #: Every part but the last: S3's minimum is 5 MiB.
 PART_BYTES = 8 * 1024 * 1024
+#: Parts uploaded at once by one request (each holds PART_BYTES of memory).
+PARTS_IN_FLIGHT = 2
 #: Above this, a committed object is copied in parts (CopyObject's limit is 5 GiB).
 COPY_LIMIT = 5 * 1024**3
 COPY_PART_BYTES = 512 * 1024 * 1024
@@ -262,21 +264,26 @@ class S3Sessions:
         state, etag, _ = found
         return S3UploadHandle(self, upload_id, state, etag, (token, lock_etag))
 
-    async def drop_objects(self, upload_id: str, keep_lock: bool) -> int:
+    async def drop_objects(
+        self, upload_id: str, keep_lock: bool, state: SessionState | None = None
+    ) -> int:
         """Delete the session's objects (the state first: from then on it is unknown), and
-        abort its multipart upload; how many objects went."""
+        abort its multipart upload (that of `state` when the caller holds it, else of the
+        stored state); how many objects went."""
         layout = self.layout
         prefix = layout.session(upload_id)
         removed = 0
         async with translated("delete an upload session"):
             s3 = await self.conn.client()
-            found = await self.load(upload_id)
+            if state is None:
+                found = await self.load(upload_id)
+                state = found[0] if found is not None else None
             with contextlib.suppress(ClientError):
                 await s3.delete_object(Bucket=layout.bucket, Key=layout.state(upload_id))
-            if found is not None:
+            if state is not None:
                 removed += 1
-                if found[0].mpu is not None:
-                    await self.abort_mpu(s3, layout.data(upload_id), found[0].mpu)
+                if state.mpu is not None:
+                    await self.abort_mpu(s3, layout.data(upload_id), state.mpu)
             token: str | None = None
             while True:
                 page = await list_page(s3, layout.bucket, prefix, token)
@@ -302,25 +309,68 @@ class S3Sessions:
 
 
 class S3UploadHandle(UploadHandle):
-    """One session, held (or just created) by this request."""
+    """One session, held (or just created) by this request.
+
+    What a writer leaves (the new tail and the state naming it) is stored by `flush`, which
+    `release` runs: a request that then finishes the upload (`commit`) or drops it never
+    stores them, so a small monolithic push costs a HEAD and a PUT of the blob. A created
+    session is stored first by that flush too (nobody else knows its id before).
+    """
 
     def __init__(
         self,
         sessions: S3Sessions,
         upload_id: str,
         state: SessionState,
-        etag: str,
+        etag: str | None,
         lock: tuple[str, str] | None,
     ) -> None:
         self.sessions = sessions
         self.layout = sessions.layout
         self.upload_id = upload_id
         self.state = state
-        self.etag = etag
+        self.etag = etag  # of the stored state; None: not stored yet (just created)
+        self._stored_tail = state.tail  # the tail generation the stored state names
+        self._dirty = False  # `state` differs from the stored one
         self._lock = lock  # (token, ETag) while this request holds the lock object
         self._locked_at = time.monotonic()
         self._ended = False
-        self._tail_bytes: bytes | None = None  # the tail as this request last wrote it
+        self._tail_bytes: bytes | None = None  # the tail's bytes, when this request has them
+
+    async def save(self, state: SessionState) -> None:
+        """Store `state` (create it, or compare-and-swap the stored one)."""
+        if self.etag is None:
+            self.etag = await self.sessions.create(self.upload_id, state)
+        else:
+            self.etag = await self.sessions.swap(self.upload_id, state, self.etag)
+        self.state = state
+
+    async def flush(self) -> None:
+        """Store what writers left: the tail object under its new generation, then the
+        state naming it; then the old tail goes."""
+        if self._ended or (self.etag is not None and not self._dirty):
+            return
+        state = self.state
+        layout = self.layout
+        if state.tail and state.tail != self._stored_tail:
+            assert self._tail_bytes is not None  # set with the state by the writer
+            async with translated("write an upload's tail"):
+                s3 = await self._client()
+                await s3.put_object(
+                    Bucket=layout.bucket,
+                    Key=layout.tail(self.upload_id, state.tail),
+                    Body=self._tail_bytes,
+                )
+        await self.save(state)
+        self._dirty = False
+        old, self._stored_tail = self._stored_tail, state.tail
+        if old and old != state.tail:
+            async with translated("delete an old tail"):
+                s3 = await self._client()
+                with contextlib.suppress(ClientError):
+                    await s3.delete_object(
+                        Bucket=layout.bucket, Key=layout.tail(self.upload_id, old)
+                    )
 
     @property
     def size(self) -> int:
@@ -373,6 +423,7 @@ class S3UploadHandle(UploadHandle):
                 data = await body.read()
         if len(data) != state.tail_size:
             raise StorageUnavailable(f"upload {self.upload_id}: its tail object has the wrong size")
+        self._tail_bytes = data
         return data
 
     async def hash(self, algorithm: str) -> str:
@@ -397,9 +448,10 @@ class S3UploadHandle(UploadHandle):
 
     async def seal(self) -> None:
         """Complete the multipart upload (the tail as its last part) at uploads/<id>/data."""
-        state = self.state
-        if state.sealed:
+        if self.state.sealed:
             return
+        await self.flush()  # the tail object is copied into the last part
+        state = self.state
         layout = self.layout
         data_key = layout.data(self.upload_id)
         assert state.mpu is not None
@@ -430,8 +482,8 @@ class S3UploadHandle(UploadHandle):
                 if not missing(exc) or await self._object_size(s3, data_key) != state.size:
                     raise
             sealed = replace(state, mpu=None, parts=[], tail=0, tail_size=0, sealed=True)
-            self.etag = await self.sessions.swap(self.upload_id, sealed, self.etag)
-            self.state = sealed
+            await self.save(sealed)
+            self._stored_tail = 0
             if state.tail:
                 with contextlib.suppress(ClientError):
                     await s3.delete_object(
@@ -486,7 +538,10 @@ class S3UploadHandle(UploadHandle):
             )
 
     async def _end(self) -> None:
-        await self.sessions.drop_objects(self.upload_id, keep_lock=self._lock is not None)
+        if self.etag is not None:  # else nothing of it was ever stored
+            await self.sessions.drop_objects(
+                self.upload_id, keep_lock=self._lock is not None, state=self.state
+            )
         self._ended = True
 
     async def delete(self) -> None:
@@ -495,9 +550,12 @@ class S3UploadHandle(UploadHandle):
         await self._end()
 
     async def release(self) -> None:
-        lock, self._lock = self._lock, None
-        if lock is not None:
-            await self.sessions.unlock(self.upload_id, lock[0])
+        try:
+            await self.flush()
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                await self.sessions.unlock(self.upload_id, lock[0])
 
 
 async def touch(s3: S3Client, bucket: str, key: str) -> None:
@@ -551,8 +609,8 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 class S3AppendWriter(AppendWriter):
     """Buffers one request's bytes after the session's tail; every `PART_BYTES` of them go
-    out as a part (one part in flight while the next fills). `close` writes the rest as the
-    new tail and swaps the state."""
+    out as a part (`PARTS_IN_FLIGHT` uploading while the next fills). `close` leaves the
+    rest as the new tail, in the handle's state, for `S3UploadHandle.flush`."""
 
     def __init__(self, handle: S3UploadHandle, hasher: Hasher | None, tail: bytes) -> None:
         self._handle = handle
@@ -562,7 +620,7 @@ class S3AppendWriter(AppendWriter):
         self._parts_size = sum(size for _, _, size in state.parts)
         self._mpu = state.mpu
         self._buf = bytearray(tail)
-        self._pending: asyncio.Task[None] | None = None
+        self._pending: list[asyncio.Task[None]] = []  # parts in flight
         self._done = False
 
     @property
@@ -582,9 +640,8 @@ class S3AppendWriter(AppendWriter):
             await self._send(part)
 
     async def _send(self, part: bytes) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        while len(self._pending) >= PARTS_IN_FLIGHT:
+            await self._pending.pop(0)
         handle = self._handle
         await handle.keep()
         if self._mpu is None:
@@ -592,7 +649,7 @@ class S3AppendWriter(AppendWriter):
         number = len(self._parts) + 1
         self._parts.append((number, "", len(part)))
         self._parts_size += len(part)
-        self._pending = asyncio.ensure_future(self._upload(number, part))
+        self._pending.append(asyncio.ensure_future(self._upload(number, part)))
 
     async def _start_mpu(self) -> None:
         handle = self._handle
@@ -604,9 +661,8 @@ class S3AppendWriter(AppendWriter):
         self._mpu = resp["UploadId"]
         # Recorded at once, so that purging never takes it for an orphan; the bytes of the
         # session are unchanged (no part is listed yet).
-        state = replace(handle.state, mpu=self._mpu)
-        handle.etag = await handle.sessions.swap(handle.upload_id, state, handle.etag)
-        handle.state = state
+        await handle.flush()
+        await handle.save(replace(handle.state, mpu=self._mpu))
 
     async def _upload(self, number: int, part: bytes) -> None:
         handle = self._handle
@@ -624,21 +680,13 @@ class S3AppendWriter(AppendWriter):
 
     async def close(self) -> int:
         handle = self._handle
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        while self._pending:
+            await self._pending.pop(0)
         old = handle.state
         tail = bytes(self._buf)
         generation = old.tail
         if tail and (tail != handle._tail_bytes or len(self._parts) != len(old.parts)):
-            generation = old.tail + 1
-            async with translated("write an upload's tail"):
-                s3 = await handle._client()
-                await s3.put_object(
-                    Bucket=handle.layout.bucket,
-                    Key=handle.layout.tail(handle.upload_id, generation),
-                    Body=tail,
-                )
+            generation = max(old.tail, handle._stored_tail) + 1
         state = replace(
             old,
             size=self.size,
@@ -647,19 +695,11 @@ class S3AppendWriter(AppendWriter):
             tail=generation if tail else 0,
             tail_size=len(tail),
         )
-        if state != old:
-            handle.etag = await handle.sessions.swap(handle.upload_id, state, handle.etag)
-            handle.state = state
+        # Stored by the handle's flush (at release), unless the upload ends first.
+        handle.state = state
         handle._tail_bytes = tail
+        handle._dirty = handle._dirty or state != old
         self._done = True
-        if old.tail and old.tail != state.tail:
-            async with translated("delete an old tail"):
-                s3 = await handle._client()
-                with contextlib.suppress(ClientError):
-                    await s3.delete_object(
-                        Bucket=handle.layout.bucket,
-                        Key=handle.layout.tail(handle.upload_id, old.tail),
-                    )
         return state.size
 
     async def abort(self) -> None:
@@ -669,7 +709,8 @@ class S3AppendWriter(AppendWriter):
         if self._done:
             return
         self._done = True
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending.add_done_callback(_consume)
+        for task in self._pending:
+            task.cancel()
+            task.add_done_callback(_consume)
+        self._pending = []
         self._buf = bytearray()
