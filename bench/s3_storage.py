@@ -103,9 +103,16 @@ def main() -> int:
                         push, pull = _throughput(c, size, count)
                         rows.append((name, label, count, push, pull))
                 replica.stop()
-            print(f"{'storage':<11} {'blob':<7} {'n':>4} {'push MB/s':>10} {'pull MB/s':>10}")
+            print(
+                f"{'storage':<11} {'blob':<7} {'n':>4} {'push MB/s':>10} {'pull MB/s':>10}"
+                f" {'push/s':>8} {'pull/s':>8}"
+            )
             for name, label, count, push, pull in rows:
-                print(f"{name:<11} {label:<7} {count:>4} {push:>10.1f} {pull:>10.1f}")
+                size = dict((c[0], c[1]) for c in CASES)[label] / 1e6
+                print(
+                    f"{name:<11} {label:<7} {count:>4} {push:>10.2f} {pull:>10.2f}"
+                    f" {push / size:>8.1f} {pull / size:>8.1f}"
+                )
             calls = asyncio.run(_calls_per_manifest_put(store.storage_url("bench-calls")))
             print(f"S3 requests of one manifest PUT (config + 2 layers): {calls}")
         finally:
