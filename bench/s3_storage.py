@@ -108,10 +108,10 @@ def main() -> int:
                 f" {'push/s':>8} {'pull/s':>8}"
             )
             for name, label, count, push, pull in rows:
-                size = dict((c[0], c[1]) for c in CASES)[label] / 1e6
+                mb = {c[0]: c[1] for c in CASES}[label] / 1e6
                 print(
                     f"{name:<11} {label:<7} {count:>4} {push:>10.2f} {pull:>10.2f}"
-                    f" {push / size:>8.1f} {pull / size:>8.1f}"
+                    f" {push / mb:>8.1f} {pull / mb:>8.1f}"
                 )
             calls = asyncio.run(_calls_per_manifest_put(store.storage_url("bench-calls")))
             print(f"S3 requests of one manifest PUT (config + 2 layers): {calls}")
