@@ -383,6 +383,42 @@ def test_a_crashed_holders_lock_is_taken_over_once_expired(s3_url: str, seaweed:
     assert asyncio.run(again()) == 7
 
 
+def test_a_holder_whose_lock_was_taken_over_cannot_change_the_session(
+    s3_url: str, seaweed: SeaweedFS
+) -> None:
+    """The state is replaced only by compare-and-swap: a request that lost its (expired)
+    lock to another request stores nothing, and the session is what the other one left."""
+
+    async def scenario() -> None:
+        a, b = S3Storage(s3_url), S3Storage(s3_url)
+        try:
+            await start_upload(a, UPLOAD)
+            slow = await a.open_upload(UPLOAD)
+            writer = await slow.append(None)
+            await writer.write(b"late")
+            await writer.close()
+            # Its lock expires (the holder stalled); another request takes the session over.
+            seaweed.client().put_object(
+                Bucket=a.layout.bucket,
+                Key=a.layout.lock(UPLOAD),
+                Body=f'{{"token": "stalled", "expires": {time.time() - 1}}}'.encode(),
+            )
+            assert await append(b, UPLOAD, b"first") == 5
+            with pytest.raises(UploadBusy):
+                await slow.release()  # its flush is refused: the state changed
+            assert await b.upload_size(UPLOAD) == 5
+            handle = await b.open_upload(UPLOAD)
+            try:
+                assert "sha256:" + await handle.hash("sha256") == sha256(b"first")
+            finally:
+                await handle.release()
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_upload_hashed_and_not_finished_takes_no_more_bytes(s3_url: str) -> None:
     async def scenario() -> None:
         s = S3Storage(s3_url)

@@ -5,12 +5,12 @@
                                                 (a directory synced to a bucket is a store)
       uploads/<upload id>/state                 the session: repo, size, multipart upload id,
                                                 its parts (number, ETag, size), the tail's
-                                                generation; replaced only by compare-and-swap
+                                                name; replaced only by compare-and-swap
                                                 (PUT If-Match its ETag)
       uploads/<upload id>/lock                  who holds the session, until when (created
                                                 with If-None-Match: *; taken over after
                                                 expiry with If-Match)
-      uploads/<upload id>/tail-<generation>     the bytes after the last part (< a part)
+      uploads/<upload id>/tail-<random>         the bytes after the last part (< a part)
       uploads/<upload id>/data                  the multipart upload's key, then the
                                                 completed object until it is copied to blobs/
       probe/                                    health probes (write, read, delete)
@@ -58,8 +58,8 @@ class S3Layout:
     def lock(self, upload_id: str) -> str:
         return self.session(upload_id) + "lock"
 
-    def tail(self, upload_id: str, generation: int) -> str:
-        return self.session(upload_id) + f"tail-{generation}"
+    def tail(self, upload_id: str, name: str) -> str:
+        return self.session(upload_id) + f"tail-{name}"
 
     def data(self, upload_id: str) -> str:
         return self.session(upload_id) + "data"

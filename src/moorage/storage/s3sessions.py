@@ -5,7 +5,7 @@ replaces (PUT If-Match its ETag), a lock object (`uploads/<id>/lock`) and its by
 parts of one S3 multipart upload at `uploads/<id>/data`, each exactly `PART_BYTES` (S3
 wants at least 5 MiB but the last), then a tail object of fewer bytes. A request that
 appends reads the tail back into its buffer, cuts parts as the buffer fills, and at the end
-writes the new tail under a new generation and swaps the state: until that swap the
+writes the new tail under a new random name and swaps the state: until that swap the
 session is as it was (parts uploaded meanwhile are not in the state's part list, so they
 are replaced by the next writer or dropped on completion), which is `AppendWriter.abort`.
 
@@ -63,7 +63,7 @@ class SessionState:
     size: int = 0
     mpu: str | None = None  # the multipart upload at uploads/<id>/data
     parts: list[tuple[int, str, int]] = field(default_factory=list)  # number, ETag, size
-    tail: int = 0  # the tail object's generation; 0: none
+    tail: str = ""  # the tail object's name (random: two writers never share one); "": none
     tail_size: int = 0
     sealed: bool = False  # uploads/<id>/data is complete (the upload was hashed)
 
@@ -79,7 +79,7 @@ class SessionState:
                 size=int(doc["size"]),
                 mpu=doc["mpu"],
                 parts=[(int(n), str(e), int(s)) for n, e, s in doc["parts"]],
-                tail=int(doc["tail"]),
+                tail=str(doc["tail"]),
                 tail_size=int(doc["tail_size"]),
                 sealed=bool(doc["sealed"]),
             )
@@ -330,7 +330,7 @@ class S3UploadHandle(UploadHandle):
         self.upload_id = upload_id
         self.state = state
         self.etag = etag  # of the stored state; None: not stored yet (just created)
-        self._stored_tail = state.tail  # the tail generation the stored state names
+        self._stored_tail = state.tail  # the tail the stored state names
         self._dirty = False  # `state` differs from the stored one
         self._lock = lock  # (token, ETag) while this request holds the lock object
         self._locked_at = time.monotonic()
@@ -346,7 +346,7 @@ class S3UploadHandle(UploadHandle):
         self.state = state
 
     async def flush(self) -> None:
-        """Store what writers left: the tail object under its new generation, then the
+        """Store what writers left: the tail object under its new name, then the
         state naming it; then the old tail goes."""
         if self._ended or (self.etag is not None and not self._dirty):
             return
@@ -481,9 +481,9 @@ class S3UploadHandle(UploadHandle):
                 # Completed before, by a request that died before it swapped the state.
                 if not missing(exc) or await self._object_size(s3, data_key) != state.size:
                     raise
-            sealed = replace(state, mpu=None, parts=[], tail=0, tail_size=0, sealed=True)
+            sealed = replace(state, mpu=None, parts=[], tail="", tail_size=0, sealed=True)
             await self.save(sealed)
-            self._stored_tail = 0
+            self._stored_tail = ""
             if state.tail:
                 with contextlib.suppress(ClientError):
                     await s3.delete_object(
@@ -684,15 +684,17 @@ class S3AppendWriter(AppendWriter):
             await self._pending.pop(0)
         old = handle.state
         tail = bytes(self._buf)
-        generation = old.tail
+        name = old.tail
         if tail and (tail != handle._tail_bytes or len(self._parts) != len(old.parts)):
-            generation = max(old.tail, handle._stored_tail) + 1
+            # A new name: a request that lost the session (its lock expired) and writes its
+            # tail anyway never overwrites the one the session's state names.
+            name = secrets.token_hex(8)
         state = replace(
             old,
             size=self.size,
             mpu=self._mpu,
             parts=list(self._parts),
-            tail=generation if tail else 0,
+            tail=name if tail else "",
             tail_size=len(tail),
         )
         # Stored by the handle's flush (at release), unless the upload ends first.
