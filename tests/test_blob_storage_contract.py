@@ -452,6 +452,7 @@ def test_a_store_that_is_down_is_unavailable(s3_url: str) -> None:
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: down.stat(sha256(b"x")),
         lambda: start_upload(down, UPLOAD),
+        down.probe,  # one attempt: it must answer within the health loop's time
     ]
 
     async def refused() -> list[str]:

@@ -9,6 +9,7 @@ streamed (ranged GETs read in 1 MiB pieces), never held whole, but for `read_byt
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,8 @@ from moorage.storage.s3layout import S3Layout
 from moorage.storage.s3location import S3Location, parse
 from moorage.storage.s3sessions import READ_BYTES, S3Sessions, S3UploadHandle, SessionState, touch
 
+PROBE_SECONDS = 2.5
+
 
 def _digest_of(layout: S3Layout, key: str) -> str | None:
     """The digest a key under blobs/ names (`<alg>/<2 hex>/<hex>`); None for a stray key."""
@@ -49,9 +52,13 @@ class S3Storage(BlobStorage):
         self.layout = S3Layout(self.location)
         self.conn = S3Connection(self.location)
         self.sessions = S3Sessions(self.conn, self.layout)
+        # The health probe tries once and gives up early: it must say why within the
+        # health loop's time (a request's retries take ~4 s against a dead endpoint).
+        self.probe_conn = S3Connection(self.location, attempts=1, read_timeout=PROBE_SECONDS)
 
     async def close(self) -> None:
         await self.conn.close()
+        await self.probe_conn.close()
 
     # -- committed blobs --------------------------------------------------------------
     async def _head(self, digest: str) -> tuple[int, float] | None:
@@ -266,13 +273,19 @@ class S3Storage(BlobStorage):
     async def probe(self) -> None:
         key = self.layout.probe(f"{secrets.token_hex(8)}")
         payload = secrets.token_bytes(32)
-        async with translated("pass a write/read probe"):
-            s3 = await self.conn.client()
-            await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=payload)
-            resp = await s3.get_object(Bucket=self.layout.bucket, Key=key)
-            async with resp["Body"] as body:
-                got = await body.read()
-            await s3.delete_object(Bucket=self.layout.bucket, Key=key)
+        try:
+            async with asyncio.timeout(PROBE_SECONDS), translated("pass a write/read probe"):
+                s3 = await self.probe_conn.client()
+                await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=payload)
+                resp = await s3.get_object(Bucket=self.layout.bucket, Key=key)
+                async with resp["Body"] as body:
+                    got = await body.read()
+                await s3.delete_object(Bucket=self.layout.bucket, Key=key)
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"S3 blob storage at {self.location.endpoint or 'AWS'} did not pass a "
+                f"write/read probe within {PROBE_SECONDS:g} s"
+            ) from None
         if got != payload:
             raise StorageUnavailable(
                 f"S3 blob storage at {self.location} read back different bytes in a probe"

@@ -62,8 +62,10 @@ class S3Connection:
     `calls` counts the operations sent (HeadObject, PutObject...): the benchmark and the
     tests read it."""
 
-    def __init__(self, location: S3Location) -> None:
+    def __init__(self, location: S3Location, attempts: int = 3, read_timeout: float = 30.0) -> None:
         self.location = location
+        self.attempts = attempts
+        self.read_timeout = read_timeout
         self.calls: Counter[str] = Counter()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: S3Client | None = None
@@ -78,7 +80,11 @@ class S3Connection:
             if self._client is None:
                 stack = contextlib.AsyncExitStack()
                 async with translated("connect"):
-                    client = await stack.enter_async_context(open_client(self.location))
+                    client = await stack.enter_async_context(
+                        open_client(
+                            self.location, attempts=self.attempts, read_timeout=self.read_timeout
+                        )
+                    )
                 client.meta.events.register("before-call.s3", self._count)
                 self._stack, self._client = stack, client
         return self._client
