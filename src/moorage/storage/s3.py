@@ -29,7 +29,8 @@ from moorage.storage.base import BlobStorage, UploadHandle
 from moorage.storage.s3io import S3Connection, error_code, list_page, missing, translated
 from moorage.storage.s3layout import S3Layout
 from moorage.storage.s3location import S3Location, parse
-from moorage.storage.s3sessions import READ_BYTES, S3Sessions, S3UploadHandle, SessionState, touch
+from moorage.storage.s3sessions import S3Sessions, SessionState
+from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
 
 PROBE_SECONDS = 2.5
 
@@ -162,7 +163,7 @@ class S3Storage(BlobStorage):
         return S3UploadHandle(self.sessions, upload_id, SessionState(repo=repo), None, None)
 
     async def open_upload(self, upload_id: str) -> UploadHandle:
-        return await self.sessions.hold(upload_id)
+        return await hold(self.sessions, upload_id)
 
     async def upload_repo(self, upload_id: str) -> str | None:
         found = await self.sessions.load(upload_id)
@@ -223,7 +224,7 @@ class S3Storage(BlobStorage):
         if now - state_at <= upload_age:
             return 0
         try:
-            handle = await self.sessions.hold(upload_id)
+            handle = await hold(self.sessions, upload_id)
         except (UploadBusy, BlobUploadUnknown):
             return 0
         try:

@@ -1,4 +1,4 @@
-"""Upload sessions of the S3 driver: chunks of any size on a multipart upload, any replica.
+"""Upload sessions of the S3 driver: their state and their lock, shared by every replica.
 
 A session is a state object (`uploads/<id>/state`, JSON) that only a compare-and-swap
 replaces (PUT If-Match its ETag), a lock object (`uploads/<id>/lock`) and its bytes: the
@@ -11,25 +11,22 @@ are replaced by the next writer or dropped on completion), which is `AppendWrite
 
 One request at a time holds a session, on every replica: the lock object is created with
 If-None-Match: * and deleted on release; a holder refreshes it (If-Match) as it works, and a
-lock whose holder crashed is taken over (If-Match its ETag) once it has expired.
+lock whose holder crashed is taken over (If-Match its ETag) once it has expired. The
+handle a request holds, and its writer, are in `moorage.storage.s3upload`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
 from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, StorageUnavailable, UploadBusy
-from moorage.oci.digest import Hasher
-from moorage.storage.base import AppendWriter, UploadHandle
 from moorage.storage.s3io import (
     S3Connection,
     list_page,
@@ -41,20 +38,9 @@ from moorage.storage.s3layout import S3Layout
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
 
-#: Every part but the last: S3's minimum is 5 MiB.
-PART_BYTES = 8 * 1024 * 1024
-#: Parts uploaded at once by one request (each holds PART_BYTES of memory).
-PARTS_IN_FLIGHT = 2
-#: Above this, a committed object is copied in parts (CopyObject's limit is 5 GiB).
-COPY_LIMIT = 5 * 1024**3
-COPY_PART_BYTES = 512 * 1024 * 1024
 #: A lock not refreshed for this long is taken over (its holder crashed).
 LOCK_SECONDS = 120.0
-READ_BYTES = 1024 * 1024
-# Chunks up to this size are hashed on the event loop; larger ones in a thread.
-INLINE_HASH = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,7 +73,7 @@ class SessionState:
             raise StorageUnavailable(f"an upload session's state in S3 is damaged: {exc}") from exc
 
 
-def _gone() -> BlobUploadUnknown:
+def gone() -> BlobUploadUnknown:
     return BlobUploadUnknown("upload unknown: it was finished, cancelled or expired")
 
 
@@ -206,7 +192,7 @@ class S3Sessions:
     async def _busy(self, upload_id: str) -> Exception:
         found = await self.load(upload_id)
         if found is None:
-            return _gone()
+            return gone()
         return UploadBusy(
             "another request is appending to, finishing or cancelling this upload; retry "
             "once it has ended (GET the upload for its size)",
@@ -251,19 +237,6 @@ class S3Sessions:
                     return  # expired and taken over: not ours to delete
             await s3.delete_object(Bucket=self.layout.bucket, Key=key)
 
-    async def hold(self, upload_id: str) -> S3UploadHandle:
-        token, lock_etag = await self.lock(upload_id)
-        try:
-            found = await self.load(upload_id)
-            if found is None:
-                raise _gone()  # finished, cancelled or purged (maybe while this one waited)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.unlock(upload_id, token)
-            raise
-        state, etag, _ = found
-        return S3UploadHandle(self, upload_id, state, etag, (token, lock_etag))
-
     async def drop_objects(
         self, upload_id: str, keep_lock: bool, state: SessionState | None = None
     ) -> int:
@@ -306,413 +279,3 @@ class S3Sessions:
         except ClientError as exc:
             if not missing(exc):
                 raise
-
-
-class S3UploadHandle(UploadHandle):
-    """One session, held (or just created) by this request.
-
-    What a writer leaves (the new tail and the state naming it) is stored by `flush`, which
-    `release` runs: a request that then finishes the upload (`commit`) or drops it never
-    stores them, so a small monolithic push costs a HEAD and a PUT of the blob. A created
-    session is stored first by that flush too (nobody else knows its id before).
-    """
-
-    def __init__(
-        self,
-        sessions: S3Sessions,
-        upload_id: str,
-        state: SessionState,
-        etag: str | None,
-        lock: tuple[str, str] | None,
-    ) -> None:
-        self.sessions = sessions
-        self.layout = sessions.layout
-        self.upload_id = upload_id
-        self.state = state
-        self.etag = etag  # of the stored state; None: not stored yet (just created)
-        self._stored_tail = state.tail  # the tail the stored state names
-        self._dirty = False  # `state` differs from the stored one
-        self._lock = lock  # (token, ETag) while this request holds the lock object
-        self._locked_at = time.monotonic()
-        self._ended = False
-        self._tail_bytes: bytes | None = None  # the tail's bytes, when this request has them
-
-    async def save(self, state: SessionState) -> None:
-        """Store `state` (create it, or compare-and-swap the stored one)."""
-        if self.etag is None:
-            self.etag = await self.sessions.create(self.upload_id, state)
-        else:
-            self.etag = await self.sessions.swap(self.upload_id, state, self.etag)
-        self.state = state
-
-    async def flush(self) -> None:
-        """Store what writers left: the tail object under its new name, then the
-        state naming it; then the old tail goes."""
-        if self._ended or (self.etag is not None and not self._dirty):
-            return
-        state = self.state
-        layout = self.layout
-        if state.tail and state.tail != self._stored_tail:
-            assert self._tail_bytes is not None  # set with the state by the writer
-            async with translated("write an upload's tail"):
-                s3 = await self._client()
-                await s3.put_object(
-                    Bucket=layout.bucket,
-                    Key=layout.tail(self.upload_id, state.tail),
-                    Body=self._tail_bytes,
-                )
-        await self.save(state)
-        self._dirty = False
-        old, self._stored_tail = self._stored_tail, state.tail
-        if old and old != state.tail:
-            async with translated("delete an old tail"):
-                s3 = await self._client()
-                with contextlib.suppress(ClientError):
-                    await s3.delete_object(
-                        Bucket=layout.bucket, Key=layout.tail(self.upload_id, old)
-                    )
-
-    @property
-    def size(self) -> int:
-        return self.state.size
-
-    def _live(self) -> None:
-        if self._ended:
-            raise BlobUploadUnknown("upload unknown: it was finished or cancelled")
-
-    async def keep(self) -> None:
-        """Refresh the lock when a third of its time has passed (long requests)."""
-        if self._lock is None or time.monotonic() - self._locked_at < LOCK_SECONDS / 3:
-            return
-        token, lock_etag = self._lock
-        self._lock = (token, await self.sessions.refresh(self.upload_id, lock_etag, token))
-        self._locked_at = time.monotonic()
-
-    async def _client(self) -> S3Client:
-        return await self.sessions.conn.client()
-
-    async def append(self, hasher: Hasher | None) -> AppendWriter:
-        self._live()
-        if self.state.sealed:
-            raise BlobUploadInvalid(
-                "this upload was already read back to check its digest and takes no more "
-                "bytes; finish it with PUT, or start a new upload"
-            )
-        tail = await self.tail_bytes()
-        return S3AppendWriter(self, hasher, tail)
-
-    async def tail_bytes(self) -> bytes:
-        state = self.state
-        if state.tail_size == 0:
-            return b""
-        if self._tail_bytes is not None and len(self._tail_bytes) == state.tail_size:
-            return self._tail_bytes
-        async with translated("read an upload's tail"):
-            s3 = await self._client()
-            try:
-                resp = await s3.get_object(
-                    Bucket=self.layout.bucket, Key=self.layout.tail(self.upload_id, state.tail)
-                )
-            except ClientError as exc:
-                if missing(exc):
-                    raise StorageUnavailable(
-                        f"upload {self.upload_id} lost its tail object in S3"
-                    ) from None
-                raise
-            async with resp["Body"] as body:
-                data = await body.read()
-        if len(data) != state.tail_size:
-            raise StorageUnavailable(f"upload {self.upload_id}: its tail object has the wrong size")
-        self._tail_bytes = data
-        return data
-
-    async def hash(self, algorithm: str) -> str:
-        self._live()
-        h = hashlib.new(algorithm)
-        if self.state.mpu is None and not self.state.sealed:
-            h.update(await self.tail_bytes())
-            return h.hexdigest()
-        await self.seal()
-        async with translated("read an upload back"):
-            s3 = await self._client()
-            data_key = self.layout.data(self.upload_id)
-            resp = await s3.get_object(Bucket=self.layout.bucket, Key=data_key)
-            async with resp["Body"] as body:
-                async for chunk in body.iter_chunks(READ_BYTES):
-                    if len(chunk) > INLINE_HASH:
-                        await asyncio.to_thread(h.update, chunk)
-                    else:
-                        h.update(chunk)
-                    await self.keep()
-        return h.hexdigest()
-
-    async def seal(self) -> None:
-        """Complete the multipart upload (the tail as its last part) at uploads/<id>/data."""
-        if self.state.sealed:
-            return
-        await self.flush()  # the tail object is copied into the last part
-        state = self.state
-        layout = self.layout
-        data_key = layout.data(self.upload_id)
-        assert state.mpu is not None
-        parts = list(state.parts)
-        async with translated("complete an upload"):
-            s3 = await self._client()
-            if state.tail_size:
-                copied = await s3.upload_part_copy(
-                    Bucket=layout.bucket,
-                    Key=data_key,
-                    UploadId=state.mpu,
-                    PartNumber=len(parts) + 1,
-                    CopySource={
-                        "Bucket": layout.bucket,
-                        "Key": layout.tail(self.upload_id, state.tail),
-                    },
-                )
-                parts.append((len(parts) + 1, copied["CopyPartResult"]["ETag"], state.tail_size))
-            try:
-                await s3.complete_multipart_upload(
-                    Bucket=layout.bucket,
-                    Key=data_key,
-                    UploadId=state.mpu,
-                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e, _ in parts]},
-                )
-            except ClientError as exc:
-                # Completed before, by a request that died before it swapped the state.
-                if not missing(exc) or await self._object_size(s3, data_key) != state.size:
-                    raise
-            sealed = replace(state, mpu=None, parts=[], tail="", tail_size=0, sealed=True)
-            await self.save(sealed)
-            self._stored_tail = ""
-            if state.tail:
-                with contextlib.suppress(ClientError):
-                    await s3.delete_object(
-                        Bucket=layout.bucket, Key=layout.tail(self.upload_id, state.tail)
-                    )
-
-    async def _object_size(self, s3: S3Client, key: str) -> int | None:
-        try:
-            head = await s3.head_object(Bucket=self.layout.bucket, Key=key)
-        except ClientError as exc:
-            if missing(exc):
-                return None
-            raise
-        return head["ContentLength"]
-
-    async def commit(self, digest: str) -> None:
-        self._live()
-        layout = self.layout
-        target = layout.blob(digest)
-        await self.keep()
-        async with translated("store a blob"):
-            s3 = await self._client()
-            if await self._object_size(s3, target) is not None:
-                # The same bytes were committed by another upload: stored again, so garbage
-                # collection's grace period starts over.
-                await touch(s3, layout.bucket, target)
-            else:
-                await self._install(s3, target)
-        await self._end()
-
-    async def _install(self, s3: S3Client, target: str) -> None:
-        layout = self.layout
-        state = self.state
-        if not state.sealed and state.mpu is None:
-            # Small: the tail is the whole upload. The bytes this request wrote go straight
-            # in; otherwise a server-side copy of the tail object.
-            if self._tail_bytes is not None and len(self._tail_bytes) == state.size:
-                await s3.put_object(Bucket=layout.bucket, Key=target, Body=self._tail_bytes)
-                return
-            if state.size == 0:
-                await s3.put_object(Bucket=layout.bucket, Key=target, Body=b"")
-                return
-            source = layout.tail(self.upload_id, state.tail)
-        else:
-            await self.seal()
-            source = layout.data(self.upload_id)
-        await copy_object(s3, layout.bucket, source, target, self.state.size, self.keep)
-        size = await self._object_size(s3, target)
-        if size != self.state.size:
-            raise StorageUnavailable(
-                f"S3 stored {size} bytes for a blob of {self.state.size}: not committed"
-            )
-
-    async def _end(self) -> None:
-        if self.etag is not None:  # else nothing of it was ever stored
-            await self.sessions.drop_objects(
-                self.upload_id, keep_lock=self._lock is not None, state=self.state
-            )
-        self._ended = True
-
-    async def delete(self) -> None:
-        if self._ended:
-            return
-        await self._end()
-
-    async def release(self) -> None:
-        try:
-            await self.flush()
-        finally:
-            lock, self._lock = self._lock, None
-            if lock is not None:
-                await self.sessions.unlock(self.upload_id, lock[0])
-
-
-async def touch(s3: S3Client, bucket: str, key: str) -> None:
-    """Refresh an object's modification time: a copy onto itself with its metadata
-    replaced (S3 refuses a self-copy that changes nothing)."""
-    await s3.copy_object(
-        Bucket=bucket,
-        Key=key,
-        CopySource={"Bucket": bucket, "Key": key},
-        MetadataDirective="REPLACE",
-        Metadata={"stored": str(int(time.time()))},
-    )
-
-
-async def copy_object(
-    s3: S3Client, bucket: str, source: str, target: str, size: int, keep: Any
-) -> None:
-    """A server-side copy; in parts (UploadPartCopy) above CopyObject's 5 GiB limit."""
-    if size <= COPY_LIMIT:
-        source_ref: CopySourceTypeDef = {"Bucket": bucket, "Key": source}
-        await s3.copy_object(Bucket=bucket, Key=target, CopySource=source_ref)
-        return
-    mpu = (await s3.create_multipart_upload(Bucket=bucket, Key=target))["UploadId"]
-    try:
-        parts: list[CompletedPartTypeDef] = []
-        for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
-            end = min(start + COPY_PART_BYTES, size) - 1
-            copied = await s3.upload_part_copy(
-                Bucket=bucket,
-                Key=target,
-                UploadId=mpu,
-                PartNumber=number,
-                CopySource={"Bucket": bucket, "Key": source},
-                CopySourceRange=f"bytes={start}-{end}",
-            )
-            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-            await keep()
-        await s3.complete_multipart_upload(
-            Bucket=bucket, Key=target, UploadId=mpu, MultipartUpload={"Parts": parts}
-        )
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await s3.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=mpu)
-        raise
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-class S3AppendWriter(AppendWriter):
-    """Buffers one request's bytes after the session's tail; every `PART_BYTES` of them go
-    out as a part (`PARTS_IN_FLIGHT` uploading while the next fills). `close` leaves the
-    rest as the new tail, in the handle's state, for `S3UploadHandle.flush`."""
-
-    def __init__(self, handle: S3UploadHandle, hasher: Hasher | None, tail: bytes) -> None:
-        self._handle = handle
-        self._hasher = hasher
-        state = handle.state
-        self._parts = list(state.parts)
-        self._parts_size = sum(size for _, _, size in state.parts)
-        self._mpu = state.mpu
-        self._buf = bytearray(tail)
-        self._pending: list[asyncio.Task[None]] = []  # parts in flight
-        self._done = False
-
-    @property
-    def size(self) -> int:
-        return self._parts_size + len(self._buf)
-
-    async def write(self, chunk: bytes) -> None:
-        if self._hasher is not None:
-            if len(chunk) > INLINE_HASH:
-                await asyncio.to_thread(self._hasher.update, chunk)
-            else:
-                self._hasher.update(chunk)
-        self._buf += chunk
-        while len(self._buf) >= PART_BYTES:
-            part = bytes(self._buf[:PART_BYTES])
-            del self._buf[:PART_BYTES]
-            await self._send(part)
-
-    async def _send(self, part: bytes) -> None:
-        while len(self._pending) >= PARTS_IN_FLIGHT:
-            await self._pending.pop(0)
-        handle = self._handle
-        await handle.keep()
-        if self._mpu is None:
-            await self._start_mpu()
-        number = len(self._parts) + 1
-        self._parts.append((number, "", len(part)))
-        self._parts_size += len(part)
-        self._pending.append(asyncio.ensure_future(self._upload(number, part)))
-
-    async def _start_mpu(self) -> None:
-        handle = self._handle
-        async with translated("start a multipart upload"):
-            s3 = await handle._client()
-            resp = await s3.create_multipart_upload(
-                Bucket=handle.layout.bucket, Key=handle.layout.data(handle.upload_id)
-            )
-        self._mpu = resp["UploadId"]
-        # Recorded at once, so that purging never takes it for an orphan; the bytes of the
-        # session are unchanged (no part is listed yet).
-        await handle.flush()
-        await handle.save(replace(handle.state, mpu=self._mpu))
-
-    async def _upload(self, number: int, part: bytes) -> None:
-        handle = self._handle
-        async with translated("upload a part"):
-            s3 = await handle._client()
-            assert self._mpu is not None
-            resp = await s3.upload_part(
-                Bucket=handle.layout.bucket,
-                Key=handle.layout.data(handle.upload_id),
-                UploadId=self._mpu,
-                PartNumber=number,
-                Body=part,
-            )
-        self._parts[number - 1] = (number, resp["ETag"], len(part))
-
-    async def close(self) -> int:
-        handle = self._handle
-        while self._pending:
-            await self._pending.pop(0)
-        old = handle.state
-        tail = bytes(self._buf)
-        name = old.tail
-        if tail and (tail != handle._tail_bytes or len(self._parts) != len(old.parts)):
-            # A new name: a request that lost the session (its lock expired) and writes its
-            # tail anyway never overwrites the one the session's state names.
-            name = secrets.token_hex(8)
-        state = replace(
-            old,
-            size=self.size,
-            mpu=self._mpu,
-            parts=list(self._parts),
-            tail=name if tail else "",
-            tail_size=len(tail),
-        )
-        # Stored by the handle's flush (at release), unless the upload ends first.
-        handle.state = state
-        handle._tail_bytes = tail
-        handle._dirty = handle._dirty or state != old
-        self._done = True
-        return state.size
-
-    async def abort(self) -> None:
-        # The state was not swapped: the session is as this request found it. Parts sent
-        # meanwhile are not listed in it (replaced by the next writer, or dropped when the
-        # multipart upload completes); a tail written is collected with the session.
-        if self._done:
-            return
-        self._done = True
-        for task in self._pending:
-            task.cancel()
-            task.add_done_callback(_consume)
-        self._pending = []
-        self._buf = bytearray()
