@@ -31,7 +31,7 @@ class Replica:
     def __init__(
         self,
         data_dir: Path,
-        storage: Path | None = None,
+        storage: Path | str | None = None,
         workers: int = 1,
         tls: bool = False,
         run_args: Sequence[str] = (),

@@ -26,6 +26,7 @@ from harness.seaweed import SeaweedFS
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
+    "test_s3_replica.py": "clients",
     "test_gc.py": "clients",
     "test_gc_race.py": "cluster",
     "test_token_auth.py": "clients",

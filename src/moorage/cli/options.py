@@ -34,6 +34,7 @@ __all__ = [
     "passphrase_option",
     "password_option",
     "ports_options",
+    "storage_option",
     "transport_options",
     "transport_settings",
     "trust_data_dirs",
@@ -190,6 +191,28 @@ etcd_host_option = click.option(
     "(and to other replicas as a client URL); use the host's address on a multi-host "
     "cluster.",
 )
+
+
+def _storage_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """An s3:// location is checked (and made canonical) here: a bad one is a usage error."""
+    from moorage.storage.s3location import is_s3, parse
+
+    if value is None or not is_s3(value):
+        return value
+    try:
+        return parse(value).url()
+    except MoorageError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def storage_option(fn: F) -> F:
+    return click.option(
+        "--storage",
+        default=None,
+        callback=_storage_value,
+        help="Blob storage: a directory (default DATA_DIR/blobs) or "
+        "s3://BUCKET/PREFIX?endpoint=URL&region=R (credentials from the AWS environment).",
+    )(fn)
 
 
 def check_http_addr(value: str | None) -> str | None:

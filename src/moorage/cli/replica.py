@@ -19,6 +19,7 @@ from moorage.cli.options import (
     etcd_host_option,
     json_option,
     ports_options,
+    storage_option,
     transport_options,
     transport_settings,
     trusting_data_dirs,
@@ -64,7 +65,7 @@ def _reexec_with_absolute(data_dir: DataDir) -> None:
 @click.command(cls=Command)
 @data_dir_option("Replica state.")
 @click.option("--http-addr", default=None, help=f"Listen address (default {DEFAULT_HTTP_ADDR}).")
-@click.option("--storage", default=None, help="Blob storage directory (default DATA_DIR/blobs).")
+@storage_option
 @ports_options
 @click.option(
     "--workers",
@@ -117,7 +118,7 @@ def run(
 @click.command(cls=Command)
 @data_dir_option("Replica state.")
 @click.option("--http-addr", required=True, help="Listen address, HOST:PORT.")
-@click.option("--storage", default=None, help="Blob storage directory (default DATA_DIR/blobs).")
+@storage_option
 @click.option(
     "--admin-password",
     default=None,

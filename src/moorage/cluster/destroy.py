@@ -8,6 +8,7 @@ from typing import Any
 
 from moorage.config import DataDir
 from moorage.errors import MoorageError
+from moorage.storage.s3location import is_s3
 
 
 def plan(data_dir: DataDir) -> tuple[dict[str, Any], str]:
@@ -21,7 +22,9 @@ def plan(data_dir: DataDir) -> tuple[dict[str, Any], str]:
             config = data_dir.load()
         except MoorageError:
             config = None
-    storage = Path(config.storage).resolve() if config is not None else None
+    storage = (
+        Path(config.storage).resolve() if config is not None and not is_s3(config.storage) else None
+    )
     processes = []
     if data_dir.run_dir.is_dir():
         for pid_file in sorted(data_dir.run_dir.glob("*.pid")):

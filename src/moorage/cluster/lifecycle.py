@@ -19,6 +19,7 @@ from moorage.cluster.supervisor import SUPERVISOR_PID
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.pki.trust import client_context, trust_data_dir
+from moorage.storage.s3location import is_s3
 
 
 class LifecycleError(MoorageError):
@@ -232,7 +233,8 @@ def destroy(data_dir: DataDir) -> list[str]:
     storage = None
     if data_dir.exists():
         with contextlib.suppress(MoorageError):
-            storage = Path(data_dir.load().storage).resolve()
+            spec = data_dir.load().storage
+            storage = None if is_s3(spec) else Path(spec).resolve()
     stop(data_dir)
     removed = []
     for path in (

@@ -24,6 +24,14 @@ class ReplicaStateConflict(MoorageError):
     """The data directory already holds a replica (or one with other settings)."""
 
 
+def storage_spec(storage: str | Path) -> str:
+    """A `--storage` value as recorded: an S3 location canonical (ConfigError when it is
+    not valid), a directory absolute."""
+    if is_s3(str(storage)):
+        return parse(str(storage)).url()
+    return str(Path(storage).resolve())
+
+
 def new_replica_config(
     data_dir: DataDir,
     http_addr: str | None = None,
@@ -42,7 +50,7 @@ def new_replica_config(
         cluster_id=cluster_id or new_cluster_id(),
         replica_id=replica_id or new_replica_id(),
         http_addr=http_addr or DEFAULT_HTTP_ADDR,
-        storage=_storage(data_dir, storage),
+        storage=storage_spec(storage) if storage else str(data_dir.path / "blobs"),
         etcd_client_port=etcd_client_port or DEFAULT_ETCD_CLIENT_PORT,
         etcd_peer_port=etcd_peer_port or DEFAULT_ETCD_PEER_PORT,
         etcd_host=etcd_host or DEFAULT_ETCD_HOST,
@@ -59,7 +67,7 @@ def check_same_settings(
     """`moorage run` on an existing replica: the flags given must agree with its moorage.json."""
     changed = {
         "--http-addr": http_addr and http_addr != config.http_addr,
-        "--storage": storage and str(Path(storage).resolve()) != config.storage,
+        "--storage": storage and storage_spec(storage) != config.storage,
         "--etcd-client-port": etcd_client_port and etcd_client_port != config.etcd_client_port,
         "--etcd-peer-port": etcd_peer_port and etcd_peer_port != config.etcd_peer_port,
     }
@@ -98,10 +106,3 @@ def create_replica(
     create_cluster_tls(config)
     d.save(config)
     return config
-
-
-def _storage(data_dir: DataDir, storage: str | Path | None) -> str:
-    """DATA_DIR/blobs by default, a directory made absolute, an s3:// location canonical."""
-    if isinstance(storage, str) and is_s3(storage):
-        return parse(storage).url()
-    return str(Path(storage).resolve()) if storage else str(data_dir.path / "blobs")

@@ -35,8 +35,7 @@ from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.server import transport
 from moorage.server.token_auth import token_authenticator
-from moorage.storage import open_journal
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage import open_blob_storage, open_journal
 from moorage.storage.journal import Journal
 
 IO_THREADS = 32
@@ -45,7 +44,7 @@ IO_THREADS = 32
 def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     """The replica of this process over the store `meta`: its blob storage, journal,
     registry and authentication (and, with etcd, its cluster API and heartbeat)."""
-    storage = FilesystemStorage(config.storage)
+    storage = open_blob_storage(config.storage)
     journal: Journal | None = open_journal(
         config.storage, f"{config.replica_id}-{os.getpid()}", config.epoch, config.cluster_id
     )
@@ -97,6 +96,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
                 yield
         finally:
             await replica.registry.aclose()  # the journal's descriptor would outlive the app
+            await replica.registry.storage.close()  # an S3 client's connections
             if isinstance(replica.authorizer, Policy):
                 await replica.authorizer.view.close()
             await meta.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from moorage.errors import ConfigError
 from moorage.storage.base import AppendWriter, BlobStorage
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.storage.journal import Journal
@@ -10,10 +9,11 @@ from moorage.storage.s3location import is_s3, parse
 
 
 def open_blob_storage(spec: str) -> BlobStorage:
-    """The blob storage `--storage` names: a directory, or an s3:// location."""
+    """The driver for a `--storage` value: `s3://BUCKET/PREFIX?...` or a directory."""
     if is_s3(spec):
-        parse(spec)  # a malformed location says what is wrong first
-        raise ConfigError("S3 blob storage is not built yet")
+        from moorage.storage.s3 import S3Storage  # aiobotocore only where S3 is used
+
+        return S3Storage(spec)
     return FilesystemStorage(spec)
 
 

@@ -152,3 +152,6 @@ class BlobStorage(ABC):
 
     @abstractmethod
     def free_bytes(self) -> int | None: ...
+
+    async def close(self) -> None:  # noqa: B027  (a hook: most drivers keep nothing open)
+        """Let go of connections (a driver that keeps none has nothing to do)."""

@@ -146,9 +146,14 @@ def parse(spec: str) -> S3Location:
 
 @contextlib.asynccontextmanager
 async def open_client(
-    location: S3Location, *, max_connections: int = 64, read_timeout: float = 30.0
+    location: S3Location,
+    *,
+    max_connections: int = 64,
+    read_timeout: float = 30.0,
+    attempts: int = 3,
 ) -> AsyncIterator[S3Client]:
-    """An aiobotocore S3 client for `location` (credentials from botocore's chain)."""
+    """An aiobotocore S3 client for `location` (credentials from botocore's chain); each
+    request is tried `attempts` times."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -156,7 +161,7 @@ async def open_client(
         region_name=location.region,
         signature_version="s3v4",
         s3={"addressing_style": location.addressing},
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"max_attempts": attempts, "mode": "standard"},
         connect_timeout=min(read_timeout, 10.0),
         read_timeout=read_timeout,
         max_pool_connections=max_connections,
