@@ -28,6 +28,7 @@ def test_each_command_loads_from_its_module() -> None:
     assert main.list_commands(ctx) == sorted(COMMAND_MODULES)
     for name in COMMAND_MODULES:
         command = main.get_command(ctx, name)
-        assert command is not None and command.name == name
+        assert command is not None
+        assert command.name == name
         assert main.commands[name] is command
     assert main.get_command(ctx, "no-such-command") is None
