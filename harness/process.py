@@ -25,6 +25,12 @@ STATUS_EXIT_CODES = {
 }
 
 
+#: Added to the environment of every process the harness starts (`cli_env`, `Replica.start`).
+#: tests/conftest.py puts MOORAGE_TEST_CHEAP_PASSWORDS=1 here (moorage.auth.passwords: argon2
+#: at its minimum cost); the benchmarks and `make chaos` leave it empty and log in for real.
+EXTRA_ENV: dict[str, str] = {}
+
+
 class CommandFailed(AssertionError):
     """A `moorage` command exited with an error."""
 
@@ -80,6 +86,7 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # `moorage` on PATH as `make install` puts it: status prints commands as `moorage ...`.
     env["PATH"] = f"{Path(python()).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MOORAGE_ADMIN_PASSWORD", None)
+    env.update(EXTRA_ENV)
     env.update(extra or {})
     return env
 

@@ -17,6 +17,7 @@ import httpx
 from harness.process import (
     ADMIN_PASSWORD,
     AUTH,
+    EXTRA_ENV,
     free_port,
     log_tail,
     moorage_cmd,
@@ -83,7 +84,7 @@ class Replica:
             if self.tls:
                 args.append("--tls")
             args += self.run_args
-        env = dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD)
+        env = dict(os.environ, **EXTRA_ENV, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 moorage_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=env

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.process import signal_pids
+from harness.process import EXTRA_ENV, signal_pids
 from harness.replica import Replica
 from harness.seaweed import SeaweedFS
 
@@ -82,6 +82,12 @@ LONGEST_FIRST = (
     "test_gc.py",
     "test_fuzz_gc.py",
 )
+# The replicas and commands the harness starts hash and check passwords with argon2 at its
+# minimum cost (moorage/auth/passwords.py): at the pinned cost each check is ~0.27 s of CPU,
+# and the suite's replicas make thousands. This process's own hash_password stays pinned
+# (test_auth_hardening.py::test_argon2_parameters checks the production parameters).
+EXTRA_ENV["MOORAGE_TEST_CHEAP_PASSWORDS"] = "1"
+
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica", "seaweed", "s3_url"})
 

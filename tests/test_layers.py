@@ -5,6 +5,7 @@ module in a string either (an import by name, e.g. an ASGI server's "module:fact
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -162,3 +163,56 @@ def test_a_higher_layer_named_by_string_is_found(tree_copy: Path) -> None:
     assert len(found) == 1, found
     assert found[0].startswith("cluster/supervisor.py:")
     assert "moorage.api.app:create_app" in found[0]
+
+
+#: `python -m moorage ARGS`, writing the names of the modules it imported to a file at exit.
+_PROBE = (
+    "import atexit, json, runpy, sys\n"
+    "out, sys.argv = sys.argv[1], ['moorage', *sys.argv[2:]]\n"
+    "atexit.register(lambda: open(out, 'w').write(json.dumps(sorted(sys.modules))))\n"
+    "runpy.run_module('moorage', run_name='__main__')\n"
+)
+
+
+def imported_by(*args: str, tmp: Path) -> set[str]:
+    """The modules a real `moorage ARGS` process imported by the time it exited."""
+    out = tmp / "modules.json"
+    subprocess.run(
+        [sys.executable, "-c", _PROBE, str(out), *args],
+        cwd=tmp,
+        env={**os.environ, "MOORAGE_PASSWORD": "x"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return set(json.loads(out.read_text()))
+
+
+#: What the commands tests and scripts run most do not need: the etcd client, x509, the
+#: web framework and the HTTP server (~0.4 s of CPU at every start, hundreds of times a run).
+URL = "http://127.0.0.1:9"  # nothing answers: the command fails after its imports
+HEAVY = {"aetcd", "grpc", "cryptography", "starlette", "granian", "argon2"}
+
+
+@pytest.mark.parametrize(
+    ("args", "reaches", "command_module"),
+    [
+        (["status", "--existing", URL, "--json"], "moorage.recovery.status", "status"),
+        (["stop", "--data-dir", "."], "moorage.cluster.lifecycle", "replica"),
+        (["user", "list", "--existing", URL], "moorage.recovery.client", "accounts"),
+        (["--help"], "moorage.cli.main", None),  # lists every command: imports each module
+    ],
+)  # fmt: skip
+def test_common_commands_import_only_what_they_use(
+    args: list[str], reaches: str, command_module: str | None, tmp_path: Path
+) -> None:
+    from moorage.cli.main import COMMAND_MODULES
+
+    modules = imported_by(*args, tmp=tmp_path)
+    assert reaches in modules  # the command got as far as its own work
+    assert modules & HEAVY == set()
+    loaded = {m.removeprefix("moorage.cli.") for m in modules} & set(COMMAND_MODULES.values())
+    # status is always loaded: cli.main re-exports its exit codes and text
+    assert loaded == (
+        {"status", command_module} if command_module else set(COMMAND_MODULES.values())
+    )

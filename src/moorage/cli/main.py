@@ -3,58 +3,77 @@
 The `main` group gathers the commands of each group module: replica lifecycle
 (`cli/replica.py`), cluster membership (`cli/membership.py`), status (`cli/status.py`),
 recovery (`cli/recovery.py`), backups (`cli/backup.py`), the CA (`cli/ca.py`) and join
-tokens (`cli/join_tokens.py`).
+tokens (`cli/join_tokens.py`), and the others of `COMMAND_MODULES`.
 Shared options are in `cli/options.py`; domain errors become CLI failures in one place,
-`cli/base.py`."""
+`cli/base.py`.
+
+A command's module is imported when the command runs (`LazyGroup`): every `moorage`
+process pays for the imports of its own command only, not for all of them."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from moorage import __version__
-from moorage.cli import access_tokens as token_commands
-from moorage.cli import (
-    accounts,
-    backup,
-    ca,
-    certs,
-    gc,
-    join_tokens,
-    membership,
-    policies,
-    recovery,
-    replica,
-    status,
-    token_keys,
-)
-from moorage.cli import audit as audit_log
 from moorage.cli.base import Failed, Group
 from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
-__all__ = ["STATUS_EXIT_CODES", "Failed", "main", "status_text"]
+__all__ = ["COMMAND_MODULES", "STATUS_EXIT_CODES", "Failed", "main", "status_text"]
+
+#: Each top-level command and the module of `moorage.cli` whose COMMANDS list has it.
+COMMAND_MODULES = {
+    **dict.fromkeys(("run", "install", "start", "stop", "destroy"), "replica"),
+    **dict.fromkeys(("join", "remove"), "membership"),
+    "status": "status",
+    **dict.fromkeys(("repair", "emergency-repair", "restore"), "recovery"),
+    "backup": "backup",
+    "ca": "ca",
+    "join-token": "join_tokens",
+    "certs": "certs",
+    **dict.fromkeys(("user", "org", "team", "grant", "revoke", "grants", "repo"), "accounts"),
+    "token": "access_tokens",
+    "token-keys": "token_keys",
+    "audit": "audit",
+    "gc": "gc",
+    "policy": "policies",
+}
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def load_command(name: str) -> click.Command:
+    module = importlib.import_module(f"moorage.cli.{COMMAND_MODULES[name]}")
+    command: click.Command = next(c for c in module.COMMANDS if c.name == name)
+    return command
+
+
+class LazyGroup(Group):
+    """`Group` whose commands are imported on first use (`get_command`); `commands`, the
+    whole table, imports every module (for --help walks and tests)."""
+
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        for name in COMMAND_MODULES:
+            if name not in self._loaded:
+                self._loaded[name] = load_command(name)
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._loaded = dict(value)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMAND_MODULES:
+            return None
+        if cmd_name not in self._loaded:
+            self._loaded[cmd_name] = load_command(cmd_name)
+        return self._loaded[cmd_name]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="moorage")
 def main() -> None:
     """Moorage: a private container registry that runs as a cluster of replicas."""
-
-
-for _group in (
-    replica,
-    membership,
-    status,
-    recovery,
-    backup,
-    ca,
-    join_tokens,
-    certs,
-    accounts,
-    token_commands,
-    token_keys,
-    audit_log,
-    gc,
-    policies,
-):
-    for _command in _group.COMMANDS:
-        main.add_command(_command)

@@ -22,14 +22,16 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.config import ReplicaConfig
 from moorage.errors import ConfigError, MoorageError
-from moorage.meta.cluster_store import ClusterStore
-from moorage.meta.etcd import ClientTls
+from moorage.meta.etcd_members import ClientTls
 from moorage.pki import ca as pki
 from moorage.pki.files import PRIVATE_MODE, TlsDir, write_atomic
+
+if TYPE_CHECKING:  # the store module pulls in records and snapshots; join and install need neither
+    from moorage.meta.cluster_store import ClusterStore
 
 LOOPBACK = "127.0.0.1"
 PENDING_NAME = "ca.key.pending"

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 
-from moorage.cluster.certs import presented
 from moorage.errors import MoorageError
 from moorage.pki.trust import client_context
 from moorage.recovery.client import AdminClient
@@ -146,6 +145,10 @@ STABLE_FOR = 4.0
 
 def _serves_only(url: str, new: str) -> bool:
     """Whether every fresh connection to `url` presents `new`, for STABLE_FOR seconds."""
+    # cluster.certs imports the etcd client and x509: `moorage status` (expiry warnings)
+    # imports this module and needs neither.
+    from moorage.cluster.certs import presented
+
     end = time.monotonic() + STABLE_FOR
     while presented(url) == new:
         if time.monotonic() >= end:

@@ -21,7 +21,6 @@ import httpx
 from moorage.config import is_loopback
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
-from moorage.pki.ca import fingerprint, load_cert
 from moorage.pki.trust import client_context
 
 CA_PATH = "/api/v0/cluster/ca"
@@ -198,6 +197,8 @@ def fetch_ca(urls: list[str], expected: str | None = None) -> FetchedCa:
     trusts the replica's certificate; otherwise over an UNVERIFIED one, and then it is only as
     good as the `expected` fingerprint (`sha256:...`), which it must match (pinning, as
     `kubeadm join --discovery-token-ca-cert-hash` does). The caller reports `trust`."""
+    from moorage.pki.ca import fingerprint, load_cert  # cryptography: only here
+
     errors = []
     for url in urls:
         try:
