@@ -33,6 +33,9 @@ from moorage.storage.s3sessions import S3Sessions, SessionState
 from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
 
 PROBE_SECONDS = 2.5
+#: GETs in flight per `read_many` call (garbage collection runs a few calls at once; the
+#: client's pool holds 64 connections).
+READ_MANY_CONCURRENCY = 16
 
 
 def _digest_of(layout: S3Layout, key: str) -> str | None:
@@ -115,6 +118,17 @@ class S3Storage(BlobStorage):
                 raise
             async with resp["Body"] as body:
                 return await body.read()
+
+    async def read_many(self, digests: list[str]) -> list[bytes | None]:
+        # Concurrent GETs, a bounded number at a time: one after another, each batch of
+        # garbage collection's mark would pay a round trip per manifest.
+        slots = asyncio.Semaphore(READ_MANY_CONCURRENCY)
+
+        async def one(digest: str) -> bytes | None:
+            async with slots:
+                return await self.read_bytes(digest)
+
+        return list(await asyncio.gather(*map(one, digests)))
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
         key = self.layout.blob(digest)

@@ -20,8 +20,11 @@ through botocore's own chain.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 from moorage.errors import ConfigError
 
 if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
+    from botocore.loaders import Loader
     from types_aiobotocore_s3 import S3Client
 
 SCHEME = "s3://"
@@ -155,7 +160,6 @@ async def open_client(
     """An aiobotocore S3 client for `location` (credentials from botocore's chain); each
     request is tried `attempts` times."""
     from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
 
     config = AioConfig(
         region_name=location.region,
@@ -166,9 +170,37 @@ async def open_client(
         read_timeout=read_timeout,
         max_pool_connections=max_connections,
     )
-    session = get_session()
+    session = _session()
     verify: str | bool = location.ca if location.ca is not None else True
     async with session.create_client(
         "s3", endpoint_url=location.endpoint, config=config, verify=verify
     ) as client:
         yield client
+
+
+# A new aiobotocore session reads and parses botocore's S3 service model and endpoint data
+# again: 250-850 ms of CPU per client. Every client of a process shares one loader (its
+# parsed JSON is cached and loop-independent), and every client of one event loop shares one
+# session (its resolved credentials and their refresh lock belong to that loop).
+_loader: Loader | None = None
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AioSession] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def _session() -> AioSession:
+    from aiobotocore.session import get_session
+    from botocore.loaders import create_loader
+
+    global _loader
+    loop = asyncio.get_running_loop()
+    with _lock:
+        session = _sessions.get(loop)
+        if session is None:
+            if _loader is None:
+                _loader = create_loader()
+            session = get_session()
+            session.register_component("data_loader", _loader)
+            _sessions[loop] = session
+        return session
