@@ -14,6 +14,14 @@ from moorage.api.state import AppState
 async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Response:
     parsed, size = await st.registry.blobs.stat(name, digest)
     headers = {**API_VERSION_HEADER, "Docker-Content-Digest": str(parsed), "ETag": f'"{parsed}"'}
+    # Pulls by redirect (S3 `redirect=on`), as Distribution: GET and HEAD answer 307 to a
+    # presigned URL, after access control and the repository's link were checked; the
+    # store serves ranges itself.
+    location = await st.registry.storage.redirect_url(str(parsed), request.method)
+    if location is not None:
+        headers["Location"] = location
+        headers["Content-Length"] = "0"
+        return Response(b"", status_code=307, headers=headers)
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
         headers["Accept-Ranges"] = "bytes"

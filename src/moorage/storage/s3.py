@@ -28,7 +28,7 @@ from moorage.oci.digest import parse_digest
 from moorage.storage.base import BlobStorage, UploadHandle
 from moorage.storage.s3io import S3Connection, error_code, list_page, missing, translated
 from moorage.storage.s3layout import S3Layout
-from moorage.storage.s3location import S3Location, parse
+from moorage.storage.s3location import REDIRECT_SECONDS, S3Location, parse
 from moorage.storage.s3sessions import S3Sessions, SessionState
 from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
 
@@ -118,6 +118,18 @@ class S3Storage(BlobStorage):
                 raise
             async with resp["Body"] as body:
                 return await body.read()
+
+    async def redirect_url(self, digest: str, method: str) -> str | None:
+        if not self.location.redirect:
+            return None
+        # Signed locally (s3v4, query parameters): no request to the store.
+        operation = "head_object" if method == "HEAD" else "get_object"
+        s3 = await self.conn.client()
+        return await s3.generate_presigned_url(
+            operation,
+            Params={"Bucket": self.layout.bucket, "Key": self.layout.blob(digest)},
+            ExpiresIn=REDIRECT_SECONDS,
+        )
 
     async def read_many(self, digests: list[str]) -> list[bytes | None]:
         # Concurrent GETs, a bounded number at a time: one after another, each batch of

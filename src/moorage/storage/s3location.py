@@ -11,6 +11,10 @@ The query takes:
   on AWS).
 - `ca`: a PEM file of CA certificates the endpoint's TLS certificate must chain to (the
   system's CAs otherwise).
+- `redirect`: `on` answers a blob GET or HEAD with `307` to a presigned URL of the object
+  (valid `REDIRECT_SECONDS`), so the bytes flow from the store to the client, as
+  Distribution's `redirect`; `off` (the default) streams them through the replica. Only for
+  stores every client can reach at the endpoint the replicas use.
 
 Credentials are never in the URL: they come from the environment and files as the AWS tools
 read them (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`
@@ -40,7 +44,9 @@ if TYPE_CHECKING:
 
 SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
-_PARAMS = frozenset({"endpoint", "region", "addressing", "ca"})
+_PARAMS = frozenset({"endpoint", "region", "addressing", "ca", "redirect"})
+#: How long a presigned redirect URL stays valid (Distribution's is 20 minutes too).
+REDIRECT_SECONDS = 20 * 60
 # S3's bucket naming rules (lowercase letters, digits, dots and hyphens, 3-63 long).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z0-9-]{1,64}$")
@@ -59,6 +65,7 @@ class S3Location:
     region: str
     addressing: str  # "path" or "virtual"
     ca: str | None
+    redirect: bool = False
 
     def key(self, name: str) -> str:
         """The object key of `name` (relative to the prefix)."""
@@ -74,6 +81,8 @@ class S3Location:
             query.append(f"addressing={self.addressing}")
         if self.ca is not None:
             query.append(f"ca={self.ca}")
+        if self.redirect:
+            query.append("redirect=on")
         path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return f"{SCHEME}{path}?{'&'.join(query)}"
 
@@ -146,7 +155,10 @@ def parse(spec: str) -> S3Location:
             raise ConfigError(f"ca {ca!r} must be an absolute path to a PEM file")
         if not Path(ca).is_file():
             raise ConfigError(f"ca file {ca} does not exist")
-    return S3Location(bucket, prefix, endpoint, region, addressing, ca)
+    redirect = values.get("redirect", "off")
+    if redirect not in ("on", "off"):
+        raise ConfigError(f"redirect {redirect!r}: use on or off")
+    return S3Location(bucket, prefix, endpoint, region, addressing, ca, redirect == "on")
 
 
 @contextlib.asynccontextmanager
