@@ -119,17 +119,20 @@ class S3Storage(BlobStorage):
             async with resp["Body"] as body:
                 return await body.read()
 
-    async def redirect_url(self, digest: str, method: str) -> str | None:
-        if not self.location.redirect:
-            return None
+    @property
+    def redirects(self) -> bool:  # type: ignore[override]
+        return self.location.redirect
+
+    async def redirect_url(self, digest: str, method: str) -> str:
         # Signed locally (s3v4, query parameters): no request to the store.
         operation = "head_object" if method == "HEAD" else "get_object"
-        s3 = await self.conn.client()
-        return await s3.generate_presigned_url(
-            operation,
-            Params={"Bucket": self.layout.bucket, "Key": self.layout.blob(digest)},
-            ExpiresIn=REDIRECT_SECONDS,
-        )
+        async with translated("sign a blob's URL"):
+            s3 = await self.conn.client()
+            return await s3.generate_presigned_url(
+                operation,
+                Params={"Bucket": self.layout.bucket, "Key": self.layout.blob(digest)},
+                ExpiresIn=REDIRECT_SECONDS,
+            )
 
     async def read_many(self, digests: list[str]) -> list[bytes | None]:
         # Concurrent GETs, a bounded number at a time: one after another, each batch of
