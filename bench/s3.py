@@ -76,6 +76,10 @@ ROWS = [
 ]  # fmt: skip
 
 
+def _loadavg() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -233,6 +237,7 @@ class Bench:
     servers: dict[str, Server]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    load: list[str] = field(default_factory=list)  # load averages at the start and the end
 
     def target(self, name: str) -> Target:
         s = self.servers[name]
@@ -254,6 +259,7 @@ class Bench:
 
     async def run(self) -> None:
         a = self.args
+        self.load.append(_loadavg())
         size, chunk = a.blob_mib * MiB, a.chunk_mib * MiB
         base = os.urandom(size)
         _log("pushes")
@@ -308,6 +314,7 @@ class Bench:
 
             await self.measure(f"pull{key}", names, pull)
             await self.measure(f"small_pulls{key}", names, pulls)
+        self.load.append(_loadavg())
 
     def table(self) -> str:
         blob, chunk = f"{self.args.blob_mib} MiB", f"{self.args.chunk_mib} MiB"
@@ -343,6 +350,8 @@ class Bench:
             f"blobs, {a.manifests} manifests, {a.reps} run(s) per metric",
             "- SeaweedFS: `weed server` with its S3 gateway, one bucket, a prefix per server",
             f"- command: python -m bench.s3 {' '.join(argv)}",
+            f"- load average (1, 5, 15 min) at start / end: {' / '.join(self.load)} (other "
+            "work on the machine skews results)",
             "",
             self.table(),
             "",
