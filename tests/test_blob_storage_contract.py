@@ -131,6 +131,22 @@ def test_committed_blobs_stat_read_list_delete(make: Make) -> None:
     run(make, scenario)
 
 
+def test_read_many_returns_each_body_in_order_none_for_a_missing_one(make: Make) -> None:
+    # More digests than the S3 driver reads at once (READ_MANY_CONCURRENCY).
+    bodies = [f"manifest {i}".encode() for i in range(40)]
+    absent = sha256(b"never stored")
+
+    async def scenario(s: BlobStorage) -> None:
+        for body in bodies:
+            await s.put_bytes(sha256(body), body)
+        digests = [sha256(b) for b in bodies]
+        got = await s.read_many([*digests[:20], absent, *digests[20:]])
+        assert got == [*bodies[:20], None, *bodies[20:]]
+        assert await s.read_many([]) == []
+
+    run(make, scenario)
+
+
 def test_storing_a_blob_again_refreshes_its_modification_time(make: Make) -> None:
     async def scenario(s: BlobStorage) -> tuple[float, float]:
         await s.put_bytes(sha256(b"x"), b"x")

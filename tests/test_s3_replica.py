@@ -73,6 +73,11 @@ def test_the_replica_keeps_its_blobs_in_the_bucket(
     health = client.get("/api/v0/health").json()["components"]["storage"]
     assert health["healthy"] is True
     assert health["path"] == seaweed.storage_url(PREFIX)
+    # Pulls by redirect are off by default: the replica streams the bytes itself.
+    got = client.get(f"/v2/s3/check/blobs/{digest}")
+    assert got.status_code == 200
+    assert got.content == body
+    assert "location" not in got.headers
 
 
 @pytest.mark.parametrize(

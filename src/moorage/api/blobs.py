@@ -12,6 +12,23 @@ from moorage.api.state import AppState
 
 
 async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Response:
+    storage = st.registry.storage
+    if storage.redirects:
+        # Pulls by redirect (S3 `redirect=on`), as Distribution: GET and HEAD answer 307 to
+        # a presigned URL once access control passed and the blob is linked to the
+        # repository; the store answers for the bytes (ranges too, and 404 if they were
+        # lost), so no HEAD of the object first.
+        parsed, _ = await st.registry.blobs.linked(name, digest)
+        return Response(
+            b"",
+            status_code=307,
+            headers={
+                **API_VERSION_HEADER,
+                "Docker-Content-Digest": str(parsed),
+                "Location": await storage.redirect_url(str(parsed), request.method),
+                "Content-Length": "0",
+            },
+        )
     parsed, size = await st.registry.blobs.stat(name, digest)
     headers = {**API_VERSION_HEADER, "Docker-Content-Digest": str(parsed), "ETag": f'"{parsed}"'}
     if request.method == "HEAD":

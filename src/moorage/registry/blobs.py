@@ -23,6 +23,15 @@ class Blobs:
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
         return parsed, size
 
+    async def linked(self, repo: str, digest: str) -> tuple[Digest, int]:
+        """The blob's digest and size as linked to `repo` (the metadata only: for a pull by
+        redirect, where the store answers for its bytes); BlobUnknown unless linked."""
+        parsed = parse_digest(digest)
+        size = await self.meta.blob_size(repo, str(parsed))
+        if size is None:
+            raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
+        return parsed, size
+
     async def delete(self, repo: str, digest: str) -> None:
         """Unlink the blob from `repo`; its bytes stay until garbage collection (shared)."""
         parsed = parse_digest(digest)

@@ -95,6 +95,14 @@ class BlobStorage(ABC):
     async def read_bytes(self, digest: str) -> bytes | None:
         """A small blob whole (manifests), or None when it is not there."""
 
+    #: Whether `redirect_url` gives URLs (S3 with `redirect=on`).
+    redirects = False
+
+    async def redirect_url(self, digest: str, method: str) -> str:
+        """A short-lived URL the client can `method` (GET or HEAD) the blob at instead of
+        the replica; only when `redirects`."""
+        raise NotImplementedError(f"{type(self).__name__} does not redirect pulls")
+
     async def read_many(self, digests: list[str]) -> list[bytes | None]:
         """`read_bytes` of each digest, in order (garbage collection's mark reads thousands
         of manifests: a driver reads a batch off the event loop, in one go)."""

@@ -11,6 +11,10 @@ The query takes:
   on AWS).
 - `ca`: a PEM file of CA certificates the endpoint's TLS certificate must chain to (the
   system's CAs otherwise).
+- `redirect`: `on` answers a blob GET or HEAD with `307` to a presigned URL of the object
+  (valid `REDIRECT_SECONDS`), so the bytes flow from the store to the client, as
+  Distribution's `redirect`; `off` (the default) streams them through the replica. Only for
+  stores every client can reach at the endpoint the replicas use.
 
 Credentials are never in the URL: they come from the environment and files as the AWS tools
 read them (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`
@@ -20,8 +24,11 @@ through botocore's own chain.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +38,15 @@ from urllib.parse import parse_qs, urlsplit
 from moorage.errors import ConfigError
 
 if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
+    from botocore.loaders import Loader
     from types_aiobotocore_s3 import S3Client
 
 SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
-_PARAMS = frozenset({"endpoint", "region", "addressing", "ca"})
+_PARAMS = frozenset({"endpoint", "region", "addressing", "ca", "redirect"})
+#: How long a presigned redirect URL stays valid (Distribution's is 20 minutes too).
+REDIRECT_SECONDS = 20 * 60
 # S3's bucket naming rules (lowercase letters, digits, dots and hyphens, 3-63 long).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z0-9-]{1,64}$")
@@ -54,6 +65,7 @@ class S3Location:
     region: str
     addressing: str  # "path" or "virtual"
     ca: str | None
+    redirect: bool = False
 
     def key(self, name: str) -> str:
         """The object key of `name` (relative to the prefix)."""
@@ -69,6 +81,8 @@ class S3Location:
             query.append(f"addressing={self.addressing}")
         if self.ca is not None:
             query.append(f"ca={self.ca}")
+        if self.redirect:
+            query.append("redirect=on")
         path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return f"{SCHEME}{path}?{'&'.join(query)}"
 
@@ -141,7 +155,10 @@ def parse(spec: str) -> S3Location:
             raise ConfigError(f"ca {ca!r} must be an absolute path to a PEM file")
         if not Path(ca).is_file():
             raise ConfigError(f"ca file {ca} does not exist")
-    return S3Location(bucket, prefix, endpoint, region, addressing, ca)
+    redirect = values.get("redirect", "off")
+    if redirect not in ("on", "off"):
+        raise ConfigError(f"redirect {redirect!r}: use on or off")
+    return S3Location(bucket, prefix, endpoint, region, addressing, ca, redirect == "on")
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +172,6 @@ async def open_client(
     """An aiobotocore S3 client for `location` (credentials from botocore's chain); each
     request is tried `attempts` times."""
     from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
 
     config = AioConfig(
         region_name=location.region,
@@ -166,9 +182,37 @@ async def open_client(
         read_timeout=read_timeout,
         max_pool_connections=max_connections,
     )
-    session = get_session()
+    session = _session()
     verify: str | bool = location.ca if location.ca is not None else True
     async with session.create_client(
         "s3", endpoint_url=location.endpoint, config=config, verify=verify
     ) as client:
         yield client
+
+
+# A new aiobotocore session reads and parses botocore's S3 service model and endpoint data
+# again: 250-850 ms of CPU per client. Every client of a process shares one loader (its
+# parsed JSON is cached and loop-independent), and every client of one event loop shares one
+# session (its resolved credentials and their refresh lock belong to that loop).
+_loader: Loader | None = None
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AioSession] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def _session() -> AioSession:
+    from aiobotocore.session import get_session
+    from botocore.loaders import create_loader
+
+    global _loader
+    loop = asyncio.get_running_loop()
+    with _lock:
+        session = _sessions.get(loop)
+        if session is None:
+            if _loader is None:
+                _loader = create_loader()
+            session = get_session()
+            session.register_component("data_loader", _loader)
+            _sessions[loop] = session
+        return session
