@@ -113,7 +113,7 @@ class Node:
 
 
 class Cluster:
-    """Replicas under `root`, sharing the blob storage `root/blobs`.
+    """Replicas under `root`, sharing the blob storage `root/blobs` (or the S3 prefix `s3`).
 
     `env` is added to every command's environment; `node_class` makes the nodes; `tls`
     (always with namespaces) makes them serve HTTPS, trusted through `ca_file`."""
@@ -126,9 +126,15 @@ class Cluster:
         lab: NetLab | None = None,
         env: Mapping[str, str] | None = None,
         tls: bool = False,
+        s3: str | None = None,
     ) -> None:
+        """`s3`: blob storage in S3 (a `--storage s3://...` value; the credentials in `env`
+        or this process's environment) instead of the directory `root/blobs`."""
         self.root = root
-        self.storage = root / "blobs"
+        self.storage = root / "blobs"  # the directory (unused with `s3`)
+        self.s3 = s3
+        #: What `install`, `join` and `restore` take as --storage.
+        self.storage_arg = s3 if s3 is not None else str(self.storage)
         self.lab = lab
         self.tls = lab is not None or bool(tls)  # namespaces' addresses always serve HTTPS
         self.ca_file = root / "ca.crt"  # what `moorage ca export` wrote; clients trust only it
@@ -169,7 +175,7 @@ class Cluster:
         node = self.new_node()
         doc = json.loads(
             self.cli(
-                "install", *node.flags(), "--storage", str(self.storage),
+                "install", *node.flags(), "--storage", self.storage_arg,
                 "--admin-password", AUTH[1], "--json", node=node,
             ).stdout
         )  # fmt: skip
@@ -202,6 +208,8 @@ class Cluster:
         """One `moorage join` of `node` through `via`, whatever its outcome."""
         via = via or self.nodes[0]
         extra = ["--unsafe-join"] if unsafe else []
+        if self.s3 is not None:  # each host names the bucket (a filesystem join finds it)
+            extra += ["--storage", self.s3]
         return self.cli(
             "join", "--existing", via.url, *node.flags(), "--json", *extra, node=node, check=False
         )

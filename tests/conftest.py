@@ -27,6 +27,8 @@ from harness.seaweed import SeaweedFS
 TIERS = {
     "test_clients.py": "clients",
     "test_s3_replica.py": "clients",
+    "test_s3_cluster.py": "cluster",
+    "test_s3_recovery.py": "cluster",
     "test_gc.py": "clients",
     "test_gc_race.py": "cluster",
     "test_token_auth.py": "clients",

@@ -1,0 +1,131 @@
+"""A 3-replica cluster whose blob storage is one S3 prefix (a real SeaweedFS gateway), built
+with the real commands (`install --storage s3://…`, `join --storage s3://…` on the others):
+skopeo round trips through each replica, a chunked upload started on one replica and finished
+on another, and a join that names another prefix refused. The destructive cases (outage,
+emergency repair, restore) are in tests/test_s3_recovery.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.seaweed import SeaweedFS
+
+from tests.cluster import Cluster, Node
+from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
+
+PREFIX = f"t/s3-cluster-{uuid.uuid4().hex[:8]}"
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three replicas on one S3 prefix; the store's credentials in every command's env."""
+    c = Cluster(
+        tmp_path_factory.mktemp("s3cluster"), env=seaweed.env(), s3=seaweed.storage_url(PREFIX)
+    )
+    try:
+        c.install()
+        c.join()
+        c.join()
+        yield c
+    finally:
+        c.shutdown()
+
+
+def test_the_cluster_is_healthy_and_on_s3(cluster: Cluster, seaweed: SeaweedFS) -> None:
+    doc = cluster.status()
+    assert doc["scenario"] == "healthy", doc
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
+    for node in cluster.nodes:
+        config = json.loads((node.data_dir / "moorage.json").read_text())
+        assert config["storage"] == seaweed.storage_url(PREFIX)
+        with node.client() as c:
+            storage = c.get("/api/v0/health").json()["components"]["storage"]
+        assert storage["healthy"] is True, storage
+    assert not cluster.storage.exists()  # nothing went to a local directory
+
+
+def test_skopeo_round_trip_through_each_replica(cluster: Cluster, tmp_path: Path) -> None:
+    """skopeo pushes an image through each replica and copies it back out of the next one."""
+    src = tmp_path / "src"
+    digest = build_image(
+        src,
+        "v1",
+        "amd64",
+        [
+            {"etc/hello.txt": b"hello from S3\n"},
+            {"srv/data.bin": bytes(range(256)) * 512},
+        ],
+        tmp_path,
+    )
+    config_digest, layers = image_blobs(src, digest)
+    nodes = cluster.nodes
+    for i, node in enumerate(nodes):
+        repo = f"s3c/skopeo{i}"
+        ref = f"docker://{node.host}:{node.port}/{repo}"
+        assert skopeo_copy(f"oci:{src}:v1", f"{ref}:v1", work=tmp_path) == digest
+        reader = nodes[(i + 1) % len(nodes)]
+        out = tmp_path / f"out{i}"
+        back = f"docker://{reader.host}:{reader.port}/{repo}:v1"
+        assert skopeo_copy(back, f"oci:{out}:back", work=tmp_path) == digest
+        assert read_blob(out, digest) == read_blob(src, digest)
+        for blob in (config_digest, *layers):
+            assert read_blob(out, blob) == read_blob(src, blob)
+
+
+def test_chunked_upload_started_on_one_replica_finished_on_another(cluster: Cluster) -> None:
+    """PATCH on A, PATCH and PUT on B, chunks that are not multiples of S3's 5 MiB part
+    minimum (the first is over it, the second across a part boundary); pulled from C."""
+    a, b, c = cluster.nodes
+    blob = hashlib.sha256(b"seed").digest() * (13 * MIB // 32 + 3)  # 13 MiB + 96 bytes
+    cuts = [0, 5 * MIB + 123, 11 * MIB + 77, len(blob)]
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        loc = ca.post("/v2/s3c/roam/blobs/uploads/").headers["location"]
+        first = ca.patch(
+            loc,
+            content=blob[: cuts[1]],
+            headers={"Content-Range": f"0-{cuts[1] - 1}"},
+        )
+        assert first.status_code == 202, first.text
+        loc = first.headers["location"]
+        # The session as another replica sees it: the bytes so far.
+        assert cc.get(loc).headers["range"] == f"0-{cuts[1] - 1}"
+        second = cb.patch(
+            loc,
+            content=blob[cuts[1] : cuts[2]],
+            headers={"Content-Range": f"{cuts[1]}-{cuts[2] - 1}"},
+        )
+        assert second.status_code == 202, second.text
+        assert second.headers["range"] == f"0-{cuts[2] - 1}"
+        loc = second.headers["location"]
+        sep = "&" if "?" in loc else "?"
+        done = cb.put(f"{loc}{sep}digest={digest}", content=blob[cuts[2] :])
+        assert done.status_code == 201, done.text
+        assert done.headers["docker-content-digest"] == digest
+        pulled = cc.get(f"/v2/s3c/roam/blobs/{digest}")
+        assert pulled.status_code == 200
+        assert hashlib.sha256(pulled.content).hexdigest() == digest[7:]
+        assert len(pulled.content) == len(blob)
+        head = ca.head(f"/v2/s3c/roam/blobs/{digest}")
+        assert head.headers["content-length"] == str(len(blob))
+
+
+def test_join_naming_another_prefix_is_refused(cluster: Cluster, seaweed: SeaweedFS) -> None:
+    spare = Node(cluster.root, "spare")
+    other = seaweed.storage_url(f"{PREFIX}-other")
+    out = cluster.cli(
+        "join", "--existing", cluster.nodes[0].url, *spare.flags(), "--storage", other,
+        node=spare, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "does not see the cluster's blob storage" in out.stderr, out.stderr
+    assert "--storage" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (spare.data_dir / "moorage.json").exists()
+    assert cluster.status()["quorum"]["members"] == 3
