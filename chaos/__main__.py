@@ -33,11 +33,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="recover without replaying the journal (shows what etcd alone would lose)",
     )
     p.add_argument("--workers", type=int, default=4, help="concurrent pushers")
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="S3_URL",
+        help="blob storage on S3: s3://BUCKET/PREFIX?endpoint=URL&region=R (credentials from "
+        "the environment as the AWS tools read them; each scenario uses a prefix below it); "
+        "default: a directory of the work directory",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temp directory")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="do not print the timeline")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.storage is not None and not args.storage.startswith("s3://"):
+        p.error(
+            "--storage takes an s3://BUCKET/PREFIX?endpoint=URL location (without it, "
+            "blob storage is a directory of the work directory)"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         replay=not args.no_replay,
         workers=args.workers,
+        s3=args.storage,
         log=(lambda line: None) if args.quiet or args.json else print,
     )
     results: list[Result] = []

@@ -10,6 +10,11 @@ after the recovery (total-loss has a fourth: between the backup and the loss).
 Every cluster serves HTTPS (`--tls` on loopback; by default in network namespaces): pushers,
 verifier and CLI trust only the cluster CA that `moorage ca export` wrote (a restore makes a
 new CA, which is exported and trusted from then on).
+
+With `Options.s3` blob storage is an S3 prefix (each scenario under a prefix of its own below
+it) instead of a directory: replicas run on loopback then (a store on the host's loopback is
+out of the namespaces' reach), and the scenarios that read blob files (`gc`) or cut the
+network between namespaces (`netcut`) are not run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import signal
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -33,6 +39,11 @@ from chaos.load import Ack, Load, missing_tags, verify_all
 
 SURVIVOR_LAG = 1.5  # seconds the survivors of a majority loss fall behind before it
 SCENARIOS = ("kill-minority", "sigstop", "netcut", "majority-loss", "total-loss", "gc")
+#: Scenarios that need a storage directory or namespaces, and why (with Options.s3).
+S3_UNSUPPORTED = {
+    "netcut": "replicas in network namespaces cannot reach a store on the host's loopback",
+    "gc": "its last check lists the blob files of a storage directory",
+}
 
 
 @dataclass
@@ -41,6 +52,9 @@ class Options:
     duration: float = 30.0  # seconds of load per scenario
     replay: bool = True  # replay the journal on recovery (off: --no-replay)
     workers: int = 4
+    #: Blob storage on S3: a `--storage s3://BUCKET/PREFIX?...` value (credentials from the
+    #: environment as the AWS tools read them); None: a directory of the work directory.
+    s3: str | None = None
     log: Callable[[str], None] = lambda line: None
 
 
@@ -149,7 +163,8 @@ class Run:
     def __init__(self, name: str, opts: Options, workdir: Path, lab: NetLab | None) -> None:
         self.name = name
         self.opts = opts
-        self.cluster = Cluster(workdir, lab, tls=True)
+        s3 = s3_prefix(opts.s3, f"{name}-{uuid.uuid4().hex[:8]}") if opts.s3 else None
+        self.cluster = Cluster(workdir, lab, tls=True, s3=s3)
         shared = gc.SHARED_LAYERS if name == "gc" else 0
         self.load = Load(name, workers=opts.workers, shared=shared)
         self.churn = gc.Churn(self.load) if name == "gc" else None
@@ -189,6 +204,12 @@ class Run:
         followers = [n for n in self.cluster.nodes if n is not leader]
         victims = [leader, *followers[: count - 1]]
         return [n for n in self.cluster.nodes if n not in victims], victims
+
+
+def s3_prefix(url: str, name: str) -> str:
+    """The S3 `--storage` value `url` with `/name` added to its prefix (before the query)."""
+    base, sep, query = url.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
 # -- the faults -------------------------------------------------------------------------------
@@ -384,7 +405,7 @@ def total_loss(run: Run) -> None:
         str(backup),
         *node.flags(),
         "--storage",
-        str(run.cluster.storage),
+        run.cluster.storage_arg,
     ]
     if not run.opts.replay:  # restore replays the journal by default
         args.append("--no-replay-journal")
@@ -475,7 +496,9 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
     reason = netns_unavailable()
     if name == "netcut" and reason is not None:
         return Result(name, opts.replicas, error=f"a network cut needs namespaces: {reason}")
-    if name in ("netcut", "majority-loss") and reason is None:
+    if opts.s3 and name in S3_UNSUPPORTED:
+        return Result(name, opts.replicas, error=f"not run on S3: {S3_UNSUPPORTED[name]}")
+    if name in ("netcut", "majority-loss") and reason is None and not opts.s3:
         lab = NetLab()  # majority-loss without namespaces runs on loopback, without the lag
     run = Run(name, opts, workdir, lab)
     result = run.result
