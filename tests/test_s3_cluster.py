@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.seaweed import SeaweedFS
+from harness.seaweed import BUCKET, SeaweedFS
 
 from tests.cluster import Cluster, Node
 from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
@@ -129,3 +129,46 @@ def test_join_naming_another_prefix_is_refused(cluster: Cluster, seaweed: Seawee
     assert "Traceback" not in out.stderr
     assert not (spare.data_dir / "moorage.json").exists()
     assert cluster.status()["quorum"]["members"] == 3
+
+
+def test_cancel_on_another_replica_aborts_the_multipart_upload(
+    cluster: Cluster, seaweed: SeaweedFS
+) -> None:
+    """A session holding a full part (a multipart upload in the bucket) cancelled through
+    another replica: the session is gone everywhere and its multipart upload aborted."""
+    a, b, c = cluster.nodes
+    chunk = b"\x5a" * (8 * MIB + 1)
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        loc = ca.post("/v2/s3c/cancel/blobs/uploads/").headers["location"]
+        resp = ca.patch(loc, content=chunk, headers={"Content-Range": f"0-{len(chunk) - 1}"})
+        assert resp.status_code == 202, resp.text
+        loc = resp.headers["location"]
+        uploads = seaweed.client().list_multipart_uploads(
+            Bucket=BUCKET, Prefix=f"{PREFIX}/uploads/"
+        )
+        before = {u["UploadId"] for u in uploads.get("Uploads", [])}
+        assert before, uploads
+        assert cb.delete(loc).status_code == 204
+        gone = cc.get(loc)
+        assert gone.status_code == 404, gone.text
+        assert gone.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        uploads = seaweed.client().list_multipart_uploads(
+            Bucket=BUCKET, Prefix=f"{PREFIX}/uploads/"
+        )
+        after = {u["UploadId"] for u in uploads.get("Uploads", [])}
+        assert not before & after, (before, after)
+
+
+def test_mount_across_replicas(cluster: Cluster) -> None:
+    """A blob pushed through A is mounted into another repository through B (no bytes sent)
+    and pulled from there through C."""
+    a, b, c = cluster.nodes
+    blob = b"mounted on S3 " * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        assert (
+            ca.post(f"/v2/s3c/src/blobs/uploads/?digest={digest}", content=blob).status_code == 201
+        )
+        mounted = cb.post(f"/v2/s3c/dst/blobs/uploads/?mount={digest}&from=s3c/src")
+        assert mounted.status_code == 201, mounted.text
+        assert cc.get(f"/v2/s3c/dst/blobs/{digest}").content == blob
