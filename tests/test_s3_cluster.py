@@ -1,8 +1,9 @@
 """A 3-replica cluster whose blob storage is one S3 prefix (a real SeaweedFS gateway), built
 with the real commands (`install --storage s3://…`, `join --storage s3://…` on the others):
 skopeo round trips through each replica, a chunked upload started on one replica and finished
-on another, and a join that names another prefix refused. The destructive cases (outage,
-emergency repair, restore) are in tests/test_s3_recovery.py."""
+on another, and a join that names another prefix refused; the OCI conformance push and pull
+flows with their data pushed through one replica and read through another. The destructive
+cases (outage, emergency repair, restore) are in tests/test_s3_recovery.py."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from harness.seaweed import BUCKET, SeaweedFS
 
+from tests import test_conformance_pull, test_conformance_push
 from tests.cluster import Cluster, Node
 from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
+from tests.test_s3_replica import _flow
 
 PREFIX = f"t/s3-cluster-{uuid.uuid4().hex[:8]}"
 MIB = 1024 * 1024
@@ -35,6 +39,26 @@ def cluster(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield c
     finally:
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry(cluster: Cluster) -> Node:
+    """The conformance flows' setup pushes through the first replica..."""
+    return cluster.nodes[0]
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[httpx.Client]:
+    """...and their requests go to the second."""
+    with cluster.nodes[1].client() as c:
+        yield c
+
+
+# The conformance push and pull flows (sequences sharing state), as tests of this module.
+push = test_conformance_push.push
+pull = test_conformance_pull.pull
+globals().update(_flow(test_conformance_push, "test_push_teardown"))
+globals().update(_flow(test_conformance_pull, "test_teardown"))
 
 
 def test_the_cluster_is_healthy_and_on_s3(cluster: Cluster, seaweed: SeaweedFS) -> None:
