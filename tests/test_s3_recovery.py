@@ -37,7 +37,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 @pytest.fixture(scope="module")
 def cluster(store: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("s3rec"), env=store.env(), s3=store.storage_url(PREFIX))
+    # One API worker per replica (the default, pinned): the outage test reads a manifest
+    # from the cache of the worker that read it before.
+    env = {**store.env(), "MOORAGE_WORKERS": "1"}
+    c = Cluster(tmp_path_factory.mktemp("s3rec"), env=env, s3=store.storage_url(PREFIX))
     try:
         c.install()
         c.join()
@@ -84,7 +87,7 @@ def test_store_outage_then_back(cluster: Cluster, store: SeaweedFS) -> None:
             assert cb.get("/v2/out/seen/tags/list").json()["tags"] == ["v1"]
             assert {"out/seen", "out/unseen"} <= set(cb.get("/v2/_catalog").json()["repositories"])
             # A manifest this replica read before: served from its cache, by tag and digest.
-            # (Each API worker has its own cache; the cluster's replicas run one worker.)
+            # (Each API worker has its own cache; these replicas run one worker.)
             for ref in ("v1", sha256(seen)):
                 got = cb.get(f"/v2/out/seen/manifests/{ref}", headers={"Accept": "*/*"})
                 assert got.status_code == 200, got.text
