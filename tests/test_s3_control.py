@@ -4,6 +4,7 @@ and the probe a joining replica or a backup reads to prove it sees the cluster's
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from moorage.errors import StorageUnavailable
 from moorage.recovery.join import JoinFailed, _check_s3
 from moorage.storage.control import (
+    PROBE_TTL,
     ControlStore,
     S3Control,
     conditional_writes_work,
@@ -128,3 +130,33 @@ def test_filesystem_probe(tmp_path: Path) -> None:
     assert (tmp_path / name).read_text() == content
     assert probe_seen(str(tmp_path), name, content) is True
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("where", ["s3", "filesystem"])
+def test_a_new_probe_purges_those_left_long_ago(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A probe nobody read (a join refused because its host looked in another prefix) is
+    deleted by a probe written more than PROBE_TTL later; a recent one is kept."""
+    spec = str(request.getfixturevalue("s3_url")) if where == "s3" else str(tmp_path)
+    now = time.time()
+
+    async def leave(at: float) -> str:
+        control = open_control(spec)
+        try:
+            return (await leave_probe(control, now=at))[0]
+        finally:
+            await control.aclose()
+
+    async def names() -> list[str]:
+        control = open_control(spec)
+        try:
+            return [n async for page in control.names("probe/") for n in page]
+        finally:
+            await control.aclose()
+
+    old = asyncio.run(leave(now - PROBE_TTL - 60))
+    recent = asyncio.run(leave(now - PROBE_TTL / 2))
+    assert asyncio.run(names()) == [old, recent]
+    new = asyncio.run(leave(now))
+    assert asyncio.run(names()) == [recent, new]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -25,8 +23,6 @@ from moorage.errors import Denied, LoginThrottled, MoorageError, Unauthorized
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.meta.snapshot import to_json
 from moorage.storage.control import leave_probe, open_control
-from moorage.storage.paths import StorageLayout
-from moorage.storage.s3location import is_s3
 
 Handler = Callable[[Request, AppState, EtcdCluster, dict[str, Any]], Awaitable[Any]]
 
@@ -264,19 +260,12 @@ async def storage_probe(
 ) -> Any:
     """Write a file into blob storage; a joining replica must find it in its own path (on
     S3: an object it must read through its own endpoint and credentials)."""
-    if is_s3(st.config.storage):
-        control = open_control(st.config.storage)
-        try:
-            name, content = await leave_probe(control)
-        finally:
-            await control.aclose()
-        return {"path": name, "content": content, "storage": st.config.storage}
-    layout = StorageLayout(Path(st.config.storage))
-    name = f"join-{secrets.token_hex(8)}"
-    content = secrets.token_hex(16)
-    layout.probe.mkdir(parents=True, exist_ok=True)
-    (layout.probe / name).write_text(content)
-    return {"path": f"probe/{name}", "content": content, "storage": st.config.storage}
+    control = open_control(st.config.storage)
+    try:
+        name, content = await leave_probe(control)  # (and purges probes nobody read)
+    finally:
+        await control.aclose()
+    return {"path": name, "content": content, "storage": st.config.storage}
 
 
 async def local_revision(

@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -307,12 +308,32 @@ PROBE_DIR = "probe"  # as storage.paths.StorageLayout.probe
 _PROBE_NAME = re.compile(r"^probe/join-[0-9a-f]{16}$")
 
 
-async def leave_probe(control: ControlStore) -> tuple[str, str]:
-    """Write a probe object another host must find (join, backup): its name and content."""
-    name = f"{PROBE_DIR}/join-{secrets.token_hex(8)}"
+PROBE_TTL = 3600.0  # seconds: a probe older than this was left by a refused join or backup
+
+
+async def leave_probe(control: ControlStore, now: float | None = None) -> tuple[str, str]:
+    """Write a probe object another host must find (join, backup): its name and content.
+
+    The name begins with the time it was written (8 hex digits of Unix seconds, then 8
+    random), so names sort oldest first: a host that looked in other storage (a refused join
+    or backup) deletes only where it looked and leaves the probe here, and each new probe
+    first deletes those older than PROBE_TTL from the first page of names (bounded work)."""
+    now = time.time() if now is None else now
+    with contextlib.suppress(StorageUnavailable):  # a purge that fails never blocks a probe
+        async for page in control.names(f"{PROBE_DIR}/join-"):
+            stale = [n for n in page if _PROBE_NAME.match(n) and _written(n) < now - PROBE_TTL]
+            for old in stale:
+                await control.delete(old)
+            break
+    name = f"{PROBE_DIR}/join-{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(4)}"
     content = secrets.token_hex(16)
     await control.create(name, content.encode())
     return name, content
+
+
+def _written(name: str) -> int:
+    """The Unix time at the start of a probe's name (as `leave_probe` names them)."""
+    return int(name[len(PROBE_DIR) + len("/join-") :][:8], 16)
 
 
 async def find_probe(control: ControlStore, name: str, content: str) -> bool:
