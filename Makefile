@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv iproute2
+# chromium: the web UI's browser tests drive it through Playwright (never a downloaded browser)
+SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv iproute2 chromium
 MOORAGE_DATA_DIR ?= ./.moorage
 MOORAGE_HTTP_ADDR ?= 127.0.0.1:5000
 BIN_DIR ?= /usr/local/bin

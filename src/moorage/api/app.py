@@ -7,14 +7,14 @@ jobs run in the lifespan the server passes in.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moorage.api.access_tokens import token_routes as access_token_routes
@@ -38,7 +38,9 @@ __all__ = ["ASGIApp", "Lifespan", "RegistryRoutes", "http_app"]
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
 
 
-def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
+def http_app(st: AppState, lifespan: Lifespan, pages: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """`pages`: routes served besides the API (the web UI, `moorage.web`)."""
+
     @asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
         async with lifespan():
@@ -58,6 +60,7 @@ def http_app(st: AppState, lifespan: Lifespan) -> ASGIApp:
             *account_routes(),
             *policy_routes(),
             *gc_routes(),
+            *pages,
         ],
         lifespan=app_lifespan,
         exception_handlers={HTTPException: _routing_error},

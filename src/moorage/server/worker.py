@@ -37,6 +37,7 @@ from moorage.server import transport
 from moorage.server.token_auth import token_authenticator
 from moorage.storage import open_blob_storage, open_journal
 from moorage.storage.journal import Journal
+from moorage.web import ui_routes
 
 IO_THREADS = 32
 
@@ -101,7 +102,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
                 await replica.authorizer.view.close()
             await meta.close()
 
-    return http_app(replica, lifespan)
+    return http_app(replica, lifespan, ui_routes())
 
 
 def _exit_with_parent(pid_file: Path) -> None:
