@@ -3,8 +3,8 @@
 remove command, a multi-arch image and its referrers, deleting a tag, signing out; what a
 user without permission sees; CSRF-less and unauthenticated requests refused (httpx).
 
-The tests share one module-scoped cluster and run in file order (the replica is stopped
-last but one). Screenshots go to docs/screenshots/ (the README shows them).
+The tests share one module-scoped cluster and run in file order (replicas are stopped
+near the end). Screenshots go to docs/screenshots/ (the README shows them).
 """
 
 from __future__ import annotations
@@ -245,6 +245,20 @@ def test_a_stopped_replica_turns_the_page_to_replicas_unhealthy(
     shown = admin.locator("#next").inner_text().splitlines()
     assert shown == _next_block(out.stdout)
     admin.screenshot(path=str(SCREENSHOTS / "cluster-unhealthy.png"), full_page=True)
+
+
+def test_the_page_keeps_working_on_a_replica_that_lost_quorum(
+    cluster: Cluster, admin: Page
+) -> None:
+    cluster.stop(cluster.nodes[1])  # two of three down: no leader
+    expect(admin.locator("#scenario")).to_have_text("quorum-lost", timeout=90_000)
+    expect(admin.locator("#problem")).to_contain_text("serves pulls from its local copy")
+    expect(admin.locator("#next")).to_contain_text("moorage emergency-repair")
+    admin.reload()  # a whole page too, not only the polled JSON
+    expect(admin.locator("#scenario")).to_have_text("quorum-lost")
+    admin.screenshot(path=str(SCREENSHOTS / "cluster-quorum-lost.png"), full_page=True)
+    admin.goto(cluster.nodes[0].url + f"/ui/manifest?name={REPO}&ref=index")
+    expect(admin.locator("table").filter(has_text="Platforms").locator("tbody tr")).to_have_count(2)
 
 
 def test_sign_out(cluster: Cluster, admin: Page) -> None:

@@ -94,3 +94,28 @@ def test_sign_in_then_post_with_and_without_the_csrf_token(ui: InProcessClient) 
     assert "CSRF" in r.text
     r = ui.post("/ui/signout", data={"csrf": "stale"})
     assert r.status_code == 403
+
+
+def _signed_in(ui: InProcessClient) -> None:
+    form = {"username": "admin", "password": ADMIN_PASSWORD, "csrf": _login_token(ui)}
+    assert ui.post("/ui/signin", data=form).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/ui/repository?name=Not%20A%20Name", 400),
+        ("/ui/repository?name=no/such", 404),
+        ("/ui/manifest?name=no/such&ref=latest", 404),
+        ("/ui/manifest?name=Bad!&ref=latest", 400),
+        ("/ui/delete-tag?name=no/such&tag=bad%20tag", 404),
+        ("/ui/delete-tag?name=no/such&tag=v1", 404),
+        ("/ui/repositories?after=%00%ff&q=" + "x" * 5000, 200),
+    ],
+)
+def test_bad_input_gets_a_page_that_says_so(ui: InProcessClient, path: str, status: int) -> None:
+    _signed_in(ui)
+    r = ui.get(path)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]

@@ -179,6 +179,9 @@ def page(handler: Page, json: bool = False) -> Callable[[Request], Awaitable[Res
                 )
             request.state.form = fields
         request.state.principal = who.principal  # the audit log's actor
-        return await handler(request, st, who)
+        try:
+            return await handler(request, st, who)
+        except MoorageError as exc:  # the store or blob storage cannot answer now
+            return refusal(request, 503, f"this replica cannot answer now: {exc}", who)
 
     return endpoint

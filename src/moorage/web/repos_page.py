@@ -20,7 +20,14 @@ from starlette.responses import RedirectResponse, Response
 from moorage.api import auditing
 from moorage.api.state import AppState
 from moorage.auth.access import DELETE, PULL, REPOSITORY, Access
-from moorage.errors import Denied, ManifestUnknown, MoorageError, NameInvalid, NameUnknown
+from moorage.errors import (
+    Denied,
+    DigestInvalid,
+    ManifestUnknown,
+    MoorageError,
+    NameInvalid,
+    NameUnknown,
+)
 from moorage.oci.names import is_valid_tag, validate_name
 from moorage.web import common
 from moorage.web.common import PREFIX, SECURITY_HEADERS, Viewer
@@ -144,7 +151,7 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
         stored = await st.registry.manifests.get(name, ref)
         doc = json.loads(stored.body)
         referrers = await st.registry.discovery.referrers(name, stored.digest, None)
-    except (ManifestUnknown, NameUnknown):
+    except (ManifestUnknown, NameUnknown, DigestInvalid):
         message = f"no manifest {ref!r} in {name}"
         return common.refusal(request, 404, message, viewer)
     except ValueError:
@@ -192,6 +199,7 @@ async def delete_tag(request: Request, st: AppState, viewer: Viewer) -> Response
     try:
         name, tag = await _delete_target(request, st, viewer)
         if request.method == "GET":
+            await st.registry.manifests.resolve(name, tag)  # ManifestUnknown: no such tag
             return common.render(
                 request, "delete.html", viewer=viewer, page="repositories", name=name, tag=tag
             )
