@@ -181,6 +181,11 @@ def test_a_post_without_the_csrf_token_is_refused(cluster: Cluster, admin: Page)
             assert "CSRF" in r.text
     with node.client() as c:
         assert c.head(f"/v2/{REPO}/manifests/extra").status_code == 200
+    # the session is signed with a key from the cluster secret: every replica honours it
+    with httpx.Client(base_url=cluster.nodes[1].url, cookies=cookies) as c:
+        r = c.get("/ui/cluster.json")
+        assert r.status_code == 200, r.text
+        assert r.json()["replica"] == cluster.nodes[1].replica_id
 
 
 def test_delete_a_tag_after_confirming(cluster: Cluster, admin: Page) -> None:
@@ -252,7 +257,9 @@ def test_the_page_keeps_working_on_a_replica_that_lost_quorum(
 ) -> None:
     cluster.stop(cluster.nodes[1])  # two of three down: no leader
     expect(admin.locator("#scenario")).to_have_text("quorum-lost", timeout=90_000)
-    expect(admin.locator("#problem")).to_contain_text("serves pulls from its local copy")
+    # the replica's own health check finds it read-only a few seconds later (it polls)
+    read_only = "serves pulls from its local copy"
+    expect(admin.locator("#problem")).to_contain_text(read_only, timeout=60_000)
     expect(admin.locator("#next")).to_contain_text("moorage emergency-repair")
     admin.reload()  # a whole page too, not only the polled JSON
     expect(admin.locator("#scenario")).to_have_text("quorum-lost")
