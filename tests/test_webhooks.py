@@ -26,14 +26,16 @@ from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, free_port, moorage,
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 SECRET = "s3cr3t-for-the-test"
-#: Quick rounds and retries; the other replicas leave an event to its own replica for 4 s;
-#: a claim outlives a dead claimer by at most 8 s.
+#: Quick rounds and retries (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s of backoff); the other
+#: replicas leave an event to its own replica for 4 s; a claim outlives a dead claimer by at
+#: most 8 s.
 ENV = {
     "MOORAGE_WEBHOOK_POLL": "0.3",
     "MOORAGE_WEBHOOK_BACKOFF": "0.3",
     "MOORAGE_WEBHOOK_TIMEOUT": "6",
     "MOORAGE_WEBHOOK_CLAIM_TTL": "8",
     "MOORAGE_WEBHOOK_HANDOFF": "4",
+    "MOORAGE_WEBHOOK_ATTEMPTS": "5",
 }
 
 
@@ -133,11 +135,14 @@ def cli(node: Node, *args: str, check: bool = True) -> Any:
 
 
 def add_hook(c: Cluster, receiver: Receiver, path: str, events: str, secret: bool = True) -> str:
-    args = ["webhook", "add", receiver.url(path), "--events", events]
+    """Add a webhook through the admin API (the CLI's own test adds one with the CLI)."""
+    body: dict[str, Any] = {"url": receiver.url(path), "events": events.split(",")}
     if secret:
-        args += ["--secret", SECRET]
-    doc = cli(c.nodes[0], *args)
-    hook_id: str = doc["webhook"]["id"]
+        body["secret"] = SECRET
+    with c.nodes[0].client() as http:
+        resp = http.post("/api/v0/webhooks", json=body)
+    assert resp.status_code == 200, resp.text
+    hook_id: str = resp.json()["webhook"]["id"]
     return hook_id
 
 
@@ -206,19 +211,24 @@ def push(node: Node, tmp: Path, repo: str, tag: str) -> str:
 def settled(node: Node, hook_id: str, until: Callable[[list[dict[str, Any]]], bool]) -> Any:
     """The webhook's deliveries once `until` holds and nothing is queued for it."""
     deadline = time.monotonic() + 90
-    while True:
-        hooks = {w["id"]: w for w in cli(node, "webhook", "list")["webhooks"]}
-        done = cli(node, "webhook", "deliveries", hook_id)["deliveries"]
-        if hooks[hook_id]["pending"] == 0 and until(done):
-            return done
-        assert time.monotonic() < deadline, f"not settled: {hooks[hook_id]} {done}"
-        time.sleep(0.3)
+    with node.client() as http:
+        while True:
+            hooks = {w["id"]: w for w in http.get("/api/v0/webhooks").json()["webhooks"]}
+            done = http.get(f"/api/v0/webhooks/deliveries?webhook={hook_id}").json()
+            if hooks[hook_id]["pending"] == 0 and until(done["deliveries"]):
+                return done["deliveries"]
+            assert time.monotonic() < deadline, f"not settled: {hooks[hook_id]} {done}"
+            time.sleep(0.3)
 
 
 def test_skopeo_push_sends_one_signed_push_event(
     cluster: Cluster, receiver: Receiver, tmp_path: Path
 ) -> None:
-    hook_id = add_hook(cluster, receiver, "/push", "push,delete")
+    url = receiver.url("/push")
+    doc = cli(
+        cluster.nodes[0], "webhook", "add", url, "--events", "push,delete", "--secret", SECRET
+    )
+    hook_id = doc["webhook"]["id"]
     digest = push(cluster.nodes[1], tmp_path, "hooks/app", "v1")
     done = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
     got = receiver.at("/push")
@@ -243,7 +253,8 @@ def test_skopeo_push_sends_one_signed_push_event(
         (event["id"], "delivered", 200)
     ]
     # The secret is never shown back.
-    listed = cli(cluster.nodes[2], "webhook", "list")["webhooks"]
+    with cluster.nodes[2].client() as http:
+        listed = http.get("/api/v0/webhooks").json()["webhooks"]
     assert SECRET not in json.dumps(listed)
     assert next(w for w in listed if w["id"] == hook_id)["signed"] is True
 
@@ -263,6 +274,41 @@ def test_failing_receiver_gets_the_event_once_after_retries(
     assert (d["status"], d["status_code"], d["attempts"], d["digest"]) == (
         "delivered", 200, 4, digest,
     )  # fmt: skip
+
+
+def test_receiver_that_never_accepts_is_marked_failed(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail["/down"] = 1000
+    hook_id = add_hook(cluster, receiver, "/down", "push")
+    push(cluster.nodes[1], tmp_path, "hooks/down", "v1")
+    (d,) = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
+    assert (d["status"], d["status_code"], d["attempts"]) == ("failed", 500, 5)
+    assert d["error"] == "the receiver answered 500"
+    assert len(receiver.at("/down")) == 5  # bounded: no attempt after the last
+    text = moorage("webhook", "deliveries", hook_id, "--existing", cluster.nodes[2].url).stdout
+    assert "failed" in text
+    assert "HTTP 500  5 attempt(s)  hooks/down:v1@sha256:" in text
+
+
+def test_pull_events_when_asked_for(cluster: Cluster, receiver: Receiver, tmp_path: Path) -> None:
+    push(cluster.nodes[0], tmp_path, "hooks/pulled", "v1")
+    hook_id = add_hook(cluster, receiver, "/pull", "pull")
+    # Pulls read the webhooks each replica's dispatcher last saw (every 0.3 s here): pull
+    # until that copy has the new webhook.
+    deadline = time.monotonic() + 30
+    with cluster.nodes[1].client() as http:
+        while not receiver.at("/pull"):
+            assert time.monotonic() < deadline
+            got = http.get("/v2/hooks/pulled/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert got.status_code == 200
+            time.sleep(0.5)
+    event = receiver.at("/pull")[0].events[0]
+    assert event["action"] == "pull"
+    assert event["request"]["method"] == "GET"
+    assert (event["target"]["repository"], event["target"]["tag"]) == ("hooks/pulled", "v1")
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
 
 
 def test_delete_events(cluster: Cluster, receiver: Receiver, tmp_path: Path) -> None:
@@ -288,7 +334,9 @@ def test_test_and_remove(cluster: Cluster, receiver: Receiver) -> None:
     assert (doc["delivery"]["status"], doc["delivery"]["status_code"]) == ("delivered", 200)
     assert receiver.at("/ping")[0].events[0]["action"] == "test"
     assert cli(cluster.nodes[0], "webhook", "remove", hook_id)["removed"] == hook_id
-    assert hook_id not in [w["id"] for w in cli(cluster.nodes[0], "webhook", "list")["webhooks"]]
+    with cluster.nodes[2].client() as http:
+        listed = http.get("/api/v0/webhooks").json()["webhooks"]
+    assert hook_id not in [w["id"] for w in listed]
     out = cli(cluster.nodes[0], "webhook", "test", hook_id, check=False)
     assert out.returncode == 1
     assert f"no webhook {hook_id}" in out.stderr
