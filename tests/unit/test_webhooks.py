@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from moorage.cluster import webhook_input as wi
 from moorage.cluster import webhooks as wh
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.webhooks import KEEP_DELIVERIES, Delivery, QueuedEvent, WebhookStore
@@ -34,27 +35,27 @@ INFO = wh.RequestInfo(
 )
 def test_bad_urls_are_refused_with_the_reason(url: object, why: str) -> None:
     with pytest.raises(ValueError, match=why):
-        wh.check_url(url)
+        wi.check_url(url)
 
 
 def test_events_are_a_known_subset() -> None:
-    assert wh.check_events("push, delete,push") == ("push", "delete")
-    assert wh.check_events(["pull"]) == ("pull",)
+    assert wi.check_events("push, delete,push") == ("push", "delete")
+    assert wi.check_events(["pull"]) == ("pull",)
     with pytest.raises(ValueError, match="unknown event 'mount': choose from push, delete, pull"):
-        wh.check_events("push,mount")
+        wi.check_events("push,mount")
     with pytest.raises(ValueError, match="events is required"):
-        wh.check_events("")
+        wi.check_events("")
 
 
 def test_new_webhook_keeps_the_secret_out_of_its_public_form() -> None:
-    record = wh.new_webhook(
+    record = wi.new_webhook(
         {"url": "https://ci.example/hook", "events": ["push"], "secret": "zq-secret-9"}, "a"
     )
     assert record.name == "ci.example"
     assert "zq-secret-9" not in json.dumps(record.public())
     assert record.public()["signed"] is True
     with pytest.raises(ValueError, match="unknown field"):
-        wh.new_webhook({"url": "https://h/", "events": ["push"], "token": "x"}, "a")
+        wi.new_webhook({"url": "https://h/", "events": ["push"], "token": "x"}, "a")
 
 
 def test_signature_is_hmac_sha256_of_the_body() -> None:
@@ -94,17 +95,16 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         meta = MemoryMetaStore()
         hooks = wh.Webhooks(meta, "abcdefabcdef", "reg:5000")
         store = hooks.store
-        record = wh.new_webhook({"url": "http://h/", "events": ["push"]}, "admin")
+        record = wi.new_webhook({"url": "http://h/", "events": ["push"]}, "admin")
         assert await store.add(record)
         assert await hooks.emit(hooks.event("push", "app", INFO)) == 1
         assert await hooks.emit(hooks.event("delete", "app", INFO)) == 0  # not subscribed
         (q,) = await store.queued(record.id, 10)
-        lease = await store.claim(q, "w1", 30)
-        assert lease is not None
-        assert await store.claim(q, "w2", 30) is None  # held
-        await store.release(lease)  # the claimer died: its lease ends
-        lease = await store.claim(q, "w2", 30)
-        assert lease is not None
+        first, second = await store.lease(30), await store.lease(30)
+        assert await store.claim(q, "w1", first)
+        assert not await store.claim(q, "w2", second)  # held
+        await store.release(first)  # the claimer died: its lease ends
+        assert await store.claim(q, "w2", second)
         item = QueuedEvent(q.item.event, q.item.origin, q.item.created_at, attempts=1)
         assert await store.retry(q, item)
         (again,) = await store.queued(record.id, 10)
@@ -112,6 +112,7 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         assert not await store.retry(q, item)  # a stale read changes nothing
         done = Delivery(record.id, "e", "push", "app", "", "", True, 200, 2, None, 1.0, "r")
         assert await store.finish(again, done, wh.seq())
+        await store.release(second)
         assert await store.queued(record.id, 10) == []
         for i in range(KEEP_DELIVERIES + 5):
             await store.record(record.id, wh.seq(1000.0 + i), done)

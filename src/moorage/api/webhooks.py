@@ -25,7 +25,8 @@ from starlette.routing import Route
 from moorage.api import auditing
 from moorage.api.cluster import UnknownMember, admin
 from moorage.api.state import AppState
-from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo, new_webhook
+from moorage.cluster.webhook_input import new_webhook
+from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.webhooks import WebhookRecord
 

@@ -59,7 +59,7 @@ def add(
     as_json: bool,
 ) -> None:
     """Send the registry's events to URL (http:// or https://)."""
-    from moorage.cluster.webhooks import check_events, check_url
+    from moorage.cluster.webhook_input import check_events, check_url
 
     try:
         check_url(url)

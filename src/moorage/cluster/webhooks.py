@@ -30,9 +30,9 @@ import hmac
 import json
 import logging
 import os
+import random
 import secrets
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -57,12 +57,12 @@ log = logging.getLogger("moorage.webhooks")
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 SIGNATURE_HEADER = "X-Moorage-Signature"
-EVENTS = ("push", "delete", "pull")
-_MAX_URL = 2048
-_MAX_NAME = 64
-_MAX_SECRET = 256
 _QUEUE_PAGE = 32
 _CONCURRENCY = 8
+_PER_ROUND = 2 * _CONCURRENCY
+#: Pull events wait this long in memory, to be queued together (one write for many pulls).
+_PULL_FLUSH = 0.5
+_PULL_BATCH = 100
 _ERROR_CHARS = 300
 
 
@@ -83,85 +83,11 @@ BACKOFF_CAP = _env("MOORAGE_WEBHOOK_BACKOFF_CAP", 300.0)
 ATTEMPTS = int(_env("MOORAGE_WEBHOOK_ATTEMPTS", 10))
 #: Seconds a receiver has to answer (MOORAGE_WEBHOOK_TIMEOUT).
 TIMEOUT = _env("MOORAGE_WEBHOOK_TIMEOUT", 10.0)
-#: Seconds a claim lasts: longer than TIMEOUT, so a live deliverer never loses it.
-CLAIM_TTL = max(int(_env("MOORAGE_WEBHOOK_CLAIM_TTL", 30.0)), int(TIMEOUT) + 2)
+#: Seconds a claim lasts. A round claims at most _PER_ROUND events, _CONCURRENCY at a time,
+#: on one lease: it outlasts two receivers' timeouts, so a live deliverer never loses one.
+CLAIM_TTL = max(int(_env("MOORAGE_WEBHOOK_CLAIM_TTL", 30.0)), 2 * int(TIMEOUT) + 2)
 #: Seconds the other replicas leave a new event to the replica that accepted it.
 HANDOFF = _env("MOORAGE_WEBHOOK_HANDOFF", 10.0)
-
-
-# -- input ---------------------------------------------------------------------------------
-def check_url(url: object) -> str:
-    """An http(s) URL with a host, no credentials, no fragment; ValueError says why not."""
-    if not isinstance(url, str) or not url:
-        raise ValueError("url is required: the http:// or https:// address of the receiver")
-    if len(url) > _MAX_URL:
-        raise ValueError(f"url is longer than {_MAX_URL} characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise ValueError("url must not contain spaces or control characters")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"url must start with http:// or https://, not {url[:100]!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"url has an invalid port: {url[:100]!r}") from None
-    if not parts.hostname:
-        raise ValueError(f"url has no host: {url[:100]!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "url must not carry credentials (they would be shown back); use --secret to let "
-            "the receiver check the signature instead"
-        )
-    if parts.fragment:
-        raise ValueError("url must not have a #fragment")
-    del port
-    return url
-
-
-def check_events(events: object) -> tuple[str, ...]:
-    if isinstance(events, str):
-        events = [e.strip() for e in events.split(",") if e.strip()]
-    if not isinstance(events, list) or not events:
-        raise ValueError("events is required: some of push, delete, pull")
-    out: list[str] = []
-    for e in events:
-        if not isinstance(e, str) or e not in EVENTS:
-            raise ValueError(f"unknown event {str(e)[:40]!r}: choose from {', '.join(EVENTS)}")
-        if e not in out:
-            out.append(e)
-    return tuple(out)
-
-
-def check_secret(secret: object) -> str | None:
-    if secret is None or secret == "":
-        return None
-    if not isinstance(secret, str) or len(secret) > _MAX_SECRET:
-        raise ValueError(f"secret must be a string of at most {_MAX_SECRET} characters")
-    return secret
-
-
-def check_name(name: object, url: str) -> str:
-    if name is None or name == "":
-        return urllib.parse.urlsplit(url).hostname or "webhook"
-    if not isinstance(name, str) or len(name) > _MAX_NAME or not name.isprintable():
-        raise ValueError(f"name must be printable text of at most {_MAX_NAME} characters")
-    return name
-
-
-def new_webhook(body: dict[str, Any], actor: str) -> WebhookRecord:
-    unknown = set(body) - {"url", "events", "secret", "name"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))[:200]}")
-    url = check_url(body.get("url"))
-    return WebhookRecord(
-        id=secrets.token_hex(6),
-        url=url,
-        events=check_events(body.get("events")),
-        name=check_name(body.get("name"), url),
-        secret=check_secret(body.get("secret")),
-        created_at=round(time.time(), 3),
-        created_by=actor,
-    )
 
 
 # -- events --------------------------------------------------------------------------------
@@ -205,7 +131,20 @@ class Webhooks:
         self.source_addr = source_addr
         #: The webhooks as of the dispatcher's last round (pull events read only this).
         self.known: list[WebhookRecord] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._pulls: list[dict[str, Any]] = []
+        self._client: httpx.AsyncClient | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """One HTTP client per worker (a new one per POST costs a TLS context each)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def event(
         self,
@@ -256,19 +195,30 @@ class Webhooks:
         return any(action in h.events for h in self.known)
 
     def emit_later(self, event: dict[str, Any]) -> None:
-        """Queue a pull event in the background, for the webhooks last known to want it."""
-        hooks = self.known
-        if not any(event["action"] in h.events for h in hooks):
+        """Queue a pull event soon, in the background, with the other pulls of the moment
+        (one transaction for all), for the webhooks last known to want it."""
+        if not any(event["action"] in h.events for h in self.known):
             return
-        task = asyncio.create_task(self._queue_quietly(event, hooks))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._pulls.append(event)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_pulls())
 
-    async def _queue_quietly(self, event: dict[str, Any], hooks: list[WebhookRecord]) -> None:
+    async def _flush_pulls(self) -> None:
+        await asyncio.sleep(_PULL_FLUSH)
+        events, self._pulls = self._pulls, []
+        now = time.time()
+        # One queued envelope per webhook, of every pull of the moment (up to _PULL_BATCH).
+        items = [
+            (h.id, seq(now), QueuedEvent(chunk[0], self.replica_id, now, more=tuple(chunk[1:])))
+            for h in self.known
+            if "pull" in h.events
+            for i in range(0, len(events), _PULL_BATCH)
+            if (chunk := events[i : i + _PULL_BATCH])
+        ]
         try:
-            await self._queue(event, hooks)
+            await self.store.enqueue(items)
         except MoorageError as exc:
-            log.warning("a %s event was not queued: %s", event.get("action"), exc)
+            log.warning("%d pull event(s) were not queued: %s", len(events), exc)
 
     async def _queue(self, event: dict[str, Any], hooks: list[WebhookRecord]) -> int:
         now = time.time()
@@ -282,14 +232,14 @@ class Webhooks:
         """Send one `test` event to `hook` now (no retries) and record the outcome."""
         event = self.event("test", "", request)
         event["target"] = {}
-        status, error = await post(hook, envelope([event]), self.replica_id, 1)
+        status, error = await post(self.client(), hook, envelope([event]), self.replica_id, 1)
         delivery = _delivery(hook.id, event, status, error, 1, self.replica_id)
         await self.store.record(hook.id, seq(), delivery)
         return delivery
 
 
 async def post(
-    hook: WebhookRecord, body: bytes, replica_id: str, attempt: int
+    client: httpx.AsyncClient, hook: WebhookRecord, body: bytes, replica_id: str, attempt: int
 ) -> tuple[int | None, str | None]:
     """POST one envelope: (status code, None) on 2xx/3xx, else (status or None, why)."""
     headers = {
@@ -302,9 +252,8 @@ async def post(
     if hook.secret is not None:
         headers[SIGNATURE_HEADER] = sign(hook.secret, body)
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
-            resp = await client.post(hook.url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
+        resp = await client.post(hook.url, content=body, headers=headers)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         return None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
     if 200 <= resp.status_code < 400:
         return resp.status_code, None
@@ -345,67 +294,83 @@ class Dispatcher:
         self.webhooks = webhooks
         self.owner = owner
 
-    async def round(self) -> str:
-        """One round: deliver what is due. What it did, in words."""
-        hooks = await self.webhooks.store.hooks()
+    async def round(self) -> tuple[str, bool]:
+        """One round: deliver what is due (at most _PER_ROUND events). What it did, in words,
+        and whether it left due events for the next round."""
+        store = self.webhooks.store
+        hooks = await store.hooks()
         self.webhooks.known = hooks
         if not hooks:
-            return "no webhooks"
+            return "no webhooks", False
         now = time.time()
         due: list[tuple[WebhookRecord, Queued]] = []
         for hook in hooks[:MAX_WEBHOOKS]:
-            for q in await self.webhooks.store.queued(hook.id, _QUEUE_PAGE):
+            for q in await store.queued(hook.id, _QUEUE_PAGE):
                 if q.item.next_at > now:
                     continue
                 if q.item.origin != self.webhooks.replica_id and now - q.item.created_at < HANDOFF:
                     continue  # its own replica delivers it, unless it is gone
                 due.append((hook, q))
         if not due:
-            return f"{len(hooks)} webhook(s), nothing due"
+            return f"{len(hooks)} webhook(s), nothing due", False
+        random.shuffle(due)  # workers that look at once claim different events first
+        more, due = len(due) > _PER_ROUND, due[:_PER_ROUND]
         gate = asyncio.Semaphore(_CONCURRENCY)
+        lease = await store.lease(CLAIM_TTL)
 
         async def one(hook: WebhookRecord, q: Queued) -> str:
             async with gate:
-                return await self._deliver(hook, q)
+                return await self._deliver(hook, q, lease)
 
-        outcomes = await asyncio.gather(*(one(h, q) for h, q in due))
-        counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
-        return ", ".join(f"{n} {what}" for what, n in counts.items())
-
-    async def _deliver(self, hook: WebhookRecord, q: Queued) -> str:
-        store = self.webhooks.store
-        lease = await store.claim(q, self.owner, CLAIM_TTL)
-        if lease is None:
-            return "claimed elsewhere"
         try:
-            attempt = q.item.attempts + 1
-            body = envelope([q.item.event])
-            status, error = await post(hook, body, self.webhooks.replica_id, attempt)
-            if error is None or attempt >= ATTEMPTS:
-                rid = self.webhooks.replica_id
-                delivery = _delivery(hook.id, q.item.event, status, error, attempt, rid)
-                await store.finish(q, delivery, seq())
-                return "delivered" if error is None else "failed"
-            item = replace(
-                q.item,
-                attempts=attempt,
-                next_at=round(time.time() + backoff(attempt), 3),
-                last_error=error,
-                last_status=status,
-            )
-            await store.retry(q, item)
-            return "to retry"
+            outcomes = await asyncio.gather(*(one(h, q) for h, q in due))
+            for hook_id in {h.id for h, _ in due}:
+                await store.prune(hook_id)
         finally:
             with contextlib.suppress(MoorageError):
                 await store.release(lease)
+        counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
+        return ", ".join(f"{n} {what}" for what, n in counts.items()), more
+
+    async def _deliver(self, hook: WebhookRecord, q: Queued, lease: int) -> str:
+        store = self.webhooks.store
+        if not await store.claim(q, self.owner, lease):
+            return "claimed elsewhere"
+        attempt = q.item.attempts + 1
+        body = envelope(q.item.events)
+        status, error = await post(
+            self.webhooks.client(), hook, body, self.webhooks.replica_id, attempt
+        )
+        if error is None or attempt >= ATTEMPTS:
+            rid = self.webhooks.replica_id
+            delivery = _delivery(hook.id, q.item.event, status, error, attempt, rid)
+            delivery = replace(delivery, events=len(q.item.events))
+            await store.finish(q, delivery, seq())
+            return "delivered" if error is None else "failed"
+        item = replace(
+            q.item,
+            attempts=attempt,
+            next_at=round(time.time() + backoff(attempt), 3),
+            last_error=error,
+            last_status=status,
+        )
+        await store.retry(q, item)
+        return "to retry"
 
 
 async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:
-    dispatcher = Dispatcher(webhooks, owner)
+    try:
+        await _dispatch(Dispatcher(webhooks, owner))
+    finally:
+        await webhooks.aclose()
+
+
+async def _dispatch(dispatcher: Dispatcher) -> None:
     said = ""
     while True:
+        more = False
         try:
-            what = await dispatcher.round()
+            what, more = await dispatcher.round()
         except MoorageError as exc:
             what = f"round failed: {exc}"
         except Exception:  # a bug must not end delivery for the life of the worker
@@ -414,12 +379,11 @@ async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:
         if what != said and not what.endswith("nothing due") and what != "no webhooks":
             log.info("webhooks: %s", what)
         said = what
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(0 if more else POLL)
 
 
 __all__ = [
     "ATTEMPTS",
-    "EVENTS",
     "KEEP_DELIVERIES",
     "MAX_WEBHOOKS",
     "MEDIA_TYPE",
@@ -428,10 +392,7 @@ __all__ = [
     "RequestInfo",
     "Webhooks",
     "backoff",
-    "check_events",
-    "check_url",
     "dispatch_loop",
     "envelope",
-    "new_webhook",
     "sign",
 ]

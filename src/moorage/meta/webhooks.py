@@ -96,9 +96,15 @@ class QueuedEvent:
     next_at: float = 0.0
     last_error: str | None = None
     last_status: int | None = None
+    #: Further events sent in the same envelope (pulls of the same moment, coalesced).
+    more: tuple[dict[str, Any], ...] = ()
 
     def encode(self) -> bytes:
-        return dumps(asdict(self))
+        return dumps({**asdict(self), "more": list(self.more)})
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [self.event, *self.more]
 
     @classmethod
     def decode(cls, value: bytes) -> QueuedEvent | None:
@@ -114,6 +120,7 @@ class QueuedEvent:
                 next_at=float(doc.get("next_at") or 0.0),
                 last_error=doc.get("last_error"),
                 last_status=doc.get("last_status"),
+                more=tuple(e for e in doc.get("more") or () if isinstance(e, dict)),
             )
         except (TypeError, ValueError):
             return None
@@ -145,6 +152,7 @@ class Delivery:
     error: str | None
     finished_at: float
     replica: str
+    events: int = 1  # in the envelope (coalesced pulls: several)
 
     def encode(self) -> bytes:
         return dumps(asdict(self))
@@ -169,6 +177,7 @@ class Delivery:
                 error=str(error) if error is not None else None,
                 finished_at=float(doc.get("finished_at") or 0.0),
                 replica=str(doc.get("replica", "")),
+                events=int(doc.get("events") or 1),
             )
         except (TypeError, ValueError):
             return None
@@ -258,21 +267,22 @@ class WebhookStore:
         prefix = keys.webhook_queue(hook_id)
         return await self.store._count(prefix, keys.prefix_end(prefix))
 
-    async def claim(self, q: Queued, owner: str, ttl: int) -> int | None:
-        """Claim a queued event for `ttl` seconds: the lease, or None when another has it."""
-        lease = await self.store.grant_lease(ttl)
+    async def lease(self, ttl: int) -> int:
+        """A lease for a round's claims (`claim`): they end with it."""
+        return await self.store.grant_lease(ttl)
+
+    async def claim(self, q: Queued, owner: str, lease: int) -> bool:
+        """Claim a queued event until `lease` ends: False when another worker has it."""
         key = keys.webhook_claim(q.hook_id, q.seq)
-        if await self.store._create_leased(key, dumps({"owner": owner}), lease):
-            return lease
-        await self.store.revoke_lease(lease)
-        return None
+        return await self.store._create_leased(key, dumps({"owner": owner}), lease)
 
     async def release(self, lease: int) -> None:
         await self.store.revoke_lease(lease)
 
     async def finish(self, q: Queued, delivery: Delivery, seq: str) -> bool:
         """The event is done (delivered, or failed for good): out of the queue, its outcome
-        recorded as delivery `seq`, in one transaction guarded by the event's revision."""
+        recorded as delivery `seq`, in one transaction guarded by the event's revision (call
+        `prune` after)."""
         queue_key = keys.webhook_queue(q.hook_id, q.seq)
         ops: list[Op] = [
             Delete(queue_key),
@@ -280,9 +290,7 @@ class WebhookStore:
             Put(keys.webhook_delivery(q.hook_id, seq), delivery.encode()),
         ]
         hook = keys.webhook(q.hook_id)
-        done = await self.store._txn([(queue_key, q.mod_revision), (hook, MUST_EXIST)], ops)
-        await self._prune(q.hook_id)
-        return done
+        return await self.store._txn([(queue_key, q.mod_revision), (hook, MUST_EXIST)], ops)
 
     async def retry(self, q: Queued, item: QueuedEvent) -> bool:
         """Keep the event queued with its attempts and next time (guarded like `finish`)."""
@@ -301,9 +309,10 @@ class WebhookStore:
     async def record(self, hook_id: str, seq: str, delivery: Delivery) -> None:
         """Record a delivery outside the queue (`webhook test`)."""
         await self.store._txn([], [Put(keys.webhook_delivery(hook_id, seq), delivery.encode())])
-        await self._prune(hook_id)
+        await self.prune(hook_id)
 
-    async def _prune(self, hook_id: str) -> None:
+    async def prune(self, hook_id: str) -> None:
+        """Delete the oldest deliveries beyond KEEP_DELIVERIES (after a round's `finish`es)."""
         prefix = keys.webhook_delivery(hook_id)
         end = keys.prefix_end(prefix)
         surplus = await self.store._count(prefix, end) - KEEP_DELIVERIES
