@@ -53,6 +53,7 @@ TIERS = {
     "test_scale_limits.py": "cluster",
     "test_starting.py": "cluster",
     "test_ui_browser.py": "cluster",
+    "test_webhooks.py": "cluster",
 }
 #: The groups that take longest (measured with --durations), longest first; the others follow
 #: in collection order.

@@ -266,6 +266,17 @@ def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         run("gc-run-text", "gc", *existing)  # the last result --status shows (a dry run's is not)
         run("gc-status-text", "gc", *existing, "--status")
         run("gc-bad-grace", "gc", *existing, "--grace", "soon")
+        # webhooks (no push follows: nothing is delivered)
+        hook = "http://127.0.0.1:9/hook"
+        run("webhook-add-text", "webhook", "add", hook, *existing, "--events", "push,delete",
+            "--secret", "pin-secret", "--name", "ci")  # fmt: skip
+        run("webhook-add-json", "webhook", "add", hook, *existing, "--events", "pull", "--json")
+        run("webhook-list-text", "webhook", "list", *existing)
+        run("webhook-list-json", "webhook", "list", *existing, "--json")
+        start("webhook-deliveries-text", "webhook", "deliveries", *existing)
+        start("webhook-add-bad-url", "webhook", "add", "ftp://x/", *existing, "--events", "push")
+        start("webhook-add-bad-event", "webhook", "add", hook, *existing, "--events", "push,tag")
+        start("webhook-remove-unknown", "webhook", "remove", "000000000000", *existing)
         start("join-occupied", "join", *existing, *live.flags())
         start("join-bad-addr", "join", *existing, "--data-dir", str(root / "j"),
             "--http-addr", "nope")  # fmt: skip

@@ -31,6 +31,7 @@ from moorage.api.policies import policy_routes
 from moorage.api.state import AppState
 from moorage.api.token import token_routes
 from moorage.api.v2 import guarded
+from moorage.api.webhooks import webhook_routes
 
 __all__ = ["ASGIApp", "Lifespan", "RegistryRoutes", "http_app"]
 
@@ -60,6 +61,7 @@ def http_app(st: AppState, lifespan: Lifespan, pages: Sequence[BaseRoute] = ()) 
             *account_routes(),
             *policy_routes(),
             *gc_routes(),
+            *webhook_routes(),
             *pages,
         ],
         lifespan=app_lifespan,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from moorage.api import auditing
+from moorage.api import auditing, webhooks
 from moorage.api.http import decimal, reply
 from moorage.api.state import AppState
 from moorage.errors import ManifestInvalid, ManifestTooLarge
@@ -25,6 +25,8 @@ async def get_manifest(request: Request, st: AppState, name: str, reference: str
         }
         return reply(200, headers)
     stored = await manifests.get(name, reference)
+    tag = "" if ":" in reference else reference
+    webhooks.notify_pull(request, st, name, stored.digest, stored.media_type, len(stored.body), tag)
     headers = {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'}
     return reply(200, headers, stored.body, media_type=stored.media_type)
 
@@ -68,6 +70,12 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
     if tag_params:
         detail["tags"] = ",".join(dict.fromkeys(tag_params))
     await auditing.record(request, st, "push", _target(name, reference), detail)
+    tags = [] if ":" in reference else [reference]
+    tags += [t for t in dict.fromkeys(tag_params) if t not in tags]
+    await webhooks.notify(
+        request, st, "push", name, str(pushed.digest), pushed.media_type, pushed.size,
+        tags[0] if tags else "",
+    )  # fmt: skip
     response = reply(201, headers)
     for tag in dict.fromkeys(tag_params):  # one OCI-Tag header per `?tag=` applied
         response.headers.append("OCI-Tag", tag)
@@ -78,6 +86,10 @@ async def delete_manifest(request: Request, st: AppState, name: str, reference: 
     await st.registry.manifests.delete(name, reference)
     kind = "manifest" if ":" in reference else "tag"
     await auditing.record(request, st, "delete", _target(name, reference), {"kind": kind})
+    if kind == "manifest":
+        await webhooks.notify(request, st, "delete", name, digest=reference)
+    else:
+        await webhooks.notify(request, st, "delete", name, tag=reference)
     return reply(202, {"Content-Length": "0"})
 
 

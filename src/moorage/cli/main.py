@@ -38,6 +38,7 @@ COMMAND_MODULES = {
     "audit": "audit",
     "gc": "gc",
     "policy": "policies",
+    "webhook": "webhooks",
 }
 
 

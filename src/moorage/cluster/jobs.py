@@ -17,6 +17,8 @@
   delete is its own guarded transaction, so nothing is left half-done).
 - the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
   has one and a collection is due, the worker that takes the lock runs it.
+- the webhook dispatcher (`moorage.cluster.webhooks.dispatch_loop`): delivers the events
+  queued in etcd, each claimed by one worker at a time.
 
 `running` starts them for as long as its block lasts.
 """
@@ -31,7 +33,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from moorage.cluster import gc
+from moorage.cluster import gc, webhooks
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
@@ -224,6 +226,9 @@ async def running(
             replica.cluster, replica.registry, replica.config.replica_id, replica.audit, on_gc
         )
         tasks.append(asyncio.create_task(loop))
+    if replica.webhooks is not None:  # deliver queued events (cluster.webhooks)
+        owner = f"{replica.config.replica_id}/{os.getpid()}"
+        tasks.append(asyncio.create_task(webhooks.dispatch_loop(replica.webhooks, owner)))
     try:
         yield
     finally:

@@ -15,6 +15,7 @@ from moorage.auth.access import AdminOnlyAuthorizer, Authorizer
 from moorage.auth.base import Authenticator
 from moorage.cluster.fence import FenceCheck, fence_watch
 from moorage.cluster.heartbeat import Heartbeat
+from moorage.cluster.webhooks import Webhooks
 from moorage.config import ReplicaConfig
 from moorage.meta.etcd import EtcdCluster
 from moorage.registry import Registry
@@ -48,6 +49,8 @@ class Replica:
     # The etcd cluster API and this replica's heartbeat (absent with an in-memory store).
     cluster: EtcdCluster | None = None
     heartbeat: Heartbeat | None = None
+    # Registry events for webhooks (cluster/webhooks.py; absent with an in-memory store).
+    webhooks: Webhooks | None = None
     role: str = "unknown"  # this replica's etcd role: leader, follower, learner
     read_only: bool = False  # quorum lost: serve pulls from the local copy, refuse writes
     fenced: str | None = None  # why this replica must not serve (an emergency repair left it)

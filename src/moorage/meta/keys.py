@@ -49,6 +49,36 @@ PKI_CA_KEY = b"/moorage-pki/ca.key.sealed"
 PKI_CA_ROTATION = b"/moorage-pki/rotation"
 
 
+#: Webhooks (moorage.meta.webhooks, moorage.cluster.webhooks), outside ROOT: operational
+#: state that backups do not carry.
+#:     hooks/<id>                   the webhook: url, events, secret (never shown back)
+#:     queue/<id>/<seq>             an event waiting for delivery to that webhook
+#:     claims/<id>/<seq>            lease-backed: the worker delivering that event now
+#:     deliveries/<id>/<seq>        the outcome of one delivery (the last few kept)
+WEBHOOKS = b"/moorage-webhooks/"
+WEBHOOK_HOOKS = WEBHOOKS + b"hooks/"
+WEBHOOK_QUEUE = WEBHOOKS + b"queue/"
+WEBHOOK_CLAIMS = WEBHOOKS + b"claims/"
+WEBHOOK_DELIVERIES = WEBHOOKS + b"deliveries/"
+
+
+def webhook(hook_id: str) -> bytes:
+    return WEBHOOK_HOOKS + hook_id.encode()
+
+
+def webhook_queue(hook_id: str, seq: str = "") -> bytes:
+    """An event queued for `hook_id`; without `seq`, the prefix of its whole queue."""
+    return WEBHOOK_QUEUE + f"{hook_id}/{seq}".encode()
+
+
+def webhook_claim(hook_id: str, seq: str = "") -> bytes:
+    return WEBHOOK_CLAIMS + f"{hook_id}/{seq}".encode()
+
+
+def webhook_delivery(hook_id: str, seq: str = "") -> bytes:
+    return WEBHOOK_DELIVERIES + f"{hook_id}/{seq}".encode()
+
+
 def is_registry_data(key: bytes) -> bool:
     return key.startswith(REGISTRY_DATA)
 

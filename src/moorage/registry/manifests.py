@@ -41,6 +41,8 @@ class StoredManifest:
 class PushedManifest:
     digest: Digest
     subject: str | None
+    media_type: str = ""
+    size: int = 0
 
 
 def _tag(reference: str) -> str:
@@ -205,7 +207,7 @@ class Manifests:
                 "referrer": referrer,
             }
         )
-        return PushedManifest(digest, record.subject)
+        return PushedManifest(digest, record.subject, record.media_type, record.size)
 
     async def delete(self, repo: str, reference: str) -> None:
         if is_digest(reference):

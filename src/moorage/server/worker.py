@@ -27,6 +27,7 @@ from moorage.cluster.certs import reloading
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
 from moorage.cluster.tls import client_tls
+from moorage.cluster.webhooks import Webhooks
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.account_journal import journal_to
 from moorage.meta.base import MetaStore
@@ -69,6 +70,7 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
         replica.heartbeat = Heartbeat(meta, config)
+        replica.webhooks = Webhooks(meta, config.replica_id, config.http_addr)
     return replica
 
 

@@ -1,0 +1,172 @@
+"""`/api/v0/webhooks` (admin only), and what the registry handlers call to emit events.
+
+- `POST /api/v0/webhooks` {"url", "events", "secret"?, "name"?}: add one (the secret is
+  kept to sign deliveries and never shown back: `signed` says whether there is one).
+- `GET /api/v0/webhooks`: every webhook, with the number of events queued for it.
+- `DELETE /api/v0/webhooks/{id}`: remove it, its queue and its deliveries.
+- `POST /api/v0/webhooks/{id}/test`: send a `test` event now; the delivery's outcome.
+- `GET /api/v0/webhooks/deliveries[?webhook=ID]`: the last deliveries, newest first.
+
+`notify` (pushes and deletes) queues the event before the handler answers: an event the
+store did not take fails the request (503), so the client's retry queues it again.
+`notify_pull` never waits on the store (cluster/webhooks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from moorage.api import auditing
+from moorage.api.cluster import UnknownMember, admin
+from moorage.api.state import AppState
+from moorage.cluster.webhook_input import new_webhook
+from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo
+from moorage.meta.etcd import EtcdCluster
+from moorage.meta.webhooks import WebhookRecord
+
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
+class TooManyWebhooks(ValueError):
+    pass
+
+
+def request_info(request: Request) -> RequestInfo:
+    client = request.client
+    base = f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
+    return RequestInfo(
+        id=request.headers.get("x-request-id", "")[:100] or str(uuid.uuid4()),
+        addr=f"{client.host}:{client.port}" if client else "",
+        host=request.headers.get("host", "")[:300],
+        method=request.method,
+        useragent=request.headers.get("user-agent", "")[:300],
+        actor=auditing.actor_of(request),
+        base_url=base[:400],
+    )
+
+
+async def notify(
+    request: Request,
+    st: AppState,
+    action: str,
+    repository: str,
+    digest: str = "",
+    media_type: str = "",
+    size: int | None = None,
+    tag: str = "",
+) -> None:
+    """Queue a push or delete event durably (raises StoreUnavailable when it cannot)."""
+    if st.webhooks is None:
+        return
+    event = st.webhooks.event(
+        action, repository, request_info(request), digest, media_type, size, tag
+    )
+    await st.webhooks.emit(event)
+
+
+def notify_pull(
+    request: Request, st: AppState, repository: str, digest: str, media_type: str, size: int,
+    tag: str,
+) -> None:  # fmt: skip
+    """Queue a pull event in the background, only if a webhook wants pulls."""
+    webhooks = st.webhooks
+    if webhooks is None or not webhooks.wants("pull"):
+        return
+    info = request_info(request)
+    webhooks.emit_later(webhooks.event("pull", repository, info, digest, media_type, size, tag))
+
+
+def _hook_id(request: Request) -> str:
+    hook_id = str(request.path_params["hook_id"])
+    if not _ID.fullmatch(hook_id):
+        raise UnknownMember(f"no webhook {hook_id[:40]!r}: 'moorage webhook list' shows the ids")
+    return hook_id
+
+
+async def _hook(st: AppState, request: Request) -> WebhookRecord:
+    assert st.webhooks is not None
+    hook_id = _hook_id(request)
+    hook = await st.webhooks.store.get(hook_id)
+    if hook is None:
+        raise UnknownMember(f"no webhook {hook_id}: 'moorage webhook list' shows the ids")
+    return hook
+
+
+def _webhooks(st: AppState) -> None:
+    if st.webhooks is None:
+        raise ValueError("this replica has no webhooks (no etcd cluster)")
+
+
+async def add(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    _webhooks(st)
+    assert st.webhooks is not None
+    record = new_webhook(body, auditing.actor_of(request))
+    if len(await st.webhooks.store.hooks()) >= MAX_WEBHOOKS:
+        raise TooManyWebhooks(
+            f"the cluster has {MAX_WEBHOOKS} webhooks already; remove one first "
+            "('moorage webhook list', 'moorage webhook remove ID')"
+        )
+    if not await st.webhooks.store.add(record):
+        raise ValueError("a webhook of that id exists; try again")
+    detail = {"url": record.url, "events": ",".join(record.events)}
+    await auditing.record(request, st, "webhook.add", f"webhook {record.id}", detail)
+    return {"webhook": record.public()}
+
+
+async def list_(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    _webhooks(st)
+    assert st.webhooks is not None
+    hooks = await st.webhooks.store.hooks()
+    pending = await asyncio.gather(*(st.webhooks.store.pending(h.id) for h in hooks))
+    return {"webhooks": [{**h.public(), "pending": n} for h, n in zip(hooks, pending, strict=True)]}
+
+
+async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    _webhooks(st)
+    assert st.webhooks is not None
+    hook = await _hook(st, request)
+    await st.webhooks.store.remove(hook.id)
+    await auditing.record(request, st, "webhook.remove", f"webhook {hook.id}", {"url": hook.url})
+    return {"removed": hook.id, "url": hook.url}
+
+
+async def test(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
+    _webhooks(st)
+    assert st.webhooks is not None
+    hook = await _hook(st, request)
+    delivery = await st.webhooks.test(hook, request_info(request))
+    return {"delivery": delivery.to_json()}
+
+
+async def deliveries(
+    request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
+) -> Any:
+    _webhooks(st)
+    assert st.webhooks is not None
+    wanted = request.query_params.get("webhook")
+    if wanted:
+        request.path_params["hook_id"] = wanted
+        hooks = [await _hook(st, request)]
+    else:
+        hooks = await st.webhooks.store.hooks()
+    out = []
+    for hook in hooks:
+        out += [d.to_json() for d in await st.webhooks.store.deliveries(hook.id)]
+    out.sort(key=lambda d: d["finished_at"], reverse=True)
+    return {"deliveries": out}
+
+
+def webhook_routes() -> list[Route]:
+    return [
+        Route("/api/v0/webhooks", admin(add), methods=["POST"]),
+        Route("/api/v0/webhooks", admin(list_), methods=["GET"]),
+        Route("/api/v0/webhooks/deliveries", admin(deliveries), methods=["GET"]),
+        Route("/api/v0/webhooks/{hook_id}", admin(remove), methods=["DELETE"]),
+        Route("/api/v0/webhooks/{hook_id}/test", admin(test), methods=["POST"]),
+    ]

@@ -1,0 +1,411 @@
+"""Webhooks on a real 3-replica cluster, with a real receiver on loopback: an image pushed
+with skopeo gives exactly one push event, signed with the webhook's secret; a receiver that
+fails three times gets the event once after the retries, with the attempts recorded; a
+delete gives a delete event; the replica that accepted a push is killed while it delivers
+the event, and another replica delivers it; bad input and non-admins are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, free_port, moorage, sha256
+
+MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+SECRET = "s3cr3t-for-the-test"
+#: Quick rounds and retries (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s of backoff); the other
+#: replicas leave an event to its own replica for 4 s; a claim outlives a dead claimer by at
+#: most 8 s.
+ENV = {
+    "MOORAGE_WEBHOOK_POLL": "0.3",
+    "MOORAGE_WEBHOOK_BACKOFF": "0.3",
+    "MOORAGE_WEBHOOK_TIMEOUT": "6",
+    "MOORAGE_WEBHOOK_CLAIM_TTL": "8",
+    "MOORAGE_WEBHOOK_HANDOFF": "4",
+    "MOORAGE_WEBHOOK_ATTEMPTS": "5",
+}
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = json.loads(self.body)["events"]
+        return events
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on loopback that records every POST. `fail[path]`: how many more
+    requests to that path answer 500; `hold[path]`: the first request waits for the event."""
+
+    port: int
+    received: list[Received] = field(default_factory=list)
+    fail: dict[str, int] = field(default_factory=dict)
+    hold: dict[str, threading.Event] = field(default_factory=dict)
+    arrived: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait(self, path: str, count: int, patience: float = 60) -> list[Received]:
+        deadline = time.monotonic() + patience
+        while len(self.at(path)) < count:
+            assert time.monotonic() < deadline, f"{path}: {len(self.at(path))} of {count}"
+            time.sleep(0.1)
+        return self.at(path)
+
+
+def serve(receiver: Receiver) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                receiver.received.append(Received(self.path, dict(self.headers), body))
+                failing = receiver.fail.get(self.path, 0)
+                if failing:
+                    receiver.fail[self.path] = failing - 1
+                held = receiver.hold.pop(self.path, None)
+            receiver.arrived.set()
+            if held is not None:
+                held.wait(60)
+            self.send_response(500 if failing else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", receiver.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    server = serve(r)
+    try:
+        yield r
+    finally:
+        for held in list(r.hold.values()):
+            held.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("webhooks"), env=ENV)
+    try:
+        c.install()
+        c.join()
+        c.join()
+        yield c
+    finally:
+        c.shutdown()
+
+
+def cli(node: Node, *args: str, check: bool = True) -> Any:
+    out = moorage(*args, "--existing", node.url, "--json", check=check, env=ENV)
+    return json.loads(out.stdout) if check else out
+
+
+def add_hook(c: Cluster, receiver: Receiver, path: str, events: str, secret: bool = True) -> str:
+    """Add a webhook through the admin API (the CLI's own test adds one with the CLI)."""
+    body: dict[str, Any] = {"url": receiver.url(path), "events": events.split(",")}
+    if secret:
+        body["secret"] = SECRET
+    with c.nodes[0].client() as http:
+        resp = http.post("/api/v0/webhooks", json=body)
+    assert resp.status_code == 200, resp.text
+    hook_id: str = resp.json()["webhook"]["id"]
+    return hook_id
+
+
+def layout(root: Path, tag: str, seed: str) -> str:
+    """An OCI image layout holding one image tagged `tag`; the manifest's digest."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def put(data: bytes) -> str:
+        digest = sha256(data)
+        (blobs / digest.split(":")[1]).write_bytes(data)
+        return digest
+
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+    layer = f"layer {seed}".encode() * 100
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(config),
+                "size": len(config),
+            },
+            "layers": [{"mediaType": LAYER_TYPE, "digest": put(layer), "size": len(layer)}],
+        }
+    ).encode()
+    digest = put(manifest)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (root / "index.json").write_text(json.dumps(index))
+    return digest
+
+
+def skopeo_push(node: Node, src: Path, tag: str, dest: str) -> None:
+    host = node.url.removeprefix("http://")
+    out = subprocess.run(
+        ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"{AUTH[0]}:{AUTH[1]}",
+         f"oci:{src}:{tag}", f"docker://{host}/{dest}"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def push(node: Node, tmp: Path, repo: str, tag: str) -> str:
+    """Push an image with skopeo; the digest of the manifest the registry got."""
+    src = tmp / f"{repo.replace('/', '_')}-{tag}"
+    layout(src, tag, f"{repo}:{tag}")
+    skopeo_push(node, src, tag, f"{repo}:{tag}")
+    with node.client() as http:
+        head = http.head(f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    assert head.status_code == 200, head.text
+    return head.headers["Docker-Content-Digest"]
+
+
+def settled(node: Node, hook_id: str, until: Callable[[list[dict[str, Any]]], bool]) -> Any:
+    """The webhook's deliveries once `until` holds and nothing is queued for it."""
+    deadline = time.monotonic() + 90
+    with node.client() as http:
+        while True:
+            hooks = {w["id"]: w for w in http.get("/api/v0/webhooks").json()["webhooks"]}
+            done = http.get(f"/api/v0/webhooks/deliveries?webhook={hook_id}").json()
+            if hooks[hook_id]["pending"] == 0 and until(done["deliveries"]):
+                return done["deliveries"]
+            assert time.monotonic() < deadline, f"not settled: {hooks[hook_id]} {done}"
+            time.sleep(0.3)
+
+
+def test_skopeo_push_sends_one_signed_push_event(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    url = receiver.url("/push")
+    doc = cli(
+        cluster.nodes[0], "webhook", "add", url, "--events", "push,delete", "--secret", SECRET
+    )
+    hook_id = doc["webhook"]["id"]
+    digest = push(cluster.nodes[1], tmp_path, "hooks/app", "v1")
+    done = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
+    got = receiver.at("/push")
+    assert len(got) == 1, [r.events for r in got]  # exactly one event for one manifest push
+    request = got[0]
+    assert request.headers["Content-Type"] == MEDIA_TYPE
+    expected = hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["X-Moorage-Signature"] == f"sha256={expected}"
+    (event,) = request.events
+    assert event["action"] == "push"
+    target = event["target"]
+    assert (target["repository"], target["tag"], target["digest"]) == ("hooks/app", "v1", digest)
+    assert target["mediaType"] == OCI_MANIFEST
+    assert target["size"] == target["length"] > 0
+    assert target["url"].endswith(f"/v2/hooks/app/manifests/{digest}")
+    assert event["actor"] == {"name": AUTH[0]}
+    assert event["request"]["method"] == "PUT"
+    assert "skopeo" in event["request"]["useragent"]
+    assert event["source"]["instanceID"] == cluster.nodes[1].replica_id
+    assert {"id", "timestamp"} <= set(event)
+    assert [(d["event_id"], d["status"], d["status_code"]) for d in done] == [
+        (event["id"], "delivered", 200)
+    ]
+    # The secret is never shown back.
+    with cluster.nodes[2].client() as http:
+        listed = http.get("/api/v0/webhooks").json()["webhooks"]
+    assert SECRET not in json.dumps(listed)
+    assert next(w for w in listed if w["id"] == hook_id)["signed"] is True
+
+
+def test_failing_receiver_gets_the_event_once_after_retries(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail["/flaky"] = 3
+    hook_id = add_hook(cluster, receiver, "/flaky", "push")
+    digest = push(cluster.nodes[0], tmp_path, "hooks/flaky", "v1")
+    done = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
+    got = receiver.at("/flaky")
+    assert len(got) == 4  # three refusals, then the delivery
+    assert len({r.events[0]["id"] for r in got}) == 1  # the same event each time
+    assert [r.headers["X-Moorage-Attempt"] for r in got] == ["1", "2", "3", "4"]
+    (d,) = done
+    assert (d["status"], d["status_code"], d["attempts"], d["digest"]) == (
+        "delivered", 200, 4, digest,
+    )  # fmt: skip
+
+
+def test_receiver_that_never_accepts_is_marked_failed(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail["/down"] = 1000
+    hook_id = add_hook(cluster, receiver, "/down", "push")
+    push(cluster.nodes[1], tmp_path, "hooks/down", "v1")
+    (d,) = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
+    assert (d["status"], d["status_code"], d["attempts"]) == ("failed", 500, 5)
+    assert d["error"] == "the receiver answered 500"
+    assert len(receiver.at("/down")) == 5  # bounded: no attempt after the last
+    text = moorage("webhook", "deliveries", hook_id, "--existing", cluster.nodes[2].url).stdout
+    assert "failed" in text
+    assert "HTTP 500  5 attempt(s)  hooks/down:v1@sha256:" in text
+
+
+def test_pull_events_when_asked_for(cluster: Cluster, receiver: Receiver, tmp_path: Path) -> None:
+    push(cluster.nodes[0], tmp_path, "hooks/pulled", "v1")
+    hook_id = add_hook(cluster, receiver, "/pull", "pull")
+    # Pulls read the webhooks each replica's dispatcher last saw (every 0.3 s here): pull
+    # until that copy has the new webhook.
+    deadline = time.monotonic() + 30
+    with cluster.nodes[1].client() as http:
+        while not receiver.at("/pull"):
+            assert time.monotonic() < deadline
+            got = http.get("/v2/hooks/pulled/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert got.status_code == 200
+            time.sleep(0.5)
+    event = receiver.at("/pull")[0].events[0]
+    assert event["action"] == "pull"
+    assert event["request"]["method"] == "GET"
+    assert (event["target"]["repository"], event["target"]["tag"]) == ("hooks/pulled", "v1")
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
+def test_delete_events(cluster: Cluster, receiver: Receiver, tmp_path: Path) -> None:
+    hook_id = add_hook(cluster, receiver, "/delete", "delete", secret=False)
+    digest = push(cluster.nodes[0], tmp_path, "hooks/gone", "v1")
+    with cluster.nodes[2].client() as http:
+        assert http.delete("/v2/hooks/gone/manifests/v1").status_code == 202
+        second = push(cluster.nodes[0], tmp_path, "hooks/gone", "v2")
+        assert http.delete(f"/v2/hooks/gone/manifests/{second}").status_code == 202
+    settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 2)
+    got = receiver.at("/delete")
+    events = [r.events[0] for r in got]
+    assert [e["action"] for e in events] == ["delete", "delete"]  # pushes not subscribed
+    assert events[0]["target"] == {"repository": "hooks/gone", "tag": "v1"}
+    assert events[1]["target"]["digest"] == second != digest
+    assert events[1]["request"]["method"] == "DELETE"
+    assert "X-Moorage-Signature" not in got[0].headers  # no secret: not signed
+
+
+def test_test_and_remove(cluster: Cluster, receiver: Receiver) -> None:
+    hook_id = add_hook(cluster, receiver, "/ping", "push,pull")
+    doc = cli(cluster.nodes[1], "webhook", "test", hook_id)
+    assert (doc["delivery"]["status"], doc["delivery"]["status_code"]) == ("delivered", 200)
+    assert receiver.at("/ping")[0].events[0]["action"] == "test"
+    assert cli(cluster.nodes[0], "webhook", "remove", hook_id)["removed"] == hook_id
+    with cluster.nodes[2].client() as http:
+        listed = http.get("/api/v0/webhooks").json()["webhooks"]
+    assert hook_id not in [w["id"] for w in listed]
+    out = cli(cluster.nodes[0], "webhook", "test", hook_id, check=False)
+    assert out.returncode == 1
+    assert f"no webhook {hook_id}" in out.stderr
+
+
+def test_hostile_input_is_refused(cluster: Cluster) -> None:
+    url = cluster.nodes[0].url
+    cases = [
+        ({"url": "ftp://example.com/x", "events": ["push"]}, "http:// or https://"),
+        ({"url": "http://", "events": ["push"]}, "no host"),
+        ({"url": "http://u:p@example.com/", "events": ["push"]}, "credentials"),
+        ({"url": "http://example.com/ x", "events": ["push"]}, "spaces"),
+        ({"url": "http://example.com:99999/", "events": ["push"]}, "port"),
+        ({"url": "http://example.com/", "events": ["push", "mount"]}, "unknown event 'mount'"),
+        ({"url": "http://example.com/", "events": []}, "events is required"),
+        ({"url": "http://example.com/", "events": ["push"], "extra": 1}, "unknown field"),
+        ({"url": "http://example.com/", "events": ["push"], "secret": 7}, "secret must be"),
+    ]
+    with httpx.Client(base_url=url, auth=AUTH, timeout=30) as http:
+        for body, why in cases:
+            resp = http.post("/api/v0/webhooks", json=body)
+            assert resp.status_code == 400, (body, resp.text)
+            assert resp.json()["code"] == "INVALID", resp.text
+            assert why in resp.json()["error"], resp.text
+        assert http.delete("/api/v0/webhooks/0123456789ab").status_code == 404
+        assert http.delete("/api/v0/webhooks/..%2f").status_code == 404
+    # Not an admin: refused, and anonymous too.
+    with httpx.Client(base_url=url, auth=AUTH, timeout=30) as http:
+        made = http.post("/api/v0/users", json={"name": "dev", "password": "dev-password-1"})
+        assert made.status_code in (200, 201), made.text
+    with httpx.Client(base_url=url, auth=("dev", "dev-password-1"), timeout=30) as http:
+        resp = http.post("/api/v0/webhooks", json={"url": "http://x/", "events": ["push"]})
+        assert (resp.status_code, resp.json()["code"]) == (403, "DENIED")
+        assert http.get("/api/v0/webhooks").status_code == 403
+    assert httpx.get(f"{url}/api/v0/webhooks", timeout=30).status_code == 401
+    # The CLI refuses before asking the cluster, saying what to give.
+    out = cli(cluster.nodes[0], "webhook", "add", "file:///etc/passwd", "--events", "push",
+              check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert "http:// or https://" in out.stderr
+    out = cli(cluster.nodes[0], "webhook", "add", "http://x/", "--events", "push,tag",
+              check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert "unknown event 'tag'" in out.stderr
+
+
+def test_event_of_a_killed_replica_is_delivered_by_another(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Runs last in this module: it kills a replica."""
+    accepting = cluster.nodes[2]
+    survivor = cluster.nodes[0]
+    released = threading.Event()
+    receiver.hold["/handoff"] = released
+    hook_id = add_hook(cluster, receiver, "/handoff", "push")
+    try:
+        digest = push(accepting, tmp_path, "hooks/handoff", "v1")
+        (first,) = receiver.wait("/handoff", 1)
+        # The replica that accepted the push is delivering; it dies before it is answered.
+        assert first.headers["X-Moorage-Replica"] == accepting.replica_id
+        cluster.kill(accepting)
+    finally:
+        released.set()
+    done = settled(survivor, hook_id, lambda d: len(d) >= 1)
+    got = receiver.at("/handoff")
+    assert len(got) >= 2
+    assert {r.events[0]["id"] for r in got} == {first.events[0]["id"]}
+    (d,) = done
+    assert d["status"] == "delivered"
+    assert d["digest"] == digest
+    assert d["replica"] in {n.replica_id for n in cluster.nodes[:2]}
+    assert got[-1].headers["X-Moorage-Replica"] == d["replica"]

@@ -1,0 +1,125 @@
+"""Webhooks in process: what a webhook may be, the event's signature and backoff, and the
+queue's guarantees over the in-memory store (one claimer at a time, deliveries bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from moorage.cluster import webhook_input as wi
+from moorage.cluster import webhooks as wh
+from moorage.meta.memory import MemoryMetaStore
+from moorage.meta.webhooks import KEEP_DELIVERIES, Delivery, QueuedEvent, WebhookStore
+
+INFO = wh.RequestInfo(
+    "rid", "10.0.0.1:5555", "reg:5000", "PUT", "skopeo/1", "alice", "http://reg:5000"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://h/x", "http:// or https://"),
+        ("http:///x", "no host"),
+        ("https://u:p@h/", "credentials"),
+        ("http://h/a b", "spaces"),
+        ("http://h:70000/", "invalid port"),
+        ("http://h/#frag", "fragment"),
+        ("http://h/" + "x" * 3000, "longer than"),
+        (7, "url is required"),
+    ],
+)
+def test_bad_urls_are_refused_with_the_reason(url: object, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        wi.check_url(url)
+
+
+def test_events_are_a_known_subset() -> None:
+    assert wi.check_events("push, delete,push") == ("push", "delete")
+    assert wi.check_events(["pull"]) == ("pull",)
+    with pytest.raises(ValueError, match="unknown event 'mount': choose from push, delete, pull"):
+        wi.check_events("push,mount")
+    with pytest.raises(ValueError, match="events is required"):
+        wi.check_events("")
+
+
+def test_new_webhook_keeps_the_secret_out_of_its_public_form() -> None:
+    record = wi.new_webhook(
+        {"url": "https://ci.example/hook", "events": ["push"], "secret": "zq-secret-9"}, "a"
+    )
+    assert record.name == "ci.example"
+    assert "zq-secret-9" not in json.dumps(record.public())
+    assert record.public()["signed"] is True
+    with pytest.raises(ValueError, match="unknown field"):
+        wi.new_webhook({"url": "https://h/", "events": ["push"], "token": "x"}, "a")
+
+
+def test_signature_is_hmac_sha256_of_the_body() -> None:
+    body = wh.envelope([{"id": "1", "action": "push"}])
+    assert json.loads(body) == {"events": [{"id": "1", "action": "push"}]}
+    expected = hmac.new(b"s", body, hashlib.sha256).hexdigest()
+    assert wh.sign("s", body) == f"sha256={expected}"
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    delays = [wh.backoff(n) for n in range(1, 20)]
+    assert delays[1] == 2 * delays[0]
+    assert delays == sorted(delays)
+    assert delays[-1] == wh.BACKOFF_CAP
+
+
+def test_event_has_the_distribution_fields() -> None:
+    hooks = wh.Webhooks(MemoryMetaStore(), "abcdefabcdef", "reg:5000")
+    event = hooks.event("push", "app", INFO, "sha256:" + "a" * 64, "application/x", 12, "v1")
+    assert set(event) == {"id", "timestamp", "action", "target", "request", "actor", "source"}
+    assert event["target"] == {
+        "repository": "app",
+        "mediaType": "application/x",
+        "size": 12,
+        "length": 12,
+        "digest": "sha256:" + "a" * 64,
+        "url": "http://reg:5000/v2/app/manifests/sha256:" + "a" * 64,
+        "tag": "v1",
+    }
+    assert event["source"] == {"addr": "reg:5000", "instanceID": "abcdefabcdef"}
+    assert event["actor"] == {"name": "alice"}
+    assert event["timestamp"].endswith("Z")
+
+
+def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
+    async def scenario() -> None:
+        meta = MemoryMetaStore()
+        hooks = wh.Webhooks(meta, "abcdefabcdef", "reg:5000")
+        store = hooks.store
+        record = wi.new_webhook({"url": "http://h/", "events": ["push"]}, "admin")
+        assert await store.add(record)
+        assert await hooks.emit(hooks.event("push", "app", INFO)) == 1
+        assert await hooks.emit(hooks.event("delete", "app", INFO)) == 0  # not subscribed
+        (q,) = await store.queued(record.id, 10)
+        first, second = await store.lease(30), await store.lease(30)
+        assert await store.claim(q, "w1", first)
+        assert not await store.claim(q, "w2", second)  # held
+        await store.release(first)  # the claimer died: its lease ends
+        assert await store.claim(q, "w2", second)
+        item = QueuedEvent(q.item.event, q.item.origin, q.item.created_at, attempts=1)
+        assert await store.retry(q, item)
+        (again,) = await store.queued(record.id, 10)
+        assert again.item.attempts == 1
+        assert not await store.retry(q, item)  # a stale read changes nothing
+        done = Delivery(record.id, "e", "push", "app", "", "", True, 200, 2, None, 1.0, "r")
+        assert await store.finish(again, done, wh.seq())
+        await store.release(second)
+        assert await store.queued(record.id, 10) == []
+        for i in range(KEEP_DELIVERIES + 5):
+            await store.record(record.id, wh.seq(1000.0 + i), done)
+        kept = await store.deliveries(record.id)
+        assert len(kept) == KEEP_DELIVERIES
+        assert await store.remove(record.id)
+        assert await WebhookStore(meta).deliveries(record.id) == []
+        assert await store.hooks() == []
+
+    asyncio.run(scenario())
