@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moorage import logs
 from moorage.api.http import request_path
 from moorage.api.v2 import route_template
-
-log = logging.getLogger("moorage.access")
 
 HEADER = b"x-request-id"
 #: Longest repository name an access line carries (a longer one is cut).
@@ -86,12 +83,9 @@ class AccessLog:
         user = getattr(principal, "name", None) or None
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         method = scope["method"]
-        log.info(
-            "%s %s %d",
-            method,
-            route,
-            status,
-            extra={
+        logs.write_access(
+            f"{method} {route} {status}",
+            {
                 "method": method,
                 "route": route,
                 "repository": repository,
