@@ -66,9 +66,9 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
     return docs
 
 
-def access_lines(log: Path, request_id: str) -> list[dict[str, Any]]:
-    """The access lines of one request. A line is written once the response is complete,
-    so just after the client has it: wait for it (up to 30 s)."""
+def access_lines(log: Path, request_id: str, count: int = 1) -> list[dict[str, Any]]:
+    """The access lines of one request id. A line is written once the response is complete,
+    so just after the client has it: wait for `count` of them (up to 30 s)."""
     deadline = time.monotonic() + 30
     while True:
         found = [
@@ -76,7 +76,7 @@ def access_lines(log: Path, request_id: str) -> list[dict[str, Any]]:
             for d in log_lines(log)
             if d.get("logger") == "moorage.access" and d.get("request_id") == request_id
         ]
-        if found or time.monotonic() > deadline:
+        if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
 
@@ -151,6 +151,16 @@ def test_a_failing_push_names_its_request_id_in_header_envelope_and_log(
     assert line["route"] == "/v2/{name}/manifests/{reference}"
     assert line["repository"] == "logs/failing"
     assert line["user"] == "admin"
+
+
+def test_the_status_request_lends_its_id_to_the_pings_of_the_replicas(
+    json_replica: Replica,
+) -> None:
+    with json_replica.client() as c:
+        resp = c.get("/api/v0/cluster/status", headers={"X-Request-Id": "status-1"})
+    assert resp.status_code == 200, resp.text
+    routes = {d["route"] for d in access_lines(json_replica.log, "status-1", count=2)}
+    assert routes == {"/api/v0/cluster/status", "/_ping"}
 
 
 def test_a_safe_client_request_id_is_kept_and_a_hostile_one_replaced(
