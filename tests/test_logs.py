@@ -89,6 +89,7 @@ def test_every_line_of_a_json_log_is_an_object_with_its_fields(json_replica: Rep
         assert pushed.status_code == 201, pushed.text
         assert c.get(f"/v2/logs/one/blobs/{digest}").content == blob
         assert c.get("/api/v0/health").status_code == 200
+        assert c.get("/api/v0/users").status_code == 200
         assert c.get("/api/v0/no-such-thing").status_code == 404
     with json_replica.client(auth=None) as anonymous:
         last = anonymous.get("/v2/")
@@ -120,6 +121,9 @@ def test_every_line_of_a_json_log_is_an_object_with_its_fields(json_replica: Rep
     assert post["status"] == 201
     assert post["bytes_in"] == len(blob)
     assert by_route[("GET", "/api/v0/health")]["status"] == 200
+    user = by_route[("GET", "/api/v0/users")]
+    assert user["status"] == 200
+    assert user["user"] == "admin"
     assert by_route[("GET", "unmatched")]["status"] == 404
     base = by_route[("GET", "/v2/")]
     assert base["status"] == 401
@@ -209,6 +213,9 @@ def test_no_credentials_or_query_strings_in_the_log(json_replica: Replica) -> No
     assert ADMIN_PASSWORD not in text
     assert basic not in text
     assert "not.a.valid-token-xyz" not in text
+    [issued] = access_lines(json_replica.log, token.headers["x-request-id"])
+    assert issued["route"] == "/auth/token"
+    assert issued["user"] == "admin"
     if token.status_code == 200:  # the token flow is on: a Bearer token is never logged
         jwt = token.json()["token"]
         with json_replica.client(auth=None) as bearer:
