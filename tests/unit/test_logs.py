@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 
@@ -32,6 +33,22 @@ def test_any_other_request_id_is_replaced_by_a_new_one(sent: bytes | None) -> No
     got = logs.request_id(sent)
     assert NEW_ID.fullmatch(got)
     assert got != logs.request_id(sent)
+
+
+def test_a_forked_api_worker_makes_ids_of_its_own() -> None:
+    """The API workers fork from the replica process: their ids must not collide."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first new id, then gone
+        os.write(write, logs.request_id(None).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    mine = logs.request_id(None)
+    assert NEW_ID.fullmatch(child)
+    assert child[:12] != mine[:12]
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
