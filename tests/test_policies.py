@@ -133,7 +133,8 @@ def test_immutable_tag_refuses_a_push_and_a_delete(cluster: Cluster, tmp_path: P
         err = error_of(r)
         assert err["code"] == "DENIED"
         assert err["message"].startswith("tag frozen/app:v1 is immutable (rule 'v*' on frozen)")
-        assert err["detail"] == {"tag": "v1", "rule": "v*", "target": "frozen"}
+        rid = r.headers["x-request-id"]  # every envelope names its request
+        assert err["detail"] == {"tag": "v1", "rule": "v*", "target": "frozen", "request_id": rid}
         # A delete by tag and by digest are refused too (skopeo may rewrite the manifest:
         # its digest is the registry's).
         pushed = h.head("/v2/frozen/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
@@ -185,7 +186,8 @@ def test_quota_refuses_a_push_with_the_numbers_and_shared_layers_count_once(
         err = error_of(r)
         assert err["code"] == "DENIED"
         assert err["detail"] == {
-            "namespace": "quota", "used": used, "quota": 100_000, "needed": 70_000
+            "namespace": "quota", "used": used, "quota": 100_000, "needed": 70_000,
+            "request_id": r.headers["x-request-id"],
         }  # fmt: skip
         assert f"{used} bytes used of 100000, this blob needs 70000 more" in err["message"]
         # A mount of it from another namespace is refused the same way.

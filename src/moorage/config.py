@@ -18,6 +18,7 @@ DEFAULT_HTTP_ADDR = "127.0.0.1:5000"
 DEFAULT_ETCD_CLIENT_PORT = 12379
 DEFAULT_ETCD_PEER_PORT = 12380
 DEFAULT_ETCD_HOST = "127.0.0.1"
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class ReplicaConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     insecure_http: bool = False
+    # The log lines of the replica's processes: "text" (for people) or "json" (one object a
+    # line, moorage.logs); `--log-format` of run, start, install, join and restore sets it.
+    log_format: str = "text"
 
     @property
     def https(self) -> bool:
@@ -180,6 +184,11 @@ class DataDir:
             # so (as with --insecure-http) rather than failing to start after an upgrade.
             with contextlib.suppress(ConfigError):
                 raw["insecure_http"] = not is_loopback(split_addr(raw["http_addr"])[0])
+        if raw.get("log_format", "text") not in LOG_FORMATS:
+            raise ConfigError(
+                f"{self.config_file}: log_format {raw['log_format']!r} is not one of "
+                f"{', '.join(LOG_FORMATS)}"
+            )
         try:
             return ReplicaConfig(**raw)
         except TypeError as exc:

@@ -56,6 +56,7 @@ async def _caller(request: Request, st: AppState) -> access_tokens.Caller | Resp
         resp.headers["WWW-Authenticate"] = st.auth.challenge
         return resp
     principal = identity
+    request.state.principal = principal  # the access line's user
     if principal.kind != "user" or principal.limit is not None:
         return _error(403, "DENIED", "tokens are managed with a password login, not a token")
     return access_tokens.Caller(principal.name, principal.admin)

@@ -81,6 +81,7 @@ async def _principal(request: Request, st: AppState) -> Principal | Response:
         resp = _error(401, "UNAUTHORIZED", "credentials required")
         resp.headers["WWW-Authenticate"] = st.auth.challenge
         return resp
+    request.state.principal = principal  # the access line's user
     if principal.limit is not None:
         return _error(403, "DENIED", "an access token cannot manage accounts: log in")
     return principal

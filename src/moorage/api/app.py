@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from moorage.api.access_log import AccessLog
 from moorage.api.access_tokens import token_routes as access_token_routes
 from moorage.api.accounts import account_routes
 from moorage.api.audit import audit_routes
@@ -70,7 +71,8 @@ def http_app(st: AppState, lifespan: Lifespan, pages: Sequence[BaseRoute] = ()) 
     # `/api/v0/users/` is not `/api/v0/users`: a 404 rather than a redirect to it.
     app.router.redirect_slashes = False
     app.state.moorage = st
-    return MetricsMiddleware(RegistryRoutes(app))
+    # The request id and access line outermost: the id is set for everything inside.
+    return AccessLog(MetricsMiddleware(RegistryRoutes(app)), app.routes)
 
 
 _ROUTING_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED"}

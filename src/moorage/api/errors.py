@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import Response
 
 from moorage import errors as e
+from moorage.logs import current_request_id
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
@@ -41,6 +42,17 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
 
 
 def envelope(code: str, message: str, detail: Any = None) -> bytes:
+    """The OCI error document. While a request is answered, its id is in `detail`
+    (`{"request_id": ...}`, merged into a dict detail; another detail is kept under
+    `detail.value`), so an operator can find the request's log lines."""
+    rid = current_request_id()
+    if rid is not None:
+        if detail is None:
+            detail = {"request_id": rid}
+        elif isinstance(detail, dict):
+            detail = {**detail, "request_id": rid}
+        else:
+            detail = {"value": detail, "request_id": rid}
     return json.dumps(
         {"errors": [{"code": code, "message": message, "detail": detail}]},
         separators=(",", ":"),

@@ -203,6 +203,7 @@ async def _get(request: Request, st: AppState) -> Response:
     client = request.client.host if request.client else None
     requested = _scopes(q.getlist("scope")[: MAX_SCOPES + 1])
     principal = await _login(st, authorization(request), client)
+    request.state.principal = principal  # the access line's user
     doc, _ = await _issue(st, auth, principal, requested, client, q.get("client_id") or "")
     if _flag(q.get("offline_token")):
         refresh = await _refresh_for(st, auth, principal)
@@ -250,6 +251,7 @@ async def _post(request: Request, st: AppState) -> Response:
             raise _Refused(400, "invalid_request", "username is required")
         basic = base64.b64encode(f"{username}:{password}".encode()).decode()
         principal = await _login(st, f"Basic {basic}", client)
+        request.state.principal = principal  # the access line's user
         if form.get("access_type") == "offline":
             refresh = await _refresh_for(st, auth, principal)
     elif grant == "refresh_token":

@@ -82,6 +82,26 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
+def _template(pattern: re.Pattern[str]) -> str:
+    """`/v2/{name}/blobs/{digest}` of the route `/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)`."""
+    return re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern).removesuffix("/?")
+
+
+_TEMPLATES = [(pattern, _template(pattern)) for pattern, _ in _ROUTES]
+
+
+def route_template(path: str) -> tuple[str, str | None]:
+    """The route a /v2/ path takes, as its template, and the repository it names (None for
+    the base and the catalog): what an access line says instead of the path."""
+    if path in ("/v2", "/v2/", "/v2/_catalog"):
+        return path, None
+    for pattern, template in _TEMPLATES:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            return template, match.group("name")
+    return "/v2/unmatched", None
+
+
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _PULL = frozenset({PULL})

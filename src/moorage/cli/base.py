@@ -4,9 +4,6 @@ failures, and how a result is printed (text, or `--json`)."""
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 from typing import Any
 
 import click
@@ -52,10 +49,8 @@ def emit(as_json: bool, doc: Any, text: str) -> None:
         click.echo(text)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("MOORAGE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def setup_logging(log_format: str = "text", replica: str | None = None) -> None:
+    """Log lines on stderr, as text or JSON (`moorage.logs`); MOORAGE_LOG_LEVEL sets the level."""
+    from moorage import logs
+
+    logs.configure(log_format, replica)

@@ -16,6 +16,8 @@ from moorage.cli.options import (
     data_dir_option,
     etcd_host_option,
     json_option,
+    log_format_option,
+    log_setting,
     ports_options,
     transport_options,
     transport_settings,
@@ -48,6 +50,7 @@ from moorage.errors import MoorageError
     "the admin password; needs --ca-fingerprint.",
 )
 @transport_options
+@log_format_option
 @json_option
 def join(
     existing: str,
@@ -65,6 +68,7 @@ def join(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    log_format: str | None,
     as_json: bool,
 ) -> None:
     """Add a replica to a running cluster; returns once it is a healthy voting member."""
@@ -73,6 +77,7 @@ def join(
     pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
     check_http_addr(http_addr)
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
+    transport.update(log_setting(log_format))  # kept in moorage.json with the transport
     client = token_client(existing, token) if token else admin_client(existing, username, password)
     result = join_cluster(
         client,

@@ -14,6 +14,7 @@ from moorage.config import (
     DEFAULT_ETCD_CLIENT_PORT,
     DEFAULT_ETCD_HOST,
     DEFAULT_ETCD_PEER_PORT,
+    LOG_FORMATS,
     split_addr,
 )
 from moorage.errors import MoorageError
@@ -30,6 +31,8 @@ __all__ = [
     "data_dir_option",
     "etcd_host_option",
     "json_option",
+    "log_format_option",
+    "log_setting",
     "passphrase",
     "passphrase_option",
     "password_option",
@@ -120,6 +123,22 @@ ca_fingerprint_option = click.option(
     "prints it): fetched from the cluster, checked, then trusted (or "
     "MOORAGE_CA_FINGERPRINT).",
 )
+
+
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    envvar="MOORAGE_LOG_FORMAT",
+    help="The replica's log lines: text (for people) or json (one object a line: time, "
+    "level, replica, request_id, and per request method, route, status, bytes, latency_ms, "
+    "user). Kept in its moorage.json (default text; or MOORAGE_LOG_FORMAT).",
+)
+
+
+def log_setting(log_format: str | None) -> dict[str, Any]:
+    """The ReplicaConfig field of --log-format (nothing when it was not given)."""
+    return {} if log_format is None else {"log_format": log_format}
 
 
 def transport_options(fn: F) -> F:

@@ -22,6 +22,8 @@ from moorage.cli.options import (
     data_dir_option,
     etcd_host_option,
     json_option,
+    log_format_option,
+    log_setting,
     passphrase,
     passphrase_option,
     password_option,
@@ -245,6 +247,7 @@ def _describe_plan(doc: dict[str, Any]) -> str:
 )
 @passphrase_option
 @transport_options
+@log_format_option
 @confirm_options
 @json_option
 def restore(
@@ -262,6 +265,7 @@ def restore(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    log_format: str | None,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -273,6 +277,7 @@ def restore(
 
     check_http_addr(http_addr)
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
+    transport.update(log_setting(log_format))  # kept in moorage.json with the transport
     secret = passphrase(passphrase_file)
     plan = restore_plan(
         Path(archive), DataDir(data_dir), http_addr, storage_arg(storage), replay_journal, secret

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -18,6 +19,8 @@ from moorage.cli.options import (
     data_dir_option,
     etcd_host_option,
     json_option,
+    log_format_option,
+    log_setting,
     ports_options,
     storage_option,
     transport_options,
@@ -75,6 +78,7 @@ def _reexec_with_absolute(data_dir: DataDir) -> None:
     help="API worker processes.",
 )
 @transport_options
+@log_format_option
 def run(
     data_dir: str,
     http_addr: str | None,
@@ -86,33 +90,47 @@ def run(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    log_format: str | None,
 ) -> None:
     """Run a replica in the foreground; an empty DATA_DIR becomes a new one-replica cluster."""
     from moorage.server.process import run_replica
 
-    setup_logging()
+    setup_logging(log_format or "text")
     d = DataDir(data_dir)
     _reexec_with_absolute(d)
     http_addr = check_http_addr(http_addr)
-    transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
+    settings = {**transport_settings(tls, tls_cert, tls_key, insecure_http)}
+    settings.update(log_setting(log_format))
     password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or None
+    created = None
     if d.exists():
         config = d.load()
         check_same_settings(config, http_addr, storage, etcd_client_port, etcd_peer_port)
-        _with_transport(d, config, transport, fresh=False)
+        config = _with_transport(d, config, settings, fresh=False)
     else:
         config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port)
-        _with_transport(d, config, transport, fresh=True)
+        config = _with_transport(d, config, settings, fresh=True)
         if password is None:
-            password = secrets.token_urlsafe(18)
-            click.echo(
-                "Created a new one-replica cluster.\n"
-                f"  admin user:     admin\n  admin password: {password}\n"
-                "This password is shown once and stored only as a hash; "
-                "set MOORAGE_ADMIN_PASSWORD to choose your own.",
-                err=True,
-            )
-    run_replica(d, password, workers=workers)
+            password = created = secrets.token_urlsafe(18)
+    setup_logging(config.log_format, config.replica_id)
+    if created is not None:
+        message = (
+            "Created a new one-replica cluster.\n"
+            f"  admin user:     admin\n  admin password: {created}\n"
+            "This password is shown once and stored only as a hash; "
+            "set MOORAGE_ADMIN_PASSWORD to choose your own."
+        )
+        if config.log_format == "json":  # every line of a JSON log is an object
+            logging.getLogger("moorage").warning(message)
+        else:
+            click.echo(message, err=True)
+    try:
+        run_replica(d, password, workers=workers)
+    except MoorageError as exc:
+        if config.log_format != "json":
+            raise
+        logging.getLogger("moorage").critical("%s", exc)
+        raise SystemExit(1) from None
 
 
 @click.command(cls=Command)
@@ -128,6 +146,7 @@ def run(
 @ports_options
 @etcd_host_option
 @transport_options
+@log_format_option
 @json_option
 def install(
     data_dir: str,
@@ -141,6 +160,7 @@ def install(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    log_format: str | None,
     as_json: bool,
 ) -> None:
     """Create a new cluster with its first replica and start it in the background."""
@@ -151,6 +171,7 @@ def install(
     d = DataDir(data_dir)
     check_http_addr(http_addr)
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
+    transport.update(log_setting(log_format))
     generated = admin_password is None
     password = admin_password or secrets.token_urlsafe(18)
     config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
@@ -209,8 +230,9 @@ def _join_hint(doc: dict[str, Any], url: str, password: str, fingerprint: str) -
     callback=trusting_data_dirs,
     help="Replica state; several (comma-separated or repeated) start together.",
 )
+@log_format_option
 @json_option
-def start(data_dirs: tuple[str, ...], as_json: bool) -> None:
+def start(data_dirs: tuple[str, ...], log_format: str | None, as_json: bool) -> None:
     """Start installed replicas in the background (a no-op for one that is running).
 
     Several data directories (the replicas of a stopped cluster) start together; the
@@ -221,7 +243,13 @@ def start(data_dirs: tuple[str, ...], as_json: bool) -> None:
     paths = [p.strip() for arg in data_dirs for p in arg.split(",") if p.strip()]
     if not paths:
         raise click.UsageError("give at least one --data-dir")
-    results = start_many([DataDir(p) for p in paths])
+    dirs = [DataDir(p) for p in paths]
+    if log_format is not None:  # kept in moorage.json: the next start logs so too
+        for d in dirs:
+            config = d.load()
+            if config.log_format != log_format:
+                d.save(replace(config, log_format=log_format))
+    results = start_many(dirs)
     docs = []
     lines = []
     for r in results:

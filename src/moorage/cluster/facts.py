@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from moorage.errors import MoorageError
+from moorage.logs import current_request_id
 from moorage.meta.etcd_members import ClientTls, Member, MemberStatus
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 from moorage.pki.trust import client_context
@@ -50,8 +51,11 @@ def fault_tolerance(voters: int) -> int:
 
 
 async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:
+    # The request asking for the status lends its id: the peers log their pings under it.
+    rid = current_request_id()
+    headers = {"X-Request-Id": rid} if rid is not None else None
     try:
-        resp = await client.get(f"{url}/_ping", timeout=PING_TIMEOUT)
+        resp = await client.get(f"{url}/_ping", timeout=PING_TIMEOUT, headers=headers)
     except httpx.HTTPError as exc:
         return 0, str(exc) or type(exc).__name__
     try:

@@ -124,7 +124,7 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> Repa
         unsafe,
         replica_id=config.replica_id,
         etcd_host=config.etcd_host,
-        transport=config.transport,
+        transport={**config.transport, "log_format": config.log_format},
     )
     asyncio.run(_record(data_dir, client.auth[0], wiped))
     return RepairResult(joined, wiped)

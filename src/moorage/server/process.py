@@ -20,6 +20,7 @@ import os
 import shutil
 import threading
 
+from moorage import logs
 from moorage.cluster.supervisor import supervise
 from moorage.config import DataDir
 from moorage.server import transport
@@ -50,7 +51,8 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
             port=config.http_port,
             workers=workers,
             respawn_failed_workers=True,
-            log_access=False,
+            log_access=False,  # moorage.api.access_log writes the access lines
+            log_dictconfig=logs.granian_config(config.log_format, config.replica_id),
             # TLS: files re-read by each new worker (see transport.watch); TLS 1.2 floor.
             ssl_cert=tls.cert if tls else None,
             ssl_key=tls.key if tls else None,

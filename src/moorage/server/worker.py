@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from moorage import logs
 from moorage.api.app import ASGIApp, http_app
 from moorage.api.metrics import observe_gc, set_health
 from moorage.audit.log import EtcdAuditLog, login_recorder, origin_name
@@ -126,6 +127,7 @@ def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
+    logs.configure(config.log_format, config.replica_id)  # as the replica process's
     trust_data_dir(data_dir.path)  # peers' HTTPS (status pings) chains to the cluster CA
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
