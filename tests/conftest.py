@@ -59,6 +59,7 @@ TIERS = {
 #: in collection order.
 LONGEST_FIRST = (
     "netns",
+    "chaos",
     "test_paste.py",
     "test_recovery.py",
     "test_ca_rotation.py",
@@ -131,12 +132,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: order.get(xdist_group(item.nodeid).rsplit("/", 1)[-1], len(order)))
 
 
+#: The chaos cases that build their cluster in network namespaces (chaos.scenarios.run_scenario
+#: makes a NetLab for these scenarios on a storage directory); the others run on loopback.
+NETNS_SCENARIOS = ("netcut", "majority-loss")
+
+
 def xdist_group(nodeid: str) -> str:
     """The group of tests one pytest-xdist worker runs whole: a module (its module-scoped
-    cluster starts once), or "netns" for the network-namespace and chaos tests (they make
-    bridges and namespaces of the root namespace: one at a time)."""
-    module = nodeid.split("::", 1)[0]
-    return "netns" if TIERS.get(module.rsplit("/", 1)[-1]) in ("netns", "chaos") else module
+    cluster starts once), "netns" for the tests that make bridges and namespaces of the root
+    namespace (one at a time: the partition tests and the chaos cases of NETNS_SCENARIOS),
+    or "chaos" for the other chaos cases (on loopback; a group of their own, so that the
+    longest two groups can run side by side)."""
+    module, _, rest = nodeid.partition("::")
+    tier = TIERS.get(module.rsplit("/", 1)[-1])
+    if tier == "netns":
+        return "netns"
+    if tier == "chaos":
+        case = rest.partition("[")[2].rstrip("]")
+        namespaced = case.rsplit("-", 1)[0] in NETNS_SCENARIOS
+        return "netns" if namespaced else "chaos"
+    return module
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
