@@ -330,7 +330,7 @@ def _workers(data_dir: DataDir) -> list[int]:
 
 def _drain(config: ReplicaConfig, data_dir: DataDir, marker: Path) -> None:
     """Move every API worker's etcd client off the local member before it stops (they see
-    `marker` within RELOAD_INTERVAL and acknowledge); calls in flight finish meanwhile. A
+    `marker` within DRAIN_POLL and acknowledge); calls in flight finish meanwhile. A
     worker that does not acknowledge in time is not waited for (its next call fails over)."""
     for ack in data_dir.run_dir.glob("etcd-drained-*"):
         ack.unlink(missing_ok=True)

@@ -11,7 +11,8 @@ and the reload of its etcd clients once its files change.
   workers are respawned by `moorage.server.transport.watch`; every worker's etcd client is
   reopened by `reloader` (also on plain HTTP).
 * `reloader`: every RELOAD_INTERVAL seconds, when `D/tls/` changed and the new pair loads, a
-  fresh etcd channel (`EtcdMetaStore.reopen`; calls in flight finish on the old one).
+  fresh etcd channel (`EtcdMetaStore.reopen`; calls in flight finish on the old one); within
+  DRAIN_POLL seconds of a drain marker appearing or going, the endpoints' new order.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from moorage.pki.files import PRIVATE_MODE, PUBLIC_MODE, load_bundle, write_atom
 
 log = logging.getLogger("moorage.certs")
 RELOAD_INTERVAL = 2.0
+#: Between rounds the drain marker is looked for this often: a round starts as soon as it
+#: appears or goes (an etcd restart of `certs rotate --ca` waits for every worker's ack).
+DRAIN_POLL = 0.25
 #: The members' client URLs are read every this many RELOAD_INTERVALs (and at the first).
 ENDPOINTS_EVERY = 5
 PROBE_TIMEOUT = 5.0
@@ -208,7 +212,7 @@ async def reloader(config: ReplicaConfig, store: EtcdMetaStore) -> None:
     members: list[str] | None = None
     drained = False
     while True:
-        await asyncio.sleep(RELOAD_INTERVAL)
+        await _next_round(marker, drained)
         rounds += 1
         draining = await asyncio.to_thread(marker.exists)
         if members is None or rounds % ENDPOINTS_EVERY == 1 or draining != drained:
@@ -233,6 +237,18 @@ async def reloader(config: ReplicaConfig, store: EtcdMetaStore) -> None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(drain_ack(config, os.getpid()).write_text, "drained\n")
         drained = draining
+
+
+async def _next_round(marker: Path, drained: bool) -> None:
+    """Wait RELOAD_INTERVAL, or less once the drain marker appeared (not `drained`) or went
+    (`drained`): it is looked for every DRAIN_POLL seconds."""
+    waited = 0.0
+    while waited < RELOAD_INTERVAL:
+        step = min(DRAIN_POLL, RELOAD_INTERVAL - waited)
+        await asyncio.sleep(step)
+        waited += step
+        if await asyncio.to_thread(marker.exists) != drained:
+            return
 
 
 @contextlib.asynccontextmanager
