@@ -66,6 +66,8 @@ LONGEST_FIRST = (
     "test_s3_recovery.py",
     "test_cluster.py",
     "test_s3_cluster.py",
+    "test_webhooks.py",
+    "test_ui_browser.py",
     "test_scale_limits.py",
     "test_fuzz.py",
     "test_certs.py",
