@@ -26,7 +26,7 @@ from harness.seaweed import SeaweedFS
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
-    "test_s3_replica.py": "clients",
+    "test_s3_conformance.py": "clients",
     "test_s3_cluster.py": "cluster",
     "test_s3_recovery.py": "cluster",
     "test_gc.py": "clients",
