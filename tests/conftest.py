@@ -57,6 +57,7 @@ TIERS = {
 #: in collection order.
 LONGEST_FIRST = (
     "netns",
+    "test_s3_conformance.py",
     "test_paste.py",
     "test_recovery.py",
     "test_ca_rotation.py",
@@ -65,6 +66,7 @@ LONGEST_FIRST = (
     "test_s3_cluster.py",
     "test_scale_limits.py",
     "test_fuzz.py",
+    "test_s3_fuzz.py",
     "test_certs.py",
     "test_cli_output.py",
     "test_starting.py",
