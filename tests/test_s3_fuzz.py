@@ -25,7 +25,7 @@ test_fuzz_admin_api = test_fuzz.test_fuzz_admin_api
 test_fuzz_uploads = test_fuzz.test_fuzz_uploads
 
 #: Of each surface's CI examples (3000, 1000, 800, 600 on the filesystem), the share run here.
-S3_SHARE = 0.2
+S3_SHARE = 0.1
 PREFIX = f"s3-fuzz-{uuid.uuid4().hex[:8]}"
 
 
