@@ -54,11 +54,12 @@ test: install lint
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest tests/unit -m unit -q $(PYTEST_ARGS)
 
-# The fuzz test of the HTTP API with random seeds and FUZZ_EXAMPLES examples per surface
-# (`make test` runs a fixed ~1-minute set); e.g. make fuzz FUZZ_EXAMPLES=20000
+# The fuzz test of the HTTP API with random seeds and FUZZ_EXAMPLES examples per surface, on a
+# filesystem replica and on an S3 one (`make test` runs a fixed, smaller set); e.g.
+# make fuzz FUZZ_EXAMPLES=20000
 FUZZ_EXAMPLES ?= 3000
 fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py tests/test_fuzz_accounts.py -s --timeout=0 $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py tests/test_s3_fuzz.py tests/test_fuzz_accounts.py -s --timeout=0 $(PYTEST_ARGS)
 
 bench: install
 	@./scripts/ensure-packages.sh --no-start docker-registry

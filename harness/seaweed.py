@@ -145,6 +145,15 @@ class SeaweedFS:
             found += [item["Key"] for item in page.get("Contents", [])]
         return found
 
+    def objects(self, prefix: str = "", bucket: str = BUCKET) -> dict[str, tuple[str, int]]:
+        """Every object under `prefix` (paged): its key, ETag and size."""
+        client = self.client()
+        found: dict[str, tuple[str, int]] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = (item["ETag"], item["Size"])
+        return found
+
     def stop(self) -> None:
         """SIGKILL and wait for the pid. weed takes ~15 s to exit on SIGTERM; a kill loses
         nothing it acknowledged (its writes are in the page cache, which outlives it), and

@@ -26,7 +26,7 @@ from harness.seaweed import SeaweedFS
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
-    "test_s3_replica.py": "clients",
+    "test_s3_conformance.py": "clients",
     "test_s3_cluster.py": "cluster",
     "test_s3_recovery.py": "cluster",
     "test_gc.py": "clients",
@@ -59,6 +59,7 @@ TIERS = {
 #: in collection order.
 LONGEST_FIRST = (
     "netns",
+    "test_s3_conformance.py",
     "chaos",
     "test_paste.py",
     "test_recovery.py",
@@ -70,6 +71,7 @@ LONGEST_FIRST = (
     "test_ui_browser.py",
     "test_scale_limits.py",
     "test_fuzz.py",
+    "test_s3_fuzz.py",
     "test_certs.py",
     "test_cli_output.py",
     "test_starting.py",

@@ -23,6 +23,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,11 @@ class Target:
     log_start: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     slowest: tuple[float, str] = (0.0, "")
+    #: The share of each test's CI examples this target runs (`make fuzz` runs FUZZ_EXAMPLES).
+    ci_share: float = 1.0
+    #: What of the blob store lies outside the replica's own part (None: nothing to check).
+    store_outside: Callable[[], object] | None = None
+    store_before: object = None
 
     @property
     def names(self) -> list[str]:
@@ -212,19 +218,22 @@ class Target:
             for image in self.kept:
                 assert_pulls_back(c, image)
         assert self.snapshot_outside() == self.outside
+        if self.store_outside is not None:
+            assert self.store_outside() == self.store_before
         with open(self.replica.log, "rb") as fh:
             fh.seek(self.log_start)
             log = fh.read()
         assert b"Traceback" not in log, log[-3000:].decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    site = tmp_path_factory.mktemp("fuzz")
+@contextmanager
+def fuzz_target(site: Path, storage: str | None = None) -> Iterator[Target]:
+    """A replica under `site`/data (its blobs in `storage`, else there) with images to keep
+    and a repository to aim at, started and stopped here."""
     (site / "canary.txt").write_bytes(secrets.token_bytes(64))
     (site / "outside").mkdir()
     (site / "outside" / "secret").write_text("not for the registry\n")
-    replica = Replica(site / "data")
+    replica = Replica(site / "data", storage=storage)
     replica.start()
     try:
         with replica.client() as c:
@@ -245,6 +254,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         yield fuzz
     finally:
         replica.stop()
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    with fuzz_target(tmp_path_factory.mktemp("fuzz")) as fuzz:
+        yield fuzz
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -721,7 +736,7 @@ def run_fuzz(
     examples: int,
     prepare: Callable[[Request], None] | None = None,
 ) -> None:
-    @profile(examples)
+    @profile(max(1, round(examples * fuzz.ci_share)))
     @given(req=strategy)
     def one(req: Request) -> None:
         if prepare is not None:

@@ -1,6 +1,6 @@
-"""A replica whose blob storage is S3 (a real SeaweedFS gateway): a subset of the OCI
-conformance push and pull tests and a skopeo round trip run against it unchanged, through a
-module-scoped `registry` that overrides the shared filesystem one."""
+"""A replica whose blob storage is S3, refused or cut off: a bad `--storage` location is a usage
+error, and an unreachable store makes pushes 503. (The OCI conformance set and a skopeo round
+trip on a working S3 replica are in tests/test_s3_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -8,21 +8,17 @@ import contextlib
 import hashlib
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from harness.process import free_port, moorage_cmd
 from harness.replica import Replica
-from harness.seaweed import SeaweedFS
-
-from tests import test_clients, test_conformance_pull, test_conformance_push
 
 
 def _flow(module: object, last: str) -> dict[str, object]:
-    """A module's test functions up to `last`, in their order (a flow sharing state)."""
+    """A module's test functions up to `last`, in their order (a flow sharing state; used by
+    tests/test_s3_cluster.py)."""
     out: dict[str, object] = {}
     for name, value in vars(module).items():
         if name.startswith("test_") and callable(value):
@@ -30,54 +26,6 @@ def _flow(module: object, last: str) -> dict[str, object]:
             if name == last:
                 break
     return out
-
-
-# The same tests against the S3 replica: pytest collects what a module's namespace holds,
-# in its order (the 02 push flow and the pull flow are sequences sharing state).
-push = test_conformance_push.push
-pull = test_conformance_pull.pull
-globals().update(_flow(test_conformance_push, "test_push_teardown"))
-globals().update(_flow(test_conformance_pull, "test_teardown"))
-test_blob_api = test_conformance_push.test_blob_api
-test_blob_mount = test_conformance_push.test_blob_mount
-test_blob_post_cancel = test_conformance_push.test_blob_post_cancel
-test_digest_mismatch = test_conformance_push.test_digest_mismatch_error_and_session_end
-test_manifest_of_about_four_mib = test_conformance_push.test_manifest_of_about_four_mib
-test_skopeo_two_layer_image_round_trip = test_clients.test_skopeo_two_layer_image_round_trip
-
-PREFIX = f"s3-replica-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def registry(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    """One replica on S3 for this module (the store's credentials in its environment)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in seaweed.env().items():
-            mp.setenv(name, value)
-        r = Replica(tmp_path_factory.mktemp("s3") / "data", storage=seaweed.storage_url(PREFIX))
-        r.start()
-        yield r
-        r.stop()
-
-
-def test_the_replica_keeps_its_blobs_in_the_bucket(
-    registry: Replica, client: httpx.Client, seaweed: SeaweedFS
-) -> None:
-    body = b"kept in S3"
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
-    r = client.post(f"/v2/s3/check/blobs/uploads/?digest={digest}", content=body)
-    assert r.status_code == 201, r.text
-    key = f"{PREFIX}/blobs/sha256/{digest[7:9]}/{digest[7:]}"
-    assert key in seaweed.keys(f"{PREFIX}/blobs/")
-    assert not (Path(registry.data_dir) / "blobs").exists()
-    health = client.get("/api/v0/health").json()["components"]["storage"]
-    assert health["healthy"] is True
-    assert health["path"] == seaweed.storage_url(PREFIX)
-    # Pulls by redirect are off by default: the replica streams the bytes itself.
-    got = client.get(f"/v2/s3/check/blobs/{digest}")
-    assert got.status_code == 200
-    assert got.content == body
-    assert "location" not in got.headers
 
 
 @pytest.mark.parametrize(
