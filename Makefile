@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# import-linter in a venv of its own (scripts/lint-imports-requirements.txt says why)
+LINT_VENV := .venv-lint
 # chromium: the web UI's browser tests drive it through Playwright (never a downloaded browser)
 SYSTEM_PACKAGES := etcd-server etcd-client skopeo podman umoci python3-venv iproute2 chromium
 MOORAGE_DATA_DIR ?= ./.moorage
@@ -32,14 +34,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
+$(LINT_VENV)/.installed: scripts/lint-imports-requirements.txt
+	@test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install -q -r scripts/lint-imports-requirements.txt
+	@touch $@
+
 run: install
 	$(BIN)/moorage run --data-dir "$(MOORAGE_DATA_DIR)" --http-addr "$(MOORAGE_HTTP_ADDR)"
 
-lint: install
+lint: install $(LINT_VENV)/.installed
 	$(BIN)/ruff check src tests harness $(wildcard bench) $(wildcard chaos)
 	$(BIN)/ruff format --check src tests harness $(wildcard bench) $(wildcard chaos)
 	$(BIN)/mypy
-	$(BIN)/lint-imports --no-cache --no-logo
+	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-cache --no-logo
 
 # Two pytest-xdist workers (one a core on the 2-core CI machine): a test module runs whole on
 # one worker, the network-namespace tests together (pytest_xdist_make_scheduler, tests/conftest.py); PYTEST_WORKERS=0 runs
@@ -76,4 +83,4 @@ chaos: install
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LINT_VENV) .mypy_cache .ruff_cache .pytest_cache

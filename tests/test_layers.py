@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
-LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+#: import-linter's own venv (`make lint` makes it: scripts/lint-imports-requirements.txt)
+LINT_IMPORTS = ROOT / ".venv-lint" / "bin" / "lint-imports"
 
 
 def lint_imports(cwd: Path, src: Path) -> subprocess.CompletedProcess[str]:
