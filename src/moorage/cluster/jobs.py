@@ -15,6 +15,8 @@
   quota that are not counted yet (restored ones); one replica's worker at a time, under the
   lease-backed lock `policies` (a worker that dies mid-run lets its lease expire; each tag
   delete is its own guarded transaction, so nothing is left half-done).
+- the journal trimming job (moorage.cluster.journal_trim), every
+  `MOORAGE_JOURNAL_TRIM_INTERVAL` seconds (default 1 hour), under the lock `journal-trim`;
 - the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
   has one and a collection is due, the worker that takes the lock runs it.
 
@@ -31,7 +33,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from moorage.cluster import gc
+from moorage.cluster import gc, journal_trim
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
@@ -224,6 +226,7 @@ async def running(
             replica.cluster, replica.registry, replica.config.replica_id, replica.audit, on_gc
         )
         tasks.append(asyncio.create_task(loop))
+        tasks.append(asyncio.create_task(journal_trim.trim_loop(replica)))
     try:
         yield
     finally:
