@@ -23,7 +23,7 @@ from moorage.storage.journal import Journal, read_entries
 from moorage.storage.journal_trim import Floor, journal_size, trim
 from moorage.storage.s3journal import S3Journal, journal_entries, span_of
 from moorage.storage.s3location import parse
-from tests.cluster import Cluster, moorage, pull_image, push_image
+from tests.cluster import Cluster, Node, moorage, pull_image, push_image
 
 FLOOR = Floor("c1", 2, 5)
 
@@ -142,6 +142,16 @@ def _wait_gone(storage: Path, gone: set[str], patience: float = 120) -> None:
         time.sleep(0.5)
 
 
+def _trimmed_metric(node: Node) -> float:
+    with node.client() as c:
+        text = c.get("/metrics").text
+    found = [line.split()[1] for line in text.splitlines() if line.startswith(TRIMMED + " ")]
+    return float(found[0]) if found else 0.0
+
+
+TRIMMED = "moorage_journal_trimmed_files_total"
+
+
 def test_trimmed_journal_still_recovers_every_push(tmp_path: Path) -> None:
     """Segments of 1 s, a trim round every second: after a backup the journal loses what
     came before it; emergency repair (a survivor that missed pushes) and restore into the
@@ -163,6 +173,7 @@ def test_trimmed_journal_still_recovers_every_push(tmp_path: Path) -> None:
         time.sleep(1.2)
         pushed["trim/after", "v1"] = push_image(r1, "trim/after", "v1", "after")
         _wait_gone(cluster.storage, before)  # every segment of before the backup is trimmed
+        assert sum(_trimmed_metric(n) for n in (r0, r1, r2)) >= len(before)
 
         moorage("stop", "--data-dir", str(r2.data_dir), env=cluster.env)
         pushed["trim/missed", "v1"] = push_image(r0, "trim/missed", "v1", "missed")

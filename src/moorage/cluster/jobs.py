@@ -200,6 +200,7 @@ async def running(
     admin_password: str | None = None,
     observe: Observer | None = None,
     on_gc: gc.OnResult | None = None,
+    on_trim: journal_trim.OnTrim | None = None,
 ) -> AsyncIterator[None]:
     """The replica's jobs, for as long as the block lasts: first the cluster record and the
     admin account if missing (a learner or a store without quorum is only logged: the
@@ -226,7 +227,7 @@ async def running(
             replica.cluster, replica.registry, replica.config.replica_id, replica.audit, on_gc
         )
         tasks.append(asyncio.create_task(loop))
-        tasks.append(asyncio.create_task(journal_trim.trim_loop(replica)))
+        tasks.append(asyncio.create_task(journal_trim.trim_loop(replica, on_trim)))
     try:
         yield
     finally:

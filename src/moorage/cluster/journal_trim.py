@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 
 from moorage.cluster.replica import Replica
 from moorage.cluster.tls import client_tls
@@ -32,11 +33,16 @@ from moorage.errors import MoorageError
 from moorage.meta.etcd import EtcdCluster, data_revision
 from moorage.meta.etcd_members import ClientTls
 from moorage.meta.keys import JOURNAL_TRIM_LOCK
-from moorage.storage.journal_trim import Floor, trim
+from moorage.storage.journal_trim import Floor, TrimResult, trim
 
 log = logging.getLogger("moorage.housekeeping")
+#: Called with every finished round (the HTTP layer's metrics).
+OnTrim = Callable[[TrimResult], None]
 DEFAULT_INTERVAL = 3600.0
-LOCK_TTL = 600
+# Short: a worker killed mid-round (its replica lost in a quorum loss) holds the lock until
+# its lease ends, and a repair's new leader restarts every lease's time. A round that takes
+# longer may run beside another one, which is safe.
+LOCK_TTL = 60
 
 
 async def floor(store: EtcdCluster, cluster_id: str, tls: ClientTls) -> Floor | str:
@@ -62,7 +68,7 @@ async def floor(store: EtcdCluster, cluster_id: str, tls: ClientTls) -> Floor | 
     return Floor(cluster_id, top[0], top[1])
 
 
-async def trim_round(replica: Replica) -> str:
+async def trim_round(replica: Replica, on_trim: OnTrim | None = None) -> str:
     """One round, if this worker wins the lock: what it did, in words."""
     cluster = replica.cluster
     if cluster is None:
@@ -77,6 +83,8 @@ async def trim_round(replica: Replica) -> str:
         if isinstance(found, str):
             return found
         result = await trim(config.storage, found)
+        if on_trim is not None:
+            on_trim(result)
         await cluster.put_journal_trim(
             {
                 "at": time.time(),
@@ -100,11 +108,11 @@ def interval() -> float:
     return DEFAULT_INTERVAL
 
 
-async def trim_loop(replica: Replica) -> None:
+async def trim_loop(replica: Replica, on_trim: OnTrim | None = None) -> None:
     every = interval()
     while True:
         await asyncio.sleep(random.uniform(every / 2, every))
         try:
-            log.info("journal trim: %s", await trim_round(replica))
+            log.info("journal trim: %s", await trim_round(replica, on_trim))
         except MoorageError as exc:
             log.warning("journal trim failed: %s", exc)

@@ -83,6 +83,8 @@ async def trim(
     closed_before = (time.time() if now is None else now) - 2 * segment_seconds()
     try:
         async for page in control.names(f"{JOURNAL_DIR}/"):
+            if result.deleted >= limit:
+                break  # the next round goes on
             for name in page:
                 if not name.endswith(".jsonl") or result.deleted >= limit:
                     continue
