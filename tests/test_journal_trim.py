@@ -18,6 +18,8 @@ from harness.replica import Replica
 from harness.seaweed import SeaweedFS
 
 from moorage.config import DataDir
+from moorage.meta.memory import MemoryMetaStore
+from moorage.recovery.journal_replay import apply, plan_replay
 from moorage.storage.control import S3Control
 from moorage.storage.journal import Journal, read_entries
 from moorage.storage.journal_trim import Floor, journal_size, trim
@@ -40,6 +42,17 @@ def test_the_floor_covers_only_its_cluster_at_or_below_it() -> None:
     assert not FLOOR.covers([{"c": "c2", "e": 1, "r": 1}])  # another cluster's: kept
     assert not FLOOR.covers([{"c": "c1", "e": "2", "r": 1}])
     assert not FLOOR.covers([{"c": "c1", "e": 2}])
+
+
+def _replay_says_what_was_trimmed(spec: str) -> None:
+    """A replay from below the floor (an older backup) says what the journal lost; one from
+    the floor or above (the newest backup, any member) has nothing to say."""
+    older = plan_replay(spec, "c1", (2, 3))
+    assert older.trimmed is not None
+    assert "trimmed up to epoch 2 revision 5" in older.trimmed
+    assert older.trimmed in asyncio.run(apply(MemoryMetaStore(), spec, older)).unrecoverable
+    assert plan_replay(spec, "c1", (2, 5)).trimmed is None
+    assert plan_replay(spec, "c2", (0, 0)).trimmed is None
 
 
 def test_filesystem_trim_deletes_closed_segments_below_the_floor(tmp_path: Path) -> None:
@@ -67,6 +80,7 @@ def test_filesystem_trim_deletes_closed_segments_below_the_floor(tmp_path: Path)
     assert other.exists()
     assert sorted(e["r"] for e in read_entries(tmp_path)) == [1, 4, 6]
     assert asyncio.run(journal_size(spec)) == 2
+    _replay_says_what_was_trimmed(spec)
     # bounded: at most `limit` deletions per call
     assert asyncio.run(trim(spec, Floor("c1", 9, 0), limit=0, now=later)).deleted == 0
 
@@ -129,6 +143,7 @@ def test_s3_trim_decides_from_names_and_reads_older_objects(
 
     assert asyncio.run(left()) == [("c1", 9), ("c2", 1)]
     assert asyncio.run(journal_size(s3_url)) == 2
+    _replay_says_what_was_trimmed(s3_url)
 
 
 def _segments(storage: Path) -> set[str]:

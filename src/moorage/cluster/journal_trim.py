@@ -8,8 +8,8 @@ The floor of cluster C in epoch E is the lower of
   no client URL yet, stops the round: its revision is unknown);
 - (epoch, revision) of the newest backup written whole (`moorage backup` records it): restore
   replays past the backup's revision. With no backup recorded nothing is trimmed. A restore
-  of an older backup than the newest loses the changes between the two (it says so: they
-  are missing from its replay).
+  of an older backup than the newest loses the changes between the two, and says so (the
+  floor is recorded in blob storage first: moorage.storage.journal_trim.trimmed_to).
 
 A trim racing an emergency repair removes nothing the repair replays: the repair replays past
 its survivor's revision, which is at least what that member had when the floor was read.

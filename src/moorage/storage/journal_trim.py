@@ -27,6 +27,7 @@ alone).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.errors import StorageUnavailable
-from moorage.storage.control import FilesystemControl, S3Control, open_control
+from moorage.storage.control import ControlStore, FilesystemControl, S3Control, open_control
 from moorage.storage.journal import JOURNAL_DIR, file_entries, segment_seconds
 from moorage.storage.s3journal import object_entries, span_of
 
@@ -82,6 +83,7 @@ async def trim(
     result = TrimResult()
     closed_before = (time.time() if now is None else now) - 2 * segment_seconds()
     try:
+        await _mark(control, floor)
         async for page in control.names(f"{JOURNAL_DIR}/"):
             if result.deleted >= limit:
                 break  # the next round goes on
@@ -105,6 +107,39 @@ async def trim(
     finally:
         await control.aclose()
     return result
+
+
+TRIMMED_DIR = "journal-trimmed"  # <cluster id>.json: the highest floor trimmed to
+
+
+async def _mark(control: ControlStore, floor: Floor) -> None:
+    """Record the floor before deleting anything, so a replay from below it can say what
+    the journal no longer holds (`trimmed_to`)."""
+    name = f"{TRIMMED_DIR}/{floor.cluster_id}.json"
+    if await _floor_of(control, name) >= (floor.epoch, floor.revision):
+        return
+    await control.put(name, json.dumps({"epoch": floor.epoch, "revision": floor.revision}).encode())
+
+
+async def _floor_of(control: ControlStore, name: str) -> tuple[int, int]:
+    stored = await control.get(name, limit=4096)
+    try:
+        doc = json.loads(stored.data) if stored is not None else {}
+        epoch, revision = doc.get("epoch", -1), doc.get("revision", -1)
+    except (ValueError, AttributeError):
+        return (-1, -1)
+    ok = isinstance(epoch, int) and isinstance(revision, int)
+    return (epoch, revision) if ok else (-1, -1)
+
+
+async def trimmed_to(spec: str, cluster_id: str) -> tuple[int, int] | None:
+    """The highest floor the journal of `cluster_id` in storage `spec` was trimmed to."""
+    control = open_control(spec)
+    try:
+        found = await _floor_of(control, f"{TRIMMED_DIR}/{cluster_id}.json")
+    finally:
+        await control.aclose()
+    return found if found >= (0, 0) else None
 
 
 async def _segment_covered(path: Path, floor: Floor, closed_before: float) -> bool | None:
