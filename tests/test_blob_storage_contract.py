@@ -491,3 +491,59 @@ def _multipart_uploads(seaweed: SeaweedFS, store: S3Storage) -> list[tuple[str, 
         Bucket=store.layout.bucket, Prefix=store.layout.uploads
     )
     return [(u["Key"], u["UploadId"]) for u in resp.get("Uploads", [])]
+
+
+def test_blobs_over_the_copy_limit_are_copied_and_refreshed_in_parts(
+    s3_url: str, seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CopyObject stops at 5 GiB: above the limit (lowered here to 1 MiB) a commit copies the
+    upload in UploadPartCopy ranges, and storing the blob again refreshes its time the same
+    way (a multipart copy onto itself), bytes unchanged."""
+    monkeypatch.setenv("MOORAGE_S3_COPY_LIMIT", str(MiB))
+    data = os.urandom(6 * MiB + 3)  # parts of 5 MiB: two
+    digest = sha256(data)
+
+    async def scenario(s: BlobStorage) -> tuple[float, float, float]:
+        assert isinstance(s, S3Storage)
+        await start_upload(s, UPLOAD)
+        assert await append(s, UPLOAD, data) == len(data)
+        handle = await s.open_upload(UPLOAD)
+        try:
+            await handle.commit(digest)
+        finally:
+            await handle.release()
+        assert await read_all(s, digest) == data
+        first = await s.modified(digest)
+        await asyncio.sleep(1.1)  # S3 keeps modification times to the second
+        await s.put_bytes(digest, data)  # stored again: a refresh
+        second = await s.modified(digest)
+        await asyncio.sleep(1.1)
+        await start_upload(s, OTHER)  # the same bytes committed by another upload
+        await append(s, OTHER, data)
+        handle = await s.open_upload(OTHER)
+        try:
+            await handle.commit(digest)
+        finally:
+            await handle.release()
+        third = await s.modified(digest)
+        assert await read_all(s, digest) == data
+        assert await s.stat(digest) == len(data)
+        assert first is not None
+        assert second is not None
+        assert third is not None
+        return first, second, third
+
+    async def main() -> tuple[float, float, float]:
+        s = open_blob_storage(s3_url)
+        try:
+            return await scenario(s)
+        finally:
+            await s.close()
+
+    first, second, third = asyncio.run(main())
+    assert first < second < third
+    etag = seaweed.client().head_object(
+        Bucket=parse(s3_url).bucket,
+        Key=parse(s3_url).key(f"blobs/sha256/{digest[7:9]}/{digest[7:]}"),
+    )["ETag"]
+    assert etag.strip('"').endswith("-2"), etag  # made of two parts

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from harness.seaweed import BUCKET, SeaweedFS
 
+from moorage.storage.s3location import parse
 from tests import test_conformance_pull, test_conformance_push
 from tests.cluster import Cluster, Node
 from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
@@ -150,6 +151,25 @@ def test_join_naming_another_prefix_is_refused(cluster: Cluster, seaweed: Seawee
     assert out.returncode == 1, out.stdout + out.stderr
     assert "does not see the cluster's blob storage" in out.stderr, out.stderr
     assert "--storage" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (spare.data_dir / "moorage.json").exists()
+    assert cluster.status()["quorum"]["members"] == 3
+
+
+def test_join_with_another_redirect_setting_is_refused(
+    cluster: Cluster, seaweed: SeaweedFS
+) -> None:
+    """Pulls by redirect are one setting per cluster: a replica asking for redirect=on in a
+    cluster installed without it is a usage error (exit 2) naming the value to use."""
+    spare = Node(cluster.root, "spare-redirect")
+    same = seaweed.storage_url(PREFIX)
+    out = cluster.cli(
+        "join", "--existing", cluster.nodes[0].url, *spare.flags(),
+        "--storage", same + "&redirect=on", node=spare, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "redirect=on but the cluster's replicas use redirect=off" in out.stderr, out.stderr
+    assert f"--storage '{parse(same).url()}'" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (spare.data_dir / "moorage.json").exists()
     assert cluster.status()["quorum"]["members"] == 3

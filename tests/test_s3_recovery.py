@@ -2,7 +2,8 @@
 (stopped and started again here), in order on one cluster: the object store's outage, an
 emergency repair whose survivor missed acknowledged pushes (the journal replayed from S3),
 then backup --include-blobs and restore on S3 (to a fresh prefix, and to the same one with
-the journal replayed). Not one acknowledged push may be lost."""
+the journal replayed). The journal is trimmed every second (after each backup): not one
+acknowledged push may be lost."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 def cluster(store: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # One API worker per replica (the default, pinned): the outage test reads a manifest
     # from the cache of the worker that read it before.
-    env = {**store.env(), "MOORAGE_WORKERS": "1"}
+    env = {**store.env(), "MOORAGE_WORKERS": "1", "MOORAGE_JOURNAL_TRIM_INTERVAL": "1"}
     c = Cluster(tmp_path_factory.mktemp("s3rec"), env=env, s3=store.storage_url(PREFIX))
     try:
         c.install()
@@ -61,6 +62,15 @@ def all_pull(node: Node) -> None:
     """Every acknowledged push pulls from `node`, byte for byte."""
     for (repo, tag), body in PUSHED.items():
         assert pull_image(node, repo, tag) == body, (repo, tag)
+
+
+def wait_trimmed(store: SeaweedFS, before: list[str]) -> None:
+    """Until every journal object listed in `before` (all older than the last backup) is
+    trimmed."""
+    deadline = time.monotonic() + 120
+    while left := set(before) & set(store.keys(f"{PREFIX}/journal/")):
+        assert time.monotonic() < deadline, f"not trimmed: {sorted(left)[:5]}"
+        time.sleep(0.5)
 
 
 def test_store_outage_then_back(cluster: Cluster, store: SeaweedFS) -> None:
@@ -117,11 +127,17 @@ def test_store_outage_then_back(cluster: Cluster, store: SeaweedFS) -> None:
         all_pull(node)
 
 
-def test_emergency_repair_replays_the_journal_from_s3(cluster: Cluster, store: SeaweedFS) -> None:
+def test_emergency_repair_replays_the_journal_from_s3(
+    cluster: Cluster, store: SeaweedFS, tmp_path: Path
+) -> None:
     """Lose the majority while the survivor's etcd lacks acknowledged pushes (it was stopped
-    while they were made): the repair replays them from the journal objects in S3."""
+    while they were made): the repair replays them from the journal objects in S3, after a
+    backup let the journal be trimmed."""
     r0, r1, r2 = cluster.nodes
     push(r1, "rep/before", "v1")
+    before = store.keys(f"{PREFIX}/journal/")
+    moorage("backup", "--existing", r0.url, "--out", str(tmp_path / "b.tar"), env=cluster.env)
+    wait_trimmed(store, before)
     moorage("stop", "--data-dir", str(r2.data_dir), env=cluster.env)
     missed = [push(r0, "rep/missed", "v1"), push(r1, "rep/missed", "v2")]
     with r0.client() as c:  # an untag the survivor missed too
@@ -179,7 +195,9 @@ def test_backup_and_restore_on_s3(cluster: Cluster, store: SeaweedFS, tmp_path: 
     assert made["counts"]["manifests"] == len(MANIFESTS)
     assert json.loads(moorage("backup", "verify", str(archive), "--json").stdout)["ok"] is True
     in_backup = dict(PUSHED)
+    before = store.keys(f"{PREFIX}/journal/")
     push(r2, "bk/after", "v1")
+    wait_trimmed(store, before)
     moorage("destroy", "--yes", "--data-dir", str(r2.data_dir), env=cluster.env)
     cluster.nodes.remove(r2)
     cluster.retired.append(r2)

@@ -5,11 +5,13 @@ control; clients following it get the same bytes (ranges too); skopeo pulls thro
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from harness.replica import Replica
 from harness.seaweed import SeaweedFS
@@ -109,3 +111,57 @@ def test_redirect_is_a_storage_option_off_unless_on() -> None:
     assert on.url() == base + "&region=us-east-1&redirect=on"
     with pytest.raises(ConfigError, match="redirect 'yes': use on or off"):
         parse(base + "&redirect=yes")
+
+
+def _wait_status(replica: Replica, path: str, wanted: int, passing: int) -> httpx.Response:
+    """GET `path` until it answers `wanted` (meanwhile only `passing`): the health loop
+    probes the store every 2 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        with replica.client() as c:
+            r = c.get(path)
+        if r.status_code == wanted:
+            return r
+        assert r.status_code == passing, r.text
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.3)
+
+
+def test_a_store_known_down_gets_503_not_a_redirect(tmp_path: Path) -> None:
+    """With the store stopped (a SeaweedFS of this test's own), once the replica's probe has
+    failed a blob GET answers 503 UNAVAILABLE in the OCI envelope, not a 307 to a store that
+    does not answer; redirects resume when it is back."""
+    store = SeaweedFS(tmp_path / "weed")
+    store.start()
+    replica: Replica | None = None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in store.env().items():
+                mp.setenv(name, value)
+            replica = Replica(tmp_path / "data", storage=store.storage_url(PREFIX) + "&redirect=on")
+            replica.start()
+        body = os.urandom(1000)
+        with replica.client() as c:
+            r = c.post(f"/v2/down/blob/blobs/uploads/?digest={sha256(body)}", content=body)
+            assert r.status_code == 201, r.text
+        path = f"/v2/down/blob/blobs/{sha256(body)}"
+        _wait_status(replica, path, 307, 307)
+        store.stop()
+        try:
+            down = _wait_status(replica, path, 503, 307)
+            error = down.json()["errors"][0]
+            assert error["code"] == "UNAVAILABLE"
+            assert "pulls by redirect resume once it answers" in error["message"]
+            assert "location" not in down.headers
+            assert down.headers["retry-after"] == "5"
+            with replica.client() as c:  # a blob the repository lacks is still a 404
+                unknown = c.get(f"/v2/down/blob/blobs/{sha256(b'never pushed')}")
+                assert unknown.status_code == 404, unknown.text
+        finally:
+            store.start()
+        back = _wait_status(replica, path, 307, 503)
+        assert back.headers["location"].startswith(store.endpoint)
+    finally:
+        if replica is not None:
+            replica.stop()
+        store.stop()

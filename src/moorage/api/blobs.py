@@ -9,6 +9,7 @@ from moorage.api import auditing
 from moorage.api.errors import API_VERSION_HEADER
 from moorage.api.http import byte_range, reply
 from moorage.api.state import AppState
+from moorage.errors import StorageUnavailable
 
 
 async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Response:
@@ -19,6 +20,13 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
         # repository; the store answers for the bytes (ranges too, and 404 if they were
         # lost), so no HEAD of the object first.
         parsed, _ = await st.registry.blobs.linked(name, digest)
+        if not st.storage.healthy and st.storage.checked_at:
+            # The health loop's last probe of the store failed (it runs every 2 s): a URL
+            # to a store that does not answer would only move the failure to the client.
+            raise StorageUnavailable(
+                f"blob storage is unavailable ({st.storage.error}); pulls by redirect "
+                "resume once it answers: retry later"
+            )
         return Response(
             b"",
             status_code=307,

@@ -300,6 +300,29 @@ async def backup_metadata(
     }
 
 
+async def backup_written(
+    request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
+) -> Any:
+    """`moorage backup` says its archive of (epoch, revision) is written whole: the journal
+    may be trimmed up to it (moorage.cluster.journal_trim)."""
+    epoch, revision = body.get("epoch"), body.get("revision")
+    if not (_positive(epoch) and _positive(revision)):
+        raise ValueError("epoch and revision must be positive integers")
+    assert isinstance(epoch, int)
+    assert isinstance(revision, int)
+    if body.get("cluster_id") != st.config.cluster_id:
+        raise ValueError(f"the backup is not of this cluster ({st.config.cluster_id})")
+    cluster = await store.get_cluster()
+    if (cluster is not None and epoch > cluster.epoch) or revision > await store.revision():
+        raise ValueError("the backup's epoch or revision is newer than the cluster's")
+    newest = await store.record_backup(epoch, revision)
+    return {"epoch": newest[0], "revision": newest[1]}
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def cluster_routes() -> list[Route]:
     return [
         Route("/api/v0/cluster/status", admin(status, joiner=True), methods=["GET"]),
@@ -313,4 +336,5 @@ def cluster_routes() -> list[Route]:
         Route("/api/v0/join-tokens/revoke", admin(join_api.revoke), methods=["POST"]),
         Route("/api/v0/cluster/local-revision", admin(local_revision), methods=["GET"]),
         Route("/api/v0/cluster/backup", admin(backup_metadata), methods=["GET"]),
+        Route("/api/v0/cluster/backup", admin(backup_written), methods=["POST"]),
     ]

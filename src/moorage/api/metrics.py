@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moorage.errors import MoorageError
 from moorage.meta import usage
 from moorage.registry.gc import GcResult
+from moorage.storage.journal_trim import TrimResult
 
 REQUESTS = Counter("moorage_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -67,6 +68,14 @@ GC_DURATION = Histogram(
     "moorage_gc_duration_seconds",
     "How long a garbage collection took",
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+)
+JOURNAL_FILES = Gauge(
+    "moorage_journal_files",
+    "Journal files (segments or S3 objects) left after the last trim round this replica ran",
+    multiprocess_mode="mostrecent",
+)
+JOURNAL_TRIMMED = Counter(
+    "moorage_journal_trimmed_files_total", "Journal files the trim rounds of this replica deleted"
 )
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -132,6 +141,12 @@ def observe_gc(result: GcResult | None, duration: float) -> None:
         GC_BLOBS.inc(result.blobs)
         GC_BYTES.inc(result.bytes)
         GC_MANIFESTS.inc(result.manifests)
+
+
+def observe_trim(result: TrimResult) -> None:
+    """A finished journal trim round."""
+    JOURNAL_FILES.set(result.kept + result.skipped_recent)
+    JOURNAL_TRIMMED.inc(result.deleted)
 
 
 class MetricsMiddleware:

@@ -72,6 +72,7 @@ def join(
     as_json: bool,
 ) -> None:
     """Add a replica to a running cluster; returns once it is a healthy voting member."""
+    from moorage.recovery.join import RedirectMismatch
     from moorage.recovery.join import join as join_cluster
 
     pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
@@ -79,18 +80,21 @@ def join(
     transport = transport_settings(tls, tls_cert, tls_key, insecure_http)
     transport.update(log_setting(log_format))  # kept in moorage.json with the transport
     client = token_client(existing, token) if token else admin_client(existing, username, password)
-    result = join_cluster(
-        client,
-        DataDir(data_dir),
-        http_addr,
-        storage,
-        etcd_client_port,
-        etcd_peer_port,
-        unsafe_join,
-        etcd_host=etcd_host,
-        transport=transport,
-        pinned=pinned,
-    )
+    try:
+        result = join_cluster(
+            client,
+            DataDir(data_dir),
+            http_addr,
+            storage,
+            etcd_client_port,
+            etcd_peer_port,
+            unsafe_join,
+            etcd_host=etcd_host,
+            transport=transport,
+            pinned=pinned,
+        )
+    except RedirectMismatch as exc:
+        raise click.UsageError(str(exc)) from None
     emit(as_json, result.to_json(), result.text())
 
 

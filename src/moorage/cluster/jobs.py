@@ -15,6 +15,8 @@
   quota that are not counted yet (restored ones); one replica's worker at a time, under the
   lease-backed lock `policies` (a worker that dies mid-run lets its lease expire; each tag
   delete is its own guarded transaction, so nothing is left half-done).
+- the journal trimming job (moorage.cluster.journal_trim), every
+  `MOORAGE_JOURNAL_TRIM_INTERVAL` seconds (default 1 hour), under the lock `journal-trim`;
 - the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
   has one and a collection is due, the worker that takes the lock runs it.
 - the webhook dispatcher (`moorage.cluster.webhooks.dispatch_loop`): delivers the events
@@ -33,7 +35,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from moorage.cluster import gc, webhooks
+from moorage.cluster import gc, journal_trim, webhooks
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
@@ -200,6 +202,7 @@ async def running(
     admin_password: str | None = None,
     observe: Observer | None = None,
     on_gc: gc.OnResult | None = None,
+    on_trim: journal_trim.OnTrim | None = None,
 ) -> AsyncIterator[None]:
     """The replica's jobs, for as long as the block lasts: first the cluster record and the
     admin account if missing (a learner or a store without quorum is only logged: the
@@ -226,6 +229,7 @@ async def running(
             replica.cluster, replica.registry, replica.config.replica_id, replica.audit, on_gc
         )
         tasks.append(asyncio.create_task(loop))
+        tasks.append(asyncio.create_task(journal_trim.trim_loop(replica, on_trim)))
     if replica.webhooks is not None:  # deliver queued events (cluster.webhooks)
         owner = f"{replica.config.replica_id}/{os.getpid()}"
         tasks.append(asyncio.create_task(webhooks.dispatch_loop(replica.webhooks, owner)))

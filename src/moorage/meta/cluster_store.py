@@ -16,6 +16,7 @@ Every read is bounded (pages of at most STORE_PAGE keys).
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
@@ -246,6 +247,39 @@ class ClusterStore(MetaStore):
         """Rewrite the cluster record (a new epoch, a restored cluster's new id)."""
         await self._txn([], [Put(keys.CLUSTER, record.encode())])
 
+    # -- the journal's trimming (moorage.cluster.journal_trim) ----------------------------
+    async def last_backup(self) -> tuple[int, int] | None:
+        """(epoch, revision) of the newest backup recorded, or None."""
+        kv = await self._get(keys.JOURNAL_BACKUP)
+        return _epoch_revision(kv.value) if kv else None
+
+    async def record_backup(self, epoch: int, revision: int) -> tuple[int, int]:
+        """Record a backup written whole at (epoch, revision), unless a newer one is; the
+        newest recorded (compare-and-swap: two backups finishing at once keep the newer)."""
+        while True:
+            kv = await self._get(keys.JOURNAL_BACKUP)
+            old = _epoch_revision(kv.value) if kv else None
+            if old is not None and old >= (epoch, revision):
+                return old
+            value = json.dumps({"epoch": epoch, "revision": revision}).encode()
+            guard = (keys.JOURNAL_BACKUP, kv.mod_revision if kv else 0)
+            if await self._txn([guard], [Put(keys.JOURNAL_BACKUP, value)]):
+                return (epoch, revision)
+
+    async def journal_trim(self) -> dict[str, object] | None:
+        """What the last journal trim wrote (`put_journal_trim`), or None."""
+        kv = await self._get(keys.JOURNAL_TRIM)
+        if kv is None:
+            return None
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def put_journal_trim(self, doc: dict[str, object]) -> None:
+        await self._txn([], [Put(keys.JOURNAL_TRIM, json.dumps(doc).encode())])
+
     # -- snapshots -------------------------------------------------------------------------
     async def snapshot(self) -> tuple[Snapshot, list[str]]:
         """Every registry and cluster record as of one revision, and one line per record
@@ -277,3 +311,14 @@ class ClusterStore(MetaStore):
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _epoch_revision(value: bytes) -> tuple[int, int] | None:
+    try:
+        doc = json.loads(value)
+        epoch, revision = doc["epoch"], doc["revision"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if isinstance(epoch, int) and isinstance(revision, int):
+        return (epoch, revision)
+    return None

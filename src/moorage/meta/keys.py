@@ -383,3 +383,12 @@ def manifest_tombstone(repo_name: str, digest: str) -> bytes:
 
 def pending_manifest(repo_name: str, digest: str) -> bytes:
     return GC_PENDING + f"{repo_name}@{digest}".encode()
+
+
+# The journal's trimming (moorage.cluster.journal_trim), outside ROOT (never in a backup:
+# a restore is a new cluster whose journal trimming starts over):
+#     /moorage-journal/backup   {"epoch", "revision"} of the newest backup written whole
+#     /moorage-journal/trim     the last trim: its floor, what it deleted, when
+JOURNAL_BACKUP = b"/moorage-journal/backup"
+JOURNAL_TRIM = b"/moorage-journal/trim"
+JOURNAL_TRIM_LOCK = "journal-trim"

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import time
@@ -32,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from moorage.errors import MoorageError
 from moorage.oci.digest import parse_digest
 from moorage.recovery.archive import (
     CHUNK,
@@ -57,6 +59,8 @@ from moorage.recovery.backup_sources import (
 from moorage.recovery.backup_verify import inspect, verify
 from moorage.recovery.client import AdminClient
 from moorage.recovery.crypt import EncryptingWriter
+
+log = logging.getLogger("moorage.backup")
 
 __all__ = [
     "BackupError",
@@ -247,6 +251,7 @@ def create(
     else:
         source = HttpSource(client, doc["revision"])
     write(out, header, md, to_store, source, passphrase, progress)
+    _record(client, header)
     manifests, blobs = _split(to_store)
     base_manifests, base_blobs = _split(from_base)
     return BackupResult(
@@ -266,6 +271,17 @@ def create(
         storage=str(local) if local is not None else None,
         invalid_records=md.invalid,
     )
+
+
+def _record(client: AdminClient, header: dict[str, Any]) -> None:
+    """Tell the cluster the archive is written whole: its journal may be trimmed up to the
+    backup's revision (moorage.cluster.journal_trim). If it cannot be told, the journal
+    only stays longer."""
+    body = {k: header[k] for k in ("cluster_id", "epoch", "revision")}
+    try:
+        client.call("POST", "/api/v0/cluster/backup", body)
+    except MoorageError as exc:
+        log.warning("the cluster was not told of this backup (its journal is kept): %s", exc)
 
 
 def write(

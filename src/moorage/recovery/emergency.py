@@ -42,6 +42,7 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, MoorageError
 from moorage.meta.cluster_store import JOIN_LOCK
 from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision
+from moorage.meta.keys import JOURNAL_TRIM_LOCK
 from moorage.meta.records import ClusterRecord, ReplicaRecord
 from moorage.recovery.candidates import Candidate, Probe, inspect_dir, inspect_urls, probe_members
 from moorage.recovery.client import AdminClient
@@ -319,6 +320,7 @@ async def _rewrite(
             if rid != config.replica_id:
                 await store.forget_replica(rid)
         await store.release_lock(JOIN_LOCK)
+        await store.release_lock(JOURNAL_TRIM_LOCK)  # its holder may be a lost replica
         replayed: dict[str, Any] = {"applied": 0, "unrecoverable": []}
         if replay:
             plan = await read_plan(

@@ -29,7 +29,7 @@ from moorage.config import (
     DataDir,
     new_replica_id,
 )
-from moorage.errors import MoorageError
+from moorage.errors import ConfigError, MoorageError
 from moorage.pki.ca import fingerprint, load_cert
 from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
@@ -66,9 +66,23 @@ def check_storage(client: AdminClient, storage: str | None) -> str:
     return str(local)
 
 
+class RedirectMismatch(ConfigError):
+    """The joining replica's `redirect` is not the cluster's (a usage error: exit 2)."""
+
+
 def _check_s3(spec: str, remote: str, name: str, content: str) -> str:
-    """The canonical URL of S3 storage `spec` if this host reads the cluster's probe there."""
+    """The canonical URL of S3 storage `spec` if this host reads the cluster's probe there
+    and pulls by redirect as the cluster does (`redirect` is one setting per cluster: the
+    value `install` recorded, which every replica that joined since has too)."""
     location = parse(spec)  # ConfigError saying what is wrong with --storage
+    ours = parse(remote).redirect
+    if location.redirect != ours:
+        agreed = dataclasses.replace(location, redirect=ours).url()
+        raise RedirectMismatch(
+            f"--storage says redirect={_onoff(location.redirect)} but the cluster's replicas "
+            f"use redirect={_onoff(ours)} (pulls by redirect are one setting per cluster); "
+            f"join with --storage '{agreed}'"
+        )
     if not probe_seen(spec, name, content):
         raise JoinFailed(
             f"this host does not see the cluster's blob storage at {location} (a probe object "
@@ -77,6 +91,10 @@ def _check_s3(spec: str, remote: str, name: str, content: str) -> str:
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for it"
         )
     return location.url()
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,8 @@ from moorage.meta.records import ManifestRecord, check_digest, decode_referrer
 from moorage.oci.manifest import MAX_MANIFEST_BYTES, parse_manifest
 from moorage.oci.names import is_valid_tag, validate_name
 from moorage.storage import BlobStorage, open_blob_storage
-from moorage.storage.journal import read_entries
+from moorage.storage.journal_trim import trimmed_to
 from moorage.storage.s3journal import journal_entries
-from moorage.storage.s3location import is_s3
 
 log = logging.getLogger("moorage.journal")
 
@@ -44,6 +43,7 @@ class ReplayPlan:
     entries: list[dict[str, Any]]
     after: tuple[int, int]
     rejected: list[str] = field(default_factory=list)  # invalid entries, never applied
+    trimmed: str | None = None  # what the journal no longer holds past `after`, if anything
 
     def summary(self) -> dict[str, Any]:
         ops: dict[str, int] = {}
@@ -57,6 +57,7 @@ class ReplayPlan:
             "changes": [_describe(e) for e in self.entries[:50]],
             "rejected": self.rejected[:50],
             "rejected_count": len(self.rejected),
+            "trimmed": self.trimmed,
         }
 
 
@@ -132,15 +133,21 @@ def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int
     """The entries of `cluster_id` newer than (epoch, revision) `after`, in order; invalid
     entries of that cluster are set aside in `rejected`. From synchronous code: on S3 it runs
     `read_plan` in an event loop of its own."""
-    if isinstance(storage_root, str) and is_s3(storage_root):
-        return asyncio.run(read_plan(storage_root, cluster_id, after))
-    return plan_of(read_entries(storage_root), cluster_id, after)
+    return asyncio.run(read_plan(storage_root, cluster_id, after))
 
 
 async def read_plan(storage: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
     """`plan_replay` from a coroutine: the journal of a directory (read in a thread) or of an
     S3 location (listed page by page)."""
-    return plan_of([e async for e in journal_entries(str(storage))], cluster_id, after)
+    plan = plan_of([e async for e in journal_entries(str(storage))], cluster_id, after)
+    top = await trimmed_to(str(storage), cluster_id)
+    if top is not None and top > after:
+        plan.trimmed = (
+            f"the journal was trimmed up to epoch {top[0]} revision {top[1]}: changes after "
+            f"epoch {after[0]} revision {after[1]} up to that point are no longer in it (the "
+            "newest backup, or a more up-to-date replica, holds them)"
+        )
+    return plan
 
 
 def plan_of(found: Iterable[dict[str, Any]], cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
@@ -185,6 +192,8 @@ async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) ->
         return opened[0]
 
     result = ReplayResult(unrecoverable=list(plan.rejected))
+    if plan.trimmed is not None:
+        result.unrecoverable.append(plan.trimmed)
     key = await _journal_key(store, plan)
     for e in plan.entries:
         try:

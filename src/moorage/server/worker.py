@@ -18,7 +18,7 @@ from pathlib import Path
 
 from moorage import logs
 from moorage.api.app import ASGIApp, http_app
-from moorage.api.metrics import observe_gc, set_health
+from moorage.api.metrics import observe_gc, observe_trim, set_health
 from moorage.audit.log import EtcdAuditLog, login_recorder, origin_name
 from moorage.auth.basic import BasicAuthenticator
 from moorage.auth.policy import AccessView, Policy
@@ -93,7 +93,7 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
         )
         try:
             async with (
-                jobs.running(replica, admin_password, _observe, observe_gc),
+                jobs.running(replica, admin_password, _observe, observe_gc, observe_trim),
                 reloading(config, meta),
                 replica.audit.running(),
             ):

@@ -7,10 +7,12 @@ committed; a backup holds what existed when it was taken. As long as blob storag
 replaying the journal past the survivor's (or the backup's) revision brings back every
 acknowledged change.
 
-Each API process appends JSON lines to its own file, `<storage>/journal/<writer>.jsonl`.
-Appends are group-committed: concurrent pushes wait for one shared fsync. Every entry carries
-the epoch and the etcd revision of the change, so replay can order entries exactly and skip
-what the store already has.
+Each API process appends JSON lines to its own segment file,
+`<storage>/journal/<writer>-<start>.jsonl`, and starts a new segment once the current one is
+`segment_seconds()` old (1 hour), so old segments stop changing and can be trimmed whole
+(moorage.storage.journal_trim). Appends are group-committed: concurrent pushes wait for one
+shared fsync. Every entry carries the epoch and the etcd revision of the change, so replay can
+order entries exactly and skip what the store already has.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +29,28 @@ from typing import Any
 from moorage.errors import StorageUnavailable
 
 JOURNAL_DIR = "journal"
+DEFAULT_SEGMENT_SECONDS = 3600.0
+
+
+def segment_seconds() -> float:
+    """How long a writer appends to one segment (`MOORAGE_JOURNAL_SEGMENT_SECONDS`, tests
+    lower it); a segment untouched for twice that is closed for good (journal_trim)."""
+    try:
+        value = float(os.environ.get("MOORAGE_JOURNAL_SEGMENT_SECONDS", ""))
+    except ValueError:
+        return DEFAULT_SEGMENT_SECONDS
+    return value if value > 0 else DEFAULT_SEGMENT_SECONDS
 
 
 class Journal:
     def __init__(self, storage_root: str | Path, writer: str, epoch: int, cluster_id: str) -> None:
         self.cluster_id = cluster_id
         self.dir = Path(storage_root) / JOURNAL_DIR
-        self.path = self.dir / f"{writer}.jsonl"
+        self.writer = writer
+        self.path = self._segment_path()
         self.epoch = epoch
         self._fd: int | None = None
+        self._opened = 0.0  # time.monotonic() when the current segment was opened
         self._torn = False  # a failed write may have left part of a line behind
         self._start_queue()
 
@@ -51,10 +68,19 @@ class Journal:
         """Make one batch of lines durable (a new S3 object in moorage.storage.s3journal)."""
         await asyncio.to_thread(self._write_sync, data)
 
+    def _segment_path(self) -> Path:
+        # The start time first (hex seconds), so a writer's segments sort oldest first.
+        return self.dir / f"{self.writer}-{int(time.time()):08x}{secrets.token_hex(2)}.jsonl"
+
     def _open(self) -> int:
+        if self._fd is not None and time.monotonic() - self._opened >= segment_seconds():
+            self.close()  # the segment is old enough: a new one (the old one stops changing)
+            self.path = self._segment_path()
         if self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._opened = time.monotonic()
+            self._torn = False  # a new file holds no torn line
         return self._fd
 
     def _write_sync(self, data: bytes) -> None:
@@ -68,6 +94,13 @@ class Journal:
             view = view[n:]
         os.fdatasync(fd)
         self._torn = False
+        # Hazard: a trim deletes only segments untouched for 2 x segment_seconds(), which a
+        # live writer never appends to; a writer stalled that long between its age check and
+        # its write would have written into a deleted file, so it writes the batch again.
+        if os.fstat(fd).st_ino != _inode(self.path):
+            self.close()
+            self.path = self._segment_path()
+            self._write_sync(data.lstrip(b"\n"))
 
     async def append(
         self, entry: dict[str, Any], seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -132,6 +165,13 @@ class Journal:
         self.close()
 
 
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
+
+
 # Longest journal line read (an entry holds a manifest record and its referrer descriptor,
 # whose annotations are bounded by the 4 MiB manifest limit); longer lines are skipped.
 MAX_LINE = 16 * 1024 * 1024
@@ -145,19 +185,27 @@ def read_entries(storage_root: str | Path) -> Iterator[dict[str, Any]]:
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("*.jsonl")):
-        if not path.is_file():
-            continue
-        with open(path, "rb") as fh:
-            while raw := fh.readline(MAX_LINE + 1):
-                if len(raw) > MAX_LINE:
-                    while raw and not raw.endswith(b"\n"):  # skip the rest of that line
-                        raw = fh.readline(MAX_LINE)
-                    continue
-                if not raw.endswith(b"\n"):
-                    break  # torn by a crash mid-append: never acknowledged
-                entry = entry_of(raw)
-                if entry is not None:
-                    yield entry
+        if path.is_file():
+            yield from file_entries(path)
+
+
+def file_entries(path: Path) -> Iterator[dict[str, Any]]:
+    """The readable entries of one journal file (none if a trim removed it meanwhile)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed below; absent is not an error)
+    except FileNotFoundError:
+        return
+    with fh:
+        while raw := fh.readline(MAX_LINE + 1):
+            if len(raw) > MAX_LINE:
+                while raw and not raw.endswith(b"\n"):  # skip the rest of that line
+                    raw = fh.readline(MAX_LINE)
+                continue
+            if not raw.endswith(b"\n"):
+                break  # torn by a crash mid-append: never acknowledged
+            entry = entry_of(raw)
+            if entry is not None:
+                yield entry
 
 
 def entry_of(raw: bytes) -> dict[str, Any] | None:

@@ -147,11 +147,11 @@ class S3Storage(BlobStorage):
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
         key = self.layout.blob(digest)
-        exists = await self.stat(digest) is not None
+        size = await self.stat(digest)
         async with translated("store a blob"):
             s3 = await self.conn.client()
-            if exists:
-                await touch(s3, self.layout.bucket, key)
+            if size is not None:
+                await touch(s3, self.layout.bucket, key, size)
             else:  # a PUT is atomic: the key appears with all its bytes or not at all
                 await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=data)
 

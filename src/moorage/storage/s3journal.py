@@ -1,7 +1,9 @@
 """The journal on S3 (see moorage.storage.journal for what it holds and why).
 
 S3 has no append. Each group commit is one new object,
-`<prefix>/journal/<writer>-<random>/<sequence>.jsonl`, holding the batch's lines; the PUT
+`<prefix>/journal/<writer>-<random>/<sequence>-<epoch>-<revision>-<cluster id>.jsonl`
+(`<revision>`: the newest of its entries, so a trim decides from the listing alone, without
+reading it; moorage.storage.journal_trim), holding the batch's lines; the PUT
 returns before any write in the batch is acknowledged, and an object appears whole or not at
 all, so there are no torn lines (a batch whose PUT failed is answered with an error, and may
 or may not be replayed, like any write answered with an error). The random part keeps a
@@ -10,13 +12,16 @@ PUT is also a conditional create. `s3_entries` lists the objects page by page an
 as a stream of lines with the filesystem journal's rules (lines over MAX_LINE and a last line
 without its newline are skipped); replay orders entries by (epoch, revision) itself.
 
-Growth: like the filesystem journal, nothing trims it today (one object per group commit).
+Growth: one object per group commit, until moorage.storage.journal_trim deletes those no
+recovery can need.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from moorage.errors import StorageUnavailable
@@ -45,7 +50,7 @@ class S3Journal(Journal):
     async def _write(self, data: bytes) -> None:
         # A number is never used twice, even when its PUT failed (it may have landed).
         self._sequence += 1
-        name = f"{self.stream}/{self._sequence:012d}.jsonl"
+        name = f"{self.stream}/{self._sequence:012d}{_suffix(data)}.jsonl"
         if not await self.control.create(name, data):
             raise StorageUnavailable(f"journal object {name} exists already")
 
@@ -54,6 +59,58 @@ class S3Journal(Journal):
 
     async def aclose(self) -> None:
         await self.control.aclose()
+
+
+# The last component of a journal object's name written with its epoch, newest revision and
+# cluster id (objects without them are read to find out).
+_NAMED = re.compile(r"^[0-9]{12}-([0-9]+)-([0-9]+)-([A-Za-z0-9_]+)\.jsonl$")
+
+
+@dataclass(frozen=True)
+class ObjectSpan:
+    """What one journal object's name says of its entries: one cluster, one epoch, and no
+    revision above `revision`."""
+
+    cluster_id: str
+    epoch: int
+    revision: int
+
+
+def span_of(name: str) -> ObjectSpan | None:
+    """The span a journal object's name declares, or None (an older name: read it)."""
+    m = _NAMED.match(name.rpartition("/")[2])
+    if m is None:
+        return None
+    return ObjectSpan(m.group(3), int(m.group(1)), int(m.group(2)))
+
+
+def _suffix(data: bytes) -> str:
+    """`-<epoch>-<newest revision>-<cluster id>` of a batch whose entries all agree on the
+    epoch and cluster (they do: one Journal writes one of each); '' otherwise."""
+    spans: set[tuple[Any, Any]] = set()
+    newest = -1
+    for raw in data.splitlines():
+        entry = entry_of(raw) if raw else None
+        if entry is None or not isinstance(entry.get("r"), int):
+            return ""
+        spans.add((entry.get("c"), entry.get("e")))
+        newest = max(newest, entry["r"])
+    if len(spans) != 1:
+        return ""
+    cluster, epoch = spans.pop()
+    if not isinstance(epoch, int) or not isinstance(cluster, str):
+        return ""
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", cluster) or epoch < 0 or newest < 0:
+        return ""
+    return f"-{epoch}-{newest}-{cluster}"
+
+
+async def object_entries(control: S3Control, name: str) -> AsyncIterator[dict[str, Any]]:
+    """The readable entries of one journal object (none if it was deleted meanwhile)."""
+    async for raw in _lines(control, name):
+        entry = entry_of(raw)
+        if entry is not None:
+            yield entry
 
 
 async def s3_entries(control: S3Control) -> AsyncIterator[dict[str, Any]]:

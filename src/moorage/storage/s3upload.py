@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,20 @@ if TYPE_CHECKING:
 #: Above this, a committed object is copied in parts (CopyObject's limit is 5 GiB).
 COPY_LIMIT = 5 * 1024**3
 COPY_PART_BYTES = 512 * 1024 * 1024
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part but the last
+
+
+def copy_limit() -> int:
+    """COPY_LIMIT, unless `MOORAGE_S3_COPY_LIMIT` (bytes; for tests) lowers it, so that the
+    copy in parts runs on small blobs."""
+    raw = os.environ.get("MOORAGE_S3_COPY_LIMIT", "")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < COPY_LIMIT else COPY_LIMIT
+
+
+def _part_bytes(limit: int) -> int:
+    return max(MIN_PART_BYTES, min(COPY_PART_BYTES, limit))
+
+
 READ_BYTES = 1024 * 1024
 
 
@@ -249,10 +264,10 @@ class S3UploadHandle(UploadHandle):
         await self.keep()
         async with translated("store a blob"):
             s3 = await self._client()
-            if await self._object_size(s3, target) is not None:
+            if (size := await self._object_size(s3, target)) is not None:
                 # The same bytes were committed by another upload: stored again, so garbage
                 # collection's grace period starts over.
-                await touch(s3, layout.bucket, target)
+                await touch(s3, layout.bucket, target, size, self.keep)
             else:
                 await self._install(s3, target)
         await self._end()
@@ -301,31 +316,53 @@ class S3UploadHandle(UploadHandle):
                 await self.sessions.unlock(self.upload_id, lock[0])
 
 
-async def touch(s3: S3Client, bucket: str, key: str) -> None:
+async def touch(s3: S3Client, bucket: str, key: str, size: int, keep: Any = None) -> None:
     """Refresh an object's modification time: a copy onto itself with its metadata
-    replaced (S3 refuses a self-copy that changes nothing)."""
-    await s3.copy_object(
-        Bucket=bucket,
-        Key=key,
-        CopySource={"Bucket": bucket, "Key": key},
-        MetadataDirective="REPLACE",
-        Metadata={"stored": str(int(time.time()))},
-    )
+    replaced (S3 refuses a self-copy that changes nothing); in parts above the copy limit."""
+    metadata = {"stored": str(int(time.time()))}
+    if size <= copy_limit():
+        await s3.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            Metadata=metadata,
+        )
+        return
+    # Readers see the old object until the upload completes, then the same bytes.
+    await _copy_parts(s3, bucket, key, key, size, keep, metadata)
 
 
 async def copy_object(
     s3: S3Client, bucket: str, source: str, target: str, size: int, keep: Any
 ) -> None:
     """A server-side copy; in parts (UploadPartCopy) above CopyObject's 5 GiB limit."""
-    if size <= COPY_LIMIT:
+    if size <= copy_limit():
         source_ref: CopySourceTypeDef = {"Bucket": bucket, "Key": source}
         await s3.copy_object(Bucket=bucket, Key=target, CopySource=source_ref)
         return
-    mpu = (await s3.create_multipart_upload(Bucket=bucket, Key=target))["UploadId"]
+    await _copy_parts(s3, bucket, source, target, size, keep, {})
+
+
+async def _copy_parts(
+    s3: S3Client,
+    bucket: str,
+    source: str,
+    target: str,
+    size: int,
+    keep: Any,
+    metadata: dict[str, str],
+) -> None:
+    """A multipart upload of `target` made of UploadPartCopy ranges of `source` (which may
+    be `target` itself); aborted on any failure."""
+    step = _part_bytes(copy_limit())
+    mpu = (await s3.create_multipart_upload(Bucket=bucket, Key=target, Metadata=metadata))[
+        "UploadId"
+    ]
     try:
         parts: list[CompletedPartTypeDef] = []
-        for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
-            end = min(start + COPY_PART_BYTES, size) - 1
+        for number, start in enumerate(range(0, size, step), start=1):
+            end = min(start + step, size) - 1
             copied = await s3.upload_part_copy(
                 Bucket=bucket,
                 Key=target,
@@ -335,7 +372,8 @@ async def copy_object(
                 CopySourceRange=f"bytes={start}-{end}",
             )
             parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-            await keep()
+            if keep is not None:
+                await keep()
         await s3.complete_multipart_upload(
             Bucket=bucket, Key=target, UploadId=mpu, MultipartUpload={"Parts": parts}
         )
