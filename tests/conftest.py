@@ -69,6 +69,7 @@ LONGEST_FIRST = (
     "test_s3_cluster.py",
     "test_webhooks.py",
     "test_ui_browser.py",
+    "test_journal_trim.py",
     "test_scale_limits.py",
     "test_fuzz.py",
     "test_s3_fuzz.py",
