@@ -24,7 +24,7 @@ from moorage.meta.policies import Policies
 from moorage.meta.policy_records import PolicyRecord
 from moorage.meta.records import UserRecord
 from moorage.meta.snapshot import Entry, from_kv
-from moorage.recovery.journal_replay import apply, check_entry, plan_replay
+from moorage.recovery.journal_replay import apply, check_entry, read_plan
 from moorage.storage.journal import Journal, read_entries
 
 CLUSTER = "c0ffee"
@@ -100,7 +100,7 @@ def test_replaying_the_journal_onto_a_backup_gives_the_last_state(tmp_path: Path
             assert token["token"].split("_")[2].encode() not in raw
         assert json.dumps(access_tokens.secret_hash(new["token"].split("_")[2])).encode() in raw
 
-        plan = plan_replay(tmp_path, CLUSTER, (1, after))
+        plan = await read_plan(tmp_path, CLUSTER, (1, after))
         assert plan.rejected == []
         assert {e["op"] for e in plan.entries} == {"accounts"}
         changes = plan.summary()["changes"]
@@ -116,8 +116,8 @@ def test_replaying_the_journal_onto_a_backup_gives_the_last_state(tmp_path: Path
         assert result.applied == len(plan.entries)
         assert await _accounts_state(restored) == final
         # Again, and from the start of the journal onto the final store: nothing changes.
-        await apply(restored, tmp_path, plan_replay(tmp_path, CLUSTER, (0, 0)))
-        await apply(meta, tmp_path, plan_replay(tmp_path, CLUSTER, (0, 0)))
+        await apply(restored, tmp_path, await read_plan(tmp_path, CLUSTER, (0, 0)))
+        await apply(meta, tmp_path, await read_plan(tmp_path, CLUSTER, (0, 0)))
         assert await _accounts_state(restored) == final == await _accounts_state(meta)
         check = access_tokens.check
         assert await check(restored, "robot+ci", new["token"]) is not None
@@ -218,7 +218,7 @@ def test_only_entries_the_cluster_key_authenticates_are_replayed(tmp_path: Path)
         with open(tmp_path / "journal" / "forger.jsonl", "w") as fh:
             for line in (forged_admin, other_key, moved):
                 fh.write(json.dumps(line) + "\n")
-        plan = plan_replay(tmp_path, CLUSTER, (1, after))
+        plan = await read_plan(tmp_path, CLUSTER, (1, after))
         assert len(plan.entries) == 4  # well-formed, so planned: authenticated when applied
 
         restored = MemoryMetaStore()
@@ -253,7 +253,7 @@ def test_policy_changes_are_journaled_and_replayed(tmp_path: Path) -> None:
         await policies.change("gone", lambda old: PolicyRecord("gone", allow_sparse=True))
         await policies.change("gone", lambda old: PolicyRecord("gone"))  # empty: deleted
         journal.close()
-        plan = plan_replay(tmp_path, CLUSTER, (1, after))
+        plan = await read_plan(tmp_path, CLUSTER, (1, after))
         assert plan.summary()["changes"] == [
             "accounts: set policy acme",
             "accounts: set policy gone",
