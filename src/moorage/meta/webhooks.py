@@ -205,6 +205,7 @@ class WebhookStore:
                 log.warning("skipped a corrupt webhook record %r", kv.key[:200])
             else:
                 out.append(record)
+        out.sort(key=lambda r: (r.created_at, r.id))  # the order they were added in
         return out
 
     async def get(self, hook_id: str) -> WebhookRecord | None:
