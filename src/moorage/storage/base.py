@@ -116,6 +116,11 @@ class BlobStorage(ABC):
     async def modified(self, digest: str) -> float | None:
         """When a committed blob was last stored (Unix time), or None when it is not there."""
 
+    async def modified_many(self, digests: list[str]) -> list[float | None]:
+        """`modified` of each digest, in order (garbage collection's `--untagged` asks it of
+        every unreachable manifest: a driver with a round trip per blob overlaps them)."""
+        return [await self.modified(digest) for digest in digests]
+
     @abstractmethod
     def blobs(self) -> AsyncIterator[list[tuple[str, int, float]]]:
         """Every committed blob as (digest, size, modification time), in bounded batches."""
@@ -124,6 +129,11 @@ class BlobStorage(ABC):
     async def delete_blob(self, digest: str) -> int | None:
         """Delete a committed blob's bytes (garbage collection only); its size, or None
         when it was not there."""
+
+    async def delete_blobs(self, digests: list[str]) -> list[int | None]:
+        """`delete_blob` of each digest, in order (garbage collection's sweep: a driver with
+        a round trip per blob batches them)."""
+        return [await self.delete_blob(digest) for digest in digests]
 
     # -- uploads ----------------------------------------------------------------------
     @abstractmethod
