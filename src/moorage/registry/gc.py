@@ -314,8 +314,9 @@ class Collector:
                 )
             await self.store.uncount(links)  # the quotas' usage, while tombstones stand
             # Only now the bytes: no link names them, and their tombstones keep new ones out.
-            for digest, freed in zip(chunk, await self.storage.delete_blobs(chunk), strict=True):
-                self._count(digest, eligible[digest], freed or 0)
+            freed = await self.storage.delete_blobs(chunk, sizes)
+            for digest, size in zip(chunk, freed, strict=True):
+                self._count(digest, eligible[digest], size or 0)
             await self.store.clear_blobs(chunk)
             await self._report("delete", blobs=self.result.blobs, bytes=self.result.bytes)
 

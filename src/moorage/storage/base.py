@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from moorage.oci.digest import Hasher
@@ -130,9 +130,12 @@ class BlobStorage(ABC):
         """Delete a committed blob's bytes (garbage collection only); its size, or None
         when it was not there."""
 
-    async def delete_blobs(self, digests: list[str]) -> list[int | None]:
+    async def delete_blobs(
+        self, digests: list[str], listed: Mapping[str, int] | None = None
+    ) -> list[int | None]:
         """`delete_blob` of each digest, in order (garbage collection's sweep: a driver with
-        a round trip per blob batches them)."""
+        a round trip per blob batches them). `listed`: sizes `blobs()` gave for some of them
+        (a digest's size never changes), which a driver may trust instead of looking."""
         return [await self.delete_blob(digest) for digest in digests]
 
     # -- uploads ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -201,11 +201,16 @@ class S3Storage(BlobStorage):
     async def modified_many(self, digests: list[str]) -> list[float | None]:
         return await _bounded(self.modified, digests)
 
-    async def delete_blobs(self, digests: list[str]) -> list[int | None]:
-        """Concurrent HEADs (the sizes deleted), then one DeleteObjects request per
-        `DELETE_BATCH` keys that were there: a round trip per blob made the sweep of tens of
-        thousands of blobs take minutes."""
-        sizes = await _bounded(self.stat, digests)
+    async def delete_blobs(
+        self, digests: list[str], listed: Mapping[str, int] | None = None
+    ) -> list[int | None]:
+        """One DeleteObjects request per `DELETE_BATCH` keys that are there (a HEAD and a
+        DELETE per blob made the sweep of tens of thousands of blobs take minutes). Sizes
+        come from `listed` (garbage collection's own listing) or concurrent HEADs."""
+        known = listed or {}
+        unknown = [d for d in digests if d not in known]
+        looked = dict(zip(unknown, await _bounded(self.stat, unknown), strict=True))
+        sizes = [known[d] if d in known else looked[d] for d in digests]
         found = [d for d, size in zip(digests, sizes, strict=True) if size is not None]
         for i in range(0, len(found), DELETE_BATCH):
             keys: list[ObjectIdentifierTypeDef] = [
