@@ -3,7 +3,8 @@
 One replica (one API worker, authenticated, plain HTTP on loopback) is filled without the
 API, to save the hours pushing would take: the metadata with the store's own code
 (`link_blob`, `put_manifest` over the replica's etcd, mutual TLS as a worker), the bytes
-as files written straight into its blob directory. The fill:
+as files written straight into its blob directory (with `--s3`, as objects PUT straight
+into its bucket: a SeaweedFS of the benchmark's own, harness/seaweed.py). The fill:
 
 - `--blobs`/2 garbage blobs: linked in a repository, referenced by nothing (written
   first, so a grace period can separate them from everything after);
@@ -21,7 +22,7 @@ Then, each timed, with the peak RSS of the replica's processes sampled every 50 
 Every real run must free exactly the garbage (the script fails otherwise): nothing pushed
 meanwhile, nothing referenced. Writes bench/results/gc.md (and gc.json with --output).
 
-Usage: python -m bench.gc [--blobs 100000] [--manifests 50000] [--repos 500]
+Usage: python -m bench.gc [--blobs 100000] [--manifests 50000] [--repos 500] [--s3]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 
 import uvloop
 from harness.process import REPO_ROOT
+from harness.seaweed import SeaweedFS
 
 from bench import servers, workloads
 from bench._http import Connection
@@ -51,15 +53,21 @@ from bench.servers import Server
 from bench.workloads import ImageParts, Target
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
+from moorage.errors import StorageUnavailable, StoreUnavailable
 from moorage.meta.etcd import EtcdMetaStore
 from moorage.meta.records import ManifestRecord
+from moorage.storage import open_blob_storage
 from moorage.storage.paths import StorageLayout
+from moorage.storage.s3 import S3Storage
+from moorage.storage.s3io import translated
+from moorage.storage.s3location import is_s3
 
 RESULTS = REPO_ROOT / "bench" / "results"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 FILL_CONCURRENCY = 32
+FILL_ATTEMPTS = 5
 PUSH_CONCURRENCY = 8
 MiB = 1 << 20
 T = TypeVar("T")
@@ -96,35 +104,73 @@ def manifest_body(config: bytes, layer: bytes) -> bytes:
 
 
 async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]]) -> None:
+    """`work` of each item, FILL_CONCURRENCY at a time; an item whose store (etcd or S3)
+    timed out is done again (each step is idempotent), a few times, as a loaded machine
+    needs; progress on stderr every 5,000 items."""
     todo = iter(items)
+    done = [0]
+    start = time.perf_counter()
 
     async def worker() -> None:
         for item in todo:
-            await work(item)
+            for attempt in range(FILL_ATTEMPTS):
+                try:
+                    await work(item)
+                    break
+                except (StoreUnavailable, StorageUnavailable):
+                    if attempt == FILL_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(1.0 + attempt)
+            done[0] += 1
+            if done[0] % 5000 == 0:
+                _log(f"  {done[0]:,} filled, {done[0] / (time.perf_counter() - start):.0f}/s")
 
     await asyncio.gather(*(worker() for _ in range(FILL_CONCURRENCY)))
 
 
 class Filler:
-    """Writes records with the replica's own store code and files into its blob directory."""
+    """Writes records with the replica's own store code, and blobs as files into its blob
+    directory or as objects PUT under its S3 prefix."""
 
     def __init__(self, data_dir: Path, repos: int) -> None:
         config = DataDir(data_dir).load()
         self.store = EtcdMetaStore(config.store_endpoints, tls=client_tls(config))
-        self.layout = StorageLayout(Path(config.storage).resolve())
+        self.s3: S3Storage | None = None
+        if is_s3(config.storage):
+            storage = open_blob_storage(config.storage)
+            assert isinstance(storage, S3Storage)
+            self.s3 = storage
+        else:
+            self.layout = StorageLayout(Path(config.storage).resolve())
         self.repos = [f"gcbench/r{r:04d}" for r in range(repos)]
 
-    def _file(self, data: bytes) -> str:
+    def _write(self, data: bytes) -> str:
         digest = _digest(data)
         path = self.layout.blob(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return digest
 
+    async def _file(self, data: bytes) -> str:
+        if self.s3 is None:
+            return await asyncio.to_thread(self._write, data)
+        digest = _digest(data)
+        async with translated("store a blob"):
+            s3 = await self.s3.conn.client()
+            await s3.put_object(
+                Bucket=self.s3.layout.bucket, Key=self.s3.layout.blob(digest), Body=data
+            )
+        return digest
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self.s3 is not None:
+            await self.s3.close()
+
     async def garbage(self, round_: int, count: int) -> None:
         async def one(i: int) -> None:
             data = garbage_blob(round_, i)
-            digest = await asyncio.to_thread(self._file, data)
+            digest = await self._file(data)
             assert await self.store.link_blob(self.repos[i % len(self.repos)], digest, len(data))
 
         await _each(range(count), one)
@@ -132,7 +178,7 @@ class Filler:
     async def images(self, manifests: int) -> None:
         async def config(repo: str) -> None:
             data = config_blob(repo)
-            digest = await asyncio.to_thread(self._file, data)
+            digest = await self._file(data)
             assert await self.store.link_blob(repo, digest, len(data))
 
         await _each(self.repos, config)
@@ -141,9 +187,9 @@ class Filler:
             repo = self.repos[i % len(self.repos)]
             layer = layer_blob(i)
             body = manifest_body(config_blob(repo), layer)
-            digest = await asyncio.to_thread(self._file, layer)
+            digest = await self._file(layer)
             assert await self.store.link_blob(repo, digest, len(layer))
-            await asyncio.to_thread(self._file, body)
+            await self._file(body)
             record = ManifestRecord(_digest(body), MANIFEST, len(body))
             tags = [f"t{i}"] if i % 2 == 0 else []  # half untagged
             refs = [_digest(config_blob(repo)), digest]
@@ -152,8 +198,13 @@ class Filler:
 
         await _each(range(manifests), one)
 
-    def files(self) -> int:
-        return sum(len(files) for _, _, files in os.walk(self.layout.blobs))
+    async def files(self) -> int:
+        """Blob files in storage (on S3: blob objects, listed through the driver)."""
+        if self.s3 is None:
+            return await asyncio.to_thread(
+                lambda: sum(len(files) for _, _, files in os.walk(self.layout.blobs))
+            )
+        return sum([len(page) async for page in self.s3.blobs()])
 
 
 @dataclass
@@ -275,6 +326,8 @@ class Bench:
         self.fill_seconds: dict[str, float] = {}
         self.filled_at = 0.0
         self.files_left = 0
+        self.files_before = 0
+        self.list_seconds = 0.0
 
     async def fill_garbage(self, round_: int) -> None:
         start = time.perf_counter()
@@ -329,6 +382,10 @@ class Bench:
                     peaks.total, rate)
             )  # fmt: skip
             garbage = self.args.blobs // 2
+            start = time.perf_counter()
+            self.files_before = await self.filler.files()
+            self.list_seconds = time.perf_counter() - start
+            _log(f"{self.files_before} blobs in storage, listed in {self.list_seconds:.1f} s")
             dry = await self.gc("dry run", {"dry_run": True})
             untagged = await self.gc("dry run, untagged", {"dry_run": True, "untagged": True})
             if untagged["manifests"] != self.args.manifests // 2:
@@ -340,11 +397,11 @@ class Bench:
                 if result["blobs"] != garbage:
                     raise SystemExit(f"collected {result['blobs']} blobs, not {garbage}")
             expected = self.args.manifests * 2 + len(self.filler.repos)
-            self.files_left = await asyncio.to_thread(self.filler.files)
+            self.files_left = await self.filler.files()
             if self.files_left < expected:
                 raise SystemExit(f"{self.files_left} files left, fewer than the {expected} in use")
         finally:
-            await self.filler.store.close()
+            await self.filler.close()
 
     def markdown(self) -> str:
         a = self.args
@@ -353,6 +410,12 @@ class Bench:
             f"# Garbage collection at size ({time.strftime('%Y-%m-%d %H:%M')})",
             "",
             *(line for line in machine_info(REPO_ROOT) if "Distribution" not in line),
+            "- blob storage: "
+            + (
+                "S3, a SeaweedFS `weed server` (S3 gateway) on loopback, one bucket, one prefix"
+                if a.s3
+                else "the filesystem"
+            ),
             f"- load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
             f"- fill: {a.blobs // 2:,} garbage blobs (linked, unreferenced), "
             f"{a.manifests:,} manifests in {a.repos:,} repositories, each referencing its "
@@ -365,6 +428,9 @@ class Bench:
             f"{(idle.worker() if idle else 0) / MiB:.0f} MiB, etcd "
             f"{(idle.etcd() if idle else 0) / MiB:.0f} MiB, all processes "
             f"{(idle.total if idle else 0) / MiB:.0f} MiB",
+            f"- blobs in storage before the first run (what each run lists): "
+            f"{self.files_before:,}, listed through the driver by the benchmark in "
+            f"{self.list_seconds:.1f} s",
             f"- files left in blob storage after the last run: {self.files_left:,}",
             "",
             "| run | seconds | blobs | manifests | peak RSS API worker | peak RSS etcd "
@@ -387,17 +453,28 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifests", type=int, default=50_000, help="half of them untagged")
     p.add_argument("--repos", type=int, default=500)
     p.add_argument("--push-seconds", type=float, default=20.0)
-    p.add_argument("--output", type=Path, default=RESULTS / "gc.md")
+    p.add_argument(
+        "--s3", action="store_true", help="blob storage on S3: a SeaweedFS of its own, on loopback"
+    )
+    p.add_argument("--output", type=Path, help="default: bench/results/gc.md (gc-s3.md with --s3)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Bench:
     args = _parse(argv)
+    if args.output is None:
+        args.output = RESULTS / ("gc-s3.md" if args.s3 else "gc.md")
     tmp = Path(tempfile.mkdtemp(prefix="moorage-gcbench-"))
     server = servers.moorage(tmp, 1)
-    server.start()
+    store = SeaweedFS(tmp / "seaweed") if args.s3 else None
     try:
+        if store is not None:
+            store.start()
+            os.environ.update(store.env())  # the filler's own S3 client reads them
+            server.argv += ["--storage", store.storage_url("gcbench")]
+            server.env.update(store.env())
+        server.start()
         server.wait_ready()
         bench = Bench(args, server)
         uvloop.run(bench.run())
@@ -406,6 +483,8 @@ def main(argv: list[str] | None = None) -> Bench:
         raise
     finally:
         server.stop()
+        if store is not None:
+            store.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     text = bench.markdown()

@@ -8,12 +8,14 @@ of it, then another replica.
 
 At the end: every acknowledged image that was not deleted pulls byte-identical (the common
 verifier), every acknowledged delete stays deleted, and after one last collection
-(`--grace 0 --untagged`) blob storage holds exactly the blobs the tagged manifests reference
+(`--grace 0 --untagged`) blob storage (a directory or an S3 prefix, listed through its
+driver) holds exactly the blobs the tagged manifests reference
 (and their manifests): nothing unreferenced is left, nothing referenced is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import ssl
@@ -22,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from harness.process import AUTH
 
 from chaos.images import OCI_MANIFEST, sha256
 from chaos.load import Ack, Load
+from moorage.storage import open_blob_storage
 
 #: The collections the collector cycles through: (grace in seconds, --untagged).
 COLLECTIONS = ((0.0, False), (0.0, True), (2.0, False), (2.0, True))
@@ -256,14 +258,23 @@ def _paged(c: httpx.Client, path: str | None, field_name: str) -> Iterator[str]:
         path = str(nxt) if nxt else None
 
 
-def stored_blobs(storage: Path) -> set[str]:
-    """The digest of every file in blob storage (`blobs/<algorithm>/<xx>/<hex>`)."""
-    root = storage / "blobs"
-    return {f"{p.parent.parent.name}:{p.name}" for p in root.glob("*/*/*") if p.is_file()}
+def stored_blobs(storage: str) -> set[str]:
+    """The digest of every blob in blob storage, listed through its driver (the cluster's
+    `--storage` value: a directory, or an S3 location whose credentials are in the
+    environment), as garbage collection lists it."""
+
+    async def listing() -> set[str]:
+        driver = open_blob_storage(storage)
+        try:
+            return {digest async for page in driver.blobs() for digest, _, _ in page}
+        finally:
+            await driver.close()
+
+    return asyncio.run(listing())
 
 
 def final_check(
-    churn: Churn, acks: list[Ack], url: str, trust: ssl.SSLContext | bool, storage: Path
+    churn: Churn, acks: list[Ack], url: str, trust: ssl.SSLContext | bool, storage: str
 ) -> tuple[dict[str, Any], list[str]]:
     """The last collection, then storage against what the tagged manifests reference, and
     every acknowledged delete still deleted. (the last collection's result, problems)"""

@@ -30,6 +30,7 @@ from moorage.errors import (
 from moorage.meta.memory import MemoryMetaStore
 from moorage.registry.uploads import Uploads
 from moorage.storage import open_blob_storage
+from moorage.storage import s3 as s3_driver
 from moorage.storage.base import BlobStorage
 from moorage.storage.s3 import S3Storage
 from moorage.storage.s3location import parse
@@ -143,6 +144,43 @@ def test_read_many_returns_each_body_in_order_none_for_a_missing_one(make: Make)
         got = await s.read_many([*digests[:20], absent, *digests[20:]])
         assert got == [*bodies[:20], None, *bodies[20:]]
         assert await s.read_many([]) == []
+
+    run(make, scenario)
+
+
+def test_delete_blobs_and_modified_many_answer_in_order_none_for_a_missing_one(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Garbage collection's batches: more digests than the S3 driver sends at once, and on
+    # S3 more than one DeleteObjects request.
+    monkeypatch.setattr(s3_driver, "DELETE_BATCH", 7)
+    bodies = [f"garbage {i}".encode() * (i + 1) for i in range(30)]
+    kept = b"still referenced"
+    absent = sha256(b"never stored")
+
+    async def scenario(s: BlobStorage) -> None:
+        for body in [*bodies, kept]:
+            await s.put_bytes(sha256(body), body)
+        digests = [sha256(b) for b in bodies]
+        times = await s.modified_many([*digests[:10], absent, *digests[10:]])
+        assert times[10] is None
+        assert all(t is not None and abs(t - time.time()) < 600 for t in times[:10] + times[11:])
+        assert await s.modified_many([]) == []
+        sizes = await s.delete_blobs([*digests[:10], absent, *digests[10:]])
+        assert sizes == [*(len(b) for b in bodies[:10]), None, *(len(b) for b in bodies[10:])]
+        assert await everything(s) == [(sha256(kept), len(kept))]
+        assert await s.delete_blobs(digests) == [None] * len(digests)
+        assert await s.delete_blobs([]) == []
+        # Sizes a listing gave are trusted (garbage collection's sweep): no HEAD needed.
+        again = [sha256(b) for b in bodies[:9]]
+        for body in bodies[:9]:
+            await s.put_bytes(sha256(body), body)
+        listed = {d: size async for page in s.blobs() for d, size, _ in page}
+        assert await s.delete_blobs([*again, absent], listed) == [
+            *(len(b) for b in bodies[:9]),
+            None,
+        ]
+        assert await everything(s) == [(sha256(kept), len(kept))]
 
     run(make, scenario)
 

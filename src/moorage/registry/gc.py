@@ -314,8 +314,9 @@ class Collector:
                 )
             await self.store.uncount(links)  # the quotas' usage, while tombstones stand
             # Only now the bytes: no link names them, and their tombstones keep new ones out.
-            for digest in chunk:
-                self._count(digest, eligible[digest], await self.storage.delete_blob(digest) or 0)
+            freed = await self.storage.delete_blobs(chunk, sizes)
+            for digest, size in zip(chunk, freed, strict=True):
+                self._count(digest, eligible[digest], size or 0)
             await self.store.clear_blobs(chunk)
             await self._report("delete", blobs=self.result.blobs, bytes=self.result.bytes)
 
@@ -327,18 +328,23 @@ class Collector:
             rescued.update(d for _, d in rows if d in marked)
         for prefix in (keys.MANIFESTS, keys.GC_PENDING):
             async for rows in self.store.changed(prefix, at):
-                for repo, digest in rows:
-                    record = await self.store.manifest(repo, digest)
-                    if record is None and await self.storage.stat(digest) is None:
-                        continue  # deleted again, or a pending push that failed
+                # The bytes of a page read together (one round trip each on S3, overlapped).
+                records = [await self.store.manifest(repo, digest) for repo, digest in rows]
+                bodies = await self.storage.read_many([digest for _, digest in rows])
+                media = [r.media_type if r is not None else None for r in records]
+                found = await asyncio.to_thread(_parse_all, bodies, media)
+                for (repo, digest), record, refs in zip(rows, records, found, strict=True):
+                    if record is None:
+                        # A pending push (its bytes may not parse yet, or never arrive), or
+                        # a manifest deleted again: what its bytes name, if they are there.
+                        if refs is not None:
+                            rescued.add(digest)
+                        if isinstance(refs, list):
+                            rescued.update(refs)
+                        continue
                     rescued.add(digest)
-                    media_type = record.media_type if record is not None else None
-                    try:
-                        refs = await self._references(repo, digest, media_type)
-                    except GcAborted:
-                        if record is None:
-                            continue
-                        raise
+                    if not isinstance(refs, list):  # missing or unparseable: read again,
+                        refs = await self._references(repo, digest, record.media_type)  # or abort
                     rescued.update(refs)
         return rescued & marked
 
@@ -382,13 +388,14 @@ class Collector:
                     stack.append(n)
         await self._report("untagged", manifests=len(rows), reachable=len(reachable))
         unreachable = []
-        for name, row in rows.items():
-            if name in reachable:
-                continue
-            stored = await self.storage.modified(row.digest)
-            if stored is None or stored < self._cutoff:
-                unreachable.append(row)
-        del rows, referrers, reachable
+        todo = [row for name, row in rows.items() if name not in reachable]
+        for i in range(0, len(todo), _READ_BATCH * _READ_THREADS):
+            part = todo[i : i + _READ_BATCH * _READ_THREADS]
+            stored = await self.storage.modified_many([row.digest for row in part])
+            for row, when in zip(part, stored, strict=True):
+                if when is None or when < self._cutoff:
+                    unreachable.append(row)
+        del rows, referrers, reachable, todo
         if self.options.dry_run:
             for row in unreachable:
                 self.result.manifests += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from moorage.oci.digest import Hasher
@@ -116,6 +116,11 @@ class BlobStorage(ABC):
     async def modified(self, digest: str) -> float | None:
         """When a committed blob was last stored (Unix time), or None when it is not there."""
 
+    async def modified_many(self, digests: list[str]) -> list[float | None]:
+        """`modified` of each digest, in order (garbage collection's `--untagged` asks it of
+        every unreachable manifest: a driver with a round trip per blob overlaps them)."""
+        return [await self.modified(digest) for digest in digests]
+
     @abstractmethod
     def blobs(self) -> AsyncIterator[list[tuple[str, int, float]]]:
         """Every committed blob as (digest, size, modification time), in bounded batches."""
@@ -124,6 +129,14 @@ class BlobStorage(ABC):
     async def delete_blob(self, digest: str) -> int | None:
         """Delete a committed blob's bytes (garbage collection only); its size, or None
         when it was not there."""
+
+    async def delete_blobs(
+        self, digests: list[str], listed: Mapping[str, int] | None = None
+    ) -> list[int | None]:
+        """`delete_blob` of each digest, in order (garbage collection's sweep: a driver with
+        a round trip per blob batches them). `listed`: sizes `blobs()` gave for some of them
+        (a digest's size never changes), which a driver may trust instead of looking."""
+        return [await self.delete_blob(digest) for digest in digests]
 
     # -- uploads ----------------------------------------------------------------------
     @abstractmethod

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -32,10 +33,28 @@ from moorage.storage.s3location import REDIRECT_SECONDS, S3Location, parse
 from moorage.storage.s3sessions import S3Sessions, SessionState
 from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
 
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
+
 PROBE_SECONDS = 2.5
-#: GETs in flight per `read_many` call (garbage collection runs a few calls at once; the
-#: client's pool holds 64 connections).
+#: Requests in flight per `read_many`, `modified_many` or `delete_blobs` call (garbage
+#: collection runs a few calls at once; the client's pool holds 64 connections).
 READ_MANY_CONCURRENCY = 16
+#: Keys per DeleteObjects request (S3 takes up to 1,000).
+DELETE_BATCH = 1000
+
+T = TypeVar("T")
+
+
+async def _bounded(call: Callable[[str], Awaitable[T]], digests: list[str]) -> list[T]:
+    """`call` of each digest, in order, `READ_MANY_CONCURRENCY` at a time."""
+    slots = asyncio.Semaphore(READ_MANY_CONCURRENCY)
+
+    async def one(digest: str) -> T:
+        async with slots:
+            return await call(digest)
+
+    return list(await asyncio.gather(*map(one, digests)))
 
 
 def _digest_of(layout: S3Layout, key: str) -> str | None:
@@ -137,13 +156,7 @@ class S3Storage(BlobStorage):
     async def read_many(self, digests: list[str]) -> list[bytes | None]:
         # Concurrent GETs, a bounded number at a time: one after another, each batch of
         # garbage collection's mark would pay a round trip per manifest.
-        slots = asyncio.Semaphore(READ_MANY_CONCURRENCY)
-
-        async def one(digest: str) -> bytes | None:
-            async with slots:
-                return await self.read_bytes(digest)
-
-        return list(await asyncio.gather(*map(one, digests)))
+        return await _bounded(self.read_bytes, digests)
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
         key = self.layout.blob(digest)
@@ -184,6 +197,38 @@ class S3Storage(BlobStorage):
             s3 = await self.conn.client()
             await s3.delete_object(Bucket=self.layout.bucket, Key=self.layout.blob(digest))
         return size
+
+    async def modified_many(self, digests: list[str]) -> list[float | None]:
+        return await _bounded(self.modified, digests)
+
+    async def delete_blobs(
+        self, digests: list[str], listed: Mapping[str, int] | None = None
+    ) -> list[int | None]:
+        """One DeleteObjects request per `DELETE_BATCH` keys that are there (a HEAD and a
+        DELETE per blob made the sweep of tens of thousands of blobs take minutes). Sizes
+        come from `listed` (garbage collection's own listing) or concurrent HEADs."""
+        known = listed or {}
+        unknown = [d for d in digests if d not in known]
+        looked = dict(zip(unknown, await _bounded(self.stat, unknown), strict=True))
+        sizes = [known[d] if d in known else looked[d] for d in digests]
+        found = [d for d, size in zip(digests, sizes, strict=True) if size is not None]
+        for i in range(0, len(found), DELETE_BATCH):
+            keys: list[ObjectIdentifierTypeDef] = [
+                {"Key": self.layout.blob(d)} for d in found[i : i + DELETE_BATCH]
+            ]
+            async with translated("delete blobs"):
+                s3 = await self.conn.client()
+                resp = await s3.delete_objects(
+                    Bucket=self.layout.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+            errors = resp.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageUnavailable(
+                    f"S3 blob storage refused to delete {len(errors)} blob(s), the first "
+                    f"{first.get('Key')}: {first.get('Code')} ({first.get('Message')})"
+                )
+        return sizes
 
     # -- uploads ----------------------------------------------------------------------
     async def create_upload(self, upload_id: str, repo: str | None = None) -> UploadHandle:
