@@ -70,6 +70,7 @@ LONGEST_FIRST = (
     "test_webhooks.py",
     "test_ui_browser.py",
     "test_journal_trim.py",
+    "test_s3_gc.py",
     "test_scale_limits.py",
     "test_fuzz.py",
     "test_s3_fuzz.py",
