@@ -13,12 +13,10 @@ The protocol (docs/ARCHITECTURE.md, "Garbage collection", says why each step is 
 4. For each remaining candidate: delete its links (guarded by its tombstone and by the
    collection's lock), then its bytes, then its tombstone.
 
-`--untagged` runs the same steps for manifests first (reachable: tagged or pending, an
-index's children, the referrers of a reachable subject; a repository written after M is
-left alone this run), then collects blobs from a fresh mark.
-
-Memory holds sets of digests and, per candidate, its size, age and repositories.
-"""
+`--untagged` runs the same steps for manifests first (reachable: tagged or pending, an index's
+children, the referrers of a reachable subject; a repository written after M is left alone
+this run), then collects blobs from a fresh mark. Memory holds sets of digests and, per
+candidate, its size, age and repositories."""
 
 from __future__ import annotations
 
