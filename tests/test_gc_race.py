@@ -13,13 +13,14 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 import pytest
 
-from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node
+from tests.cluster import AUTH, OCI_MANIFEST, Cluster
 from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER, sha256
 
 PUSHERS = 3
@@ -93,15 +94,51 @@ def push_like_a_client(
     raise AssertionError(f"{repo}:{tag} was refused 30 times")
 
 
-def test_gc_racing_pushes_and_deletes_loses_no_acknowledged_image(cluster: Cluster) -> None:
-    nodes = cluster.nodes
-    pushed: list[Pushed] = []
-    deleted: set[tuple[str, str]] = set()
+class Target(Protocol):
+    """A replica to push to, delete through and collect on (tests.cluster.Node, harness Replica)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def client(self) -> httpx.Client: ...
+
+
+@dataclass
+class Race:
+    """What `race` did: the images acknowledged, those deleted, the collections' results."""
+
+    pushed: list[Pushed] = field(default_factory=list)
+    deleted: set[tuple[str, str]] = field(default_factory=set)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    busy: int = 0
+    retries: list[int] = field(default_factory=list)
+
+    def live(self) -> list[Pushed]:
+        return [p for p in self.pushed if (p.repo, p.tag) not in self.deleted]
+
+    def summary(self) -> str:
+        freed = sum(int(r["blobs"]) for r in self.runs)
+        return (
+            f"{len(self.runs)} runs ({self.busy} busy), {freed} blobs freed, retries {self.retries}"
+        )
+
+
+def race(
+    nodes: Sequence[Target],
+    prefix: str,
+    *,
+    pushers: int,
+    images: int,
+    collectors: int = 1,
+    seed: int = 7,
+    timeout: float = 600,
+) -> Race:
+    """`pushers` threads push `images` images each like a client (through the nodes in turn),
+    a deleter deletes acknowledged ones, and `collectors` threads run collections with a
+    grace of 0 back to back (every other one --untagged) until the pushers are done."""
+    out = Race()
     lock = threading.Lock()
     done = threading.Event()
-    retries: list[int] = []
-    runs: list[dict[str, object]] = []
-    busy = [0]
     errors: list[str] = []
 
     def guard(fn: Callable[..., None]) -> Callable[..., None]:
@@ -116,31 +153,30 @@ def test_gc_racing_pushes_and_deletes_loses_no_acknowledged_image(cluster: Clust
 
     @guard
     def pusher(n: int) -> None:
-        repo = f"race/p{n}"
-        for i in range(IMAGES_PER_PUSHER):
+        repo = f"{prefix}/p{n}"
+        for i in range(images):
             node = nodes[(n + i) % len(nodes)]
-            manifest, blobs = build(f"{n}-{i}", i)
+            manifest, blobs = build(f"{prefix}-{n}-{i}", i)
             with node.client() as c:
-                retries.append(push_like_a_client(c, repo, f"t{i}", manifest, blobs))
+                out.retries.append(push_like_a_client(c, repo, f"t{i}", manifest, blobs))
             with lock:
-                pushed.append(Pushed(repo, f"t{i}", manifest, blobs))
+                out.pushed.append(Pushed(repo, f"t{i}", manifest, blobs))
 
     @guard
     def deleter() -> None:
-        rnd = random.Random(7)
+        rnd = random.Random(seed)
         while not done.is_set():
             time.sleep(0.15)
             with lock:
-                live = [p for p in pushed if (p.repo, p.tag) not in deleted]
+                live = out.live()
             if len(live) < 3:
                 continue
             victim = rnd.choice(live)
-            node = rnd.choice(nodes)
-            with node.client() as c:
+            with rnd.choice(nodes).client() as c:
                 r = c.delete(f"/v2/{victim.repo}/manifests/{sha256(victim.manifest)}")
             assert r.status_code == 202, r.text
             with lock:
-                deleted.add((victim.repo, victim.tag))
+                out.deleted.add((victim.repo, victim.tag))
 
     @guard
     def collector() -> None:
@@ -150,45 +186,49 @@ def test_gc_racing_pushes_and_deletes_loses_no_acknowledged_image(cluster: Clust
             body = {"grace": 0, "untagged": i % 2 == 1}
             r = httpx.post(f"{node.url}/api/v0/gc", json=body, auth=AUTH, timeout=120)
             if r.status_code == 423:
-                busy[0] += 1
+                out.busy += 1
             else:
                 assert r.status_code == 200, r.text
-                runs.append(r.json())
+                out.runs.append(r.json())
             i += 1
 
-    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(PUSHERS)]
-    others = [threading.Thread(target=deleter), threading.Thread(target=collector)]
-    others.append(threading.Thread(target=collector))
+    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(pushers)]
+    others = [threading.Thread(target=deleter)]
+    others += [threading.Thread(target=collector) for _ in range(collectors)]
     for t in [*threads, *others]:
         t.start()
     for t in threads:
-        t.join(timeout=600)
+        t.join(timeout=timeout)
     done.set()
     for t in others:
         t.join(timeout=300)
     assert errors == [], errors
+    return out
 
-    freed = sum(int(str(r["blobs"])) for r in runs)
-    summary = f"{len(runs)} runs ({busy[0]} busy), {freed} blobs freed, retries {retries}"
+
+def test_gc_racing_pushes_and_deletes_loses_no_acknowledged_image(cluster: Cluster) -> None:
+    nodes = cluster.nodes
+    result = race(nodes, "race", pushers=PUSHERS, images=IMAGES_PER_PUSHER, collectors=2)
+    summary = result.summary()
     print(summary)
-    assert len(pushed) == PUSHERS * IMAGES_PER_PUSHER, summary
-    assert len(runs) >= 3, summary
-    assert freed > 0, summary
-    assert deleted, summary
+    assert len(result.pushed) == PUSHERS * IMAGES_PER_PUSHER, summary
+    assert len(result.runs) >= 3, summary
+    assert sum(int(r["blobs"]) for r in result.runs) > 0, summary
+    assert result.deleted, summary
 
     # Every acknowledged image not deleted pulls byte-identical from both replicas.
     for node in nodes:
-        check_pulls(node, [p for p in pushed if (p.repo, p.tag) not in deleted])
+        check_pulls(node, result.live())
     # A last collection frees exactly what the deletes left unreferenced; then nothing.
     final = httpx.post(f"{nodes[0].url}/api/v0/gc", json={"grace": 0}, auth=AUTH, timeout=120)
     assert final.status_code == 200, final.text
     for node in nodes:
-        check_pulls(node, [p for p in pushed if (p.repo, p.tag) not in deleted])
+        check_pulls(node, result.live())
     again = httpx.post(f"{nodes[1].url}/api/v0/gc", json={"grace": 0}, auth=AUTH, timeout=120)
     assert again.json()["blobs"] == 0, (again.json(), summary)
 
 
-def check_pulls(node: Node, images: list[Pushed]) -> None:
+def check_pulls(node: Target, images: list[Pushed]) -> None:
     with node.client() as c:
         for p in images:
             r = c.get(f"/v2/{p.repo}/manifests/{p.tag}", headers={"Accept": OCI_MANIFEST})

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from chaos.gc import stored_blobs
-from harness.process import AUTH, moorage
+from harness.process import moorage
 from harness.replica import Replica
 from harness.seaweed import BUCKET, SeaweedFS
 
 from tests.gc_images import delete, image, layer, pull_identical, push, write_layout
 from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER, OCI_MANIFEST, sha256
-from tests.test_gc_race import Pushed, build, push_like_a_client
+from tests.test_gc_race import check_pulls, race
 
 PREFIX = f"s3-gc-{uuid.uuid4().hex[:8]}"
 MiB = 1 << 20
@@ -174,93 +172,19 @@ def test_pushes_racing_collections_on_s3_lose_no_acknowledged_image(
     survive it."""
     pushers, images = 2, 10
     baseline = blob_keys(seaweed)  # the earlier tests' kept images
-    pushed: list[Pushed] = []
-    deleted: set[tuple[str, str]] = set()
-    lock = threading.Lock()
-    done = threading.Event()
-    runs: list[dict[str, Any]] = []
-    errors: list[str] = []
+    result = race([replica], "s3race", pushers=pushers, images=images, seed=5, timeout=300)
+    summary = result.summary()
+    assert len(result.pushed) == pushers * images, summary
+    assert len(result.runs) >= 2, summary
+    assert result.deleted, summary
 
-    def guard(fn: Callable[..., None]) -> Callable[..., None]:
-        def run(*args: object) -> None:
-            try:
-                fn(*args)
-            except BaseException as exc:  # reported by the main thread
-                errors.append(f"{fn.__name__}: {exc!r}")
-                done.set()
-
-        return run
-
-    @guard
-    def pusher(n: int) -> None:
-        for i in range(images):
-            manifest, blobs = build(f"s3-{n}-{i}", i)
-            with replica.client() as c:
-                push_like_a_client(c, f"s3race/p{n}", f"t{i}", manifest, blobs)
-            with lock:
-                pushed.append(Pushed(f"s3race/p{n}", f"t{i}", manifest, blobs))
-
-    @guard
-    def deleter() -> None:
-        rnd = random.Random(5)
-        while not done.is_set():
-            time.sleep(0.2)
-            with lock:
-                live = [p for p in pushed if (p.repo, p.tag) not in deleted]
-            if len(live) < 3:
-                continue
-            victim = rnd.choice(live)
-            with replica.client() as c:
-                r = c.delete(f"/v2/{victim.repo}/manifests/{sha256(victim.manifest)}")
-            assert r.status_code == 202, r.text
-            with lock:
-                deleted.add((victim.repo, victim.tag))
-
-    @guard
-    def collector() -> None:
-        i = 0
-        while not done.is_set():
-            body = {"grace": 0, "untagged": i % 2 == 1}
-            r = httpx.post(f"{replica.url}/api/v0/gc", json=body, auth=AUTH, timeout=120)
-            if r.status_code != 423:
-                assert r.status_code == 200, r.text
-                runs.append(r.json())
-            i += 1
-
-    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(pushers)]
-    others = [threading.Thread(target=deleter), threading.Thread(target=collector)]
-    for t in [*threads, *others]:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    done.set()
-    for t in others:
-        t.join(timeout=120)
-    assert errors == [], errors
-    summary = f"{len(runs)} runs, {sum(r['blobs'] for r in runs)} blobs freed"
-    assert len(pushed) == pushers * images, summary
-    assert len(runs) >= 2, summary
-    assert deleted, summary
-
-    live = [p for p in pushed if (p.repo, p.tag) not in deleted]
-    _check_pulls(replica, live)
+    live = result.live()
+    check_pulls(replica, live)
     gc(replica, "--grace", "0s")
-    _check_pulls(replica, live)
+    check_pulls(replica, live)
     # What is left in the bucket is exactly what the live images need.
     needed = {d for p in live for d in (sha256(p.manifest), *p.blobs)}
     assert blob_keys(seaweed) == baseline | needed, summary
-
-
-def _check_pulls(replica: Replica, images: list[Pushed]) -> None:
-    with replica.client() as c:
-        for p in images:
-            r = c.get(f"/v2/{p.repo}/manifests/{p.tag}", headers={"Accept": OCI_MANIFEST})
-            assert r.status_code == 200, (p.repo, p.tag, r.text)
-            assert r.content == p.manifest
-            for digest, data in p.blobs.items():
-                blob = c.get(f"/v2/{p.repo}/blobs/{digest}")
-                assert blob.status_code == 200, (p.repo, p.tag, digest, blob.text)
-                assert blob.content == data, (p.repo, p.tag, digest)
 
 
 def _small_image(c: httpx.Client, repo: str, seed: str) -> bytes:
