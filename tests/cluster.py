@@ -3,6 +3,10 @@ tests import (`Cluster`, `Node`, `moorage`, ...), with the small image helpers o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from harness.cluster import Cluster, Node
 from harness.process import (
     ADMIN_PASSWORD,
@@ -26,6 +30,7 @@ __all__ = [
     "CommandFailed",
     "Node",
     "Replica",
+    "cluster_of",
     "free_port",
     "moorage",
     "moorage_cmd",
@@ -33,3 +38,17 @@ __all__ = [
     "push_image",
     "sha256",
 ]
+
+
+@contextmanager
+def cluster_of(replicas: int, *args: Any, **kwargs: Any) -> Iterator[Cluster]:
+    """A cluster made the way an operator makes one (`install`, then `join` until it has
+    `replicas`), shut down at the end; the arguments are `Cluster`'s."""
+    c = Cluster(*args, **kwargs)
+    try:
+        c.install()
+        for _ in range(replicas - 1):
+            c.join()
+        yield c
+    finally:
+        c.shutdown()

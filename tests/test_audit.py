@@ -25,7 +25,16 @@ from moorage.audit.log import END, PREFIX, EtcdAuditLog, Retention, trim
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
 from moorage.meta.etcd import EtcdCluster
-from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, moorage_cmd, push_image, sha256
+from tests.cluster import (
+    AUTH,
+    OCI_MANIFEST,
+    Cluster,
+    Node,
+    cluster_of,
+    moorage_cmd,
+    push_image,
+    sha256,
+)
 
 #: The replicas trim every 2 s (the default is every 10 minutes), keeping 90 days.
 ENV = {"MOORAGE_AUDIT_TRIM_INTERVAL": "2"}
@@ -34,14 +43,8 @@ NO_TRIM = Retention(max_age=10**9, max_events=10**9, interval=3600)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("audit"), env=ENV)
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(3, tmp_path_factory.mktemp("audit"), env=ENV) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def store_of(node: Node) -> EtcdCluster:

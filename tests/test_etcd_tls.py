@@ -24,20 +24,14 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.meta import keys
 from moorage.pki import ca as pki
 from moorage.pki.files import TlsDir
-from tests.cluster import AUTH, Cluster, Node, free_port, moorage
+from tests.cluster import AUTH, Cluster, Node, cluster_of, free_port, moorage
 from tests.test_pki_etcd import Member, etcdctl, issue, wait_until
 
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("etcdtls"))
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(3, tmp_path_factory.mktemp("etcdtls")) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

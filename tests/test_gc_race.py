@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from tests.cluster import AUTH, OCI_MANIFEST, Cluster
+from tests.cluster import AUTH, OCI_MANIFEST, Cluster, cluster_of
 from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER, sha256
 
 PUSHERS = 3
@@ -38,13 +38,8 @@ class Pushed:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("gcrace"))
-    try:
-        c.install()
-        c.join()
+    with cluster_of(2, tmp_path_factory.mktemp("gcrace")) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def build(seed: str, index: int) -> tuple[bytes, dict[str, bytes]]:

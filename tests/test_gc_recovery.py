@@ -17,15 +17,13 @@ from chaos.images import OCI_MANIFEST, Image, make_image, push, sha256, verify
 from harness.cluster import Cluster, Node
 from harness.process import AUTH, moorage
 
+from tests.cluster import cluster_of
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("gcrec"))
-    try:
-        c.install()
+    with cluster_of(1, tmp_path_factory.mktemp("gcrec")) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def blob_file(storage: Path, digest: str) -> Path:

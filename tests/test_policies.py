@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import AUTH, Cluster, moorage
+from tests.cluster import AUTH, Cluster, cluster_of, moorage
 from tests.oci import OCI_MANIFEST, image_manifest, sha256
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -29,13 +29,8 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"  # skopeo keeps it as
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("policies"))
-    try:
-        c.install()
-        c.join()
+    with cluster_of(2, tmp_path_factory.mktemp("policies")) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def cli(c: Cluster, *args: str, check: bool = True) -> Any:

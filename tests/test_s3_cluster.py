@@ -19,7 +19,7 @@ from harness.seaweed import BUCKET, SeaweedFS
 
 from moorage.storage.s3location import parse
 from tests import test_conformance_pull, test_conformance_push
-from tests.cluster import Cluster, Node
+from tests.cluster import Cluster, Node, cluster_of
 from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
 from tests.test_s3_replica import _flow
 
@@ -30,16 +30,10 @@ MIB = 1024 * 1024
 @pytest.fixture(scope="module")
 def cluster(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three replicas on one S3 prefix; the store's credentials in every command's env."""
-    c = Cluster(
-        tmp_path_factory.mktemp("s3cluster"), env=seaweed.env(), s3=seaweed.storage_url(PREFIX)
-    )
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(
+        3, tmp_path_factory.mktemp("s3cluster"), env=seaweed.env(), s3=seaweed.storage_url(PREFIX)
+    ) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from harness.process import alive
 from harness.seaweed import SeaweedFS
 
-from tests.cluster import Cluster, Node, moorage, pull_image, push_image, sha256
+from tests.cluster import Cluster, Node, cluster_of, moorage, pull_image, push_image, sha256
 
 PREFIX = "reg"
 
@@ -41,14 +41,10 @@ def cluster(store: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # One API worker per replica (the default, pinned): the outage test reads a manifest
     # from the cache of the worker that read it before.
     env = {**store.env(), "MOORAGE_WORKERS": "1", "MOORAGE_JOURNAL_TRIM_INTERVAL": "1"}
-    c = Cluster(tmp_path_factory.mktemp("s3rec"), env=env, s3=store.storage_url(PREFIX))
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(
+        3, tmp_path_factory.mktemp("s3rec"), env=env, s3=store.storage_url(PREFIX)
+    ) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def push(node: Node, repo: str, tag: str) -> bytes:

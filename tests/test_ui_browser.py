@@ -20,7 +20,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.cluster import AUTH, Cluster, Node
+from tests.cluster import AUTH, Cluster, Node, cluster_of
 from tests.datasets import build_datasets, push_dataset
 from tests.oci import MT_OCI_EMPTY, MT_OCI_IMAGE, blob_post_put, manifest_put, oci_digest
 
@@ -32,14 +32,8 @@ OUTSIDER = ("outsider", "outsider-password-1234")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("ui"))
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(3, tmp_path_factory.mktemp("ui")) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, free_port, moorage, sha256
+from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, cluster_of, free_port, moorage, sha256
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -119,14 +119,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("webhooks"), env=ENV)
-    try:
-        c.install()
-        c.join()
-        c.join()
+    with cluster_of(3, tmp_path_factory.mktemp("webhooks"), env=ENV) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def cli(node: Node, *args: str, check: bool = True) -> Any:
