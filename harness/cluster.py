@@ -227,6 +227,15 @@ class Cluster:
         if self.lab is not None and node.slot is not None:
             self.lab.kill_all(node.slot)
 
+    def kill_and_wait(self, *nodes: Node, timeout: float = 10) -> None:
+        """SIGKILL every process of `nodes` (a majority lost at once) and wait until none is
+        left; TimeoutError if one outlives `timeout`."""
+        pids = [pid for node in nodes for pid in node.pids()]
+        for node in nodes:
+            self.kill(node)
+        if not wait_dead(pids, timeout):
+            raise TimeoutError(f"processes {pids} of {nodes} outlived SIGKILL")
+
     def destroy(self, node: Node) -> None:
         self.cli("destroy", "--yes", "--data-dir", str(node.data_dir), node=node, check=False)
         self.kill(node)
@@ -316,8 +325,16 @@ class Cluster:
                 pids += node.pids()
             with contextlib.suppress(Exception):
                 self.kill(node)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_dead(pids, 10)
         if self.lab is not None:
             self.lab.close()
+
+
+def wait_dead(pids: list[int], timeout: float) -> bool:
+    """Whether every one of `pids` is gone within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.process import alive
 from harness.replica import Replica
 from harness.seaweed import SeaweedFS
 
@@ -192,12 +191,7 @@ def test_trimmed_journal_still_recovers_every_push(tmp_path: Path) -> None:
 
         moorage("stop", "--data-dir", str(r2.data_dir), env=cluster.env)
         pushed["trim/missed", "v1"] = push_image(r0, "trim/missed", "v1", "missed")
-        for dead in (r0, r1):
-            cluster.kill(dead)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in r0.pids() + r1.pids()):
-            assert time.monotonic() < deadline, "the majority's processes outlived SIGKILL"
-            time.sleep(0.1)
+        cluster.kill_and_wait(r0, r1)  # the majority's processes, by pid
         out = json.loads(
             moorage(
                 "emergency-repair", "--data-dir", str(r2.data_dir), "--yes", "--json",

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.process import alive
 from harness.seaweed import SeaweedFS
 
 from tests.cluster import Cluster, Node, cluster_of, moorage, pull_image, push_image, sha256
@@ -141,12 +140,7 @@ def test_emergency_repair_replays_the_journal_from_s3(
     del PUSHED[("out/unseen", "v1")]
     journal = store.keys(f"{PREFIX}/journal/")
     assert journal, "no journal object in the bucket"
-    for dead in (r0, r1):  # the majority's processes, by pid
-        cluster.kill(dead)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in r0.pids() + r1.pids()):
-        assert time.monotonic() < deadline, "the majority's processes outlived SIGKILL"
-        time.sleep(0.1)
+    cluster.kill_and_wait(r0, r1)  # the majority's processes, by pid
 
     out = json.loads(
         moorage(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, cluster_of, free_port, moorage, sha256
+from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, cluster_of, free_port, moorage
+from tests.gc_images import image, layer, write_layout
+from tests.gc_images import push as skopeo_push
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
-LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 SECRET = "s3cr3t-for-the-test"
 #: Quick rounds and retries (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s of backoff); the other
 #: replicas leave an event to its own replica for 4 s; a claim outlives a dead claimer by at
@@ -140,62 +140,11 @@ def add_hook(c: Cluster, receiver: Receiver, path: str, events: str, secret: boo
     return hook_id
 
 
-def layout(root: Path, tag: str, seed: str) -> str:
-    """An OCI image layout holding one image tagged `tag`; the manifest's digest."""
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-
-    def put(data: bytes) -> str:
-        digest = sha256(data)
-        (blobs / digest.split(":")[1]).write_bytes(data)
-        return digest
-
-    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
-    layer = f"layer {seed}".encode() * 100
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
-            },
-            "layers": [{"mediaType": LAYER_TYPE, "digest": put(layer), "size": len(layer)}],
-        }
-    ).encode()
-    digest = put(manifest)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": OCI_MANIFEST,
-                "digest": digest,
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (root / "index.json").write_text(json.dumps(index))
-    return digest
-
-
-def skopeo_push(node: Node, src: Path, tag: str, dest: str) -> None:
-    host = node.url.removeprefix("http://")
-    out = subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"{AUTH[0]}:{AUTH[1]}",
-         f"oci:{src}:{tag}", f"docker://{host}/{dest}"],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-
-
 def push(node: Node, tmp: Path, repo: str, tag: str) -> str:
     """Push an image with skopeo; the digest of the manifest the registry got."""
-    src = tmp / f"{repo.replace('/', '_')}-{tag}"
-    layout(src, tag, f"{repo}:{tag}")
-    skopeo_push(node, src, tag, f"{repo}:{tag}")
+    seed = f"{repo}:{tag}"
+    src = write_layout(tmp / f"{repo.replace('/', '_')}-{tag}", [image(tag, [layer(seed)], seed)])
+    skopeo_push(src, tag, f"{node.url.removeprefix('http://')}/{repo}:{tag}")
     with node.client() as http:
         head = http.head(f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
     assert head.status_code == 200, head.text
