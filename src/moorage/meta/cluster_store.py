@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from moorage.errors import RecordCorrupt
@@ -64,8 +64,11 @@ class ClusterStore(MetaStore):
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None: ...
 
     @abstractmethod
-    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
-        """Put `key` with `lease` only if it does not exist; True if this call created it."""
+    async def _create_leased(
+        self, key: bytes, value: bytes, lease: int, guards: Sequence[Guard] = ()
+    ) -> bool:
+        """Put `key` with `lease` only if it does not exist and `guards` hold (as in `_txn`);
+        True if this call created it."""
 
     async def _values(self, prefix: bytes, local: bool = False) -> list[bytes]:
         """Every value under a small prefix (replicas, heartbeats), read in bounded pages;

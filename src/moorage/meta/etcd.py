@@ -243,17 +243,7 @@ class EtcdMetaStore(MetaStore):
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
-        compare = [
-            rpc.Compare(key=key, result=rpc.Compare.GREATER, target=rpc.Compare.VERSION, version=0)
-            if revision == MUST_EXIST
-            else rpc.Compare(
-                key=key,
-                result=rpc.Compare.EQUAL,
-                target=rpc.Compare.MOD,
-                mod_revision=revision,
-            )
-            for key, revision in guards
-        ]
+        compare = _compares(guards)
         success = []
         if any(keys.is_registry_data(op.key) for op in ops):
             success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=keys.LAST_CHANGE)))
@@ -367,13 +357,11 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
         await self._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
 
-    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
+    async def _create_leased(
+        self, key: bytes, value: bytes, lease: int, guards: Sequence[Guard] = ()
+    ) -> bool:
         request = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=0
-                )
-            ],
+            compare=_compares([(key, 0), *guards]),  # mod revision 0: the key is absent
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
             failure=[],
         )
@@ -446,3 +434,15 @@ async def data_revision(client_url: str, patience: float = 5.0, *, tls: ClientTl
         with contextlib.suppress(Exception):
             await store.close()
     return newest
+
+
+def _compares(guards: Sequence[Guard]) -> list[rpc.Compare]:
+    """`guards` as etcd compares: the key exists (MUST_EXIST), or its mod revision is that."""
+    return [
+        rpc.Compare(key=key, result=rpc.Compare.GREATER, target=rpc.Compare.VERSION, version=0)
+        if rev == MUST_EXIST
+        else rpc.Compare(
+            key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev
+        )
+        for key, rev in guards
+    ]

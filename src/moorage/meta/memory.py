@@ -55,13 +55,8 @@ class MemoryMetaStore(ClusterStore):
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
         if len(guards) > self.max_txn_ops or len(ops) > self.max_txn_ops:
             raise StoreUnavailable("etcdserver: too many operations in txn request")
-        for key, rev in guards:
-            kv = self._data.get(key)
-            if rev == MUST_EXIST:
-                if kv is None:
-                    return False
-            elif (kv.mod_revision if kv else 0) != rev:
-                return False
+        if not self._hold(guards):
+            return False
         self._revision += 1
         LAST_REVISION.set(self._revision)
         for op in ops:
@@ -100,8 +95,20 @@ class MemoryMetaStore(ClusterStore):
         await self._txn([], [Put(key, value)])
         self._leases[lease].add(key)
 
-    async def _create_leased(self, key: bytes, value: bytes, lease: int) -> bool:
-        if key in self._data:
+    def _hold(self, guards: Sequence[Guard]) -> bool:
+        for key, rev in guards:
+            kv = self._data.get(key)
+            if rev == MUST_EXIST:
+                if kv is None:
+                    return False
+            elif (kv.mod_revision if kv else 0) != rev:
+                return False
+        return True
+
+    async def _create_leased(
+        self, key: bytes, value: bytes, lease: int, guards: Sequence[Guard] = ()
+    ) -> bool:
+        if key in self._data or not self._hold(guards):
             return False
         await self.put_with_lease(key, value, lease)
         return True

@@ -273,9 +273,12 @@ class WebhookStore:
         return await self.store.grant_lease(ttl)
 
     async def claim(self, q: Queued, owner: str, lease: int) -> bool:
-        """Claim a queued event until `lease` ends: False when another worker has it."""
+        """Claim a queued event until `lease` ends: False when another worker has it, or
+        when the event changed since `q` was read (another worker's attempt came and went:
+        `q` would send that attempt again)."""
         key = keys.webhook_claim(q.hook_id, q.seq)
-        return await self.store._create_leased(key, dumps({"owner": owner}), lease)
+        guard = (keys.webhook_queue(q.hook_id, q.seq), q.mod_revision)
+        return await self.store._create_leased(key, dumps({"owner": owner}), lease, [guard])
 
     async def release(self, lease: int) -> None:
         await self.store.revoke_lease(lease)
