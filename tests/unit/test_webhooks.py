@@ -110,6 +110,12 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         (again,) = await store.queued(record.id, 10)
         assert again.item.attempts == 1
         assert not await store.retry(q, item)  # a stale read changes nothing
+        third = await store.lease(30)
+        # The retry freed the claim: a worker still holding the read of before the attempt
+        # may not claim it (it would send attempt 1 again), the fresh read may.
+        assert not await store.claim(q, "w3", third)
+        assert await store.claim(again, "w3", third)
+        await store.release(third)
         done = Delivery(record.id, "e", "push", "app", "", "", True, 200, 2, None, 1.0, "r")
         assert await store.finish(again, done, wh.seq())
         await store.release(second)
