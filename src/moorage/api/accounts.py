@@ -55,7 +55,7 @@ from moorage.meta.records import UserRecord
 Handler = Callable[[Request, AppState, Principal, dict[str, Any]], Awaitable[Any]]
 
 
-def _accounts(st: AppState) -> Accounts:
+def accounts_of(st: AppState) -> Accounts:
     if isinstance(st.authorizer, Policy):
         return st.authorizer.view.accounts
     return Accounts(st.registry.meta)
@@ -130,16 +130,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return _error(400, "INVALID", "the request body must be a JSON object")
             if refused := _fenced(st):
                 return refused
-        view = st.authorizer.view if isinstance(st.authorizer, Policy) else None
-        generation = view.generation if view is not None else 0
-        before = LAST_REVISION.get()
         try:
-            result = await handler(request, st, principal, body)
-            if (revision := LAST_REVISION.get()) != before and view is not None:
-                # Answered once every replica's watch can have the change (see propagated).
-                if st.cluster is not None:
-                    await propagated(st.cluster, revision)
-                await view.settle(generation)
+            result = await settled(st, handler(request, st, principal, body))
         except Denied as exc:
             return _error(403, "DENIED", exc.message)
         except AccountMissing as exc:
@@ -163,6 +155,21 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return run
 
 
+async def settled(st: AppState, change: Awaitable[Any]) -> Any:
+    """Await an account change (or a read: then nothing more) and return its result once
+    every replica's watch can have the change (see `propagated`), so that a request sent to
+    any replica after the answer meets it."""
+    view = st.authorizer.view if isinstance(st.authorizer, Policy) else None
+    generation = view.generation if view is not None else 0
+    before = LAST_REVISION.get()
+    result = await change
+    if (revision := LAST_REVISION.get()) != before and view is not None:
+        if st.cluster is not None:
+            await propagated(st.cluster, revision)
+        await view.settle(generation)
+    return result
+
+
 async def _audit(
     request: Request, st: AppState, who: Principal, action: str, target: str, **detail: str
 ) -> None:
@@ -176,7 +183,7 @@ async def _audit(
 async def list_users(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     n, last = page_of(request)
-    users, more = await _accounts(st).users(n, last)
+    users, more = await accounts_of(st).users(n, last)
     return {
         "users": [_user_doc(u) for u in users],
         "more": more,
@@ -193,7 +200,7 @@ async def add_user(request: Request, st: AppState, who: Principal, body: dict[st
     admin = flag_of(body.get("admin"), "admin")
     hashed = await asyncio.to_thread(hash_password, password)
     user = UserRecord(name, hashed, "admin" if admin else "user", admin=admin)
-    await _accounts(st).add_user(user)
+    await accounts_of(st).add_user(user)
     await _audit(request, st, who, "user.add", f"user:{name}", admin=str(admin).lower())
     doc = _user_doc(user)
     if generated:
@@ -208,7 +215,7 @@ async def passwd(request: Request, st: AppState, who: Principal, body: dict[str,
     password = password_of(body.get("password"))
     generated = password is None
     password = password or secrets.token_urlsafe(18)
-    accounts = _accounts(st)
+    accounts = accounts_of(st)
     if await accounts.user(name) is None:
         raise AccountMissing(f"no user {name}")
     hashed = await asyncio.to_thread(hash_password, password)
@@ -225,7 +232,7 @@ async def _set_disabled(
 ) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "user")
-    user = await _accounts(st).change_user(
+    user = await accounts_of(st).change_user(
         name, lambda u: dataclasses.replace(u, disabled=disabled)
     )
     action = "user.disable" if disabled else "user.enable"
@@ -244,7 +251,7 @@ async def enable_user(request: Request, st: AppState, who: Principal, body: Any)
 async def delete_user(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "user")
-    await _accounts(st).delete_user(name)
+    await accounts_of(st).delete_user(name)
     await _audit(request, st, who, "user.delete", f"user:{name}")
     return {"deleted": name}
 
@@ -255,7 +262,7 @@ async def delete_user(request: Request, st: AppState, who: Principal, body: Any)
 async def list_orgs(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     n, last = page_of(request)
-    orgs, more = await _accounts(st).orgs(n, last)
+    orgs, more = await accounts_of(st).orgs(n, last)
     names = [o.name for o in orgs]
     return {"orgs": names, "more": more, "last": names[-1] if names else None}
 
@@ -263,7 +270,7 @@ async def list_orgs(request: Request, st: AppState, who: Principal, body: Any) -
 async def add_org(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "organization")
-    await _accounts(st).add_org(name)
+    await accounts_of(st).add_org(name)
     await _audit(request, st, who, "org.add", f"org:{name}")
     return {"name": name}
 
@@ -271,7 +278,7 @@ async def add_org(request: Request, st: AppState, who: Principal, body: Any) -> 
 async def delete_org(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "organization")
-    await _accounts(st).delete_org(name)
+    await accounts_of(st).delete_org(name)
     await _audit(request, st, who, "org.delete", f"org:{name}")
     return {"deleted": name}
 
@@ -284,7 +291,7 @@ async def list_teams(request: Request, st: AppState, who: Principal, body: Any) 
     await require_admin(who)
     org = name_of(request.query_params.get("org"), "organization")
     n, last = page_of(request)
-    accounts = _accounts(st)
+    accounts = accounts_of(st)
     if await accounts.org(org) is None:
         raise AccountMissing(f"no organization {org}")
     teams, more = await accounts.teams(org, n, last)
@@ -295,7 +302,7 @@ async def list_teams(request: Request, st: AppState, who: Principal, body: Any) 
 async def add_team(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     org, team = _team(body)
-    await _accounts(st).add_team(org, team)
+    await accounts_of(st).add_team(org, team)
     await _audit(request, st, who, "team.add", f"team:{org}/{team}")
     return {"org": org, "team": team}
 
@@ -303,7 +310,7 @@ async def add_team(request: Request, st: AppState, who: Principal, body: Any) ->
 async def delete_team(request: Request, st: AppState, who: Principal, body: Any) -> Any:
     await require_admin(who)
     org, team = _team(body)
-    await _accounts(st).delete_team(org, team)
+    await accounts_of(st).delete_team(org, team)
     await _audit(request, st, who, "team.delete", f"team:{org}/{team}")
     return {"deleted": f"{org}/{team}"}
 
@@ -312,7 +319,7 @@ async def add_member(request: Request, st: AppState, who: Principal, body: Any) 
     await require_admin(who)
     org, team = _team(body)
     user = name_of(body["user"], "user")
-    await _accounts(st).add_member(org, team, user)
+    await accounts_of(st).add_member(org, team, user)
     await _audit(request, st, who, "team.add-member", f"team:{org}/{team}", user=user)
     return {"org": org, "team": team, "user": user}
 
@@ -321,7 +328,7 @@ async def remove_member(request: Request, st: AppState, who: Principal, body: An
     await require_admin(who)
     org, team = _team(body)
     user = name_of(body["user"], "user")
-    await _accounts(st).remove_member(org, team, user)
+    await accounts_of(st).remove_member(org, team, user)
     await _audit(request, st, who, "team.remove-member", f"team:{org}/{team}", user=user)
     return {"org": org, "team": team, "user": user}
 
@@ -341,7 +348,7 @@ async def list_grants(request: Request, st: AppState, who: Principal, body: Any)
     else:
         await require_namespace_admin(st, who, on)
     n, last = page_of(request)
-    grants, more = await _accounts(st).grants(on, n, last)
+    grants, more = await accounts_of(st).grants(on, n, last)
     # `last` to continue with: the key after the target's prefix (subject, or target@subject).
     cont = None
     if grants:
@@ -356,7 +363,7 @@ async def grant(request: Request, st: AppState, who: Principal, body: Any) -> An
     role, to = body["role"], subject_of(body["to"])
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
-    await _accounts(st).put_grant(GrantRecord(on, to, role))
+    await accounts_of(st).put_grant(GrantRecord(on, to, role))
     await _audit(request, st, who, "grant", on, to=to, role=role)
     return {"on": on, "to": to, "role": role}
 
@@ -365,7 +372,7 @@ async def revoke(request: Request, st: AppState, who: Principal, body: Any) -> A
     on = target_of(body["on"])
     await require_namespace_admin(st, who, on)
     to = subject_of(body["to"])
-    await _accounts(st).delete_grant(on, to)
+    await accounts_of(st).delete_grant(on, to)
     await _audit(request, st, who, "revoke", on, to=to)
     return {"on": on, "to": to, "revoked": True}
 
@@ -378,7 +385,7 @@ async def set_public(request: Request, st: AppState, who: Principal, body: Any) 
     public = body.get("public", True)
     if not isinstance(public, bool):
         raise Invalid("public must be true or false")
-    await _accounts(st).set_public(repo, public)
+    await accounts_of(st).set_public(repo, public)
     await _audit(request, st, who, "repo.public" if public else "repo.private", repo)
     return {"repo": repo, "public": public}
 

@@ -89,7 +89,7 @@ def _hook_id(request: Request) -> str:
     return hook_id
 
 
-async def _hook(st: AppState, request: Request) -> WebhookRecord:
+async def hook_of(st: AppState, request: Request) -> WebhookRecord:
     assert st.webhooks is not None
     hook_id = _hook_id(request)
     hook = await st.webhooks.store.get(hook_id)
@@ -130,7 +130,7 @@ async def list_(request: Request, st: AppState, store: EtcdCluster, body: dict[s
 async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
     _webhooks(st)
     assert st.webhooks is not None
-    hook = await _hook(st, request)
+    hook = await hook_of(st, request)
     await st.webhooks.store.remove(hook.id)
     await auditing.record(request, st, "webhook.remove", f"webhook {hook.id}", {"url": hook.url})
     return {"removed": hook.id, "url": hook.url}
@@ -139,7 +139,7 @@ async def remove(request: Request, st: AppState, store: EtcdCluster, body: dict[
 async def test(request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]) -> Any:
     _webhooks(st)
     assert st.webhooks is not None
-    hook = await _hook(st, request)
+    hook = await hook_of(st, request)
     delivery = await st.webhooks.test(hook, request_info(request))
     return {"delivery": delivery.to_json()}
 
@@ -152,7 +152,7 @@ async def deliveries(
     wanted = request.query_params.get("webhook")
     if wanted:
         request.path_params["hook_id"] = wanted
-        hooks = [await _hook(st, request)]
+        hooks = [await hook_of(st, request)]
     else:
         hooks = await st.webhooks.store.hooks()
     out = []

@@ -14,9 +14,15 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger("moorage.audit")
+
+#: Through what a change was made, when not the API or the CLI: the web UI sets "ui" for
+#: its requests, and every event recorded meanwhile (by whichever part records it) carries
+#: it as `detail["via"]`, unless the event names its own.
+VIA: ContextVar[str | None] = ContextVar("moorage_audit_via", default=None)
 
 OK = "ok"
 DENIED = "denied"  # refused: wrong password, no permission, throttled
@@ -32,6 +38,11 @@ class AuditEvent:
     client: str | None = None  # the client's address
     detail: dict[str, str] = field(default_factory=dict)
     at: float = field(default_factory=time.time)  # Unix time, seconds
+
+    def __post_init__(self) -> None:
+        via = VIA.get()
+        if via is not None and "via" not in self.detail:
+            object.__setattr__(self, "detail", {**self.detail, "via": via})
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
