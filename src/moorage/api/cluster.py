@@ -304,7 +304,9 @@ async def backup_written(
     request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
 ) -> Any:
     """`moorage backup` says its archive of (epoch, revision) is written whole: the journal
-    may be trimmed up to it (moorage.cluster.journal_trim)."""
+    may be trimmed up to it (moorage.cluster.journal_trim). The audit log keeps it as
+    `backup.written` with what the command says of the archive (size, file name, whether
+    it holds blobs, whether it is incremental), for the web UI's Backups page."""
     epoch, revision = body.get("epoch"), body.get("revision")
     if not (_positive(epoch) and _positive(revision)):
         raise ValueError("epoch and revision must be positive integers")
@@ -316,6 +318,14 @@ async def backup_written(
     if (cluster is not None and epoch > cluster.epoch) or revision > await store.revision():
         raise ValueError("the backup's epoch or revision is newer than the cluster's")
     newest = await store.record_backup(epoch, revision)
+    detail = {"epoch": str(epoch), "revision": str(revision)}
+    for name in ("size", "file", "include_blobs", "incremental"):
+        value = body.get(name)
+        if isinstance(value, bool):
+            detail[name] = str(value).lower()
+        elif isinstance(value, int | str):
+            detail[name] = str(value)[:200]
+    await auditing.record(request, st, "backup.written", f"cluster:{st.config.cluster_id}", detail)
     return {"epoch": newest[0], "revision": newest[1]}
 
 

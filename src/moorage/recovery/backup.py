@@ -251,7 +251,7 @@ def create(
     else:
         source = HttpSource(client, doc["revision"])
     write(out, header, md, to_store, source, passphrase, progress)
-    _record(client, header)
+    _record(client, header, out)
     manifests, blobs = _split(to_store)
     base_manifests, base_blobs = _split(from_base)
     return BackupResult(
@@ -273,11 +273,12 @@ def create(
     )
 
 
-def _record(client: AdminClient, header: dict[str, Any]) -> None:
+def _record(client: AdminClient, header: dict[str, Any], out: Path) -> None:
     """Tell the cluster the archive is written whole: its journal may be trimmed up to the
-    backup's revision (moorage.cluster.journal_trim). If it cannot be told, the journal
-    only stays longer."""
-    body = {k: header[k] for k in ("cluster_id", "epoch", "revision")}
+    backup's revision (moorage.cluster.journal_trim), and its audit log keeps the archive's
+    size (the web UI's Backups page). If it cannot be told, the journal only stays longer."""
+    body = {k: header[k] for k in ("cluster_id", "epoch", "revision", "include_blobs")}
+    body |= {"size": out.stat().st_size, "file": out.name, "incremental": bool(header["base"])}
     try:
         client.call("POST", "/api/v0/cluster/backup", body)
     except MoorageError as exc:
