@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.cluster import AUTH, Cluster, Node, cluster_of
+from tests.browser import axe_clean, chromium, sign_in
+from tests.cluster import AUTH, Cluster, cluster_of
 from tests.datasets import build_datasets, push_dataset
 from tests.oci import MT_OCI_EMPTY, MT_OCI_IMAGE, blob_post_put, manifest_put, oci_digest
 
@@ -38,13 +37,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: run 'make install' (apt-get install chromium)"
-    with sync_playwright() as pw:
-        # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
-        b = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +79,6 @@ def image(cluster: Cluster) -> dict[str, str]:
     return {"index": index, "sbom": sbom}
 
 
-def _axe(page: Page) -> None:
-    """No accessibility violations (axe-core, run in the page)."""
-    results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
-
-
-def _sign_in(page: Page, node: Node, user: tuple[str, str], path: str = "/ui/") -> None:
-    page.goto(node.url + path)
-    expect(page).to_have_url(re.compile(r"/ui/signin\?next="))
-    page.get_by_label("User name").fill(user[0])
-    page.get_by_label("Password").fill(user[1])
-    page.get_by_role("button", name="Sign in").click()
-
-
 def _session_cookies(page: Page) -> dict[str, str]:
     context: BrowserContext = page.context
     return {str(c["name"]): str(c["value"]) for c in context.cookies()}
@@ -124,7 +104,7 @@ def test_unauthenticated_access_is_redirected_or_refused(cluster: Cluster) -> No
 
 def test_sign_in_shows_the_healthy_cluster(cluster: Cluster, admin: Page) -> None:
     node = cluster.nodes[0]
-    _sign_in(admin, node, AUTH, "/ui/cluster")
+    sign_in(admin, node, AUTH, "/ui/cluster")
     expect(admin).to_have_url(node.url + "/ui/cluster")
     expect(admin.locator("#scenario")).to_have_text("healthy")
     expect(admin.locator("#quorum")).to_have_text("quorum 3/3, needs 2")
@@ -136,7 +116,7 @@ def test_sign_in_shows_the_healthy_cluster(cluster: Cluster, admin: Page) -> Non
     assert cookie["sameSite"] == "Strict"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     admin.screenshot(path=str(SCREENSHOTS / "cluster.png"), full_page=True)
-    _axe(admin)
+    axe_clean(admin)
 
 
 def test_browse_to_a_multi_arch_image_and_its_referrers(
@@ -145,7 +125,7 @@ def test_browse_to_a_multi_arch_image_and_its_referrers(
     admin.get_by_role("link", name="Repositories").click()
     admin.get_by_label("Search repositories").fill("multi")
     admin.get_by_role("button", name="Search").click()
-    _axe(admin)
+    axe_clean(admin)
     admin.get_by_role("link", name=REPO).click()
     expect(admin.get_by_role("heading", name=REPO)).to_be_visible()
     tags = admin.locator("table").filter(has_text="Tags")
@@ -153,7 +133,7 @@ def test_browse_to_a_multi_arch_image_and_its_referrers(
     expect(tags).to_contain_text("application/vnd.oci.image.index.v1+json")
     expect(tags).to_contain_text(f"podman pull 127.0.0.1:{cluster.nodes[0].url.rsplit(':')[-1]}")
     admin.screenshot(path=str(SCREENSHOTS / "repository.png"), full_page=True)
-    _axe(admin)
+    axe_clean(admin)
     admin.get_by_role("link", name="index", exact=True).click()
     platforms = admin.locator("table").filter(has_text="Platforms")
     expect(platforms.locator("tbody tr")).to_have_count(2)
@@ -162,7 +142,7 @@ def test_browse_to_a_multi_arch_image_and_its_referrers(
     expect(referrers).to_contain_text(image["sbom"])
     expect(admin.locator("#pull")).to_contain_text(f"{REPO}@{image['index']}")
     admin.screenshot(path=str(SCREENSHOTS / "manifest.png"), full_page=True)
-    _axe(admin)
+    axe_clean(admin)
 
 
 def test_a_post_without_the_csrf_token_is_refused(cluster: Cluster, admin: Page) -> None:
@@ -186,7 +166,7 @@ def test_delete_a_tag_after_confirming(cluster: Cluster, admin: Page) -> None:
     admin.goto(cluster.nodes[0].url + f"/ui/repository?name={REPO}")
     admin.get_by_role("link", name="Delete tag extra").click()
     expect(admin.get_by_role("heading")).to_have_text(f"Delete tag extra of {REPO}?")
-    _axe(admin)
+    axe_clean(admin)
     admin.get_by_role("button", name="Delete tag extra").click()
     expect(admin.get_by_role("status")).to_have_text("Tag extra deleted.")
     with cluster.nodes[2].client() as c:
@@ -204,7 +184,7 @@ def test_a_user_without_permission_sees_no_repository_and_no_admin_page(
     context = browser.new_context()
     try:
         page = context.new_page()
-        _sign_in(page, node, OUTSIDER)
+        sign_in(page, node, OUTSIDER)
         expect(page).to_have_url(node.url + "/ui/repositories")
         expect(page.locator("main")).to_contain_text("No repositories that you may pull")
         expect(page.get_by_role("link", name="Cluster")).to_have_count(0)
@@ -267,4 +247,4 @@ def test_sign_out(cluster: Cluster, admin: Page) -> None:
     expect(admin).to_have_url(re.compile(r"/ui/signin$"))
     admin.goto(cluster.nodes[0].url + "/ui/cluster")
     expect(admin).to_have_url(re.compile(r"/ui/signin\?next="))
-    _axe(admin)
+    axe_clean(admin)
