@@ -138,6 +138,18 @@ NOTICES = {
 }
 
 
+#: The Administration menu's sections, by path prefix (the current one is marked).
+SECTIONS = (
+    "/admin/users",
+    "/admin/org",
+    "/admin/grants",
+    "/tokens",
+    "/admin/storage",
+    "/admin/backups",
+    "/admin/webhooks",
+)
+
+
 def notice(request: Request) -> str | None:
     template = NOTICES.get(request.query_params.get("done", ""))
     target = request.query_params.get("target", "")[:200]
@@ -147,7 +159,11 @@ def notice(request: Request) -> str | None:
 def render(
     request: Request, template: str, viewer: Viewer, page: str = "admin", **ctx: Any
 ) -> Response:
-    return common.render(request, template, viewer=viewer, page=page, notice=notice(request), **ctx)
+    path = request.url.path.removeprefix(PREFIX)
+    section = next((s for s in SECTIONS if path.startswith(s)), None)
+    return common.render(
+        request, template, viewer=viewer, page=page, notice=notice(request), section=section, **ctx
+    )
 
 
 def confirm(
