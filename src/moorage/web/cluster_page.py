@@ -90,11 +90,13 @@ async def cluster_json(request: Request, st: AppState, viewer: Viewer) -> Respon
     return JSONResponse(await cluster_view(st), headers=SECURITY_HEADERS)
 
 
-async def _events(request: Request, st: AppState) -> AsyncIterator[str]:
+async def _events(st: AppState) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     ends = loop.time() + STREAM_LIFETIME
     yield f"retry: {int(EVENT_INTERVAL * 1000)}\n\n"
-    while loop.time() < ends and not await request.is_disconnected():
+    # A client that goes away ends the generator: the response stops it (polling
+    # `request.is_disconnected()` here as well would race the response for the message).
+    while loop.time() < ends:
         view = await cluster_view(st)
         yield f"event: cluster\ndata: {json.dumps(view, separators=(',', ':'))}\n\n"
         await asyncio.sleep(EVENT_INTERVAL)
@@ -106,4 +108,4 @@ async def cluster_events(request: Request, st: AppState, viewer: Viewer) -> Resp
     if not viewer.admin:
         return JSONResponse({"error": ADMIN_ONLY, "code": "DENIED"}, 403, SECURITY_HEADERS)
     headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(request, st), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_events(st), media_type="text/event-stream", headers=headers)

@@ -36,15 +36,20 @@ function showCluster(view, how) {
     "Updated " + new Date().toLocaleTimeString() + "; " + how + ".";
 }
 
-async function poll(section) {
+// Polling, after the stream failed; the stream is tried again after 15 good polls.
+async function poll(section, good = 0) {
   try {
     const resp = await fetch(section.dataset.source, {credentials: "same-origin"});
     if (resp.status === 401) { window.location.reload(); return; }
-    if (resp.ok) { showCluster(await resp.json(), "polled every few seconds"); }
+    if (resp.ok) {
+      showCluster(await resp.json(), "polled every few seconds");
+      good += 1;
+    }
   } catch (err) {
     document.getElementById("updated").textContent = "This replica did not answer: " + err;
   }
-  setTimeout(() => poll(section), 2000);
+  if (good >= 15 && section.dataset.events) { stream(section); return; }
+  setTimeout(() => poll(section, good), 2000);
 }
 
 // The stream, while it works; polling from the first time it fails for good (an HTTP
