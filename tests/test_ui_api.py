@@ -184,6 +184,9 @@ def test_the_list_shows_what_the_viewer_may_pull_in_order_and_in_pages(
     assert pages == 2  # 52 names: a page of 50 and the rest
     mine, _ = listed(reader, "/ui/repositories")
     assert mine == sorted(n for n, ok in REPOS.items() if ok)
+    # the same as the registry's catalog, which filters every name through the policy
+    with replica.client(auth=("reader", PASSWORD)) as c:
+        assert c.get("/v2/_catalog").json()["repositories"] == mine
     with signed_in(replica, "nobody", PASSWORD) as nobody:  # a public repository only
         assert listed(nobody, "/ui/repositories") == (["gamma/pub"], 1)
         text = nobody.get("/ui/repositories?q=alpha").text
