@@ -1,6 +1,7 @@
 """The web UI in a real browser (Playwright driving the system's Chromium) against a real
 3-replica cluster: sign in, the Cluster page healthy then replicas-unhealthy with the exact
-remove command, a multi-arch image and its referrers, deleting a tag, signing out; what a
+remove command (brought by its event stream), a multi-arch image and its referrers,
+deleting a tag and a manifest by digest, signing out; what a
 user without permission sees; CSRF-less and unauthenticated requests refused (httpx).
 
 The tests share one module-scoped cluster and run in file order (replicas are stopped
@@ -124,6 +125,7 @@ def test_browse_to_a_multi_arch_image_and_its_referrers(
 ) -> None:
     admin.get_by_role("link", name="Repositories").click()
     admin.get_by_label("Search repositories").fill("multi")
+    admin.get_by_label("contain it").check()
     admin.get_by_role("button", name="Search").click()
     axe_clean(admin)
     admin.get_by_role("link", name=REPO).click()
@@ -174,6 +176,34 @@ def test_delete_a_tag_after_confirming(cluster: Cluster, admin: Page) -> None:
         assert c.head(f"/v2/{REPO}/manifests/index").status_code == 200
 
 
+def test_delete_a_manifest_by_digest_after_confirming(
+    cluster: Cluster, admin: Page, image: dict[str, str]
+) -> None:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_IMAGE,
+            "config": {"mediaType": MT_OCI_EMPTY, "digest": oci_digest(b"{}"), "size": 2},
+            "layers": [],
+            "annotations": {"purpose": "deleted by digest in the browser test"},
+        }
+    ).encode()
+    digest = oci_digest(body)
+    with cluster.nodes[0].client() as c:
+        manifest_put(c, REPO, "doomed", digest, body)
+    admin.goto(cluster.nodes[0].url + f"/ui/repository?name={REPO}")
+    admin.get_by_role("link", name="doomed", exact=True).click()
+    admin.get_by_role("link", name="Delete this manifest…").click()
+    expect(admin.get_by_role("heading")).to_have_text(f"Delete manifest {digest} of {REPO}?")
+    _axe(admin)
+    admin.get_by_role("button", name=f"Delete manifest {digest}").click()
+    expect(admin.get_by_role("status")).to_have_text(f"Manifest {digest} deleted.")
+    with cluster.nodes[1].client() as c:
+        assert c.head(f"/v2/{REPO}/manifests/{digest}").status_code == 404
+        assert c.head(f"/v2/{REPO}/manifests/doomed").status_code == 404
+        assert c.head(f"/v2/{REPO}/manifests/{image['index']}").status_code == 200
+
+
 def test_a_user_without_permission_sees_no_repository_and_no_admin_page(
     cluster: Cluster, browser: Browser, image: dict[str, str]
 ) -> None:
@@ -213,10 +243,13 @@ def test_a_stopped_replica_turns_the_page_to_replicas_unhealthy(
 ) -> None:
     admin.goto(cluster.nodes[0].url + "/ui/cluster")
     expect(admin.locator("#scenario")).to_have_text("healthy")
+    expect(admin.locator("#cluster")).to_have_attribute("data-live", "stream")
+    expect(admin.locator("#updated")).to_contain_text("; live.")
     gone = cluster.nodes[2]
     cluster.stop(gone)
-    # no reload: the page polls its JSON
+    # no reload: the server-sent events bring the change
     expect(admin.locator("#scenario")).to_have_text("replicas-unhealthy", timeout=60_000)
+    expect(admin.locator("#cluster")).to_have_attribute("data-live", "stream")
     remove = re.compile(rf"\nmoorage remove --existing \S+ --replica-id {gone.replica_id}\n")
     expect(admin.locator("#next")).to_contain_text(remove)
     out = cluster.cli("status", "--existing", cluster.urls(cluster.nodes[:2]), check=False)
@@ -237,6 +270,15 @@ def test_the_page_keeps_working_on_a_replica_that_lost_quorum(
     expect(admin.locator("#next")).to_contain_text("moorage emergency-repair")
     admin.reload()  # a whole page too, not only the polled JSON
     expect(admin.locator("#scenario")).to_have_text("quorum-lost")
+    expect(admin.locator("#cluster")).to_have_attribute("data-live", "stream", timeout=60_000)
+    # a change is refused on the read-only replica, with a page that says where to go
+    cookies = {"moorage_session": _session_cookies(admin)["moorage_session"]}
+    csrf = admin.locator("form.signout input[name=csrf]").get_attribute("value") or ""
+    with httpx.Client(base_url=cluster.nodes[0].url, cookies=cookies, timeout=60) as c:
+        form = {"csrf": csrf, "name": REPO, "digest": oci_digest(b"not stored")}
+        r = c.post("/ui/delete-manifest", data=form)
+        assert r.status_code == 503, r.text
+        assert "read-only" in r.text
     admin.screenshot(path=str(SCREENSHOTS / "cluster-quorum-lost.png"), full_page=True)
     admin.goto(cluster.nodes[0].url + f"/ui/manifest?name={REPO}&ref=index")
     expect(admin.locator("table").filter(has_text="Platforms").locator("tbody tr")).to_have_count(2)

@@ -119,6 +119,18 @@ def limited(principal: Principal, access: Access) -> frozenset[str]:
     return frozenset(kept)
 
 
+@dataclass(frozen=True, slots=True)
+class PullScope:
+    """Where the repositories a principal may pull are, without filtering the catalog:
+    everything; or every repository of `namespaces` (`NS` itself and `NS/...`), the
+    `repositories` named, and (`public`) every public repository."""
+
+    everything: bool = False
+    namespaces: tuple[str, ...] = ()
+    repositories: tuple[str, ...] = ()
+    public: bool = False
+
+
 class Authorizer(ABC):
     """Which actions a principal holds."""
 
@@ -127,6 +139,11 @@ class Authorizer(ABC):
         """The subset of `access.actions` the principal may do on `access.name` now.
 
         Raises StoreUnavailable when the grants cannot be read; never anything else."""
+
+    async def pull_scope(self, principal: Principal) -> PullScope | None:
+        """Where the repositories the principal may pull are (from its grants), or None
+        when this authorizer cannot say: then the caller filters names with `pullable`."""
+        return None
 
     async def pullable(self, principal: Principal, names: Sequence[str]) -> list[str]:
         """The repositories of `names` the principal may pull, in their order."""
@@ -140,6 +157,11 @@ class Authorizer(ABC):
 class AdminOnlyAuthorizer(Authorizer):
     """The policy before accounts existed: every signed-in user is a cluster admin (within
     its credential's limit), anonymous clients may do nothing."""
+
+    async def pull_scope(self, principal: Principal) -> PullScope | None:
+        if principal.anonymous:
+            return PullScope()
+        return PullScope(everything=True) if principal.limit is None else None
 
     async def allowed(self, principal: Principal, access: Access) -> frozenset[str]:
         if principal.anonymous:

@@ -35,6 +35,7 @@ from moorage.auth.access import (
     Access,
     Authorizer,
     Principal,
+    PullScope,
     limited,
 )
 from moorage.errors import StoreUnavailable
@@ -155,6 +156,12 @@ class AccessView:
     async def namespace(self, ns: str) -> NamespaceAccess:
         return await self._cached("ns", ns, lambda: self.accounts.namespace(ns))
 
+    async def grant_targets(self, subjects: Sequence[str]) -> set[str]:
+        """The targets of every grant to one of `subjects` (the whole grant index is read
+        in pages once, then cached until the watch sees a change)."""
+        index = await self._cached("grant-index", "", self.accounts.grant_index)
+        return {t for s in subjects for t in index.get(s, ())}
+
     async def repository(
         self, ns: str, repo: str, subjects: Sequence[str]
     ) -> tuple[dict[tuple[str, str], str], bool]:
@@ -236,6 +243,22 @@ class Policy(Authorizer):
         held = await self._repository_actions(user, access.name)
         granted = Access(access.type, access.name, wanted & held)
         return limited(principal, granted)
+
+    async def pull_scope(self, principal: Principal) -> PullScope | None:
+        """A cluster admin: everything. A user: its own namespace, the targets of its and
+        its teams' grants (every role includes pull), and the public repositories. A
+        credential with a limit (a token, a robot): None, the caller filters."""
+        if principal.limit is not None or principal.kind == "robot":
+            return None
+        user = await self.account(principal)
+        if user is None:
+            return PullScope(public=principal.anonymous)
+        if user.admin:
+            return PullScope(everything=True)
+        targets = await self.view.grant_targets(await self._subjects(user, {}))
+        namespaces = {user.name} | {t for t in targets if "/" not in t}
+        repositories = {t for t in targets if namespace_of(t) not in namespaces}
+        return PullScope(False, tuple(sorted(namespaces)), tuple(sorted(repositories)), True)
 
     async def pullable(self, principal: Principal, names: Sequence[str]) -> list[str]:
         """The names the principal may pull; a namespace's grants are read once per call."""

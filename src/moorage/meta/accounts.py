@@ -148,6 +148,22 @@ class Accounts:
         kvs, more = await self._values(prefix, n, last)
         return [GrantRecord.decode(kv.value) for kv in kvs], more
 
+    async def grant_index(self) -> dict[str, tuple[str, ...]]:
+        """The targets of every grant, by subject (one paged pass over the grants' keys:
+        `<target>@<subject>`, nothing decoded). The policy caches it under its watch, so
+        listing what one viewer may pull reads only that viewer's targets."""
+        index: dict[str, list[str]] = {}
+        async for page in self.meta._scan(keys.GRANTS, keys.prefix_end(keys.GRANTS), True):
+            for kv in page:
+                target, _, subject = kv.key[len(keys.GRANTS) :].decode().partition("@")
+                index.setdefault(subject, []).append(target)
+        return {subject: tuple(targets) for subject, targets in index.items()}
+
+    async def public_repos(self, prefix: str, n: int, last: str | None) -> tuple[list[str], bool]:
+        """Up to `n` public repositories (made public, whether pushed yet or not) that start
+        with `prefix`, after `last`, in name order (paged)."""
+        return await self.meta._names_under(keys.PUBLIC, prefix, n, last)
+
     async def is_public(self, repo: str) -> bool:
         return await self.meta._get(keys.public(repo)) is not None
 

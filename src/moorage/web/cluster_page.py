@@ -1,20 +1,30 @@
 """The Cluster page: the scenario, every replica and the next command, as `moorage status`
-tells them, kept live by the page polling `/ui/cluster.json`.
+tells them, kept live by server-sent events (`/ui/cluster.events`), with the page polling
+`/ui/cluster.json` instead when the stream fails.
 
 The facts are gathered and diagnosed exactly as `GET /api/v0/cluster/status` does
 (`cluster.facts.gather`, `cluster.status.diagnose`), from this replica's local copy of the
 store where needed, so the page keeps working on a replica that has lost quorum, the moment
 an operator needs it most. Cluster admins only, like the status endpoint.
+
+The event stream is an async generator: it holds no worker thread, sends the view every
+`EVENT_INTERVAL` seconds, and ends after `STREAM_LIFETIME` seconds (the browser's
+EventSource reconnects at once, `retry:`), so the session is checked again at least that
+often and no stream outlives a signed-out or disabled account by long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from moorage.api.state import AppState
 from moorage.cluster.facts import gather
@@ -24,6 +34,9 @@ from moorage.errors import MoorageError
 from moorage.web import common
 from moorage.web.common import SECURITY_HEADERS, Viewer
 
+EVENT_INTERVAL = 2.0
+#: Seconds a stream lasts (MOORAGE_UI_STREAM_LIFETIME: tests shorten it).
+STREAM_LIFETIME = float(os.environ.get("MOORAGE_UI_STREAM_LIFETIME", "") or 60)
 ADMIN_ONLY = "the Cluster page is for cluster admins; ask one to run 'moorage status'"
 
 
@@ -75,3 +88,24 @@ async def cluster_json(request: Request, st: AppState, viewer: Viewer) -> Respon
     if not viewer.admin:
         return JSONResponse({"error": ADMIN_ONLY, "code": "DENIED"}, 403, SECURITY_HEADERS)
     return JSONResponse(await cluster_view(st), headers=SECURITY_HEADERS)
+
+
+async def _events(st: AppState) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + STREAM_LIFETIME
+    yield f"retry: {int(EVENT_INTERVAL * 1000)}\n\n"
+    # A client that goes away ends the generator: the response stops it (polling
+    # `request.is_disconnected()` here as well would race the response for the message).
+    while loop.time() < ends:
+        view = await cluster_view(st)
+        yield f"event: cluster\ndata: {json.dumps(view, separators=(',', ':'))}\n\n"
+        await asyncio.sleep(EVENT_INTERVAL)
+
+
+async def cluster_events(request: Request, st: AppState, viewer: Viewer) -> Response:
+    """`text/event-stream` of the page's view, one `cluster` event every EVENT_INTERVAL
+    seconds, for STREAM_LIFETIME seconds (then the browser reconnects)."""
+    if not viewer.admin:
+        return JSONResponse({"error": ADMIN_ONLY, "code": "DENIED"}, 403, SECURITY_HEADERS)
+    headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
+    return StreamingResponse(_events(st), media_type="text/event-stream", headers=headers)

@@ -1,23 +1,21 @@
 """The Repositories pages: the searchable, paged list of what the viewer may pull; one
 repository's tags; one manifest with its platforms and referrers; deleting a tag.
 
-Every store read is paged: the list scans the catalog in pages of `SCAN` names, at most
-`MAX_SCANS` pages a request (a search that finds little says where it stopped and offers to
-go on); a repository's tags come `PAGE` at a time. A repository the viewer may not pull is
-answered exactly like one that does not exist.
+Every store read is paged: the list reads only the catalog ranges the viewer may pull
+(web/catalog_view.py); a repository's tags come `PAGE` at a time. A repository the viewer
+may not pull is answered exactly like one that does not exist.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from moorage.api import auditing
+from moorage.api import auditing, webhooks
 from moorage.api.state import AppState
 from moorage.auth.access import DELETE, PULL, REPOSITORY, Access
 from moorage.errors import (
@@ -28,43 +26,13 @@ from moorage.errors import (
     NameInvalid,
     NameUnknown,
 )
+from moorage.oci.digest import parse_digest
 from moorage.oci.names import is_valid_tag, validate_name
-from moorage.web import common
+from moorage.web import catalog_view, common
 from moorage.web.common import PREFIX, SECURITY_HEADERS, Viewer
 
-PAGE = 50
-SCAN = 500
-MAX_SCANS = 20
-MAX_QUERY = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    names: list[str]
-    after: str | None  # where the next page starts (None: this was the last)
-    scanned: int
-
-
-async def pullable_page(st: AppState, viewer: Viewer, query: str, after: str | None) -> Listing:
-    """Up to PAGE repository names after `after` that contain `query` and the viewer may
-    pull, scanning at most MAX_SCANS catalog pages of SCAN names."""
-    found: list[str] = []
-    cursor, scanned = after, 0
-    needle = query.lower()
-    for _ in range(MAX_SCANS):
-        page = await st.registry.discovery.catalog(SCAN, cursor)
-        scanned += len(page.items)
-        matching = [n for n in page.items if needle in n.lower()]
-        allowed = await st.authorizer.pullable(viewer.principal, matching)
-        for name in allowed:
-            found.append(name)
-            if len(found) == PAGE:
-                more = page.more or name != page.items[-1]
-                return Listing(found, name if more else None, scanned)
-        if not page.more or not page.items:
-            return Listing(found, None, scanned)
-        cursor = page.items[-1]
-    return Listing(found, cursor, scanned)
+PAGE = catalog_view.PAGE
+MAX_QUERY = catalog_view.MAX_QUERY
 
 
 async def _actions(st: AppState, viewer: Viewer, name: str) -> frozenset[str]:
@@ -90,9 +58,16 @@ def pull_line(request: Request, name: str, reference: str) -> str:
 async def repositories(request: Request, st: AppState, viewer: Viewer) -> Response:
     query = request.query_params.get("q", "")[:MAX_QUERY]
     after = request.query_params.get("after") or None
-    listing = await pullable_page(st, viewer, query, after)
+    contains = request.query_params.get("match") == "contains"
+    listing = await catalog_view.page(st, viewer.principal, query, after, contains)
     return common.render(
-        request, "repositories.html", viewer=viewer, page="repositories", q=query, listing=listing
+        request,
+        "repositories.html",
+        viewer=viewer,
+        page="repositories",
+        q=query,
+        match="contains" if contains else "prefix",
+        listing=listing,
     )
 
 
@@ -144,7 +119,8 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
         name = _name(request)
     except NameInvalid:
         return common.refusal(request, 400, "that is not a repository name", viewer)
-    if PULL not in await _actions(st, viewer, name):
+    actions = await _actions(st, viewer, name)
+    if PULL not in actions:
         return _not_found(request, viewer, name)
     ref = request.query_params.get("ref", "")[:200]
     try:
@@ -176,38 +152,67 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
         layers=layers if isinstance(layers, list) else [],
         referrers=referrers,
         pull=pull_line(request, name, stored.digest),
+        can_delete=DELETE in actions and not st.read_only,
     )
 
 
-async def _delete_target(request: Request, st: AppState, viewer: Viewer) -> tuple[str, str]:
-    """The repository and tag a delete names, once the viewer may delete there."""
+async def _delete_target(
+    request: Request, st: AppState, viewer: Viewer, kind: str
+) -> tuple[str, str]:
+    """The repository and the tag or digest a delete names, once the viewer may delete
+    there (`kind`: "tag" or "digest", the field that names it)."""
     fields: dict[str, str] | None = getattr(request.state, "form", None)
     name = _name(request, fields)
-    tag = (fields or {}).get("tag") or request.query_params.get("tag") or ""
-    if not is_valid_tag(tag):
-        raise ManifestUnknown(f"{tag[:140]!r} is not a tag")
+    ref = (fields or {}).get(kind) or request.query_params.get(kind) or ""
+    if kind == "tag" and not is_valid_tag(ref):
+        raise ManifestUnknown(f"{ref[:140]!r} is not a tag")
+    if kind == "digest":
+        try:
+            ref = str(parse_digest(ref))
+        except DigestInvalid as exc:
+            raise ManifestUnknown(str(exc)) from exc
     actions = await _actions(st, viewer, name)
     if PULL not in actions:
         raise NameUnknown(f"no repository {name} that you may pull")
     if DELETE not in actions:
-        raise Denied(f"you may not delete tags in {name}; ask an admin of it for the admin role")
-    return name, tag
+        what = "tags" if kind == "tag" else "manifests"
+        raise Denied(f"you may not delete {what} in {name}; ask an admin of it for the admin role")
+    return name, ref
 
 
 async def delete_tag(request: Request, st: AppState, viewer: Viewer) -> Response:
     """GET: the confirmation; POST (with the session's CSRF token): the delete."""
+    return await _delete(request, st, viewer, "tag")
+
+
+async def delete_manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
+    """A manifest by digest, as `DELETE /v2/<name>/manifests/<digest>` does it: the tags
+    that point to it go too (refused while one of them is immutable); the manifests that
+    refer to it (signatures, SBOMs) stay. GET: the confirmation; POST: the delete."""
+    return await _delete(request, st, viewer, "digest")
+
+
+async def _delete(request: Request, st: AppState, viewer: Viewer, kind: str) -> Response:
     try:
-        name, tag = await _delete_target(request, st, viewer)
+        name, ref = await _delete_target(request, st, viewer, kind)
         if request.method == "GET":
-            await st.registry.manifests.resolve(name, tag)  # ManifestUnknown: no such tag
+            record = await st.registry.manifests.resolve(name, ref)  # ManifestUnknown: none
             return common.render(
-                request, "delete.html", viewer=viewer, page="repositories", name=name, tag=tag
+                request,
+                "delete.html",
+                viewer=viewer,
+                page="repositories",
+                name=name,
+                kind=kind,
+                ref=ref,
+                what=f"{'tag' if kind == 'tag' else 'manifest'} {ref}",
+                record=record,
             )
         if st.read_only or st.write_refusal():
             return common.refusal(
                 request, 503, "this replica is read-only now; delete on a healthy one", viewer
             )
-        await st.registry.manifests.delete(name, tag)
+        await st.registry.manifests.delete(name, ref)
     except NameInvalid:
         return common.refusal(request, 400, "that is not a repository name", viewer)
     except (NameUnknown, ManifestUnknown) as exc:
@@ -215,7 +220,14 @@ async def delete_tag(request: Request, st: AppState, viewer: Viewer) -> Response
     except Denied as exc:  # no delete role; an immutable tag
         return common.refusal(request, 403, str(exc), viewer)
     except MoorageError as exc:
-        return common.refusal(request, 503, f"the tag was not deleted: {exc}", viewer)
-    await auditing.record(request, st, "delete", f"{name}:{tag}", {"kind": "tag", "via": "ui"})
-    target = f"{PREFIX}/repository?" + urllib.parse.urlencode({"name": name, "deleted": tag})
+        return common.refusal(request, 503, f"nothing was deleted: {exc}", viewer)
+    if kind == "tag":
+        await auditing.record(request, st, "delete", f"{name}:{ref}", {"kind": "tag", "via": "ui"})
+        await webhooks.notify(request, st, "delete", name, tag=ref)
+    else:
+        target = f"{name}@{ref}"
+        await auditing.record(request, st, "delete", target, {"kind": "manifest", "via": "ui"})
+        await webhooks.notify(request, st, "delete", name, digest=ref)
+    query = {"name": name, "deleted": ref}
+    target = f"{PREFIX}/repository?" + urllib.parse.urlencode(query)
     return RedirectResponse(target, 303, SECURITY_HEADERS)

@@ -86,10 +86,18 @@ def ui_routes() -> list[BaseRoute]:
         Route(
             f"{PREFIX}/cluster.json", page(cluster_page.cluster_json, json=True), methods=["GET"]
         ),
+        Route(
+            f"{PREFIX}/cluster.events",
+            page(cluster_page.cluster_events, json=True),
+            methods=["GET"],
+        ),
         Route(f"{PREFIX}/repositories", page(repos_page.repositories), methods=["GET"]),
         Route(f"{PREFIX}/repository", page(repos_page.repository), methods=["GET"]),
         Route(f"{PREFIX}/manifest", page(repos_page.manifest), methods=["GET"]),
         Route(f"{PREFIX}/delete-tag", page(repos_page.delete_tag), methods=["GET", "POST"]),
+        Route(
+            f"{PREFIX}/delete-manifest", page(repos_page.delete_manifest), methods=["GET", "POST"]
+        ),
         Route(f"{PREFIX}/static/{{name}}", static, methods=["GET"]),
         # access tokens: every user's own (admins: anybody's)
         Route(tokens_page.TOKENS, _anyone(tokens_page.tokens), methods=["GET"]),

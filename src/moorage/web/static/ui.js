@@ -1,4 +1,5 @@
-// Moorage web UI: copy buttons, and the Cluster page kept live by polling its JSON.
+// Moorage web UI: copy buttons, and the Cluster page kept live by server-sent events
+// (cluster.events), or by polling its JSON when the stream fails.
 "use strict";
 
 function text(tag, value) {
@@ -7,7 +8,7 @@ function text(tag, value) {
   return el;
 }
 
-function showCluster(view) {
+function showCluster(view, how) {
   const scenario = document.getElementById("scenario");
   scenario.textContent = view.scenario;
   scenario.className = "scenario scenario-" + view.scenario;
@@ -32,18 +33,45 @@ function showCluster(view) {
   document.getElementById("action").textContent = view.action || "";
   document.getElementById("next").textContent = view.next || "";
   document.getElementById("updated").textContent =
-    "Updated " + new Date().toLocaleTimeString() + "; updates every few seconds.";
+    "Updated " + new Date().toLocaleTimeString() + "; " + how + ".";
 }
 
-async function poll(section) {
+// Polling, after the stream failed; the stream is tried again after 15 good polls.
+async function poll(section, good = 0) {
   try {
     const resp = await fetch(section.dataset.source, {credentials: "same-origin"});
     if (resp.status === 401) { window.location.reload(); return; }
-    if (resp.ok) { showCluster(await resp.json()); }
+    if (resp.ok) {
+      showCluster(await resp.json(), "polled every few seconds");
+      good += 1;
+    }
   } catch (err) {
     document.getElementById("updated").textContent = "This replica did not answer: " + err;
   }
-  setTimeout(() => poll(section), 2000);
+  if (good >= 15 && section.dataset.events) { stream(section); return; }
+  setTimeout(() => poll(section, good), 2000);
+}
+
+// The stream, while it works; polling from the first time it fails for good (an HTTP
+// error, or three errors in a row without an event between them).
+function stream(section) {
+  if (!window.EventSource) { setTimeout(() => poll(section), 2000); return; }
+  const source = new EventSource(section.dataset.events);
+  let failures = 0;
+  section.dataset.live = "connecting";
+  source.addEventListener("cluster", (event) => {
+    failures = 0;
+    section.dataset.live = "stream";
+    showCluster(JSON.parse(event.data), "live");
+  });
+  source.addEventListener("error", () => {
+    failures += 1;
+    if (source.readyState === EventSource.CLOSED || failures >= 3) {
+      source.close();
+      section.dataset.live = "polling";
+      setTimeout(() => poll(section), 2000);
+    }
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -55,5 +83,5 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
   const cluster = document.getElementById("cluster");
-  if (cluster) { setTimeout(() => poll(cluster), 2000); }
+  if (cluster) { stream(cluster); }
 });
