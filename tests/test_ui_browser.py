@@ -195,7 +195,7 @@ def test_delete_a_manifest_by_digest_after_confirming(
     admin.get_by_role("link", name="doomed", exact=True).click()
     admin.get_by_role("link", name="Delete this manifest…").click()
     expect(admin.get_by_role("heading")).to_have_text(f"Delete manifest {digest} of {REPO}?")
-    _axe(admin)
+    axe_clean(admin)
     admin.get_by_role("button", name=f"Delete manifest {digest}").click()
     expect(admin.get_by_role("status")).to_have_text(f"Manifest {digest} deleted.")
     with cluster.nodes[1].client() as c:
