@@ -26,7 +26,6 @@ from harness.seaweed import SeaweedFS
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
-    "test_s3_conformance.py": "clients",
     "test_s3_cluster.py": "cluster",
     "test_s3_recovery.py": "cluster",
     "test_gc.py": "clients",
@@ -59,14 +58,13 @@ TIERS = {
 #: in collection order.
 LONGEST_FIRST = (
     "netns",
-    "test_s3_conformance.py",
+    "test_s3_cluster.py",
     "chaos",
     "test_paste.py",
     "test_recovery.py",
     "test_ca_rotation.py",
     "test_s3_recovery.py",
     "test_cluster.py",
-    "test_s3_cluster.py",
     "test_webhooks.py",
     "test_ui_browser.py",
     "test_journal_trim.py",
