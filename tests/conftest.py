@@ -12,6 +12,7 @@ import compileall
 import signal
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from harness.seaweed import SeaweedFS
 # given, any other file `replica`. A file that mixes tiers is listed under its heaviest.
 TIERS = {
     "test_clients.py": "clients",
-    "test_s3_conformance.py": "clients",
     "test_s3_cluster.py": "cluster",
     "test_s3_recovery.py": "cluster",
     "test_gc.py": "clients",
@@ -59,14 +59,13 @@ TIERS = {
 #: in collection order.
 LONGEST_FIRST = (
     "netns",
-    "test_s3_conformance.py",
+    "test_s3_cluster.py",
     "chaos",
     "test_paste.py",
     "test_recovery.py",
     "test_ca_rotation.py",
     "test_s3_recovery.py",
     "test_cluster.py",
-    "test_s3_cluster.py",
     "test_webhooks.py",
     "test_ui_browser.py",
     "test_journal_trim.py",
@@ -221,3 +220,20 @@ def s3_url(
         monkeypatch.setenv(name, value)
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:60]
     return seaweed.storage_url(f"t/{name}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def s3_replica(seaweed: SeaweedFS, data_dir: Path, storage: str) -> Iterator[Replica]:
+    """One replica whose blob storage is `storage` (an S3 `--storage` value on `seaweed`),
+    started and stopped around the block; the store's credentials are in its environment and
+    in this process's meanwhile (for the driver a test lists the bucket with). The one-replica
+    S3 modules' module-scoped fixture."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in seaweed.env().items():
+            mp.setenv(name, value)
+        r = Replica(data_dir, storage=storage)
+        try:
+            r.start()
+            yield r
+        finally:
+            r.stop()  # a replica that never became healthy too

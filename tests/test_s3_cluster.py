@@ -1,9 +1,11 @@
 """A 3-replica cluster whose blob storage is one S3 prefix (a real SeaweedFS gateway), built
-with the real commands (`install --storage s3://…`, `join --storage s3://…` on the others):
-skopeo round trips through each replica, a chunked upload started on one replica and finished
-on another, and a join that names another prefix refused; the OCI conformance push and pull
-flows with their data pushed through one replica and read through another. The destructive
-cases (outage, emergency repair, restore) are in tests/test_s3_recovery.py."""
+with the real commands (`install --storage s3://…`, `join --storage s3://…` on the others),
+and the whole OCI conformance set on it: every test and fixture of tests/test_conformance_*.py
+(pull, push, discovery, management, sparse), unchanged, with its data set up through one
+replica and its requests sent to another. Beside them: skopeo round trips through each
+replica, a chunked upload started on one replica and finished on another, a cancel and a
+mount across replicas, and a join that names another prefix refused. The destructive cases
+(outage, emergency repair, restore) are in tests/test_s3_recovery.py."""
 
 from __future__ import annotations
 
@@ -12,19 +14,52 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
 from harness.seaweed import BUCKET, SeaweedFS
 
 from moorage.storage.s3location import parse
-from tests import test_conformance_pull, test_conformance_push
+from tests import (
+    test_clients,
+    test_conformance_discovery,
+    test_conformance_management,
+    test_conformance_pull,
+    test_conformance_push,
+    test_conformance_sparse,
+)
 from tests.cluster import Cluster, Node, cluster_of
 from tests.test_clients import build_image, image_blobs, read_blob, skopeo_copy
-from tests.test_s3_replica import _flow
 
 PREFIX = f"t/s3-cluster-{uuid.uuid4().hex[:8]}"
 MIB = 1024 * 1024
+
+CONFORMANCE = (
+    test_conformance_push,
+    test_conformance_pull,
+    test_conformance_discovery,
+    test_conformance_management,
+    test_conformance_sparse,
+)
+
+
+def defined_in(module: ModuleType) -> dict[str, object]:
+    """What `module` itself defines (its tests, fixtures and their helpers), in its order:
+    pytest collects a module's namespace in that order, and the flows (the push, pull,
+    discovery and management sequences) share state test to test."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+    }
+
+
+def _take(module: ModuleType) -> None:
+    for name, value in defined_in(module).items():
+        if name in globals() and globals()[name] is not value:
+            raise RuntimeError(f"{module.__name__}.{name} would shadow another module's {name}")
+        globals()[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +71,22 @@ def cluster(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield c
 
 
+class Entry:
+    """The replica the conformance tests set their data up through (their `registry`): the
+    first one; `host` as the clients name it (with the port)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.host = f"{node.host}:{node.port}"
+
+    def client(self) -> httpx.Client:
+        return self.node.client()
+
+
 @pytest.fixture(scope="module")
-def registry(cluster: Cluster) -> Node:
-    """The conformance flows' setup pushes through the first replica..."""
-    return cluster.nodes[0]
+def registry(cluster: Cluster) -> Entry:
+    """The conformance tests' setup pushes through the first replica..."""
+    return Entry(cluster.nodes[0])
 
 
 @pytest.fixture
@@ -49,11 +96,11 @@ def client(cluster: Cluster) -> Iterator[httpx.Client]:
         yield c
 
 
-# The conformance push and pull flows (sequences sharing state), as tests of this module.
-push = test_conformance_push.push
-pull = test_conformance_pull.pull
-globals().update(_flow(test_conformance_push, "test_push_teardown"))
-globals().update(_flow(test_conformance_pull, "test_teardown"))
+# The conformance set, bound in this module's namespace in each module's order (the flows
+# share state test to test); this module's `registry` and `client` override the shared ones.
+for _module in CONFORMANCE:
+    _take(_module)
+test_skopeo_two_layer_image_round_trip = test_clients.test_skopeo_two_layer_image_round_trip
 
 
 def test_the_cluster_is_healthy_and_on_s3(cluster: Cluster, seaweed: SeaweedFS) -> None:
@@ -67,6 +114,25 @@ def test_the_cluster_is_healthy_and_on_s3(cluster: Cluster, seaweed: SeaweedFS) 
             storage = c.get("/api/v0/health").json()["components"]["storage"]
         assert storage["healthy"] is True, storage
     assert not cluster.storage.exists()  # nothing went to a local directory
+
+
+def test_the_cluster_keeps_its_blobs_in_the_bucket(
+    cluster: Cluster, client: httpx.Client, seaweed: SeaweedFS
+) -> None:
+    """A blob pushed through a replica is an object under the prefix, never a local file; it
+    streams back through the replica (pulls by redirect are off by default)."""
+    body = b"kept in S3"
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    r = client.post(f"/v2/s3/check/blobs/uploads/?digest={digest}", content=body)
+    assert r.status_code == 201, r.text
+    key = f"{PREFIX}/blobs/sha256/{digest[7:9]}/{digest[7:]}"
+    assert key in seaweed.keys(f"{PREFIX}/blobs/")
+    for node in cluster.nodes:
+        assert not (node.data_dir / "blobs").exists()
+    got = client.get(f"/v2/s3/check/blobs/{digest}")
+    assert got.status_code == 200
+    assert got.content == body
+    assert "location" not in got.headers
 
 
 def test_skopeo_round_trip_through_each_replica(cluster: Cluster, tmp_path: Path) -> None:

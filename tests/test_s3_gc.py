@@ -21,6 +21,7 @@ from harness.process import moorage
 from harness.replica import Replica
 from harness.seaweed import BUCKET, SeaweedFS
 
+from tests.conftest import s3_replica
 from tests.gc_images import delete, image, layer, pull_identical, push, write_layout
 from tests.oci import MT_OCI_CONFIG, MT_OCI_LAYER, OCI_MANIFEST, sha256
 from tests.test_gc_race import check_pulls, race
@@ -33,13 +34,9 @@ MiB = 1 << 20
 def replica(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """One replica on S3 for this module (the store's credentials in its environment and in
     this process's, for the driver the checks list the bucket with)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in seaweed.env().items():
-            mp.setenv(name, value)
-        r = Replica(tmp_path_factory.mktemp("s3gc") / "data", storage=seaweed.storage_url(PREFIX))
-        r.start()
+    data = tmp_path_factory.mktemp("s3gc") / "data"
+    with s3_replica(seaweed, data, seaweed.storage_url(PREFIX)) as r:
         yield r
-        r.stop()
 
 
 def gc(r: Replica, *args: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from harness.seaweed import SeaweedFS
 from moorage.errors import ConfigError
 from moorage.storage.s3location import parse
 from tests import test_clients
+from tests.conftest import s3_replica
 from tests.oci import sha256
 
 PREFIX = f"s3-redirect-{uuid.uuid4().hex[:8]}"
@@ -28,14 +29,9 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def registry(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """One replica on S3 with redirects on (the store's credentials in its environment)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in seaweed.env().items():
-            mp.setenv(name, value)
-        storage = seaweed.storage_url(PREFIX) + "&redirect=on"
-        r = Replica(tmp_path_factory.mktemp("s3r") / "data", storage=storage)
-        r.start()
+    data = tmp_path_factory.mktemp("s3r") / "data"
+    with s3_replica(seaweed, data, seaweed.storage_url(PREFIX) + "&redirect=on") as r:
         yield r
-        r.stop()
 
 
 @pytest.fixture(scope="module")

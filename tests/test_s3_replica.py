@@ -1,6 +1,6 @@
 """A replica whose blob storage is S3, refused or cut off: a bad `--storage` location is a usage
-error, and an unreachable store makes pushes 503. (The OCI conformance set and a skopeo round
-trip on a working S3 replica are in tests/test_s3_conformance.py.)"""
+error, and an unreachable store makes pushes 503. (The OCI conformance set and skopeo round
+trips on a working S3 cluster are in tests/test_s3_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -14,18 +14,6 @@ import httpx
 import pytest
 from harness.process import free_port, moorage_cmd
 from harness.replica import Replica
-
-
-def _flow(module: object, last: str) -> dict[str, object]:
-    """A module's test functions up to `last`, in their order (a flow sharing state; used by
-    tests/test_s3_cluster.py)."""
-    out: dict[str, object] = {}
-    for name, value in vars(module).items():
-        if name.startswith("test_") and callable(value):
-            out[name] = value
-            if name == last:
-                break
-    return out
 
 
 @pytest.mark.parametrize(
