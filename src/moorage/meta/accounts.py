@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from moorage.meta import access_tokens as tokens
-from moorage.meta import keys
+from moorage.meta import keys, names
 from moorage.meta.account_records import MAX_TEAM_MEMBERS, GrantRecord, OrgRecord, TeamRecord
 from moorage.meta.base import (
     KV,
@@ -162,7 +162,7 @@ class Accounts:
     async def public_repos(self, prefix: str, n: int, last: str | None) -> tuple[list[str], bool]:
         """Up to `n` public repositories (made public, whether pushed yet or not) that start
         with `prefix`, after `last`, in name order (paged)."""
-        return await self.meta._names_under(keys.PUBLIC, prefix, n, last)
+        return await names.names_under(self.meta, keys.PUBLIC, prefix, n, last)
 
     async def is_public(self, repo: str) -> bool:
         return await self.meta._get(keys.public(repo)) is not None

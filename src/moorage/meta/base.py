@@ -377,36 +377,6 @@ class MetaStore(ABC):
     async def list_repos(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
         return await self._page(keys.REPOS, n, last)
 
-    async def list_repos_prefixed(
-        self, prefix: str, n: int, last: str | None
-    ) -> tuple[list[str], bool]:
-        """Up to `n` repository names that start with `prefix`, after `last`: one key range
-        of the catalog, read in pages (a search by prefix never reads the other names)."""
-        return await self._names_under(keys.REPOS, prefix, n, last)
-
-    async def existing_repos(self, names: Sequence[str]) -> list[str]:
-        """The names of `names` that are in the catalog (one batched read), in their order."""
-        found = await self._get_many([keys.repo(n) for n in names])
-        return [n for n, kv in zip(names, found, strict=True) if kv is not None]
-
-    async def _names_under(
-        self, root: bytes, prefix: str, n: int, last: str | None
-    ) -> tuple[list[str], bool]:
-        """Up to `n` (>0) names under `root` that start with `prefix`, after `last`."""
-        base = root + prefix.encode()
-        end = keys.prefix_end(base) if prefix else keys.prefix_end(root)
-        start = root + last.encode() + b"\x00" if last and last >= prefix else base
-        out: list[str] = []
-        while start < end:
-            kvs, more = await self._range(start, end, min(n - len(out), STORE_PAGE), True)
-            out += [kv.key[len(root) :].decode() for kv in kvs]
-            if not more or not kvs:
-                return out, False
-            if len(out) >= n:
-                return out, True
-            start = kvs[-1].key + b"\x00"
-        return out, False
-
     async def _page(self, prefix: bytes, n: int | None, last: str | None) -> tuple[list[str], bool]:
         """Up to `n` names after `last` (None: every one; callers cap it), read in pages."""
         start = prefix + last.encode() + b"\x00" if last else prefix

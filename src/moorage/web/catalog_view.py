@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from moorage.api.state import AppState
 from moorage.auth.access import Principal, PullScope
+from moorage.meta import names as name_ranges
 from moorage.meta.accounts import Accounts
 
 PAGE = 50
@@ -112,7 +113,7 @@ async def _read_ranges(
                 group.append(spans[i].prefix)
                 i += 1
             wanted = [n for n in group if (after is None or n > after) and (not keep or keep(n))]
-            found = await meta.existing_repos(wanted) if wanted else []
+            found = await name_ranges.existing_repos(meta, wanted) if wanted else []
             chunk.reads += 1 if wanted else 0
             chunk.scanned += len(wanted)
             for name in found:
@@ -125,7 +126,7 @@ async def _read_ranges(
         cursor = after
         while True:
             n = min(SCAN, SCAN_BUDGET - chunk.scanned) if keep else want - len(chunk.names)
-            names, more = await meta.list_repos_prefixed(span.prefix, n, cursor)
+            names, more = await name_ranges.repos_prefixed(meta, span.prefix, n, cursor)
             chunk.reads += 1
             chunk.scanned += len(names)
             for name in names:
@@ -158,7 +159,7 @@ async def _read_public(
         chunk.reads += 1
         chunk.scanned += len(names)
         wanted = [n for n in names if keep is None or keep(n)]
-        found = await st.registry.meta.existing_repos(wanted) if wanted else []
+        found = await name_ranges.existing_repos(st.registry.meta, wanted) if wanted else []
         chunk.reads += 1 if wanted else 0
         for name in found:
             chunk.names.append(name)
@@ -181,7 +182,7 @@ async def _filtered(
     cursor = after
     while chunk.scanned < SCAN_BUDGET:
         n = min(SCAN, SCAN_BUDGET - chunk.scanned)
-        names, more = await st.registry.meta.list_repos_prefixed(prefix, n, cursor)
+        names, more = await name_ranges.repos_prefixed(st.registry.meta, prefix, n, cursor)
         chunk.reads += 1
         chunk.scanned += len(names)
         for name in await st.authorizer.pullable(principal, [n for n in names if keep(n)]):
