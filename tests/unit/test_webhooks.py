@@ -18,7 +18,13 @@ from moorage.cluster.webhook_dispatch import Dispatcher
 from moorage.meta import keys
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.webhook_seal import Sealer
-from moorage.meta.webhooks import KEEP_DELIVERIES, Delivery, QueuedEvent, WebhookStore
+from moorage.meta.webhooks import (
+    KEEP_DELIVERIES,
+    Delivery,
+    QueuedEvent,
+    WebhookRecord,
+    WebhookStore,
+)
 
 INFO = wh.RequestInfo(
     "rid", "10.0.0.1:5555", "reg:5000", "PUT", "skopeo/1", "alice", "http://reg:5000"
@@ -162,6 +168,12 @@ def test_secrets_are_sealed_at_rest_and_open_only_with_the_cluster_secret() -> N
         assert other.secret is None
         assert other.secret_error is not None
         assert "cluster secret" in other.secret_error
+        # A record of the version before sealing (plain "secret") still signs.
+        legacy = json.loads(stored.value) | {"secret": "old-plain"}
+        del legacy["sealed_secret"]
+        old = WebhookRecord.decode(json.dumps(legacy).encode(), Sealer(b""))
+        assert old is not None
+        assert old.secret == "old-plain"
         async with httpx.AsyncClient() as client:
             status, error = await wh.post(client, other, b"{}", "r", 1)
         assert status is None

@@ -76,8 +76,10 @@ class WebhookRecord:
             return None
         events = doc.get("events")
         secret, error = None, None
-        sealed = doc.get("sealed_secret")
-        if isinstance(sealed, str) and sealed:
+        sealed, legacy = doc.get("sealed_secret"), doc.get("secret")
+        if isinstance(legacy, str) and legacy:  # written before secrets were sealed
+            secret = legacy
+        elif isinstance(sealed, str) and sealed:
             try:
                 secret = sealer.open(doc["id"], sealed)
             except ValueError as exc:
