@@ -306,7 +306,7 @@ def test_hostile_input_is_refused(cluster: Cluster) -> None:
         ({"url": "http://u:p@example.com/", "events": ["push"]}, "credentials"),
         ({"url": "http://example.com/ x", "events": ["push"]}, "spaces"),
         ({"url": "http://example.com:99999/", "events": ["push"]}, "port"),
-        ({"url": "http://example.com/", "events": ["push", "mount"]}, "unknown event 'mount'"),
+        ({"url": "http://example.com/", "events": ["push", "build"]}, "unknown event 'build'"),
         ({"url": "http://example.com/", "events": []}, "events is required"),
         ({"url": "http://example.com/", "events": ["push"], "extra": 1}, "unknown field"),
         ({"url": "http://example.com/", "events": ["push"], "secret": 7}, "secret must be"),
@@ -454,6 +454,29 @@ def test_retention_and_garbage_collection_send_delete_events(
     by_gc = [r.events[0] for r in receiver.at("/sysdel")[1:]]
     assert {"repository": "sysdel/app", "digest": old} in [e["target"] for e in by_gc]
     assert {e["actor"]["name"] for e in by_gc} == {"moorage gc"}
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
+def test_blob_mounts_send_mount_events(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A blob mounted from another repository sends Distribution's `mount` event, with the
+    repository it came from."""
+    hook_id = add_hook(cluster, receiver, "/mount", "mount")
+    push(cluster.nodes[0], tmp_path, "mnt/src", "v1")
+    with cluster.nodes[1].client() as http:
+        manifest = http.get("/v2/mnt/src/manifests/v1", headers={"Accept": OCI_MANIFEST}).json()
+        config = manifest["config"]["digest"]
+        resp = http.post(f"/v2/mnt/dst/blobs/uploads/?mount={config}&from=mnt/src")
+        assert resp.status_code == 201, resp.text
+    (got,) = receiver.wait("/mount", 1)
+    (event,) = got.events
+    assert event["action"] == "mount"
+    assert event["target"]["repository"] == "mnt/dst"
+    assert event["target"]["fromRepository"] == "mnt/src"
+    assert event["target"]["digest"] == config
+    assert event["target"]["url"].endswith(f"/v2/mnt/dst/blobs/{config}")
     with cluster.nodes[0].client() as http:
         assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
 

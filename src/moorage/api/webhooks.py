@@ -85,6 +85,22 @@ async def delete_event(
     return [webhooks.outbox_op(event)]
 
 
+async def notify_mount(
+    request: Request, st: AppState, repository: str, digest: str, source: str | None
+) -> None:
+    """Queue a blob mount's event (Distribution's `mount`, `target.fromRepository`) once
+    the blob is linked, before the answer (in the outbox, on its own transaction)."""
+    webhooks = st.webhooks
+    if webhooks is None or not await webhooks.wanted("mount"):
+        return
+    info = request_info(request)
+    event = webhooks.event("mount", repository, info, digest=digest)
+    event["target"]["url"] = f"{info.base_url}/v2/{repository}/blobs/{digest}"
+    if source:
+        event["target"]["fromRepository"] = source
+    await webhooks.emit(event)
+
+
 def notify_pull(
     request: Request, st: AppState, repository: str, digest: str, media_type: str, size: int,
     tag: str,
