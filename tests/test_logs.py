@@ -1,4 +1,5 @@
-"""Logs for machines (`--log-format json`) and the request id of every response.
+"""Logs for machines (`--log-format json`) and the request id of every response (admin
+API errors included).
 
 One replica started with `moorage run --log-format json` serves the module; its log (the run
 process's stdout and stderr, API worker included) is read back after the requests.
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from harness.cluster import Cluster, Node
 from harness.process import ADMIN_PASSWORD, cli_env, moorage_cmd
 from harness.replica import Replica
 
@@ -256,3 +258,48 @@ def test_start_keeps_the_log_format_of_the_replica(json_replica: Replica) -> Non
         assert all(d["replica"] == replica_id(json_replica) for d in docs)
     finally:
         subprocess.run(moorage_cmd("stop", "--data-dir", d), env=env, check=True, timeout=60)
+
+
+class JsonNode(Node):
+    """A replica installed or joined with `--log-format json`."""
+
+    def flags(self) -> list[str]:
+        return [*super().flags(), "--log-format", "json"]
+
+
+class JsonCluster(Cluster):
+    node_class = JsonNode
+
+
+def test_install_and_join_with_json_logs_write_json_only(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A 2-replica cluster made by `install` and `join` with `--log-format json`: every line
+    each replica's log holds is a JSON object with time, level and its replica id; its
+    access lines have every field; an admin API error carries the request id of its access
+    line."""
+    c = JsonCluster(tmp_path_factory.mktemp("jsonlogs"))
+    try:
+        c.install()
+        c.join()
+        rids = {}
+        for node in c.nodes:
+            with node.client() as http:
+                resp = http.post("/api/v0/webhooks", json={"url": "ftp://x/", "events": []})
+                assert resp.status_code == 400, resp.text
+                assert resp.json()["code"] == "INVALID"
+                assert resp.json()["request_id"] == resp.headers["x-request-id"]
+                rids[node.name] = resp.json()["request_id"]
+                assert http.get("/v2/").status_code == 200
+        for node in c.nodes:
+            log = node.data_dir / "logs" / "moorage.log"
+            (line,) = access_lines(log, rids[node.name])
+            assert line.keys() >= ACCESS_FIELDS, line
+            assert (line["status"], line["route"]) == (400, "/api/v0/webhooks")
+            docs = log_lines(log)
+            for doc in docs:
+                assert {"time", "level", "replica", "message"} <= doc.keys(), doc
+                assert doc["replica"] == node.replica_id, doc
+            assert any(d.get("logger") == "moorage.access" for d in docs)
+    finally:
+        c.shutdown()

@@ -2,13 +2,18 @@
 with skopeo gives exactly one push event, signed with the webhook's secret; a receiver that
 fails three times gets the event once after the retries, with the attempts recorded; a
 delete gives a delete event; the replica that accepted a push is killed while it delivers
-the event, and another replica delivers it; bad input and non-admins are refused."""
+the event, and another replica delivers it; bad input and non-admins are refused.
+
+The dispatchers' fallback read is every 600 s here: every delivery the tests wait for was
+started by the etcd watch (or a retry's own timer), never by a poll."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,21 +21,26 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from harness.cluster import wait_dead
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.cluster import AUTH, OCI_MANIFEST, Cluster, Node, cluster_of, free_port, moorage
 from tests.gc_images import image, layer, write_layout
 from tests.gc_images import push as skopeo_push
+from tests.test_fuzz import profile as fuzz_profile
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 SECRET = "s3cr3t-for-the-test"
-#: Quick rounds and retries (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s of backoff); the other
+#: Quick retries (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s of backoff), no polling; the other
 #: replicas leave an event to its own replica for 4 s; a claim outlives a dead claimer by at
 #: most 8 s.
 ENV = {
-    "MOORAGE_WEBHOOK_POLL": "0.3",
+    "MOORAGE_WEBHOOK_POLL": "600",
     "MOORAGE_WEBHOOK_BACKOFF": "0.3",
     "MOORAGE_WEBHOOK_TIMEOUT": "6",
     "MOORAGE_WEBHOOK_CLAIM_TTL": "8",
@@ -237,8 +247,8 @@ def test_receiver_that_never_accepts_is_marked_failed(
 def test_pull_events_when_asked_for(cluster: Cluster, receiver: Receiver, tmp_path: Path) -> None:
     push(cluster.nodes[0], tmp_path, "hooks/pulled", "v1")
     hook_id = add_hook(cluster, receiver, "/pull", "pull")
-    # Pulls read the webhooks each replica's dispatcher last saw (every 0.3 s here): pull
-    # until that copy has the new webhook.
+    # Pulls read the webhooks each replica's dispatcher last saw (its watch tells it of a
+    # new one): pull until that copy has the new webhook.
     deadline = time.monotonic() + 30
     with cluster.nodes[1].client() as http:
         while not receiver.at("/pull"):
@@ -278,7 +288,7 @@ def test_test_and_remove(cluster: Cluster, receiver: Receiver) -> None:
     hook_id = add_hook(cluster, receiver, "/ping", "push,pull")
     doc = cli(cluster.nodes[1], "webhook", "test", hook_id)
     assert (doc["delivery"]["status"], doc["delivery"]["status_code"]) == ("delivered", 200)
-    assert receiver.at("/ping")[0].events[0]["action"] == "test"
+    assert receiver.at("/ping")[0].events[0]["action"] == "test", receiver.at("/ping")[0].body
     assert cli(cluster.nodes[0], "webhook", "remove", hook_id)["removed"] == hook_id
     with cluster.nodes[2].client() as http:
         listed = http.get("/api/v0/webhooks").json()["webhooks"]
@@ -296,7 +306,7 @@ def test_hostile_input_is_refused(cluster: Cluster) -> None:
         ({"url": "http://u:p@example.com/", "events": ["push"]}, "credentials"),
         ({"url": "http://example.com/ x", "events": ["push"]}, "spaces"),
         ({"url": "http://example.com:99999/", "events": ["push"]}, "port"),
-        ({"url": "http://example.com/", "events": ["push", "mount"]}, "unknown event 'mount'"),
+        ({"url": "http://example.com/", "events": ["push", "build"]}, "unknown event 'build'"),
         ({"url": "http://example.com/", "events": []}, "events is required"),
         ({"url": "http://example.com/", "events": ["push"], "extra": 1}, "unknown field"),
         ({"url": "http://example.com/", "events": ["push"], "secret": 7}, "secret must be"),
@@ -329,6 +339,148 @@ def test_hostile_input_is_refused(cluster: Cluster) -> None:
     assert "unknown event 'tag'" in out.stderr
 
 
+def test_a_refused_push_sends_nothing_and_a_slow_receiver_holds_back_no_other(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The event is written in the push's own transaction: a push refused (its blobs are
+    missing) queues no event. A receiver that does not answer holds back neither the other
+    webhooks' events nor its own newer ones."""
+    released = threading.Event()
+    receiver.hold["/slow"] = released  # the first request to /slow hangs until released
+    slow = add_hook(cluster, receiver, "/slow", "push")
+    fast = add_hook(cluster, receiver, "/fast", "push")
+    try:
+        with cluster.nodes[0].client() as http:
+            bad = json.dumps({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": "sha256:" + "0" * 64, "size": 2},
+                "layers": [],
+            })  # fmt: skip
+            resp = http.put(
+                "/v2/hooks/refused/manifests/v1",
+                content=bad,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+        push(cluster.nodes[0], tmp_path, "hooks/hol", "v1")
+        (held,) = receiver.wait("/slow", 1)  # delivering v1 to /slow: it hangs
+        push(cluster.nodes[1], tmp_path, "hooks/hol", "v2")
+        # While /slow still holds v1: /fast gets both, and /slow gets v2 besides.
+        fast_got = receiver.wait("/fast", 2)
+        slow_got = receiver.wait("/slow", 2)
+        assert not released.is_set()
+        assert sorted(r.events[0]["target"]["tag"] for r in fast_got) == ["v1", "v2"]
+        assert [r.events[0]["target"]["tag"] for r in slow_got] == ["v1", "v2"]
+        assert held.events[0]["target"]["tag"] == "v1"
+    finally:
+        released.set()
+    settled(cluster.nodes[0], slow, lambda d: len(d) >= 2)
+    settled(cluster.nodes[0], fast, lambda d: len(d) >= 2)
+    for path in ("/slow", "/fast"):
+        tagged = [r.events[0]["target"] for r in receiver.at(path)]
+        assert all(t["repository"] != "hooks/refused" for t in tagged)  # never an event
+    with cluster.nodes[0].client() as http:
+        for hook_id in (slow, fast):
+            assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
+def test_pull_events_are_flushed_when_a_replica_stops(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Pulls wait half a second in memory to be queued together: a graceful stop (SIGTERM)
+    queues them first, and another replica delivers them."""
+    push(cluster.nodes[0], tmp_path, "hooks/flushed", "warm")
+    push(cluster.nodes[0], tmp_path, "hooks/flushed", "last")
+    hook_id = add_hook(cluster, receiver, "/flush", "pull")
+    node = cluster.nodes[1]
+    deadline = time.monotonic() + 30
+    with node.client() as http:
+        while not receiver.at("/flush"):  # until this replica's workers know the webhook
+            assert time.monotonic() < deadline
+            got = http.get("/v2/hooks/flushed/manifests/warm", headers={"Accept": OCI_MANIFEST})
+            assert got.status_code == 200
+            time.sleep(0.5)
+        for _ in range(4):  # each worker of the replica gets one, as the connections go
+            with node.client() as one:
+                got = one.get("/v2/hooks/flushed/manifests/last", headers={"Accept": OCI_MANIFEST})
+                assert got.status_code == 200
+    pids = node.pids()
+    os.kill(pids[0], signal.SIGTERM)  # the supervisor: the pulls are still in memory
+    assert wait_dead(pids, 60)
+    try:
+
+        def last() -> list[dict[str, Any]]:
+            return [
+                e for r in receiver.at("/flush") for e in r.events
+                if e["target"].get("tag") == "last"
+            ]  # fmt: skip
+
+        deadline = time.monotonic() + 60
+        while len(last()) < 4:
+            assert time.monotonic() < deadline, f"{len(last())} of 4 pulls delivered"
+            time.sleep(0.2)
+        assert {e["source"]["instanceID"] for e in last()} == {node.replica_id}
+    finally:
+        cluster.start(node)
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
+def test_retention_and_garbage_collection_send_delete_events(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Deletes the registry decides itself send `delete` events too (in the transaction of
+    the delete): retention's by tag (its actor the admin who applied it), and garbage
+    collection's of the untagged manifest by digest (its actor `moorage gc`)."""
+    hook_id = add_hook(cluster, receiver, "/sysdel", "delete")
+    old = push(cluster.nodes[0], tmp_path, "sysdel/app", "v1")
+    push(cluster.nodes[0], tmp_path, "sysdel/app", "v2")
+    cli(cluster.nodes[0], "policy", "set", "sysdel/app", "--keep-last", "1")
+    done = cli(cluster.nodes[0], "policy", "apply", "sysdel/app", "--yes")
+    assert [d["tag"] for d in done["deleted"]] == ["v1"]
+    (by_retention,) = receiver.wait("/sysdel", 1)
+    assert by_retention.events[0]["target"] == {"repository": "sysdel/app", "tag": "v1"}
+    assert by_retention.events[0]["actor"] == {"name": AUTH[0]}
+    with cluster.nodes[1].client(timeout=120) as http:
+        ran = http.post("/api/v0/gc", json={"untagged": True, "grace": 0})
+        assert ran.status_code == 200, ran.text
+    # (the collection deletes every untagged manifest: earlier tests' too)
+    deadline = time.monotonic() + 60
+    while not any(r.events[0]["target"].get("digest") == old for r in receiver.at("/sysdel")):
+        assert time.monotonic() < deadline, [r.events for r in receiver.at("/sysdel")]
+        time.sleep(0.2)
+    by_gc = [r.events[0] for r in receiver.at("/sysdel")[1:]]
+    assert {"repository": "sysdel/app", "digest": old} in [e["target"] for e in by_gc]
+    assert {e["actor"]["name"] for e in by_gc} == {"moorage gc"}
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
+def test_blob_mounts_send_mount_events(
+    cluster: Cluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A blob mounted from another repository sends Distribution's `mount` event, with the
+    repository it came from."""
+    hook_id = add_hook(cluster, receiver, "/mount", "mount")
+    push(cluster.nodes[0], tmp_path, "mnt/src", "v1")
+    with cluster.nodes[1].client() as http:
+        manifest = http.get("/v2/mnt/src/manifests/v1", headers={"Accept": OCI_MANIFEST}).json()
+        config = manifest["config"]["digest"]
+        resp = http.post(f"/v2/mnt/dst/blobs/uploads/?mount={config}&from=mnt/src")
+        assert resp.status_code == 201, resp.text
+    (got,) = receiver.wait("/mount", 1)
+    (event,) = got.events
+    assert event["action"] == "mount"
+    assert event["target"]["repository"] == "mnt/dst"
+    assert event["target"]["fromRepository"] == "mnt/src"
+    assert event["target"]["digest"] == config
+    assert event["target"]["url"].endswith(f"/v2/mnt/dst/blobs/{config}")
+    with cluster.nodes[0].client() as http:
+        assert http.delete(f"/api/v0/webhooks/{hook_id}").status_code == 200
+
+
 def test_event_of_a_killed_replica_is_delivered_by_another(
     cluster: Cluster, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -355,3 +507,74 @@ def test_event_of_a_killed_replica_is_delivered_by_another(
     assert d["digest"] == digest
     assert d["replica"] in {n.replica_id for n in cluster.nodes[:2]}
     assert got[-1].headers["X-Moorage-Replica"] == d["replica"]
+
+
+# -- fuzz ----------------------------------------------------------------------------------
+_HOSTILE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from([
+        "http://127.0.0.1:1/", "https://example.invalid/x", "ftp://x/", "http://", "http://[::1",
+        "http://u:p@h/", "http://h/#f", "http://h:99999/", "javascript:alert(1)", "\x00", "",
+        "push", "delete", "pull", "mount", "push,delete", " push ", "x" * 3000, "%00", "../..",
+    ]),
+)  # fmt: skip
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_HOSTILE_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+_BODY = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "url": _JSON, "events": _JSON, "secret": _JSON, "name": _JSON,
+            "extra": _JSON,
+        },
+    ),
+    _JSON,
+)  # fmt: skip
+
+
+def _stored(http: httpx.Client) -> list[dict[str, Any]]:
+    resp = http.get("/api/v0/webhooks")
+    assert resp.status_code == 200, resp.text
+    hooks: list[dict[str, Any]] = resp.json()["webhooks"]
+    return sorted(({k: v for k, v in h.items() if k != "pending"} for h in hooks), key=str)
+
+
+@fuzz_profile(30)
+@given(
+    body=st.one_of(_BODY.map(lambda b: json.dumps(b).encode()), st.binary(max_size=200)),
+    ctype=st.sampled_from(
+        ["application/json", "text/plain", "", "application/x-www-form-urlencoded"]
+    ),
+    hook_id=st.one_of(st.from_regex(r"[0-9a-f]{12}", fullmatch=True), _HOSTILE_TEXT),
+)
+def test_fuzz_the_webhooks_api(cluster: Cluster, body: bytes, ctype: str, hook_id: str) -> None:
+    """Hostile bodies and ids: never a 500, and a refused request changes nothing stored
+    (an accepted one is removed again)."""
+    with httpx.Client(base_url=cluster.nodes[0].url, auth=AUTH, timeout=30) as http:
+        before = _stored(http)
+        headers = {"Content-Type": ctype} if ctype else {}
+        try:
+            resp = http.post("/api/v0/webhooks", content=body, headers=headers)
+        except httpx.LocalProtocolError:
+            return  # httpx refuses to send that header at all
+        assert resp.status_code < 500, resp.text
+        if resp.status_code == 200:
+            made = resp.json()["webhook"]["id"]
+            assert http.delete(f"/api/v0/webhooks/{made}").status_code == 200
+        else:
+            assert resp.json()["code"], resp.text  # the API's error envelope
+            assert _stored(http) == before
+        path = quote(hook_id, safe="")
+        for method, url in (
+            ("DELETE", f"/api/v0/webhooks/{path}"),
+            ("POST", f"/api/v0/webhooks/{path}/test"),
+            ("GET", f"/api/v0/webhooks/deliveries?webhook={path}"),
+        ):
+            resp = http.request(method, url)
+            assert resp.status_code < 500, (method, url, resp.text)
+            if resp.status_code >= 400:
+                assert resp.json()["code"], resp.text
+        assert _stored(http) == before

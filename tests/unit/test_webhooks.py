@@ -7,13 +7,24 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 
+import httpx
 import pytest
 
 from moorage.cluster import webhook_input as wi
 from moorage.cluster import webhooks as wh
+from moorage.cluster.webhook_dispatch import Dispatcher
+from moorage.meta import keys
 from moorage.meta.memory import MemoryMetaStore
-from moorage.meta.webhooks import KEEP_DELIVERIES, Delivery, QueuedEvent, WebhookStore
+from moorage.meta.webhook_seal import Sealer
+from moorage.meta.webhooks import (
+    KEEP_DELIVERIES,
+    Delivery,
+    QueuedEvent,
+    WebhookRecord,
+    WebhookStore,
+)
 
 INFO = wh.RequestInfo(
     "rid", "10.0.0.1:5555", "reg:5000", "PUT", "skopeo/1", "alice", "http://reg:5000"
@@ -41,8 +52,9 @@ def test_bad_urls_are_refused_with_the_reason(url: object, why: str) -> None:
 def test_events_are_a_known_subset() -> None:
     assert wi.check_events("push, delete,push") == ("push", "delete")
     assert wi.check_events(["pull"]) == ("pull",)
-    with pytest.raises(ValueError, match="unknown event 'mount': choose from push, delete, pull"):
-        wi.check_events("push,mount")
+    assert wi.check_events("mount,push") == ("mount", "push")
+    with pytest.raises(ValueError, match="unknown event 'tag': choose from push, delete, pull"):
+        wi.check_events("push,tag")
     with pytest.raises(ValueError, match="events is required"):
         wi.check_events("")
 
@@ -97,8 +109,11 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         store = hooks.store
         record = wi.new_webhook({"url": "http://h/", "events": ["push"]}, "admin")
         assert await store.add(record)
-        assert await hooks.emit(hooks.event("push", "app", INFO)) == 1
-        assert await hooks.emit(hooks.event("delete", "app", INFO)) == 0  # not subscribed
+        await hooks.emit(hooks.event("push", "app", INFO))
+        await hooks.emit(hooks.event("delete", "app", INFO))  # not subscribed
+        assert len(await store.outbox(10)) == 2
+        await Dispatcher(hooks, "w0")._fan_out(await store.hooks())
+        assert await store.outbox(10) == []  # each entry moved, or dropped if unwanted
         (q,) = await store.queued(record.id, 10)
         first, second = await store.lease(30), await store.lease(30)
         assert await store.claim(q, "w1", first)
@@ -106,10 +121,11 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         await store.release(first)  # the claimer died: its lease ends
         assert await store.claim(q, "w2", second)
         item = QueuedEvent(q.item.event, q.item.origin, q.item.created_at, attempts=1)
-        assert await store.retry(q, item)
+        assert await store.retry(q, item, wh.seq(time.time() + 60))
         (again,) = await store.queued(record.id, 10)
         assert again.item.attempts == 1
-        assert not await store.retry(q, item)  # a stale read changes nothing
+        assert again.seq > q.seq
+        assert not await store.retry(q, item, wh.seq())  # a stale read changes nothing
         third = await store.lease(30)
         # The retry freed the claim: a worker still holding the read of before the attempt
         # may not claim it (it would send attempt 1 again), the fresh read may.
@@ -127,5 +143,41 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         assert await store.remove(record.id)
         assert await WebhookStore(meta).deliveries(record.id) == []
         assert await store.hooks() == []
+
+    asyncio.run(scenario())
+
+
+def test_secrets_are_sealed_at_rest_and_open_only_with_the_cluster_secret() -> None:
+    async def scenario() -> None:
+        meta = MemoryMetaStore()
+        cluster_secret = b"k" * 32
+        store = WebhookStore(meta, Sealer(cluster_secret))
+        body = {"url": "http://h/", "events": ["push"], "secret": "hunter2-webhook"}
+        record = wi.new_webhook(body, "admin")
+        assert await store.add(record)
+        stored = await meta._get(keys.webhook(record.id))
+        assert stored is not None
+        assert b"hunter2" not in stored.value
+        assert "sealed_secret" in json.loads(stored.value)
+        (read,) = await store.hooks()
+        assert read.secret == "hunter2-webhook"
+        assert read.secret_error is None
+        assert read.public()["signed"] is True
+        assert "secret" not in read.public()
+        # Another cluster's secret does not open it: deliveries fail, never go unsigned.
+        (other,) = await WebhookStore(meta, Sealer(b"x" * 32)).hooks()
+        assert other.secret is None
+        assert other.secret_error is not None
+        assert "cluster secret" in other.secret_error
+        # A record of the version before sealing (plain "secret") still signs.
+        legacy = json.loads(stored.value) | {"secret": "old-plain"}
+        del legacy["sealed_secret"]
+        old = WebhookRecord.decode(json.dumps(legacy).encode(), Sealer(b""))
+        assert old is not None
+        assert old.secret == "old-plain"
+        async with httpx.AsyncClient() as client:
+            status, error = await wh.post(client, other, b"{}", "r", 1)
+        assert status is None
+        assert error == other.secret_error[:300]
 
     asyncio.run(scenario())

@@ -24,6 +24,7 @@ from moorage.api.audit import audit_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
+from moorage.api.errors import admin_error
 from moorage.api.gc import gc_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
@@ -89,7 +90,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         message = f"{request.method} is not supported on {path[:200]!r}"
     code = _ROUTING_CODES.get(exc.status_code, "INVALID")
-    return JSONResponse({"error": message, "code": code}, exc.status_code, exc.headers)
+    return JSONResponse(admin_error(code, message), exc.status_code, exc.headers)
 
 
 class RegistryRoutes:
@@ -112,7 +113,7 @@ class RegistryRoutes:
         if _UNROUTABLE.search(path):
             # Starlette's routes end in `$`, which also matches before a trailing newline.
             response = JSONResponse(
-                {"error": f"no such endpoint: {path[:200]!r}", "code": "NOT_FOUND"}, 404
+                admin_error("NOT_FOUND", f"no such endpoint: {path[:200]!r}"), 404
             )
             await response(scope, receive, send)
             return

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moorage.api.cluster import _admin_identity, _JSONResponse
+from moorage.api.errors import admin_error
 from moorage.api.http import decimal
 from moorage.api.state import AppState
 from moorage.audit.query import DEFAULT_LIMIT, MAX_LIMIT, BadQuery, Query, parse_time, read_events
@@ -30,7 +31,7 @@ _MAX_PARAM = 256
 
 
 def _invalid(message: str) -> JSONResponse:
-    return _JSONResponse({"error": message, "code": "INVALID"}, status_code=400)
+    return _JSONResponse(admin_error("INVALID", message), status_code=400)
 
 
 def _query(request: Request) -> Query | str:
@@ -79,7 +80,7 @@ async def audit_events(request: Request) -> Response:
     except BadQuery as exc:
         return _invalid(str(exc))
     except MoorageError as exc:
-        refusal = {"error": str(exc), "code": "UNAVAILABLE"}
+        refusal = admin_error("UNAVAILABLE", str(exc))
         return _JSONResponse(refusal, status_code=503, headers={"Retry-After": "5"})
     if request.query_params.get("format") == "jsonl":
         body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)

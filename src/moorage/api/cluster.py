@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from moorage.api import auditing
 from moorage.api import join_tokens as join_api
+from moorage.api.errors import admin_error
 from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
 from moorage.api.state import AppState
@@ -36,7 +37,7 @@ class _JSONResponse(JSONResponse):
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return _JSONResponse({"error": message, "code": code}, status_code=status)
+    return _JSONResponse(admin_error(code, message), status_code=status)
 
 
 def admin(handler: Handler, joiner: bool = False) -> Callable[[Request], Awaitable[Response]]:

@@ -41,6 +41,16 @@ _TABLE: dict[type[e.MoorageError], tuple[int, str]] = {
 }
 
 
+def admin_error(code: str, message: str) -> dict[str, Any]:
+    """The admin API's (`/api/v0/...`) error document: `{"error", "code", "request_id"}`,
+    the id of the request being answered (as the OCI envelope's `detail.request_id`)."""
+    doc: dict[str, Any] = {"error": message, "code": code}
+    rid = current_request_id()
+    if rid is not None:
+        doc["request_id"] = rid
+    return doc
+
+
 def envelope(code: str, message: str, detail: Any = None) -> bytes:
     """The OCI error document. While a request is answered, its id is in `detail`
     (`{"request_id": ...}`, merged into a dict detail; another detail is kept under

@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from moorage.api.errors import envelope
+from moorage.api.errors import admin_error, envelope
 from moorage.api.state import AppState
 from moorage.auth.basic import _client_key
 from moorage.auth.throttle import LoginThrottle
@@ -47,7 +47,7 @@ def refusal(exc: Unauthorized | Denied, status: int | None = None) -> Response:
     code = "UNAUTHORIZED" if isinstance(exc, Unauthorized) else "DENIED"
     status = status or (401 if code == "UNAUTHORIZED" else 403)
     doc = json.loads(envelope(code, exc.message))
-    doc.update({"error": exc.message, "code": code})
+    doc.update(admin_error(code, exc.message))
     return JSONResponse(doc, status_code=status)
 
 
@@ -76,9 +76,7 @@ async def authorize(
         resp.headers["Retry-After"] = str(wait)
         return resp
     if st.cluster is None:
-        return JSONResponse(
-            {"error": "this replica has no etcd cluster", "code": "UNSUPPORTED"}, 501
-        )
+        return JSONResponse(admin_error("UNSUPPORTED", "this replica has no etcd cluster"), 501)
     token = authorization[len(SCHEME) + 1 :].strip()
     secret = request.headers.get(SECRET_HEADER, "").strip()
     try:
@@ -88,7 +86,7 @@ async def authorize(
         log.warning("join token refused from %s for %s: %s", peer, request.url.path, exc)
         return refusal(exc)
     except MoorageError as exc:  # the store cannot answer
-        doc = {"error": str(exc), "code": "UNAVAILABLE"}
+        doc = admin_error("UNAVAILABLE", str(exc))
         return JSONResponse(doc, status_code=503, headers={"Retry-After": "5"})
     log.info("join token %s accepted from %s for %s", grant.digest[:12], peer, request.url.path)
     return grant

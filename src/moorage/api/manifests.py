@@ -58,6 +58,7 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
         body,
         request.headers.get("content-type"),
         extra_tags=tag_params,
+        notice=await webhooks.push_notice(request, st, name),
     )
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
@@ -70,12 +71,6 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
     if tag_params:
         detail["tags"] = ",".join(dict.fromkeys(tag_params))
     await auditing.record(request, st, "push", _target(name, reference), detail)
-    tags = [] if ":" in reference else [reference]
-    tags += [t for t in dict.fromkeys(tag_params) if t not in tags]
-    await webhooks.notify(
-        request, st, "push", name, str(pushed.digest), pushed.media_type, pushed.size,
-        tags[0] if tags else "",
-    )  # fmt: skip
     response = reply(201, headers)
     for tag in dict.fromkeys(tag_params):  # one OCI-Tag header per `?tag=` applied
         response.headers.append("OCI-Tag", tag)
@@ -83,13 +78,13 @@ async def put_manifest(request: Request, st: AppState, name: str, reference: str
 
 
 async def delete_manifest(request: Request, st: AppState, name: str, reference: str) -> Response:
-    await st.registry.manifests.delete(name, reference)
     kind = "manifest" if ":" in reference else "tag"
-    await auditing.record(request, st, "delete", _target(name, reference), {"kind": kind})
     if kind == "manifest":
-        await webhooks.notify(request, st, "delete", name, digest=reference)
+        event = await webhooks.delete_event(request, st, name, digest=reference)
     else:
-        await webhooks.notify(request, st, "delete", name, tag=reference)
+        event = await webhooks.delete_event(request, st, name, tag=reference)
+    await st.registry.manifests.delete(name, reference, also=event)
+    await auditing.record(request, st, "delete", _target(name, reference), {"kind": kind})
     return reply(202, {"Content-Length": "0"})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from moorage.api import webhooks
 from moorage.api.http import body_stream, chunk_range, content_length, has_body, range_header, reply
 from moorage.api.state import AppState
 from moorage.auth.access import PULL, REPOSITORY, Access
@@ -53,6 +54,7 @@ async def start_upload(request: Request, st: AppState, name: str) -> Response:
             anywhere = principal is None or (principal.admin and principal.limit is None)
             mounted = await st.registry.blobs.mount(name, mount, source, anywhere=anywhere)
         if mounted is not None:
+            await webhooks.notify_mount(request, st, name, str(mounted), source)
             return _created(name, str(mounted))
     digest = request.query_params.get("digest")
     if digest is not None:

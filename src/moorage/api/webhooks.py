@@ -7,9 +7,10 @@
 - `POST /api/v0/webhooks/{id}/test`: send a `test` event now; the delivery's outcome.
 - `GET /api/v0/webhooks/deliveries[?webhook=ID]`: the last deliveries, newest first.
 
-`notify` (pushes and deletes) queues the event before the handler answers: an event the
-store did not take fails the request (503), so the client's retry queues it again.
-`notify_pull` never waits on the store (cluster/webhooks.py).
+`push_notice` and `delete_event` (pushes and deletes) give the write that puts the event
+in the webhook outbox, which the registry makes part of the push's or delete's own
+transaction: both happen, or neither. `notify_pull` never waits on the store
+(cluster/webhooks.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from moorage.api.state import AppState
 from moorage.cluster.webhook_input import new_webhook
 from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo
 from moorage.meta.etcd import EtcdCluster
+from moorage.meta.ops import Op
+from moorage.meta.records import ManifestRecord
 from moorage.meta.webhooks import WebhookRecord
+from moorage.registry.manifests import Notice
 
 _ID = re.compile(r"[0-9a-f]{12}")
 
@@ -51,23 +55,50 @@ def request_info(request: Request) -> RequestInfo:
     )
 
 
-async def notify(
-    request: Request,
-    st: AppState,
-    action: str,
-    repository: str,
-    digest: str = "",
-    media_type: str = "",
-    size: int | None = None,
-    tag: str = "",
+async def push_notice(request: Request, st: AppState, repository: str) -> Notice | None:
+    """What a push writes for its event, in its own transaction (None: no webhook wants
+    pushes, read afresh; StoreUnavailable when the store does not answer)."""
+    webhooks = st.webhooks
+    if webhooks is None or not await webhooks.wanted("push"):
+        return None
+    info = request_info(request)
+
+    def notice(record: ManifestRecord, tags: list[str]) -> list[Op]:
+        tag = tags[0] if tags else ""
+        event = webhooks.event(
+            "push", repository, info, record.digest, record.media_type, record.size, tag
+        )
+        return [webhooks.outbox_op(event)]
+
+    return notice
+
+
+async def delete_event(
+    request: Request, st: AppState, repository: str, digest: str = "", tag: str = ""
+) -> list[Op]:
+    """What a delete writes for its event, in its own transaction (nothing when no webhook
+    wants deletes)."""
+    webhooks = st.webhooks
+    if webhooks is None or not await webhooks.wanted("delete"):
+        return []
+    event = webhooks.event("delete", repository, request_info(request), digest=digest, tag=tag)
+    return [webhooks.outbox_op(event)]
+
+
+async def notify_mount(
+    request: Request, st: AppState, repository: str, digest: str, source: str | None
 ) -> None:
-    """Queue a push or delete event durably (raises StoreUnavailable when it cannot)."""
-    if st.webhooks is None:
+    """Queue a blob mount's event (Distribution's `mount`, `target.fromRepository`) once
+    the blob is linked, before the answer (in the outbox, on its own transaction)."""
+    webhooks = st.webhooks
+    if webhooks is None or not await webhooks.wanted("mount"):
         return
-    event = st.webhooks.event(
-        action, repository, request_info(request), digest, media_type, size, tag
-    )
-    await st.webhooks.emit(event)
+    info = request_info(request)
+    event = webhooks.event("mount", repository, info, digest=digest)
+    event["target"]["url"] = f"{info.base_url}/v2/{repository}/blobs/{digest}"
+    if source:
+        event["target"]["fromRepository"] = source
+    await webhooks.emit(event)
 
 
 def notify_pull(

@@ -29,7 +29,7 @@ def _call(client: Any, method: str, path: str, body: dict[str, Any] | None = Non
 
 @click.group("webhook", cls=Group)
 def webhook() -> None:
-    """Webhooks: push, delete (and pull) events POSTed to an HTTP receiver, signed."""
+    """Webhooks: push, delete, pull, mount events POSTed to a receiver, signed."""
 
 
 @webhook.command("add")
@@ -38,7 +38,7 @@ def webhook() -> None:
 @click.option(
     "--events",
     required=True,
-    help="Comma-separated actions to send: push, delete, pull (pull events are optional).",
+    help="Comma-separated actions to send: push, delete, pull, mount (blob mounts).",
 )
 @click.option(
     "--secret",

@@ -115,6 +115,7 @@ class GcRun:
             fence=self.fence,
             progress=self._progress,
         )
+        collector.store.notice = self.registry.manifests.on_delete  # delete events
         try:
             await gc_store.put_doc(keys.GC_PROGRESS, {**self.describe(), "phase": "start"})
             result = await collector.run()

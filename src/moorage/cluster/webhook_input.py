@@ -11,7 +11,7 @@ from typing import Any
 
 from moorage.meta.webhooks import WebhookRecord
 
-EVENTS = ("push", "delete", "pull")
+EVENTS = ("push", "delete", "pull", "mount")
 _MAX_URL = 2048
 _MAX_NAME = 64
 _MAX_SECRET = 256

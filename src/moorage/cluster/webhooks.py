@@ -1,21 +1,16 @@
-"""Webhooks: registry events delivered at least once, from a queue in etcd.
+"""Webhooks: registry events in the Distribution notification format, delivered at least
+once from a queue in etcd (the deliveries themselves: cluster/webhook_dispatch.py).
 
-- `Webhooks.emit` builds an event in the Distribution notification format and writes it
-  into the queue of every webhook that wants its action, in one transaction, before the
-  push or delete that caused it is acknowledged (the API handler awaits it; if the write
-  fails the request fails and the client retries, which queues the event again). So a
-  replica lost right after a push loses no event: the queue is in etcd.
+- `Webhooks.event` builds an event; `outbox_op` is the write that puts it in the outbox,
+  which the push or delete makes part of its own transaction (api/webhooks.py passes it
+  down to meta/base.py): an acknowledged push always has its event, a push that failed never
+  has one, and a replica lost right after a push loses nothing (the outbox is in etcd).
+  `wanted` reads the webhooks afresh first, so a cluster without a webhook that wants the
+  action writes nothing more.
 - Pull events (optional per webhook) never wait on etcd: the webhooks that want them are
-  read from a copy the dispatcher refreshes each round, and the write runs in the
-  background (a replica that dies right after a pull may lose that pull event).
-- `Dispatcher.round`, in every API worker of every replica, every POLL seconds: for each
-  webhook, the first page of its queue; an event due (its backoff over) is claimed with a
-  lease (create-only key: one deliverer at a time; a dead claimer's lease ends after
-  CLAIM_TTL and another worker takes the event), POSTed with an HMAC-SHA256 signature, then
-  taken out of the queue and recorded as a delivery, or kept with its next attempt at
-  BACKOFF * 2^(attempts-1) (capped), or after ATTEMPTS recorded as failed.
-  Other replicas leave an event to the replica that accepted it for HANDOFF seconds, so a
-  healthy replica delivers its own events and the others take over when it is gone.
+  read from a copy the dispatcher keeps current, and the write runs in the background,
+  the pulls of half a second together; `aclose` (a worker's graceful stop, SIGTERM) queues
+  those still waiting. A replica killed right after a pull may lose that pull event.
 - Delivery is at least once: a deliverer that dies after the receiver answered but before
   its transaction commits leaves the event to be sent again. Receivers dedupe by event id.
 """
@@ -30,12 +25,11 @@ import hmac
 import json
 import logging
 import os
-import random
 import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -43,11 +37,12 @@ import httpx
 from moorage import __version__
 from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
+from moorage.meta.ops import Op
+from moorage.meta.webhook_seal import Sealer
 from moorage.meta.webhooks import (
     KEEP_DELIVERIES,
     MAX_WEBHOOKS,
     Delivery,
-    Queued,
     QueuedEvent,
     WebhookRecord,
     WebhookStore,
@@ -57,9 +52,6 @@ log = logging.getLogger("moorage.webhooks")
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 SIGNATURE_HEADER = "X-Moorage-Signature"
-_QUEUE_PAGE = 32
-_CONCURRENCY = 8
-_PER_ROUND = 2 * _CONCURRENCY
 #: Pull events wait this long in memory, to be queued together (one write for many pulls).
 _PULL_FLUSH = 0.5
 _PULL_BATCH = 100
@@ -74,8 +66,11 @@ def _env(name: str, default: float) -> float:
     return value if value > 0 else default
 
 
-#: Seconds between the dispatcher's rounds (MOORAGE_WEBHOOK_POLL).
-POLL = _env("MOORAGE_WEBHOOK_POLL", 1.0)
+#: Seconds between the dispatcher's reads while its etcd watch is live (a fallback: the watch
+#: wakes it on every change), MOORAGE_WEBHOOK_POLL; at most 1 s while the watch is down.
+POLL = _env("MOORAGE_WEBHOOK_POLL", 30.0)
+#: Events of one webhook in flight at once, per API worker (MOORAGE_WEBHOOK_CONCURRENCY).
+CONCURRENCY = int(_env("MOORAGE_WEBHOOK_CONCURRENCY", 4))
 #: The first retry's delay, doubled per attempt up to BACKOFF_CAP (MOORAGE_WEBHOOK_BACKOFF).
 BACKOFF = _env("MOORAGE_WEBHOOK_BACKOFF", 2.0)
 BACKOFF_CAP = _env("MOORAGE_WEBHOOK_BACKOFF_CAP", 300.0)
@@ -83,8 +78,7 @@ BACKOFF_CAP = _env("MOORAGE_WEBHOOK_BACKOFF_CAP", 300.0)
 ATTEMPTS = int(_env("MOORAGE_WEBHOOK_ATTEMPTS", 10))
 #: Seconds a receiver has to answer (MOORAGE_WEBHOOK_TIMEOUT).
 TIMEOUT = _env("MOORAGE_WEBHOOK_TIMEOUT", 10.0)
-#: Seconds a claim lasts. A round claims at most _PER_ROUND events, _CONCURRENCY at a time,
-#: on one lease: it outlasts two receivers' timeouts, so a live deliverer never loses one.
+#: Seconds a dead worker's claims last (its lease, kept alive while it lives).
 CLAIM_TTL = max(int(_env("MOORAGE_WEBHOOK_CLAIM_TTL", 30.0)), 2 * int(TIMEOUT) + 2)
 #: Seconds the other replicas leave a new event to the replica that accepted it.
 HANDOFF = _env("MOORAGE_WEBHOOK_HANDOFF", 10.0)
@@ -125,8 +119,10 @@ def sign(secret: str, body: bytes) -> str:
 class Webhooks:
     """The webhooks of one API worker: emitting events and delivering them."""
 
-    def __init__(self, store: ClusterStore, replica_id: str, source_addr: str) -> None:
-        self.store = WebhookStore(store)
+    def __init__(
+        self, store: ClusterStore, replica_id: str, source_addr: str, cluster_secret: bytes = b""
+    ) -> None:
+        self.store = WebhookStore(store, Sealer(cluster_secret))
         self.replica_id = replica_id
         self.source_addr = source_addr
         #: The webhooks as of the dispatcher's last round (pull events read only this).
@@ -142,6 +138,13 @@ class Webhooks:
         return self._client
 
     async def aclose(self) -> None:
+        """The worker stops: queue the pull events still waiting, close the HTTP client."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._pulls:
+            await self._flush_now()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -165,6 +168,7 @@ class Webhooks:
             target["length"] = size
         if digest:
             target["digest"] = digest
+        if digest and request.base_url:  # none for a delete the registry decides itself
             target["url"] = f"{request.base_url}/v2/{repository}/manifests/{digest}"
         if tag:
             target["tag"] = tag
@@ -184,12 +188,32 @@ class Webhooks:
             "source": {"addr": self.source_addr, "instanceID": self.replica_id},
         }
 
-    async def emit(self, event: dict[str, Any]) -> int:
-        """Queue `event` for every webhook that wants its action (read afresh): durable in
-        etcd when this returns. How many webhooks it was queued for."""
-        hooks = await self.store.hooks()
-        self.known = hooks
-        return await self._queue(event, hooks)
+    async def wanted(self, action: str) -> bool:
+        """Whether a webhook wants `action` (the webhooks read afresh: one bounded read)."""
+        self.known = await self.store.hooks()
+        return self.wants(action)
+
+    def outbox_op(self, event: dict[str, Any]) -> Op:
+        """The write that puts `event` in the outbox, for the webhooks `wanted` found that
+        want it: part of its change's transaction."""
+        now = time.time()
+        hooks = tuple(h.id for h in self.known if event["action"] in h.events)
+        item = QueuedEvent(event, self.replica_id, round(now, 3), hooks=hooks)
+        return self.store.outbox_op(seq(now), item)
+
+    async def on_delete(self, repository: str, digest: str, tag: str, actor: str) -> list[Op]:
+        """The event of a delete the registry decides itself (retention, garbage collection:
+        registry.manifests.DeleteNotice), for its transaction; nothing when no webhook
+        wants deletes."""
+        if not await self.wanted("delete"):
+            return []
+        request = RequestInfo("", "", "", "", f"moorage/{__version__}", actor, "")
+        return [self.outbox_op(self.event("delete", repository, request, digest=digest, tag=tag))]
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        """Put `event` in the outbox on its own (a change already committed: `test`, or the
+        unit tier)."""
+        await self.store.store._txn([], [self.outbox_op(event)])
 
     def wants(self, action: str) -> bool:
         return any(action in h.events for h in self.known)
@@ -205,6 +229,9 @@ class Webhooks:
 
     async def _flush_pulls(self) -> None:
         await asyncio.sleep(_PULL_FLUSH)
+        await self._flush_now()
+
+    async def _flush_now(self) -> None:
         events, self._pulls = self._pulls, []
         now = time.time()
         # One queued envelope per webhook, of every pull of the moment (up to _PULL_BATCH).
@@ -219,14 +246,6 @@ class Webhooks:
             await self.store.enqueue(items)
         except MoorageError as exc:
             log.warning("%d pull event(s) were not queued: %s", len(events), exc)
-
-    async def _queue(self, event: dict[str, Any], hooks: list[WebhookRecord]) -> int:
-        now = time.time()
-        item = QueuedEvent(event=event, origin=self.replica_id, created_at=round(now, 3))
-        items = [(h.id, seq(now), item) for h in hooks if event["action"] in h.events]
-        if items:
-            await self.store.enqueue(items)
-        return len(items)
 
     async def test(self, hook: WebhookRecord, request: RequestInfo) -> Delivery:
         """Send one `test` event to `hook` now (no retries) and record the outcome."""
@@ -249,6 +268,8 @@ async def post(
         "X-Moorage-Replica": replica_id,
         "X-Moorage-Attempt": str(attempt),
     }
+    if hook.secret_error is not None:  # never sent unsigned when it should be signed
+        return None, hook.secret_error[:_ERROR_CHARS]
     if hook.secret is not None:
         headers[SIGNATURE_HEADER] = sign(hook.secret, body)
     try:
@@ -289,110 +310,15 @@ def backoff(attempts: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF * 2 ** max(0, attempts - 1)))
 
 
-class Dispatcher:
-    def __init__(self, webhooks: Webhooks, owner: str) -> None:
-        self.webhooks = webhooks
-        self.owner = owner
-
-    async def round(self) -> tuple[str, bool]:
-        """One round: deliver what is due (at most _PER_ROUND events). What it did, in words,
-        and whether it left due events for the next round."""
-        store = self.webhooks.store
-        hooks = await store.hooks()
-        self.webhooks.known = hooks
-        if not hooks:
-            return "no webhooks", False
-        now = time.time()
-        due: list[tuple[WebhookRecord, Queued]] = []
-        for hook in hooks[:MAX_WEBHOOKS]:
-            for q in await store.queued(hook.id, _QUEUE_PAGE):
-                if q.item.next_at > now:
-                    continue
-                if q.item.origin != self.webhooks.replica_id and now - q.item.created_at < HANDOFF:
-                    continue  # its own replica delivers it, unless it is gone
-                due.append((hook, q))
-        if not due:
-            return f"{len(hooks)} webhook(s), nothing due", False
-        random.shuffle(due)  # workers that look at once claim different events first
-        more, due = len(due) > _PER_ROUND, due[:_PER_ROUND]
-        gate = asyncio.Semaphore(_CONCURRENCY)
-        lease = await store.lease(CLAIM_TTL)
-
-        async def one(hook: WebhookRecord, q: Queued) -> str:
-            async with gate:
-                return await self._deliver(hook, q, lease)
-
-        try:
-            outcomes = await asyncio.gather(*(one(h, q) for h, q in due))
-            for hook_id in {h.id for h, _ in due}:
-                await store.prune(hook_id)
-        finally:
-            with contextlib.suppress(MoorageError):
-                await store.release(lease)
-        counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
-        return ", ".join(f"{n} {what}" for what, n in counts.items()), more
-
-    async def _deliver(self, hook: WebhookRecord, q: Queued, lease: int) -> str:
-        store = self.webhooks.store
-        if not await store.claim(q, self.owner, lease):
-            return "claimed elsewhere"
-        attempt = q.item.attempts + 1
-        body = envelope(q.item.events)
-        status, error = await post(
-            self.webhooks.client(), hook, body, self.webhooks.replica_id, attempt
-        )
-        if error is None or attempt >= ATTEMPTS:
-            rid = self.webhooks.replica_id
-            delivery = _delivery(hook.id, q.item.event, status, error, attempt, rid)
-            delivery = replace(delivery, events=len(q.item.events))
-            await store.finish(q, delivery, seq())
-            return "delivered" if error is None else "failed"
-        item = replace(
-            q.item,
-            attempts=attempt,
-            next_at=round(time.time() + backoff(attempt), 3),
-            last_error=error,
-            last_status=status,
-        )
-        await store.retry(q, item)
-        return "to retry"
-
-
-async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:
-    try:
-        await _dispatch(Dispatcher(webhooks, owner))
-    finally:
-        await webhooks.aclose()
-
-
-async def _dispatch(dispatcher: Dispatcher) -> None:
-    said = ""
-    while True:
-        more = False
-        try:
-            what, more = await dispatcher.round()
-        except MoorageError as exc:
-            what = f"round failed: {exc}"
-        except Exception:  # a bug must not end delivery for the life of the worker
-            log.exception("webhook round failed")
-            what = "round failed"
-        if what != said and not what.endswith("nothing due") and what != "no webhooks":
-            log.info("webhooks: %s", what)
-        said = what
-        await asyncio.sleep(0 if more else POLL)
-
-
 __all__ = [
     "ATTEMPTS",
     "KEEP_DELIVERIES",
     "MAX_WEBHOOKS",
     "MEDIA_TYPE",
     "SIGNATURE_HEADER",
-    "Dispatcher",
     "RequestInfo",
     "Webhooks",
     "backoff",
-    "dispatch_loop",
     "envelope",
     "sign",
 ]

@@ -236,6 +236,7 @@ class MetaStore(ABC):
         blobs: Sequence[str] = (),
         manifests: Sequence[str] = (),
         check: PolicyCheck | None = None,
+        also: Sequence[Op] = (),
     ) -> list[str]:
         """Record a manifest, point `tags` at it and index it under its subject, if every
         blob and manifest it requires is in `repo`. Returns the missing digests; nothing is
@@ -252,7 +253,8 @@ class MetaStore(ABC):
         reference, nor the manifest's own bytes, may have a tombstone. References only
         read (beyond one transaction's guards) are covered by a pending record written
         before the reads and removed with the commit: collection marks what it references.
-        BlobCollecting when the manifest's own bytes are being collected.
+        BlobCollecting when the manifest's own bytes are being collected. `also`: writes
+        made in the same transaction (the push's webhook event: meta/webhooks.py).
         """
         extra = list(await check()) if check is not None else []
         blob_refs, child_refs = list(dict.fromkeys(blobs)), list(dict.fromkeys(manifests))
@@ -274,7 +276,7 @@ class MetaStore(ABC):
             if missing:
                 await self._txn([], [Delete(pending)])
                 return missing
-        ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
+        ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode()), *also]
         if checked:
             ops.append(Delete(pending))
         if referrer is not None and record.subject:
@@ -302,7 +304,9 @@ class MetaStore(ABC):
             )
         missing = await self._missing(guarded)
         if not missing:  # raced with a concurrent push of the last reference: try once more
-            return await self.put_manifest(repo, record, tags, referrer, blobs, manifests, check)
+            return await self.put_manifest(
+                repo, record, tags, referrer, blobs, manifests, check, also
+            )
         return missing
 
     async def _missing(self, required: Sequence[tuple[str, bytes, bytes]]) -> list[str]:
@@ -315,18 +319,23 @@ class MetaStore(ABC):
         ]
 
     async def delete_tag(
-        self, repo: str, tag: str, guards: Sequence[Guard] = (), revision: int | None = None
+        self,
+        repo: str,
+        tag: str,
+        guards: Sequence[Guard] = (),
+        revision: int | None = None,
+        also: Sequence[Op] = (),
     ) -> bool:
         """Delete a tag (False when absent, when `guards`, e.g. its policies' revisions, no
-        longer hold, or when it is no longer at `revision`)."""
+        longer hold, or when it is no longer at `revision`); `also` in the same transaction."""
         key = keys.tag(repo, tag)
         kv = await self._get(key)
         if kv is None or (revision is not None and kv.mod_revision != revision):
             return False
-        return await self._txn([*guards, (key, kv.mod_revision)], [Delete(key)])
+        return await self._txn([*guards, (key, kv.mod_revision)], [Delete(key), *also])
 
     async def delete_manifest(
-        self, repo: str, digest: str, check: DeleteCheck | None = None
+        self, repo: str, digest: str, check: DeleteCheck | None = None, also: Sequence[Op] = ()
     ) -> bool:
         """Delete a manifest, every tag pointing at it and its referrer entry.
 
@@ -335,6 +344,7 @@ class MetaStore(ABC):
         manifest's revision (a concurrent push of it stops the delete, which starts
         over), then the manifest with the rest. `check` sees the tags pointing at it before
         anything is deleted: it raises to refuse, or returns guards for the last transaction.
+        `also`: writes made in the last transaction (the delete's webhook event).
         """
         mkey = keys.manifest(repo, digest)
         for _ in range(_TXN_RETRIES):
@@ -347,7 +357,7 @@ class MetaStore(ABC):
             async for page in self._scan(prefix, keys.prefix_end(prefix)):
                 pointing += [t for t in page if TagRecord.decode(t.value).digest == digest]
             extra = await check([t.key[len(prefix) :].decode() for t in pointing]) if check else ()
-            ops: list[Op] = [Delete(mkey)]
+            ops: list[Op] = [Delete(mkey), *also]
             if record.subject:
                 ops.append(Delete(keys.referrer(repo, record.subject, digest)))
             keep = TXN_OPS - len(ops)

@@ -1,8 +1,10 @@
-"""etcd watches (the access policy's cache, moorage.auth.policy): beside meta/etcd.py, the
+"""etcd watches (the access policy's cache, moorage.auth.policy; the webhook dispatcher,
+moorage.cluster.webhook_dispatch): beside meta/etcd.py, the
 other module allowed to speak to the etcd client (pyproject's import contract)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -18,9 +20,11 @@ async def watch_prefixes(
     prefixes: Sequence[bytes],
     on_ready: Callable[[], None],
     on_change: Callable[[], None],
+    on_keys: Callable[[list[bytes]], None] | None = None,
 ) -> None:
     """Watch the keys under `prefixes`: `on_ready` once every watch exists, `on_change` per
-    batch of changes. Returns (or raises StoreUnavailable) when the stream ends or fails."""
+    batch of changes (and `on_keys` with the keys that changed). Returns (or raises
+    StoreUnavailable) when the stream ends or fails."""
     client = store._client
     await client.connect()
     call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
@@ -37,7 +41,16 @@ async def watch_prefixes(
                 on_ready()
             if resp.events:
                 on_change()
+                if on_keys is not None:
+                    on_keys([e.kv.key for e in resp.events])
     except grpc.aio.AioRpcError as exc:
         raise StoreUnavailable(f"{_UNAVAILABLE}: {exc.details() or exc.code().name}") from exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task is being cancelled
+        # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen retires
+        # channels); the caller watches again on the current one
+        raise StoreUnavailable(f"{_UNAVAILABLE}: the watch's channel was closed") from None
     finally:
         call.cancel()

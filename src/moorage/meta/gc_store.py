@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,9 @@ def _json(value: bytes) -> dict[str, Any]:
 class GcStore:
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
+        #: The webhook event of a manifest deleted (repository, digest, tag, actor -> the
+        #: writes for its transaction); set by moorage.cluster.gc when the replica has webhooks.
+        self.notice: Callable[[str, str, str, str], Awaitable[Sequence[Op]]] | None = None
 
     async def revision(self) -> int:
         return await self.meta.revision()
@@ -241,13 +244,15 @@ class GcStore:
 
     async def drop_manifest(self, row: ManifestRow, fence: Guard | None) -> bool:
         """Delete an untagged manifest (and its referrer entry, and its tombstone) if its
-        record is unchanged since the mark (a push of it since changes it)."""
+        record is unchanged since the mark (a push of it since changes it); with `notice`,
+        its webhook event in the same transaction."""
+        also = await self.notice(row.repo, row.digest, "", "moorage gc") if self.notice else ()
         tombstone = keys.manifest_tombstone(row.repo, row.digest)
         mkey = keys.manifest(row.repo, row.digest)
         guards: list[Guard] = [(mkey, row.mod_revision), (tombstone, MUST_EXIST)]
         if fence is not None:
             guards.append(fence)
-        ops: list[Op] = [Delete(mkey), Delete(tombstone)]
+        ops: list[Op] = [Delete(mkey), Delete(tombstone), *also]
         if row.subject:
             ops.append(Delete(keys.referrer(row.repo, row.subject, row.digest)))
         return await self.meta._txn(guards, ops)

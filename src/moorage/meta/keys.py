@@ -51,12 +51,15 @@ PKI_CA_ROTATION = b"/moorage-pki/rotation"
 
 #: Webhooks (moorage.meta.webhooks, moorage.cluster.webhooks), outside ROOT: operational
 #: state that backups do not carry.
-#:     hooks/<id>                   the webhook: url, events, secret (never shown back)
-#:     queue/<id>/<seq>             an event waiting for delivery to that webhook
+#:     hooks/<id>                   the webhook: url, events, secret (sealed, never shown back)
+#:     outbox/<seq>                 a push's or delete's event, written in its transaction
+#:     queue/<id>/<due>             an event waiting for delivery to that webhook, keyed by
+#:                                  when it is due (its time, then its next attempt's)
 #:     claims/<id>/<seq>            lease-backed: the worker delivering that event now
 #:     deliveries/<id>/<seq>        the outcome of one delivery (the last few kept)
 WEBHOOKS = b"/moorage-webhooks/"
 WEBHOOK_HOOKS = WEBHOOKS + b"hooks/"
+WEBHOOK_OUTBOX = WEBHOOKS + b"outbox/"
 WEBHOOK_QUEUE = WEBHOOKS + b"queue/"
 WEBHOOK_CLAIMS = WEBHOOKS + b"claims/"
 WEBHOOK_DELIVERIES = WEBHOOKS + b"deliveries/"
@@ -64,6 +67,10 @@ WEBHOOK_DELIVERIES = WEBHOOKS + b"deliveries/"
 
 def webhook(hook_id: str) -> bytes:
     return WEBHOOK_HOOKS + hook_id.encode()
+
+
+def webhook_outbox(seq: str = "") -> bytes:
+    return WEBHOOK_OUTBOX + seq.encode()
 
 
 def webhook_queue(hook_id: str, seq: str = "") -> bytes:

@@ -2,8 +2,14 @@
 
 Keys are drawn in meta/keys.py (`/moorage-webhooks/...`). The guarantees delivery needs:
 
-* `enqueue`: one transaction writes an event into the queue of every webhook that wants it,
-  before the push or delete that caused it is acknowledged (moorage.cluster.webhooks).
+* `outbox_op`: the one write that puts a push's or delete's event in the outbox, made part
+  of the very transaction that records the push or delete (meta/base.py's `also`): an
+  acknowledged push has its event, a push that failed has none.
+* `fan_out`: one transaction (guarded by the outbox entry's revision) moves an outbox entry
+  into the queue of every webhook that wants its action.
+* The queue is ordered by when each event is due: a new event's key is its time, a retry
+  moves the event to the key of its next attempt, so the first page of a queue holds what
+  is due now and an event backing off never stands in front of newer ones.
 * `claim`: create-only with a lease, so one worker delivers an event at a time; a worker
   that dies lets its lease end and another claims the event.
 * `finish` / `retry`: one transaction each, guarded by the queued event's revision.
@@ -24,6 +30,7 @@ from moorage.meta import keys
 from moorage.meta.base import MUST_EXIST, STORE_PAGE, Delete, Op, Put, op_batches
 from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.records import dumps
+from moorage.meta.webhook_seal import Sealer
 
 log = logging.getLogger("moorage.webhooks")
 
@@ -51,25 +58,41 @@ class WebhookRecord:
     secret: str | None = None
     created_at: float = 0.0
     created_by: str = ""
+    #: Why the stored secret could not be opened (deliveries fail rather than go unsigned).
+    secret_error: str | None = None
 
-    def encode(self) -> bytes:
-        return dumps({**asdict(self), "events": list(self.events)})
+    def encode(self, sealer: Sealer) -> bytes:
+        """The stored form: the secret sealed (meta/webhook_seal.py), never in plain text."""
+        doc = {**asdict(self), "events": list(self.events)}
+        del doc["secret"], doc["secret_error"]
+        if self.secret is not None:
+            doc["sealed_secret"] = sealer.seal(self.id, self.secret)
+        return dumps(doc)
 
     @classmethod
-    def decode(cls, value: bytes) -> WebhookRecord | None:
+    def decode(cls, value: bytes, sealer: Sealer) -> WebhookRecord | None:
         doc = _doc(value)
         if doc is None or not isinstance(doc.get("id"), str) or not isinstance(doc.get("url"), str):
             return None
         events = doc.get("events")
-        secret = doc.get("secret")
+        secret, error = None, None
+        sealed, legacy = doc.get("sealed_secret"), doc.get("secret")
+        if isinstance(legacy, str) and legacy:  # written before secrets were sealed
+            secret = legacy
+        elif isinstance(sealed, str) and sealed:
+            try:
+                secret = sealer.open(doc["id"], sealed)
+            except ValueError as exc:
+                error = str(exc)
         return cls(
             id=doc["id"],
             url=doc["url"],
             events=tuple(str(e) for e in events) if isinstance(events, list) else (),
             name=str(doc.get("name") or ""),
-            secret=secret if isinstance(secret, str) and secret else None,
+            secret=secret,
             created_at=float(doc.get("created_at") or 0.0),
             created_by=str(doc.get("created_by") or ""),
+            secret_error=error,
         )
 
     def public(self) -> dict[str, Any]:
@@ -79,7 +102,7 @@ class WebhookRecord:
             "name": self.name,
             "url": self.url,
             "events": list(self.events),
-            "signed": self.secret is not None,
+            "signed": self.secret is not None or self.secret_error is not None,
             "created_at": self.created_at,
             "created_by": self.created_by,
         }
@@ -98,9 +121,12 @@ class QueuedEvent:
     last_status: int | None = None
     #: Further events sent in the same envelope (pulls of the same moment, coalesced).
     more: tuple[dict[str, Any], ...] = ()
+    #: In the outbox: the webhooks that wanted the event when it was written (a webhook
+    #: added later does not get it).
+    hooks: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        return dumps({**asdict(self), "more": list(self.more)})
+        return dumps({**asdict(self), "more": list(self.more), "hooks": list(self.hooks)})
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -121,6 +147,7 @@ class QueuedEvent:
                 last_error=doc.get("last_error"),
                 last_status=doc.get("last_status"),
                 more=tuple(e for e in doc.get("more") or () if isinstance(e, dict)),
+                hooks=tuple(str(h) for h in doc.get("hooks") or ()),
             )
         except (TypeError, ValueError):
             return None
@@ -189,8 +216,9 @@ class Delivery:
 
 
 class WebhookStore:
-    def __init__(self, store: ClusterStore) -> None:
+    def __init__(self, store: ClusterStore, sealer: Sealer | None = None) -> None:
         self.store = store
+        self.sealer = sealer or Sealer(b"")
 
     # -- webhooks ------------------------------------------------------------------------
     async def hooks(self) -> list[WebhookRecord]:
@@ -200,7 +228,7 @@ class WebhookStore:
         )
         out = []
         for kv in kvs:
-            record = WebhookRecord.decode(kv.value)
+            record = WebhookRecord.decode(kv.value, self.sealer)
             if record is None:
                 log.warning("skipped a corrupt webhook record %r", kv.key[:200])
             else:
@@ -210,12 +238,12 @@ class WebhookStore:
 
     async def get(self, hook_id: str) -> WebhookRecord | None:
         kv = await self.store._get(keys.webhook(hook_id))
-        return WebhookRecord.decode(kv.value) if kv else None
+        return WebhookRecord.decode(kv.value, self.sealer) if kv else None
 
     async def add(self, record: WebhookRecord) -> bool:
         """Create the webhook (False when one of that id exists)."""
         key = keys.webhook(record.id)
-        return await self.store._txn([(key, 0)], [Put(key, record.encode())])
+        return await self.store._txn([(key, 0)], [Put(key, record.encode(self.sealer))])
 
     async def remove(self, hook_id: str) -> bool:
         """Delete the webhook, then its queue, claims and deliveries (in bounded batches)."""
@@ -239,6 +267,33 @@ class WebhookStore:
                 return
             await self.store._txn([], [Delete(kv.key) for kv in kvs])
 
+    # -- the outbox ----------------------------------------------------------------------
+    @staticmethod
+    def outbox_op(seq: str, item: QueuedEvent) -> Op:
+        """The write that puts an event in the outbox: the caller makes it part of the
+        transaction of the change the event tells of."""
+        return Put(keys.webhook_outbox(seq), item.encode())
+
+    async def outbox(self, limit: int) -> list[tuple[bytes, int, QueuedEvent | None]]:
+        """The first `limit` outbox entries (key, revision, event or None if corrupt)."""
+        kvs, _ = await self.store._range(
+            keys.WEBHOOK_OUTBOX,
+            keys.prefix_end(keys.WEBHOOK_OUTBOX),
+            limit=min(limit, STORE_PAGE),
+        )
+        return [(kv.key, kv.mod_revision, QueuedEvent.decode(kv.value)) for kv in kvs]
+
+    async def fan_out(
+        self, key: bytes, revision: int, items: Sequence[tuple[str, str, QueuedEvent]]
+    ) -> bool:
+        """Move one outbox entry into the queues of `items` (hook id, seq, event): one
+        transaction guarded by the entry's revision (False: another worker did it)."""
+        ops: list[Op] = [Put(keys.webhook_queue(h, s), i.encode()) for h, s, i in items]
+        batches = list(op_batches([*ops, Delete(key)]))
+        for batch in batches[:-1]:  # more webhooks than one transaction holds: rare
+            await self.store._txn([], batch)
+        return await self.store._txn([(key, revision)], batches[-1])
+
     # -- the queue -----------------------------------------------------------------------
     async def enqueue(self, items: Sequence[tuple[str, str, QueuedEvent]]) -> None:
         """Queue (hook id, seq, event) items, in one transaction when they fit (always, for
@@ -248,7 +303,8 @@ class WebhookStore:
             await self.store._txn([], batch)
 
     async def queued(self, hook_id: str, limit: int) -> list[Queued]:
-        """The first `limit` events in `hook_id`'s queue, oldest first (one bounded read)."""
+        """The first `limit` events in `hook_id`'s queue, soonest due first (one bounded
+        read)."""
         prefix = keys.webhook_queue(hook_id)
         kvs, _ = await self.store._range(
             prefix, keys.prefix_end(prefix), limit=min(limit, STORE_PAGE)
@@ -296,11 +352,13 @@ class WebhookStore:
         hook = keys.webhook(q.hook_id)
         return await self.store._txn([(queue_key, q.mod_revision), (hook, MUST_EXIST)], ops)
 
-    async def retry(self, q: Queued, item: QueuedEvent) -> bool:
-        """Keep the event queued with its attempts and next time (guarded like `finish`)."""
+    async def retry(self, q: Queued, item: QueuedEvent, seq: str) -> bool:
+        """Keep the event queued with its attempts, moved to `seq` (the time of its next
+        attempt: behind what is due before it), guarded like `finish`."""
         queue_key = keys.webhook_queue(q.hook_id, q.seq)
         ops: list[Op] = [
-            Put(queue_key, item.encode()),
+            Delete(queue_key),
+            Put(keys.webhook_queue(q.hook_id, seq), item.encode()),
             Delete(keys.webhook_claim(q.hook_id, q.seq)),
         ]
         return await self.store._txn([(queue_key, q.mod_revision)], ops)

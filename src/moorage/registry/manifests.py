@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from moorage.errors import (
     StoreUnavailable,
 )
 from moorage.meta.base import LAST_REVISION, MetaStore
-from moorage.meta.ops import Guard
+from moorage.meta.ops import Guard, Op
 from moorage.meta.policies import Policies
 from moorage.meta.records import ManifestRecord, TagRecord
 from moorage.oci import mediatypes as mt
@@ -27,6 +27,13 @@ from moorage.oci.names import is_valid_tag
 from moorage.registry.uploads import link_stored, settle
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
+
+#: Writes to make in the push's own transaction, given what was pushed and its tags (the
+#: push's webhook event: moorage.api.webhooks).
+Notice = Callable[[ManifestRecord, list[str]], Sequence[Op]]
+#: Writes to make in the transaction of a delete the registry decides itself (retention, garbage
+#: collection), given the repository, the digest or tag, and who deletes: its webhook event.
+DeleteNotice = Callable[[str, str, str, str], Awaitable[Sequence[Op]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,8 @@ class Manifests:
         self.policies = Policies(meta)
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
+        #: Set by the replica when it has webhooks (moorage.server.worker).
+        self.on_delete: DeleteNotice | None = None
 
     async def _journal(self, entry: dict[str, Any]) -> None:
         """Durably record a committed change before it is acknowledged (see storage.journal)."""
@@ -125,6 +134,7 @@ class Manifests:
         body: bytes,
         content_type: str | None,
         extra_tags: Sequence[str] = (),
+        notice: Notice | None = None,
     ) -> PushedManifest:
         if len(body) > MAX_MANIFEST_BYTES:
             raise ManifestTooLarge(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
@@ -150,6 +160,7 @@ class Manifests:
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
         unique_tags = list(dict.fromkeys(tags))
+        also = list(notice(record, unique_tags)) if notice is not None else []
         sparse = (await self.policies.applicable(repo, fresh=False)).allow_sparse
         blobs, children = ([], []) if sparse else _requirements(manifest)
         checks = 0
@@ -173,7 +184,7 @@ class Manifests:
                 await check()  # a push the policies refuse says so first (403 over 400)
                 return gone
             return await self.meta.put_manifest(
-                repo, record, unique_tags, referrer, blobs=blobs, manifests=children, check=check
+                repo, record, unique_tags, referrer, blobs, children, check, also
             )
 
         missing = await record_it()
@@ -209,26 +220,30 @@ class Manifests:
         )
         return PushedManifest(digest, record.subject, record.media_type, record.size)
 
-    async def delete(self, repo: str, reference: str) -> None:
+    async def delete(self, repo: str, reference: str, also: Sequence[Op] = ()) -> None:
+        """Delete a manifest (by digest) or a tag; `also`: writes made in the delete's own
+        transaction (its webhook event)."""
         if is_digest(reference):
             digest = str(parse_digest(reference))
 
             async def check(tags: list[str]) -> list[Guard]:  # no immutable tag points at it
                 return await self.policies.delete_guards(repo, f"manifest {digest}", tags)
 
-            if not await self.meta.delete_manifest(repo, digest, check):
+            if not await self.meta.delete_manifest(repo, digest, check, also):
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             await self._journal({"op": "delete", "repo": repo, "digest": digest})
             return
-        if not is_valid_tag(reference) or not await self.untag(repo, reference):
+        if not is_valid_tag(reference) or not await self.untag(repo, reference, also=also):
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
 
-    async def untag(self, repo: str, tag: str, revision: int | None = None) -> bool:
+    async def untag(
+        self, repo: str, tag: str, revision: int | None = None, also: Sequence[Op] = ()
+    ) -> bool:
         """Delete a tag unless it is immutable (TagImmutable); with `revision`, only while it
         is still the tag read at that revision (retention). False when there is none."""
         for _ in range(20):
             guards = await self.policies.delete_guards(repo, tag, [tag])
-            if await self.meta.delete_tag(repo, tag, guards, revision):
+            if await self.meta.delete_tag(repo, tag, guards, revision, also):
                 await self._journal({"op": "untag", "repo": repo, "tag": tag})
                 return True
             if revision is not None or await self.meta.get_tag(repo, tag) is None:

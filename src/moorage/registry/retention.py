@@ -116,8 +116,10 @@ class Retention:
         deleted: list[Doomed] = []
         skipped: list[Doomed] = []
         for doomed in await self.plan(target):
+            notice = self.manifests.on_delete
+            also = await notice(doomed.repo, "", doomed.tag, actor) if notice else ()
             try:
-                done = await self.manifests.untag(doomed.repo, doomed.tag, doomed.revision)
+                done = await self.manifests.untag(doomed.repo, doomed.tag, doomed.revision, also)
             except TagImmutable:
                 done = False
             if not done:

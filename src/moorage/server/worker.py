@@ -27,7 +27,7 @@ from moorage.cluster import jobs
 from moorage.cluster.certs import reloading
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.replica import Replica
-from moorage.cluster.tls import client_tls
+from moorage.cluster.tls import client_tls, tls_dir
 from moorage.cluster.webhooks import Webhooks
 from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.account_journal import journal_to
@@ -71,7 +71,12 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     if isinstance(meta, EtcdCluster):
         replica.cluster = meta
         replica.heartbeat = Heartbeat(meta, config)
-        replica.webhooks = Webhooks(meta, config.replica_id, config.http_addr)
+        secret = b""
+        with contextlib.suppress(OSError):  # webhook secrets are sealed with a key from it
+            secret = tls_dir(config).read_secret()
+        replica.webhooks = Webhooks(meta, config.replica_id, config.http_addr, secret)
+        # retention and garbage collection send delete events
+        replica.registry.manifests.on_delete = replica.webhooks.on_delete
     return replica
 
 

@@ -1,0 +1,286 @@
+"""Delivering webhook events, in every API worker of every replica (cluster/jobs.py).
+
+- Woken, not polling: an etcd watch on `/moorage-webhooks/` wakes the dispatcher when the
+  outbox or the webhooks change, and a webhook's loop when its queue or claims change; a
+  timer wakes a loop when its next retry or hand-off is due. An idle cluster reads nothing
+  but one fallback read per webhook every POLL seconds (1 s while the watch is down).
+- `Dispatcher`: keeps one `HookLoop` per webhook and moves outbox entries into the queues
+  of the webhooks that want them (`WebhookStore.fan_out`, one guarded transaction each).
+- `HookLoop`: reads the first page of its webhook's queue (ordered by when each event is
+  due: a retry moves its event behind what is due before it) and delivers each due event
+  on its own, at most CONCURRENCY at once: a receiver that is down holds back neither the
+  other webhooks (each has its own loop) nor its own newer events (each event has its own
+  schedule). An event is claimed first (a create-only key on the worker's lease, kept alive
+  while the worker lives: a dead claimer's claims end after CLAIM_TTL), POSTed signed, then
+  finished (out of the queue, recorded as a delivery) or moved to its next attempt at
+  BACKOFF * 2^(attempts-1) (capped), and recorded as failed after ATTEMPTS.
+- Other replicas leave an event to the replica that accepted it for HANDOFF seconds, so a
+  healthy replica delivers its own events and the others take over when it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+
+from moorage.cluster.webhooks import (
+    ATTEMPTS,
+    CLAIM_TTL,
+    CONCURRENCY,
+    HANDOFF,
+    POLL,
+    Webhooks,
+    _delivery,
+    backoff,
+    envelope,
+    post,
+    seq,
+)
+from moorage.errors import MoorageError
+from moorage.meta import keys
+from moorage.meta.etcd import EtcdMetaStore
+from moorage.meta.etcd_watch import watch_prefixes
+from moorage.meta.webhooks import Queued, WebhookRecord
+
+log = logging.getLogger("moorage.webhooks")
+
+_PAGE = 32
+_WATCH_DOWN_POLL = 1.0
+
+
+class HookLoop:
+    """The deliveries of one webhook in this worker."""
+
+    def __init__(self, dispatcher: Dispatcher, hook: WebhookRecord) -> None:
+        self.dispatcher = dispatcher
+        self.hook = hook
+        self.wake = asyncio.Event()
+        self.inflight: dict[str, asyncio.Task[str]] = {}  # queue seq -> its delivery
+        self.busy: dict[str, float] = {}  # seq claimed elsewhere -> when to look again
+        self.finished = 0
+
+    def claim_changed(self, seq_: str) -> None:
+        self.busy.pop(seq_, None)
+        self.wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.wake.clear()
+                try:
+                    pause = await self._step()
+                except MoorageError as exc:
+                    log.info("webhook %s: %s", self.hook.id, exc)
+                    pause = _WATCH_DOWN_POLL
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, pause))
+        finally:
+            for task in self.inflight.values():
+                task.cancel()
+
+    async def _step(self) -> float:
+        """Start what is due; how long to wait for the next look (unless woken first)."""
+        store = self.dispatcher.webhooks.store
+        if self.finished:
+            self.finished = 0
+            await store.prune(self.hook.id)
+        now = time.time()
+        wake_at = now + self.dispatcher.poll()
+        self.busy = {s: t for s, t in self.busy.items() if t > now}
+        me = self.dispatcher.webhooks.replica_id
+        for q in await store.queued(self.hook.id, _PAGE):
+            if q.seq in self.inflight:
+                continue
+            if q.seq in self.busy:
+                wake_at = min(wake_at, self.busy[q.seq])
+                continue
+            if q.item.next_at > now:
+                wake_at = min(wake_at, q.item.next_at)
+                continue
+            if q.item.origin != me and now - q.item.created_at < HANDOFF:
+                wake_at = min(wake_at, q.item.created_at + HANDOFF)
+                continue  # its own replica delivers it, unless it is gone
+            if len(self.inflight) >= CONCURRENCY:
+                break  # a delivery ending wakes this loop
+            self.inflight[q.seq] = asyncio.create_task(self._deliver(q))
+        return wake_at - now
+
+    async def _deliver(self, q: Queued) -> str:
+        try:
+            return await self._attempt(q)
+        except MoorageError as exc:
+            log.info("webhook %s: delivery of %s: %s", self.hook.id, q.seq, exc)
+            return "store error"
+        finally:
+            self.inflight.pop(q.seq, None)
+            self.wake.set()
+
+    async def _attempt(self, q: Queued) -> str:
+        d = self.dispatcher
+        store, hook = d.webhooks.store, self.hook
+        if not await store.claim(q, d.owner, await d.lease()):
+            self.busy[q.seq] = time.time() + min(CLAIM_TTL, d.poll())
+            return "claimed elsewhere"
+        attempt = q.item.attempts + 1
+        body = envelope(q.item.events)
+        rid = d.webhooks.replica_id
+        status, error = await post(d.webhooks.client(), hook, body, rid, attempt)
+        if error is None or attempt >= ATTEMPTS:
+            delivery = _delivery(hook.id, q.item.event, status, error, attempt, rid)
+            delivery = replace(delivery, events=len(q.item.events))
+            await store.finish(q, delivery, seq())
+            self.finished += 1
+            outcome = "delivered" if error is None else "failed"
+            log.info("webhook %s: event %s %s", hook.id, q.item.event.get("id"), outcome)
+            return outcome
+        next_at = round(time.time() + backoff(attempt), 3)
+        item = replace(
+            q.item, attempts=attempt, next_at=next_at, last_error=error, last_status=status
+        )
+        await store.retry(q, item, seq(next_at))
+        return "to retry"
+
+
+class Dispatcher:
+    def __init__(self, webhooks: Webhooks, owner: str) -> None:
+        self.webhooks = webhooks
+        self.owner = owner
+        self.loops: dict[str, tuple[HookLoop, asyncio.Task[None]]] = {}
+        self.wake = asyncio.Event()
+        self.watching = False
+        self._lease = 0
+        self._lease_at = 0.0
+
+    def poll(self) -> float:
+        return POLL if self.watching else min(POLL, _WATCH_DOWN_POLL)
+
+    async def lease(self) -> int:
+        """This worker's lease for its claims, kept alive while it is in use."""
+        store = self.webhooks.store
+        now = time.monotonic()
+        if self._lease and now - self._lease_at > CLAIM_TTL / 3:
+            if await store.store.keep_alive(self._lease):
+                self._lease_at = now
+            else:
+                self._lease = 0
+        if not self._lease:
+            self._lease, self._lease_at = await store.lease(CLAIM_TTL), now
+        return self._lease
+
+    def changed(self, changed: list[bytes]) -> None:
+        """The watch saw these keys change: wake whoever they concern."""
+        for key in changed:
+            if key.startswith((keys.WEBHOOK_HOOKS, keys.WEBHOOK_OUTBOX)):
+                self.wake.set()
+                continue
+            for prefix in (keys.WEBHOOK_QUEUE, keys.WEBHOOK_CLAIMS):
+                if key.startswith(prefix):
+                    hook_id, _, seq_ = key[len(prefix) :].decode(errors="replace").partition("/")
+                    entry = self.loops.get(hook_id)
+                    if entry is not None:
+                        entry[0].claim_changed(seq_)
+
+    async def step(self) -> float:
+        """Follow the webhooks (a loop each), move the outbox into their queues; how long
+        to wait for the next look."""
+        store = self.webhooks.store
+        hooks = await store.hooks()
+        self.webhooks.known = hooks
+        by_id = {h.id: h for h in hooks}
+        for hook_id in [h for h in self.loops if h not in by_id]:
+            self.loops.pop(hook_id)[1].cancel()
+        for hook in hooks:
+            entry = self.loops.get(hook.id)
+            if entry is not None and entry[0].hook == hook:
+                continue
+            if entry is not None:  # changed (the secret opens now, say): start it afresh
+                entry[1].cancel()
+            loop = HookLoop(self, hook)
+            self.loops[hook.id] = (loop, asyncio.create_task(loop.run()))
+        return await self._fan_out(hooks)
+
+    async def _fan_out(self, hooks: list[WebhookRecord]) -> float:
+        store = self.webhooks.store
+        now = time.time()
+        wake_at = now + self.poll()
+        for key, revision, item in await store.outbox(_PAGE):
+            if item is None:
+                log.warning("dropped a corrupt webhook outbox entry %r", key[:200])
+                await store.fan_out(key, revision, [])
+                continue
+            if item.origin != self.webhooks.replica_id and now - item.created_at < HANDOFF:
+                wake_at = min(wake_at, item.created_at + HANDOFF)
+                continue  # its own replica moves it, unless it is gone
+            at = key[len(keys.WEBHOOK_OUTBOX) :].decode(errors="replace")
+            action = item.event.get("action")
+            queued = replace(item, hooks=())
+            wanted = [
+                (h.id, at, queued)
+                for h in hooks
+                if action in h.events and (h.id in item.hooks or not item.hooks)
+            ]
+            if await store.fan_out(key, revision, wanted) and now - item.created_at > HANDOFF:
+                log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
+                         now - item.created_at)  # fmt: skip
+            wake_at = now  # look at the next page
+        return wake_at - now
+
+    async def run(self) -> None:
+        watch = None
+        meta = self.webhooks.store.store
+        if isinstance(meta, EtcdMetaStore):
+            watch = asyncio.create_task(self._watch(meta))
+        try:
+            while True:
+                self.wake.clear()
+                try:
+                    pause = await self.step()
+                except MoorageError as exc:
+                    log.info("webhooks: %s", exc)
+                    pause = _WATCH_DOWN_POLL
+                except Exception:  # a bug must not end delivery for the life of the worker
+                    log.exception("webhook dispatcher step failed")
+                    pause = _WATCH_DOWN_POLL
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, pause))
+        finally:
+            if watch is not None:
+                watch.cancel()
+            for _, task in self.loops.values():
+                task.cancel()
+            if self._lease:
+                with contextlib.suppress(MoorageError):
+                    await self.webhooks.store.release(self._lease)
+
+    def _ready(self) -> None:
+        if not self.watching:
+            log.info("webhook watch established: deliveries start on changes")
+        self.watching = True
+        self.wake.set()  # changes made before the watch existed: look once
+        for loop, _ in self.loops.values():
+            loop.wake.set()
+
+    async def _watch(self, meta: EtcdMetaStore) -> None:
+        while True:
+            try:
+                prefixes = (keys.WEBHOOKS,)
+                await watch_prefixes(meta, prefixes, self._ready, lambda: None, self.changed)
+            except MoorageError as exc:
+                log.info("webhook watch: %s; retrying (reading every second meanwhile)", exc)
+            except Exception:  # never let the watch die silently
+                log.exception("webhook watch failed; retrying")
+            self.watching = False
+            self.wake.set()  # read every second until the watch is back
+            for loop, _ in self.loops.values():
+                loop.wake.set()
+            await asyncio.sleep(_WATCH_DOWN_POLL)
+
+
+async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:
+    try:
+        await Dispatcher(webhooks, owner).run()
+    finally:
+        await webhooks.aclose()
