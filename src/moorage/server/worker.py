@@ -33,6 +33,7 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.account_journal import journal_to
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
+from moorage.meta.tag_cache import TagCache, stall_file
 from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.server import transport
@@ -61,9 +62,13 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
     basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view)
     auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
+    # tag -> manifest, cached under an etcd watch, kept exact across the cluster
+    tags = None
+    if isinstance(meta, EtcdCluster):
+        tags = TagCache(meta, f"{config.replica_id}-{os.getpid()}", stall_file())
     replica = Replica(
         config=config,
-        registry=Registry(storage, meta, journal),
+        registry=Registry(storage, meta, journal, tags),
         auth=auth,
         authorizer=Policy(view),
         audit=audit,
@@ -99,6 +104,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             ):
                 yield
         finally:
+            if replica.registry.manifests.tags is not None:
+                await replica.registry.manifests.tags.close()
             await replica.registry.aclose()  # the journal's descriptor would outlive the app
             await replica.registry.storage.close()  # an S3 client's connections
             if isinstance(replica.authorizer, Policy):
