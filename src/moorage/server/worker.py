@@ -63,8 +63,9 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view)
     auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
     # tag -> manifest, cached under an etcd watch, kept exact across the cluster
+    # (MOORAGE_TAG_CACHE=0 turns it off: only to measure what it saves in the benchmark)
     tags = None
-    if isinstance(meta, EtcdCluster):
+    if isinstance(meta, EtcdCluster) and os.environ.get("MOORAGE_TAG_CACHE", "1") != "0":
         tags = TagCache(meta, f"{config.replica_id}-{os.getpid()}", stall_file())
     replica = Replica(
         config=config,
