@@ -8,8 +8,10 @@
    layer) `--rounds` times.
 
 The RSS of every process is sampled every 50 ms; each phase reports the peak per kind of
-process (supervisor and granian's main loop, API workers, etcd). "Flat" means the push and
-pull peaks stay near the idle figure whatever the blob size and the number of clients.
+process (main: the supervisor, which runs granian's main loop; API workers; etcd), of their
+sum, and of their summed PSS (shared pages counted once: the workers fork from main).
+"Flat" means the push and pull peaks stay near the idle figure whatever the blob size and
+the number of clients.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class PhaseSampler(threading.Thread):
     def sample(self) -> None:
         by_role = self.server.rss_by_role()
         by_role["all"] = sum(by_role.values())
+        # PSS: shared pages (the worker is forked from the supervisor) counted once
+        by_role["all, PSS"] = sum(_pss_bytes(pid) for pid in self.server.tree())
         for role, value in by_role.items():
             self.peak[role] = max(self.peak.get(role, 0), value)
 
@@ -56,6 +60,16 @@ class PhaseSampler(threading.Thread):
         self.join()
         self.sample()
         return {role: value / MiB for role, value in sorted(self.peak.items())}
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 async def _phase(server: servers.Server, work: object) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import threading
 import time
@@ -131,8 +132,24 @@ def _exit_with_parent(pid_file: Path) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _bound_malloc() -> None:
+    """glibc keeps freed memory per arena (up to 8 per core, one per busy thread) and raises
+    its mmap threshold to the largest buffer freed, after which 4 MiB upload buffers come from
+    those arenas and stay there. Two arenas and a fixed 1 MiB threshold (big buffers go back
+    to the kernel when freed) keep a worker's memory flat under concurrent pushes. The worker
+    is forked, so the MALLOC_* environment variables would come too late: mallopt."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
+
+
 def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
+    _bound_malloc()
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
     logs.configure(config.log_format, config.replica_id)  # as the replica process's
