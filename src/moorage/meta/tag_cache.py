@@ -33,7 +33,7 @@ from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import TagRecord
-from moorage.meta.tag_watch import TagEvent, TagWatch
+from moorage.meta.tag_watch import TagEvent, TagWatch, read_members
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,12 @@ class TagCache:
 
     async def _members(self) -> list[tuple[bytes, int, int]]:
         out = []
-        end = keys.prefix_end(keys.TAG_CACHE_MEMBERS)
-        async for page in self.store._scan(keys.TAG_CACHE_MEMBERS, end):
-            for kv in page:
-                try:
-                    doc = json.loads(kv.value)
-                    out.append((kv.key, int(doc["lease"]), int(doc["progress"])))
-                except (ValueError, KeyError, TypeError):
-                    log.warning("tag cache: unreadable member record %r", kv.key)
+        for key, value in await read_members(self.store):
+            try:
+                doc = json.loads(value)
+                out.append((key, int(doc["lease"]), int(doc["progress"])))
+            except (ValueError, KeyError, TypeError):
+                log.warning("tag cache: unreadable member record %r", key)
         return out
 
     async def _await_members(self, revision: int) -> None:

@@ -82,6 +82,21 @@ class TagWatch:
         return _Translated()
 
 
+async def read_members(store: EtcdMetaStore, page: int = 256) -> list[tuple[bytes, bytes]]:
+    """Every tag cache member key and value, by quorum reads only (never a member's local
+    copy, which may lack a member registered just before a change): StoreUnavailable when
+    etcd cannot answer such a read."""
+    out: list[tuple[bytes, bytes]] = []
+    start, end = keys.TAG_CACHE_MEMBERS, keys.prefix_end(keys.TAG_CACHE_MEMBERS)
+    while True:
+        request = rpc.RangeRequest(key=start, range_end=end, limit=page)
+        resp = await store._call("kvstub.Range", request)
+        out += [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
+        if not resp.more or not resp.kvs:
+            return out
+        start = bytes(resp.kvs[-1].key) + b"\x00"
+
+
 class _Translated:
     """gRPC failures of the stream become StoreUnavailable."""
 
