@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": results.cpu,
                 "ceiling": results.ceiling,
                 "cluster": results.cluster,
+                "memory": results.memory,
             }
         )
     )
@@ -430,6 +431,9 @@ def _head_to_head(
         )
         for server in under_test:
             results.add("rss", server.name, server.peak_rss / MiB)
+            results.memory[server.name] = {
+                role: peak / MiB for role, peak in sorted(server.peak_by_role.items())
+            }
             results.notes.append(
                 f"{server.name}: peak RSS sampled every {sampler.interval:g} s over processes "
                 f"{', '.join(map(str, server.tree()))}; sum of their VmHWM at the end "

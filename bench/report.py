@@ -55,6 +55,8 @@ class Results:
     ceiling: dict[str, float] = field(default_factory=dict)
     cluster: dict[str, list[float]] = field(default_factory=dict)  # raw values per figure
     notes: list[str] = field(default_factory=list)
+    # peak RSS in MiB per server, per kind of process (bench.servers.role_of)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, metric: str, server: str, value: float, cpu_seconds: float = 0.0) -> None:
         self.samples.setdefault(metric, {}).setdefault(server, []).append(value)
@@ -289,6 +291,18 @@ def machine_info(repo: Path) -> list[str]:
     ]
 
 
+def memory_table(results: Results) -> str:
+    """Peak RSS per kind of process. Each peak is its own maximum, so they need not add up
+    to the peak of the sum (the main table's row)."""
+    if not results.memory:
+        return ""
+    lines = ["| server | process | peak RSS, MiB |", "|---|---|---:|"]
+    for server, roles in results.memory.items():
+        for role, mib in roles.items():
+            lines.append(f"| {server} | {role} | {mib:,.0f} |")
+    return "\n".join(lines)
+
+
 def markdown(results: Results, repo: Path, header: list[str]) -> str:
     parts = ["# Moorage vs Distribution", "", *machine_info(repo), *header, ""]
     if results.samples:
@@ -338,6 +352,9 @@ def markdown(results: Results, repo: Path, header: list[str]) -> str:
             cluster_runs(results),
             "",
         ]
+    memory = memory_table(results)
+    if memory:
+        parts += ["## Memory per process", "", memory, ""]
     ceiling = ceiling_table(results)
     if ceiling:
         parts += ["## Client ceiling", "", ceiling, ""]

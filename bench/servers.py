@@ -56,6 +56,18 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def role_of(pid: int, root: int) -> str:
+    """What a process of a server's tree is: the root process (Moorage's supervisor, which
+    also runs granian's main loop; Distribution's only process), etcd, or an API worker."""
+    if pid == root:
+        return "main"
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return "other"
+    return "etcd" if argv0.endswith(b"etcd") else "API workers"
+
+
 def _hwm_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -86,6 +98,8 @@ class Server:
     authorization: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     peak_rss: int = 0
+    # the peak of each kind of process (role_of; API workers summed), sampled with peak_rss
+    peak_by_role: dict[str, int] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
     verify: ssl.SSLContext | bool = True
     # An HTTPS server whose CA appears once it runs (Moorage's cluster CA, D/tls/ca.crt):
@@ -144,6 +158,21 @@ class Server:
 
     def rss(self) -> int:
         return sum(_rss_bytes(pid) for pid in self.tree())
+
+    def rss_by_role(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        root = self.root_pid
+        for pid in self.tree():
+            role = role_of(pid, root)
+            out[role] = out.get(role, 0) + _rss_bytes(pid)
+        return out
+
+    def sample_rss(self) -> None:
+        """Record one sample in peak_rss and peak_by_role."""
+        by_role = self.rss_by_role()
+        self.peak_rss = max(self.peak_rss, sum(by_role.values()))
+        for role, value in by_role.items():
+            self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), value)
 
     def hwm_sum(self) -> int:
         return sum(_hwm_bytes(pid) for pid in self.tree())
@@ -312,7 +341,8 @@ def sink(tmp: Path) -> Server:
 
 
 class RssSampler(threading.Thread):
-    """Samples the summed RSS of each server's process tree every `interval` seconds."""
+    """Samples the RSS of each server's process tree every `interval` seconds: the peak of
+    the sum and the peak of each kind of process."""
 
     def __init__(self, servers: list[Server], interval: float = 0.1) -> None:
         super().__init__(name="rss-sampler", daemon=True)
@@ -327,7 +357,7 @@ class RssSampler(threading.Thread):
     def sample(self) -> None:
         for server in self.servers:
             if server.proc is not None and server.proc.poll() is None:
-                server.peak_rss = max(server.peak_rss, server.rss())
+                server.sample_rss()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -216,8 +216,27 @@ async def metrics(request: Request) -> Response:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY as registry
-    text = generate_latest(registry) + await _usage_lines(request)
+    text = generate_latest(registry) + _tag_cache_lines(request) + await _usage_lines(request)
     return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def _tag_cache_lines(request: Request) -> bytes:
+    """The tag cache (meta/tag_cache.py) of the API worker answering this scrape."""
+    st = getattr(request.app.state, "moorage", None)
+    tags = st.registry.manifests.tags if st is not None else None
+    if tags is None:
+        return b""
+    return (
+        "# HELP moorage_tag_cache_serving 1 while this worker's tag cache serves\n"
+        "# TYPE moorage_tag_cache_serving gauge\n"
+        f"moorage_tag_cache_serving {int(tags.serving)}\n"
+        "# HELP moorage_tag_cache_hits_total Tags this worker answered from its cache\n"
+        "# TYPE moorage_tag_cache_hits_total counter\n"
+        f"moorage_tag_cache_hits_total {tags.hits}\n"
+        "# HELP moorage_tag_cache_misses_total Tags this worker read from the store\n"
+        "# TYPE moorage_tag_cache_misses_total counter\n"
+        f"moorage_tag_cache_misses_total {tags.misses}\n"
+    ).encode()
 
 
 #: Namespaces whose usage a scrape reports at most (those with a policy, in name order).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -65,6 +66,40 @@ def _reexec_with_absolute(data_dir: DataDir) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "moorage", *args])
 
 
+_PASSWORD_FD = "MOORAGE_ADMIN_PASSWORD_FD"
+
+
+def _reexec_with_password(password: str | None) -> None:
+    """Run the replica just created in a fresh process (what `run` does on an existing data
+    directory): the creation loaded cryptography, ~15 MiB the supervisor would keep for its
+    whole life. The admin password goes through an inherited pipe, never the environment."""
+    args = [sys.executable, "-m", "moorage", *sys.argv[1:]]
+    env = {k: v for k, v in os.environ.items() if k != "MOORAGE_ADMIN_PASSWORD"}
+    if password is not None:
+        read, write = os.pipe()
+        os.write(write, password.encode())  # far below a pipe's buffer
+        os.close(write)
+        os.set_inheritable(read, True)
+        env[_PASSWORD_FD] = str(read)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, env)
+
+
+def _handed_password() -> str | None:
+    """The password `_reexec_with_password` handed over (read once, the pipe closed)."""
+    fd = os.environ.pop(_PASSWORD_FD, None)
+    if fd is None or not fd.isdigit():
+        return None
+    try:
+        return os.read(int(fd), 4096).decode() or None
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
+
+
 @click.command(cls=Command)
 @data_dir_option("Replica state.")
 @click.option("--http-addr", default=None, help=f"Listen address (default {DEFAULT_HTTP_ADDR}).")
@@ -101,8 +136,9 @@ def run(
     http_addr = check_http_addr(http_addr)
     settings = {**transport_settings(tls, tls_cert, tls_key, insecure_http)}
     settings.update(log_setting(log_format))
-    password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or None
+    password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or _handed_password() or None
     created = None
+    fresh_start = not d.exists()
     if d.exists():
         config = d.load()
         check_same_settings(config, http_addr, storage, etcd_client_port, etcd_peer_port)
@@ -125,7 +161,10 @@ def run(
         else:
             click.echo(message, err=True)
     try:
-        run_replica(d, password, workers=workers)
+        if not fresh_start:
+            run_replica(d, password, workers=workers)
+        else:  # the new replica's keys were made here with cryptography: run it without
+            _reexec_with_password(password)
     except MoorageError as exc:
         if config.log_format != "json":
             raise

@@ -15,7 +15,6 @@ around the server). It
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -74,20 +73,6 @@ def replica_lock(data_dir: DataDir) -> Iterator[IO[str]]:
         yield fh
     finally:
         fh.close()
-
-
-async def _bootstrap(config: ReplicaConfig, admin_password: str | None) -> None:
-    from moorage.cluster.bootstrap import bootstrap
-    from moorage.cluster.tls import client_tls, publish_ca
-    from moorage.meta.etcd import EtcdCluster
-
-    meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
-    try:
-        if await publish_ca(meta, config):
-            log.info("stored the new cluster's CA (sealed key) in etcd")
-        await bootstrap(meta, config.cluster_id, admin_password)
-    finally:
-        await meta.close()
 
 
 def _members_up(etcd: EtcdProcess) -> tuple[int, int] | None:
@@ -205,6 +190,7 @@ def supervise(
     be kept running)."""
     from moorage.cluster.etcd_process import EtcdProcess
     from moorage.cluster.fence import check_fence
+    from moorage.cluster.first_start import bootstrap_in_child
     from moorage.cluster.tls import ca_pending, require_tls
 
     with replica_lock(data_dir):
@@ -218,7 +204,7 @@ def supervise(
             etcd.start()
             if admin_password is not None or ca_pending(config):
                 etcd.wait_ready()
-                asyncio.run(_bootstrap(config, admin_password))
+                bootstrap_in_child(config, admin_password)  # keeps gRPC out of this process
             else:
                 # A joining member is a learner until promoted, a member without quorum has
                 # no leader: serve anyway, /_ping tells the truth until the store is healthy.

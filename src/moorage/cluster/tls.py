@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from moorage.config import ReplicaConfig
 from moorage.errors import ConfigError, MoorageError
 from moorage.meta.etcd_members import ClientTls
-from moorage.pki import ca as pki
 from moorage.pki.files import PRIVATE_MODE, TlsDir, write_atomic
 
 if TYPE_CHECKING:  # the store module pulls in records and snapshots; join and install need neither
@@ -72,6 +71,8 @@ def ca_pending(config: ReplicaConfig) -> bool:
 def create_cluster_tls(config: ReplicaConfig) -> str:
     """A new cluster's CA, secret and first replica certificate in `D/tls/`; the CA's
     fingerprint. Milliseconds (P-256)."""
+    from moorage.pki import ca as pki  # cryptography: loaded when first needed
+
     tls = tls_dir(config)
     authority = pki.create_ca(config.cluster_id)
     secret = pki.new_cluster_secret()
@@ -114,6 +115,8 @@ def client_tls(config: ReplicaConfig) -> ClientTls:
 async def publish_ca(store: ClusterStore, config: ReplicaConfig) -> bool:
     """Store the new cluster's CA (certificate and sealed key) in etcd, once; True if this
     call stored it. The pending file goes once etcd holds the key (a crash before retries)."""
+    from moorage.pki import ca as pki  # cryptography: loaded when first needed
+
     pending = _pending(config)
     if not pending.exists():
         return False
@@ -126,6 +129,8 @@ async def publish_ca(store: ClusterStore, config: ReplicaConfig) -> bool:
 def new_csr(config: ReplicaConfig) -> str:
     """A joiner's fresh key (written to its `D/tls/replica.key`, never sent) and the CSR
     (PEM text) that asks for its names."""
+    from moorage.pki import ca as pki  # cryptography: loaded when first needed
+
     key = pki.generate_key()
     tls_dir(config).write_key(key)
     hosts = replica_hosts(config.http_host, config.etcd_host)
@@ -147,6 +152,8 @@ async def sign_join(
     A join is refused (membership.Refused, a 409) while a CA rotation is in progress: the
     rotation re-issues the certificates of the replicas it listed when it started, and a
     newcomer would keep one the rotation's end stops trusting. A `renewal` is signed."""
+    from moorage.pki import ca as pki  # cryptography: loaded when first needed
+
     if not isinstance(csr, str) or not csr or len(csr) > MAX_CSR_BYTES:
         raise ValueError(f"csr must be a PEM certificate signing request under {MAX_CSR_BYTES} B")
     if not renewal and await store.get_ca_rotation() is not None:
@@ -183,6 +190,8 @@ async def sign_join(
 def write_join_answer(config: ReplicaConfig, answer: dict[str, Any]) -> None:
     """The joiner writes what the cluster answered (its key is there already), checking that
     the certificate is for its own key and issued by the CA it was given."""
+    from moorage.pki import ca as pki  # cryptography: loaded when first needed
+
     tls = tls_dir(config)
     try:
         ca_cert = pki.load_cert(str(answer["ca"]).encode())

@@ -49,6 +49,16 @@ PKI_CA_KEY = b"/moorage-pki/ca.key.sealed"
 PKI_CA_ROTATION = b"/moorage-pki/rotation"
 
 
+#: The tag caches of the API processes (moorage.meta.tag_cache), outside ROOT (operational,
+#: never backed up): `<TAG_CACHE_MEMBERS><replica id>-<pid>`, one lease-backed key per cache,
+#: `{"lease", "progress"}` (the revision up to which its watch has applied tag changes).
+TAG_CACHE_MEMBERS = b"/moorage-tag-cache/members/"
+
+
+def tag_cache_member(name: str) -> bytes:
+    return TAG_CACHE_MEMBERS + name.encode()
+
+
 #: Webhooks (moorage.meta.webhooks, moorage.cluster.webhooks), outside ROOT: operational
 #: state that backups do not carry.
 #:     hooks/<id>                   the webhook: url, events, secret (sealed, never shown back)

@@ -19,11 +19,14 @@ import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-from moorage.pki.ca import cert_pem, key_pem, load_cert, load_key
+# cryptography (and moorage.pki.ca) load on first use: the replica's supervisor only needs
+# the paths and etcd's flags, and cryptography costs it ~15 MiB of memory.
 
 DIR_MODE = 0o700
 PRIVATE_MODE = 0o600
@@ -60,6 +63,8 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
 def load_bundle(pem: bytes) -> list[x509.Certificate]:
     """Every certificate of a PEM bundle (`ca.crt` holds two during a CA rotation, the one
     that signs first); ValueError when there is none."""
+    from cryptography import x509
+
     certs = x509.load_pem_x509_certificates(pem)
     if not certs:
         raise ValueError("no PEM certificate")
@@ -67,6 +72,8 @@ def load_bundle(pem: bytes) -> list[x509.Certificate]:
 
 
 def bundle_pem(certs: list[x509.Certificate]) -> bytes:
+    from moorage.pki.ca import cert_pem
+
     return b"".join(cert_pem(c) for c in certs)
 
 
@@ -106,14 +113,20 @@ class TlsDir:
             os.chmod(self.path, DIR_MODE)
 
     def write_ca(self, cert: x509.Certificate) -> None:
+        from moorage.pki.ca import cert_pem
+
         self.ensure()
         write_atomic(self.ca_cert, cert_pem(cert), PUBLIC_MODE)
 
     def write_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        from moorage.pki.ca import key_pem
+
         self.ensure()
         write_atomic(self.key, key_pem(key), PRIVATE_MODE)
 
     def write_cert(self, cert: x509.Certificate) -> None:
+        from moorage.pki.ca import cert_pem
+
         self.ensure()
         write_atomic(self.cert, cert_pem(cert), PUBLIC_MODE)
 
@@ -122,6 +135,8 @@ class TlsDir:
         write_atomic(self.secret, secret, PRIVATE_MODE)
 
     def read_ca(self) -> x509.Certificate:
+        from moorage.pki.ca import load_cert
+
         return load_cert(self.ca_cert.read_bytes())
 
     def read_bundle(self) -> list[x509.Certificate]:
@@ -141,9 +156,13 @@ class TlsDir:
         return True
 
     def read_cert(self) -> x509.Certificate:
+        from moorage.pki.ca import load_cert
+
         return load_cert(self.cert.read_bytes())
 
     def read_key(self) -> ec.EllipticCurvePrivateKey:
+        from moorage.pki.ca import load_key
+
         return load_key(self.key.read_bytes())
 
     def read_secret(self) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from moorage.meta.base import MetaStore
 from moorage.registry.blobs import Blobs
 from moorage.registry.discovery import Discovery
@@ -10,17 +12,24 @@ from moorage.registry.uploads import Uploads
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
 
+if TYPE_CHECKING:
+    from moorage.meta.tag_cache import TagCache
+
 
 class Registry:
     def __init__(
-        self, storage: BlobStorage, meta: MetaStore, journal: Journal | None = None
+        self,
+        storage: BlobStorage,
+        meta: MetaStore,
+        journal: Journal | None = None,
+        tags: TagCache | None = None,
     ) -> None:
         self.storage = storage
         self.meta = meta
         self.journal = journal
         self.blobs = Blobs(storage, meta)
         self.uploads = Uploads(storage, meta)
-        self.manifests = Manifests(storage, meta, journal)
+        self.manifests = Manifests(storage, meta, journal, tags)
         self.discovery = Discovery(meta)
 
     def close(self) -> None:

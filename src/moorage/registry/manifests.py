@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.errors import (
     DigestInvalid,
@@ -34,6 +34,9 @@ Notice = Callable[[ManifestRecord, list[str]], Sequence[Op]]
 #: Writes to make in the transaction of a delete the registry decides itself (retention, garbage
 #: collection), given the repository, the digest or tag, and who deletes: its webhook event.
 DeleteNotice = Callable[[str, str, str, str], Awaitable[Sequence[Op]]]
+
+if TYPE_CHECKING:
+    from moorage.meta.tag_cache import TagCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +69,14 @@ _CACHE_BYTES = 64 * 1024 * 1024  # manifest bodies kept in memory, per API proce
 
 class Manifests:
     def __init__(
-        self, storage: BlobStorage, meta: MetaStore, journal: Journal | None = None
+        self,
+        storage: BlobStorage,
+        meta: MetaStore,
+        journal: Journal | None = None,
+        tags: TagCache | None = None,
     ) -> None:
         self.storage = storage
+        self.tags = tags  # tag -> manifest, cached under an etcd watch (None: read the store)
         self.meta = meta
         self.journal = journal
         self.policies = Policies(meta)
@@ -82,6 +90,12 @@ class Manifests:
         if self.journal is not None:
             await self.journal.append({"r": LAST_REVISION.get(), **entry})
 
+    async def _settle_tags(self, repo: str, tags: Sequence[str], mark: int) -> None:
+        """Once a change that may delete or re-point `tags` is committed: return when no
+        replica's tag cache can serve their old values any more (meta/tag_cache.py)."""
+        if self.tags is not None:
+            await self.tags.settle(repo, tags, mark)
+
     async def resolve(self, repo: str, reference: str) -> TagRecord:
         """The manifest a tag or digest names in `repo` (ManifestUnknown if none)."""
         if is_digest(reference):
@@ -92,7 +106,10 @@ class Manifests:
             return record.tag_record()
         if not is_valid_tag(reference):
             raise ManifestUnknown(f"manifest {reference[:140]!r} is not in repository {repo}")
-        tag = await self.meta.get_tag(repo, reference)
+        if self.tags is not None:
+            tag = await self.tags.get(repo, reference)
+        else:
+            tag = await self.meta.get_tag(repo, reference)
         if tag is None:
             raise ManifestUnknown(f"manifest {reference}:{repo} is unknown")
         return tag
@@ -148,6 +165,7 @@ class Manifests:
             tags.insert(0, _tag(reference))
             digest = digest_of(body)
         manifest = parse_manifest(body, content_type)
+        mark = self.tags.mark() if self.tags is not None else 0
         await settle(self.meta, str(digest))  # its bytes are not being collected
         await self.storage.put_bytes(str(digest), body)
         self._remember(str(digest), body)
@@ -218,6 +236,7 @@ class Manifests:
                 "referrer": referrer,
             }
         )
+        await self._settle_tags(repo, unique_tags, mark)  # a re-pointed tag is served by none
         return PushedManifest(digest, record.subject, record.media_type, record.size)
 
     async def delete(self, repo: str, reference: str, also: Sequence[Op] = ()) -> None:
@@ -226,12 +245,17 @@ class Manifests:
         if is_digest(reference):
             digest = str(parse_digest(reference))
 
+            deleted: list[str] = []
+            mark = self.tags.mark() if self.tags is not None else 0
+
             async def check(tags: list[str]) -> list[Guard]:  # no immutable tag points at it
+                deleted[:] = tags
                 return await self.policies.delete_guards(repo, f"manifest {digest}", tags)
 
             if not await self.meta.delete_manifest(repo, digest, check, also):
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             await self._journal({"op": "delete", "repo": repo, "digest": digest})
+            await self._settle_tags(repo, deleted, mark)
             return
         if not is_valid_tag(reference) or not await self.untag(repo, reference, also=also):
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
@@ -243,8 +267,10 @@ class Manifests:
         is still the tag read at that revision (retention). False when there is none."""
         for _ in range(20):
             guards = await self.policies.delete_guards(repo, tag, [tag])
+            mark = self.tags.mark() if self.tags is not None else 0
             if await self.meta.delete_tag(repo, tag, guards, revision, also):
                 await self._journal({"op": "untag", "repo": repo, "tag": tag})
+                await self._settle_tags(repo, [tag], mark)
                 return True
             if revision is not None or await self.meta.get_tag(repo, tag) is None:
                 return False

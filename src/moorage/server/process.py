@@ -27,6 +27,8 @@ from moorage.server import transport
 
 log = logging.getLogger("moorage.server")
 WORKER_APP = "moorage.server.worker:create_app"
+BACKPRESSURE = 64  # requests one API worker answers at once
+BLOCKING_THREADS = 16  # granian's threads for file reads (pathsend), per worker
 
 
 def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
@@ -57,6 +59,11 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
             ssl_cert=tls.cert if tls else None,
             ssl_key=tls.key if tls else None,
             ssl_protocol_min=SSLProtocols.tls12,
+            # Memory stays flat under many concurrent pulls: each response in flight holds a
+            # write buffer and a file read, and granian would start up to 512 threads for
+            # those reads. Requests beyond BACKPRESSURE wait for a free slot (per worker).
+            backpressure=BACKPRESSURE,
+            runtime_blocking_threads=BLOCKING_THREADS,
         )
         watchdog.give_up = server.signal_handler_interrupt
         watchdog.start()

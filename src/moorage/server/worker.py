@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.meta.account_journal import journal_to
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
+from moorage.meta.tag_cache import TagCache, stall_file
 from moorage.pki.trust import trust_data_dir
 from moorage.registry import Registry
 from moorage.server import transport
@@ -61,9 +63,14 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
     basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view)
     auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
+    # tag -> manifest, cached under an etcd watch, kept exact across the cluster
+    # (MOORAGE_TAG_CACHE=0 turns it off: only to measure what it saves in the benchmark)
+    tags = None
+    if isinstance(meta, EtcdCluster) and os.environ.get("MOORAGE_TAG_CACHE", "1") != "0":
+        tags = TagCache(meta, f"{config.replica_id}-{os.getpid()}", stall_file())
     replica = Replica(
         config=config,
-        registry=Registry(storage, meta, journal),
+        registry=Registry(storage, meta, journal, tags),
         auth=auth,
         authorizer=Policy(view),
         audit=audit,
@@ -104,6 +111,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
             ):
                 yield
         finally:
+            if replica.registry.manifests.tags is not None:
+                await replica.registry.manifests.tags.close()
             await replica.registry.aclose()  # the journal's descriptor would outlive the app
             await replica.registry.storage.close()  # an S3 client's connections
             if isinstance(replica.authorizer, Policy):
@@ -128,8 +137,24 @@ def _exit_with_parent(pid_file: Path) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _bound_malloc() -> None:
+    """glibc keeps freed memory per arena (up to 8 per core, one per busy thread) and raises
+    its mmap threshold to the largest buffer freed, after which 4 MiB upload buffers come from
+    those arenas and stay there. Two arenas and a fixed 1 MiB threshold (big buffers go back
+    to the kernel when freed) keep a worker's memory flat under concurrent pushes. The worker
+    is forked, so the MALLOC_* environment variables would come too late: mallopt."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
+
+
 def create_app() -> ASGIApp:
     """Factory the ASGI server calls in each worker; the replica comes from the environment."""
+    _bound_malloc()
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
     logs.configure(config.log_format, config.replica_id)  # as the replica process's

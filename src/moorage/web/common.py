@@ -9,13 +9,13 @@ framing. The session cookie is HttpOnly, SameSite=Strict and, over TLS, Secure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -26,6 +26,9 @@ from moorage.cluster.tls import tls_dir
 from moorage.errors import MoorageError
 from moorage.meta.records import UserRecord
 from moorage.web import session as sessions
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 PREFIX = "/ui"
 SECURITY_HEADERS = {
@@ -41,13 +44,20 @@ SECURITY_HEADERS = {
 }
 MAX_FORM = 16 * 1024  # the UI's forms are a few fields
 
-_templates = Environment(
-    loader=PackageLoader("moorage.web", "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_templates.filters["timestamp"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+@functools.cache
+def _templates() -> Environment:
+    """Made at the first page: jinja2 stays out of an API worker nobody browses (~6 MiB)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("moorage.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["timestamp"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +141,16 @@ def render(
     request: Request, template: str, status: int = 200, viewer: Viewer | None = None, **ctx: Any
 ) -> HTMLResponse:
     st = state(request)
-    html = _templates.get_template(template).render(
-        viewer=viewer,
-        csrf=viewer.session.csrf if viewer else None,
-        replica=st.config.replica_id,
-        prefix=PREFIX,
-        **ctx,
+    html = (
+        _templates()
+        .get_template(template)
+        .render(
+            viewer=viewer,
+            csrf=viewer.session.csrf if viewer else None,
+            replica=st.config.replica_id,
+            prefix=PREFIX,
+            **ctx,
+        )
     )
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 

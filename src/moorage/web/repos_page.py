@@ -212,7 +212,11 @@ async def _delete(request: Request, st: AppState, viewer: Viewer, kind: str) -> 
             return common.refusal(
                 request, 503, "this replica is read-only now; delete on a healthy one", viewer
             )
-        await st.registry.manifests.delete(name, ref)
+        if kind == "tag":  # its webhook event, written in the delete's own transaction
+            event = await webhooks.delete_event(request, st, name, tag=ref)
+        else:
+            event = await webhooks.delete_event(request, st, name, digest=ref)
+        await st.registry.manifests.delete(name, ref, also=event)
     except NameInvalid:
         return common.refusal(request, 400, "that is not a repository name", viewer)
     except (NameUnknown, ManifestUnknown) as exc:
@@ -223,11 +227,9 @@ async def _delete(request: Request, st: AppState, viewer: Viewer, kind: str) -> 
         return common.refusal(request, 503, f"nothing was deleted: {exc}", viewer)
     if kind == "tag":
         await auditing.record(request, st, "delete", f"{name}:{ref}", {"kind": "tag", "via": "ui"})
-        await webhooks.notify(request, st, "delete", name, tag=ref)
     else:
         target = f"{name}@{ref}"
         await auditing.record(request, st, "delete", target, {"kind": "manifest", "via": "ui"})
-        await webhooks.notify(request, st, "delete", name, digest=ref)
     query = {"name": name, "deleted": ref}
     target = f"{PREFIX}/repository?" + urllib.parse.urlencode(query)
     return RedirectResponse(target, 303, SECURITY_HEADERS)

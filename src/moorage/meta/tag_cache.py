@@ -1,0 +1,328 @@
+"""The tag → manifest cache of an API process, kept exact by an etcd watch.
+
+No replica serves a tag from its cache after a change that deletes it or points it at another
+manifest was acknowledged anywhere (the argument is in docs/ARCHITECTURE.md, "Tag cache"):
+
+- a cache serves only while it is a *member*: a lease-backed key under
+  `keys.TAG_CACHE_MEMBERS` saying up to which revision its watch has applied tag changes,
+  its watch is established, and a keep-alive of that lease it sent less than VALID_SECONDS
+  ago was answered;
+- an entry read from etcd is kept only when no change to its key arrived while it was read;
+- the writer of such a change (`settle`) waits until every member's revision has reached
+  the change; a member that has not within SETTLE_SECONDS has its lease revoked, and the
+  writer waits VALID_SECONDS more, by which time that member has stopped serving.
+
+Without a watch, during quorum loss (no keep-alive answers) or with the in-memory store,
+reads go to the store as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from moorage.errors import StoreUnavailable
+from moorage.meta import keys
+from moorage.meta.base import LAST_REVISION
+from moorage.meta.etcd import EtcdCluster
+from moorage.meta.records import TagRecord
+from moorage.meta.tag_watch import TagEvent, TagWatch, read_members
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 100_000  # tags kept, least recently used dropped first
+SETTLE_SECONDS = 2.0  # how long a writer waits for the other caches before revoking them
+VALID_SECONDS = 1.0  # a cache serves this long after sending a keep-alive that was answered
+KEEPALIVE_EVERY = 0.25
+LEASE_TTL = 10  # a member that vanished stops being waited for after this (seconds)
+REPORT_EVERY = 1.0  # progress is written at once after a delete or re-point, else this often
+RECENT = 10_000  # the revisions of the latest deletes and re-points, per tag key
+RETRY_SECONDS = 1.0
+#: Test suites only: while this file exists in the data directory, the watch applies nothing
+#: (a stalled watch whose keep-alives still succeed: the case the revocation is for).
+STALL_FILE = "tag-watch.stall"
+
+
+def invalidating(event: TagEvent) -> bool:
+    """A delete, or a put over a tag that named another manifest."""
+    if event.value is None:
+        return True
+    if event.previous is None:
+        return False  # created: no cache can hold an older value of it
+    return _digest(event.previous) != _digest(event.value)
+
+
+def _digest(raw: bytes) -> object:
+    try:
+        return json.loads(raw).get("digest")
+    except (ValueError, AttributeError):
+        return raw  # unreadable: compared as bytes
+
+
+class TagCache:
+    def __init__(self, store: EtcdCluster, name: str, stall: Path | None = None) -> None:
+        self.store = store
+        self.member_key = keys.tag_cache_member(name)
+        self._stall = stall
+        self._entries: OrderedDict[bytes, TagRecord] = OrderedDict()
+        self._filling: Counter[bytes] = Counter()
+        self._generation = 0  # bumped when a read in flight may have become stale
+        self._live = False  # watch established, member key written
+        self._valid_until = 0.0
+        self.progress = 0  # every tag change up to this revision is applied
+        self._reported = 0
+        self._urgent = asyncio.Event()
+        self._progressed = asyncio.Event()
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._floor = 0  # the newest revision dropped from _recent
+        self._watch: TagWatch | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # -- reads ----------------------------------------------------------------------
+    @property
+    def serving(self) -> bool:
+        return self._live and time.monotonic() < self._valid_until
+
+    async def get(self, repo: str, tag: str) -> TagRecord | None:
+        self._ensure_running()
+        key = keys.tag(repo, tag)
+        if self.serving:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return hit
+        self.misses += 1
+        generation = self._generation
+        self._filling[key] += 1
+        try:
+            record = await self.store.get_tag(repo, tag)
+        finally:
+            self._filling[key] -= 1
+            if not self._filling[key]:
+                del self._filling[key]
+        # Kept only if no change to it arrived while it was read, and from a quorum read
+        # (a member's local copy, read during an election, may be behind the watch).
+        local = time.monotonic() < self.store._local_reads_until
+        if record is not None and generation == self._generation and self.serving and not local:
+            self._entries[key] = record
+            if len(self._entries) > MAX_ENTRIES:
+                self._entries.popitem(last=False)
+        return record
+
+    # -- writers ----------------------------------------------------------------------
+    def mark(self) -> int:
+        """Call before a write that may delete or re-point tags; pass the result to settle."""
+        return self.progress
+
+    async def settle(self, repo: str, tags: Sequence[str], mark: int) -> None:
+        """After a committed write that may have deleted or re-pointed `tags` of `repo`:
+        return once no cache in the cluster can serve their old values."""
+        if not tags:
+            return
+        self._ensure_running()
+        target = LAST_REVISION.get()
+        if self._live and await self._caught_up(target) and self._floor <= mark:
+            changed = [self._recent.get(keys.tag(repo, t), 0) for t in tags]
+            changed = [r for r in changed if r > mark]
+            if not changed:
+                return  # created or pointed at the same manifest: nothing to invalidate
+            target = max(changed)
+        await self._await_members(target)
+
+    async def _caught_up(self, revision: int) -> bool:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while self.progress < revision and self._live:
+            if time.monotonic() >= deadline:
+                return False
+            waiter = self._progressed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.02):
+                    await waiter.wait()
+            if self.progress < revision and self._watch is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._watch.request_progress()
+        return self.progress >= revision
+
+    async def _members(self) -> list[tuple[bytes, int, int]]:
+        out = []
+        for key, value in await read_members(self.store):
+            try:
+                doc = json.loads(value)
+                out.append((key, int(doc["lease"]), int(doc["progress"])))
+            except (ValueError, KeyError, TypeError):
+                log.warning("tag cache: unreadable member record %r", key)
+        return out
+
+    async def _await_members(self, revision: int) -> None:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            behind = [
+                (key, lease)
+                for key, lease, progress in await self._members()
+                if progress < revision
+                and not (key == self.member_key and self.progress >= revision)
+            ]
+            if not behind or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        if not behind:
+            return
+        for _, lease in behind:
+            await self._revoke(lease)
+        log.warning(
+            "tag cache: %s had not applied revision %d within %.0f s: their leases are "
+            "revoked, their caches off until they catch up",
+            ", ".join(k.decode(errors="replace") for k, _ in behind),
+            revision,
+            SETTLE_SECONDS,
+        )
+        await asyncio.sleep(VALID_SECONDS)  # by now they have stopped serving
+
+    async def _revoke(self, lease: int) -> None:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            try:
+                await self.store.revoke_lease(lease)
+                return
+            except StoreUnavailable as exc:
+                if "not found" in str(exc):
+                    return  # expired or revoked already
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        "the change was committed, but a replica's tag cache that has not seen "
+                        f"it could not be turned off ({exc}); retry to confirm it"
+                    ) from exc
+            await asyncio.sleep(0.1)
+
+    # -- membership and the watch ----------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _go_dark(self) -> None:
+        self._live = False
+        self._valid_until = 0.0
+        self._entries.clear()
+        self._generation += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._progressed.set()
+        self._progressed = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.warning("tag cache off: %s; retrying", exc)
+            except Exception:
+                log.exception("tag cache failed; off until it is set up again")
+            self._go_dark()
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _session(self) -> None:
+        granted = time.monotonic()
+        lease = await self.store.grant_lease(LEASE_TTL)
+        watch = TagWatch(self.store)
+        try:
+            await self._report(lease, 0)  # a member before its watch starts: writers wait
+            start = await watch.open()
+            self._watch, self.progress, self._reported = watch, start, 0
+            self._floor = start  # changes before the watch are unknown here
+            self._recent.clear()
+            self._entries.clear()
+            self._generation += 1
+            self._valid_until = granted + VALID_SECONDS
+            self._live = True
+            await self._report(lease, start)
+            log.info("tag cache on (member %s)", self.member_key.decode(errors="replace"))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep_alive(lease))
+                group.create_task(self._reporter(lease))
+                group.create_task(self._apply(watch))
+        finally:
+            self._go_dark()
+            self._watch = None
+            watch.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self.store.revoke_lease(lease)
+
+    async def _report(self, lease: int, progress: int) -> None:
+        value = json.dumps({"lease": lease, "progress": progress}).encode()
+        await self.store.put_with_lease(self.member_key, value, lease)
+        self._reported = max(self._reported, progress)
+
+    async def _keep_alive(self, lease: int) -> None:
+        while True:
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(VALID_SECONDS):
+                    alive = await self.store.keep_alive(lease)
+            except TimeoutError:
+                continue  # no answer: the validity runs out by itself
+            if not alive:
+                raise StoreUnavailable("its lease was revoked or expired")
+            self._valid_until = sent + VALID_SECONDS
+            await asyncio.sleep(KEEPALIVE_EVERY)
+
+    async def _reporter(self, lease: int) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_EVERY):
+                    await self._urgent.wait()
+            self._urgent.clear()
+            if self.progress > self._reported:
+                await self._report(lease, self.progress)
+
+    async def _apply(self, watch: TagWatch) -> None:
+        while True:
+            events, progress = await watch.next()
+            while self._stall is not None:  # the test hook: apply nothing while it exists
+                if not self._stall.exists():
+                    break
+                await asyncio.sleep(0.05)
+            urgent = False
+            for event in events:
+                self._entries.pop(event.key, None)
+                if event.key in self._filling:
+                    self._generation += 1
+                if invalidating(event):
+                    urgent = True
+                    self._recent[event.key] = event.revision
+                    self._recent.move_to_end(event.key)
+                    if len(self._recent) > RECENT:
+                        _, dropped = self._recent.popitem(last=False)
+                        self._floor = max(self._floor, dropped)
+            if progress > self.progress:
+                self.progress = progress
+                self._wake()
+            if urgent:
+                self._urgent.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
+def stall_file() -> Path | None:
+    """`D/tag-watch.stall` when the test hook is on (`MOORAGE_TEST_HOOKS=1`), else None."""
+    if os.environ.get("MOORAGE_TEST_HOOKS") != "1" or "MOORAGE_DATA_DIR" not in os.environ:
+        return None
+    return Path(os.environ["MOORAGE_DATA_DIR"]) / STALL_FILE

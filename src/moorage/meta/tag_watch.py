@@ -1,0 +1,117 @@
+"""The etcd watch behind the tag cache (moorage.meta.tag_cache): every change under the tags
+prefix with the value it replaced, and progress on request. Beside meta/etcd.py and
+meta/etcd_watch.py, a module allowed to speak to the etcd client (pyproject's contract)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+from moorage.errors import StoreUnavailable
+from moorage.meta import keys
+from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
+
+_DELETE = 1  # mvccpb.Event.EventType.DELETE
+
+
+@dataclass(frozen=True, slots=True)
+class TagEvent:
+    key: bytes
+    revision: int
+    value: bytes | None  # None: the tag was deleted
+    previous: bytes | None  # None: the tag was created (no value before)
+
+
+class TagWatch:
+    """One watch stream on `keys.TAGS`. `open` returns the revision it starts after; `next`
+    the next batch of events and the revision every change up to which has been delivered.
+    A progress request (`request_progress`) makes etcd send that revision without events."""
+
+    def __init__(self, store: EtcdMetaStore) -> None:
+        self.store = store
+        self._call: Any = None
+        self._writing = asyncio.Lock()
+
+    async def open(self) -> int:
+        client = self.store._client
+        await client.connect()
+        self._call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        create = rpc.WatchCreateRequest(
+            key=keys.TAGS, range_end=keys.prefix_end(keys.TAGS), prev_kv=True
+        )
+        async with self._guarded():
+            await self._call.write(rpc.WatchRequest(create_request=create))
+            resp = await self._call.read()
+        if resp is grpc.aio.EOF or not resp.created or resp.canceled:
+            raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch was refused")
+        return int(resp.header.revision)
+
+    async def next(self) -> tuple[list[TagEvent], int]:
+        async with self._guarded():
+            resp = await self._call.read()
+        if resp is grpc.aio.EOF or resp.canceled or resp.compact_revision:
+            why = "compacted" if resp is not grpc.aio.EOF and resp.compact_revision else "ended"
+            raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch {why}")
+        events = [
+            TagEvent(
+                key=bytes(e.kv.key),
+                revision=int(e.kv.mod_revision),
+                value=None if e.type == _DELETE else bytes(e.kv.value),
+                previous=bytes(e.prev_kv.value) if e.HasField("prev_kv") else None,
+            )
+            for e in resp.events
+        ]
+        # A progress notification (no events) vouches for every change up to its header
+        # revision; a batch of events only for the newest of them.
+        progress = max(e.revision for e in events) if events else int(resp.header.revision)
+        return events, progress
+
+    async def request_progress(self) -> None:
+        async with self._writing, self._guarded():
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def _guarded(self) -> _Translated:
+        return _Translated()
+
+
+async def read_members(store: EtcdMetaStore, page: int = 256) -> list[tuple[bytes, bytes]]:
+    """Every tag cache member key and value, by quorum reads only (never a member's local
+    copy, which may lack a member registered just before a change): StoreUnavailable when
+    etcd cannot answer such a read."""
+    out: list[tuple[bytes, bytes]] = []
+    start, end = keys.TAG_CACHE_MEMBERS, keys.prefix_end(keys.TAG_CACHE_MEMBERS)
+    while True:
+        request = rpc.RangeRequest(key=start, range_end=end, limit=page)
+        resp = await store._call("kvstub.Range", request)
+        out += [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
+        if not resp.more or not resp.kvs:
+            return out
+        start = bytes(resp.kvs[-1].key) + b"\x00"
+
+
+class _Translated:
+    """gRPC failures of the stream become StoreUnavailable."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            detail = exc.details() or exc.code().name
+            raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
+        if isinstance(exc, asyncio.InvalidStateError):  # written after the stream closed
+            raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch closed") from exc
+        if isinstance(exc, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen
+                # retires channels); the cache's session ends and watches again
+                raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch's channel was closed")
