@@ -201,14 +201,23 @@ class MetaStore(ABC):
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
     async def link_blob(
-        self, repo: str, digest: str, size: int, enforce_quota: bool = False
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        enforce_quota: bool = False,
+        read: usage.LinkRead | None = None,
     ) -> bool:
         """Let `repo` serve the blob, stamped with the time (the grace period of garbage
         collection runs from it) and counted in its namespace's usage (meta/usage.py).
         `enforce_quota`: QuotaExceeded when the blob is new there and does not fit. False,
         and nothing written, while garbage collection deletes the blob: its bytes are
-        going, the caller must store them again."""
-        return await usage.link(self, repo, digest, size, enforce_quota)
+        going, the caller must store them again. `read`: `read_link`'s, taken ahead."""
+        return await usage.link(self, repo, digest, size, enforce_quota, read=read)
+
+    async def read_link(self, repo: str, digest: str) -> usage.LinkRead:
+        """One read: whether the blob is being collected, and what linking it starts from."""
+        return await usage.read_link(self, repo, digest)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
         return await usage.unlink(self, repo, digest)
@@ -236,6 +245,7 @@ class MetaStore(ABC):
         blobs: Sequence[str] = (),
         manifests: Sequence[str] = (),
         check: PolicyCheck | None = None,
+        also: tuple[Sequence[Guard], Sequence[Op]] = ((), ()),
     ) -> list[str]:
         """Record a manifest, point `tags` at it and index it under its subject, if every
         blob and manifest it requires is in `repo`. Returns the missing digests; nothing is
@@ -252,9 +262,10 @@ class MetaStore(ABC):
         reference, nor the manifest's own bytes, may have a tombstone. References only
         read (beyond one transaction's guards) are covered by a pending record written
         before the reads and removed with the commit: collection marks what it references.
-        BlobCollecting when the manifest's own bytes are being collected.
+        BlobCollecting when the manifest's own bytes are being collected. `also`: guards and
+        operations of the caller's (e.g. an event to queue), in the same first transaction.
         """
-        extra = list(await check()) if check is not None else []
+        extra = [*also[0], *(await check())] if check is not None else list(also[0])
         blob_refs, child_refs = list(dict.fromkeys(blobs)), list(dict.fromkeys(manifests))
         # (digest, the key that must exist, the tombstone that must not)
         required = [(d, keys.blob(repo, d), keys.blob_tombstone(d)) for d in blob_refs]
@@ -274,7 +285,7 @@ class MetaStore(ABC):
             if missing:
                 await self._txn([], [Delete(pending)])
                 return missing
-        ops: list[Op] = [Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
+        ops: list[Op] = [*also[1], Put(keys.repo(repo), _EMPTY), Put(mkey, record.encode())]
         if checked:
             ops.append(Delete(pending))
         if referrer is not None and record.subject:
@@ -302,7 +313,9 @@ class MetaStore(ABC):
             )
         missing = await self._missing(guarded)
         if not missing:  # raced with a concurrent push of the last reference: try once more
-            return await self.put_manifest(repo, record, tags, referrer, blobs, manifests, check)
+            return await self.put_manifest(
+                repo, record, tags, referrer, blobs, manifests, check, also
+            )
         return missing
 
     async def _missing(self, required: Sequence[tuple[str, bytes, bytes]]) -> list[str]:
