@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moorage.storage import fileio, syncer
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.filesystem import FLUSH_BYTES, FilesystemStorage
 from moorage.storage.syncer import Syncer, run_batch
 
 
@@ -94,7 +94,8 @@ def test_concurrent_put_bytes_and_commits_are_durable_installs_in_shared_batches
     fs = FilesystemStorage(tmp_path / "blobs")
     shared = syncer.shared()
     small = [os.urandom(4096) for _ in range(16)]
-    uploaded = [os.urandom(8192) for _ in range(16)]
+    uploaded = [os.urandom(8192) for _ in range(15)]
+    uploaded.append(os.urandom(FLUSH_BYTES + 1))  # large: its data synced before its job
 
     async def upload(i: int, data: bytes) -> None:
         handle = await fs.create_upload(f"{i:032x}")

@@ -124,11 +124,19 @@ class FileUploadHandle(UploadHandle):
             return target.parent
 
         try:
+            if self._size > FLUSH_BYTES:
+                # A large blob's data goes to disk in a thread of its own first, so that a
+                # batch of small commits never waits for it (its fsync in `run` is then short).
+                await asyncio.to_thread(self._sync_data)
             await syncer.shared().run(run)
         except FileNotFoundError:
             raise BlobUploadUnknown("upload unknown: it was finished or cancelled") from None
         except OSError as exc:
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
+
+    def _sync_data(self) -> None:
+        with self._io:
+            os.fdatasync(self._live_fd())
 
     def _end_sync(self, fd: int) -> None:
         """Mark the data file ended and unlink it (with its `.repo`); under `_io`."""
