@@ -19,13 +19,28 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _renamer(tmp: Path, target: Path, data: bytes) -> syncer.Job:
-    def job() -> Path:
-        tmp.write_bytes(data)
-        os.rename(tmp, target)
-        return target.parent
+def _renamer(tmp: Path, target: Path, data: bytes, into: Path | None = None) -> syncer.Job:
+    """A job like the driver's: write `tmp`, staged to be fsynced and renamed to `target`
+    (reporting `into` as its directory when given)."""
+
+    def job() -> syncer.Staged:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.write(fd, data)
+
+        def install() -> Path:
+            os.rename(tmp, target)
+            return into or target.parent
+
+        def cleanup(renamed: bool) -> None:
+            os.close(fd)
+            cleaned.append((target.name, renamed))
+
+        return syncer.Staged(fd, install, cleanup)
 
     return job
+
+
+cleaned: list[tuple[str, bool]] = []
 
 
 def test_a_batch_fsyncs_each_directory_once_and_a_failure_stays_with_its_job(
@@ -44,22 +59,23 @@ def test_a_batch_fsyncs_each_directory_once_and_a_failure_stays_with_its_job(
     monkeypatch.setattr(syncer, "fsync_dir", counting)
     jobs = [_renamer(tmp_path / f"t{i}", (a if i % 2 else b) / f"f{i}", b"x") for i in range(10)]
 
-    def broken() -> Path:
+    def broken() -> syncer.Staged:
         raise OSError(28, "No space left on device")
 
     gone = tmp_path / "gone"
-
-    def into_gone() -> Path:
-        return gone  # a directory whose fsync fails
-
+    into_gone = _renamer(tmp_path / "tg", a / "g", b"g", into=gone)  # its directory's fsync fails
+    cleaned.clear()
     outcomes = run_batch([*jobs[:5], broken, into_gone, *jobs[5:]])
     assert sorted(synced) == sorted([a, b, gone])  # once each, however many renames
     assert [o is None for o in outcomes] == [True] * 5 + [False, False] + [True] * 5
     assert isinstance(outcomes[5], OSError)
     assert outcomes[5].errno == 28
     assert isinstance(outcomes[6], FileNotFoundError)
-    assert sorted(p.name for p in a.iterdir()) == sorted(f"f{i}" for i in range(1, 10, 2))
+    names = {f"f{i}" for i in range(1, 10, 2)} | {"g"}
+    assert {p.name for p in a.iterdir()} == names
     assert sorted(p.name for p in b.iterdir()) == sorted(f"f{i}" for i in range(0, 10, 2))
+    # every staged job was cleaned up once, told it was renamed
+    assert sorted(cleaned) == sorted([(f"f{i}", True) for i in range(10)] + [("g", True)])
 
 
 def test_concurrent_waiters_share_one_batch_and_each_gets_its_own_outcome(tmp_path: Path) -> None:
@@ -70,7 +86,7 @@ def test_concurrent_waiters_share_one_batch_and_each_gets_its_own_outcome(tmp_pa
             _renamer(tmp_path / f"t{i}", tmp_path / f"f{i}", bytes([i])) for i in range(16)
         ]
 
-        def broken() -> Path:
+        def broken() -> syncer.Staged:
             raise PermissionError(13, "Permission denied")
 
         jobs.insert(7, broken)
@@ -128,3 +144,30 @@ def test_concurrent_put_bytes_and_commits_are_durable_installs_in_shared_batches
         assert not path.stat().st_mode & stat.S_IWUSR  # read-only, like every blob
     assert list(fs.layout.tmp.iterdir()) == []
     assert list(fs.layout.uploads.iterdir()) == []
+
+
+def test_a_file_whose_fsync_fails_is_not_renamed(tmp_path: Path) -> None:
+    """fsync of a pipe fails (EINVAL): that job is never installed, the others are."""
+    read_end, write_end = os.pipe()
+    calls: list[str] = []
+
+    def unsyncable() -> syncer.Staged:
+        def install() -> Path:
+            calls.append("install")
+            return tmp_path
+
+        def cleanup(renamed: bool) -> None:
+            calls.append(f"cleanup renamed={renamed}")
+
+        return syncer.Staged(read_end, install, cleanup)
+
+    good = _renamer(tmp_path / "t", tmp_path / "f", b"ok")
+    try:
+        outcomes = run_batch([unsyncable, good])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert isinstance(outcomes[0], OSError)
+    assert outcomes[1] is None
+    assert calls == ["cleanup renamed=False"]
+    assert (tmp_path / "f").read_bytes() == b"ok"

@@ -121,18 +121,26 @@ class FilesystemStorage(BlobStorage):
             tmp.unlink(missing_ok=True)
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
 
-    def _put_sync(self, tmp: Path, target: Path, data: bytes) -> Path:
-        """Write `data` durably under `tmp` and rename it to `target`; returns the directory
-        the caller must fsync to make the rename durable."""
+    def _put_sync(self, tmp: Path, target: Path, data: bytes) -> syncer.Staged:
+        """Write `data` under `tmp`, staged to be fsynced and renamed to `target`."""
         # Read-only like every committed blob (the creating descriptor can still write).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ENDED_MODE)
         try:
             write_all(fd, data)
-            os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        rename_into_place(tmp, target)
-        return target.parent
+            raise
+
+        def install() -> Path:
+            rename_into_place(tmp, target)
+            return target.parent
+
+        def cleanup(renamed: bool) -> None:
+            os.close(fd)
+            if not renamed:
+                tmp.unlink(missing_ok=True)
+
+        return syncer.Staged(fd, install, cleanup)
 
     async def modified(self, digest: str) -> float | None:
         try:

@@ -97,31 +97,42 @@ class FileUploadHandle(UploadHandle):
         source = layout.upload(self._upload_id)
         target = layout.blob(digest)
 
-        def run() -> Path | None:
-            with self._io:
+        def run() -> syncer.Staged | None:
+            # Holds `_io` from here until the batch's cleanup (see storage.syncer).
+            self._io.acquire()
+            try:
                 fd = self._live_fd()
                 if target.exists():  # the same bytes were committed by another upload
                     # Stored again: garbage collection's grace period starts over.
                     with contextlib.suppress(OSError):
                         os.utime(target)
                     self._end_sync(fd)
+                    self._io.release()
                     return None
                 # Read-only before it becomes a blob, in the same fsync: the mark that the
                 # session ended (a request that opened this file before the rename sees it
                 # once it has the lock) and a guard against any later open for writing.
                 os.fchmod(fd, ENDED_MODE)
-                try:
-                    os.fsync(fd)
-                    rename_into_place(source, target)
-                except BaseException:  # still the upload: writable again
-                    with contextlib.suppress(OSError):
-                        os.fchmod(fd, 0o644)
-                    raise
-                self._ended = True
-                layout.upload_info(self._upload_id).unlink(missing_ok=True)
-            # The rename is made durable by the batch's fsync of the directory, shared
-            # with the other installs of the batch, before this request goes on.
+            except BaseException:
+                self._io.release()
+                raise
+            return syncer.Staged(fd, install, cleanup)
+
+        def install() -> Path:
+            # After the fsync of the data; the batch fsyncs the directory (shared with the
+            # other installs of the batch) before this request goes on.
+            rename_into_place(source, target)
+            self._ended = True
+            layout.upload_info(self._upload_id).unlink(missing_ok=True)
             return target.parent
+
+        def cleanup(renamed: bool) -> None:
+            try:
+                if not renamed:  # still the upload: writable again
+                    with contextlib.suppress(OSError):
+                        os.fchmod(self._fd, 0o644)
+            finally:
+                self._io.release()
 
         try:
             if self._size > FLUSH_BYTES:

@@ -1,51 +1,116 @@
-"""Group commit of durable installs: concurrent requests share a thread hand-off and the
-fsync of each directory they renamed a file into.
+"""Group commit of durable installs: concurrent requests share a thread hand-off, the
+filesystem's journal commits and the fsync of each directory they renamed a file into.
 
 A blob or a manifest becomes durable in three steps: its data fsynced, the file renamed into
 place, the directory fsynced (which makes the rename durable). Each request used to run the
 three in a worker thread of its own. `Syncer.run(job)` queues the job instead; one worker
-thread runs every job queued meanwhile (each fsyncs its own file and renames it), then fsyncs
-each directory they renamed into once, and only then answers them all, as the journal shares
-its fsync (storage.journal). On ext4 the first fsync of a batch commits the filesystem's
-journal for the whole batch, so the fsyncs after it find little left to do.
+thread takes every job queued meanwhile and runs the batch in phases, answering none of them
+before the end (as the journal shares its fsync: storage.journal): every job stages its file
+(writes or marks it), the files are fsynced in parallel (the filesystem then shares one
+journal commit and disk flush between them; one after another, each pays its own, measured
+~10x slower on the development VM), each is renamed once its own fsync succeeded, and each
+directory renamed into is fsynced once, in parallel.
 
-A job that raises fails alone (its waiter gets the exception; its directory is not synced
-for it). A directory fsync that fails fails every job that renamed into that directory.
+A job that raises fails alone (its waiter gets the exception). A directory fsync that fails
+fails every job that renamed into that directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.storage.fileio import fsync_dir
 
-#: A job: runs in the batch's worker thread; returns the directory it renamed a file into
-#: (fsynced before its waiter is answered), or None when it renamed nothing.
-Job = Callable[[], Path | None]
+
+@dataclass(slots=True)
+class Staged:
+    """A file written and ready to install: `fd` is fsynced, then `install` renames it into
+    place and returns the directory to fsync; `cleanup` always runs last, told whether the file
+    was renamed (it closes descriptors, releases locks, undoes what a failed job staged)."""
+
+    fd: int
+    install: Callable[[], Path]
+    cleanup: Callable[[bool], None]
+
+
+#: A job: runs in the batch's worker thread and stages a file (None: nothing to install, e.g.
+#: the bytes were there already).
+Job = Callable[[], Staged | None]
+
+#: fsyncs of one batch run in parallel: the filesystem then shares one journal commit and one
+#: disk flush between them (one after another, each pays its own: ~10x slower measured here).
+_POOL_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+
+
+def _parallel(calls: list[Callable[[], None]]) -> list[BaseException | None]:
+    global _pool
+    if len(calls) <= 1:
+        return [_outcome(c) for c in calls]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="moorage-fsync")
+    return list(_pool.map(_outcome, calls))
+
+
+def _outcome(call: Callable[[], None]) -> BaseException | None:
+    try:
+        call()
+    except Exception as exc:  # handed to the waiters it concerns
+        return exc
+    return None
+
+
+def _fsync(fd: int) -> Callable[[], None]:
+    return lambda: os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> Callable[[], None]:
+    return lambda: fsync_dir(path)
 
 
 def run_batch(jobs: list[Job]) -> list[BaseException | None]:
-    """Run `jobs` in order, then fsync each directory they returned once; per job, None
-    (durable) or what failed it."""
-    outcomes: list[BaseException | None] = []
-    directories: dict[Path, list[int]] = {}
+    """Stage every job, fsync their files together, rename them, fsync each directory they
+    renamed into once (together); per job, None (durable) or what failed it."""
+    outcomes: list[BaseException | None] = [None] * len(jobs)
+    staged: dict[int, Staged] = {}
     for i, job in enumerate(jobs):
         try:
-            directory = job()
+            found = job()
         except Exception as exc:  # handed to that job's waiter
-            outcomes.append(exc)
+            outcomes[i] = exc
             continue
-        outcomes.append(None)
-        if directory is not None:
-            directories.setdefault(directory, []).append(i)
-    for directory, users in directories.items():
-        try:
-            fsync_dir(directory)
-        except OSError as exc:
-            for i in users:
+        if found is not None:
+            staged[i] = found
+    installed: dict[int, Path] = {}
+    try:
+        order = list(staged)
+        for i, failed in zip(order, _parallel([_fsync(staged[i].fd) for i in order]), strict=True):
+            if failed is not None:
+                outcomes[i] = failed
+                continue
+            try:
+                installed[i] = staged[i].install()
+            except Exception as exc:
                 outcomes[i] = exc
+        directories: dict[Path, list[int]] = {}
+        for i, directory in installed.items():
+            directories.setdefault(directory, []).append(i)
+        dirs = list(directories)
+        for directory, failed in zip(dirs, _parallel([_fsync_dir(d) for d in dirs]), strict=True):
+            if failed is not None:
+                for i in directories[directory]:
+                    outcomes[i] = failed
+    finally:
+        for i, item in staged.items():
+            try:
+                item.cleanup(i in installed)
+            except Exception as exc:
+                outcomes[i] = outcomes[i] or exc
     return outcomes
 
 
