@@ -4,8 +4,8 @@ filesystem's journal commits and the fsync of each directory they renamed a file
 A blob or a manifest becomes durable in three steps: its data fsynced, the file renamed into
 place, the directory fsynced (which makes the rename durable). Each request used to run the
 three in a worker thread of its own. `Syncer.run(job)` queues the job instead; one worker
-thread takes every job queued meanwhile and runs the batch in phases, answering none of them
-before the end (as the journal shares its fsync: storage.journal): every job stages its file
+thread takes every job queued in the same turn of the event loop and runs the batch in
+phases, answering none of them before the end: every job stages its file
 (writes or marks it), the files are fsynced in parallel (the filesystem then shares one
 journal commit and disk flush between them; one after another, each pays its own, measured
 ~10x slower on the development VM), each is renamed once its own fsync succeeded, and each
@@ -115,55 +115,62 @@ def run_batch(jobs: list[Job]) -> list[BaseException | None]:
 
 
 class Syncer:
-    """One per process and event loop (FilesystemStorage holds it)."""
+    """One per process (`shared`). A batch is what was queued by the time the event loop
+    gets to it (the requests ready in the same turn of the loop); it starts at once, even
+    while earlier batches are still syncing: a request never waits for a batch it was not
+    in (a single flusher made arrivals wait for the batch in flight, then for their own,
+    and the filesystem already shares commits between concurrent fsyncs)."""
 
     def __init__(self) -> None:
         self._pending: list[tuple[Job, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flushing = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._running: set[asyncio.Task[None]] = set()
         self.batches = 0  # batches run, for tests and profiling
         self.jobs = 0
 
     async def run(self, job: Job) -> None:
-        """Returns once `job` ran and the directory it returned is fsynced; raises what the
-        job (or that fsync) raised."""
+        """Returns once `job`'s file is fsynced, renamed and its directory fsynced; raises
+        what failed it."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests): a flusher of the old one is gone
-            self._loop, self._pending, self._flushing = loop, [], False
+        if loop is not self._loop:  # a new loop (tests): what the old one scheduled is gone
+            self._loop, self._pending, self._scheduled = loop, [], False
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((job, future))
-        if not self._flushing:
-            self._flushing = True
-            self._flusher = loop.create_task(self._flush())
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start_batch, loop)
         await future
 
-    async def _flush(self) -> None:
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            task = loop.create_task(self._run_batch(batch))
+            self._running.add(task)  # kept until done
+            task.add_done_callback(self._running.discard)
+
+    async def _run_batch(self, batch: list[tuple[Job, asyncio.Future[None]]]) -> None:
+        self.batches += 1
+        self.jobs += len(batch)
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self.batches += 1
-                self.jobs += len(batch)
-                try:
-                    outcomes = await asyncio.to_thread(run_batch, [job for job, _ in batch])
-                except BaseException as exc:
-                    # Every waiter gets an answer, whatever happened (never a hang).
-                    failure = exc if isinstance(exc, Exception) else OSError("sync interrupted")
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():  # its request was cancelled meanwhile
-                        continue
-                    if outcome is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(outcome)
-        finally:
-            self._flushing = False
+            outcomes = await asyncio.to_thread(run_batch, [job for job, _ in batch])
+        except BaseException as exc:
+            # Every waiter gets an answer, whatever happened (never a hang).
+            failure = exc if isinstance(exc, Exception) else OSError("sync interrupted")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # its request was cancelled meanwhile
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
 
 
 _shared = Syncer()
