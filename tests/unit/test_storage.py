@@ -133,6 +133,34 @@ def test_hashing_while_writing_a_large_upload(tmp_path: Path) -> None:
     assert run(scenario()) == hashlib.sha256(chunk * count).hexdigest()
 
 
+def test_many_small_chunks_are_written_in_order_without_joining(tmp_path: Path) -> None:
+    """Chunks are kept as they came and written with pwritev, more of them in one flush
+    than one call takes (IOV_MAX), plus a reusable buffer the caller changes afterwards."""
+    fs = FilesystemStorage(tmp_path)
+    chunks = [os.urandom(1 + i % 7) for i in range(3000)]
+    chunks.append(os.urandom(FLUSH_BYTES))  # the flush past FLUSH_BYTES holds 3001 chunks
+    reused = bytearray(b"r" * 100)
+    whole = b"".join(chunks) + bytes(reused)
+
+    async def scenario() -> str:
+        await (await fs.create_upload(UPLOAD)).release()
+        handle = await fs.open_upload(UPLOAD)
+        hasher = hashlib.sha256()
+        try:
+            writer = await handle.append(hasher)
+            for chunk in chunks:
+                await writer.write(chunk)
+            await writer.write(reused)  # type: ignore[arg-type]
+            reused[:] = b"x" * 100
+            assert await writer.close() == len(whole)
+        finally:
+            await handle.release()
+        return hasher.hexdigest()
+
+    assert run(scenario()) == hashlib.sha256(whole).hexdigest()
+    assert (fs.layout.upload(UPLOAD)).read_bytes() == whole
+
+
 def test_committing_bytes_that_are_already_a_blob(tmp_path: Path) -> None:
     fs = FilesystemStorage(tmp_path)
     data = b"same bytes"

@@ -201,14 +201,19 @@ class MetaStore(ABC):
         return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
 
     async def link_blob(
-        self, repo: str, digest: str, size: int, enforce_quota: bool = False
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        enforce_quota: bool = False,
+        read: usage.LinkRead | None = None,
     ) -> bool:
         """Let `repo` serve the blob, stamped with the time (the grace period of garbage
         collection runs from it) and counted in its namespace's usage (meta/usage.py).
         `enforce_quota`: QuotaExceeded when the blob is new there and does not fit. False,
         and nothing written, while garbage collection deletes the blob: its bytes are
-        going, the caller must store them again."""
-        return await usage.link(self, repo, digest, size, enforce_quota)
+        going, the caller must store them again. `read`: `usage.read_link`'s, taken ahead."""
+        return await usage.link(self, repo, digest, size, enforce_quota, read=read)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
         return await usage.unlink(self, repo, digest)
@@ -304,9 +309,8 @@ class MetaStore(ABC):
             )
         missing = await self._missing(guarded)
         if not missing:  # raced with a concurrent push of the last reference: try once more
-            return await self.put_manifest(
-                repo, record, tags, referrer, blobs, manifests, check, also
-            )
+            again = (repo, record, tags, referrer, blobs, manifests, check, also)
+            return await self.put_manifest(*again)
         return missing
 
     async def _missing(self, required: Sequence[tuple[str, bytes, bytes]]) -> list[str]:

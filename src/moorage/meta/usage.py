@@ -125,8 +125,41 @@ def _conflict(what: str) -> StoreUnavailable:
     return StoreUnavailable(f"{what} kept colliding with concurrent pushes; retry")
 
 
+@dataclass(frozen=True, slots=True)
+class LinkRead:
+    """What `link` reads first (the link, the per-blob record, the namespace's policy, the
+    blob's tombstone, one counter shard), read ahead by a push (`read_link`): the same read
+    tells it whether garbage collection is deleting the blob (`collecting`), so storing the
+    bytes and linking them take one read of the store, not two."""
+
+    pick: int
+    kvs: tuple[KV | None, ...]
+
+    @property
+    def collecting(self) -> bool:
+        return self.kvs[3] is not None
+
+
+def _link_keys(repo: str, digest: str) -> tuple[bytes, bytes, bytes, bytes, list[bytes]]:
+    ns = namespace_of(repo)
+    lkey, bkey, pkey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.policy(ns)
+    return lkey, bkey, pkey, keys.blob_tombstone(digest), _shards(ns)
+
+
+async def read_link(store: MetaStore, repo: str, digest: str) -> LinkRead:
+    lkey, bkey, pkey, tkey, shards = _link_keys(repo, digest)
+    pick = random.randrange(len(shards))  # read with the rest: one round trip, no quota
+    return LinkRead(pick, tuple(await store._get_many([lkey, bkey, pkey, tkey, shards[pick]])))
+
+
 async def link(
-    store: MetaStore, repo: str, digest: str, size: int, enforce: bool, recount: bool = False
+    store: MetaStore,
+    repo: str,
+    digest: str,
+    size: int,
+    enforce: bool,
+    recount: bool = False,
+    read: LinkRead | None = None,
 ) -> bool:
     """Link the blob to `repo`, stamped with the time (garbage collection's grace period
     runs from it), and count it in the namespace if it is new there. `enforce`: refuse
@@ -136,15 +169,14 @@ async def link(
 
     A blob new to the namespace adds to one counter shard picked at random, guarded by that
     shard alone when the namespace has no quota (concurrent pushes rarely collide), and by
-    every shard when it has one (racing pushes cannot both take the last bytes)."""
+    every shard when it has one (racing pushes cannot both take the last bytes). `read`: the
+    first read, done ahead by the caller (`read_link`); every retry reads afresh."""
     ns = namespace_of(repo)
-    lkey, bkey, pkey = keys.blob(repo, digest), keys.usage_blob(ns, digest), keys.policy(ns)
-    tkey, shards = keys.blob_tombstone(digest), _shards(ns)
+    lkey, bkey, pkey, tkey, shards = _link_keys(repo, digest)
     for attempt in range(_RETRIES):
-        pick = random.randrange(len(shards))  # read with the rest: one round trip, no quota
-        link_kv, blob_kv, policy_kv, tomb_kv, shard_kv = await store._get_many(
-            [lkey, bkey, pkey, tkey, shards[pick]]
-        )
+        first, read = read if read is not None else await read_link(store, repo, digest), None
+        pick = first.pick
+        link_kv, blob_kv, policy_kv, tomb_kv, shard_kv = first.kvs
         if tomb_kv is not None:
             return False
         if recount and (link_kv is None or _counted(link_kv)):

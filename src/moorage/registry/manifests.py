@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from moorage.errors import (
+    BlobCollecting,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -166,7 +167,8 @@ class Manifests:
             digest = digest_of(body)
         manifest = parse_manifest(body, content_type)
         mark = self.tags.mark() if self.tags is not None else 0
-        await settle(self.meta, str(digest))  # its bytes are not being collected
+        # Stored before it is recorded; whether a collection is deleting these bytes is told
+        # by the record's own transaction (guarded by their tombstone), not by a read first.
         await self.storage.put_bytes(str(digest), body)
         self._remember(str(digest), body)
         record = ManifestRecord(
@@ -205,7 +207,12 @@ class Manifests:
                 repo, record, unique_tags, referrer, blobs, children, check, also
             )
 
-        missing = await record_it()
+        try:
+            missing = await record_it()
+        except BlobCollecting:  # its tombstone refused the transaction: wait, store again
+            await settle(self.meta, str(digest))
+            await self.storage.put_bytes(str(digest), body)
+            missing = await record_it()
         if missing and not sparse and (await self.policies.applicable(repo)).allow_sparse:
             # refused on the policies as last read here: sparse content is allowed now
             blobs, children = [], []
@@ -227,6 +234,12 @@ class Manifests:
                 "push them first",
                 detail={"missing": missing},
             )
+        if await self.storage.stat(str(digest)) is None:
+            # A collection tombstoned, deleted and released these bytes between their store
+            # and the commit (its tombstone was gone by then). Recorded now, they are safe
+            # from any later collection (it rescues what a record written after its mark
+            # names): stored again before the answer.
+            await self.storage.put_bytes(str(digest), body)
         await self._journal(
             {
                 "op": "manifest",

@@ -29,6 +29,7 @@ from moorage.errors import (
 )
 from moorage.meta.base import MetaStore
 from moorage.meta.records import UploadRecord
+from moorage.meta.usage import LinkRead, read_link
 from moorage.oci.digest import Digest, Hasher, parse_digest
 from moorage.storage.base import BlobStorage, UploadHandle
 
@@ -143,8 +144,8 @@ class Uploads:
             else:
                 size = handle.size
             self._sessions.pop(upload_id, None)
-            await self._verify_and_commit(handle, parsed, hasher)
-        await link_stored(self.meta, repo, parsed, size)
+            read = await self._verify_and_commit(handle, repo, parsed, hasher)
+        await link_stored(self.meta, repo, parsed, size, read)
         return parsed, size
 
     async def monolithic(
@@ -159,13 +160,13 @@ class Uploads:
         try:
             hasher = parsed.hasher()
             size = await self._write(handle, body, None, content_length, hasher)
-            await self._verify_and_commit(handle, parsed, hasher)
+            read = await self._verify_and_commit(handle, repo, parsed, hasher)
         except BaseException:
             await handle.delete()
             raise
         finally:
             await handle.release()
-        await link_stored(self.meta, repo, parsed, size)
+        await link_stored(self.meta, repo, parsed, size, read)
         return parsed, size
 
     async def cancel(self, repo: str, upload_id: str) -> None:
@@ -248,8 +249,11 @@ class Uploads:
             raise
 
     async def _verify_and_commit(
-        self, handle: UploadHandle, digest: Digest, hasher: Hasher | None
-    ) -> None:
+        self, handle: UploadHandle, repo: str, digest: Digest, hasher: Hasher | None
+    ) -> LinkRead | None:
+        """Verify the bytes and make them the blob; returns the store's read that tells no
+        collection is deleting the digest, which the link that follows starts from (None
+        after a wait for a collection: the link reads afresh)."""
         if hasher is not None and getattr(hasher, "name", digest.algorithm) == digest.algorithm:
             actual = hasher.hexdigest()
         else:
@@ -262,9 +266,14 @@ class Uploads:
                 "the upload was discarded"
             )
         # Garbage collection deleting this very digest removes the bytes last: commit only
-        # once it is done, so the blob ends up present.
-        await settle(self.meta, str(digest))
+        # once it is done, so the blob ends up present. One read tells that and gives the
+        # link what it starts from.
+        read: LinkRead | None = await read_link(self.meta, repo, str(digest))
+        if read is not None and read.collecting:
+            await settle(self.meta, str(digest))
+            read = None
         await handle.commit(str(digest))
+        return read
 
 
 #: How long a blob upload waits for garbage collection to finish deleting the same digest.
@@ -283,10 +292,13 @@ async def settle(meta: MetaStore, digest: str, patience: float = SETTLE_SECONDS)
         await asyncio.sleep(0.2)
 
 
-async def link_stored(meta: MetaStore, repo: str, digest: Digest, size: int) -> None:
-    """Link a blob just stored. Garbage collection may have begun deleting the digest
-    between `settle` and the commit (its bytes go): the client is told to upload again."""
-    if not await meta.link_blob(repo, str(digest), size, enforce_quota=True):
+async def link_stored(
+    meta: MetaStore, repo: str, digest: Digest, size: int, read: LinkRead | None = None
+) -> None:
+    """Link a blob just stored (from `read`, taken before its commit, when given). Garbage
+    collection may have begun deleting the digest between `settle` and the commit (its
+    bytes go): the client is told to upload again."""
+    if not await meta.link_blob(repo, str(digest), size, enforce_quota=True, read=read):
         raise BlobCollecting(
             f"garbage collection began deleting blob {digest} while it was stored; upload it again"
         )

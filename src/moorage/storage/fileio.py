@@ -62,6 +62,28 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += written
 
 
+#: Most buffers one pwritev takes (IOV_MAX).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def pwritev_all(fd: int, chunks: list[bytes], offset: int) -> None:
+    """Write `chunks` one after the other at `offset`, without joining them first."""
+    for i in range(0, len(chunks), _IOV_MAX):
+        group = chunks[i : i + _IOV_MAX]
+        total = sum(len(c) for c in group)
+        written = os.pwritev(fd, group, offset)
+        if written < total:  # a short write (rare): the rest one buffer at a time
+            skip = written
+            for chunk in group:
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                pwrite_all(fd, memoryview(chunk)[skip:], offset + written)
+                written += len(chunk) - skip
+                skip = 0
+        offset += total
+
+
 def rename_into_place(source: Path, target: Path) -> None:
     """Rename a file to `target`, creating (durably) its parent directory if needed; the
     caller fsyncs `target.parent` to make the rename itself durable."""

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from moorage.errors import DigestInvalid, StorageUnavailable
 from moorage.oci.digest import parse_digest
+from moorage.storage import syncer
 from moorage.storage.base import BlobStorage, UploadHandle
 from moorage.storage.fileio import (
     ENDED_MODE,
     FLUSH_BYTES,
     READ_BYTES,
-    fsync_dir,
     rename_into_place,
     write_all,
 )
@@ -115,25 +115,32 @@ class FilesystemStorage(BlobStorage):
             return
         tmp = self.layout.tmp / secrets.token_hex(16)
         try:
-            await asyncio.to_thread(self._put_sync, tmp, target, data)
+            # The directory's fsync is shared with concurrent installs (storage.syncer).
+            await syncer.shared().run(lambda: self._put_sync(tmp, target, data))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
 
-    def _put_sync(self, tmp: Path, target: Path, data: bytes) -> None:
+    def _put_sync(self, tmp: Path, target: Path, data: bytes) -> syncer.Staged:
+        """Write `data` under `tmp`, staged to be fsynced and renamed to `target`."""
         # Read-only like every committed blob (the creating descriptor can still write).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ENDED_MODE)
         try:
             write_all(fd, data)
-            os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        self._install(tmp, target)
+            raise
 
-    def _install(self, source: Path, target: Path) -> None:
-        """Atomically rename a durable file into place and make the rename durable."""
-        rename_into_place(source, target)
-        fsync_dir(target.parent)
+        def install() -> Path:
+            rename_into_place(tmp, target)
+            return target.parent
+
+        def cleanup(renamed: bool) -> None:
+            os.close(fd)
+            if not renamed:
+                tmp.unlink(missing_ok=True)
+
+        return syncer.Staged(fd, install, cleanup)
 
     async def modified(self, digest: str) -> float | None:
         try:

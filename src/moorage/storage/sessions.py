@@ -19,13 +19,13 @@ from pathlib import Path
 
 from moorage.errors import BlobUploadUnknown, StorageUnavailable, UploadBusy
 from moorage.oci.digest import Hasher
+from moorage.storage import syncer
 from moorage.storage.base import AppendWriter, UploadHandle
 from moorage.storage.fileio import (
     ENDED_MODE,
     FLUSH_BYTES,
     INLINE_BYTES,
-    fsync_dir,
-    pwrite_all,
+    pwritev_all,
     rename_into_place,
     start_writeback,
 )
@@ -97,36 +97,57 @@ class FileUploadHandle(UploadHandle):
         source = layout.upload(self._upload_id)
         target = layout.blob(digest)
 
-        def run() -> None:
-            with self._io:
+        def run() -> syncer.Staged | None:
+            # Holds `_io` from here until the batch's cleanup (see storage.syncer).
+            self._io.acquire()
+            try:
                 fd = self._live_fd()
                 if target.exists():  # the same bytes were committed by another upload
                     # Stored again: garbage collection's grace period starts over.
                     with contextlib.suppress(OSError):
                         os.utime(target)
                     self._end_sync(fd)
-                    return
+                    self._io.release()
+                    return None
                 # Read-only before it becomes a blob, in the same fsync: the mark that the
                 # session ended (a request that opened this file before the rename sees it
                 # once it has the lock) and a guard against any later open for writing.
                 os.fchmod(fd, ENDED_MODE)
-                try:
-                    os.fsync(fd)
-                    rename_into_place(source, target)
-                except BaseException:  # still the upload: writable again
+            except BaseException:
+                self._io.release()
+                raise
+            return syncer.Staged(fd, install, cleanup)
+
+        def install() -> Path:
+            # After the fsync of the data; the batch fsyncs the directory (shared with the
+            # other installs of the batch) before this request goes on.
+            rename_into_place(source, target)
+            self._ended = True
+            layout.upload_info(self._upload_id).unlink(missing_ok=True)
+            return target.parent
+
+        def cleanup(renamed: bool) -> None:
+            try:
+                if not renamed:  # still the upload: writable again
                     with contextlib.suppress(OSError):
-                        os.fchmod(fd, 0o644)
-                    raise
-                self._ended = True
-                fsync_dir(target.parent)
-                layout.upload_info(self._upload_id).unlink(missing_ok=True)
+                        os.fchmod(self._fd, 0o644)
+            finally:
+                self._io.release()
 
         try:
-            await asyncio.to_thread(run)
+            if self._size > FLUSH_BYTES:
+                # A large blob's data goes to disk in a thread of its own first, so that a
+                # batch of small commits never waits for it (its fsync in `run` is then short).
+                await asyncio.to_thread(self._sync_data)
+            await syncer.shared().run(run)
         except FileNotFoundError:
             raise BlobUploadUnknown("upload unknown: it was finished or cancelled") from None
         except OSError as exc:
             raise StorageUnavailable(f"blob storage write failed: {exc.strerror}") from exc
+
+    def _sync_data(self) -> None:
+        with self._io:
+            os.fdatasync(self._live_fd())
 
     def _end_sync(self, fd: int) -> None:
         """Mark the data file ended and unlink it (with its `.repo`); under `_io`."""
@@ -168,70 +189,85 @@ class FileUploadHandle(UploadHandle):
                     _held.discard(self._key)
 
 
+def _hash_all(hasher: Hasher, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
 
 
 class _FileAppendWriter(AppendWriter):
+    """The request's chunks are gathered as they came (no copy into one buffer), then
+    written with one `pwritev` and hashed chunk by chunk in worker threads."""
+
     def __init__(self, handle: FileUploadHandle, size: int, hasher: Hasher | None) -> None:
         self._handle = handle
         self._start = size
         self._size = size
         self._size_written = size
         self._hasher = hasher
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._pending: asyncio.Future[None] | None = None
         self._done = False
 
-    def _write_sync(self, data: bytearray) -> None:
+    def _write_sync(self, chunks: list[bytes], length: int) -> None:
         handle = self._handle
         with handle._io:
             if self._done:  # aborted (its request was cancelled) before this write ran
                 return
             fd = handle._live_fd()
-            pwrite_all(fd, data, self._size_written)
+            pwritev_all(fd, chunks, self._size_written)
             # Start writing back now, so that the fsync at commit has little left to do.
-            start_writeback(fd, self._size_written, len(data))
-            self._size_written += len(data)
+            start_writeback(fd, self._size_written, length)
+            self._size_written += length
 
-    async def _hash_and_write(self, data: bytearray) -> None:
+    async def _hash_and_write(self, chunks: list[bytes], length: int) -> None:
         # Two threads: hashing and writing run in parallel (both release the GIL).
         if self._hasher is None:
-            await asyncio.to_thread(self._write_sync, data)
+            await asyncio.to_thread(self._write_sync, chunks, length)
             return
-        hasher = self._hasher
         await asyncio.gather(
-            asyncio.to_thread(hasher.update, data), asyncio.to_thread(self._write_sync, data)
+            asyncio.to_thread(_hash_all, self._hasher, chunks),
+            asyncio.to_thread(self._write_sync, chunks, length),
         )
 
+    def _take(self) -> tuple[list[bytes], int]:
+        chunks, length = self._chunks, self._buffered
+        self._chunks, self._buffered = [], 0
+        self._size += length
+        return chunks, length
+
     async def _flush(self) -> None:
-        data, self._buf = self._buf, bytearray()
         if self._pending is not None:
             await self._pending
-        self._size += len(data)
-        self._pending = asyncio.ensure_future(self._hash_and_write(data))
+        chunks, length = self._take()
+        self._pending = asyncio.ensure_future(self._hash_and_write(chunks, length))
 
     @property
     def size(self) -> int:
-        return self._size + len(self._buf)
+        return self._size + self._buffered
 
     async def write(self, chunk: bytes) -> None:
-        self._buf += chunk
-        if len(self._buf) >= FLUSH_BYTES:
+        # kept until written: a caller's reusable buffer (not bytes) is copied once
+        self._chunks.append(chunk if type(chunk) is bytes else bytes(chunk))
+        self._buffered += len(chunk)
+        if self._buffered >= FLUSH_BYTES:
             await self._flush()
 
     async def close(self) -> int:
         try:
-            if self._buf and self._pending is None and len(self._buf) <= INLINE_BYTES:
+            if self._chunks and self._pending is None and self._buffered <= INLINE_BYTES:
                 # A small body (a config, a small layer): hashing and writing it here costs
                 # less than the two thread hand-offs would.
-                data, self._buf = self._buf, bytearray()
-                self._size += len(data)
+                chunks, length = self._take()
                 if self._hasher is not None:
-                    self._hasher.update(data)
-                self._write_sync(data)
-            elif self._buf:
+                    _hash_all(self._hasher, chunks)
+                self._write_sync(chunks, length)
+            elif self._chunks:
                 await self._flush()
             if self._pending is not None:
                 await self._pending
