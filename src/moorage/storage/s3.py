@@ -31,7 +31,7 @@ from moorage.storage.s3io import S3Connection, error_code, list_page, missing, t
 from moorage.storage.s3layout import S3Layout
 from moorage.storage.s3location import REDIRECT_SECONDS, S3Location, parse
 from moorage.storage.s3sessions import S3Sessions, SessionState
-from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
+from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, put_new
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
@@ -159,14 +159,9 @@ class S3Storage(BlobStorage):
         return await _bounded(self.read_bytes, digests)
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
-        key = self.layout.blob(digest)
-        size = await self.stat(digest)
         async with translated("store a blob"):
             s3 = await self.conn.client()
-            if size is not None:
-                await touch(s3, self.layout.bucket, key, size)
-            else:  # a PUT is atomic: the key appears with all its bytes or not at all
-                await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=data)
+            await put_new(s3, self.layout.bucket, self.layout.blob(digest), data)
 
     async def modified(self, digest: str) -> float | None:
         found = await self._head(digest)
