@@ -123,6 +123,8 @@ class S3Storage(BlobStorage):
     async def read(
         self, digest: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
         stream = await self.opened(digest, offset, length)
         if stream is None:
             raise BlobUnknown(f"blob {digest} is not in storage")
@@ -134,8 +136,8 @@ class S3Storage(BlobStorage):
     ) -> AsyncIterator[bytes] | None:
         """One GET: its answer says whether the blob is there, its body is the stream (no
         HEAD first). The body holds a pooled connection until the stream is read or closed."""
-        if length == 0:
-            return _nothing()
+        if length == 0:  # no bytes to GET: a HEAD says whether the blob is there
+            return _nothing() if await self.stat(digest) is not None else None
         key = self.layout.blob(digest)
         wanted = f"bytes={offset}-{offset + length - 1 if length is not None else ''}"
         async with translated("read a blob"):
