@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from moorage.errors import BlobUnknown
 from moorage.meta.base import MetaStore
 from moorage.oci.digest import Digest, parse_digest
@@ -31,6 +33,16 @@ class Blobs:
         if size is None:
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
         return parsed, size
+
+    async def opened(
+        self, digest: Digest, size: int, first: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """A linked blob's bytes (`linked` gave `size`), once storage has answered for
+        them: BlobUnknown when they are gone. On S3 that is the GET itself, no HEAD first."""
+        stream = await self.storage.opened(str(digest), first, length)
+        if stream is None:
+            raise BlobUnknown(f"blob {digest} ({size} bytes) is linked but not in storage")
+        return stream
 
     async def delete(self, repo: str, digest: str) -> None:
         """Unlink the blob from `repo`; its bytes stay until garbage collection (shared)."""

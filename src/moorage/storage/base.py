@@ -91,6 +91,16 @@ class BlobStorage(ABC):
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Stream a committed blob's bytes."""
 
+    async def opened(
+        self, digest: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes] | None:
+        """`read`, once the store has answered: None when the blob is not there. A pull
+        learns that before it answers 200; a driver whose read is one request (S3) needs no
+        `stat` before it."""
+        if await self.stat(digest) is None:
+            return None
+        return self.read(digest, offset, length)
+
     @abstractmethod
     async def read_bytes(self, digest: str) -> bytes | None:
         """A small blob whole (manifests), or None when it is not there."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -31,10 +32,10 @@ from moorage.storage.s3io import S3Connection, error_code, list_page, missing, t
 from moorage.storage.s3layout import S3Layout
 from moorage.storage.s3location import REDIRECT_SECONDS, S3Location, parse
 from moorage.storage.s3sessions import S3Sessions, SessionState
-from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, touch
+from moorage.storage.s3upload import READ_BYTES, S3UploadHandle, hold, put_new
 
 if TYPE_CHECKING:
-    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
+    from types_aiobotocore_s3.type_defs import GetObjectOutputTypeDef, ObjectIdentifierTypeDef
 
 PROBE_SECONDS = 2.5
 #: Requests in flight per `read_many`, `modified_many` or `delete_blobs` call (garbage
@@ -42,6 +43,10 @@ PROBE_SECONDS = 2.5
 READ_MANY_CONCURRENCY = 16
 #: Keys per DeleteObjects request (S3 takes up to 1,000).
 DELETE_BATCH = 1000
+#: A presigned URL of a redirected pull is handed out again for this long (seconds).
+REDIRECT_REUSE = REDIRECT_SECONDS / 4
+#: Presigned URLs kept for reuse.
+SIGNED_KEPT = 4096
 
 T = TypeVar("T")
 
@@ -69,6 +74,17 @@ def _digest_of(layout: S3Layout, key: str) -> str | None:
         return None
 
 
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
+
+
+async def _body(resp: GetObjectOutputTypeDef) -> AsyncIterator[bytes]:
+    async with translated("read a blob"), resp["Body"] as body:
+        async for chunk in body.iter_chunks(READ_BYTES):
+            yield chunk
+
+
 class S3Storage(BlobStorage):
     def __init__(self, location: S3Location | str) -> None:
         self.location = parse(location) if isinstance(location, str) else location
@@ -78,6 +94,8 @@ class S3Storage(BlobStorage):
         # The health probe tries once and gives up early: it must say why within the
         # health loop's time (a request's retries take ~4 s against a dead endpoint).
         self.probe_conn = S3Connection(self.location, attempts=1, read_timeout=PROBE_SECONDS)
+        # (digest, operation) -> (presigned URL, when it was signed), newest last
+        self._signed: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     async def close(self) -> None:
         await self.conn.close()
@@ -107,6 +125,19 @@ class S3Storage(BlobStorage):
     ) -> AsyncIterator[bytes]:
         if length == 0:
             return
+        stream = await self.opened(digest, offset, length)
+        if stream is None:
+            raise BlobUnknown(f"blob {digest} is not in storage")
+        async for chunk in stream:
+            yield chunk
+
+    async def opened(
+        self, digest: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes] | None:
+        """One GET: its answer says whether the blob is there, its body is the stream (no
+        HEAD first). The body holds a pooled connection until the stream is read or closed."""
+        if length == 0:  # no bytes to GET: a HEAD says whether the blob is there
+            return _nothing() if await self.stat(digest) is not None else None
         key = self.layout.blob(digest)
         wanted = f"bytes={offset}-{offset + length - 1 if length is not None else ''}"
         async with translated("read a blob"):
@@ -118,13 +149,11 @@ class S3Storage(BlobStorage):
                     resp = await s3.get_object(Bucket=self.layout.bucket, Key=key)
             except ClientError as exc:
                 if missing(exc):
-                    raise BlobUnknown(f"blob {digest} is not in storage") from None
+                    return None
                 if error_code(exc) == "InvalidRange":  # at or past the end: no bytes
-                    return
+                    return _nothing()
                 raise
-            async with resp["Body"] as body:
-                async for chunk in body.iter_chunks(READ_BYTES):
-                    yield chunk
+        return _body(resp)
 
     async def read_bytes(self, digest: str) -> bytes | None:
         async with translated("read a blob"):
@@ -143,15 +172,27 @@ class S3Storage(BlobStorage):
         return self.location.redirect
 
     async def redirect_url(self, digest: str, method: str) -> str:
-        # Signed locally (s3v4, query parameters): no request to the store.
+        """Signed locally (s3v4, query parameters): no request to the store. But botocore
+        takes milliseconds of CPU to sign one (more than the rest of a redirected pull), so
+        a URL is handed out again for `REDIRECT_REUSE` seconds: every client still gets one
+        valid for at least three quarters of `REDIRECT_SECONDS`."""
         operation = "head_object" if method == "HEAD" else "get_object"
+        now = time.monotonic()
+        cached = self._signed.get((digest, operation))
+        if cached is not None and now - cached[1] < REDIRECT_REUSE:
+            return cached[0]
         async with translated("sign a blob's URL"):
             s3 = await self.conn.client()
-            return await s3.generate_presigned_url(
+            url = await s3.generate_presigned_url(
                 operation,
                 Params={"Bucket": self.layout.bucket, "Key": self.layout.blob(digest)},
                 ExpiresIn=REDIRECT_SECONDS,
             )
+        self._signed[(digest, operation)] = (url, now)
+        self._signed.move_to_end((digest, operation))
+        while len(self._signed) > SIGNED_KEPT:
+            self._signed.popitem(last=False)
+        return url
 
     async def read_many(self, digests: list[str]) -> list[bytes | None]:
         # Concurrent GETs, a bounded number at a time: one after another, each batch of
@@ -159,14 +200,9 @@ class S3Storage(BlobStorage):
         return await _bounded(self.read_bytes, digests)
 
     async def put_bytes(self, digest: str, data: bytes) -> None:
-        key = self.layout.blob(digest)
-        size = await self.stat(digest)
         async with translated("store a blob"):
             s3 = await self.conn.client()
-            if size is not None:
-                await touch(s3, self.layout.bucket, key, size)
-            else:  # a PUT is atomic: the key appears with all its bytes or not at all
-                await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=data)
+            await put_new(s3, self.layout.bucket, self.layout.blob(digest), data)
 
     async def modified(self, digest: str) -> float | None:
         found = await self._head(digest)

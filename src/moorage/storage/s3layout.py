@@ -10,7 +10,9 @@
       uploads/<upload id>/lock                  who holds the session, until when (created
                                                 with If-None-Match: *; taken over after
                                                 expiry with If-Match)
-      uploads/<upload id>/tail-<random>         the bytes after the last part (< a part)
+      uploads/<upload id>/tail-<random>         the bytes after the last part (< a part),
+                                                when more than INLINE_TAIL (256 KiB; fewer
+                                                live in the state itself)
       uploads/<upload id>/data                  the multipart upload's key, then the
                                                 completed object until it is copied to blobs/
       probe/                                    health probes (write, read, delete)

@@ -3,20 +3,26 @@
 A session is a state object (`uploads/<id>/state`, JSON) that only a compare-and-swap
 replaces (PUT If-Match its ETag), a lock object (`uploads/<id>/lock`) and its bytes: the
 parts of one S3 multipart upload at `uploads/<id>/data`, each exactly `PART_BYTES` (S3
-wants at least 5 MiB but the last), then a tail object of fewer bytes. A request that
-appends reads the tail back into its buffer, cuts parts as the buffer fills, and at the end
-writes the new tail under a new random name and swaps the state: until that swap the
+wants at least 5 MiB but the last), then a tail of fewer bytes: inside the state itself up
+to `INLINE_TAIL` bytes (no object of its own to write, read and delete), else a tail object.
+A request that appends reads the tail back into its buffer, cuts parts as the buffer fills,
+and at the end writes the new tail (a tail object under a new random name) and swaps the
+state: until that swap the
 session is as it was (parts uploaded meanwhile are not in the state's part list, so they
 are replaced by the next writer or dropped on completion), which is `AppendWriter.abort`.
 
 One request at a time holds a session, on every replica: the lock object is created with
-If-None-Match: * and deleted on release; a holder refreshes it (If-Match) as it works, and a
-lock whose holder crashed is taken over (If-Match its ETag) once it has expired. The
+If-None-Match: * and deleted on release (one DELETE If-Match its ETag where the store honours
+a conditional DELETE, else a GET to check it is still this request's, then a DELETE); a
+holder refreshes it (If-Match) as it works, and a lock whose holder crashed is taken over
+(If-Match its ETag) once it has expired. The
 handle a request holds, and its writer, are in `moorage.storage.s3upload`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -41,6 +47,9 @@ if TYPE_CHECKING:
 
 #: A lock not refreshed for this long is taken over (its holder crashed).
 LOCK_SECONDS = 120.0
+#: A tail up to this size lives in the state object (base64 in its JSON); a longer one in an
+#: object of its own. Every request on the session reads the state whole.
+INLINE_TAIL = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,12 @@ class SessionState:
     tail: str = ""  # the tail object's name (random: two writers never share one); "": none
     tail_size: int = 0
     sealed: bool = False  # uploads/<id>/data is complete (the upload was hashed)
+    inline: bytes | None = None  # the tail itself, when it is kept in the state (no object)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        doc = asdict(self)
+        doc["inline"] = None if self.inline is None else base64.b64encode(self.inline).decode()
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionState:
@@ -68,6 +80,7 @@ class SessionState:
                 tail=str(doc["tail"]),
                 tail_size=int(doc["tail_size"]),
                 sealed=bool(doc["sealed"]),
+                inline=None if doc.get("inline") is None else base64.b64decode(doc["inline"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageUnavailable(f"an upload session's state in S3 is damaged: {exc}") from exc
@@ -83,6 +96,8 @@ class S3Sessions:
     def __init__(self, conn: S3Connection, layout: S3Layout) -> None:
         self.conn = conn
         self.layout = layout
+        self._conditional_delete: bool | None = None  # found out on first need
+        self._probing = asyncio.Lock()
 
     async def load(self, upload_id: str) -> tuple[SessionState, str, float] | None:
         """The state, its ETag and when it was last written; None when there is none."""
@@ -219,11 +234,15 @@ class S3Sessions:
                 raise
         return resp["ETag"]
 
-    async def unlock(self, upload_id: str, token: str) -> None:
+    async def unlock(self, upload_id: str, token: str, lock_etag: str) -> None:
         """Delete the lock if this request still holds it."""
         key = self.layout.lock(upload_id)
         async with translated("unlock an upload session"):
             s3 = await self.conn.client()
+            if await self.conditional_delete(s3):
+                # Taken over meanwhile (another ETag) or gone: not ours to delete.
+                await self._delete_if(s3, key, lock_etag)
+                return
             try:
                 held = await s3.get_object(Bucket=self.layout.bucket, Key=key)
             except ClientError as exc:
@@ -237,20 +256,59 @@ class S3Sessions:
                     return  # expired and taken over: not ours to delete
             await s3.delete_object(Bucket=self.layout.bucket, Key=key)
 
+    async def _delete_if(self, s3: S3Client, key: str, etag: str) -> bool:
+        """DELETE `key` If-Match `etag` (the store honours it); whether it went."""
+        try:
+            await s3.delete_object(Bucket=self.layout.bucket, Key=key, IfMatch=etag)
+        except ClientError as exc:
+            if precondition_failed(exc) or missing(exc):
+                return False
+            raise
+        return True
+
+    async def conditional_delete(self, s3: S3Client) -> bool:
+        """Whether the store honours If-Match on DELETE (SeaweedFS and AWS S3 do; a store
+        that ignores it would delete a lock another request took over). Found out once, on
+        a probe object: a DELETE If-Match a wrong ETag must be refused."""
+        if self._conditional_delete is not None:
+            return self._conditional_delete
+        async with self._probing:
+            if self._conditional_delete is None:
+                key = self.layout.probe(f"conditional-delete-{secrets.token_hex(8)}")
+                await s3.put_object(Bucket=self.layout.bucket, Key=key, Body=b"probe")
+                try:
+                    await s3.delete_object(
+                        Bucket=self.layout.bucket, Key=key, IfMatch='"' + "0" * 32 + '"'
+                    )
+                    honoured = False  # deleted despite the wrong ETag
+                except ClientError as exc:
+                    honoured = precondition_failed(exc)
+                    await s3.delete_object(Bucket=self.layout.bucket, Key=key)
+                self._conditional_delete = honoured
+        return self._conditional_delete
+
     async def drop_objects(
-        self, upload_id: str, keep_lock: bool, state: SessionState | None = None
+        self,
+        upload_id: str,
+        keep_lock: bool,
+        held: tuple[SessionState, str] | None = None,
     ) -> int:
         """Delete the session's objects (the state first: from then on it is unknown), and
-        abort its multipart upload (that of `state` when the caller holds it, else of the
-        stored state); how many objects went."""
+        abort its multipart upload; how many objects went.
+
+        `held`: the state and its ETag, from a caller that holds the session. Then exactly
+        the objects that state names go (the state If-Match its ETag where the store honours
+        that), without a listing: a stray tail a failed request left is collected later by
+        `purge_stale`, as the leftovers of an ended session. Otherwise the stored state is
+        read and every object under the session's prefix listed and deleted."""
         layout = self.layout
-        prefix = layout.session(upload_id)
-        removed = 0
         async with translated("delete an upload session"):
             s3 = await self.conn.client()
-            if state is None:
-                found = await self.load(upload_id)
-                state = found[0] if found is not None else None
+            if held is not None:
+                return await self._drop_held(s3, upload_id, *held)
+            found = await self.load(upload_id)
+            state = found[0] if found is not None else None
+            removed = 0
             with contextlib.suppress(ClientError):
                 await s3.delete_object(Bucket=layout.bucket, Key=layout.state(upload_id))
             if state is not None:
@@ -259,7 +317,7 @@ class S3Sessions:
                     await self.abort_mpu(s3, layout.data(upload_id), state.mpu)
             token: str | None = None
             while True:
-                page = await list_page(s3, layout.bucket, prefix, token)
+                page = await list_page(s3, layout.bucket, layout.session(upload_id), token)
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     lock = keep_lock and key == layout.lock(upload_id)
@@ -271,6 +329,28 @@ class S3Sessions:
                 if not page.get("IsTruncated"):
                     break
                 token = page.get("NextContinuationToken")
+        return removed
+
+    async def _drop_held(self, s3: S3Client, upload_id: str, state: SessionState, etag: str) -> int:
+        layout = self.layout
+        if await self.conditional_delete(s3):
+            # Refused: this request's hold expired and another request changed the
+            # session, which is then theirs (what this one did is done either way).
+            if not await self._delete_if(s3, layout.state(upload_id), etag):
+                return 0
+        else:
+            with contextlib.suppress(ClientError):
+                await s3.delete_object(Bucket=layout.bucket, Key=layout.state(upload_id))
+        removed = 1
+        if state.mpu is not None:
+            await self.abort_mpu(s3, layout.data(upload_id), state.mpu)
+        keys = [layout.tail(upload_id, state.tail)] if state.tail else []
+        if state.sealed:
+            keys.append(layout.data(upload_id))
+        for key in keys:
+            with contextlib.suppress(ClientError):
+                await s3.delete_object(Bucket=layout.bucket, Key=key)
+                removed += 1
         return removed
 
     async def abort_mpu(self, s3: S3Client, key: str, mpu: str) -> None:

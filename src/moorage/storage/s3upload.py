@@ -4,8 +4,10 @@ A request that appends reads the session's tail back into its buffer and sends e
 `PART_BYTES` as a part of the session's multipart upload (`PARTS_IN_FLIGHT` at once);
 what remains becomes the new tail. The handle stores the tail and the state naming it when
 it is released (`S3UploadHandle.flush`), unless the upload ended first: then the bytes
-either became the blob (`commit`) or were dropped. The commit completes the multipart
-upload and copies it server-side to the blob's key (in parts above 5 GiB).
+either became the blob (`commit`) or were dropped. The commit of an upload whose bytes are
+all in memory (a small one: no part) is one PUT If-None-Match: * of the blob; a larger one
+completes the multipart upload and copies it server-side to the blob's key (in parts above
+5 GiB).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, StorageUnavailable
+from moorage.errors import BlobUploadInvalid, BlobUploadUnknown, StorageUnavailable, UploadBusy
 from moorage.oci.digest import Hasher
 from moorage.storage.base import AppendWriter, UploadHandle
-from moorage.storage.s3io import missing, translated
+from moorage.storage.s3io import missing, precondition_failed, translated
 from moorage.storage.s3sessions import LOCK_SECONDS, S3Sessions, SessionState, gone
 from moorage.storage.s3writer import INLINE_HASH, S3AppendWriter
 
@@ -60,7 +62,7 @@ async def hold(sessions: S3Sessions, upload_id: str) -> S3UploadHandle:
             raise gone()  # finished, cancelled or purged (maybe while this one waited)
     except BaseException:
         with contextlib.suppress(Exception):
-            await sessions.unlock(upload_id, token)
+            await sessions.unlock(upload_id, token, lock_etag)
         raise
     state, etag, _ = found
     return S3UploadHandle(sessions, upload_id, state, etag, (token, lock_etag))
@@ -110,16 +112,26 @@ class S3UploadHandle(UploadHandle):
             return
         state = self.state
         layout = self.layout
-        if state.tail and state.tail != self._stored_tail:
+        written = state.tail if state.tail and state.tail != self._stored_tail else ""
+        if written:
             assert self._tail_bytes is not None  # set with the state by the writer
             async with translated("write an upload's tail"):
                 s3 = await self._client()
                 await s3.put_object(
                     Bucket=layout.bucket,
-                    Key=layout.tail(self.upload_id, state.tail),
+                    Key=layout.tail(self.upload_id, written),
                     Body=self._tail_bytes,
                 )
-        await self.save(state)
+        try:
+            await self.save(state)
+        except UploadBusy:
+            if written:  # not named by any state: nobody reads it
+                with contextlib.suppress(Exception):
+                    s3 = await self._client()
+                    await s3.delete_object(
+                        Bucket=layout.bucket, Key=layout.tail(self.upload_id, written)
+                    )
+            raise
         self._dirty = False
         old, self._stored_tail = self._stored_tail, state.tail
         if old and old != state.tail:
@@ -163,6 +175,8 @@ class S3UploadHandle(UploadHandle):
         state = self.state
         if state.tail_size == 0:
             return b""
+        if state.inline is not None:
+            return state.inline
         if self._tail_bytes is not None and len(self._tail_bytes) == state.tail_size:
             return self._tail_bytes
         async with translated("read an upload's tail"):
@@ -216,7 +230,16 @@ class S3UploadHandle(UploadHandle):
         parts = list(state.parts)
         async with translated("complete an upload"):
             s3 = await self._client()
-            if state.tail_size:
+            if state.inline:
+                sent = await s3.upload_part(
+                    Bucket=layout.bucket,
+                    Key=data_key,
+                    UploadId=state.mpu,
+                    PartNumber=len(parts) + 1,
+                    Body=state.inline,
+                )
+                parts.append((len(parts) + 1, sent["ETag"], state.tail_size))
+            elif state.tail_size:
                 copied = await s3.upload_part_copy(
                     Bucket=layout.bucket,
                     Key=data_key,
@@ -239,7 +262,9 @@ class S3UploadHandle(UploadHandle):
                 # Completed before, by a request that died before it swapped the state.
                 if not missing(exc) or await self._object_size(s3, data_key) != state.size:
                     raise
-            sealed = replace(state, mpu=None, parts=[], tail="", tail_size=0, sealed=True)
+            sealed = replace(
+                state, mpu=None, parts=[], tail="", tail_size=0, inline=None, sealed=True
+            )
             await self.save(sealed)
             self._stored_tail = ""
             if state.tail:
@@ -264,7 +289,10 @@ class S3UploadHandle(UploadHandle):
         await self.keep()
         async with translated("store a blob"):
             s3 = await self._client()
-            if (size := await self._object_size(s3, target)) is not None:
+            whole = self._whole()
+            if whole is not None:
+                await put_new(s3, layout.bucket, target, whole)
+            elif (size := await self._object_size(s3, target)) is not None:
                 # The same bytes were committed by another upload: stored again, so garbage
                 # collection's grace period starts over.
                 await touch(s3, layout.bucket, target, size, self.keep)
@@ -272,18 +300,24 @@ class S3UploadHandle(UploadHandle):
                 await self._install(s3, target)
         await self._end()
 
+    def _whole(self) -> bytes | None:
+        """The upload's bytes, when they are all in memory (no part: the tail is all)."""
+        state = self.state
+        if state.sealed or state.mpu is not None:
+            return None
+        if state.size == 0:
+            return b""
+        if self._tail_bytes is not None and len(self._tail_bytes) == state.size:
+            return self._tail_bytes
+        if state.inline is not None and len(state.inline) == state.size:
+            return state.inline
+        return None
+
     async def _install(self, s3: S3Client, target: str) -> None:
         layout = self.layout
         state = self.state
         if not state.sealed and state.mpu is None:
-            # Small: the tail is the whole upload. The bytes this request wrote go straight
-            # in; otherwise a server-side copy of the tail object.
-            if self._tail_bytes is not None and len(self._tail_bytes) == state.size:
-                await s3.put_object(Bucket=layout.bucket, Key=target, Body=self._tail_bytes)
-                return
-            if state.size == 0:
-                await s3.put_object(Bucket=layout.bucket, Key=target, Body=b"")
-                return
+            # The tail object is the whole upload: a server-side copy of it.
             source = layout.tail(self.upload_id, state.tail)
         else:
             await self.seal()
@@ -298,7 +332,7 @@ class S3UploadHandle(UploadHandle):
     async def _end(self) -> None:
         if self.etag is not None:  # else nothing of it was ever stored
             await self.sessions.drop_objects(
-                self.upload_id, keep_lock=self._lock is not None, state=self.state
+                self.upload_id, keep_lock=self._lock is not None, held=(self.state, self.etag)
             )
         self._ended = True
 
@@ -313,7 +347,27 @@ class S3UploadHandle(UploadHandle):
         finally:
             lock, self._lock = self._lock, None
             if lock is not None:
-                await self.sessions.unlock(self.upload_id, lock[0])
+                await self.sessions.unlock(self.upload_id, *lock)
+
+
+async def put_new(s3: S3Client, bucket: str, key: str, data: bytes) -> None:
+    """Store verified bytes under their content key in one request: a PUT If-None-Match: *
+    (atomic: the key appears with all its bytes or not at all). When the key is there
+    already, the same bytes are: their time is refreshed instead (`touch`), for garbage
+    collection's grace period."""
+    try:
+        await s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return
+    except ClientError as exc:
+        if not precondition_failed(exc):
+            raise
+    try:
+        await touch(s3, bucket, key, len(data))
+    except ClientError as exc:
+        # 409 ConditionalRequestConflict: a concurrent PUT of the key had not completed.
+        if not missing(exc):
+            raise
+        await s3.put_object(Bucket=bucket, Key=key, Body=data)
 
 
 async def touch(s3: S3Client, bucket: str, key: str, size: int, keep: Any = None) -> None:

@@ -1,7 +1,7 @@
 """The writer that appends one request's bytes to an S3 upload session (held through
 `moorage.storage.s3upload.S3UploadHandle`): the session's tail is read back into its buffer,
 every `PART_BYTES` go out as a part of the session's multipart upload (`PARTS_IN_FLIGHT` at
-once), and what remains becomes the new tail."""
+once), and what remains becomes the new tail (in the state up to `INLINE_TAIL` bytes)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from moorage.oci.digest import Hasher
 from moorage.storage.base import AppendWriter
 from moorage.storage.s3io import translated
+from moorage.storage.s3sessions import INLINE_TAIL
 
 if TYPE_CHECKING:
     from moorage.storage.s3upload import S3UploadHandle
@@ -107,8 +108,11 @@ class S3AppendWriter(AppendWriter):
             await self._pending.pop(0)
         old = handle.state
         tail = bytes(self._buf)
+        inline = len(tail) <= INLINE_TAIL
         name = old.tail
-        if tail and (tail != handle._tail_bytes or len(self._parts) != len(old.parts)):
+        if not inline and (
+            not name or tail != handle._tail_bytes or len(self._parts) != len(old.parts)
+        ):
             # A new name: a request that lost the session (its lock expired) and writes its
             # tail anyway never overwrites the one the session's state names.
             name = secrets.token_hex(8)
@@ -117,8 +121,9 @@ class S3AppendWriter(AppendWriter):
             size=self.size,
             mpu=self._mpu,
             parts=list(self._parts),
-            tail=name if tail else "",
+            tail="" if inline else name,
             tail_size=len(tail),
+            inline=tail if inline and tail else None,
         )
         # Stored by the handle's flush (at release), unless the upload ends first.
         handle.state = state
