@@ -22,10 +22,23 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.shutdown()
 
 
-def test_three_replicas_serve_everything(cluster: Cluster) -> None:
-    r0 = cluster.install()
-    r1 = cluster.join()
-    r2 = cluster.join(via=r1)
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster of 3 (the third joined through the second) for the tests that leave it
+    healthy: a cluster build is ~15 s of CPU."""
+    c = Cluster(tmp_path_factory.mktemp("three"))
+    try:
+        c.install()
+        c.join()
+        c.join(via=c.nodes[1])
+        yield c
+    finally:
+        c.shutdown()
+
+
+def test_three_replicas_serve_everything(three: Cluster) -> None:
+    cluster = three
+    r0, r1, r2 = cluster.nodes
     doc = cluster.status()
     assert doc["scenario"] == "healthy", doc
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
@@ -149,10 +162,9 @@ def test_kill_follower_then_leader_of_five(cluster: Cluster) -> None:
             pull_image(n, "cluster/five", tag)
 
 
-def test_hung_replica_is_reported_unhealthy(cluster: Cluster) -> None:
-    cluster.install()
-    cluster.join()
-    r2 = cluster.join()
+def test_hung_replica_is_reported_unhealthy(three: Cluster) -> None:
+    cluster = three
+    r2 = cluster.nodes[2]
     r2.signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:

@@ -13,14 +13,26 @@ process pays for the imports of its own command only, not for all of them."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from moorage import __version__
 from moorage.cli.base import Failed, Group
-from moorage.cli.status import STATUS_EXIT_CODES, status_text
+
+if TYPE_CHECKING:
+    from moorage.cli.status import STATUS_EXIT_CODES, status_text
 
 __all__ = ["COMMAND_MODULES", "STATUS_EXIT_CODES", "Failed", "main", "status_text"]
+
+
+def __getattr__(name: str) -> Any:
+    """`STATUS_EXIT_CODES` and `status_text` of `cli/status.py`, imported on first use (a
+    command other than `status` does not pay for that module)."""
+    if name in ("STATUS_EXIT_CODES", "status_text"):
+        return getattr(importlib.import_module("moorage.cli.status"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Each top-level command and the module of `moorage.cli` whose COMMANDS list has it.
 COMMAND_MODULES = {

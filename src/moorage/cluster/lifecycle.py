@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.cluster.processes import alive, cmdline, read_pid, terminate, wait_ports_free
-from moorage.cluster.supervisor import SUPERVISOR_PID
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 from moorage.pki.trust import client_context, trust_data_dir
 from moorage.storage.s3location import is_s3
+
+#: The supervisor's pid file name: cluster.supervisor's SUPERVISOR_PID, repeated rather than
+#: imported (that module imports asyncio, ~0.05 s of CPU at every `stop`, `start`, `destroy`);
+#: tests/test_layers.py checks the two are equal.
+SUPERVISOR_PID = "moorage"
 
 
 class LifecycleError(MoorageError):

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from moorage.storage.base import AppendWriter, BlobStorage
-from moorage.storage.filesystem import FilesystemStorage
-from moorage.storage.journal import Journal
+from typing import TYPE_CHECKING, Any
+
 from moorage.storage.s3location import is_s3, parse
+
+if TYPE_CHECKING:
+    from moorage.storage.base import AppendWriter, BlobStorage
+    from moorage.storage.filesystem import FilesystemStorage
+    from moorage.storage.journal import Journal
+
+#: The names this package exports from its modules, imported on first use: a `moorage`
+#: command that only parses a `--storage` value (`moorage.storage.s3location`) does not pay
+#: for the drivers (the filesystem driver imports asyncio).
+_LAZY = {
+    "AppendWriter": "base",
+    "BlobStorage": "base",
+    "FilesystemStorage": "filesystem",
+    "Journal": "journal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def open_blob_storage(spec: str) -> BlobStorage:
@@ -14,6 +38,8 @@ def open_blob_storage(spec: str) -> BlobStorage:
         from moorage.storage.s3 import S3Storage  # aiobotocore only where S3 is used
 
         return S3Storage(spec)
+    from moorage.storage.filesystem import FilesystemStorage
+
     return FilesystemStorage(spec)
 
 
@@ -23,6 +49,8 @@ def open_journal(spec: str, writer: str, epoch: int, cluster_id: str) -> Journal
         from moorage.storage.s3journal import S3Journal
 
         return S3Journal(parse(spec), writer, epoch, cluster_id)
+    from moorage.storage.journal import Journal
+
     return Journal(spec, writer, epoch, cluster_id)
 
 

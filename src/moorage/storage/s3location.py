@@ -24,7 +24,6 @@ through botocore's own chain.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import threading
@@ -38,6 +37,8 @@ from urllib.parse import parse_qs, urlsplit
 from moorage.errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from aiobotocore.session import AioSession
     from botocore.loaders import Loader
     from types_aiobotocore_s3 import S3Client
@@ -202,6 +203,8 @@ _lock = threading.Lock()
 
 
 def _session() -> AioSession:
+    import asyncio  # here: `moorage` commands parse --storage without an event loop
+
     from aiobotocore.session import get_session
     from botocore.loaders import create_loader
 
