@@ -362,8 +362,10 @@ def test_concurrent_identical_credentials_are_checked_once(replica: Replica) -> 
     for t in threads:
         t.join()
     assert sorted(results) == [401] * 20
-    # One check for all of them (a straggler arriving after it finished may start another).
-    assert 1 <= _checks(replica) - before <= 3
+    # Shared checks: one for all of them, but a straggler arriving after a check finished
+    # starts another, and on a loaded machine (threads scheduled late) there are a few such.
+    # Without the sharing there would be 20.
+    assert 1 <= _checks(replica) - before <= 8
 
 
 def test_failed_logins_are_limited_with_retry_after(replica: Replica) -> None:

@@ -41,7 +41,9 @@ EXPECTED: dict[str, dict[str, int]] = {
         "GetObject": 4,
         "DeleteObject": 5,
     },
-    "manifest PUT (config + 2 layers)": {"PutObject": 1, "HeadObject": 3},
+    # a HEAD per referenced blob, and one of its own bytes after the commit (a collection
+    # may have deleted them between their store and the record: registry/manifests.py)
+    "manifest PUT (config + 2 layers)": {"PutObject": 1, "HeadObject": 4},
     "blob GET": {"GetObject": 1},
     "blob HEAD": {"HeadObject": 1},
     "tag GET (manifest not cached)": {"GetObject": 1},
