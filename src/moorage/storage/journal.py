@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.errors import StorageUnavailable
+from moorage.storage.syncer import fail_waiters
 
 JOURNAL_DIR = "journal"
 DEFAULT_SEGMENT_SECONDS = 3600.0
@@ -141,11 +142,7 @@ class Journal:
                 try:
                     await self._write(b"".join(line for line, _ in batch))
                 except BaseException as exc:
-                    # Every waiter gets an answer, whatever happened (never a hang).
-                    failure = exc if isinstance(exc, Exception) else OSError("write interrupted")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(failure)
+                    fail_waiters((fut for _, fut in batch), exc, "write")
                     if not isinstance(exc, Exception):
                         raise
                 else:

@@ -19,12 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moorage.storage.fileio import fsync_dir
+
+
+def fail_waiters(waiters: Iterable[asyncio.Future[Any]], exc: BaseException, what: str) -> None:
+    """Every waiter of a failed group commit gets an answer, whatever happened (never a
+    hang): `exc`, or an OSError when it is no Exception (a cancellation)."""
+    failure = exc if isinstance(exc, Exception) else OSError(f"{what} interrupted")
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(failure)
 
 
 @dataclass(slots=True)
@@ -156,11 +166,7 @@ class Syncer:
         try:
             outcomes = await asyncio.to_thread(run_batch, [job for job, _ in batch])
         except BaseException as exc:
-            # Every waiter gets an answer, whatever happened (never a hang).
-            failure = exc if isinstance(exc, Exception) else OSError("sync interrupted")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+            fail_waiters((future for _, future in batch), exc, "sync")
             if not isinstance(exc, Exception):
                 raise
             return
