@@ -20,6 +20,9 @@ from moorage.pki.files import TlsDir
 
 log = logging.getLogger("moorage.etcd")
 ETCD_PID = "etcd"
+#: etcd compacts away key versions older than this many revisions (every 5 minutes); the
+#: defragmentation job (cluster.etcd_defrag) compacts to the same point before it measures.
+COMPACTION_RETENTION = 100_000
 
 
 def etcd_binary() -> str:
@@ -87,7 +90,7 @@ class EtcdProcess:
             "--max-request-bytes", str(8 * 1024 * 1024),
             "--quota-backend-bytes", str(8 * 1024 * 1024 * 1024),
             "--auto-compaction-mode", "revision",
-            "--auto-compaction-retention", "100000",
+            "--auto-compaction-retention", str(COMPACTION_RETENTION),
             "--logger", "zap",
             # Mutual TLS on the client and the peer plane, always (DESIGN.md §7).
             *self.tls.etcd_args(),

@@ -19,6 +19,8 @@
   `MOORAGE_JOURNAL_TRIM_INTERVAL` seconds (default 1 hour), under the lock `journal-trim`;
 - the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
   has one and a collection is due, the worker that takes the lock runs it.
+- etcd's compaction and defragmentation (`moorage.cluster.etcd_defrag`), every
+  `MOORAGE_ETCD_DEFRAG_INTERVAL` seconds (default 1 hour), under the lock `etcd-defrag`;
 - the webhook dispatcher (`moorage.cluster.webhook_dispatch.dispatch_loop`): delivers the events
   queued in etcd, each claimed by one worker at a time.
 
@@ -35,7 +37,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from moorage.cluster import gc, journal_trim, webhook_dispatch
+from moorage.cluster import etcd_defrag, gc, journal_trim, webhook_dispatch
 from moorage.cluster.bootstrap import bootstrap
 from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
@@ -230,6 +232,7 @@ async def running(
         )
         tasks.append(asyncio.create_task(loop))
         tasks.append(asyncio.create_task(journal_trim.trim_loop(replica, on_trim)))
+        tasks.append(asyncio.create_task(etcd_defrag.defrag_loop(replica)))
     if replica.webhooks is not None:  # deliver queued events (cluster.webhook_dispatch)
         owner = f"{replica.config.replica_id}/{os.getpid()}"
         tasks.append(asyncio.create_task(webhook_dispatch.dispatch_loop(replica.webhooks, owner)))

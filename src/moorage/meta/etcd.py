@@ -403,6 +403,8 @@ async def member_status(client_url: str, patience: float = 2.0, *, tls: ClientTl
         is_learner=bool(resp.isLearner),
         revision=int(resp.header.revision),
         errors=tuple(resp.errors),
+        db_size=int(resp.dbSize),
+        db_size_in_use=int(resp.dbSizeInUse),
     )
 
 

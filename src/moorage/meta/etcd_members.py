@@ -37,3 +37,7 @@ class MemberStatus:
     is_learner: bool
     revision: int
     errors: tuple[str, ...]
+    #: bytes of the member's database file, and of the pages in it that hold data (the rest
+    #: is free space a compaction left: a defragmentation gives it back to the filesystem)
+    db_size: int = 0
+    db_size_in_use: int = 0

@@ -409,3 +409,5 @@ def pending_manifest(repo_name: str, digest: str) -> bytes:
 JOURNAL_BACKUP = b"/moorage-journal/backup"
 JOURNAL_TRIM = b"/moorage-journal/trim"
 JOURNAL_TRIM_LOCK = "journal-trim"
+# The lock of etcd's compaction and defragmentation round (moorage.cluster.etcd_defrag).
+ETCD_DEFRAG_LOCK = "etcd-defrag"

@@ -1,0 +1,145 @@
+"""etcd's compaction and defragmentation round (moorage.cluster.etcd_defrag): a real etcd
+member, started as a replica starts its own, filled, emptied, and shrunk by the round; and
+the round's plan (which members, in which order, or why none) as a table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from harness.process import free_port
+
+from moorage.cluster.etcd_defrag import Seen, Settings, plan, run_round
+from moorage.cluster.etcd_process import EtcdProcess
+from moorage.cluster.tls import client_tls, create_cluster_tls
+from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
+from moorage.meta import keys
+from moorage.meta.base import Delete, Put
+from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus, member_status
+
+MIB = 1024 * 1024
+#: Thresholds made small for the test: 1 MiB free, a quarter of the file; keep 1 revision.
+SMALL = Settings(retention=1, min_free=MIB, min_ratio=0.25)
+
+
+@pytest.fixture(scope="module")
+def etcd_member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientTls]]:
+    root = tmp_path_factory.mktemp("defrag-etcd")
+    data_dir = DataDir(root / "d")
+    data_dir.make_dirs()
+    config = ReplicaConfig(
+        data_dir=str(data_dir.path),
+        cluster_id=new_cluster_id(),
+        replica_id=new_replica_id(),
+        http_addr=f"127.0.0.1:{free_port()}",
+        storage=str(root / "s"),
+        etcd_client_port=free_port(),
+        etcd_peer_port=free_port(),
+    )
+    create_cluster_tls(config)
+    etcd = EtcdProcess(data_dir, config)
+    etcd.start()
+    try:
+        etcd.wait_ready(timeout=60)
+        yield config.etcd_client_url, client_tls(config)
+    finally:
+        etcd.stop()
+
+
+async def _fill_and_empty(store: EtcdCluster, count: int, size: int) -> None:
+    names = [keys.ROOT + f"defrag-test/{i:06d}".encode() for i in range(count)]
+    value = b"x" * size
+    for i in range(0, count, 200):
+        await store._txn([], [Put(k, value) for k in names[i : i + 200]])
+    for i in range(0, count, 200):
+        await store._txn([], [Delete(k) for k in names[i : i + 200]])
+
+
+def test_round_shrinks_the_database_after_deletes(etcd_member: tuple[str, ClientTls]) -> None:
+    url, tls = etcd_member
+
+    async def main() -> tuple[MemberStatus, MemberStatus, str, str]:
+        store = EtcdCluster([url], tls=tls)
+        try:
+            await _fill_and_empty(store, 2000, 4096)  # 8 MiB written, then deleted
+            before = await member_status(url, tls=tls)
+            first = await run_round(store, tls, SMALL)
+            after = await member_status(url, tls=tls)
+            second = await run_round(store, tls, SMALL)
+        finally:
+            await store.close()
+        return before, after, first, second
+
+    before, after, first, second = asyncio.run(main())
+    assert before.db_size > 8 * MIB, before
+    assert "compacted below revision" in first
+    assert "defragmented etcd member" in first, first
+    assert after.db_size < before.db_size / 4, (before, after)
+    assert after.db_size - after.db_size_in_use < MIB, after
+    # Nothing freed since: the next round leaves the member alone and says so.
+    assert "nothing to defragment" in second, second
+    assert "defragmented" not in second
+
+
+def test_default_thresholds_leave_a_small_database_alone(
+    etcd_member: tuple[str, ClientTls],
+) -> None:
+    url, tls = etcd_member
+
+    async def main() -> tuple[str, MemberStatus, MemberStatus]:
+        store = EtcdCluster([url], tls=tls)
+        try:
+            await _fill_and_empty(store, 1000, 4096)
+            before = await member_status(url, tls=tls)
+            said = await run_round(store, tls, Settings(retention=10))
+            return said, before, await member_status(url, tls=tls)
+        finally:
+            await store.close()
+
+    said, before, after = asyncio.run(main())
+    assert "nothing to defragment" in said, said
+    assert after.db_size >= before.db_size  # not defragmented: under the 128 MiB default
+
+
+def _status(member_id: int, leader: int, size: int, in_use: int, learner: bool = False) -> Seen:
+    status = MemberStatus(member_id, leader, 100, 2, learner, 50, (), size, in_use)
+    return Seen(f"r{member_id}", f"https://127.0.0.1:{2300 + member_id}", status)
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        # Every member has freed most of its file: followers first, the leader (1) last.
+        (
+            [_status(1, 1, 400 * MIB, 100 * MIB), _status(2, 1, 400 * MIB, 100 * MIB),
+             _status(3, 1, 400 * MIB, 100 * MIB)],
+            ["r2", "r3", "r1"],
+        ),
+        # Only those over both thresholds (r2: 100 MiB free is under 128 MiB).
+        (
+            [_status(1, 1, 400 * MIB, 100 * MIB), _status(2, 1, 200 * MIB, 100 * MIB),
+             _status(3, 1, 4000 * MIB, 3800 * MIB)],
+            ["r1"],
+        ),
+        # A member that does not answer: nobody, since another one's defrag could cost quorum.
+        (
+            [_status(1, 1, 400 * MIB, 100 * MIB),
+             Seen("r2", "https://127.0.0.1:2302", None, "did not answer")],
+            "skipped: etcd member r2 did not answer",
+        ),
+        (
+            [_status(1, 1, 400 * MIB, 100 * MIB), _status(2, 1, 400 * MIB, 100 * MIB, True)],
+            "skipped: etcd member r2 is a learner",
+        ),
+        ([_status(1, 1, 50 * MIB, 40 * MIB)], "nothing to defragment: r1 50.0 MiB, 10.0 MiB free"),
+    ],
+)  # fmt: skip
+def test_plan(seen: list[Seen], expected: list[str] | str) -> None:
+    found = plan(seen, Settings())
+    if isinstance(expected, str):
+        assert isinstance(found, str), found
+        assert found.startswith(expected), found
+    else:
+        assert not isinstance(found, str), found
+        assert [m.name for m in found] == expected
