@@ -25,10 +25,7 @@ from bench.report import (
     METRICS,
     Results,
     ceiling_table,
-    cluster_table,
     markdown,
-    table,
-    tls_table,
 )
 from bench.servers import RssSampler, Server
 from bench.workloads import Blob, ImageParts, Target
@@ -82,6 +79,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "Moorage clusters only",
     )
     parser.add_argument("--reps", type=int, default=None, help="runs per throughput metric")
+    parser.add_argument(
+        "--failovers", type=int, default=None, help="leader kills in the failover metric"
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the client ceiling")
     parser.add_argument(
         "--output",
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick() if args.quick else Plan.full()
     if args.reps:
         plan = dataclasses.replace(plan, reps=args.reps)
+    if args.failovers:
+        plan = dataclasses.replace(plan, failovers=args.failovers)
     selected = args.only or [*(k for k in METRICS if k != "rss"), *CLUSTER_METRICS]
     head_to_head = [k for k in METRICS if k in selected]  # dependency order
     cluster_metrics = [k for k in CLUSTER_METRICS if k in selected]
@@ -363,17 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {cluster.describe(plan.cluster())}" if cluster_metrics else ""),
         f"- command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}",
     ]
+    # The whole report on stdout too: the machine and versions, the table with its ratios,
+    # the runs behind each median, and the scale and etcd-size figures of their own commands.
+    text = markdown(results, REPO_ROOT, header, RESULTS_DIR)
     print()
-    if results.samples:
-        print(table(results))
-        if args.tls_compare:
-            print(f"\nwhat TLS costs:\n{tls_table(results)}")
-    if results.cluster:
-        print(
-            f"\ncluster (Moorage only; Distribution has no equivalent):\n{cluster_table(results)}"
-        )
+    print(text)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(results, REPO_ROOT, header))
+    output.write_text(text)
     output.with_suffix(".json").write_text(
         json.dumps(
             {

@@ -4,8 +4,9 @@ Clusters are built with the real commands (`moorage install`, `join`, `start`, `
 `status`), each replica with its own etcd member, all on 127.0.0.1 and one shared storage
 directory per cluster. Three measurements:
 
-- `cluster_latency`: manifest PUT latency (p50, p99) at concurrency 16 on one replica and
-  on three, pushed round-robin through the three.
+- `cluster_latency`: manifest PUT latency (p50, p99) at concurrency 16 on one replica, on
+  three and on five, pushed round-robin through the replicas (each configuration in turn in
+  every run).
 - `failover`: SIGKILL of every process of the etcd leader's replica while one pusher and one
   puller per surviving replica run; the write gap is the time from the kill until a push
   started after the kill succeeds, and the failed pulls are those that overlap that window.
@@ -349,10 +350,15 @@ def run(
     parts = ImageParts.new()
     if "cluster_latency" in selected:
         _log("cluster_latency:")
-        with running(root, "one", 1, env) as one, running(root, "three", 3, env) as three:
+        with (
+            running(root, "one", 1, env) as one,
+            running(root, "three", 3, env) as three,
+            running(root, "five", 5, env) as five,
+        ):
             configs = [
                 ("1 replica", [one.replicas[0].target("one")]),
                 ("3 replicas", [r.target(f"three-{i}") for i, r in enumerate(three.replicas)]),
+                ("5 replicas", [r.target(f"five-{i}") for i, r in enumerate(five.replicas)]),
             ]
             for rep in range(plan.reps):
                 for name, targets in configs:

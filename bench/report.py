@@ -40,7 +40,7 @@ METRICS: dict[str, Metric] = {
 
 # The cluster section (bench/cluster.py): Moorage only, Distribution has no equivalent.
 CLUSTER_METRICS: dict[str, str] = {
-    "cluster_latency": "manifest PUT latency p50/p99, concurrency 16, 1 vs 3 replicas",
+    "cluster_latency": "manifest PUT latency p50/p99, concurrency 16, 1, 3 and 5 replicas",
     "failover": "write gap and failed pulls after SIGKILL of the etcd leader's replica",
     "journal": "manifest PUT throughput, concurrency 16, journal on vs off",
 }
@@ -196,16 +196,22 @@ def cluster_table(results: Results) -> str:
         return ""
     na = "n/a (no equivalent)"
     lines = ["| metric | unit | Moorage | Distribution | target |", "|---|---|---:|---|---|"]
-    one, three = c.get("push ms, 1 replica"), c.get("push ms, 3 replicas")
-    if one and three:
+    one = c.get("push ms, 1 replica")
+    if one:
         for q in (50, 99):
-            a, b = percentile(one, q), percentile(three, q)
-            lines += [
+            a = percentile(one, q)
+            lines.append(
                 f"| manifest PUT latency p{q}, concurrency 16, 1 replica | ms | {a:,.1f} | {na} "
-                "| — |",
-                f"| manifest PUT latency p{q}, concurrency 16, 3 replicas round-robin | ms | "
-                f"{b:,.1f} ({b / a:.2f}x of 1 replica) | {na} | — |",
-            ]
+                "| — |"
+            )
+            for n in (3, 5):
+                more = c.get(f"push ms, {n} replicas")
+                if more:
+                    b = percentile(more, q)
+                    lines.append(
+                        f"| manifest PUT latency p{q}, concurrency 16, {n} replicas round-robin "
+                        f"| ms | {b:,.1f} ({b / a:.2f}x of 1 replica) | {na} | — |"
+                    )
     gaps = c.get("write gap s")
     if gaps:
         failed = c.get("failed pulls in the gap", [])
@@ -303,7 +309,31 @@ def memory_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: Results, repo: Path, header: list[str]) -> str:
+#: Figures other commands measure (too long for every `make bench`), shown beside its table
+#: as their last results say: (file in bench/results, the command that writes it).
+BESIDE = (
+    ("scale.md", "make bench-scale"),
+    ("etcd-size.md", "python -m bench.etcd_size"),
+)
+
+
+def beside(results_dir: Path) -> list[str]:
+    """The last results of the BESIDE commands, each headed by its command and file."""
+    parts: list[str] = []
+    for name, command in BESIDE:
+        path = results_dir / name
+        if not path.exists():
+            parts += [f"### `{command}`", "", f"no bench/results/{name} yet: run `{command}`", ""]
+            continue
+        lines = path.read_text().splitlines()
+        body = [f"#{line}" if line.startswith("#") else line for line in lines[1:]]
+        parts += [f"### `{command}` (bench/results/{name}, as last run)", *body, ""]
+    return parts
+
+
+def markdown(
+    results: Results, repo: Path, header: list[str], beside_dir: Path | None = None
+) -> str:
     parts = ["# Moorage vs Distribution", "", *machine_info(repo), *header, ""]
     if results.samples:
         parts += [
@@ -360,4 +390,6 @@ def markdown(results: Results, repo: Path, header: list[str]) -> str:
         parts += ["## Client ceiling", "", ceiling, ""]
     if results.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in results.notes], ""]
+    if beside_dir is not None:
+        parts += ["## Beside this run: scale and etcd size", "", *beside(beside_dir)]
     return "\n".join(parts)
