@@ -1,18 +1,23 @@
-"""The replica's record and its lease-backed heartbeat in the store."""
+"""The replica's record and its lease-backed heartbeat in the store.
+
+The heartbeat is one lease kept alive (a keep-alive is answered by the etcd leader from
+memory: no raft write) and a record under it rewritten only when the replica's health
+changes or its time `at` would age past `REWRITE_EVERY`: `moorage status` calls a
+heartbeat older than `cluster.facts.HEARTBEAT_FRESH` (10 s) stale. A replica that stops
+renewing loses the record with the lease within `HEARTBEAT_TTL` seconds."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
 from moorage.config import ReplicaConfig
-from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 
 log = logging.getLogger("moorage.heartbeat")
 HEARTBEAT_TTL = 10  # seconds: a replica that stops renewing disappears from heartbeats
+REWRITE_EVERY = 4.0  # seconds: the record's `at` is at most this old while it renews
 
 
 def replica_record(config: ReplicaConfig) -> ReplicaRecord:
@@ -33,6 +38,8 @@ class Heartbeat:
         self.config = config
         self._lease: int | None = None
         self._registered = False
+        self._written: tuple[bool, str | None] | None = None  # (healthy, error) last written
+        self._written_at = 0.0  # monotonic
 
     async def register(self) -> None:
         """Write this replica's record unless it is there already (idempotent)."""
@@ -48,15 +55,20 @@ class Heartbeat:
         self._registered = True
 
     async def beat(self, healthy: bool, error: str | None) -> None:
-        """Renew the heartbeat: a fresh lease each time, then drop the previous one."""
+        """Renew the heartbeat: keep its lease alive (a fresh one if it ended) and rewrite
+        the record when the health changed, the lease is new or the record is
+        `REWRITE_EVERY` seconds old."""
         if not self._registered:
             await self.register()
-        record = HeartbeatRecord(
-            self.config.replica_id, self.config.url, time.time(), healthy, error
-        )
-        lease = await self.store.grant_lease(HEARTBEAT_TTL)
-        await self.store.put_heartbeat(record, lease)
-        old, self._lease = self._lease, lease
-        if old is not None:
-            with contextlib.suppress(MoorageError):
-                await self.store.revoke_lease(old)
+        if self._lease is not None and not await self.store.keep_alive(self._lease):
+            self._lease = None  # expired (no quorum for HEARTBEAT_TTL) or revoked: gone
+        if self._lease is None:
+            self._lease = await self.store.grant_lease(HEARTBEAT_TTL)
+            self._written = None  # the record went with the old lease
+        now = time.monotonic()
+        if self._written != (healthy, error) or now - self._written_at >= REWRITE_EVERY:
+            record = HeartbeatRecord(
+                self.config.replica_id, self.config.url, time.time(), healthy, error
+            )
+            await self.store.put_heartbeat(record, self._lease)
+            self._written, self._written_at = (healthy, error), now

@@ -43,7 +43,7 @@ from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
 from moorage.meta import usage
-from moorage.meta.etcd import member_status
+from moorage.meta.etcd import MemberProbe
 from moorage.registry.retention import Retention
 from moorage.storage.base import BlobStorage
 
@@ -76,11 +76,9 @@ async def check_once(replica: Replica) -> None:
     )
 
 
-async def _role(replica: Replica) -> str:
+async def _role(replica: Replica, member: MemberProbe) -> str:
     try:
-        status = await member_status(
-            replica.config.etcd_client_url, CHECK_TIMEOUT, tls=client_tls(replica.config)
-        )
+        status = await member.status(CHECK_TIMEOUT, client_tls(replica.config))
     except MoorageError:
         return "unknown"
     if status.is_learner:
@@ -90,40 +88,44 @@ async def _role(replica: Replica) -> str:
     return "leader" if status.leader == status.member_id else "follower"
 
 
-async def _local_member_answers(replica: Replica) -> bool:
+async def _local_member_answers(replica: Replica, member: MemberProbe) -> bool:
     try:
-        await member_status(
-            replica.config.etcd_client_url, CHECK_TIMEOUT, tls=client_tls(replica.config)
-        )
+        await member.status(CHECK_TIMEOUT, client_tls(replica.config))
     except MoorageError:
         return False
     return True
 
 
 async def health_loop(replica: Replica, observe: Observer | None = None) -> None:
-    while True:
-        await check_once(replica)
-        with contextlib.suppress(OSError):  # the storage check reports an unreadable storage
-            replica.fence_refusal()
-        replica.role = await _role(replica) if replica.cluster is not None else "leader"
-        # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
-        replica.read_only = (
-            replica.cluster is not None
-            and not replica.etcd.healthy
-            and replica.role == "unknown"
-            and await _local_member_answers(replica)
-        )
-        if observe is not None:
-            observe(replica)
-        if replica.heartbeat is not None:
-            problem = replica.problem()
-            try:
-                await asyncio.wait_for(
-                    replica.heartbeat.beat(problem is None, problem), CHECK_TIMEOUT
-                )
-            except (MoorageError, TimeoutError) as exc:
-                log.debug("heartbeat not written: %s", exc)
-        await asyncio.sleep(CHECK_INTERVAL)
+    member = MemberProbe(replica.config.etcd_client_url)  # the local etcd member
+    try:
+        while True:
+            await _health_round(replica, member, observe)
+            await asyncio.sleep(CHECK_INTERVAL)
+    finally:
+        await member.close()
+
+
+async def _health_round(replica: Replica, member: MemberProbe, observe: Observer | None) -> None:
+    await check_once(replica)
+    with contextlib.suppress(OSError):  # the storage check reports an unreadable storage
+        replica.fence_refusal()
+    replica.role = await _role(replica, member) if replica.cluster is not None else "leader"
+    # Quorum lost: the local member answers but nobody leads. Pulls go on from its copy.
+    replica.read_only = (
+        replica.cluster is not None
+        and not replica.etcd.healthy
+        and replica.role == "unknown"
+        and await _local_member_answers(replica, member)
+    )
+    if observe is not None:
+        observe(replica)
+    if replica.heartbeat is not None:
+        problem = replica.problem()
+        try:
+            await asyncio.wait_for(replica.heartbeat.beat(problem is None, problem), CHECK_TIMEOUT)
+        except (MoorageError, TimeoutError) as exc:
+            log.debug("heartbeat not written: %s", exc)
 
 
 DEFAULT_UPLOAD_MAX_AGE = 7 * 24 * 3600.0
