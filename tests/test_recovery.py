@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster import Cluster, moorage, pull_image, push_image, sha256
+from tests.cluster import Cluster, Node, cluster_of, moorage, pull_image, push_image, sha256
 
 
 @pytest.fixture
@@ -23,99 +23,22 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.shutdown()
 
 
-def test_quorum_lost_read_only_then_emergency_repair(cluster: Cluster) -> None:
-    r0 = cluster.install()
-    r1 = cluster.join()
-    r2 = cluster.join()
-    images = {
-        f"rec/app{i}": push_image(cluster.nodes[i % 3], f"rec/app{i}", "v1", f"s{i}")
-        for i in range(6)
-    }
-    for dead in (r0, r1):
-        dead.signal(signal.SIGKILL)
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One three-replica cluster for the tests below that start from a healthy three, built
+    once (a build is ~15 s of CPU). They run in file order: those that leave it healthy with
+    its three replicas first (each checks that it does), the one that loses the quorum last."""
+    with cluster_of(3, tmp_path_factory.mktemp("three")) as c:
+        yield c
 
-    doc = cluster.wait_status("quorum-lost", [r2], timeout=60)
-    # Right after the kill the survivor may still name the dead leader: 1 of 3 connected.
-    assert doc["quorum"]["healthy"] < doc["quorum"]["needed"]
-    assert f"moorage emergency-repair --data-dir {r2.data_dir}" in doc["action"]
 
-    # Read-only: pulls, tag lists, catalog and auth from the local copy; pushes refused clearly.
-    deadline = 30.0
-    import time
-
-    start = time.monotonic()
-    while httpx.get(f"{r2.url}/_ping").json().get("read_only") is not True:
-        assert time.monotonic() - start < deadline
-        time.sleep(0.3)
-    ping = httpx.get(f"{r2.url}/_ping")
-    assert ping.status_code == 200
-    assert ping.json()["read_only"] is True
-    assert httpx.get(f"{r2.url}/_ping?writable=1").status_code == 503
-    for repo, body in images.items():
-        assert pull_image(r2, repo, "v1") == body
-        with r2.client() as c:
-            assert c.get(f"/v2/{repo}/manifests/{sha256(body)}").status_code == 200
-            assert c.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]
-    with r2.client() as c:
-        assert set(images) <= set(c.get("/v2/_catalog").json()["repositories"])
-        refused = c.post("/v2/rec/new/blobs/uploads/")
-        assert refused.status_code == 503
-        assert refused.json()["errors"][0]["code"] == "UNAVAILABLE"
-        assert "quorum" in refused.json()["errors"][0]["message"]
-        assert "retry-after" in refused.headers
-        assert c.delete(f"/v2/rec/app0/manifests/{sha256(images['rec/app0'])}").status_code == 503
-    with httpx.Client(base_url=r2.url) as anon:
-        assert anon.get("/v2/").status_code == 401
-    # No member can join a cluster without quorum; the refusal says why and what to run.
-    from tests.cluster import Node
-
-    late = cluster.join_raw(Node(cluster.root, "late"), via=r2)
-    assert late.returncode == 1
-    assert "lost quorum" in late.stderr, late.stderr
-    assert "emergency-repair" in late.stderr
-
-    # Without --yes and without a terminal, nothing happens.
-    out = moorage("emergency-repair", "--data-dir", str(r2.data_dir), check=False)
-    assert out.returncode == 1
-    assert "--yes" in out.stderr
-    assert "Emergency repair plan" in out.stdout
-
-    tls_before = {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()}
-    out = moorage(
-        "emergency-repair", "--data-dir", str(r2.data_dir), "--existing", cluster.urls(),
-        "--candidate-dir", str(r0.data_dir), "--yes", "--json",
-    )  # fmt: skip
-    # The survivor keeps its certificates (its etcd restarted with the same TLS flags).
-    assert {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()} == tls_before
-    result = json.loads(out.stdout)
-    assert result["chosen"]["replica_id"] == r2.replica_id
-    assert result["result"]["epoch"] == 2
-    assert sorted(result["result"]["removed_replicas"]) == sorted([r0.replica_id, r1.replica_id])
-
-    doc = cluster.status([r2])
-    assert doc["scenario"] == "healthy"
-    assert doc["epoch"] == 2
-    assert moorage("status", "--existing", r2.url).returncode == 0  # healthy: exit 0
-    assert doc["quorum"] == {"members": 1, "needed": 1, "healthy": 1}
-    assert doc["fault_tolerance"] == 0  # 1 of 1 after the repair: survives 0 failures
-    assert "no fault tolerance" in doc["action"]
-    for repo, body in images.items():
-        assert pull_image(r2, repo, "v1") == body
-    push_image(r2, "rec/after", "v1", "after")
-
-    # A replica left out of the repair is fenced: it refuses to start.
-    out = moorage("start", "--data-dir", str(r0.data_dir), check=False)
-    assert out.returncode == 1
-    assert "fenced" in out.stderr
-    assert "destroy" in out.stderr
-
-    # New replicas join the repaired cluster and serve what was there before.
-    r3 = cluster.join(via=r2)
-    assert cluster.status([r2, r3])["scenario"] == "healthy"
-    # signed by the survivor with the CA key sealed in its etcd data: the same CA
-    assert (r3.data_dir / "tls" / "ca.crt").read_bytes() == tls_before["ca.crt"]
-    for repo, body in images.items():
-        assert pull_image(r3, repo, "v1") == body
+def healthy_three(c: Cluster) -> list[Node]:
+    """The shared cluster's replicas, after checking it is as a fresh build leaves it."""
+    doc = c.wait_status("healthy")
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}, doc
+    assert doc["epoch"] == 1, doc
+    assert len(c.nodes) == 3
+    return c.nodes
 
 
 def test_journal_replays_pushes_the_survivor_missed(cluster: Cluster) -> None:
@@ -154,16 +77,6 @@ def test_journal_replays_pushes_the_survivor_missed(cluster: Cluster) -> None:
     with r0.client() as c:
         assert c.get("/v2/journal/app/tags/list").json()["tags"] == ["missed"]
         assert c.get(f"/v2/journal/app/manifests/{sha256(before)}").status_code == 200
-
-
-def test_emergency_repair_refuses_while_quorum_holds(cluster: Cluster) -> None:
-    r0 = cluster.install()
-    cluster.join()
-    cluster.join()
-    out = moorage("emergency-repair", "--data-dir", str(r0.data_dir), "--yes", check=False)
-    assert out.returncode == 1
-    assert "still has a leader" in out.stderr
-    assert cluster.status()["scenario"] == "healthy"
 
 
 def test_backup_and_restore(cluster: Cluster) -> None:
@@ -230,8 +143,6 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     # Everything lost (data directories gone); blob storage too, for the first restore.
     for node in list(cluster.nodes):
         moorage("destroy", "--yes", "--data-dir", str(node.data_dir))
-    from tests.cluster import Node
-
     fresh = Node(cluster.root, "fresh")
     doc = json.loads(
         moorage(
@@ -276,39 +187,6 @@ def test_backup_and_restore(cluster: Cluster) -> None:
     assert pull_image(again, "bk/after", "v1") == after
     for repo, body in before.items():
         assert pull_image(again, repo, "v1") == body
-
-
-def test_repair_rebuilds_a_replica_in_place(cluster: Cluster) -> None:
-    cluster.install()
-    r1 = cluster.join()
-    cluster.join()
-    body = push_image(r1, "repair/app", "v1", "repair")
-    moorage("stop", "--data-dir", str(r1.data_dir))
-    old_key = (r1.data_dir / "tls" / "replica.key").read_bytes()
-    old_cert = (r1.data_dir / "tls" / "replica.crt").read_bytes()
-    # Damage its local store: etcd's data is gone (the replica's config survives).
-    shutil.rmtree(r1.data_dir / "etcd" / "member")
-    out = json.loads(
-        moorage(
-            "repair",
-            "--yes",
-            "--existing",
-            cluster.urls(),
-            "--data-dir",
-            str(r1.data_dir),
-            "--json",
-        ).stdout
-    )
-    assert out["replica_id"] == r1.replica_id
-    assert out["url"] == r1.url
-    # Rejoined with a fresh key made on its host and a certificate the cluster signed for it.
-    assert (r1.data_dir / "tls" / "replica.key").read_bytes() != old_key
-    assert (r1.data_dir / "tls" / "replica.crt").read_bytes() != old_cert
-    doc = cluster.wait_status("healthy")
-    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
-    assert r1.replica_id in {r["id"] for r in doc["replicas"]}
-    assert pull_image(r1, "repair/app", "v1") == body
-    push_image(r1, "repair/after", "v1", "after")
 
 
 def test_encrypted_backup(cluster: Cluster) -> None:
@@ -356,8 +234,6 @@ def test_encrypted_backup(cluster: Cluster) -> None:
     )
 
     moorage("destroy", "--yes", "--data-dir", str(r0.data_dir))
-    from tests.cluster import Node
-
     fresh = Node(cluster.root, "fresh")
     moorage(
         "restore", "--yes", "--in", str(archive), *fresh.flags(),
@@ -365,3 +241,140 @@ def test_encrypted_backup(cluster: Cluster) -> None:
     )  # fmt: skip
     cluster.nodes.append(fresh)
     assert pull_image(fresh, "enc/app", "v1") == body
+
+
+# -- the shared three-replica cluster, in this order -------------------------------------
+
+
+def test_emergency_repair_refuses_while_quorum_holds(three: Cluster) -> None:
+    cluster = three
+    r0, _, _ = healthy_three(cluster)
+    out = moorage("emergency-repair", "--data-dir", str(r0.data_dir), "--yes", check=False)
+    assert out.returncode == 1
+    assert "still has a leader" in out.stderr
+    assert cluster.status()["scenario"] == "healthy"
+
+
+def test_repair_rebuilds_a_replica_in_place(three: Cluster) -> None:
+    cluster = three
+    _, r1, _ = healthy_three(cluster)
+    body = push_image(r1, "repair/app", "v1", "repair")
+    moorage("stop", "--data-dir", str(r1.data_dir))
+    old_key = (r1.data_dir / "tls" / "replica.key").read_bytes()
+    old_cert = (r1.data_dir / "tls" / "replica.crt").read_bytes()
+    # Damage its local store: etcd's data is gone (the replica's config survives).
+    shutil.rmtree(r1.data_dir / "etcd" / "member")
+    out = json.loads(
+        moorage(
+            "repair",
+            "--yes",
+            "--existing",
+            cluster.urls(),
+            "--data-dir",
+            str(r1.data_dir),
+            "--json",
+        ).stdout
+    )
+    assert out["replica_id"] == r1.replica_id
+    assert out["url"] == r1.url
+    # Rejoined with a fresh key made on its host and a certificate the cluster signed for it.
+    assert (r1.data_dir / "tls" / "replica.key").read_bytes() != old_key
+    assert (r1.data_dir / "tls" / "replica.crt").read_bytes() != old_cert
+    doc = cluster.wait_status("healthy")
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
+    assert r1.replica_id in {r["id"] for r in doc["replicas"]}
+    assert pull_image(r1, "repair/app", "v1") == body
+    push_image(r1, "repair/after", "v1", "after")
+
+
+def test_quorum_lost_read_only_then_emergency_repair(three: Cluster) -> None:
+    """The last test of the shared cluster: it loses two of its replicas for good."""
+    cluster = three
+    r0, r1, r2 = healthy_three(cluster)
+    images = {
+        f"rec/app{i}": push_image(cluster.nodes[i % 3], f"rec/app{i}", "v1", f"s{i}")
+        for i in range(6)
+    }
+    for dead in (r0, r1):
+        dead.signal(signal.SIGKILL)
+
+    doc = cluster.wait_status("quorum-lost", [r2], timeout=60)
+    # Right after the kill the survivor may still name the dead leader: 1 of 3 connected.
+    assert doc["quorum"]["healthy"] < doc["quorum"]["needed"]
+    assert f"moorage emergency-repair --data-dir {r2.data_dir}" in doc["action"]
+
+    # Read-only: pulls, tag lists, catalog and auth from the local copy; pushes refused clearly.
+    deadline = 30.0
+    import time
+
+    start = time.monotonic()
+    while httpx.get(f"{r2.url}/_ping").json().get("read_only") is not True:
+        assert time.monotonic() - start < deadline
+        time.sleep(0.3)
+    ping = httpx.get(f"{r2.url}/_ping")
+    assert ping.status_code == 200
+    assert ping.json()["read_only"] is True
+    assert httpx.get(f"{r2.url}/_ping?writable=1").status_code == 503
+    for repo, body in images.items():
+        assert pull_image(r2, repo, "v1") == body
+        with r2.client() as c:
+            assert c.get(f"/v2/{repo}/manifests/{sha256(body)}").status_code == 200
+            assert c.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]
+    with r2.client() as c:
+        assert set(images) <= set(c.get("/v2/_catalog").json()["repositories"])
+        refused = c.post("/v2/rec/new/blobs/uploads/")
+        assert refused.status_code == 503
+        assert refused.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert "quorum" in refused.json()["errors"][0]["message"]
+        assert "retry-after" in refused.headers
+        assert c.delete(f"/v2/rec/app0/manifests/{sha256(images['rec/app0'])}").status_code == 503
+    with httpx.Client(base_url=r2.url) as anon:
+        assert anon.get("/v2/").status_code == 401
+    # No member can join a cluster without quorum; the refusal says why and what to run.
+    late = cluster.join_raw(Node(cluster.root, "late"), via=r2)
+    assert late.returncode == 1
+    assert "lost quorum" in late.stderr, late.stderr
+    assert "emergency-repair" in late.stderr
+
+    # Without --yes and without a terminal, nothing happens.
+    out = moorage("emergency-repair", "--data-dir", str(r2.data_dir), check=False)
+    assert out.returncode == 1
+    assert "--yes" in out.stderr
+    assert "Emergency repair plan" in out.stdout
+
+    tls_before = {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()}
+    out = moorage(
+        "emergency-repair", "--data-dir", str(r2.data_dir), "--existing", cluster.urls(),
+        "--candidate-dir", str(r0.data_dir), "--yes", "--json",
+    )  # fmt: skip
+    # The survivor keeps its certificates (its etcd restarted with the same TLS flags).
+    assert {f.name: f.read_bytes() for f in (r2.data_dir / "tls").iterdir()} == tls_before
+    result = json.loads(out.stdout)
+    assert result["chosen"]["replica_id"] == r2.replica_id
+    assert result["result"]["epoch"] == 2
+    assert sorted(result["result"]["removed_replicas"]) == sorted([r0.replica_id, r1.replica_id])
+
+    doc = cluster.status([r2])
+    assert doc["scenario"] == "healthy"
+    assert doc["epoch"] == 2
+    assert moorage("status", "--existing", r2.url).returncode == 0  # healthy: exit 0
+    assert doc["quorum"] == {"members": 1, "needed": 1, "healthy": 1}
+    assert doc["fault_tolerance"] == 0  # 1 of 1 after the repair: survives 0 failures
+    assert "no fault tolerance" in doc["action"]
+    for repo, body in images.items():
+        assert pull_image(r2, repo, "v1") == body
+    push_image(r2, "rec/after", "v1", "after")
+
+    # A replica left out of the repair is fenced: it refuses to start.
+    out = moorage("start", "--data-dir", str(r0.data_dir), check=False)
+    assert out.returncode == 1
+    assert "fenced" in out.stderr
+    assert "destroy" in out.stderr
+
+    # New replicas join the repaired cluster and serve what was there before.
+    r3 = cluster.join(via=r2)
+    assert cluster.status([r2, r3])["scenario"] == "healthy"
+    # signed by the survivor with the CA key sealed in its etcd data: the same CA
+    assert (r3.data_dir / "tls" / "ca.crt").read_bytes() == tls_before["ca.crt"]
+    for repo, body in images.items():
+        assert pull_image(r3, repo, "v1") == body

@@ -20,20 +20,21 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def test_new_data_dir_becomes_a_cluster(fresh_replica: Replica) -> None:
-    fresh_replica.start()
-    config = json.loads((fresh_replica.data_dir / "moorage.json").read_text())
+def test_new_data_dir_becomes_a_cluster(registry: Replica) -> None:
+    # The shared replica was started on a new data directory like any other (a replica of
+    # its own would cost a start, ~2-3 s of CPU, for the same facts).
+    config = json.loads((registry.data_dir / "moorage.json").read_text())
     assert len(config["replica_id"]) == 12
     int(config["replica_id"], 16)
     assert len(config["cluster_id"]) == 32
-    assert config["storage"] == str(fresh_replica.data_dir / "blobs")
-    assert (fresh_replica.data_dir / "etcd" / "member").is_dir()
-    pids = fresh_replica.pids()
+    assert config["storage"] == str(registry.data_dir / "blobs")
+    assert (registry.data_dir / "etcd" / "member").is_dir()
+    pids = registry.pids()
     assert {"moorage", "etcd"} <= set(pids)
     assert any(name.startswith("api-") for name in pids)
     for pid in pids.values():
-        assert str(fresh_replica.data_dir) in _cmdline(pid)
-    health = httpx.get(f"{fresh_replica.url}/api/v0/health").json()
+        assert str(registry.data_dir) in _cmdline(pid)
+    health = httpx.get(f"{registry.url}/api/v0/health").json()
     assert health["replica_id"] == config["replica_id"]
     assert health["cluster_id"] == config["cluster_id"]
 
@@ -59,19 +60,19 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:
     assert not r.pids()
 
 
-def test_second_process_on_same_data_dir_is_refused(fresh_replica: Replica) -> None:
-    fresh_replica.start()
+def test_second_process_on_same_data_dir_is_refused(registry: Replica) -> None:
+    # Only read: a second process on the shared replica's data directory is refused.
     out = subprocess.run(
-        moorage_cmd("run", "--data-dir", str(fresh_replica.data_dir)),
+        moorage_cmd("run", "--data-dir", str(registry.data_dir)),
         capture_output=True, text=True, timeout=60,
         env=dict(os.environ, MOORAGE_ADMIN_PASSWORD=ADMIN_PASSWORD),
     )  # fmt: skip
     assert out.returncode == 1
     assert "already running" in out.stderr
-    assert str(fresh_replica.pids()["moorage"]) in out.stderr
+    assert str(registry.pids()["moorage"]) in out.stderr
     assert "Traceback" not in out.stderr
     # The first one is unharmed.
-    assert httpx.get(f"{fresh_replica.url}/_ping").status_code == 200
+    assert httpx.get(f"{registry.url}/_ping").status_code == 200
 
 
 def test_conflicting_port_is_a_clear_error(tmp_path: Path, registry: Replica) -> None:
