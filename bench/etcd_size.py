@@ -37,7 +37,8 @@ from moorage.cluster.etcd_defrag import Settings, run_round
 from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.tls import client_tls, create_cluster_tls
 from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
-from moorage.meta.etcd import ClientTls, EtcdCluster, member_status
+from moorage.meta.etcd import ClientTls, EtcdCluster
+from moorage.meta.etcd_maintenance import member_status
 from moorage.meta.records import ManifestRecord
 
 RESULTS = REPO_ROOT / "bench" / "results"

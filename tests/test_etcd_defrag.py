@@ -16,7 +16,8 @@ from moorage.cluster.tls import client_tls, create_cluster_tls
 from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.meta import keys
 from moorage.meta.base import Delete, Put
-from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus, member_status
+from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus
+from moorage.meta.etcd_maintenance import member_status
 
 MIB = 1024 * 1024
 #: Thresholds made small for the test: 1 MiB free, a quarter of the file; keep 1 revision.

@@ -42,7 +42,8 @@ from moorage.errors import StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.accounts import Accounts, NamespaceAccess, namespace_of
 from moorage.meta.base import MetaStore
-from moorage.meta.etcd import EtcdCluster, EtcdMetaStore, member_status
+from moorage.meta.etcd import EtcdCluster, EtcdMetaStore
+from moorage.meta.etcd_maintenance import member_status
 from moorage.meta.etcd_watch import watch_prefixes
 from moorage.meta.records import UserRecord
 

@@ -32,8 +32,8 @@ from moorage.cluster.etcd_process import COMPACTION_RETENTION
 from moorage.cluster.replica import Replica
 from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
-from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus, member_status
-from moorage.meta.etcd_maintenance import compact, defragment
+from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus
+from moorage.meta.etcd_maintenance import compact, defragment, member_status
 from moorage.meta.keys import ETCD_DEFRAG_LOCK
 
 log = logging.getLogger("moorage.housekeeping")

@@ -68,7 +68,7 @@ async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:
 
 
 async def _status(url: str, tls: ClientTls) -> MemberStatus | str:
-    from moorage.meta.etcd import member_status
+    from moorage.meta.etcd_maintenance import member_status
 
     try:
         return await member_status(url, PING_TIMEOUT, tls=tls)

@@ -43,7 +43,7 @@ from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
 from moorage.meta import usage
-from moorage.meta.etcd import MemberProbe
+from moorage.meta.etcd_maintenance import MemberProbe
 from moorage.registry.retention import Retention
 from moorage.storage.base import BlobStorage
 

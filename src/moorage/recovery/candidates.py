@@ -18,7 +18,8 @@ from moorage.cluster.lifecycle import ping, running_pid
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import MoorageError
-from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision, member_status
+from moorage.meta.etcd import ClientTls, EtcdCluster, data_revision
+from moorage.meta.etcd_maintenance import member_status
 from moorage.meta.records import ReplicaRecord
 from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
