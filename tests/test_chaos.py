@@ -6,10 +6,10 @@ cluster's new one after total-loss. `gc` also deletes images and collects garbag
 SIGKILLs the replica running a collection, and checks blob storage after a last collection.
 `kill-minority-3-s3` keeps blob storage (journal, fence marker) in the worker's SeaweedFS.
 
-The 3-replica cases on loopback and a storage directory run on one cluster instead of one each
-(a build is ~15 s of CPU): kill-minority, sigstop, gc, then total-loss; each case leaves the
-cluster healthy, or runs last on it (chaos.scenarios.CONSUMES_CLUSTER). A case that fails
-leaves it to no other."""
+The 3-replica cases on a storage directory run on two clusters instead of one each (a build is
+~15 s of CPU): one on loopback for kill-minority, sigstop, gc and then total-loss, one in
+namespaces for netcut and then majority-loss; each case leaves its cluster healthy, or runs
+last on it (chaos.scenarios.CONSUMES_CLUSTER). A case that fails leaves it to no other."""
 
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ from tests.conftest import NETNS_SCENARIOS
 LOAD_SECONDS = 4.5  # a third before the fault, a third during it, a third after recovery
 #: In this order: on each shared cluster, the case of CONSUMES_CLUSTER comes last.
 ORDER = ("kill-minority", "sigstop", "gc", "total-loss", "netcut", "majority-loss")
-#: The kinds of cluster the cases share (netcut, then majority-loss, on one cluster in
-#: namespaces is not proven yet: each builds its own).
-SHARED_KINDS = ("loopback",)
 assert sorted(ORDER) == sorted(SCENARIOS)
 CASES = [(name, 3, "fs") for name in ORDER]
 # Five replicas for the one scenario whose steps differ with five: two survivors, the repair
@@ -70,7 +67,7 @@ def test_scenario_loses_nothing(
     opts = Options(replicas=replicas, duration=LOAD_SECONDS, s3=s3, log=print)
     kind = "netns" if scenario in NETNS_SCENARIOS else "loopback"
     cluster = None
-    if replicas == 3 and storage == "fs" and kind in SHARED_KINDS:
+    if replicas == 3 and storage == "fs":
         if kind not in shared:
             shared[kind] = shared_cluster(scenario, tmp_path_factory.mktemp(f"chaos-{kind}"))
         cluster = shared[kind]
