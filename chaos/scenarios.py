@@ -159,11 +159,20 @@ class Result:
 class Run:
     """One scenario's cluster, load and bookkeeping."""
 
-    def __init__(self, name: str, opts: Options, workdir: Path, lab: NetLab | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        opts: Options,
+        workdir: Path,
+        lab: NetLab | None,
+        cluster: Cluster | None = None,
+    ) -> None:
+        """`cluster`: run on this one (built here when it has no replica yet) instead of a
+        new cluster in `workdir`."""
         self.name = name
         self.opts = opts
         s3 = s3_prefix(opts.s3, f"{name}-{uuid.uuid4().hex[:8]}") if opts.s3 else None
-        self.cluster = Cluster(workdir, lab, tls=True, s3=s3)
+        self.cluster = cluster if cluster is not None else Cluster(workdir, lab, tls=True, s3=s3)
         shared = gc.SHARED_LAYERS if name == "gc" else 0
         self.load = Load(name, workers=opts.workers, shared=shared)
         self.churn = gc.Churn(self.load) if name == "gc" else None
@@ -187,6 +196,15 @@ class Run:
             self.churn.set_targets([n.url for n in nodes], nodes[0].verify())
 
     def build(self) -> None:
+        if self.cluster.nodes:  # a cluster an earlier scenario ran on, and left healthy
+            doc = self.cluster.wait_status("healthy", timeout=180)
+            members = doc["quorum"]["members"]
+            if members != self.opts.replicas:
+                raise RuntimeError(
+                    f"the cluster given has {members} replicas, not {self.opts.replicas}"
+                )
+            self.event(f"on the cluster of an earlier scenario: {self.cluster.nodes}")
+            return
         self.cluster.install()
         while len(self.cluster.nodes) < self.opts.replicas:
             self.cluster.join()
@@ -488,8 +506,24 @@ FAULTS: dict[str, Callable[[Run], None]] = {
 }
 
 
-def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
-    """Build a cluster in `workdir`, run scenario `name` against it, tear everything down."""
+#: The scenarios after which the cluster is no longer the one built: no later scenario may
+#: run on it (the others leave it healthy, with the same replicas).
+CONSUMES_CLUSTER = ("majority-loss", "total-loss")
+
+
+def shared_cluster(name: str, workdir: Path) -> Cluster:
+    """An empty cluster in `workdir` for several scenarios to run on in turn (run_scenario's
+    `cluster`), one after the other, the one of CONSUMES_CLUSTER last: in namespaces when
+    `name` needs them (netcut; majority-loss with its lag) and they are available."""
+    lab = NetLab() if name in ("netcut", "majority-loss") and netns_unavailable() is None else None
+    return Cluster(workdir, lab, tls=True)
+
+
+def run_scenario(name: str, opts: Options, workdir: Path, cluster: Cluster | None = None) -> Result:
+    """Build a cluster in `workdir`, run scenario `name` against it, tear everything down.
+
+    With `cluster` (from shared_cluster; not with `opts.s3`) it runs on that one instead,
+    built first if it has no replica, and leaves it running for the caller to shut down."""
     started = time.monotonic()
     lab: NetLab | None = None
     reason = netns_unavailable()
@@ -497,9 +531,13 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
         return Result(name, opts.replicas, error=f"a network cut needs namespaces: {reason}")
     if opts.s3 and name in S3_UNSUPPORTED:
         return Result(name, opts.replicas, error=f"not run on S3: {S3_UNSUPPORTED[name]}")
-    if name in ("netcut", "majority-loss") and reason is None and not opts.s3:
+    if cluster is not None:
+        lab = cluster.lab
+    elif name in ("netcut", "majority-loss") and reason is None and not opts.s3:
         lab = NetLab()  # majority-loss without namespaces runs on loopback, without the lag
-    run = Run(name, opts, workdir, lab)
+    if name == "netcut" and lab is None:
+        return Result(name, opts.replicas, error="a network cut needs a cluster in namespaces")
+    run = Run(name, opts, workdir, lab, cluster)
     result = run.result
     try:
         run.build()
@@ -538,7 +576,8 @@ def run_scenario(name: str, opts: Options, workdir: Path) -> Result:
         if run.churn is not None:
             run.churn.stop()
             result.gc = run.churn.counts.as_dict()
-        run.cluster.shutdown()
+        if cluster is None:
+            run.cluster.shutdown()
     acks: list[Ack] = run.load.acks
     result.acknowledged = len(acks)
     result.attempts = run.load.attempts

@@ -25,7 +25,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One cluster of 3 (the third joined through the second) for the tests that leave it
-    healthy: a cluster build is ~15 s of CPU."""
+    healthy, and for the last test, which grows it to five and kills two: a cluster build
+    is ~15 s of CPU."""
     c = Cluster(tmp_path_factory.mktemp("three"))
     try:
         c.install()
@@ -75,10 +76,10 @@ def test_three_replicas_serve_everything(three: Cluster) -> None:
     assert "already running" in out.stdout
 
 
-def test_replica_down_remove_and_join(cluster: Cluster) -> None:
-    r0 = cluster.install()
-    r1 = cluster.join()
-    r2 = cluster.join()
+def test_replica_down_remove_and_join(three: Cluster) -> None:
+    """On the module's cluster, which it leaves healthy with three replicas."""
+    cluster = three
+    r0, r1, r2 = cluster.nodes
     body = push_image(r0, "cluster/old", "v1", "old")
     moorage("stop", "--data-dir", str(r2.data_dir))
     doc = cluster.wait_status("replicas-unhealthy", [r0, r1])
@@ -121,45 +122,6 @@ def test_replica_down_remove_and_join(cluster: Cluster) -> None:
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
     assert pull_image(r3, "cluster/old", "v1") == body
     pull_image(r3, "cluster/during", "v1")
-
-
-def test_kill_follower_then_leader_of_five(cluster: Cluster) -> None:
-    cluster.install()
-    for _ in range(4):
-        cluster.join()
-    body = push_image(cluster.nodes[0], "cluster/five", "v1", "five")
-    leader = cluster.leader()
-    follower = next(n for n in cluster.nodes if n is not leader)
-
-    follower.signal(signal.SIGKILL)
-    survivors = [n for n in cluster.nodes if n is not follower]
-    for i, n in enumerate(survivors):
-        assert pull_image(n, "cluster/five", "v1") == body
-        push_image(n, "cluster/five", f"after-follower-{i}", f"f{i}")
-
-    leader.signal(signal.SIGKILL)
-    survivors = [n for n in survivors if n is not leader]
-    for i, n in enumerate(survivors):
-        # Pulls never stop; a push may need one retry while a new leader is elected.
-        assert pull_image(n, "cluster/five", "v1") == body
-        try:
-            push_image(n, "cluster/five", f"after-leader-{i}", f"l{i}")
-        except (AssertionError, httpx.HTTPError):
-            push_image(n, "cluster/five", f"after-leader-{i}", f"l{i}")
-    expected = {follower.replica_id, leader.replica_id}
-    deadline = time.monotonic() + 60
-    while True:  # until the survivors' heartbeats and the new leader have settled
-        doc = cluster.wait_status("replicas-unhealthy", survivors)
-        down = {r["id"] for r in doc["replicas"] if not r["healthy"]}
-        if down == expected or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert down == expected, doc
-    assert doc["quorum"]["members"] == 5
-    assert doc["quorum"]["healthy"] == 3
-    for n in survivors:
-        for tag in ("v1", "after-follower-0", "after-leader-0"):
-            pull_image(n, "cluster/five", tag)
 
 
 def test_hung_replica_is_reported_unhealthy(three: Cluster) -> None:
@@ -221,3 +183,44 @@ def test_concurrent_joins_are_serialized(cluster: Cluster) -> None:
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
     for node in nodes:
         assert pull_image(node, "cluster/conc-join", "v1") == body
+
+
+def test_kill_follower_then_leader_of_five(three: Cluster) -> None:
+    """The module's cluster grown to five; it kills two of them, so it runs last."""
+    cluster = three
+    for _ in range(2):
+        cluster.join()
+    assert len(cluster.nodes) == 5
+    body = push_image(cluster.nodes[0], "cluster/five", "v1", "five")
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+
+    follower.signal(signal.SIGKILL)
+    survivors = [n for n in cluster.nodes if n is not follower]
+    for i, n in enumerate(survivors):
+        assert pull_image(n, "cluster/five", "v1") == body
+        push_image(n, "cluster/five", f"after-follower-{i}", f"f{i}")
+
+    leader.signal(signal.SIGKILL)
+    survivors = [n for n in survivors if n is not leader]
+    for i, n in enumerate(survivors):
+        # Pulls never stop; a push may need one retry while a new leader is elected.
+        assert pull_image(n, "cluster/five", "v1") == body
+        try:
+            push_image(n, "cluster/five", f"after-leader-{i}", f"l{i}")
+        except (AssertionError, httpx.HTTPError):
+            push_image(n, "cluster/five", f"after-leader-{i}", f"l{i}")
+    expected = {follower.replica_id, leader.replica_id}
+    deadline = time.monotonic() + 60
+    while True:  # until the survivors' heartbeats and the new leader have settled
+        doc = cluster.wait_status("replicas-unhealthy", survivors)
+        down = {r["id"] for r in doc["replicas"] if not r["healthy"]}
+        if down == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert down == expected, doc
+    assert doc["quorum"]["members"] == 5
+    assert doc["quorum"]["healthy"] == 3
+    for n in survivors:
+        for tag in ("v1", "after-follower-0", "after-leader-0"):
+            pull_image(n, "cluster/five", tag)

@@ -7,6 +7,9 @@ writes (no split brain); after the heal the cut replica serves everything pushed
 The replicas listen on non-loopback addresses, so everything runs over TLS: the API serves
 HTTPS with the cluster certificates (every client here trusts only the CA `moorage ca export`
 wrote) and etcd speaks mutual TLS, which no process without a cluster certificate gets through.
+
+The tests share one cluster (`shared`, built once: a cluster in namespaces is ~15 s of CPU);
+each heals what it cuts and leaves it healthy.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,15 +28,14 @@ import httpx
 import pytest
 from chaos.images import Image, PushRefused, make_image, push, verify
 from harness.cluster import Cluster, Node
+from harness.netns import NetLab, netns_unavailable
 from harness.process import moorage
 
 from moorage.pki import ca as pki
 from moorage.pki.files import TlsDir
-from tests.netns import net_cluster, run_in_netns
+from tests.netns import run_in_netns
 from tests.test_clients import CREDS, build_image, image_blobs
 from tests.test_pki_etcd import etcdctl, issue
-
-__all__ = ["net_cluster"]  # the fixture, imported for pytest
 
 
 def try_push(node: Node, repo: str, tag: str, image: Image, inside: bool = False) -> int:
@@ -103,19 +106,53 @@ def three(cluster: Cluster) -> tuple[Node, Node, Node]:
     return r0, r1, r2
 
 
-def partition_then_heal(cluster: Cluster, cut: Node) -> None:
-    """The whole scenario with `cut` cut off from the two others."""
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three replicas, each in a network namespace of its own, for the whole module."""
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.fail(f"network-cut tests cannot run: {reason}")
+    cluster = Cluster(tmp_path_factory.mktemp("partition"), NetLab())
+    try:
+        three(cluster)
+        yield cluster
+    finally:
+        cluster.shutdown()  # stops every replica by pid, then deletes namespaces and links
+
+
+@pytest.fixture
+def net_three(shared: Cluster) -> Cluster:
+    """The shared cluster, healthy (the previous test healed what it cut)."""
+    doc = shared.wait_status("healthy", timeout=120)
+    assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
+    return shared
+
+
+def partition_then_heal(cluster: Cluster, cut: Node, repo: str) -> None:
+    """The whole scenario with `cut` cut off from the two others (healed again on failure
+    too: the module's next test uses the cluster), pushing to `repo`."""
+    assert cluster.lab is not None
+    assert cut.slot is not None
+    try:
+        cut_then_heal(cluster, cut, repo)
+    finally:
+        if cut.slot.index in cluster.lab.cut_slots:
+            cluster.lab.heal(cut.slot)
+
+
+def cut_then_heal(cluster: Cluster, cut: Node, repo: str) -> None:
+    """partition_then_heal's steps, the heal among them."""
     assert cluster.lab is not None
     assert cut.slot is not None
     majority = [n for n in cluster.nodes if n is not cut]
     before = make_image("before")
-    push_ok(majority[0], "part/app", "before", before)
+    push_ok(majority[0], repo, "before", before)
 
     cluster.lab.cut(cut.slot)
     # The majority keeps taking pushes (after a new election when the leader was cut).
     during = {f"during-{i}": make_image(f"during-{i}") for i in range(4)}
     for i, (tag, image) in enumerate(during.items()):
-        push_ok(majority[i % 2], "part/app", tag, image)
+        push_ok(majority[i % 2], repo, tag, image)
     # Status asked through the majority names the cut replica, and only it.
     doc = cluster.wait_status(
         "replicas-unhealthy", majority, until=lambda d: unhealthy_ids(d) == [cut.replica_id]
@@ -129,53 +166,49 @@ def partition_then_heal(cluster: Cluster, cut: Node) -> None:
 
     # The cut replica serves reads from its local copy and refuses writes, clearly.
     wait_read_only(cut)
-    check_pull(cut, "part/app", "before", before, inside=True)
-    assert try_push(cut, "part/app", "minority-only", make_image("m"), inside=True) == 503
+    check_pull(cut, repo, "before", before, inside=True)
+    assert try_push(cut, repo, "minority-only", make_image("m"), inside=True) == 503
 
     # No split brain: both sides are asked, at once, to tag different manifests with the same
     # tag; only the majority's push is acknowledged.
     ours, theirs = make_image("majority-side"), make_image("minority-side")
     minority_status: list[int] = []
     t = threading.Thread(
-        target=lambda: minority_status.append(
-            try_push(cut, "part/app", "contested", theirs, inside=True)
-        )
+        target=lambda: minority_status.append(try_push(cut, repo, "contested", theirs, inside=True))
     )
     t.start()
-    push_ok(majority[1], "part/app", "contested", ours)
+    push_ok(majority[1], repo, "contested", ours)
     t.join()
     assert minority_status == [503]
     for n in majority:
-        check_pull(n, "part/app", "contested", ours)
+        check_pull(n, repo, "contested", ours)
 
     cluster.lab.heal(cut.slot)
     doc = cluster.wait_status("healthy", timeout=120)
     assert doc["quorum"] == {"members": 3, "needed": 2, "healthy": 3}
     # The healed replica serves everything pushed meanwhile, and the majority's tag.
     for tag, image in {"before": before, **during, "contested": ours}.items():
-        check_pull(cut, "part/app", tag, image)
+        check_pull(cut, repo, tag, image)
     with cut.client() as c:
-        tags = c.get("/v2/part/app/tags/list").json()["tags"]
+        tags = c.get(f"/v2/{repo}/tags/list").json()["tags"]
     assert sorted(tags) == sorted(["before", *during, "contested"])  # no "minority-only"
     after = make_image("after-heal")
-    push_ok(cut, "part/app", "after-heal", after)
+    push_ok(cut, repo, "after-heal", after)
     for n in majority:
-        check_pull(n, "part/app", "after-heal", after)
+        check_pull(n, repo, "after-heal", after)
 
 
-def test_cut_follower(net_cluster: Cluster) -> None:
-    three(net_cluster)
-    leader = net_cluster.leader()
-    follower = next(n for n in net_cluster.nodes if n is not leader)
-    partition_then_heal(net_cluster, follower)
+def test_cut_follower(net_three: Cluster) -> None:
+    leader = net_three.leader()
+    follower = next(n for n in net_three.nodes if n is not leader)
+    partition_then_heal(net_three, follower, "part/follower")
 
 
-def test_cut_leader(net_cluster: Cluster) -> None:
-    three(net_cluster)
-    leader = net_cluster.leader()
-    partition_then_heal(net_cluster, leader)
+def test_cut_leader(net_three: Cluster) -> None:
+    leader = net_three.leader()
+    partition_then_heal(net_three, leader, "part/leader")
     # The majority elected another leader while the old one was cut off.
-    assert net_cluster.status()["scenario"] == "healthy"
+    assert net_three.status()["scenario"] == "healthy"
 
 
 def skopeo(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -186,12 +219,12 @@ def skopeo(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def test_tls_everywhere_on_a_network_cluster(net_cluster: Cluster, tmp_path: Path) -> None:
+def test_tls_everywhere_on_a_network_cluster(net_three: Cluster, tmp_path: Path) -> None:
     """Issue 12's check: three replicas on non-loopback addresses; no process without a
     cluster certificate reads or writes any etcd member; skopeo copies an image over HTTPS
     trusting nothing but what `moorage ca export` wrote, and is refused without it."""
-    cluster = net_cluster
-    nodes = three(cluster)
+    cluster = net_three
+    nodes = cluster.nodes
     assert all(n.url.startswith("https://10.77.") for n in nodes), nodes
     first = TlsDir(nodes[0].data_dir)
     foreign = issue(pki.create_ca("someone-else"), tmp_path / "foreign", "intruder")
