@@ -27,9 +27,9 @@ from moorage.api import auditing
 from moorage.api.cluster import UnknownMember, admin
 from moorage.api.state import AppState
 from moorage.cluster.webhook_input import new_webhook
-from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo
+from moorage.cluster.webhooks import MAX_WEBHOOKS, RequestInfo, Webhooks
 from moorage.meta.etcd import EtcdCluster
-from moorage.meta.ops import Op
+from moorage.meta.ops import Guard, Op
 from moorage.meta.records import ManifestRecord
 from moorage.meta.webhooks import WebhookRecord
 from moorage.registry.manifests import Notice
@@ -56,19 +56,29 @@ def request_info(request: Request) -> RequestInfo:
 
 
 async def push_notice(request: Request, st: AppState, repository: str) -> Notice | None:
-    """What a push writes for its event, in its own transaction (None: no webhook wants
-    pushes, read afresh; StoreUnavailable when the store does not answer)."""
-    webhooks = st.webhooks
-    if webhooks is None or not await webhooks.wanted("push"):
+    """What a push writes for its event, in its own transaction (None: this worker has no
+    webhooks): `notice_for` the request."""
+    if st.webhooks is None:
         return None
-    info = request_info(request)
+    return notice_for(st.webhooks, repository, request_info(request))
 
-    def notice(record: ManifestRecord, tags: list[str]) -> list[Op]:
+
+def notice_for(webhooks: Webhooks, repository: str, info: RequestInfo) -> Notice:
+    """A push's event write and the guard that keeps the webhooks it went by current. No
+    store read per push: the webhooks as last read, read afresh when the guard refused
+    (cluster/webhooks.py `for_push`)."""
+
+    async def notice(
+        record: ManifestRecord, tags: list[str], fresh: bool
+    ) -> tuple[list[Guard], list[Op]]:
+        guard, known = await webhooks.for_push(fresh)
+        if not any("push" in h.events for h in known):
+            return [guard], []
         tag = tags[0] if tags else ""
         event = webhooks.event(
             "push", repository, info, record.digest, record.media_type, record.size, tag
         )
-        return [webhooks.outbox_op(event)]
+        return [guard], [webhooks.outbox_op(event, known)]
 
     return notice
 

@@ -174,6 +174,8 @@ class Dispatcher:
         """The watch saw these keys change: wake whoever they concern."""
         for key in changed:
             if key.startswith((keys.WEBHOOK_HOOKS, keys.WEBHOOK_OUTBOX)):
+                if key.startswith(keys.WEBHOOK_HOOKS):
+                    self.webhooks.forget_push_view()
                 self.wake.set()
                 continue
             for prefix in (keys.WEBHOOK_QUEUE, keys.WEBHOOK_CLAIMS):

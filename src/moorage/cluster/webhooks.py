@@ -6,7 +6,10 @@ once from a queue in etcd (the deliveries themselves: cluster/webhook_dispatch.p
   down to meta/base.py): an acknowledged push always has its event, a push that failed never
   has one, and a replica lost right after a push loses nothing (the outbox is in etcd).
   `wanted` reads the webhooks afresh first, so a cluster without a webhook that wants the
-  action writes nothing more.
+  action writes nothing more. A push instead uses the webhooks as last read here
+  (`for_push`), with a guard in its transaction that refuses it once a webhook was added or
+  removed since (`keys.WEBHOOK_SET`): its retry reads them afresh. So an acknowledged push
+  has the event of every webhook added before it committed, without a read per push.
 - Pull events (optional per webhook) never wait on etcd: the webhooks that want them are
   read from a copy the dispatcher keeps current, and the write runs in the background,
   the pulls of half a second together; `aclose` (a worker's graceful stop, SIGTERM) queues
@@ -28,7 +31,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +40,7 @@ import httpx
 from moorage import __version__
 from moorage.errors import MoorageError
 from moorage.meta.cluster_store import ClusterStore
-from moorage.meta.ops import Op
+from moorage.meta.ops import Guard, Op
 from moorage.meta.webhook_seal import Sealer
 from moorage.meta.webhooks import (
     KEEP_DELIVERIES,
@@ -127,6 +130,8 @@ class Webhooks:
         self.source_addr = source_addr
         #: The webhooks as of the dispatcher's last round (pull events read only this).
         self.known: list[WebhookRecord] = []
+        #: What pushes go by (`for_push`): the webhooks and the guard they were read under.
+        self._push_view: tuple[Guard, list[WebhookRecord]] | None = None
         self._pulls: list[dict[str, Any]] = []
         self._client: httpx.AsyncClient | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -193,11 +198,24 @@ class Webhooks:
         self.known = await self.store.hooks()
         return self.wants(action)
 
-    def outbox_op(self, event: dict[str, Any]) -> Op:
-        """The write that puts `event` in the outbox, for the webhooks `wanted` found that
-        want it: part of its change's transaction."""
+    async def for_push(self, fresh: bool) -> tuple[Guard, list[WebhookRecord]]:
+        """The webhooks a push goes by and the guard for its transaction (refused once a
+        webhook was added or removed since they were read); `fresh`: read them again (the
+        retry of a push the guard refused)."""
+        if fresh or self._push_view is None:
+            self._push_view = await self.store.hooks_guarded()
+        return self._push_view
+
+    def forget_push_view(self) -> None:
+        """A webhook changed (the dispatcher's watch saw it): the next push reads afresh."""
+        self._push_view = None
+
+    def outbox_op(self, event: dict[str, Any], known: Sequence[WebhookRecord] | None = None) -> Op:
+        """The write that puts `event` in the outbox, for the webhooks that want it (of
+        `known`, else those `wanted` found): part of its change's transaction."""
         now = time.time()
-        hooks = tuple(h.id for h in self.known if event["action"] in h.events)
+        among = self.known if known is None else known
+        hooks = tuple(h.id for h in among if event["action"] in h.events)
         item = QueuedEvent(event, self.replica_id, round(now, 3), hooks=hooks)
         return self.store.outbox_op(seq(now), item)
 

@@ -258,8 +258,8 @@ class MetaStore(ABC):
         reference, nor the manifest's own bytes, may have a tombstone. References only
         read (beyond one transaction's guards) are covered by a pending record written
         before the reads and removed with the commit: collection marks what it references.
-        BlobCollecting when the manifest's own bytes are being collected. `also`: writes
-        made in the same transaction (the push's webhook event: meta/webhooks.py).
+        BlobCollecting when the manifest's own bytes are being collected. `also`: writes of
+        the same transaction (the push's webhook event), read after each attempt's `check`.
         """
         extra = list(await check()) if check is not None else []
         blob_refs, child_refs = list(dict.fromkeys(blobs)), list(dict.fromkeys(manifests))

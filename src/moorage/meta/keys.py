@@ -62,6 +62,8 @@ def tag_cache_member(name: str) -> bytes:
 #: Webhooks (moorage.meta.webhooks, moorage.cluster.webhooks), outside ROOT: operational
 #: state that backups do not carry.
 #:     hooks/<id>                   the webhook: url, events, secret (sealed, never shown back)
+#:     set                          rewritten with every add and remove of a webhook: a push's
+#:                                  transaction is guarded by the revision it knew it at
 #:     outbox/<seq>                 a push's or delete's event, written in its transaction
 #:     queue/<id>/<due>             an event waiting for delivery to that webhook, keyed by
 #:                                  when it is due (its time, then its next attempt's)
@@ -73,6 +75,7 @@ WEBHOOK_OUTBOX = WEBHOOKS + b"outbox/"
 WEBHOOK_QUEUE = WEBHOOKS + b"queue/"
 WEBHOOK_CLAIMS = WEBHOOKS + b"claims/"
 WEBHOOK_DELIVERIES = WEBHOOKS + b"deliveries/"
+WEBHOOK_SET = WEBHOOKS + b"set"
 
 
 def webhook(hook_id: str) -> bytes:

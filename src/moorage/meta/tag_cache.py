@@ -49,6 +49,7 @@ LEASE_TTL = 10  # a member that vanished stops being waited for after this (seco
 REPORT_EVERY = 1.0  # progress is written at once after a delete or re-point, else this often
 RECENT = 10_000  # the revisions of the latest deletes and re-points, per tag key
 RETRY_SECONDS = 1.0
+_PROGRESS_EVERY = 0.02  # a writer waiting for its change asks etcd for progress this often
 #: Test suites only: while this file exists in the data directory, the watch applies nothing
 #: (a stalled watch whose keep-alives still succeed: the case the revocation is for).
 STALL_FILE = "tag-watch.stall"
@@ -84,6 +85,7 @@ class TagCache:
         self._reported = 0
         self._urgent = asyncio.Event()
         self._progressed = asyncio.Event()
+        self._ask_after = 0.0  # no progress request before this (time.monotonic())
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._floor = 0  # the newest revision dropped from _recent
         self._watch: TagWatch | None = None
@@ -150,9 +152,13 @@ class TagCache:
                 return False
             waiter = self._progressed
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.02):
+                async with asyncio.timeout(_PROGRESS_EVERY):
                     await waiter.wait()
-            if self.progress < revision and self._watch is not None:
+            # One progress request per interval for all the writers waiting: etcd answers
+            # it on the watch stream, which wakes every one of them.
+            now = time.monotonic()
+            if self.progress < revision and self._watch is not None and now >= self._ask_after:
+                self._ask_after = now + _PROGRESS_EVERY
                 with contextlib.suppress(StoreUnavailable):
                     await self._watch.request_progress()
         return self.progress >= revision

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from moorage.meta import keys
-from moorage.meta.base import MUST_EXIST, STORE_PAGE, Delete, Op, Put, op_batches
+from moorage.meta.base import MUST_EXIST, STORE_PAGE, Delete, Guard, Op, Put, op_batches
 from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.records import dumps
 from moorage.meta.webhook_seal import Sealer
@@ -221,6 +221,14 @@ class WebhookStore:
         self.sealer = sealer or Sealer(b"")
 
     # -- webhooks ------------------------------------------------------------------------
+    async def hooks_guarded(self) -> tuple[Guard, list[WebhookRecord]]:
+        """The webhooks, and a guard that refuses a transaction once one was added or
+        removed since (the revision of `keys.WEBHOOK_SET`, read first: a change between the
+        two reads makes the guard refuse, never pass, a push that missed it)."""
+        (kv,) = await self.store._get_many([keys.WEBHOOK_SET])
+        guard = (keys.WEBHOOK_SET, kv.mod_revision if kv is not None else 0)
+        return guard, await self.hooks()
+
     async def hooks(self) -> list[WebhookRecord]:
         end = keys.prefix_end(keys.WEBHOOK_HOOKS)
         kvs, _ = await self.store._range(
@@ -243,14 +251,15 @@ class WebhookStore:
     async def add(self, record: WebhookRecord) -> bool:
         """Create the webhook (False when one of that id exists)."""
         key = keys.webhook(record.id)
-        return await self.store._txn([(key, 0)], [Put(key, record.encode(self.sealer))])
+        ops = [Put(key, record.encode(self.sealer)), Put(keys.WEBHOOK_SET, b"")]
+        return await self.store._txn([(key, 0)], ops)
 
     async def remove(self, hook_id: str) -> bool:
         """Delete the webhook, then its queue, claims and deliveries (in bounded batches)."""
         key = keys.webhook(hook_id)
         if await self.store._get(key) is None:
             return False
-        await self.store._txn([], [Delete(key)])
+        await self.store._txn([], [Delete(key), Put(keys.WEBHOOK_SET, b"")])
         for prefix in (
             keys.webhook_queue(hook_id),
             keys.webhook_claim(hook_id),

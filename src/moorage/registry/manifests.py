@@ -29,9 +29,11 @@ from moorage.registry.uploads import link_stored, settle
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
 
-#: Writes to make in the push's own transaction, given what was pushed and its tags (the
-#: push's webhook event: moorage.api.webhooks).
-Notice = Callable[[ManifestRecord, list[str]], Sequence[Op]]
+#: Guards and writes for the push's own transaction, given what was pushed, its tags and
+#: whether to read afresh (a retry): the push's webhook event (moorage.api.webhooks).
+Notice = Callable[
+    [ManifestRecord, list[str], bool], Awaitable[tuple[Sequence[Guard], Sequence[Op]]]
+]
 #: Writes to make in the transaction of a delete the registry decides itself (retention, garbage
 #: collection), given the repository, the digest or tag, and who deletes: its webhook event.
 DeleteNotice = Callable[[str, str, str, str], Awaitable[Sequence[Op]]]
@@ -180,17 +182,24 @@ class Manifests:
         )
         referrer = _referrer_descriptor(record, manifest) if manifest.subject else None
         unique_tags = list(dict.fromkeys(tags))
-        also = list(notice(record, unique_tags)) if notice is not None else []
+        also: list[Op] = []  # the event's writes: filled in by `check`, on every attempt
         sparse = (await self.policies.applicable(repo, fresh=False)).allow_sparse
         blobs, children = ([], []) if sparse else _requirements(manifest)
         checks = 0
 
-        async def check() -> list[Guard]:  # immutable tags and the quota (meta/policies.py)
+        async def check() -> list[Guard]:
+            # Immutable tags and the quota (meta/policies.py), and the webhooks the event
+            # goes to; the first from what was last read, a retry reads afresh. put_manifest
+            # takes `also` after calling this, so a retry writes the event it decided.
             nonlocal checks
-            checks += 1  # the first from the policies as last read, a retry reads afresh
-            return await self.policies.push_guards(
+            checks += 1
+            guards = await self.policies.push_guards(
                 repo, str(digest), unique_tags, len(body), fresh=checks > 1
             )
+            if notice is not None:
+                event_guards, also[:] = await notice(record, unique_tags, checks > 1)
+                guards += event_guards
+            return guards
 
         async def record_it() -> list[str]:
             # A link is not proof of bytes: a recovery (emergency repair, restore) can bring
