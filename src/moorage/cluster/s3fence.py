@@ -153,6 +153,9 @@ class S3FenceWatch:
         """One read of the marker, cut at `read_timeout`: whether it succeeded (if not,
         `last_error` says why; a failure is logged when it starts or changes)."""
         try:
+            # The client first, outside the cut: building one parses botocore's models (up to
+            # seconds of CPU on a busy machine), and one cancelled midway is begun again.
+            await self.control.client()
             await asyncio.wait_for(self.refresh(), self.read_timeout)
         except TimeoutError:
             error = f"no answer within {self.read_timeout:g} s"
