@@ -15,7 +15,6 @@ from starlette.routing import Route
 from moorage.api import auditing
 from moorage.api import join_tokens as join_api
 from moorage.api.errors import admin_error
-from moorage.api.health import fence_refusal
 from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.cluster import join_tokens, membership
@@ -134,10 +133,7 @@ async def _read_body(request: Request) -> bytes | None:
 
 
 def _fenced(st: AppState) -> JSONResponse | None:
-    try:
-        why = fence_refusal(st)
-    except OSError as exc:
-        why = f"storage: cannot check the fence marker in {st.config.storage}: {exc}"
+    why = st.write_refusal()
     return None if why is None else _error(503, "UNAVAILABLE", f"fenced: {why}")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -11,12 +9,6 @@ from moorage import __version__
 from moorage.api.errors import error_response
 from moorage.api.state import AppState
 from moorage.cluster.replica import READ_ONLY_MESSAGE
-
-
-def fence_refusal(st: AppState) -> str | None:
-    """The admin API's fence check: `Replica.fence_refusal` (raises OSError when the marker
-    cannot be checked)."""
-    return st.fence_refusal()
 
 
 def acknowledge_write(st: AppState, response: Response) -> Response:
@@ -36,14 +28,16 @@ async def ping(request: Request) -> Response:
     `?writable=1` answers 503 whenever pushes would fail, for routing writes.
     """
     st: AppState = request.app.state.moorage
-    with contextlib.suppress(OSError):
-        st.fence_refusal()
     problem = st.problem()
     if problem is None:
         return JSONResponse({"healthy": True})
     writable = request.query_params.get("writable", "") not in ("", "0", "false")
     if st.read_only and st.storage.healthy and not writable and not st.fenced:
         return JSONResponse({"healthy": False, "read_only": True, "error": READ_ONLY_MESSAGE})
+    if not writable and st.etcd.healthy and st.storage.healthy and not st.fenced:
+        # Only the fence marker's check fails (on S3, its last read is too old: the store
+        # just came back): pulls work, pushes are refused until the next read.
+        return JSONResponse({"healthy": False, "read_only": True, "error": problem})
     body: dict[str, object] = {"healthy": False, "error": problem}
     if st.read_only:
         body["read_only"] = True
@@ -52,8 +46,6 @@ async def ping(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     st: AppState = request.app.state.moorage
-    with contextlib.suppress(OSError):
-        st.fence_refusal()
     problem = st.problem()
     free = st.registry.storage.free_bytes()
     doc = {

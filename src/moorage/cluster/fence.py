@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from moorage.cluster.s3fence import S3FenceWatch
 
 FENCE_FILE = "fence.json"
+#: How a refusal begins when the marker cannot be checked (status recognises it in /_ping).
+FENCE_UNCHECKED = "storage: cannot check the fence marker"
 
 
 class Fenced(MoorageError):
@@ -135,6 +137,8 @@ class FenceCheck(Protocol):
 
     def check(self) -> str | None: ...
 
+    async def read_once(self) -> bool: ...
+
     async def run(self) -> None: ...
 
 
@@ -183,6 +187,10 @@ class FenceWatch:
         )
         self._key, self._checked, self.verdict = key, True, verdict
         return verdict
+
+    async def read_once(self) -> bool:
+        """Nothing to read ahead: every check stats the file."""
+        return True
 
     async def run(self) -> None:
         """Nothing to keep fresh: every check stats the file."""

@@ -221,7 +221,8 @@ async def running(
         except MoorageError as exc:
             log.warning("store not ready at start: %s", exc)
 
-    await asyncio.gather(first_start(), check_once(replica))
+    # The fence marker's first read too (on S3): until it succeeds, writes are refused.
+    await asyncio.gather(first_start(), check_once(replica), replica.fence_watch.read_once())
     tasks = [
         asyncio.create_task(replica.fence_watch.run()),  # on S3: keeps the marker's read fresh
         asyncio.create_task(health_loop(replica, observe)),

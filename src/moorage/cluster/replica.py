@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from moorage.audit import AuditSink, LoggingSink
 from moorage.auth.access import AdminOnlyAuthorizer, Authorizer
 from moorage.auth.base import Authenticator
-from moorage.cluster.fence import FenceCheck, fence_watch
+from moorage.cluster.fence import FENCE_UNCHECKED, FenceCheck, fence_watch
 from moorage.cluster.heartbeat import Heartbeat
 from moorage.cluster.webhooks import Webhooks
 from moorage.config import ReplicaConfig
@@ -72,13 +72,22 @@ class Replica:
     def write_refusal(self) -> str | None:
         """The fence check before a write is acknowledged: why it must not be, or None. A
         marker that cannot be checked refuses too (see moorage.cluster.fence)."""
+        unchecked = self.fence_unchecked()
+        return self.fenced or unchecked
+
+    def fence_unchecked(self) -> str | None:
+        """Why writes are refused because the fence marker cannot be checked now (on S3: its
+        last read is too old, e.g. just after an outage of the store), or None."""
         try:
-            return self.fence_refusal()
+            self.fence_refusal()
         except OSError as exc:
-            return f"storage: cannot check the fence marker in {self.config.storage}: {exc}"
+            return f"{FENCE_UNCHECKED} in {self.config.storage}: {exc}"
+        return None
 
     def problem(self) -> str | None:
-        """Why this replica is not healthy, or None."""
+        """Why this replica is not healthy, or None. A marker that cannot be checked is a
+        problem too: the storage probe may answer while no write can be acknowledged."""
+        unchecked = self.fence_unchecked()
         if self.fenced:
             return f"fenced: {self.fenced}"
         if self.read_only:
@@ -87,4 +96,4 @@ class Replica:
             return f"etcd: {self.etcd.error}"
         if not self.storage.healthy:
             return f"storage: {self.storage.error}"
-        return None
+        return unchecked

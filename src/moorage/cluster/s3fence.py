@@ -23,12 +23,21 @@ finds it. (Times are on different hosts' clocks; only elapsed seconds are compar
 only their rates need agree.) Every replica and the repair must use the same G: on S3 it is 5
 seconds unless `MOORAGE_FENCE_GRACE` says otherwise (at least 1 s: below that the reads
 could not keep up), set alike on every host.
+
+After an outage of the store: a read is one attempt (no botocore retries), and a failed
+read is tried again after `RETRY_AFTER_FAILURE`, not after the usual `grace / 4`. With
+botocore's three attempts per read (each retried connection refused costs seconds of a busy
+machine's CPU) and a full period after each failure, a replica saw the store's return up to
+about `grace + grace / 4` seconds late and refused every write meanwhile, while its storage
+probe already said healthy; now it is one retry interval plus one read once the store
+accepts connections. Until then the replica says so (`Replica.problem`): its `/_ping` reads
+as pulls-only, `?writable=1` answers 503, and `moorage status` shows it as starting, with
+this module's message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -45,6 +54,8 @@ log = logging.getLogger("moorage.fence")
 FENCE_OBJECT = FENCE_FILE
 S3_FENCE_GRACE = 5.0
 MIN_S3_FENCE_GRACE = 1.0
+#: Seconds before a failed read of the marker is tried again (at most `grace / 4`).
+RETRY_AFTER_FAILURE = 0.5
 
 
 class FenceConflict(MoorageError):
@@ -103,21 +114,29 @@ class S3FenceWatch:
     def __init__(self, config: ReplicaConfig, grace: float) -> None:
         self.config = config
         self.grace = grace
-        self.control = S3Control(parse(config.storage))
+        # One attempt per read (the loop in `run` is the retry), cut at the grace: a read
+        # that succeeds later than that is of no use to `check`; a shorter cut would refuse
+        # every write on a machine so loaded that a GET takes seconds.
+        self.read_timeout = grace
+        self.control = S3Control(parse(config.storage), attempts=1, read_timeout=grace)
         self.verdict: str | None = None
+        self.reads = 0  # reads that succeeded
+        self.failed_reads = 0  # reads that failed since the last one that succeeded
+        self.last_error: str | None = None  # why the last read failed (None: it succeeded)
         self._read_at: float | None = None  # monotonic start of the last successful read
 
     def check(self) -> str | None:
         """Why this replica is fenced, or None; OSError when the last read is too old."""
         if self.verdict is not None:
             return self.verdict
+        why = f"; the last attempt: {self.last_error}" if self.last_error else ""
         if self._read_at is None:
-            raise OSError(f"the fence marker in {self.control.where} was not read yet")
+            raise OSError(f"the fence marker in {self.control.where} was not read yet{why}")
         age = time.monotonic() - self._read_at
         if age >= self.grace:
             raise OSError(
                 f"the fence marker in {self.control.where} could not be read for {age:.0f} s "
-                "(the object store does not answer?)"
+                f"(the object store does not answer?){why}"
             )
         return None
 
@@ -130,15 +149,37 @@ class S3FenceWatch:
         self._read_at = started
         return self.verdict
 
+    async def read_once(self) -> bool:
+        """One read of the marker, cut at `read_timeout`: whether it succeeded (if not,
+        `last_error` says why; a failure is logged when it starts or changes)."""
+        try:
+            # The client first, outside the cut: building one parses botocore's models (up to
+            # seconds of CPU on a busy machine), and one cancelled midway is begun again.
+            await self.control.client()
+            await asyncio.wait_for(self.refresh(), self.read_timeout)
+        except TimeoutError:
+            error = f"no answer within {self.read_timeout:g} s"
+        except MoorageError as exc:
+            error = str(exc)
+        else:
+            if self.failed_reads:
+                log.warning("fence marker read again after %d failed read(s)", self.failed_reads)
+            self.reads += 1
+            self.failed_reads, self.last_error = 0, None
+            return True
+        if error != self.last_error:
+            log.warning("fence marker not read: %s", error)
+        self.failed_reads += 1
+        self.last_error = error
+        return False
+
     async def run(self) -> None:
-        """Re-read the marker every `grace / 4` seconds, for as long as the task lives."""
+        """Re-read the marker every `grace / 4` seconds, and `RETRY_AFTER_FAILURE` seconds
+        after a failed read, for as long as the task lives."""
+        retry = min(RETRY_AFTER_FAILURE, self.grace / 4)
         try:
             while self.verdict is None:
-                with contextlib.suppress(TimeoutError):
-                    try:
-                        await asyncio.wait_for(self.refresh(), self.grace)
-                    except MoorageError as exc:
-                        log.warning("fence marker not read: %s", exc)
-                await asyncio.sleep(self.grace / 4)
+                ok = await self.read_once()
+                await asyncio.sleep(self.grace / 4 if ok else retry)
         finally:
             await self.control.aclose()

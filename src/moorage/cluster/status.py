@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from moorage.cluster.facts import HEARTBEAT_FRESH, PING_TIMEOUT, Facts, fault_tolerance, gather
+from moorage.cluster.fence import FENCE_UNCHECKED
 from moorage.cluster.guidance import (
     JOIN_PLACEHOLDERS,
     PASSWORD_NOTE,
@@ -235,6 +236,10 @@ def _starting_progress(
         # Its last store check met a leader election (the member follows a leader now): it
         # is healthy again at its next check. Wait; never remove it for that.
         steps.append("its API's last store check met a leader election")
+    if not steps and ping[1] and FENCE_UNCHECKED in ping[1]:
+        # Blob storage answers its probe again, but the fence marker's last read is older
+        # than the grace (the store was just unreachable): it takes writes at the next read.
+        steps.append("its API has not yet read the fence marker again since blob storage returned")
     if not steps:
         return None
     top = _leader_index(facts, leader)

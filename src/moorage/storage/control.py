@@ -172,16 +172,22 @@ class S3Control(ControlStore):
     `aclose` at the end). Every S3 failure raises StorageUnavailable saying which request
     failed and why."""
 
-    def __init__(self, location: S3Location) -> None:
+    def __init__(self, location: S3Location, attempts: int = 3, read_timeout: float = 30.0) -> None:
+        """`attempts` and `read_timeout` per request as `open_client` takes them (the fence
+        watch tries once, briefly: its own loop is the retry)."""
         self.location = location
         self.where = location.url()
+        self.attempts = attempts
+        self.read_timeout = read_timeout
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: S3Client | None = None
 
     async def client(self) -> S3Client:
         if self._client is None:
             stack = contextlib.AsyncExitStack()
-            self._client = await stack.enter_async_context(open_client(self.location))
+            self._client = await stack.enter_async_context(
+                open_client(self.location, attempts=self.attempts, read_timeout=self.read_timeout)
+            )
             self._stack = stack
         return self._client
 

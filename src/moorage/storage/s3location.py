@@ -171,14 +171,15 @@ async def open_client(
     attempts: int = 3,
 ) -> AsyncIterator[S3Client]:
     """An aiobotocore S3 client for `location` (credentials from botocore's chain); each
-    request is tried `attempts` times."""
+    request is tried `attempts` times in all (botocore's `max_attempts` counts only the
+    retries: it tried one more time than asked, and the one-shot probes twice)."""
     from aiobotocore.config import AioConfig
 
     config = AioConfig(
         region_name=location.region,
         signature_version="s3v4",
         s3={"addressing_style": location.addressing},
-        retries={"max_attempts": attempts, "mode": "standard"},
+        retries={"total_max_attempts": attempts, "mode": "standard"},
         connect_timeout=min(read_timeout, 10.0),
         read_timeout=read_timeout,
         max_pool_connections=max_connections,
