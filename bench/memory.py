@@ -8,8 +8,9 @@
    layer) `--rounds` times.
 
 The RSS of every process is sampled every 50 ms; each phase reports the peak per kind of
-process (main: the supervisor, which runs granian's main loop; API workers; etcd), of their
-sum, and of their summed PSS (shared pages counted once: the workers fork from main).
+process (main: the replica process, which serves the API itself with one worker, or runs
+granian's main loop with `--workers N`; API workers, when forked; etcd), of their sum, and of
+their summed PSS (shared pages counted once: the workers fork from main).
 "Flat" means the push and pull peaks stay near the idle figure whatever the blob size and
 the number of clients.
 """

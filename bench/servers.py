@@ -57,8 +57,9 @@ def _rss_bytes(pid: int) -> int:
 
 
 def role_of(pid: int, root: int) -> str:
-    """What a process of a server's tree is: the root process (Moorage's supervisor, which
-    also runs granian's main loop; Distribution's only process), etcd, or an API worker."""
+    """What a process of a server's tree is: the root process (Moorage's replica process,
+    which serves the API itself with one worker; Distribution's only process), etcd, or a
+    forked API worker (`--workers N`)."""
     if pid == root:
         return "main"
     try:

@@ -30,8 +30,9 @@ def test_new_data_dir_becomes_a_cluster(registry: Replica) -> None:
     assert config["storage"] == str(registry.data_dir / "blobs")
     assert (registry.data_dir / "etcd" / "member").is_dir()
     pids = registry.pids()
-    assert {"moorage", "etcd"} <= set(pids)
-    assert any(name.startswith("api-") for name in pids)
+    # One API worker (the default): the replica process serves the API itself, so a
+    # replica is two processes, itself and its etcd member.
+    assert set(pids) == {"moorage", "etcd", f"api-{pids['moorage']}"}
     for pid in pids.values():
         assert str(registry.data_dir) in _cmdline(pid)
     health = httpx.get(f"{registry.url}/api/v0/health").json()
@@ -146,9 +147,37 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def test_several_workers_fork_and_a_killed_one_is_replaced(tmp_path: Path) -> None:
+    """--workers 2: the API workers are processes forked from the replica process; one that
+    dies is replaced and the replica keeps answering."""
+    r = Replica(tmp_path / "data", workers=2)
+    r.start()
+    try:
+        pids = r.pids()
+        workers = {pid for name, pid in pids.items() if name.startswith("api-")}
+        assert len(workers) == 2
+        assert pids["moorage"] not in workers
+        victim = workers.pop()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        now: set[int] = set()
+        while time.monotonic() < deadline:
+            now = {p for n, p in r.pids().items() if n.startswith("api-") and not _gone(p)}
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        assert victim not in now, r.log_tail()
+        assert len(now) == 2, r.log_tail()
+        for _ in range(4):  # both workers answer, whichever takes the connection
+            assert httpx.get(f"{r.url}/_ping").status_code == 200
+    finally:
+        r.stop()
+
+
 def test_replica_starts_again_after_its_supervisor_is_sigkilled(fresh_replica: Replica) -> None:
-    """Only the supervisor dies (as by the OOM killer): its API workers follow it instead of
-    keeping the port and the data directory's lock, and the replica starts again."""
+    """The replica process dies (as by the OOM killer): it serves the API itself (one
+    worker, the default), so nothing keeps the port or the data directory's lock, and the
+    replica starts again over the etcd member it left."""
     r = fresh_replica
     r.start()
     blob = b"kept across a supervisor crash"

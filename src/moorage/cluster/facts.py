@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
-
 from moorage.errors import MoorageError
 from moorage.logs import current_request_id
 from moorage.meta.etcd_members import ClientTls, Member, MemberStatus
@@ -23,6 +21,8 @@ from moorage.meta.records import HeartbeatRecord, ReplicaRecord
 from moorage.pki.trust import client_context
 
 if TYPE_CHECKING:
+    import httpx
+
     from moorage.meta.etcd import EtcdCluster
 
 # The etcd client is imported where used: `moorage status` imports this module for `Facts`
@@ -52,6 +52,8 @@ def fault_tolerance(voters: int) -> int:
 
 async def _ping(client: httpx.AsyncClient, url: str) -> tuple[int, str | None]:
     # The request asking for the status lends its id: the peers log their pings under it.
+    import httpx
+
     rid = current_request_id()
     headers = {"X-Request-Id": rid} if rid is not None else None
     try:
@@ -93,6 +95,8 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0)
     async def status_of(m: Member) -> tuple[int, MemberStatus | str]:
         url = client_url(m)
         return m.id, (await _status(url, store.tls) if url else "not started yet")
+
+    import httpx  # loaded by the first status request, not by every API worker's start
 
     async with httpx.AsyncClient(verify=client_context()) as client:
         statuses, pings = await asyncio.gather(

@@ -33,9 +33,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from moorage import __version__
 from moorage.errors import MoorageError
@@ -50,6 +48,9 @@ from moorage.meta.webhooks import (
     WebhookRecord,
     WebhookStore,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("moorage.webhooks")
 
@@ -139,6 +140,8 @@ class Webhooks:
     def client(self) -> httpx.AsyncClient:
         """One HTTP client per worker (a new one per POST costs a TLS context each)."""
         if self._client is None:
+            import httpx  # loaded by the first delivery (with click and pygments here)
+
             self._client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
         return self._client
 
@@ -279,6 +282,8 @@ async def post(
     client: httpx.AsyncClient, hook: WebhookRecord, body: bytes, replica_id: str, attempt: int
 ) -> tuple[int | None, str | None]:
     """POST one envelope: (status code, None) on 2xx/3xx, else (status or None, why)."""
+    import httpx
+
     headers = {
         "Content-Type": MEDIA_TYPE,
         "User-Agent": f"moorage/{__version__}",

@@ -2,14 +2,17 @@
 
 1. `moorage.cluster.supervisor.supervise` locks the data directory, starts the replica's
    etcd member and keeps it running (its watchdog), and stops it at the end;
-2. granian serves HTTP: its worker processes fork from this one (so every process carries
-   the absolute data directory in its command line) and each calls
-   `moorage.server.worker.create_app`;
-3. on SIGTERM/SIGINT the workers stop, then etcd.
+2. HTTP: with one API worker (the default) this process serves it itself
+   (`moorage.server.inprocess`: granian's embedded server on this process's loop; a
+   replica is then this process and etcd); with `--workers N` (N > 1) granian's worker
+   processes fork from this one (so every process carries the absolute data directory in
+   its command line) and each calls `moorage.server.worker.create_app`;
+3. on SIGTERM/SIGINT the API stops serving, then etcd.
 
 This module must not import the worker's modules (the HTTP layer): prometheus_client picks
-its multiprocess mode when it is first imported, and that must happen in the workers, after
-PROMETHEUS_MULTIPROC_DIR is set here (tests/test_server.py checks it).
+its multiprocess mode when it is first imported, and that must happen after
+PROMETHEUS_MULTIPROC_DIR is set here (tests/test_server.py checks it); `inprocess` imports
+them by name once it is.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import shutil
 import threading
 
 from moorage import logs
-from moorage.cluster.supervisor import supervise
-from moorage.config import DataDir
+from moorage.cluster.supervisor import EtcdWatchdog, supervise
+from moorage.config import DataDir, ReplicaConfig
 from moorage.server import transport
 
 log = logging.getLogger("moorage.server")
@@ -33,9 +36,6 @@ BLOCKING_THREADS = 16  # granian's threads for file reads (pathsend), per worker
 
 def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
     """Run the replica in the foreground until SIGTERM/SIGINT."""
-    from granian import Granian  # the server is only needed in this process
-    from granian.constants import SSLProtocols
-
     config = data_dir.load()
     tls = transport.material(config)  # refuses before anything starts
     with supervise(data_dir, config, admin_password) as watchdog:
@@ -45,34 +45,49 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ.pop("MOORAGE_ADMIN_PASSWORD", None)  # workers never need it
-        server = Granian(
-            WORKER_APP,
-            factory=True,
-            interface="asgi",  # type: ignore[arg-type]
-            address=config.http_host,
-            port=config.http_port,
-            workers=workers,
-            respawn_failed_workers=True,
-            log_access=False,  # moorage.api.access_log writes the access lines
-            log_dictconfig=logs.granian_config(config.log_format, config.replica_id),
-            # TLS: files re-read by each new worker (see transport.watch); TLS 1.2 floor.
-            ssl_cert=tls.cert if tls else None,
-            ssl_key=tls.key if tls else None,
-            ssl_protocol_min=SSLProtocols.tls12,
-            # Memory stays flat under many concurrent pulls: each response in flight holds a
-            # write buffer and a file read, and granian would start up to 512 threads for
-            # those reads. Requests beyond BACKPRESSURE wait for a free slot (per worker).
-            backpressure=BACKPRESSURE,
-            runtime_blocking_threads=BLOCKING_THREADS,
-        )
-        watchdog.give_up = server.signal_handler_interrupt
-        watchdog.start()
-        stop_watch = threading.Event()
-        if tls is not None:
-            transport.watch(tls, server.signal_handler_reload, stop_watch)
-        log.info("replica %s serving on %s", config.replica_id, config.url)
-        try:
-            with contextlib.suppress(SystemExit):
-                server.serve()
-        finally:
-            stop_watch.set()
+        if workers == 1:
+            from moorage.server.inprocess import serve_here
+
+            serve_here(config, tls, watchdog, BACKPRESSURE, BLOCKING_THREADS)
+        else:
+            _serve_forked(config, tls, watchdog, workers)
+
+
+def _serve_forked(
+    config: ReplicaConfig, tls: transport.Material | None, watchdog: EtcdWatchdog, workers: int
+) -> None:
+    """granian's main loop here, `workers` API worker processes forked from this one."""
+    from granian import Granian  # the server is only needed in this process
+    from granian.constants import SSLProtocols
+
+    server = Granian(
+        WORKER_APP,
+        factory=True,
+        interface="asgi",  # type: ignore[arg-type]
+        address=config.http_host,
+        port=config.http_port,
+        workers=workers,
+        respawn_failed_workers=True,
+        log_access=False,  # moorage.api.access_log writes the access lines
+        log_dictconfig=logs.granian_config(config.log_format, config.replica_id),
+        # TLS: files re-read by each new worker (see transport.watch); TLS 1.2 floor.
+        ssl_cert=tls.cert if tls else None,
+        ssl_key=tls.key if tls else None,
+        ssl_protocol_min=SSLProtocols.tls12,
+        # Memory stays flat under many concurrent pulls: each response in flight holds a
+        # write buffer and a file read, and granian would start up to 512 threads for
+        # those reads. Requests beyond BACKPRESSURE wait for a free slot (per worker).
+        backpressure=BACKPRESSURE,
+        runtime_blocking_threads=BLOCKING_THREADS,
+    )
+    watchdog.give_up = server.signal_handler_interrupt
+    watchdog.start()
+    stop_watch = threading.Event()
+    if tls is not None:
+        transport.watch(tls, server.signal_handler_reload, stop_watch)
+    log.info("replica %s serving on %s", config.replica_id, config.url)
+    try:
+        with contextlib.suppress(SystemExit):
+            server.serve()
+    finally:
+        stop_watch.set()

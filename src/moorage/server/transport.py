@@ -139,6 +139,12 @@ class CloseWhenReplaced:
         self.checked = time.monotonic()
         self.replaced = False
 
+    def served_again(self) -> None:
+        """The files now on disk are those served (the replica process respawned its
+        server on the same app): keep connections alive again."""
+        self.started = self.found.stamp()
+        self.replaced = False
+
     async def __call__(
         self,
         scope: Message,

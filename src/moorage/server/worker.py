@@ -1,4 +1,6 @@
-"""An API worker of the replica process: `create_app` is the factory granian calls in it.
+"""The replica's API: `in_process_app` is what the replica process serves itself (one API
+worker, the default); `create_app` is the factory granian calls in each forked API worker
+(`moorage run --workers N`, N > 1).
 
 `build_app` assembles the replica a worker serves: blob storage, the journal, the registry
 and authentication (`moorage.cluster.replica.Replica`), its background jobs
@@ -142,7 +144,8 @@ def _bound_malloc() -> None:
     its mmap threshold to the largest buffer freed, after which 4 MiB upload buffers come from
     those arenas and stay there. Two arenas and a fixed 1 MiB threshold (big buffers go back
     to the kernel when freed) keep a worker's memory flat under concurrent pushes. The worker
-    is forked, so the MALLOC_* environment variables would come too late: mallopt."""
+    is forked, or the replica process itself, so the MALLOC_* environment variables would
+    come too late: mallopt."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_ARENA_MAX, 2)
@@ -153,15 +156,28 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
 
 
 def create_app() -> ASGIApp:
-    """Factory the ASGI server calls in each worker; the replica comes from the environment."""
+    """Factory the ASGI server calls in each forked worker; the replica comes from the
+    environment."""
+    return _replica_app(forked=True)
+
+
+def in_process_app() -> ASGIApp:
+    """The app the replica process serves itself (`moorage.server.inprocess`)."""
+    return _replica_app(forked=False)
+
+
+def _replica_app(forked: bool) -> ASGIApp:
     _bound_malloc()
     data_dir = DataDir(os.environ["MOORAGE_DATA_DIR"])
     config = data_dir.load()
     logs.configure(config.log_format, config.replica_id)  # as the replica process's
     trust_data_dir(data_dir.path)  # peers' HTTPS (status pings) chains to the cluster CA
+    # The process serving the API, forked or not: the CA rotation waits for each to move
+    # its etcd client off the local member (cluster.ca_rotation._workers).
     pid_file = data_dir.pid_file(f"api-{os.getpid()}")
     pid_file.write_text(f"{os.getpid()}\n")
-    _exit_with_parent(pid_file)
+    if forked:
+        _exit_with_parent(pid_file)
     meta = EtcdCluster(config.store_endpoints, tls=client_tls(config))
     app = build_app(config, meta)
     tls = transport.material(config)
