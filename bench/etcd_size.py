@@ -28,15 +28,13 @@ import time
 from pathlib import Path
 
 import uvloop
-from harness.process import REPO_ROOT, free_port
+from harness.etcd import start_etcd_member
+from harness.process import REPO_ROOT
 
 from bench.gc import MANIFEST as MANIFEST_TYPE
 from bench.gc import _digest, _each, config_blob, layer_blob, manifest_body
 from bench.report import machine_info
 from moorage.cluster.etcd_defrag import Settings, run_round
-from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.tls import client_tls, create_cluster_tls
-from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.meta.etcd import ClientTls, EtcdCluster
 from moorage.meta.etcd_maintenance import member_status
 from moorage.meta.records import ManifestRecord
@@ -109,25 +107,8 @@ async def measure(url: str, tls: ClientTls, manifests: int) -> list[dict[str, ob
 
 
 def run(root: Path, manifests: int) -> list[dict[str, object]]:
-    data_dir = DataDir(root / "d")
-    data_dir.make_dirs()
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id=new_cluster_id(),
-        replica_id=new_replica_id(),
-        http_addr=f"127.0.0.1:{free_port()}",
-        storage=str(root / "s"),
-        etcd_client_port=free_port(),
-        etcd_peer_port=free_port(),
-    )
-    create_cluster_tls(config)
-    etcd = EtcdProcess(data_dir, config)
-    etcd.start()
-    try:
-        etcd.wait_ready(timeout=60)
-        return uvloop.run(measure(config.etcd_client_url, client_tls(config), manifests))
-    finally:
-        etcd.stop()
+    with start_etcd_member(root) as (url, tls):
+        return uvloop.run(measure(url, tls, manifests))
 
 
 def markdown(rows: list[dict[str, object]], manifests: int) -> str:

@@ -8,12 +8,9 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from harness.process import free_port
+from harness.etcd import start_etcd_member
 
 from moorage.cluster.etcd_defrag import Seen, Settings, plan, run_round
-from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.tls import client_tls, create_cluster_tls
-from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.meta import keys
 from moorage.meta.base import Delete, Put
 from moorage.meta.etcd import ClientTls, EtcdCluster, MemberStatus
@@ -26,26 +23,8 @@ SMALL = Settings(retention=1, min_free=MIB, min_ratio=0.25)
 
 @pytest.fixture(scope="module")
 def etcd_member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientTls]]:
-    root = tmp_path_factory.mktemp("defrag-etcd")
-    data_dir = DataDir(root / "d")
-    data_dir.make_dirs()
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id=new_cluster_id(),
-        replica_id=new_replica_id(),
-        http_addr=f"127.0.0.1:{free_port()}",
-        storage=str(root / "s"),
-        etcd_client_port=free_port(),
-        etcd_peer_port=free_port(),
-    )
-    create_cluster_tls(config)
-    etcd = EtcdProcess(data_dir, config)
-    etcd.start()
-    try:
-        etcd.wait_ready(timeout=60)
-        yield config.etcd_client_url, client_tls(config)
-    finally:
-        etcd.stop()
+    with start_etcd_member(tmp_path_factory.mktemp("defrag-etcd")) as member:
+        yield member
 
 
 async def _fill_and_empty(store: EtcdCluster, count: int, size: int) -> None:

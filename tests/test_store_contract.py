@@ -14,12 +14,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness.process import free_port
+from harness.etcd import start_etcd_member
 
-from moorage.cluster.etcd_process import EtcdProcess
 from moorage.cluster.fence import read_fence, write_fence
-from moorage.cluster.tls import client_tls, create_cluster_tls
-from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.errors import RecordCorrupt
 from moorage.meta import keys
 from moorage.meta.base import Delete, Put
@@ -58,26 +55,8 @@ Case = Callable[[ClusterStore], Awaitable[None]]
 def etcd_member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientTls]]:
     """One etcd member started exactly as a replica starts its own (the same limits, mutual
     TLS with a new cluster's certificates): its client URL and the client's TLS material."""
-    root = tmp_path_factory.mktemp("contract-etcd")
-    data_dir = DataDir(root / "d")
-    data_dir.make_dirs()
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id=new_cluster_id(),
-        replica_id=new_replica_id(),
-        http_addr=f"127.0.0.1:{free_port()}",
-        storage=str(root / "s"),
-        etcd_client_port=free_port(),
-        etcd_peer_port=free_port(),
-    )
-    create_cluster_tls(config)
-    etcd = EtcdProcess(data_dir, config)
-    etcd.start()
-    try:
-        etcd.wait_ready(timeout=60)
-        yield config.etcd_client_url, client_tls(config)
-    finally:
-        etcd.stop()
+    with start_etcd_member(tmp_path_factory.mktemp("contract-etcd")) as member:
+        yield member
 
 
 @pytest.fixture(params=["memory", "etcd"])

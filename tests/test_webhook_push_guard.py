@@ -13,13 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.process import free_port
+from harness.etcd import start_etcd_member
 
 from moorage.api.webhooks import notice_for
-from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.tls import client_tls, create_cluster_tls
 from moorage.cluster.webhooks import RequestInfo, Webhooks
-from moorage.config import DataDir, ReplicaConfig, new_cluster_id, new_replica_id
 from moorage.meta.etcd import ClientTls, EtcdCluster
 from moorage.meta.webhooks import WebhookRecord
 from moorage.oci import mediatypes as mt
@@ -32,26 +29,8 @@ INFO = RequestInfo("req", "127.0.0.1:1", "registry", "PUT", "test", "admin", "ht
 
 @pytest.fixture(scope="module")
 def etcd_member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientTls]]:
-    root = tmp_path_factory.mktemp("push-guard-etcd")
-    data_dir = DataDir(root / "d")
-    data_dir.make_dirs()
-    config = ReplicaConfig(
-        data_dir=str(data_dir.path),
-        cluster_id=new_cluster_id(),
-        replica_id=new_replica_id(),
-        http_addr=f"127.0.0.1:{free_port()}",
-        storage=str(root / "s"),
-        etcd_client_port=free_port(),
-        etcd_peer_port=free_port(),
-    )
-    create_cluster_tls(config)
-    etcd = EtcdProcess(data_dir, config)
-    etcd.start()
-    try:
-        etcd.wait_ready(timeout=60)
-        yield config.etcd_client_url, client_tls(config)
-    finally:
-        etcd.stop()
+    with start_etcd_member(tmp_path_factory.mktemp("push-guard-etcd")) as member:
+        yield member
 
 
 def _manifest(config: bytes, note: str) -> bytes:
