@@ -272,10 +272,20 @@ class EtcdMetaStore(MetaStore):
                     raise
             await asyncio.sleep(0.1)
 
+    async def _quorum_read(self, request: Any) -> Any:
+        """A linearizable Range that must not fall back to the local copy: retried through
+        an election (as writes are, within WRITE_BUDGET), StoreUnavailable after that."""
+        deadline = time.monotonic() + WRITE_BUDGET
+        while True:
+            try:
+                return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
+            except StoreUnavailable as exc:
+                if not _election(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
+
     async def revision(self) -> int:
-        resp = await self._call(
-            "kvstub.Range", rpc.RangeRequest(key=b"\x00", limit=1, count_only=True)
-        )
+        resp = await self._quorum_read(rpc.RangeRequest(key=b"\x00", limit=1, count_only=True))
         return int(resp.header.revision)
 
     async def _count(self, start: bytes, end: bytes) -> int:

@@ -90,7 +90,7 @@ async def read_members(store: EtcdMetaStore, page: int = 256) -> list[tuple[byte
     start, end = keys.TAG_CACHE_MEMBERS, keys.prefix_end(keys.TAG_CACHE_MEMBERS)
     while True:
         request = rpc.RangeRequest(key=start, range_end=end, limit=page)
-        resp = await store._call("kvstub.Range", request)
+        resp = await store._quorum_read(request)  # an election is waited out
         out += [(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs]
         if not resp.more or not resp.kvs:
             return out
