@@ -105,6 +105,20 @@ def test_store_outage_then_back(cluster: Cluster, store: SeaweedFS) -> None:
             blob = cb.get(f"/v2/out/seen/blobs/{config}")
             assert blob.status_code == 503, blob.text
             assert blob.json()["errors"][0]["code"] == "UNAVAILABLE"
+        # Once every replica has seen the store fail, status says to fix blob storage, and
+        # never to remove every replica (etcd is healthy; no replica is broken).
+        deadline = time.monotonic() + 60
+        while True:
+            doc = cluster.status()
+            if all(not r["healthy"] for r in doc["replicas"]):
+                break
+            assert time.monotonic() < deadline, doc
+            time.sleep(1)
+        assert doc["scenario"] == "replicas-unhealthy", doc
+        assert "moorage remove" not in doc["action"], doc["action"]
+        [advice] = doc["commands"]
+        assert "fix blob storage first" in advice["note"], advice
+        assert "S3 blob storage unreachable" in advice["note"], advice
     finally:
         store.start()
     # Back: the same replicas (no restart) take pushes again once they reach the store,

@@ -90,6 +90,34 @@ def test_api_unhealthy_but_etcd_fine() -> None:
     assert bad["error"] == "API unhealthy: storage: disk full"
 
 
+def test_blob_storage_down_on_every_replica_says_fix_it_not_remove() -> None:
+    """S3 unreachable from all three (etcd fine): the advice is to fix blob storage; no
+    `moorage remove` of every replica, which would help nothing."""
+    facts = healthy_facts(3)
+    msg = "storage: S3 blob storage unreachable (probe): Connect timeout on endpoint URL"
+    for rid in (ID1, ID2, ID3):
+        facts.pings[rid] = (503, msg)
+    doc = diagnose(facts)
+    assert doc["scenario"] == "replicas-unhealthy"
+    assert "moorage remove" not in doc["action"]
+    assert "moorage join" not in doc["action"]
+    [cmd] = doc["commands"]
+    assert cmd["command"].startswith("moorage status --existing ")
+    assert "fails on every replica that answers (S3 blob storage unreachable" in cmd["note"]
+    assert "fix blob storage" in cmd["note"]
+    # One replica alone failing storage (its mount, its network) is still taken out.
+    facts.pings[ID1] = facts.pings[ID2] = (200, None)
+    doc = diagnose(facts)
+    assert doc["action"].startswith("moorage remove --existing ")
+    assert f"--replica-id {ID3}" in doc["action"]
+    # Two fail storage, the third is dead: fix storage first, then replace the dead one.
+    facts.pings[ID1] = facts.pings[ID2] = (503, msg)
+    down(facts, 3, ID3)
+    [cmd] = diagnose(facts)["commands"]
+    assert "fix blob storage first" in cmd["note"]
+    assert "the 1 other replica(s) to replace" in cmd["note"]
+
+
 def test_api_whose_last_check_met_an_election_is_waited_for_not_removed() -> None:
     """The leader's API reported "leader changed" from an election that has ended (its
     member answers and follows the leader): status says to wait, never to remove it."""

@@ -45,6 +45,24 @@ def placeholders(commands: list[dict[str, Any]]) -> dict[str, str]:
     return {k: v for k, v in PLACEHOLDERS.items() if k in words}
 
 
+_STORAGE_PROBLEM = "API unhealthy: storage: "
+
+
+def _only_storage(row: dict[str, Any]) -> bool:
+    """Its one problem is its API failing blob storage: the API problem comes after the etcd
+    member's and the record's in a row's error, and only a heartbeat's can follow it."""
+    error = str(row["error"] or "")
+    return (
+        bool(row["reachable"])
+        and error.startswith(_STORAGE_PROBLEM)
+        and not re.search(r"; (no heartbeat|heartbeat \d+ s old)$", error)
+    )
+
+
+def _storage_error(row: dict[str, Any]) -> str:
+    return str(row["error"]).removeprefix(_STORAGE_PROBLEM)
+
+
 def command(text: str, host: str | None = None, note: str | None = None) -> dict[str, Any]:
     return {"host": host, "command": text, "note": note}
 
@@ -96,6 +114,26 @@ def scenario_commands(
             )
         ]
     if scenario == "replicas-unhealthy":
+        storage = [r for r in bad if _only_storage(r)]
+        if storage and not good:
+            # Blob storage, which every replica shares, fails on all that answer: removing
+            # them would help nothing, and they are not broken.
+            others = len(bad) - len(storage)
+            return [
+                command(
+                    f"moorage status --existing {all_urls}",
+                    note="blob storage fails on every replica that answers ("
+                    + _storage_error(storage[0])
+                    + "): fix blob storage first (the S3 endpoint, its credentials and "
+                    "bucket, or the shared directory), then run status again; remove no "
+                    "replica for this (etcd is healthy and every acknowledged push is kept)"
+                    + (
+                        f"; it then names the {others} other replica(s) to replace"
+                        if others
+                        else ""
+                    ),
+                )
+            ]
         ids = ",".join(r["id"] for r in bad)
         cmds = [
             command(
