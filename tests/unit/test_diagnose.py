@@ -343,6 +343,34 @@ def test_status_of_an_answering_cluster_reports_the_data_dirs(tmp_path: Path) ->
     ]
 
 
+class _FenceUnchecked:
+    """An AdminClient whose replicas all refuse: they cannot read the fence marker (their
+    blob storage is down), as the admin API answers then (503 "fenced: storage: ...")."""
+
+    urls = ["http://127.0.0.1:5001", "http://127.0.0.1:5011"]
+
+    def call(self, method: str, path: str, body: object = None) -> object:
+        from moorage.cluster.fence import FENCE_UNCHECKED
+        from moorage.recovery.client import ClusterUnreachable
+
+        why = f"fenced: {FENCE_UNCHECKED} in s3://b/p: could not be read for 8 s"
+        raise ClusterUnreachable(
+            "no replica answered: " + "; ".join(f"{u}: {why}" for u in self.urls)
+        )
+
+
+def test_status_when_every_replica_cannot_read_the_fence_marker_says_fix_storage() -> None:
+    doc = status(cast(AdminClient, _FenceUnchecked()), []).to_json()
+    assert doc["scenario"] == "unreachable"
+    [cmd] = doc["commands"]
+    assert cmd["command"].endswith(
+        "moorage status --existing http://127.0.0.1:5001,http://127.0.0.1:5011"
+    )
+    assert "fix blob storage first" in cmd["note"]
+    assert "start, remove or repair no replica" in cmd["note"]
+    assert "cannot check the fence marker" in doc["error"]
+
+
 def test_members_are_voters_unless_learners() -> None:
     m = Member(7, "x", ("http://a:1",), (), True)
     facts = Facts("c", 1, [m], {7: "no client URL"}, {}, {}, {}, now=0.0)

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from moorage.cluster.fence import FENCE_UNCHECKED
 from moorage.cluster.guidance import action_text, command, localize, placeholders, program
 from moorage.cluster.status_report import StatusReport, replica_row, status_document
 from moorage.config import DataDir
@@ -193,6 +194,21 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> StatusReport:
                 "a new replica; BLOB_STORAGE is the old cluster's blob storage, whose journal "
                 "restore replays (changes after the backup are lost only if it is gone); then "
                 "join new replicas as status then says",
+            )
+        ]
+    elif unreachable_error.count(f"fenced: {FENCE_UNCHECKED}") >= len(client.urls):
+        # Every replica answers, but refuses the admin API because it cannot read the fence
+        # marker in blob storage (the store is down or unreachable): nothing to start,
+        # remove or repair; the store is what needs fixing.
+        scenario = "unreachable"
+        commands = [
+            command(
+                f"moorage status --existing {','.join(client.urls)}",
+                note="blob storage fails on every replica that answers (each one cannot read "
+                "the fence marker, so it refuses writes and the admin API): fix blob storage "
+                "first (the S3 endpoint, its credentials and bucket, or the shared directory), "
+                "then run status again; start, remove or repair no replica for this (pulls of "
+                "what etcd and the caches hold go on)",
             )
         ]
     elif up:
