@@ -131,7 +131,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             tier = TIERS.get(path.name, "replica")
         item.add_marker(getattr(pytest.mark, tier))
-    # Longest groups first: xdist hands groups out in this order, so the two workers end
+    # Longest groups first: xdist hands groups out in this order, so the workers end
     # together instead of one waiting on a long module started last.
     order = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: order.get(xdist_group(item.nodeid).rsplit("/", 1)[-1], len(order)))
@@ -160,7 +160,7 @@ def xdist_group(nodeid: str) -> str:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs `-n 2`: whole groups (xdist_group above) to a worker, in the order
+    """`make test` runs `-n 3`: whole groups (xdist_group above) to a worker, in the order
     collected. (xdist's own `loadgroup` marks do nothing with pytest 9, whose node ids
     xdist can no longer suffix.)"""
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
