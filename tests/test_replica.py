@@ -153,9 +153,16 @@ def test_several_workers_fork_and_a_killed_one_is_replaced(tmp_path: Path) -> No
     r = Replica(tmp_path / "data", workers=2)
     r.start()
     try:
-        pids = r.pids()
-        workers = {pid for name, pid in pids.items() if name.startswith("api-")}
-        assert len(workers) == 2
+        # /_ping answers once one worker serves; the other may still be starting (it writes
+        # its pid file when it has): wait for both.
+        deadline = time.monotonic() + 60
+        while True:
+            pids = r.pids()
+            workers = {pid for name, pid in pids.items() if name.startswith("api-")}
+            if len(workers) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2, r.log_tail()
         assert pids["moorage"] not in workers
         victim = workers.pop()
         os.kill(victim, signal.SIGKILL)
