@@ -354,9 +354,8 @@ class _FenceUnchecked:
         from moorage.recovery.client import ClusterUnreachable
 
         why = f"fenced: {FENCE_UNCHECKED} in s3://b/p: could not be read for 8 s"
-        raise ClusterUnreachable(
-            "no replica answered: " + "; ".join(f"{u}: {why}" for u in self.urls)
-        )
+        answers = [f"{u}: {why}" for u in self.urls]
+        raise ClusterUnreachable("no replica answered: " + "; ".join(answers), answers)
 
 
 def test_status_when_every_replica_cannot_read_the_fence_marker_says_fix_storage() -> None:

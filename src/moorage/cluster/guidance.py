@@ -67,6 +67,17 @@ def command(text: str, host: str | None = None, note: str | None = None) -> dict
     return {"host": host, "command": text, "note": note}
 
 
+def fix_storage_command(urls: str, why: str, aside: str, then: str = "") -> dict[str, Any]:
+    """Status again, once blob storage (which every replica shares) works: what to say when
+    it fails on every replica that answers (`why`), whatever status could still learn."""
+    return command(
+        f"moorage status --existing {urls}",
+        note=f"blob storage fails on every replica that answers ({why}): fix blob storage "
+        "first (the S3 endpoint, its credentials and bucket, or the shared directory), then "
+        f"run status again; start, remove or repair no replica for this ({aside}){then}",
+    )
+
+
 def scenario_commands(
     scenario: str, rows: list[dict[str, Any]], facts: Facts
 ) -> list[dict[str, Any]]:
@@ -120,18 +131,11 @@ def scenario_commands(
             # them would help nothing, and they are not broken.
             others = len(bad) - len(storage)
             return [
-                command(
-                    f"moorage status --existing {all_urls}",
-                    note="blob storage fails on every replica that answers ("
-                    + _storage_error(storage[0])
-                    + "): fix blob storage first (the S3 endpoint, its credentials and "
-                    "bucket, or the shared directory), then run status again; remove no "
-                    "replica for this (etcd is healthy and every acknowledged push is kept)"
-                    + (
-                        f"; it then names the {others} other replica(s) to replace"
-                        if others
-                        else ""
-                    ),
+                fix_storage_command(
+                    all_urls,
+                    _storage_error(storage[0]),
+                    "etcd is healthy and every acknowledged push is kept",
+                    f"; it then names the {others} other replica(s) to replace" if others else "",
                 )
             ]
         ids = ",".join(r["id"] for r in bad)

@@ -261,12 +261,17 @@ class EtcdMetaStore(MetaStore):
         # election is retried until the election is over (about 1-2.5 s).
         # A write in flight when the leader dies hangs until its deadline: short attempts,
         # retried, finish right after the new election instead.
+        resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
+        LAST_REVISION.set(int(resp.header.revision))
+        return bool(resp.succeeded)
+
+    async def _through_election(self, method: str, request: Any, attempt: float) -> Any:
+        """`method` in attempts of `attempt` seconds, retried while etcd elects a leader,
+        within WRITE_BUDGET; StoreUnavailable after that or on any other failure."""
         deadline = time.monotonic() + WRITE_BUDGET
         while True:
             try:
-                resp = await self._call("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
-                LAST_REVISION.set(int(resp.header.revision))
-                return bool(resp.succeeded)
+                return await self._call(method, request, attempt)
             except StoreUnavailable as exc:
                 if not _election(exc) or time.monotonic() > deadline:
                     raise
@@ -274,15 +279,8 @@ class EtcdMetaStore(MetaStore):
 
     async def _quorum_read(self, request: Any) -> Any:
         """A linearizable Range that must not fall back to the local copy: retried through
-        an election (as writes are, within WRITE_BUDGET), StoreUnavailable after that."""
-        deadline = time.monotonic() + WRITE_BUDGET
-        while True:
-            try:
-                return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
-            except StoreUnavailable as exc:
-                if not _election(exc) or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.1)
+        an election, as writes are."""
+        return await self._through_election("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
 
     async def revision(self) -> int:
         resp = await self._quorum_read(rpc.RangeRequest(key=b"\x00", limit=1, count_only=True))

@@ -12,7 +12,7 @@ import contextlib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,15 @@ ALL_MANIFEST_TYPES = ", ".join(sorted(mt.MANIFESTS | mt.INDEXES)) + ", */*"
 
 
 class ClusterUnreachable(MoorageError):
-    """No replica in --existing answered."""
+    """No replica in --existing answered; `answers` holds what each one said instead."""
+
+    def __init__(self, message: str, answers: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.answers = list(answers)
+
+
+def _unreachable(errors: Sequence[str]) -> ClusterUnreachable:
+    return ClusterUnreachable("no replica answered: " + "; ".join(errors), errors)
 
 
 class ApiRefused(MoorageError):
@@ -107,7 +115,7 @@ class AdminClient:
                     resp.status_code, str(doc.get("code", "")), str(doc.get("error", doc))
                 )
             return doc
-        raise ClusterUnreachable("no replica answered: " + "; ".join(errors))
+        raise _unreachable(errors)
 
     def http_auth(self) -> Any:
         """What authenticates each call (httpx `auth`); a join-token client sends its token."""
@@ -163,7 +171,7 @@ class AdminClient:
                     continue
                 yield resp
                 return
-        raise ClusterUnreachable("no replica answered: " + "; ".join(errors))
+        raise _unreachable(errors)
 
     def close(self) -> None:
         if self._http is not None:
@@ -237,4 +245,4 @@ def fetch_ca(urls: list[str], expected: str | None = None) -> FetchedCa:
             except httpx.HTTPError:
                 serves = False
         return FetchedCa(pem, found, url, trust, serves)
-    raise ClusterUnreachable("no replica answered: " + "; ".join(errors))
+    raise _unreachable(errors)

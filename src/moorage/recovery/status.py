@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from moorage.cluster.fence import FENCE_UNCHECKED
-from moorage.cluster.guidance import action_text, command, localize, placeholders, program
+from moorage.cluster.guidance import (
+    action_text,
+    command,
+    fix_storage_command,
+    localize,
+    placeholders,
+    program,
+)
 from moorage.cluster.status_report import StatusReport, replica_row, status_document
 from moorage.config import DataDir
 from moorage.errors import MoorageError
@@ -145,7 +152,7 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> StatusReport:
     try:
         doc: dict[str, Any] = client.call("GET", "/api/v0/cluster/status")
     except ClusterUnreachable as exc:
-        unreachable_error = str(exc)
+        unreachable_error, answers = str(exc), exc.answers
     else:
         if data_dirs:
             doc["data_dirs"] = [
@@ -196,19 +203,16 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> StatusReport:
                 "join new replicas as status then says",
             )
         ]
-    elif unreachable_error.count(f"fenced: {FENCE_UNCHECKED}") >= len(client.urls):
+    elif answers and len(answers) == sum(f": fenced: {FENCE_UNCHECKED}" in a for a in answers):
         # Every replica answers, but refuses the admin API because it cannot read the fence
         # marker in blob storage (the store is down or unreachable): nothing to start,
         # remove or repair; the store is what needs fixing.
         scenario = "unreachable"
         commands = [
-            command(
-                f"moorage status --existing {','.join(client.urls)}",
-                note="blob storage fails on every replica that answers (each one cannot read "
-                "the fence marker, so it refuses writes and the admin API): fix blob storage "
-                "first (the S3 endpoint, its credentials and bucket, or the shared directory), "
-                "then run status again; start, remove or repair no replica for this (pulls of "
-                "what etcd and the caches hold go on)",
+            fix_storage_command(
+                ",".join(client.urls),
+                "each one cannot read the fence marker, so it refuses writes and the admin API",
+                "pulls of what etcd and the caches hold go on",
             )
         ]
     elif up:
