@@ -191,6 +191,7 @@ def shape(command: str) -> str:
 class Round:
     scenario: str
     commands: list[str]
+    doc: dict[str, Any] = field(default_factory=dict)  # the status JSON of the round
 
     def key(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "commands": [shape(c) for c in self.commands]}
@@ -263,6 +264,7 @@ class Operator:
     destroyed: list[Path] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
     pasted: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # what each pasted command printed
     _names: int = 100
 
     def __post_init__(self) -> None:
@@ -362,6 +364,7 @@ class Operator:
             self.log(f"$ {filled}")
             self.pasted.append(filled)
             rc, out, asked = self.shell.run(filled)
+            self.outputs.append(out)
             self.log(out)
             # A pasted `status` exits by scenario; every other command must succeed.
             ok = rc in STATUS_CODES.values() if args[1] == "status" else rc == 0
@@ -391,7 +394,7 @@ class Operator:
         for _ in range(max_rounds):
             st, doc = self.status()
             assert doc["scenario"] == st.scenario, (doc["scenario"], st.text)
-            self.rounds.append(Round(st.scenario, st.commands))
+            self.rounds.append(Round(st.scenario, st.commands, doc))
             if st.scenario == "healthy" and doc["fault_tolerance"] >= want_tolerance:
                 assert doc["fault_tolerance"] == want_tolerance, doc
                 return doc

@@ -11,16 +11,18 @@ The README's recovery section is checked against the command shapes these tests 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, Node
+from tests.cluster import Cluster, Node, moorage, pull_image, push_image
 from tests.paste import (
     Operator,
     is_wait,
@@ -166,23 +168,107 @@ def test_three_replicas_unhealthy_unreachable_quorum_lost_all_lost(
 
 @pytest.mark.timeout(900)
 def test_five_replicas_two_survivors(cluster: Cluster, operator: Operator) -> None:
+    """Five replicas, the leader and two others SIGKILLed: the two survivors have no leader.
+    `status` prints the whole procedure (emergency repair on the most up-to-date survivor,
+    then destroy and join for the other one); pasted as printed, it brings the cluster back,
+    then the joins status prints restore the fault tolerance of five. (One cluster for what
+    were two tests: this and test_multi_survivor's `follow status literally`.)"""
     op = operator
-    ids = build(cluster, op, 5)
+    cluster.install()
+    for _ in range(4):
+        cluster.join()
+    doc = cluster.wait_status("healthy")
+    assert doc["fault_tolerance"] == 2
+    assert doc["quorum"] == {"members": 5, "needed": 3, "healthy": 5}
+    op.urls = [n.url for n in cluster.nodes]
+    op.dirs = [n.data_dir for n in cluster.nodes]
     for i in range(5):
         op.push(op.urls[i], f"paste/five{i}", "v1")
-    # quorum-lost, two survivors: three replicas SIGKILLed with their hosts (data gone).
-    survivors = op.urls[3:]
-    for d, rid in zip(op.dirs[:3], ids[:3], strict=True):
-        op.harmed.add(rid)
-        kill_dir(d, signal.SIGKILL)
-        shutil.rmtree(d)
-    op.urls, op.dirs = op.urls[3:], op.dirs[3:]
-    wait_scenario(cluster, "quorum-lost", survivors)
+    images = {
+        f"multi/app{i}": push_image(cluster.nodes[i], f"multi/app{i}", "v1", f"m{i}")
+        for i in range(5)
+    }
+
+    # While the quorum exists, nothing forces an emergency repair.
+    forced = moorage(
+        "emergency-repair", "--data-dir", str(cluster.nodes[0].data_dir), "--yes", "--force",
+        check=False,
+    )  # fmt: skip
+    assert forced.returncode == 1
+    assert "still has a leader" in forced.stderr
+    assert "nothing may force" in forced.stderr
+    assert cluster.status()["scenario"] == "healthy"
+
+    # quorum-lost, two survivors: the leader and two others SIGKILLed, two of them with their
+    # hosts (data gone); the third's data directory stays, to show it is fenced at the end.
+    leader = cluster.leader()
+    dead = [leader, *[n for n in cluster.nodes if n is not leader][:2]]
+    survivors = [n for n in cluster.nodes if n not in dead]
+    for node in dead:
+        op.harmed.add(node.replica_id)
+        kill_dir(node.data_dir, signal.SIGKILL)
+    for node in (dead[0], dead[2]):
+        shutil.rmtree(node.data_dir)
+    op.urls, op.dirs = [n.url for n in survivors], [n.data_dir for n in survivors]
+
+    def procedure_ready(doc: dict[str, Any]) -> bool:
+        return doc["scenario"] == "quorum-lost" and len(doc["procedure"]) == 3
+
+    # What status prints without the data directories (the operator's view from elsewhere).
+    doc = cluster.wait_status("quorum-lost", survivors, until=procedure_ready)
+    steps = doc["procedure"]
+    best = next(n for n in survivors if n.replica_id == steps[0]["replica_id"])
+    other = next(n for n in survivors if n is not best)
+    repair = shlex.split(steps[0]["command"])
+    assert repair[:4] == ["moorage", "emergency-repair", "--data-dir", str(best.data_dir)]
+    assert repair[4] == "--existing"
+    assert sorted(repair[5].split(",")) == sorted(n.url for n in cluster.nodes)
+    assert len(repair) == 6
+    assert [s["replica_id"] for s in steps[1:]] == [other.replica_id] * 2
+    assert steps[1]["command"] == f"moorage destroy --data-dir {other.data_dir}"
+    assert steps[2]["command"].startswith(f"moorage join --existing {best.url} ")
+    for step in steps:
+        assert step["command"] in doc["action"]
+    out = moorage("status", "--existing", cluster.urls(survivors), check=False)
+    assert out.returncode == 11, out.stderr  # quorum-lost
+    text = out.stdout
+    # The pasteable next: block: each host named on a comment line before its commands.
+    assert f"# on the host of replica {best.replica_id}:\n{steps[0]['command']}\n" in text
+    assert f"# on the host of replica {other.replica_id}:\n{steps[1]['command']}\n" in text
+
+    # The operator pastes what status prints with their data directories (the emergency
+    # repair then compares the other survivor's too: --candidate-dir), round after round.
     doc = op.recover(want_tolerance=2)
-    assert set(survivors) <= {r["url"] for r in doc["replicas"]}
+    assert {best.url, other.url} <= {r["url"] for r in doc["replicas"]}
     assert op.removed == []
+    # 1. The emergency repair, answered yes on the terminal. The other survivor answers
+    # without a leader: it is compared, fenced, and told how to come back (2, 3: destroy and
+    # join, as status printed them).
+    [repaired] = [
+        o for c, o in zip(op.pasted, op.outputs, strict=True) if " emergency-repair " in c
+    ]
+    assert "still answers" not in repaired
+    assert f"on the host of replica {other.replica_id}" in repaired
+    assert " && ".join(s["command"] for s in steps[1:]) in repaired
+    assert "accepts writes" in repaired
+    # The first healthy round: the two survivors, a cluster of epoch 2.
+    first = next(r.doc for r in op.rounds if r.scenario == "healthy")
+    assert first["epoch"] == 2
+    assert first["quorum"] == {"members": 2, "needed": 2, "healthy": 2}
+    rows = {r["url"]: r for r in first["replicas"]}
+    assert set(rows) == {best.url, other.url}
+    assert rows[best.url]["id"] == best.replica_id
     op.inventory(doc)
     op.check_images(op.urls)
+    for repo, body in images.items():
+        for node in survivors:
+            assert pull_image(node, repo, "v1") == body
+    after = push_image(other, "multi/after", "v1", "after")
+    assert pull_image(best, "multi/after", "v1") == after
+    # The dead replicas were left out: fenced if they ever come back.
+    out = moorage("start", "--data-dir", str(dead[1].data_dir), check=False)
+    assert out.returncode == 1
+    assert "fenced" in out.stderr
     record_shapes("five", op.rounds)
 
 
