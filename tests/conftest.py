@@ -9,9 +9,11 @@ stopped by pid; data lives under pytest's tmp dirs.
 from __future__ import annotations
 
 import compileall
+import importlib
 import signal
+import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,28 @@ LONGEST_FIRST = (
 # and the suite's replicas make thousands. This process's own hash_password stays pinned
 # (test_auth_hardening.py::test_argon2_parameters checks the production parameters).
 EXTRA_ENV["MOORAGE_TEST_CHEAP_PASSWORDS"] = "1"
+
+# Every httpx client made without `verify=` builds an SSL context from certifi's bundle
+# (~30-60 ms of CPU on the 2-core VM), even for http:// URLs: each `httpx.get` of a poll loop
+# (replicas starting, status waits) paid it. The test processes share one such context
+# (httpx 0.28.1 is pinned; the function it calls is replaced, not its behaviour).
+_TRANSPORTS = importlib.import_module("httpx._transports.default")
+_CREATE = "create_ssl_context"
+_create_ssl_context: Callable[..., ssl.SSLContext] = getattr(_TRANSPORTS, _CREATE)
+_default_ssl_context: list[ssl.SSLContext] = []
+
+
+def _shared_ssl_context(
+    verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+) -> ssl.SSLContext:
+    if verify is not True or cert is not None:
+        return _create_ssl_context(verify, cert, trust_env)
+    if not _default_ssl_context:
+        _default_ssl_context.append(_create_ssl_context(True, None, trust_env))
+    return _default_ssl_context[0]
+
+
+setattr(_TRANSPORTS, _CREATE, _shared_ssl_context)
 
 #: Fixtures that start processes: a unit test that asks for one is an error.
 PROCESS_FIXTURES = frozenset({"registry", "client", "fresh_replica", "seaweed", "s3_url"})
