@@ -18,6 +18,7 @@ _ca_files: list[Path] = []
 _data_dirs: list[Path] = []
 _ca_pems: list[str] = []
 _cache: tuple[tuple[tuple[str, float], ...], ssl.SSLContext] | None = None
+_plain: ssl.SSLContext | None = None
 
 
 def trust_ca_file(path: str | Path) -> None:
@@ -73,3 +74,18 @@ def client_context() -> ssl.SSLContext:
             ctx.load_verify_locations(cadata=pem)
         _cache = (key, ctx)
         return ctx
+
+
+def context_for(*urls: str) -> ssl.SSLContext:
+    """What an HTTP client of `urls` verifies with: `client_context()` when one is https://;
+    for plain-HTTP URLs only, a context that trusts no CA (a TLS handshake with it would
+    fail; none happens). Loading the system's CAs is ~50 ms of CPU: a command that talks to
+    http:// replicas (the loopback default) does not pay it."""
+    global _plain
+    if any(u.startswith("https:") for u in urls):
+        return client_context()
+    with _lock:
+        if _plain is None:
+            _plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            _plain.minimum_version = ssl.TLSVersion.TLSv1_2
+        return _plain

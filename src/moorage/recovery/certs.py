@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from moorage.errors import MoorageError
-from moorage.pki.trust import client_context
+from moorage.pki.trust import context_for
 from moorage.recovery.client import AdminClient
 
 ASK_TIMEOUT = 10.0
@@ -158,7 +158,7 @@ def _serves_only(url: str, new: str) -> bool:
 
 
 def _healthy(url: str) -> bool:
-    r = httpx.get(f"{url}/_ping", timeout=5, verify=client_context())
+    r = httpx.get(f"{url}/_ping", timeout=5, verify=context_for(url))
     return r.status_code == 200 and r.json().get("healthy") is True
 
 

@@ -21,7 +21,7 @@ import httpx
 from moorage.config import is_loopback
 from moorage.errors import MoorageError
 from moorage.oci import mediatypes as mt
-from moorage.pki.trust import client_context
+from moorage.pki.trust import client_context, context_for
 
 CA_PATH = "/api/v0/cluster/ca"
 UNTRUSTED_HINT = (
@@ -95,7 +95,7 @@ class AdminClient:
                     json=body,
                     auth=self.http_auth(),
                     timeout=self.timeout,
-                    verify=client_context(),
+                    verify=context_for(url),
                 )
             except httpx.HTTPError as exc:
                 errors.append(_describe(url, exc))
@@ -157,7 +157,8 @@ class AdminClient:
         status. One connection pool for every call (thread-safe)."""
         with self._http_lock:
             if self._http is None:
-                self._http = httpx.Client(auth=self.auth, timeout=timeout, verify=client_context())
+                verify = context_for(*self.urls)
+                self._http = httpx.Client(auth=self.auth, timeout=timeout, verify=verify)
         kind = "manifests" if manifest else "blobs"
         headers = {"Accept": ALL_MANIFEST_TYPES} if manifest else {}
         errors = []
