@@ -12,6 +12,7 @@ import compileall
 import importlib
 import signal
 import ssl
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -141,6 +142,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for package in (Path(moorage.__file__).parent, root / "harness", root / "chaos"):
         if package.is_dir():
             compileall.compile_dir(package, quiet=1)
+    if not hasattr(session.config, "workerinput"):  # once, before xdist starts its workers
+        _cache_rewritten_modules(session.config, root / "tests")
+
+
+def _cache_rewritten_modules(config: pytest.Config, tests: Path) -> None:
+    """Write pytest's assertion-rewritten pycs of the test modules and of the plugins'
+    packages (hypothesis, anyio: pytest rewrites a plugin's whole distribution) once.
+
+    With PYTHONDONTWRITEBYTECODE set nothing writes them, and every pytest-xdist worker
+    rewrote ~220 modules while collecting (~11 s of CPU each); a worker reads a cached pyc
+    whatever that setting says. pytest 9.2.0 is pinned: its rewrite functions are used as
+    the import hook calls them."""
+    import hypothesis.strategies  # noqa: F401  (the plugin modules the fuzz tests import)
+    from _pytest.assertion import rewrite
+
+    if config.getoption("assertmode") != "rewrite":
+        return
+    sources = {*tests.rglob("test_*.py"), *tests.rglob("conftest.py")}
+    for module in list(sys.modules.values()):
+        if isinstance(getattr(module, "__loader__", None), rewrite.AssertionRewritingHook):
+            sources.add(Path(module.__file__ or ""))
+    state = config.stash[rewrite.assertstate_key]
+    for fn in sorted(p for p in sources if p.suffix == ".py"):
+        pyc = rewrite.get_cache_dir(fn) / (fn.name[:-3] + rewrite.PYC_TAIL)
+        if rewrite._read_pyc(fn, pyc) is None and rewrite.try_makedirs(pyc.parent):
+            source_hash, co = rewrite._rewrite_test(fn, config)
+            rewrite._write_pyc(state, co, source_hash, pyc)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
