@@ -215,6 +215,12 @@ class TagCache:
             await asyncio.sleep(0.1)
 
     # -- membership and the watch ----------------------------------------------------
+    def start(self) -> None:
+        """Join the cluster's caches now (the API worker's start), not on the first request:
+        a writer whose own cache is not live yet waits for every other member's periodic
+        progress report (up to REPORT_EVERY), which the first pushes after a start did."""
+        self._ensure_running()
+
     def _ensure_running(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
