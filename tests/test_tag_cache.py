@@ -77,7 +77,8 @@ def cache_hits(c: httpx.Client) -> int:
 
 
 def serving(c: httpx.Client) -> bool:
-    return "moorage_tag_cache_serving 1" in c.get("/metrics").text
+    # the sample's own line (its HELP line starts with the same words)
+    return "moorage_tag_cache_serving 1" in c.get("/metrics").text.splitlines()
 
 
 def wait_serving(*clients: httpx.Client, timeout: float = 30) -> None:
@@ -85,6 +86,19 @@ def wait_serving(*clients: httpx.Client, timeout: float = 30) -> None:
     while not all(serving(c) for c in clients):
         assert time.monotonic() < deadline, "the tag caches did not turn on"
         time.sleep(0.1)
+
+
+def test_caches_join_when_the_workers_start(cluster: Cluster) -> None:
+    """First in this module: no registry request has reached any replica yet. Each cache
+    is live (a member, its watch open) anyway: a writer whose own cache has not joined
+    waits for the other members' periodic reports, which made the first pushes after a
+    start take up to a second."""
+    clients = [node.client() for node in cluster.nodes]
+    try:
+        wait_serving(*clients)
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_changed_tag_is_never_served_stale_under_load(cluster: Cluster) -> None:

@@ -49,6 +49,7 @@ LEASE_TTL = 10  # a member that vanished stops being waited for after this (seco
 REPORT_EVERY = 1.0  # progress is written at once after a delete or re-point, else this often
 RECENT = 10_000  # the revisions of the latest deletes and re-points, per tag key
 RETRY_SECONDS = 1.0
+WARN_EVERY = 60.0  # the same reason for being off is logged again after this (seconds)
 _PROGRESS_EVERY = 0.02  # a writer waiting for its change asks etcd for progress this often
 #: Test suites only: while this file exists in the data directory, the watch applies nothing
 #: (a stalled watch whose keep-alives still succeed: the case the revocation is for).
@@ -92,6 +93,8 @@ class TagCache:
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
+        self._last_warning = ""
+        self._warned_at = 0.0
 
     # -- reads ----------------------------------------------------------------------
     @property
@@ -215,6 +218,12 @@ class TagCache:
             await asyncio.sleep(0.1)
 
     # -- membership and the watch ----------------------------------------------------
+    def start(self) -> None:
+        """Join the cluster's caches now (the API worker's start), not on the first request:
+        a writer whose own cache is not live yet waits for every other member's periodic
+        progress report (up to REPORT_EVERY), which the first pushes after a start did."""
+        self._ensure_running()
+
     def _ensure_running(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -237,11 +246,19 @@ class TagCache:
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
-                log.warning("tag cache off: %s; retrying", exc)
+                self._warn(f"tag cache off: {exc}; retrying")
             except Exception:
                 log.exception("tag cache failed; off until it is set up again")
             self._go_dark()
             await asyncio.sleep(RETRY_SECONDS)
+
+    def _warn(self, message: str) -> None:
+        """Once per reason, then once a minute: a worker started during quorum loss retries
+        every RETRY_SECONDS."""
+        now = time.monotonic()
+        if message != self._last_warning or now - self._warned_at >= WARN_EVERY:
+            log.warning("%s", message)
+            self._last_warning, self._warned_at = message, now
 
     async def _session(self) -> None:
         granted = time.monotonic()
@@ -257,6 +274,7 @@ class TagCache:
             self._generation += 1
             self._valid_until = granted + VALID_SECONDS
             self._live = True
+            self._last_warning = ""
             await self._report(lease, start)
             log.info("tag cache on (member %s)", self.member_key.decode(errors="replace"))
             async with asyncio.TaskGroup() as group:

@@ -105,6 +105,8 @@ def build_app(config: ReplicaConfig, meta: MetaStore, admin_password: str | None
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="moorage-io")
         )
+        if replica.registry.manifests.tags is not None:
+            replica.registry.manifests.tags.start()
         try:
             async with (
                 jobs.running(replica, admin_password, _observe, observe_gc, observe_trim),
