@@ -152,16 +152,21 @@ async def claim(
     """Use the token up for the join of `replica_id` (a retry of the same join passes)."""
     if grant.claim is None:
         record = await store.get_join_token(grant.digest)
-        if record is None or record.expires_at <= time.time():
-            raise JoinTokenRefused(f"this join token has expired or was revoked; {WHAT_TO_DO}")
-        ttl = int(record.expires_at - time.time()) + CLAIM_GRACE
-        mine = JoinClaimRecord(grant.secret_hash, replica_id, peer_url, time.time())
-        if await store.claim_join_token(grant.digest, mine, ttl):
-            return mine
+        if record is not None and record.expires_at > time.time():
+            ttl = int(record.expires_at - time.time()) + CLAIM_GRACE
+            mine = JoinClaimRecord(grant.secret_hash, replica_id, peer_url, time.time())
+            if await store.claim_join_token(grant.digest, mine, ttl):
+                return mine
+        # Gone since `check`, or claimed under us: a concurrent join may have used it.
         found = await store.get_join_claim(grant.digest)
-        if found is None or not hmac.compare_digest(found.secret_hash, grant.secret_hash):
-            who = found.replica_id if found else "another replica"
-            raise JoinTokenRefused(f"this join token was used already (by {who}); {WHAT_TO_DO}")
+        if found is None:
+            if record is None or record.expires_at <= time.time():
+                raise JoinTokenRefused(f"this join token has expired or was revoked; {WHAT_TO_DO}")
+            raise JoinTokenRefused(f"this join token was used already; {WHAT_TO_DO}")
+        if not hmac.compare_digest(found.secret_hash, grant.secret_hash):
+            raise JoinTokenRefused(
+                f"this join token was used already (by {found.replica_id}); {WHAT_TO_DO}"
+            )
         grant = JoinGrant(grant.digest, grant.secret_hash, found)
     held = grant.require_claim()
     if (held.replica_id, held.peer_url) != (replica_id, peer_url):
