@@ -48,12 +48,13 @@ lint: install $(LINT_VENV)/.installed
 	$(BIN)/mypy
 	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-cache --no-logo
 
-# Three pytest-xdist workers on the 2-core CI machine: with two, a fifth of the CPU sat idle
-# while tests waited on elections, heartbeats and timeouts (pytest 1,454-1,563 s with two,
-# 1,225 s with three on the same VM). A test module runs whole on one worker, the
+# Four pytest-xdist workers on the 2-core CI machine: the tests wait on elections, heartbeats
+# and timeouts, so fewer workers leave CPU idle (pytest 1,454-1,563 s with two, 1,225 s with
+# three on one VM; on another, 2026-12-02, quiet: 1,071 s with three, 999 s with four, the
+# workers' CPU from 87 % to 93 % of the two cores). A test module runs whole on one worker, the
 # network-namespace tests together (pytest_xdist_make_scheduler, tests/conftest.py);
 # PYTEST_WORKERS=0 runs everything in one process.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 test: install lint
 	@# the Distribution registry: tests/test_bench_tls.py runs the benchmark's servers
 	@./scripts/ensure-packages.sh --no-start docker-registry

@@ -215,7 +215,7 @@ def xdist_group(nodeid: str) -> str:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs `-n 3`: whole groups (xdist_group above) to a worker, in the order
+    """`make test` runs `-n 4`: whole groups (xdist_group above) to a worker, in the order
     collected. (xdist's own `loadgroup` marks do nothing with pytest 9, whose node ids
     xdist can no longer suffix.)"""
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
