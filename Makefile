@@ -50,8 +50,8 @@ lint: install $(LINT_VENV)/.installed
 
 # Four pytest-xdist workers on the 2-core CI machine: the tests wait on elections, heartbeats
 # and timeouts, so fewer workers leave CPU idle (pytest 1,454-1,563 s with two, 1,225 s with
-# three on one VM; on another, 2026-12-02, quiet: 1,071 s with three, 999 s with four, the
-# workers' CPU from 87 % to 93 % of the two cores). A test module runs whole on one worker, the
+# three on one VM; on another, 2026-12-02, quiet: 1,071 s with three, whose 1,854 CPU-seconds
+# kept the two cores 87 % busy, and 999 s with four). A test module runs whole on one worker, the
 # network-namespace tests together (pytest_xdist_make_scheduler, tests/conftest.py);
 # PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 4
