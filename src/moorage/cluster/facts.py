@@ -99,17 +99,31 @@ async def gather(store: EtcdCluster, cluster_id: str, epoch: int, size: int = 0)
     import httpx  # loaded by the first status request, not by every API worker's start
 
     async with httpx.AsyncClient(verify=client_context()) as client:
-        statuses, pings = await asyncio.gather(
+        answers, ping_list = await asyncio.gather(
             asyncio.gather(*(status_of(m) for m in members)),
             asyncio.gather(*(_ping(client, r.url) for r in replicas.values())),
         )
+    statuses = dict(answers)
+    pings = dict(zip(replicas, ping_list, strict=True))
+    # A member whose replica answered its ping but that missed the status call itself (a
+    # slow answer on a loaded host) is asked once more: taken as down, it would turn the
+    # advice into "start the replicas" for a moment.
+    again = [
+        m
+        for m in members
+        if isinstance(statuses[m.id], str)
+        and pings.get(m.name, (0, None))[0] == 200
+        and client_url(m) is not None
+    ]
+    if again:
+        statuses.update(await asyncio.gather(*(status_of(m) for m in again)))
     return Facts(
         cluster_id=cluster_id,
         epoch=epoch,
         members=members,
-        statuses=dict(statuses),
+        statuses=statuses,
         replicas=replicas,
         heartbeats=heartbeats,
-        pings=dict(zip(replicas, pings, strict=True)),
+        pings=pings,
         size=size,
     )
