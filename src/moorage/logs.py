@@ -124,6 +124,30 @@ def write_access(message: str, fields: dict[str, Any]) -> None:
 _second: tuple[int, str] = (-1, "")
 
 
+class Repeating:
+    """The log of a loop that retries every second or so while something is down (a watch
+    during quorum loss): each reason is logged at once, then again only every `every`
+    seconds while it repeats; `clear()` when it works again, so the next failure shows."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, every: float = 60.0):
+        self.logger, self.level, self.every = logger, level, every
+        self._last: str | None = None
+        self._at = 0.0
+
+    def __call__(self, message: str) -> bool:
+        """Log `message` unless it was the last one, less than `every` seconds ago; True if
+        it was logged."""
+        now = time.monotonic()
+        if message == self._last and now - self._at < self.every:
+            return False
+        self.logger.log(self.level, "%s", message)
+        self._last, self._at = message, now
+        return True
+
+    def clear(self) -> None:
+        self._last = None
+
+
 def _utc(created: float) -> str:
     """RFC 3339 in UTC, milliseconds: 2026-12-01T16:02:11.532Z."""
     global _second

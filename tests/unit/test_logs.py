@@ -143,3 +143,29 @@ def test_a_task_started_during_a_request_stops_naming_it_when_it_ends() -> None:
 def test_an_unknown_log_format_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one of text, json"):
         logs.configure("xml")
+
+
+def test_a_repeating_failure_is_logged_once_a_minute_and_again_after_it_clears(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [500.0]
+    monkeypatch.setattr("moorage.logs.time.monotonic", lambda: now[0])
+    logger = logging.getLogger("moorage.test.repeating")
+    warn = logs.Repeating(logger, every=60.0)
+    caplog.set_level(logging.INFO, logger=logger.name)
+    logged = []
+    for _ in range(59):  # a watch retrying every second with the same reason
+        logged.append(warn("watch: no leader; retrying"))
+        now[0] += 1.0
+    assert logged == [True] + [False] * 58
+    assert warn("watch: connection refused; retrying")  # another reason: at once
+    assert not warn("watch: connection refused; retrying")
+    now[0] += 60.0
+    assert warn("watch: connection refused; retrying")  # a minute on: again
+    warn.clear()  # it worked again; the next failure shows at once
+    assert warn("watch: connection refused; retrying")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "watch: no leader; retrying",
+        *["watch: connection refused; retrying"] * 3,
+    ]

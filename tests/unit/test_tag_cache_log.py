@@ -16,7 +16,7 @@ def test_the_same_reason_is_logged_once_a_minute(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("moorage.meta.tag_cache.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("moorage.logs.time.monotonic", lambda: now[0])
     cache = TagCache(cast(Any, None), "r1-1")
     caplog.set_level(logging.WARNING, logger=tag_cache.__name__)
     for _ in range(30):  # thirty retries, a second apart

@@ -39,6 +39,7 @@ from moorage.auth.access import (
     limited,
 )
 from moorage.errors import StoreUnavailable
+from moorage.logs import Repeating
 from moorage.meta import keys
 from moorage.meta.accounts import Accounts, NamespaceAccess, namespace_of
 from moorage.meta.base import MetaStore
@@ -76,6 +77,8 @@ class AccessView:
         self.live = False  # the watch is established: cached entries are current
         self._changed = asyncio.Event()  # set (and replaced) on every invalidation
         self._task: asyncio.Task[None] | None = None
+        #: The watch retries every _RETRY_WATCH while etcd is down: once per reason a minute.
+        self._warn = Repeating(log)
 
     # -- the watch ---------------------------------------------------------------------
     def _ensure_watch(self) -> None:
@@ -93,6 +96,7 @@ class AccessView:
         if not self.live:
             log.info("access watch established: accounts and grants are cached")
         self.live = True
+        self._warn.clear()
 
     async def settle(self, generation: int) -> None:
         """After a change this process wrote: wait (up to SETTLE seconds) until the watch has
@@ -114,7 +118,7 @@ class AccessView:
             try:
                 await watch_prefixes(meta, (keys.USERS, keys.ACCESS), self._ready, self.invalidate)
             except StoreUnavailable as exc:
-                log.warning("access watch: %s; retrying (no cache meanwhile)", exc)
+                self._warn(f"access watch: {exc}; retrying (no cache meanwhile)")
             except asyncio.CancelledError:
                 self.live = False
                 raise

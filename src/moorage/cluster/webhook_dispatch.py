@@ -40,6 +40,7 @@ from moorage.cluster.webhooks import (
     seq,
 )
 from moorage.errors import MoorageError
+from moorage.logs import Repeating
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdMetaStore
 from moorage.meta.etcd_watch import watch_prefixes
@@ -151,6 +152,10 @@ class Dispatcher:
         self.loops: dict[str, tuple[HookLoop, asyncio.Task[None]]] = {}
         self.wake = asyncio.Event()
         self.watching = False
+        #: The watch and the steps retry every second while etcd is down: each reason is
+        #: logged once, then once a minute.
+        self._watch_down = Repeating(log, logging.INFO)
+        self._step_failed = Repeating(log, logging.INFO)
         self._lease = 0
         self._lease_at = 0.0
 
@@ -240,8 +245,9 @@ class Dispatcher:
                 self.wake.clear()
                 try:
                     pause = await self.step()
+                    self._step_failed.clear()
                 except MoorageError as exc:
-                    log.info("webhooks: %s", exc)
+                    self._step_failed(f"webhooks: {exc}")
                     pause = _WATCH_DOWN_POLL
                 except Exception:  # a bug must not end delivery for the life of the worker
                     log.exception("webhook dispatcher step failed")
@@ -261,6 +267,7 @@ class Dispatcher:
         if not self.watching:
             log.info("webhook watch established: deliveries start on changes")
         self.watching = True
+        self._watch_down.clear()
         self.wake.set()  # changes made before the watch existed: look once
         for loop, _ in self.loops.values():
             loop.wake.set()
@@ -271,7 +278,7 @@ class Dispatcher:
                 prefixes = (keys.WEBHOOKS,)
                 await watch_prefixes(meta, prefixes, self._ready, lambda: None, self.changed)
             except MoorageError as exc:
-                log.info("webhook watch: %s; retrying (reading every second meanwhile)", exc)
+                self._watch_down(f"webhook watch: {exc}; retrying (reading every second meanwhile)")
             except Exception:  # never let the watch die silently
                 log.exception("webhook watch failed; retrying")
             self.watching = False

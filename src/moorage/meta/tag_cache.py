@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moorage.errors import StoreUnavailable
+from moorage.logs import Repeating
 from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION
 from moorage.meta.etcd import EtcdCluster
@@ -93,8 +94,9 @@ class TagCache:
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
-        self._last_warning = ""
-        self._warned_at = 0.0
+        #: Once per reason, then once a minute: a worker started during quorum loss retries
+        #: every RETRY_SECONDS.
+        self._warn = Repeating(log, every=WARN_EVERY)
 
     # -- reads ----------------------------------------------------------------------
     @property
@@ -252,14 +254,6 @@ class TagCache:
             self._go_dark()
             await asyncio.sleep(RETRY_SECONDS)
 
-    def _warn(self, message: str) -> None:
-        """Once per reason, then once a minute: a worker started during quorum loss retries
-        every RETRY_SECONDS."""
-        now = time.monotonic()
-        if message != self._last_warning or now - self._warned_at >= WARN_EVERY:
-            log.warning("%s", message)
-            self._last_warning, self._warned_at = message, now
-
     async def _session(self) -> None:
         granted = time.monotonic()
         lease = await self.store.grant_lease(LEASE_TTL)
@@ -274,7 +268,7 @@ class TagCache:
             self._generation += 1
             self._valid_until = granted + VALID_SECONDS
             self._live = True
-            self._last_warning = ""
+            self._warn.clear()
             await self._report(lease, start)
             log.info("tag cache on (member %s)", self.member_key.decode(errors="replace"))
             async with asyncio.TaskGroup() as group:
