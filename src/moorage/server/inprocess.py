@@ -30,10 +30,9 @@ import time
 from collections.abc import Callable
 
 from granian.asgi import LifespanProtocol
-from granian.constants import Interfaces, SSLProtocols
+from granian.constants import Interfaces
 from granian.server.embed import Server
 
-from moorage import logs
 from moorage.cluster.supervisor import EtcdWatchdog
 from moorage.config import ReplicaConfig
 from moorage.errors import MoorageError
@@ -65,15 +64,13 @@ def serve_here(
     config: ReplicaConfig,
     tls: transport.Material | None,
     watchdog: EtcdWatchdog,
-    backpressure: int,
-    blocking_threads: int,
 ) -> None:
     """Serve the API in this process until SIGTERM/SIGINT (or etcd cannot be kept)."""
     from granian._loops import loops  # the loop granian's workers use (uvloop here)
 
     loop: asyncio.AbstractEventLoop = loops.get("auto")
     try:
-        loop.run_until_complete(_serve(config, tls, watchdog, backpressure, blocking_threads))
+        loop.run_until_complete(_serve(config, tls, watchdog))
     finally:
         loop.close()
 
@@ -82,8 +79,6 @@ async def _serve(
     config: ReplicaConfig,
     tls: transport.Material | None,
     watchdog: EtcdWatchdog,
-    backpressure: int,
-    blocking_threads: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -124,15 +119,7 @@ async def _serve(
             server = _Server(
                 app,
                 interface=Interfaces.ASGINL,  # the lifespan runs here, once
-                address=config.http_host,
-                port=config.http_port,
-                log_access=False,  # moorage.api.access_log writes the access lines
-                log_dictconfig=logs.granian_config(config.log_format, config.replica_id),
-                ssl_cert=tls.cert if tls else None,
-                ssl_key=tls.key if tls else None,
-                ssl_protocol_min=SSLProtocols.tls12,
-                backpressure=backpressure,
-                runtime_blocking_threads=blocking_threads,
+                **transport.server_options(config, tls),
             )
             if isinstance(app, transport.CloseWhenReplaced):
                 # the same app serves the new certificate: keep-alive again from then on

@@ -23,15 +23,12 @@ import os
 import shutil
 import threading
 
-from moorage import logs
 from moorage.cluster.supervisor import EtcdWatchdog, supervise
 from moorage.config import DataDir, ReplicaConfig
 from moorage.server import transport
 
 log = logging.getLogger("moorage.server")
 WORKER_APP = "moorage.server.worker:create_app"
-BACKPRESSURE = 64  # requests one API worker answers at once
-BLOCKING_THREADS = 16  # granian's threads for file reads (pathsend), per worker
 
 
 def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1) -> None:
@@ -48,7 +45,7 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
         if workers == 1:
             from moorage.server.inprocess import serve_here
 
-            serve_here(config, tls, watchdog, BACKPRESSURE, BLOCKING_THREADS)
+            serve_here(config, tls, watchdog)
         else:
             _serve_forked(config, tls, watchdog, workers)
 
@@ -58,27 +55,14 @@ def _serve_forked(
 ) -> None:
     """granian's main loop here, `workers` API worker processes forked from this one."""
     from granian import Granian  # the server is only needed in this process
-    from granian.constants import SSLProtocols
 
     server = Granian(
         WORKER_APP,
         factory=True,
         interface="asgi",  # type: ignore[arg-type]
-        address=config.http_host,
-        port=config.http_port,
         workers=workers,
         respawn_failed_workers=True,
-        log_access=False,  # moorage.api.access_log writes the access lines
-        log_dictconfig=logs.granian_config(config.log_format, config.replica_id),
-        # TLS: files re-read by each new worker (see transport.watch); TLS 1.2 floor.
-        ssl_cert=tls.cert if tls else None,
-        ssl_key=tls.key if tls else None,
-        ssl_protocol_min=SSLProtocols.tls12,
-        # Memory stays flat under many concurrent pulls: each response in flight holds a
-        # write buffer and a file read, and granian would start up to 512 threads for
-        # those reads. Requests beyond BACKPRESSURE wait for a free slot (per worker).
-        backpressure=BACKPRESSURE,
-        runtime_blocking_threads=BLOCKING_THREADS,
+        **transport.server_options(config, tls),
     )
     watchdog.give_up = server.signal_handler_interrupt
     watchdog.start()

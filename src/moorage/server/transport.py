@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moorage import logs
 from moorage.config import ReplicaConfig
 from moorage.errors import ConfigError
 from moorage.pki import TlsDir
@@ -171,3 +172,30 @@ class CloseWhenReplaced:
             await send(message)
 
         await self.app(scope, receive, closing)
+
+
+#: Memory stays flat under many concurrent pulls: each response in flight holds a write
+#: buffer and a file read, and granian would start up to 512 threads for those reads.
+#: Requests beyond BACKPRESSURE wait for a free slot (per API worker).
+BACKPRESSURE = 64  # requests one API worker answers at once
+BLOCKING_THREADS = 16  # granian's threads for file reads (pathsend), per worker
+
+
+def server_options(config: ReplicaConfig, tls: Material | None) -> dict[str, Any]:
+    """granian's options for the API, the same whether it is served in the replica's own
+    process (server/inprocess.py) or by forked workers (server/process.py): the address,
+    the access log left to moorage.api.access_log, the log format, TLS (files re-read by
+    each new server: see `watch`; TLS 1.2 floor) and the bounds above."""
+    from granian.constants import SSLProtocols  # the HTTP server only where it runs
+
+    return {
+        "address": config.http_host,
+        "port": config.http_port,
+        "log_access": False,
+        "log_dictconfig": logs.granian_config(config.log_format, config.replica_id),
+        "ssl_cert": tls.cert if tls else None,
+        "ssl_key": tls.key if tls else None,
+        "ssl_protocol_min": SSLProtocols.tls12,
+        "backpressure": BACKPRESSURE,
+        "runtime_blocking_threads": BLOCKING_THREADS,
+    }
