@@ -30,7 +30,6 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +38,7 @@ from moorage.meta import keys, usage
 
 # Re-exported: the primitives' values were first defined here, and importers still use this.
 from moorage.meta.ops import KV as KV
+from moorage.meta.ops import LAST_REVISION as LAST_REVISION
 from moorage.meta.ops import MUST_EXIST as MUST_EXIST
 from moorage.meta.ops import Delete as Delete
 from moorage.meta.ops import Guard as Guard
@@ -53,8 +53,6 @@ from moorage.meta.records import (
     dumps,
 )
 
-#: The etcd revision of the last transaction this task committed (for the journal).
-LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
 #: What `_account_txn` calls with a committed transaction's revision and operations.
 AccountLog = Callable[[int, Sequence["Op"]], Awaitable[None]]
 

@@ -3,6 +3,7 @@ transaction and its compare-and-set guards (used by `meta.base` and the modules 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -30,3 +31,5 @@ Guard = tuple[bytes, int]
 MUST_EXIST = -1
 
 __all__ = ["KV", "MUST_EXIST", "Delete", "Guard", "Op", "Put"]
+#: The etcd revision of the last transaction this task committed (for the journal).
+LAST_REVISION: ContextVar[int] = ContextVar("moorage_last_revision", default=0)
