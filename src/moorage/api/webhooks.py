@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -60,13 +61,16 @@ async def push_notice(request: Request, st: AppState, repository: str) -> Notice
     webhooks): `notice_for` the request."""
     if st.webhooks is None:
         return None
-    return notice_for(st.webhooks, repository, request_info(request))
+    return notice_for(st.webhooks, repository, lambda: request_info(request))
 
 
-def notice_for(webhooks: Webhooks, repository: str, info: RequestInfo) -> Notice:
+def notice_for(
+    webhooks: Webhooks, repository: str, info: RequestInfo | Callable[[], RequestInfo]
+) -> Notice:
     """A push's event write and the guard that keeps the webhooks it went by current. No
     store read per push: the webhooks as last read, read afresh when the guard refused
-    (cluster/webhooks.py `for_push`)."""
+    (cluster/webhooks.py `for_push`). `info` may be a function: called only when a webhook
+    wants the event (building it costs a push more than the rest of this does)."""
 
     async def notice(
         record: ManifestRecord, tags: list[str], fresh: bool
@@ -75,8 +79,9 @@ def notice_for(webhooks: Webhooks, repository: str, info: RequestInfo) -> Notice
         if not any("push" in h.events for h in known):
             return [guard], []
         tag = tags[0] if tags else ""
+        about = info() if callable(info) else info
         event = webhooks.event(
-            "push", repository, info, record.digest, record.media_type, record.size, tag
+            "push", repository, about, record.digest, record.media_type, record.size, tag
         )
         return [guard], [webhooks.outbox_op(event, known)]
 
