@@ -64,6 +64,7 @@ def test_concurrent_links_take_one_transaction_each_and_count_exactly() -> None:
         assert store.txns == 160
         now = await usage.current(store, "team")
         assert (now.bytes, now.blobs) == (160 * SIZE, 160)
+        assert usage._counters(store)._locks == {}  # a lock lives while a link uses it
 
     asyncio.run(main())
 

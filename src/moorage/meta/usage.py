@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from moorage.meta.base import MetaStore
 
 _RETRIES = 200
-_KNOWN_SHARDS = 65536  # counter shards whose value a process keeps (_Counters)
+_KNOWN_SHARDS = 8192  # counter shards whose value a process keeps (_Counters): ~2 MiB at most
 _FORGET_BATCH = 64  # per-blob records uncounted in one transaction
 _EMPTY = b"{}"
 
@@ -253,23 +253,20 @@ class _Counters:
 
     def __init__(self) -> None:
         self._known: dict[bytes, KV] = {}
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        # a lock per shard some link of this process is using, and how many links use it
+        # (gone with the last one: as many entries as links in flight, at most)
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def choose(self, shards: list[bytes], pick: int, read: KV | None) -> int:
-        """The shard read (`pick`), or while another link holds it, a free one whose value
-        is known."""
+        """The shard read (`pick`), or while another link uses it, one that no link uses
+        and whose value is known."""
         self._see(shards[pick], read)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests): the old one's locks are gone
             self._loop, self._locks = loop, {}
-        lock = self._locks.get(shards[pick])
-        if lock is not None and lock.locked():
-            free = [
-                i
-                for i, key in enumerate(shards)
-                if key in self._known and not (key in self._locks and self._locks[key].locked())
-            ]
+        if shards[pick] in self._locks:
+            free = [i for i, k in enumerate(shards) if k in self._known and k not in self._locks]
             if free:
                 return random.choice(free)
         return pick
@@ -277,11 +274,17 @@ class _Counters:
     @asynccontextmanager
     async def holding(self, key: bytes) -> AsyncIterator[KV | None]:
         """The shard's lock held; yields its newest value known."""
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            yield self._known.get(key)
-        if not lock.locked() and len(self._locks) > _KNOWN_SHARDS:
-            self._locks.pop(key, None)
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield self._known.get(key)
+        finally:
+            held, users = self._locks.get(key, (None, 0))
+            if held is lock and users > 1:
+                self._locks[key] = (lock, users - 1)
+            elif held is lock:
+                del self._locks[key]
 
     def wrote(self, put: Put, held: bool) -> None:
         """After the transaction: its write is the shard's newest value (at the revision the
