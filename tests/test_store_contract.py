@@ -18,7 +18,7 @@ from harness.etcd import start_etcd_member
 
 from moorage.cluster.fence import read_fence, write_fence
 from moorage.errors import RecordCorrupt
-from moorage.meta import keys
+from moorage.meta import keys, usage
 from moorage.meta.base import Delete, Put
 from moorage.meta.cluster_store import JOIN_LOCK, ClusterStore
 from moorage.meta.etcd import ClientTls, EtcdCluster
@@ -323,3 +323,20 @@ def test_fence_marker_is_a_typed_record(tmp_path: Path) -> None:
     assert FenceRecord.decode(old) == FenceRecord("c1", 4, "r2", 1.5)
     for junk in (b"", b"[]", b'{"cluster_id": "c1"}', b'{"cluster_id": 1, "epoch": 2}', b"\xff"):
         assert FenceRecord.decode(junk) is None
+
+
+def test_a_refused_transaction_answers_the_reads_a_retry_needs(run: Callable[[Case], None]) -> None:
+    """etcd answers them in the refused request itself (a blob link's retry reads nothing
+    more, meta/usage.py); other stores read them after it."""
+
+    async def case(store: ClusterStore) -> None:
+        r, x, y = keys.repo("r"), keys.repo("x"), keys.repo("y")
+        assert await store._txn([], [Put(r, b"{}")])
+        held, found = await usage._txn_else_get(store, [(r, 0)], [Put(x, b"{}")], [r, y])
+        assert not held
+        assert [kv.value if kv else None for kv in found] == [b"{}", None]
+        assert await store._get(x) is None
+        assert await usage._txn_else_get(store, [(y, 0)], [Put(y, b"{}")], [y]) == (True, [])
+        assert await store._get(y) is not None
+
+    run(case)

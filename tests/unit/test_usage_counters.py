@@ -1,5 +1,5 @@
 """Concurrent blob links of one process add to the namespace's usage counter without
-colliding on a counter shard (meta/usage.py `_Counters`), and what a process knows of a
+colliding on a counter shard (meta/link_hints.py `Counters`), and what a process knows of a
 shard can only cost a retry when it is stale, never a wrong count."""
 
 from __future__ import annotations
@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 
-from moorage.meta import keys, usage
+from moorage.errors import QuotaExceeded
+from moorage.meta import keys, link_hints, usage
+from moorage.meta.link_hints import collection_quiet, counters_of
 from moorage.meta.memory import MemoryMetaStore
-from moorage.meta.ops import KV, Guard, Op, Put
+from moorage.meta.ops import KV, Delete, Guard, Op, Put
+from moorage.meta.policy_records import PolicyRecord
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +68,7 @@ def test_concurrent_links_take_one_transaction_each_and_count_exactly() -> None:
         assert store.txns == 160
         now = await usage.current(store, "team")
         assert (now.bytes, now.blobs) == (160 * SIZE, 160)
-        assert usage._counters(store)._locks == {}  # a lock lives while a link uses it
+        assert counters_of(store)._locks == {}  # a lock lives while a link uses it
 
     asyncio.run(main())
 
@@ -83,7 +87,7 @@ def test_a_shard_changed_by_another_process_costs_a_retry_not_a_wrong_count() ->
             guard, put = usage._add(shard, kv, 1, 1)
             assert await store._txn([guard], [put])
         await _push_all(store, _digests(32, "b"))
-        counters = usage._counters(store)
+        counters = counters_of(store)
         for shard in shards:  # known from a store whose revisions ran higher
             counters._known[shard] = KV(shard, b'{"bytes": 0, "blobs": 0}', 10**9)
         await _push_all(store, _digests(32, "c"))
@@ -113,5 +117,85 @@ def test_a_failed_link_releases_its_shard() -> None:
             await store.link_blob("team/app", _digests(1, "x")[0], SIZE, True)
         await asyncio.wait_for(_push_all(store, _digests(16, "y"), concurrency=4), 10)
         assert (await usage.current(store, "team")).blobs == 16
+
+    asyncio.run(main())
+
+
+class Guessing(SlowStore):
+    """A store that answers a refused transaction's reads with it, as etcd does: uploads
+    then link from a guess while no collection runs (meta/link_hints.py)."""
+
+    guesses_links = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def _get_many(self, keys_: Sequence[bytes]) -> list[KV | None]:
+        self.reads += 1
+        return await super()._get_many(keys_)
+
+    async def txn_else_get(
+        self, guards: Sequence[Guard], ops: Sequence[Op], reads: Sequence[bytes]
+    ) -> tuple[bool, list[KV | None]]:
+        if await self._txn(guards, ops):
+            return True, []
+        return False, [await MemoryMetaStore._get(self, k) for k in reads]
+
+
+def test_a_guessed_link_takes_one_transaction_and_no_read() -> None:
+    """While no collection runs, a new blob's link is one transaction; a wrong guess (the
+    blob linked elsewhere in the namespace, a policy the guess did not know, a tombstone)
+    costs the refused transaction, whose reads the retry starts from, never a wrong count."""
+
+    async def main() -> None:
+        store = Guessing()
+        assert await collection_quiet(store)
+        digests = _digests(40)
+        for digest in digests:
+            assert await store.link_blob("team/app", digest, SIZE, True, usage.GUESS)
+        assert (store.txns, store.reads) == (40, 0)
+        for digest in digests[:10]:  # counted in the namespace already: the guess is wrong
+            assert await store.link_blob("team/other", digest, SIZE, True, usage.GUESS)
+        assert (store.txns, store.reads) == (60, 0)
+        now = await usage.current(store, "team")
+        assert (now.bytes, now.blobs) == (40 * SIZE, 40)
+        policy = PolicyRecord("team", quota=41 * SIZE).encode()  # not known here yet
+        assert await store._txn([], [Put(keys.policy("team"), policy)])
+        assert await store.link_blob("team/app", _digests(1, "q")[0], SIZE, True, usage.GUESS)
+        with pytest.raises(QuotaExceeded):
+            await store.link_blob("team/app", _digests(1, "r")[0], SIZE, True, usage.GUESS)
+        doomed = _digests(1, "gc")[0]
+        assert await store._txn([], [Put(keys.blob_tombstone(doomed), b'{"run": "r"}')])
+        assert not await store.link_blob("team/app", doomed, SIZE, True, usage.GUESS)
+        assert (await usage.current(store, "team")).blobs == 41
+
+    asyncio.run(main())
+
+
+def test_collection_quiet_reads_the_lock_and_the_tombstones_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quiet only with neither the collection's lock nor a tombstone, re-read once per
+    QUIET_FOR; a store that cannot answer reads with a refused transaction never is."""
+    clock = [1000.0]
+    monkeypatch.setattr(link_hints, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    async def main() -> None:
+        assert not await collection_quiet(MemoryMetaStore())
+        store = Guessing()
+        assert await collection_quiet(store)
+        lock = keys.lock(keys.GC_LOCK)
+        assert await store._txn([], [Put(lock, b"{}")])
+        assert await collection_quiet(store)  # as read less than QUIET_FOR ago
+        clock[0] += link_hints.QUIET_FOR
+        assert not await collection_quiet(store)
+        tombstone = keys.blob_tombstone("sha256:" + "a" * 64)
+        assert await store._txn([], [Delete(lock), Put(tombstone, b"{}")])
+        clock[0] += link_hints.QUIET_FOR
+        assert not await collection_quiet(store)
+        assert await store._txn([], [Delete(tombstone)])
+        clock[0] += link_hints.QUIET_FOR
+        assert await collection_quiet(store)
 
     asyncio.run(main())

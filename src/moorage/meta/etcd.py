@@ -106,6 +106,8 @@ class _TooLarge(StoreUnavailable):
 
 
 class EtcdMetaStore(MetaStore):
+    guesses_links = True  # meta/usage.py `collection_quiet`: `txn_else_get` answers reads
+
     def __init__(
         self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT, *, tls: ClientTls
     ) -> None:
@@ -243,7 +245,13 @@ class EtcdMetaStore(MetaStore):
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
     async def _txn(self, guards: Sequence[Guard], ops: Sequence[Op]) -> bool:
-        compare = _compares(guards)
+        return (await self.txn_else_get(guards, ops, ()))[0]
+
+    async def txn_else_get(
+        self, guards: Sequence[Guard], ops: Sequence[Op], reads: Sequence[bytes]
+    ) -> tuple[bool, list[KV | None]]:
+        """`_txn`; when a guard fails, the values of `reads` (in the same request: a retry
+        needs no read of its own)."""
         success = []
         if any(keys.is_registry_data(op.key) for op in ops):
             success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=keys.LAST_CHANGE)))
@@ -256,14 +264,18 @@ class EtcdMetaStore(MetaStore):
                 success.append(
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
                 )
-        request = rpc.TxnRequest(compare=compare, success=success, failure=[])
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in reads]
+        request = rpc.TxnRequest(compare=_compares(guards), success=success, failure=failure)
         # Every registry write is idempotent or guarded, so a write refused during a leader
         # election is retried until the election is over (about 1-2.5 s).
         # A write in flight when the leader dies hangs until its deadline: short attempts,
         # retried, finish right after the new election instead.
         resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
         LAST_REVISION.set(int(resp.header.revision))
-        return bool(resp.succeeded)
+        if resp.succeeded:
+            return True, []
+        found = [r.response_range.kvs for r in resp.responses]
+        return False, [KV(k[0].key, k[0].value, k[0].mod_revision) if k else None for k in found]
 
     async def _through_election(self, method: str, request: Any, attempt: float) -> Any:
         """`method` in attempts of `attempt` seconds, retried while etcd elects a leader,

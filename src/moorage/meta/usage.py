@@ -11,7 +11,8 @@ The namespace's total is the sum of USAGE_SHARDS shards (meta/keys.py); a blob n
 namespace adds to one of them. The transaction is guarded by the revisions the link, the
 per-blob record, the namespace's policy and the shard were read at. Without a quota that
 is one shard: a process's concurrent links each take a shard no other one is writing, or
-wait for theirs, from the value the last one wrote (`_Counters`), so they do not collide.
+wait for theirs, from the value the last one wrote (meta/link_hints.py), so they do not
+collide.
 With a quota every shard is read, checked against it and guarded: links of blobs new to the
 namespace serialize on every replica, two pushes racing for the last bytes cannot both be
 admitted, and the total never goes over the quota (a collision costs a retry, not a wrong
@@ -32,14 +33,14 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from moorage.errors import QuotaExceeded, RecordCorrupt, StoreUnavailable
 from moorage.meta import keys
-from moorage.meta.ops import KV, LAST_REVISION, Delete, Guard, Op, Put
+from moorage.meta.link_hints import counters_of
+from moorage.meta.ops import KV, Delete, Guard, Op, Put
 from moorage.meta.policy_records import PolicyRecord, namespace_of
 from moorage.meta.records import dumps
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from moorage.meta.base import MetaStore
 
 _RETRIES = 200
-_KNOWN_SHARDS = 8192  # counter shards whose value a process keeps (_Counters): ~2 MiB at most
 _FORGET_BATCH = 64  # per-blob records uncounted in one transaction
 _EMPTY = b"{}"
 
@@ -155,6 +155,25 @@ async def read_link(store: MetaStore, repo: str, digest: str) -> LinkRead:
     return LinkRead(pick, tuple(await store._get_many([lkey, bkey, pkey, tkey, shards[pick]])))
 
 
+#: `link(read=GUESS)`: start from `Counters.guess` instead of a read (an upload while no
+#: collection runs: link_hints.collection_quiet); a wrong guess fails a guard, and the refused
+#: transaction answers the reads the retry starts from, so it costs no extra round trip.
+GUESS = LinkRead(-1, ())
+
+
+async def _txn_else_get(
+    store: MetaStore, guards: Sequence[Guard], ops: Sequence[Op], reads: Sequence[bytes]
+) -> tuple[bool, list[KV | None]]:
+    """The transaction; when refused, the values of `reads` (etcd: in the same request)."""
+    fused = getattr(store, "txn_else_get", None)
+    if fused is not None:
+        held, found = await fused(guards, ops, reads)
+        return bool(held), list(found)
+    if await store._txn(guards, ops):
+        return True, []
+    return False, await store._get_many(reads)
+
+
 async def link(
     store: MetaStore,
     repo: str,
@@ -172,14 +191,21 @@ async def link(
 
     A blob new to the namespace adds to one counter shard, guarded by that shard alone when
     the namespace has no quota (one that no other link of this process is writing: see
-    `_Counters`), and by every shard when it has one (racing pushes cannot both take the
+    meta/link_hints.py), and by every shard when it has one (racing pushes cannot both take the
     last bytes). `read`: the first read, done ahead by the caller (`read_link`); every retry
     reads afresh."""
     ns = namespace_of(repo)
     lkey, bkey, pkey, tkey, shards = _link_keys(repo, digest)
-    counters = _counters(store)
+    counters = counters_of(store)
     for attempt in range(_RETRIES):
-        first, read = read if read is not None else await read_link(store, repo, digest), None
+        guessed = LinkRead(*counters.guess(pkey, shards)) if read is GUESS else None
+        if guessed is not None and _quota(guessed.kvs[2]) is None:
+            first = guessed  # with a quota, a refusal is decided on what is read, never guessed
+        else:
+            ahead = read if read is not None and read is not GUESS else None
+            first = ahead if ahead is not None else await read_link(store, repo, digest)
+            counters.policy_seen(pkey, first.kvs[2])
+        read = None
         pick = first.pick
         counted: Put | None = None  # the counter shard's write, with a quota
         shard_of: bytes | None = None  # the counter shard to add to, without one
@@ -225,89 +251,23 @@ async def link(
             ops.append(Put(bkey, dumps({"size": size, "repos": 1})))
             if quota is None:  # added to below, under the shard's lock
                 shard_of = shard
+        # a refused transaction answers what the next attempt starts from
+        reads = [lkey, bkey, pkey, tkey, shards[pick]]
         if shard_of is not None:
             read_kv = shard_kv if shard_of == shards[first.pick] else None
             async with counters.holding(shard_of) as known:
                 guard, counted = _add(shard_of, known if known is not None else read_kv, size, 1)
                 guards.append(guard)
-                held = await store._txn(guards, [*ops, counted])
+                held, found = await _txn_else_get(store, guards, [*ops, counted], reads)
                 counters.wrote(counted, held)
         else:
-            held = await store._txn(guards, [*ops, counted] if counted is not None else ops)
+            ops = [*ops, counted] if counted is not None else ops
+            held, found = await _txn_else_get(store, guards, ops, reads)
         if held:
             return True
+        read = LinkRead(pick, tuple(found)) if len(found) == len(reads) else None
         await _backoff(attempt)
     raise _conflict(f"linking blob {digest} to {repo}")
-
-
-class _Counters:
-    """The counter shards as this process last read or wrote them, one lock per shard.
-
-    Concurrent links of one process used to pick their shard at random, so two of them often
-    guarded the same one, and one failed and retried (another read and transaction: 1,600
-    links at concurrency 16 took about 2,970 transactions). A link now adds to a shard that no
-    other link of this process is writing if there is one, or waits for the one it read, and
-    adds to the newest value known of it. A value another process changed since fails the
-    guard: it is forgotten and the retry reads afresh, so this can cost a retry, never make a
-    count wrong."""
-
-    def __init__(self) -> None:
-        self._known: dict[bytes, KV] = {}
-        # a lock per shard some link of this process is using, and how many links use it
-        # (gone with the last one: as many entries as links in flight, at most)
-        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def choose(self, shards: list[bytes], pick: int, read: KV | None) -> int:
-        """The shard read (`pick`), or while another link uses it, one that no link uses
-        and whose value is known."""
-        self._see(shards[pick], read)
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests): the old one's locks are gone
-            self._loop, self._locks = loop, {}
-        if shards[pick] in self._locks:
-            free = [i for i, k in enumerate(shards) if k in self._known and k not in self._locks]
-            if free:
-                return random.choice(free)
-        return pick
-
-    @asynccontextmanager
-    async def holding(self, key: bytes) -> AsyncIterator[KV | None]:
-        """The shard's lock held; yields its newest value known."""
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield self._known.get(key)
-        finally:
-            held, users = self._locks.get(key, (None, 0))
-            if held is lock and users > 1:
-                self._locks[key] = (lock, users - 1)
-            elif held is lock:
-                del self._locks[key]
-
-    def wrote(self, put: Put, held: bool) -> None:
-        """After the transaction: its write is the shard's newest value (at the revision the
-        transaction committed at), or what was known of the shard was stale."""
-        if held:
-            self._see(put.key, KV(put.key, put.value, LAST_REVISION.get()))
-        else:
-            self._known.pop(put.key, None)
-
-    def _see(self, key: bytes, kv: KV | None) -> None:
-        old = self._known.get(key)
-        if kv is not None and (old is None or kv.mod_revision > old.mod_revision):
-            if len(self._known) >= _KNOWN_SHARDS:
-                self._known.clear()
-            self._known[key] = kv
-
-
-def _counters(store: MetaStore) -> _Counters:
-    found = getattr(store, "_usage_counters", None)
-    if not isinstance(found, _Counters):
-        found = _Counters()
-        store._usage_counters = found  # type: ignore[attr-defined]
-    return found
 
 
 async def forget(store: MetaStore, links: Sequence[tuple[str, Sequence[str]]]) -> None:

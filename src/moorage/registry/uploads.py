@@ -28,8 +28,9 @@ from moorage.errors import (
     SizeInvalid,
 )
 from moorage.meta.base import MetaStore
+from moorage.meta.link_hints import collection_quiet
 from moorage.meta.records import UploadRecord
-from moorage.meta.usage import LinkRead, read_link
+from moorage.meta.usage import GUESS, LinkRead, read_link
 from moorage.oci.digest import Digest, Hasher, parse_digest
 from moorage.storage.base import BlobStorage, UploadHandle
 
@@ -267,7 +268,10 @@ class Uploads:
             )
         # Garbage collection deleting this very digest removes the bytes last: commit only
         # once it is done, so the blob ends up present. One read tells that and gives the
-        # link what it starts from.
+        # link what it starts from; while no collection runs, no read: the link guesses.
+        if await collection_quiet(self.meta):
+            await handle.commit(str(digest))
+            return GUESS
         read: LinkRead | None = await read_link(self.meta, repo, str(digest))
         if read is not None and read.collecting:
             await settle(self.meta, str(digest))
