@@ -147,6 +147,7 @@ class Uploads:
             self._sessions.pop(upload_id, None)
             read = await self._verify_and_commit(handle, repo, parsed, hasher)
         await link_stored(self.meta, repo, parsed, size, read)
+        await self._still_stored(repo, parsed)
         return parsed, size
 
     async def monolithic(
@@ -168,6 +169,7 @@ class Uploads:
         finally:
             await handle.release()
         await link_stored(self.meta, repo, parsed, size, read)
+        await self._still_stored(repo, parsed)
         return parsed, size
 
     async def cancel(self, repo: str, upload_id: str) -> None:
@@ -179,6 +181,23 @@ class Uploads:
         self._sessions.pop(upload_id, None)
 
     # -- internals --------------------------------------------------------------------
+    async def _still_stored(self, repo: str, digest: Digest) -> None:
+        """After the link, on local files (a stat costs a system call): a collection that
+        tombstoned this digest before the commit can have deleted the bytes after it and
+        cleared its tombstone before the link, which then names nothing: the link goes and
+        the client is told to upload again. Once the bytes are seen after the link, no
+        collection takes them (the link is within the grace period, and a running one
+        rescues links written after its mark). On S3, where a stat is a request, the read
+        before the commit is the guard, as it always was."""
+        if self.storage.local_path(str(digest)) is None:
+            return
+        if await self.storage.stat(str(digest)) is not None:
+            return
+        await self.meta.unlink_blob(repo, str(digest))
+        raise BlobCollecting(
+            f"garbage collection deleted blob {digest} while it was stored; upload it again"
+        )
+
     async def _session(self, repo: str, upload_id: str) -> UploadRecord:
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise BlobUploadUnknown(f"upload {upload_id[:64]!r} is unknown")
@@ -268,8 +287,9 @@ class Uploads:
             )
         # Garbage collection deleting this very digest removes the bytes last: commit only
         # once it is done, so the blob ends up present. One read tells that and gives the
-        # link what it starts from; while no collection runs, no read: the link guesses.
-        if await collection_quiet(self.meta):
+        # link what it starts from. While no collection runs, on local files, no read: the
+        # link guesses, and `_still_stored` checks the bytes after it.
+        if self.storage.local_path(str(digest)) is not None and await collection_quiet(self.meta):
             await handle.commit(str(digest))
             return GUESS
         read: LinkRead | None = await read_link(self.meta, repo, str(digest))
