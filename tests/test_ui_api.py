@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,8 +269,15 @@ def test_delete_a_manifest_by_digest_like_the_registry_does(
         api_refs = c.get(f"/v2/ui/api-doomed/referrers/{digest}")
         assert ui_refs.status_code == api_refs.status_code
         assert ui_refs.json() == api_refs.json()
-        events = c.get("/api/v0/audit", params={"action": "delete", "limit": 50}).json()["events"]
-    mine = [e for e in events if e.get("target") == f"ui/doomed@{digest}"]
+        # deletes reach the audit log in batches (every 0.1 s): wait for this one
+        deadline = time.monotonic() + 30
+        while True:
+            query: dict[str, str | int] = {"action": "delete", "limit": 50}
+            events = c.get("/api/v0/audit", params=query).json()["events"]
+            mine = [e for e in events if e.get("target") == f"ui/doomed@{digest}"]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     assert len(mine) == 1, events
     assert json.dumps(mine[0]).count('"via": "ui"') == 1
     assert mine[0]["actor"] == AUTH[0]
