@@ -106,7 +106,7 @@ class _TooLarge(StoreUnavailable):
 
 
 class EtcdMetaStore(MetaStore):
-    guesses_links = True  # meta/usage.py `collection_quiet`: `txn_else_get` answers reads
+    guesses_links = True  # meta/link_hints.py `collection_quiet`: `txn_else_get` answers reads
 
     def __init__(
         self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT, *, tls: ClientTls

@@ -273,7 +273,7 @@ class Uploads:
     ) -> LinkRead | None:
         """Verify the bytes and make them the blob; returns the store's read that tells no
         collection is deleting the digest, which the link that follows starts from (None
-        after a wait for a collection: the link reads afresh)."""
+        after a wait for a collection: the link reads afresh; GUESS while none runs)."""
         if hasher is not None and getattr(hasher, "name", digest.algorithm) == digest.algorithm:
             actual = hasher.hexdigest()
         else:
