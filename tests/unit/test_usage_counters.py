@@ -125,8 +125,6 @@ class Guessing(SlowStore):
     """A store that answers a refused transaction's reads with it, as etcd does: uploads
     then link from a guess while no collection runs (meta/link_hints.py)."""
 
-    guesses_links = True
-
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0

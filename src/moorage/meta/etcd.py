@@ -106,8 +106,6 @@ class _TooLarge(StoreUnavailable):
 
 
 class EtcdMetaStore(MetaStore):
-    guesses_links = True  # meta/link_hints.py `collection_quiet`: `txn_else_get` answers reads
-
     def __init__(
         self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT, *, tls: ClientTls
     ) -> None:

@@ -34,7 +34,7 @@ async def collection_quiet(store: MetaStore) -> bool:
     A collection that started since the last read is caught by the link's own guard (the
     tombstone): the upload is then refused with BlobCollecting and sent again, as one that
     raced the collection between its read and its commit always was."""
-    if not getattr(store, "guesses_links", False):
+    if getattr(store, "txn_else_get", None) is None:
         return False
     counters = counters_of(store)
     now = time.monotonic()

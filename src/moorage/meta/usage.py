@@ -198,14 +198,12 @@ async def link(
     lkey, bkey, pkey, tkey, shards = _link_keys(repo, digest)
     counters = counters_of(store)
     for attempt in range(_RETRIES):
-        guessed = LinkRead(*counters.guess(pkey, shards)) if read is GUESS else None
-        if guessed is not None and _quota(guessed.kvs[2]) is None:
-            first = guessed  # with a quota, a refusal is decided on what is read, never guessed
-        else:
-            ahead = read if read is not None and read is not GUESS else None
-            first = ahead if ahead is not None else await read_link(store, repo, digest)
-            counters.policy_seen(pkey, first.kvs[2])
-        read = None
+        if read is GUESS:
+            read = LinkRead(*counters.guess(pkey, shards))
+            if _quota(read.kvs[2]) is not None:
+                read = None  # with a quota, a refusal is decided on what is read, never guessed
+        first, read = read if read is not None else await read_link(store, repo, digest), None
+        counters.policy_seen(pkey, first.kvs[2])
         pick = first.pick
         counted: Put | None = None  # the counter shard's write, with a quota
         shard_of: bytes | None = None  # the counter shard to add to, without one
