@@ -108,11 +108,16 @@ DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 def dropped(exc: Exception) -> bool:
     """No answer because the connection was cut: mid-request (DROPPED), or in its TLS
-    handshake, which the replaced worker had accepted (an EOF from the server; a refused
-    connection is not this, and still fails the test)."""
+    handshake, which the replaced worker had accepted: an EOF from the server, or a reset
+    when the worker closed the socket with the ClientHello still unread (the kernel then
+    answers with RST, not FIN). A refused connection is not this, and still fails the
+    test."""
     if isinstance(exc, DROPPED):
         return True
-    return isinstance(exc, httpx.ConnectError) and "UNEXPECTED_EOF" in str(exc)
+    said = str(exc)
+    return isinstance(exc, httpx.ConnectError) and (
+        "UNEXPECTED_EOF" in said or "Connection reset by peer" in said
+    )
 
 
 class Pusher(threading.Thread):
