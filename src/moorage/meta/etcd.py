@@ -40,6 +40,7 @@ from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
 from moorage.meta.etcd_members import MemberStatus as MemberStatus
+from moorage.meta.etcd_retry import attempts, election
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -58,19 +59,6 @@ _CHANNEL_OPTIONS = {
     "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
     "grpc.max_send_message_length": MAX_REQUEST_BYTES + 64 * 1024,
 }
-_ELECTION = (
-    "leader changed",
-    "no leader",
-    "connection refused",
-    "failed to connect",
-    "deadline exceeded",
-    "request timed out",
-)
-
-
-def _election(exc: StoreUnavailable) -> bool:
-    text = str(exc).lower()
-    return any(marker in text for marker in _ELECTION)
 
 
 def _target(endpoints: Sequence[str]) -> tuple[str, int]:
@@ -276,16 +264,17 @@ class EtcdMetaStore(MetaStore):
         return False, [KV(k[0].key, k[0].value, k[0].mod_revision) if k else None for k in found]
 
     async def _through_election(self, method: str, request: Any, attempt: float) -> Any:
-        """`method` in attempts of `attempt` seconds, retried while etcd elects a leader,
+        """`method` in attempts (`attempts(attempt)`), retried while etcd elects a leader,
         within WRITE_BUDGET; StoreUnavailable after that or on any other failure."""
         deadline = time.monotonic() + WRITE_BUDGET
-        while True:
+        for limit in attempts(attempt):
             try:
-                return await self._call(method, request, attempt)
+                return await self._call(method, request, limit)
             except StoreUnavailable as exc:
-                if not _election(exc) or time.monotonic() > deadline:
+                if not election(exc) or time.monotonic() > deadline:
                     raise
             await asyncio.sleep(0.1)
+        raise AssertionError("attempts() never ends")  # pragma: no cover
 
     async def _quorum_read(self, request: Any) -> Any:
         """A linearizable Range that must not fall back to the local copy: retried through

@@ -1,0 +1,84 @@
+"""How the etcd store tries a call again through a leader election (meta/etcd_retry.py):
+the deadline of each attempt, and which errors are retried, on the store's real retry loop
+with its gRPC call replaced by a scripted member."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from moorage.errors import StoreUnavailable
+from moorage.meta import etcd
+from moorage.meta.etcd_retry import SHORT_ATTEMPTS, attempts
+
+UNAVAILABLE = "the metadata store (etcd) is unavailable"
+
+
+class ScriptedMember(etcd.EtcdMetaStore):
+    """Answers each attempt from `script` (an exception to raise, or a reply), recording
+    the deadline every attempt was given."""
+
+    def __init__(self, script: list[Any]) -> None:  # no channel: _call is scripted
+        self.script = script
+        self.deadlines: list[float | None] = []
+
+    async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
+        self.deadlines.append(limit)
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def deadline_exceeded() -> StoreUnavailable:
+    return StoreUnavailable(f"{UNAVAILABLE}: Deadline Exceeded")
+
+
+def test_attempts_full_then_short_then_full_again() -> None:
+    seq = attempts(1.5)
+    assert [next(seq) for _ in range(6)] == [1.5, *SHORT_ATTEMPTS, 1.5, 1.5, 1.5]
+    assert all(0 < s < 1.5 for s in SHORT_ATTEMPTS)
+    short = attempts(0.3)  # never longer than the first
+    assert [next(short) for _ in range(4)] == [0.3, 0.3, 0.3, 0.3]
+
+
+def test_a_write_sent_to_a_dead_leader_is_retried_in_short_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    # The first attempt hung on the dead leader, so did the next; then the member knew.
+    store = ScriptedMember(
+        [deadline_exceeded(), deadline_exceeded(), StoreUnavailable("no leader"), "ok"]
+    )
+    assert asyncio.run(store._through_election("kvstub.Txn", None, 1.5)) == "ok"
+    assert store.deadlines == [1.5, SHORT_ATTEMPTS[0], SHORT_ATTEMPTS[1], 1.5]
+
+
+def test_a_slow_cluster_gets_full_attempts_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    store = ScriptedMember([deadline_exceeded()] * 5 + ["ok"])
+    assert asyncio.run(store._through_election("kvstub.Txn", None, 1.5)) == "ok"
+    assert store.deadlines == [1.5, *SHORT_ATTEMPTS, 1.5, 1.5, 1.5]
+
+
+def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    store = ScriptedMember([StoreUnavailable(f"{UNAVAILABLE}: permission denied"), "ok"])
+    with pytest.raises(StoreUnavailable, match="permission denied"):
+        asyncio.run(store._through_election("kvstub.Txn", None, 1.5))
+    assert store.deadlines == [1.5]
+
+
+def test_the_budget_ends_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    monkeypatch.setattr(etcd, "WRITE_BUDGET", -1.0)  # already spent: no attempt after the first
+    store = ScriptedMember([deadline_exceeded()] * 10)
+    with pytest.raises(StoreUnavailable, match="Deadline Exceeded"):
+        asyncio.run(store._through_election("kvstub.Txn", None, 1.5))
+    assert store.deadlines == [1.5]
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
