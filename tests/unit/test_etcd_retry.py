@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
@@ -16,13 +17,14 @@ from moorage.meta.etcd_retry import SHORT_ATTEMPTS, attempts
 UNAVAILABLE = "the metadata store (etcd) is unavailable"
 
 
-class ScriptedMember(etcd.EtcdMetaStore):
+class ScriptedMember(etcd.EtcdCluster):
     """Answers each attempt from `script` (an exception to raise, or a reply), recording
     the deadline every attempt was given."""
 
     def __init__(self, script: list[Any]) -> None:  # no channel: _call is scripted
         self.script = script
         self.deadlines: list[float | None] = []
+        self._local_reads_until = 0.0
 
     async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         self.deadlines.append(limit)
@@ -78,6 +80,24 @@ def test_the_budget_ends_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(StoreUnavailable, match="Deadline Exceeded"):
         asyncio.run(store._through_election("kvstub.Txn", None, 1.5))
     assert store.deadlines == [1.5]
+
+
+def test_a_leased_create_whose_answer_was_lost_is_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt created the key but its answer never came; the retry is refused
+    by that very key: same value, same lease, so the create succeeded. A key another holder
+    created (another value or lease) is still a refusal."""
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    ours = rpc.KeyValue(key=b"k", value=b"mine", lease=7)
+
+    def create(found: rpc.KeyValue) -> tuple[bool, list[float | None]]:
+        store = ScriptedMember(
+            [deadline_exceeded(), rpc.TxnResponse(succeeded=False), rpc.RangeResponse(kvs=[found])]
+        )
+        return asyncio.run(store._create_leased(b"k", b"mine", 7)), store.deadlines
+
+    assert create(ours) == (True, [1.5, SHORT_ATTEMPTS[0], 1.0])
+    assert create(rpc.KeyValue(key=b"k", value=b"theirs", lease=9))[0] is False
+    assert create(rpc.KeyValue(key=b"k", value=b"mine", lease=9))[0] is False
 
 
 async def _no_sleep(_seconds: float) -> None:

@@ -348,7 +348,10 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
         await self._retrying("clusterstub.MemberRemove", request, patience)
 
     async def grant_lease(self, ttl: int) -> int:
-        resp = await self._call("leasestub.LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+        # Retried through an election like writes: a lease granted by an attempt whose answer
+        # was lost is never used, and expires after `ttl`.
+        request = rpc.LeaseGrantRequest(TTL=ttl)
+        resp = await self._through_election("leasestub.LeaseGrant", request, WRITE_ATTEMPT_TIMEOUT)
         return int(resp.ID)
 
     async def revoke_lease(self, lease: int) -> None:
@@ -362,7 +365,8 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
         return reply is not None and int(reply.TTL) > 0
 
     async def put_with_lease(self, key: bytes, value: bytes, lease: int) -> None:
-        await self._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
+        request = rpc.PutRequest(key=key, value=value, lease=lease)  # idempotent: retried
+        await self._through_election("kvstub.Put", request, WRITE_ATTEMPT_TIMEOUT)
 
     async def _create_leased(
         self, key: bytes, value: bytes, lease: int, guards: Sequence[Guard] = ()
@@ -372,8 +376,13 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
             failure=[],
         )
-        resp = await self._call("kvstub.Txn", request)
-        return bool(resp.succeeded)
+        resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
+        if resp.succeeded:
+            return True
+        # Refused: by another holder, or by the key an earlier attempt of this very call
+        # created before its answer was lost (same value, same lease: ours after all).
+        found = (await self._read(rpc.RangeRequest(key=key))).kvs
+        return bool(found) and found[0].value == value and int(found[0].lease) == lease
 
     async def _values(self, prefix: bytes, local: bool = False) -> list[bytes]:
         out: list[bytes] = []
