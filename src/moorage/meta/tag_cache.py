@@ -34,7 +34,7 @@ from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import TagRecord
-from moorage.meta.tag_watch import TagEvent, TagWatch, read_members
+from moorage.meta.tag_watch import TagEvent, TagWatch, WatchClosed, read_members
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,12 @@ class TagCache:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailable as exc:
-                self._warn(f"tag cache off: {exc}; retrying")
-            except Exception:
-                log.exception("tag cache failed; off until it is set up again")
+            except Exception as exc:
+                why = _unavailable(exc)
+                if why is not None:
+                    self._warn(f"tag cache off: {why}; retrying")
+                else:
+                    log.exception("tag cache failed; off until it is set up again")
             self._go_dark()
             await asyncio.sleep(RETRY_SECONDS)
 
@@ -277,8 +279,10 @@ class TagCache:
                 group.create_task(self._apply(watch))
         finally:
             self._go_dark()
-            self._watch = None
+            current, self._watch = self._watch, None
             watch.close()
+            if current is not None:
+                current.close()  # a watch resumed on a new channel (`_resume`)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1):
                     await self.store.revoke_lease(lease)
@@ -312,7 +316,11 @@ class TagCache:
 
     async def _apply(self, watch: TagWatch) -> None:
         while True:
-            events, progress = await watch.next()
+            try:
+                events, progress = await watch.next()
+            except WatchClosed:
+                watch = await self._resume(watch)
+                continue
             while self._stall is not None:  # the test hook: apply nothing while it exists
                 if not self._stall.exists():
                     break
@@ -335,12 +343,48 @@ class TagCache:
             if urgent:
                 self._urgent.set()
 
+    async def _resume(self, closed: TagWatch) -> TagWatch:
+        """The store swapped its channel under the watch (a reopen: new members, a renewed
+        certificate): watch again on the new channel, from now, and start over as a new
+        session does (no entry kept, the changes before the new watch unknown here), but
+        without going off: the membership and its lease go on.
+
+        Not resumed from the first revision not applied: etcd 3.4 answers a progress request
+        with its current revision even while a watch still replays older changes, which
+        would vouch for changes not applied yet. Until the new watch runs, the cache still
+        serves what it had, as during any lag: a writer whose change it has not applied
+        waits for this member's progress, which only this resets (reported at once)."""
+        closed.close()
+        fresh = TagWatch(self.store)
+        start = await fresh.open()
+        self._watch, self.progress = fresh, start
+        self._floor = start
+        self._recent.clear()
+        self._entries.clear()
+        self._generation += 1
+        self._wake()
+        self._urgent.set()  # report the new progress now: writers may wait for it
+        log.info("tag cache: watch resumed on a new channel at revision %d", start)
+        return fresh
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+
+
+def _unavailable(exc: BaseException) -> str | None:
+    """Why the session ended when it is the store's unavailability (alone, or the only
+    errors of the session's task group), else None: an unexpected failure."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        whys = [_unavailable(e) for e in exc.exceptions]
+        if whys and all(w is not None for w in whys):
+            return "; ".join(w for w in whys if w is not None)
+    return None
 
 
 def stall_file() -> Path | None:

@@ -18,6 +18,11 @@ from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 
 
+class WatchClosed(StoreUnavailable):
+    """The store's channel was closed under the watch (EtcdMetaStore.reopen retires channels:
+    new members, a renewed certificate); etcd itself is fine, so watch again at once."""
+
+
 @dataclass(frozen=True, slots=True)
 class TagEvent:
     key: bytes
@@ -113,5 +118,5 @@ class _Translated:
             task = asyncio.current_task()
             if task is None or not task.cancelling():
                 # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen
-                # retires channels); the cache's session ends and watches again
-                raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch's channel was closed")
+                # retires channels); the cache watches again on the new one (`_resume`)
+                raise WatchClosed(f"{_UNAVAILABLE}: the tag watch's channel was closed")

@@ -1,0 +1,92 @@
+"""The tag cache across a reopen of the store's channel (meta/tag_cache.py, `_resume`): a
+replica reopens its etcd channel when the members change or its certificate is renewed,
+which closes the channel the cache's watch runs on. The watch resumes on the new channel
+from the first revision it had not applied: the cache stays on, and a tag re-pointed while
+no watch ran is still never served stale once its writer settled. A real etcd member, the
+store and the cache in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from harness.etcd import start_etcd_member
+
+from moorage.meta.etcd import EtcdCluster
+from moorage.meta.records import ManifestRecord
+from moorage.meta.tag_cache import TagCache
+
+REPO = "team/app"
+
+
+def record(n: int) -> ManifestRecord:
+    return ManifestRecord(f"sha256:{n:064x}", "application/vnd.oci.image.manifest.v1+json", n)
+
+
+async def until(condition: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_reopen_keeps_the_cache_on_and_exact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="moorage.meta.tag_cache")
+
+    async def main() -> None:
+        store = EtcdCluster([url], tls=tls)
+        cache = TagCache(store, "r1-1")
+        went_dark: list[float] = []
+        watching = True
+
+        async def watch_live() -> None:
+            while watching:
+                if not cache._live:
+                    went_dark.append(time.monotonic())
+                await asyncio.sleep(0.002)
+
+        try:
+            cache.start()
+            await until(lambda: cache.serving)
+            mark = cache.mark()
+            assert await store.put_manifest(REPO, record(1), ["t1", "t2"]) == []
+            await cache.settle(REPO, ["t1", "t2"], mark)  # as a push does: the watch has it
+            assert (await cache.get(REPO, "t1")).digest == record(1).digest  # type: ignore[union-attr]
+            assert (await cache.get(REPO, "t2")).digest == record(1).digest  # type: ignore[union-attr]
+            hits = cache.hits
+            assert (await cache.get(REPO, "t1")).digest == record(1).digest  # type: ignore[union-attr]
+            assert cache.hits == hits + 1  # served from the cache
+            monitor = asyncio.get_running_loop().create_task(watch_live())
+
+            # The first reopen retires the watch's channel, the second closes it.
+            await store.reopen(tls)
+            await store.reopen(tls)
+            # Re-pointed right away, perhaps before the watch runs again on the new channel.
+            mark = cache.mark()
+            assert await store.put_manifest(REPO, record(2), ["t1"]) == []
+            await cache.settle(REPO, ["t1"], mark)
+            # Acknowledged: the old value is never served again.
+            assert (await cache.get(REPO, "t1")).digest == record(2).digest  # type: ignore[union-attr]
+            assert (await cache.get(REPO, "t2")).digest == record(1).digest  # type: ignore[union-attr]
+            # And the resumed watch goes on delivering changes.
+            mark = cache.mark()
+            assert await store.put_manifest(REPO, record(3), ["t2"]) == []
+            await cache.settle(REPO, ["t2"], mark)
+            assert (await cache.get(REPO, "t2")).digest == record(3).digest  # type: ignore[union-attr]
+            watching = False
+            await monitor
+            assert went_dark == [], "the cache went off during the reopen"
+            assert cache.serving
+            assert "watch resumed on a new channel" in caplog.text
+            assert "tag cache failed" not in caplog.text
+        finally:
+            await cache.close()
+            await store.close()
+
+    with start_etcd_member(tmp_path) as (url, tls):
+        asyncio.run(main())
