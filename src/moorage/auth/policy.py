@@ -45,7 +45,7 @@ from moorage.meta.accounts import Accounts, NamespaceAccess, namespace_of
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster, EtcdMetaStore
 from moorage.meta.etcd_maintenance import member_status
-from moorage.meta.etcd_watch import watch_prefixes
+from moorage.meta.etcd_watch import WatchClosed, watch_prefixes
 from moorage.meta.records import UserRecord
 
 log = logging.getLogger("moorage.auth")
@@ -115,8 +115,11 @@ class AccessView:
 
     async def _watch(self, meta: EtcdMetaStore) -> None:
         while True:
+            pause = _RETRY_WATCH
             try:
                 await watch_prefixes(meta, (keys.USERS, keys.ACCESS), self._ready, self.invalidate)
+            except WatchClosed:
+                pause = 0.05  # a reopen (new members, a renewed certificate): watch again now
             except StoreUnavailable as exc:
                 self._warn(f"access watch: {exc}; retrying (no cache meanwhile)")
             except asyncio.CancelledError:
@@ -126,7 +129,7 @@ class AccessView:
                 log.exception("access watch failed; retrying (no cache meanwhile)")
             self.live = False
             self.invalidate()
-            await asyncio.sleep(_RETRY_WATCH)
+            await asyncio.sleep(pause)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -43,7 +43,7 @@ from moorage.errors import MoorageError
 from moorage.logs import Repeating
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdMetaStore
-from moorage.meta.etcd_watch import watch_prefixes
+from moorage.meta.etcd_watch import WatchClosed, watch_prefixes
 from moorage.meta.webhooks import Queued, WebhookRecord
 
 log = logging.getLogger("moorage.webhooks")
@@ -274,9 +274,12 @@ class Dispatcher:
 
     async def _watch(self, meta: EtcdMetaStore) -> None:
         while True:
+            pause = _WATCH_DOWN_POLL
             try:
                 prefixes = (keys.WEBHOOKS,)
                 await watch_prefixes(meta, prefixes, self._ready, lambda: None, self.changed)
+            except WatchClosed:
+                pause = 0.05  # a reopen (new members, a renewed certificate): watch again now
             except MoorageError as exc:
                 self._watch_down(f"webhook watch: {exc}; retrying (reading every second meanwhile)")
             except Exception:  # never let the watch die silently
@@ -285,7 +288,7 @@ class Dispatcher:
             self.wake.set()  # read every second until the watch is back
             for loop, _ in self.loops.values():
                 loop.wake.set()
-            await asyncio.sleep(_WATCH_DOWN_POLL)
+            await asyncio.sleep(pause)
 
 
 async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:

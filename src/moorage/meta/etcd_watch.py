@@ -15,6 +15,11 @@ from moorage.meta import keys
 from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
 
 
+class WatchClosed(StoreUnavailable):
+    """The store's channel was closed under a watch (EtcdMetaStore.reopen retires channels:
+    new members, a renewed certificate); etcd itself is fine, so watch again at once."""
+
+
 async def watch_prefixes(
     store: EtcdMetaStore,
     prefixes: Sequence[bytes],
@@ -24,7 +29,8 @@ async def watch_prefixes(
 ) -> None:
     """Watch the keys under `prefixes`: `on_ready` once every watch exists, `on_change` per
     batch of changes (and `on_keys` with the keys that changed). Returns (or raises
-    StoreUnavailable) when the stream ends or fails."""
+    StoreUnavailable; WatchClosed when a reopen closed its channel) when the stream ends or
+    fails."""
     client = store._client
     await client.connect()
     call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
@@ -51,6 +57,6 @@ async def watch_prefixes(
             raise  # this task is being cancelled
         # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen retires
         # channels); the caller watches again on the current one
-        raise StoreUnavailable(f"{_UNAVAILABLE}: the watch's channel was closed") from None
+        raise WatchClosed(f"{_UNAVAILABLE}: the watch's channel was closed") from None
     finally:
         call.cancel()

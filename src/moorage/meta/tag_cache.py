@@ -91,6 +91,7 @@ class TagCache:
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._floor = 0  # the newest revision dropped from _recent
         self._watch: TagWatch | None = None
+        self._resumed_at = 0.0  # the last `_resume` (time.monotonic())
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
@@ -319,6 +320,9 @@ class TagCache:
             try:
                 events, progress = await watch.next()
             except WatchClosed:
+                if time.monotonic() - self._resumed_at < RETRY_SECONDS:
+                    raise  # closed again at once: not a reopen; the session ends
+                self._resumed_at = time.monotonic()
                 watch = await self._resume(watch)
                 continue
             while self._stall is not None:  # the test hook: apply nothing while it exists

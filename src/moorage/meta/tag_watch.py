@@ -14,13 +14,9 @@ from aetcd import rpc
 from moorage.errors import StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
+from moorage.meta.etcd_watch import WatchClosed as WatchClosed
 
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
-
-
-class WatchClosed(StoreUnavailable):
-    """The store's channel was closed under the watch (EtcdMetaStore.reopen retires channels:
-    new members, a renewed certificate); etcd itself is fine, so watch again at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""The tag cache across a reopen of the store's channel (meta/tag_cache.py, `_resume`): a
-replica reopens its etcd channel when the members change or its certificate is renewed,
-which closes the channel the cache's watch runs on. The watch resumes on the new channel
-from the first revision it had not applied: the cache stays on, and a tag re-pointed while
-no watch ran is still never served stale once its writer settled. A real etcd member, the
-store and the cache in this process."""
+"""The etcd watches across a reopen of the store's channel: a replica reopens its etcd
+channel when the members change or its certificate is renewed, which closes the channel its
+watches run on. The tag cache (meta/tag_cache.py, `_resume`) watches again on the new
+channel at once without going off, and a tag re-pointed meanwhile is still never served
+stale once its writer settled; the access policy's cache (auth/policy.py) is back within a
+moment, without the one-second retry and warning of an outage. A real etcd member, the
+store and the caches in this process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from harness.etcd import start_etcd_member
 
+from moorage.auth.policy import AccessView
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import ManifestRecord
 from moorage.meta.tag_cache import TagCache
@@ -33,7 +35,7 @@ async def until(condition: object, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_a_reopen_keeps_the_cache_on_and_exact(
+def test_a_reopen_keeps_the_tag_cache_on_and_exact(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="moorage.meta.tag_cache")
@@ -90,3 +92,29 @@ def test_a_reopen_keeps_the_cache_on_and_exact(
 
     with start_etcd_member(tmp_path) as (url, tls):
         asyncio.run(main())
+
+
+def test_the_access_watch_is_back_at_once_after_a_reopen(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="moorage.auth")
+
+    async def main() -> None:
+        store = EtcdCluster([url], tls=tls)
+        view = AccessView(store)
+        try:
+            view._ensure_watch()
+            await until(lambda: view.live)
+            await store.reopen(tls)
+            await store.reopen(tls)  # closes the channel the watch ran on
+            await until(lambda: not view.live, 5.0)
+            await until(lambda: view.live, 5.0)
+        finally:
+            await view.close()
+            await store.close()
+
+    with start_etcd_member(tmp_path) as (url, tls):
+        asyncio.run(main())
+    # Watched again as after a reopen, not retried as after an outage (a warning, 1 s later).
+    assert "retrying" not in caplog.text
+    assert caplog.text.count("access watch established") == 2
