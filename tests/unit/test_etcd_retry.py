@@ -98,6 +98,11 @@ def test_a_leased_create_whose_answer_was_lost_is_ours(monkeypatch: pytest.Monke
     assert create(ours) == (True, [1.5, SHORT_ATTEMPTS[0], 1.0])
     assert create(rpc.KeyValue(key=b"k", value=b"theirs", lease=9))[0] is False
     assert create(rpc.KeyValue(key=b"k", value=b"mine", lease=9))[0] is False
+    # Refused at the first attempt: nothing of ours can be there (no read; a second claim
+    # of one key with the same value and lease, e.g. a webhook round's, stays refused).
+    store = ScriptedMember([rpc.TxnResponse(succeeded=False)])
+    assert asyncio.run(store._create_leased(b"k", b"mine", 7)) is False
+    assert store.deadlines == [1.5]
 
 
 async def _no_sleep(_seconds: float) -> None:

@@ -263,11 +263,16 @@ class EtcdMetaStore(MetaStore):
         found = [r.response_range.kvs for r in resp.responses]
         return False, [KV(k[0].key, k[0].value, k[0].mod_revision) if k else None for k in found]
 
-    async def _through_election(self, method: str, request: Any, attempt: float) -> Any:
+    async def _through_election(
+        self, method: str, request: Any, attempt: float, tries: list[int] | None = None
+    ) -> Any:
         """`method` in attempts (`attempts(attempt)`), retried while etcd elects a leader,
-        within WRITE_BUDGET; StoreUnavailable after that or on any other failure."""
+        within WRITE_BUDGET; StoreUnavailable after that or on any other failure. `tries`, if
+        given, gets the number of attempts made."""
         deadline = time.monotonic() + WRITE_BUDGET
-        for limit in attempts(attempt):
+        for n, limit in enumerate(attempts(attempt), 1):
+            if tries is not None:
+                tries[:] = [n]
             try:
                 return await self._call(method, request, limit)
             except StoreUnavailable as exc:
@@ -376,11 +381,14 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
             failure=[],
         )
-        resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
+        tries: list[int] = []
+        resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT, tries)
         if resp.succeeded:
             return True
-        # Refused: by another holder, or by the key an earlier attempt of this very call
-        # created before its answer was lost (same value, same lease: ours after all).
+        if tries == [1]:
+            return False  # refused at the first attempt: another holder has it
+        # Refused after a retry: by another holder, or by the key an earlier attempt of this
+        # very call created before its answer was lost (same value, same lease: ours).
         found = (await self._read(rpc.RangeRequest(key=key))).kvs
         return bool(found) and found[0].value == value and int(found[0].lease) == lease
 
