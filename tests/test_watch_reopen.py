@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,9 @@ def record(n: int) -> ManifestRecord:
     return ManifestRecord(f"sha256:{n:064x}", "application/vnd.oci.image.manifest.v1+json", n)
 
 
-async def until(condition: object, seconds: float = 10.0) -> None:
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
 

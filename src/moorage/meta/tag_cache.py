@@ -264,11 +264,8 @@ class TagCache:
         try:
             await self._report(lease, 0)  # a member before its watch starts: writers wait
             start = await watch.open()
-            self._watch, self.progress, self._reported = watch, start, 0
-            self._floor = start  # changes before the watch are unknown here
-            self._recent.clear()
-            self._entries.clear()
-            self._generation += 1
+            self._watching(watch, start)
+            self._reported = 0
             self._valid_until = granted + VALID_SECONDS
             self._live = True
             self._warn.clear()
@@ -347,6 +344,15 @@ class TagCache:
             if urgent:
                 self._urgent.set()
 
+    def _watching(self, watch: TagWatch, start: int) -> None:
+        """Start over on `watch`, established at revision `start`: no entry kept, and the
+        changes before it unknown here (the floor)."""
+        self._watch, self.progress = watch, start
+        self._floor = start
+        self._recent.clear()
+        self._entries.clear()
+        self._generation += 1
+
     async def _resume(self, closed: TagWatch) -> TagWatch:
         """The store swapped its channel under the watch (a reopen: new members, a renewed
         certificate): watch again on the new channel, from now, and start over as a new
@@ -361,11 +367,7 @@ class TagCache:
         closed.close()
         fresh = TagWatch(self.store)
         start = await fresh.open()
-        self._watch, self.progress = fresh, start
-        self._floor = start
-        self._recent.clear()
-        self._entries.clear()
-        self._generation += 1
+        self._watching(fresh, start)
         self._wake()
         self._urgent.set()  # report the new progress now: writers may wait for it
         log.info("tag cache: watch resumed on a new channel at revision %d", start)
