@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from moorage.meta.base import LAST_REVISION, STORE_PAGE, TXN_OPS, Delete, Op, Pu
 from moorage.meta.etcd import ClientTls, EtcdCluster, EtcdMetaStore, data_revision
 from moorage.meta.memory import MemoryMetaStore
 from moorage.meta.records import ManifestRecord
+from moorage.meta.referrers import referrers_page
 from moorage.pki.files import TlsDir
 from moorage.registry import discovery as discovery_module
 from moorage.registry.discovery import Discovery
@@ -108,8 +110,18 @@ def test_listings_page_through_short_reads() -> None:
             d = _digest(f"ref{i}".encode())
             referrer = {"digest": d, "annotations": {"a": "x" * 1000}}
             await meta.put_manifest("r", _record(d, subject=m), referrer=referrer)
-        found = await meta.list_referrers("r", m)
-        assert len(found) == 40
+        found: list[str] = []
+        after: str | None = None
+        while True:  # pages of at most 15 descriptors and 5,000 bytes (one at least)
+            refs, after = await referrers_page(meta, "r", m, 15, 5000, after)
+            assert 1 <= len(refs) <= 4
+            found += [d["digest"] for d in refs]
+            if after is None:
+                break
+        assert sorted(found) == sorted(_digest(f"ref{i}".encode()) for i in range(40))
+        big, after = await referrers_page(meta, "r", m, 15, 10, None)  # one, whatever its size
+        assert len(big) == 1
+        assert after == big[0]["digest"]
         assert meta.largest_read <= STORE_PAGE
 
     asyncio.run(go())
@@ -189,8 +201,8 @@ def _subject_with_big_referrers(c: httpx.Client, repo: str, count: int, random_b
     return subject
 
 
-def _walk(c: httpx.Client, url: str, field: str) -> tuple[list[str], int]:
-    items: list[str] = []
+def _walk(c: httpx.Client, url: str, field: str) -> tuple[list[Any], int]:
+    items: list[Any] = []
     requests = 0
     next_url: str | None = url
     while next_url:
@@ -241,6 +253,7 @@ def test_paging_and_bounded_writes_with_tiny_pages(
             assert put.status_code == 201, put.text
         repos, _ = _walk(c, "/v2/_catalog?n=3", "repositories")
         assert repos == sorted([repo, *(f"tiny/r{i:02d}" for i in range(20))])
+        _referrers_page_through(c, repo, body)
         # A manifest with a missing layer past the guarded ones is refused, not half-written.
         broken = json.loads(body)
         broken["layers"].append({"mediaType": LAYER, "digest": _digest(b"nope"), "size": 4})
@@ -254,6 +267,39 @@ def test_paging_and_bounded_writes_with_tiny_pages(
         assert r.status_code == 202, r.text
         assert _walk(c, f"/v2/{repo}/tags/list", "tags")[0] == []
         assert c.get(f"/v2/{repo}/manifests/v000").status_code == 404
+
+
+def _referrers_page_through(c: httpx.Client, repo: str, subject: bytes) -> None:
+    """20 referrers of two artifact types, listed 7 a page (the store's page) or `n`."""
+    sdesc = {"mediaType": MANIFEST, "digest": _digest(subject), "size": len(subject)}
+    config = json.loads(subject)["config"]
+    kinds: dict[str, str] = {}
+    for i in range(20):
+        kind = f"application/vnd.example.{'sig' if i % 3 else 'sbom'}"
+        doc = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": kind, "config": config,
+               "layers": [], "subject": sdesc, "annotations": {"n": str(i)}}  # fmt: skip
+        ref = json.dumps(doc).encode()
+        r = c.put(f"/v2/{repo}/manifests/{_digest(ref)}", content=ref,
+                  headers={"Content-Type": MANIFEST})  # fmt: skip
+        assert r.status_code == 201, r.text
+        kinds[_digest(ref)] = kind
+    url = f"/v2/{repo}/referrers/{_digest(subject)}"
+    found, requests = _walk(c, url, "manifests")
+    assert sorted(d["digest"] for d in found) == sorted(kinds)
+    assert requests == 3
+    found, requests = _walk(c, f"{url}?n=4", "manifests")
+    assert sorted(d["digest"] for d in found) == sorted(kinds)
+    assert requests == 5
+    # A filter applies page by page; its Link keeps the filter.
+    sbom = "application/vnd.example.sbom"
+    found, requests = _walk(c, f"{url}?artifactType={sbom}&n=4", "manifests")
+    assert sorted(d["digest"] for d in found) == sorted(
+        d for d, kind in kinds.items() if kind == sbom
+    )
+    assert requests == 5
+    r = c.get(f"{url}?last=not-a-digest")
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
 
 
 # -- real replicas at the default settings -----------------------------------------------
@@ -296,10 +342,9 @@ def test_referrers_larger_than_a_grpc_message(registry: Replica) -> None:
     with registry.client(timeout=120) as c:
         repo = "scale/referrers"
         subject = _subject_with_big_referrers(c, repo, count=60, random_bytes=50_000)
-        r = c.get(f"/v2/{repo}/referrers/{_digest(subject)}")
-        assert r.status_code == 200
-        found = r.json()["manifests"]
-        assert len(found) == 60
+        # 4 MiB of descriptors per answer at most: the Link header leads to the rest.
+        found, requests = _walk(c, f"/v2/{repo}/referrers/{_digest(subject)}", "manifests")
+        assert requests == 2
         assert sorted(int(d["annotations"]["n"]) for d in found) == list(range(60))
 
 
@@ -407,8 +452,7 @@ def test_restore_of_large_records(tmp_path: Path) -> None:
             "--storage", str(cluster.storage), "--json",
         )  # fmt: skip
         with restored.client() as c:
-            r = c.get(f"/v2/{repo}/referrers/{_digest(subject)}")
-            assert r.status_code == 200
-            assert len(r.json()["manifests"]) == 30
+            found, _ = _walk(c, f"/v2/{repo}/referrers/{_digest(subject)}", "manifests")
+            assert len(found) == 30
     finally:
         cluster.shutdown()

@@ -31,6 +31,7 @@ from moorage.meta.records import (
     ReplicaRecord,
     UserRecord,
 )
+from moorage.meta.referrers import referrers_page
 from moorage.meta.snapshot import (
     BlobLinkEntry,
     ClusterEntry,
@@ -128,7 +129,10 @@ def test_registry_records(run: Callable[[Case], None]) -> None:
         assert await store.list_repos(None, None) == (["a/b", "c"], False)
         assert await store.list_tags("a/b", 1, None) == (["v1"], True)
         assert await store.list_tags("a/b", 5, "v1") == (["v2"], False)
-        assert [r["digest"] for r in await store.list_referrers("a/b", D[3])] == [D[4]]
+        assert await referrers_page(store, "a/b", D[3], 10, 1 << 20) == (
+            [{"mediaType": mt.OCI_MANIFEST, "digest": D[4], "size": 50}],
+            None,
+        )
         assert await store.delete_tag("a/b", "v2")
         assert not await store.delete_tag("a/b", "v2")
         assert await store.delete_manifest("c", D[3])
@@ -260,7 +264,10 @@ def test_snapshot_holds_typed_records_and_loads_back(run: Callable[[Case], None]
         assert await target.get_cluster() is None
         assert await target.replicas() == []
         assert (await target.get_tag("c", "v2")).digest == D[3]  # type: ignore[union-attr]
-        assert [r["digest"] for r in await target.list_referrers("a/b", D[3])] == [D[4]]
+        assert await referrers_page(target, "a/b", D[3], 10, 1 << 20) == (
+            [{"mediaType": mt.OCI_MANIFEST, "digest": D[4], "size": 50}],
+            None,
+        )
         restored, _ = await target.snapshot()
         assert sorted(map(repr, restored.entries)) == sorted(
             repr(e) for e in again if e.kind not in ("cluster", "replica")

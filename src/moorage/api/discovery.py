@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from moorage.api.http import next_link, pagination, reply
 from moorage.api.state import AppState
+from moorage.errors import DigestInvalid, PaginationInvalid
 from moorage.oci import mediatypes as mt
+from moorage.oci.digest import parse_digest
 
 
 def _json(obj: object) -> bytes:
@@ -36,7 +39,21 @@ async def catalog(request: Request, st: AppState) -> Response:
 
 async def referrers(request: Request, st: AppState, name: str, digest: str) -> Response:
     artifact_type = request.query_params.get("artifactType") or None
-    found = await st.registry.discovery.referrers(name, digest, artifact_type)
+    n, last = pagination(request)
+    if last is not None and not _is_digest(last):
+        raise PaginationInvalid(f"last must be a referrer's digest, not {last[:80]!r}")
+    page = await st.registry.discovery.referrers(name, digest, artifact_type, n, last)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
-    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": found}
+    if page.following is not None:  # the rest: same filter, same page size
+        query = {"n": n, "last": page.following, "artifactType": artifact_type}
+        args = urlencode({k: v for k, v in query.items() if v is not None})
+        headers["Link"] = f'</v2/{name}/referrers/{digest}?{args}>; rel="next"'
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": page.descriptors}
     return reply(200, headers, _json(index), mt.OCI_INDEX)
+
+
+def _is_digest(value: str) -> bool:
+    try:
+        return str(parse_digest(value)) == value
+    except DigestInvalid:
+        return False

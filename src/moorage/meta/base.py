@@ -25,7 +25,6 @@ everything a registry operation means is written once, here.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from abc import ABC, abstractmethod
@@ -406,13 +405,6 @@ class MetaStore(ABC):
             if n is not None and len(out) >= n:
                 return out, True
             start = kvs[-1].key + b"\x00"
-
-    async def list_referrers(self, repo: str, subject: str) -> list[dict[str, Any]]:
-        prefix = keys.referrers_prefix(repo, subject)
-        out: list[dict[str, Any]] = []
-        async for page in self._scan(prefix, keys.prefix_end(prefix)):
-            out += [json.loads(kv.value) for kv in page]
-        return out
 
     # -- token signing keys (moorage.auth.signing_keys; issue #9, Docker token flow) ---------
     async def signing_keys(self, limit: int) -> tuple[str | None, int, list[bytes]]:

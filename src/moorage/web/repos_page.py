@@ -33,6 +33,8 @@ from moorage.web.common import PREFIX, SECURITY_HEADERS, Viewer
 
 PAGE = catalog_view.PAGE
 MAX_QUERY = catalog_view.MAX_QUERY
+#: Referrers one manifest page lists (the referrers API pages through the rest).
+UI_REFERRERS = 200
 
 
 async def _actions(st: AppState, viewer: Viewer, name: str) -> frozenset[str]:
@@ -126,13 +128,14 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
     try:
         stored = await st.registry.manifests.get(name, ref)
         doc = json.loads(stored.body)
-        referrers = await st.registry.discovery.referrers(name, stored.digest, None)
+        found = await st.registry.discovery.referrers(name, stored.digest, None, UI_REFERRERS)
+        referrers, more_referrers = found.descriptors, found.following is not None
     except (ManifestUnknown, NameUnknown, DigestInvalid):
         message = f"no manifest {ref!r} in {name}"
         return common.refusal(request, 404, message, viewer)
     except ValueError:
         doc = {}
-        referrers = []
+        referrers, more_referrers = [], False
     children = doc.get("manifests") if isinstance(doc, dict) else None
     platforms = [
         {"platform": _platform(c), "digest": c.get("digest"), "size": c.get("size")}
@@ -151,6 +154,7 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
         platforms=platforms,
         layers=layers if isinstance(layers, list) else [],
         referrers=referrers,
+        more_referrers=more_referrers,
         pull=pull_line(request, name, stored.digest),
         can_delete=DELETE in actions and not st.read_only,
     )
