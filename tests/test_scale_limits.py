@@ -13,12 +13,14 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness.process import AUTH
 from harness.replica import Replica
 
 from moorage.meta import etcd as etcd_module
@@ -254,6 +256,7 @@ def test_paging_and_bounded_writes_with_tiny_pages(
         repos, _ = _walk(c, "/v2/_catalog?n=3", "repositories")
         assert repos == sorted([repo, *(f"tiny/r{i:02d}" for i in range(20))])
         _referrers_page_through(c, repo, body)
+        _ui_shows_the_first_referrers(tiny_pages, repo, _digest(body))
         # A manifest with a missing layer past the guarded ones is refused, not half-written.
         broken = json.loads(body)
         broken["layers"].append({"mediaType": LAYER, "digest": _digest(b"nope"), "size": 4})
@@ -300,6 +303,20 @@ def _referrers_page_through(c: httpx.Client, repo: str, subject: bytes) -> None:
     r = c.get(f"{url}?last=not-a-digest")
     assert r.status_code == 400
     assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+def _ui_shows_the_first_referrers(replica: Replica, repo: str, digest: str) -> None:
+    """The UI's manifest page lists one page of referrers (7 here) and says there are more."""
+    with httpx.Client(base_url=replica.url, timeout=60, verify=replica.verify()) as ui:
+        page = ui.get("/ui/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf, page.text[:500]
+        form = {"username": AUTH[0], "password": AUTH[1], "csrf": csrf.group(1)}
+        assert ui.post("/ui/signin", data=form).status_code == 303
+        page = ui.get("/ui/manifest", params={"name": repo, "ref": digest})
+        assert page.status_code == 200, page.text[:500]
+        assert page.text.count("application/vnd.example.") == 7
+        assert "The first 7 referrers are shown" in page.text
 
 
 # -- real replicas at the default settings -----------------------------------------------
