@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -325,8 +326,10 @@ def test_public_repository_pulled_anonymously_with_skopeo(world: World, tmp_path
         assert c.get("/v2/acme/pub/tags/list").status_code == 401
 
 
-def catalog(node: Node, who: tuple[str, str], n: int | None = None) -> list[str]:
-    """The whole catalog, following Link headers."""
+def catalog(
+    node: Node, who: tuple[str, str], n: int | None = None, links: list[str] | None = None
+) -> list[str]:
+    """The whole catalog, following Link headers (kept in `links`)."""
     out: list[str] = []
     url = "/v2/_catalog" + (f"?n={n}" if n else "")
     with http(node, who) as c:
@@ -338,6 +341,8 @@ def catalog(node: Node, who: tuple[str, str], n: int | None = None) -> list[str]
             if not link:
                 return out
             url = link.split(";")[0].strip("<>")
+            if links is not None:
+                links.append(url)
     raise AssertionError("the catalog's links never ended")
 
 
@@ -351,7 +356,22 @@ def test_catalog_shows_only_what_the_caller_may_pull(world: World) -> None:
     ]:
         full = catalog(world.b, who)
         assert set(full) == want, who
-        assert catalog(world.b, who, n=1) == full  # filtered per page, links continue
+        links: list[str] = []
+        assert catalog(world.b, who, n=1, links=links) == full  # filtered per page, links go on
+        # No link names a repository the caller may not see: past one, `last` is sealed.
+        hidden = set(everything) - want
+        for url in links:
+            last = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["last"][0]
+            assert last not in hidden, (who, url)
+            assert last in want or last.startswith("~"), (who, url)
+        sealed = [u for u in links if "last=~" in u or "last=%7E" in u]
+        assert sealed, links
+        # A cursor works on every replica (the cluster secret), a forged one is refused.
+        with http(world.a, who) as c:
+            assert c.get(sealed[0]).status_code == 200
+            r = c.get(sealed[0][:-4] + "AAAA")
+            assert r.status_code == 400
+            assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
     assert catalog(world.b, AUTH, n=2) == everything
 
 

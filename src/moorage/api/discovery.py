@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from moorage.api import cursors
 from moorage.api.http import next_link, pagination, reply
 from moorage.api.state import AppState
 from moorage.errors import DigestInvalid, PaginationInvalid
@@ -28,12 +29,16 @@ async def list_tags(request: Request, st: AppState, name: str) -> Response:
 
 async def catalog(request: Request, st: AppState) -> Response:
     n, last = pagination(request)
-    page = await st.registry.discovery.catalog(n, last)
+    page = await st.registry.discovery.catalog(n, cursors.opened(request, last))
     # Only what the caller may pull, filtered page by page: a page may come out short (even
-    # empty), and its Link continues after the last name read, shown or not.
+    # empty), and its Link continues after the last name read, shown or not: sealed when
+    # not shown (moorage.api.cursors), so no link names a repository the caller cannot see.
     principal = getattr(request.state, "principal", None)
     shown = page.items if principal is None else await st.authorizer.pullable(principal, page.items)
-    headers = next_link("/v2/_catalog", n, page.items, page.more)
+    following = page.items[-1:]
+    if following and shown[-1:] != following:
+        following = [cursors.seal(request, following[0])]
+    headers = next_link("/v2/_catalog", n, following, page.more)
     return reply(200, headers, _json({"repositories": shown}), "application/json")
 
 
