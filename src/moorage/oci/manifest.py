@@ -58,6 +58,14 @@ class Manifest:
         return None
 
 
+#: The largest descriptor size (the OCI image spec's int64).
+MAX_SIZE = 2**63 - 1
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _descriptor(raw: object, where: str) -> Descriptor:
     if not isinstance(raw, dict):
         raise ManifestInvalid(f"{where}: a descriptor must be a JSON object")
@@ -72,8 +80,8 @@ def _descriptor(raw: object, where: str) -> Descriptor:
         parse_digest(digest)
     except DigestInvalid as exc:
         raise ManifestInvalid(f"{where}: {exc.message}") from None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ManifestInvalid(f"{where}: size must be a non-negative integer")
+    if type(size) is not int or not 0 <= size <= MAX_SIZE:
+        raise ManifestInvalid(f"{where}: size must be an integer from 0 to 2^63-1 (int64)")
     artifact_type = raw.get("artifactType")
     annotations = raw.get("annotations")
     return Descriptor(
@@ -108,10 +116,14 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if declared in mt.DOCKER_SCHEMA1:
         raise ManifestInvalid(_SCHEMA1)
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise ManifestInvalid("manifest starts with a byte order mark (BOM): remove it")
     try:
-        doc = json.loads(body)
+        # Strict UTF-8 and no NaN/Infinity: what every client's JSON parser accepts (Python's
+        # alone would take UTF-16, a BOM or NaN, and a pushed tag no client could pull).
+        doc = json.loads(body.decode(), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
-        raise ManifestInvalid("manifest is not valid JSON") from None
+        raise ManifestInvalid("manifest is not valid JSON (UTF-8, RFC 8259)") from None
     except RecursionError:
         raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
@@ -119,7 +131,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     version = doc.get("schemaVersion")
     if version == 1:
         raise ManifestInvalid(_SCHEMA1)
-    if version != 2 or isinstance(version, bool):
+    if type(version) is not int or version != 2:  # not 2.0, not true
         raise ManifestInvalid("schemaVersion must be 2")
     body_type = doc.get("mediaType")
     if body_type is not None and not isinstance(body_type, str):
