@@ -355,8 +355,13 @@ class MetaStore(ABC):
             record = ManifestRecord.decode(kv.value)
             prefix = keys.tags_prefix(repo)
             pointing: list[KV] = []
+            needle = digest.encode()  # decoded only when it may match: a big repository
             async for page in self._scan(prefix, keys.prefix_end(prefix)):
-                pointing += [t for t in page if TagRecord.decode(t.value).digest == digest]
+                pointing += [
+                    t
+                    for t in page
+                    if needle in t.value and TagRecord.decode(t.value).digest == digest
+                ]
             extra = await check([t.key[len(prefix) :].decode() for t in pointing]) if check else ()
             ops: list[Op] = [Delete(mkey), *also]
             if record.subject:
