@@ -355,9 +355,14 @@ def probes(replica: Replica, world: World, n: int = 100) -> dict[str, dict[str, 
             lambda: me.get("/v2/_catalog", params={"n": n, "last": middle_repo})
         )
         assert resp.status_code == 200, resp.text
+        # The page: the caller's repositories right after `last`, in order (its Link's own
+        # `last` is sealed when the last name read is not one of them: moorage.api.cursors).
+        shown = resp.json()["repositories"]
+        read = sorted(r for r in world.repos if r > middle_repo)[:n]
+        pullable = set(world.pullable)
+        assert shown == [r for r in read if r in pullable], "a catalog page"
         end = unquote(resp.headers["link"].split("last=", 1)[1].split(">", 1)[0])
-        expected = [r for r in world.pullable if middle_repo < r <= end]
-        assert resp.json()["repositories"] == expected, "a catalog page"
+        assert end.startswith("~") or end == shown[-1], "a catalog page's Link"
         out["catalog_user_page"] = _one(reads, seconds)
         rnd = random.Random(world.size.seed + 1)
         wanted = rnd.sample(world.repos, 24) + rnd.sample(world.pullable, 8)

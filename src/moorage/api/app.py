@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from moorage.api import cross_site
 from moorage.api.access_log import AccessLog
 from moorage.api.access_tokens import token_routes as access_token_routes
 from moorage.api.accounts import account_routes
@@ -24,7 +25,7 @@ from moorage.api.audit import audit_routes
 from moorage.api.ca import cluster_ca
 from moorage.api.certs import certs_routes
 from moorage.api.cluster import cluster_routes
-from moorage.api.errors import admin_error
+from moorage.api.errors import admin_error, envelope
 from moorage.api.gc import gc_routes
 from moorage.api.health import health, ping
 from moorage.api.http import request_path
@@ -105,6 +106,10 @@ class RegistryRoutes:
             await self.app(scope, receive, send)
             return
         path = request_path(scope)
+        forged = cross_site.refusal(scope, path)
+        if forged is not None:
+            await _forged(path, forged)(scope, receive, send)
+            return
         if path == "/v2" or path.startswith("/v2/"):
             scope["app"] = self.app
             response = await guarded(Request(scope, receive))
@@ -118,6 +123,14 @@ class RegistryRoutes:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _forged(path: str, reason: str) -> Response:
+    """A 403 for a request another website made (moorage.api.cross_site), in the errors of
+    the API it was sent to."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return Response(envelope("DENIED", reason), 403, media_type="application/json")
+    return JSONResponse(admin_error("DENIED", reason), 403)
 
 
 #: Control characters and U+FFFD (bytes that were not UTF-8): no endpoint has them.
