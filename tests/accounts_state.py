@@ -132,6 +132,12 @@ async def read_accounts(store: MetaStore) -> Accounts:
         for member in team.members:
             if (member, key) not in found.memberships:
                 bad.append(f"team {key} lists {member}, whose membership index key is missing")
+    for target, subject in found.grants:
+        sort, _, holder = subject.partition(":")
+        if (sort == "user" and holder not in found.users) or (
+            sort == "team" and holder not in found.teams
+        ):
+            bad.append(f"grant on {target} to {subject}, who does not exist")
     for user, team_key in found.memberships:
         team = found.teams.get(team_key)
         if team is None or user not in team.members:

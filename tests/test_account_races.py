@@ -250,6 +250,12 @@ def test_deletes_racing_additions_leave_no_orphans(race: Race) -> None:
          ("/api/v0/teams/delete", tmp), ("/api/v0/teams/add-member", {**tmp, "user": "racer"})),
         (("/api/v0/orgs", org),
          ("/api/v0/orgs/delete", org), ("/api/v0/teams", {"org": "fleeting", "team": "t"})),
+        (("/api/v0/users", {"name": "granted", "password": PASSWORD}),
+         ("/api/v0/users/delete", {"name": "granted"}),
+         ("/api/v0/grants", {"role": "read", "on": "race", "to": "user:granted"})),
+        (("/api/v0/teams", tmp),
+         ("/api/v0/teams/delete", tmp),
+         ("/api/v0/grants", {"role": "read", "on": "race", "to": "team:race/tmp"})),
     ]  # fmt: skip
     with client(a, AUTH) as on_a, client(b, AUTH) as on_b:
         for setup, remove, add in duels:
@@ -257,6 +263,19 @@ def test_deletes_racing_additions_leave_no_orphans(race: Race) -> None:
                 log.note(setup[0], on_a.post(setup[0], json=setup[1]))
                 duel(log, (on_a, remove), (on_b, add), (i % 8) * 0.004)
     assert log.errors == [], log.errors
+    assert_consistent(race)
+
+
+def test_a_grant_needs_its_user_or_team(race: Race) -> None:
+    """A grant to a name nobody holds would go to whoever takes the name later: refused."""
+    with client(race.a, AUTH) as api:
+        for to in ("user:ghost", "team:race/ghosts"):
+            r = api.post("/api/v0/grants", json={"role": "write", "on": "race", "to": to})
+            assert r.status_code == 404, r.text
+            assert "create it first" in r.json()["error"]
+        ok(api.post("/api/v0/users", json={"name": "ghost", "password": PASSWORD}))
+    with client(race.b, ("ghost", PASSWORD), fresh=True) as ghost:
+        assert ghost.get(f"/v2/{REPO}/tags/list").status_code == 403
     assert_consistent(race)
 
 

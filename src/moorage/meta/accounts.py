@@ -379,10 +379,16 @@ class Accounts:
         raise AccountConflict(f"team {org}/{name} kept changing: try again")
 
     async def put_grant(self, grant: GrantRecord) -> None:
+        """Only to a user or team that exists (guarded: a deleted one takes its grants with
+        it, and a grant to a name nobody holds yet would go to whoever takes it later)."""
         grant.validate()
-        await self.meta._account_txn(
-            [], [Put(keys.grant(grant.target, grant.subject), grant.encode())]
-        )
+        sort, _, name = grant.subject.partition(":")
+        org, _, team = name.partition("/")
+        holder = keys.user(name) if sort == "user" else keys.team(org, team)
+        put = Put(keys.grant(grant.target, grant.subject), grant.encode())
+        if not await self.meta._account_txn([(holder, MUST_EXIST)], [put]):
+            what = f"user {name}" if sort == "user" else f"team {name}"
+            raise AccountMissing(f"no {what}: create it first, then grant")
 
     async def delete_grant(self, target: str, subject: str) -> None:
         key = keys.grant(target, subject)
