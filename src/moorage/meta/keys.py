@@ -266,6 +266,15 @@ def token_key(kid: str) -> bytes:
 #: sort by time, so a time range is a key range and paging resumes after the last key read.
 AUDIT_EVENTS = b"/moorage-audit/events/"
 
+#: Web UI sessions signed out (moorage.meta.ui_sessions), outside ROOT (operational, never
+#: in a backup): `<UI_SIGNED_OUT><session id>` (empty), each on a lease of its own that ends
+#: when the session would have expired anyway.
+UI_SIGNED_OUT = b"/moorage-ui/signed-out/"
+
+
+def ui_signed_out(session_id: str) -> bytes:
+    return UI_SIGNED_OUT + session_id.encode()
+
 
 # -- accounts and permissions (issue #9, moorage.auth.policy) --------------------------------
 #

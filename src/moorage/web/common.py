@@ -1,5 +1,6 @@
 """What every page of the web UI shares: who is viewing (the session, checked against the
-account on every request), CSRF on every POST, rendering with the security headers.
+account and against the sessions signed out on every request), CSRF on every POST,
+rendering with the security headers.
 
 Every response carries a strict Content-Security-Policy (`default-src 'self'`: the UI loads
 nothing from outside the replica and runs no inline script), `no-store` caching, and refuses
@@ -24,6 +25,7 @@ from moorage.auth.access import Principal
 from moorage.auth.policy import Policy
 from moorage.cluster.tls import tls_dir
 from moorage.errors import MoorageError
+from moorage.meta import ui_sessions
 from moorage.meta.records import UserRecord
 from moorage.web import session as sessions
 
@@ -106,12 +108,18 @@ async def account(st: AppState, name: str) -> UserRecord | None:
 
 
 async def viewer(request: Request) -> Viewer | None:
-    """Who this request's session cookie proves, or None."""
+    """Who this request's session cookie proves, or None (no valid cookie, the account cannot
+    act or has a new password, or the session was signed out). Raises MoorageError when the
+    store cannot say (the caller refuses: never a session let through unchecked)."""
     found = sessions.verify(session_key(request), request.cookies.get(sessions.COOKIE))
     if found is None:
         return None
-    user = await account(state(request), found.user)
+    st = state(request)
+    user = await account(st, found.user)
     if user is None or sessions.password_tag(user.password_hash) != found.password:
+        return None
+    # Signed out? One read by key, made only for a cookie that verified.
+    if await ui_sessions.ended(st.registry.meta, found.sid):
         return None
     return Viewer(found, Principal(user.name, "user", admin=bool(user.admin)))
 

@@ -4,6 +4,11 @@ The password is checked by the replica's authenticator, exactly as a Basic login
 is: failed logins count against the same per-account and per-address limits and go to the
 audit log. The sign-in form has its own CSRF token (a short-lived cookie of its own that the
 form repeats), so no other site can sign a browser in under someone else's account.
+
+Signing out records the session's id as ended in etcd (moorage.meta.ui_sessions) and is
+answered only once that is committed: a copy of the cookie is refused by every replica from
+then on. When it cannot be recorded the answer says so (503) and the cookie is kept, so the
+person knows the session still works and can sign out again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 
 from moorage.api.state import AppState
 from moorage.errors import LoginThrottled, MoorageError
+from moorage.meta import ui_sessions
 from moorage.web import common
 from moorage.web import session as sessions
 from moorage.web.common import PREFIX, SECURITY_HEADERS, Viewer
@@ -91,6 +97,16 @@ async def signin(request: Request) -> Response:
 
 
 async def signout(request: Request, st: AppState, viewer: Viewer) -> Response:
+    ttl = sessions.remembered_for(viewer.session)
+    try:
+        await ui_sessions.end(st.registry.meta, viewer.session.sid, ttl)
+    except MoorageError as exc:
+        message = (
+            f"not signed out: the session could not be ended ({exc}). It still works, in this "
+            "browser too; sign out again when this replica can write to the store, or change the "
+            "password to end every session of the account"
+        )
+        return common.refusal(request, 503, message, viewer)
     resp = RedirectResponse(f"{PREFIX}/signin", 303, SECURITY_HEADERS)
     resp.delete_cookie(sessions.COOKIE, **_cookie_args(request))  # type: ignore[arg-type]
     return resp
