@@ -16,6 +16,9 @@ once from a queue in etcd (the deliveries themselves: cluster/webhook_dispatch.p
   those still waiting. A replica killed right after a pull may lose that pull event.
 - Delivery is at least once: a deliverer that dies after the receiver answered but before
   its transaction commits leaves the event to be sent again. Receivers dedupe by event id.
+- A delivery (`post`) has TIMEOUT seconds in all, connecting, sending and reading the answer,
+  of which at most MAX_ANSWER bytes are read: a receiver answering gigabytes, or trickling a
+  byte at a time, costs a worker neither memory nor a delivery slot for longer than that.
 """
 
 from __future__ import annotations
@@ -80,8 +83,13 @@ BACKOFF = _env("MOORAGE_WEBHOOK_BACKOFF", 2.0)
 BACKOFF_CAP = _env("MOORAGE_WEBHOOK_BACKOFF_CAP", 300.0)
 #: Attempts before an event is recorded as failed (MOORAGE_WEBHOOK_ATTEMPTS).
 ATTEMPTS = int(_env("MOORAGE_WEBHOOK_ATTEMPTS", 10))
-#: Seconds a receiver has to answer (MOORAGE_WEBHOOK_TIMEOUT).
+#: Seconds one delivery may take in all (MOORAGE_WEBHOOK_TIMEOUT): connecting, sending the
+#: event and reading the answer, a total deadline (a receiver trickling its answer a byte at
+#: a time fails it too, never holds a delivery slot for good).
 TIMEOUT = _env("MOORAGE_WEBHOOK_TIMEOUT", 10.0)
+#: The most of a receiver's answer read, in bytes as they arrive (never decompressed): its
+#: status is all a delivery records; the rest is left unread and the connection closed.
+MAX_ANSWER = 64 * 1024
 #: Seconds a dead worker's claims last (its lease, kept alive while it lives).
 CLAIM_TTL = max(int(_env("MOORAGE_WEBHOOK_CLAIM_TTL", 30.0)), 2 * int(TIMEOUT) + 2)
 #: Seconds the other replicas leave a new event to the replica that accepted it.
@@ -295,13 +303,37 @@ async def post(
         return None, hook.secret_error[:_ERROR_CHARS]
     if hook.secret is not None:
         headers[SIGNATURE_HEADER] = sign(hook.secret, body)
+    seen: list[int] = []  # the status, once the answer's head arrived
     try:
-        resp = await client.post(hook.url, content=body, headers=headers)
+        async with asyncio.timeout(TIMEOUT):
+            await _exchange(client, hook.url, body, headers, seen)
+    except TimeoutError:
+        what = f"its answer (HTTP {seen[0]}) did not end" if seen else "no answer"
+        return _first(seen), f"{what} within {TIMEOUT:g} s (MOORAGE_WEBHOOK_TIMEOUT)"
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
-    if 200 <= resp.status_code < 400:
-        return resp.status_code, None
-    return resp.status_code, f"the receiver answered {resp.status_code}"
+        return _first(seen), f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+    status = seen[0]
+    if 200 <= status < 400:
+        return status, None
+    return status, f"the receiver answered {status}"
+
+
+async def _exchange(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], seen: list[int]
+) -> None:
+    """POST `body`, then read at most MAX_ANSWER bytes of the answer (its status into
+    `seen`); leaving the stream unfinished closes the connection instead of reading on."""
+    async with client.stream("POST", url, content=body, headers=headers) as resp:
+        seen.append(resp.status_code)
+        read = 0
+        async for chunk in resp.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_ANSWER:
+                break
+
+
+def _first(seen: list[int]) -> int | None:
+    return seen[0] if seen else None
 
 
 def _delivery(
@@ -336,6 +368,7 @@ def backoff(attempts: int) -> float:
 __all__ = [
     "ATTEMPTS",
     "KEEP_DELIVERIES",
+    "MAX_ANSWER",
     "MAX_WEBHOOKS",
     "MEDIA_TYPE",
     "SIGNATURE_HEADER",
