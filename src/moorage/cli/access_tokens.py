@@ -72,6 +72,12 @@ def create(
         normalize_scopes(list(scopes))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from None
+    if not expires.strip():
+        raise click.BadParameter(
+            "give a lifetime such as 30d, 12h, 2w, 1y or 'never' (leave --expires out for "
+            "the default, 90d)",
+            param_hint="--expires",
+        )
     try:
         parse_expiry(expires)
     except ValueError as exc:

@@ -14,6 +14,7 @@ from moorage.cli.options import (
     admin_client,
     ca_file_option,
     ca_fingerprint_option,
+    check_writable,
     json_option,
     passphrase,
     passphrase_option,
@@ -68,6 +69,7 @@ def backup(
     if not existing or not out:
         raise click.UsageError("moorage backup needs --existing URL and --out FILE")
     client = admin_client(existing, username, password)
+    check_writable(out, "--out")  # before reading the whole metadata, not after
     bar: Any = None
     progress = None
     if sys.stderr.isatty() and not as_json:

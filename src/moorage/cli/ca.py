@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from moorage.cli.base import Failed, Group, emit
-from moorage.cli.options import ca_file_option, json_option, trusting_data_dirs
+from moorage.cli.options import (
+    ca_file_option,
+    check_writable,
+    existing_urls,
+    json_option,
+    trusting_data_dirs,
+)
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 
@@ -53,10 +59,12 @@ def export(
     podman/skopeo in /etc/containers/certs.d/HOST:PORT/ca.crt, oras with --ca-file."""
     from moorage.pki import TlsDir, fingerprint
     from moorage.pki.ca import load_cert
-    from moorage.recovery.client import fetch_ca, split_urls
+    from moorage.recovery.client import fetch_ca
 
     if (data_dir is None) == (existing is None):
         raise click.UsageError("give --data-dir D (a replica's host) or --existing URL")
+    if out is not None:
+        check_writable(out, "--out")
     warning = None
     if data_dir is not None:
         tls = TlsDir(DataDir(data_dir).path)
@@ -77,7 +85,7 @@ def export(
     else:
         assert existing is not None
         try:
-            fetched = fetch_ca(split_urls(existing), ca_fingerprint)
+            fetched = fetch_ca(existing_urls(existing), ca_fingerprint)
         except MoorageError as exc:
             raise Failed(str(exc)) from None
         pem, found, source, trust = fetched.pem, fetched.fingerprint, fetched.url, fetched.trust
@@ -90,7 +98,10 @@ def export(
         elif fetched.serves_cluster_cert is False:
             warning = f"note: {fetched.url} serves a certificate of another CA (--tls-cert)"
     if out is not None:
-        Path(out).write_bytes(pem)
+        try:
+            Path(out).write_bytes(pem)
+        except OSError as exc:
+            raise Failed(f"cannot write --out {out}: {exc.strerror or exc}") from None
     if warning:
         click.echo(warning, err=True)
     doc = {"fingerprint": found, "source": source, "trust": trust, "out": out}

@@ -15,6 +15,7 @@ from moorage.cli.options import (
     confirm_options,
     data_dir_option,
     etcd_host_option,
+    existing_urls,
     json_option,
     log_format_option,
     log_setting,
@@ -102,7 +103,7 @@ def token_client(existing: str, token: str) -> Any:
     """The client of a join with a token: the cluster's CA is pinned by --ca-fingerprint
     first (a wrong one is refused before the token leaves this host), then trusted."""
     from moorage.pki.trust import trust_ca_pem
-    from moorage.recovery.client import fetch_ca, split_urls
+    from moorage.recovery.client import fetch_ca
     from moorage.recovery.join_token_client import TokenClient
 
     pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
@@ -112,10 +113,7 @@ def token_client(existing: str, token: str) -> Any:
             "'moorage join-token create' and 'install' print): the CA is checked before the "
             "token is sent"
         )
-    try:
-        urls = split_urls(existing)
-    except MoorageError as exc:
-        raise click.UsageError(str(exc)) from None
+    urls = existing_urls(existing)
     try:
         trust_ca_pem(fetch_ca(urls, pinned).pem)
     except MoorageError as exc:

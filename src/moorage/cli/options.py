@@ -27,9 +27,11 @@ __all__ = [
     "ca_file_option",
     "ca_fingerprint_option",
     "check_http_addr",
+    "check_writable",
     "confirm_options",
     "data_dir_option",
     "etcd_host_option",
+    "existing_urls",
     "json_option",
     "log_format_option",
     "log_setting",
@@ -269,17 +271,61 @@ def admin_options(fn: F) -> F:
     return fn
 
 
-def admin_client(existing: str, username: str, password: str | None) -> Any:
-    """The admin API client of `--existing`, or a usage error."""
-    from moorage.pki.trust import trust_ca_pem
-    from moorage.recovery.client import AdminClient, fetch_ca, split_urls
+def existing_urls(existing: str) -> list[str]:
+    """The replica URLs of `--existing`, each one a URL an HTTP client can use, or a usage
+    error naming the one that is not (`http://[::1` would end in a traceback)."""
+    import httpx
 
-    if password is None:
-        raise click.UsageError("give the admin password with --password or MOORAGE_PASSWORD")
+    from moorage.recovery.client import split_urls
+
     try:
         urls = split_urls(existing)
     except MoorageError as exc:
         raise click.UsageError(str(exc)) from None
+    for url in urls:
+        try:
+            httpx.URL(url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise click.UsageError(
+                f"--existing: {url[:200]!r} is not a valid URL ({exc}); give a replica's URL "
+                "such as http://127.0.0.1:5000 or https://[::1]:5000"
+            ) from None
+    return urls
+
+
+def check_writable(path: str, option: str) -> None:
+    """Refuse an output file that cannot be written before any work is done (a backup reads
+    the whole metadata first): its directory must exist and take a new file."""
+    import tempfile
+
+    from moorage.cli.base import Failed
+
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise Failed(
+            f"cannot write {option} {path}: the directory {parent} does not exist; create it "
+            "first or choose another path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise Failed(
+            f"cannot write {option} {path}: {exc.strerror or exc} in {parent}; choose a "
+            "directory this user may create files in"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def admin_client(existing: str, username: str, password: str | None) -> Any:
+    """The admin API client of `--existing`, or a usage error."""
+    from moorage.pki.trust import trust_ca_pem
+    from moorage.recovery.client import AdminClient, fetch_ca
+
+    if password is None:
+        raise click.UsageError("give the admin password with --password or MOORAGE_PASSWORD")
+    urls = existing_urls(existing)
     ctx = click.get_current_context(silent=True)
     pinned = ctx.meta.get("moorage.ca_fingerprint") if ctx is not None else None
     if pinned:  # first contact: the CA the cluster serves must be the pinned one

@@ -21,6 +21,7 @@ from moorage.cli.options import (
     confirm_options,
     data_dir_option,
     etcd_host_option,
+    existing_urls,
     json_option,
     log_format_option,
     log_setting,
@@ -101,12 +102,12 @@ def emergency_repair(
     """Quorum lost: make a one-replica cluster from the most up-to-date survivor. Prints the
     plan (candidates compared, what is kept and could be lost), then asks (--yes, --dry-run)."""
     from moorage.recovery import emergency
-    from moorage.recovery.client import AdminClient, split_urls
+    from moorage.recovery.client import AdminClient
 
     client = None
     urls: list[str] = []
     if existing:
-        urls = split_urls(existing)
+        urls = existing_urls(existing)
         pinned = click.get_current_context().meta.get("moorage.ca_fingerprint")
         if pinned:  # survivors that are down pin nothing; a wrong CA is refused
             from moorage.pki.trust import trust_ca_pem

@@ -53,6 +53,18 @@ def _with_transport(
     return wanted
 
 
+def _create(d: DataDir, *args: Any) -> ReplicaConfig:
+    """`create_replica` into `d`, or one line saying why its directory cannot be made."""
+    try:
+        return create_replica(d, *args)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(d.path) else ""
+        raise Failed(
+            f"cannot make a replica in {d.path}: {exc.strerror or exc}{where}; choose a "
+            "--data-dir this user may create and write"
+        ) from None
+
+
 def _reexec_with_absolute(data_dir: DataDir) -> None:
     """Every process of a replica carries the absolute data directory in its command line."""
     if str(data_dir.path) in sys.argv[1:]:
@@ -144,7 +156,7 @@ def run(
         check_same_settings(config, http_addr, storage, etcd_client_port, etcd_peer_port)
         config = _with_transport(d, config, settings, fresh=False)
     else:
-        config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port)
+        config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port)
         config = _with_transport(d, config, settings, fresh=True)
         if password is None:
             password = created = secrets.token_urlsafe(18)
@@ -213,7 +225,7 @@ def install(
     transport.update(log_setting(log_format))
     generated = admin_password is None
     password = admin_password or secrets.token_urlsafe(18)
-    config = create_replica(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
+    config = _create(d, http_addr, storage, etcd_client_port, etcd_peer_port, etcd_host)
     # (D/tls/ must exist by now for a replica serving the cluster's certificate.)
     config = _with_transport(d, config, transport, fresh=True)
     pid = start_background(d, password).pid

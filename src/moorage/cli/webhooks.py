@@ -5,11 +5,12 @@ in the Distribution notification format, at least once, from a queue in etcd
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 import click
 
-from moorage.cli.base import Failed, Group, emit
+from moorage.cli.base import Failed, Group, emit, path_segment
 from moorage.cli.options import admin_client, admin_options, json_option
 from moorage.errors import MoorageError
 
@@ -25,6 +26,23 @@ def _call(client: Any, method: str, path: str, body: dict[str, Any] | None = Non
         return client.call(method, path, body)
     except MoorageError as exc:
         raise Failed(str(exc)) from None
+
+
+#: A webhook's id: 12 hex digits (cluster/webhook_input.py makes them, the API accepts no other).
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _hook_path(hook_id: str, *rest: str) -> str:
+    """The API path of webhook `hook_id` (and `rest`), or a usage error for an id that is not
+    one: an id never becomes more than its own path segment (`../gc?` once started a real
+    garbage collection)."""
+    if not _ID.fullmatch(hook_id):
+        raise click.BadParameter(
+            f"{hook_id[:40]!r} is not a webhook id (12 hex digits); 'moorage webhook list' "
+            "shows the ids",
+            param_hint="ID",
+        )
+    return "/".join(["/api/v0/webhooks", path_segment(hook_id), *rest])
 
 
 @click.group("webhook", cls=Group)
@@ -110,7 +128,7 @@ def list_(existing: str, username: str, password: str | None, as_json: bool) -> 
 def remove(existing: str, username: str, password: str | None, hook_id: str, as_json: bool) -> None:
     """Remove webhook ID, with the events still queued for it and its deliveries."""
     client = admin_client(existing, username, password)
-    doc = _call(client, "DELETE", f"/api/v0/webhooks/{hook_id}")
+    doc = _call(client, "DELETE", _hook_path(hook_id))
     emit(as_json, doc, f"removed webhook {doc['removed']} ({doc['url']})")
 
 
@@ -134,8 +152,8 @@ def _delivery_line(d: dict[str, Any]) -> str:
 @json_option
 def test(existing: str, username: str, password: str | None, hook_id: str, as_json: bool) -> None:
     """Send a `test` event to webhook ID now, once, and print what the receiver answered."""
-    client = admin_client(existing, username, password)
-    doc = _call(client, "POST", f"/api/v0/webhooks/{hook_id}/test", {})
+    path = _hook_path(hook_id, "test")
+    doc = _call(admin_client(existing, username, password), "POST", path, {})
     emit(as_json, doc, _delivery_line(doc["delivery"]))
     if not doc["delivery"]["delivered"]:
         raise Failed(
@@ -157,6 +175,7 @@ def deliveries(
 
     path = "/api/v0/webhooks/deliveries"
     if hook_id:
+        _hook_path(hook_id)  # a usage error for what is not an id
         path += "?" + urllib.parse.urlencode({"webhook": hook_id})
     doc = _call(admin_client(existing, username, password), "GET", path)
     text = "\n".join(_delivery_line(d) for d in doc["deliveries"]) or "no deliveries yet"
