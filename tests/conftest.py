@@ -56,6 +56,7 @@ TIERS = {
     "test_starting.py": "cluster",
     "test_ui_browser.py": "cluster",
     "test_webhooks.py": "cluster",
+    "test_ui_signout.py": "cluster",
 }
 #: The groups that take longest (measured with --durations), longest first; the others follow
 #: in collection order. Last ordered by a full run of 2026-12-02 (each group's sum of its tests

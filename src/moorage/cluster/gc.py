@@ -38,6 +38,7 @@ from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.gc_store import GcStore
 from moorage.registry import Registry
 from moorage.registry.gc import Collector, GcAborted, GcOptions, GcResult, corrupt_message
+from moorage.storage import presence
 
 log = logging.getLogger("moorage.gc")
 
@@ -118,6 +119,7 @@ class GcRun:
         collector.store.notice = self.registry.manifests.on_delete  # delete events
         try:
             await gc_store.put_doc(keys.GC_PROGRESS, {**self.describe(), "phase": "start"})
+            await _alone(self.registry)
             result = await collector.run()
             # The result is in the store before the lock goes: whoever sees the lock gone
             # finds it.
@@ -182,6 +184,15 @@ def _message(exc: BaseException) -> str:
     return "the metadata store did not answer in time; nothing more was deleted: run it again"
 
 
+async def _alone(registry: Registry) -> None:
+    """GcAborted while another cluster uses this blob storage (moorage.storage.presence):
+    what this cluster's records do not name may be that cluster's blobs."""
+    cluster = await registry.meta.get_cluster()
+    found = await presence.others(registry.storage, cluster.cluster_id if cluster else "")
+    if found:
+        raise GcAborted(presence.refusal(found, "of this cluster", "collect garbage"))
+
+
 async def start(
     store: ClusterStore,
     registry: Registry,
@@ -222,6 +233,7 @@ async def dry_run(
     run = secrets.token_hex(8)
     collector = Collector(store, registry.storage, run, options)
     try:
+        await _alone(registry)
         result = await collector.run()
     except (MoorageError, TimeoutError) as exc:
         message = _message(exc)

@@ -45,6 +45,7 @@ from moorage.errors import MoorageError
 from moorage.meta import usage
 from moorage.meta.etcd_maintenance import MemberProbe
 from moorage.registry.retention import Retention
+from moorage.storage import presence
 from moorage.storage.base import BlobStorage
 
 log = logging.getLogger("moorage.health")
@@ -98,12 +99,35 @@ async def _local_member_answers(replica: Replica, member: MemberProbe) -> bool:
 
 async def health_loop(replica: Replica, observe: Observer | None = None) -> None:
     member = MemberProbe(replica.config.etcd_client_url)  # the local etcd member
+    marked = 0.0
     try:
         while True:
             await _health_round(replica, member, observe)
+            if replica.storage.healthy and time.monotonic() - marked >= presence.MARK_SECONDS:
+                marked = time.monotonic()
+                await _mark_storage(replica)
             await asyncio.sleep(CHECK_INTERVAL)
     finally:
         await member.close()
+        if marked:
+            config = replica.config
+            with contextlib.suppress(MoorageError, TimeoutError):
+                await asyncio.wait_for(
+                    presence.unmark(replica.registry.storage, config.cluster_id, config.replica_id),
+                    CHECK_TIMEOUT,
+                )
+
+
+async def _mark_storage(replica: Replica) -> None:
+    """Say that this cluster uses the blob storage (moorage.storage.presence)."""
+    config = replica.config
+    try:
+        await asyncio.wait_for(
+            presence.mark(replica.registry.storage, config.cluster_id, config.replica_id),
+            CHECK_TIMEOUT,
+        )
+    except (MoorageError, TimeoutError) as exc:  # the probe reports the storage's health
+        log.debug("could not mark the blob storage as used: %s", exc)
 
 
 async def _health_round(replica: Replica, member: MemberProbe, observe: Observer | None) -> None:

@@ -41,6 +41,7 @@ from moorage.recovery.backup_verify import verify_plain
 from moorage.recovery.blob_access import SyncBlobs
 from moorage.recovery.journal_replay import apply, plan_replay, read_plan
 from moorage.recovery.restore_result import RestorePlan, RestoreResult
+from moorage.storage import open_blob_storage, presence
 from moorage.storage.paths import StorageLayout
 
 
@@ -67,6 +68,8 @@ def plan(
         )
     if isinstance(storage, Path) and not storage.is_dir():
         problems.append(f"blob storage {storage} does not exist (it will be created empty)")
+    elif occupied := _occupied(storage, info.cluster_id):
+        problems.append(occupied)
     return RestorePlan(
         {
             "command": "restore",
@@ -110,6 +113,8 @@ def restore(
                 f"{archive} is corrupt or was tampered with; nothing was changed:\n  "
                 + "\n  ".join(report["problems"])
             )
+        if occupied := _occupied(storage, str(read_header(plain)["cluster_id"])):
+            raise BackupError(occupied + "; nothing was changed")
         missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
         if missing_bases:
             raise BackupError("; ".join(missing_bases) + "; put it next to the archive")
@@ -166,6 +171,21 @@ def restore(
     if generated:
         out["admin_password"] = generated
     return RestoreResult(out)
+
+
+def _occupied(storage: Path | str, backed_up: str) -> str | None:
+    """Why `storage` must not be restored onto, or None: a cluster other than the one the
+    backup is of (`backed_up`, whose storage this is meant to be) uses it."""
+
+    async def read() -> str | None:
+        blobs = open_blob_storage(str(storage))
+        try:
+            found = await presence.others(blobs, backed_up)
+        finally:
+            await blobs.close()
+        return presence.refusal(found, str(storage), "restore onto it") if found else None
+
+    return asyncio.run(read())
 
 
 def _copy_blobs(archives: list[Path], digests: set[str], storage: Path | str) -> int:

@@ -182,6 +182,19 @@ class BlobStorage(ABC):
         """Write, read back and delete a small file; raises StorageUnavailable on failure."""
 
     @abstractmethod
+    async def put_marker(self, name: str, data: bytes) -> None:
+        """Write (or overwrite) the small file `probe/<name>`: not fsynced, a hint that
+        says who uses the storage (moorage.storage.presence)."""
+
+    @abstractmethod
+    async def remove_marker(self, name: str) -> None:
+        """Remove `probe/<name>` (absent: nothing to do)."""
+
+    @abstractmethod
+    async def markers(self, prefix: str) -> list[tuple[str, float]]:
+        """(name, modification time) of the files `probe/<prefix>*`, at most 1,000."""
+
+    @abstractmethod
     def free_bytes(self) -> int | None: ...
 
     async def close(self) -> None:  # noqa: B027  (a hook: most drivers keep nothing open)

@@ -292,6 +292,43 @@ class FilesystemStorage(BlobStorage):
                 f"blob storage at {self.root} failed a write/read probe: {exc.strerror or exc}"
             ) from exc
 
+    async def put_marker(self, name: str, data: bytes) -> None:
+        path = self.layout.probe / name
+        tmp = self.layout.probe / f".{name}.{secrets.token_hex(4)}"
+
+        def run() -> None:  # renamed over the last one: a reader never sees half of it
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        try:
+            await asyncio.to_thread(run)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageUnavailable(f"cannot write {path}: {exc.strerror}") from exc
+
+    async def remove_marker(self, name: str) -> None:
+        try:
+            await asyncio.to_thread((self.layout.probe / name).unlink, missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot remove {name}: {exc.strerror}") from exc
+
+    async def markers(self, prefix: str) -> list[tuple[str, float]]:
+        def run() -> list[tuple[str, float]]:
+            out: list[tuple[str, float]] = []
+            with os.scandir(self.layout.probe) as entries:
+                for entry in entries:
+                    if entry.name.startswith(prefix) and len(out) < 1000:
+                        with contextlib.suppress(FileNotFoundError):
+                            out.append((entry.name, entry.stat().st_mtime))
+            return out
+
+        try:
+            return await asyncio.to_thread(run)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot list {self.layout.probe}: {exc.strerror}") from exc
+
     def free_bytes(self) -> int | None:
         try:
             st = os.statvfs(self.root)

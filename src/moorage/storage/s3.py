@@ -402,5 +402,23 @@ class S3Storage(BlobStorage):
                 f"S3 blob storage at {self.location} read back different bytes in a probe"
             )
 
+    async def put_marker(self, name: str, data: bytes) -> None:
+        async with translated("write a marker"):
+            s3 = await self.probe_conn.client()
+            await s3.put_object(Bucket=self.layout.bucket, Key=self.layout.probe(name), Body=data)
+
+    async def remove_marker(self, name: str) -> None:
+        async with translated("remove a marker"):
+            s3 = await self.probe_conn.client()
+            await s3.delete_object(Bucket=self.layout.bucket, Key=self.layout.probe(name))
+
+    async def markers(self, prefix: str) -> list[tuple[str, float]]:
+        start = self.layout.probe(prefix)
+        async with translated("list markers"):
+            s3 = await self.probe_conn.client()
+            page = await list_page(s3, self.layout.bucket, start, None)
+        cut = len(self.layout.probe(""))
+        return [(o["Key"][cut:], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+
     def free_bytes(self) -> int | None:
         return None  # an object store has no free-space figure
