@@ -19,6 +19,8 @@ from harness.process import AUTH, moorage
 
 from tests.cluster import cluster_of
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -170,3 +172,31 @@ def test_emergency_repair_that_lost_a_collection_leaves_nothing_inconsistent(
     with node.client() as c:
         push(c, "repair/app", "again", gone)  # a push of the same image works again
         assert pull(node, "repair/app", "again", gone) == ""
+
+
+def test_an_index_whose_child_was_deleted_verifies_with_a_note(cluster: Cluster) -> None:
+    """Deleting an index's child by digest is allowed (the index stays as it was): a backup
+    taken after it verifies OK, with a note naming the missing child, as restore accepts it."""
+    node = cluster.nodes[0]
+    amd, arm = make_image("rec/amd"), make_image("rec/arm")
+    with node.client() as c:
+        push(c, "rec/multi", "amd", amd)
+        push(c, "rec/multi", "arm", arm)
+        children = [
+            {"mediaType": OCI_MANIFEST, "digest": i.digest, "size": len(i.manifest)}
+            for i in (amd, arm)
+        ]
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+        r = c.put("/v2/rec/multi/manifests/both", content=index.encode(),
+                  headers={"Content-Type": OCI_INDEX})  # fmt: skip
+        assert r.status_code == 201, r.text
+        assert c.delete(f"/v2/rec/multi/manifests/{arm.digest}").status_code == 202
+    archive = cluster.root / "index.tar"
+    moorage("backup", "--existing", node.url, "--out", str(archive))
+    out = moorage("backup", "verify", str(archive), "--storage", str(cluster.storage), "--json")
+    doc = json.loads(out.stdout)
+    assert doc["ok"], doc
+    assert any(arm.digest in n for n in doc["notes"]), doc
+    text = moorage("backup", "verify", str(archive), "--storage", str(cluster.storage)).stdout
+    assert "OK" in text
+    assert "note: index rec/multi@sha256:" in text

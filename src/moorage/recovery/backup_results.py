@@ -126,6 +126,7 @@ class VerifyReport:
     archives: list[str] | None = None
     blobs_checked: bool | None = None
     counts: dict[str, int] | None = None
+    notes: list[str] | None = None  # valid but worth knowing (not problems: ok stays true)
 
     @classmethod
     def of(cls, report: dict[str, Any]) -> VerifyReport:
@@ -139,6 +140,7 @@ class VerifyReport:
             archives=report.get("archives"),
             blobs_checked=report.get("blobs_checked"),
             counts=report.get("counts"),
+            notes=report.get("notes"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class VerifyReport:
             "missing_blobs": self.missing_blobs,
             "blobs_checked": self.blobs_checked,
             "counts": self.counts,
+            "notes": self.notes or [],
         }
 
     def text(self, label: str) -> str:
@@ -167,6 +170,7 @@ class VerifyReport:
             f"{label}: OK (checksums and references"
             + ("" if self.blobs_checked else "; blob bytes not checked: give --storage")
             + ")"
+            + "".join(f"\n  note: {n}" for n in (self.notes or [])[:20])
         )
 
     def failure(self, label: str) -> str:
