@@ -151,6 +151,12 @@ def test_immutable_tag_refuses_a_push_and_a_delete(cluster: Cluster, tmp_path: P
     # Unset, the tag moves.
     cli(c, "policy", "unset", "frozen", "--immutable-tags")
     assert skopeo_push(c, second, "v1", "frozen/app:v1").returncode == 0
+    # A pattern that could never match a tag is refused, not stored.
+    for never in ("[", "release-[0-9", "a]", "!x"):
+        out = cli(c, "policy", "set", "frozen", "--immutable-tags", never, check=False)
+        assert out.returncode != 0
+        assert "can never match a tag" in out.stderr + out.stdout
+    assert (cli(c, "policy", "show", "frozen")["policy"] or {}).get("immutable_tags", []) == []
 
 
 def test_quota_refuses_a_push_with_the_numbers_and_shared_layers_count_once(

@@ -89,7 +89,33 @@ def _patterns(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
         value = [value]
     if not isinstance(value, list):
         raise Invalid(f"{name} must be a list of tag patterns")
+    for pattern in value:
+        if isinstance(pattern, str) and not _can_match(pattern):
+            raise Invalid(
+                f"{name}: pattern {pattern[:80]!r} can never match a tag: close every [ with ], "
+                "and use ! only first in a [...] set"
+            )
     return tuple(value)
+
+
+def _can_match(pattern: str) -> bool:
+    """Whether a glob can match some tag: each `[` is closed (`[]x]` and `[!x]` count) and
+    `]` and `!` appear only in a set (a tag holds neither). Checked when a policy is set, not
+    when a stored one is read back."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] in "]!":
+            return False
+        if pattern[i] == "[":
+            j = i + 1
+            j += pattern[j : j + 1] == "!"
+            j += pattern[j : j + 1] == "]"
+            end = pattern.find("]", j)
+            if end < 0:
+                return False
+            i = end
+        i += 1
+    return True
 
 
 def _whole(body: dict[str, Any], name: str) -> int | None:
