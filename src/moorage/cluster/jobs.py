@@ -108,14 +108,11 @@ async def health_loop(replica: Replica, observe: Observer | None = None) -> None
                 await _mark_storage(replica)
             await asyncio.sleep(CHECK_INTERVAL)
     finally:
-        await member.close()
-        if marked:
-            config = replica.config
+        if marked:  # (a directory: no suspension; S3: bounded by its probe timeout)
+            storage, config = replica.registry.storage, replica.config
             with contextlib.suppress(MoorageError, TimeoutError):
-                await asyncio.wait_for(
-                    presence.unmark(replica.registry.storage, config.cluster_id, config.replica_id),
-                    CHECK_TIMEOUT,
-                )
+                await presence.unmark(storage, config.cluster_id, config.replica_id)
+        await member.close()
 
 
 async def _mark_storage(replica: Replica) -> None:

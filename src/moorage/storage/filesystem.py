@@ -307,8 +307,10 @@ class FilesystemStorage(BlobStorage):
             raise StorageUnavailable(f"cannot write {path}: {exc.strerror}") from exc
 
     async def remove_marker(self, name: str) -> None:
+        # On the loop, not in a thread: it runs at shutdown, when no other work waits, and
+        # must not depend on the executor or on another turn of a loop that is stopping.
         try:
-            await asyncio.to_thread((self.layout.probe / name).unlink, missing_ok=True)
+            (self.layout.probe / name).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"cannot remove {name}: {exc.strerror}") from exc
 

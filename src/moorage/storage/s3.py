@@ -408,7 +408,7 @@ class S3Storage(BlobStorage):
             await s3.put_object(Bucket=self.layout.bucket, Key=self.layout.probe(name), Body=data)
 
     async def remove_marker(self, name: str) -> None:
-        async with translated("remove a marker"):
+        async with asyncio.timeout(PROBE_SECONDS), translated("remove a marker"):
             s3 = await self.probe_conn.client()
             await s3.delete_object(Bucket=self.layout.bucket, Key=self.layout.probe(name))
 
