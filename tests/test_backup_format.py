@@ -160,7 +160,8 @@ def test_verify_report_json_forms() -> None:
 
     good = verify(FORMAT_1).to_json()
     assert list(good) == [
-        "file", "ok", "corrupt", "archives", "problems", "missing_blobs", "blobs_checked", "counts"
+        "file", "ok", "corrupt", "archives", "problems", "missing_blobs", "blobs_checked", "counts",
+        "notes",
     ]  # fmt: skip
     bad = VerifyReport(file="x", ok=False, corrupt=True, problems=["p"], missing_blobs=[])
     assert list(bad.to_json()) == ["file", "ok", "corrupt", "problems", "missing_blobs"]
