@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 from harness.cluster import Node
+from harness.replica import Replica
 
 MT_OCTET = "application/octet-stream"
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -392,7 +393,7 @@ def image_manifest(config: bytes, layer: bytes) -> bytes:
     ).encode()
 
 
-def push_image(node: Node, repo: str, tag: str, seed: str) -> bytes:
+def push_image(node: Node | Replica, repo: str, tag: str, seed: str) -> bytes:
     """Push a config, a layer and a manifest through `node`; return the manifest bytes."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
     layer = f"layer of {seed}".encode() * 500

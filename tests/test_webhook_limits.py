@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import select
 import socket
 import threading
@@ -32,7 +31,7 @@ from moorage.cluster import webhook_dispatch as wd
 from moorage.cluster import webhook_input as wi
 from moorage.cluster import webhooks as wh
 from moorage.meta.memory import MemoryMetaStore
-from tests.oci import OCI_MANIFEST, image_manifest, sha256
+from tests.oci import push_image
 
 HUGE = 256 * 1024 * 1024
 #: Far more than the client reads (MAX_ANSWER) and every kernel buffer between the two.
@@ -324,18 +323,9 @@ def test_a_push_event_to_a_trickling_receiver_is_retried_then_failed(
     replica: Replica, receiver: Receiver
 ) -> None:
     repo = "limits/trickled"
-    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
-    layer = b"layer" * 100
     with replica.client() as http:
         hook_id = _add(http, receiver.url("/trickle"), ["push"])
-        for blob in (config, layer):
-            r = http.post(f"/v2/{repo}/blobs/uploads/?digest={sha256(blob)}", content=blob)
-            assert r.status_code == 201, r.text
-        body = image_manifest(config, layer)
-        r = http.put(
-            f"/v2/{repo}/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST}
-        )
-        assert r.status_code == 201, r.text
+        push_image(replica, repo, "v1", "trickled")
         deadline = time.monotonic() + 60
         while True:
             doc = http.get(f"/api/v0/webhooks/deliveries?webhook={hook_id}").json()
