@@ -113,7 +113,8 @@ def restore(
                 f"{archive} is corrupt or was tampered with; nothing was changed:\n  "
                 + "\n  ".join(report["problems"])
             )
-        if occupied := _occupied(storage, str(read_header(plain)["cluster_id"])):
+        header = read_header(plain)
+        if occupied := _occupied(storage, str(header["cluster_id"])):
             raise BackupError(occupied + "; nothing was changed")
         missing_bases = [p for p in report["problems"] if p.startswith("base archive")]
         if missing_bases:
@@ -123,7 +124,6 @@ def restore(
                 f"{data_dir.path} already holds replica state; restore needs an empty data "
                 "directory"
             )
-        header = read_header(plain)
         md = read_metadata(plain, header["version"])
         if md.invalid:  # verify refused these already; never write one into the store
             raise BackupError(f"{archive} holds invalid records: " + "; ".join(md.invalid[:20]))
