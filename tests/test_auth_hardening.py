@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import os
 import re
@@ -444,4 +445,64 @@ def test_store_down_during_login_is_503(replica: Replica) -> None:
 
 def test_argon2_parameters() -> None:
     h = hash_password("x")
-    assert h.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert h.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+_RFC9106 = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4)
+
+
+def test_a_hash_of_older_parameters_is_made_again_at_login() -> None:
+    """Hashes made before the parameters changed (RFC 9106's 64 MiB) still verify, and the
+    first successful login stores a hash with today's; a wrong password changes nothing."""
+    meta = MemoryMetaStore()
+    old = _RFC9106.hash("right")
+    asyncio.run(meta.create_user(UserRecord("old", old, "admin")))
+    auth = BasicAuthenticator(meta, rehash=True)
+
+    async def run() -> str:
+        assert await auth.authenticate(_header("old", "wrong"), "10.9.0.1") is None
+        assert not auth._rehashing
+        user = await meta.get_user("old")
+        assert user is not None
+        assert user.password_hash == old
+        identity = await auth.authenticate(_header("old", "right"), "10.9.0.2")
+        assert identity is not None
+        assert identity.name == "old"
+        await asyncio.gather(*auth._rehashing.values())
+        user = await meta.get_user("old")
+        assert user is not None
+        return user.password_hash
+
+    new = asyncio.run(run())
+    assert new != old
+    assert new.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert PasswordHasher().verify(new, "right")
+    # The new hash logs in (a fresh authenticator: nothing cached) and is not made again.
+    auth = BasicAuthenticator(meta, rehash=True)
+
+    async def again() -> None:
+        assert await auth.authenticate(_header("old", "right"), "10.9.0.3") is not None
+        assert not auth._rehashing
+
+    asyncio.run(again())
+
+
+def test_a_rehash_never_undoes_a_password_change() -> None:
+    """The rehash writes only over the hash it verified: a password set meanwhile stays."""
+    meta = MemoryMetaStore()
+    asyncio.run(meta.create_user(UserRecord("old", _RFC9106.hash("right"), "admin")))
+    auth = BasicAuthenticator(meta, rehash=True)
+    changed = hash_password("changed")
+
+    async def run() -> None:
+        assert await auth.authenticate(_header("old", "right"), "10.9.1.1") is not None
+        task = auth._rehashing["old"]
+        user = await meta.get_user("old")
+        assert user is not None
+        await meta.put_user(dataclasses.replace(user, password_hash=changed))
+        await task
+
+    asyncio.run(run())
+    user = asyncio.run(meta.get_user("old"))
+    assert user is not None
+    assert user.password_hash == changed

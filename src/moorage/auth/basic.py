@@ -1,6 +1,6 @@
 """HTTP Basic authentication against users in the metadata store.
 
-argon2 is deliberately slow (about 100 ms and 64 MiB), so:
+argon2 is deliberately slow (about 20 ms of CPU and 19 MiB per check), so:
 
 * a successful check is remembered for a while, keyed by a salted hash of the exact
   credentials and valid only while the user's stored hash is unchanged (changing a
@@ -9,6 +9,8 @@ argon2 is deliberately slow (about 100 ms and 64 MiB), so:
   credential however many requests carry it at once;
 * an unknown user's password is checked against a dummy hash of the same cost, so that
   the answer's timing does not tell which accounts exist;
+* a hash made with older parameters is made again with today's after a successful check
+  (`needs_rehash`), in the background, only if the user's hash has not changed meanwhile;
 * failed attempts are limited per account and client address (`LoginThrottle`), across
   the cluster (`FailureLedger`): past the limits a login is refused with LoginThrottled
   (429 and Retry-After) before any password check.
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import hashlib
 import ipaddress
+import logging
 import math
 import secrets
 import time
@@ -35,13 +39,17 @@ from prometheus_client import Counter
 from moorage.auth.access import ANONYMOUS, Principal
 from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
+from moorage.auth.passwords import needs_rehash
 from moorage.auth.policy import AccessView
 from moorage.auth.throttle import LoginThrottle
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
+from moorage.meta.accounts import Accounts
 from moorage.meta.base import MetaStore
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import UserRecord
+
+log = logging.getLogger(__name__)
 
 _VERIFIED_TTL = 300.0
 _USER_TTL = 5.0
@@ -109,8 +117,12 @@ class BasicAuthenticator(Authenticator):
         verifier: PasswordVerifier | None = None,
         on_login: Callable[[str, str | None, bool], Awaitable[None]] | None = None,
         view: AccessView | None = None,
+        rehash: bool = False,
     ) -> None:
         self.meta = meta
+        # Whether a hash of older parameters is made again at a successful check (a replica's
+        # API: True; tests of the checks themselves keep their users' hashes as given).
+        self.rehash = rehash
         # Told of every password check that ran (name, client address, ok): the audit log.
         self.on_login = on_login
         # Accounts cached under an etcd watch (auth.policy): a disabled, deleted or
@@ -126,6 +138,7 @@ class BasicAuthenticator(Authenticator):
         self._verified: dict[bytes, _Verified] = {}
         self._users: dict[str, tuple[float, UserRecord | None]] = {}
         self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
+        self._rehashing: dict[str, asyncio.Task[None]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
         if self.view is not None:
@@ -207,6 +220,10 @@ class BasicAuthenticator(Authenticator):
                 await self.on_login(name, client, ok and user is not None)
         if not ok or user is None:
             return None
+        if self.rehash and needs_rehash(password_hash) and name not in self._rehashing:
+            task = asyncio.create_task(self._rehash(name, password_hash, password))
+            self._rehashing[name] = task
+            task.add_done_callback(lambda _: self._rehashing.pop(name, None))
         # Remembered for a disabled account too (its password is right: no argon2 run per
         # request), which every request still refuses from the account's current record.
         if len(self._verified) > _MAX_ENTRIES:
@@ -214,6 +231,22 @@ class BasicAuthenticator(Authenticator):
         identity = Principal(user.name, "user", admin=bool(user.admin))
         self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
         return _principal(user)
+
+    async def _rehash(self, name: str, old: str, password: str) -> None:
+        """Store a hash of the password just verified with today's parameters, unless the
+        user's hash changed meanwhile (a new password wins). Best effort: a failure leaves
+        the old hash, which still verifies, for the next login."""
+        try:
+            new = await self.verifier.hash(password)
+
+            def change(user: UserRecord) -> UserRecord:
+                if user.password_hash != old:
+                    return user
+                return dataclasses.replace(user, password_hash=new)
+
+            await Accounts(self.meta).change_user(name, change)
+        except Exception:  # best effort: logged, tried again at the next login
+            log.warning("could not store a new hash for user %s", name, exc_info=True)
 
     async def _check(
         self, name: str, peer: str, check_key: bytes, password_hash: str, password: str

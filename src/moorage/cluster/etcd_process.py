@@ -23,6 +23,8 @@ ETCD_PID = "etcd"
 #: etcd compacts away key versions older than this many revisions (every 5 minutes); the
 #: defragmentation job (cluster.etcd_defrag) compacts to the same point before it measures.
 COMPACTION_RETENTION = 100_000
+#: raft entries between two etcd snapshots (see command()).
+SNAPSHOT_COUNT = 10_000
 
 
 def etcd_binary() -> str:
@@ -89,6 +91,10 @@ class EtcdProcess:
             "--max-txn-ops", "1024",
             "--max-request-bytes", str(8 * 1024 * 1024),
             "--quota-backend-bytes", str(8 * 1024 * 1024 * 1024),
+            # etcd 3.4 keeps up to this many raft entries in memory between snapshots
+            # (100,000 by default: ~100 MB of manifest records in a large registry); 3.6
+            # made 10,000 its default for that reason.
+            "--snapshot-count", str(SNAPSHOT_COUNT),
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", str(COMPACTION_RETENTION),
             "--logger", "zap",

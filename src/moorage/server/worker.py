@@ -63,7 +63,7 @@ def assemble(config: ReplicaConfig, meta: MetaStore) -> Replica:
     audit = EtcdAuditLog(meta, origin_name(config.replica_id, os.getpid()))
     view = AccessView(meta)  # accounts and grants, cached under an etcd watch
     # access tokens as passwords (token_auth), Bearer JWTs over both (bearer)
-    basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view)
+    basic = BasicAuthenticator(meta, on_login=login_recorder(audit), view=view, rehash=True)
     auth = token_authenticator(config, meta, TokenAuthenticator(basic, meta))
     # tag -> manifest, cached under an etcd watch, kept exact across the cluster
     # (MOORAGE_TAG_CACHE=0 turns it off: only to measure what it saves in the benchmark)
