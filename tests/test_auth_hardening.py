@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from harness.process import AUTH
 from harness.replica import Replica
 
+from moorage.auth.access import password_mark
 from moorage.auth.basic import BasicAuthenticator, parse_basic
 from moorage.auth.passwords import hash_password
 from moorage.auth.throttle import LoginThrottle
@@ -477,6 +478,9 @@ def test_a_hash_of_older_parameters_is_made_again_at_login() -> None:
     assert new != old
     assert new.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert PasswordHasher().verify(new, "right")
+    # The salt is kept, and with it the mark that the account's tokens carry.
+    assert new.split("$")[4] == old.split("$")[4]
+    assert password_mark(new) == password_mark(old)
     # The new hash logs in (a fresh authenticator: nothing cached) and is not made again.
     auth = BasicAuthenticator(meta, rehash=True)
 

@@ -177,6 +177,13 @@ def test_challenge_and_get_grants(registry: Replica) -> None:
         r = c.get("/auth/token", headers=bearer(doc["token"]))
         assert r.status_code == 401
 
+        # `repository:X:*` (what skopeo, podman and crane ask to delete): every action held.
+        star = claims(token(c, f"repository:{name}:*", account="admin")["token"])
+        assert star["access"] == [
+            {"type": "repository", "name": name, "actions": ["delete", "pull", "push"]}
+        ]
+        assert claims(token(c, f"repository:{name}:*", auth=None)["token"])["access"] == []
+
 
 def test_post_grants_and_refresh(registry: Replica) -> None:
     name = repo()
@@ -260,6 +267,39 @@ def test_refresh_token_dies_with_the_password(registry: Replica) -> None:
         r = c.post("/auth/token", data=grant)
         assert r.status_code == 401
         assert "log in again" in r.json()["error_description"]
+
+
+def test_a_token_dies_with_its_account(registry: Replica) -> None:
+    """A user's access token names the account it was issued to: deleting the account and
+    making one of the same name again, or a new password, refuses it (a 401 whose challenge
+    sends the client for a new token)."""
+    name = f"dave{uuid.uuid4().hex[:6]}"
+
+    def refused(resp: httpx.Response) -> None:  # a 401 whose challenge a client answers
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        assert params(first_challenge(resp))["realm"].endswith("/auth/token")
+
+    scope = f"repository:{name}/app:pull,push,delete"
+    with registry.client(auth=None) as c:
+
+        def admin(action: str, **body: Any) -> None:
+            r = c.post(f"/api/v0/users{action}", json={"name": name, **body}, auth=AUTH)
+            assert r.status_code in (200, 201), r.text
+
+        admin("", password="first-password-1")
+        first = bearer(token(c, scope, auth=(name, "first-password-1"))["token"])
+        assert passed(c.get(f"/v2/{name}/app/tags/list", headers=first))
+        admin("/delete")
+        refused(c.get(f"/v2/{name}/app/tags/list", headers=first))
+        admin("", password="first-password-1")  # the same name and password, a new account
+        refused(c.get(f"/v2/{name}/app/tags/list", headers=first))
+        second = bearer(token(c, scope, auth=(name, "first-password-1"))["token"])
+        assert passed(c.get(f"/v2/{name}/app/tags/list", headers=second))
+        admin("/passwd", password="second-password-2")
+        refused(c.get(f"/v2/{name}/app/tags/list", headers=second))
+        third = bearer(token(c, scope, auth=(name, "second-password-2"))["token"])
+        assert passed(c.get(f"/v2/{name}/app/tags/list", headers=third))
 
 
 def _signer(registry: Replica) -> tuple[str, ec.EllipticCurvePrivateKey]:

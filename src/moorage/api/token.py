@@ -35,7 +35,15 @@ from moorage.api.http import authorization
 from moorage.api.state import AppState
 from moorage.audit import DENIED, OK, AuditEvent
 from moorage.auth import jwt
-from moorage.auth.access import ANONYMOUS, MAX_SCOPES, Access, Principal, parse_scope
+from moorage.auth.access import (
+    ALL,
+    ANONYMOUS,
+    MAX_SCOPES,
+    REPOSITORY,
+    Access,
+    Principal,
+    parse_scope,
+)
 from moorage.auth.basic import parse_basic
 from moorage.auth.bearer import (
     BearerAuthenticator,
@@ -100,7 +108,13 @@ async def _granted(st: AppState, principal: Principal, requested: list[Access]) 
             allowed = await st.authorizer.allowed(principal, access)
         except MoorageError as exc:  # the grants cannot be read
             raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
-        actions = access.actions & allowed
+        # `repository:X:*` (skopeo, podman and crane ask it to delete) stands for every
+        # action the caller holds there, which the token names (`allowed` has them expanded).
+        # `registry:catalog:*` is the catalog's one action and stays as it is.
+        if access.type == REPOSITORY and ALL in access.actions:
+            actions = allowed - {ALL}
+        else:
+            actions = access.actions & allowed
         if actions:
             out.append(Access(access.type, access.name, actions))
     return out

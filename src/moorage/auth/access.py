@@ -15,6 +15,7 @@ Granted is always requested ∩ allowed, never an error (the token spec's rule).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -64,6 +65,10 @@ class Principal:
     admin: bool = False
     limit: tuple[Access, ...] | None = None
     token_id: str | None = None  # the access token used, for the audit log and last use
+    # A user's: `password_mark` of the account record it logged in with. A Bearer token
+    # carries it (`pwd`): the token is refused once the account has another password, or
+    # was deleted and made again under the same name (a new hash, a new mark).
+    mark: str | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -71,6 +76,15 @@ class Principal:
 
 
 ANONYMOUS = Principal("", "anonymous")
+
+
+def password_mark(password_hash: str) -> str:
+    """What a token remembers of an account's password: derived from the hash's salt, which
+    every new password (and every new account of the same name) draws afresh, and which a
+    rehash with newer parameters keeps (`auth.passwords.rehash`)."""
+    parts = password_hash.split("$")
+    salt = parts[4] if len(parts) == 6 and parts[1].startswith("argon2") else password_hash
+    return hashlib.sha256(b"moorage account\0" + salt.encode()).hexdigest()[:32]
 
 
 def parse_scope(text: str) -> list[Access] | None:

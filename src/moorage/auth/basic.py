@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from moorage.auth.access import ANONYMOUS, Principal
+from moorage.auth.access import ANONYMOUS, Principal, password_mark
 from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
 from moorage.auth.passwords import needs_rehash
@@ -106,7 +106,9 @@ def _principal(user: UserRecord) -> Principal | None:
     """A user's principal; None for a disabled account (it proves nothing: a 401)."""
     if user.disabled:
         return None
-    return Principal(user.name, "user", admin=bool(user.admin))
+    return Principal(
+        user.name, "user", admin=bool(user.admin), mark=password_mark(user.password_hash)
+    )
 
 
 class BasicAuthenticator(Authenticator):
@@ -228,7 +230,9 @@ class BasicAuthenticator(Authenticator):
         # request), which every request still refuses from the account's current record.
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
-        identity = Principal(user.name, "user", admin=bool(user.admin))
+        identity = Principal(
+            user.name, "user", admin=bool(user.admin), mark=password_mark(user.password_hash)
+        )
         self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
         return _principal(user)
 
@@ -237,7 +241,7 @@ class BasicAuthenticator(Authenticator):
         user's hash changed meanwhile (a new password wins). Best effort: a failure leaves
         the old hash, which still verifies, for the next login."""
         try:
-            new = await self.verifier.hash(password)
+            new = await self.verifier.rehash(password, old)
 
             def change(user: UserRecord) -> UserRecord:
                 if user.password_hash != old:

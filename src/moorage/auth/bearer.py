@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.auth import jwt
+from moorage.auth import access, jwt
 from moorage.auth.access import ANONYMOUS, Access, Principal
 from moorage.auth.base import Authenticator
 from moorage.auth.signing_keys import SigningKeys
@@ -62,7 +62,7 @@ def as_principal(who: Principal | None) -> Principal | None:
 
 def password_mark(user: UserRecord) -> str:
     """What a refresh token remembers of the account's password: a change voids it."""
-    return hashlib.sha256(b"moorage refresh\0" + user.password_hash.encode()).hexdigest()[:32]
+    return access.password_mark(user.password_hash)
 
 
 def user_active(user: UserRecord | None) -> bool:
@@ -71,7 +71,12 @@ def user_active(user: UserRecord | None) -> bool:
 
 def user_principal(user: UserRecord) -> Principal:
     admin = getattr(user, "admin", None)
-    return Principal(user.name, "user", admin=bool(admin) or user.role == "admin")
+    return Principal(
+        user.name,
+        "user",
+        admin=bool(admin) or user.role == "admin",
+        mark=access.password_mark(user.password_hash),
+    )
 
 
 def access_claims(granted: Iterable[Access]) -> list[dict[str, Any]]:
@@ -136,6 +141,8 @@ class TokenService:
             claims["adm"] = True
         if principal.token_id:
             claims["tid"] = principal.token_id
+        if principal.mark:
+            claims["pwd"] = principal.mark
         return claims
 
     async def issue(self, principal: Principal, granted: Sequence[Access]) -> Issued:
@@ -171,12 +178,14 @@ class TokenService:
         if kind not in _KINDS or (kind == "anonymous") != (sub == ""):
             raise jwt.TokenInvalid("malformed subject")
         tid = claims.get("tid")
+        mark = claims.get("pwd") if kind == "user" else None
         principal = Principal(
             name=sub,
             kind=kind,
             admin=claims.get("adm") is True,
             limit=_limit(claims),
             token_id=tid if isinstance(tid, str) else None,
+            mark=mark if isinstance(mark, str) else None,
         )
         if len(self._verified) >= _CACHE_MAX:
             self._verified = {k: v for k, v in self._verified.items() if v[0] >= now}

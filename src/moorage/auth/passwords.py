@@ -18,6 +18,7 @@ set it on a replica that serves anyone: its hashes would be cheap to crack.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import secrets
@@ -39,6 +40,14 @@ _HASHER = (
 
 def hash_password(password: str) -> str:
     return _HASHER.hash(password)
+
+
+def rehash(password: str, old_hash: str) -> str:
+    """A hash of `password` (just verified against `old_hash`) with today's parameters and
+    the old hash's salt: tokens remember an account by its salt (`auth.access.password_mark`),
+    so those issued before the rehash stay valid."""
+    salt = old_hash.split("$")[4]
+    return _HASHER.hash(password, salt=base64.b64decode(salt + "=" * (-len(salt) % 4)))
 
 
 def verify_password(password_hash: str, password: str) -> bool:

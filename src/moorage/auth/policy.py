@@ -37,6 +37,7 @@ from moorage.auth.access import (
     Principal,
     PullScope,
     limited,
+    password_mark,
 )
 from moorage.errors import StoreUnavailable
 from moorage.logs import Repeating
@@ -188,7 +189,11 @@ class Policy(Authorizer):
         if principal.anonymous or principal.kind == "robot":
             return None
         user = await self.view.user(principal.name)
-        return None if user is None or user.disabled else user
+        if user is None or user.disabled:
+            return None
+        if principal.mark is not None and password_mark(user.password_hash) != principal.mark:
+            return None  # another password, or another account of the same name
+        return user
 
     async def _subjects(self, user: UserRecord, memo: dict[Any, Any]) -> tuple[str, ...]:
         """`user:NAME` and `team:ORG/TEAM` of each of its teams, sorted."""

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Counter, Gauge
 
-from moorage.auth.passwords import dummy_hash, hash_password, verify_password
+from moorage.auth.passwords import dummy_hash, rehash, verify_password
 from moorage.errors import LoginThrottled
 
 WORKERS = 2
@@ -87,11 +87,11 @@ class PasswordVerifier:
             )
         return self.dummy
 
-    async def hash(self, password: str) -> str:
-        """A hash of `password` with today's parameters, made on this executor (a rehash at
-        login: its memory is bounded with the checks')."""
+    async def rehash(self, password: str, old_hash: str) -> str:
+        """`passwords.rehash` on this executor (at a login: its memory is bounded with the
+        checks')."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor(), hash_password, password
+            self._executor(), rehash, password, old_hash
         )
 
     def _executor(self) -> ThreadPoolExecutor:
