@@ -144,13 +144,22 @@ def test_immutable_tag_refuses_a_push_and_a_delete(cluster: Cluster, tmp_path: P
         # The tag still points at the first image.
         r = h.get("/v2/frozen/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
         assert r.headers["Docker-Content-Digest"] == first_digest
+        # Its layers cannot be unlinked one by one either (the image would break).
+        layer = r.json()["layers"][0]["digest"]
+        r = h.delete(f"/v2/frozen/app/blobs/{layer}")
+        assert r.status_code == 403, r.text
+        assert error_of(r)["code"] == "DENIED"
+        assert f"blob {layer} cannot be deleted from frozen/app" in error_of(r)["message"]
+        assert h.get(f"/v2/frozen/app/blobs/{layer}").status_code == 200
         # A tag no pattern matches moves and deletes as usual.
         assert skopeo_push(c, second, "v1", "frozen/app:latest").returncode == 0
         assert skopeo_push(c, first, "v1", "frozen/app:latest").returncode == 0
         assert h.delete("/v2/frozen/app/manifests/latest").status_code == 202
-    # Unset, the tag moves.
+    # Unset, the tag moves, and a blob delete is allowed again.
     cli(c, "policy", "unset", "frozen", "--immutable-tags")
     assert skopeo_push(c, second, "v1", "frozen/app:v1").returncode == 0
+    with httpx.Client(base_url=c.nodes[0].url, auth=AUTH, timeout=30) as h:
+        assert h.delete(f"/v2/frozen/app/blobs/{layer}").status_code == 202
     # A pattern that could never match a tag is refused, not stored.
     for never in ("[", "release-[0-9", "a]", "!x"):
         out = cli(c, "policy", "set", "frozen", "--immutable-tags", never, check=False)

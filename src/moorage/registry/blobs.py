@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from moorage.errors import BlobUnknown
+from moorage.errors import BlobUnknown, TagImmutable
 from moorage.meta.base import MetaStore
+from moorage.meta.policies import Policies
 from moorage.oci.digest import Digest, parse_digest
 from moorage.oci.names import validate_name
 from moorage.storage.base import BlobStorage
@@ -15,6 +16,7 @@ class Blobs:
     def __init__(self, storage: BlobStorage, meta: MetaStore) -> None:
         self.storage = storage
         self.meta = meta
+        self.policies = Policies(meta)
 
     async def stat(self, repo: str, digest: str) -> tuple[Digest, int]:
         """The blob's digest and size; BlobUnknown unless linked to `repo` and in storage."""
@@ -45,8 +47,22 @@ class Blobs:
         return stream
 
     async def delete(self, repo: str, digest: str) -> None:
-        """Unlink the blob from `repo`; its bytes stay until garbage collection (shared)."""
+        """Unlink the blob from `repo`; its bytes stay until garbage collection (shared).
+
+        Refused (TagImmutable) in a repository that an immutable-tags rule covers: unlinking
+        a layer would break the images its immutable tags hold, which no delete of theirs
+        may do. Garbage collection removes what no manifest references there."""
         parsed = parse_digest(digest)
+        applicable = await self.policies.applicable(repo)
+        for record in (applicable.repository, applicable.namespace):
+            if record is not None and record.immutable_tags:
+                raise TagImmutable(
+                    f"blob {parsed} cannot be deleted from {repo}: {record.target} has immutable "
+                    f"tags ({', '.join(record.immutable_tags)}), whose images could lose it; "
+                    "delete manifests instead and run garbage collection, which removes every "
+                    "blob no manifest references",
+                    detail={"target": record.target, "rules": list(record.immutable_tags)},
+                )
         if not await self.meta.unlink_blob(repo, str(parsed)):
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
 
