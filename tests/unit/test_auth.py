@@ -83,6 +83,20 @@ def test_client_limit_stops_password_spraying() -> None:
     assert t.retry_after("d", "10.0.0.2", 110.0) == 0
 
 
+def test_client_limit_spares_accounts_known_at_that_address() -> None:
+    """Spraying unknown names from an address many clients share (a proxy) does not lock
+    out the accounts that log in from it; the pair's own limit still holds for them."""
+    t = LoginThrottle(pair_limit=2, client_limit=3, account_limit=100, window=60)
+    t.succeeded(t.reserve("ci", "10.0.0.1", 0.0), 0.0)
+    for i in range(3):
+        fail(t, f"ghost{i}", "10.0.0.1", 10.0 + i)
+    assert t.retry_after("someone-new", "10.0.0.1", 20.0) == 50
+    assert t.retry_after("ci", "10.0.0.1", 20.0) == 0
+    for i in range(2):
+        fail(t, "ci", "10.0.0.1", 21.0 + i)
+    assert t.retry_after("ci", "10.0.0.1", 25.0) == 56
+
+
 def test_account_limit_spares_known_clients() -> None:
     t = LoginThrottle(pair_limit=100, client_limit=100, account_limit=3, window=60)
     t.succeeded(t.reserve("admin", "10.0.0.9", 0.0), 0.0)  # the operator logged in once

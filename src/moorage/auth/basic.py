@@ -285,11 +285,7 @@ class BasicAuthenticator(Authenticator):
         """Refuse if the failures all replicas recorded put this attempt over a limit; the
         refusal is remembered here, so that the next attempts are refused unread."""
         assert self.ledger is not None
-        keys = [
-            key
-            for key in self.throttle.keys(name, peer)
-            if key[0] != "account" or not self.throttle.known(name, peer, time.monotonic())
-        ]
+        keys = list(self.throttle.limiting(name, peer, time.monotonic()))
         waits = await self.ledger.retry_after(keys, [self.throttle.limit(k) for k in keys])
         if max(waits, default=0.0) > 0:
             now = time.monotonic()

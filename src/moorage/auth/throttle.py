@@ -5,9 +5,12 @@ burst of concurrent guesses cannot all get in before the first one fails):
 
 * per (account, client address): the tightest, `pair_limit` failures;
 * per client address, whatever the account (password spraying): `client_limit`;
-* per account, from all addresses (a distributed guess): `account_limit`, looser. It does
-  not apply to an address that logged in to that account successfully before, so an
-  attacker hammering `admin` from many addresses cannot lock the operator out.
+* per account, from all addresses (a distributed guess): `account_limit`, looser.
+
+The per-address and per-account limits do not apply to an address that logged in to that
+account successfully before (only the pair's does): an attacker hammering `admin` from many
+addresses cannot lock the operator out, nor can one spraying unknown names from an address
+many clients share (a proxy, a NAT) lock out the accounts that already log in from it.
 
 An attempt over a limit is refused before anything else is looked at — even a credential
 that verified recently, which would otherwise let a throttled client keep guessing
@@ -90,12 +93,16 @@ class LoginThrottle:
                 del self._failures[key]
         return wait
 
+    def limiting(self, account: str, client: str, now: float) -> tuple[Key, ...]:
+        """The keys whose limits apply to an attempt: only the pair's for an address known
+        to the account, all three otherwise."""
+        keys = self.keys(account, client)
+        return keys[:1] if self.known(account, client, now) else keys
+
     def retry_after(self, account: str, client: str, now: float) -> int:
         """0 if an attempt may go on, else how many seconds until it may."""
         wait = 0.0
-        for key in self.keys(account, client):
-            if key[0] == "account" and self.known(account, client, now):
-                continue
+        for key in self.limiting(account, client, now):
             wait = max(wait, self._retry_after(key, now))
         return math.ceil(wait) if wait > 0 else 0
 
