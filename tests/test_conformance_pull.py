@@ -266,6 +266,41 @@ def test_range_request_edge_cases(client: httpx.Client) -> None:
     assert r.content == b""
 
 
+def test_conditional_requests(client: httpx.Client) -> None:
+    """If-None-Match naming the ETag (the digest) is a 304 without a body, for blobs and
+    manifests, GET and HEAD; If-Range naming another ETag sends the whole blob (RFC 9110)."""
+    repo = unique_repo()
+    td = build_datasets()[DATASETS[0]]
+    push_dataset(client, repo, td)
+    tag, digest = next((t, d) for t, d in td.tags.items() if d not in td.bad_digest)
+    etag = f'"{digest}"'
+    for method in ("GET", "HEAD"):
+        r = client.request(method, f"/v2/{repo}/manifests/{tag}", headers={"If-None-Match": etag})
+        assert r.status_code == 304, (method, r.status_code)
+        assert r.content == b""
+        assert r.headers["docker-content-digest"] == digest
+        assert r.headers["etag"] == etag
+        other = {"If-None-Match": '"sha256:' + "0" * 64 + '"'}
+        assert (
+            client.request(method, f"/v2/{repo}/manifests/{tag}", headers=other).status_code == 200
+        )
+    body = secrets.token_bytes(100)
+    blob = oci_digest(body)
+    blob_post_put(client, repo, blob, body)
+    url = f"/v2/{repo}/blobs/{blob}"
+    for value in (f'"{blob}"', f'W/"{blob}"', f'"x", "{blob}"', "*"):
+        for method in ("GET", "HEAD"):
+            r = client.request(method, url, headers={"If-None-Match": value})
+            assert r.status_code == 304, (value, method, r.status_code)
+            assert r.content == b""
+    r = client.get(url, headers={"Range": "bytes=0-9", "If-Range": f'"{blob}"'})
+    assert (r.status_code, r.content) == (206, body[:10])
+    r = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"sha256:other"'})
+    assert (r.status_code, r.content) == (200, body)
+    assert r.headers["content-length"] == "100"
+    blob_delete_atomic(client, repo, blob)
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_head_and_pull(client: httpx.Client, name: str) -> None:
     """TestHead and TestPull for every data set: tags, manifests by digest, blobs."""

@@ -7,7 +7,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 
 from moorage.api import auditing
 from moorage.api.errors import API_VERSION_HEADER
-from moorage.api.http import byte_range, reply
+from moorage.api.http import byte_range, not_modified, range_applies, reply
 from moorage.api.state import AppState
 from moorage.errors import StorageUnavailable
 from moorage.oci.digest import parse_digest
@@ -45,13 +45,17 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
         # A store without local files (S3): the GET of the bytes is what says they are
         # there, before the answer starts; the size is the link's (etcd).
         parsed, size = await st.registry.blobs.linked(name, digest)
-    headers = {**API_VERSION_HEADER, "Docker-Content-Digest": str(parsed), "ETag": f'"{parsed}"'}
+    etag = f'"{parsed}"'
+    headers = {**API_VERSION_HEADER, "Docker-Content-Digest": str(parsed), "ETag": etag}
+    if not_modified(request.headers, etag):
+        return Response(b"", status_code=304, headers=headers)
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
         headers["Accept-Ranges"] = "bytes"
         return Response(b"", headers=headers, media_type="application/octet-stream")
     if "range" in request.headers:
-        wanted = byte_range(request.headers["range"], size)
+        honoured = range_applies(request.headers, etag)
+        wanted = byte_range(request.headers["range"], size) if honoured else None
         first, last = wanted if wanted is not None else (0, size - 1)
         status = 206 if wanted is not None else 200
         headers["Content-Length"] = str(last - first + 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote, unquote_to_bytes
 
 from starlette.requests import ClientDisconnect, Request
@@ -140,6 +140,28 @@ def next_link(path: str, n: int | None, items: list[str], more: bool) -> dict[st
 def range_header(size: int) -> str:
     """The `Range` an upload reports: bytes 0..size-1 received (`0-0` when empty)."""
     return f"0-{max(size - 1, 0)}"
+
+
+def _entity_tags(header: str) -> list[str]:
+    """The entity tags a list header names, weak prefixes dropped (RFC 9110 §8.8.3)."""
+    return [t.strip().removeprefix("W/") for t in header.split(",") if t.strip()]
+
+
+def not_modified(headers: Mapping[str, str], etag: str) -> bool:
+    """Whether a GET or HEAD with these headers is answered 304: its `If-None-Match` is `*`
+    or names `etag` (a content digest: the same ETag is the same bytes)."""
+    raw = headers.get("if-none-match")
+    if raw is None:
+        return False
+    tags = _entity_tags(raw)
+    return "*" in tags or etag in tags
+
+
+def range_applies(headers: Mapping[str, str], etag: str) -> bool:
+    """Whether a `Range` is honoured: without `If-Range`, or when it names `etag` (a date
+    or another tag there means "send it all", RFC 9110 §13.1.5)."""
+    raw = headers.get("if-range")
+    return raw is None or raw.strip() == etag
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -6,7 +6,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from moorage.api import auditing, webhooks
-from moorage.api.http import decimal, reply
+from moorage.api.http import decimal, not_modified, reply
 from moorage.api.state import AppState
 from moorage.errors import ManifestInvalid, ManifestTooLarge
 from moorage.oci.manifest import MAX_MANIFEST_BYTES
@@ -23,8 +23,13 @@ async def get_manifest(request: Request, st: AppState, name: str, reference: str
             "Content-Type": record.media_type,
             "ETag": f'"{record.digest}"',
         }
+        if not_modified(request.headers, headers["ETag"]):
+            return reply(304, {k: v for k, v in headers.items() if k != "Content-Length"})
         return reply(200, headers)
     stored = await manifests.get(name, reference)
+    if not_modified(request.headers, f'"{stored.digest}"'):
+        # The client holds these bytes already: no body, and no pull to notify of.
+        return reply(304, {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'})
     tag = "" if ":" in reference else reference
     webhooks.notify_pull(request, st, name, stored.digest, stored.media_type, len(stored.body), tag)
     headers = {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'}
