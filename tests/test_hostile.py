@@ -369,3 +369,47 @@ def test_admin_api_answers_lone_surrogates(registry: Replica) -> None:
     assert r.status == 409
     assert r.json()["code"] == "REFUSED"
     assert "\ud800" in r.json()["error"]
+
+
+def test_a_descriptor_size_unlike_its_blob_is_refused(client: httpx.Client) -> None:
+    """A manifest whose layer or config size is not the stored blob's is a 400
+    MANIFEST_INVALID naming the blob, and no tag moves to it (a pull would fail on it)."""
+    repo = unique_repo()
+    blobs = {}
+    for data in (b'{"architecture":"amd64","os":"linux"}', b"layer!"):
+        digest = _d(data)
+        r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
+        assert r.status_code == 201, r.text
+        blobs[data] = digest
+    config, layer = list(blobs.items())
+
+    def manifest(config_size: int, layer_size: int) -> bytes:
+        return json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config[1],
+                    "size": config_size,
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer[1],
+                        "size": layer_size,
+                    }
+                ],
+            }
+        ).encode()
+
+    headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    for sizes in ((len(config[0]), 999_999), (len(config[0]) + 1, len(layer[0]))):
+        r = client.put(f"/v2/{repo}/manifests/v1", content=manifest(*sizes), headers=headers)
+        assert r.status_code == 400, r.text
+        err = r.json()["errors"][0]
+        assert err["code"] == "MANIFEST_INVALID"
+        assert "fix the descriptor's size" in err["message"]
+        assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404
+    good = manifest(len(config[0]), len(layer[0]))
+    assert client.put(f"/v2/{repo}/manifests/v1", content=good, headers=headers).status_code == 201

@@ -208,7 +208,9 @@ class Manifests:
             # links, the policies and records the manifest. A collection deletes a link
             # before its bytes, under a tombstone that transaction is guarded against, so
             # bytes seen here are not deleted before it commits.
-            gone = [d for d in blobs if await self.storage.stat(d) is None]
+            found = {d: await self.storage.stat(d) for d in dict.fromkeys(blobs)}
+            gone = [d for d, size in found.items() if size is None]
+            _check_sizes(manifest, found)
             if gone:
                 await check()  # a push the policies refuse says so first (403 over 400)
                 return gone
@@ -298,6 +300,20 @@ class Manifests:
                 return False
             # a policy of the repository changed meanwhile: check it again
         raise StoreUnavailable("the tag delete kept colliding with policy changes; retry")
+
+
+def _check_sizes(manifest: Manifest, found: dict[str, int | None]) -> None:
+    """ManifestInvalid when a descriptor's size is not its blob's (a client pulling the
+    image would fail on it); `found`: the sizes of the blobs in storage."""
+    described = [manifest.config] if manifest.config is not None else []
+    for d in [*described, *manifest.layers]:
+        size = found.get(d.digest)
+        if size is not None and size != d.size:
+            raise ManifestInvalid(
+                f"the manifest says blob {d.digest} is {d.size} bytes; it is {size}: fix the "
+                "descriptor's size",
+                detail={"digest": d.digest, "size": d.size, "stored": size},
+            )
 
 
 def _requirements(manifest: Manifest) -> tuple[list[str], list[str]]:
