@@ -442,12 +442,18 @@ def test_generated_password_is_printed_once_and_works(world: World) -> None:
 def test_accounts_are_in_the_backup_snapshot(world: World) -> None:
     """What `moorage backup` reads holds every account record (a restore writes them back:
     tests/unit/test_policy.py), and none of them is refused as invalid."""
+    records: list[dict[str, Any]] = []
     with http(world.b, AUTH) as c:
-        r = c.get("/api/v0/cluster/backup")
-    assert r.status_code == 200, r.text
-    doc = r.json()
-    assert doc["invalid"] == []
-    records = doc["records"]
+        query: dict[str, Any] = {"paged": "1"}
+        while True:
+            r = c.get("/api/v0/cluster/backup", params=query)
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["invalid"] == []
+            records += doc["records"]
+            if doc["next"] is None:
+                break
+            query = {"paged": "1", "revision": doc["revision"], "after": doc["next"]}
     kinds = {rec["kind"] for rec in records}
     assert {"user", "org", "team", "membership", "grant"} <= kinds
     users = {rec["name"]: rec for rec in records if rec["kind"] == "user"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.process import AUTH
+from harness.process import AUTH, moorage
 from harness.replica import Replica
 
 from moorage.meta import etcd as etcd_module
@@ -255,6 +255,7 @@ def test_paging_and_bounded_writes_with_tiny_pages(
             assert put.status_code == 201, put.text
         repos, _ = _walk(c, "/v2/_catalog?n=3", "repositories")
         assert repos == sorted([repo, *(f"tiny/r{i:02d}" for i in range(20))])
+        _backup_pages_through(tiny_pages, c, tags)
         _referrers_page_through(c, repo, body)
         _ui_shows_the_first_referrers(tiny_pages, repo, _digest(body))
         # A manifest with a missing layer past the guarded ones is refused, not half-written.
@@ -270,6 +271,35 @@ def test_paging_and_bounded_writes_with_tiny_pages(
         assert r.status_code == 202, r.text
         assert _walk(c, f"/v2/{repo}/tags/list", "tags")[0] == []
         assert c.get(f"/v2/{repo}/manifests/v000").status_code == 404
+
+
+def _backup_pages_through(replica: Replica, c: httpx.Client, tags: list[str]) -> None:
+    """The backup's records come in bounded pages at one revision; an unpaged request (an
+    older `moorage backup`) is refused rather than given part of them; `moorage backup`
+    walks the pages and holds every tag."""
+    r = c.get("/api/v0/cluster/backup")
+    assert r.status_code == 400, r.text
+    assert "predates paged backups" in r.json()["error"]
+    records: list[dict[str, Any]] = []
+    first = c.get("/api/v0/cluster/backup", params={"paged": "1"}).json()
+    page, pages = first, 1
+    while page["next"] is not None:
+        assert len(page["records"]) <= 7
+        query = {"paged": "1", "revision": first["revision"], "after": page["next"]}
+        records += page["records"]
+        page = c.get("/api/v0/cluster/backup", params=query).json()
+        assert page["revision"] == first["revision"]
+        pages += 1
+    records += page["records"]
+    assert pages > 20
+    names = {r["tag"] for r in records if r["kind"] == "tag" and r["repo"] == "tiny/many"}
+    assert names == set(tags)
+    for bad in ("x", "L21vb3JhZ2U", "Zm9v", "%%%"):
+        r = c.get("/api/v0/cluster/backup", params={"paged": "1", "after": bad})
+        assert r.status_code == 400, (bad, r.text)
+    out = replica.data_dir.parent / "tiny.tar"
+    done = moorage("backup", "--existing", replica.url, "--out", str(out), "--json")
+    assert json.loads(done.stdout)["counts"]["tags"] == len(tags) + 20
 
 
 def _referrers_page_through(c: httpx.Client, repo: str, subject: bytes) -> None:

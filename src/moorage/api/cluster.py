@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import urllib.parse
@@ -279,22 +280,63 @@ async def local_revision(
 async def backup_metadata(
     request: Request, st: AppState, store: EtcdCluster, body: dict[str, Any]
 ) -> Any:
-    """Every registry and cluster record as of one etcd revision (online, without pausing
+    """The registry and cluster records as of one etcd revision (online, without pausing
     pushes), as typed records (moorage.meta.snapshot; internal to Moorage: `moorage backup`
-    reads it), and one line per record left out because it is invalid."""
-    snapshot, invalid = await store.snapshot()
+    reads it), and one line per record left out because it is invalid.
+
+    Paged (`?paged=1`, then `&revision=R&after=C` from the answer's `revision` and `next`
+    until `next` is null): one bounded read of etcd per request, all at revision R. An
+    unpaged request (a `moorage backup` older than paging) gets everything only when it
+    fits in one page; otherwise a 400 that says to upgrade, never a partial answer."""
+    q = request.query_params
+    paged = q.get("paged") == "1"
+    revision = _whole(q.get("revision", "0"), "revision")
+    after = _cursor(q["after"]) if "after" in q else None
+    snapshot, invalid, following = await store.snapshot_page(revision, after)
+    if following is not None and not paged:
+        raise ValueError(
+            "the cluster has more records than one answer holds: this moorage backup "
+            "predates paged backups; run the moorage command of the replicas' version"
+        )
     cluster = await store.get_cluster()
-    # A backup is recorded when the records leave the cluster (the archive is written by
-    # the command, on its own host, which may not reach etcd).
-    detail = {"revision": str(snapshot.revision), "records": str(len(snapshot.entries))}
-    await auditing.record(request, st, "backup", f"cluster:{st.config.cluster_id}", detail)
-    return {
+    if after is None:
+        # A backup is recorded when the records leave the cluster (the archive is written
+        # by the command, on its own host, which may not reach etcd).
+        detail = {"revision": str(snapshot.revision)}
+        await auditing.record(request, st, "backup", f"cluster:{st.config.cluster_id}", detail)
+    doc = {
         "cluster_id": st.config.cluster_id,
         "epoch": cluster.epoch if cluster else st.config.epoch,
         "revision": snapshot.revision,
         "records": [to_json(e) for e in snapshot.entries],
         "invalid": invalid,
     }
+    if paged:
+        doc["next"] = _encode_cursor(following) if following is not None else None
+    return doc
+
+
+def _whole(raw: str, what: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise ValueError(f"{what} must be a whole number")
+    return int(raw)
+
+
+def _encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
+def _cursor(raw: str) -> bytes:
+    """The key a `next` names (base64url); ValueError for anything else."""
+    if len(raw) > 8192 or not raw.isascii():
+        raise ValueError("after is not a cursor of this endpoint")
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except ValueError:
+        raise ValueError("after is not a cursor of this endpoint") from None
+    if not key.startswith(b"/moorage/"):
+        raise ValueError("after is not a cursor of this endpoint")
+    return key
 
 
 async def backup_written(

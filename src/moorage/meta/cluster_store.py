@@ -300,6 +300,32 @@ class ClusterStore(MetaStore):
                 entries.append(entry)
         return Snapshot(revision, entries), invalid
 
+    async def snapshot_page(
+        self, revision: int, after: bytes | None, limit: int = STORE_PAGE
+    ) -> tuple[Snapshot, list[str], bytes | None]:
+        """One bounded page of `snapshot`: the records after key `after` (from the first
+        with None) as of `revision` (0: now, the answer says which), the invalid ones left
+        out, and the key to go on after (None on the last page). StoreUnavailable once etcd
+        compacted `revision` away (a backup slower than the history etcd keeps)."""
+        if revision <= 0:
+            revision = await self.revision()
+        start = keys.ROOT if after is None else after + b"\x00"
+        if not start.startswith(keys.ROOT):
+            raise ValueError("the page cursor is not a key of this store")
+        kvs, more = await self._range(start, keys.prefix_end(keys.ROOT), limit, revision=revision)
+        entries: list[Entry] = []
+        invalid: list[str] = []
+        for kv in kvs:
+            try:
+                entry = from_kv(kv.key, kv.value)
+            except RecordCorrupt as exc:
+                invalid.append(f"record {_show(kv.key.decode(errors='replace'))}: {exc}")
+                continue
+            if entry is not None:
+                entries.append(entry)
+        following = kvs[-1].key if more and kvs else None
+        return Snapshot(revision, entries), invalid, following
+
     async def load(self, entries: Iterable[Entry]) -> int:
         """Write the registry records among `entries` (a restore), in transactions bounded
         by count and bytes; the number written."""

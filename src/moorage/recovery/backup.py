@@ -27,6 +27,7 @@ import logging
 import os
 import tarfile
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -159,13 +160,26 @@ def _read_ahead(
 def fetch_records(client: AdminClient) -> tuple[dict[str, Any], Metadata]:
     """The cluster's records as of one revision, through the admin API: its answer (cluster
     id, epoch, revision) and the records, validated again here (never trusted)."""
-    doc = client.call("GET", "/api/v0/cluster/backup")
-    if "records" not in doc and "kvs" in doc:  # a replica not upgraded yet: keys and values
-        md = Metadata.parse_kvs(doc["kvs"])
-    else:
-        md = Metadata.parse(doc.get("records"))
-    invalid = doc.get("invalid")
-    md.invalid[:0] = [str(line) for line in invalid] if isinstance(invalid, list) else []
+    doc = client.call("GET", "/api/v0/cluster/backup?paged=1")
+    legacy = "records" not in doc and "kvs" in doc  # a replica older still: keys and values
+    records: list[Any] = [] if legacy else list(doc.get("records") or [])
+    invalid = [str(line) for line in doc.get("invalid") or []]
+    # Page after page at the first page's revision (one bounded read each on the replica);
+    # a replica older than paging answers everything at once, without `next`.
+    page = doc
+    while isinstance(page.get("next"), str):
+        query = urllib.parse.urlencode(
+            {"paged": 1, "revision": doc["revision"], "after": page["next"]}
+        )
+        page = client.call("GET", f"/api/v0/cluster/backup?{query}")
+        if page.get("revision") != doc["revision"]:
+            raise BackupError(
+                "the cluster answered a page of another revision: run the backup again"
+            )
+        records += page.get("records") or []
+        invalid += [str(line) for line in page.get("invalid") or []]
+    md = Metadata.parse_kvs(doc["kvs"]) if legacy else Metadata.parse(records)
+    md.invalid[:0] = invalid
     return doc, md
 
 
