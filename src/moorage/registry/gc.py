@@ -15,15 +15,16 @@ The protocol (docs/ARCHITECTURE.md, "Garbage collection", says why each step is 
 
 `--untagged` runs the same steps for manifests first (reachable: tagged or pending, an index's
 children, the referrers of a reachable subject; a repository written after M is left alone
-this run), then collects blobs from a fresh mark. Memory holds sets of digests and, per
-candidate, its size, age and repositories."""
+this run), then collects blobs from a fresh mark (a dry run's mark leaves out the manifests
+the real run would delete). Memory holds sets of digests and, per candidate, its size, age
+and repositories."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moorage.errors import ManifestInvalid, MoorageError, RecordCorrupt
@@ -117,15 +118,7 @@ class GcResult:
             "bytes": self.bytes,
             "manifests": self.manifests,
             "rescued": self.rescued,
-            "repositories": {
-                repo: {
-                    "blobs": u.blobs,
-                    "bytes": u.bytes,
-                    "manifests": u.manifests,
-                    "digests": u.digests,
-                }
-                for repo, u in sorted(self.repositories.items())
-            },
+            "repositories": {repo: asdict(u) for repo, u in sorted(self.repositories.items())},
             "digests_truncated": self.listed >= MAX_LISTED,
         }
 
@@ -159,6 +152,10 @@ class Collector:
         self.result = GcResult(run, options.dry_run, options.grace, options.untagged, time.time())
         self._cutoff = self.result.started_at - options.grace
         self._bodies_read = 0
+        #: A dry run's untagged manifests (repo, digest): the real run deletes them before
+        #: its blob mark, so the dry run's mark skips them (their bytes and what only they
+        #: reference count as freed, as in the real run).
+        self._dropped: set[tuple[str, str]] = set()
 
     async def run(self) -> GcResult:
         if not self.options.dry_run:
@@ -221,6 +218,8 @@ class Collector:
         async for page in self.store.manifests(at):
             todo: list[tuple[str, str, str | None]] = []
             for row in page:
+                if (row.repo, row.digest) in self._dropped:
+                    continue
                 referenced.add(row.digest)
                 if row.digest not in parsed:
                     parsed.add(row.digest)
@@ -395,6 +394,7 @@ class Collector:
                     unreachable.append(row)
         del rows, referrers, reachable, todo
         if self.options.dry_run:
+            self._dropped = {(row.repo, row.digest) for row in unreachable}
             for row in unreachable:
                 self.result.manifests += 1
                 self.result.add(row.repo, row.digest, 0, manifest=True)
