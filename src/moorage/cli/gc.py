@@ -152,11 +152,12 @@ def gc(
                 except ValueError as exc:
                     raise click.BadParameter(str(exc), param_hint="--schedule") from None
             body = {"interval": interval, "grace": grace_s, "untagged": untagged}
-            doc = client.call("POST", "/api/v0/gc/schedule", body)
+            doc = client.call("POST", "/api/v0/gc/schedule", body, idempotent=True)  # sets it
             emit(as_json, doc, schedule_text(doc.get("schedule")))
             return
         body = {"dry_run": dry_run, "grace": grace_s, "untagged": untagged, "wait": dry_run}
-        started = client.call("POST", "/api/v0/gc", body)
+        # A dry run changes nothing: another replica may be asked after no answer.
+        started = client.call("POST", "/api/v0/gc", body, idempotent=dry_run)
         # A dry run answers its report (it takes no lock and keeps no result to poll for).
         result = (
             started

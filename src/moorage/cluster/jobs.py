@@ -13,8 +13,9 @@
 - the policy loop, every `MOORAGE_RETENTION_INTERVAL` seconds (default 1 hour): applies
   every retention rule (registry/retention.py) and counts the links of namespaces with a
   quota that are not counted yet (restored ones); one replica's worker at a time, under the
-  lease-backed lock `policies` (a worker that dies mid-run lets its lease expire; each tag
-  delete is its own guarded transaction, so nothing is left half-done).
+  lease-backed lock `policies`, renewed while the round runs however long it takes (a worker
+  that dies mid-run lets its lease expire; each tag delete is its own guarded transaction, so
+  nothing is left half-done).
 - the journal trimming job (moorage.cluster.journal_trim), every
   `MOORAGE_JOURNAL_TRIM_INTERVAL` seconds (default 1 hour), under the lock `journal-trim`;
 - the garbage collection schedule (`moorage.cluster.gc.schedule_loop`): when the cluster
@@ -43,6 +44,7 @@ from moorage.cluster.replica import ComponentHealth, Replica
 from moorage.cluster.tls import client_tls
 from moorage.errors import MoorageError
 from moorage.meta import usage
+from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.etcd_maintenance import MemberProbe
 from moorage.registry.retention import Retention
 from moorage.storage import presence
@@ -184,17 +186,34 @@ async def purge_loop(storage: BlobStorage) -> None:
 
 DEFAULT_RETENTION_INTERVAL = 3600.0
 POLICY_LOCK = "policies"
+#: Seconds the policy lock outlives its holder's last renewal (renewed every TTL / 4 while
+#: the round runs, however long: as the garbage collection's lock, cluster/gc.py).
 POLICY_LOCK_TTL = 600
+
+
+async def keep_lease(store: ClusterStore, lease: int, what: str, ttl: float) -> None:
+    """Renew `lease` every `ttl` / 4 seconds until cancelled, or until it has ended."""
+    while True:
+        await asyncio.sleep(ttl / 4)
+        try:
+            if not await store.keep_alive(lease):
+                purge_log.error("%s lost its lock (its lease ended)", what)
+                return
+        except MoorageError as exc:
+            purge_log.warning("%s could not renew its lock: %s", what, exc)
 
 
 async def policy_round(replica: Replica) -> str:
     """One round of the policy job, if this worker wins the lock: what it did, in words."""
     if replica.cluster is None:
         return "no cluster store: skipped"
+    store = replica.cluster
     owner = f"{replica.config.replica_id}/{os.getpid()}"
-    holder = await replica.cluster.acquire_lock(POLICY_LOCK, owner, POLICY_LOCK_TTL, time.time())
-    if holder is not None:
-        return f"skipped: {holder.owner} holds the policy lock"
+    held = await store.hold_lock(POLICY_LOCK, owner, POLICY_LOCK_TTL, time.time())
+    if not isinstance(held, tuple):
+        return f"skipped: {held.owner} holds the policy lock"
+    lease = held[0]
+    keeper = asyncio.create_task(keep_lease(store, lease, "the policy job", POLICY_LOCK_TTL))
     try:
         meta = replica.registry.meta
         counted = 0
@@ -204,7 +223,11 @@ async def policy_round(replica: Replica) -> str:
         retention = Retention(replica.registry.manifests, replica.audit)
         deleted, skipped = await retention.apply(actor="moorage")
     finally:
-        await replica.cluster.release_lock(POLICY_LOCK, owner)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        with contextlib.suppress(MoorageError):
+            await store.revoke_lease(lease)  # its lock goes with it
     return (
         f"retention deleted {len(deleted)} tag(s), kept {len(skipped)} changed since the plan; "
         f"counted {counted} blob link(s)"

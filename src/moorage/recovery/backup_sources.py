@@ -145,7 +145,7 @@ def find_storage(client: AdminClient, storage: Path | str | None) -> Path | str 
     `storage` or the cluster's own that is an s3:// location, as a str) the canonical
     location when this host reads the probe object with its own credentials."""
     try:
-        probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
+        probe = client.call("POST", "/api/v0/cluster/storage-probe", {}, idempotent=True)
         name = str(probe["path"])
         content = str(probe["content"])
         remote = str(probe["storage"])

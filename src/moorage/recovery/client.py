@@ -54,6 +54,29 @@ def _unreachable(errors: Sequence[str]) -> ClusterUnreachable:
     return ClusterUnreachable("no replica answered: " + "; ".join(errors), errors)
 
 
+#: Methods a replica may be sent again after a failure (RFC 9110: doing them twice is doing
+#: them once); a POST is sent again only when it certainly did not leave.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: Failures before any byte of the request was sent (no connection, or its TLS handshake
+#: failed): the replica never saw it.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class OutcomeUnknown(MoorageError):
+    """A request that is not safe to send twice may have reached a replica, which gave no
+    answer (it timed out, or the connection broke after sending): it was not sent to
+    another replica; whether it took effect (or still runs there) is unknown."""
+
+
+def _outcome_unknown(method: str, path: str, why: str, check: str) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"no answer to {method} {path} ({why}): the replica may have received it and may "
+        "still be carrying it out, so it was NOT sent to another replica (doing it twice is "
+        "not safe). Its outcome is unknown: "
+        + (check or "check the cluster's state (e.g. 'moorage audit --since 1h') before retrying")
+    )
+
+
 class ApiRefused(MoorageError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -85,7 +108,22 @@ class AdminClient:
         self._http: httpx.Client | None = None
         self._http_lock = threading.Lock()
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        idempotent: bool | None = None,
+        read_timeout: float | None = None,
+        if_unknown: str = "",
+    ) -> Any:
+        """The answer of the first replica that gives one. A failure moves on to the next
+        replica only when sending the request again is safe: it did not leave (no
+        connection), or it is `idempotent` (by default: GET, HEAD, PUT, DELETE, OPTIONS).
+        Otherwise OutcomeUnknown, whose message ends with `if_unknown` (how to check)."""
+        safe = method.upper() in IDEMPOTENT if idempotent is None else idempotent
+        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
         errors = []
         for url in self.urls:
             try:
@@ -94,10 +132,12 @@ class AdminClient:
                     f"{url}{path}",
                     json=body,
                     auth=self.http_auth(),
-                    timeout=self.timeout,
+                    timeout=timeout,
                     verify=context_for(url),
                 )
             except httpx.HTTPError as exc:
+                if not safe and not isinstance(exc, NOT_SENT):
+                    raise _outcome_unknown(method, path, _describe(url, exc), if_unknown) from exc
                 errors.append(_describe(url, exc))
                 continue
             if resp.status_code == 401:
@@ -105,7 +145,10 @@ class AdminClient:
             try:
                 doc = resp.json()
             except ValueError:
-                errors.append(f"{url}: HTTP {resp.status_code}, not a Moorage answer")
+                answer = f"{url}: HTTP {resp.status_code}, not a Moorage answer"
+                if not safe and resp.status_code in (502, 504):  # a proxy's: it may have passed
+                    raise _outcome_unknown(method, path, answer, if_unknown) from None
+                errors.append(answer)
                 continue
             if resp.status_code == 503:
                 errors.append(f"{url}: {doc.get('error', 'unavailable')}")
@@ -130,14 +173,19 @@ class AdminClient:
         )
 
     def call_retrying(
-        self, method: str, path: str, body: dict[str, Any] | None, patience: float
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        patience: float,
+        idempotent: bool | None = None,
     ) -> Any:
         """Retry while the cluster says BUSY or is briefly unavailable."""
         deadline = time.monotonic() + patience
         delay = 0.5
         while True:
             try:
-                return self.call(method, path, body)
+                return self.call(method, path, body, idempotent=idempotent)
             except ApiRefused as exc:
                 if exc.code != "BUSY" or time.monotonic() + delay > deadline:
                     raise

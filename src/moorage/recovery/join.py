@@ -44,7 +44,7 @@ class JoinFailed(MoorageError):
 
 
 def check_storage(client: AdminClient, storage: str | None) -> str:
-    probe = client.call("POST", "/api/v0/cluster/storage-probe", {})
+    probe = client.call("POST", "/api/v0/cluster/storage-probe", {}, idempotent=True)
     remote = str(probe["storage"])
     if is_s3(storage or "") or (not storage and is_s3(remote)):
         return _check_s3(storage or remote, remote, str(probe["path"]), str(probe["content"]))
@@ -167,6 +167,9 @@ def join(
             "unsafe": unsafe,
         },
         JOIN_PATIENCE,
+        # The same replica id and CSR again: a join the first replica took is answered as
+        # such by the next (as before the admin client stopped re-sending POSTs).
+        idempotent=True,
     )
     if pinned is not None:
         _check_pinned(answer, pinned)
@@ -193,7 +196,11 @@ def join(
                 )
             time.sleep(0.2)
         client.call_retrying(
-            "POST", "/api/v0/cluster/join/promote", {"member_id": answer["member_id"]}, 180
+            "POST",
+            "/api/v0/cluster/join/promote",
+            {"member_id": answer["member_id"]},
+            180,
+            idempotent=True,
         )
         wait_healthy(config, proc, data_dir.log_dir / "moorage.log", 120)
         _wait_heartbeat(client, replica_id)
@@ -207,7 +214,9 @@ def join(
         ) from None
     finally:
         with contextlib.suppress(MoorageError):
-            client.call("POST", "/api/v0/cluster/join/end", {"replica_id": replica_id})
+            client.call(
+                "POST", "/api/v0/cluster/join/end", {"replica_id": replica_id}, idempotent=True
+            )
     return JoinResult(
         cluster_id=config.cluster_id,
         replica_id=replica_id,
