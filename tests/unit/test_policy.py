@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 from argon2 import PasswordHasher
 
-from moorage.auth.access import ANONYMOUS, Access, Principal
+from moorage.auth.access import ANONYMOUS, Access, Principal, password_mark
 from moorage.auth.access_tokens import Caller
 from moorage.auth.access_tokens import create as create_token
 from moorage.auth.basic import BasicAuthenticator
@@ -257,14 +257,15 @@ def test_basic_authentication_gives_principals() -> None:
 
     async def run() -> None:
         meta = MemoryMetaStore()
-        await meta.create_user(UserRecord("root", cheap.hash("pw")))
+        root_hash = cheap.hash("pw")
+        await meta.create_user(UserRecord("root", root_hash))
         await meta.create_user(UserRecord("off", cheap.hash("pw"), "user", disabled=True))
         auth = BasicAuthenticator(meta, view=AccessView(meta))
         assert await auth.authenticate(None, "10.0.0.1") == ANONYMOUS
         empty = "Basic " + base64.b64encode(b":").decode()
         assert await auth.authenticate(empty, "10.0.0.1") == ANONYMOUS
         root = await auth.authenticate(_basic("root", "pw"), "10.0.0.1")
-        assert root == Principal("root", "user", admin=True)
+        assert root == Principal("root", "user", admin=True, mark=password_mark(root_hash))
         assert await auth.authenticate(_basic("off", "pw"), "10.0.0.1") is None
 
     asyncio.run(run())

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from moorage.auth.access import password_mark
+
 COOKIE = "moorage_session"
 SESSION_TTL = 8 * 3600.0
 _HKDF_INFO = b"moorage web ui session v1"
@@ -50,8 +52,9 @@ class Session:
 
 
 def password_tag(password_hash: str) -> str:
-    """A short digest of an account's password hash: a new password ends old sessions."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
+    """A short digest of an account's password (of its hash's salt: `password_mark`): a new
+    password ends old sessions, a rehash with newer parameters at sign-in does not."""
+    return password_mark(password_hash)[:24]
 
 
 def session_key(cluster_secret: bytes) -> bytes:
