@@ -7,6 +7,10 @@ read the way their API handlers read them (cluster/gc.py, the policies store, th
 log's paged query); each page shows the exact command that does more. Backups are the
 audit log's `backup.written` events (what `moorage backup` reports once its archive is
 written whole: revision, size) and the newest backup the cluster recorded.
+
+Both audit lists are the newest events first (`newest_events`: bounded reads backwards from
+now, at most MAX_SCAN events examined per request); when that budget runs out first, the page
+says so and names the command that lists the older ones.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from starlette.responses import Response
 
 from moorage.api import gc as gc_api
 from moorage.api.state import AppState
-from moorage.audit.query import BadQuery, Query, parse_time, read_events
+from moorage.audit.query import BadQuery, newest_events, parse_time
 from moorage.cluster import gc
 from moorage.meta import usage
 from moorage.meta.policy_records import namespace_of
@@ -60,9 +64,7 @@ async def storage(request: Request, st: AppState, viewer: Viewer) -> Response:
             current = await usage.current(st.registry.meta, namespace_of(record.target))
             used = {"bytes": current.bytes, "blobs": current.blobs}
         rows.append({"policy": doc, "usage": used})
-    deleted, _ = await read_events(
-        st.registry.meta, Query(since=parse_time("7d"), limit=RECENT, action="retention.delete")
-    )
+    deleted = await newest_events(st.registry.meta, "retention.delete", parse_time("7d"), RECENT)
     return admin.render(
         request,
         "admin/storage.html",
@@ -89,20 +91,15 @@ async def backups(request: Request, st: AppState, viewer: Viewer) -> Response:
     span = field(request, "since") or "30d"
     if span not in SPANS:
         raise BadQuery(f"since must be one of {', '.join(SPANS)}")
-    query = Query(
-        since=parse_time(span),
-        cursor=field(request, "cursor", 128) or None,
-        limit=PAGE,
-        action="backup.written",
-    )
-    events, cursor = await read_events(st.registry.meta, query)
+    before = field(request, "before", 201) or None  # longer: not a cursor (400)
+    found = await newest_events(st.registry.meta, "backup.written", parse_time(span), PAGE, before)
     last = await st.cluster.last_backup() if st.cluster is not None else None
     return admin.render(
         request,
         "admin/backups.html",
         viewer,
-        events=events,
-        cursor=cursor,
+        found=found,
+        before=before,
         since=span,
         spans=SPANS,
         last=last,

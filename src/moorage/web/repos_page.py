@@ -33,7 +33,7 @@ from moorage.web.common import PREFIX, SECURITY_HEADERS, Viewer
 
 PAGE = catalog_view.PAGE
 MAX_QUERY = catalog_view.MAX_QUERY
-#: Referrers one manifest page lists (the referrers API pages through the rest).
+#: Referrers one manifest page lists; `?rafter=DIGEST` (the page's last referrer) shows the next.
 UI_REFERRERS = 200
 
 
@@ -125,17 +125,27 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
     if PULL not in actions:
         return _not_found(request, viewer, name)
     ref = request.query_params.get("ref", "")[:200]
+    rafter = request.query_params.get("rafter") or None
+    if rafter is not None:
+        try:
+            rafter = str(parse_digest(rafter))
+        except DigestInvalid:
+            message = f"rafter must be a referrer's digest, not {rafter[:80]!r}"
+            return common.refusal(request, 400, message, viewer)
+    referrers: list[dict[str, Any]] = []
+    following: str | None = None
     try:
         stored = await st.registry.manifests.get(name, ref)
+        found = await st.registry.discovery.referrers(
+            name, stored.digest, None, UI_REFERRERS, rafter
+        )
+        referrers, following = found.descriptors, found.following
         doc = json.loads(stored.body)
-        found = await st.registry.discovery.referrers(name, stored.digest, None, UI_REFERRERS)
-        referrers, more_referrers = found.descriptors, found.following is not None
     except (ManifestUnknown, NameUnknown, DigestInvalid):
         message = f"no manifest {ref!r} in {name}"
         return common.refusal(request, 404, message, viewer)
     except ValueError:
         doc = {}
-        referrers, more_referrers = [], False
     children = doc.get("manifests") if isinstance(doc, dict) else None
     platforms = [
         {"platform": _platform(c), "digest": c.get("digest"), "size": c.get("size")}
@@ -154,7 +164,8 @@ async def manifest(request: Request, st: AppState, viewer: Viewer) -> Response:
         platforms=platforms,
         layers=layers if isinstance(layers, list) else [],
         referrers=referrers,
-        more_referrers=more_referrers,
+        rafter=rafter,
+        next_rafter=following,
         pull=pull_line(request, name, stored.digest),
         can_delete=DELETE in actions and not st.read_only,
     )
