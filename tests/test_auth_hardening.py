@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -510,3 +511,34 @@ def test_a_rehash_never_undoes_a_password_change() -> None:
     user = asyncio.run(meta.get_user("old"))
     assert user is not None
     assert user.password_hash == changed
+
+
+class _SlowLedger:
+    """The cluster's failure counts, read with a delay (an etcd round trip) and empty."""
+
+    async def retry_after(self, keys: list[Any], limits: list[int]) -> list[float]:
+        await asyncio.sleep(0.01)
+        return [0.0 for _ in keys]
+
+    async def record(self, keys: Any) -> None:
+        return None
+
+
+def test_a_burst_with_one_right_password_is_one_check_and_no_refusal() -> None:
+    """64 parallel requests with one credential, on a replica that reads the cluster's
+    failure counts first (an await): they share one check; none is refused as if the
+    burst's own pending checks were failed logins (a multi-replica probe saw 53 of 64 get
+    429 "retry in 300 s")."""
+    meta = MemoryMetaStore()
+    asyncio.run(meta.create_user(UserRecord("ci", _CHEAP.hash("right"), "user")))
+    auth = BasicAuthenticator(meta)
+    auth.ledger = _SlowLedger()  # type: ignore[assignment]
+
+    async def run() -> None:
+        found = await asyncio.gather(
+            *(auth.authenticate(_header("ci", "right"), "10.7.0.1") for _ in range(64))
+        )
+        assert all(p is not None and p.name == "ci" for p in found)
+        assert auth.verifier.checks == 1
+
+    asyncio.run(run())

@@ -217,8 +217,8 @@ class BasicAuthenticator(Authenticator):
             # (and its failure, already counted once).
             ok = await self.verifier.verify(check_key, password_hash, password, 0)
         else:
-            ok = await self._check(name, peer, check_key, password_hash, password)
-            if self.on_login is not None:
+            ok, ran = await self._check(name, peer, check_key, password_hash, password, cache_key)
+            if ran and self.on_login is not None:
                 await self.on_login(name, client, ok and user is not None)
         if not ok or user is None:
             return None
@@ -253,10 +253,25 @@ class BasicAuthenticator(Authenticator):
             log.warning("could not store a new hash for user %s", name, exc_info=True)
 
     async def _check(
-        self, name: str, peer: str, check_key: bytes, password_hash: str, password: str
-    ) -> bool:
+        self,
+        name: str,
+        peer: str,
+        check_key: bytes,
+        password_hash: str,
+        password: str,
+        cache_key: bytes,
+    ) -> tuple[bool, bool]:
+        """(whether the password is right, whether this call ran the check)."""
         if self.ledger is not None:
             await self._check_cluster(name, peer)
+            hit = self._verified.get(cache_key)
+            if hit is not None and hit.password_hash == password_hash:
+                return True, False  # verified while this one read the cluster's counts
+            if self.verifier.in_flight(check_key) is not None:
+                # Started while this one read the cluster's counts (a client's burst of
+                # parallel requests with one credential): share it, reserving nothing, or
+                # the burst's own pending checks would trip the account's limit.
+                return await self.verifier.verify(check_key, password_hash, password, 0), False
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)  # again: lookups awaited
         if wait:
@@ -275,11 +290,11 @@ class BasicAuthenticator(Authenticator):
             raise
         if ok and password_hash != self.verifier.dummy:
             self.throttle.succeeded(reservation, time.monotonic())
-            return True
+            return True, True
         self.throttle.failed(reservation)
         if self.ledger is not None:
             await self.ledger.record(reservation.keys)
-        return False
+        return False, True
 
     async def _check_cluster(self, name: str, peer: str) -> None:
         """Refuse if the failures all replicas recorded put this attempt over a limit; the
