@@ -113,6 +113,11 @@ def test_replica_down_remove_and_join(three: Cluster) -> None:
     moorage("remove", "--yes", "--existing", cluster.urls([r0, r1]), "--replica-id", r2.replica_id)
     doc = cluster.wait_status("healthy", [r0, r1])
     assert doc["quorum"] == {"members": 2, "needed": 2, "healthy": 2}
+    # Started again, the removed replica says what it is and what to do.
+    again = moorage("start", "--data-dir", str(r2.data_dir), check=False, timeout=120)
+    assert again.returncode != 0
+    assert "was removed from its cluster" in again.stderr + again.stdout, again.stderr
+    assert "moorage destroy" in again.stderr + again.stdout
     moorage("destroy", "--yes", "--data-dir", str(r2.data_dir))
     cluster.nodes.remove(r2)
 

@@ -137,15 +137,25 @@ class EtcdProcess:
             if serving_only and etcd_answers(self.config.etcd_client_port, self.context()):
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise StoreUnavailable(
-                    f"etcd exited with code {self.proc.returncode}; see "
-                    f"{self.data_dir.log_dir / 'etcd.log'}"
-                )
+                raise self.exit_error()
             healthy, last = etcd_health(self.config.etcd_client_port, self.context())
             if healthy:
                 return
             time.sleep(0.1)
         raise StoreUnavailable(f"etcd did not become healthy within {timeout:.0f} s: {last}")
+
+    def exit_error(self) -> StoreUnavailable:
+        """What to tell of an etcd that exited: a removed replica's case says what to do."""
+        if self.removed_from_cluster():
+            return StoreUnavailable(
+                "this replica was removed from its cluster (`moorage remove`), so its etcd "
+                "member will not start again; to bring it back, run `moorage destroy "
+                f"--data-dir {self.data_dir.path}`, then `moorage join`"
+            )
+        code = self.proc.returncode if self.proc is not None else None
+        return StoreUnavailable(
+            f"etcd exited with code {code}; see {self.data_dir.log_dir / 'etcd.log'}"
+        )
 
     def removed_from_cluster(self) -> bool:
         """True when etcd exited because this member was removed (it will never come back)."""

@@ -121,10 +121,7 @@ def wait_serving(etcd: EtcdProcess, timeout: float = SERVING_WAIT) -> None:
         if etcd_answers(etcd.config.etcd_client_port, etcd.context()):
             return
         if not etcd.alive():
-            code = etcd.proc.returncode if etcd.proc is not None else None
-            raise StoreUnavailable(
-                f"etcd exited with code {code}; see {etcd.data_dir.log_dir / 'etcd.log'}"
-            )
+            raise etcd.exit_error()
         counted = _members_up(etcd)
         now = time.monotonic()
         if counted is not None and counted[0] < counted[1] // 2 + 1:
