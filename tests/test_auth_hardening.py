@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -523,6 +524,12 @@ class _SlowLedger:
     async def record(self, keys: Any) -> None:
         return None
 
+    async def known(self, account: str, client: str) -> bool:
+        return False
+
+    async def remember(self, account: str, client: str) -> None:
+        return None
+
 
 def test_a_burst_with_one_right_password_is_one_check_and_no_refusal() -> None:
     """64 parallel requests with one credential, on a replica that reads the cluster's
@@ -542,3 +549,28 @@ def test_a_burst_with_one_right_password_is_one_check_and_no_refusal() -> None:
         assert auth.verifier.checks == 1
 
     asyncio.run(run())
+
+
+def test_an_address_known_to_an_account_is_known_to_every_replica(tmp_path: Path) -> None:
+    """An address that logged in to an account through one replica process is held to the
+    pair's limit only on every other (here: the same replica restarted, its memory gone), so
+    names sprayed from that address (a proxy's) lock out nobody who logged in from it."""
+    replica = Replica(tmp_path / "data")
+    replica.start()
+    try:
+        with _from(replica, "127.0.7.1", AUTH) as c:
+            r = c.post("/api/v0/users", json={"name": "behind", "password": "proxy-pass-1"})
+            assert r.status_code in (200, 201), r.text
+        with _from(replica, "127.0.7.9", ("behind", "proxy-pass-1")) as c:
+            assert c.get("/v2/").status_code == 200
+        replica.stop()
+        replica.start()
+        for i in range(31):  # past the per-address limit (30 in 5 minutes)
+            with _from(replica, "127.0.7.9", (f"sprayed{i}", "guess")) as c:
+                assert c.get("/v2/").status_code in (401, 429)
+        with _from(replica, "127.0.7.9", ("someone-else", "guess")) as c:
+            assert c.get("/v2/").status_code == 429  # the address is over its limit
+        with _from(replica, "127.0.7.9", ("behind", "proxy-pass-1")) as c:
+            assert c.get("/v2/").status_code == 200  # but not for an account it logged in to
+    finally:
+        replica.stop()

@@ -190,6 +190,8 @@ class BasicAuthenticator(Authenticator):
         peer = _client_key(client)
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)
+        if wait and await self._known_elsewhere(name, peer, now):
+            wait = self.throttle.retry_after(name, peer, now)
         if wait:
             raise self._refuse(wait)
         cache_key = hashlib.sha256(self._salt + decoded.encode()).digest()
@@ -262,7 +264,9 @@ class BasicAuthenticator(Authenticator):
         cache_key: bytes,
     ) -> tuple[bool, bool]:
         """(whether the password is right, whether this call ran the check)."""
+        known = self.throttle.known(name, peer, time.monotonic())
         if self.ledger is not None:
+            known = known or await self._known_elsewhere(name, peer, time.monotonic())
             await self._check_cluster(name, peer)
             hit = self._verified.get(cache_key)
             if hit is not None and hit.password_hash == password_hash:
@@ -290,11 +294,23 @@ class BasicAuthenticator(Authenticator):
             raise
         if ok and password_hash != self.verifier.dummy:
             self.throttle.succeeded(reservation, time.monotonic())
+            if self.ledger is not None and not known:
+                await self.ledger.remember(name, peer)
             return True, True
         self.throttle.failed(reservation)
         if self.ledger is not None:
             await self.ledger.record(reservation.keys)
         return False, True
+
+    async def _known_elsewhere(self, name: str, peer: str, now: float) -> bool:
+        """Whether `peer` logged in to `name` through another replica (or before this
+        process started): then it is known here too, held to the pair's limit only."""
+        if self.ledger is None or self.throttle.known(name, peer, now):
+            return False
+        if not await self.ledger.known(name, peer):
+            return False
+        self.throttle.remember(name, peer, now)
+        return True
 
     async def _check_cluster(self, name: str, peer: str) -> None:
         """Refuse if the failures all replicas recorded put this attempt over a limit; the

@@ -10,7 +10,15 @@ minute, so they disappear on their own. The ms timestamp in the name makes a win
 range: counting the failures of the last `window` seconds reads at most `limit` names
 (keys only) starting at now - window, and the first of them says when to retry.
 
-The prefix is outside `/moorage/`, so backups, restores and the newest-data revision never
+Successful logins write one thing: that a client address logged in to an account, once per
+process and pair, on a lease of a week (rotated daily):
+
+    /moorage-auth/known/<hash of account and address>    (empty value)
+
+so that every replica exempts that address from the per-address and per-account limits for
+that account (auth.throttle), not only the one it logged in through.
+
+The prefixes are outside `/moorage/`, so backups, restores and the newest-data revision never
 see these keys. Errors of the store are swallowed here: the limits of this process still
 apply, and a store that cannot be read fails the user lookup anyway.
 """
@@ -24,7 +32,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from moorage.auth.throttle import Key
+from moorage.auth.throttle import KNOWN_CLIENT_TTL, Key
 from moorage.errors import StoreUnavailable
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdCluster
@@ -33,12 +41,18 @@ from moorage.meta.keys import prefix_end
 log = logging.getLogger("moorage.auth")
 
 FAILURES = keys.AUTH_FAILURES
+KNOWN = keys.AUTH_KNOWN
 LEASE_ROTATION = 60.0
+KNOWN_ROTATION = 86400.0
 
 
 def _prefix(key: Key) -> bytes:
     digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
     return FAILURES + digest.encode() + b"/"
+
+
+def _known_key(account: str, client: str) -> bytes:
+    return KNOWN + hashlib.sha256(f"{account}\0{client}".encode()).hexdigest()[:32].encode()
 
 
 class FailureLedger:
@@ -48,6 +62,7 @@ class FailureLedger:
         self._lease: int | None = None
         self._lease_at = 0.0
         self._lease_lock = asyncio.Lock()
+        self._known_lease: tuple[int, float] | None = None
 
     async def retry_after(self, keys: Sequence[Key], limits: Sequence[int]) -> list[float]:
         """For each key, seconds until it is under its limit cluster-wide (0 if it is)."""
@@ -92,3 +107,26 @@ class FailureLedger:
                 self._lease = await self.store.grant_lease(ttl)
                 self._lease_at = now
             return self._lease
+
+    async def known(self, account: str, client: str) -> bool:
+        """Whether `client` logged in to `account` through any replica within about a week
+        (False when the store cannot say)."""
+        try:
+            return await self.store._get(_known_key(account, client)) is not None
+        except StoreUnavailable as exc:
+            log.debug("known login addresses unreadable: %s", exc)
+            return False
+
+    async def remember(self, account: str, client: str) -> None:
+        """`client` logged in to `account`: for every replica to see (best effort)."""
+        try:
+            async with self._lease_lock:
+                now = time.monotonic()
+                if self._known_lease is None or now - self._known_lease[1] > KNOWN_ROTATION:
+                    ttl = int(KNOWN_CLIENT_TTL + KNOWN_ROTATION)
+                    self._known_lease = (await self.store.grant_lease(ttl), now)
+                lease = self._known_lease[0]
+            await self.store.put_with_lease(_known_key(account, client), b"", lease)
+        except StoreUnavailable as exc:
+            self._known_lease = None
+            log.debug("known login address not recorded in the store: %s", exc)

@@ -38,6 +38,9 @@ LAST_CHANGE = b"/moorage-last-change"
 #: Failed logins, one lease-backed key each (moorage.auth.ledger):
 #: `<AUTH_FAILURES><hash of the limit's key>/<unix ms>-<random>`. Outside ROOT too.
 AUTH_FAILURES = b"/moorage-auth/failures/"
+#: `<AUTH_KNOWN><hash of account and client address>`: that address logged in to that account
+#: (auth.ledger), on a lease of about a week. Outside ROOT too.
+AUTH_KNOWN = b"/moorage-auth/known/"
 #: The cluster CA (moorage.pki, DESIGN.md §7): its certificate (PEM) and its private key
 #: SEALED with the cluster secret that only the replicas' `D/tls/cluster.secret` holds
 #: (moorage.pki.ca.seal_ca_key). Outside ROOT: snapshots and backups never carry them (a
