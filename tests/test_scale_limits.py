@@ -298,6 +298,10 @@ def _backup_pages_through(replica: Replica, c: httpx.Client, tags: list[str]) ->
     for bad in ("x", "L21vb3JhZ2U", "Zm9v", "%%%"):
         r = c.get("/api/v0/cluster/backup", params={"paged": "1", "after": bad})
         assert r.status_code == 400, (bad, r.text)
+    future = {"paged": "1", "revision": str(first["revision"] + 10**9)}
+    r = c.get("/api/v0/cluster/backup", params=future)
+    assert r.status_code == 400, r.text
+    assert "newer than the store's" in r.text
     out = replica.data_dir.parent / "tiny.tar"
     done = moorage("backup", "--existing", replica.url, "--out", str(out), "--json")
     assert json.loads(done.stdout)["counts"]["tags"] == len(tags) + 20

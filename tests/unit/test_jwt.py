@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from moorage.auth import jwt, signing_keys
-from moorage.auth.access import Access, Principal
+from moorage.auth.access import Access, Principal, password_mark
 from moorage.auth.base import Authenticator
 from moorage.auth.bearer import (
     BearerAuthenticator,
@@ -25,7 +25,6 @@ from moorage.auth.bearer import (
     TokenService,
     bearer_token,
     challenge,
-    password_mark,
     request_principal,
 )
 from moorage.auth.signing_keys import SigningKeys, new_record, seal, unseal
@@ -344,12 +343,12 @@ def test_refresh_and_access_tokens_do_not_mix() -> None:
         refresh = await service.issue_refresh(user)
         with pytest.raises(jwt.TokenInvalid, match="not an access token"):
             await service.verify_access(refresh)
-        assert await service.verify_refresh(refresh) == ("alice", password_mark(user))
+        assert await service.verify_refresh(refresh) == ("alice", password_mark(user.password_hash))
         access = await service.issue(Principal("alice", "user"), [])
         with pytest.raises(jwt.TokenInvalid, match="not a refresh token"):
             await service.verify_refresh(access.token)
         changed = UserRecord("alice", "$argon2id$other", "admin")
-        assert password_mark(changed) != password_mark(user)
+        assert password_mark(changed.password_hash) != password_mark(user.password_hash)
 
     asyncio.run(main())
 

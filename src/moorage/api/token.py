@@ -43,13 +43,13 @@ from moorage.auth.access import (
     Access,
     Principal,
     parse_scope,
+    password_mark,
 )
 from moorage.auth.basic import parse_basic
 from moorage.auth.bearer import (
     BearerAuthenticator,
     as_principal,
     bearer_token,
-    password_mark,
     user_active,
     user_principal,
 )
@@ -294,7 +294,7 @@ async def _refreshed(
         user = await st.registry.meta.get_user(name)
     except MoorageError as exc:
         raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
-    if user is None or not user_active(user) or password_mark(user) != mark:
+    if user is None or not user_active(user) or password_mark(user.password_hash) != mark:
         await st.audit.record(
             AuditEvent("login", name, outcome=DENIED, client=client, detail={"via": "refresh"})
         )

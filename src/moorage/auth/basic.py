@@ -102,13 +102,16 @@ def _client_key(client: str | None) -> str:
     return client
 
 
-def _principal(user: UserRecord) -> Principal | None:
-    """A user's principal; None for a disabled account (it proves nothing: a 401)."""
-    if user.disabled:
-        return None
+def _identity(user: UserRecord) -> Principal:
+    """Who a user's credentials prove to be, disabled or not."""
     return Principal(
         user.name, "user", admin=bool(user.admin), mark=password_mark(user.password_hash)
     )
+
+
+def _principal(user: UserRecord) -> Principal | None:
+    """A user's principal; None for a disabled account (it proves nothing: a 401)."""
+    return None if user.disabled else _identity(user)
 
 
 class BasicAuthenticator(Authenticator):
@@ -232,10 +235,7 @@ class BasicAuthenticator(Authenticator):
         # request), which every request still refuses from the account's current record.
         if len(self._verified) > _MAX_ENTRIES:
             self._verified.clear()
-        identity = Principal(
-            user.name, "user", admin=bool(user.admin), mark=password_mark(user.password_hash)
-        )
-        self._verified[cache_key] = _Verified(time.monotonic(), password_hash, identity)
+        self._verified[cache_key] = _Verified(time.monotonic(), password_hash, _identity(user))
         return _principal(user)
 
     async def _rehash(self, name: str, old: str, password: str) -> None:

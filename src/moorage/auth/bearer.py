@@ -60,11 +60,6 @@ def as_principal(who: Principal | None) -> Principal | None:
     return who
 
 
-def password_mark(user: UserRecord) -> str:
-    """What a refresh token remembers of the account's password: a change voids it."""
-    return access.password_mark(user.password_hash)
-
-
 def user_active(user: UserRecord | None) -> bool:
     return user is not None and not getattr(user, "disabled", False)
 
@@ -154,8 +149,7 @@ class TokenService:
     async def issue_refresh(self, user: UserRecord) -> str:
         now = int(time.time())
         claims = self._claims(user_principal(user), now, REFRESH_TTL)
-        claims["typ"] = _REFRESH
-        claims["pwd"] = password_mark(user)
+        claims["typ"] = _REFRESH  # `pwd`, the account's password mark, is the principal's
         return await self._sign(claims)
 
     async def _verify(self, token: str) -> dict[str, Any]:

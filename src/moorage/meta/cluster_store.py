@@ -307,11 +307,13 @@ class ClusterStore(MetaStore):
         with None) as of `revision` (0: now, the answer says which), the invalid ones left
         out, and the key to go on after (None on the last page). StoreUnavailable once etcd
         compacted `revision` away (a backup slower than the history etcd keeps)."""
-        if revision <= 0:
-            revision = await self.revision()
         start = keys.ROOT if after is None else after + b"\x00"
         if not start.startswith(keys.ROOT):
-            raise ValueError("the page cursor is not a key of this store")
+            raise ValueError("after is not a cursor of this endpoint")
+        current = await self.revision()
+        if revision > current:
+            raise ValueError(f"revision {revision} is newer than the store's ({current})")
+        revision = revision if revision > 0 else current
         kvs, more = await self._range(start, keys.prefix_end(keys.ROOT), limit, revision=revision)
         entries: list[Entry] = []
         invalid: list[str] = []
