@@ -41,7 +41,7 @@ from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
 from moorage.auth.passwords import needs_rehash
 from moorage.auth.policy import AccessView
-from moorage.auth.throttle import LoginThrottle
+from moorage.auth.throttle import LoginThrottle, Reservation
 from moorage.auth.verifier import PasswordVerifier
 from moorage.errors import LoginThrottled, StoreUnavailable
 from moorage.meta.accounts import Accounts
@@ -69,6 +69,19 @@ class _Verified:
     at: float
     password_hash: str
     identity: Principal
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One login's password check: whose, from where, and what it is checked against."""
+
+    name: str
+    peer: str
+    client: str | None
+    user: UserRecord | None
+    known: bool  # the address logged in to the account before (the ledger knows it)
+    password_hash: str
+    cache_key: bytes
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
@@ -144,6 +157,7 @@ class BasicAuthenticator(Authenticator):
         self._users: dict[str, tuple[float, UserRecord | None]] = {}
         self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
         self._rehashing: dict[str, asyncio.Task[None]] = {}
+        self._checking: dict[bytes, asyncio.Task[bool]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
         if self.view is not None:
@@ -217,25 +231,21 @@ class BasicAuthenticator(Authenticator):
         check_key = hashlib.sha256(
             self._salt + password_hash.encode() + b"\0" + decoded.encode()
         ).digest()
-        if self.verifier.in_flight(check_key) is not None:
+        running = self._checking.get(check_key)
+        if running is not None:
             # The same credential is being checked for another request: share its result
             # (and its failure, already counted once).
-            ok = await self.verifier.verify(check_key, password_hash, password, 0)
+            ok = await asyncio.shield(running)
         else:
-            ok, ran = await self._check(name, peer, check_key, password_hash, password, cache_key)
-            if ran and self.on_login is not None:
-                await self.on_login(name, client, ok and user is not None)
+            ok = await self._check(
+                name, peer, check_key, password_hash, password, cache_key, user, client
+            )
         if not ok or user is None:
             return None
         if self.rehash and needs_rehash(password_hash) and name not in self._rehashing:
             task = asyncio.create_task(self._rehash(name, password_hash, password))
             self._rehashing[name] = task
             task.add_done_callback(lambda _: self._rehashing.pop(name, None))
-        # Remembered for a disabled account too (its password is right: no argon2 run per
-        # request), which every request still refuses from the account's current record.
-        if len(self._verified) > _MAX_ENTRIES:
-            self._verified.clear()
-        self._verified[cache_key] = _Verified(time.monotonic(), password_hash, _identity(user))
         return _principal(user)
 
     async def _rehash(self, name: str, old: str, password: str) -> None:
@@ -262,45 +272,79 @@ class BasicAuthenticator(Authenticator):
         password_hash: str,
         password: str,
         cache_key: bytes,
-    ) -> tuple[bool, bool]:
-        """(whether the password is right, whether this call ran the check)."""
+        user: UserRecord | None,
+        client: str | None,
+    ) -> bool:
+        """Whether the password is right: checked here, or shared with a check of the same
+        credential that started while this one read the cluster's counts."""
         known = self.throttle.known(name, peer, time.monotonic())
         if self.ledger is not None:
             known = known or await self._known_elsewhere(name, peer, time.monotonic())
             await self._check_cluster(name, peer)
             hit = self._verified.get(cache_key)
             if hit is not None and hit.password_hash == password_hash:
-                return True, False  # verified while this one read the cluster's counts
-            if self.verifier.in_flight(check_key) is not None:
+                return True  # verified while this one read the cluster's counts
+            running = self._checking.get(check_key)
+            if running is not None:
                 # Started while this one read the cluster's counts (a client's burst of
                 # parallel requests with one credential): share it, reserving nothing, or
                 # the burst's own pending checks would trip the account's limit.
-                return await self.verifier.verify(check_key, password_hash, password, 0), False
+                return await asyncio.shield(running)
         now = time.monotonic()
         wait = self.throttle.retry_after(name, peer, now)  # again: lookups awaited
         if wait:
             raise self._refuse(wait)
         priority = -1 if self.throttle.known(name, peer, now) else self.throttle.failures(peer, now)
         reservation = self.throttle.reserve(name, peer, now)
+        # A task of its own, listed until its result is remembered: a client that hangs up
+        # does not stop the check (it counts, or hanging up would be a way to have passwords
+        # checked without limit), and no request of a burst finds neither the check nor its
+        # result and runs a second one.
+        run = asyncio.create_task(
+            self._run_check(
+                _Attempt(name, peer, client, user, known, password_hash, cache_key),
+                check_key,
+                password,
+                priority,
+                reservation,
+            )
+        )
+        self._checking[check_key] = run
+        run.add_done_callback(lambda _: self._checking.pop(check_key, None))
+        return await asyncio.shield(run)
+
+    async def _run_check(
+        self,
+        attempt: _Attempt,
+        check_key: bytes,
+        password: str,
+        priority: int,
+        reservation: Reservation,
+    ) -> bool:
         try:
-            ok = await self.verifier.verify(check_key, password_hash, password, priority)
-        except asyncio.CancelledError:
-            # The client went away; the check runs on: it counts, or hanging up would be a
-            # way to have passwords checked without limit.
-            self.throttle.failed(reservation)
-            raise
+            ok = await self.verifier.verify(check_key, attempt.password_hash, password, priority)
         except BaseException:
             self.throttle.cancelled(reservation)
             raise
-        if ok and password_hash != self.verifier.dummy:
+        user = attempt.user
+        if ok and user is not None:
             self.throttle.succeeded(reservation, time.monotonic())
-            if self.ledger is not None and not known:
-                await self.ledger.remember(name, peer)
-            return True, True
-        self.throttle.failed(reservation)
-        if self.ledger is not None:
-            await self.ledger.record(reservation.keys)
-        return False, True
+            # Remembered for a disabled account too (its password is right: no argon2 run
+            # per request), which every request still refuses from the account's record.
+            if len(self._verified) > _MAX_ENTRIES:
+                self._verified.clear()
+            self._verified[attempt.cache_key] = _Verified(
+                time.monotonic(), attempt.password_hash, _identity(user)
+            )
+            if self.ledger is not None and not attempt.known:
+                await self.ledger.remember(attempt.name, attempt.peer)
+        else:
+            self.throttle.failed(reservation)
+            if self.ledger is not None:
+                await self.ledger.record(reservation.keys)
+        if self.on_login is not None:
+            await self.on_login(attempt.name, attempt.client, ok and user is not None)
+        return ok and user is not None
 
     async def _known_elsewhere(self, name: str, peer: str, now: float) -> bool:
         """Whether `peer` logged in to `name` through another replica (or before this
