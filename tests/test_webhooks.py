@@ -223,7 +223,11 @@ def test_failing_receiver_gets_the_event_once_after_retries(
     assert len(got) == 4  # three refusals, then the delivery
     assert len({r.events[0]["id"] for r in got}) == 1  # the same event each time
     assert [r.headers["X-Moorage-Attempt"] for r in got] == ["1", "2", "3", "4"]
-    (d,) = done
+    # Each failed attempt is shown as it happens (not only after the last one); newest first.
+    d, *older = done
+    tried = [(x["status"], x["status_code"], x["attempts"]) for x in older]
+    assert tried == [("retrying", 500, 3), ("retrying", 500, 2), ("retrying", 500, 1)]
+    assert all(x["next_at"] > x["finished_at"] for x in older)
     assert (d["status"], d["status_code"], d["attempts"], d["digest"]) == (
         "delivered", 200, 4, digest,
     )  # fmt: skip
@@ -235,7 +239,8 @@ def test_receiver_that_never_accepts_is_marked_failed(
     receiver.fail["/down"] = 1000
     hook_id = add_hook(cluster, receiver, "/down", "push")
     push(cluster.nodes[1], tmp_path, "hooks/down", "v1")
-    (d,) = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)
+    d, *tried = settled(cluster.nodes[0], hook_id, lambda d: len(d) >= 1)  # newest first
+    assert [(x["status"], x["attempts"]) for x in tried] == [("retrying", n) for n in (4, 3, 2, 1)]
     assert (d["status"], d["status_code"], d["attempts"]) == ("failed", 500, 5)
     assert d["error"] == "the receiver answered 500"
     assert len(receiver.at("/down")) == 5  # bounded: no attempt after the last

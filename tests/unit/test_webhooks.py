@@ -121,11 +121,17 @@ def test_one_claimer_at_a_time_and_deliveries_are_bounded() -> None:
         await store.release(first)  # the claimer died: its lease ends
         assert await store.claim(q, "w2", second)
         item = QueuedEvent(q.item.event, q.item.origin, q.item.created_at, attempts=1)
-        assert await store.retry(q, item, wh.seq(time.time() + 60))
+        failed = Delivery(record.id, "e", "push", "app", "", "", False, 500, 1, "HTTP 500", 1.0,
+                          "r", state="retrying", next_at=time.time() + 60)  # fmt: skip
+        assert await store.retry(q, item, wh.seq(time.time() + 60), failed, wh.seq())
+        (shown,) = await store.deliveries(record.id)  # the failed attempt, shown at once
+        assert shown.to_json()["status"] == "retrying"
+        assert shown.next_at == failed.next_at
         (again,) = await store.queued(record.id, 10)
         assert again.item.attempts == 1
         assert again.seq > q.seq
-        assert not await store.retry(q, item, wh.seq())  # a stale read changes nothing
+        # a stale read changes nothing
+        assert not await store.retry(q, item, wh.seq(), failed, wh.seq())
         third = await store.lease(30)
         # The retry freed the claim: a worker still holding the read of before the attempt
         # may not claim it (it would send attempt 1 again), the fresh read may.
@@ -181,3 +187,55 @@ def test_secrets_are_sealed_at_rest_and_open_only_with_the_cluster_secret() -> N
         assert error == other.secret_error[:300]
 
     asyncio.run(scenario())
+
+
+def test_a_full_queue_drops_new_events_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook whose receiver is down for days cannot fill etcd: past QUEUE_MAX queued
+    events, new ones are dropped, counted, and told in its deliveries (one record a minute)."""
+    import moorage.cluster.webhook_dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "QUEUE_MAX", 3)
+
+    async def scenario() -> None:
+        meta = MemoryMetaStore()
+        hooks = wh.Webhooks(meta, "abcdefabcdef", "reg:5000")
+        store = hooks.store
+        record = wi.new_webhook({"url": "http://h/", "events": ["push"]}, "admin")
+        other = wi.new_webhook({"url": "http://i/", "events": ["push"]}, "admin")
+        assert await store.add(record)
+        assert await store.add(other)
+        before = _dropped_metric(record.id)
+        d = Dispatcher(hooks, "w0")
+        for _ in range(5):
+            await hooks.emit(hooks.event("push", "app", INFO))
+            await d._fan_out(await store.hooks())
+        assert await store.outbox(10) == []
+        assert await store.pending(record.id) == 3
+        assert await store.pending(other.id) == 3
+        (note,) = await store.deliveries(record.id)  # the first drop, at once
+        shown = note.to_json()
+        assert shown["status"] == "dropped"
+        assert shown["events"] == 1
+        assert "MOORAGE_WEBHOOK_QUEUE_MAX" in (note.error or "")
+        assert _dropped_metric(record.id) - before == 2
+        # The second drop is recorded with the next note, a minute later.
+        noted, count, event = d._drops[record.id]
+        assert count == 1
+        d._drops[record.id] = (noted - 61, count, event)
+        await d._note_drops()
+        assert [x.events for x in await store.deliveries(record.id)] == [1, 1]
+        # Once the queue drains below the limit, events are queued again.
+        for q in await store.queued(record.id, 10):
+            await store.drop(q)
+        d._counts.clear()
+        await hooks.emit(hooks.event("push", "app", INFO))
+        await d._fan_out(await store.hooks())
+        assert await store.pending(record.id) == 1
+
+    asyncio.run(scenario())
+
+
+def _dropped_metric(hook_id: str) -> float:
+    from moorage.cluster.webhook_dispatch import DROPPED
+
+    return float(DROPPED.labels(hook_id)._value.get())

@@ -25,6 +25,9 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
+from typing import Any
+
+from prometheus_client import Counter
 
 from moorage.cluster.webhooks import (
     ATTEMPTS,
@@ -32,6 +35,7 @@ from moorage.cluster.webhooks import (
     CONCURRENCY,
     HANDOFF,
     POLL,
+    QUEUE_MAX,
     Webhooks,
     _delivery,
     backoff,
@@ -50,6 +54,16 @@ log = logging.getLogger("moorage.webhooks")
 
 _PAGE = 32
 _WATCH_DOWN_POLL = 1.0
+#: A queue's length is read again after this many seconds (an estimate in between).
+_COUNT_EVERY = 2.0
+#: Drops are recorded as one delivery per webhook per this many seconds.
+_NOTE_EVERY = 60.0
+
+DROPPED = Counter(
+    "moorage_webhook_events_dropped_total",
+    "webhook events not queued because the webhook's queue was full",
+    ["webhook"],
+)
 
 
 class HookLoop:
@@ -141,7 +155,11 @@ class HookLoop:
         item = replace(
             q.item, attempts=attempt, next_at=next_at, last_error=error, last_status=status
         )
-        await store.retry(q, item, seq(next_at))
+        # The failed attempt is shown at once (not only after the last one, minutes later).
+        failed = _delivery(hook.id, q.item.event, status, error, attempt, rid)
+        failed = replace(failed, events=len(q.item.events), state="retrying", next_at=next_at)
+        await store.retry(q, item, seq(next_at), failed, seq())
+        self.finished += 1  # a delivery recorded: prune
         return "to retry"
 
 
@@ -158,6 +176,10 @@ class Dispatcher:
         self._step_failed = Repeating(log, logging.INFO)
         self._lease = 0
         self._lease_at = 0.0
+        #: per webhook: when its queue was counted, and the count (plus what was queued since)
+        self._counts: dict[str, tuple[float, int]] = {}
+        #: per webhook: when drops were last recorded, how many since, the last one's event
+        self._drops: dict[str, tuple[float, int, dict[str, Any]]] = {}
 
     def poll(self) -> float:
         return POLL if self.watching else min(POLL, _WATCH_DOWN_POLL)
@@ -229,11 +251,55 @@ class Dispatcher:
                 for h in hooks
                 if action in h.events and (h.id in item.hooks or not item.hooks)
             ]
-            if await store.fan_out(key, revision, wanted) and now - item.created_at > HANDOFF:
-                log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
-                         now - item.created_at)  # fmt: skip
+            full = {h for h, _, _ in wanted if await self._full(h)}
+            if await store.fan_out(key, revision, [w for w in wanted if w[0] not in full]):
+                if now - item.created_at > HANDOFF:
+                    log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
+                             now - item.created_at)  # fmt: skip
+                for hook_id, _, _ in wanted:
+                    if hook_id in full:
+                        await self._dropped(hook_id, item.event)
+                    else:
+                        checked, count = self._counts[hook_id]
+                        self._counts[hook_id] = (checked, count + 1)
             wake_at = now  # look at the next page
+        await self._note_drops()
         return wake_at - now
+
+    async def _full(self, hook_id: str) -> bool:
+        """Whether the webhook's queue holds QUEUE_MAX events (counted at most every
+        _COUNT_EVERY seconds, plus what this worker queued since)."""
+        now = time.monotonic()
+        checked, count = self._counts.get(hook_id, (-_COUNT_EVERY, 0))
+        if now - checked >= _COUNT_EVERY:
+            count = await self.webhooks.store.pending(hook_id)
+            self._counts[hook_id] = (now, count)
+        return count >= QUEUE_MAX
+
+    async def _dropped(self, hook_id: str, event: dict[str, Any]) -> None:
+        """An event not queued for a webhook whose queue is full: counted, and told in its
+        deliveries (one record for the drops of each _NOTE_EVERY seconds)."""
+        DROPPED.labels(hook_id).inc()
+        noted, count, _ = self._drops.get(hook_id, (-_NOTE_EVERY, 0, event))
+        self._drops[hook_id] = (noted, count + 1, event)
+        await self._note_drops()
+
+    async def _note_drops(self) -> None:
+        now = time.monotonic()
+        for hook_id, (noted, count, event) in list(self._drops.items()):
+            if not count or now - noted < _NOTE_EVERY:
+                continue
+            self._drops[hook_id] = (now, 0, event)
+            error = (
+                f"the webhook's queue holds {QUEUE_MAX} undelivered events (its receiver fails "
+                f"or is too slow): {count} new event(s) were dropped, this one the last; make "
+                "the receiver answer 2xx, or raise MOORAGE_WEBHOOK_QUEUE_MAX"
+            )
+            log.warning("webhook %s: %s", hook_id, error)
+            delivery = _delivery(hook_id, event, None, error, 0, self.webhooks.replica_id)
+            await self.webhooks.store.record(
+                hook_id, seq(), replace(delivery, events=count, state="dropped")
+            )
 
     async def run(self) -> None:
         watch = None

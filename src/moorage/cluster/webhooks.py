@@ -94,6 +94,9 @@ MAX_ANSWER = 64 * 1024
 CLAIM_TTL = max(int(_env("MOORAGE_WEBHOOK_CLAIM_TTL", 30.0)), 2 * int(TIMEOUT) + 2)
 #: Seconds the other replicas leave a new event to the replica that accepted it.
 HANDOFF = _env("MOORAGE_WEBHOOK_HANDOFF", 10.0)
+#: Events one webhook's queue may hold (MOORAGE_WEBHOOK_QUEUE_MAX): past that, new events for
+#: it are dropped and counted, so a receiver that is down for days cannot fill etcd.
+QUEUE_MAX = int(_env("MOORAGE_WEBHOOK_QUEUE_MAX", 10000))
 
 
 # -- events --------------------------------------------------------------------------------
@@ -371,6 +374,7 @@ __all__ = [
     "MAX_ANSWER",
     "MAX_WEBHOOKS",
     "MEDIA_TYPE",
+    "QUEUE_MAX",
     "SIGNATURE_HEADER",
     "RequestInfo",
     "Webhooks",

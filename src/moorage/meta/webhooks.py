@@ -179,7 +179,11 @@ class Delivery:
     error: str | None
     finished_at: float
     replica: str
-    events: int = 1  # in the envelope (coalesced pulls: several)
+    events: int = 1  # in the envelope (coalesced pulls: several); dropped: how many
+    #: "retrying" (an attempt failed; the next at `next_at`), "dropped" (the queue was
+    #: full: `events` events were not queued), or empty: delivered or failed for good
+    state: str = ""
+    next_at: float | None = None
 
     def encode(self) -> bytes:
         return dumps(asdict(self))
@@ -205,13 +209,15 @@ class Delivery:
                 finished_at=float(doc.get("finished_at") or 0.0),
                 replica=str(doc.get("replica", "")),
                 events=int(doc.get("events") or 1),
+                state=str(doc.get("state") or ""),
+                next_at=float(doc["next_at"]) if doc.get("next_at") is not None else None,
             )
         except (TypeError, ValueError):
             return None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["status"] = "delivered" if self.delivered else "failed"
+        doc["status"] = self.state or ("delivered" if self.delivered else "failed")
         return doc
 
 
@@ -361,14 +367,18 @@ class WebhookStore:
         hook = keys.webhook(q.hook_id)
         return await self.store._txn([(queue_key, q.mod_revision), (hook, MUST_EXIST)], ops)
 
-    async def retry(self, q: Queued, item: QueuedEvent, seq: str) -> bool:
+    async def retry(
+        self, q: Queued, item: QueuedEvent, seq: str, attempt: Delivery, attempt_seq: str
+    ) -> bool:
         """Keep the event queued with its attempts, moved to `seq` (the time of its next
-        attempt: behind what is due before it), guarded like `finish`."""
+        attempt: behind what is due before it), guarded like `finish`; the failed attempt
+        recorded as delivery `attempt_seq` (call `prune` after)."""
         queue_key = keys.webhook_queue(q.hook_id, q.seq)
         ops: list[Op] = [
             Delete(queue_key),
             Put(keys.webhook_queue(q.hook_id, seq), item.encode()),
             Delete(keys.webhook_claim(q.hook_id, q.seq)),
+            Put(keys.webhook_delivery(q.hook_id, attempt_seq), attempt.encode()),
         ]
         return await self.store._txn([(queue_key, q.mod_revision)], ops)
 
