@@ -243,3 +243,37 @@ def test_expired_token_is_refused_and_not_counted() -> None:
         assert not await at.live(meta, robot["id"])
 
     asyncio.run(scenario())
+
+
+def test_forged_tokens_lock_out_no_account_from_elsewhere() -> None:
+    """Forged tokens in a robot's name from many addresses (more failures than the account
+    limit) lock out those addresses only: the robot's real token from a fresh address (a
+    new CI runner) still logs in, and so does its owner's password (a probe got 429 for
+    both: the failures counted against the account)."""
+
+    async def scenario() -> None:
+        meta = MemoryMetaStore()
+        await meta.create_user(UserRecord("alice", _CHEAP.hash("pw"), "admin"))
+        throttle = LoginThrottle(pair_limit=3, client_limit=5, account_limit=8)
+        auth = TokenAuthenticator(BasicAuthenticator(meta, throttle), meta)
+        robot = await at.create(meta, ADMIN, ["repository:acme/*:pull"], robot="ci")
+        forged = "mrg_" + "0" * 16 + "_" + "0" * 64
+        refused = 0
+        for a in range(6):  # 6 addresses x 5 tries: 30 failures, well past the account's 8
+            for _ in range(5):
+                for name in ("robot+ci", "alice"):
+                    try:
+                        assert await auth.authenticate(basic(name, forged), f"10.1.0.{a}") is None
+                    except LoginThrottled:
+                        refused += 1
+        assert refused > 0  # the spraying addresses are held to their own limits
+        with pytest.raises(LoginThrottled):
+            await auth.authenticate(basic("robot+ci", robot["token"]), "10.1.0.0")
+        bot = await auth.authenticate(basic("robot+ci", robot["token"]), "10.2.0.1")
+        assert bot is not None
+        assert bot.kind == "robot"
+        user = await auth.authenticate(basic("alice", "pw"), "10.2.0.2")
+        assert user is not None
+        assert user.name == "alice"
+
+    asyncio.run(scenario())

@@ -12,6 +12,10 @@ account successfully before (only the pair's does): an attacker hammering `admin
 addresses cannot lock the operator out, nor can one spraying unknown names from an address
 many clients share (a proxy, a NAT) lock out the accounts that already log in from it.
 
+An access token (a 256-bit secret: never guessed) is held to the pair's and the address's
+limits only: failures with forged tokens in an account's name count against the addresses
+that sent them, and lock out neither that account's tokens nor its password from elsewhere.
+
 An attempt over a limit is refused before anything else is looked at — even a credential
 that verified recently, which would otherwise let a throttled client keep guessing
 against the cache for free. The refusal says when the oldest counted failure leaves the
@@ -93,16 +97,20 @@ class LoginThrottle:
                 del self._failures[key]
         return wait
 
-    def limiting(self, account: str, client: str, now: float) -> tuple[Key, ...]:
+    def limiting(
+        self, account: str, client: str, now: float, token: bool = False
+    ) -> tuple[Key, ...]:
         """The keys whose limits apply to an attempt: only the pair's for an address known
-        to the account, all three otherwise."""
+        to the account; else all three, or the pair's and the address's for a `token`."""
         keys = self.keys(account, client)
-        return keys[:1] if self.known(account, client, now) else keys
+        if self.known(account, client, now):
+            return keys[:1]
+        return keys[:2] if token else keys
 
-    def retry_after(self, account: str, client: str, now: float) -> int:
+    def retry_after(self, account: str, client: str, now: float, token: bool = False) -> int:
         """0 if an attempt may go on, else how many seconds until it may."""
         wait = 0.0
-        for key in self.limiting(account, client, now):
+        for key in self.limiting(account, client, now, token):
             wait = max(wait, self._retry_after(key, now))
         return math.ceil(wait) if wait > 0 else 0
 
@@ -111,13 +119,14 @@ class LoginThrottle:
         times = self._failures.get(("client", client))
         return sum(1 for t in times if now - t < self.window) if times else 0
 
-    def reserve(self, account: str, client: str, now: float) -> Reservation:
-        """Count an attempt about to be checked as a failure until `succeeded` says otherwise.
+    def reserve(self, account: str, client: str, now: float, token: bool = False) -> Reservation:
+        """Count an attempt about to be checked as a failure until `succeeded` says otherwise
+        (a `token`'s: not against the account).
 
         The caller checked `retry_after` first; the limits are checked again here because
         the caller may have awaited (an etcd read) in between.
         """
-        keys = self.keys(account, client)
+        keys = self.keys(account, client)[: 2 if token else 3]
         for key in keys:
             times = self._failures.get(key)
             if times is None:

@@ -9,9 +9,11 @@ argon2), everything else goes to the wrapped authenticator unchanged.
   share it), so a revoked token is refused at once on every replica; an expired one too.
   During a quorum loss the read falls back to this member's copy (pulls keep working).
 * A token whose secret does not match (a forged id or secret, or the wrong user name) is a
-  failed login: counted in the same per-account/per-address limits as passwords, across the
-  cluster (the wrapped authenticator's `throttle` and `ledger`), and refused with 429 past
-  them. A valid but expired token is no guess and is not counted.
+  failed login: counted in the per-address and per-(account, address) limits of passwords,
+  across the cluster (the wrapped authenticator's `throttle` and `ledger`), and refused with
+  429 past them. Not per account: a 256-bit secret is never guessed, so such a limit would
+  only let anyone who knows a robot's name lock it out of every new address (CI runners).
+  A valid but expired token is no guess and is not counted.
 * The last use is written at most once a minute per token and process, in the background.
 * The identity carries the `Principal`: kind "robot" or "token", `limit` = the scope.
 """
@@ -77,7 +79,7 @@ class TokenAuthenticator(Authenticator):
             return None
         peer = _client_key(client)
         now = time.monotonic()
-        wait = self.throttle.retry_after(name, peer, now)
+        wait = self.throttle.retry_after(name, peer, now, token=True)
         if wait:
             raise _refuse(wait)
         if self.ledger is not None and not self.throttle.known(name, peer, now):
@@ -119,14 +121,14 @@ class TokenAuthenticator(Authenticator):
             lookup.exception()  # retrieved even if every request waiting for it went away
 
     async def _failed(self, name: str, peer: str) -> None:
-        reservation = self.throttle.reserve(name, peer, time.monotonic())
+        reservation = self.throttle.reserve(name, peer, time.monotonic(), token=True)
         self.throttle.failed(reservation)
         if self.ledger is not None:
             await self.ledger.record(reservation.keys)
 
     async def _check_cluster(self, name: str, peer: str) -> None:
         """Refuse when the failures all replicas recorded put this attempt over a limit."""
-        keys = list(self.throttle.keys(name, peer))
+        keys = list(self.throttle.limiting(name, peer, time.monotonic(), token=True))
         try:
             waits = await self.ledger.retry_after(keys, [self.throttle.limit(k) for k in keys])
         except StoreUnavailable:
