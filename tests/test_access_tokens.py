@@ -234,9 +234,11 @@ def test_forged_tokens_are_failed_logins(cluster: Cluster) -> None:
     for bad in (forged_secret, forged_id, "mrg_not-a-token"):
         r = httpx.get(f"{url}/v2/", auth=(name, bad), timeout=30)
         assert r.status_code == 401, r.text
-    # Each failure counts against the pair and the account (and the address), cluster-wide.
+    # Each failure counts against the pair and the address, cluster-wide; not against the
+    # account (a 256-bit secret is never guessed: that would only let anyone lock it out).
     assert failures(c, "pair", name, "127.0.0.1") == 3
-    assert failures(c, "account", name) == 3
+    assert failures(c, "client", "127.0.0.1") >= 3
+    assert failures(c, "account", name) == 0
     # The real token still works from here (3 failures are under the limits)...
     assert httpx.get(f"{url}/v2/", auth=(name, token), timeout=30).status_code == 200
     # ... until the pair's limit (10) is reached: then it is refused on every replica.

@@ -184,6 +184,16 @@ def test_challenge_and_get_grants(registry: Replica) -> None:
         ]
         assert claims(token(c, f"repository:{name}:*", auth=None)["token"])["access"] == []
 
+        # Names no repository can have are never signed into a token (even for an admin),
+        # and too many scopes are told as such.
+        for odd in (f"{name}/../x", f"{name}\x00", f"{name}/\u00fc", "a" * 300, f"{name}:pull"):
+            got = claims(token(c, f"repository:{odd}:pull,push", account="admin")["token"])
+            assert got["access"] == [], odd
+        many = " ".join(f"repository:{name}{i}:pull" for i in range(33))
+        r = c.get("/auth/token", params={"scope": many}, auth=AUTH)
+        assert r.status_code == 400
+        assert "more than 32 scopes" in r.json()["error_description"]
+
 
 def test_post_grants_and_refresh(registry: Replica) -> None:
     name = repo()
@@ -272,13 +282,15 @@ def test_refresh_token_dies_with_the_password(registry: Replica) -> None:
 def test_a_token_dies_with_its_account(registry: Replica) -> None:
     """A user's access token names the account it was issued to: deleting the account and
     making one of the same name again, or a new password, refuses it (a 401 whose challenge
-    sends the client for a new token)."""
+    sends the client for a new token: `invalid_token`, not `insufficient_scope`)."""
     name = f"dave{uuid.uuid4().hex[:6]}"
 
     def refused(resp: httpx.Response) -> None:  # a 401 whose challenge a client answers
         assert resp.status_code == 401, resp.text
         assert resp.json()["errors"][0]["code"] == "UNAUTHORIZED"
-        assert params(first_challenge(resp))["realm"].endswith("/auth/token")
+        challenge = params(first_challenge(resp))
+        assert challenge["realm"].endswith("/auth/token")
+        assert challenge["error"] == "invalid_token"
 
     scope = f"repository:{name}/app:pull,push,delete"
     with registry.client(auth=None) as c:

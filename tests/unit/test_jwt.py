@@ -476,3 +476,99 @@ def _stale(keys: SigningKeys, kid: str) -> Any:
         return kid, 1, [keys._keys[kid].record.encode()]
 
     return read
+
+
+_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _signed_text(header: str, payload: str, key: ec.EllipticCurvePrivateKey) -> str:
+    """A token of exactly these header and payload texts, validly signed (low s)."""
+    h, p = jwt.b64url(header.encode()), jwt.b64url(payload.encode())
+    r, s = _split(_es256(key)(f"{h}.{p}".encode()))
+    s = min(s, _ORDER - s)
+    return f"{h}.{p}.{jwt.b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def _split(sig: bytes) -> tuple[int, int]:
+    return int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+
+
+def test_a_signature_has_one_form() -> None:
+    """ECDSA's (r, n - s) verifies as well as (r, s): a probe altered issued tokens that way
+    without any key and they were accepted (a second text, a second cache slot). Only the
+    low-s form is accepted, and it is the one `encode` writes."""
+    key = _key()
+    kid = jwt.key_id(key.public_key())
+    keys = {kid: key.public_key()}
+    for _ in range(16):  # about half of the raw signatures come out high: all are written low
+        token = jwt.encode(_claims(), key, kid)
+        head, payload, sig = token.split(".")
+        r, s = _split(jwt.b64url_decode(sig))
+        assert s <= _ORDER // 2
+        assert jwt.verify(token, keys.get, EXPECTED)
+        high = jwt.b64url(r.to_bytes(32, "big") + (_ORDER - s).to_bytes(32, "big"))
+        _refused(f"{head}.{payload}.{high}", keys, "low s")
+
+
+def test_claims_are_strict_json_and_finite() -> None:
+    """Signed with the real key (defence in depth): a 400-digit exp was a 500 with a
+    traceback; exp NaN or Infinity never expired; duplicate members (the last wins) and a
+    BOM were accepted; a token issued in the future or valid for 30 years was accepted."""
+    key = _key()
+    kid = jwt.key_id(key.public_key())
+    keys = {kid: key.public_key()}
+    header = json.dumps({"alg": "ES256", "kid": kid, "typ": "JWT"})
+    now = int(time.time())
+    # the members but exp, to add to
+    base = json.dumps({k: v for k, v in _claims().items() if k != "exp"})[1:-1]
+    for extra, why in (
+        ('"exp": ' + "9" * 400, "out of range"),
+        ('"exp": NaN', "not JSON"),
+        ('"exp": Infinity', "not JSON"),
+        ('"exp": 1e999', "finite"),
+        ('"exp": ' + str(now + 300) + ', "sub": "bob"', "not JSON"),  # a second sub
+    ):
+        _refused(_signed_text(header, "{" + base + ", " + extra + "}", key), keys, why)
+    _refused(_signed_text(header, "\ufeff" + json.dumps(_claims()), key), keys, "not JSON")
+    dup_alg = header[:-1] + ', "alg": "none"}'
+    with pytest.raises(jwt.TokenInvalid, match="not JSON"):
+        jwt.verify(_signed_text(dup_alg, json.dumps(_claims()), key), keys.get, EXPECTED)
+    _refused(jwt.encode(_claims(iat=now + 3600), key, kid), keys, "future")
+    capped = jwt.Expected("moorage", SERVICE, max_lifetime=3600)
+    long_lived = jwt.encode(_claims(exp=now + 30 * 365 * 86400), key, kid)
+    assert jwt.verify(long_lived, keys.get, EXPECTED)  # no cap asked for
+    with pytest.raises(jwt.TokenInvalid, match="longer"):
+        jwt.verify(long_lived, keys.get, capped)
+    no_iat = jwt.encode({k: v for k, v in _claims().items() if k != "iat"}, key, kid)
+    with pytest.raises(jwt.TokenInvalid, match="iat"):
+        jwt.verify(no_iat, keys.get, capped)
+
+
+def test_access_tokens_say_who_they_are_consistently() -> None:
+    """Signed with the cluster's key (defence in depth): a robot or personal-token principal
+    without its token id skipped the revocation check; a user with one, or an access token
+    valid for more than MAX_TTL, is none this registry issues."""
+
+    async def main() -> None:
+        meta = MemoryMetaStore()
+        service = _service(meta)
+        kid, key = await service.keys.signer()
+        now = int(time.time())
+
+        async def refused(why: str, **over: Any) -> None:
+            claims = _claims(iss="moorage", **over)
+            with pytest.raises(jwt.TokenInvalid, match=why):
+                await service.verify_access(jwt.encode(claims, key, kid))
+
+        for tid in (None, "", 5):
+            over = {"kind": "robot", "sub": "robot+ci"} | ({} if tid is None else {"tid": tid})
+            await refused("token id", **over)
+        await refused("token id", kind="token", sub="alice")
+        await refused("has none", kind="user", tid="0123456789abcdef")
+        await refused("longer", kind="user", exp=now + 7200)
+        good = await service.verify_access(
+            jwt.encode(_claims(kind="robot", sub="robot+ci", tid="0123456789abcdef"), key, kid)
+        )
+        assert good.token_id == "0123456789abcdef"
+
+    asyncio.run(main())

@@ -54,8 +54,9 @@ from moorage.auth.bearer import (
     user_principal,
 )
 from moorage.auth.signing_keys import SigningKeysUnavailable
-from moorage.errors import LoginThrottled, MoorageError
+from moorage.errors import LoginThrottled, MoorageError, NameInvalid
 from moorage.meta.etcd import EtcdCluster
+from moorage.oci.names import validate_name
 
 log = logging.getLogger("moorage.auth")
 
@@ -90,6 +91,8 @@ def _scopes(values: list[str]) -> list[Access]:
     """Every requested access, merged per resource; `scope` repeated and/or space-joined."""
     merged: dict[tuple[str, str], frozenset[str]] = {}
     for value in values:
+        if len(value.split()) > MAX_SCOPES:
+            raise _Refused(400, "invalid_scope", f"more than {MAX_SCOPES} scopes")
         parsed = parse_scope(value)
         if parsed is None:
             raise _Refused(400, "invalid_scope", f"malformed scope {value[:200]!r}")
@@ -101,9 +104,21 @@ def _scopes(values: list[str]) -> list[Access]:
     return [Access(t, n, a) for (t, n), a in merged.items()]
 
 
+def _repository_name(name: str) -> bool:
+    """Whether `name` can name a repository (`..`, control characters, uppercase, over 255
+    characters cannot: never signed into a token, whatever a policy would say of them)."""
+    try:
+        validate_name(name)
+    except NameInvalid:
+        return False
+    return True
+
+
 async def _granted(st: AppState, principal: Principal, requested: list[Access]) -> list[Access]:
     out = []
     for access in requested:
+        if access.type == REPOSITORY and not _repository_name(access.name):
+            continue  # no repository has that name: nothing to grant (nor to audit as granted)
         try:
             allowed = await st.authorizer.allowed(principal, access)
         except MoorageError as exc:  # the grants cannot be read

@@ -144,17 +144,25 @@ def _unauthorized(st: AppState, request: Request, required: Access | None = None
     return response
 
 
-def _denied(st: AppState, request: Request, principal: Principal, required: Access) -> Response:
+async def _denied(
+    st: AppState, request: Request, principal: Principal, required: Access
+) -> Response:
     """401 with the challenge for an anonymous client; 401 `insufficient_scope` for a
     Bearer token too narrow for the route (the client asks for a wider one, which grants
-    what the account holds); 403 DENIED for a client signed in with a password or an
-    access token."""
+    what the account holds), `invalid_token` for one whose account was deleted, disabled
+    or given another password since; 403 DENIED for a client signed in with a password or
+    an access token."""
     if bearer.bearer_token(authorization(request)) is not None:
+        if await st.authorizer.void(principal):
+            error, message = "invalid_token", "the token's account changed: log in again"
+        else:
+            error = "insufficient_scope"
+            message = "the token does not grant this access: ask the token endpoint for it"
         return error_response(
             401,
             "UNAUTHORIZED",
-            "the token does not grant this access: ask the token endpoint for a token with it",
-            headers={"WWW-Authenticate": _challenge(st, request, required, "insufficient_scope")},
+            message,
+            headers={"WWW-Authenticate": _challenge(st, request, required, error)},
         )
     if principal.anonymous:
         return _unauthorized(st, request, required)
@@ -174,7 +182,7 @@ async def _authorize(
     granted = await st.authorizer.allowed(principal, access)
     if access.actions <= granted:
         return None
-    return _denied(st, request, principal, access)
+    return await _denied(st, request, principal, access)
 
 
 def _state(request: Request) -> AppState:

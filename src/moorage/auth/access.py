@@ -159,6 +159,12 @@ class Authorizer(ABC):
         when this authorizer cannot say: then the caller filters names with `pullable`."""
         return None
 
+    async def void(self, principal: Principal) -> bool:
+        """Whether the principal's account is gone, disabled or has another password since
+        its credential was issued (a Bearer token of it is then invalid, not too narrow).
+        StoreUnavailable when that cannot be read."""
+        return False
+
     async def pullable(self, principal: Principal, names: Sequence[str]) -> list[str]:
         """The repositories of `names` the principal may pull, in their order."""
         out = []

@@ -114,7 +114,8 @@ class TokenService:
         self.keys = keys
         self.service = service
         self.ttl = token_ttl() if ttl is None else ttl
-        self.expected = jwt.Expected(ISSUER, service)
+        # No token of ours lives longer than a refresh token (an access token: MAX_TTL).
+        self.expected = jwt.Expected(ISSUER, service, max_lifetime=REFRESH_TTL)
         self._verified: dict[bytes, tuple[float, Principal]] = {}
 
     async def _sign(self, claims: dict[str, Any]) -> str:
@@ -172,6 +173,12 @@ class TokenService:
         if kind not in _KINDS or (kind == "anonymous") != (sub == ""):
             raise jwt.TokenInvalid("malformed subject")
         tid = claims.get("tid")
+        if kind in ("robot", "token") and (not isinstance(tid, str) or not tid):
+            raise jwt.TokenInvalid("an access token's principal without its token id")
+        if kind not in ("robot", "token") and "tid" in claims:
+            raise jwt.TokenInvalid("a token id on a principal that has none")
+        if float(claims["exp"]) - float(claims["iat"]) > MAX_TTL:  # both checked: numbers
+            raise jwt.TokenInvalid("valid for longer than any access token this registry issues")
         mark = claims.get("pwd") if kind == "user" else None
         principal = Principal(
             name=sub,

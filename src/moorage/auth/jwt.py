@@ -7,9 +7,14 @@ Only what the registry needs, and nothing a token can steer:
   signed with the public key, RS256...), whatever the key;
 * the key comes ONLY from our own key set, by `kid`; `jwk`, `jku`, `x5c`, `x5u` in a header
   are never read (a header that carries them is refused outright: we never send them);
-* the signature is the raw r||s of RFC 7518 §3.4 (64 bytes), checked before any claim is
-  looked at; then `aud` (string or list) must hold our service, `iss` must be ours, and
-  `exp`/`nbf` hold within a small leeway.
+* the signature is the raw r||s of RFC 7518 §3.4 (64 bytes) with s in the lower half of
+  the group order (ECDSA's (r, n-s) is just as valid: refused, so one token has one
+  text), checked before any claim is looked at; then `aud` (string or list) must hold our
+  service, `iss` must be ours, `exp`/`nbf`/`iat` are finite numbers, `exp`/`nbf` hold
+  within a small leeway, `iat` is not in the future and `exp - iat` is at most the
+  caller's longest lifetime;
+* the header and payload are strict JSON: UTF-8 without a BOM, no duplicate member, no
+  NaN or Infinity.
 
 The key id is the RFC 7638 JWK thumbprint (SHA-256, base64url without padding) of the public
 key, with fixed-length coordinates.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +44,8 @@ ALG = "ES256"
 LEEWAY = 60  # seconds of clock skew tolerated on exp and nbf, as distribution allows
 MAX_TOKEN = 8192  # longer tokens are refused unread
 _COORD = 32  # bytes of a P-256 coordinate
+#: The order of P-256's group: a signature's s must be at most half of it ("low s").
+_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 #: Header parameters that carry key material or say where to fetch it: never honoured.
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _KEY_HEADERS = frozenset({"jwk", "jku", "x5c", "x5u", "x5t", "x5t#S256"})
@@ -115,13 +123,27 @@ def encode(claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, kid: str)
     header = {"alg": ALG, "kid": kid, "typ": "JWT"}
     signing_input = f"{_json_part(header)}.{_json_part(claims)}".encode()
     r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+    if s > _ORDER // 2:
+        s = _ORDER - s  # the same signature's low-s form: the only one `verify` accepts
     signature = r.to_bytes(_COORD, "big") + s.to_bytes(_COORD, "big")
     return f"{signing_input.decode()}.{b64url(signature)}"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("a member appears twice")
+    return doc
+
+
 def _object(part: str, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(b64url_decode(part))
+        text = b64url_decode(part).decode("utf-8")  # strict: no BOM (json refuses one in text)
+        doc = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise TokenInvalid(f"the {what} is not JSON") from exc
     if not isinstance(doc, dict):
@@ -153,6 +175,8 @@ class Expected:
     issuer: str
     audience: str
     leeway: int = LEEWAY
+    #: the longest lifetime (exp - iat) a token may claim, None: any
+    max_lifetime: float | None = None
 
 
 def verify(
@@ -172,6 +196,8 @@ def verify(
     signature = b64url_decode(sig)
     if len(signature) != 2 * _COORD:
         raise TokenInvalid("the signature is not an ES256 signature")
+    if int.from_bytes(signature[_COORD:], "big") > _ORDER // 2:
+        raise TokenInvalid("the signature is not in its canonical (low s) form")
     der = encode_dss_signature(
         int.from_bytes(signature[:_COORD], "big"), int.from_bytes(signature[_COORD:], "big")
     )
@@ -188,7 +214,13 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenInvalid(f"claim {name!r} missing or not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise TokenInvalid(f"claim {name!r} is out of range") from exc
+    if not math.isfinite(number):
+        raise TokenInvalid(f"claim {name!r} is not a finite number")
+    return number
 
 
 def check_claims(claims: Mapping[str, Any], expected: Expected, now: float) -> None:
@@ -198,9 +230,17 @@ def check_claims(claims: Mapping[str, Any], expected: Expected, now: float) -> N
     audiences = aud if isinstance(aud, list) else [aud]
     if expected.audience not in audiences:
         raise TokenInvalid("issued for another service")
-    if now > _number(claims, "exp") + expected.leeway:
+    exp = _number(claims, "exp")
+    if now > exp + expected.leeway:
         raise TokenInvalid("expired")
     if "nbf" in claims and now < _number(claims, "nbf") - expected.leeway:
         raise TokenInvalid("not valid yet")
+    if "iat" in claims and _number(claims, "iat") > now + expected.leeway:
+        raise TokenInvalid("issued in the future")
+    if expected.max_lifetime is not None:
+        if "iat" not in claims:
+            raise TokenInvalid("claim 'iat' missing")
+        if exp - _number(claims, "iat") > expected.max_lifetime:
+            raise TokenInvalid("valid for longer than any token this registry issues")
     if not isinstance(claims.get("sub", ""), str):
         raise TokenInvalid("claim 'sub' is not a string")

@@ -184,6 +184,9 @@ class Policy(Authorizer):
     def __init__(self, view: AccessView) -> None:
         self.view = view
 
+    async def void(self, principal: Principal) -> bool:
+        return principal.kind == "user" and await self.account(principal) is None
+
     async def account(self, principal: Principal) -> UserRecord | None:
         """The principal's account if it may act at all (exists, not disabled)."""
         if principal.anonymous or principal.kind == "robot":
