@@ -138,8 +138,11 @@ def plan_replay(storage_root: str | Path, cluster_id: str, after: tuple[int, int
 
 async def read_plan(storage: str | Path, cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
     """`plan_replay` from a coroutine: the journal of a directory (read in a thread) or of an
-    S3 location (listed page by page)."""
-    plan = plan_of([e async for e in journal_entries(str(storage))], cluster_id, after)
+    S3 location (listed page by page). Only the entries to replay are kept in memory."""
+    planner = _Planner(cluster_id, after)
+    async for e in journal_entries(str(storage)):
+        planner.add(e)
+    plan = planner.plan()
     top = await trimmed_to(str(storage), cluster_id)
     if top is not None and top > after:
         plan.trimmed = (
@@ -150,23 +153,51 @@ async def read_plan(storage: str | Path, cluster_id: str, after: tuple[int, int]
     return plan
 
 
-def plan_of(found: Iterable[dict[str, Any]], cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
-    entries: list[dict[str, Any]] = []
-    rejected: list[str] = []
-    for e in found:
-        if e.get("c") != cluster_id:
-            continue
+#: Invalid entries described one by one (the others are counted).
+_MAX_REJECTED = 1000
+
+
+class _Planner:
+    """The entries of one cluster newer than `after`, taken one at a time (the others are
+    dropped as they are read); invalid ones of that cluster are set aside."""
+
+    def __init__(self, cluster_id: str, after: tuple[int, int]) -> None:
+        self.cluster_id = cluster_id
+        self.after = after
+        self.entries: list[dict[str, Any]] = []
+        self.rejected: list[str] = []
+        self.more_rejected = 0
+
+    def add(self, e: dict[str, Any]) -> None:
+        if e.get("c") != self.cluster_id:
+            return
+        if _int(e.get("e")) and _int(e.get("r")) and (e["e"], e["r"]) <= self.after:
+            return  # already in the store: not even validated
         try:
             check_entry(e)
         except MoorageError as exc:
-            rejected.append(f"refused invalid journal entry {_show(e)}: {exc}")
-            continue
-        if (e["e"], e["r"]) > after:
-            entries.append(e)
-    entries.sort(key=lambda e: (int(e["e"]), int(e["r"])))
-    for line in rejected:
-        log.warning("%s", line)
-    return ReplayPlan(entries, after, rejected)
+            if len(self.rejected) < _MAX_REJECTED:
+                self.rejected.append(f"refused invalid journal entry {_show(e)}: {exc}")
+            else:
+                self.more_rejected += 1
+            return
+        if (e["e"], e["r"]) > self.after:
+            self.entries.append(e)
+
+    def plan(self) -> ReplayPlan:
+        self.entries.sort(key=lambda e: (int(e["e"]), int(e["r"])))
+        if self.more_rejected:
+            self.rejected.append(f"refused {self.more_rejected} more invalid journal entries")
+        for line in self.rejected:
+            log.warning("%s", line)
+        return ReplayPlan(self.entries, self.after, self.rejected)
+
+
+def plan_of(found: Iterable[dict[str, Any]], cluster_id: str, after: tuple[int, int]) -> ReplayPlan:
+    planner = _Planner(cluster_id, after)
+    for e in found:
+        planner.add(e)
+    return planner.plan()
 
 
 async def _journal_key(store: MetaStore, plan: ReplayPlan) -> bytes | None:

@@ -163,13 +163,18 @@ async def _read(control: S3Control, name: str, body: Any) -> bytes:
 async def journal_entries(spec: str) -> AsyncIterator[dict[str, Any]]:
     """Every readable entry of the journal in `--storage` `spec` (a directory or s3://)."""
     import asyncio
+    import itertools
 
     from moorage.storage.journal import read_entries
     from moorage.storage.s3location import is_s3, parse
 
     if not is_s3(spec):
-        for entry in await asyncio.to_thread(lambda: list(read_entries(spec))):
-            yield entry
+        # Read in a thread, a batch at a time: a journal of months (no backup ever trimmed
+        # it) is never held in memory whole.
+        entries = read_entries(spec)
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(entries, 1000))):
+            for entry in batch:
+                yield entry
         return
     control = S3Control(parse(spec))
     try:
