@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from moorage.cluster import gc as cluster_gc
-from moorage.errors import ManifestBlobUnknown
+from moorage.errors import BlobUnknown, ManifestBlobUnknown
 from moorage.meta import keys
 from moorage.meta.base import Put
 from moorage.meta.memory import MemoryMetaStore
+from moorage.oci.digest import parse_digest
 from moorage.registry import Registry
 from moorage.registry.gc import Collector, GcAborted, GcOptions, GcResult
 from moorage.storage.filesystem import FilesystemStorage
@@ -175,6 +176,34 @@ def test_a_dead_runs_tombstone_is_finished_or_cleared(tmp_path: Path, dead_run_f
         else:
             assert result.blobs == 0
             assert await present(registry)
+
+    asyncio.run(main())
+
+
+def test_a_dead_runs_tombstone_keeps_pushes_out_but_not_pulls(tmp_path: Path) -> None:
+    """A collection SIGKILLed between its tombstones and its re-check leaves a tombstone on
+    a blob that a manifest acknowledged after its mark references. Until the next
+    collection clears it (20 s at least: the dead run's lock lease), a pull (GET) still gets
+    the blob, linked and stored (the chaos `gc` scenario once saw it as lost); a push's HEAD
+    is told to upload, as while a live collection deletes it."""
+
+    async def main() -> None:
+        registry = registry_in(tmp_path)
+        await push(registry)
+        tombstone = keys.blob_tombstone(sha256(LAYER))
+        await registry.meta._txn([], [Put(tombstone, b'{"run":"dead"}')])
+        assert await registry.blobs.stat("r", sha256(LAYER), pull=True) == (
+            parse_digest(sha256(LAYER)),
+            len(LAYER),
+        )
+        assert (await registry.blobs.linked("r", sha256(LAYER), pull=True))[1] == len(LAYER)
+        with pytest.raises(BlobUnknown):
+            await registry.blobs.stat("r", sha256(LAYER))
+        with pytest.raises(BlobUnknown):  # never linked there: no pull either
+            await registry.blobs.stat("other", sha256(LAYER), pull=True)
+        await Collector(registry.meta, registry.storage, "run2", GcOptions(grace=0)).run()
+        assert await registry.meta._get(tombstone) is None
+        assert (await registry.blobs.stat("r", sha256(LAYER)))[1] == len(LAYER)
 
     asyncio.run(main())
 

@@ -20,7 +20,8 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
         # a presigned URL once access control passed and the blob is linked to the
         # repository; the store answers for the bytes (ranges too, and 404 if they were
         # lost), so no HEAD of the object first.
-        parsed, _ = await st.registry.blobs.linked(name, digest)
+        pull = request.method == "GET"
+        parsed, _ = await st.registry.blobs.linked(name, digest, pull)
         if not st.storage.healthy and st.storage.checked_at:
             # The health loop's last probe of the store failed (it runs every 2 s): a URL
             # to a store that does not answer would only move the failure to the client.
@@ -39,12 +40,15 @@ async def get_blob(request: Request, st: AppState, name: str, digest: str) -> Re
             },
         )
     storage_path = storage.local_path(str(parse_digest(digest)))
-    if request.method == "HEAD" or storage_path is not None:
-        parsed, size = await st.registry.blobs.stat(name, digest)
+    # A HEAD is how a push asks whether to upload: "no" while a collection deletes the blob.
+    # A GET is a pull: served while the blob is linked and stored (MetaStore.blob_size).
+    pull = request.method == "GET"
+    if not pull or storage_path is not None:
+        parsed, size = await st.registry.blobs.stat(name, digest, pull)
     else:
         # A store without local files (S3): the GET of the bytes is what says they are
         # there, before the answer starts; the size is the link's (etcd).
-        parsed, size = await st.registry.blobs.linked(name, digest)
+        parsed, size = await st.registry.blobs.linked(name, digest, pull)
     etag = f'"{parsed}"'
     headers = {**API_VERSION_HEADER, "Docker-Content-Digest": str(parsed), "ETag": etag}
     if not_modified(request.headers, etag):

@@ -18,20 +18,21 @@ class Blobs:
         self.meta = meta
         self.policies = Policies(meta)
 
-    async def stat(self, repo: str, digest: str) -> tuple[Digest, int]:
-        """The blob's digest and size; BlobUnknown unless linked to `repo` and in storage."""
+    async def stat(self, repo: str, digest: str, pull: bool = False) -> tuple[Digest, int]:
+        """The blob's digest and size; BlobUnknown unless linked to `repo` and in storage
+        (and, but for a `pull`, not being deleted by garbage collection: MetaStore.blob_size)."""
         parsed = parse_digest(digest)
-        size = await self.meta.blob_size(repo, str(parsed))
+        size = await self.meta.blob_size(repo, str(parsed), pull)
         # Check the bytes too, not just the link: storage is the truth for what we can send.
         if size is None or await self.storage.stat(str(parsed)) is None:
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
         return parsed, size
 
-    async def linked(self, repo: str, digest: str) -> tuple[Digest, int]:
+    async def linked(self, repo: str, digest: str, pull: bool = False) -> tuple[Digest, int]:
         """The blob's digest and size as linked to `repo` (the metadata only: for a pull by
         redirect, where the store answers for its bytes); BlobUnknown unless linked."""
         parsed = parse_digest(digest)
-        size = await self.meta.blob_size(repo, str(parsed))
+        size = await self.meta.blob_size(repo, str(parsed), pull)
         if size is None:
             raise BlobUnknown(f"blob {parsed} is not in repository {repo}")
         return parsed, size
