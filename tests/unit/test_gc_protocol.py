@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -260,5 +261,36 @@ def test_the_mark_reads_manifests_in_batches_and_names_a_missing_one(tmp_path: P
         with pytest.raises(GcAborted, match=digests[100]):
             await Collector(registry.meta, registry.storage, "run2", GcOptions(grace=0)).run()
         assert await present(registry)
+
+    asyncio.run(main())
+
+
+def test_the_recheck_reads_at_a_revision_a_quorum_read_gave(tmp_path: Path) -> None:
+    """The re-check after the tombstones must see every write committed before them: it
+    reads at the revision a quorum read gives (etcd refuses that revision on a member that
+    has not reached it), never "now" on whichever member answers (a read that fell back to
+    a lagging member's copy could miss a manifest and let its blob be deleted)."""
+
+    class Recording(MemoryMetaStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads: list[tuple[bytes, int]] = []
+
+        async def _range(
+            self, start: bytes, end: bytes, limit: int, keys_only: bool = False, revision: int = 0
+        ) -> tuple[list[Any], bool]:
+            self.reads.append((start, revision))
+            return await super()._range(start, end, limit, keys_only, revision)
+
+    async def main() -> None:
+        meta = Recording()
+        registry = Registry(FilesystemStorage(tmp_path / "blobs"), meta)
+        await push(registry)
+        await registry.manifests.delete("r", sha256(MANIFEST))
+        result = await Collector(meta, registry.storage, "run1", GcOptions(grace=0)).run()
+        assert result.blobs >= 2
+        rechecks = [rev for start, rev in meta.reads if start in (keys.MANIFESTS, keys.GC_PENDING)]
+        assert rechecks
+        assert all(rev > 0 for rev in rechecks)
 
     asyncio.run(main())

@@ -165,8 +165,12 @@ class GcStore:
 
     async def changed(self, prefix: bytes, since: int) -> AsyncIterator[list[tuple[str, str]]]:
         """(repo, last field) of the keys under `prefix` written after revision `since`,
-        read now (keys only)."""
-        async for page in self._pages(prefix, 0, keys_only=True):
+        read now (keys only): at the revision a quorum read gives, so that a member behind
+        the others (a channel that failed over, a read that fell back to the local copy)
+        cannot answer without the writes that committed before this call (etcd refuses a
+        revision it has not reached)."""
+        now = await self.revision()
+        async for page in self._pages(prefix, now, keys_only=True):
             rows = []
             for kv in page:
                 if kv.mod_revision > since:
