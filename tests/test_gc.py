@@ -21,9 +21,10 @@ from harness.replica import Replica
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
 from moorage.meta import keys
+from moorage.meta.base import Put
 from moorage.meta.etcd import EtcdCluster
 from tests.gc_images import delete, image, layer, pull_identical, push, write_layout
-from tests.oci import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, OCI_MANIFEST, sha256
+from tests.oci import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, OCI_MANIFEST, push_image, sha256
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +307,59 @@ def test_scheduled_collection_runs_once_per_interval_on_one_worker(
         assert json.loads(off.stdout) == {"schedule": None}
     finally:
         r.stop()
+
+
+def test_a_dead_runs_tombstones_are_finished_without_waiting_for_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection killed mid-run leaves tombstones: pushes of those blobs are refused
+    (HEAD 404, the upload waits then 503) until a run finishes them. With no schedule at
+    all, a worker starts one as soon as no run holds the lock: the referenced blob's
+    tombstone is cleared (HEAD 200 again), the unreferenced one is deleted (a dead run's
+    tombstone, whatever its age), and the run is audited."""
+    monkeypatch.setenv("MOORAGE_GC_SCHEDULE_CHECK", "0.5")
+    r = Replica(tmp_path / "data")
+    r.start()
+    try:
+        kept = json.loads(push_image(r, "dead/kept", "v1", "kept"))
+        gone_body = push_image(r, "dead/gone", "v1", "gone")
+        gone = json.loads(gone_body)
+        with r.client() as c:
+            assert c.delete(f"/v2/dead/gone/manifests/{sha256(gone_body)}").status_code == 202
+        kept_layer, gone_layer = kept["layers"][0]["digest"], gone["layers"][0]["digest"]
+
+        async def tombstone() -> None:
+            store = store_of(r)
+            try:
+                value = json.dumps({"run": "deadbeefdeadbeef", "at": time.time()}).encode()
+                for digest in (kept_layer, gone_layer):
+                    await store._txn([], [Put(keys.blob_tombstone(digest), value)])
+            finally:
+                await store.close()
+
+        asyncio.run(tombstone())
+        with r.client() as c:
+            assert c.head(f"/v2/dead/kept/blobs/{kept_layer}").status_code == 404
+            assert c.get(f"/v2/dead/kept/blobs/{kept_layer}").status_code == 200  # a pull
+            deadline = time.monotonic() + 60
+            while c.head(f"/v2/dead/kept/blobs/{kept_layer}").status_code != 200:
+                assert time.monotonic() < deadline, "the dead run's tombstones still stand"
+                time.sleep(0.2)
+            last = gc(r, "--status")["last"]
+            assert last is not None
+            assert last["grace"] == 24 * 3600.0  # no schedule: the default grace
+            assert c.head(f"/v2/dead/gone/blobs/{gone_layer}").status_code == 404
+        assert not blob_file(r, gone_layer).exists()
+        assert blob_file(r, kept_layer).exists()
+        pull_image_from(r, "dead/kept", "v1")
+    finally:
+        r.stop()
+
+
+def pull_image_from(r: Replica, repo: str, tag: str) -> None:
+    with r.client() as c:
+        doc = c.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}).json()
+        for desc in [doc["config"], *doc["layers"]]:
+            blob = c.get(f"/v2/{repo}/blobs/{desc['digest']}")
+            assert blob.status_code == 200
+            assert sha256(blob.content) == desc["digest"]

@@ -14,6 +14,10 @@
   HTTP layer's metrics).
 - The schedule (`/moorage-gc/schedule`): every replica's workers look once a minute; when
   the last run finished longer ago than the interval, the one that takes the lock runs.
+- A run that died (its replica killed mid-run) leaves tombstones, which keep pushes of
+  those blobs out until a run finishes or clears them: the same once-a-minute look starts
+  one (with the schedule's grace, else 24 h) as soon as no run holds the lock and a
+  tombstone stands, at most once every RECOVER_EVERY seconds per worker.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ _PROGRESS_EVERY = 1.0
 SCHEDULE_CHECK = 60.0
 #: The shortest schedule interval accepted.
 MIN_INTERVAL = 60.0
+#: A worker tries to finish a dead run's tombstones at most this often (a run that keeps
+#: failing, say on a corrupt record, is not started every minute).
+RECOVER_EVERY = 600.0
 
 OnResult = Callable[[GcResult | None, float], None]
 
@@ -312,14 +319,51 @@ async def schedule_loop(
         check = SCHEDULE_CHECK
     check = max(0.1, check)
     await asyncio.sleep(random.uniform(0, check))
+    recovered_at = -RECOVER_EVERY
     while True:
         try:
+            if time.monotonic() - recovered_at >= RECOVER_EVERY and await _dead_run_left(store):
+                recovered_at = time.monotonic()
+                await _finish_dead_run(store, registry, replica_id, audit, on_result)
             await _maybe_run(store, registry, replica_id, audit, on_result)
         except GcBusy:
             pass
         except MoorageError as exc:
             log.warning("scheduled garbage collection: %s", exc)
         await asyncio.sleep(check)
+
+
+async def _dead_run_left(store: ClusterStore) -> bool:
+    """Whether a run that died left tombstones: no run holds the lock, yet one stands."""
+    if await store.get_lock(keys.GC_LOCK) is not None:
+        return False
+    for prefix in (keys.GC_DELETING, keys.GC_DELETING_MANIFESTS):
+        found, _ = await store._range(prefix, keys.prefix_end(prefix), limit=1, keys_only=True)
+        if found:
+            return True
+    return False
+
+
+async def _finish_dead_run(
+    store: ClusterStore,
+    registry: Registry,
+    replica_id: str,
+    audit: AuditSink | None,
+    on_result: OnResult | None,
+) -> None:
+    """A collection that deletes what the dead run had marked and no manifest needs, and
+    clears the rest (what it finds older than the grace period goes too, as in any run)."""
+    schedule = await GcStore(store).get_doc(keys.GC_SCHEDULE)
+    grace = max(0.0, _number(schedule, "grace", 24 * 3600.0))
+    log.warning(
+        "a garbage collection died and left tombstones (pushes of those blobs are refused "
+        "until a collection finishes them): running one with a grace of %.0f s",
+        grace,
+    )
+    options = GcOptions(grace=grace)
+    run = await start(store, registry, options, replica_id, audit=audit, on_result=on_result)
+    with contextlib.suppress(GcAborted):
+        await run.execute()
 
 
 async def _maybe_run(
