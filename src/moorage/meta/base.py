@@ -181,13 +181,9 @@ class MetaStore(ABC):
 
     # -- blobs linked to repositories ---------------------------------------------------
     async def blob_size(self, repo: str, digest: str, pull: bool = False) -> int | None:
-        """The size of a blob `repo` may serve; None when it is not linked there, or while
-        garbage collection deletes it (a client then uploads it again). A `pull` (GET of
-        the bytes) is served while linked, tombstone or not: a tombstone keeps new
-        references out, and one left by a collection that died before its re-check may
-        stand on a blob an acknowledged manifest needs until the next collection clears it
-        (a collection deletes the link before the bytes, so a linked blob is still there
-        or being deleted under the pull, which then fails its digest check)."""
+        """The size of a blob `repo` may serve; None when not linked there, or while garbage
+        collection deletes it (a client then uploads it again) unless for a `pull`: a dead
+        run's tombstone may stand on a blob a manifest needs (docs/ARCHITECTURE.md)."""
         if pull:
             link = await self._get(keys.blob(repo, digest))
             return decode_blob_link(link.value) if link else None
