@@ -286,6 +286,16 @@ def test_incremental_whose_base_lacks_claimed_blobs_fails(cluster: Cluster) -> N
     assert inc["blobs_from_base"] == 2  # the config and the layer
     assert inc["manifests_from_base"] == 1
     assert json.loads(moorage("backup", "verify", str(b2), "--json").stdout)["ok"] is True
+    # An incremental written over its own base, or over an archive of its chain, would
+    # destroy what it builds on: refused, and both archives stay as they were.
+    before = (b1.read_bytes(), b2.read_bytes())
+    for out, since in ((b2, b2), (b1, b2)):
+        says = refused(
+            "backup", "--existing", r0.url, "--out", str(out), "--include-blobs",
+            "--since", str(since),
+        )  # fmt: skip
+        assert "writing it would destroy them" in says
+    assert (b1.read_bytes(), b2.read_bytes()) == before
     # b1 is replaced by a valid backup of the same name that lacks the layer blobs (taken
     # without --include-blobs): b2's header still says its base holds them.
     moorage("backup", "--existing", r0.url, "--out", str(b1))

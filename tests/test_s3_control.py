@@ -109,7 +109,8 @@ def test_probe_is_found_once_and_only_in_the_same_storage(s3_url: str) -> None:
     assert name.startswith("probe/join-")
     elsewhere = s3_url.replace("?", "-other?", 1)  # another prefix of the same bucket
     assert probe_seen(elsewhere, name, content) is False
-    assert probe_seen(s3_url, name, "wrong content") is False  # ... and it is deleted
+    assert probe_seen(s3_url, name, "wrong content") is False  # not it: left alone
+    assert probe_seen(s3_url, name, content) is True
     name, content = asyncio.run(leave())
     assert probe_seen(s3_url, "probe/../fence.json", content) is False  # never read
     assert probe_seen(s3_url, name, content) is True

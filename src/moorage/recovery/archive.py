@@ -38,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import re
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -172,6 +174,16 @@ def _json(data: bytes, what: str, where: Path) -> Any:
 # -- the header -----------------------------------------------------------------------
 
 
+#: A cluster id as replicas make them (hex), or as older versions did (letters, digits).
+_CLUSTER_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+#: Incremental backups one chain may hold.
+MAX_CHAIN = 1000
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
 def check_header(header: object, where: Path) -> dict[str, Any]:
     """The header's fields, each checked; BackupError listing every invalid one."""
     if not isinstance(header, dict):
@@ -200,10 +212,26 @@ def check_header(header: object, where: Path) -> dict[str, Any]:
     header.setdefault("base", None)
     header.setdefault("manifests_in_archive", None)  # format 1: not recorded
     for name, (typ, what) in expected.items():
-        if not isinstance(header.get(name), typ):
+        value = header.get(name)
+        if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
             problems.append(f"backup.json: {name} is not {what}")
+    for name in ("epoch", "revision"):
+        value = header.get(name)
+        if isinstance(value, int) and not 0 <= value < 2**63:
+            problems.append(f"backup.json: {name} {show(value)} is out of range")
+    created = header.get("created_at")
+    if isinstance(created, int | float) and not (
+        math.isfinite(created) and 0 <= created < 253402300800  # before year 10000
+    ):
+        problems.append(f"backup.json: created_at {show(created)} is not a time")
+    counts = header.get("counts")
+    if isinstance(counts, dict) and not all(
+        isinstance(k, str) and k.isascii() and k.isprintable() and _count(v)
+        for k, v in counts.items()
+    ):
+        problems.append("backup.json: counts holds a name or number that is not one")
     cluster_id = header.get("cluster_id")
-    if isinstance(cluster_id, str) and not (cluster_id.isalnum() and len(cluster_id) <= 64):
+    if isinstance(cluster_id, str) and not _CLUSTER_ID.fullmatch(cluster_id):
         problems.append(f"backup.json: invalid cluster id {show(cluster_id)}")
     for name in ("blobs_in_archive", "chain_blobs", "manifests_in_archive"):
         for value in header.get(name) or () if isinstance(header.get(name), list) else ():
@@ -221,6 +249,10 @@ def check_header(header: object, where: Path) -> dict[str, Any]:
             )
     if base is not None and chain and chain[0] != base:
         problems.append("backup.json: base is not the first archive of base_chain")
+    if chain and (len(set(chain)) != len(chain) or where.name in chain):
+        problems.append("backup.json: base_chain names an archive twice, or this one")
+    if chain and len(chain) > MAX_CHAIN:
+        problems.append(f"backup.json: base_chain is longer than {MAX_CHAIN} archives")
     if problems:
         raise BackupError(
             f"{where} has an invalid header (backup.json); refused:\n  " + "\n  ".join(problems)

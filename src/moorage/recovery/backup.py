@@ -167,7 +167,14 @@ def fetch_records(client: AdminClient) -> tuple[dict[str, Any], Metadata]:
     # Page after page at the first page's revision (one bounded read each on the replica);
     # a replica older than paging answers everything at once, without `next`.
     page = doc
+    cursor = ""
     while isinstance(page.get("next"), str):
+        if page["next"] <= cursor:  # a cursor that does not move on would never end
+            raise BackupError(
+                f"the cluster answered a page cursor {page['next'][:80]!r} that does not move "
+                "past the last one: not a Moorage replica's answer; nothing was written"
+            )
+        cursor = page["next"]
         query = urllib.parse.urlencode(
             {"paged": 1, "revision": doc["revision"], "after": page["next"]}
         )
@@ -255,8 +262,12 @@ def create(
             raise BackupError(f"--since {since}: not a backup file name")
         with contextlib.ExitStack() as stack:
             chain_held, base_chain = _chain_blobs(since, passphrase, stack)
+        _not_in_chain(out, since, base_chain)
     to_store, from_base = _plan(md, include_blobs, chain_held)
     header = new_header(doc, md, include_blobs, to_store, chain_held, since, base_chain)
+    # The replica's answer, checked as a restore will check it: never an archive that looks
+    # written whole but cannot be restored.
+    check_header(dict(header), out)
     source: Source
     if isinstance(local, Path):
         source = StorageSource(local)
@@ -285,6 +296,23 @@ def create(
         storage=str(local) if local is not None else None,
         invalid_records=md.invalid,
     )
+
+
+def _not_in_chain(out: Path, since: Path, base_chain: list[str]) -> None:
+    """BackupError when `out` is `since` or an archive of its chain: writing it would
+    destroy what the new incremental backup depends on."""
+    chain = [since, *(since.parent / name for name in base_chain)]
+    target = out.resolve()
+    for archive in chain:
+        same = archive.resolve() == target
+        with contextlib.suppress(OSError):
+            same = same or (out.exists() and os.path.samefile(out, archive))
+        if same:
+            raise BackupError(
+                f"--out {out} is {archive}, which this incremental backup builds on (--since "
+                f"{since} and its base archives): writing it would destroy them; write the "
+                "new backup to another file"
+            )
 
 
 def _record(client: AdminClient, header: dict[str, Any], out: Path) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from moorage.errors import MoorageError
-from moorage.recovery.archive import CHUNK, BackupError, safe_archive_name
+from moorage.recovery.archive import CHUNK, BackupError
 from moorage.recovery.blob_access import SyncBlobs
 from moorage.recovery.client import AdminClient
-from moorage.storage.control import probe_seen
+from moorage.storage.control import local_probe_seen, probe_seen
 from moorage.storage.paths import StorageLayout
 from moorage.storage.s3location import is_s3, parse
 
@@ -165,18 +165,7 @@ def find_storage(client: AdminClient, storage: Path | str | None) -> Path | str 
             )
         return None
     local = storage.resolve() if storage is not None else Path(remote)
-    parts = name.split("/")
-    seen = None
-    if len(parts) == 2 and parts[0] == "probe" and safe_archive_name(parts[1]):
-        path = StorageLayout(local).probe / parts[1]
-        try:
-            seen = path.read_text()
-        except (OSError, UnicodeDecodeError):
-            seen = None
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    if seen == content:
+    if local_probe_seen(local, name, content):
         return local
     if storage is not None:
         raise BackupError(

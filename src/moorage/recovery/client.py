@@ -9,6 +9,7 @@ skipped. `fetch_ca` is the one unverified exchange (first contact), and it says 
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import threading
 import time
@@ -40,6 +41,36 @@ def _describe(url: str, exc: Exception) -> str:
 
 #: What a manifest is fetched as: whatever type it has.
 ALL_MANIFEST_TYPES = ", ".join(sorted(mt.MANIFESTS | mt.INDEXES)) + ", */*"
+
+
+#: The largest answer of the admin API read (a backup page is far smaller).
+MAX_ANSWER = 256 * 1024 * 1024
+
+
+class BadAnswer(httpx.HTTPError):
+    """An answer too large or too slow to be a replica's (handled as a failed request)."""
+
+
+class Answer(dict[str, Any]):
+    """A replica's JSON answer; a field it lacks is a MoorageError that says so (not a
+    KeyError traceback in the command that reads it)."""
+
+    def __init__(self, url: str, doc: dict[str, Any]) -> None:
+        super().__init__(doc)
+        self.url = url
+
+    def __missing__(self, key: str) -> Any:
+        raise MissingField(
+            f"{self.url} answered without {key!r}: not a Moorage replica of this version "
+            "(check --existing)"
+        )
+
+
+class MissingField(MoorageError, KeyError):
+    """A field a replica's answer lacks (a KeyError too, for code that expects one)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ClusterUnreachable(MoorageError):
@@ -127,14 +158,7 @@ class AdminClient:
         errors = []
         for url in self.urls:
             try:
-                resp = httpx.request(
-                    method,
-                    f"{url}{path}",
-                    json=body,
-                    auth=self.http_auth(),
-                    timeout=timeout,
-                    verify=context_for(url),
-                )
+                resp, data = self._request(method, f"{url}{path}", body, timeout)
             except httpx.HTTPError as exc:
                 if not safe and not isinstance(exc, NOT_SENT):
                     raise _outcome_unknown(method, path, _describe(url, exc), if_unknown) from exc
@@ -143,8 +167,10 @@ class AdminClient:
             if resp.status_code == 401:
                 raise self.unauthorized(url, resp)
             try:
-                doc = resp.json()
-            except ValueError:
+                doc = json.loads(data)
+                if not isinstance(doc, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, RecursionError):
                 answer = f"{url}: HTTP {resp.status_code}, not a Moorage answer"
                 if not safe and resp.status_code in (502, 504):  # a proxy's: it may have passed
                     raise _outcome_unknown(method, path, answer, if_unknown) from None
@@ -155,10 +181,34 @@ class AdminClient:
                 continue
             if resp.status_code >= 400:
                 raise ApiRefused(
-                    resp.status_code, str(doc.get("code", "")), str(doc.get("error", doc))
+                    resp.status_code, str(doc.get("code", "")), str(doc.get("error", doc))[:2000]
                 )
-            return doc
+            return Answer(url, doc)
         raise _unreachable(errors)
+
+    def _request(
+        self, method: str, url: str, body: dict[str, Any] | None, timeout: httpx.Timeout
+    ) -> tuple[httpx.Response, bytes]:
+        """One request and its answer's body: at most MAX_ANSWER bytes, all of it within
+        twice the call's read timeout (a replica trickling its answer a byte at a time, or
+        answering gigabytes, is an error, never a hang or the host's memory)."""
+        deadline = time.monotonic() + 2 * (timeout.read or self.timeout)
+        with httpx.stream(
+            method, url, json=body, auth=self.http_auth(), timeout=timeout, verify=context_for(url)
+        ) as resp:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise BadAnswer(f"{url} answered more than {MAX_ANSWER} bytes")
+                if time.monotonic() > deadline:
+                    raise BadAnswer(f"{url} did not finish its answer in time")
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        headers = [(k, v) for k, v in resp.headers.items() if k.lower() != "content-encoding"]
+        # A response whose body is read (for `unauthorized`, which may look at it).
+        return httpx.Response(resp.status_code, headers=headers, content=data), data
 
     def http_auth(self) -> Any:
         """What authenticates each call (httpx `auth`); a join-token client sends its token."""

@@ -79,6 +79,8 @@ def decrypt_file(src: Path, dst: Path, passphrase: str) -> None:
         if fin.read(len(MAGIC)) != MAGIC:
             raise DecryptionFailed(f"{src} is not an encrypted Moorage backup")
         salt, prefix = fin.read(16), fin.read(8)
+        if len(salt) != 16 or len(prefix) != 8:
+            raise DecryptionFailed(f"{src} is truncated: it ends within its encryption header")
         aead = AESGCM(_key(passphrase, salt))
         counter = 0
         pending = fin.read(CHUNK + TAG)

@@ -33,7 +33,7 @@ from moorage.errors import ConfigError, MoorageError
 from moorage.pki.ca import fingerprint, load_cert
 from moorage.pki.files import TlsDir
 from moorage.recovery.client import AdminClient
-from moorage.storage.control import probe_seen
+from moorage.storage.control import local_probe_seen, probe_seen
 from moorage.storage.s3location import is_s3, parse
 
 JOIN_PATIENCE = 300.0
@@ -48,16 +48,8 @@ def check_storage(client: AdminClient, storage: str | None) -> str:
     remote = str(probe["storage"])
     if is_s3(storage or "") or (not storage and is_s3(remote)):
         return _check_s3(storage or remote, remote, str(probe["path"]), str(probe["content"]))
-    local = Path(storage).resolve() if storage else Path(probe["storage"])
-    path = local / probe["path"]
-    try:
-        seen = path.read_text()
-    except OSError:
-        seen = None
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-    if seen != probe["content"]:
+    local = Path(storage).resolve() if storage else Path(remote)
+    if not local_probe_seen(local, str(probe["path"]), str(probe["content"])):
         raise JoinFailed(
             f"this host does not see the cluster's blob storage at {local} (a probe file the "
             f"cluster wrote to {probe['storage']}/{probe['path']} is not there); mount the "

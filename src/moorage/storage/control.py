@@ -343,17 +343,38 @@ def _written(name: str) -> int:
 
 
 async def find_probe(control: ControlStore, name: str, content: str) -> bool:
-    """Whether the probe `name` (as `leave_probe` named it) holds `content`; it is deleted."""
+    """Whether the probe `name` (as `leave_probe` named it) holds `content`; then it is
+    deleted (a probe holding something else is left)."""
     if not _PROBE_NAME.match(name):
         return False
     try:
         stored = await control.get(name, limit=1024)
     except StorageUnavailable:
         return False
-    finally:
-        with contextlib.suppress(StorageUnavailable):
-            await control.delete(name)
-    return stored is not None and stored.data == content.encode()
+    if stored is None or stored.data != content.encode():
+        return False  # not the probe asked about: left alone
+    with contextlib.suppress(StorageUnavailable):
+        await control.delete(name)
+    return True
+
+
+def local_probe_seen(root: Path, name: str, content: str) -> bool:
+    """`find_probe` in a local storage directory `root`: `name` must be a probe's (as
+    `leave_probe` names them, under probe/), at most 1 KiB is read, and the file is deleted
+    only when it holds `content`: a name or directory an answer chose never costs a file."""
+    if not _PROBE_NAME.match(name):
+        return False
+    path = root / name
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1024)
+    except OSError:
+        return False
+    if data != content.encode():
+        return False
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return True
 
 
 def probe_seen(spec: str, name: str, content: str) -> bool:

@@ -1,0 +1,108 @@
+"""The CLI's admin client against answers no replica gives (a wrong --existing, a proxy, a
+hostile host): a clear error, never a traceback, a hang or the host's memory (probe of
+2026-12-03). The archive header's own checks: tests/unit/test_archive_header.py."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from moorage.errors import MoorageError
+from moorage.recovery.archive import BackupError
+from moorage.recovery.backup import fetch_records
+from moorage.recovery.client import AdminClient, ClusterUnreachable, MissingField
+
+ANSWERS: dict[str, Any] = {}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        mode = self.path.split("/")[1]
+        if mode == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.5)
+            return
+        if mode == "huge":
+            size = 300 * 1024 * 1024
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            chunk = b" " * (1 << 20)
+            try:
+                for _ in range(size // len(chunk)):
+                    self.wfile.write(chunk)
+            except OSError:
+                return
+            return
+        body = json.dumps(ANSWERS[mode]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def _client(url: str, timeout: float = 30) -> AdminClient:
+    return AdminClient([url], "admin", "pw", timeout=timeout)
+
+
+def test_an_answer_that_is_not_an_object_is_no_answer(server: str) -> None:
+    ANSWERS["list"] = [1, 2]
+    ANSWERS["str"] = "members"
+    for mode in ("list", "str"):
+        with pytest.raises(ClusterUnreachable, match="not a Moorage answer"):
+            _client(f"{server}/{mode}").call("GET", "/api/v0/cluster/status")
+
+
+def test_a_missing_field_is_told_not_raised_as_a_key_error(server: str) -> None:
+    ANSWERS["empty"] = {}
+    doc = _client(f"{server}/empty").call("GET", "/api/v0/cluster/status")
+    with pytest.raises(MoorageError, match="answered without 'members'"):
+        doc["members"]
+    with pytest.raises(KeyError):  # code that expects a KeyError still gets one
+        doc["ca"]
+    assert str(MissingField("x")) == "x"
+
+
+def test_a_trickled_or_huge_answer_ends_the_call(server: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachable, match="did not finish its answer in time"):
+        _client(f"{server}/trickle", timeout=1).call("GET", "/x")
+    assert time.monotonic() - started < 30  # 2 x the read timeout, not 50 s of trickle
+    with pytest.raises(ClusterUnreachable, match="answered more than"):
+        _client(f"{server}/huge").call("GET", "/x")
+
+
+def test_a_page_cursor_that_does_not_move_on_ends_the_backup(server: str) -> None:
+    ANSWERS["pages"] = {"cluster_id": "c1", "epoch": 1, "revision": 5, "records": [], "next": "k"}
+    with pytest.raises(BackupError, match="does not move"):
+        fetch_records(_client(f"{server}/pages"))
