@@ -467,3 +467,37 @@ def test_backup_and_inspect_count_blobs_alike(cluster: Cluster) -> None:
     shown = moorage("backup", "inspect", str(second)).stdout
     assert "blobs:       2 in the archive, the rest in base first.tar" in shown
     assert "manifests 3" in shown
+
+
+def test_records_that_contradict_the_bytes_are_refused(cluster: Cluster) -> None:
+    """A record whose size, media type or subject is not what the bytes held say (a HEAD
+    would then announce 1 byte of a 7,000-byte layer, or an index where GET sends an image
+    manifest): `verify` refused none of these, and restore wrote them (probe 2026-12-03)."""
+    r0 = cluster.install()
+    body = push_image(r0, "contra/app", "v1", "contra")
+    good = cluster.root / "contra.tar"
+    moorage("backup", "--existing", r0.url, "--out", str(good), "--include-blobs")
+    layer = sha256(b"layer of contra" * 500)
+
+    def link_size(doc: dict) -> None:  # type: ignore[type-arg]
+        for r in doc["records"]:
+            if r["kind"] == "blob_link" and r["digest"] == layer:
+                r["size"] = 1
+
+    def tag_type(doc: dict) -> None:  # type: ignore[type-arg]
+        for r in doc["records"]:
+            if r["kind"] == "tag":
+                r["media_type"], r["size"] = mt.OCI_INDEX, 5
+
+    def manifest_size(doc: dict) -> None:  # type: ignore[type-arg]
+        for r in doc["records"]:
+            if r["kind"] == "manifest" and r["digest"] == sha256(body):
+                r["size"] = 99999999
+
+    for name, forge, needle in (
+        ("link", link_size, "linked in contra/app as 1 bytes"),
+        ("tag", tag_type, f"says its manifest is {mt.OCI_INDEX} of 5 bytes"),
+        ("manifest", manifest_size, "is not what its"),
+    ):
+        forged = edit(good, cluster.root / f"contra-{name}.tar", edit_json("metadata.json", forge))
+        assert needle in refused_everywhere(cluster, forged)

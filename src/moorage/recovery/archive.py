@@ -128,10 +128,31 @@ def regular(info: tarfile.TarInfo) -> bool:
     return info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not info.issparse()
 
 
+#: The largest extended header (a GNU long name or link, a pax header) read: tarfile reads
+#: one whole into memory, whatever size it declares. Moorage writes none over a few hundred
+#: bytes.
+MAX_EXTENDED_HEADER = 1024 * 1024
+_EXTENDED = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+     tarfile.SOLARIS_XHDTYPE}
+)  # fmt: skip
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extended header, if any, is refused past MAX_EXTENDED_HEADER."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.ReadError(
+                f"an extended tar header of {self.size} bytes (at most {MAX_EXTENDED_HEADER})"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc, no-any-return]
+
+
 def open_tar(path: Path) -> tarfile.TarFile:
     """An uncompressed tar (mode "r:": a compressed archive is never decompressed)."""
     try:
-        return tarfile.open(path, "r:")
+        return tarfile.open(path, "r:", tarinfo=_BoundedTarInfo)
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         raise BackupError(
             f"{path} is not a readable Moorage backup (an uncompressed tar archive): {exc}"

@@ -40,6 +40,9 @@ class Metadata:
 
     entries: list[Entry] = field(default_factory=list)  # every valid record
     tags: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, tag) -> digest
+    #: (repo, tag) -> (media type, size) the tag record says, when not its manifest's own
+    #: (checked against the manifest record by `backup verify`)
+    tag_claims: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     manifests: dict[tuple[str, str], ManifestRecord] = field(default_factory=dict)
     links: dict[tuple[str, str], int] = field(default_factory=dict)  # (repo, digest) -> size
     users: int = 0
@@ -90,6 +93,7 @@ class Metadata:
     def add(self, entry: Entry) -> None:
         if isinstance(entry, TagEntry):
             self.tags[(entry.repo, entry.tag)] = entry.record.digest
+            self.tag_claims[(entry.repo, entry.tag)] = (entry.record.media_type, entry.record.size)
         elif isinstance(entry, ManifestEntry):
             self.manifests[(entry.repo, entry.digest)] = entry.record
         elif isinstance(entry, BlobLinkEntry):

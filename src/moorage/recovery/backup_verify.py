@@ -217,6 +217,14 @@ def verify_plain(
     blobs = stack.enter_context(ArchiveBlobs(chain.archives, chain.indexes))
     refs = _References(md, blobs, layout, available, check_blobs)
     refs.check()  # step 5
+    if refs.contradictions:
+        return {
+            "file": str(original),
+            "ok": False,
+            "corrupt": True,
+            "problems": refs.contradictions + chain.missing_bases,
+            "missing_blobs": [],
+        }
     problems = chain.missing_bases + refs.problems
     problems += [
         f"blob {d} is referenced but neither in the archive nor in storage"
@@ -299,6 +307,8 @@ class _References:
     available: Callable[[str], bool]
     check_blobs: bool
     problems: list[str] = field(default_factory=list)
+    #: records that say what their bytes do not (tampered: a restore refuses the archive)
+    contradictions: list[str] = field(default_factory=list)
     missing: set[str] = field(default_factory=set)
     # What is worth knowing but valid: an index whose child manifest was deleted by digest
     # (the spec keeps the manifests that refer to it; the registry answers 404 for it).
@@ -306,9 +316,24 @@ class _References:
 
     def check(self) -> None:
         for (repo, tag), digest in self.md.tags.items():
-            if (repo, digest) not in self.md.manifests:
+            record = self.md.manifests.get((repo, digest))
+            if record is None:
                 self.problems.append(
                     f"tag {repo}:{tag} points at {digest}, which has no manifest record"
+                )
+                continue
+            claimed = self.md.tag_claims.get((repo, tag))
+            if claimed is not None and claimed != (record.media_type, record.size):
+                self.contradictions.append(
+                    f"tag {repo}:{tag} says its manifest is {claimed[0]} of {claimed[1]} "
+                    f"bytes; the manifest record says {record.media_type} of {record.size}"
+                )
+        for (repo, blob), size in self.md.links.items():
+            held = self.blobs.size(blob)
+            if held is not None and held != size:
+                self.contradictions.append(
+                    f"blob {blob} is linked in {repo} as {size} bytes; the archive holds "
+                    f"{held} bytes of it"
                 )
         for (repo, digest), record in self.md.manifests.items():
             self._manifest(repo, digest, record)
@@ -330,6 +355,19 @@ class _References:
         except MoorageError as exc:
             self.problems.append(f"{where} does not parse: {exc}")
             return
+        # What the record says of its bytes (subject and artifact type only when it says
+        # any: records of versions before referrers have none).
+        subject = manifest.subject.digest if manifest.subject else None
+        artifact = manifest.referrer_artifact_type()
+        if (
+            record.size != len(body)
+            or (record.subject is not None and record.subject != subject)
+            or (record.artifact_type is not None and record.artifact_type != artifact)
+        ):
+            self.contradictions.append(
+                f"{where}: its record (size {record.size}, subject {record.subject}, artifact "
+                f"type {record.artifact_type}) is not what its {len(body)} bytes say"
+            )
         sparse = self.md.allows_sparse(repo)  # absent references allowed (sparse content)
         for desc in (manifest.config, *manifest.layers):
             if desc is None or mt.is_non_distributable(desc.media_type):

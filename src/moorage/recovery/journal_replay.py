@@ -256,6 +256,12 @@ async def apply(store: MetaStore, storage_root: str | Path, plan: ReplayPlan) ->
                     )
                     continue
                 manifest = parse_manifest(body, record.media_type)
+                if record.size != len(body):
+                    result.unrecoverable.append(
+                        f"{_describe(e)}: the entry says {record.size} bytes, the manifest in "
+                        f"blob storage is {len(body)}"
+                    )
+                    continue
                 blobs = [d for d in (manifest.config, *manifest.layers) if d is not None]
                 for desc in blobs:
                     size = await storage.stat(desc.digest)
