@@ -69,6 +69,7 @@ def server() -> Iterator[str]:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
+        httpd.server_close()  # the listening socket too (else a ResourceWarning later)
 
 
 def _client(url: str, timeout: float = 30) -> AdminClient:
@@ -104,5 +105,6 @@ def test_a_trickled_or_huge_answer_ends_the_call(server: str) -> None:
 
 def test_a_page_cursor_that_does_not_move_on_ends_the_backup(server: str) -> None:
     ANSWERS["pages"] = {"cluster_id": "c1", "epoch": 1, "revision": 5, "records": [], "next": "k"}
-    with pytest.raises(BackupError, match="does not move"):
-        fetch_records(_client(f"{server}/pages"))
+    ANSWERS["again"] = {**ANSWERS["pages"], "records": [{"kind": "repository", "repo": "a"}]}
+    with pytest.raises(BackupError, match="does not move on"):  # the same cursor twice
+        fetch_records(_client(f"{server}/again"))

@@ -167,14 +167,16 @@ def fetch_records(client: AdminClient) -> tuple[dict[str, Any], Metadata]:
     # Page after page at the first page's revision (one bounded read each on the replica);
     # a replica older than paging answers everything at once, without `next`.
     page = doc
-    cursor = ""
+    seen: set[str] = set()
     while isinstance(page.get("next"), str):
-        if page["next"] <= cursor:  # a cursor that does not move on would never end
+        # No cursor comes twice: an answer that does not move on would never end. (A page
+        # may hold no record: the keys it read were none of a backup's.)
+        if page["next"] in seen:
             raise BackupError(
                 f"the cluster answered a page cursor {page['next'][:80]!r} that does not move "
-                "past the last one: not a Moorage replica's answer; nothing was written"
+                "on: not a Moorage replica's answer; nothing was written"
             )
-        cursor = page["next"]
+        seen.add(page["next"])
         query = urllib.parse.urlencode(
             {"paged": 1, "revision": doc["revision"], "after": page["next"]}
         )
