@@ -222,7 +222,7 @@ def test_a_full_queue_drops_new_events_and_says_so(monkeypatch: pytest.MonkeyPat
         noted, count, event = d._drops[record.id]
         assert count == 1
         d._drops[record.id] = (noted - 61, count, event)
-        await d._note_drops()
+        await d._note_drops({record.id, other.id})
         assert [x.events for x in await store.deliveries(record.id)] == [1, 1]
         # Once the queue drains below the limit, events are queued again.
         for q in await store.queued(record.id, 10):

@@ -310,7 +310,13 @@ class BasicAuthenticator(Authenticator):
             )
         )
         self._checking[check_key] = run
-        run.add_done_callback(lambda _: self._checking.pop(check_key, None))
+
+        def done(task: asyncio.Task[bool]) -> None:
+            self._checking.pop(check_key, None)
+            if not task.cancelled():
+                task.exception()  # retrieved even if every request waiting for it went away
+
+        run.add_done_callback(done)
         return await asyncio.shield(run)
 
     async def _run_check(

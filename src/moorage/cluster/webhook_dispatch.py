@@ -258,12 +258,12 @@ class Dispatcher:
                              now - item.created_at)  # fmt: skip
                 for hook_id, _, _ in wanted:
                     if hook_id in full:
-                        await self._dropped(hook_id, item.event)
+                        await self._dropped(hook_id, item.event, {h.id for h in hooks})
                     else:
                         checked, count = self._counts[hook_id]
                         self._counts[hook_id] = (checked, count + 1)
             wake_at = now  # look at the next page
-        await self._note_drops()
+        await self._note_drops({h.id for h in hooks})
         return wake_at - now
 
     async def _full(self, hook_id: str) -> bool:
@@ -276,17 +276,22 @@ class Dispatcher:
             self._counts[hook_id] = (now, count)
         return count >= QUEUE_MAX
 
-    async def _dropped(self, hook_id: str, event: dict[str, Any]) -> None:
+    async def _dropped(self, hook_id: str, event: dict[str, Any], live: set[str]) -> None:
         """An event not queued for a webhook whose queue is full: counted, and told in its
         deliveries (one record for the drops of each _NOTE_EVERY seconds)."""
         DROPPED.labels(hook_id).inc()
         noted, count, _ = self._drops.get(hook_id, (-_NOTE_EVERY, 0, event))
         self._drops[hook_id] = (noted, count + 1, event)
-        await self._note_drops()
+        await self._note_drops(live)
 
-    async def _note_drops(self) -> None:
+    async def _note_drops(self, live: set[str]) -> None:
+        """Record the drops of each webhook of `live` not told for _NOTE_EVERY seconds."""
         now = time.monotonic()
         for hook_id, (noted, count, event) in list(self._drops.items()):
+            if hook_id not in live:  # removed meanwhile: nothing to tell
+                del self._drops[hook_id]
+                self._counts.pop(hook_id, None)
+                continue
             if not count or now - noted < _NOTE_EVERY:
                 continue
             self._drops[hook_id] = (now, 0, event)
