@@ -206,7 +206,8 @@ class AdminClient:
                     raise BadAnswer(f"{url} did not finish its answer in time")
                 chunks.append(chunk)
         data = b"".join(chunks)
-        headers = [(k, v) for k, v in resp.headers.items() if k.lower() != "content-encoding"]
+        skip = ("content-encoding", "content-length", "transfer-encoding")  # of the raw body
+        headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in skip]
         # A response whose body is read (for `unauthorized`, which may look at it).
         return httpx.Response(resp.status_code, headers=headers, content=data), data
 
