@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from moorage.errors import MoorageError
+from moorage.recovery import client
 from moorage.recovery.archive import BackupError
 from moorage.recovery.backup import fetch_records
 from moorage.recovery.client import AdminClient, ClusterUnreachable, MissingField
@@ -37,7 +38,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.5)
             return
         if mode == "huge":
-            size = 300 * 1024 * 1024
+            size = 8 * 1024 * 1024
             self.send_response(200)
             self.send_header("Content-Length", str(size))
             self.end_headers()
@@ -94,11 +95,15 @@ def test_a_missing_field_is_told_not_raised_as_a_key_error(server: str) -> None:
     assert str(MissingField("x")) == "x"
 
 
-def test_a_trickled_or_huge_answer_ends_the_call(server: str) -> None:
+def test_a_trickled_or_huge_answer_ends_the_call(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started = time.monotonic()
-    with pytest.raises(ClusterUnreachable, match="did not finish its answer in time"):
+    # (Under load a pause between two trickled bytes may pass the read timeout first.)
+    with pytest.raises(ClusterUnreachable, match=r"in time|[Tt]imeout|timed out"):
         _client(f"{server}/trickle", timeout=1).call("GET", "/x")
     assert time.monotonic() - started < 30  # 2 x the read timeout, not 50 s of trickle
+    monkeypatch.setattr(client, "MAX_ANSWER", 1024 * 1024)  # 256 MiB by default
     with pytest.raises(ClusterUnreachable, match="answered more than"):
         _client(f"{server}/huge").call("GET", "/x")
 
