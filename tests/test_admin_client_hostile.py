@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness.process import moorage
 
 from moorage.errors import MoorageError
 from moorage.recovery import client
@@ -55,6 +56,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -113,3 +118,18 @@ def test_a_page_cursor_that_does_not_move_on_ends_the_backup(server: str) -> Non
     ANSWERS["again"] = {**ANSWERS["pages"], "records": [{"kind": "repository", "repo": "a"}]}
     with pytest.raises(BackupError, match="does not move on"):  # the same cursor twice
         fetch_records(_client(f"{server}/again"))
+
+
+def test_commands_say_an_answer_is_no_replicas(server: str) -> None:
+    """`moorage gc --dry-run` against an empty JSON object printed "would free 0 blob(s)"
+    and exited 0; `status` against a list was a traceback."""
+    ANSWERS["empty"] = {}
+    ANSWERS["list"] = [1, 2]
+    out = moorage("gc", "--dry-run", "--existing", f"{server}/empty", check=False)
+    assert out.returncode == 1, out
+    assert "answered without 'run'" in out.stderr
+    assert "Traceback" not in out.stderr
+    for mode in ("list", "empty"):
+        out = moorage("status", "--existing", f"{server}/{mode}", check=False)
+        assert out.returncode != 0, out
+        assert "Traceback" not in out.stderr, out.stderr

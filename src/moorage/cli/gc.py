@@ -159,10 +159,10 @@ def gc(
         # A dry run changes nothing: another replica may be asked after no answer.
         started = client.call("POST", "/api/v0/gc", body, idempotent=dry_run)
         # A dry run answers its report (it takes no lock and keeps no result to poll for).
+        # Either names its run: an answer without one is no replica's (not "freed 0 blobs").
+        run = str(started["run"])
         result = (
-            started
-            if dry_run
-            else _wait(client, str(started["run"]), show=sys.stderr.isatty() and not as_json)
+            started if dry_run else _wait(client, run, show=sys.stderr.isatty() and not as_json)
         )
     except MoorageError as exc:
         raise Failed(str(exc)) from None
