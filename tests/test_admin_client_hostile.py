@@ -122,9 +122,20 @@ def test_a_page_cursor_that_does_not_move_on_ends_the_backup(server: str) -> Non
 
 def test_commands_say_an_answer_is_no_replicas(server: str) -> None:
     """`moorage gc --dry-run` against an empty JSON object printed "would free 0 blob(s)"
-    and exited 0."""
+    and exited 0; `status` against a list, {} or rows without ids was a KeyError traceback."""
     ANSWERS["empty"] = {}
+    ANSWERS["list"] = [1, 2]
+    ANSWERS["rows"] = {
+        "scenario": "healthy",
+        "quorum": {"members": 1, "needed": 1, "healthy": 1},
+        "replicas": [{"url": "x"}],
+    }
     out = moorage("gc", "--dry-run", "--existing", f"{server}/empty", check=False)
     assert out.returncode == 1, out
     assert "answered without 'run'" in out.stderr
     assert "Traceback" not in out.stderr
+    for mode in ("list", "empty", "rows"):
+        out = moorage("status", "--existing", f"{server}/{mode}", check=False)
+        assert out.returncode != 0, out
+        assert "not a Moorage" in out.stdout + out.stderr, out
+        assert "Traceback" not in out.stderr, out.stderr

@@ -328,7 +328,11 @@ class _Answers:
 
     def call(self, method: str, path: str, body: object = None) -> object:
         assert (method, path) == ("GET", "/api/v0/cluster/status")
-        return {"scenario": "healthy", "replicas": []}
+        return {
+            "scenario": "healthy",
+            "replicas": [],
+            "quorum": {"members": 0, "needed": 1, "healthy": 0},
+        }
 
 
 def test_status_of_an_answering_cluster_reports_the_data_dirs(tmp_path: Path) -> None:

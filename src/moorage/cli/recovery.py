@@ -55,11 +55,12 @@ def repair(
 ) -> None:
     """Rebuild one damaged replica in place (same id and addresses; etcd data wiped and
     re-synced). Prints what it will wipe and keep, then asks (--yes, --dry-run)."""
+    from moorage.cluster.status_report import status_answer
     from moorage.recovery import repair as repairing
 
     client = admin_client(existing, username, password)
     d = DataDir(data_dir)
-    plan, text = repairing.plan(client.call("GET", "/api/v0/cluster/status"), d)
+    plan, text = repairing.plan(status_answer(client.call("GET", "/api/v0/cluster/status")), d)
     confirm("repair", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
     result = repairing.repair(client, d)
     emit(as_json, result.to_json(), result.text())

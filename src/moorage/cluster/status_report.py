@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from moorage.errors import MoorageError
+
 
 def replica_row(
     *,
@@ -136,3 +138,33 @@ def status_document(
         replicas=replicas,
         extra=extra,
     ).to_json()
+
+
+def status_answer(doc: object) -> dict[str, Any]:
+    """MoorageError unless `doc` has the shape of a replica's status (what the report and its
+    text read) and the recovery commands read: never a KeyError traceback for another
+    server's JSON. Returns `doc`."""
+    ok = isinstance(doc, dict)
+    if isinstance(doc, dict):
+        quorum, replicas, commands = doc.get("quorum"), doc.get("replicas"), doc.get("commands")
+        ok = (
+            isinstance(doc.get("scenario"), str)
+            and isinstance(replicas, list)
+            and all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in replicas)
+            and isinstance(quorum, dict)
+            and all(
+                k in quorum and (quorum[k] is None or isinstance(quorum[k], int))
+                for k in ("healthy", "members", "needed")
+            )
+            and (commands is None or isinstance(commands, list))
+            and all(
+                isinstance(c, dict) and isinstance(c.get("command"), str) for c in commands or ()
+            )
+        )
+    if not ok:
+        raise MoorageError(
+            "the answer to GET /api/v0/cluster/status is not a Moorage replica's status "
+            "(check --existing)"
+        )
+    assert isinstance(doc, dict)
+    return doc

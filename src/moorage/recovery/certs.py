@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from moorage.cluster.status_report import status_answer
 from moorage.errors import MoorageError
 from moorage.pki.trust import context_for
 from moorage.recovery.client import AdminClient
@@ -28,7 +29,7 @@ def state_of(summary: dict[str, Any]) -> str:
 
 def replicas(client: AdminClient) -> list[tuple[str, str]]:
     """(replica id, URL) of every replica the cluster lists."""
-    doc = client.call("GET", "/api/v0/cluster/status")
+    doc = status_answer(client.call("GET", "/api/v0/cluster/status"))
     return [(str(r["id"]), str(r["url"])) for r in doc.get("replicas", []) if r.get("url")]
 
 

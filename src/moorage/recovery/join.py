@@ -22,6 +22,7 @@ from typing import Any
 from moorage.cluster.etcd_process import etcd_answers
 from moorage.cluster.lifecycle import LifecycleError, start_background, stop, wait_healthy
 from moorage.cluster.replica_config import new_replica_config
+from moorage.cluster.status_report import status_answer
 from moorage.cluster.supervisor import check_http_addr
 from moorage.cluster.tls import new_csr, write_join_answer
 from moorage.config import (
@@ -237,7 +238,7 @@ def _wait_heartbeat(client: AdminClient, replica_id: str, patience: float = 60) 
     deadline = time.monotonic() + patience
     row: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        doc = client.call("GET", "/api/v0/cluster/status")
+        doc = status_answer(client.call("GET", "/api/v0/cluster/status"))
         row = next((r for r in doc["replicas"] if r["id"] == replica_id), {})
         if row.get("healthy"):
             return

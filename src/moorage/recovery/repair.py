@@ -11,6 +11,7 @@ from typing import Any
 from moorage.audit import AuditEvent
 from moorage.audit.log import command_actor, write_now
 from moorage.cluster.lifecycle import stop
+from moorage.cluster.status_report import status_answer
 from moorage.cluster.tls import client_tls
 from moorage.config import DataDir
 from moorage.errors import MoorageError
@@ -101,7 +102,7 @@ def repair(client: AdminClient, data_dir: DataDir, unsafe: bool = False) -> Repa
     """
     config = data_dir.load()
     stop(data_dir)
-    status = client.call("GET", "/api/v0/cluster/status")
+    status = status_answer(client.call("GET", "/api/v0/cluster/status"))
     if status["cluster_id"] != config.cluster_id:
         raise RepairFailed(
             f"{data_dir.path} belongs to cluster {config.cluster_id}, but {client.urls[0]} "

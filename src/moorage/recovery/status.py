@@ -16,7 +16,12 @@ from moorage.cluster.guidance import (
     placeholders,
     program,
 )
-from moorage.cluster.status_report import StatusReport, replica_row, status_document
+from moorage.cluster.status_report import (
+    StatusReport,
+    replica_row,
+    status_answer,
+    status_document,
+)
 from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.recovery.client import AdminClient, ClusterUnreachable
@@ -150,7 +155,7 @@ def status(client: AdminClient, data_dirs: list[DataDir]) -> StatusReport:
     """`moorage status`: the report of the replica that answers (with what the data
     directories given add), else one built from the data directories alone."""
     try:
-        doc: dict[str, Any] = client.call("GET", "/api/v0/cluster/status")
+        doc = status_answer(client.call("GET", "/api/v0/cluster/status"))
     except ClusterUnreachable as exc:
         unreachable_error, answers = str(exc), exc.answers
     else:
