@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from moorage.errors import MoorageError
 from moorage.recovery import client
 from moorage.recovery.archive import BackupError
 from moorage.recovery.backup import fetch_records
+from moorage.recovery.backup_sources import SMALL_BYTES, HttpSource, StorageSource
 from moorage.recovery.client import AdminClient, ClusterUnreachable, MissingField
 
 ANSWERS: dict[str, Any] = {}
@@ -139,3 +141,24 @@ def test_commands_say_an_answer_is_no_replicas(server: str) -> None:
         assert out.returncode != 0, out
         assert "not a Moorage" in out.stdout + out.stderr, out
         assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_small_item_answered_huge_is_refused_not_held(server: str, tmp_path: Path) -> None:
+    """A backup reads items recorded as at most 1 MiB whole: an answer (or a blob file) of
+    8 MiB for one is refused as it streams, never read into memory whole."""
+    digest = "sha256:" + "0" * 64
+    source = HttpSource(_client(f"{server}/huge"), revision=1)
+    try:
+        with pytest.raises(BackupError, match="more than 1048576 bytes for blob"):
+            source.small("blob", "a/b", digest)
+    finally:
+        source.close()
+    stored = StorageSource(tmp_path)
+    path = stored.layout.blob(digest)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x" * (SMALL_BYTES + 1))
+    with pytest.raises(BackupError, match="corrupt record or blob"):
+        stored.small("blob", "a/b", digest)
+    path.unlink()
+    path.write_bytes(b"x" * SMALL_BYTES)
+    assert stored.small("blob", "a/b", digest) == b"x" * SMALL_BYTES

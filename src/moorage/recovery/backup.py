@@ -51,6 +51,7 @@ from moorage.recovery.archive import (
 from moorage.recovery.archive_records import Metadata, metadata_member
 from moorage.recovery.backup_results import BackupResult
 from moorage.recovery.backup_sources import (
+    SMALL_BYTES,
     BlobStorageSource,
     HttpSource,
     Source,
@@ -75,7 +76,7 @@ __all__ = [
 ]
 
 # Blobs up to this size are read ahead by a thread pool; larger ones are streamed.
-_SMALL = 1024 * 1024
+_SMALL = SMALL_BYTES
 _READERS = 8
 _WINDOW = 256
 

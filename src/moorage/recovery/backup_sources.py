@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,23 @@ from moorage.recovery.client import AdminClient
 from moorage.storage.control import local_probe_seen, probe_seen
 from moorage.storage.paths import StorageLayout
 from moorage.storage.s3location import is_s3, parse
+
+#: What `small` reads (the backup reads larger items as streams): an answer longer than this
+#: is refused, never held in memory whole.
+SMALL_BYTES = 1024 * 1024
+
+
+def _capped(chunks: Iterable[bytes], where: str, kind: str, repo: str, digest: str) -> bytes:
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > SMALL_BYTES:
+            raise BackupError(
+                f"{where} holds more than {SMALL_BYTES} bytes for {kind} {digest} of {repo}, "
+                "recorded as at most that: a corrupt record or blob (moorage backup verify), "
+                "or not a Moorage replica (check --existing)"
+            )
+    return bytes(body)
 
 
 class Source:
@@ -51,10 +68,8 @@ class StorageSource(Source):
         )
 
     def small(self, kind: str, repo: str, digest: str) -> bytes:
-        try:
-            return self.layout.blob(digest).read_bytes()
-        except FileNotFoundError:
-            raise self._missing(kind, repo, digest) from None
+        with self.stream(kind, repo, digest) as (_, chunks):
+            return _capped(chunks, str(self.root), kind, repo, digest)
 
     @contextlib.contextmanager
     def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
@@ -85,13 +100,11 @@ class BlobStorageSource(Source):
         )
 
     def small(self, kind: str, repo: str, digest: str) -> bytes:
-        data = self._read(digest)
+        # One GET (a stream would ask for the size first: a HEAD more per item).
+        data = self.blobs._run(self.blobs.storage.read_bytes(digest))
         if data is None:
             raise self._missing(kind, repo, digest)
         return data
-
-    def _read(self, digest: str) -> bytes | None:
-        return self.blobs._run(self.blobs.storage.read_bytes(digest))
 
     @contextlib.contextmanager
     def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
@@ -129,7 +142,7 @@ class HttpSource(Source):
         with self.client.fetch(repo, digest, manifest=kind == "manifest") as resp:
             if resp.status_code != 200:
                 raise self._failed(kind, repo, digest, resp.status_code)
-            return resp.read()
+            return _capped(resp.iter_bytes(CHUNK), str(resp.url.host), kind, repo, digest)
 
     @contextlib.contextmanager
     def stream(self, kind: str, repo: str, digest: str) -> Iterator[tuple[int | None, Any]]:
