@@ -174,6 +174,38 @@ def test_stalled_watch_never_serves_stale(cluster: Cluster) -> None:
         assert took < 2.0, f"a healthy cluster still waited {took:.2f} s"
 
 
+def test_a_push_of_the_digest_a_pending_re_point_set_waits_for_it(cluster: Cluster) -> None:
+    """t names X; B re-points it to Y and waits for C, whose watch is stalled; A pushes t -> Y
+    meanwhile (what t names by then: no re-point of its own). A answered at once, and C served
+    X for up to 2.7 s after A's 201 (a probe's finding). Now A waits for C as B does."""
+    a, b, c = cluster.nodes[:3]
+    stall = c.data_dir / "tag-watch.stall"
+    with a.client() as ca, b.client() as cb, c.client() as cc:
+        versions = manifests(ca)
+        (x, body_x), (y, body_y) = versions[0], versions[1]
+        put(ca, "follow", body_x)
+        wait_serving(ca, cb, cc)
+        assert served(cc, "follow") == x
+        assert served(cc, "follow") == x  # from C's cache now
+        stall.touch()  # C's watch applies nothing more; its keep-alives go on
+        try:
+            b_push = threading.Thread(target=put, args=(cb, "follow", body_y))
+            b_push.start()
+            deadline = time.monotonic() + 10
+            # B's re-point is committed (B still waits): one GET (a GET and a HEAD may see
+            # either side of the commit)
+            while ca.head(f"/v2/{REPO}/manifests/follow").headers.get("Docker-Content-Digest") != y:
+                assert time.monotonic() < deadline, "B's re-point never showed on A"
+                time.sleep(0.02)
+            assert b_push.is_alive(), "B did not wait for the stalled cache"
+            put(ca, "follow", body_y)  # the same digest, as A sees it
+            after = [served(cc, "follow") for _ in range(10)]
+            b_push.join()
+        finally:
+            stall.unlink()
+        assert after == [y] * 10, f"C served the old digest after A's 201: {after}"
+
+
 def test_pulls_by_tag_survive_quorum_loss(cluster: Cluster) -> None:
     """Last in the module: it leaves the cluster without quorum."""
     a, b, c = cluster.nodes[:3]

@@ -18,6 +18,11 @@ from moorage.config import DataDir, ReplicaConfig
 from moorage.errors import ConfigError, StoreUnavailable
 from moorage.pki.files import TlsDir
 
+#: How often etcd tells a watch without events its progress: the only progress without
+#: events the tag caches trust (meta.tag_watch); a writer whose own change came as no event
+#: waits for it.
+PROGRESS_NOTIFY_INTERVAL = "100ms"
+
 log = logging.getLogger("moorage.etcd")
 ETCD_PID = "etcd"
 #: etcd compacts away key versions older than this many revisions (every 5 minutes); the
@@ -98,6 +103,8 @@ class EtcdProcess:
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", str(COMPACTION_RETENTION),
             "--logger", "zap",
+            # The tag caches' watches trust no other progress without events (meta.tag_watch).
+            "--experimental-watch-progress-notify-interval", PROGRESS_NOTIFY_INTERVAL,
             # Mutual TLS on the client and the peer plane, always (DESIGN.md §7).
             *self.tls.etcd_args(),
             *self.extra_args,

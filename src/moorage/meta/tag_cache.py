@@ -50,8 +50,14 @@ LEASE_TTL = 10  # a member that vanished stops being waited for after this (seco
 REPORT_EVERY = 1.0  # progress is written at once after a delete or re-point, else this often
 RECENT = 10_000  # the revisions of the latest deletes and re-points, per tag key
 RETRY_SECONDS = 1.0
+#: A revoked cache's tombstone (`REVOKED` + its name): writers that see it wait until it is
+#: gone, which its writer makes it VALID_SECONDS after the revocation; its lease ends it
+#: after this many seconds should that writer die first.
+REVOKED = keys.TAG_CACHE_MEMBERS + b"~revoked/"
+REVOKED_TTL = 5
 WARN_EVERY = 60.0  # the same reason for being off is logged again after this (seconds)
-_PROGRESS_EVERY = 0.02  # a writer waiting for its change asks etcd for progress this often
+# Progress without events comes every 100 ms at most (the watch's own notifications, which
+# cluster.etcd_process.PROGRESS_NOTIFY_INTERVAL sets): the only one a cache trusts.
 #: Test suites only: while this file exists in the data directory, the watch applies nothing
 #: (a stalled watch whose keep-alives still succeed: the case the revocation is for).
 STALL_FILE = "tag-watch.stall"
@@ -87,12 +93,15 @@ class TagCache:
         self._reported = 0
         self._urgent = asyncio.Event()
         self._progressed = asyncio.Event()
-        self._ask_after = 0.0  # no progress request before this (time.monotonic())
+        #: Every member's progress was seen at or past this revision (members that join
+        #: later start their watch after it, with nothing cached).
+        self._all_reached = 0
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._floor = 0  # the newest revision dropped from _recent
         self._watch: TagWatch | None = None
         self._resumed_at = 0.0  # the last `_resume` (time.monotonic())
         self._task: asyncio.Task[None] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
         #: Once per reason, then once a minute: a worker started during quorum loss retries
@@ -132,46 +141,48 @@ class TagCache:
         return record
 
     # -- writers ----------------------------------------------------------------------
-    def mark(self) -> int:
-        """Call before a write that may delete or re-point tags; pass the result to settle."""
-        return self.progress
-
-    async def settle(self, repo: str, tags: Sequence[str], mark: int) -> None:
+    async def settle(self, repo: str, tags: Sequence[str]) -> None:
         """After a committed write that may have deleted or re-pointed `tags` of `repo`:
         return once no cache in the cluster can serve their old values."""
         if not tags:
             return
         self._ensure_running()
         target = LAST_REVISION.get()
-        if self._live and await self._caught_up(target) and self._floor <= mark:
-            changed = [self._recent.get(keys.tag(repo, t), 0) for t in tags]
-            changed = [r for r in changed if r > mark]
-            if not changed:
-                return  # created or pointed at the same manifest: nothing to invalidate
-            target = max(changed)
+        if self._live and await self._caught_up(target):
+            # The newest delete or re-point of each tag, whoever made it: also one that this
+            # write only followed (the same digest pushed again while the re-point of another
+            # replica still waits for a lagging cache: answered at once, that push let the
+            # lagging cache serve the old digest after its 201). One dropped from the recent
+            # ones is at most the floor. A new tag has none (0).
+            newest = max(self._recent.get(keys.tag(repo, t), self._floor) for t in tags)
+            if newest <= self._all_reached:
+                return  # every member has applied it (a new tag, or settled already)
+            target = newest
         await self._await_members(target)
 
     async def _caught_up(self, revision: int) -> bool:
+        """Whether this cache's watch applied every change up to `revision` within
+        SETTLE_SECONDS (a write's own change comes as an event; without one, the watch's
+        periodic progress notification tells)."""
         deadline = time.monotonic() + SETTLE_SECONDS
         while self.progress < revision and self._live:
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
             waiter = self._progressed
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PROGRESS_EVERY):
+                async with asyncio.timeout(remaining):
                     await waiter.wait()
-            # One progress request per interval for all the writers waiting: etcd answers
-            # it on the watch stream, which wakes every one of them.
-            now = time.monotonic()
-            if self.progress < revision and self._watch is not None and now >= self._ask_after:
-                self._ask_after = now + _PROGRESS_EVERY
-                with contextlib.suppress(StoreUnavailable):
-                    await self._watch.request_progress()
         return self.progress >= revision
 
     async def _members(self) -> list[tuple[bytes, int, int]]:
+        """(key, lease, progress) of each member; a revoked cache's tombstone as (key, 0,
+        -1): behind whatever the revision, never revoked again, waited out."""
         out = []
         for key, value in await read_members(self.store):
+            if key.startswith(REVOKED):
+                out.append((key, 0, -1))
+                continue
             try:
                 doc = json.loads(value)
                 out.append((key, int(doc["lease"]), int(doc["progress"])))
@@ -180,20 +191,38 @@ class TagCache:
         return out
 
     async def _await_members(self, revision: int) -> None:
+        """Return once every member has applied `revision` or stopped serving: a member
+        still behind after SETTLE_SECONDS is revoked; one another writer revoked (its
+        tombstone) is waited for until that writer has waited VALID_SECONDS too (its key
+        vanishes with the revocation, before the cache stops serving)."""
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
-            behind = [
-                (key, lease)
+            members = [
+                (key, lease, self.progress if key == self.member_key else progress)
                 for key, lease, progress in await self._members()
-                if progress < revision
-                and not (key == self.member_key and self.progress >= revision)
             ]
-            if not behind or time.monotonic() >= deadline:
+            behind = [(key, lease) for key, lease, progress in members if progress < revision]
+            live = [(key, lease) for key, lease in behind if lease]
+            now = time.monotonic()
+            if not behind or (live and now >= deadline) or now >= deadline + REVOKED_TTL:
                 break
             await asyncio.sleep(0.01)
         if not behind:
+            reached = min((progress for _, _, progress in members), default=revision)
+            self._all_reached = max(self._all_reached, revision, reached)
             return
-        for _, lease in behind:
+        if live:
+            await self._revoke_all(live, revision)
+        await asyncio.sleep(VALID_SECONDS)  # by now they have stopped serving
+        self._all_reached = max(self._all_reached, revision)
+
+    async def _revoke_all(self, behind: list[tuple[bytes, int]], revision: int) -> None:
+        """Revoke the leases of caches `behind`, each under a tombstone that lives until this
+        writer has waited VALID_SECONDS (or REVOKED_TTL, should it die meanwhile)."""
+        tombstones = await self.store.grant_lease(REVOKED_TTL)
+        for key, lease in behind:
+            name = key.removeprefix(keys.TAG_CACHE_MEMBERS)
+            await self.store.put_with_lease(REVOKED + name, b"{}", tombstones)
             await self._revoke(lease)
         log.warning(
             "tag cache: %s had not applied revision %d within %.0f s: their leases are "
@@ -202,7 +231,17 @@ class TagCache:
             revision,
             SETTLE_SECONDS,
         )
-        await asyncio.sleep(VALID_SECONDS)  # by now they have stopped serving
+        asyncio.get_running_loop().call_later(VALID_SECONDS, self._drop_tombstones, tombstones)
+
+    def _drop_tombstones(self, lease: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._revoke(lease))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropped)
+
+    def _dropped(self, task: asyncio.Task[None]) -> None:
+        self._dropping.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("tag cache: tombstones left to expire: %s", task.exception())
 
     async def _revoke(self, lease: int) -> None:
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -359,11 +398,11 @@ class TagCache:
         session does (no entry kept, the changes before the new watch unknown here), but
         without going off: the membership and its lease go on.
 
-        Not resumed from the first revision not applied: etcd 3.4 answers a progress request
-        with its current revision even while a watch still replays older changes, which
-        would vouch for changes not applied yet. Until the new watch runs, the cache still
-        serves what it had, as during any lag: a writer whose change it has not applied
-        waits for this member's progress, which only this resets (reported at once)."""
+        Not resumed from the first revision not applied: the changes before the new watch
+        are covered by the floor instead, which writers wait for once. Until the new watch
+        runs, the cache still serves what it had, as during any lag: a writer whose change
+        it has not applied waits for this member's progress, which only this resets
+        (reported at once)."""
         closed.close()
         fresh = TagWatch(self.store)
         start = await fresh.open()

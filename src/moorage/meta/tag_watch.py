@@ -30,25 +30,33 @@ class TagEvent:
 class TagWatch:
     """One watch stream on `keys.TAGS`. `open` returns the revision it starts after; `next`
     the next batch of events and the revision every change up to which has been delivered.
-    A progress request (`request_progress`) makes etcd send that revision without events."""
+
+    Progress without events comes only from the watch's own periodic notifications
+    (`progress_notify`, every `--experimental-watch-progress-notify-interval`, which the
+    replica sets for its etcd). etcd sends one only while the watch has every change up to
+    its revision queued before it, on the same channel as the events. Never from an explicit
+    progress request: etcd 3.4 answers one (watch id -1) on a channel of its own with its
+    current revision, which can overtake events still queued for the watch (a cache then
+    vouched for a re-point it had not applied: a stale tag served after its 201)."""
 
     def __init__(self, store: EtcdMetaStore) -> None:
         self.store = store
         self._call: Any = None
-        self._writing = asyncio.Lock()
+        self.watch_id: int | None = None
 
     async def open(self) -> int:
         client = self.store._client
         await client.connect()
         self._call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
         create = rpc.WatchCreateRequest(
-            key=keys.TAGS, range_end=keys.prefix_end(keys.TAGS), prev_kv=True
+            key=keys.TAGS, range_end=keys.prefix_end(keys.TAGS), prev_kv=True, progress_notify=True
         )
         async with self._guarded():
             await self._call.write(rpc.WatchRequest(create_request=create))
             resp = await self._call.read()
         if resp is grpc.aio.EOF or not resp.created or resp.canceled:
             raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch was refused")
+        self.watch_id = int(resp.watch_id)
         return int(resp.header.revision)
 
     async def next(self) -> tuple[list[TagEvent], int]:
@@ -66,14 +74,7 @@ class TagWatch:
             )
             for e in resp.events
         ]
-        # A progress notification (no events) vouches for every change up to its header
-        # revision; a batch of events only for the newest of them.
-        progress = max(e.revision for e in events) if events else int(resp.header.revision)
-        return events, progress
-
-    async def request_progress(self) -> None:
-        async with self._writing, self._guarded():
-            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        return events, progress_of(resp, events, self.watch_id)
 
     def close(self) -> None:
         if self._call is not None:
@@ -81,6 +82,18 @@ class TagWatch:
 
     def _guarded(self) -> _Translated:
         return _Translated()
+
+
+def progress_of(resp: Any, events: list[TagEvent], watch_id: int | None) -> int:
+    """The revision up to which `resp` shows every change delivered: the newest of its
+    events; for a response without events, its header's revision when it is this watch's own
+    progress notification, else 0 (nothing: an answer to a progress request, which etcd 3.4
+    may send ahead of events still queued; see TagWatch)."""
+    if events:
+        return max(e.revision for e in events)
+    if watch_id is not None and int(resp.watch_id) == watch_id:
+        return int(resp.header.revision)
+    return 0
 
 
 async def read_members(store: EtcdMetaStore, page: int = 256) -> list[tuple[bytes, bytes]]:

@@ -93,11 +93,11 @@ class Manifests:
         if self.journal is not None:
             await self.journal.append({"r": LAST_REVISION.get(), **entry})
 
-    async def _settle_tags(self, repo: str, tags: Sequence[str], mark: int) -> None:
+    async def _settle_tags(self, repo: str, tags: Sequence[str]) -> None:
         """Once a change that may delete or re-point `tags` is committed: return when no
         replica's tag cache can serve their old values any more (meta/tag_cache.py)."""
         if self.tags is not None:
-            await self.tags.settle(repo, tags, mark)
+            await self.tags.settle(repo, tags)
 
     async def resolve(self, repo: str, reference: str) -> TagRecord:
         """The manifest a tag or digest names in `repo` (ManifestUnknown if none)."""
@@ -168,7 +168,6 @@ class Manifests:
             tags.insert(0, _tag(reference))
             digest = digest_of(body)
         manifest = parse_manifest(body, content_type)
-        mark = self.tags.mark() if self.tags is not None else 0
         # Stored before it is recorded; whether a collection is deleting these bytes is told
         # by the record's own transaction (guarded by their tombstone), not by a read first.
         await self.storage.put_bytes(str(digest), body)
@@ -260,7 +259,7 @@ class Manifests:
                 "referrer": referrer,
             }
         )
-        await self._settle_tags(repo, unique_tags, mark)  # a re-pointed tag is served by none
+        await self._settle_tags(repo, unique_tags)  # a re-pointed tag is served by none
         return PushedManifest(digest, record.subject, record.media_type, record.size)
 
     async def delete(self, repo: str, reference: str, also: Sequence[Op] = ()) -> None:
@@ -270,7 +269,6 @@ class Manifests:
             digest = str(parse_digest(reference))
 
             deleted: list[str] = []
-            mark = self.tags.mark() if self.tags is not None else 0
 
             async def check(tags: list[str]) -> list[Guard]:  # no immutable tag points at it
                 deleted[:] = tags
@@ -279,7 +277,7 @@ class Manifests:
             if not await self.meta.delete_manifest(repo, digest, check, also):
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             await self._journal({"op": "delete", "repo": repo, "digest": digest})
-            await self._settle_tags(repo, deleted, mark)
+            await self._settle_tags(repo, deleted)
             return
         if not is_valid_tag(reference) or not await self.untag(repo, reference, also=also):
             raise ManifestUnknown(f"tag {reference[:140]!r} is not in repository {repo}")
@@ -291,10 +289,9 @@ class Manifests:
         is still the tag read at that revision (retention). False when there is none."""
         for _ in range(20):
             guards = await self.policies.delete_guards(repo, tag, [tag])
-            mark = self.tags.mark() if self.tags is not None else 0
             if await self.meta.delete_tag(repo, tag, guards, revision, also):
                 await self._journal({"op": "untag", "repo": repo, "tag": tag})
-                await self._settle_tags(repo, [tag], mark)
+                await self._settle_tags(repo, [tag])
                 return True
             if revision is not None or await self.meta.get_tag(repo, tag) is None:
                 return False
