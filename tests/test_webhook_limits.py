@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import select
 import socket
 import threading
@@ -255,6 +256,81 @@ def test_the_dispatcher_retries_then_fails_a_trickling_receiver(
 
     asyncio.run(scenario())
     assert len(receiver.wait_hung_up("/trickle", since, count=2, patience=10)) == 2
+
+
+def test_a_dead_receiver_is_tried_one_event_at_a_time_until_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A receiver that refuses connections, 40 events queued: after BREAK_AFTER failures in
+    a row the loop tries one event at a time, at the backoff of that run of failures, and
+    the other events keep their attempts. Each event on its own schedule made ~200 attempts
+    here (a scale probe: 10,000 events for a dead receiver slowed the replica 5-15x). Once
+    the receiver answers, every event is delivered."""
+    monkeypatch.setattr(wh, "TIMEOUT", 2.0)
+    monkeypatch.setattr(wh, "BACKOFF", 0.05)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed: nothing listens there
+    attempts: list[int] = []
+    real_post = wd.post
+
+    async def counted(*args: Any) -> tuple[int | None, str | None]:
+        attempts.append(1)
+        return await real_post(*args)
+
+    monkeypatch.setattr(wd, "post", counted)
+    received: list[bytes] = []
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    async def scenario() -> None:
+        hooks = wh.Webhooks(MemoryMetaStore(), "abcdefabcdef", "reg:5000")
+        record = _hook(f"http://127.0.0.1:{port}/hook")
+        assert await hooks.store.add(record)
+        for _ in range(40):
+            await hooks.emit(hooks.event("push", "app", INFO))
+        dispatcher = wd.Dispatcher(hooks, "w0")
+        for _ in range(2):  # a page of the outbox at a time
+            await dispatcher._fan_out(await hooks.store.hooks())
+        loop = wd.HookLoop(dispatcher, record)
+        task = asyncio.create_task(loop.run())
+        try:
+            await asyncio.sleep(3.0)  # backoffs 0.05, 0.1, ... 1.6 s: about 8 probes
+            assert loop.failures >= wd.BREAK_AFTER
+            assert len(attempts) <= 20, f"{len(attempts)} attempts for a dead receiver"
+            queued = await hooks.store.queued(record.id, 100)
+            assert len(queued) == 40  # none given up
+            assert sum(q.item.attempts for q in queued) == len(attempts)
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                loop.down_until = 0.0  # (not to wait out the last backoff here)
+                loop.wake.set()
+                for _ in range(300):
+                    if not await hooks.store.queued(record.id, 1):
+                        break
+                    await asyncio.sleep(0.05)
+                assert await hooks.store.queued(record.id, 1) == []
+                assert len(received) == 40
+                assert loop.failures == 0
+            finally:
+                server.shutdown()
+                server.server_close()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await hooks.aclose()
+
+    asyncio.run(scenario())
 
 
 # -- a real replica ------------------------------------------------------------------------

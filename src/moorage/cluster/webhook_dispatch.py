@@ -16,6 +16,12 @@
   BACKOFF * 2^(attempts-1) (capped), and recorded as failed after ATTEMPTS.
 - Other replicas leave an event to the replica that accepted it for HANDOFF seconds, so a
   healthy replica delivers its own events and the others take over when it is gone.
+- A receiver that fails BREAK_AFTER attempts in a row (whatever the events) is taken to be
+  down: the loop then sends one event at a time, the first due, no sooner than the backoff
+  of that run of failures, until one is delivered; the others keep their schedule and
+  their attempts. Before, every queued event had its own retries: 10,000 events for a dead
+  receiver were 100,000 attempts, each a claim and a record in etcd, and the replica's
+  other requests ran 5-15x slower.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from moorage.meta.webhooks import Queued, WebhookRecord
 log = logging.getLogger("moorage.webhooks")
 
 _PAGE = 32
+#: Failed attempts in a row (any events) after which a webhook's receiver is taken as down.
+BREAK_AFTER = 3
 _WATCH_DOWN_POLL = 1.0
 #: A queue's length is read again after this many seconds (an estimate in between).
 _COUNT_EVERY = 2.0
@@ -76,6 +84,8 @@ class HookLoop:
         self.inflight: dict[str, asyncio.Task[str]] = {}  # queue seq -> its delivery
         self.busy: dict[str, float] = {}  # seq claimed elsewhere -> when to look again
         self.finished = 0
+        self.failures = 0  # attempts failed in a row, whatever their events
+        self.down_until = 0.0  # the receiver is down: no attempt before this (time.time())
 
     def claim_changed(self, seq_: str) -> None:
         self.busy.pop(seq_, None)
@@ -106,6 +116,11 @@ class HookLoop:
         wake_at = now + self.dispatcher.poll()
         self.busy = {s: t for s, t in self.busy.items() if t > now}
         me = self.dispatcher.webhooks.replica_id
+        down = self.failures >= BREAK_AFTER
+        if down and now < self.down_until:
+            return min(wake_at, self.down_until) - now
+        # A receiver taken as down gets one event at a time until it answers again.
+        limit = 1 if down else CONCURRENCY
         for q in await store.queued(self.hook.id, _PAGE):
             if q.seq in self.inflight:
                 continue
@@ -118,7 +133,7 @@ class HookLoop:
             if q.item.origin != me and now - q.item.created_at < HANDOFF:
                 wake_at = min(wake_at, q.item.created_at + HANDOFF)
                 continue  # its own replica delivers it, unless it is gone
-            if len(self.inflight) >= CONCURRENCY:
+            if len(self.inflight) >= limit:
                 break  # a delivery ending wakes this loop
             self.inflight[q.seq] = asyncio.create_task(self._deliver(q))
         return wake_at - now
@@ -143,6 +158,7 @@ class HookLoop:
         body = envelope(q.item.events)
         rid = d.webhooks.replica_id
         status, error = await post(d.webhooks.client(), hook, body, rid, attempt)
+        self._outcome(error is None)
         if error is None or attempt >= ATTEMPTS:
             delivery = _delivery(hook.id, q.item.event, status, error, attempt, rid)
             delivery = replace(delivery, events=len(q.item.events))
@@ -161,6 +177,25 @@ class HookLoop:
         await store.retry(q, item, seq(next_at), failed, seq())
         self.finished += 1  # a delivery recorded: prune
         return "to retry"
+
+    def _outcome(self, delivered: bool) -> None:
+        if delivered:
+            if self.failures >= BREAK_AFTER:
+                log.info("webhook %s: the receiver answers again", self.hook.id)
+            self.failures, self.down_until = 0, 0.0
+            return
+        self.failures += 1
+        if self.failures >= BREAK_AFTER:
+            pause = backoff(self.failures - BREAK_AFTER + 1)
+            self.down_until = time.time() + pause
+            if self.failures == BREAK_AFTER:
+                log.warning(
+                    "webhook %s: %d attempts failed in a row: its receiver is taken as down, "
+                    "one event at a time is tried until it answers (the next in %.0f s)",
+                    self.hook.id,
+                    self.failures,
+                    pause,
+                )
 
 
 class Dispatcher:
@@ -253,7 +288,7 @@ class Dispatcher:
             ]
             full = {h for h, _, _ in wanted if await self._full(h)}
             if await store.fan_out(key, revision, [w for w in wanted if w[0] not in full]):
-                if now - item.created_at > HANDOFF:
+                if item.origin != self.webhooks.replica_id:  # a gone replica's (else: its own)
                     log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
                              now - item.created_at)  # fmt: skip
                 for hook_id, _, _ in wanted:
