@@ -272,7 +272,7 @@ def test_a_dead_receiver_is_tried_one_event_at_a_time_until_it_answers(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed: nothing listens there
     attempts: list[int] = []
-    real_post = wd.post
+    real_post = wh.post
 
     async def counted(*args: Any) -> tuple[int | None, str | None]:
         attempts.append(1)

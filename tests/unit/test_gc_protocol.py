@@ -18,7 +18,7 @@ from moorage.meta import keys
 from moorage.meta.base import Put
 from moorage.meta.memory import MemoryMetaStore
 from moorage.oci.digest import parse_digest
-from moorage.registry import Registry
+from moorage.registry import Registry, gc_result
 from moorage.registry.gc import Collector, GcAborted, GcOptions, GcResult
 from moorage.storage.filesystem import FilesystemStorage
 from tests.oci import sha256
@@ -294,3 +294,22 @@ def test_the_recheck_reads_at_a_revision_a_quorum_read_gave(tmp_path: Path) -> N
         assert all(rev > 0 for rev in rechecks)
 
     asyncio.run(main())
+
+
+def test_a_result_lists_the_repositories_that_free_the_most() -> None:
+    """A scale probe's registry answered 232 KB for 1,267 repositories; one etcd value
+    holds the result, so tens of thousands of them could not be stored at all (the command
+    then said the run stopped without a result). Counts stay complete."""
+    result = GcResult("r", False, 0.0, False, 0.0)
+    for i in range(gc_result.MAX_REPOSITORIES + 500):
+        result.add(f"repo/{i:05d}", f"sha256:{i:064x}", i)
+    doc = result.to_json()
+    assert len(doc["repositories"]) == gc_result.MAX_REPOSITORIES
+    assert doc["repository_count"] == gc_result.MAX_REPOSITORIES + 500
+    assert doc["repositories_truncated"] is True
+    assert "repo/00000" not in doc["repositories"]  # frees the least
+    assert f"repo/{gc_result.MAX_REPOSITORIES + 499:05d}" in doc["repositories"]
+    assert list(doc["repositories"]) == sorted(doc["repositories"])
+    small = GcResult("r", False, 0.0, False, 0.0)
+    small.add("a", "sha256:" + "1" * 64, 5)
+    assert small.to_json()["repositories_truncated"] is False

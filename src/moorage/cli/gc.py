@@ -48,6 +48,9 @@ def result_text(doc: dict[str, Any]) -> str:
             lines.append(
                 f"{name:<{width}}  {u.get('blobs', 0):>7}  {size:>10}  {u.get('manifests', 0):>9}"
             )
+    if doc.get("repositories_truncated"):
+        more = int(doc.get("repository_count") or 0) - len(repos)
+        lines.append(f"... and {more} more repositories (those that free the most are listed)")
     if doc.get("rescued"):
         lines.append(f"{doc['rescued']} candidate(s) were kept: a push needed them meanwhile")
     if dry:

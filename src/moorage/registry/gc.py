@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from moorage.errors import ManifestInvalid, MoorageError, RecordCorrupt
@@ -33,6 +33,8 @@ from moorage.meta.base import LAST_REVISION, Guard, MetaStore
 from moorage.meta.gc_store import GcStore, ManifestRow
 from moorage.oci import mediatypes as mt
 from moorage.oci.manifest import parse_manifest
+from moorage.registry.gc_result import GcOptions as GcOptions
+from moorage.registry.gc_result import GcResult as GcResult
 from moorage.storage.base import BlobStorage
 from moorage.storage.journal import Journal
 
@@ -51,76 +53,6 @@ Progress = Callable[[str, dict[str, int]], Awaitable[None]]
 
 class GcAborted(MoorageError):
     """The collection stopped before deleting anything more (what was deleted is gone)."""
-
-
-@dataclass(frozen=True)
-class GcOptions:
-    dry_run: bool = False
-    grace: float = 24 * 3600.0
-    untagged: bool = False
-
-
-#: Digests a result lists (all repositories together at most this many; the counts and
-#: bytes are always complete).
-MAX_LISTED = 2_000
-
-
-@dataclass
-class RepoUsage:
-    blobs: int = 0
-    bytes: int = 0
-    manifests: int = 0
-    digests: list[str] = field(default_factory=list)  # blobs, then manifests (up to a cap)
-
-
-@dataclass
-class GcResult:
-    run: str
-    dry_run: bool
-    grace: float
-    untagged: bool
-    started_at: float
-    finished_at: float = 0.0
-    revision: int = 0
-    blobs: int = 0  # deleted (a dry run: would be)
-    bytes: int = 0  # freed: bytes of files actually deleted (a dry run: would be)
-    manifests: int = 0
-    rescued: int = 0  # candidates found in use after their tombstone
-    repositories: dict[str, RepoUsage] = field(default_factory=dict)
-    listed: int = 0
-
-    def add(self, repo: str, digest: str, size: int, manifest: bool = False) -> None:
-        usage = self.repositories.setdefault(repo, RepoUsage())
-        if manifest:
-            usage.manifests += 1
-        else:
-            usage.blobs += 1
-            usage.bytes += size
-        if self.listed < MAX_LISTED:
-            usage.digests.append(digest)
-            self.listed += 1
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.finished_at - self.started_at)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run": self.run,
-            "dry_run": self.dry_run,
-            "grace": self.grace,
-            "untagged": self.untagged,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration": round(self.duration, 3),
-            "revision": self.revision,
-            "blobs": self.blobs,
-            "bytes": self.bytes,
-            "manifests": self.manifests,
-            "rescued": self.rescued,
-            "repositories": {repo: asdict(u) for repo, u in sorted(self.repositories.items())},
-            "digests_truncated": self.listed >= MAX_LISTED,
-        }
 
 
 @dataclass
