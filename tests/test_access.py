@@ -428,6 +428,17 @@ def test_the_last_cluster_admin_cannot_be_disabled_or_deleted(world: World) -> N
             assert "last enabled cluster admin" in r.json()["error"]
 
 
+def test_a_missing_name_is_said_to_be_missing(world: World) -> None:
+    """`GET /api/v0/teams` without `?org=` said "invalid organization name 'None'"."""
+    with http(world.a, AUTH) as a:
+        r = a.get("/api/v0/teams")
+        assert r.status_code == 400
+        assert r.json()["error"] == "the organization name is missing"
+        r = a.post("/api/v0/teams", json={"team": "t"})
+        assert r.status_code == 400
+        assert "missing" in r.json()["error"]
+
+
 def test_generated_password_is_printed_once_and_works(world: World) -> None:
     doc = cli(world.c, "user", "add", "gen")
     assert len(doc["password"]) >= 16

@@ -20,6 +20,8 @@ class Invalid(ValueError):
 
 
 def name_of(value: object, what: str) -> str:
+    if value is None:
+        raise Invalid(f"the {what} name is missing")
     try:
         return check_account_name(value, what)
     except RecordCorrupt:
