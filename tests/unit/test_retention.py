@@ -132,3 +132,43 @@ def test_a_policy_change_keeps_one_that_came_first() -> None:
         assert await policies.change("nobody", lambda o: o) is None
 
     asyncio.run(run())
+
+
+def test_a_plan_lists_the_first_tags_and_counts_them_all() -> None:
+    """42,000 doomed tags were a 6.9 MB answer built whole in memory: the plan goes a
+    repository at a time and lists the first LISTED tags, with the count of all."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from moorage.registry import retention as rt
+
+    rule = PolicyRecord("acme", keep_last=1)
+    names = [f"acme/r{i}" for i in range(3)]
+    per_repo = rt.LISTED  # each repository keeps 1 of LISTED + 1 tags
+    read: list[str] = []
+
+    class Policies:
+        async def repositories(self, target: str) -> list[str]:
+            return names
+
+        async def applicable(self, repo: str) -> Any:
+            return SimpleNamespace(retention=rule, immutable_rule=lambda name: False)
+
+        async def tags(self, repo: str) -> list[tuple[str, TagRecord, int]]:
+            read.append(repo)
+            return tags(*[(f"t{i}", float(i)) for i in range(per_repo + 1)])
+
+    manifests = SimpleNamespace(policies=Policies())
+    plan = asyncio.run(rt.Retention(cast(Any, manifests), cast(Any, None)).plan("acme"))
+    assert plan.count == 3 * per_repo
+    assert len(plan.first) == rt.LISTED
+    assert plan.truncated
+    assert read == names
+    assert plan.docs()[0] == {
+        "repo": "acme/r0",
+        "tag": "t0",
+        "digest": DIGEST,
+        "pushed_at": 0.0,
+        "rule": "acme",
+    }

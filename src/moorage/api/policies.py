@@ -206,13 +206,22 @@ async def apply_policy(request: Request, st: AppState, who: Principal, body: Any
     retention = Retention(st.registry.manifests, st.audit)
     if dry_run:
         doomed = await retention.plan(target)
-        return {"dry_run": True, "would_delete": [d.doc() for d in doomed], "skipped": []}
+        return {
+            "dry_run": True,
+            "would_delete": doomed.docs(),
+            "would_delete_count": doomed.count,
+            "skipped": [],
+            "truncated": doomed.truncated,
+        }
     client = request.client.host if request.client else None
     deleted, skipped = await retention.apply(target, actor=who.name, client=client)
     return {
         "dry_run": False,
-        "deleted": [d.doc() for d in deleted],
-        "skipped": [d.doc() for d in skipped],
+        "deleted": deleted.docs(),
+        "deleted_count": deleted.count,
+        "skipped": skipped.docs(),
+        "skipped_count": skipped.count,
+        "truncated": deleted.truncated or skipped.truncated,
     }
 
 

@@ -260,8 +260,11 @@ def policy_apply(
         body["on"] = target
     plan = _apply(existing, username, password, body)
     doomed = plan["would_delete"]
+    count = _count(plan, "would_delete")
     text = (
-        f"retention would delete {len(doomed)} tag(s):\n" + "\n".join(_tag_line(d) for d in doomed)
+        f"retention would delete {count} tag(s):\n"
+        + "\n".join(_tag_line(d) for d in doomed)
+        + _more(count, doomed)
         if doomed
         else "retention would delete no tag"
     )
@@ -271,11 +274,23 @@ def policy_apply(
     confirm("policy apply", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)
     body["dry_run"] = False
     doc = _apply(existing, username, password, body)
-    lines = [f"deleted {len(doc['deleted'])} tag(s)"]
+    lines = [f"deleted {_count(doc, 'deleted')} tag(s)"]
     if doc["skipped"]:
-        lines.append(f"kept {len(doc['skipped'])} tag(s) pushed again or made immutable since:")
+        kept = _count(doc, "skipped")
+        lines.append(f"kept {kept} tag(s) pushed again or made immutable since:")
         lines += [_tag_line(d) for d in doc["skipped"]]
-    emit(as_json, doc, "\n".join(lines))
+        lines.append(_more(kept, doc["skipped"]).strip())
+    emit(as_json, doc, "\n".join(line for line in lines if line))
+
+
+def _count(doc: dict[str, Any], name: str) -> int:
+    """An answer's count of `name` (a replica older than the counts: its list's length)."""
+    count = doc.get(f"{name}_count")
+    return count if isinstance(count, int) else len(doc[name])
+
+
+def _more(count: int, listed: list[Any]) -> str:
+    return f"\n  ... and {count - len(listed)} more" if count > len(listed) else ""
 
 
 COMMANDS = [policy]

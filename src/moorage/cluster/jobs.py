@@ -229,7 +229,7 @@ async def policy_round(replica: Replica) -> str:
         with contextlib.suppress(MoorageError):
             await store.revoke_lease(lease)  # its lock goes with it
     return (
-        f"retention deleted {len(deleted)} tag(s), kept {len(skipped)} changed since the plan; "
+        f"retention deleted {deleted.count} tag(s), kept {skipped.count} changed since the plan; "
         f"counted {counted} blob link(s)"
     )
 

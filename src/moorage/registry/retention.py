@@ -18,7 +18,8 @@ tag frees no bytes by itself: garbage collection does.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from moorage.audit import AuditEvent, AuditSink
@@ -50,6 +51,30 @@ class Doomed:
             "pushed_at": self.pushed_at,
             "rule": self.rule,
         }
+
+
+#: Tags an answer lists (the count is always complete): 42,000 tags were a 6.9 MB answer.
+LISTED = 1_000
+
+
+@dataclass
+class Listed:
+    """How many tags, and the first LISTED of them."""
+
+    count: int = 0
+    first: list[Doomed] = field(default_factory=list)
+
+    def add(self, doomed: Doomed) -> None:
+        self.count += 1
+        if len(self.first) < LISTED:
+            self.first.append(doomed)
+
+    @property
+    def truncated(self) -> bool:
+        return self.count > len(self.first)
+
+    def docs(self) -> list[dict[str, object]]:
+        return [d.doc() for d in self.first]
 
 
 def doomed_tags(
@@ -95,10 +120,9 @@ class Retention:
                 repos.update(dict.fromkeys(await self.policies.repositories(record.target)))
         return list(repos)
 
-    async def plan(self, target: str | None = None, now: float | None = None) -> list[Doomed]:
-        """What applying retention would delete now (a dry run), oldest first per repository."""
-        now = time.time() if now is None else now
-        out: list[Doomed] = []
+    async def _doomed(self, target: str | None, now: float) -> AsyncIterator[list[Doomed]]:
+        """What `target`'s retention does not keep now, one repository at a time, oldest
+        first (one repository's tags in memory at once, never the whole registry's)."""
         for repo in await self._scope(target):
             applicable = await self.policies.applicable(repo)
             rule = applicable.retention
@@ -106,26 +130,35 @@ class Retention:
                 continue
             tags = await self.policies.tags(repo)
             immutable = {name for name, _, _ in tags if applicable.immutable_rule(name)}
-            out += doomed_tags(repo, tags, rule, immutable, now)
+            yield doomed_tags(repo, tags, rule, immutable, now)
+
+    async def plan(self, target: str | None = None, now: float | None = None) -> Listed:
+        """What applying retention would delete now (a dry run), oldest first per repository."""
+        out = Listed()
+        async for doomed in self._doomed(target, time.time() if now is None else now):
+            for d in doomed:
+                out.add(d)
         return out
 
     async def apply(
         self, target: str | None = None, actor: str = "moorage", client: str | None = None
-    ) -> tuple[list[Doomed], list[Doomed]]:
-        """Delete what `plan` finds: (deleted, skipped: changed since, or immutable now)."""
-        deleted: list[Doomed] = []
-        skipped: list[Doomed] = []
-        for doomed in await self.plan(target):
-            notice = self.manifests.on_delete
-            also = await notice(doomed.repo, "", doomed.tag, actor) if notice else ()
-            try:
-                done = await self.manifests.untag(doomed.repo, doomed.tag, doomed.revision, also)
-            except TagImmutable:
-                done = False
-            if not done:
-                skipped.append(doomed)
-                continue
-            deleted.append(doomed)
+    ) -> tuple[Listed, Listed]:
+        """Delete what `plan` finds, a repository at a time: (deleted, skipped: changed
+        since, or immutable now)."""
+        deleted, skipped = Listed(), Listed()
+        async for doomed in self._doomed(target, time.time()):
+            for d in doomed:
+                (deleted if await self._delete(d, actor, client) else skipped).add(d)
+        return deleted, skipped
+
+    async def _delete(self, doomed: Doomed, actor: str, client: str | None) -> bool:
+        notice = self.manifests.on_delete
+        also = await notice(doomed.repo, "", doomed.tag, actor) if notice else ()
+        try:
+            done = await self.manifests.untag(doomed.repo, doomed.tag, doomed.revision, also)
+        except TagImmutable:
+            done = False
+        if done:
             await self.audit.record(
                 AuditEvent(
                     "retention.delete",
@@ -135,4 +168,4 @@ class Retention:
                     detail={"digest": doomed.digest, "rule": doomed.rule},
                 )
             )
-        return deleted, skipped
+        return done
