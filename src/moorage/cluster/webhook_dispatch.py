@@ -103,8 +103,11 @@ class HookLoop:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), max(0.0, pause))
         finally:
-            for task in self.inflight.values():
+            inflight = list(self.inflight.values())
+            for task in inflight:
                 task.cancel()
+            # Awaited: a task left pending is "destroyed but pending" when the loop closes.
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def _step(self) -> float:
         """Start what is due; how long to wait for the next look (unless woken first)."""
@@ -361,10 +364,12 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), max(0.0, pause))
         finally:
+            tasks = [task for _, task in self.loops.values()]
             if watch is not None:
-                watch.cancel()
-            for _, task in self.loops.values():
+                tasks.append(watch)
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._lease:
                 with contextlib.suppress(MoorageError):
                     await self.webhooks.store.release(self._lease)
