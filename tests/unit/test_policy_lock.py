@@ -17,6 +17,7 @@ from moorage.cluster import jobs
 from moorage.cluster.replica import Replica
 from moorage.errors import MoorageError
 from moorage.meta.memory import MemoryMetaStore
+from moorage.registry.retention import Listed
 
 
 class ExpiringStore(MemoryMetaStore):
@@ -69,13 +70,13 @@ class SlowRetention:
     def __init__(self, manifests: object, audit: object) -> None:
         pass
 
-    async def apply(self, actor: str) -> tuple[list[Any], list[Any]]:
+    async def apply(self, actor: str) -> tuple[Listed, Listed]:
         SlowRetention.running += 1
         try:
             await asyncio.sleep(self.SECONDS)
         finally:
             SlowRetention.running -= 1
-        return [], []
+        return Listed(), Listed()
 
 
 def test_a_round_longer_than_the_lock_ttl_keeps_its_lock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +107,7 @@ def test_a_round_longer_than_the_lock_ttl_keeps_its_lock(monkeypatch: pytest.Mon
 
 def test_the_lock_is_released_when_the_round_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     class Failing(SlowRetention):
-        async def apply(self, actor: str) -> tuple[list[Any], list[Any]]:
+        async def apply(self, actor: str) -> tuple[Listed, Listed]:
             raise MoorageError("etcd went away")
 
     monkeypatch.setattr(jobs, "Retention", Failing)

@@ -67,7 +67,7 @@ class FilesystemStorage(BlobStorage):
     # -- committed blobs --------------------------------------------------------------
     async def stat(self, digest: str) -> int | None:
         try:
-            return self.layout.blob(digest).stat().st_size
+            return os.stat(self.layout.blob_name(digest)).st_size
         except FileNotFoundError:
             return None
 

@@ -13,6 +13,7 @@ renamed into place only after the digest was verified.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from moorage.oci.digest import parse_digest
@@ -25,12 +26,19 @@ class StorageLayout:
         self.uploads = root / "uploads"
         self.tmp = root / "tmp"
         self.probe = root / "probe"
+        self._blobs = f"{self.blobs}{os.sep}"
 
     def blob(self, digest: str) -> Path:
         """The file of a blob; DigestInvalid for anything but a valid digest (a path is
         never built from a forged or malformed one, wherever it came from)."""
         d = parse_digest(digest)
         return self.blobs / d.algorithm / d.encoded[:2] / d.encoded
+
+    def blob_name(self, digest: str) -> str:
+        """`blob(digest)` as a string, without building a Path (a stat per referenced blob
+        on every manifest PUT); the same validation."""
+        d = parse_digest(digest)
+        return f"{self._blobs}{d.algorithm}{os.sep}{d.encoded[:2]}{os.sep}{d.encoded}"
 
     def upload(self, upload_id: str) -> Path:
         return self.uploads / upload_id
