@@ -54,11 +54,15 @@ from moorage.logs import Repeating
 from moorage.meta import keys
 from moorage.meta.etcd import EtcdMetaStore
 from moorage.meta.etcd_watch import WatchClosed, watch_prefixes
-from moorage.meta.webhooks import Queued, WebhookRecord
+from moorage.meta.webhooks import Queued, QueuedEvent, WebhookRecord
 
 log = logging.getLogger("moorage.webhooks")
 
 _PAGE = 32
+#: Deliveries recorded by this worker before it prunes the list down to KEEP_DELIVERIES (a
+#: count, a read and a delete each time: after every delivery, most of a webhook's reads).
+#: The list's readers take up to twice KEEP_DELIVERIES, so several workers' surplus fits.
+_PRUNE_AFTER = 5
 #: Failed attempts in a row (any events) after which a webhook's receiver is taken as down.
 BREAK_AFTER = 3
 _WATCH_DOWN_POLL = 1.0
@@ -112,7 +116,7 @@ class HookLoop:
     async def _step(self) -> float:
         """Start what is due; how long to wait for the next look (unless woken first)."""
         store = self.dispatcher.webhooks.store
-        if self.finished:
+        if self.finished >= _PRUNE_AFTER:
             self.finished = 0
             await store.prune(self.hook.id)
         now = time.time()
@@ -270,9 +274,12 @@ class Dispatcher:
         return await self._fan_out(hooks)
 
     async def _fan_out(self, hooks: list[WebhookRecord]) -> float:
+        """Move a page of the outbox into the webhooks' queues: in one transaction when
+        it fits and no other worker moves one of them meanwhile, else one by one."""
         store = self.webhooks.store
         now = time.time()
         wake_at = now + self.poll()
+        moves: list[tuple[bytes, int, QueuedEvent, list[tuple[str, str, QueuedEvent]]]] = []
         for key, revision, item in await store.outbox(_PAGE):
             if item is None:
                 log.warning("dropped a corrupt webhook outbox entry %r", key[:200])
@@ -289,30 +296,49 @@ class Dispatcher:
                 for h in hooks
                 if action in h.events and (h.id in item.hooks or not item.hooks)
             ]
-            full = {h for h, _, _ in wanted if await self._full(h)}
-            if await store.fan_out(key, revision, [w for w in wanted if w[0] not in full]):
-                if item.origin != self.webhooks.replica_id:  # a gone replica's (else: its own)
-                    log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
-                             now - item.created_at)  # fmt: skip
-                for hook_id, _, _ in wanted:
-                    if hook_id in full:
-                        await self._dropped(hook_id, item.event, {h.id for h in hooks})
-                    else:
-                        checked, count = self._counts[hook_id]
-                        self._counts[hook_id] = (checked, count + 1)
-            wake_at = now  # look at the next page
-        await self._note_drops({h.id for h in hooks})
-        return wake_at - now
+            moves.append((key, revision, item, wanted))
+        if not moves:
+            await self._note_drops({h.id for h in hooks})
+            return wake_at - now
+        live = {h.id for h in hooks}
+        # Which webhook queues are full, as if the earlier moves of the page were made.
+        planned: dict[bytes, list[tuple[str, str, QueuedEvent]]] = {}
+        added: dict[str, int] = {}
+        for key, _, _, wanted in moves:
+            keep = []
+            for w in wanted:
+                if not await self._full(w[0], added.get(w[0], 0)):
+                    keep.append(w)
+                    added[w[0]] = added.get(w[0], 0) + 1
+            planned[key] = keep
+        together = [(key, revision, planned[key]) for key, revision, _, _ in moves]
+        if len(moves) > 1 and await store.fan_out_many(together):
+            moved = [m for m in moves]
+        else:
+            moved = [m for m in moves if await store.fan_out(m[0], m[1], planned[m[0]])]
+        for key, _, item, wanted in moved:
+            if item.origin != self.webhooks.replica_id:  # a gone replica's (else: its own)
+                log.info("webhooks: moved an event of replica %s, %.1f s old", item.origin,
+                         now - item.created_at)  # fmt: skip
+            queued_for = {w[0] for w in planned[key]}
+            for hook_id, _, _ in wanted:
+                if hook_id not in queued_for:
+                    await self._dropped(hook_id, item.event, live)
+                else:
+                    checked, count = self._counts[hook_id]
+                    self._counts[hook_id] = (checked, count + 1)
+        await self._note_drops(live)
+        return 0.0  # look at the next page
 
-    async def _full(self, hook_id: str) -> bool:
-        """Whether the webhook's queue holds QUEUE_MAX events (counted at most every
-        _COUNT_EVERY seconds, plus what this worker queued since)."""
+    async def _full(self, hook_id: str, more: int = 0) -> bool:
+        """Whether the webhook's queue holds QUEUE_MAX events with `more` added (counted at
+        most every _COUNT_EVERY seconds, plus what this worker queued since)."""
         now = time.monotonic()
         checked, count = self._counts.get(hook_id, (-_COUNT_EVERY, 0))
         if now - checked >= _COUNT_EVERY:
             count = await self.webhooks.store.pending(hook_id)
             self._counts[hook_id] = (now, count)
-        return count >= QUEUE_MAX
+        return count + more >= QUEUE_MAX
 
     async def _dropped(self, hook_id: str, event: dict[str, Any], live: set[str]) -> None:
         """An event not queued for a webhook whose queue is full: counted, and told in its

@@ -37,6 +37,8 @@ from moorage.meta.base import (
     Put,
 )
 from moorage.meta.cluster_store import ClusterStore
+from moorage.meta.etcd_leader import LeaderCheck
+from moorage.meta.etcd_members import TRANSIENT
 from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
 from moorage.meta.etcd_members import MemberStatus as MemberStatus
@@ -101,6 +103,7 @@ class EtcdMetaStore(MetaStore):
         self.tls, self._client = tls, _TlsClient(host, port, tls, dict(_CHANNEL_OPTIONS))
         self._timeout = timeout
         self._local_reads_until = 0.0
+        self._leader = LeaderCheck(self._call)
         self.endpoints = list(endpoints)
         self._retired: list[_TlsClient] = []
 
@@ -141,20 +144,24 @@ class EtcdMetaStore(MetaStore):
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
 
     async def _read(self, request: Any) -> Any:
-        """A linearizable read; during an election or without quorum, this member's copy.
-
-        Pulls must not stop while etcd elects a leader or has lost quorum: the local copy
-        holds everything this member learned was committed.
-        """
-        if time.monotonic() >= self._local_reads_until:
+        """A linearizable read; during an election or without quorum, this member's copy
+        (pulls go on; it holds what this member learned was committed), never while the
+        member knows a leader (it may be catching up: meta/etcd_leader.py)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if time.monotonic() < self._local_reads_until:
+                if not await self._leader.known():
+                    request.serializable = True
+                    return await self._call("kvstub.Range", request)
+                self._local_reads_until = 0.0
             try:
                 return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
             except _TooLarge:
                 raise
             except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
-        request.serializable = True
-        return await self._call("kvstub.Range", request)
 
     async def _get(self, key: bytes) -> KV | None:
         resp = await self._read(rpc.RangeRequest(key=key))
@@ -298,19 +305,6 @@ class EtcdMetaStore(MetaStore):
 
 # -- membership, leases and per-member status: what the cluster layer needs ---------------
 
-# etcd refuses membership changes for a while after the previous one, and 3.4 allows one
-# learner at a time; these answers mean "try again shortly", never "failed".
-_TRANSIENT = (
-    "unhealthy cluster",
-    "too many learner",
-    "can only promote a learner member which is in sync",
-    "leader changed",
-    "no leader",
-    "timed out",
-    "deadline exceeded",
-    "unavailable",
-)
-
 
 def _member(m: Any) -> Member:
     return Member(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(m.isLearner))
@@ -333,7 +327,7 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
             try:
                 return await self._call(method, request)
             except StoreUnavailable as exc:
-                transient = any(t in str(exc).lower() for t in _TRANSIENT)
+                transient = any(t in str(exc).lower() for t in TRANSIENT)
                 if not transient or time.monotonic() + delay > deadline:
                     raise
             await asyncio.sleep(delay)

@@ -41,3 +41,17 @@ class MemberStatus:
     #: is free space a compaction left: a defragmentation gives it back to the filesystem)
     db_size: int = 0
     db_size_in_use: int = 0
+
+
+# etcd refuses membership changes for a while after the previous one, and 3.4 allows one
+# learner at a time; these answers mean "try again shortly", never "failed".
+TRANSIENT = (
+    "unhealthy cluster",
+    "too many learner",
+    "can only promote a learner member which is in sync",
+    "leader changed",
+    "no leader",
+    "timed out",
+    "deadline exceeded",
+    "unavailable",
+)

@@ -309,6 +309,20 @@ class WebhookStore:
             await self.store._txn([], batch)
         return await self.store._txn([(key, revision)], batches[-1])
 
+    async def fan_out_many(
+        self, moves: Sequence[tuple[bytes, int, Sequence[tuple[str, str, QueuedEvent]]]]
+    ) -> bool:
+        """`fan_out` of several outbox entries (key, revision, items) in one transaction
+        guarded by every entry's revision; False when they do not fit in one, or another
+        worker moved one of them (then move them one by one)."""
+        ops: list[Op] = []
+        for key, _, items in moves:
+            ops += [Put(keys.webhook_queue(h, s), i.encode()) for h, s, i in items]
+            ops.append(Delete(key))
+        if len(list(op_batches(ops))) != 1:
+            return False
+        return await self.store._txn([(key, revision) for key, revision, _ in moves], ops)
+
     # -- the queue -----------------------------------------------------------------------
     async def enqueue(self, items: Sequence[tuple[str, str, QueuedEvent]]) -> None:
         """Queue (hook id, seq, event) items, in one transaction when they fit (always, for
