@@ -11,6 +11,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from aetcd import rpc
+
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
 from moorage.meta.etcd_leader import LeaderCheck
@@ -39,13 +41,13 @@ class _Member:
 def _store(member: _Member) -> Any:
     store = object.__new__(etcd.EtcdMetaStore)
     store._timeout, store._local_reads_until = 5.0, 0.0
-    store._call = member
+    store._call = member  # type: ignore[method-assign]
     store._leader = LeaderCheck(member)
     return store
 
 
 def _read(store: Any) -> Any:
-    return asyncio.run(store._read(etcd.rpc.RangeRequest(key=b"k")))
+    return asyncio.run(store._read(rpc.RangeRequest(key=b"k")))
 
 
 def test_a_member_with_a_leader_is_read_by_quorum_after_a_failure() -> None:

@@ -59,6 +59,8 @@ from moorage.meta.webhooks import Queued, QueuedEvent, WebhookRecord
 log = logging.getLogger("moorage.webhooks")
 
 _PAGE = 32
+#: Seconds a stopping dispatcher waits for its cancelled loops and deliveries to end.
+_STOP_WAIT = 2.0
 #: Deliveries recorded by this worker before it prunes the list down to KEEP_DELIVERIES (a
 #: count, a read and a delete each time: after every delivery, most of a webhook's reads).
 #: The list's readers take up to twice KEEP_DELIVERIES, so several workers' surplus fits.
@@ -110,8 +112,7 @@ class HookLoop:
             inflight = list(self.inflight.values())
             for task in inflight:
                 task.cancel()
-            # Awaited: a task left pending is "destroyed but pending" when the loop closes.
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await _stopped(inflight)
 
     async def _step(self) -> float:
         """Start what is due; how long to wait for the next look (unless woken first)."""
@@ -395,7 +396,7 @@ class Dispatcher:
                 tasks.append(watch)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stopped(tasks)
             if self._lease:
                 with contextlib.suppress(MoorageError):
                     await self.webhooks.store.release(self._lease)
@@ -426,6 +427,13 @@ class Dispatcher:
             for loop, _ in self.loops.values():
                 loop.wake.set()
             await asyncio.sleep(pause)
+
+
+async def _stopped(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait a moment for cancelled tasks to end (a task left pending is "destroyed but
+    pending" when the loop closes), never for long: a stop must not hang on a delivery."""
+    if tasks:
+        await asyncio.wait(tasks, timeout=_STOP_WAIT)
 
 
 async def dispatch_loop(webhooks: Webhooks, owner: str) -> None:
