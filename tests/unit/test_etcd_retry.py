@@ -5,6 +5,7 @@ with its gRPC call replaced by a scripted member."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
+from moorage.meta.etcd_leader import LeaderCheck
 from moorage.meta.etcd_retry import SHORT_ATTEMPTS, attempts
+from moorage.meta.etcd_txn import TokenLease
 
 UNAVAILABLE = "the metadata store (etcd) is unavailable"
 
@@ -24,7 +27,10 @@ class ScriptedMember(etcd.EtcdCluster):
     def __init__(self, script: list[Any]) -> None:  # no channel: _call is scripted
         self.script = script
         self.deadlines: list[float | None] = []
-        self._local_reads_until = 0.0
+        self._local_reads_until, self._timeout = 0.0, 5.0
+        self._leader = LeaderCheck(self._call)
+        self._tokens = TokenLease(self._through_election)
+        self._tokens._lease, self._tokens._granted = 1, time.monotonic()  # no grant scripted
 
     async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         self.deadlines.append(limit)

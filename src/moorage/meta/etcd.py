@@ -28,7 +28,6 @@ from moorage.meta import keys
 from moorage.meta.base import (
     KV,
     LAST_REVISION,
-    MUST_EXIST,
     STORE_PAGE,
     Delete,
     Guard,
@@ -43,6 +42,7 @@ from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
 from moorage.meta.etcd_members import MemberStatus as MemberStatus
 from moorage.meta.etcd_retry import attempts, election
+from moorage.meta.etcd_txn import TokenLease, compares, token_key
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -104,6 +104,7 @@ class EtcdMetaStore(MetaStore):
         self._timeout = timeout
         self._local_reads_until = 0.0
         self._leader = LeaderCheck(self._call)
+        self._tokens = TokenLease(self._through_election)
         self.endpoints = list(endpoints)
         self._retired: list[_TlsClient] = []
 
@@ -257,17 +258,29 @@ class EtcdMetaStore(MetaStore):
                 success.append(
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
                 )
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in reads]
-        request = rpc.TxnRequest(compare=_compares(guards), success=success, failure=failure)
+        token = token_key()  # this write commits once (meta/etcd_txn.py)
+        lease = await self._tokens.get()
+        success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=token, lease=lease)))
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in (*reads, token)]
+        compare = compares([*guards, (token, 0)])
+        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         # Every registry write is idempotent or guarded, so a write refused during a leader
         # election is retried until the election is over (about 1-2.5 s).
         # A write in flight when the leader dies hangs until its deadline: short attempts,
         # retried, finish right after the new election instead.
-        resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
+        try:
+            resp = await self._through_election("kvstub.Txn", request, WRITE_ATTEMPT_TIMEOUT)
+        except StoreUnavailable as exc:
+            if "lease not found" in str(exc):
+                self._tokens.lost()  # expired (a process paused past its TTL): a new one next
+            raise
         LAST_REVISION.set(int(resp.header.revision))
         if resp.succeeded:
             return True, []
-        found = [r.response_range.kvs for r in resp.responses]
+        *found, committed = [r.response_range.kvs for r in resp.responses]
+        if committed:  # an earlier copy of this write committed; its answer was lost
+            LAST_REVISION.set(int(committed[0].mod_revision))
+            return True, []
         return False, [KV(k[0].key, k[0].value, k[0].mod_revision) if k else None for k in found]
 
     async def _through_election(
@@ -371,7 +384,7 @@ class EtcdCluster(EtcdMetaStore, ClusterStore):
         self, key: bytes, value: bytes, lease: int, guards: Sequence[Guard] = ()
     ) -> bool:
         request = rpc.TxnRequest(
-            compare=_compares([(key, 0), *guards]),  # mod revision 0: the key is absent
+            compare=compares([(key, 0), *guards]),  # mod revision 0: the key is absent
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
             failure=[],
         )
@@ -429,15 +442,3 @@ async def data_revision(client_url: str, patience: float = 5.0, *, tls: ClientTl
         with contextlib.suppress(Exception):
             await store.close()
     return newest
-
-
-def _compares(guards: Sequence[Guard]) -> list[rpc.Compare]:
-    """`guards` as etcd compares: the key exists (MUST_EXIST), or its mod revision is that."""
-    return [
-        rpc.Compare(key=key, result=rpc.Compare.GREATER, target=rpc.Compare.VERSION, version=0)
-        if rev == MUST_EXIST
-        else rpc.Compare(
-            key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev
-        )
-        for key, rev in guards
-    ]
