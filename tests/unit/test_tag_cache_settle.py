@@ -8,7 +8,10 @@ re-point, and A answered at once: C served X after A's 201 (2.7 s with a stalled
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
+
+import pytest
 
 from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION
@@ -80,3 +83,39 @@ def test_a_tag_older_than_the_recent_ones_waits_for_the_floor() -> None:
     asyncio.run(run())
     assert len(reads) == 2
     assert cache._all_reached >= 18
+
+
+def test_a_keep_alive_is_trusted_only_while_a_quorum_read_shows_the_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """etcd 3.4 answers keep-alives on a deposed leader (resumed after a pause, before it
+    hears the new term): a writer had revoked the lease in the new term, yet the cache on
+    that member kept serving for 0.1 s. Its validity is extended only when a quorum read
+    shows its member key still on its lease."""
+    from moorage.errors import StoreUnavailable
+    from moorage.meta import tag_cache
+
+    async def alive(lease: int) -> bool:
+        return True  # what the deposed leader answers
+
+    async def revoked(store: Any, key: bytes) -> int | None:
+        return None  # the key went with the lease in the new term
+
+    cache = TagCache(cast(Any, SimpleNamespace(keep_alive=alive)), "a-1")
+    monkeypatch.setattr(tag_cache, "member_lease", revoked)
+    with pytest.raises(StoreUnavailable, match="revoked"):
+        asyncio.run(cache._keep_alive(7))
+    assert cache._valid_until == 0.0
+
+    async def held(store: Any, key: bytes) -> int | None:
+        return 7
+
+    monkeypatch.setattr(tag_cache, "member_lease", held)
+
+    async def one_round() -> None:
+        task = asyncio.create_task(cache._keep_alive(7))
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(one_round())
+    assert cache._valid_until > 0.0

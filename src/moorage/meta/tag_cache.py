@@ -34,7 +34,7 @@ from moorage.meta import keys
 from moorage.meta.base import LAST_REVISION
 from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import TagRecord
-from moorage.meta.tag_watch import TagEvent, TagWatch, WatchClosed, read_members
+from moorage.meta.tag_watch import TagEvent, TagWatch, WatchClosed, member_lease, read_members
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +335,14 @@ class TagCache:
             try:
                 async with asyncio.timeout(VALID_SECONDS):
                     alive = await self.store.keep_alive(lease)
+                    # etcd 3.4 answers keep-alives on a deposed leader (resumed after a pause,
+                    # before it hears the new term): a quorum read shows the member key still
+                    # on this lease, i.e. no writer revoked it (a probe saw a cache serve for
+                    # 0.1 s after such a revocation).
+                    held = await member_lease(self.store, self.member_key) if alive else None
             except TimeoutError:
                 continue  # no answer: the validity runs out by itself
-            if not alive:
+            if not alive or held != lease:
                 raise StoreUnavailable("its lease was revoked or expired")
             self._valid_until = sent + VALID_SECONDS
             await asyncio.sleep(KEEPALIVE_EVERY)

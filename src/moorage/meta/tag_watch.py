@@ -96,6 +96,13 @@ def progress_of(resp: Any, events: list[TagEvent], watch_id: int | None) -> int:
     return 0
 
 
+async def member_lease(store: EtcdMetaStore, key: bytes) -> int | None:
+    """The lease a member key is on, by a quorum read (never a member's own copy): None when
+    the key is gone (its lease revoked or expired)."""
+    resp = await store._quorum_read(rpc.RangeRequest(key=key))
+    return int(resp.kvs[0].lease) if resp.kvs else None
+
+
 async def read_members(store: EtcdMetaStore, page: int = 256) -> list[tuple[bytes, bytes]]:
     """Every tag cache member key and value, by quorum reads only (never a member's local
     copy, which may lack a member registered just before a change): StoreUnavailable when
