@@ -79,8 +79,37 @@ def test_the_window_ends_when_the_member_knows_a_leader_again() -> None:
     assert member.served == ["local copy", "quorum"]
 
 
-def test_a_member_that_does_not_answer_its_status_knows_no_leader() -> None:
+def test_a_member_that_does_not_answer_its_status_is_not_taken_to_lack_a_leader() -> None:
+    """A paused member answers nothing; its copy, read the moment it runs again, lacks what
+    the cluster committed meanwhile: no local reads on silence."""
+
     async def silent(method: str, request: Any, limit: float | None = None) -> Any:
         raise StoreUnavailable("deadline")
 
-    assert asyncio.run(LeaderCheck(silent).known()) is False
+    assert asyncio.run(LeaderCheck(silent).known()) is True
+
+
+def test_an_answer_asked_earlier_never_overrides_a_later_one() -> None:
+    """Two checks in flight: the later one answers first (a leader), the earlier one after
+    (no leader, from before): the later answer stands."""
+
+    async def run() -> bool:
+        release = asyncio.Event()
+        answers = iter([0, 5])  # the first check asked: no leader; the second: a leader
+
+        async def status(method: str, request: Any, limit: float | None = None) -> Any:
+            leader = next(answers)
+            if leader == 0:
+                await release.wait()  # the earlier answer comes late
+            return SimpleNamespace(leader=leader)
+
+        check = LeaderCheck(status)
+        first = asyncio.create_task(check.known())
+        await asyncio.sleep(0)
+        check._checked = -1.0  # the next call asks again
+        assert await check.known() is True
+        release.set()
+        await first
+        return await check.known()
+
+    assert asyncio.run(run()) is True

@@ -22,7 +22,9 @@ from moorage.errors import StoreUnavailable
 
 #: A member's answer is trusted this long (reads during a window ask at most this often).
 CHECK_EVERY = 0.2
-#: A member that does not answer its status within this is taken to know no leader.
+#: A member's status is asked with this deadline. One that does not answer (paused, hung) is
+#: not taken to lack a leader: its copy would be read the moment it runs again, before it
+#: caught up (a probe saw such reads, started while the member was paused, serve old tags).
 STATUS_TIMEOUT = 0.5
 
 Call = Callable[[str, Any, float | None], Awaitable[Any]]
@@ -32,11 +34,12 @@ class LeaderCheck:
     def __init__(self, call: Call) -> None:
         self._call = call
         self._checked = -CHECK_EVERY
+        self._applied = -CHECK_EVERY  # when the answer in `_known` was asked
         self._known = True
 
     async def known(self) -> bool:
-        """Whether the member the store talks to knows a leader (as of CHECK_EVERY ago
-        at most; False when it does not answer)."""
+        """False only when the member the store talks to said it knows no leader (as of
+        CHECK_EVERY ago at most); answers are taken in the order they were asked."""
         now = time.monotonic()
         if now - self._checked >= CHECK_EVERY:
             self._checked = now
@@ -44,7 +47,8 @@ class LeaderCheck:
                 resp = await self._call(
                     "maintenancestub.Status", rpc.StatusRequest(), STATUS_TIMEOUT
                 )
-                self._known = bool(resp.leader)
             except StoreUnavailable:
-                self._known = False
+                return self._known
+            if now >= self._applied:
+                self._applied, self._known = now, bool(resp.leader)
         return self._known
