@@ -314,7 +314,7 @@ class Dispatcher:
             planned[key] = keep
         together = [(key, revision, planned[key]) for key, revision, _, _ in moves]
         if len(moves) > 1 and await store.fan_out_many(together):
-            moved = [m for m in moves]
+            moved = moves
         else:
             moved = [m for m in moves if await store.fan_out(m[0], m[1], planned[m[0]])]
         for key, _, item, wanted in moved:

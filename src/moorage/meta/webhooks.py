@@ -303,8 +303,7 @@ class WebhookStore:
     ) -> bool:
         """Move one outbox entry into the queues of `items` (hook id, seq, event): one
         transaction guarded by the entry's revision (False: another worker did it)."""
-        ops: list[Op] = [Put(keys.webhook_queue(h, s), i.encode()) for h, s, i in items]
-        batches = list(op_batches([*ops, Delete(key)]))
+        batches = list(op_batches(_moved(key, items)))
         for batch in batches[:-1]:  # more webhooks than one transaction holds: rare
             await self.store._txn([], batch)
         return await self.store._txn([(key, revision)], batches[-1])
@@ -315,10 +314,7 @@ class WebhookStore:
         """`fan_out` of several outbox entries (key, revision, items) in one transaction
         guarded by every entry's revision; False when they do not fit in one, or another
         worker moved one of them (then move them one by one)."""
-        ops: list[Op] = []
-        for key, _, items in moves:
-            ops += [Put(keys.webhook_queue(h, s), i.encode()) for h, s, i in items]
-            ops.append(Delete(key))
+        ops = [op for key, _, items in moves for op in _moved(key, items)]
         if len(list(op_batches(ops))) != 1:
             return False
         return await self.store._txn([(key, revision) for key, revision, _ in moves], ops)
@@ -431,3 +427,9 @@ class WebhookStore:
             if d is not None:
                 out.append(d)
         return out[-KEEP_DELIVERIES:]
+
+
+def _moved(key: bytes, items: Sequence[tuple[str, str, QueuedEvent]]) -> list[Op]:
+    """The writes that move outbox entry `key` into the queues of `items` (hook id, seq,
+    event): each queued, the entry deleted."""
+    return [*(Put(keys.webhook_queue(h, s), i.encode()) for h, s, i in items), Delete(key)]
