@@ -19,12 +19,13 @@ from pathlib import Path
 import uvloop
 from harness.process import REPO_ROOT
 
-from bench import _http, cluster, servers, workloads
+from bench import _http, cluster, disk, servers, workloads
 from bench.report import (
     CLUSTER_METRICS,
     METRICS,
     Results,
     ceiling_table,
+    disk_table,
     markdown,
 )
 from bench.servers import RssSampler, Server
@@ -336,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             _log("measuring the client's ceiling against a do-nothing server")
             measure_ceiling(tmp, plan, results)
             _log(ceiling_table(results))
+            _log("measuring the disk's ceiling for durable writes")
+            results.disk = disk.measure(
+                tmp / "disk", plan.blob_size, plan.small_count, plan.small_size
+            )
+            _log(disk_table(results))
         if head_to_head:
             _head_to_head(tmp, plan, head_to_head, args, results)
         if cluster_metrics:
@@ -378,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 "samples": results.samples,
                 "cpu": results.cpu,
                 "ceiling": results.ceiling,
+                "disk": results.disk,
                 "cluster": results.cluster,
                 "memory": results.memory,
             }

@@ -53,6 +53,7 @@ class Results:
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     ceiling: dict[str, float] = field(default_factory=dict)
+    disk: dict[str, float] = field(default_factory=dict)  # bench.disk: the disk's own ceiling
     cluster: dict[str, list[float]] = field(default_factory=dict)  # raw values per figure
     notes: list[str] = field(default_factory=list)
     # peak RSS in MiB per server, per kind of process (bench.servers.role_of)
@@ -266,6 +267,14 @@ def ceiling_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def disk_table(results: Results) -> str:
+    if not results.disk:
+        return ""
+    lines = ["| disk ceiling (the benchmark's directory, best of 2) | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in results.disk.items()]
+    return "\n".join(lines)
+
+
 def _run(*argv: str) -> str:
     try:
         return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
@@ -390,6 +399,18 @@ def markdown(
     ceiling = ceiling_table(results)
     if ceiling:
         parts += ["## Client ceiling", "", ceiling, ""]
+    disk = disk_table(results)
+    if disk:
+        parts += [
+            "## Disk ceiling",
+            "",
+            disk,
+            "",
+            "What the disk gives a durable write, measured the way Moorage writes "
+            "(bench/disk.py): a push's fsynced bytes cannot arrive faster than the first "
+            "figure; Distribution does not wait for the disk.",
+            "",
+        ]
     if results.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in results.notes], ""]
     if beside_dir is not None:

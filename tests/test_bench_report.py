@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench import disk
 from bench.report import Results, beside, cluster_table, markdown
 from harness.process import REPO_ROOT
 
@@ -37,3 +38,20 @@ def test_the_report_shows_the_scale_and_etcd_size_results_beside_its_table(
     assert "## Beside this run: scale and etcd size" in text
     assert "- machine: " in text
     assert "| 10000 | 13.1 |" in text
+
+
+def test_the_disk_ceiling_writes_real_files_durably_and_is_reported(tmp_path: Path) -> None:
+    figures = disk.measure(tmp_path / "disk", 8 * 1024 * 1024 + 4096, 40, 4096)
+    sequential = figures["fsynced write of a new file, MB/s"]
+    small = figures["durable 4 KiB file installs/s, 16 in parallel"]
+    assert sequential > 0 and small > 0
+    # the files are really there, whole: two sequential runs, 40 installs per run
+    assert (tmp_path / "disk" / "sequential-1").stat().st_size == 8 * 1024 * 1024 + 4096
+    installed = sorted((tmp_path / "disk" / "small-0" / "final").iterdir())
+    assert len(installed) == 40 and all(p.stat().st_size == 4096 for p in installed)
+    assert not list((tmp_path / "disk" / "small-0" / "staging").iterdir())
+    results = Results()
+    results.disk = figures
+    text = markdown(results, REPO_ROOT, ["- plan: test"], tmp_path)
+    assert "## Disk ceiling" in text
+    assert f"| fsynced write of a new file, MB/s | {sequential:,.0f} |" in text
