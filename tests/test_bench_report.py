@@ -44,11 +44,13 @@ def test_the_disk_ceiling_writes_real_files_durably_and_is_reported(tmp_path: Pa
     figures = disk.measure(tmp_path / "disk", 8 * 1024 * 1024 + 4096, 40, 4096)
     sequential = figures["fsynced write of a new file, MB/s"]
     small = figures["durable 4 KiB file installs/s, 16 in parallel"]
-    assert sequential > 0 and small > 0
+    assert sequential > 0
+    assert small > 0
     # the files are really there, whole: two sequential runs, 40 installs per run
     assert (tmp_path / "disk" / "sequential-1").stat().st_size == 8 * 1024 * 1024 + 4096
     installed = sorted((tmp_path / "disk" / "small-0" / "final").iterdir())
-    assert len(installed) == 40 and all(p.stat().st_size == 4096 for p in installed)
+    assert len(installed) == 40
+    assert all(p.stat().st_size == 4096 for p in installed)
     assert not list((tmp_path / "disk" / "small-0" / "staging").iterdir())
     results = Results()
     results.disk = figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 
 import pytest
 from argon2 import PasswordHasher
@@ -211,3 +212,62 @@ def test_verify_password_on_garbage_hashes() -> None:
     assert not verify_password("not a hash", "pw")
     assert not verify_password(_CHEAP.hash("pw"), "other")
     assert verify_password(_CHEAP.hash("pw"), "pw")
+
+
+class _CountingLedger:
+    """The cluster's failure counts, as a slow store answers them: every read counted."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.recorded = 0
+
+    async def retry_after(self, keys: object, limits: list[int]) -> list[float]:
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return [0.0] * len(limits)
+
+    async def known(self, account: str, client: str) -> bool:
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return False
+
+    async def remember(self, account: str, client: str) -> None:
+        pass
+
+    async def record(self, keys: object) -> None:
+        self.recorded += 1
+
+
+def test_a_burst_without_a_verification_reads_the_cluster_counts_once() -> None:
+    """Every request of a burst that finds no verified credential (the first ones, or those
+    in flight when it expires) shares one check from its reading of the failure counts on:
+    each used to read the counts itself (hundreds of reads at once on a busy replica)."""
+
+    async def scenario() -> None:
+        meta = MemoryMetaStore()
+        await meta.create_user(UserRecord("alice", _CHEAP.hash("pw")))
+        auth = BasicAuthenticator(meta, LoginThrottle(), PasswordVerifier())
+        ledger = _CountingLedger()
+        auth.ledger = ledger  # type: ignore[assignment]  # the same methods, counted
+        burst = [auth.authenticate(basic(b"alice:pw"), "10.0.0.1") for _ in range(50)]
+        found = await asyncio.gather(*burst)
+        assert all(p is not None and p.name == "alice" for p in found)
+        assert ledger.reads == 2  # the address's history once, the counts once
+        # the verification expired: the next burst checks once again, still one reading
+        auth._verified = {
+            k: dataclasses.replace(v, at=v.at - 3600) for k, v in auth._verified.items()
+        }
+        found = await asyncio.gather(
+            *(auth.authenticate(basic(b"alice:pw"), "10.0.0.1") for _ in range(50))
+        )
+        assert all(p is not None for p in found)
+        assert ledger.reads <= 4
+        # a wrong password in a burst: refused for all, one failure counted
+        bad = await asyncio.gather(
+            *(auth.authenticate(basic(b"alice:nope"), "10.0.0.2") for _ in range(20))
+        )
+        assert bad == [None] * 20
+        assert ledger.recorded == 1
+        assert not auth._flows
+
+    asyncio.run(scenario())

@@ -158,6 +158,7 @@ class BasicAuthenticator(Authenticator):
         self._lookups: dict[str, asyncio.Future[UserRecord | None]] = {}
         self._rehashing: dict[str, asyncio.Task[None]] = {}
         self._checking: dict[bytes, asyncio.Task[bool]] = {}
+        self._flows: dict[tuple[bytes, str], asyncio.Task[bool]] = {}
 
     async def _user(self, name: str) -> UserRecord | None:
         if self.view is not None:
@@ -177,6 +178,12 @@ class BasicAuthenticator(Authenticator):
             self._users.clear()
         self._users[name] = (now, user)
         return user
+
+    def _flow_done(self, flow: tuple[bytes, str], task: asyncio.Task[bool]) -> None:
+        if self._flows.get(flow) is task:
+            del self._flows[flow]
+        if not task.cancelled():
+            task.exception()  # retrieved even if every request waiting for it went away
 
     def _looked_up(self, name: str, lookup: asyncio.Future[UserRecord | None]) -> None:
         self._lookups.pop(name, None)
@@ -237,9 +244,23 @@ class BasicAuthenticator(Authenticator):
             # (and its failure, already counted once).
             ok = await asyncio.shield(running)
         else:
-            ok = await self._check(
-                name, peer, check_key, password_hash, password, cache_key, user, client
-            )
+            flow = (check_key, peer)
+            checking = self._flows.get(flow)
+            if checking is None:
+                # One check per credential and address at a time, from its reading of the
+                # cluster's counts on: every request of a burst that finds no verification
+                # (the first ones, or all those in flight when it expires) waits for it. Each
+                # read the counts itself before: a replica at ~250 pushes/s with one credential
+                # sent ~600 reads of the failure ledger in one second when its verification
+                # expired, each taking ~350 ms under that load.
+                checking = asyncio.create_task(
+                    self._check(
+                        name, peer, check_key, password_hash, password, cache_key, user, client
+                    )
+                )
+                self._flows[flow] = checking
+                checking.add_done_callback(functools.partial(self._flow_done, flow))
+            ok = await asyncio.shield(checking)
         if not ok or user is None:
             return None
         if self.rehash and needs_rehash(password_hash) and name not in self._rehashing:
