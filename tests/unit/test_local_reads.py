@@ -3,11 +3,14 @@
 A quorum read that failed opened a 3 s window of local reads. A member paused (SIGSTOP) while
 the cluster went on had a leader again as soon as it ran, and was still catching up: a probe
 saw 262 reads on it serve tags re-pointed or deleted elsewhere. Now the copy is read only
-while the member knows no leader."""
+while the member knows no leader, and only once it has said so for SETTLED_SECONDS: just
+after the leader's loss (an election) it may lack what the old leader committed with the
+other members (a probe saw 803 such stale reads in one round of pausing the leader)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,19 +18,23 @@ from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
-from moorage.meta.etcd_leader import LeaderCheck
+from moorage.meta.etcd_leader import SETTLED_SECONDS, LeaderCheck, Peers
+
+
+def _status(leader: int, revision: int = 10) -> Any:
+    return SimpleNamespace(leader=leader, header=SimpleNamespace(revision=revision))
 
 
 class _Member:
     """Answers Range (quorum reads fail `failures` times) and Status (`leader`)."""
 
-    def __init__(self, leader: int, failures: int) -> None:
-        self.leader, self.failures = leader, failures
+    def __init__(self, leader: int, failures: int, revision: int = 10) -> None:
+        self.leader, self.failures, self.revision = leader, failures, revision
         self.served: list[str] = []
 
     async def __call__(self, method: str, request: Any, limit: float | None = None) -> Any:
         if method == "maintenancestub.Status":
-            return SimpleNamespace(leader=self.leader)
+            return _status(self.leader, self.revision)
         if request.serializable:
             self.served.append("local copy")
             return "stale"
@@ -38,12 +45,43 @@ class _Member:
         return "fresh"
 
 
-def _store(member: _Member) -> Any:
+def _store(member: _Member, peers: Peers | None = None) -> Any:
     store = object.__new__(etcd.EtcdMetaStore)
     store._timeout, store._local_reads_until = 5.0, 0.0
     store._call = member  # type: ignore[method-assign]
-    store._leader = LeaderCheck(member)
+    store._leader = LeaderCheck(member, peers)
     return store
+
+
+class _PeerClient:
+    """A member's own channel: Status answers `revision`, or raises (a member down)."""
+
+    def __init__(self, revision: int | None) -> None:
+        self.revision, self.metadata, self.closed = revision, None, False
+        self.maintenancestub = SimpleNamespace(Status=self._status)
+
+    async def _status(self, request: Any, **options: Any) -> Any:  # timeout, metadata
+        if self.revision is None:
+            raise OSError("connection refused")
+        return _status(0, self.revision)
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _peers(revisions: dict[str, int | None]) -> Peers:
+    return Peers(list(revisions), lambda endpoint: _PeerClient(revisions[endpoint]))
+
+
+def _leaderless(store: Any, seconds: float) -> None:
+    """The member has said it knows no leader for `seconds`, its last answer just now."""
+    now = time.monotonic()
+    check = store._leader
+    check._known, check._checked, check._applied = False, now, now
+    check._leaderless_since = now - seconds
 
 
 def _read(store: Any) -> Any:
@@ -62,7 +100,7 @@ def test_a_member_with_a_leader_is_read_by_quorum_after_a_failure() -> None:
 def test_a_member_without_a_leader_serves_its_copy() -> None:
     member = _Member(leader=0, failures=10**6)  # no quorum: pulls go on from the copy
     store = _store(member)
-    store._leader._known = False
+    _leaderless(store, SETTLED_SECONDS)
     assert _read(store) == "stale"
     assert _read(store) == "stale"
     assert member.served == ["local copy", "local copy"]
@@ -71,7 +109,7 @@ def test_a_member_without_a_leader_serves_its_copy() -> None:
 def test_the_window_ends_when_the_member_knows_a_leader_again() -> None:
     member = _Member(leader=0, failures=1)
     store = _store(member)
-    store._leader._known = False
+    _leaderless(store, SETTLED_SECONDS)
     assert _read(store) == "stale"
     member.leader = 3
     store._leader._checked = -1.0  # its answer is old
@@ -101,7 +139,7 @@ def test_an_answer_asked_earlier_never_overrides_a_later_one() -> None:
             leader = next(answers)
             if leader == 0:
                 await release.wait()  # the earlier answer comes late
-            return SimpleNamespace(leader=leader)
+            return _status(leader)
 
         check = LeaderCheck(status)
         first = asyncio.create_task(check.known())
@@ -113,3 +151,81 @@ def test_an_answer_asked_earlier_never_overrides_a_later_one() -> None:
         return await check.known()
 
     assert asyncio.run(run()) is True
+
+
+def test_a_member_in_an_election_is_read_by_quorum_once_it_has_a_leader() -> None:
+    """Just after the leader's loss the member knows no leader but may lack what the old
+    leader committed with the others: the read waits for the election (quorum reads), it
+    does not take the copy."""
+    member = _Member(leader=0, failures=4)  # the election: quorum reads fail meanwhile
+    store = _store(member)
+    _leaderless(store, 0.5)
+    assert _read(store) == "fresh"
+    assert member.served == ["quorum"]
+
+
+def test_a_member_without_a_leader_for_long_enough_serves_its_copy() -> None:
+    """No quorum: the read that found the member leaderless waits until it has been so for
+    SETTLED_SECONDS, then takes the copy (pulls go on); no 503 meanwhile."""
+    member = _Member(leader=0, failures=10**6)
+    store = _store(member)
+    _leaderless(store, SETTLED_SECONDS - 0.3)
+    started = time.monotonic()
+    assert _read(store) == "stale"
+    assert time.monotonic() - started >= 0.25
+    assert member.served == ["local copy"]
+
+
+def test_leaderless_time_counts_from_the_first_answer_and_ends_with_a_leader() -> None:
+    async def run() -> list[float]:
+        answers = iter([0, 0, 4, 0])
+
+        async def status(method: str, request: Any, limit: float | None = None) -> Any:
+            return _status(next(answers))
+
+        check = LeaderCheck(status)
+        found = [await check.leaderless_for()]
+        check._checked = -1.0
+        await asyncio.sleep(0.05)
+        found.append(await check.leaderless_for())  # counted from the first answer
+        check._checked = -1.0
+        found.append(await check.leaderless_for())  # a leader: over
+        check._checked = -1.0
+        found.append(await check.leaderless_for())  # no leader again: counted afresh
+        return found
+
+    first, later, with_leader, again = asyncio.run(run())
+    assert 0 < first < 0.05
+    assert later >= 0.05
+    assert with_leader == 0.0
+    assert 0 < again < 0.05
+
+
+def test_a_leaderless_member_behind_another_that_answers_is_not_read() -> None:
+    """A member resumed after a pause can stay leaderless for seconds while it lags, the
+    others still a quorum: a member that answers with a newer revision means its copy lacks
+    committed writes. No local read; the read fails clearly if no quorum read succeeds."""
+    member = _Member(leader=0, failures=10**6, revision=10)
+    store = _store(member, _peers({"a": 10, "b": 12, "c": None}))
+    store._timeout = 0.2
+    _leaderless(store, SETTLED_SECONDS + 1)
+    try:
+        _read(store)
+    except StoreUnavailable:
+        pass
+    else:
+        raise AssertionError("read the copy of a member that is behind")
+    assert "local copy" not in member.served
+
+
+def test_a_leaderless_member_as_new_as_every_member_that_answers_serves_its_copy() -> None:
+    member = _Member(leader=0, failures=10**6, revision=12)
+    peers = _peers({"a": 12, "b": 11, "c": None})  # c is down
+    store = _store(member, peers)
+    _leaderless(store, SETTLED_SECONDS)
+    assert _read(store) == "stale"
+    assert member.served == ["local copy"]
+    clients = list(peers._clients.values())
+    asyncio.run(peers.close(["d"]))
+    assert all(c.closed for c in clients)  # type: ignore[attr-defined]
+    assert peers.endpoints == ["d"]

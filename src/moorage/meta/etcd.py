@@ -36,7 +36,7 @@ from moorage.meta.base import (
     Put,
 )
 from moorage.meta.cluster_store import ClusterStore
-from moorage.meta.etcd_leader import LeaderCheck
+from moorage.meta.etcd_leader import SETTLED_SECONDS, LeaderCheck, Peers
 from moorage.meta.etcd_members import TRANSIENT
 from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
@@ -103,7 +103,8 @@ class EtcdMetaStore(MetaStore):
         self.tls, self._client = tls, _TlsClient(host, port, tls, dict(_CHANNEL_OPTIONS))
         self._timeout = timeout
         self._local_reads_until = 0.0
-        self._leader = LeaderCheck(self._call)
+        peers = Peers(endpoints, lambda e: _TlsClient(*_target([e]), self.tls, _CHANNEL_OPTIONS))
+        self._leader = LeaderCheck(self._call, peers)
         self._tokens = TokenLease(self._through_election)
         self.endpoints = list(endpoints)
         self._retired: list[_TlsClient] = []
@@ -114,6 +115,7 @@ class EtcdMetaStore(MetaStore):
     async def close(self) -> None:
         for client in [*self._retired, self._client]:
             await client.close()
+        await self._leader.peers.close()
 
     async def reopen(self, tls: ClientTls, endpoints: Sequence[str] | None = None) -> None:
         """New calls use a fresh channel with `tls` (a renewed certificate) and, when given,
@@ -125,8 +127,8 @@ class EtcdMetaStore(MetaStore):
         for old in self._retired:
             await old.close()
         self._retired, self._client, self.tls = [self._client], fresh, tls
-        if endpoints is not None:
-            self.endpoints = list(endpoints)
+        self.endpoints = list(endpoints or self.endpoints)
+        await self._leader.peers.close(self.endpoints)  # reopened when next asked, with `tls`
 
     async def _call(self, method: str, request: Any, limit: float | None = None) -> Any:
         """`method` is "stub.Method", e.g. "kvstub.Range" (stubs exist once connected)."""
@@ -145,24 +147,27 @@ class EtcdMetaStore(MetaStore):
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
 
     async def _read(self, request: Any) -> Any:
-        """A linearizable read; during an election or without quorum, this member's copy
-        (pulls go on; it holds what this member learned was committed), never while the
-        member knows a leader (it may be catching up: meta/etcd_leader.py)."""
+        """A linearizable read; without quorum, this member's copy (pulls go on), never while
+        it knows a leader (it may be catching up), in an election or behind another member
+        (it may lack what the cluster committed): meta/etcd_leader.py."""
         deadline = time.monotonic() + self._timeout
         while True:
             if time.monotonic() < self._local_reads_until:
-                if not await self._leader.known():
+                leaderless = await self._leader.leaderless_for()
+                if leaderless >= SETTLED_SECONDS and await self._leader.copy_is_best():
                     request.serializable = True
                     return await self._call("kvstub.Range", request)
-                self._local_reads_until = 0.0
+                if not leaderless:
+                    self._local_reads_until = 0.0
+                else:  # an election, perhaps: wait for it, or for it to prove no quorum
+                    deadline = max(deadline, time.monotonic() + SETTLED_SECONDS - leaderless + 1)
             try:
                 return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
-            except _TooLarge:
-                raise
-            except StoreUnavailable:
-                if time.monotonic() >= deadline:
+            except StoreUnavailable as exc:
+                if isinstance(exc, _TooLarge) or time.monotonic() >= deadline:
                     raise
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
+                await asyncio.sleep(0.05)  # a refusal during an election comes at once
 
     async def _get(self, key: bytes) -> KV | None:
         resp = await self._read(rpc.RangeRequest(key=key))

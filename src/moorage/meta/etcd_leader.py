@@ -8,14 +8,30 @@ the cluster had acknowledged, and a probe saw 262 reads, for 3 s after such a pa
 tags that had been re-pointed or deleted elsewhere. Now the copy is read only while the
 member knows no leader (an election, or no quorum: what the window was for); with a leader,
 the read is a quorum read again, which waits for the member to catch up.
+
+Not at once, either: a member knows no leader during any election too, and just after the
+leader's loss it may lack writes the old leader committed with the other members (a probe
+pausing the leader saw another replica serve tags from its copy ~1 s later, re-pointed or
+deleted up to 1.5 s before: 803 stale reads in one round). The new leader brings it up to
+date once elected; so the copy is read only once the member has said it knows no leader for
+SETTLED_SECONDS, longer than an election takes (1-3 s here after a leader's loss): no
+quorum, not an election. Until then a read waits for a quorum read to succeed.
+
+Nor while another member that answers holds more: a member resumed after a pause can lag for
+seconds and stay leaderless that long (it campaigns with its old log, which no one votes
+for), while the others still form a quorum; the same probe saw such a member serve tags up
+to 4.6 s after the next leader's loss. So the copy is read only if no member that answers
+reports a newer store revision (`Peers`): the member is then the best copy there is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
+import grpc
 from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
@@ -26,16 +42,74 @@ CHECK_EVERY = 0.2
 #: not taken to lack a leader: its copy would be read the moment it runs again, before it
 #: caught up (a probe saw such reads, started while the member was paused, serve old tags).
 STATUS_TIMEOUT = 0.5
+#: How long the member must have said it knows no leader, in every answer, before its copy
+#: is read: longer than an election takes.
+SETTLED_SECONDS = 3.0
 
 Call = Callable[[str, Any, float | None], Awaitable[Any]]
 
 
+class _Client(Protocol):
+    maintenancestub: Any
+    metadata: Any
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Peers:
+    """A channel to each member of its own (the store's channel fails over between them, so
+    it cannot ask one in particular), opened the first time they are asked."""
+
+    def __init__(self, endpoints: Sequence[str], client: Callable[[str], _Client]) -> None:
+        self.endpoints = list(endpoints)
+        self._client = client
+        self._clients: dict[str, _Client] = {}
+
+    async def revisions(self) -> list[int]:
+        """The store revision of each member that answers within STATUS_TIMEOUT."""
+
+        async def one(endpoint: str) -> int | None:
+            client = self._clients.get(endpoint)
+            if client is None:
+                client = self._clients[endpoint] = self._client(endpoint)
+            try:
+                await client.connect()
+                resp = await client.maintenancestub.Status(
+                    rpc.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=client.metadata
+                )
+            except (grpc.aio.AioRpcError, OSError):
+                return None
+            return int(resp.header.revision)
+
+        found = await asyncio.gather(*(one(e) for e in self.endpoints))
+        return [r for r in found if r is not None]
+
+    async def close(self, endpoints: Sequence[str] | None = None) -> None:
+        """Close the channels (`endpoints`: the members from now on)."""
+        clients, self._clients = list(self._clients.values()), {}
+        self.endpoints = list(endpoints) if endpoints is not None else self.endpoints
+        for client in clients:
+            await client.close()
+
+
+def _no_client(endpoint: str) -> _Client:
+    raise AssertionError("no members to ask")  # pragma: no cover: Peers([]) asks none
+
+
 class LeaderCheck:
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, peers: Peers | None = None) -> None:
         self._call = call
+        self.peers = peers or Peers([], _no_client)
+        self._revision = 0  # the member's store revision, as of its last answer
+        self._best: tuple[float, bool] = (-CHECK_EVERY, False)  # (asked at, answer)
         self._checked = -CHECK_EVERY
         self._applied = -CHECK_EVERY  # when the answer in `_known` was asked
         self._known = True
+        #: When an answer first said no leader, of the answers saying so since (None: the
+        #: last answer named a leader).
+        self._leaderless_since: float | None = None
 
     async def known(self) -> bool:
         """False only when the member the store talks to said it knows no leader (as of
@@ -51,4 +125,27 @@ class LeaderCheck:
                 return self._known
             if now >= self._applied:
                 self._applied, self._known = now, bool(resp.leader)
+                self._revision = int(resp.header.revision)
+                if self._known:
+                    self._leaderless_since = None
+                elif self._leaderless_since is None:
+                    self._leaderless_since = now
         return self._known
+
+    async def leaderless_for(self) -> float:
+        """How long the member has said it knows no leader, in every answer since (0.0 while
+        it knows one)."""
+        if await self.known() or self._leaderless_since is None:
+            return 0.0
+        return max(time.monotonic() - self._leaderless_since, 1e-9)
+
+    async def copy_is_best(self) -> bool:
+        """Whether no member that answers reports a newer store revision than this member's
+        (as of CHECK_EVERY ago at most)."""
+        asked, best = self._best
+        if time.monotonic() - asked >= CHECK_EVERY:
+            asked = time.monotonic()
+            own = self._revision
+            best = all(revision <= own for revision in await self.peers.revisions())
+            self._best = (asked, best)
+        return best
