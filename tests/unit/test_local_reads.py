@@ -229,3 +229,25 @@ def test_a_leaderless_member_as_new_as_every_member_that_answers_serves_its_copy
     asyncio.run(peers.close(["d"]))
     assert all(c.closed for c in clients)  # type: ignore[attr-defined]
     assert peers.endpoints == ["d"]
+
+
+def test_the_members_are_asked_once_however_many_reads_wait_for_the_answer() -> None:
+    async def run() -> tuple[list[bool], int]:
+        asked = 0
+
+        class Slow(_PeerClient):
+            async def _status(self, request: Any, **options: Any) -> Any:
+                nonlocal asked
+                asked += 1
+                await asyncio.sleep(0.05)
+                return _status(0, 5)
+
+        check = LeaderCheck(_Member(leader=0, failures=0), Peers(["a"], lambda e: Slow(5)))
+        check._revision = 5
+        answers = await asyncio.gather(*(check.copy_is_best() for _ in range(20)))
+        return answers, asked
+
+    answers, asked = asyncio.run(run())
+    assert asked == 1
+    assert answers[0] is True  # the one that asked; the others the earlier answer (no)
+    assert answers[1:] == [False] * 19

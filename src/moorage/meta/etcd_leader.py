@@ -145,7 +145,9 @@ class LeaderCheck:
         asked, best = self._best
         if time.monotonic() - asked >= CHECK_EVERY:
             asked = time.monotonic()
+            self._best = (asked, best)  # one asking at a time: the others take the last answer
             own = self._revision
             best = all(revision <= own for revision in await self.peers.revisions())
-            self._best = (asked, best)
+            if self._best[0] == asked:
+                self._best = (asked, best)
         return best
