@@ -13,9 +13,11 @@ from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
+from moorage.meta.base import LAST_REVISION
 from moorage.meta.etcd_leader import LeaderCheck
 from moorage.meta.etcd_retry import SHORT_ATTEMPTS, attempts
-from moorage.meta.etcd_txn import TokenLease
+from moorage.meta.etcd_txn import FENCED, TokenLease, fence
+from moorage.meta.ops import Put
 
 UNAVAILABLE = "the metadata store (etcd) is unavailable"
 
@@ -113,3 +115,57 @@ def test_a_leased_create_whose_answer_was_lost_is_ours(monkeypatch: pytest.Monke
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+def _token_answer(value: bytes, revision: int) -> rpc.TxnResponse:
+    """A refused transaction's answer whose last read found the write's token."""
+    found = rpc.RangeResponse(kvs=[rpc.KeyValue(key=b"t", value=value, mod_revision=revision)])
+    return rpc.TxnResponse(succeeded=False, responses=[rpc.ResponseOp(response_range=found)])
+
+
+def test_a_write_that_gave_up_is_fenced_or_found_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write with no answer within its budget may still sit in a member and commit later,
+    over writes acknowledged since (a probe saw a tag go back to such a write's value). Before
+    its 503, its token is created: then no copy of it can commit. If a copy got there first,
+    the write succeeded: no 503."""
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    monkeypatch.setattr(etcd, "WRITE_BUDGET", -1.0)  # one attempt per call
+    put = [Put(b"/moorage/tags/r/t", b"v")]
+
+    # fenced: the 503 stands, and the fence created the very token the write carried
+    store = ScriptedMember([deadline_exceeded(), rpc.TxnResponse(succeeded=True)])
+    with pytest.raises(StoreUnavailable, match="Deadline Exceeded"):
+        asyncio.run(store.txn_else_get([], put, ()))
+    # a copy committed before the fence: the write succeeded at its revision
+    store = ScriptedMember([deadline_exceeded(), _token_answer(b"", 77)])
+
+    async def committed() -> tuple[tuple[bool, list[Any]], int]:
+        return await store.txn_else_get([], put, ()), LAST_REVISION.get()
+
+    assert asyncio.run(committed()) == ((True, []), 77)
+    # the fence itself finds no quorum either: unknown, a 503
+    store = ScriptedMember([deadline_exceeded(), deadline_exceeded()])
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(store.txn_else_get([], put, ()))
+
+
+def test_the_fence_creates_the_writes_own_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    requests: list[Any] = []
+
+    async def call(method: str, request: Any, attempt: float) -> Any:
+        requests.append(request)
+        return rpc.TxnResponse(succeeded=True)
+
+    assert asyncio.run(fence(call, b"/moorage-write-tokens/abc", 5)) == 0
+    (request,) = requests
+    assert request.compare[0].key == b"/moorage-write-tokens/abc"
+    assert request.compare[0].version == 0
+    put = request.success[0].request_put
+    assert (put.key, put.value, put.lease) == (b"/moorage-write-tokens/abc", FENCED, 5)
+
+    async def fenced_before(method: str, request: Any, attempt: float) -> Any:
+        return _token_answer(FENCED, 12)  # an earlier fence: never reported as a commit
+
+    assert asyncio.run(fence(fenced_before, b"t", 5)) == 0

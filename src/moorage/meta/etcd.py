@@ -29,11 +29,9 @@ from moorage.meta.base import (
     KV,
     LAST_REVISION,
     STORE_PAGE,
-    Delete,
     Guard,
     MetaStore,
     Op,
-    Put,
 )
 from moorage.meta.cluster_store import ClusterStore
 from moorage.meta.etcd_leader import SETTLED_SECONDS, LeaderCheck, Peers
@@ -42,7 +40,7 @@ from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
 from moorage.meta.etcd_members import MemberStatus as MemberStatus
 from moorage.meta.etcd_retry import attempts, election
-from moorage.meta.etcd_txn import TokenLease, compares, token_key
+from moorage.meta.etcd_txn import TokenLease, compares, fence, token_key, txn_request
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
@@ -251,24 +249,9 @@ class EtcdMetaStore(MetaStore):
     ) -> tuple[bool, list[KV | None]]:
         """`_txn`; when a guard fails, the values of `reads` (in the same request: a retry
         needs no read of its own)."""
-        success = []
-        if any(keys.is_registry_data(op.key) for op in ops):
-            success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=keys.LAST_CHANGE)))
-        for op in ops:
-            if isinstance(op, Put):
-                success.append(
-                    rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value))
-                )
-            elif isinstance(op, Delete):
-                success.append(
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
-                )
         token = token_key()  # this write commits once (meta/etcd_txn.py)
         lease = await self._tokens.get()
-        success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=token, lease=lease)))
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in (*reads, token)]
-        compare = compares([*guards, (token, 0)])
-        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        request = txn_request(guards, ops, reads, token, lease)
         # Every registry write is idempotent or guarded, so a write refused during a leader
         # election is retried until the election is over (about 1-2.5 s).
         # A write in flight when the leader dies hangs until its deadline: short attempts,
@@ -278,6 +261,9 @@ class EtcdMetaStore(MetaStore):
         except StoreUnavailable as exc:
             if "lease not found" in str(exc):
                 self._tokens.lost()  # expired (a process paused past its TTL): a new one next
+            elif committed := await fence(self._through_election, token, lease):
+                LAST_REVISION.set(committed)  # it committed after all: not a failure
+                return True, []
             raise
         LAST_REVISION.set(int(resp.header.revision))
         if resp.succeeded:

@@ -25,7 +25,9 @@ from typing import Any
 
 from aetcd import rpc
 
-from moorage.meta.ops import MUST_EXIST, Guard
+from moorage.errors import StoreUnavailable
+from moorage.meta import keys
+from moorage.meta.ops import MUST_EXIST, Delete, Guard, Op, Put
 
 #: Outside `/moorage/`: not registry data, never backed up.
 TOKENS = b"/moorage-write-tokens/"
@@ -72,3 +74,48 @@ def compares(guards: Sequence[Guard]) -> list[rpc.Compare]:
         )
         for key, rev in guards
     ]
+
+
+def txn_request(
+    guards: Sequence[Guard], ops: Sequence[Op], reads: Sequence[bytes], token: bytes, lease: int
+) -> rpc.TxnRequest:
+    """`ops` if every guard holds and `token` does not exist (it is created, on `lease`);
+    else the values of `reads`, then of `token` (whether an earlier copy committed)."""
+    success = []
+    if any(keys.is_registry_data(op.key) for op in ops):
+        success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=keys.LAST_CHANGE)))
+    for op in ops:
+        if isinstance(op, Put):
+            success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value)))
+        elif isinstance(op, Delete):
+            success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key)))
+    success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=token, lease=lease)))
+    failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in (*reads, token)]
+    return rpc.TxnRequest(compare=compares([*guards, (token, 0)]), success=success, failure=failure)
+
+
+#: The value a fenced token holds (a write's own token holds none).
+FENCED = b"fenced"
+
+
+async def fence(call: Callable[[str, Any, float], Awaitable[Any]], token: bytes, lease: int) -> int:
+    """After a write gave up (no answer within its budget): make sure it never commits later,
+    or learn that it did. A copy of it can still sit in a member (a proposal queued for a
+    leader that was paused) and commit after the client was told 503, over writes
+    acknowledged since: a probe saw a tag go back to the value of such a write right after
+    the next write of the same tag was acknowledged. So its token is created here: once that
+    commits, no copy of the write can (each commits only while the token is absent). Returns
+    the revision the write committed at when a copy got there first (then it succeeded), 0
+    when fenced, or when the store is still unavailable (then the outcome stays unknown, as
+    a 503 says)."""
+    request = rpc.TxnRequest(
+        compare=compares([(token, 0)]),
+        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=token, value=FENCED, lease=lease))],
+        failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=token))],
+    )
+    try:
+        resp = await call("kvstub.Txn", request, 1.5)
+    except StoreUnavailable:
+        return 0
+    found = [] if resp.succeeded else resp.responses[0].response_range.kvs
+    return int(found[0].mod_revision) if found and found[0].value != FENCED else 0
