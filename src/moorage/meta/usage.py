@@ -197,75 +197,81 @@ async def link(
     ns = namespace_of(repo)
     lkey, bkey, pkey, tkey, shards = _link_keys(repo, digest)
     counters = counters_of(store)
-    for attempt in range(_RETRIES):
-        if read is GUESS:
-            read = LinkRead(*counters.guess(pkey, shards))
-            if _quota(read.kvs[2]) is not None:
-                read = None  # with a quota, a refusal is decided on what is read, never guessed
-        first, read = read if read is not None else await read_link(store, repo, digest), None
-        counters.policy_seen(pkey, first.kvs[2])
-        pick = first.pick
-        counted: Put | None = None  # the counter shard's write, with a quota
-        shard_of: bytes | None = None  # the counter shard to add to, without one
-        link_kv, blob_kv, policy_kv, tomb_kv, shard_kv = first.kvs
-        if tomb_kv is not None:
-            return False
-        if recount and (link_kv is None or _counted(link_kv)):
-            return True
-        stamp = _doc(link_kv).get("at") if recount else None
-        if not isinstance(stamp, int | float):
-            stamp = round(time.time(), 3)
-        guards: list[Guard] = [(lkey, _rev(link_kv)), (tkey, 0)]
-        ops: list[Op] = [Put(lkey, dumps({"size": size, "counted": True, "at": stamp}))]
-        if not recount:
-            ops.insert(0, Put(keys.repo(repo), _EMPTY))
-        if _counted(link_kv):
-            pass  # counted already: rewritten as it was
-        elif blob_kv is not None:
-            doc = _doc(blob_kv)
-            guards.append((bkey, blob_kv.mod_revision))
-            repos = _int(doc, "repos") + 1
-            ops.append(Put(bkey, dumps({"size": _int(doc, "size"), "repos": repos})))
-        else:
-            quota = _quota(policy_kv)
-            if quota is None:
-                pick = counters.choose(shards, pick, shard_kv)
-            shard = shards[pick]
-            if quota is not None:
-                shard_kvs = await store._get_many(shards)
-                used, _ = _total(shard_kvs)
-                if enforce and used + size > quota:
-                    raise QuotaExceeded(
-                        f"namespace {ns} is over its storage quota: {used} bytes used of "
-                        f"{quota}, this blob needs {size} more; delete images (then run garbage "
-                        f"collection) or raise the quota with 'moorage policy set {ns} "
-                        "--quota SIZE'",
-                        detail={"namespace": ns, "used": used, "quota": quota, "needed": size},
+    # Links of one blob in one namespace take turns in this process: each rewrites the
+    # blob's record, so at once they collide, and under a steady stream of them (16 pushes
+    # mounting the same base layers) one lost 200 times in a row and answered 503.
+    async with counters.holding(bkey):
+        for attempt in range(_RETRIES):
+            if read is GUESS:
+                read = LinkRead(*counters.guess(pkey, shards))
+                if _quota(read.kvs[2]) is not None:
+                    read = None  # with a quota, a refusal is decided on what is read, never guessed
+            first, read = read if read is not None else await read_link(store, repo, digest), None
+            counters.policy_seen(pkey, first.kvs[2])
+            pick = first.pick
+            counted: Put | None = None  # the counter shard's write, with a quota
+            shard_of: bytes | None = None  # the counter shard to add to, without one
+            link_kv, blob_kv, policy_kv, tomb_kv, shard_kv = first.kvs
+            if tomb_kv is not None:
+                return False
+            if recount and (link_kv is None or _counted(link_kv)):
+                return True
+            stamp = _doc(link_kv).get("at") if recount else None
+            if not isinstance(stamp, int | float):
+                stamp = round(time.time(), 3)
+            guards: list[Guard] = [(lkey, _rev(link_kv)), (tkey, 0)]
+            ops: list[Op] = [Put(lkey, dumps({"size": size, "counted": True, "at": stamp}))]
+            if not recount:
+                ops.insert(0, Put(keys.repo(repo), _EMPTY))
+            if _counted(link_kv):
+                pass  # counted already: rewritten as it was
+            elif blob_kv is not None:
+                doc = _doc(blob_kv)
+                guards.append((bkey, blob_kv.mod_revision))
+                repos = _int(doc, "repos") + 1
+                ops.append(Put(bkey, dumps({"size": _int(doc, "size"), "repos": repos})))
+            else:
+                quota = _quota(policy_kv)
+                if quota is None:
+                    pick = counters.choose(shards, pick, shard_kv)
+                shard = shards[pick]
+                if quota is not None:
+                    shard_kvs = await store._get_many(shards)
+                    used, _ = _total(shard_kvs)
+                    if enforce and used + size > quota:
+                        raise QuotaExceeded(
+                            f"namespace {ns} is over its storage quota: {used} bytes used "
+                            f"of {quota}, this blob needs {size} more; delete images (then run "
+                            f"garbage collection) or raise the quota with 'moorage policy set "
+                            f"{ns} --quota SIZE'",
+                            detail={"namespace": ns, "used": used, "quota": quota, "needed": size},
+                        )
+                    guards += [(k, _rev(kv)) for k, kv in zip(shards, shard_kvs, strict=True)]
+                    shard_kv = shard_kvs[pick]
+                    counted = _add(shard, shard_kv, size, 1)[1]  # every shard is guarded already
+                guards += [(bkey, 0), (pkey, _rev(policy_kv))]
+                ops.append(Put(bkey, dumps({"size": size, "repos": 1})))
+                if quota is None:  # added to below, under the shard's lock
+                    shard_of = shard
+            # a refused transaction answers what the next attempt starts from
+            reads = [lkey, bkey, pkey, tkey, shards[pick]]
+            if shard_of is not None:
+                read_kv = shard_kv if shard_of == shards[first.pick] else None
+                async with counters.holding(shard_of) as known:
+                    guard, counted = _add(
+                        shard_of, known if known is not None else read_kv, size, 1
                     )
-                guards += [(k, _rev(kv)) for k, kv in zip(shards, shard_kvs, strict=True)]
-                shard_kv = shard_kvs[pick]
-                counted = _add(shard, shard_kv, size, 1)[1]  # every shard is guarded already
-            guards += [(bkey, 0), (pkey, _rev(policy_kv))]
-            ops.append(Put(bkey, dumps({"size": size, "repos": 1})))
-            if quota is None:  # added to below, under the shard's lock
-                shard_of = shard
-        # a refused transaction answers what the next attempt starts from
-        reads = [lkey, bkey, pkey, tkey, shards[pick]]
-        if shard_of is not None:
-            read_kv = shard_kv if shard_of == shards[first.pick] else None
-            async with counters.holding(shard_of) as known:
-                guard, counted = _add(shard_of, known if known is not None else read_kv, size, 1)
-                guards.append(guard)
-                held, found = await _txn_else_get(store, guards, [*ops, counted], reads)
-                counters.wrote(counted, held)
-        else:
-            ops = [*ops, counted] if counted is not None else ops
-            held, found = await _txn_else_get(store, guards, ops, reads)
-        if held:
-            return True
-        read = LinkRead(pick, tuple(found)) if len(found) == len(reads) else None
-        await _backoff(attempt)
-    raise _conflict(f"linking blob {digest} to {repo}")
+                    guards.append(guard)
+                    held, found = await _txn_else_get(store, guards, [*ops, counted], reads)
+                    counters.wrote(counted, held)
+            else:
+                ops = [*ops, counted] if counted is not None else ops
+                held, found = await _txn_else_get(store, guards, ops, reads)
+            if held:
+                return True
+            read = LinkRead(pick, tuple(found)) if len(found) == len(reads) else None
+            await _backoff(attempt)
+        raise _conflict(f"linking blob {digest} to {repo}")
 
 
 async def forget(store: MetaStore, links: Sequence[tuple[str, Sequence[str]]]) -> None:
