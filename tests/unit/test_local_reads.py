@@ -18,7 +18,7 @@ from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
-from moorage.meta.etcd_leader import SETTLED_SECONDS, LeaderCheck, Peers
+from moorage.meta.etcd_leader import BEHIND_SECONDS, SETTLED_SECONDS, LeaderCheck, Peers
 
 
 def _status(leader: int, revision: int = 10) -> Any:
@@ -56,14 +56,14 @@ def _store(member: _Member, peers: Peers | None = None) -> Any:
 class _PeerClient:
     """A member's own channel: Status answers `revision`, or raises (a member down)."""
 
-    def __init__(self, revision: int | None) -> None:
-        self.revision, self.metadata, self.closed = revision, None, False
+    def __init__(self, revision: int | None, leader: int = 0) -> None:
+        self.revision, self.leader, self.metadata, self.closed = revision, leader, None, False
         self.maintenancestub = SimpleNamespace(Status=self._status)
 
     async def _status(self, request: Any, **options: Any) -> Any:  # timeout, metadata
         if self.revision is None:
             raise OSError("connection refused")
-        return _status(0, self.revision)
+        return _status(self.leader, self.revision)
 
     async def connect(self) -> None:
         pass
@@ -201,21 +201,17 @@ def test_leaderless_time_counts_from_the_first_answer_and_ends_with_a_leader() -
     assert 0 < again < 0.05
 
 
-def test_a_leaderless_member_behind_another_that_answers_is_not_read() -> None:
-    """A member resumed after a pause can stay leaderless for seconds while it lags, the
-    others still a quorum: a member that answers with a newer revision means its copy lacks
-    committed writes. No local read; the read fails clearly if no quorum read succeeds."""
+def test_a_leaderless_member_behind_another_that_answers_waits() -> None:
+    """A member resumed after a pause can stay leaderless for seconds while it lags: a member
+    that answers with a newer revision means its copy lacks committed writes. Its reads wait
+    (quorum reads) until no member has known a leader for BEHIND_SECONDS."""
     member = _Member(leader=0, failures=10**6, revision=10)
     store = _store(member, _peers({"a": 10, "b": 12, "c": None}))
-    store._timeout = 0.2
-    _leaderless(store, SETTLED_SECONDS + 1)
-    try:
-        _read(store)
-    except StoreUnavailable:
-        pass
-    else:
-        raise AssertionError("read the copy of a member that is behind")
-    assert "local copy" not in member.served
+    _leaderless(store, BEHIND_SECONDS - 0.5)
+    started = time.monotonic()
+    assert _read(store) == "stale"
+    assert time.monotonic() - started >= 0.45  # not before
+    assert member.served == ["local copy"]
 
 
 def test_a_leaderless_member_as_new_as_every_member_that_answers_serves_its_copy() -> None:
@@ -244,10 +240,38 @@ def test_the_members_are_asked_once_however_many_reads_wait_for_the_answer() -> 
 
         check = LeaderCheck(_Member(leader=0, failures=0), Peers(["a"], lambda e: Slow(5)))
         check._revision = 5
-        answers = await asyncio.gather(*(check.copy_is_best() for _ in range(20)))
+        answers = await asyncio.gather(*(check.copy_usable(5.0) for _ in range(20)))
         return answers, asked
 
     answers, asked = asyncio.run(run())
     assert asked == 1
     assert answers[0] is True  # the one that asked; the others the earlier answer (no)
     assert answers[1:] == [False] * 19
+
+
+def test_a_leaderless_member_whose_peer_knows_a_leader_is_not_read() -> None:
+    """The others still have a quorum (a leader): this member is lagging or cut off from
+    them, whatever its revision; its reads wait for quorum reads."""
+    member = _Member(leader=0, failures=10**6, revision=20)
+    peers = Peers(["a", "b"], lambda e: _PeerClient(12, leader=7 if e == "b" else 0))
+    store = _store(member, peers)
+    store._timeout = 0.2
+    _leaderless(store, BEHIND_SECONDS + 5)
+    try:
+        _read(store)
+    except StoreUnavailable:
+        pass
+    else:
+        raise AssertionError("read the copy while another member knows a leader")
+    assert "local copy" not in member.served
+
+
+def test_a_member_behind_another_is_read_once_no_member_has_had_a_leader_for_long() -> None:
+    """Quorum lost for good, two survivors, one behind the other: each serves its copy once
+    no member has known a leader for BEHIND_SECONDS (pulls go on; emergency repair picks the
+    most up-to-date one)."""
+    member = _Member(leader=0, failures=10**6, revision=10)
+    store = _store(member, _peers({"a": 10, "b": 12}))
+    _leaderless(store, BEHIND_SECONDS)
+    assert _read(store) == "stale"
+    assert member.served == ["local copy"]

@@ -17,11 +17,13 @@ date once elected; so the copy is read only once the member has said it knows no
 SETTLED_SECONDS, longer than an election takes (1-3 s here after a leader's loss): no
 quorum, not an election. Until then a read waits for a quorum read to succeed.
 
-Nor while another member that answers holds more: a member resumed after a pause can lag for
-seconds and stay leaderless that long (it campaigns with its old log, which no one votes
-for), while the others still form a quorum; the same probe saw such a member serve tags up
-to 4.6 s after the next leader's loss. So the copy is read only if no member that answers
-reports a newer store revision (`Peers`): the member is then the best copy there is.
+Nor while another member that answers knows a leader or holds more: a member resumed after a
+pause can lag for seconds and stay leaderless that long (it campaigns with its old log, which
+no one votes for), while the others still form a quorum; the same probe saw such a member
+serve tags up to 4.6 s after the next leader's loss. So the copy is read only if no member
+that answers knows a leader, and none reports a newer store revision (`Peers`) unless no
+member has known a leader for BEHIND_SECONDS: then the quorum is lost for good (two
+survivors of five, one behind the other) and pulls go on from each one's copy, as before.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ STATUS_TIMEOUT = 0.5
 #: How long the member must have said it knows no leader, in every answer, before its copy
 #: is read: longer than an election takes.
 SETTLED_SECONDS = 3.0
+#: How long a member behind another one that answers waits before its copy is read anyway,
+#: if no member knows a leader all that time (quorum lost, not an election).
+BEHIND_SECONDS = 8.0
 
 Call = Callable[[str, Any, float | None], Awaitable[Any]]
 
@@ -67,10 +72,11 @@ class Peers:
         self._client = client
         self._clients: dict[str, _Client] = {}
 
-    async def revisions(self) -> list[int]:
-        """The store revision of each member that answers within STATUS_TIMEOUT."""
+    async def statuses(self) -> list[tuple[int, bool]]:
+        """(store revision, whether it knows a leader) of each member that answers within
+        STATUS_TIMEOUT."""
 
-        async def one(endpoint: str) -> int | None:
+        async def one(endpoint: str) -> tuple[int, bool] | None:
             client = self._clients.get(endpoint)
             if client is None:
                 client = self._clients[endpoint] = self._client(endpoint)
@@ -81,7 +87,7 @@ class Peers:
                 )
             except (grpc.aio.AioRpcError, OSError):
                 return None
-            return int(resp.header.revision)
+            return int(resp.header.revision), bool(resp.leader)
 
         found = await asyncio.gather(*(one(e) for e in self.endpoints))
         return [r for r in found if r is not None]
@@ -103,7 +109,8 @@ class LeaderCheck:
         self._call = call
         self.peers = peers or Peers([], _no_client)
         self._revision = 0  # the member's store revision, as of its last answer
-        self._best: tuple[float, bool] = (-CHECK_EVERY, False)  # (asked at, answer)
+        #: (asked at, the members' statuses); until asked: as if one knew a leader
+        self._seen: tuple[float, list[tuple[int, bool]]] = (-CHECK_EVERY, [(0, True)])
         self._checked = -CHECK_EVERY
         self._applied = -CHECK_EVERY  # when the answer in `_known` was asked
         self._known = True
@@ -139,15 +146,19 @@ class LeaderCheck:
             return 0.0
         return max(time.monotonic() - self._leaderless_since, 1e-9)
 
-    async def copy_is_best(self) -> bool:
-        """Whether no member that answers reports a newer store revision than this member's
-        (as of CHECK_EVERY ago at most)."""
-        asked, best = self._best
+    async def copy_usable(self, leaderless: float) -> bool:
+        """Whether the member's copy may be read, the member having known no leader for
+        `leaderless` seconds: no member that answers knows a leader, and none has a newer
+        revision unless that has lasted BEHIND_SECONDS (the statuses as of CHECK_EVERY ago
+        at most, asked by one read at a time: the others take the last answer)."""
+        asked, seen = self._seen
         if time.monotonic() - asked >= CHECK_EVERY:
             asked = time.monotonic()
-            self._best = (asked, best)  # one asking at a time: the others take the last answer
-            own = self._revision
-            best = all(revision <= own for revision in await self.peers.revisions())
-            if self._best[0] == asked:
-                self._best = (asked, best)
-        return best
+            self._seen = (asked, seen)
+            seen = await self.peers.statuses()
+            if self._seen[0] == asked:
+                self._seen = (asked, seen)
+        if any(leader for _, leader in seen):
+            return False  # a quorum elsewhere: wait for it (quorum reads)
+        own = self._revision
+        return all(revision <= own for revision, _ in seen) or leaderless >= BEHIND_SECONDS
