@@ -259,20 +259,20 @@ def cluster_runs(results: Results) -> str:
     return "\n".join(lines)
 
 
-def ceiling_table(results: Results) -> str:
-    if not results.ceiling:
+def _figures_table(heading: str, figures: dict[str, float]) -> str:
+    if not figures:
         return ""
-    lines = ["| client ceiling (against a do-nothing server) | value |", "|---|---:|"]
-    lines += [f"| {name} | {value:,.0f} |" for name, value in results.ceiling.items()]
+    lines = [f"| {heading} | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in figures.items()]
     return "\n".join(lines)
+
+
+def ceiling_table(results: Results) -> str:
+    return _figures_table("client ceiling (against a do-nothing server)", results.ceiling)
 
 
 def disk_table(results: Results) -> str:
-    if not results.disk:
-        return ""
-    lines = ["| disk ceiling (the benchmark's directory, best of 2) | value |", "|---|---:|"]
-    lines += [f"| {name} | {value:,.0f} |" for name, value in results.disk.items()]
-    return "\n".join(lines)
+    return _figures_table("disk ceiling (the benchmark's directory, best of 2)", results.disk)
 
 
 def _run(*argv: str) -> str:
