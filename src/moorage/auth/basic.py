@@ -33,6 +33,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import Counter
 
@@ -50,6 +51,7 @@ from moorage.meta.etcd import EtcdCluster
 from moorage.meta.records import UserRecord
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 _VERIFIED_TTL = 300.0
 _USER_TTL = 5.0
@@ -100,6 +102,14 @@ def parse_basic(authorization: str | None) -> tuple[str, str, str] | None:
     if not sep or not name:
         return None
     return name, password, decoded
+
+
+def _forget(table: dict[K, asyncio.Task[bool]], key: K, task: asyncio.Task[bool]) -> None:
+    """A check's task is done: off its table of running ones (`_checking`, `_flows`)."""
+    if table.get(key) is task:
+        del table[key]
+    if not task.cancelled():
+        task.exception()  # retrieved even if every request waiting for it went away
 
 
 def _client_key(client: str | None) -> str:
@@ -179,12 +189,6 @@ class BasicAuthenticator(Authenticator):
         self._users[name] = (now, user)
         return user
 
-    def _flow_done(self, flow: tuple[bytes, str], task: asyncio.Task[bool]) -> None:
-        if self._flows.get(flow) is task:
-            del self._flows[flow]
-        if not task.cancelled():
-            task.exception()  # retrieved even if every request waiting for it went away
-
     def _looked_up(self, name: str, lookup: asyncio.Future[UserRecord | None]) -> None:
         self._lookups.pop(name, None)
         if not lookup.cancelled():
@@ -259,7 +263,7 @@ class BasicAuthenticator(Authenticator):
                     )
                 )
                 self._flows[flow] = checking
-                checking.add_done_callback(functools.partial(self._flow_done, flow))
+                checking.add_done_callback(functools.partial(_forget, self._flows, flow))
             ok = await asyncio.shield(checking)
         if not ok or user is None:
             return None
@@ -331,13 +335,7 @@ class BasicAuthenticator(Authenticator):
             )
         )
         self._checking[check_key] = run
-
-        def done(task: asyncio.Task[bool]) -> None:
-            self._checking.pop(check_key, None)
-            if not task.cancelled():
-                task.exception()  # retrieved even if every request waiting for it went away
-
-        run.add_done_callback(done)
+        run.add_done_callback(functools.partial(_forget, self._checking, check_key))
         return await asyncio.shield(run)
 
     async def _run_check(
