@@ -64,7 +64,14 @@ def _parallel(calls: list[Callable[[], None]]) -> list[BaseException | None]:
         return [_outcome(c) for c in calls]
     if _pool is None:
         _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="moorage-fsync")
-    return list(_pool.map(_outcome, calls))
+    # The batch's own thread makes the first call while the pool makes the others: one
+    # hand-off fewer per phase (each wakes a thread and hands the GIL over twice).
+    others = [_pool.submit(_outcome, c) for c in calls[1:]]
+    try:
+        first = _outcome(calls[0])
+    finally:  # the batch's cleanup closes the descriptors: never while the pool uses them
+        rest = [f.result() for f in others]
+    return [first, *rest]
 
 
 def _outcome(call: Callable[[], None]) -> BaseException | None:
