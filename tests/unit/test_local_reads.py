@@ -18,7 +18,14 @@ from aetcd import rpc
 
 from moorage.errors import StoreUnavailable
 from moorage.meta import etcd
-from moorage.meta.etcd_leader import BEHIND_SECONDS, SETTLED_SECONDS, LeaderCheck, Peers
+from moorage.meta.etcd_leader import (
+    BEHIND_SECONDS,
+    CHECK_EVERY,
+    SETTLED_SECONDS,
+    STREAK_GAP,
+    LeaderCheck,
+    Peers,
+)
 
 
 def _status(leader: int, revision: int = 10) -> Any:
@@ -76,12 +83,16 @@ def _peers(revisions: dict[str, int | None]) -> Peers:
     return Peers(list(revisions), lambda endpoint: _PeerClient(revisions[endpoint]))
 
 
-def _leaderless(store: Any, seconds: float) -> None:
-    """The member has said it knows no leader for `seconds`, its last answer just now."""
+def _leaderless(store: Any, seconds: float, anywhere: bool = True) -> None:
+    """The member has said it knows no leader for `seconds`, its last answer just now; and
+    (`anywhere`) the other members' answers showed none knowing one for as long."""
     now = time.monotonic()
     check = store._leader
     check._known, check._checked, check._applied = False, now, now
     check._leaderless_since = now - seconds
+    if anywhere:
+        check._none_since = now - seconds
+        check._seen = (now - CHECK_EVERY, [])  # asked again at the next read, no gap
 
 
 def _read(store: Any) -> Any:
@@ -275,3 +286,56 @@ def test_a_member_behind_another_is_read_once_no_member_has_had_a_leader_for_lon
     _leaderless(store, BEHIND_SECONDS)
     assert _read(store) == "stale"
     assert member.served == ["local copy"]
+
+
+def test_a_member_cut_off_longer_than_the_others_election_is_not_read_when_behind() -> None:
+    """Cut off from a quorum that went on (its own answers leaderless for long), then that
+    quorum loses its leader: the others know none either now, but they hold what it lacks.
+    Its own leaderless time does not count: its copy is read once no member has been seen
+    knowing a leader for BEHIND_SECONDS (a helper's reading of the rule found the gap)."""
+
+    async def run() -> list[bool]:
+        member = _Member(leader=0, failures=0, revision=10)
+        check = LeaderCheck(member, _peers({"a": 10, "b": 12}))
+        check._revision = 10
+        found = [await check.copy_usable(BEHIND_SECONDS + 60)]  # the others' election began
+        assert check._none_since is not None
+        check._none_since -= BEHIND_SECONDS - 1
+        check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
+        found.append(await check.copy_usable(BEHIND_SECONDS + 60))  # 7 s: still waits
+        check._none_since -= 1
+        check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
+        found.append(await check.copy_usable(BEHIND_SECONDS + 60))  # 8 s without a leader
+        return found
+
+    assert asyncio.run(run()) == [False, False, True]
+
+
+def test_a_leader_seen_or_a_gap_between_answers_starts_the_count_again() -> None:
+    async def run() -> list[float | None]:
+        leader = {"b": 0}
+        peers = Peers(["a", "b"], lambda e: _PeerClient(12, leader=leader.get(e, 0)))
+        check = LeaderCheck(_Member(leader=0, failures=0, revision=10), peers)
+        await check.copy_usable(30.0)
+        first = check._none_since
+        check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
+        await check.copy_usable(30.0)
+        kept = check._none_since  # answers close together: one stretch
+        leader["b"] = 7  # a leader again; new channels so that the peer answers anew
+        await peers.close()
+        check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
+        await check.copy_usable(30.0)
+        reset = check._none_since
+        leader["b"] = 0
+        await peers.close()
+        check._seen = (time.monotonic() - STREAK_GAP - 1, check._seen[1])  # unseen meanwhile
+        await check.copy_usable(30.0)
+        after_gap = check._none_since
+        return [first, kept, reset, after_gap]
+
+    first, kept, reset, after_gap = asyncio.run(run())
+    assert first is not None
+    assert kept == first
+    assert reset is None
+    assert after_gap is not None
+    assert after_gap > first

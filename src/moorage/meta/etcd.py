@@ -34,7 +34,7 @@ from moorage.meta.base import (
     Op,
 )
 from moorage.meta.cluster_store import ClusterStore
-from moorage.meta.etcd_leader import BEHIND_SECONDS, SETTLED_SECONDS, LeaderCheck, Peers
+from moorage.meta.etcd_leader import SETTLED_SECONDS, LeaderCheck, Peers
 from moorage.meta.etcd_members import TRANSIENT
 from moorage.meta.etcd_members import ClientTls as ClientTls
 from moorage.meta.etcd_members import Member as Member
@@ -152,13 +152,16 @@ class EtcdMetaStore(MetaStore):
         while True:
             if time.monotonic() < self._local_reads_until:
                 leaderless = await self._leader.leaderless_for()
-                if leaderless >= SETTLED_SECONDS and await self._leader.copy_usable(leaderless):
+                # The members are asked from the first leaderless answer on: how long none
+                # of them has known a leader counts from then (etcd_leader.copy_usable).
+                usable = bool(leaderless) and await self._leader.copy_usable(leaderless)
+                if usable and leaderless >= SETTLED_SECONDS:
                     request.serializable = True
                     return await self._call("kvstub.Range", request)
                 if not leaderless:
                     self._local_reads_until = 0.0
                 else:  # an election, perhaps: wait for it, or for it to prove no quorum
-                    deadline = max(deadline, time.monotonic() + BEHIND_SECONDS - leaderless + 1)
+                    deadline = max(deadline, self._leader.behind_until(leaderless) + 1)
             try:
                 return await self._call("kvstub.Range", request, LINEARIZABLE_READ_TIMEOUT)
             except StoreUnavailable as exc:

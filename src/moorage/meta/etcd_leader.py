@@ -24,6 +24,9 @@ serve tags up to 4.6 s after the next leader's loss. So the copy is read only if
 that answers knows a leader, and none reports a newer store revision (`Peers`) unless no
 member has known a leader for BEHIND_SECONDS: then the quorum is lost for good (two
 survivors of five, one behind the other) and pulls go on from each one's copy, as before.
+That time is counted from the other members' answers (`copy_usable`), not from the member's
+own: a member cut off from a quorum that went on has been leaderless for as long as it was cut
+off, and when that quorum next holds an election its copy lacks what the quorum committed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ SETTLED_SECONDS = 3.0
 #: How long a member behind another one that answers waits before its copy is read anyway,
 #: if no member knows a leader all that time (quorum lost, not an election).
 BEHIND_SECONDS = 8.0
+#: Answers of the members further apart than this do not make one stretch of "no member knows
+#: a leader": one may have known a leader in between, unseen.
+STREAK_GAP = 2.0
 
 Call = Callable[[str, Any, float | None], Awaitable[Any]]
 
@@ -117,6 +123,9 @@ class LeaderCheck:
         #: When an answer first said no leader, of the answers saying so since (None: the
         #: last answer named a leader).
         self._leaderless_since: float | None = None
+        #: When the members' answers first showed no member knowing a leader, of those showing
+        #: none since, each within STREAK_GAP of the one before (None: the last named one).
+        self._none_since: float | None = None
 
     async def known(self) -> bool:
         """False only when the member the store talks to said it knows no leader (as of
@@ -149,16 +158,35 @@ class LeaderCheck:
     async def copy_usable(self, leaderless: float) -> bool:
         """Whether the member's copy may be read, the member having known no leader for
         `leaderless` seconds: no member that answers knows a leader, and none has a newer
-        revision unless that has lasted BEHIND_SECONDS (the statuses as of CHECK_EVERY ago
-        at most, asked by one read at a time: the others take the last answer)."""
+        revision unless no member that answers has known one for BEHIND_SECONDS, in every
+        answer since (the statuses as of CHECK_EVERY ago at most, asked by one read at a time:
+        the others take the last answer). The member's own leaderless time is not enough: cut
+        off from a quorum that went on for longer than that, it is behind when that quorum
+        holds its next election, and its copy lacks what the quorum committed."""
         asked, seen = self._seen
         if time.monotonic() - asked >= CHECK_EVERY:
+            before = asked
             asked = time.monotonic()
             self._seen = (asked, seen)
             seen = await self.peers.statuses()
             if self._seen[0] == asked:
                 self._seen = (asked, seen)
+                if any(leader for _, leader in seen):
+                    self._none_since = None
+                elif self._none_since is None or asked - before > STREAK_GAP:
+                    self._none_since = asked
         if any(leader for _, leader in seen):
             return False  # a quorum elsewhere: wait for it (quorum reads)
         own = self._revision
-        return all(revision <= own for revision, _ in seen) or leaderless >= BEHIND_SECONDS
+        if all(revision <= own for revision, _ in seen):
+            return True
+        since = self._none_since
+        return since is not None and time.monotonic() - since >= BEHIND_SECONDS
+
+    def behind_until(self, leaderless: float) -> float:
+        """When a member behind another may read its copy at the earliest, if no member comes
+        to know a leader: BEHIND_SECONDS after the members were first seen without one (after
+        the member itself said so, until they are asked)."""
+        since = self._none_since
+        start = since if since is not None else time.monotonic() - leaderless
+        return start + BEHIND_SECONDS
