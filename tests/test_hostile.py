@@ -413,3 +413,25 @@ def test_a_descriptor_size_unlike_its_blob_is_refused(client: httpx.Client) -> N
         assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404
     good = manifest(len(config[0]), len(layer[0]))
     assert client.put(f"/v2/{repo}/manifests/v1", content=good, headers=headers).status_code == 201
+
+
+def test_silent_connections_do_not_shut_the_replica_out(registry: Replica) -> None:
+    """granian counts open connections against its bound (server/transport.py BACKPRESSURE),
+    not requests: at the old bound of 64, a probe's 64 sockets that sent nothing left the
+    replica answering nothing, `/_ping` included, for as long as they stayed open."""
+    import socket
+
+    silent = [socket.create_connection(("127.0.0.1", registry.port)) for _ in range(150)]
+    try:
+        with httpx.Client(base_url=registry.url, timeout=10, verify=registry.verify()) as fresh:
+            assert fresh.get("/_ping").status_code == 200
+            assert fresh.get("/v2/").status_code == 401  # answered, credentials asked
+    finally:
+        for sock in silent:
+            sock.close()
+    assert registry.proc is not None
+    limits = Path(f"/proc/{registry.proc.pid}/limits").read_text()
+    fields = next(line for line in limits.splitlines() if "open files" in line).split()
+    soft, hard = int(fields[3]), fields[4]
+    # raised at start (transport.raise_open_files), up to the hard limit
+    assert soft >= (4096 if hard == "unlimited" else min(4096, int(hard)))

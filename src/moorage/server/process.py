@@ -35,6 +35,7 @@ def run_replica(data_dir: DataDir, admin_password: str | None, workers: int = 1)
     """Run the replica in the foreground until SIGTERM/SIGINT."""
     config = data_dir.load()
     tls = transport.material(config)  # refuses before anything starts
+    transport.raise_open_files()  # connections, served files, etcd channels
     with supervise(data_dir, config, admin_password) as watchdog:
         os.environ["MOORAGE_DATA_DIR"] = str(data_dir.path)
         metrics_dir = data_dir.run_dir / "metrics"  # shared by the API workers

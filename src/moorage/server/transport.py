@@ -12,6 +12,7 @@ at a time, while the replica's etcd member and supervisor keep running.
 from __future__ import annotations
 
 import logging
+import resource
 import ssl
 import threading
 import time
@@ -174,11 +175,39 @@ class CloseWhenReplaced:
         await self.app(scope, receive, closing)
 
 
-#: Memory stays flat under many concurrent pulls: each response in flight holds a write
-#: buffer and a file read, and granian would start up to 512 threads for those reads.
-#: Requests beyond BACKPRESSURE wait for a free slot (per API worker).
-BACKPRESSURE = 64  # requests one API worker answers at once
+#: Connections one API worker holds open at once; more wait in the listen queue. granian
+#: counts connections, not requests: each holds a slot for as long as it is open, idle
+#: keep-alive and silent ones too. At 64 (the bound once meant for requests in flight), 64
+#: sockets that sent nothing, from anyone and without credentials, shut a replica out
+#: (`/_ping` included) for as long as they stayed open; a probe did that. 1024 is granian's
+#: own default (the listen backlog).
+BACKPRESSURE = 1024
+#: Memory stays flat under many concurrent pulls: file reads run in at most this many threads
+#: (granian would start up to 512), each response in flight holding a write buffer.
 BLOCKING_THREADS = 16  # granian's threads for file reads (pathsend), per worker
+#: A connection that sends no complete request head for this long is closed: a silent or
+#: idle keep-alive socket gives its slot back (granian's default is 30 s).
+HEADER_READ_TIMEOUT_MS = 10_000
+
+
+#: Open files the replica asks for (its soft limit, up to the hard one): BACKPRESSURE
+#: connections per worker, the files they serve, etcd channels and the journal.
+OPEN_FILES = 65_536
+
+
+def raise_open_files() -> int:
+    """Raise the soft limit on open files to OPEN_FILES, or to the hard limit if that is
+    lower (as Go programs such as Distribution do at start): at a default soft limit of 1,024,
+    1,024 connections alone would leave no descriptor for a blob. The limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):  # not allowed here: the limit stays as it was
+            return soft
+        return wanted
+    return soft
 
 
 def server_options(config: ReplicaConfig, tls: Material | None) -> dict[str, Any]:
@@ -187,6 +216,7 @@ def server_options(config: ReplicaConfig, tls: Material | None) -> dict[str, Any
     the access log left to moorage.api.access_log, the log format, TLS (files re-read by
     each new server: see `watch`; TLS 1.2 floor) and the bounds above."""
     from granian.constants import SSLProtocols  # the HTTP server only where it runs
+    from granian.http import HTTP1Settings
 
     return {
         "address": config.http_host,
@@ -198,4 +228,5 @@ def server_options(config: ReplicaConfig, tls: Material | None) -> dict[str, Any
         "ssl_protocol_min": SSLProtocols.tls12,
         "backpressure": BACKPRESSURE,
         "runtime_blocking_threads": BLOCKING_THREADS,
+        "http1_settings": HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
     }
