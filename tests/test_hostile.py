@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -435,3 +437,47 @@ def test_silent_connections_do_not_shut_the_replica_out(registry: Replica) -> No
     soft, hard = int(fields[3]), fields[4]
     # raised at start (transport.raise_open_files), up to the hard limit
     assert soft >= (4096 if hard == "unlimited" else min(4096, int(hard)))
+
+
+def test_an_error_answered_before_a_large_body_reaches_the_client(registry: Replica) -> None:
+    """A PATCH of 8 MB to an upload another request holds (416), then to the cancelled upload
+    (404): each answer comes before the body is read. The server used to close the
+    connection on the client still sending, which then got a reset (httpx: ReadError) instead
+    of the answer; now the body is read and dropped first."""
+    from harness.process import AUTH
+
+    body = os.urandom(8 * 1024 * 1024)
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 1000
+            await asyncio.sleep(0.1)
+
+    async def run() -> list[tuple[int, str]]:
+        def new() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=registry.url, auth=AUTH, timeout=60, verify=registry.verify()
+            )
+
+        found = []
+        async with new() as holder, new() as other:
+            started = await holder.post(f"/v2/{unique_repo()}/blobs/uploads/")
+            location = started.headers["Location"]
+            held = asyncio.create_task(holder.patch(location, content=slow()))
+            await asyncio.sleep(0.5)
+            busy = await other.patch(
+                location, content=body, headers={"Content-Type": "application/octet-stream"}
+            )
+            found.append((busy.status_code, busy.json()["errors"][0]["code"]))
+            await held
+            assert (await holder.delete(location)).status_code == 204
+            gone = await other.patch(location, content=body)
+            found.append((gone.status_code, gone.json()["errors"][0]["code"]))
+            found.append(((await other.get("/v2/")).status_code, ""))
+        return found
+
+    assert asyncio.run(run()) == [
+        (416, "BLOB_UPLOAD_INVALID"),
+        (404, "BLOB_UPLOAD_UNKNOWN"),
+        (200, ""),
+    ]

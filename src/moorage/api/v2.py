@@ -17,7 +17,13 @@ from starlette.responses import Response
 from moorage.api import blobs, discovery, manifests, uploads
 from moorage.api.errors import error_response, from_domain
 from moorage.api.health import acknowledge_write
-from moorage.api.http import authorization, range_header, reply, request_path
+from moorage.api.http import (
+    authorization,
+    drain_unread_body,
+    range_header,
+    reply,
+    request_path,
+)
 from moorage.api.state import AppState
 from moorage.auth import bearer
 from moorage.auth.access import (
@@ -263,11 +269,15 @@ def _not_allowed(method: str, path: str) -> Response:
 
 
 async def guarded(request: Request) -> Response:
-    """`dispatch`, with anything unexpected logged and answered in the OCI envelope."""
+    """`dispatch`, with anything unexpected logged and answered in the OCI envelope; an
+    error answered before the body was read reads the rest first (`drain_unread_body`)."""
     try:
-        return await dispatch(request)
+        response = await dispatch(request)
     except ClientDisconnect:  # the client is gone: nobody reads the answer, no traceback
         return error_response(400, "BLOB_UPLOAD_INVALID", "the request body ended early")
     except Exception:
         log.exception("unexpected error in %s %r", request.method, request_path(request.scope))
-        return error_response(500, "UNKNOWN", "internal error; the replica's log has details")
+        response = error_response(500, "UNKNOWN", "internal error; the replica's log has details")
+    if response.status_code >= 400:
+        await drain_unread_body(request)
+    return response
