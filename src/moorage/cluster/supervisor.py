@@ -15,6 +15,7 @@ around the server). It
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -26,6 +27,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from moorage.cluster.processes import read_pid
@@ -218,7 +220,17 @@ def supervise(
             watchdog.stop()
             for stale in data_dir.run_dir.glob("api-*.pid"):
                 stale.unlink(missing_ok=True)
-            pid_file.unlink(missing_ok=True)
+            # At the process's exit, not now: `moorage stop` and `destroy` find the process by
+            # this file and wait for it; removed now, a replica stopping by itself (removed
+            # from its cluster) was still running when `destroy` returned (a test saw it).
+            atexit.register(_unlink_if_ours, pid_file, os.getpid())
+
+
+def _unlink_if_ours(pid_file: Path, pid: int) -> None:
+    """Remove the supervisor's pid file unless another start rewrote it meanwhile."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(pid_file.read_text()) == pid:
+            pid_file.unlink()
 
 
 def check_http_addr(config: ReplicaConfig) -> None:
