@@ -386,6 +386,13 @@ def test_stopped_replicas_whose_dirs_are_given_are_started_not_repaired(tmp_path
         [sys.executable, "-c", "import time; time.sleep(60)", str(dirs[0].path)]
     )
     try:
+        # until it has exec'd, the child's command line is still this process's (a loaded
+        # full run saw it and took the replica for not running)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        for _ in range(500):
+            if str(dirs[0].path).encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
         dirs[0].pid_file(SUPERVISOR_PID).write_text(f"{proc.pid}\n")
         doc = _with_local_facts(diagnose(facts), dirs)
         row = next(r for r in doc["replicas"] if r["id"] == "2" * 12)
