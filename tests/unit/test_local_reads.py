@@ -251,7 +251,7 @@ def test_the_members_are_asked_once_however_many_reads_wait_for_the_answer() -> 
 
         check = LeaderCheck(_Member(leader=0, failures=0), Peers(["a"], lambda e: Slow(5)))
         check._revision = 5
-        answers = await asyncio.gather(*(check.copy_usable(5.0) for _ in range(20)))
+        answers = await asyncio.gather(*(check.copy_usable() for _ in range(20)))
         return answers, asked
 
     answers, asked = asyncio.run(run())
@@ -298,14 +298,16 @@ def test_a_member_cut_off_longer_than_the_others_election_is_not_read_when_behin
         member = _Member(leader=0, failures=0, revision=10)
         check = LeaderCheck(member, _peers({"a": 10, "b": 12}))
         check._revision = 10
-        found = [await check.copy_usable(BEHIND_SECONDS + 60)]  # the others' election began
+        # leaderless itself for a minute (cut off): not asked, it does not count
+        check._known, check._leaderless_since = False, time.monotonic() - BEHIND_SECONDS - 60
+        found = [await check.copy_usable()]  # the others' election began
         assert check._none_since is not None
         check._none_since -= BEHIND_SECONDS - 1
         check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
-        found.append(await check.copy_usable(BEHIND_SECONDS + 60))  # 7 s: still waits
+        found.append(await check.copy_usable())  # 7 s: still waits
         check._none_since -= 1
         check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
-        found.append(await check.copy_usable(BEHIND_SECONDS + 60))  # 8 s without a leader
+        found.append(await check.copy_usable())  # 8 s without a leader
         return found
 
     assert asyncio.run(run()) == [False, False, True]
@@ -316,20 +318,20 @@ def test_a_leader_seen_or_a_gap_between_answers_starts_the_count_again() -> None
         leader = {"b": 0}
         peers = Peers(["a", "b"], lambda e: _PeerClient(12, leader=leader.get(e, 0)))
         check = LeaderCheck(_Member(leader=0, failures=0, revision=10), peers)
-        await check.copy_usable(30.0)
+        await check.copy_usable()
         first = check._none_since
         check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
-        await check.copy_usable(30.0)
+        await check.copy_usable()
         kept = check._none_since  # answers close together: one stretch
         leader["b"] = 7  # a leader again; new channels so that the peer answers anew
         await peers.close()
         check._seen = (time.monotonic() - CHECK_EVERY, check._seen[1])
-        await check.copy_usable(30.0)
+        await check.copy_usable()
         reset = check._none_since
         leader["b"] = 0
         await peers.close()
         check._seen = (time.monotonic() - STREAK_GAP - 1, check._seen[1])  # unseen meanwhile
-        await check.copy_usable(30.0)
+        await check.copy_usable()
         after_gap = check._none_since
         return [first, kept, reset, after_gap]
 

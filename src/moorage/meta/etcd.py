@@ -154,7 +154,7 @@ class EtcdMetaStore(MetaStore):
                 leaderless = await self._leader.leaderless_for()
                 # The members are asked from the first leaderless answer on: how long none
                 # of them has known a leader counts from then (etcd_leader.copy_usable).
-                usable = bool(leaderless) and await self._leader.copy_usable(leaderless)
+                usable = bool(leaderless) and await self._leader.copy_usable()
                 if usable and leaderless >= SETTLED_SECONDS:
                     request.serializable = True
                     return await self._call("kvstub.Range", request)

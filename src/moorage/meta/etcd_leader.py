@@ -155,9 +155,9 @@ class LeaderCheck:
             return 0.0
         return max(time.monotonic() - self._leaderless_since, 1e-9)
 
-    async def copy_usable(self, leaderless: float) -> bool:
-        """Whether the member's copy may be read, the member having known no leader for
-        `leaderless` seconds: no member that answers knows a leader, and none has a newer
+    async def copy_usable(self) -> bool:
+        """Whether the member's copy may be read, the member knowing no leader (the caller
+        checks for how long): no member that answers knows a leader, and none has a newer
         revision unless no member that answers has known one for BEHIND_SECONDS, in every
         answer since (the statuses as of CHECK_EVERY ago at most, asked by one read at a time:
         the others take the last answer). The member's own leaderless time is not enough: cut

@@ -11,6 +11,7 @@ at a time, while the replica's etcd member and supervisor keep running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import ssl
@@ -195,19 +196,15 @@ HEADER_READ_TIMEOUT_MS = 10_000
 OPEN_FILES = 65_536
 
 
-def raise_open_files() -> int:
+def raise_open_files() -> None:
     """Raise the soft limit on open files to OPEN_FILES, or to the hard limit if that is
     lower (as Go programs such as Distribution do at start): at a default soft limit of 1,024,
-    1,024 connections alone would leave no descriptor for a blob. The limit now."""
+    1,024 connections alone would leave no descriptor for a blob."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # not allowed: the limit stays
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError):  # not allowed here: the limit stays as it was
-            return soft
-        return wanted
-    return soft
 
 
 def server_options(config: ReplicaConfig, tls: Material | None) -> dict[str, Any]:
