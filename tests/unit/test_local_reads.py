@@ -341,3 +341,63 @@ def test_a_leader_seen_or_a_gap_between_answers_starts_the_count_again() -> None
     assert reset is None
     assert after_gap is not None
     assert after_gap > first
+
+
+def test_a_status_call_cut_short_by_its_channel_closing_is_no_answer() -> None:
+    """grpc cancels the calls in flight on a channel being closed (the store reopening with
+    renewed certificates or new members): that member did not answer; the read goes on (a
+    full run saw this CancelledError reach a manifest GET as a 500)."""
+
+    class Closing(_PeerClient):
+        async def _status(self, request: Any, **options: Any) -> Any:
+            raise asyncio.CancelledError()
+
+    async def run() -> list[tuple[int, bool]]:
+        peers = Peers(["a", "b"], lambda e: Closing(3) if e == "a" else _PeerClient(4))
+        return await peers.statuses()
+
+    assert asyncio.run(run()) == [(4, False)]
+
+
+def test_a_reader_cancelled_while_the_members_are_asked_is_cancelled() -> None:
+    async def run() -> bool:
+        class Hung(_PeerClient):
+            async def _status(self, request: Any, **options: Any) -> Any:
+                await asyncio.sleep(60)
+
+        peers = Peers(["a"], lambda e: Hung(3))
+        task = asyncio.ensure_future(peers.statuses())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(run()) is True
+
+
+def test_a_store_call_cut_short_by_its_channel_closing_is_a_store_failure() -> None:
+    """The same on the store's own channel (a retired one, closed at the reopen after next):
+    StoreUnavailable, which reads retry and the API answers as 503, never a bare cancel."""
+
+    async def closed(request: Any, **options: Any) -> Any:
+        raise asyncio.CancelledError()
+
+    connected = asyncio.Event()
+    connected.set()
+    store = object.__new__(etcd.EtcdMetaStore)
+    store._timeout = 1.0
+    store._client = SimpleNamespace(  # type: ignore[assignment]
+        _connected=connected, metadata=None, kvstub=SimpleNamespace(Range=closed)
+    )
+
+    async def run() -> str:
+        try:
+            await store._call("kvstub.Range", rpc.RangeRequest(key=b"k"))
+        except StoreUnavailable as exc:
+            return str(exc)
+        return "answered"
+
+    assert "channel was closed" in asyncio.run(run())

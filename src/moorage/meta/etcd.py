@@ -143,6 +143,16 @@ class EtcdMetaStore(MetaStore):
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise _TooLarge(f"{_UNAVAILABLE}: {detail}") from exc
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
+        except grpc.aio.UsageError as exc:  # its channel closed before the call (a reopen)
+            raise StoreUnavailable(f"{_UNAVAILABLE}: {exc}") from exc
+        except asyncio.CancelledError as exc:
+            # grpc cancels the calls in flight on a channel being closed (a retired one, at
+            # the reopen after next): retried like any failure; the caller's own cancellation
+            # goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise StoreUnavailable(f"{_UNAVAILABLE}: the call's channel was closed") from exc
 
     async def _read(self, request: Any) -> Any:
         """A linearizable read; without quorum, this member's copy (pulls go on), never while

@@ -91,7 +91,15 @@ class Peers:
                 resp = await client.maintenancestub.Status(
                     rpc.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=client.metadata
                 )
-            except (grpc.aio.AioRpcError, OSError):
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError):
+                return None  # UsageError: its channel was closed (a reopen) before the call
+            except asyncio.CancelledError:
+                # grpc cancels the calls in flight on a channel being closed (the store's
+                # reopen with renewed certificates or new members): no answer, not the
+                # reader's cancellation, which goes on (a full run saw it reach a GET as 500).
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 return None
             return int(resp.header.revision), bool(resp.leader)
 
