@@ -309,3 +309,20 @@ def test_no_file_stays_open_after_the_app_stops(tmp_path: Path) -> None:
         push_image(api, "unit/leak", "v1", b"journaled")
         assert list((tmp_path / "blobs" / "journal").glob("*.jsonl"))
     assert _open_files_under(tmp_path) == []
+
+
+def test_a_call_cancelled_by_a_library_is_a_503_to_retry(
+    api: InProcessClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc cancels calls in flight on a channel being closed: a CancelledError that is not
+    the request's own cancellation is answered in the envelope as 503, never a bare 500."""
+    import asyncio
+
+    from moorage.api import v2
+
+    async def cancelled(request: object) -> object:
+        raise asyncio.CancelledError()
+
+    monkeypatch.setattr(v2, "dispatch", cancelled)
+    first = assert_error(api.get("/v2/some/repo/manifests/latest"), 503, "UNAVAILABLE")
+    assert "retry" in str(first["message"])

@@ -6,6 +6,7 @@ order (uploads before blobs); the name is validated once here for every route.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -275,6 +276,14 @@ async def guarded(request: Request) -> Response:
         response = await dispatch(request)
     except ClientDisconnect:  # the client is gone: nobody reads the answer, no traceback
         return error_response(400, "BLOB_UPLOAD_INVALID", "the request body ended early")
+    except asyncio.CancelledError:
+        # A library cancelling a call of its own (grpc does, on a channel being closed) is
+        # a failure to retry; the request's own cancellation (the client left) goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.exception("a call was cancelled in %s %r", request.method, request_path(request.scope))
+        response = error_response(503, "UNAVAILABLE", "a backend call was cancelled; retry")
     except Exception:
         log.exception("unexpected error in %s %r", request.method, request_path(request.scope))
         response = error_response(500, "UNKNOWN", "internal error; the replica's log has details")
