@@ -17,6 +17,8 @@ from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
 from moorage.meta.etcd_watch import WatchClosed as WatchClosed
 
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
+#: How long the member may take to create the watch.
+OPEN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,17 @@ class TagWatch:
         create = rpc.WatchCreateRequest(
             key=keys.TAGS, range_end=keys.prefix_end(keys.TAGS), prev_kv=True, progress_notify=True
         )
-        async with self._guarded():
-            await self._call.write(rpc.WatchRequest(create_request=create))
-            resp = await self._call.read()
+        try:
+            async with asyncio.timeout(OPEN_SECONDS), self._guarded():
+                await self._call.write(rpc.WatchRequest(create_request=create))
+                resp = await self._call.read()
+        except TimeoutError:
+            # A member that never answers (paused, stuck catching up) would keep the cache
+            # off for good: the session starts over instead, as after any store failure.
+            self.close()
+            raise StoreUnavailable(
+                f"{_UNAVAILABLE}: the tag watch was not created within {OPEN_SECONDS:g} s"
+            ) from None
         if resp is grpc.aio.EOF or not resp.created or resp.canceled:
             raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch was refused")
         self.watch_id = int(resp.watch_id)
