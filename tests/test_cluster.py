@@ -4,6 +4,7 @@ status names the scenario, remove/join repair the cluster, unsafe changes are re
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.process import pid_files
 
 from tests.cluster import Cluster, moorage, pull_image, push_image, sha256
 
@@ -145,6 +147,24 @@ def test_hung_replica_is_reported_unhealthy(three: Cluster) -> None:
         r2.signal(signal.SIGCONT)
     cluster.wait_status("healthy")
     pull_image(r2, "cluster/hung", "v1")
+
+
+def test_a_replica_whose_own_etcd_member_hangs_reads_through_the_others(three: Cluster) -> None:
+    """Its etcd member stopped (a hung process; or, resumed from a pause, holding reads until
+    it has caught up), a replica reads through the other members: pulls go on, and are fresh
+    (a tag re-pointed meanwhile through another replica is served re-pointed)."""
+    cluster = three
+    leader = cluster.leader()
+    hung, writer = [n for n in cluster.nodes if n is not leader][:2]
+    push_image(writer, "cluster/own-member", "v1", "first")
+    member = pid_files(hung.data_dir)["etcd"]
+    os.kill(member, signal.SIGSTOP)
+    try:
+        body = push_image(writer, "cluster/own-member", "v1", "second")
+        assert pull_image(hung, "cluster/own-member", "v1") == body
+    finally:
+        os.kill(member, signal.SIGCONT)
+    cluster.wait_status("healthy")
 
 
 def test_status_when_nothing_answers(cluster: Cluster, tmp_path: Path) -> None:

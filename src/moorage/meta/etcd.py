@@ -145,10 +145,7 @@ class EtcdMetaStore(MetaStore):
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
         except grpc.aio.UsageError as exc:  # its channel closed before the call (a reopen)
             raise StoreUnavailable(f"{_UNAVAILABLE}: {exc}") from exc
-        except asyncio.CancelledError as exc:
-            # grpc cancels the calls in flight on a channel being closed (a retired one, at
-            # the reopen after next): retried like any failure; the caller's own cancellation
-            # goes on.
+        except asyncio.CancelledError as exc:  # its channel closed: grpc cancels its calls
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
@@ -156,8 +153,8 @@ class EtcdMetaStore(MetaStore):
 
     async def _read(self, request: Any) -> Any:
         """A linearizable read; without quorum, this member's copy (pulls go on), never while
-        it knows a leader (it may be catching up), in an election or behind another member
-        (it may lack what the cluster committed): meta/etcd_leader.py."""
+        it knows a leader (it may be catching up; its failed reads go through the others), in
+        an election or behind another member (it may lack what was committed): etcd_leader."""
         deadline = time.monotonic() + self._timeout
         while True:
             if time.monotonic() < self._local_reads_until:
@@ -177,6 +174,10 @@ class EtcdMetaStore(MetaStore):
             except StoreUnavailable as exc:
                 if isinstance(exc, _TooLarge) or time.monotonic() >= deadline:
                     raise
+                if await self._leader.known():  # yet its reads fail: the other members'
+                    resp = await self._leader.peers.quorum_read(request, LINEARIZABLE_READ_TIMEOUT)
+                    if resp is not None:
+                        return resp
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
                 await asyncio.sleep(0.05)  # a refusal during an election comes at once
 

@@ -27,6 +27,11 @@ survivors of five, one behind the other) and pulls go on from each one's copy, a
 That time is counted from the other members' answers (`copy_usable`), not from the member's
 own: a member cut off from a quorum that went on has been leaderless for as long as it was cut
 off, and when that quorum next holds an election its copy lacks what the quorum committed.
+
+The other way round, a member that knows a leader but whose quorum reads fail (resumed after
+a pause, it holds them until it has applied the leader's commits: 1-4.6 s in a probe; or
+down while its replica runs) has them made through the other members (`Peers.quorum_read`):
+as linearizable there, and no copy is read.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ Call = Callable[[str, Any, float | None], Awaitable[Any]]
 
 class _Client(Protocol):
     maintenancestub: Any
+    kvstub: Any
     metadata: Any
 
     async def connect(self) -> None: ...
@@ -78,33 +84,55 @@ class Peers:
         self._client = client
         self._clients: dict[str, _Client] = {}
 
+    async def _ask(self, endpoint: str, stub: str, method: str, request: Any, limit: float) -> Any:
+        """The member's answer, or None when it gives none within `limit`."""
+        client = self._clients.get(endpoint)
+        if client is None:
+            client = self._clients[endpoint] = self._client(endpoint)
+        try:
+            await client.connect()
+            call = getattr(getattr(client, stub), method)
+            return await call(request, timeout=limit, metadata=client.metadata)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError):
+            return None  # UsageError: its channel was closed (a reopen) before the call
+        except asyncio.CancelledError:
+            # grpc cancels the calls in flight on a channel being closed (the store's
+            # reopen with renewed certificates or new members): no answer, not the
+            # reader's cancellation, which goes on (a full run saw it reach a GET as 500).
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None
+
     async def statuses(self) -> list[tuple[int, bool]]:
         """(store revision, whether it knows a leader) of each member that answers within
         STATUS_TIMEOUT."""
+        found = await asyncio.gather(
+            *(
+                self._ask(e, "maintenancestub", "Status", rpc.StatusRequest(), STATUS_TIMEOUT)
+                for e in self.endpoints
+            )
+        )
+        return [(int(r.header.revision), bool(r.leader)) for r in found if r is not None]
 
-        async def one(endpoint: str) -> tuple[int, bool] | None:
-            client = self._clients.get(endpoint)
-            if client is None:
-                client = self._clients[endpoint] = self._client(endpoint)
-            try:
-                await client.connect()
-                resp = await client.maintenancestub.Status(
-                    rpc.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=client.metadata
-                )
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError):
-                return None  # UsageError: its channel was closed (a reopen) before the call
-            except asyncio.CancelledError:
-                # grpc cancels the calls in flight on a channel being closed (the store's
-                # reopen with renewed certificates or new members): no answer, not the
-                # reader's cancellation, which goes on (a full run saw it reach a GET as 500).
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                return None
-            return int(resp.header.revision), bool(resp.leader)
-
-        found = await asyncio.gather(*(one(e) for e in self.endpoints))
-        return [r for r in found if r is not None]
+    async def quorum_read(self, request: Any, limit: float) -> Any:
+        """A linearizable Range through the other members (`endpoints` but the first, the
+        store channel's), the first answer within `limit`; None when none answers. For a
+        member that knows a leader but whose quorum reads stall: resumed after a pause, it
+        holds them until it has applied the leader's commits (a probe: 1-4.6 s). Any member's
+        linearizable read is as fresh as its own would be."""
+        asked = [
+            asyncio.ensure_future(self._ask(e, "kvstub", "Range", request, limit))
+            for e in self.endpoints[1:]
+        ]
+        try:
+            for answer in asyncio.as_completed(asked):
+                if (resp := await answer) is not None:
+                    return resp
+            return None
+        finally:
+            for task in asked:
+                task.cancel()
 
     async def close(self, endpoints: Sequence[str] | None = None) -> None:
         """Close the channels (`endpoints`: the members from now on)."""
