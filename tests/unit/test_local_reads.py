@@ -429,3 +429,18 @@ def test_a_member_without_a_leader_is_not_read_through_the_others() -> None:
     store = _store(member, peers)
     assert _read(store) == "fresh"
     assert member.served == ["quorum"]
+
+
+def test_after_a_failed_read_the_next_ones_go_straight_through_the_others() -> None:
+    """Each try of the member's own read waits out its deadline (1 s): for ELSEWHERE_SECONDS
+    after one failed, reads go to the other members first; then the member is tried again."""
+    member = _Member(leader=7, failures=1)
+    peers = Peers(["own", "up"], lambda e: _PeerClient(12))
+    store = _store(member, peers)
+    assert _read(store) == "quorum read through a peer at 12"  # its own failed first
+    assert _read(store) == "quorum read through a peer at 12"  # not asked this time
+    assert member.failures == 0
+    assert member.served == []  # the second was not asked of the member
+    store._leader._elsewhere_until = time.monotonic() - 0.01  # the window is over
+    assert _read(store) == "fresh"  # its own read, which works again
+    assert member.served == ["quorum"]

@@ -44,7 +44,7 @@ from moorage.meta.etcd_txn import TokenLease, compares, fence, token_key, txn_re
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
-LINEARIZABLE_READ_TIMEOUT = 1.0
+LINEARIZABLE_READ_TIMEOUT = _LINEAR = 1.0
 WRITE_ATTEMPT_TIMEOUT = 1.5
 WRITE_BUDGET = 8.0
 LOCAL_READ_WINDOW = 3.0
@@ -157,6 +157,8 @@ class EtcdMetaStore(MetaStore):
         an election or behind another member (it may lack what was committed): etcd_leader."""
         deadline = time.monotonic() + self._timeout
         while True:
+            if (got := await self._leader.read_elsewhere(request, _LINEAR, False)) is not None:
+                return got  # its own reads failed just before, with a leader: the others'
             if time.monotonic() < self._local_reads_until:
                 leaderless = await self._leader.leaderless_for()
                 # The members are asked from the first leaderless answer on: how long none
@@ -174,10 +176,8 @@ class EtcdMetaStore(MetaStore):
             except StoreUnavailable as exc:
                 if isinstance(exc, _TooLarge) or time.monotonic() >= deadline:
                     raise
-                if await self._leader.known():  # yet its reads fail: the other members'
-                    resp = await self._leader.peers.quorum_read(request, LINEARIZABLE_READ_TIMEOUT)
-                    if resp is not None:
-                        return resp
+                if (got := await self._leader.read_elsewhere(request, _LINEAR, True)) is not None:
+                    return got  # with a leader: its reads stall (catching up), or it hangs
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
                 await asyncio.sleep(0.05)  # a refusal during an election comes at once
 

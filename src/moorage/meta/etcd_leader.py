@@ -61,6 +61,9 @@ BEHIND_SECONDS = 8.0
 #: Answers of the members further apart than this do not make one stretch of "no member knows
 #: a leader": one may have known a leader in between, unseen.
 STREAK_GAP = 2.0
+#: After the member's own quorum read failed while it knew a leader, reads go straight through
+#: the other members this long (then it is tried again).
+ELSEWHERE_SECONDS = 2.0
 
 Call = Callable[[str, Any, float | None], Awaitable[Any]]
 
@@ -162,6 +165,24 @@ class LeaderCheck:
         #: When the members' answers first showed no member knowing a leader, of those showing
         #: none since, each within STREAK_GAP of the one before (None: the last named one).
         self._none_since: float | None = None
+        self._elsewhere_until = 0.0  # reads go through the other members until then
+
+    async def read_elsewhere(self, request: Any, limit: float, failed: bool) -> Any:
+        """A quorum read through the other members (`Peers.quorum_read`) when the member's
+        own just `failed` while it knows a leader, or one did within ELSEWHERE_SECONDS before
+        (then it is not tried first: each try waits out its deadline); None when not, or
+        when no other member answers."""
+        now = time.monotonic()
+        if not failed and now >= self._elsewhere_until:
+            return None
+        if failed and not await self.known():  # not asked in the window: a hung member's
+            return None  # status waits out its deadline too (the others' answer is as fresh)
+        resp = await self.peers.quorum_read(request, limit)
+        if resp is None:
+            self._elsewhere_until = 0.0
+        elif failed:
+            self._elsewhere_until = now + ELSEWHERE_SECONDS
+        return resp
 
     async def known(self) -> bool:
         """False only when the member the store talks to said it knows no leader (as of
