@@ -53,6 +53,10 @@ from moorage.storage.base import BlobStorage
 log = logging.getLogger("moorage.health")
 purge_log = logging.getLogger("moorage.housekeeping")
 CHECK_INTERVAL = 2.0
+#: While read-only (no leader), the next round comes sooner: writes are refused on the last
+#: round's word, and an election ends in a second or two (a full run saw a push and its retry
+#: refused right after the new leader of five was elected).
+READ_ONLY_CHECK_INTERVAL = 0.5
 CHECK_TIMEOUT = 3.0
 
 #: Called after every round of the health loop (the HTTP layer's metrics gauges).
@@ -108,7 +112,7 @@ async def health_loop(replica: Replica, observe: Observer | None = None) -> None
             if replica.storage.healthy and time.monotonic() - marked >= presence.MARK_SECONDS:
                 marked = time.monotonic()
                 await _mark_storage(replica)
-            await asyncio.sleep(CHECK_INTERVAL)
+            await asyncio.sleep(READ_ONLY_CHECK_INTERVAL if replica.read_only else CHECK_INTERVAL)
     finally:
         if marked:  # (a directory: no suspension; S3: bounded by its probe timeout)
             storage, config = replica.registry.storage, replica.config
