@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+
+def own_cancellation() -> bool:
+    """Whether the CancelledError being handled is the running task's own cancellation. If
+    not, a library cancelled a call of its own (grpc does, for the calls in flight on a
+    channel being closed): a failure to report or retry, not a reason to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
 
 class MoorageError(Exception):
     """Base of every error a user can cause or an operator must act on."""

@@ -37,7 +37,13 @@ from moorage.auth.access import (
     Access,
     Principal,
 )
-from moorage.errors import BlobUploadUnknown, MoorageError, RangeInvalid, StoreReadOnly
+from moorage.errors import (
+    BlobUploadUnknown,
+    MoorageError,
+    RangeInvalid,
+    StoreReadOnly,
+    own_cancellation,
+)
 from moorage.oci.names import validate_name
 
 log = logging.getLogger("moorage.api")
@@ -279,8 +285,7 @@ async def guarded(request: Request) -> Response:
     except asyncio.CancelledError:
         # A library cancelling a call of its own (grpc does, on a channel being closed) is
         # a failure to retry; the request's own cancellation (the client left) goes on.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if own_cancellation():
             raise
         log.exception("a call was cancelled in %s %r", request.method, request_path(request.scope))
         response = error_response(503, "UNAVAILABLE", "a backend call was cancelled; retry")

@@ -23,7 +23,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from moorage.errors import StoreUnavailable
+from moorage.errors import StoreUnavailable, own_cancellation
 from moorage.meta import keys
 from moorage.meta.base import (
     KV,
@@ -44,7 +44,7 @@ from moorage.meta.etcd_txn import TokenLease, compares, fence, token_key, txn_re
 
 DEFAULT_TIMEOUT = 5.0
 _UNAVAILABLE = "the metadata store (etcd) is unavailable"
-LINEARIZABLE_READ_TIMEOUT = _LINEAR = 1.0
+LINEARIZABLE_READ_TIMEOUT = 1.0
 WRITE_ATTEMPT_TIMEOUT = 1.5
 WRITE_BUDGET = 8.0
 LOCAL_READ_WINDOW = 3.0
@@ -146,8 +146,7 @@ class EtcdMetaStore(MetaStore):
         except grpc.aio.UsageError as exc:  # its channel closed before the call (a reopen)
             raise StoreUnavailable(f"{_UNAVAILABLE}: {exc}") from exc
         except asyncio.CancelledError as exc:  # its channel closed: grpc cancels its calls
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if own_cancellation():
                 raise
             raise StoreUnavailable(f"{_UNAVAILABLE}: the call's channel was closed") from exc
 
@@ -157,7 +156,8 @@ class EtcdMetaStore(MetaStore):
         an election or behind another member (it may lack what was committed): etcd_leader."""
         deadline = time.monotonic() + self._timeout
         while True:
-            if (got := await self._leader.read_elsewhere(request, _LINEAR, False)) is not None:
+            got = await self._leader.read_elsewhere(request, LINEARIZABLE_READ_TIMEOUT, False)
+            if got is not None:
                 return got  # its own reads failed just before, with a leader: the others'
             if time.monotonic() < self._local_reads_until:
                 leaderless = await self._leader.leaderless_for()
@@ -176,7 +176,8 @@ class EtcdMetaStore(MetaStore):
             except StoreUnavailable as exc:
                 if isinstance(exc, _TooLarge) or time.monotonic() >= deadline:
                     raise
-                if (got := await self._leader.read_elsewhere(request, _LINEAR, True)) is not None:
+                got = await self._leader.read_elsewhere(request, LINEARIZABLE_READ_TIMEOUT, True)
+                if got is not None:
                     return got  # with a leader: its reads stall (catching up), or it hangs
                 self._local_reads_until = time.monotonic() + LOCAL_READ_WINDOW
                 await asyncio.sleep(0.05)  # a refusal during an election comes at once

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import grpc
 from aetcd import rpc
 
-from moorage.errors import StoreUnavailable
+from moorage.errors import StoreUnavailable, own_cancellation
 
 #: A member's answer is trusted this long (reads during a window ask at most this often).
 CHECK_EVERY = 0.2
@@ -102,8 +102,7 @@ class Peers:
             # grpc cancels the calls in flight on a channel being closed (the store's
             # reopen with renewed certificates or new members): no answer, not the
             # reader's cancellation, which goes on (a full run saw it reach a GET as 500).
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if own_cancellation():
                 raise
             return None
 

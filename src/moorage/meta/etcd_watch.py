@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from aetcd import rpc
 
-from moorage.errors import StoreUnavailable
+from moorage.errors import StoreUnavailable, own_cancellation
 from moorage.meta import keys
 from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
 
@@ -52,8 +52,7 @@ async def watch_prefixes(
     except grpc.aio.AioRpcError as exc:
         raise StoreUnavailable(f"{_UNAVAILABLE}: {exc.details() or exc.code().name}") from exc
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if own_cancellation():
             raise  # this task is being cancelled
         # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen retires
         # channels); the caller watches again on the current one

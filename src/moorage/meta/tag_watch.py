@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from moorage.errors import StoreUnavailable
+from moorage.errors import StoreUnavailable, own_cancellation
 from moorage.meta import keys
 from moorage.meta.etcd import _UNAVAILABLE, EtcdMetaStore
 from moorage.meta.etcd_watch import WatchClosed as WatchClosed
@@ -140,9 +140,7 @@ class _Translated:
             raise StoreUnavailable(f"{_UNAVAILABLE}: {detail}") from exc
         if isinstance(exc, asyncio.InvalidStateError):  # written after the stream closed
             raise StoreUnavailable(f"{_UNAVAILABLE}: the tag watch closed") from exc
-        if isinstance(exc, asyncio.CancelledError):
-            task = asyncio.current_task()
-            if task is None or not task.cancelling():
-                # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen
-                # retires channels); the cache watches again on the new one (`_resume`)
-                raise WatchClosed(f"{_UNAVAILABLE}: the tag watch's channel was closed")
+        if isinstance(exc, asyncio.CancelledError) and not own_cancellation():
+            # grpc cancelled the call: its channel was closed (EtcdMetaStore.reopen retires
+            # channels); the cache watches again on the new one (`_resume`)
+            raise WatchClosed(f"{_UNAVAILABLE}: the tag watch's channel was closed")
