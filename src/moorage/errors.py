@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 
 def own_cancellation() -> bool:
     """Whether the CancelledError being handled is the running task's own cancellation. If
     not, a library cancelled a call of its own (grpc does, for the calls in flight on a
     channel being closed): a failure to report or retry, not a reason to stop."""
+    import asyncio  # here: the local commands import this module and start without asyncio
+
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
