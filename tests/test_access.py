@@ -105,6 +105,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 assert r.status_code == 200, r.text
             assert api.post("/api/v0/users/delete", json={"name": "gone"}).status_code == 200
             assert api.post("/api/v0/users/disable", json={"name": "off"}).status_code == 200
+            r = api.post("/api/v0/policies", json={"on": "acme", "quota": "1GiB"})
+            assert r.status_code == 200, r.text
         yield World(c, a, b, sha256(body), layer)
     finally:
         c.shutdown()
@@ -241,6 +243,18 @@ API: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/api/v0/repositories/public", {"repo": "acme/app", "public": "x"}, NS_ADMIN),
     ("POST", "/api/v0/grants", {"role": "read", "on": "other", "to": "bad"}, ADMIN_ONLY),
     ("POST", "/api/v0/repositories/public", {"repo": "other/secret", "public": "x"}, ADMIN_ONLY),
+    # A namespace admin sets its namespace's policies but the quota the operator set on it:
+    # it may neither raise nor remove it (allowed calls fail on a bad value / setting name).
+    ("POST", "/api/v0/policies", {"on": "acme", "keep_last": "x"}, NS_ADMIN),
+    ("POST", "/api/v0/policies", {"on": "acme", "quota": "no size"}, ADMIN_ONLY),
+    ("POST", "/api/v0/policies/unset", {"on": "acme", "settings": ["quota", "x"]}, ADMIN_ONLY),
+    (
+        "POST",
+        "/api/v0/policies/unset",
+        {"on": "acme", "settings": ["immutable_tags", "x"]},
+        NS_ADMIN,
+    ),
+    ("POST", "/api/v0/policies", {"on": "other", "keep_last": "x"}, ADMIN_ONLY),
 ]
 
 API_HOLDS: dict[str, set[str] | None] = {
@@ -372,7 +386,28 @@ def test_catalog_shows_only_what_the_caller_may_pull(world: World) -> None:
             r = c.get(sealed[0][:-4] + "AAAA")
             assert r.status_code == 400
             assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+            # Every cursor has one length: it does not tell how long the hidden name is.
+            cursors = [
+                urllib.parse.parse_qs(urllib.parse.urlsplit(u).query)["last"][0] for u in sealed
+            ]
+            assert len({len(cursor) for cursor in cursors}) == 1, cursors
+            # A `last` in clear must be a name the caller was shown: placing a page after
+            # any other (a hidden name, a prefix of one, a made-up string) would let the
+            # presence of a Link spell out hidden names a letter at a time.
+            for last in [*sorted(hidden)[:2], "a", "other", "zz", "Bad Name", min(want)]:
+                r = c.get("/v2/_catalog", params={"n": 1, "last": last})
+                if last in want:
+                    assert r.status_code == 200, r.text
+                    continue
+                assert r.status_code == 400, (who, last, r.text)
+                assert r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
     assert catalog(world.b, AUTH, n=2) == everything
+    # A cluster admin may start anywhere, even after no valid name (it sees every name).
+    with http(world.b, AUTH) as c:
+        for last in ("acme", "Acme!"):
+            r = c.get("/v2/_catalog", params={"last": last})
+            assert r.status_code == 200, r.text
+            assert r.json()["repositories"][0] > last
 
 
 def test_mount_needs_pull_on_the_source(world: World) -> None:

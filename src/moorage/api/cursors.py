@@ -7,8 +7,10 @@ one the caller may not pull. Put there in clear, it would list every repository 
 following the links with `n=1`. So when the last name read is not one the page shows, the
 `last` of the `Link` is that name sealed (AES-GCM under a key derived from the cluster
 secret every replica holds: a cursor works on any replica of the cluster), marked by a
-leading `~`, which no repository name starts with. A `last` that starts with `~` and does
-not open is refused (400 PAGINATION_NUMBER_INVALID), never read as a name.
+leading `~`, which no repository name starts with. The name is padded to the longest a name
+can be before it is sealed: every cursor has one length, which says nothing of the name's. A
+`last` that starts with `~` and does not open is refused (400 PAGINATION_NUMBER_INVALID),
+never read as a name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.requests import Request
 
 from moorage.cluster.tls import tls_dir
 from moorage.errors import PaginationInvalid
+from moorage.oci.names import MAX_NAME_LENGTH
 
 if TYPE_CHECKING:  # cryptography loads at the first sealed cursor
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,7 +57,8 @@ def _aead(request: Request) -> AESGCM:
 
 def seal(request: Request, name: str) -> str:
     nonce = os.urandom(_NONCE)
-    sealed = nonce + _aead(request).encrypt(nonce, name.encode(), _AAD)
+    padded = name.encode().ljust(MAX_NAME_LENGTH + 1, b"\0")  # no name holds a NUL
+    sealed = nonce + _aead(request).encrypt(nonce, padded, _AAD)
     return MARK + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
 
@@ -69,7 +73,8 @@ def opened(request: Request, last: str | None) -> str | None:
         sealed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
         if len(sealed) <= _NONCE:
             raise ValueError("too short")
-        return _aead(request).decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD).decode()
+        opened = _aead(request).decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD)
+        return opened.rstrip(b"\0").decode()
     except (ValueError, binascii.Error, InvalidTag, UnicodeDecodeError) as exc:
         raise PaginationInvalid(
             "last is not a cursor this cluster issued (follow the Link header of the page "

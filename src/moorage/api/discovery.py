@@ -11,9 +11,11 @@ from starlette.responses import Response
 from moorage.api import cursors
 from moorage.api.http import next_link, pagination, reply
 from moorage.api.state import AppState
-from moorage.errors import DigestInvalid, PaginationInvalid
+from moorage.auth.access import Principal
+from moorage.errors import DigestInvalid, NameInvalid, PaginationInvalid
 from moorage.oci import mediatypes as mt
 from moorage.oci.digest import parse_digest
+from moorage.oci.names import validate_name
 
 
 def _json(obj: object) -> bytes:
@@ -29,11 +31,24 @@ async def list_tags(request: Request, st: AppState, name: str) -> Response:
 
 async def catalog(request: Request, st: AppState) -> Response:
     n, last = pagination(request)
-    page = await st.registry.discovery.catalog(n, cursors.opened(request, last))
     # Only what the caller may pull, filtered page by page: a page may come out short (even
     # empty), and its Link continues after the last name read, shown or not: sealed when
     # not shown (moorage.api.cursors), so no link names a repository the caller cannot see.
     principal = getattr(request.state, "principal", None)
+    # A `last` in clear is a name a page showed: one the caller may pull. Any other would
+    # place the page anywhere, and whether a Link follows would tell how many hidden names
+    # sort after it, enough to spell them out one letter at a time.
+    if (
+        principal is not None
+        and last is not None
+        and not last.startswith(cursors.MARK)
+        and not (_is_name(last) and await st.authorizer.pullable(principal, [last]))
+        and not await _sees_everything(st, principal)
+    ):
+        raise PaginationInvalid(
+            "last must be a repository the previous page showed, or the Link's cursor"
+        )
+    page = await st.registry.discovery.catalog(n, cursors.opened(request, last))
     shown = page.items if principal is None else await st.authorizer.pullable(principal, page.items)
     following = page.items[-1:]
     if following and shown[-1:] != following:
@@ -55,6 +70,18 @@ async def referrers(request: Request, st: AppState, name: str, digest: str) -> R
         headers["Link"] = f'</v2/{name}/referrers/{digest}?{args}>; rel="next"'
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": page.descriptors}
     return reply(200, headers, _json(index), mt.OCI_INDEX)
+
+
+async def _sees_everything(st: AppState, principal: Principal) -> bool:
+    scope = await st.authorizer.pull_scope(principal)
+    return scope is not None and scope.everything
+
+
+def _is_name(value: str) -> bool:
+    try:
+        return validate_name(value) == value
+    except NameInvalid:
+        return False
 
 
 def _is_digest(value: str) -> bool:

@@ -12,7 +12,9 @@ documents like the accounts API (api/accounts.py, whose `endpoint` wrapper this 
                                                    "skipped"}
 
 A cluster admin may call everything; an admin of a namespace may show, set, unset and apply
-the policies of that namespace and its repositories. Setting a quota first counts the
+the policies of that namespace and its repositories, but for the quota: a limit set on a
+namespace is the operator's, so only a cluster admin sets, changes or removes it (every user
+administers its own namespace and would otherwise lift it). Setting a quota first counts the
 namespace's blobs that are not counted yet (restored from a backup, or older than usage).
 """
 
@@ -26,15 +28,23 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from moorage.api.account_input import Invalid, page_of, target_of
-from moorage.api.accounts import Handler, endpoint, require_admin, require_namespace_admin
+from moorage.api.accounts import (
+    Handler,
+    endpoint,
+    is_admin,
+    require_admin,
+    require_namespace_admin,
+)
 from moorage.api.state import AppState
 from moorage.audit import AuditEvent
 from moorage.auth.access import Principal
-from moorage.errors import RecordCorrupt
+from moorage.errors import Denied, RecordCorrupt
 from moorage.meta import usage
 from moorage.meta.policies import Policies
 from moorage.meta.policy_records import SETTINGS, PolicyRecord, namespace_of, parse_size
 from moorage.registry.retention import Retention
+
+_QUOTA_ADMIN = "only a cluster admin may set, change or remove a quota"
 
 
 def _policies(st: AppState) -> Policies:
@@ -138,6 +148,8 @@ async def set_policy(request: Request, st: AppState, who: Principal, body: Any) 
             changes[name] = count
     try:
         if body.get("quota") is not None:
+            if not is_admin(who):
+                raise Denied(_QUOTA_ADMIN)
             changes["quota"] = parse_size(body["quota"])
         if body.get("allow_sparse") is not None:
             if not isinstance(body["allow_sparse"], bool):
@@ -181,10 +193,16 @@ async def unset_policy(request: Request, st: AppState, who: Principal, body: Any
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise Invalid(f"settings must be a list of {', '.join(SETTINGS)}")
     policies = _policies(st)
+
+    def removed(old: PolicyRecord | None) -> PolicyRecord | None:
+        if old is None:
+            return None
+        if "quota" in names and old.quota is not None and not is_admin(who):
+            raise Denied(f"{_QUOTA_ADMIN}; unset the other settings by name")
+        return old.without(tuple(names))
+
     try:  # at the revision read: a concurrent change of another setting is kept
-        record = await policies.change(
-            target, lambda old: None if old is None else old.without(tuple(names))
-        )
+        record = await policies.change(target, removed)
     except RecordCorrupt as exc:
         raise Invalid(exc.message) from None
     if record is None:
