@@ -281,8 +281,9 @@ def test_refresh_token_dies_with_the_password(registry: Replica) -> None:
 
 def test_a_token_dies_with_its_account(registry: Replica) -> None:
     """A user's access token names the account it was issued to: deleting the account and
-    making one of the same name again, or a new password, refuses it (a 401 whose challenge
-    sends the client for a new token: `invalid_token`, not `insufficient_scope`)."""
+    making one of the same name again, a new password, or a disable (even once enabled
+    again) refuses it (a 401 whose challenge sends the client for a new token:
+    `invalid_token`, not `insufficient_scope`)."""
     name = f"dave{uuid.uuid4().hex[:6]}"
 
     def refused(resp: httpx.Response) -> None:  # a 401 whose challenge a client answers
@@ -310,8 +311,21 @@ def test_a_token_dies_with_its_account(registry: Replica) -> None:
         assert passed(c.get(f"/v2/{name}/app/tags/list", headers=second))
         admin("/passwd", password="second-password-2")
         refused(c.get(f"/v2/{name}/app/tags/list", headers=second))
-        third = bearer(token(c, scope, auth=(name, "second-password-2"))["token"])
+        doc = token(c, scope, auth=(name, "second-password-2"), offline_token="true")
+        third = bearer(doc["token"])
         assert passed(c.get(f"/v2/{name}/app/tags/list", headers=third))
+        # A disable ends every token made so far for good: enabling the account again (one
+        # disabled as compromised) brings back neither its Bearer nor its refresh tokens.
+        grant = {"grant_type": "refresh_token", "refresh_token": doc["refresh_token"]}
+        admin("/disable")
+        refused(c.get(f"/v2/{name}/app/tags/list", headers=third))
+        admin("/enable")
+        refused(c.get(f"/v2/{name}/app/tags/list", headers=third))
+        assert c.post("/auth/token", data=grant).status_code == 401
+        fourth = bearer(token(c, scope, auth=(name, "second-password-2"))["token"])
+        assert passed(c.get(f"/v2/{name}/app/tags/list", headers=fourth))
+        admin("/enable")  # enabling an enabled account ends nothing
+        assert passed(c.get(f"/v2/{name}/app/tags/list", headers=fourth))
 
 
 def _signer(registry: Replica) -> tuple[str, ec.EllipticCurvePrivateKey]:

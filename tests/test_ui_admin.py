@@ -173,12 +173,20 @@ def test_users_create_disable_enable_reset_and_delete(node: Node, ui: Browser) -
     assert users(node)["carol"] == {"name": "carol", "admin": False, "disabled": False}
     assert audited(node, "user.add", "user:carol")["detail"]["via"] == "ui"
     assert v2_status(node, carol) == 200
+    session = Browser(node, carol)  # carol's own UI session, from before the disable
+    assert session.get("/ui/tokens").status_code == 200
 
     assert ui.post("/ui/admin/users/disable", name="carol").status_code == 303
     assert users(node)["carol"]["disabled"] is True
     assert v2_status(node, carol) != 200
     assert ui.post("/ui/admin/users/enable", name="carol").status_code == 303
     assert users(node)["carol"]["disabled"] is False
+    assert v2_status(node, carol) == 200  # her password works again...
+    # ...but the session made before the disable stays ended (it goes to the sign-in page)
+    ended = session.get("/ui/tokens")
+    assert ended.status_code == 303 or "/ui/signin" in str(ended.url), ended.status_code
+    session.close()
+    Browser(node, carol).close()  # signing in again works
 
     confirm = ui.get("/ui/admin/users/passwd?name=carol")
     assert "Reset the password of carol?" in text(confirm)

@@ -232,9 +232,15 @@ async def _set_disabled(
 ) -> Any:
     await require_admin(who)
     name = name_of(body["name"], "user")
-    user = await accounts_of(st).change_user(
-        name, lambda u: dataclasses.replace(u, disabled=disabled)
-    )
+
+    def changed(u: UserRecord) -> UserRecord:
+        if not disabled or u.disabled:
+            return dataclasses.replace(u, disabled=disabled)
+        # Every session and token made so far dies now and stays dead after an enable
+        # (an account disabled as compromised comes back without the intruder's sessions).
+        return dataclasses.replace(u, disabled=True, sessions_ended=u.sessions_ended + 1)
+
+    user = await accounts_of(st).change_user(name, changed)
     action = "user.disable" if disabled else "user.enable"
     await _audit(request, st, who, action, f"user:{name}")
     return _user_doc(user)

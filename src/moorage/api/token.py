@@ -309,7 +309,11 @@ async def _refreshed(
         user = await st.registry.meta.get_user(name)
     except MoorageError as exc:
         raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
-    if user is None or not user_active(user) or password_mark(user.password_hash) != mark:
+    if (
+        user is None
+        or not user_active(user)
+        or password_mark(user.password_hash, user.sessions_ended) != mark
+    ):
         await st.audit.record(
             AuditEvent("login", name, outcome=DENIED, client=client, detail={"via": "refresh"})
         )

@@ -78,13 +78,17 @@ class Principal:
 ANONYMOUS = Principal("", "anonymous")
 
 
-def password_mark(password_hash: str) -> str:
+def password_mark(password_hash: str, sessions_ended: int = 0) -> str:
     """What a token remembers of an account's password: derived from the hash's salt, which
     every new password (and every new account of the same name) draws afresh, and which a
-    rehash with newer parameters keeps (`auth.passwords.rehash`)."""
+    rehash with newer parameters keeps (`auth.passwords.rehash`); and from the account's count
+    of disables (`UserRecord.sessions_ended`), so that enabling it again revives no token."""
     parts = password_hash.split("$")
     salt = parts[4] if len(parts) == 6 and parts[1].startswith("argon2") else password_hash
-    return hashlib.sha256(b"moorage account\0" + salt.encode()).hexdigest()[:32]
+    seed = b"moorage account\0" + salt.encode()
+    if sessions_ended:  # 0: the mark of every account before disables counted
+        seed += b"\0sessions ended %d" % sessions_ended
+    return hashlib.sha256(seed).hexdigest()[:32]
 
 
 def parse_scope(text: str) -> list[Access] | None:

@@ -128,7 +128,10 @@ def _client_key(client: str | None) -> str:
 def _identity(user: UserRecord) -> Principal:
     """Who a user's credentials prove to be, disabled or not."""
     return Principal(
-        user.name, "user", admin=bool(user.admin), mark=password_mark(user.password_hash)
+        user.name,
+        "user",
+        admin=bool(user.admin),
+        mark=password_mark(user.password_hash, user.sessions_ended),
     )
 
 

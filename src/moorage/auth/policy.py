@@ -194,7 +194,10 @@ class Policy(Authorizer):
         user = await self.view.user(principal.name)
         if user is None or user.disabled:
             return None
-        if principal.mark is not None and password_mark(user.password_hash) != principal.mark:
+        if (
+            principal.mark is not None
+            and password_mark(user.password_hash, user.sessions_ended) != principal.mark
+        ):
             return None  # another password, or another account of the same name
         return user
 

@@ -184,13 +184,16 @@ class UploadRecord:
 class UserRecord:
     """A local account. `admin` (a cluster admin) defaults to what `role` says: records
     written before accounts existed hold only `role`, and "admin" there means a cluster
-    admin. A `disabled` account authenticates but is allowed nothing."""
+    admin. A `disabled` account authenticates but is allowed nothing. `sessions_ended` counts
+    the times it was disabled: every UI session, refresh and Bearer token remembers it (in
+    `auth.access.password_mark`), so those made before a disable stay dead after an enable."""
 
     name: str
     password_hash: str
     role: str = "admin"
     admin: bool | None = None
     disabled: bool = False
+    sessions_ended: int = 0
 
     def __post_init__(self) -> None:
         if self.admin is None:
@@ -207,6 +210,7 @@ class UserRecord:
         check_text(record.password_hash, "user", "password hash")
         if not isinstance(record.admin, bool) or not isinstance(record.disabled, bool):
             raise RecordCorrupt("a user record has a non-boolean admin or disabled flag")
+        check_size(record.sessions_ended, "user")
         return record
 
 

@@ -116,7 +116,7 @@ def admin_page(handler: Page, admin: bool = True) -> Page:
 #: What a page says after a change (`done` names it, `target` what it acted on).
 NOTICES = {
     "user.add": "User {} created.",
-    "user.disable": "User {} disabled: it can no longer sign in, pull or push.",
+    "user.disable": "User {} disabled: it can no longer sign in, pull or push; its sessions ended.",
     "user.enable": "User {} enabled.",
     "user.delete": "User {} deleted.",
     "user.passwd": "The password of {} is changed; its sessions have ended.",

@@ -116,7 +116,9 @@ async def viewer(request: Request) -> Viewer | None:
         return None
     st = state(request)
     user = await account(st, found.user)
-    if user is None or sessions.password_tag(user.password_hash) != found.password:
+    if user is None or (
+        sessions.password_tag(user.password_hash, user.sessions_ended) != found.password
+    ):
         return None
     # Signed out? One read by key, made only for a cookie that verified.
     if await ui_sessions.ended(st.registry.meta, found.sid):

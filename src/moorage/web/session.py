@@ -4,11 +4,12 @@ A session is `base64url(JSON) "." base64url(HMAC-SHA256)`, signed with a key der
 its own `info`) from the cluster secret `D/tls/cluster.secret` that every replica holds, so
 a session made on one replica is honoured by the others and survives restarts. A session
 ends when it expires (`SESSION_TTL`), when the account's password changes or the account is
-disabled or deleted (each request checks the account, and the cookie carries a digest of the
-password hash), or at sign out: the only state kept server side is the id of each session
-signed out, in etcd until the session would have expired anyway (moorage.meta.ui_sessions;
-every request that verifies a session reads it). A cookie without an id (issued before ids
-existed) is refused: its holder signs in again.
+disabled (for good: the digest below counts disables) or deleted (each request checks the
+account, and the cookie carries a digest of the password hash), or at sign out: the only
+state kept server side is the id of each session signed out, in etcd until the session would
+have expired anyway (moorage.meta.ui_sessions; every request that verifies a session reads
+it). A cookie without an id (issued before ids existed) is refused: its holder signs in
+again.
 
 Hazard: the payload is signed, not encrypted; it holds the user name, times, the session id,
 the CSRF token and a truncated digest of the password hash only, never anything secret.
@@ -51,10 +52,11 @@ class Session:
     password: str  # digest of the account's password hash when the session began
 
 
-def password_tag(password_hash: str) -> str:
+def password_tag(password_hash: str, sessions_ended: int = 0) -> str:
     """A short digest of an account's password (of its hash's salt: `password_mark`): a new
-    password ends old sessions, a rehash with newer parameters at sign-in does not."""
-    return password_mark(password_hash)[:24]
+    password ends old sessions, and so does a disable (`sessions_ended`); a rehash with
+    newer parameters at sign-in does not."""
+    return password_mark(password_hash, sessions_ended)[:24]
 
 
 def session_key(cluster_secret: bytes) -> bytes:
@@ -74,7 +76,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def issue(key: bytes, user: str, password_hash: str, now: float | None = None) -> tuple[str, str]:
+def issue(
+    key: bytes, user: str, password_hash: str, now: float | None = None, sessions_ended: int = 0
+) -> tuple[str, str]:
     """A new session's cookie value and its CSRF token."""
     now = time.time() if now is None else now
     csrf = secrets.token_urlsafe(24)
@@ -84,7 +88,7 @@ def issue(key: bytes, user: str, password_hash: str, now: float | None = None) -
         "c": csrf,
         "i": int(now),
         "e": int(now + SESSION_TTL),
-        "p": password_tag(password_hash),
+        "p": password_tag(password_hash, sessions_ended),
     }
     payload = _b64(json.dumps(doc, separators=(",", ":")).encode())
     mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()

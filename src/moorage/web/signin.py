@@ -82,7 +82,12 @@ async def signin(request: Request) -> Response:
         return _form(request, 401, "wrong user name or password")
     if principal.limit is not None or principal.kind != "user":
         return _form(request, 403, "sign in with the account's password, not an access token")
-    value, _ = sessions.issue(common.session_key(request), user.name, user.password_hash)
+    value, _ = sessions.issue(
+        common.session_key(request),
+        user.name,
+        user.password_hash,
+        sessions_ended=user.sessions_ended,
+    )
     resp = RedirectResponse(
         _next(fields.get("next") or request.query_params.get("next")), 303, SECURITY_HEADERS
     )
