@@ -215,11 +215,19 @@ def test_quota_refuses_a_push_with_the_numbers_and_shared_layers_count_once(
     refused = skopeo_push(c, src, "t", "quota/three:t")
     assert refused.returncode != 0
     assert "storage quota" in refused.stderr, refused.stderr
-    # Usage is on /metrics of every replica.
+    # Usage is on /metrics of every replica (read at most once a second per worker).
     for node in c.nodes:
-        text = httpx.get(f"{node.url}/metrics", timeout=30).text
-        assert f'moorage_namespace_usage_bytes{{namespace="quota"}} {used}' in text
-        assert 'moorage_namespace_quota_bytes{namespace="quota"} 100000' in text
+        want = [
+            f'moorage_namespace_usage_bytes{{namespace="quota"}} {used}',
+            'moorage_namespace_quota_bytes{namespace="quota"} 100000',
+        ]
+        deadline = time.monotonic() + 10
+        while True:
+            text = httpx.get(f"{node.url}/metrics", timeout=30).text
+            if all(line in text for line in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(line in text for line in want), text[-2000:]
     # Deleting a blob from one repository keeps it counted while the other links it.
     with httpx.Client(base_url=c.nodes[0].url, auth=AUTH, timeout=30) as h:
         assert h.delete(f"/v2/quota/two/blobs/{layer_digest}").status_code == 202

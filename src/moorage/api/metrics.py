@@ -8,6 +8,7 @@ outside the HTTP methods the API knows are "other", unusual status codes count b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -243,13 +244,37 @@ def _tag_cache_lines(request: Request) -> bytes:
 MAX_USAGE_NAMESPACES = 1000
 
 
+#: A scrape reuses the usage lines read this recently by the same worker: `/metrics` needs
+#: no credentials, and each reading costs a store read per namespace (up to 1,000).
+USAGE_SECONDS = 1.0
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
 async def _usage_lines(request: Request) -> bytes:
     """Storage used (and the quota) of each namespace that has a policy, read from the store
-    at scrape time (the counter of meta/usage.py; the label set is the operator's namespaces,
-    never a client's input). Nothing when the store does not answer."""
+    (the counter of meta/usage.py; the label set is the operator's namespaces, never a
+    client's input) at most once per `USAGE_SECONDS` per worker: concurrent scrapes share
+    one reading. Nothing when the store does not answer."""
     st = getattr(request.app.state, "moorage", None)
     if st is None:
         return b""
+    state = request.app.state
+    lock = getattr(state, "usage_lines_lock", None)
+    if lock is None:
+        lock = state.usage_lines_lock = asyncio.Lock()
+    async with lock:
+        kept: tuple[float, bytes] | None = getattr(state, "usage_lines", None)
+        if kept is not None and _now() - kept[0] < USAGE_SECONDS:
+            return kept[1]
+        text = await _read_usage_lines(st)
+        state.usage_lines = (_now(), text)
+        return text
+
+
+async def _read_usage_lines(st: Any) -> bytes:
     try:
         policies = st.registry.manifests.policies
         records, _ = await policies.page(MAX_USAGE_NAMESPACES, None)
