@@ -246,12 +246,56 @@ def test_media_type_from_content_type_or_body(
         (body(image(annotations={"k": 1})), None, "annotations must map strings"),
         (body(image(annotations=[])), None, "annotations must map strings"),
         (body(image(subject="x")), None, "subject: a descriptor must be"),
+        # Types a store record cannot hold (it would answer 503 on every read by digest and
+        # stop garbage collection): refused at the PUT instead.
+        (body(image(artifactType="a/b\n")), None, "artifactType holds control characters"),
+        (body(image(artifactType="a/" + "b" * 4096)), None, "artifactType is longer than 4096"),
+        (body(image(config=desc("a/b\u0001"))), None, "config: mediaType holds control"),
+        (body(image(config=desc("a/" + "b" * 4096))), None, "config: mediaType is longer"),
+        (body(image(layers=[desc(artifactType="x\ty")])), None, "layers[0]: artifactType holds"),
+        (body(image(subject=desc("x\ny"))), None, "subject: mediaType holds control"),
+        # Keys Go clients would read ignoring case: the registry would check other blobs than
+        # the ones they pull.
+        (body(image(Layers=[desc()])), None, "key 'Layers' differs from 'layers' by case only"),
+        (body(image(CONFIG=desc())), None, "key 'CONFIG' differs from 'config'"),
+        (body({**image(), "\u017fubject": desc()}), None, "differs from 'subject'"),  # long s
+        (body(image(layers=[desc(Digest=DIGEST)])), None, "layers[0]: key 'Digest'"),
+        (body(image(config=desc(SIZE=3))), None, "config: key 'SIZE' differs from 'size'"),
+        (
+            body({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [], "Manifests": []}),
+            None,
+            "key 'Manifests' differs from 'manifests'",
+        ),
+        (
+            body(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": mt.OCI_INDEX,
+                    "manifests": [desc(mt.OCI_MANIFEST, platform={"OS": "linux"})],
+                }
+            ),
+            None,
+            "manifests[0].platform: key 'OS' differs from 'os'",
+        ),
     ],
 )
 def test_invalid_manifests(raw: bytes, content_type: str | None, reason: str) -> None:
     with pytest.raises(ManifestInvalid) as refused:
         parse_manifest(raw, content_type)
     assert reason in refused.value.message
+
+
+def test_keys_and_types_clients_read_alike_are_accepted() -> None:
+    """Unknown keys (any case), annotation keys of any case, and long but storable types."""
+    doc = image(
+        layers=[desc("application/vnd.example+tar", artifactType="a/" + "b" * 4000)],
+        annotations={"Layers": "x", "CONFIG": "y"},
+        Extra=1,
+        somethingElse={"Size": 1},
+    )
+    m = parse_manifest(body(doc), None)
+    assert m.annotations == {"Layers": "x", "CONFIG": "y"}
+    assert m.layers[0].artifact_type == "a/" + "b" * 4000
 
 
 def test_non_distributable_layers() -> None:

@@ -9,7 +9,6 @@ RecordCorrupt (the record is refused, never turned into a path, a key or a heade
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,8 +17,8 @@ from moorage.oci import mediatypes as mt
 from moorage.oci.digest import parse_digest
 
 # Longest free-form string field a record may hold (artifact types, URLs, hashes).
-_MAX_TEXT = 4096
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_TEXT = mt.MAX_TEXT
+_CONTROL = mt.CONTROL
 
 
 def dumps(obj: Any) -> bytes:

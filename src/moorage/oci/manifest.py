@@ -66,14 +66,55 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# The fields of each object a client decodes into a struct. Go's encoding/json (docker,
+# containerd, skopeo, podman) matches keys to them ignoring case ("Layers" fills `layers`);
+# this parser does not. So a key that differs from one of them by case alone is refused:
+# otherwise the registry would check one set of blobs and the clients pull another.
+_MANIFEST_KEYS = frozenset(
+    {"schemaVersion", "mediaType", "artifactType", "config", "layers", "manifests", "subject",
+     "annotations"}
+)  # fmt: skip
+_DESCRIPTOR_KEYS = frozenset(
+    {"mediaType", "digest", "size", "urls", "annotations", "data", "artifactType", "platform"}
+)
+_PLATFORM_KEYS = frozenset(
+    {"architecture", "os", "os.version", "os.features", "variant", "features"}
+)
+_FOLDED = {
+    keys: {k.casefold(): k for k in keys}
+    for keys in (_MANIFEST_KEYS, _DESCRIPTOR_KEYS, _PLATFORM_KEYS)
+}
+
+
+def _exact_keys(raw: dict[str, Any], known: frozenset[str], where: str) -> None:
+    folded = _FOLDED[known]
+    for key in raw:
+        if key not in known and (meant := folded.get(key.casefold())) is not None:
+            raise ManifestInvalid(
+                f"{where}: key {key[:40]!r} differs from {meant!r} by case only (clients "
+                f"would read it as {meant!r}): spell it {meant!r}"
+            )
+
+
+def _type_text(value: str, where: str, name: str) -> str:
+    fault = mt.text_fault(value)
+    if fault is not None:
+        raise ManifestInvalid(f"{where}{name} {fault}")
+    return value
+
+
 def _descriptor(raw: object, where: str) -> Descriptor:
     if not isinstance(raw, dict):
         raise ManifestInvalid(f"{where}: a descriptor must be a JSON object")
+    _exact_keys(raw, _DESCRIPTOR_KEYS, where)
+    if isinstance(raw.get("platform"), dict):
+        _exact_keys(raw["platform"], _PLATFORM_KEYS, f"{where}.platform")
     media_type = raw.get("mediaType")
     digest = raw.get("digest")
     size = raw.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise ManifestInvalid(f"{where}: mediaType is missing")
+    _type_text(media_type, f"{where}: ", "mediaType")
     if not isinstance(digest, str):
         raise ManifestInvalid(f"{where}: digest is missing")
     try:
@@ -83,6 +124,8 @@ def _descriptor(raw: object, where: str) -> Descriptor:
     if type(size) is not int or not 0 <= size <= MAX_SIZE:
         raise ManifestInvalid(f"{where}: size must be an integer from 0 to 2^63-1 (int64)")
     artifact_type = raw.get("artifactType")
+    if isinstance(artifact_type, str):
+        _type_text(artifact_type, f"{where}: ", "artifactType")
     annotations = raw.get("annotations")
     return Descriptor(
         media_type=media_type,
@@ -128,6 +171,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
         raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest must be a JSON object")
+    _exact_keys(doc, _MANIFEST_KEYS, "manifest")
     version = doc.get("schemaVersion")
     if version == 1:
         raise ManifestInvalid(_SCHEMA1)
@@ -145,6 +189,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     artifact_type = doc.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid("artifactType must be a string")
+    if artifact_type is not None:
+        _type_text(artifact_type, "", "artifactType")
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
     annotations = _annotations(doc.get("annotations"), "annotations") or {}
     if media_type in mt.INDEXES:

@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
+#: Longest free-form string a store record holds (artifact types, URLs, hashes): a manifest
+#: whose media or artifact types break these rules is refused at its PUT, as the records
+#: that would hold them are when read back (meta.records.check_text).
+MAX_TEXT = 4096
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def text_fault(value: str) -> str | None:
+    """Why a record could not hold `value` (None: it can)."""
+    if len(value) > MAX_TEXT:
+        return f"is longer than {MAX_TEXT} characters"
+    if CONTROL.search(value):
+        return "holds control characters"
+    return None
+
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
