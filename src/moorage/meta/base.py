@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import replace
 from typing import Any
 
-from moorage.errors import BlobCollecting
+from moorage.errors import BlobCollecting, StoreUnavailable
 from moorage.meta import keys, usage
 
 # Re-exported: the primitives' values were first defined here, and importers still use this.
@@ -352,7 +352,8 @@ class MetaStore(ABC):
         `also`: writes made in the last transaction (the delete's webhook event).
         """
         mkey = keys.manifest(repo, digest)
-        for _ in range(_TXN_RETRIES):
+        for attempt in range(_TXN_RETRIES):  # re-pushes of it revise it: retry, jittered
+            await asyncio.sleep(0.002 * attempt * os.urandom(1)[0] / 255)
             kv = await self._get(mkey)
             if kv is None:
                 return False
@@ -385,7 +386,7 @@ class MetaStore(ABC):
             guards = [(mkey, kv.mod_revision), *((t.key, t.mod_revision) for t in last), *extra]
             if await self._txn(guards, [*ops, *(Delete(t.key) for t in last)]):
                 return True
-        raise RuntimeError("manifest delete kept conflicting with concurrent writes")
+        raise StoreUnavailable(f"{digest} kept being pushed again while it was deleted: retry")
 
     async def list_tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         prefix = keys.tags_prefix(repo)
