@@ -166,6 +166,28 @@ def test_upload_with_the_wrong_digest_is_refused(api: InProcessClient) -> None:
     assert api.head(f"/v2/{repo}/blobs/{sha256(b'x')}").status_code == 404
 
 
+@pytest.mark.parametrize("header", ["0-", "-9", "0-9/abc", "abc", "9-0"])
+def test_a_malformed_content_range_says_so(api: InProcessClient, header: str) -> None:
+    """Not "chunk out of order" (a probe's chunk did start at the upload's end): what is wrong
+    with the header, and the upload's Range as it stands."""
+    start = api.post("/v2/unit/ranges/blobs/uploads/")
+    location = start.headers["location"]
+    assert api.patch(location, content=b"abc", headers={"Content-Range": "0-2"}).status_code == 202
+    for method in ("PATCH", "PUT"):
+        resp = api.request(
+            method,
+            location,
+            params={"digest": sha256(b"abcdef")} if method == "PUT" else None,
+            content=b"def",
+            headers={"Content-Range": header},
+        )
+        doc = assert_error(resp, 416, "BLOB_UPLOAD_INVALID")
+        assert "Content-Range" in str(doc), doc
+        assert "out of order" not in str(doc), doc
+        assert resp.headers["range"] == "0-2"
+    assert api.patch(location, content=b"def", headers={"Content-Range": "3-5"}).status_code == 202
+
+
 def test_cancelled_upload(api: InProcessClient) -> None:
     start = api.post("/v2/unit/cancel/blobs/uploads/")
     location = start.headers["location"]

@@ -19,6 +19,7 @@ from moorage.api.state import AppState
 from moorage.auth.access import PULL, REPOSITORY, Access
 from moorage.errors import DigestInvalid, RangeInvalid, UploadBusy
 from moorage.oci.names import validate_name
+from moorage.registry.uploads import ChunkRange
 
 
 def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
@@ -82,11 +83,23 @@ async def upload_status(request: Request, st: AppState, name: str, upload_id: st
     return reply(204, _upload_headers(name, upload_id, size))
 
 
+async def _chunk_range(
+    request: Request, st: AppState, name: str, upload_id: str
+) -> ChunkRange | None:
+    """The request's Content-Range; a malformed one is refused saying so (not as a chunk out
+    of order), with the upload's size as it stands."""
+    try:
+        return chunk_range(request)
+    except RangeInvalid as exc:
+        raise RangeInvalid(exc.message, await st.registry.uploads.size(name, upload_id)) from None
+
+
 async def patch_upload(request: Request, st: AppState, name: str, upload_id: str) -> Response:
     uploads = st.registry.uploads
+    wanted = await _chunk_range(request, st, name, upload_id)
     try:
         size = await uploads.append(
-            name, upload_id, body_stream(request), chunk_range(request), content_length(request)
+            name, upload_id, body_stream(request), wanted, content_length(request)
         )
     except UploadBusy:
         raise  # says why, with the size it found
@@ -105,9 +118,10 @@ async def finish_upload(request: Request, st: AppState, name: str, upload_id: st
         raise DigestInvalid("the digest query parameter is required to finish an upload")
     uploads = st.registry.uploads
     body = body_stream(request) if has_body(request) else None
+    wanted = await _chunk_range(request, st, name, upload_id)
     try:
         parsed, _size = await uploads.finish(
-            name, upload_id, digest, body, chunk_range(request), content_length(request)
+            name, upload_id, digest, body, wanted, content_length(request)
         )
     except UploadBusy:
         raise  # says why, with the size it found
