@@ -188,6 +188,28 @@ def test_a_malformed_content_range_says_so(api: InProcessClient, header: str) ->
     assert api.patch(location, content=b"def", headers={"Content-Range": "3-5"}).status_code == 202
 
 
+def test_an_index_child_of_the_wrong_size_is_refused(api: InProcessClient) -> None:
+    """As a config's or a layer's: a client pulling through the index would fail on it."""
+    repo = "unit/index"
+    child, body = push_image(api, repo, "amd64", b"index child layer")
+    mt_index = "application/vnd.oci.image.index.v1+json"
+
+    def index(size: int) -> bytes:
+        entry = {"mediaType": MT_IMAGE, "digest": child, "size": size,
+                 "platform": {"architecture": "amd64", "os": "linux"}}  # fmt: skip
+        return json.dumps(
+            {"schemaVersion": 2, "mediaType": mt_index, "manifests": [entry]}
+        ).encode()
+
+    headers = {"Content-Type": mt_index}
+    refused = api.put(f"/v2/{repo}/manifests/multi", content=index(1), headers=headers)
+    doc = assert_error(refused, 400, "MANIFEST_INVALID")
+    assert f"manifest {child} is 1 bytes; it is {len(body)}" in str(doc["message"])
+    assert_error(api.get(f"/v2/{repo}/manifests/multi"), 404, "MANIFEST_UNKNOWN")
+    ok = api.put(f"/v2/{repo}/manifests/multi", content=index(len(body)), headers=headers)
+    assert ok.status_code == 201, ok.text
+
+
 def test_cancelled_upload(api: InProcessClient) -> None:
     start = api.post("/v2/unit/cancel/blobs/uploads/")
     location = start.headers["location"]

@@ -224,10 +224,10 @@ class MetaStore(ABC):
         kv = await self._get(keys.manifest(repo, digest))
         return ManifestRecord.decode(kv.value) if kv else None
 
-    async def missing_manifests(self, repo: str, digests: Iterable[str]) -> list[str]:
-        wanted = list(dict.fromkeys(digests))
-        found = await self._get_many([keys.manifest(repo, d) for d in wanted])
-        return [d for d, kv in zip(wanted, found, strict=True) if kv is None]
+    async def manifest_sizes(self, repo: str, digests: list[str]) -> dict[str, int | None]:
+        kvs = await self._get_many([keys.manifest(repo, d) for d in digests])  # one read
+        sizes = [ManifestRecord.decode(kv.value).size if kv else None for kv in kvs]
+        return dict(zip(digests, sizes, strict=True))
 
     async def get_tag(self, repo: str, tag: str) -> TagRecord | None:
         kv = await self._get(keys.tag(repo, tag))

@@ -210,6 +210,8 @@ class Manifests:
             found = {d: await self.storage.stat(d) for d in dict.fromkeys(blobs)}
             gone = [d for d, size in found.items() if size is None]
             _check_sizes(manifest, found)
+            if manifest.children:  # an index: its children's sizes are in their records
+                _check_sizes(manifest, await self.meta.manifest_sizes(repo, children))
             if gone:
                 await check()  # a push the policies refuse says so first (403 over 400)
                 return gone
@@ -300,14 +302,15 @@ class Manifests:
 
 
 def _check_sizes(manifest: Manifest, found: dict[str, int | None]) -> None:
-    """ManifestInvalid when a descriptor's size is not its blob's (a client pulling the
-    image would fail on it); `found`: the sizes of the blobs in storage."""
+    """ManifestInvalid when a descriptor's size is not its blob's or its child manifest's (a
+    client pulling the image would fail on it); `found`: the sizes known (None: absent)."""
     described = [manifest.config] if manifest.config is not None else []
-    for d in [*described, *manifest.layers]:
+    for d in [*described, *manifest.layers, *manifest.children]:
         size = found.get(d.digest)
         if size is not None and size != d.size:
+            what = "manifest" if d in manifest.children else "blob"
             raise ManifestInvalid(
-                f"the manifest says blob {d.digest} is {d.size} bytes; it is {size}: fix the "
+                f"the manifest says {what} {d.digest} is {d.size} bytes; it is {size}: fix the "
                 "descriptor's size",
                 detail={"digest": d.digest, "size": d.size, "stored": size},
             )
