@@ -114,7 +114,7 @@ class Manifests:
         else:
             tag = await self.meta.get_tag(repo, reference)
         if tag is None:
-            raise ManifestUnknown(f"manifest {reference}:{repo} is unknown")
+            raise ManifestUnknown(f"manifest {repo}:{reference} is unknown")
         return tag
 
     async def _body(self, digest: str) -> bytes | None:
