@@ -303,3 +303,22 @@ def test_non_distributable_layers() -> None:
     assert mt.is_non_distributable("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
     assert not mt.is_non_distributable("application/vnd.oci.image.layer.v1.tar")
     assert str(digest_of(mt.EMPTY_JSON)) == mt.EMPTY_JSON_DIGEST
+
+
+def test_records_stored_with_unholdable_artifact_types_still_read() -> None:
+    """Manifests PUT before the checks above could carry such types into the store: read
+    back, the type is dropped (it only labels referrers), so the manifest can still be read,
+    deleted, collected and backed up; a record corrupt in any other way is still refused."""
+    from moorage.errors import RecordCorrupt
+    from moorage.meta.records import ManifestRecord, decode_referrer
+
+    for bad in ("a/b\n", "a/" + "b" * 4096):
+        raw = json.dumps({"digest": DIGEST, "media_type": mt.OCI_MANIFEST, "size": 2,
+                          "artifact_type": bad}).encode()  # fmt: skip
+        assert ManifestRecord.decode(raw) == ManifestRecord(DIGEST, mt.OCI_MANIFEST, 2)
+        ref = {"mediaType": mt.OCI_MANIFEST, "digest": DIGEST, "size": 2, "artifactType": bad}
+        assert "artifactType" not in decode_referrer(json.dumps(ref).encode())
+    corrupt = json.dumps({"digest": DIGEST, "media_type": mt.OCI_MANIFEST, "size": 2,
+                          "artifact_type": 5}).encode()  # fmt: skip
+    with pytest.raises(RecordCorrupt):
+        ManifestRecord.decode(corrupt)

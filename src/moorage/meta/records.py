@@ -9,7 +9,7 @@ RecordCorrupt (the record is refused, never turned into a path, a key or a heade
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from moorage.errors import DigestInvalid, RecordCorrupt
@@ -127,6 +127,10 @@ class ManifestRecord:
     @classmethod
     def decode(cls, raw: bytes | str) -> ManifestRecord:
         record: ManifestRecord = _build(cls, _fields(raw, "manifest"), "manifest")
+        if isinstance(record.artifact_type, str) and mt.text_fault(record.artifact_type):
+            # Stored before manifest PUTs refused such types: shown as none, so the manifest
+            # can still be read, deleted, collected and backed up (it only labels referrers).
+            record = replace(record, artifact_type=None)
         record.validate()
         return record
 
@@ -154,6 +158,8 @@ def decode_referrer(raw: bytes | str) -> dict[str, Any]:
     check_digest(doc.get("digest"), "referrer")
     check_manifest_type(doc.get("mediaType"), "referrer")
     check_size(doc.get("size"), "referrer")
+    if isinstance(doc.get("artifactType"), str) and mt.text_fault(doc["artifactType"]):
+        del doc["artifactType"]  # as ManifestRecord.decode: stored before PUTs refused it
     check_text(doc.get("artifactType"), "referrer", "artifact type", optional=True)
     annotations = doc.get("annotations")
     if annotations is not None and not (
