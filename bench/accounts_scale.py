@@ -351,14 +351,20 @@ def probes(replica: Replica, world: World, n: int = 100) -> dict[str, dict[str, 
         admin.post("/api/v0/orgs", json={"name": "cache-buster"}).raise_for_status()
     with httpx.Client(base_url=replica.url, auth=(USER, PASSWORD), timeout=600) as me:
         assert me.get("/v2/").status_code == 200  # (the password check, once)
+        # A page after a name the caller was not shown is refused (its Link would tell how
+        # many hidden names follow); after one of its own, it is served.
+        hidden = next(r for r in world.repos[len(world.repos) // 2 :] if r not in world.pullable)
+        refused = me.get("/v2/_catalog", params={"n": n, "last": hidden})
+        assert refused.status_code == 400, refused.text
+        mine = world.pullable[len(world.pullable) // 2]
         resp, reads, seconds = meter.during(
-            lambda: me.get("/v2/_catalog", params={"n": n, "last": middle_repo})
+            lambda: me.get("/v2/_catalog", params={"n": n, "last": mine})
         )
         assert resp.status_code == 200, resp.text
         # The page: the caller's repositories right after `last`, in order (its Link's own
         # `last` is sealed when the last name read is not one of them: moorage.api.cursors).
         shown = resp.json()["repositories"]
-        read = sorted(r for r in world.repos if r > middle_repo)[:n]
+        read = sorted(r for r in world.repos if r > mine)[:n]
         pullable = set(world.pullable)
         assert shown == [r for r in read if r in pullable], "a catalog page"
         end = unquote(resp.headers["link"].split("last=", 1)[1].split(">", 1)[0])
