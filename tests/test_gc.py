@@ -183,13 +183,15 @@ def _small_image(
 def test_untagged_deletes_unreachable_manifests_and_their_referrers(replica: Replica) -> None:
     repo = "gc/untagged"
     with replica.client() as c:
-        children = [
-            _put(c, repo, "", _small_image(c, repo, f"child-{i}"), OCI_MANIFEST) for i in range(2)
-        ]
+        child_docs = [_small_image(c, repo, f"child-{i}") for i in range(2)]
+        children = [_put(c, repo, "", doc, OCI_MANIFEST) for doc in child_docs]
         index = {
             "schemaVersion": 2,
             "mediaType": MT_OCI_INDEX,
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1} for d in children],
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": d, "size": len(json.dumps(doc).encode())}
+                for d, doc in zip(children, child_docs, strict=True)
+            ],
         }
         _put(c, repo, "multi", index, MT_OCI_INDEX)
         tagged_doc = _small_image(c, repo, "tagged")
