@@ -176,6 +176,29 @@ def test_run_in_a_directory_that_cannot_be_made_is_refused(tmp_path: Path, data_
     refused(out, 1, f"cannot make a replica in {where}", "choose a --data-dir")
 
 
+def test_destroy_deletes_nothing_in_a_folder_that_is_no_replica(tmp_path: Path) -> None:
+    """Without moorage.json, a folder holding anything but a replica's own folders is not
+    destroyed (it deleted the run/, logs/, tls/ and etcd/ of any folder: `--data-dir /`
+    planned /run); a half-made one (an install or join that failed before moorage.json) is."""
+    fake = tmp_path / "fake"
+    for name in ("run", "logs", "tls", "etcd", "other"):
+        (fake / name).mkdir(parents=True)
+        (fake / name / "keep.txt").write_text("user data")
+    for args in (["--yes"], ["--dry-run"]):
+        out = run("destroy", "--data-dir", str(fake), *args)
+        refused(out, 1, "is not a Moorage data directory", "nothing was deleted")
+    assert sorted(p.name for p in fake.iterdir()) == ["etcd", "logs", "other", "run", "tls"]
+    assert all((fake / n / "keep.txt").read_text() == "user data" for n in ("run", "etcd"))
+    out = run("destroy", "--data-dir", "/", "--dry-run")
+    refused(out, 1, "is not a Moorage data directory")
+    half = tmp_path / "half"
+    for name in ("run", "logs", "tls"):
+        (half / name).mkdir(parents=True)
+    out = run("destroy", "--data-dir", str(half), "--yes")
+    assert out.returncode == 0, out.stderr
+    assert not half.exists()
+
+
 def test_an_existing_url_that_is_not_one_is_a_usage_error() -> None:
     out = run("status", "--existing", "http://[::1")
     refused(out, 2, "--existing: 'http://[::1' is not a valid URL", "http://127.0.0.1:5000")

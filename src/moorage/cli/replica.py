@@ -341,6 +341,13 @@ def destroy(data_dir: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     from moorage.cluster.lifecycle import destroy as destroy_replica
 
     d = DataDir(data_dir)
+    if d.path.exists() and not d.exists() and not destroying.half_made(d):
+        # Its run/, logs/, tls/ and etcd/ would be deleted: never in a folder that is not a
+        # replica's (`--data-dir /` would take /run).
+        raise Failed(
+            f"{d.path} is not a Moorage data directory (no moorage.json, and it holds other "
+            "things than a replica's folders): nothing was deleted"
+        )
     plan, text = destroying.plan(d)
     if plan["deletes"] or plan["stops"] or dry_run:
         confirm("destroy", text, plan, yes=yes, dry_run=dry_run, as_json=as_json)

@@ -10,6 +10,18 @@ from moorage.config import DataDir
 from moorage.errors import MoorageError
 from moorage.storage.s3location import is_s3
 
+#: What a data directory holds before its moorage.json is written (an install or a join that
+#: failed half way): a folder holding anything else is no replica's, and is never destroyed.
+_HALF_MADE = frozenset({"etcd", "tls", "run", "logs", "blobs"})
+
+
+def half_made(data_dir: DataDir) -> bool:
+    """Whether a data directory without moorage.json holds nothing but a replica's folders."""
+    try:
+        return all(p.name in _HALF_MADE and p.is_dir() for p in data_dir.path.iterdir())
+    except OSError:
+        return False
+
 
 def plan(data_dir: DataDir) -> tuple[dict[str, Any], str]:
     """What `moorage destroy` will stop and delete, and what it keeps."""
