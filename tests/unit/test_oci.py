@@ -254,6 +254,20 @@ def test_media_type_from_content_type_or_body(
         (body(image(config=desc("a/" + "b" * 4096))), None, "config: mediaType is longer"),
         (body(image(layers=[desc(artifactType="x\ty")])), None, "layers[0]: artifactType holds"),
         (body(image(subject=desc("x\ny"))), None, "subject: mediaType holds control"),
+        (body(image(artifactType="a/b\u0085")), None, "artifactType holds control"),  # C1
+        (body(image(artifactType="a/b\u2028")), None, "artifactType holds control"),
+        # A key twice in one object: parsers disagree on which copy counts.
+        (b'{"schemaVersion": 2, "schemaVersion": 2, "config": {}}', None, "repeats the key"),
+        (
+            body(image()).replace(b'"config": {', b'"config": {"digest": "sha256:x", ', 1),
+            None,
+            "repeats the key 'digest'",
+        ),
+        (
+            body(image(layers=[])).replace(b'"layers": []', b'"layers": [], "layers": []'),
+            None,
+            "repeats the key 'layers'",
+        ),
         # Keys Go clients would read ignoring case: the registry would check other blobs than
         # the ones they pull.
         (body(image(Layers=[desc()])), None, "key 'Layers' differs from 'layers' by case only"),

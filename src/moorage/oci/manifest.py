@@ -66,6 +66,24 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys all differ: parsers disagree on which copy of a repeated key
+    counts (Go's and Python's the last, others the first), so the registry would check one
+    manifest and some client pull another."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
 # The fields of each object a client decodes into a struct. Go's encoding/json (docker,
 # containerd, skopeo, podman) matches keys to them ignoring case ("Layers" fills `layers`);
 # this parser does not. So a key that differs from one of them by case alone is refused:
@@ -164,7 +182,9 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     try:
         # Strict UTF-8 and no NaN/Infinity: what every client's JSON parser accepts (Python's
         # alone would take UTF-16, a BOM or NaN, and a pushed tag no client could pull).
-        doc = json.loads(body.decode(), parse_constant=_no_constant)
+        doc = json.loads(body.decode(), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ManifestInvalid(f"manifest repeats the key {str(exc)[:40]!r} in one object") from None
     except (ValueError, UnicodeDecodeError):
         raise ManifestInvalid("manifest is not valid JSON (UTF-8, RFC 8259)") from None
     except RecursionError:

@@ -8,7 +8,8 @@ import re
 #: whose media or artifact types break these rules is refused at its PUT, as the records
 #: that would hold them are when read back (meta.records.check_text).
 MAX_TEXT = 4096
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: C0 and C1 controls, DEL, and the line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def text_fault(value: str) -> str | None:
