@@ -199,6 +199,25 @@ def test_destroy_deletes_nothing_in_a_folder_that_is_no_replica(tmp_path: Path) 
     assert not half.exists()
 
 
+def test_install_on_a_storage_another_cluster_uses_is_refused(tmp_path: Path) -> None:
+    """Its garbage collection and the other cluster's would delete each other's blobs: refused
+    before anything is made (a stale marker, of a cluster gone for good, is not counted)."""
+    storage = tmp_path / "blobs"
+    (storage / "probe").mkdir(parents=True)
+    marker = storage / "probe" / "present-0123456789abcdef0123456789abcdef@aaaaaaaaaaaa"
+    marker.write_text("1\n")
+    data = tmp_path / "replica"
+    addr = f"127.0.0.1:{free_port()}"
+    out = run("install", "--data-dir", str(data), "--storage", str(storage), "--http-addr", addr,
+              "--admin-password", "abcdefgh12")  # fmt: skip
+    refused(out, 1, "is in use by another cluster", "0123456789abcdef0123456789abcdef")
+    assert not data.exists()
+    from moorage.cli.replica import _refuse_occupied
+
+    os.utime(marker, (1, 1))  # a cluster long stopped: its marker no longer counts
+    _refuse_occupied(str(storage))
+
+
 def test_an_existing_url_that_is_not_one_is_a_usage_error() -> None:
     out = run("status", "--existing", "http://[::1")
     refused(out, 2, "--existing: 'http://[::1' is not a valid URL", "http://127.0.0.1:5000")

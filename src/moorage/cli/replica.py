@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,7 +29,7 @@ from moorage.cli.options import (
     transport_settings,
     trusting_data_dirs,
 )
-from moorage.cluster.replica_config import check_same_settings, create_replica
+from moorage.cluster.replica_config import check_same_settings, create_replica, storage_spec
 from moorage.config import DEFAULT_HTTP_ADDR, DataDir, ReplicaConfig
 from moorage.errors import MoorageError
 
@@ -53,8 +54,34 @@ def _with_transport(
     return wanted
 
 
+def _refuse_occupied(storage: str) -> None:
+    """A new cluster on a blob storage another cluster uses (moorage.storage.presence) is
+    refused before anything is made: the two collections would delete each other's blobs."""
+    import asyncio
+
+    from moorage.storage import open_blob_storage, presence
+    from moorage.storage.s3location import is_s3
+
+    spec = storage_spec(storage)
+    if not is_s3(spec) and not Path(spec).is_dir():
+        return  # a storage this install makes
+
+    async def occupants() -> list[presence.Occupant]:
+        blobs = open_blob_storage(spec)
+        try:
+            return await presence.others(blobs, "")
+        finally:
+            await blobs.close()
+
+    found = asyncio.run(occupants())
+    if found:
+        raise Failed(presence.refusal(found, spec, "make a new cluster on it"))
+
+
 def _create(d: DataDir, *args: Any) -> ReplicaConfig:
     """`create_replica` into `d`, or one line saying why its directory cannot be made."""
+    if args[1] is not None:  # --storage
+        _refuse_occupied(args[1])
     try:
         return create_replica(d, *args)
     except OSError as exc:

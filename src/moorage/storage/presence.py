@@ -5,7 +5,8 @@ another cluster uses too (a restore or an install pointed at the wrong `--storag
 are that cluster's blobs: images it acknowledged would lose their layers. So every replica's
 health loop writes `probe/present-<cluster id>@<replica id>` (a few bytes, not fsynced, at
 most every MARK_SECONDS), and
-- `moorage restore` refuses a storage another cluster marked within FRESH_SECONDS;
+- `moorage restore`, and `install`/`run` making a new cluster on a given `--storage`, refuse
+  a storage another cluster marked within FRESH_SECONDS;
 - a garbage collection (and its dry run) refuses to start while another cluster has.
 
 A replica that stops cleanly removes its marker; one that was killed leaves it to age past
