@@ -218,11 +218,29 @@ def test_install_on_a_storage_another_cluster_uses_is_refused(tmp_path: Path) ->
     _refuse_occupied(str(storage))
 
 
+def test_install_with_one_port_for_two_listeners_is_refused(tmp_path: Path) -> None:
+    """Each port alone is free, so only etcd's start failed (and left a half-made directory):
+    refused first, saying which two."""
+    port = free_port()
+    data = tmp_path / "replica"
+    out = run("install", "--data-dir", str(data), "--http-addr", f"127.0.0.1:{free_port()}",
+              "--etcd-client-port", str(port), "--etcd-peer-port", str(port),
+              "--admin-password", "abcdefgh12")  # fmt: skip
+    refused(out, 1, f"the etcd client and etcd peer ports are both {port}")
+    out = run("install", "--data-dir", str(data), "--http-addr", f"127.0.0.1:{port}",
+              "--etcd-client-port", str(port), "--admin-password", "abcdefgh12")  # fmt: skip
+    refused(out, 1, f"the HTTP and etcd client ports are both {port}")
+    assert not data.exists()  # nothing was made
+
+
 def test_an_existing_url_that_is_not_one_is_a_usage_error() -> None:
     out = run("status", "--existing", "http://[::1")
     refused(out, 2, "--existing: 'http://[::1' is not a valid URL", "http://127.0.0.1:5000")
     out = run("gc", "--existing", "http://127.0.0.1:1,http://[::1", "--dry-run")
     refused(out, 2, "is not a valid URL")
+    out = run("status", "--existing", "http://admin:secret@127.0.0.1:1")
+    line = refused(out, 2, "a URL carries no credentials", "--username and --password")
+    assert "secret" not in out.stderr, line
 
 
 def test_an_empty_token_lifetime_is_refused(api: Api) -> None:

@@ -284,12 +284,17 @@ def existing_urls(existing: str) -> list[str]:
         raise click.UsageError(str(exc)) from None
     for url in urls:
         try:
-            httpx.URL(url)
+            parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError) as exc:
             raise click.UsageError(
                 f"--existing: {url[:200]!r} is not a valid URL ({exc}); give a replica's URL "
                 "such as http://127.0.0.1:5000 or https://[::1]:5000"
             ) from None
+        if parsed.userinfo:  # never used (nor shown back): the credentials come from options
+            raise click.UsageError(
+                "--existing: a URL carries no credentials; give them with --username and "
+                "--password (or MOORAGE_USERNAME and MOORAGE_PASSWORD)"
+            )
     return urls
 
 

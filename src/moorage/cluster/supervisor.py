@@ -233,9 +233,24 @@ def _unlink_if_ours(pid_file: Path, pid: int) -> None:
             pid_file.unlink()
 
 
+_ANY_HOST = {"", "0.0.0.0", "::", "[::]"}
+
+
 def check_http_addr(config: ReplicaConfig) -> None:
     from moorage.cluster.processes import port_free
 
+    listens = [
+        (config.http_host, config.http_port, "HTTP"),
+        ("127.0.0.1", config.etcd_client_port, "etcd client"),
+        (config.etcd_host, config.etcd_peer_port, "etcd peer"),
+    ]
+    for i, (host, port, what) in enumerate(listens):  # each alone is free: then etcd fails
+        for other, other_port, other_what in listens[i + 1 :]:
+            if port == other_port and (host == other or {host, other} & _ANY_HOST):
+                raise ConfigError(
+                    f"the {what} and {other_what} ports are both {port}; give each its own "
+                    "(--http-addr / --etcd-client-port / --etcd-peer-port)"
+                )
     for host, port, what in (
         (config.http_host, config.http_port, "HTTP"),
         ("127.0.0.1", config.etcd_client_port, "etcd client"),
