@@ -78,3 +78,23 @@ def test_an_extended_header_is_never_read_whole(tmp_path: Path, kind: bytes) -> 
         fh.truncate(512 + info.size + 1024)  # sparse: nothing of it on disk
     with pytest.raises(BackupError, match="extended tar header"):
         archive.read_header(path)
+
+
+def test_bytes_appended_after_the_end_of_an_archive_are_found(tmp_path: Path) -> None:
+    """tarfile stops at the end-of-archive blocks, so what follows them went unseen: a
+    backup with garbage appended passed `backup verify`."""
+    import io
+
+    from moorage.recovery.backup_verify import scan
+
+    path = tmp_path / "b.tar"
+    with tarfile.open(path, "w") as tar:
+        data = b"sums\n"
+        info = tarfile.TarInfo("SHA256SUMS")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert not any("end of the archive" in p for p in scan(path, "b.tar").problems)
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * 512 + b"appended")
+    found = scan(path, "b.tar").problems
+    assert any("bytes follow the end of the archive" in p for p in found), found

@@ -159,6 +159,20 @@ def open_tar(path: Path) -> tarfile.TarFile:
         ) from None
 
 
+def appended(path: Path, end: int) -> str | None:
+    """What follows the end of a tar archive (`end`: where its end-of-archive blocks start)
+    when it is not the zeros a tar writer pads with: bytes added after it was written."""
+    with open(path, "rb") as fh:
+        fh.seek(end)
+        offset = end
+        while chunk := fh.read(1 << 20):
+            if chunk.strip(b"\0"):
+                at = offset + len(chunk) - len(chunk.lstrip(b"\0"))
+                return f"bytes follow the end of the archive (from offset {at}): it was changed"
+            offset += len(chunk)
+    return None
+
+
 def _read_record(tar: tarfile.TarFile, info: tarfile.TarInfo, where: Path) -> bytes:
     """A record member, read whole but never beyond its limit."""
     limit, env = record_limits()[info.name]

@@ -30,6 +30,7 @@ from moorage.recovery.archive import (
     RECORD_MEMBERS,
     ArchiveBlobs,
     BackupError,
+    appended,
     member_digest,
     open_tar,
     plaintext,
@@ -67,6 +68,8 @@ def scan(path: Path, label: str) -> _Scan:
                     continue
                 names.add(info.name)
                 _scan_member(tar, info, label, found, sums)
+            if (tail := appended(path, tar.offset)) is not None:
+                found.problems.append(f"{label}: {tail}")
     except BackupError as exc:
         found.problems.append(str(exc))
         return found
