@@ -2,8 +2,8 @@
 other on every replica, and a committed blob's bytes never change after its digest was
 verified (issue 9, item 1).
 
-Two replicas (each its own process and etcd) share one blob storage directory, as replicas
-of a cluster do; a race is run on one replica and across the two.
+A two-replica cluster (each replica its own process and etcd member) shares one blob storage
+directory; a race is run on one replica and across the two.
 """
 
 from __future__ import annotations
@@ -25,39 +25,30 @@ from pathlib import Path
 import httpx
 import pytest
 from harness.process import AUTH
-from harness.replica import Replica
 
 from moorage.errors import BlobUploadUnknown, UploadBusy
 from moorage.storage.filesystem import FilesystemStorage
+from tests.cluster import Node, cluster_of
 from tests.oci import sha256
 
 
 @dataclass
 class Pair:
-    a: Replica
-    b: Replica
+    a: Node
+    b: Node
     storage: Path
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root = tmp_path_factory.mktemp("race")
-    storage = root / "blobs"
-    a = Replica(root / "a", storage=storage)
-    b = Replica(root / "b", storage=storage)
-    try:
-        a.start()
-        b.start()
-        yield Pair(a, b, storage)
-    finally:
-        a.stop()
-        b.stop()
+    with cluster_of(2, tmp_path_factory.mktemp("race")) as c:
+        yield Pair(c.nodes[0], c.nodes[1], c.storage)
 
 
 class SlowRequest:
     """An HTTP request whose body is sent in two parts, under the test's control."""
 
-    def __init__(self, replica: Replica, method: str, path: str, length: int, **headers: str):
+    def __init__(self, replica: Node, method: str, path: str, length: int, **headers: str):
         self.sock = socket.create_connection(("127.0.0.1", replica.port), timeout=60)
         token = base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()
         lines = [

@@ -55,16 +55,18 @@ def _with_transport(
 
 
 def _refuse_occupied(storage: str) -> None:
-    """A new cluster on a blob storage another cluster uses (moorage.storage.presence) is
-    refused before anything is made: the two collections would delete each other's blobs."""
+    """A new cluster on a filesystem blob storage another cluster uses (its markers, as
+    moorage.storage.presence reads them) is refused before anything is made: the two
+    collections would delete each other's blobs. Not read from S3 here (a start needs no
+    round trip to it; a collection there still refuses); unreadable markers refuse nothing."""
     import asyncio
 
     from moorage.storage import open_blob_storage, presence
     from moorage.storage.s3location import is_s3
 
     spec = storage_spec(storage)
-    if not is_s3(spec) and not Path(spec).is_dir():
-        return  # a storage this install makes
+    if is_s3(spec) or not (Path(spec) / "probe").is_dir():
+        return  # S3, or a storage no replica has marked (this install makes it)
 
     async def occupants() -> list[presence.Occupant]:
         blobs = open_blob_storage(spec)
@@ -73,7 +75,10 @@ def _refuse_occupied(storage: str) -> None:
         finally:
             await blobs.close()
 
-    found = asyncio.run(occupants())
+    try:
+        found = asyncio.run(occupants())
+    except (OSError, MoorageError):
+        return
     if found:
         raise Failed(presence.refusal(found, spec, "make a new cluster on it"))
 
