@@ -233,6 +233,25 @@ def test_install_with_one_port_for_two_listeners_is_refused(tmp_path: Path) -> N
     assert not data.exists()  # nothing was made
 
 
+def test_a_restore_killed_half_way_is_never_started(tmp_path: Path) -> None:
+    """A restore marks its data directory until the store is whole (one interrupted clears
+    what it made; one killed leaves the mark): no start serves the partial store behind it,
+    and destroy clears it (a probe's Ctrl-C left a directory `status` called a stopped replica
+    and `start` served without the backup's accounts)."""
+    from moorage.config import DataDir
+
+    data = tmp_path / "restored"
+    d = DataDir(data)
+    d.make_dirs()
+    (data / "tls").mkdir()
+    d.restoring.touch()
+    for args in (["start", "--data-dir", str(data)], ["run", "--data-dir", str(data)]):
+        refused(run(*args), 1, "a restore that was interrupted", "moorage destroy --data-dir")
+    out = run("destroy", "--data-dir", str(data), "--yes")
+    assert out.returncode == 0, out.stderr
+    assert not data.exists()
+
+
 def test_an_existing_url_that_is_not_one_is_a_usage_error() -> None:
     out = run("status", "--existing", "http://[::1")
     refused(out, 2, "--existing: 'http://[::1' is not a valid URL", "http://127.0.0.1:5000")

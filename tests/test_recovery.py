@@ -345,6 +345,7 @@ def test_quorum_lost_read_only_then_emergency_repair(three: Cluster) -> None:
     assert late.returncode == 1
     assert "lost quorum" in late.stderr, late.stderr
     assert "emergency-repair" in late.stderr
+    assert "moorage start --data-dir" in late.stderr  # the replicas down may just be stopped
 
     # Without --yes and without a terminal, nothing happens.
     out = moorage("emergency-repair", "--data-dir", str(r2.data_dir), check=False)

@@ -155,6 +155,19 @@ class DataDir:
         return self.path / "run"
 
     @property
+    def restoring(self) -> Path:
+        """`D/restore-incomplete`: there while a restore fills the directory (one interrupted
+        leaves a partial store, which no start may serve: moorage.recovery.restore)."""
+        return self.path / "restore-incomplete"
+
+    def refuse_incomplete_restore(self) -> None:
+        if self.restoring.exists():
+            raise ConfigError(
+                f"{self.path} holds a restore that was interrupted: its store is partial. "
+                f"Clear it with 'moorage destroy --data-dir {self.path}', then restore again"
+            )
+
+    @property
     def log_dir(self) -> Path:
         return self.path / "logs"
 

@@ -183,6 +183,7 @@ def run(
     password = os.environ.get("MOORAGE_ADMIN_PASSWORD") or _handed_password() or None
     created = None
     fresh_start = not d.exists()
+    d.refuse_incomplete_restore()
     if d.exists():
         config = d.load()
         check_same_settings(config, http_addr, storage, etcd_client_port, etcd_peer_port)
@@ -327,6 +328,8 @@ def start(data_dirs: tuple[str, ...], log_format: str | None, as_json: bool) -> 
     if not paths:
         raise click.UsageError("give at least one --data-dir")
     dirs = [DataDir(p) for p in paths]
+    for d in dirs:
+        d.refuse_incomplete_restore()
     if log_format is not None:  # kept in moorage.json: the next start logs so too
         for d in dirs:
             config = d.load()

@@ -18,7 +18,10 @@ _HALF_MADE = frozenset({"etcd", "tls", "run", "logs", "blobs"})
 def half_made(data_dir: DataDir) -> bool:
     """Whether a data directory without moorage.json holds nothing but a replica's folders."""
     try:
-        return all(p.name in _HALF_MADE and p.is_dir() for p in data_dir.path.iterdir())
+        return all(
+            (p.name in _HALF_MADE and p.is_dir()) or p == data_dir.restoring
+            for p in data_dir.path.iterdir()
+        )
     except OSError:
         return False
 
@@ -50,6 +53,7 @@ def plan(data_dir: DataDir) -> tuple[dict[str, Any], str]:
         data_dir.run_dir,
         data_dir.log_dir,
         data_dir.config_file,
+        data_dir.restoring,
     ):
         if storage is not None and (p == storage or p in storage.parents):
             continue

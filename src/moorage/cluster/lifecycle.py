@@ -247,6 +247,7 @@ def destroy(data_dir: DataDir) -> list[str]:
         data_dir.run_dir,
         data_dir.log_dir,
         data_dir.config_file,
+        data_dir.restoring,
     ):
         if storage is not None and (path == storage or path in storage.parents):
             continue

@@ -149,7 +149,10 @@ async def _add_learner(store: EtcdCluster, peer_url: str) -> Member:
 def _refuse_without_quorum(doc: dict[str, Any]) -> None:
     if doc["scenario"] == "quorum-lost":
         raise Refused(
-            "the cluster has lost quorum: a new member cannot join. Run: " + doc["action"]
+            "the cluster has lost quorum: a new member cannot join. If the replicas that are "
+            "down can run again, start them ('moorage start --data-dir D' on each; 'moorage "
+            "status --existing URL' shows which) and join after; only if they are lost for "
+            "good: " + doc["action"]
         )
 
 

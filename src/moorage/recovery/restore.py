@@ -23,7 +23,7 @@ from typing import Any
 from moorage.audit import AuditEvent
 from moorage.audit.log import command_actor, write_now
 from moorage.cluster.etcd_process import EtcdProcess
-from moorage.cluster.lifecycle import start_background
+from moorage.cluster.lifecycle import destroy, start_background
 from moorage.cluster.replica_config import new_replica_config
 from moorage.cluster.supervisor import check_http_addr
 from moorage.cluster.tls import client_tls, create_cluster_tls
@@ -137,17 +137,27 @@ def restore(
         held = set(report.pop("held"))
         copied = _copy_blobs(archives, held, storage)
     data_dir.make_dirs()
-    # A restore makes a new cluster: a new CA and secret (the supervisor stores the sealed CA
-    # key in etcd on the first start below), before etcd first starts.
-    create_cluster_tls(config)
-    data_dir.save(config)
-    etcd = EtcdProcess(data_dir, config)
-    etcd.start()
+    # Until the replica runs on the whole store, the directory says so: an interrupted
+    # restore (Ctrl-C, a failure) is cleared here; one killed leaves the marker, and no start
+    # serves the partial store behind it.
+    data_dir.restoring.touch()
     try:
-        etcd.wait_ready(timeout=60)
-        replayed = asyncio.run(_load(config, md, header, replay_journal, archive))
-    finally:
-        etcd.stop()
+        # A restore makes a new cluster: a new CA and secret (the supervisor stores the sealed
+        # CA key in etcd on the first start below), before etcd first starts.
+        create_cluster_tls(config)
+        data_dir.save(config)
+        etcd = EtcdProcess(data_dir, config)
+        etcd.start()
+        try:
+            etcd.wait_ready(timeout=60)
+            replayed = asyncio.run(_load(config, md, header, replay_journal, archive))
+        finally:
+            etcd.stop()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            destroy(data_dir)  # what this restore made; the blobs it copied stay
+        raise
+    data_dir.restoring.unlink()  # the store is whole: a start may serve it
     generated = None
     if admin_password is None and md.users == 0:
         generated = admin_password = secrets.token_urlsafe(18)
