@@ -42,8 +42,8 @@ from moorage.auth.access import (
     REPOSITORY,
     Access,
     Principal,
+    account_mark,
     parse_scope,
-    password_mark,
 )
 from moorage.auth.basic import parse_basic
 from moorage.auth.bearer import (
@@ -309,11 +309,7 @@ async def _refreshed(
         user = await st.registry.meta.get_user(name)
     except MoorageError as exc:
         raise _Refused(503, "temporarily_unavailable", exc.message, 5) from None
-    if (
-        user is None
-        or not user_active(user)
-        or password_mark(user.password_hash, user.sessions_ended) != mark
-    ):
+    if user is None or not user_active(user) or account_mark(user) != mark:
         await st.audit.record(
             AuditEvent("login", name, outcome=DENIED, client=client, detail={"via": "refresh"})
         )

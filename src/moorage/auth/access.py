@@ -20,6 +20,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moorage.meta.records import UserRecord
 
 PULL = "pull"
 PUSH = "push"
@@ -89,6 +93,11 @@ def password_mark(password_hash: str, sessions_ended: int = 0) -> str:
     if sessions_ended:  # 0: the mark of every account before disables counted
         seed += b"\0sessions ended %d" % sessions_ended
     return hashlib.sha256(seed).hexdigest()[:32]
+
+
+def account_mark(user: UserRecord) -> str:
+    """The mark of an account as it stands (its password and its count of disables)."""
+    return password_mark(user.password_hash, user.sessions_ended)
 
 
 def parse_scope(text: str) -> list[Access] | None:

@@ -37,7 +37,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter
 
-from moorage.auth.access import ANONYMOUS, Principal, password_mark
+from moorage.auth.access import ANONYMOUS, Principal, account_mark
 from moorage.auth.base import Authenticator
 from moorage.auth.ledger import FailureLedger
 from moorage.auth.passwords import needs_rehash
@@ -131,7 +131,7 @@ def _identity(user: UserRecord) -> Principal:
         user.name,
         "user",
         admin=bool(user.admin),
-        mark=password_mark(user.password_hash, user.sessions_ended),
+        mark=account_mark(user),
     )
 
 

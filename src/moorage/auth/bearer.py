@@ -70,7 +70,7 @@ def user_principal(user: UserRecord) -> Principal:
         user.name,
         "user",
         admin=bool(admin) or user.role == "admin",
-        mark=access.password_mark(user.password_hash, user.sessions_ended),
+        mark=access.account_mark(user),
     )
 
 

@@ -36,8 +36,8 @@ from moorage.auth.access import (
     Authorizer,
     Principal,
     PullScope,
+    account_mark,
     limited,
-    password_mark,
 )
 from moorage.errors import StoreUnavailable
 from moorage.logs import Repeating
@@ -194,10 +194,7 @@ class Policy(Authorizer):
         user = await self.view.user(principal.name)
         if user is None or user.disabled:
             return None
-        if (
-            principal.mark is not None
-            and password_mark(user.password_hash, user.sessions_ended) != principal.mark
-        ):
+        if principal.mark is not None and account_mark(user) != principal.mark:
             return None  # another password, or another account of the same name
         return user
 

@@ -59,28 +59,18 @@ def _refuse_occupied(storage: str) -> None:
     moorage.storage.presence reads them) is refused before anything is made: the two
     collections would delete each other's blobs. Not read from S3 here (a start needs no
     round trip to it; a collection there still refuses); unreadable markers refuse nothing."""
-    import asyncio
-
-    from moorage.storage import open_blob_storage, presence
+    from moorage.storage import presence
     from moorage.storage.s3location import is_s3
 
     spec = storage_spec(storage)
     if is_s3(spec) or not (Path(spec) / "probe").is_dir():
         return  # S3, or a storage no replica has marked (this install makes it)
-
-    async def occupants() -> list[presence.Occupant]:
-        blobs = open_blob_storage(spec)
-        try:
-            return await presence.others(blobs, "")
-        finally:
-            await blobs.close()
-
     try:
-        found = asyncio.run(occupants())
+        why = presence.occupied(spec, "", "make a new cluster on it")
     except (OSError, MoorageError):
         return
-    if found:
-        raise Failed(presence.refusal(found, spec, "make a new cluster on it"))
+    if why is not None:
+        raise Failed(why)
 
 
 def _create(d: DataDir, *args: Any) -> ReplicaConfig:

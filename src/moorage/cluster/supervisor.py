@@ -251,11 +251,7 @@ def check_http_addr(config: ReplicaConfig) -> None:
                     f"the {what} and {other_what} ports are both {port}; give each its own "
                     "(--http-addr / --etcd-client-port / --etcd-peer-port)"
                 )
-    for host, port, what in (
-        (config.http_host, config.http_port, "HTTP"),
-        ("127.0.0.1", config.etcd_client_port, "etcd client"),
-        (config.etcd_host, config.etcd_peer_port, "etcd peer"),
-    ):
+    for host, port, what in listens:
         if not port_free(host, port):
             raise ConfigError(
                 f"{what} port {host}:{port} is already in use; choose another "

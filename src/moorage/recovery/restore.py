@@ -41,7 +41,7 @@ from moorage.recovery.backup_verify import verify_plain
 from moorage.recovery.blob_access import SyncBlobs
 from moorage.recovery.journal_replay import apply, plan_replay, read_plan
 from moorage.recovery.restore_result import RestorePlan, RestoreResult
-from moorage.storage import open_blob_storage, presence
+from moorage.storage import presence
 from moorage.storage.paths import StorageLayout
 
 
@@ -186,16 +186,7 @@ def restore(
 def _occupied(storage: Path | str, backed_up: str) -> str | None:
     """Why `storage` must not be restored onto, or None: a cluster other than the one the
     backup is of (`backed_up`, whose storage this is meant to be) uses it."""
-
-    async def read() -> str | None:
-        blobs = open_blob_storage(str(storage))
-        try:
-            found = await presence.others(blobs, backed_up)
-        finally:
-            await blobs.close()
-        return presence.refusal(found, str(storage), "restore onto it") if found else None
-
-    return asyncio.run(read())
+    return presence.occupied(str(storage), backed_up, "restore onto it")
 
 
 def _copy_blobs(archives: list[Path], digests: set[str], storage: Path | str) -> int:

@@ -58,6 +58,24 @@ async def others(storage: BlobStorage, cluster_id: str) -> list[Occupant]:
     return found
 
 
+def occupied(spec: str, cluster_id: str, doing: str) -> str | None:
+    """Outside an event loop (a command): why `doing` on the storage `spec` is refused, or
+    None when no cluster but `cluster_id` marked it within FRESH_SECONDS."""
+    import asyncio
+
+    from moorage.storage import open_blob_storage
+
+    async def read() -> list[Occupant]:
+        blobs = open_blob_storage(spec)
+        try:
+            return await others(blobs, cluster_id)
+        finally:
+            await blobs.close()
+
+    found = asyncio.run(read())
+    return refusal(found, spec, doing) if found else None
+
+
 def refusal(found: list[Occupant], where: str, doing: str) -> str:
     """The message of a refusal to `doing` on storage `where` that `found` use."""
     seen = ", ".join(
